@@ -1,0 +1,35 @@
+# Each target sets up .venv itself when it is missing or older than pyproject.toml.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP_QUIET := -q --disable-pip-version-check
+
+.PHONY: demo test bench data venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing random-teachers and its dependencies into $(VENV) (first time: about a minute)..."
+	@$(BIN)/python -m pip install $(PIP_QUIET) -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import torch, torchvision, h5py, xarray, distill" || (echo "error: installation into $(VENV) failed; see the pip output above" >&2; exit 1)
+	@touch $@
+
+data:
+	@scripts/ensure-data.sh --required
+
+demo: $(STAMP)
+	@scripts/ensure-data.sh --required
+	$(BIN)/python -m analyses.demo
+
+test: $(STAMP)
+	@scripts/ensure-data.sh
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: $(STAMP)
+	@scripts/ensure-data.sh --required
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""Batch scripts, one per experiment: ``python -m analyses.<name> --preset cpu|gpu``."""

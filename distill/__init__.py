@@ -1,0 +1,32 @@
+"""Distil students from frozen, randomly initialised teachers (no labels, no augmentation).
+
+The public API is imported lazily, so ``import distill`` is cheap::
+
+    import distill
+    data = distill.load_dataset("fashion-mnist")
+    cfg = distill.DistillConfig(dataset="fashion-mnist", arch="convnet", epochs=4)
+    store = distill.distill(cfg, out="runs/demo.h5")
+"""
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Dataset": "data", "Split": "data", "load_dataset": "data", "list_datasets": "data",
+    "build_model": "models", "list_models": "models", "register_model": "models",
+    "init_student": "init",
+    "recalibrate_bn": "bn",
+    "Store": "store", "StoreError": "store", "as_module": "store",
+    "DistillConfig": "config", "SupervisedConfig": "config",
+    "distill": "train",
+    "train_supervised": "supervised",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"distill.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'distill' has no attribute {name!r}")
