@@ -1,0 +1,89 @@
+"""Student initialisation relative to a teacher.
+
+Modes (``theta_n`` is a fresh initialisation of the same architecture drawn with ``seed``):
+
+- ``copy``:        theta_s = theta_t
+- ``alpha``:       theta_s = ((1 - a) theta_t + a theta_n) / sqrt(a^2 + (1 - a)^2)   (variance-preserving)
+- ``eps``:         theta_s = theta_t + eps * theta_n
+- ``independent``: theta_s = theta_n  (alpha = 1)
+
+Only tensors whose initialisation is random are mixed: a tensor that the architecture
+initialises deterministically (BatchNorm scale 1 and shift 0, zero biases, ...) comes out
+identical in teacher and noise draw and is copied from the teacher unchanged, so
+that ``alpha`` keeps every tensor's scale (the rescaling is only right for zero-mean
+random tensors) and ``eps`` does not shift BN scales. Buffers (BN running statistics)
+are copied from the teacher.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+MODES = ("copy", "alpha", "eps", "independent")
+
+
+def fresh_like(model: nn.Module, seed: int) -> nn.Module:
+    """A new, independently initialised model of ``model``'s architecture, drawn with ``seed``."""
+    from distill.models import build_model
+
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise ValueError("fresh_like needs a model built with distill.build_model (it has no .spec)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = build_model(**spec)
+    device = next(model.parameters()).device
+    return fresh.to(device)
+
+
+@torch.no_grad()
+def init_student(teacher: nn.Module, mode: str = "alpha", alpha: float = 1e-10, eps: float = 0.0,
+                 seed: int = 1) -> nn.Module:
+    """A student initialised relative to ``teacher`` (left untouched); see the module docstring.
+
+    ``seed`` draws the noise network; it must differ from the teacher's own seed, or the
+    "noise" is the teacher itself.
+    """
+    if mode not in MODES:
+        raise ValueError(f"student init mode {mode!r} is not valid: choose one of {', '.join(MODES)}")
+    if mode == "alpha" and not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} must lie in [0, 1]")
+    student = copy.deepcopy(teacher)
+    student.requires_grad_(True)
+    if mode == "copy":
+        return student
+    noise = fresh_like(teacher, seed)
+    if mode == "independent":
+        return noise.requires_grad_(True).train(teacher.training)
+    n_params = dict(noise.named_parameters())
+    scale = 1.0 / math.sqrt(alpha ** 2 + (1 - alpha) ** 2)
+    for name, p in student.named_parameters():
+        t, n = p.detach().clone(), n_params[name]
+        if torch.equal(t, n):  # deterministic initialisation: nothing to mix
+            continue
+        if mode == "alpha":
+            if alpha == 0.0:
+                continue
+            if alpha == 1.0:
+                p.copy_(n)
+            else:
+                p.copy_(((1 - alpha) * t + alpha * n) * scale)
+        else:
+            p.add_(eps * n)
+    return student
+
+
+def parameter_distance(a: nn.Module, b: nn.Module, relative: bool = False) -> float:
+    """L2 distance between the parameters of two same-architecture models
+    (divided by ||theta_b|| when ``relative``)."""
+    pa = dict(a.named_parameters())
+    sq, ref = 0.0, 0.0
+    for name, q in b.named_parameters():
+        p = pa[name]
+        sq += (p.detach().double() - q.detach().double().to(p.device)).pow(2).sum().item()
+        ref += q.detach().double().pow(2).sum().item()
+    d = math.sqrt(sq)
+    return d / math.sqrt(ref) if relative and ref > 0 else d

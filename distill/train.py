@@ -1,0 +1,464 @@
+"""The distillation loop: a frozen random teacher, a student trained to match its outputs.
+
+``distill(cfg, out)`` builds teacher and student, saves both into an HDF5 store, trains,
+probes at the configured epochs, and resumes from the last saved epoch when ``out``
+already holds a run of the same configuration.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from distill.bn import has_batchnorm, recalibrate_bn
+from distill.config import DistillConfig, RunError
+from distill.data import Dataset, iterate, load_dataset, normalize
+from distill.init import init_student, parameter_distance
+from distill.models import build_model
+from distill.store import Store, StoreError, student_name
+
+MODELS = ("teacher", "teacher_bn", "student", "input")
+# fields that may change when a run is resumed or extended
+_RESUMABLE = {"epochs", "save_every", "save_epochs", "probe_every", "device"}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available: use --device cpu or auto")
+    return dev
+
+
+# ---------------------------------------------------------------------------- pieces
+def build_teacher(cfg: DistillConfig, in_shape: tuple[int, ...]) -> nn.Module:
+    """The random teacher, drawn with ``cfg.seed`` (independent of the global RNG)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build_model(cfg.arch, in_shape, head="dino", out_dim=cfg.out_dim, hidden_dim=cfg.hidden_dim,
+                           bottleneck_dim=cfg.bottleneck_dim, last_layer=cfg.last_layer, **cfg.arch_options)
+
+
+def set_teacher_mode(teacher: nn.Module, bn_mode: str) -> nn.Module:
+    """Freeze the teacher; ``eval``: BN uses its running statistics; ``train``: batch statistics,
+    running statistics left untouched (momentum 0)."""
+    teacher.requires_grad_(False)
+    if bn_mode == "eval":
+        return teacher.eval()
+    teacher.train()
+    for m in teacher.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0
+    return teacher
+
+
+def distillation_terms(t_out: torch.Tensor, s_out: torch.Tensor, teacher_temp: float = 1.0,
+                       student_temp: float = 1.0, center: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch means of the cross-entropy H(p_t, p_s) and of the teacher entropy H(p_t), in nats.
+
+    p_t = softmax((t_out - center) / teacher_temp), p_s = softmax(s_out / student_temp);
+    t_out, s_out: (B, K) logits. KL(p_t || p_s) = H(p_t, p_s) - H(p_t).
+    """
+    t = t_out.float()
+    if center is not None:
+        t = t - center
+    log_pt = F.log_softmax(t / teacher_temp, dim=-1)
+    log_ps = F.log_softmax(s_out.float() / student_temp, dim=-1)
+    pt = log_pt.exp()
+    return -(pt * log_ps).sum(-1).mean(), -(pt * log_pt).sum(-1).mean()
+
+
+def distillation_loss(t_out: torch.Tensor, s_out: torch.Tensor, teacher_temp: float = 1.0,
+                      student_temp: float = 1.0, center: torch.Tensor | None = None,
+                      kind: str = "ce") -> torch.Tensor:
+    """Mean over the batch of H(p_t, p_s) (``ce``) or KL(p_t || p_s) (``kl``); same gradient."""
+    ce, ent = distillation_terms(t_out, s_out, teacher_temp, student_temp, center)
+    return ce - ent if kind == "kl" else ce
+
+
+def lr_schedule(cfg: DistillConfig, steps_per_epoch: int) -> np.ndarray:
+    """Learning rate for every step, precomputed: linear warm-up, then constant or cosine to 0."""
+    total = cfg.epochs * steps_per_epoch
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    lr = np.full(total, cfg.lr, dtype=np.float64)
+    if warm:
+        lr[:warm] = cfg.lr * (np.arange(warm) + 1) / warm
+    if cfg.schedule == "cosine" and total > warm:
+        t = np.arange(total - warm) / max(1, total - warm)
+        lr[warm:] = cfg.lr * 0.5 * (1 + np.cos(np.pi * t))
+    return lr
+
+
+def make_optimizer(cfg: DistillConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Optimiser with two parameter groups: weights, and biases/norm parameters (1-d tensors)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    other = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    nb = cfg.weight_decay if cfg.norm_bias_decay is None else cfg.norm_bias_decay
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": nb}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.adam_eps)
+    if cfg.optimizer == "adam":  # L2 penalty in the gradient, as torch's Adam
+        return torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    sd = opt.state_dict()
+    tensors = {f"{i}/{k}": (v if torch.is_tensor(v) else torch.tensor(v))
+               for i, st in sd["state"].items() for k, v in st.items()}
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, groups
+
+
+def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        i, k = key.split("/", 1)
+        state.setdefault(int(i), {})[k] = t
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def multicrop(x: torch.Tensor, n_global: int, n_local: int, generator: torch.Generator,
+              local_size: int | None = None) -> list[torch.Tensor]:
+    """DINO-style views of a batch (B, C, H, W): per-image random resized crops (scale 0.4-1 for
+    global views at full size, 0.05-0.4 for local views at ~3/7 size) and random horizontal flips,
+    done for the whole batch at once with ``torchvision.ops.roi_align``."""
+    from torchvision.ops import roi_align
+
+    b, _, h, w = x.shape
+    views = []
+    local_size = local_size or max(4, round(h * 3 / 7))
+    for i in range(n_global + n_local):
+        lo, hi, size = (0.4, 1.0, h) if i < n_global else (0.05, 0.4, local_size)
+        area = (lo + (hi - lo) * torch.rand(b, generator=generator)) * h * w
+        logr = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(b, generator=generator)
+        ratio = torch.exp(logr)
+        cw = torch.sqrt(area * ratio).clamp(1, w)
+        ch = torch.sqrt(area / ratio).clamp(1, h)
+        x0 = torch.rand(b, generator=generator) * (w - cw)
+        y0 = torch.rand(b, generator=generator) * (h - ch)
+        boxes = torch.stack([torch.arange(b, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1).to(x)
+        v = roi_align(x, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+        views.append(torch.where(flip[:, None, None, None], v.flip(-1), v))
+    return views
+
+
+# ---------------------------------------------------------------------------- probes
+def probe_dataset(cfg: DistillConfig, data: Dataset) -> Dataset:
+    """Real images to probe on: for Gaussian-noise runs the source dataset, subset as configured."""
+    n = cfg.probe_subset or cfg.subset
+    if cfg.dataset.startswith("gaussian"):
+        source = cfg.dataset.split(":", 1)[1] if ":" in cfg.dataset else "cifar10"
+        return load_dataset(source, root=cfg.data_root, subset=n, seed=cfg.probe_seed)
+    if cfg.probe_subset and cfg.probe_subset != cfg.subset:
+        return load_dataset(cfg.dataset, root=cfg.data_root, subset=cfg.probe_subset, seed=cfg.probe_seed)
+    return data
+
+
+def run_probes(cfg: DistillConfig, backbone: nn.Module | None, data: Dataset,
+               device: torch.device) -> dict[str, float]:
+    """All configured probes on ``backbone``'s embedding (raw pixels when ``backbone`` is None)."""
+    from distill import probe
+
+    kw: dict[str, Any] = dict(probes=tuple(cfg.probes), knn_k=cfg.knn_k, knn_metric=cfg.knn_metric,
+                              knn_weighted=cfg.knn_metric == "cosine", linear_epochs=cfg.linear_epochs,
+                              until_convergence=cfg.probe_converge, seed=cfg.probe_seed)
+    if backbone is None:
+        return probe.probe_input(data, **kw)
+    return probe.probe_model(backbone, data, device=device, **kw)
+
+
+def recalibrated_teacher(teacher: nn.Module, data: Dataset, cfg: DistillConfig, device: torch.device,
+                         max_batches: int = 50) -> nn.Module:
+    """The teacher's weights with BN running statistics re-estimated on training data (no training)."""
+    t = copy.deepcopy(teacher)
+    if has_batchnorm(t):
+        batches = (x for i, (x, _) in enumerate(iterate(data.train, cfg.batch_size, data.mean, data.std,
+                                                        shuffle=True, seed=cfg.probe_seed, device=device))
+                   if i < max_batches)
+        recalibrate_bn(t, batches)
+    return t.eval()
+
+
+# ---------------------------------------------------------------------------- metrics
+@dataclass
+class History:
+    """Per-epoch records, turned into the store's ``metrics`` Dataset."""
+
+    epochs: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    student_norm: list[float] = field(default_factory=list)
+    teacher_norm: list[float] = field(default_factory=list)
+    distance: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    probes: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    def to_dataset(self, cfg: DistillConfig, device: torch.device) -> "xr.Dataset":  # noqa: F821
+        import xarray as xr
+
+        import distill
+
+        probes = list(cfg.probes)
+        acc = np.full((len(self.epochs), len(MODELS), len(probes)), np.nan)
+        for i, e in enumerate(self.epochs):
+            for j, m in enumerate(MODELS):
+                for k, p in enumerate(probes):
+                    acc[i, j, k] = self.probes.get(e, {}).get(m, {}).get(p, np.nan)
+
+        def var(values: list[float], long_name: str, units: str) -> Any:
+            return ("epoch", np.asarray(values, dtype=np.float64), {"long_name": long_name, "units": units})
+
+        return xr.Dataset(
+            {
+                "accuracy": (("epoch", "model", "probe"), acc,
+                             {"long_name": "probe accuracy", "units": "fraction"}),
+                "loss": var(self.loss, "distillation loss (mean over the epoch)", "nats"),
+                "kl": var(self.kl, "KL(teacher || student) (mean over the epoch)", "nats"),
+                "student_norm": var(self.student_norm, "student embedding L2 norm (mean)", "1"),
+                "teacher_norm": var(self.teacher_norm, "teacher embedding L2 norm (mean)", "1"),
+                "distance": var(self.distance, "parameter distance student - teacher (L2)", "1"),
+                "seconds": var(self.seconds, "wall time of the epoch", "s"),
+            },
+            coords={"epoch": np.asarray(self.epochs, dtype=np.int64), "model": list(MODELS), "probe": probes},
+            attrs={"config": cfg.to_json(), "toolkit_version": distill.__version__,
+                   "torch_version": str(torch.__version__), "device": str(device), "precision": cfg.precision,
+                   "models": "teacher: random teacher as used in distillation; teacher_bn: teacher weights with BN "
+                             "statistics re-estimated on training data; student; input: raw pixels",
+                   "epoch_0": "before any training"},
+        )
+
+    @classmethod
+    def from_dataset(cls, ds: Any, upto: int) -> "History":
+        ds = ds.sel(epoch=ds.epoch <= upto)
+        h = cls(epochs=[int(e) for e in ds.epoch.values])
+        for name in ("loss", "kl", "student_norm", "teacher_norm", "distance", "seconds"):
+            setattr(h, name, [float(v) for v in ds[name].values])
+        for e in h.epochs:
+            row = ds.accuracy.sel(epoch=e)
+            got = {str(m): {str(p): float(row.sel(model=m, probe=p)) for p in ds.probe.values
+                            if not np.isnan(row.sel(model=m, probe=p))} for m in ds.model.values}
+            if any(got.values()):
+                h.probes[e] = got
+        return h
+
+
+# ---------------------------------------------------------------------------- the loop
+def _open_or_create(cfg: DistillConfig, out: Path, resume: bool) -> tuple[Store, bool]:
+    if out.exists():
+        if not resume:
+            raise StoreError(f"{out} already exists: pass another --out, or resume it (the default)")
+        store = Store(out, "a")
+        old = store.config
+        diff = [k for k, v in cfg.to_dict().items() if k not in _RESUMABLE and k in old and old[k] != v]
+        if diff:
+            k = diff[0]
+            raise StoreError(f"{out} holds a run with {k}={old[k]!r}, not {getattr(cfg, k)!r}: "
+                             f"choose another --out to start a new run")
+        return store, True
+    seeds = {k: getattr(cfg, k) for k in ("seed", "noise_seed", "data_seed", "aug_seed", "probe_seed")}
+    return Store.create(out, cfg.to_dict(), kind="distill", seeds=seeds), False
+
+
+def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None, resume: bool = True,
+            progress: bool | None = None) -> Store:
+    """Distil a student from a random teacher; returns the :class:`~distill.store.Store` at ``out``.
+
+    The store receives the teacher, the student at epoch 0, every ``save_every`` epochs and
+    at the end, the training state for resuming, and the ``metrics`` Dataset (dims epoch,
+    model, probe). An existing ``out`` with the same configuration is resumed from its last
+    saved epoch (extending ``epochs`` is allowed). A NaN or infinite loss raises RunError;
+    what was saved before stays intact.
+    """
+    out = Path(out)
+    device = resolve_device(cfg.device)
+    if data is None:
+        data = load_dataset(cfg.dataset, root=cfg.data_root, subset=cfg.subset, seed=cfg.data_seed)
+    pdata = probe_dataset(cfg, data)
+    store, resumed = _open_or_create(cfg, out, resume)
+
+    teacher = build_teacher(cfg, data.in_shape).to(device)
+    student = init_student(teacher, cfg.init, alpha=cfg.alpha, eps=cfg.eps, seed=cfg.noise_seed).to(device)
+    set_teacher_mode(teacher, cfg.teacher_bn)
+    opt = make_optimizer(cfg, student)
+    center = torch.zeros(cfg.out_dim, device=device) if cfg.center else None
+    steps_per_epoch = max(1, len(data.train.labels) // cfg.batch_size)  # drop_last, as the reference loop
+    lrs = lr_schedule(cfg, steps_per_epoch)
+    start, history = 0, History()
+
+    state = store.load_state_group("train") if resumed else None
+    if state is not None:
+        tensors, meta = state
+        start = int(meta["epoch"])
+        student = store.student(start, device).train()
+        opt = make_optimizer(cfg, student)
+        _load_opt(opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt/")}, meta["param_groups"])
+        if cfg.ema_teacher:
+            teacher = store.load_module("teacher_ema", device)
+            set_teacher_mode(teacher, cfg.teacher_bn)
+        if center is not None:
+            center = tensors["center"].to(device)
+        history = History.from_dataset(store.metrics, start)
+    elif resumed and store.epochs:
+        raise StoreError(f"{out} has students but no training state to resume from: choose another --out")
+    if not resumed or state is None:
+        store.save_module("teacher", teacher, {"epoch": 0, "bn_mode": cfg.teacher_bn})
+
+    fixed: dict[str, dict[str, float]] = {}  # teacher / teacher_bn / input probes (fixed unless EMA)
+
+    def probe_epoch(epoch: int) -> None:
+        if not cfg.probes:
+            return
+        if not fixed or cfg.ema_teacher:
+            fixed["teacher"] = run_probes(cfg, teacher.backbone, pdata, device)
+            fixed["teacher_bn"] = run_probes(cfg, recalibrated_teacher(teacher, pdata, cfg, device).backbone,
+                                             pdata, device)
+            if "input" not in fixed:
+                fixed["input"] = run_probes(cfg, None, pdata, device)
+        was = student.training
+        student.eval()
+        history.probes[epoch] = {**fixed, "student": run_probes(cfg, student.backbone, pdata, device)}
+        student.train(was)
+
+    def measure(epoch: int, losses: list[float], kls: list[float], s_norm: float, t_norm: float,
+                seconds: float) -> None:
+        history.epochs.append(epoch)
+        history.loss.append(float(np.mean(losses)) if losses else np.nan)
+        history.kl.append(float(np.mean(kls)) if kls else np.nan)
+        history.student_norm.append(s_norm)
+        history.teacher_norm.append(t_norm)
+        history.distance.append(parameter_distance(student, teacher))
+        history.seconds.append(seconds)
+
+    def save(epoch: int) -> None:
+        store.save_module(student_name(epoch), student, {"epoch": epoch, "step": epoch * steps_per_epoch})
+        if cfg.ema_teacher:
+            store.save_module("teacher_ema", teacher, {"epoch": epoch})
+        tensors, groups = _opt_tensors(opt)
+        tensors = {f"opt/{k}": v for k, v in tensors.items()}
+        if center is not None:
+            tensors["center"] = center
+        store.save_state("train", tensors, {"epoch": epoch, "param_groups": groups})
+
+    if start == 0:
+        with torch.no_grad():  # on a copy: a train-mode forward would move the student's BN statistics
+            x0 = normalize(data.train.images[: cfg.batch_size].to(device), data.mean, data.std)
+            s_norm = copy.deepcopy(student).train().backbone(x0).norm(dim=1).mean().item()
+            t_norm = teacher.backbone(x0).norm(dim=1).mean().item()
+        probe_epoch(0)
+        measure(0, [], [], s_norm, t_norm, 0.0)
+        save(0)
+        store.write_result("metrics", history.to_dataset(cfg, device))
+
+    save_at = set(range(cfg.save_every, cfg.epochs + 1, cfg.save_every)) if cfg.save_every else set()
+    save_at |= {int(e) for e in cfg.save_epochs} | {cfg.epochs}
+    probe_at = set(range(cfg.probe_every, cfg.epochs + 1, cfg.probe_every)) if cfg.probe_every else set()
+    probe_at |= {cfg.epochs}
+
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" and device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    aug_gen = torch.Generator()
+    student.train()
+    bar = tqdm(range(start + 1, cfg.epochs + 1), desc=cfg.run_name, unit="epoch", disable=None if progress is None
+               else not progress, initial=start, total=cfg.epochs)
+    last_probe = ""
+    for epoch in bar:
+        t0 = time.perf_counter()
+        losses, kls = [], []
+        s_norm_sum, t_norm_sum, n_norm = torch.zeros((), device=device), torch.zeros((), device=device), 0
+        aug_gen.manual_seed(cfg.aug_seed * 1_000_003 + epoch)
+        batches = iterate(data.train, cfg.batch_size, data.mean, data.std, shuffle=True,
+                          seed=cfg.data_seed * 1_000_003 + epoch, drop_last=True, device=device)
+        for i, (x, _) in enumerate(batches):
+            step = (epoch - 1) * steps_per_epoch + i
+            for g in opt.param_groups:
+                g["lr"] = float(lrs[min(step, len(lrs) - 1)])
+            with autocast:
+                if cfg.augment == "multicrop":
+                    views = multicrop(x, cfg.global_crops, cfg.local_crops, aug_gen)
+                    with torch.no_grad():
+                        t_outs = [teacher(v) for v in views[: cfg.global_crops]]
+                    s_outs = [student(v) for v in views]
+                    terms = [distillation_loss(t, s, cfg.teacher_temp, cfg.student_temp, center, cfg.loss)
+                             for ti, t in enumerate(t_outs) for si, s in enumerate(s_outs) if si != ti]
+                    loss = torch.stack(terms).mean()
+                    t_out, emb = t_outs[0], None
+                else:
+                    with torch.no_grad():
+                        t_emb = teacher.backbone(x)
+                        t_out = teacher.head(t_emb)
+                    emb = student.backbone(x)
+                    s_out = student.head(emb)
+                    ce, ent = distillation_terms(t_out, s_out, cfg.teacher_temp, cfg.student_temp, center)
+                    loss = ce - ent if cfg.loss == "kl" else ce
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad:
+                nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise RunError(f"loss became {value} at epoch {epoch}, step {i}: lower --lr, raise --adam-eps or "
+                               f"use --warmup-epochs; {out} keeps the checkpoints up to epoch "
+                               f"{max(store.epochs)}")
+            opt.step()
+            with torch.no_grad():
+                if cfg.ema_teacher:
+                    for pt, ps in zip(teacher.parameters(), student.parameters()):
+                        pt.mul_(cfg.ema_momentum).add_(ps.detach(), alpha=1 - cfg.ema_momentum)
+                if center is not None:
+                    center.mul_(cfg.center_momentum).add_(t_out.float().mean(0), alpha=1 - cfg.center_momentum)
+                if emb is not None:
+                    s_norm_sum += emb.detach().float().norm(dim=1).mean()
+                    t_norm_sum += t_emb.float().norm(dim=1).mean()
+                    n_norm += 1
+                    kls.append(value - ent.item() if cfg.loss == "ce" else value)
+            losses.append(value)
+            if i % 10 == 0:
+                bar.set_postfix_str(f"loss {value:.4f}{last_probe}", refresh=False)
+        n_norm = max(n_norm, 1)
+        if epoch in probe_at:
+            probe_epoch(epoch)
+            p = history.probes[epoch]["student"]
+            last_probe = " | student " + " ".join(f"{k} {100 * v:.1f}" for k, v in p.items())
+            bar.set_postfix_str(f"loss {np.mean(losses):.4f}{last_probe}")
+        measure(epoch, losses, kls, (s_norm_sum / n_norm).item(), (t_norm_sum / n_norm).item(),
+                time.perf_counter() - t0)
+        if epoch in save_at:
+            save(epoch)
+        store.write_result("metrics", history.to_dataset(cfg, device))
+    bar.close()
+    return store
+
+
+def summary_table(metrics: Any) -> str:
+    """Probe accuracies (percent) of the last probed epoch, one row per model, with the
+    distillation gain: student minus the better of teacher and BN-recalibrated teacher."""
+    acc = metrics.accuracy.dropna("epoch", how="all")
+    last = acc.isel(epoch=-1)
+    probes = [str(p) for p in acc.probe.values]
+    lines = [f"epoch {int(last.epoch)}".ljust(14) + "".join(f"{p:>12}" for p in probes)]
+    for m in metrics.model.values:
+        lines.append(f"{m:<14}" + "".join(f"{100 * float(last.sel(model=m, probe=p)):12.2f}" for p in probes))
+    gain = last.sel(model="student") - np.maximum(last.sel(model="teacher"), last.sel(model="teacher_bn"))
+    lines.append(f"{'gain':<14}" + "".join(f"{100 * float(gain.sel(probe=p)):+12.2f}" for p in probes))
+    return "\n".join(lines)
+
+
+def distillation_gain(metrics: Any, epoch: int | None = None) -> "xr.DataArray":  # noqa: F821
+    """Student minus max(teacher, teacher_bn) accuracy per probe, at ``epoch`` (default: last probed)."""
+    acc = metrics.accuracy.dropna("epoch", how="all")
+    row = acc.isel(epoch=-1) if epoch is None else acc.sel(epoch=epoch)
+    return row.sel(model="student") - np.maximum(row.sel(model="teacher"), row.sel(model="teacher_bn"))

@@ -1,0 +1,102 @@
+"""Vision Transformer backbone for small images (ViT-Tiny / ViT-Small at patch size 4 on 32x32).
+
+Patch embedding (a Conv2d with kernel = stride = patch size), a learned cls token, learned
+position embeddings, ``depth`` pre-norm blocks (multi-head self-attention across tokens, then
+an MLP of width 4 * dim with GELU, each wrapped in a residual connection), a final LayerNorm;
+the embedding is the cls token's output, shape (B, dim).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.heads import trunc_normal_
+
+WEIGHT_INITS = ("trunc_normal", "torch")
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention between the L tokens of (B, L, dim)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"ViT width {dim} is not divisible by num_heads={num_heads}; pick a divisor")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        # (B, L, 3, H, D/H) -> three tensors (B, H, L, D/H): attention runs over the L axis
+        q, k, v = self.qkv(x).reshape(B, L, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then + mlp(norm2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int = 4) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """ViT backbone: float image (B, C, H, W) -> cls embedding (B, dim).
+
+    ``tie_blocks=True`` keeps ONE block and applies it ``depth`` times (what the authors' code
+    does, by repeating one module); by default the ``depth`` blocks are independent.
+
+    ``weight_init="trunc_normal"`` (default, the standard ViT/DINO initialisation): Linear weights
+    and the cls / position embeddings ~ N(0, 0.02^2) (:func:`distill.heads.trunc_normal_`, cut
+    at +-2 as in DINO), zero biases, LayerNorm (1, 0), patch-embedding Conv2d with PyTorch's default.
+    ``weight_init="torch"``: PyTorch's default Linear/Conv2d initialisation and cls / position
+    embeddings ~ N(0, 1), as the authors' code.
+    """
+
+    def __init__(self, in_shape: tuple[int, int, int], *, dim: int, num_heads: int, depth: int = 12,
+                 patch_size: int = 4, tie_blocks: bool = False, weight_init: str = "trunc_normal") -> None:
+        super().__init__()
+        C, H, W = in_shape
+        if H % patch_size or W % patch_size:
+            raise ValueError(f"ViT patch_size={patch_size} does not divide the input size {H}x{W}; "
+                             f"pass a patch_size that divides both")
+        self.depth = depth
+        self.tie_blocks = tie_blocks
+        self.embed_dim = dim
+        self.patch_embed = nn.Conv2d(C, dim, kernel_size=patch_size, stride=patch_size)
+        num_patches = (H // patch_size) * (W // patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, dim))
+        self.blocks = nn.ModuleList(Block(dim, num_heads) for _ in range(1 if tie_blocks else depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self._init_weights(weight_init)
+
+    @torch.no_grad()
+    def _init_weights(self, weight_init: str) -> None:
+        if weight_init == "torch":
+            nn.init.normal_(self.cls_token)
+            nn.init.normal_(self.pos_embed)
+            return  # modules were built with PyTorch's defaults
+        trunc_normal_(self.cls_token, std=0.02)
+        trunc_normal_(self.pos_embed, std=0.02)
+        for m in self.blocks.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, L, dim)
+        tokens = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], dim=1) + self.pos_embed
+        for i in range(self.depth):
+            tokens = self.blocks[0 if self.tie_blocks else i](tokens)
+        return self.norm(tokens)[:, 0]

@@ -1,0 +1,305 @@
+"""Evaluators for points on a straight line between two networks of one architecture.
+
+Two implementations behind one interface, used by :func:`landscape.paths.linear_path`:
+
+- :func:`run_loop` (reference): one working copy of the model; per alpha the interpolated
+  tensors are copied into it, BatchNorm statistics are re-estimated with
+  :func:`distill.bn.recalibrate_bn` when asked, and each split is evaluated batch by batch.
+- :func:`run_vmap`: a chunk of alphas in one pass with ``torch.func.functional_call`` +
+  ``vmap`` over stacked parameters and buffers. The BN reset is done in the same batched
+  form by :func:`batched_bn_reset`, which reproduces the ``update_bn`` estimate.
+
+Both return ``(loss, error)``: float64 arrays of shape (n_alphas, n_splits); loss is the mean
+cross-entropy in nats, error = 1 - accuracy as a fraction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from tqdm.auto import tqdm
+
+from distill.bn import recalibrate_bn
+
+_BN = nn.modules.batchnorm._BatchNorm
+POLICIES = ("reset", "interpolate", "keep_a")
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass
+class PathInputs:
+    """Evaluation data on the target device.
+
+    ``bn``: normalised float batches (B, C, H, W) for the BN reset (empty when unused);
+    ``splits``: per split name, uint8 images (N, C, H, W) and int64 labels (N,);
+    ``mean``/``std``: per-channel tensors shaped (1, C, 1, ...) in [0, 1] pixel units.
+    """
+
+    bn: list[Tensor]
+    splits: dict[str, tuple[Tensor, Tensor]]
+    mean: Tensor
+    std: Tensor
+    channels_last: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def normalise(self, images: Tensor) -> Tensor:
+        x = images.float().div_(255).sub_(self.mean).div_(self.std)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        images, labels = self.splits[split]
+        for start in range(0, len(labels), batch_size):
+            yield self.normalise(images[start:start + batch_size]), labels[start:start + batch_size]
+
+
+def _channel_shape(values: Sequence[float], ndim: int, device: torch.device) -> Tensor:
+    return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device).view(1, -1, *[1] * (ndim - 2))
+
+
+def prepare_inputs(data, splits: Sequence[str], *, bn_batches: int, bn_batch_size: int, bn_seed: int,
+                   max_examples: int | None, eval_seed: int, device: torch.device, need_bn: bool,
+                   channels_last: bool = False) -> PathInputs:
+    """Draw the BN-reset batches and the evaluation subsets once.
+
+    BN batches: ``torch.randperm(N_train, generator=Generator().manual_seed(bn_seed))``, the first
+    ``bn_batches * bn_batch_size`` indices (fewer when the split is smaller), cut into consecutive
+    batches of ``bn_batch_size``. Evaluation: the whole split, or, with ``max_examples``, a subset
+    of that size drawn with ``eval_seed`` (kept in the split's original order).
+    """
+    ndim = data.train.images.dim()
+    inputs = PathInputs(bn=[], splits={}, mean=_channel_shape(data.mean, ndim, device),
+                        std=_channel_shape(data.std, ndim, device), channels_last=channels_last)
+    for name in splits:
+        split = getattr(data, name)
+        images, labels = split.images, split.labels
+        n = len(labels)
+        if max_examples is not None and max_examples < n:
+            g = torch.Generator().manual_seed(eval_seed)
+            idx = torch.randperm(n, generator=g)[:max_examples].sort().values
+            images, labels = images[idx.to(images.device)], labels[idx.to(labels.device)]
+        inputs.splits[name] = (images.to(device), labels.to(device=device, dtype=torch.long))
+        inputs.counts[name] = len(labels)
+    if need_bn:
+        n = len(data.train.labels)
+        g = torch.Generator().manual_seed(bn_seed)
+        idx = torch.randperm(n, generator=g)[:bn_batches * bn_batch_size]
+        images = data.train.images[idx.to(data.train.images.device)].to(device)
+        inputs.bn = [inputs.normalise(images[s:s + bn_batch_size]) for s in range(0, len(idx), bn_batch_size)]
+    return inputs
+
+
+# ----------------------------------------------------------------------------- state helpers
+def bn_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """BatchNorm layers that keep running statistics, with their qualified names."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, _BN) and m.track_running_stats]
+
+
+def _key(prefix: str, leaf: str) -> str:
+    return f"{prefix}.{leaf}" if prefix else leaf
+
+
+def bn_stat_keys(model: nn.Module) -> set[str]:
+    """state_dict keys of the BN running mean/variance buffers."""
+    return {_key(n, leaf) for n, _ in bn_layers(model) for leaf in ("running_mean", "running_var")}
+
+
+def lerp(a: Tensor, b: Tensor, alpha: float) -> Tensor:
+    """(1 - alpha) * a + alpha * b, with both ends exact (alpha = 0 gives a, alpha = 1 gives b)."""
+    return a * (1.0 - alpha) + b * alpha
+
+
+def lerp_stack(a: Tensor, b: Tensor, alphas: Tensor) -> Tensor:
+    """Stack of ``lerp(a, b, alpha)`` for each alpha (float64 vector): shape (n, *a.shape)."""
+    shape = (-1,) + (1,) * a.dim()
+    w0 = (1.0 - alphas).to(a.dtype).view(shape)
+    w1 = alphas.to(a.dtype).view(shape)
+    return a.unsqueeze(0) * w0 + b.unsqueeze(0) * w1
+
+
+def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy (float64) and number correct, over the last-but-one axis."""
+    k = logits.shape[-1]
+    ce = F.cross_entropy(logits.reshape(-1, k).double(), labels.expand(logits.shape[:-1]).reshape(-1),
+                         reduction="none").view(logits.shape[:-1])
+    correct = (logits.argmax(-1) == labels).sum(-1)
+    return ce.sum(-1), correct
+
+
+# ----------------------------------------------------------------------------- loop backend
+@torch.inference_mode()
+def run_loop(model: nn.Module, sa: dict[str, Tensor], sb: dict[str, Tensor], alphas: Sequence[float],
+             policy: str, inputs: PathInputs, eval_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluate each alpha in turn on ``model`` (modified in place; its state ends at the last alpha).
+
+    ``policy`` is one of ``reset``, ``interpolate``, ``keep_a`` or ``none``.
+    """
+    model.eval()
+    if inputs.channels_last:
+        model.to(memory_format=torch.channels_last)
+    targets = model.state_dict()
+    from_a = bn_stat_keys(model) if policy == "keep_a" else set()
+    names = list(inputs.splits)
+    loss = np.zeros((len(alphas), len(names)))
+    error = np.zeros_like(loss)
+    for i, alpha in enumerate(tqdm(alphas, desc="path (loop)", disable=None, leave=False)):
+        for k, t in targets.items():
+            if not t.is_floating_point() or k in from_a:
+                t.copy_(sa[k])
+            else:
+                t.copy_(lerp(sa[k], sb[k], float(alpha)))
+        if policy == "reset":
+            recalibrate_bn(model, inputs.bn)
+        for j, name in enumerate(names):
+            total, correct = 0.0, 0
+            for x, y in inputs.batches(name, eval_batch_size):
+                s, c = _score(model(x), y)
+                total += float(s)
+                correct += int(c)
+            n = inputs.counts[name]
+            loss[i, j] = total / n
+            error[i, j] = 1.0 - correct / n
+    return loss, error
+
+
+# ----------------------------------------------------------------------------- vmap backend
+class _StatsRecorder:
+    """Forward pre-hooks that record each BN layer's batch mean and unbiased variance."""
+
+    def __init__(self, layers: list[tuple[str, nn.Module]]):
+        self.layers = layers
+        self.order: list[int] = []
+        self.stats: list[Tensor] = []
+        self.handles = []
+
+    def __enter__(self) -> "_StatsRecorder":
+        for i, (_, m) in enumerate(self.layers):
+            self.handles.append(m.register_forward_pre_hook(self._hook(i)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def _hook(self, i: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            dims = [0] + list(range(2, x.dim()))
+            self.order.append(i)
+            self.stats.append(x.mean(dims))
+            self.stats.append(x.var(dims, correction=1))
+        return hook
+
+    def clear(self) -> None:
+        self.order.clear()
+        self.stats.clear()
+
+
+def batched_bn_reset(model: nn.Module, state: dict[str, Tensor], batches: Sequence[Tensor]) -> dict[str, Tensor]:
+    """Running statistics of every BN layer for a stack of states, as ``update_bn`` would estimate them.
+
+    ``state`` maps state_dict keys to tensors with a leading alpha axis (n, ...). Each batch is
+    run through ``model`` in train mode (BN normalises with batch statistics, running buffers
+    untouched) under ``vmap``; the per-layer batch mean and unbiased variance are averaged
+    cumulatively with weight 1/k for the k-th call, starting from mean 0 and variance 1.
+    Returns ``{"<layer>.running_mean": (n, C), "<layer>.running_var": (n, C)}``.
+    """
+    layers = bn_layers(model)
+    if not layers:
+        return {}
+    if not batches:
+        raise ValueError("BN reset got no batches: pass bn_batches >= 1 and a non-empty training split")
+    skip = bn_stat_keys(model)
+    inner = {k: v for k, v in state.items() if k not in skip}
+    n = next(iter(inner.values())).shape[0]
+    like = next(iter(inner.values()))
+    mean = [torch.zeros(n, m.num_features, dtype=like.dtype, device=like.device) for _, m in layers]
+    var = [torch.ones_like(t) for t in mean]
+    count = [0] * len(layers)
+    modes = {m: m.training for m in model.modules()}
+    tracking = [m.track_running_stats for _, m in layers]
+    recorder = _StatsRecorder(layers)
+
+    def stats(params: dict[str, Tensor], x: Tensor) -> tuple[Tensor, ...]:
+        recorder.clear()
+        functional_call(model, params, (x,))
+        return tuple(recorder.stats)
+
+    batched = vmap(stats, in_dims=(0, None), randomness="different")
+    model.train()
+    for _, m in layers:
+        m.track_running_stats = False  # batch statistics, no in-place buffer update under vmap
+    try:
+        with recorder, torch.inference_mode():
+            for x in batches:
+                out = batched(inner, x)
+                for c, i in enumerate(recorder.order):
+                    count[i] += 1
+                    f = 1.0 / count[i]
+                    mean[i] = out[2 * c] * f + mean[i] * (1.0 - f)
+                    var[i] = out[2 * c + 1] * f + var[i] * (1.0 - f)
+    finally:
+        for (_, m), t in zip(layers, tracking):
+            m.track_running_stats = t
+        for m, training in modes.items():
+            m.train(training)
+    result = {}
+    for (name, _), mu, v in zip(layers, mean, var):
+        result[_key(name, "running_mean")] = mu
+        result[_key(name, "running_var")] = v
+    return result
+
+
+def stacked_state(model: nn.Module, sa: dict[str, Tensor], sb: dict[str, Tensor], alphas: Sequence[float],
+                  policy: str, bn_batches: Sequence[Tensor] = ()) -> dict[str, Tensor]:
+    """Floating-point state of ``model`` at each alpha, stacked on a leading axis (n, ...)."""
+    w = torch.tensor([float(a) for a in alphas], dtype=torch.float64)
+    stat_keys = bn_stat_keys(model)
+    state = {}
+    for k, t in sa.items():
+        if not t.is_floating_point():
+            continue
+        if policy == "keep_a" and k in stat_keys:
+            state[k] = t.unsqueeze(0).expand(len(w), *t.shape)
+        else:
+            state[k] = lerp_stack(t, sb[k], w.to(t.device))
+    if policy == "reset":
+        state.update(batched_bn_reset(model, state, bn_batches))
+    return state
+
+
+@torch.inference_mode()
+def run_vmap(model: nn.Module, sa: dict[str, Tensor], sb: dict[str, Tensor], alphas: Sequence[float],
+             policy: str, inputs: PathInputs, eval_batch_size: int, alpha_chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluate ``alpha_chunk`` alphas per pass with ``vmap``; memory grows with alpha_chunk * batch."""
+    model.eval()
+    names = list(inputs.splits)
+    loss = np.zeros((len(alphas), len(names)))
+    error = np.zeros_like(loss)
+
+    def forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(model, params, (x,))
+
+    batched = vmap(forward, in_dims=(0, None))
+    starts = range(0, len(alphas), alpha_chunk)
+    for start in tqdm(starts, desc="path (vmap)", disable=None, leave=False):
+        chunk = list(alphas[start:start + alpha_chunk])
+        state = stacked_state(model, sa, sb, chunk, policy, inputs.bn)
+        for j, name in enumerate(names):
+            total = torch.zeros(len(chunk), dtype=torch.float64, device=inputs.mean.device)
+            correct = torch.zeros(len(chunk), dtype=torch.long, device=inputs.mean.device)
+            for x, y in inputs.batches(name, eval_batch_size):
+                s, c = _score(batched(state, x), y)
+                total += s
+                correct += c
+            n = inputs.counts[name]
+            loss[start:start + len(chunk), j] = total.cpu().numpy() / n
+            error[start:start + len(chunk), j] = 1.0 - correct.cpu().numpy() / n
+    return loss, error

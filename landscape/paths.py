@@ -1,0 +1,276 @@
+"""Linear paths between two networks and the barrier heights along them.
+
+``linear_path(a, b, data)`` evaluates ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b`` on
+the chosen splits and returns an ``xarray.Dataset`` with dims (alpha, split); ``barrier(ds)``
+reduces such curves to the error barrier of Frankle et al. (2020) and a loss barrier.
+
+Example::
+
+    ds = linear_path((store, 10), (store, 20), data, alphas=21, bn="reset")
+    landscape.barrier(ds).barrier_error.sel(split="test")
+"""
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+
+from distill.bn import has_batchnorm
+from landscape.evaluate import POLICIES, lerp, prepare_inputs, run_loop, run_vmap
+
+BACKENDS = ("auto", "loop", "vmap")
+PATH_DEFINITION = ("theta(alpha) = (1 - alpha) * theta_a + alpha * theta_b over every floating-point "
+                   "parameter and buffer; integer buffers from a")
+BARRIER_ERROR_DEFINITION = "max_alpha err(alpha) - (err(0) + err(1)) / 2 (Frankle et al. 2020)"
+BARRIER_LOSS_DEFINITION = "max_alpha [L(alpha) - ((1 - alpha) * L(0) + alpha * L(1))]"
+# auto picks vmap only on CUDA and only for models up to this many parameters (see _choose_backend)
+VMAP_MAX_PARAMS = 25_000_000
+
+
+# ----------------------------------------------------------------------------- state helpers
+def _check_same_architecture(sd_a: Mapping[str, Tensor], sd_b: Mapping[str, Tensor]) -> None:
+    keys = list(sd_a) + [k for k in sd_b if k not in sd_a]
+    for k in keys:
+        ta, tb = sd_a.get(k), sd_b.get(k)
+        shape_a = tuple(ta.shape) if ta is not None else "no such key"
+        shape_b = tuple(tb.shape) if tb is not None else "no such key"
+        if ta is None or tb is None or ta.shape != tb.shape or ta.is_floating_point() != tb.is_floating_point():
+            raise ValueError(f"models differ at state_dict key {k!r}: a has {shape_a} ({_dtype(ta)}), "
+                             f"b has {shape_b} ({_dtype(tb)}); interpolate between two models of one architecture")
+
+
+def _dtype(t: Tensor | None) -> str:
+    return "-" if t is None else str(t.dtype).replace("torch.", "")
+
+
+def interpolate_state(sd_a: Mapping[str, Tensor], sd_b: Mapping[str, Tensor], alpha: float) -> dict[str, Tensor]:
+    """State dict at ``alpha`` on the line from ``sd_a`` (alpha = 0) to ``sd_b`` (alpha = 1).
+
+    Floating-point entries (parameters and buffers, BN running statistics included) become
+    ``(1 - alpha) * a + alpha * b``; integer entries (e.g. ``num_batches_tracked``) are copied from
+    ``sd_a``. Both ends are exact. Raises ValueError naming the first key whose shape differs.
+    """
+    _check_same_architecture(sd_a, sd_b)
+    out = {}
+    for k, ta in sd_a.items():
+        tb = sd_b[k]
+        if ta.is_floating_point():
+            out[k] = lerp(ta.detach(), tb.detach().to(ta.device, ta.dtype), float(alpha))
+        else:
+            out[k] = ta.detach().clone()
+    return out
+
+
+# ----------------------------------------------------------------------------- argument handling
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _alpha_values(alphas: int | Sequence[float]) -> np.ndarray:
+    if isinstance(alphas, (int, np.integer)) and not isinstance(alphas, bool):
+        if alphas < 2:
+            raise ValueError(f"alphas={alphas}: ask for at least 2 points (both ends are included)")
+        return np.linspace(0.0, 1.0, int(alphas))
+    values = np.asarray([float(a) for a in alphas], dtype=np.float64)
+    if values.ndim != 1 or len(values) == 0 or not np.all(np.isfinite(values)):
+        raise ValueError("alphas must be an int >= 2 or a non-empty sequence of finite numbers")
+    if len(np.unique(values)) != len(values):
+        raise ValueError("alphas contains repeated values: pass each interpolation coefficient once")
+    return values
+
+
+def _resolve(ref: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """(module for our own use, provenance attrs without the a_/b_ prefix)."""
+    if isinstance(ref, nn.Module):
+        return copy.deepcopy(ref).to(device), {"source": "module"}
+    from distill.store import as_module  # lazy: the store is optional for module inputs
+
+    module = as_module(ref, device)
+    info: dict[str, Any] = {}
+    if isinstance(ref, (tuple, list)) and len(ref) == 2:
+        store, which = ref
+        path = str(getattr(store, "path", store))
+        if isinstance(which, (int, np.integer)):
+            info = {"source": f"{path}#epoch={int(which)}", "store": path, "epoch": int(which)}
+        else:
+            info = {"source": f"{path}#name={which}", "store": path, "name": str(which)}
+        try:
+            config = getattr(store, "config", None)
+        except Exception:  # provenance only: an unreadable config must not stop the evaluation
+            config = None
+        if isinstance(config, Mapping):
+            info["config"] = json.dumps(config, sort_keys=True, default=str)
+    else:
+        info = {"source": str(ref)}
+    return module, info
+
+
+def _choose_backend(requested: str, device: torch.device, model: nn.Module, n_alphas: int) -> str:
+    """``auto``: loop on CPU (vmap measured ~2x slower there, see bench/bench_paths.py); on CUDA,
+    vmap for models up to VMAP_MAX_PARAMS parameters without dropout and more than one alpha."""
+    if requested != "auto":
+        return requested
+    if device.type != "cuda" or n_alphas < 2:
+        return "loop"
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        return "loop"  # train-mode randomness in the BN reset would differ from the loop's
+    n_params = sum(p.numel() for p in model.parameters())
+    return "vmap" if n_params <= VMAP_MAX_PARAMS else "loop"
+
+
+def _use_channels_last(option: bool | None, device: torch.device, model: nn.Module, ndim: int) -> bool:
+    if option is not None:
+        return bool(option)
+    return device.type == "cpu" and ndim == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _positive(name: str, value: int) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}={value!r}: pass a positive integer")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- public API
+def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, bn: str = "reset",
+                splits: Sequence[str] = ("train", "test"), bn_batches: int = 8, bn_batch_size: int = 256,
+                bn_seed: int = 0, eval_batch_size: int = 1000, max_examples: int | None = None,
+                backend: str = "auto", device: str | torch.device = "auto", *, eval_seed: int = 0,
+                alpha_chunk: int | None = None, channels_last: bool | None = None) -> xr.Dataset:
+    """Loss and error along ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b``.
+
+    a, b: ``nn.Module`` (never modified) or references for ``distill.store.as_module``
+        (``(store_or_path, epoch)`` or ``(store_or_path, name)``); same architecture.
+    data: a ``distill.Dataset`` (uint8 ``train``/``test`` splits, per-channel ``mean``/``std``).
+    alphas: number of evenly spaced points in [0, 1] (both ends included) or the values themselves.
+    bn: BatchNorm running statistics at each alpha: ``reset`` (re-estimated, exactly as
+        ``torch.optim.swa_utils.update_bn``, on ``bn_batches`` batches of ``bn_batch_size``
+        training images drawn once with ``bn_seed`` and shared by every alpha), ``interpolate``
+        (like the weights) or ``keep_a``. Ignored (recorded as ``none``) without BN layers.
+    max_examples: evaluate a subset of this size per split, drawn with ``eval_seed``; None = all.
+    backend: ``loop`` (reference), ``vmap`` (``alpha_chunk`` alphas per pass, default 8; memory
+        ~ alpha_chunk x eval_batch_size activations) or ``auto`` (loop on CPU; vmap on CUDA for
+        models up to 25M parameters).
+    channels_last: None = on for conv nets on CPU (loop backend); then results match a plain
+        evaluation to float rounding (~1e-6) rather than bit for bit.
+
+    Returns an ``xr.Dataset`` with dims (alpha, split): ``loss`` (mean cross-entropy, nats) and
+    ``error`` (1 - accuracy, fraction), evaluated in eval mode in fp32; attrs hold provenance.
+    """
+    if bn not in POLICIES:
+        raise ValueError(f"bn={bn!r}: choose one of {', '.join(POLICIES)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not splits or len(set(splits)) != len(splits) or any(s not in ("train", "test") for s in splits):
+        raise ValueError(f"splits={splits!r}: pass distinct names among 'train' and 'test'")
+    bn_batches = _positive("bn_batches", bn_batches)
+    bn_batch_size = _positive("bn_batch_size", bn_batch_size)
+    eval_batch_size = _positive("eval_batch_size", eval_batch_size)
+    if max_examples is not None:
+        max_examples = _positive("max_examples", max_examples)
+    alpha_values = _alpha_values(alphas)
+    dev = _resolve_device(device)
+
+    model, info_a = _resolve(a, dev)
+    if isinstance(b, nn.Module):
+        sd_b, info_b = b.state_dict(), {"source": "module"}
+    else:
+        module_b, info_b = _resolve(b, dev)
+        sd_b = module_b.state_dict()
+    _check_same_architecture(model.state_dict(), sd_b)
+    sa = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sb = {k: v.detach().to(dev, v.dtype) for k, v in sd_b.items()}
+    model.requires_grad_(False)
+
+    policy = bn if has_batchnorm(model) else "none"
+    chosen = _choose_backend(backend, dev, model, len(alpha_values))
+    chunk = _positive("alpha_chunk", alpha_chunk) if alpha_chunk is not None else min(8, len(alpha_values))
+    use_cl = chosen == "loop" and _use_channels_last(channels_last, dev, model, data.train.images.dim())
+    inputs = prepare_inputs(data, splits, bn_batches=bn_batches, bn_batch_size=bn_batch_size, bn_seed=bn_seed,
+                            max_examples=max_examples, eval_seed=eval_seed, device=dev,
+                            need_bn=policy == "reset", channels_last=use_cl)
+    if any(n == 0 for n in inputs.counts.values()):
+        raise ValueError(f"empty split among {splits}: pass a dataset with examples in every split evaluated")
+    alist = [float(x) for x in alpha_values]
+    if chosen == "vmap":
+        try:
+            loss, error = run_vmap(model, sa, sb, alist, policy, inputs, eval_batch_size, chunk)
+        except RuntimeError as exc:
+            if backend != "auto":
+                raise
+            warnings.warn(f"vmap evaluation failed ({exc}); falling back to the loop backend", stacklevel=2)
+            chosen = "loop"
+    if chosen == "loop":
+        loss, error = run_loop(model, sa, sb, alist, policy, inputs, eval_batch_size)
+
+    import distill
+
+    attrs: dict[str, Any] = {
+        "path_definition": PATH_DEFINITION, "bn_policy": policy, "backend": chosen,
+        "alpha_chunk": chunk if chosen == "vmap" else 1, "precision": "fp32", "device": str(dev),
+        "memory_format": "channels_last" if use_cl else "contiguous", "n_alphas": len(alpha_values),
+        "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_seed": bn_seed,
+        "bn_examples": sum(len(x) for x in inputs.bn), "eval_batch_size": eval_batch_size,
+        "eval_seed": eval_seed, "dataset": str(getattr(data, "name", "")),
+    }
+    attrs.update({f"examples_{s}": n for s, n in inputs.counts.items()})
+    attrs.update({f"a_{k}": v for k, v in info_a.items()})
+    attrs.update({f"b_{k}": v for k, v in info_b.items()})
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, Mapping):
+        attrs["model_spec"] = json.dumps(spec, sort_keys=True, default=str)
+    attrs["toolkit_version"] = str(distill.__version__)
+    attrs["torch_version"] = str(torch.__version__)  # TorchVersion is a str subclass h5py rejects
+
+    return xr.Dataset(
+        {"loss": (("alpha", "split"), loss, {"long_name": "cross-entropy loss", "units": "nats"}),
+         "error": (("alpha", "split"), error, {"long_name": "classification error", "units": "fraction"})},
+        coords={"alpha": ("alpha", alpha_values, {"long_name": "interpolation coefficient", "units": "1"}),
+                "split": ("split", np.array(splits))},
+        attrs=attrs)
+
+
+def barrier(ds: xr.Dataset) -> xr.Dataset:
+    """Barrier heights of the curves in ``ds`` (from :func:`linear_path`), reduced over ``alpha``.
+
+    ``barrier_error = max_alpha err(alpha) - (err(0) + err(1)) / 2`` (Frankle et al. 2020) and
+    ``barrier_loss = max_alpha [L(alpha) - ((1 - alpha) L(0) + alpha L(1))]``, for every split
+    and any other dimension (e.g. ``pair``). The path must contain alpha = 0 and alpha = 1.
+    Returns an ``xr.Dataset`` that keeps ``ds.attrs`` and adds both definitions.
+    """
+    if "alpha" not in ds.dims:
+        raise ValueError("barrier needs a Dataset with an 'alpha' dimension, e.g. the result of linear_path")
+    if "error" not in ds and "loss" not in ds:
+        raise ValueError("barrier needs an 'error' or 'loss' variable along alpha")
+    alpha = ds["alpha"]
+    ends = []
+    for end in (0.0, 1.0):
+        hits = np.flatnonzero(np.isclose(alpha.values, end, rtol=0, atol=1e-12))
+        if len(hits) != 1:
+            raise ValueError(f"barrier needs alpha={end:g} exactly once on the path; include both ends")
+        ends.append(int(hits[0]))
+    i0, i1 = ends
+    out = {}
+    if "error" in ds:
+        err = ds["error"]
+        height = err.max("alpha") - (err.isel(alpha=i0, drop=True) + err.isel(alpha=i1, drop=True)) / 2
+        height.attrs = {"long_name": "error barrier", "units": err.attrs.get("units", "fraction")}
+        out["barrier_error"] = height
+    if "loss" in ds:
+        loss = ds["loss"]
+        chord = (1 - alpha) * loss.isel(alpha=i0, drop=True) + alpha * loss.isel(alpha=i1, drop=True)
+        height = (loss - chord).max("alpha")
+        height.attrs = {"long_name": "loss barrier", "units": loss.attrs.get("units", "nats")}
+        out["barrier_loss"] = height
+    attrs = dict(ds.attrs)
+    attrs["barrier_error_definition"] = BARRIER_ERROR_DEFINITION
+    attrs["barrier_loss_definition"] = BARRIER_LOSS_DEFINITION
+    return xr.Dataset(out, attrs=attrs)
