@@ -8,7 +8,7 @@ for the BN reset as 8 batches of 256, 2,000 test images). Images/s counts every 
 through the network (BN-reset plus evaluation images, times the number of alphas).
 
     python -m bench.bench_paths                # full run (a few minutes on 2 CPU cores)
-    python -m bench.bench_paths --alphas 5     # quicker
+    python -m bench.bench_paths --bn-batches 4 --test-images 1000 --short vmap,auto   # ~3 minutes
 """
 from __future__ import annotations
 
@@ -100,8 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--backends", default="naive,loop,vmap,auto",
                         help="comma-separated subset of naive,loop,vmap,auto")
-    parser.add_argument("--vmap-alphas", type=int, default=None,
-                        help="points for the vmap run (default: --alphas); images/s stays comparable")
+    parser.add_argument("--short", default="",
+                        help="methods run on every 5th alpha only (images/s stays comparable), e.g. vmap,auto")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="methods take turns on interleaved alpha subsets, so load drift hits all alike")
     parser.add_argument("--alpha-chunk", type=int, default=None)
     args = parser.parse_args(argv)
 
@@ -109,41 +111,60 @@ def main(argv: list[str] | None = None) -> None:
     data = _data(bn_images, args.test_images)
     a, b = _convnet(0), _convnet(1)
     per_alpha = bn_images + args.test_images
+    grid = np.linspace(0, 1, args.alphas)
+    methods = args.backends.split(",")
+    short = set(filter(None, args.short.split(",")))
+    own = {m: (grid[::5] if m in short else grid) for m in methods}
     print(f"ConvNet 4x64 + BN ({sum(p.numel() for p in a.parameters()):,} parameters), 3x32x32, "
           f"{args.alphas}-point path, BN reset {args.bn_batches}x{args.bn_batch_size}, "
-          f"{args.test_images} test images; torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"{args.test_images} test images; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.rounds} interleaved rounds")
 
-    rows, curves = [], {}
-    for name in args.backends.split(","):
-        n = args.vmap_alphas if (name == "vmap" and args.vmap_alphas) else args.alphas
-        alphas = np.linspace(0, 1, n)
-        start = time.perf_counter()
-        if name == "naive":
-            curve = naive_path(a, b, data, alphas, bn_images, args.bn_batch_size, seed=0)
-            label = "naive (update_bn + DataLoader)"
+    for m in methods:  # warm-up (kernel selection, allocator), not timed
+        if m == "naive":
+            naive_path(a, b, data, grid[:1], args.bn_batch_size, args.bn_batch_size, seed=0)
         else:
-            ds = linear_path(a, b, data, alphas=n, bn="reset", splits=("test",), bn_batches=args.bn_batches,
-                             bn_batch_size=args.bn_batch_size, bn_seed=0, backend=name, device="cpu",
-                             alpha_chunk=args.alpha_chunk)
-            curve = ds.loss.sel(split="test").values
-            label = f"ours backend={name} (ran {ds.attrs['backend']}, {ds.attrs['memory_format']})"
-        seconds = time.perf_counter() - start
-        curves[name] = (alphas, curve)
-        rows.append((name, label, n, seconds, n * per_alpha / seconds))
+            linear_path(a, b, data, alphas=[0.0], splits=("test",), bn_batches=1, backend=m, device="cpu",
+                        max_examples=64)
+    seconds = {m: 0.0 for m in methods}
+    cpu = {m: 0.0 for m in methods}
+    losses: dict[str, dict[float, float]] = {m: {} for m in methods}
+    ran = {}
+    for r in range(args.rounds):
+        for m in methods:
+            alphas = own[m][r::args.rounds]
+            if len(alphas) == 0:
+                continue
+            start, start_cpu = time.perf_counter(), time.process_time()
+            if m == "naive":
+                curve = naive_path(a, b, data, alphas, bn_images, args.bn_batch_size, seed=0)
+            else:
+                ds = linear_path(a, b, data, alphas=list(alphas), bn="reset", splits=("test",),
+                                 bn_batches=args.bn_batches, bn_batch_size=args.bn_batch_size, bn_seed=0,
+                                 backend=m, device="cpu", alpha_chunk=args.alpha_chunk)
+                curve = ds.loss.sel(split="test").values
+                ran[m] = f"{ds.attrs['backend']}, {ds.attrs['memory_format']}"
+            seconds[m] += time.perf_counter() - start
+            cpu[m] += time.process_time() - start_cpu
+            losses[m].update({round(float(x), 9): float(v) for x, v in zip(alphas, curve)})
 
-    naive = next((r for r in rows if r[0] == "naive"), None)
-    print(f"\n{'method':<52} {'alphas':>6} {'seconds':>8} {'images/s':>9} {'x naive':>8} {'max|dloss|':>11}")
-    for name, label, n, seconds, rate in rows:
-        ratio = f"{rate / naive[4]:.2f}" if naive else "-"
+    rate = {m: len(own[m]) * per_alpha / seconds[m] for m in methods}
+    cpu_rate = {m: len(own[m]) * per_alpha / cpu[m] for m in methods}
+    print(f"\n{'method':<48} {'alphas':>6} {'wall s':>7} {'images/s':>9} {'x naive':>8} "
+          f"{'img/cpu-s':>9} {'x naive':>8} {'max|dloss|':>11}")
+    for m in methods:
+        label = "naive (update_bn + DataLoader)" if m == "naive" else f"ours backend={m} (ran {ran[m]})"
+        ratio = f"{rate[m] / rate['naive']:.2f}" if "naive" in rate else "-"
+        cpu_ratio = f"{cpu_rate[m] / cpu_rate['naive']:.2f}" if "naive" in rate else "-"
         diff = "-"
-        if naive and name != "naive":
-            ref_alphas, ref = curves["naive"]
-            alphas, curve = curves[name]
-            common = np.isin(np.round(alphas, 12), np.round(ref_alphas, 12))
-            ref_common = np.isin(np.round(ref_alphas, 12), np.round(alphas, 12))
-            if common.any():
-                diff = f"{np.abs(curve[common] - ref[ref_common]).max():.1e}"
-        print(f"{label:<52} {n:>6} {seconds:>8.1f} {rate:>9.0f} {ratio:>8} {diff:>11}")
+        if "naive" in losses and m != "naive":
+            common = [x for x in losses[m] if x in losses["naive"]]
+            if common:
+                diff = f"{max(abs(losses[m][x] - losses['naive'][x]) for x in common):.1e}"
+        print(f"{label:<48} {len(own[m]):>6} {seconds[m]:>7.1f} {rate[m]:>9.0f} {ratio:>8} "
+              f"{cpu_rate[m]:>9.0f} {cpu_ratio:>8} {diff:>11}")
+    print("images/s: (BN-reset + test images) x alphas / wall seconds; img/cpu-s uses this process's CPU time "
+          "(less sensitive to other processes on the machine); max|dloss|: test loss vs naive at shared alphas")
 
 
 if __name__ == "__main__":
