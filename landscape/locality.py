@@ -1,0 +1,118 @@
+"""Teacher-distance sweeps: how distillation changes with the student's distance from the teacher.
+
+``locality(cfg, alphas=[0, 0.1, ..., 1])`` runs one distillation per (alpha, seed), each in
+its own store, with the student initialised as
+
+    theta_s = ((1 - alpha) theta_t + alpha theta_noise) / sqrt(alpha^2 + (1 - alpha)^2)
+
+or, with ``eps=[...]``, as ``theta_s = theta_t + eps * theta_noise``; then gathers probe
+accuracy over epochs, the final KL to the teacher, and the student's parameter distance
+from the teacher and from its own initialisation.
+"""
+from __future__ import annotations
+
+import json
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+import distill
+from distill.config import DistillConfig
+from distill.init import parameter_distance
+from distill.store import Store
+
+
+def point_config(cfg: DistillConfig, axis: str, value: float, seed: int) -> DistillConfig:
+    """The configuration of one sweep point: ``axis`` is ``alpha`` or ``eps``; replicate ``seed``
+    shifts the teacher, noise and data-order seeds together."""
+    mode = {"alpha": "alpha", "eps": "eps"}[axis]
+    return cfg.replace(init=mode, **{axis: float(value)}, seed=cfg.seed + seed, noise_seed=cfg.noise_seed + seed,
+                       data_seed=cfg.data_seed + seed)
+
+
+def point_path(out_dir: Path, cfg: DistillConfig, axis: str, value: float, seed: int) -> Path:
+    return Path(out_dir) / f"{cfg.dataset.replace(':', '-')}-{cfg.arch}-{axis}{value:g}-seed{seed}.h5"
+
+
+def _run_point(cfg_dict: dict[str, Any], out: str, data: Any = None) -> str:
+    """Worker for executors: a top-level function taking plain data."""
+    distill.distill(DistillConfig.from_dict(cfg_dict), out, data=data, progress=False)
+    return out
+
+
+def locality(cfg: DistillConfig, alphas: Sequence[float] | None = None, eps: Sequence[float] | None = None,
+             seeds: Sequence[int] = (0,), out_dir: str | Path = "runs/locality", executor: Executor | None = None,
+             data: Any = None, progress: bool | None = None) -> xr.Dataset:
+    """Run the sweep (resuming stores that exist) and return a Dataset over
+    (``alpha`` or ``eps``, ``seed``, ``epoch``, ``model``, ``probe``).
+
+    ``executor``: any ``concurrent.futures.Executor`` to run the points in parallel
+    (sequential in this process by default). ``data``: a preloaded Dataset used by every point
+    (default: each point loads ``cfg.dataset``). Variables: ``accuracy`` (alpha, seed, epoch,
+    model, probe), ``kl``, ``distance_teacher`` (alpha, seed, epoch), ``final_kl``,
+    ``distance_init``, ``distance_teacher_init`` (alpha, seed).
+    """
+    if (alphas is None) == (eps is None):
+        raise ValueError("pass exactly one of alphas=[...] or eps=[...]")
+    axis, values = ("alpha", list(alphas)) if alphas is not None else ("eps", list(eps))  # type: ignore[arg-type]
+    if axis == "alpha" and any(not 0 <= a <= 1 for a in values):
+        raise ValueError(f"alphas must lie in [0, 1], got {values}")
+    out_dir = Path(out_dir)
+    points = [(v, s) for v in values for s in seeds]
+    jobs = {(v, s): (point_config(cfg, axis, v, s), point_path(out_dir, cfg, axis, v, s)) for v, s in points}
+    if executor is None:
+        for v, s in tqdm(points, desc=f"locality ({axis})", disable=None if progress is None else not progress):
+            c, path = jobs[(v, s)]
+            distill.distill(c, path, data=data, progress=False)
+    else:
+        futures = [executor.submit(_run_point, c.to_dict(), str(path), data) for c, path in jobs.values()]
+        for f in tqdm(futures, desc=f"locality ({axis})", disable=None if progress is None else not progress):
+            f.result()
+    return collect(cfg, axis, values, seeds, {k: p for k, (_, p) in jobs.items()})
+
+
+def collect(cfg: DistillConfig, axis: str, values: Sequence[float], seeds: Sequence[int],
+            paths: dict[tuple[float, int], Path]) -> xr.Dataset:
+    """Gather the stores of a sweep into one Dataset (see :func:`locality`)."""
+    rows = []
+    for v in values:
+        per_seed = []
+        for s in seeds:
+            store = Store(paths[(v, s)])
+            m = store.metrics
+            teacher, first, last = store.teacher(), store.student(0), store.student(-1)
+            point = xr.Dataset({
+                "accuracy": m.accuracy, "kl": m.kl, "distance_teacher": m.distance,
+                "final_kl": m.kl.isel(epoch=-1, drop=True),
+                "distance_init": ((), parameter_distance(last, first)),
+                "distance_teacher_init": ((), parameter_distance(first, teacher)),
+            })
+            point["store"] = ((), str(store.path))
+            per_seed.append(point)
+        rows.append(xr.concat(per_seed, dim=xr.DataArray(list(seeds), dims="seed", name="seed"), join="outer"))
+    ds = xr.concat(rows, dim=xr.DataArray(np.asarray(values, dtype=np.float64), dims=axis, name=axis), join="outer")
+    ds = ds.drop_vars("store").assign_coords(store=((axis, "seed"), ds["store"].values.astype(str)))
+    units = {
+        "accuracy": ("probe accuracy", "fraction"), "kl": ("KL(teacher || student), epoch mean", "nats"),
+        "distance_teacher": ("parameter distance student - teacher (L2)", "1"),
+        "final_kl": ("KL(teacher || student) in the last epoch", "nats"),
+        "distance_init": ("parameter distance final student - initial student (L2)", "1"),
+        "distance_teacher_init": ("parameter distance initial student - teacher (L2)", "1"),
+    }
+    for k, (long_name, u) in units.items():
+        ds[k].attrs = {"long_name": long_name, "units": u}
+    ds[axis].attrs = {"long_name": {"alpha": "interpolation weight of noise at init",
+                                    "eps": "noise scale at init"}[axis], "units": "1"}
+    ds.attrs = {
+        "config": cfg.to_json(), "axis": axis, "toolkit_version": distill.__version__,
+        "torch_version": str(torch.__version__),
+        "init_definition": ("theta_s = ((1 - alpha) theta_t + alpha theta_noise) / sqrt(alpha^2 + (1 - alpha)^2)"
+                            if axis == "alpha" else "theta_s = theta_t + eps * theta_noise"),
+        "seeds": json.dumps(list(seeds)),
+    }
+    return ds
