@@ -278,7 +278,12 @@ def stacked_state(model: nn.Module, sa: dict[str, Tensor], sb: dict[str, Tensor]
 @torch.inference_mode()
 def run_vmap(model: nn.Module, sa: dict[str, Tensor], sb: dict[str, Tensor], alphas: Sequence[float],
              policy: str, inputs: PathInputs, eval_batch_size: int, alpha_chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Evaluate ``alpha_chunk`` alphas per pass with ``vmap``; memory grows with alpha_chunk * batch."""
+    """Evaluate ``alpha_chunk`` alphas per pass with ``vmap``.
+
+    Each evaluation pass holds ``eval_batch_size`` images in total (``ceil(eval_batch_size /
+    alpha_chunk)`` per alpha), like the loop; the BN-reset pass holds ``alpha_chunk`` times
+    a BN batch, since each batch's statistics need the whole batch.
+    """
     model.eval()
     names = list(inputs.splits)
     loss = np.zeros((len(alphas), len(names)))
@@ -292,10 +297,11 @@ def run_vmap(model: nn.Module, sa: dict[str, Tensor], sb: dict[str, Tensor], alp
     for start in tqdm(starts, desc="path (vmap)", disable=None, leave=False):
         chunk = list(alphas[start:start + alpha_chunk])
         state = stacked_state(model, sa, sb, chunk, policy, inputs.bn)
+        per_alpha = -(-eval_batch_size // len(chunk))
         for j, name in enumerate(names):
             total = torch.zeros(len(chunk), dtype=torch.float64, device=inputs.mean.device)
             correct = torch.zeros(len(chunk), dtype=torch.long, device=inputs.mean.device)
-            for x, y in inputs.batches(name, eval_batch_size):
+            for x, y in inputs.batches(name, per_alpha):
                 s, c = _score(batched(state, x), y)
                 total += s
                 correct += c

@@ -114,8 +114,10 @@ def _resolve(ref: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]
 
 
 def _choose_backend(requested: str, device: torch.device, model: nn.Module, n_alphas: int) -> str:
-    """``auto``: loop on CPU (vmap measured ~2x slower there, see bench/bench_paths.py); on CUDA,
-    vmap for models up to VMAP_MAX_PARAMS parameters without dropout and more than one alpha."""
+    """``auto``: loop on CPU (vmap ran at 0.5-0.8x the loop's speed there, bench/bench_paths.py);
+    on CUDA, vmap for models up to VMAP_MAX_PARAMS parameters without dropout and more than one
+    alpha, where per-alpha kernels of a small model leave the device mostly idle (not measured in
+    this project: no GPU was available to the benchmark)."""
     if requested != "auto":
         return requested
     if device.type != "cuda" or n_alphas < 2:
@@ -155,9 +157,10 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
         training images drawn once with ``bn_seed`` and shared by every alpha), ``interpolate``
         (like the weights) or ``keep_a``. Ignored (recorded as ``none``) without BN layers.
     max_examples: evaluate a subset of this size per split, drawn with ``eval_seed``; None = all.
-    backend: ``loop`` (reference), ``vmap`` (``alpha_chunk`` alphas per pass, default 8; memory
-        ~ alpha_chunk x eval_batch_size activations) or ``auto`` (loop on CPU; vmap on CUDA for
-        models up to 25M parameters).
+    backend: ``loop`` (reference), ``vmap`` (``alpha_chunk`` alphas per pass, default 8; an
+        evaluation pass holds ``eval_batch_size`` images in all, a BN-reset pass ``alpha_chunk``
+        x ``bn_batch_size``) or ``auto`` (loop on CPU, where vmap measured ~0.5-0.8x the loop's
+        speed; vmap on CUDA for models up to 25M parameters without dropout).
     channels_last: None = on for conv nets on CPU (loop backend); then results match a plain
         evaluation to float rounding (~1e-6) rather than bit for bit.
 

@@ -355,3 +355,13 @@ def test_netcdf_round_trip(data, tmp_path):
         obj.to_netcdf(tmp_path / name, engine="h5netcdf")
         back = xr.open_dataset(tmp_path / name, engine="h5netcdf").load()
         assert back.identical(obj), name
+
+
+def test_default_memory_format_matches_contiguous(data):
+    a, b = make_model("bn", 0), make_model("bn", 1)
+    common = {k: v for k, v in COMMON.items() if k != "channels_last"}
+    auto = linear_path(a, b, data, alphas=4, bn="reset", backend="loop", **common)
+    plain = linear_path(a, b, data, alphas=4, bn="reset", backend="loop", channels_last=False, **common)
+    assert auto.attrs["memory_format"] == "channels_last" and plain.attrs["memory_format"] == "contiguous"
+    np.testing.assert_allclose(auto.loss.values, plain.loss.values, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(auto.error.values, plain.error.values, rtol=0, atol=1e-5)
