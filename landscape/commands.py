@@ -25,3 +25,362 @@ class _Distill:
         print(summary_table(store.metrics))
         print(f"wrote {store.path}")
         return 0
+
+
+# ---------------------------------------------------------------------------- landscape helpers
+_SPLITS = ("train", "test")
+
+
+def _parse_ref(text: str) -> tuple:
+    """``STORE:EPOCH`` or ``STORE:NAME`` -> (Store, int epoch | str name)."""
+    from distill.store import Store
+
+    path, sep, which = text.rpartition(":")
+    if not sep or not path or not which:
+        raise ValueError(f"{text!r} is not a checkpoint reference: write STORE:EPOCH or STORE:NAME, "
+                         "e.g. runs/x.h5:10 or runs/x.h5:teacher")
+    store = Store(path)
+    try:
+        return store, int(which)
+    except ValueError:
+        return store, which
+
+
+def _splits(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    if not names or any(s not in _SPLITS for s in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: pass train, test or train,test")
+    return names
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default=None, help="dataset to evaluate on (default: the one in the store's config)")
+    p.add_argument("--data-root", default=None, help="folder or file holding the dataset (default: the store's "
+                   "config, else the standard places)")
+    p.add_argument("--subset", type=int, default=None, help="stratified subset of this many training images "
+                   "(default: the store's config when --dataset is not given)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+
+
+def _data_for(store, a: argparse.Namespace):
+    """The dataset named by --dataset, else the one recorded in ``store``'s config."""
+    from distill.data import load_dataset
+
+    cfg = store.config
+    seed = int(cfg.get("data_seed", 0) or 0)
+    if a.dataset:
+        return load_dataset(a.dataset, root=a.data_root, subset=a.subset, seed=seed)
+    name = cfg.get("dataset")
+    if not name:
+        raise ValueError(f"{store.path} records no dataset in its config: pass --dataset NAME (and --data-root DIR)")
+    subset = a.subset if a.subset is not None else cfg.get("subset")
+    return load_dataset(name, root=a.data_root or cfg.get("data_root"), subset=subset, seed=seed)
+
+
+def _require_classifier(text: str, ref: tuple, num_classes: int) -> None:
+    from distill.store import as_module
+
+    model = as_module(ref)
+    head = getattr(model, "spec", {}).get("head")
+    out = getattr(getattr(model, "head", None), "out_features", None)
+    if head != "linear" or out != num_classes:
+        raise ValueError(f"{text} is not a classifier for {num_classes} classes (head={head!r}): compare "
+                         "classifiers, e.g. the children written by 'rtt instability'")
+
+
+def _slug(which) -> str:
+    return str(which).replace("/", "_")
+
+
+def _write_nc(ds, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_netcdf(path, engine="h5netcdf")
+    return path
+
+
+def _barrier_table(ds) -> str:
+    """One row per (pair, split): endpoint errors, largest error on the path, barrier heights."""
+    pairs = [str(p) for p in ds.pair.values] if "pair" in ds.dims else [None]
+    lines = [("pair  " if pairs[0] is not None else "") + "split   err(0)   err(1)  max err  barrier_error  "
+             "barrier_loss"]
+    for p in pairs:
+        sub = ds if p is None else ds.sel(pair=p)
+        for s in ds.split.values:
+            err = sub.error.sel(split=s)
+            row = (f"{p:<6}" if p is not None else "") + f"{str(s):<6}"
+            row += f"{float(err.isel(alpha=0)):9.4f}{float(err.isel(alpha=-1)):9.4f}{float(err.max()):9.4f}"
+            row += f"{float(sub.barrier_error.sel(split=s)):15.4f}{float(sub.barrier_loss.sel(split=s)):14.4f}"
+            lines.append(row)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- lmc
+@command("lmc", "linear mode connectivity: error and loss on the straight line between two checkpoints")
+class _Lmc:
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser) -> None:
+        from landscape.evaluate import POLICIES
+
+        p.add_argument("a", metavar="A", help="first checkpoint: STORE:EPOCH or STORE:NAME (e.g. runs/x.h5:children/0)")
+        p.add_argument("b", metavar="B", help="second checkpoint, same architecture")
+        p.add_argument("--alphas", type=int, default=21, help="evenly spaced points on [0, 1], ends included "
+                       "(default: 21)")
+        p.add_argument("--bn", default="reset", choices=POLICIES, help="BatchNorm statistics along the path "
+                       "(default: reset)")
+        p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
+        p.add_argument("--max-examples", type=int, default=None, help="evaluate a seeded subset of this size")
+        p.add_argument("--out", default=None, help="netCDF file to write (default: beside A's store)")
+        _add_data_args(p)
+
+    @staticmethod
+    def run(a: argparse.Namespace) -> int:
+        from landscape.paths import barrier, linear_path
+
+        ref_a, ref_b = _parse_ref(a.a), _parse_ref(a.b)
+        data = _data_for(ref_a[0], a)
+        _require_classifier(a.a, ref_a, data.num_classes)
+        _require_classifier(a.b, ref_b, data.num_classes)
+        ds = linear_path(ref_a, ref_b, data, alphas=a.alphas, bn=a.bn, splits=a.split,
+                         max_examples=a.max_examples, device=a.device)
+        heights = barrier(ds)
+        ds["barrier_error"], ds["barrier_loss"] = heights.barrier_error, heights.barrier_loss
+        ds.attrs = dict(heights.attrs)
+        print(_barrier_table(ds))
+        store = ref_a[0].path
+        out = Path(a.out) if a.out else store.with_name(f"{store.stem}-lmc-{_slug(ref_a[1])}-{_slug(ref_b[1])}.nc")
+        print(f"wrote {_write_nc(ds, out)}")
+        return 0
+
+
+# ---------------------------------------------------------------------------- instability
+@command("instability", "train children of a checkpoint with labels and measure the barriers between them")
+class _Instability:
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser) -> None:
+        from dataclasses import fields
+
+        from distill.config import SupervisedConfig
+        from landscape.evaluate import POLICIES
+
+        p.add_argument("store", help="store holding the start checkpoint")
+        p.add_argument("--epoch", type=int, default=-1, help="start from the student of this epoch (-1: the last)")
+        p.add_argument("--module", default=None, help="start from this module instead (e.g. teacher)")
+        p.add_argument("--children", type=int, default=2, help="number of children (default: 2)")
+        p.add_argument("--seeds", default=None, help="comma-separated seeds, one per child (default: 0..children-1)")
+        p.add_argument("--preset", default="paper", choices=("paper", "cpu", "tiny"),
+                       help="training recipe (paper: 160 epochs; cpu: 8; tiny: 2); --sup-* flags override it")
+        p.add_argument("--children-store", default=None, help="store for the children (resumed when it exists; "
+                       "default: STORE-instability-eEPOCH.h5 beside STORE)")
+        p.add_argument("--alphas", type=int, default=21, help="points on each path (default: 21)")
+        p.add_argument("--bn", default="reset", choices=POLICIES, help="BatchNorm statistics along the paths")
+        p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
+        p.add_argument("--max-examples", type=int, default=None, help="evaluate paths on a seeded subset")
+        p.add_argument("--out", default=None, help="netCDF file to write (default: the children store's name, .nc)")
+        _add_data_args(p)
+        skip = ("device", "data_seed", "aug_seed")
+        add_arguments(p, SupervisedConfig, prefix="sup-", skip=skip)
+        # absent --sup-* flags (None) must not override the preset
+        p.set_defaults(**{f"sup_{f.name}": None for f in fields(SupervisedConfig) if f.name not in skip})
+
+    @staticmethod
+    def run(a: argparse.Namespace) -> int:
+        from dataclasses import fields
+
+        from distill.config import SupervisedConfig
+        from distill.store import Store
+        from landscape.instability import instability
+
+        store = Store(a.store)
+        if a.module:
+            which, tag = a.module, _slug(a.module)
+        else:
+            epochs = store.epochs
+            try:
+                which = epochs[a.epoch] if a.epoch < 0 else a.epoch
+            except IndexError:
+                raise ValueError(f"{store.path} has no student at epoch {a.epoch} (saved epochs: "
+                                 f"{', '.join(map(str, epochs)) or 'none'}); pass --epoch or --module") from None
+            tag = f"e{which}"
+        overrides = {f.name: getattr(a, f"sup_{f.name}") for f in fields(SupervisedConfig)
+                     if getattr(a, f"sup_{f.name}", None) is not None}
+        cfg = SupervisedConfig.preset(a.preset, **overrides, device=a.device)
+        seeds = [int(s) for s in a.seeds.split(",") if s.strip()] if a.seeds else None
+        children_store = Path(a.children_store) if a.children_store else store.path.with_name(
+            f"{store.path.stem}-instability-{tag}.h5")
+        data = _data_for(store, a)
+        ds = instability((store, which), data, children=a.children, seeds=seeds, cfg=cfg, store=children_store,
+                         alphas=a.alphas, bn=a.bn, splits=a.split, device=a.device,
+                         path_options={"max_examples": a.max_examples})
+        print(_barrier_table(ds))
+        print("children test accuracy: " + ", ".join(
+            f"{int(c)} (seed {int(s)}): {float(v):.4f}"
+            for c, s, v in zip(ds.child.values, ds.child_seed.values, ds.child_test_accuracy.values)))
+        out = Path(a.out) if a.out else children_store.with_suffix(".nc")
+        print(f"children in {children_store}")
+        print(f"wrote {_write_nc(ds, out)}")
+        return 0
+
+
+# ---------------------------------------------------------------------------- plane
+@command("plane", "loss and error on the plane through three checkpoints")
+class _Plane:
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser) -> None:
+        from landscape.evaluate import POLICIES
+
+        for name, what in (("a", "origin"), ("b", "u = B - A"), ("c", "third point (v: C - A orthogonalised)")):
+            p.add_argument(name, metavar=name.upper(), help=f"{what}: STORE:EPOCH or STORE:NAME")
+        p.add_argument("--out", required=True, help="netCDF file to write")
+        p.add_argument("--resolution", type=int, default=21, help="grid points per axis (default: 21)")
+        p.add_argument("--span", default=None, help="LOW,HIGH range of both coordinates in units of |B - A| "
+                       "(default: the three points plus --margin)")
+        p.add_argument("--margin", type=float, default=0.5, help="margin around the three points in units of "
+                       "|B - A| (default: 0.5)")
+        p.add_argument("--bn", default="reset", choices=POLICIES, help="BatchNorm statistics at each grid point")
+        p.add_argument("--split", default="test", choices=_SPLITS, help="split to evaluate (default: test)")
+        p.add_argument("--max-examples", type=int, default=None, help="evaluate a seeded subset of this size")
+        _add_data_args(p)
+
+    @staticmethod
+    def run(a: argparse.Namespace) -> int:
+        from landscape.planes import plane
+
+        refs = [_parse_ref(t) for t in (a.a, a.b, a.c)]
+        span = None
+        if a.span:
+            try:
+                span = tuple(float(s) for s in a.span.split(","))
+            except ValueError:
+                span = ()
+            if len(span) != 2:
+                raise ValueError(f"--span {a.span!r}: pass LOW,HIGH, e.g. --span -0.5,1.5")
+        data = _data_for(refs[0][0], a)
+        ds = plane(*refs, data, resolution=a.resolution, span=span, margin=a.margin, bn=a.bn, split=a.split,
+                   max_examples=a.max_examples, device=a.device)
+        print(f"|B - A| = {ds.attrs['norm_u']:.4g}, |v| = {ds.attrs['norm_v']:.4g}; in units of |B - A|: "
+              + ", ".join(f"{p} = ({float(x):.3f}, {float(y):.3f})"
+                          for p, x, y in zip(ds.point.values, ds.point_x.values, ds.point_y.values)))
+        best = ds.error.where(ds.error == ds.error.min(), drop=True)
+        print(f"{a.split} error: min {float(ds.error.min()):.4f} at (x, y) = ({float(best.x[0]):.3f}, "
+              f"{float(best.y[0]):.3f}), max {float(ds.error.max()):.4f}")
+        print(f"wrote {_write_nc(ds, Path(a.out))}")
+        return 0
+
+
+# ---------------------------------------------------------------------------- plot
+@command("plot", "draw a figure of a result file (.nc)")
+class _Plot:
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("file", help="netCDF result written by rtt lmc / instability / plane")
+        p.add_argument("--out", default=None, help="image to write (default: FILE with .png)")
+        p.add_argument("--var", default=None, help="variable to draw (default: error, else the first one)")
+
+    @staticmethod
+    def run(a: argparse.Namespace) -> int:
+        import xarray as xr
+
+        from landscape.plotting import plot_result
+
+        path = Path(a.file)
+        if not path.is_file():
+            raise FileNotFoundError(f"no result file {path}: pass a .nc written by rtt lmc, instability or plane")
+        try:
+            with xr.open_dataset(path, engine="h5netcdf") as opened:
+                ds = opened.load()
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path} is not a readable netCDF result ({str(e).splitlines()[0]})") from None
+        if a.var is not None and a.var not in ds.data_vars:
+            raise ValueError(f"{path} has no variable {a.var!r}: choose one of {', '.join(map(str, ds.data_vars))}")
+        out = plot_result(ds, Path(a.out) if a.out else path.with_suffix(".png"), var=a.var)
+        print(f"wrote {out}")
+        return 0
+
+
+# ---------------------------------------------------------------------------- lottery
+def _lottery_table(ds) -> str:
+    """One row per level: remaining weights, then best / final test accuracy per rewind (and method)."""
+    methods = [str(m) for m in ds["method"].values] if "method" in ds.dims else [None]
+    cols = [(str(r), m) for r in ds.rewind.values for m in methods]
+    head = f"{'level':<7}{'remaining':>10}  " + "".join(f"{r + ('/' + m if m else ''):>26}" for r, m in cols)
+    lines = [head, " " * 19 + "".join(f"{'best acc  final acc':>26}" for _ in cols)]
+    for i, level in enumerate(ds.level.values):
+        row = f"{int(level):<7}{100 * float(ds.sparsity.values[i]):8.2f} %  "
+        for r, m in cols:
+            sel = {"rewind": r, "level": level, **({"method": m} if m else {})}
+            row += f"{float(ds.best_accuracy.sel(sel)):15.4f}{float(ds.final_accuracy.sel(sel)):11.4f}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+@command("lottery", "lottery tickets: iterative magnitude pruning with rewinding, from a checkpoint")
+class _Lottery:
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser) -> None:
+        from dataclasses import fields
+
+        from distill.config import SupervisedConfig
+
+        p.add_argument("store", help="store holding the start checkpoint")
+        p.add_argument("--epoch", type=int, default=-1, help="start from the student of this epoch (-1: the last)")
+        p.add_argument("--module", default=None, help="start from this module instead (e.g. teacher)")
+        p.add_argument("--levels", type=int, default=5, help="trained levels, level 0 dense (default: 5)")
+        p.add_argument("--prune-fraction", type=float, default=0.2, help="fraction of the remaining weights "
+                       "pruned per level (default: 0.2)")
+        p.add_argument("--rewind", default="start", help="rewind target(s), comma-separated: start, init, step "
+                       "(default: start)")
+        p.add_argument("--rewind-step", type=int, default=None, help="optimiser steps of level 0 for --rewind step")
+        p.add_argument("--prunable", default="weights", choices=("weights", "all"),
+                       help="weights: conv and linear weights (Frankle et al.); all: every parameter (the paper's "
+                       "code) (default: weights)")
+        p.add_argument("--baselines", default="", help="comma-separated: random_prune, random_reinit (default: none)")
+        p.add_argument("--no-rewind-rng", action="store_true", help="reseed data order and augmentation per level "
+                       "(default: every level replays the same order)")
+        p.add_argument("--seed", type=int, default=0, help="classifier head, init and baseline seed (default: 0)")
+        p.add_argument("--preset", default="paper", choices=("paper", "cpu", "tiny"),
+                       help="training recipe per level (paper: 160 epochs; cpu: 8; tiny: 2); --sup-* flags override it")
+        p.add_argument("--lottery-store", default=None, help="store for the pruned checkpoints (resumed when it "
+                       "exists; default: STORE-lottery-TAG.h5 beside STORE)")
+        p.add_argument("--out", default=None, help="netCDF file to write (default: the lottery store's name, .nc)")
+        _add_data_args(p)
+        skip = ("device",)
+        add_arguments(p, SupervisedConfig, prefix="sup-", skip=skip)
+        p.set_defaults(**{f"sup_{f.name}": None for f in fields(SupervisedConfig) if f.name not in skip})
+
+    @staticmethod
+    def run(a: argparse.Namespace) -> int:
+        from dataclasses import fields
+
+        from distill.config import SupervisedConfig
+        from distill.store import Store
+        from landscape.lottery import lottery
+
+        store = Store(a.store)
+        if a.module:
+            which, tag = a.module, _slug(a.module)
+        else:
+            epochs = store.epochs
+            try:
+                which = epochs[a.epoch] if a.epoch < 0 else a.epoch
+            except IndexError:
+                raise ValueError(f"{store.path} has no student at epoch {a.epoch} (saved epochs: "
+                                 f"{', '.join(map(str, epochs)) or 'none'}); pass --epoch or --module") from None
+            tag = f"e{which}"
+        overrides = {f.name: getattr(a, f"sup_{f.name}") for f in fields(SupervisedConfig)
+                     if getattr(a, f"sup_{f.name}", None) is not None}
+        cfg = SupervisedConfig.preset(a.preset, **overrides, device=a.device)
+        rewinds = [r.strip() for r in a.rewind.split(",") if r.strip()]
+        baselines = [b.strip() for b in a.baselines.split(",") if b.strip()]
+        lottery_store = Path(a.lottery_store) if a.lottery_store else store.path.with_name(
+            f"{store.path.stem}-lottery-{tag}.h5")
+        data = _data_for(store, a)
+        ds = lottery((store, which), data, levels=a.levels, prune_fraction=a.prune_fraction,
+                     rewind=rewinds if len(rewinds) != 1 else rewinds[0], prunable=a.prunable, cfg=cfg,
+                     rewind_step=a.rewind_step, baselines=baselines, store=lottery_store, device=a.device,
+                     seed=a.seed, rewind_rng=not a.no_rewind_rng)
+        print(_lottery_table(ds))
+        out = Path(a.out) if a.out else lottery_store.with_suffix(".nc")
+        print(f"checkpoints in {lottery_store}")
+        print(f"wrote {_write_nc(ds, out)}")
+        return 0

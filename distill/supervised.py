@@ -1,0 +1,281 @@
+"""Supervised training with labels: the one small loop shared by instability and lottery tickets.
+
+``train_supervised(model, data, cfg)`` trains a classifier in place with SGD + momentum, weight
+decay, an optional linear warm-up and a step decay (x ``gamma`` at the ``milestones``), on
+batches that are augmented on the device (random horizontal flip + 4-pixel padded random
+crop, drawn per image). Data order and augmentation are seeded per epoch by ``cfg.data_seed``
+and ``cfg.aug_seed``, independently of the global RNG, so a run is reproducible.
+
+Example::
+
+    model = with_classifier(store.student(), data.num_classes)
+    result = train_supervised(model, data, SupervisedConfig.preset("cpu"))
+    result["test_accuracy"]
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from distill.bn import has_batchnorm
+from distill.config import RunError, SupervisedConfig
+from distill.data import Split, iterate
+
+PADDING = 4  # pixels of padding of the random crop (paper's recipe)
+_SEED_STRIDE = 1_000_003  # per-epoch seeds: seed * stride + epoch, as in distill.train
+
+
+# ----------------------------------------------------------------------------- augmentation
+def pad_crop(x: Tensor, dy: Tensor, dx: Tensor, padding: int = PADDING, fill: float | Tensor = 0.0) -> Tensor:
+    """Per-image crops of a padded batch.
+
+    Each image of ``x`` (B, C, H, W) is padded by ``padding`` pixels on every side with ``fill``
+    (a scalar or one value per channel, shape (C,)); image i is then cut back to (H, W) from rows
+    ``dy[i] : dy[i] + H`` and columns ``dx[i] : dx[i] + W`` of its padded version.
+    ``dy``, ``dx``: integer tensors (B,) with values in [0, 2 * padding]. Returns (B, C, H, W).
+    """
+    b, c, h, w = x.shape
+    p = int(padding)
+    padded = x.new_empty((b, c, h + 2 * p, w + 2 * p))
+    if isinstance(fill, Tensor):
+        padded.copy_(fill.to(x.device, x.dtype).view(1, c, 1, 1).expand_as(padded))
+    else:
+        padded.fill_(fill)
+    padded[:, :, p:p + h, p:p + w] = x
+    dy, dx = dy.to(x.device, torch.long), dx.to(x.device, torch.long)
+    rows = (dy.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * p)
+    out = padded.gather(2, rows)
+    cols = (dx.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
+    return out.gather(3, cols)
+
+
+def flip(x: Tensor, mask: Tensor) -> Tensor:
+    """Mirror the images of ``x`` (B, C, H, W) left-right where the bool ``mask`` (B,) is True."""
+    return torch.where(mask.to(x.device).view(-1, *[1] * (x.dim() - 1)), x.flip(-1), x)
+
+
+def augment(x: Tensor, generator: torch.Generator, padding: int = PADDING, fill: float | Tensor = 0.0) -> Tensor:
+    """Random ``padding``-pixel padded crop, then random horizontal flip (probability 1/2), per image.
+
+    The random numbers come from ``generator`` (a CPU generator, so results do not depend on the
+    device): first B flip draws, then 2 x B crop offsets (rows, then columns).
+    """
+    b = x.shape[0]
+    flips = torch.rand(b, generator=generator) < 0.5
+    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator)
+    return flip(pad_crop(x, offsets[0], offsets[1], padding, fill), flips)
+
+
+# ----------------------------------------------------------------------------- schedule
+def lr_schedule(cfg: SupervisedConfig, steps_per_epoch: int) -> np.ndarray:
+    """Learning rate of every optimiser step (float64, length ``cfg.epochs * steps_per_epoch``).
+
+    ``lr * gamma ** k`` where k counts the milestones m with ``m <= completed epochs`` (as
+    ``torch.optim.lr_scheduler.MultiStepLR`` stepped once per epoch: with milestones [80, 120]
+    epochs 1-80 use lr, 81-120 lr * gamma, the rest lr * gamma^2), times a linear warm-up factor
+    ``(step + 1) / warmup_steps`` over the first ``round(warmup_epochs * steps_per_epoch)`` steps.
+    """
+    total = cfg.epochs * steps_per_epoch
+    completed = np.arange(total) // steps_per_epoch
+    drops = np.zeros(total, dtype=np.int64)
+    for m in cfg.milestones:
+        drops += completed >= int(m)
+    lr = cfg.lr * np.power(float(cfg.gamma), drops)
+    warm = min(total, int(round(cfg.warmup_epochs * steps_per_epoch)))
+    if warm:
+        lr[:warm] *= (np.arange(warm) + 1) / warm
+    return lr
+
+
+# ----------------------------------------------------------------------------- classifier heads
+def check_classifier(model: nn.Module, num_classes: int) -> None:
+    """Raise ValueError unless ``model.head`` is an ``nn.Linear`` with ``num_classes`` outputs."""
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear) and head.out_features == num_classes:
+        return
+    spec = getattr(model, "spec", None)
+    if isinstance(head, nn.Linear):
+        what = f"a linear head with {head.out_features} outputs"
+    elif isinstance(spec, dict) and "head" in spec:
+        what = f"head={spec['head']!r}"
+    else:
+        what = f"head {type(head).__name__}" if head is not None else "no .head"
+    raise ValueError(f"supervised training needs a linear classifier with {num_classes} outputs but the model has "
+                     f"{what}: use distill.supervised.with_classifier(model, {num_classes})")
+
+
+def with_classifier(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` (a :class:`distill.models.Model`) whose head is a fresh ``nn.Linear``
+    classifier (embed_dim -> num_classes, PyTorch's default init drawn with ``seed``).
+
+    The backbone is copied unchanged and made trainable; the copy's ``spec`` says head="linear"
+    and ``num_classes``, so ``build_model(**spec)`` rebuilds its architecture.
+    """
+    from distill.heads import HEAD_OPTION_NAMES, build_head
+    from distill.models import Model
+
+    spec = getattr(model, "spec", None)
+    if not isinstance(spec, dict) or not hasattr(model, "backbone") or not hasattr(model, "embed_dim"):
+        raise ValueError("with_classifier needs a model built with distill.build_model (backbone, embed_dim, spec)")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes={num_classes!r}: pass a positive integer")
+    backbone = copy.deepcopy(model.backbone)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = build_head("linear", int(model.embed_dim), int(num_classes), {})
+    param = next(backbone.parameters(), None)
+    if param is not None:
+        head = head.to(param.device)
+    new_spec = {k: v for k, v in spec.items() if k not in HEAD_OPTION_NAMES}
+    new_spec.update(head="linear", num_classes=int(num_classes))
+    out = Model(backbone, head, int(model.embed_dim), new_spec)
+    return out.requires_grad_(True).train(model.training)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _resolve(device: Any) -> torch.device:
+    from distill.train import resolve_device
+
+    return resolve_device(device)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Any, split: str = "test", batch_size: int = 1000,
+             device: str | torch.device | None = None) -> tuple[float, float]:
+    """(mean cross-entropy in nats, accuracy as a fraction) of ``model`` on ``data.<split>``.
+
+    Runs in eval mode under ``no_grad`` in fp32 and restores the model's train/eval flag.
+    ``device``: None = where the model is; otherwise the model is moved there (in place).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}: choose 'train' or 'test'")
+    dev = _model_device(model) if device is None else _resolve(device)
+    model.to(dev)
+    part = getattr(data, split)
+    n = len(part.labels)
+    if n == 0:
+        raise ValueError(f"the {split} split is empty: nothing to evaluate")
+    was = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=dev)
+    correct = torch.zeros((), dtype=torch.long, device=dev)
+    try:
+        for x, y in iterate(part, batch_size, data.mean, data.std, device=dev):
+            out = model(x).float()
+            total += F.cross_entropy(out, y, reduction="sum").double()
+            correct += (out.argmax(1) == y).sum()
+    finally:
+        model.train(was)
+    return float(total) / n, int(correct) / n
+
+
+# ----------------------------------------------------------------------------- the loop
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(seed) * _SEED_STRIDE + int(epoch)
+
+
+def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
+                     device: str | torch.device | None = None, progress: bool | None = None,
+                     on_step: Callable[[int, nn.Module], Any] | None = None,
+                     eval_every: int | None = None) -> dict[str, Any]:
+    """Train ``model`` (in place, moved to the device) with labels; see the module docstring.
+
+    model: a classifier whose ``head`` is ``nn.Linear(D, data.num_classes)``
+        (``build_model(..., head="linear", num_classes=N)`` or :func:`with_classifier`).
+    data: a :class:`distill.data.Dataset` (uint8 images, per-channel mean/std).
+    cfg: the recipe (:class:`distill.config.SupervisedConfig`). Every epoch visits the whole
+        training split once in an order drawn with ``cfg.data_seed``; the last batch may be
+        smaller (196 steps per epoch for 50,000 images at batch 256), except that a last batch of a
+        single image is dropped for networks with BatchNorm. Weight decay applies to all parameters.
+        Crops pad with black pixels (intensity 0), as torchvision's RandomCrop(padding=4).
+    device: None = ``cfg.device``; "auto" picks CUDA when present. bf16 autocast only on CUDA.
+    on_step: ``on_step(step, model)`` after every optimiser step, step counted from 1.
+    eval_every: evaluate test accuracy every this many epochs (None: ``cfg.eval_every``; 0: only
+        at the end).
+
+    Returns ``{"test_accuracy", "best_test_accuracy", "test_loss" (nats), "steps",
+    "steps_per_epoch", "history": {"epoch", "train_loss", "test_accuracy", "lr"}}``; history lists
+    have one entry per epoch (test accuracy NaN where not evaluated, lr of the epoch's last step).
+    Raises RunError when the loss becomes NaN or infinite (before that step is applied).
+    """
+    check_classifier(model, data.num_classes)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters (e.g. a frozen Store.teacher()): "
+                         "call model.requires_grad_(True) first")
+    dev = _resolve(cfg.device if device is None else device)
+    model.to(dev)
+    train = Split(data.train.images.to(dev), data.train.labels.to(dev))
+    n = len(train.labels)
+    bs = cfg.batch_size
+    drop_last = n % bs == 1 and has_batchnorm(model)
+    steps_per_epoch = n // bs if drop_last else math.ceil(n / bs)
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split has {n} image(s): supervised training needs at least 2")
+    lrs = lr_schedule(cfg, steps_per_epoch)
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    eval_every = cfg.eval_every if eval_every is None else int(eval_every)
+    # black (0-intensity) padding, expressed in normalised units
+    fill = torch.tensor([-m / s for m, s in zip(data.mean, data.std)], dtype=torch.float32, device=dev)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" and dev.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    gen = torch.Generator()
+    history: dict[str, list] = {"epoch": [], "train_loss": [], "test_accuracy": [], "lr": []}
+    step = 0
+    test_loss, test_acc = math.nan, math.nan
+    model.train()
+    bar = tqdm(range(1, cfg.epochs + 1), desc="supervised", unit="epoch",
+               disable=None if progress is None else not progress)
+    for epoch in bar:
+        gen.manual_seed(_epoch_seed(cfg.aug_seed, epoch))
+        total, seen = 0.0, 0
+        batches = iterate(train, bs, data.mean, data.std, shuffle=True, seed=_epoch_seed(cfg.data_seed, epoch),
+                          drop_last=drop_last, device=dev)
+        for x, y in batches:
+            if cfg.augment == "flip_crop":
+                x = augment(x, gen, PADDING, fill)
+            lr = float(lrs[step])
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with autocast:
+                out = model(x)
+            loss = F.cross_entropy(out.float(), y)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise RunError(f"supervised loss became {value} at epoch {epoch}, step {step + 1} (lr {lr:g}): "
+                               "lower the learning rate or use a warm-up")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            total += value * len(y)
+            seen += len(y)
+            if on_step is not None:
+                on_step(step, model)
+        history["epoch"].append(epoch)
+        history["train_loss"].append(total / max(seen, 1))
+        history["lr"].append(float(opt.param_groups[0]["lr"]))
+        acc = math.nan
+        if epoch == cfg.epochs or (eval_every and epoch % eval_every == 0):
+            test_loss, acc = evaluate(model, data, "test", device=dev)
+            test_acc = acc
+            model.train()
+        history["test_accuracy"].append(acc)
+        post = f"loss {history['train_loss'][-1]:.4f}"
+        bar.set_postfix_str(post + (f" | test acc {100 * test_acc:.2f}" if not math.isnan(test_acc) else ""))
+    bar.close()
+    evaluated = [a for a in history["test_accuracy"] if not math.isnan(a)]
+    return {"test_accuracy": float(test_acc), "best_test_accuracy": float(max(evaluated)) if evaluated else math.nan,
+            "test_loss": float(test_loss), "steps": step, "steps_per_epoch": steps_per_epoch, "history": history}

@@ -1,0 +1,213 @@
+"""Instability (Frankle et al. 2020): train children of one checkpoint, measure barriers between them.
+
+From a start checkpoint, ``instability`` trains N children with labels that differ only in the
+data-order and augmentation seed, then evaluates the straight path between every pair of
+children (:func:`landscape.paths.linear_path`) and its barrier heights
+(:func:`landscape.paths.barrier`).
+
+Example::
+
+    ds = instability((store, -1), data, children=2, cfg=SupervisedConfig.preset("cpu"),
+                     store="runs/children.h5")
+    ds.barrier_error.sel(split="test")
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from distill.config import SupervisedConfig
+from distill.supervised import check_classifier, evaluate, train_supervised, with_classifier
+from landscape.paths import barrier, linear_path
+
+DEFINITION = ("children trained with labels from one start checkpoint, identical except for the data-order and "
+              "augmentation seed (child i: data_seed = aug_seed = seeds[i]); barrier between every pair of children")
+
+
+# ----------------------------------------------------------------------------- references
+def load_ref(ref: Any, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A private copy of the module behind ``ref`` and its provenance.
+
+    ref: an ``nn.Module`` (deep-copied, never modified) or ``(store_or_path, epoch | name)``.
+    Returns (module on ``device``, {"source": str, and "store", "epoch" or "name" when known}).
+    """
+    from distill.store import Store, as_module
+
+    if isinstance(ref, nn.Module):
+        module = copy.deepcopy(ref).to(device)
+        where = getattr(ref, "store_ref", None)
+        if isinstance(where, tuple) and len(where) == 2:
+            return module, {"source": f"{where[0]}#name={where[1]}", "store": str(where[0]), "name": str(where[1])}
+        return module, {"source": "module"}
+    if isinstance(ref, (tuple, list)) and len(ref) == 2:
+        store, which = ref
+        store = store if isinstance(store, Store) else Store(store)
+        module = as_module((store, which), device)
+        path = str(store.path)
+        if isinstance(which, (int, np.integer)):
+            epoch = int(which)
+            if epoch < 0:
+                epoch = store.epochs[epoch]
+            return module, {"source": f"{path}#epoch={epoch}", "store": path, "epoch": epoch}
+        return module, {"source": f"{path}#name={which}", "store": path, "name": str(which)}
+    raise TypeError(f"expected an nn.Module or a (store, epoch|name) pair, got {type(ref).__name__}")
+
+
+def _store_config(ref: Any) -> dict[str, Any]:
+    """The dataset keys of the start's store config (empty for a plain module)."""
+    if not (isinstance(ref, (tuple, list)) and len(ref) == 2):
+        return {}
+    from distill.store import Store
+
+    store = ref[0] if isinstance(ref[0], Store) else Store(ref[0])
+    cfg = store.config
+    return {k: cfg[k] for k in ("dataset", "data_root", "subset", "data_seed") if k in cfg}
+
+
+def _open_store(store: Any, config: Mapping[str, Any], head_seed: int) -> "Any":
+    from distill.store import Store
+
+    if isinstance(store, Store):
+        return store if store.mode == "a" else Store(store.path, "a")
+    path = Path(store)
+    if path.exists():
+        return Store(path, "a")
+    return Store.create(path, config, kind="instability", seeds={"head_seed": int(head_seed)})
+
+
+def _same_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].detach().cpu().to(a[k].dtype)) for k in a)
+
+
+# ----------------------------------------------------------------------------- public API
+def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] | None = None,
+                cfg: SupervisedConfig | None = None, epochs: int | None = None, store: Any = None,
+                alphas: int | Sequence[float] = 21, bn: str = "reset", splits: Sequence[str] = ("test",),
+                device: str | torch.device = "auto", progress: bool | None = None, num_classes: int | None = None,
+                *, head_seed: int = 0, path_options: Mapping[str, Any] | None = None) -> xr.Dataset:
+    """Train children of ``start`` with labels and measure the barrier between every pair.
+
+    start: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``. A start whose head
+        is not a linear classifier with ``num_classes`` (default ``data.num_classes``) outputs gets a
+        fresh one (:func:`distill.supervised.with_classifier`, drawn once with ``head_seed``), so
+        all children start from exactly the same weights.
+    seeds: child i trains with ``data_seed = aug_seed = seeds[i]``; default ``range(children)``.
+    cfg: the training recipe (default: the paper's, ``SupervisedConfig()``); ``epochs`` overrides
+        ``cfg.epochs``.
+    store: a Store or path (created with kind "instability" when missing) receiving "start" and
+        each child as module ``children/<i>`` (attrs seed, epochs, test_accuracy, config) and the
+        result as ``results/instability``. Children already in it are loaded, not retrained; a
+        store holding another start or children of another recipe is refused.
+    alphas, bn, splits: passed to :func:`landscape.paths.linear_path` (with ``path_options``).
+
+    Returns an ``xr.Dataset``: dims (pair, alpha, split) for ``loss`` (nats) and ``error``
+    (fraction); ``barrier_error`` and ``barrier_loss`` over (pair, split); ``child_test_accuracy``
+    over ``child`` (each child's own evaluation after training, BN statistics as trained). Coords:
+    ``pair`` ("0-1", ...), ``child_i``/``child_j`` on pair, ``child`` and ``child_seed``.
+    """
+    from distill.train import resolve_device
+
+    cfg = SupervisedConfig() if cfg is None else cfg
+    if not isinstance(cfg, SupervisedConfig):
+        raise ValueError(f"cfg must be a distill.SupervisedConfig, got {type(cfg).__name__}")
+    if epochs is not None:
+        cfg = cfg.replace(epochs=int(epochs))
+    if seeds is None:
+        if isinstance(children, bool) or not isinstance(children, (int, np.integer)) or children < 2:
+            raise ValueError(f"children={children!r}: train at least 2 children to have a pair")
+        seeds = list(range(int(children)))
+    else:
+        seeds = [int(s) for s in seeds]
+        if len(seeds) < 2:
+            raise ValueError(f"seeds={seeds}: pass at least 2 seeds (one per child)")
+    n_children = len(seeds)
+    dev = resolve_device(device)
+    n_classes = int(num_classes if num_classes is not None else data.num_classes)
+
+    base, info = load_ref(start, "cpu")
+    try:
+        check_classifier(base, n_classes)
+        head = "the start's own linear classifier"
+    except ValueError:
+        base = with_classifier(base, n_classes, seed=head_seed)
+        head = f"fresh linear classifier drawn with seed {head_seed} (shared by every child)"
+    base.requires_grad_(True)
+
+    writer = None
+    if store is not None:
+        config = {**(_store_config(start) or {"dataset": str(getattr(data, "name", ""))}),
+                  "supervised": cfg.to_dict(), "start": info["source"], "seeds": seeds, "head_seed": head_seed}
+        writer = _open_store(store, config, head_seed)
+        if "start" in writer.names():
+            if not _same_state(writer.load_state("start")[0], base.state_dict()):
+                raise ValueError(f"{writer.path} holds children of another start checkpoint: pass another store")
+        else:
+            writer.save_module("start", base, {"source": info["source"], "head": head})
+
+    models, accuracies = [], []
+    for i, seed in enumerate(seeds):
+        ccfg = cfg.replace(data_seed=seed, aug_seed=seed)
+        name = f"children/{i}"
+        if writer is not None and name in writer.names():
+            _, attrs = writer.load_state(name)
+            if attrs.get("config") != json.dumps(ccfg.to_dict(), sort_keys=True):
+                raise ValueError(f"{writer.path} holds {name} trained with another recipe or seed "
+                                 f"(seed {attrs.get('seed')}, {attrs.get('epochs')} epochs): pass another store")
+            child = writer.load_module(name, dev)
+            acc = attrs.get("test_accuracy")
+            acc = float(acc) if acc is not None else evaluate(child, data, "test", device=dev)[1]
+        else:
+            child = copy.deepcopy(base).to(dev)
+            result = train_supervised(child, data, ccfg, device=dev, progress=progress)
+            acc = float(result["test_accuracy"])
+            if writer is not None:
+                writer.save_module(name, child, {"seed": seed, "epochs": ccfg.epochs, "test_accuracy": acc,
+                                                 "steps": int(result["steps"]),
+                                                 "config": json.dumps(ccfg.to_dict(), sort_keys=True)})
+        models.append(child.eval())
+        accuracies.append(acc)
+
+    pairs = list(itertools.combinations(range(n_children), 2))
+    curves = [linear_path(models[i], models[j], data, alphas=alphas, bn=bn, splits=splits, device=dev,
+                          **dict(path_options or {})) for i, j in pairs]
+    path_attrs = {k: v for k, v in curves[0].attrs.items() if not k.startswith(("a_", "b_"))}
+    ds = xr.concat([xr.Dataset(c.data_vars, c.coords) for c in curves], dim="pair")  # without attrs
+    ds = ds.assign_coords(pair=("pair", [f"{i}-{j}" for i, j in pairs]),
+                          child_i=("pair", np.array([i for i, _ in pairs], dtype=np.int64)),
+                          child_j=("pair", np.array([j for _, j in pairs], dtype=np.int64)))
+    ds = ds.transpose("pair", "alpha", "split")
+    heights = barrier(ds)
+    ds["barrier_error"] = heights["barrier_error"]
+    ds["barrier_loss"] = heights["barrier_loss"]
+    ds["child_test_accuracy"] = xr.DataArray(
+        np.asarray(accuracies, dtype=np.float64), dims="child",
+        coords={"child": np.arange(n_children, dtype=np.int64),
+                "child_seed": ("child", np.asarray(seeds, dtype=np.int64))},
+        attrs={"long_name": "test accuracy of each child after training", "units": "fraction"})
+    ds["pair"].attrs = {"long_name": "pair of children i-j"}
+    ds["child"].attrs = {"long_name": "child index"}
+
+    attrs: dict[str, Any] = dict(path_attrs)
+    attrs.update({
+        "analysis": "instability", "instability_definition": DEFINITION,
+        "barrier_error_definition": heights.attrs["barrier_error_definition"],
+        "barrier_loss_definition": heights.attrs["barrier_loss_definition"],
+        "start_source": info["source"], "config": json.dumps(cfg.to_dict(), sort_keys=True),
+        "seeds": json.dumps(seeds), "children": n_children, "epochs": cfg.epochs, "head": head,
+        "head_seed": int(head_seed), "num_classes": n_classes, "training_device": str(dev),
+        "training_precision": cfg.precision if dev.type == "cuda" else "fp32",
+        "child_store": str(writer.path) if writer is not None else "",
+    })
+    attrs.update({f"start_{k}": v for k, v in info.items() if k != "source"})
+    ds.attrs = attrs
+    if writer is not None:
+        writer.write_result("instability", ds)
+    return ds

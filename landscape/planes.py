@@ -1,0 +1,219 @@
+"""2-D slices of the loss landscape through three checkpoints (Garipov et al. 2018; the paper's Figure 5).
+
+The plane through a, b, c has origin a and two orthogonal directions over the flattened
+floating-point *parameters*: ``u = b - a`` and ``v = (c - a) - (<c - a, u> / <u, u>) u``
+(one Gram-Schmidt step). A grid point (x, y) is
+
+    theta(x, y) = a + x * u + y * (||u|| / ||v||) * v,
+
+so both coordinates are in units of ||u|| = ||b - a|| and the plane keeps its true aspect
+ratio: a = (0, 0), b = (1, 0), c = (<c - a, u> / ||u||^2, ||v|| / ||u||). Floating-point buffers
+(BN running statistics) follow the same affine combination of a, b and c; the BN policy then
+decides what is used (``reset``: re-estimated at every grid point, the default).
+
+Example::
+
+    ds = plane((store, 10), (store, 50), (other, 50), data, resolution=21)
+    ds.error.plot(x="x", y="y")
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from distill.bn import has_batchnorm
+from landscape.evaluate import POLICIES, bn_stat_keys, prepare_inputs, run_loop, run_vmap
+from landscape.instability import load_ref
+
+DEFINITION = ("theta(x, y) = a + x * u + y * (|u| / |v|) * v with u = b - a and v = (c - a) - "
+              "(<c - a, u> / <u, u>) u over the floating-point parameters; x, y in units of |u| = |b - a|; "
+              "floating-point buffers follow the same affine combination of a, b, c")
+BACKENDS = ("auto", "loop", "vmap")
+
+
+def _check_same(sd_a: Mapping[str, Tensor], sd_x: Mapping[str, Tensor], which: str) -> None:
+    for k in list(sd_a) + [k for k in sd_x if k not in sd_a]:
+        ta, tx = sd_a.get(k), sd_x.get(k)
+        if ta is None or tx is None or ta.shape != tx.shape or ta.is_floating_point() != tx.is_floating_point():
+            raise ValueError(f"a and {which} differ at state_dict key {k!r}: the plane needs three models of one "
+                             "architecture")
+
+
+def _axis(lo: float, hi: float, n: int, name: str) -> np.ndarray:
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ValueError(f"the {name} range ({lo}, {hi}) is empty: pass span=(low, high) with low < high")
+    return np.linspace(lo, hi, n)
+
+
+def _resolution(resolution: int | Sequence[int]) -> tuple[int, int]:
+    values = (resolution, resolution) if isinstance(resolution, (int, np.integer)) else tuple(resolution)
+    if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2 for v in values):
+        raise ValueError(f"resolution={resolution!r}: pass an int >= 2 or a pair (nx, ny) of such ints")
+    return int(values[0]), int(values[1])
+
+
+def plane_basis(sa: Mapping[str, Tensor], sb: Mapping[str, Tensor], sc: Mapping[str, Tensor],
+                param_keys: set[str] | None = None) -> dict[str, Any]:
+    """The plane's directions from three state dicts (one Gram-Schmidt step, in float64).
+
+    Inner products run over ``param_keys`` (default: every floating-point key). Returns
+    ``u = b - a`` and ``v = (c - a) - projection * u`` as float64 tensors for every floating-point
+    key (buffers included, with the same coefficient), ``projection = <c - a, u> / <u, u>`` and the
+    norms ``norm_u``, ``norm_v``, ``norm_w`` (= |c - a|) over ``param_keys``. Raises ValueError
+    when b == a or when c lies on the line through a and b.
+    """
+    float_keys = [k for k, t in sa.items() if t.is_floating_point()]
+    keys = set(float_keys) if param_keys is None else set(param_keys) & set(float_keys)
+    u = {k: sb[k].double() - sa[k].double() for k in float_keys}
+    w = {k: sc[k].double() - sa[k].double() for k in float_keys}
+    uu = sum(float((u[k] * u[k]).sum()) for k in keys)
+    uw = sum(float((u[k] * w[k]).sum()) for k in keys)
+    ww = sum(float((w[k] * w[k]).sum()) for k in keys)
+    if uu == 0.0:
+        raise ValueError("a and b have identical parameters: the plane needs b != a")
+    proj = uw / uu
+    v = {k: w[k] - proj * u[k] for k in float_keys}
+    vv = sum(float((v[k] * v[k]).sum()) for k in keys)
+    if vv <= 1e-12 * max(uu, ww):
+        raise ValueError("c lies on the line through a and b: pick a third checkpoint off that line")
+    return {"u": u, "v": v, "projection": proj, "norm_u": math.sqrt(uu), "norm_v": math.sqrt(vv),
+            "norm_w": math.sqrt(ww)}
+
+
+def plane(a: Any, b: Any, c: Any, data: Any, resolution: int | Sequence[int] = 21,
+          span: Sequence[float] | Sequence[Sequence[float]] | None = None, margin: float = 0.5,
+          bn: str = "reset", split: str = "test", max_examples: int | None = None,
+          device: str | torch.device = "auto", progress: bool | None = None, *, bn_batches: int = 8,
+          bn_batch_size: int = 256, bn_seed: int = 0, eval_batch_size: int = 1000, eval_seed: int = 0,
+          backend: str = "auto", channels_last: bool | None = None) -> xr.Dataset:
+    """Loss and error on a grid in the plane through ``a``, ``b``, ``c`` (see the module docstring).
+
+    a, b, c: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``; one architecture.
+    resolution: grid points per axis (int, or (nx, ny)).
+    span: the range of both coordinates, ``(low, high)``, or ``((x_low, x_high), (y_low, y_high))``,
+        in units of ||b - a||. None: the bounding box of a, b, c widened by ``margin`` on each side.
+    bn: ``reset`` (BN statistics re-estimated at every grid point on ``bn_batches`` seeded training
+        batches, as :func:`landscape.paths.linear_path`), ``interpolate`` or ``keep_a``.
+    split: "train" or "test"; ``max_examples`` evaluates a seeded subset of that size.
+    backend: ``loop``, ``vmap`` (one grid row per pass) or ``auto`` (vmap on CUDA, else loop) —
+        the evaluators of :mod:`landscape.evaluate`, in fp32.
+
+    Returns an ``xr.Dataset`` with dims (x, y): ``loss`` (mean cross-entropy, nats) and ``error``
+    (fraction); ``point_x``/``point_y`` over ``point`` = ["a", "b", "c"] (the three checkpoints'
+    coordinates); attrs ``norm_u``, ``norm_v`` (L2 norms of u and v in parameter space), the
+    definition and provenance.
+    """
+    if bn not in POLICIES:
+        raise ValueError(f"bn={bn!r}: choose one of {', '.join(POLICIES)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}: choose 'train' or 'test'")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    nx, ny = _resolution(resolution)
+    from distill.train import resolve_device
+
+    dev = resolve_device(device)
+    model, info_a = load_ref(a, dev)
+    model_b, info_b = load_ref(b, dev)
+    model_c, info_c = load_ref(c, dev)
+    sa = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sb = {k: v.detach() for k, v in model_b.state_dict().items()}
+    sc = {k: v.detach() for k, v in model_c.state_dict().items()}
+    _check_same(sa, sb, "b")
+    _check_same(sa, sc, "c")
+    del model_b, model_c
+    model.requires_grad_(False)
+
+    basis = plane_basis(sa, sb, sc, {k for k, _ in model.named_parameters()})
+    v, proj, norm_u, norm_v = basis["v"], basis["projection"], basis["norm_u"], basis["norm_v"]
+    scale = norm_u / norm_v
+    points = np.array([[0.0, 0.0], [1.0, 0.0], [proj, norm_v / norm_u]])
+
+    if span is None:
+        m = float(margin)
+        if not math.isfinite(m) or m < 0:
+            raise ValueError(f"margin={margin!r}: pass a number >= 0 (in units of |b - a|)")
+        (x0, y0), (x1, y1) = points.min(0) - m, points.max(0) + m
+    else:
+        pair = [float(s) for s in span] if np.ndim(span) == 1 else None
+        if pair is not None and len(pair) == 2:
+            (x0, x1), (y0, y1) = pair, pair
+        elif np.shape(span) == (2, 2):
+            (x0, x1), (y0, y1) = [[float(s) for s in row] for row in span]
+        else:
+            raise ValueError(f"span={span!r}: pass (low, high) or ((x_low, x_high), (y_low, y_high))")
+    xs, ys = _axis(x0, x1, nx, "x"), _axis(y0, y1, ny, "y")
+
+    policy = bn if has_batchnorm(model) else "none"
+    chosen = backend if backend != "auto" else ("vmap" if dev.type == "cuda" else "loop")
+    if channels_last is None:
+        channels_last = (chosen == "loop" and dev.type == "cpu" and data.train.images.dim() == 4
+                         and any(isinstance(mod, nn.Conv2d) for mod in model.modules()))
+    inputs = prepare_inputs(data, (split,), bn_batches=bn_batches, bn_batch_size=bn_batch_size, bn_seed=bn_seed,
+                            max_examples=max_examples, eval_seed=eval_seed, device=dev,
+                            need_bn=policy == "reset", channels_last=bool(channels_last) and chosen == "loop")
+    if inputs.counts[split] == 0:
+        raise ValueError(f"the {split} split is empty: nothing to evaluate")
+    keep = bn_stat_keys(model) if policy == "keep_a" else set()
+
+    loss = np.zeros((nx, ny))
+    error = np.zeros((nx, ny))
+    alist = [float(x) for x in xs]
+    # Row y is the segment from a + y s v (x = 0) to b + y s v (x = 1), evaluated at the x values
+    # by the linear-path evaluators: lerp gives a + x u + y s v.
+    for j, y in enumerate(tqdm(ys, desc="plane", unit="row", disable=None if progress is None else not progress)):
+        start, end = {}, {}
+        for k, t in sa.items():
+            if not t.is_floating_point() or k in keep:
+                start[k], end[k] = t, t
+                continue
+            shift = v[k] * (float(y) * scale)
+            start[k] = (sa[k].double() + shift).to(t.dtype)
+            end[k] = (sb[k].double() + shift).to(t.dtype)
+        if chosen == "vmap":
+            try:
+                row_loss, row_err = run_vmap(model, start, end, alist, policy, inputs, eval_batch_size,
+                                             min(8, len(alist)))
+            except RuntimeError as exc:
+                if backend != "auto":
+                    raise
+                warnings.warn(f"vmap evaluation failed ({exc}); falling back to the loop backend", stacklevel=2)
+                chosen = "loop"
+        if chosen == "loop":
+            row_loss, row_err = run_loop(model, start, end, alist, policy, inputs, eval_batch_size)
+        loss[:, j], error[:, j] = row_loss[:, 0], row_err[:, 0]
+
+    import distill
+
+    attrs: dict[str, Any] = {
+        "analysis": "plane", "plane_definition": DEFINITION, "norm_u": norm_u, "norm_v": norm_v,
+        "norm_c_minus_a": basis["norm_w"], "c_projection": proj, "coordinate_units": "|b - a| (norm_u)",
+        "bn_policy": policy, "split": split, "backend": chosen, "precision": "fp32", "device": str(dev),
+        "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_seed": bn_seed,
+        "eval_batch_size": eval_batch_size, "eval_seed": eval_seed, "examples": inputs.counts[split],
+        "dataset": str(getattr(data, "name", "")),
+        "toolkit_version": str(distill.__version__), "torch_version": str(torch.__version__),
+    }
+    for prefix, info in (("a", info_a), ("b", info_b), ("c", info_c)):
+        attrs.update({f"{prefix}_{k}": v for k, v in info.items()})
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, Mapping):
+        attrs["model_spec"] = json.dumps(spec, sort_keys=True, default=str)
+    units = {"units": "|b - a|"}
+    return xr.Dataset(
+        {"loss": (("x", "y"), loss, {"long_name": "cross-entropy loss", "units": "nats"}),
+         "error": (("x", "y"), error, {"long_name": "classification error", "units": "fraction"}),
+         "point_x": ("point", points[:, 0], {"long_name": "x of the checkpoint in the plane", **units}),
+         "point_y": ("point", points[:, 1], {"long_name": "y of the checkpoint in the plane", **units})},
+        coords={"x": ("x", xs, {"long_name": "coordinate along u = b - a", **units}),
+                "y": ("y", ys, {"long_name": "coordinate along v (c orthogonalised against u)", **units}),
+                "point": ("point", np.array(["a", "b", "c"]))},
+        attrs=attrs)
