@@ -74,11 +74,12 @@ def _load_commands() -> None:
     import importlib
 
     for mod in ("landscape.commands",):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+        importlib.import_module(mod)
+    # run as ``python -m landscape.cli`` this module is __main__, and the commands registered
+    # themselves with the imported ``landscape.cli``: take them from there
+    registry = importlib.import_module("landscape.cli").COMMANDS
+    for name, entry in registry.items():
+        COMMANDS.setdefault(name, entry)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

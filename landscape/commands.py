@@ -384,3 +384,43 @@ class _Lottery:
         print(f"checkpoints in {lottery_store}")
         print(f"wrote {_write_nc(ds, out)}")
         return 0
+
+
+@command("locality", "teacher-distance sweep: one distillation per alpha (or eps), gathered into one result")
+class _Locality:
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser) -> None:
+        from distill.config import _parse_list
+
+        g = p.add_mutually_exclusive_group(required=True)
+        g.add_argument("--alphas", type=_parse_list, help="comma-separated alphas in [0, 1], e.g. 0,0.25,0.5,1")
+        g.add_argument("--eps", dest="eps_values", type=_parse_list, help="comma-separated noise scales")
+        p.add_argument("--seeds", type=_parse_list, default=[0], help="replicate seeds (default: 0)")
+        p.add_argument("--runs", default="runs/locality", help="folder of the per-point stores")
+        p.add_argument("--out", required=True, help="result file (.nc)")
+        p.add_argument("--workers", type=int, default=1, help="points run in parallel processes")
+        add_arguments(p, DistillConfig, skip=("init", "alpha", "eps"))
+
+    @staticmethod
+    def run(a: argparse.Namespace) -> int:
+        from concurrent.futures import ProcessPoolExecutor
+
+        from landscape.locality import locality
+
+        cfg = from_args(DistillConfig, a)
+        ex = ProcessPoolExecutor(a.workers) if a.workers > 1 else None
+        try:
+            ds = locality(cfg, alphas=a.alphas, eps=a.eps_values, seeds=a.seeds, out_dir=a.runs, executor=ex)
+        finally:
+            if ex is not None:
+                ex.shutdown()
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        ds.to_netcdf(a.out, engine="h5netcdf")
+        axis = ds.attrs["axis"]
+        acc = ds.accuracy.isel(epoch=-1).mean("seed")
+        print(f"{axis:<8}" + "".join(f"{str(p):>12}" for p in acc.probe.values) + "   (student accuracy, %)")
+        for v in acc[axis].values:
+            print(f"{v:<8g}" + "".join(f"{100 * float(acc.sel({axis: v, 'model': 'student', 'probe': p})):12.2f}"
+                                       for p in acc.probe.values))
+        print(f"wrote {a.out}")
+        return 0

@@ -25,6 +25,7 @@ from torch.nn.utils import parametrize
 
 __all__ = ["Mask", "apply_masks", "remove_masks", "current_masks", "prunable_names", "full_masks",
            "global_magnitude_prune", "random_prune", "prune_count", "count_remaining", "unmasked_copy",
+           "masked_state_dict",
            "PRUNABLE_SETS"]
 
 PRUNABLE_SETS = ("weights", "all")
@@ -76,6 +77,18 @@ def _tensor(model_or_state: nn.Module | Mapping[str, Tensor], key: str) -> Tenso
 def _is_mask(module: nn.Module, name: str) -> bool:
     return (parametrize.is_parametrized(module, name) and len(module.parametrizations[name]) == 1
             and isinstance(module.parametrizations[name][0], Mask))
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own before its properties change.
+
+    ``torch.nn.utils.parametrize`` keeps each parametrization's property on a class made for the
+    module, and ``copy.deepcopy`` shares that class between original and copy; adding or removing
+    a parametrization on one would otherwise break the other.
+    """
+    cls = module.__class__
+    body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, body)
 
 
 def _clean_name(param_name: str) -> str:
@@ -145,6 +158,8 @@ def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
         if _is_mask(module, name):
             module.parametrizations[name][0].mask.copy_(dense)
         else:
+            if parametrize.is_parametrized(module):
+                _own_class(module)
             parametrize.register_parametrization(module, name, Mask(dense.to(current.dtype)))
         original = module.parametrizations[name].original
         original.mul_(module.parametrizations[name][0].mask)
@@ -168,21 +183,45 @@ def remove_masks(model: nn.Module) -> nn.Module:
     Returns ``model``.
     """
     for _, module in list(model.named_modules()):
-        for name in list(getattr(module, "parametrizations", {})):
-            if _is_mask(module, name):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        names = [n for n in getattr(module, "parametrizations", {}) if _is_mask(module, n)]
+        if names:
+            _own_class(module)
+        for name in names:
+            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model
 
 
 def unmasked_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with the masks baked in and removed (``model`` is left as is)."""
+    """A deep copy of ``model`` with the masks baked in and removed (``model`` is left as is).
+
+    Parameter order may differ from a freshly built model (an unmasked tensor is re-registered
+    last in its module); the ``state_dict`` keys are the same. See also :func:`masked_state_dict`.
+    """
     return remove_masks(copy.deepcopy(model))
+
+
+def masked_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """``model.state_dict()`` with masks baked in and the keys of the unpruned model (detached,
+    not copied for unmasked tensors). Mask buffers are left out."""
+    out = {}
+    for key, t in model.state_dict(keep_vars=False).items():
+        head, sep, tail = key.partition("parametrizations.")
+        if sep and (head == "" or head.endswith(".")):
+            tensor, _, rest = tail.partition(".")
+            module = model.get_submodule(head[:-1]) if head else model
+            if rest == "original" and _is_mask(module, tensor):
+                out[head + tensor] = t * module.parametrizations[tensor][0].mask
+                continue
+            if rest == "0.mask" and _is_mask(module, tensor):
+                continue
+        out[key] = t
+    return out
 
 
 # ----------------------------------------------------------------------------- pruning
 def count_remaining(masks: Masks) -> int:
     """Number of unmasked (nonzero) entries over all masks."""
-    return int(sum(int((m != 0).sum()) for m in masks.values()))
+    return int(sum(int(m.count_nonzero()) for m in masks.values()))
 
 
 def prune_count(remaining: int, fraction: float) -> int:
@@ -193,35 +232,58 @@ def prune_count(remaining: int, fraction: float) -> int:
     return int(round(fraction * remaining))
 
 
-def _select(scores: Tensor, alive: Tensor, k: int) -> Tensor:
-    """Bool mask of the ``k`` alive entries with the smallest scores; ties go to lower flat index.
+def _flat_scores(scores: Mapping[str, Tensor], masks: Masks, keys: list[str], dtype: torch.dtype,
+                 device: torch.device, absolute: bool) -> tuple[Tensor, list[Tensor], int]:
+    """(scores (their magnitudes if ``absolute``) of all tensors concatenated in one buffer, +inf
+    at masked entries; bool masks; unmasked count)."""
+    total = sum(masks[k].numel() for k in keys)
+    flat = torch.empty(total, dtype=dtype, device=device)
+    inf = torch.tensor(float("inf"), dtype=dtype, device=device)
+    alive, start = [], 0
+    for k in keys:
+        m = masks[k].to(device)
+        m = m if m.dtype == torch.bool else m != 0
+        n = m.numel()
+        torch.where(m.reshape(-1), scores[k].reshape(-1).to(dtype), inf, out=flat[start:start + n])
+        alive.append(m)
+        start += n
+    if absolute:
+        flat.abs_()
+    remaining = int(sum(int(m.count_nonzero()) for m in alive))
+    return flat, alive, remaining
 
-    scores, alive: 1-d, same device. kthvalue finds the threshold; entries equal to it are taken
-    in index order (cumsum), so exactly ``k`` entries are chosen. Runs on the tensors' device.
+
+def _smallest(flat: Tensor, k: int) -> Tensor:
+    """Bool mask of the ``k`` smallest entries of ``flat`` (1-d); ties go to the lower index.
+
+    ``torch.kthvalue`` gives the threshold on the tensor's device; entries equal to it are taken
+    in index order (a cumsum, only when not all of them fit), so exactly ``k`` are chosen.
     """
-    if k == 0:
-        return torch.zeros_like(alive)
-    s = torch.where(alive, scores, torch.full_like(scores, float("inf")))
-    threshold = torch.kthvalue(s, k).values
-    below = s < threshold
-    tied = (s == threshold) & alive
-    room = k - below.sum()
-    return below | (tied & (tied.cumsum(0) <= room))
-
-
-def _prune(scores: Mapping[str, Tensor], masks: Masks, fraction: float) -> dict[str, Tensor]:
-    keys = list(masks)
-    device = scores[keys[0]].device
-    alive = torch.cat([(masks[k].to(device) != 0).reshape(-1) for k in keys])
-    flat = torch.cat([scores[k].reshape(-1) for k in keys])
-    k = prune_count(int(alive.sum()), fraction)
-    if k and not bool(torch.isfinite(flat[alive]).all()):
+    threshold = torch.kthvalue(flat, k).values
+    if not bool(torch.isfinite(threshold)):
         raise ValueError("some unpruned weights are NaN or infinite: cannot rank them by magnitude")
-    keep = alive & ~_select(flat, alive, k)
+    chosen = flat < threshold
+    tied = flat == threshold
+    room = k - chosen.count_nonzero()  # bool .sum() is ~10x slower on the CPU
+    if bool(tied.count_nonzero() > room):
+        tied &= tied.cumsum(0) <= room
+    return chosen.logical_or_(tied)
+
+
+def _prune(scores: Mapping[str, Tensor], masks: Masks, fraction: float, dtype: torch.dtype,
+           device: torch.device, absolute: bool) -> dict[str, Tensor]:
+    keys = list(masks)
+    flat, alive, remaining = _flat_scores(scores, masks, keys, dtype, device, absolute)
+    k = prune_count(remaining, fraction)
+    if k == 0:
+        return {key: m.clone() for key, m in zip(keys, alive)}
+    if bool(torch.isnan(flat).any()):
+        raise ValueError("some unpruned weights are NaN: cannot rank them by magnitude")
+    pruned = _smallest(flat, k)
     out, start = {}, 0
-    for key in keys:
-        n = masks[key].numel()
-        out[key] = keep[start:start + n].view(masks[key].shape)
+    for key, m in zip(keys, alive):
+        n = m.numel()
+        out[key] = m > pruned[start:start + n].view(m.shape)  # m and not pruned, in one pass
         start += n
     return out
 
@@ -235,7 +297,8 @@ def global_magnitude_prune(model_or_state: nn.Module | Mapping[str, Tensor], mas
     ``masks`` together (global, not per layer). Ties are broken by position in the concatenation
     of the tensors, flattened, in the order of ``masks``' keys (lower positions pruned first), so
     the count is exact whatever the values. The threshold is found with ``torch.kthvalue`` on the
-    weights' device (no host-side sort). ``model_or_state``: a (possibly masked) module or a
+    weights' device (no sort, nothing copied to the host); magnitudes are compared in float32
+    (float64 if any weight is float64). ``model_or_state``: a (possibly masked) module or a
     state dict with the masks' keys. Returns name -> bool tensors on the weights' device.
     """
     if not masks:
@@ -246,8 +309,7 @@ def global_magnitude_prune(model_or_state: nn.Module | Mapping[str, Tensor], mas
             raise ValueError(f"mask for {k!r} has shape {tuple(masks[k].shape)}, the weight {tuple(w.shape)}")
     dtype = torch.float64 if any(w.dtype == torch.float64 for w in weights.values()) else torch.float32
     device = next(iter(weights.values())).device
-    scores = {k: w.to(device, dtype).abs() for k, w in weights.items()}
-    return _prune(scores, masks, fraction)
+    return _prune(weights, masks, fraction, dtype, device, absolute=True)
 
 
 @torch.no_grad()
@@ -262,5 +324,5 @@ def random_prune(masks: Masks, fraction: float, seed: int = 0) -> dict[str, Tens
         raise ValueError("masks is empty: start from full_masks(model, prunable)")
     gen = torch.Generator().manual_seed(int(seed))
     device = next(iter(masks.values())).device
-    scores = {k: torch.rand(m.shape, generator=gen, dtype=torch.float64).to(device) for k, m in masks.items()}
-    return _prune(scores, masks, fraction)
+    scores = {k: torch.rand(m.shape, generator=gen, dtype=torch.float64) for k, m in masks.items()}
+    return _prune(scores, masks, fraction, torch.float64, device, absolute=False)

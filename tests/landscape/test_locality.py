@@ -65,3 +65,12 @@ def test_bad_arguments():
         locality(tiny_cfg(), alphas=[0.1], eps=[0.1])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         locality(tiny_cfg(), alphas=[1.5])
+
+
+def test_cli_rejects_out_of_range_alpha(tmp_path, capsys):
+    from landscape.cli import main as rtt
+
+    code = rtt(["locality", "--alphas", "0,1.5", "--out", str(tmp_path / "l.nc"), "--runs", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "[0, 1]" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "l.nc").exists()

@@ -1,0 +1,516 @@
+"""Lottery tickets: iterative magnitude pruning (IMP) with rewinding, and its baselines.
+
+``lottery(start, data, levels=5, prune_fraction=0.2, rewind="start")`` trains ``start`` with
+labels (level 0, dense), prunes ``round(0.2 * remaining)`` of the prunable weights with the
+smallest magnitude over the whole network, resets the survivors to the rewind target, trains
+again (level 1), and so on. It returns an ``xarray.Dataset`` of best and final test accuracy per
+level; with a ``store`` every trained level is checkpointed and a later call resumes.
+
+Rewind targets (``rewind``; a list runs one IMP sequence per target):
+- ``"start"``: the given checkpoint (e.g. a distilled student, no labels used).
+- ``"init"``: a fresh random init of the same architecture drawn with ``seed`` (Frankle et al.'s
+  "epoch 0" rewinding; level 0 then also trains from that init).
+- ``"step"``: the weights after ``rewind_step`` optimiser steps of level 0's training from
+  ``start``. Later levels train the full recipe from those weights (``train_supervised`` always
+  starts its learning-rate schedule at step 0; Frankle et al. continue it from step k).
+
+Baselines (``baselines``), at the same number of remaining weights per level:
+- ``"random_prune"``: a uniformly random mask over all prunable weights (nested from level to
+  level), weights rewound to the same target, then trained. Its level 0 is IMP's (same run).
+- ``"random_reinit"``: IMP's mask with a fresh random init (drawn with ``seed + 1``), then
+  trained; its level 0 is the dense network trained from that init.
+
+Store layout (names of :meth:`distill.store.Store.save_module`): ``lottery/<rewind>/<level:02d>``
+(IMP, trained, masks applied, uint8 masks beside it, accuracies in attrs),
+``lottery/<rewind>/<baseline>/<level:02d>``, ``lottery/<rewind>/rewind`` (the rewind target for
+``init`` and ``step``); the returned Dataset is also written as result ``lottery``.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from distill.config import SupervisedConfig
+from distill.store import Store, as_module
+from distill.supervised import check_classifier, train_supervised, with_classifier
+from landscape.pruning import (apply_masks, full_masks, global_magnitude_prune,
+                               masked_state_dict, prunable_names, prune_count, random_prune)
+
+__all__ = ["lottery", "REWINDS", "BASELINES", "remaining_counts"]
+
+REWINDS = ("start", "init", "step")
+BASELINES = ("random_prune", "random_reinit")
+PRUNING_DEFINITION = ("global magnitude pruning: each level removes exactly round(prune_fraction * remaining) "
+                      "of the unpruned prunable weights with the smallest |w| over all prunable tensors together "
+                      "(ties: lower position in the concatenation of the flattened tensors first)")
+_RANDOM_PRUNE_STRIDE = 1000  # random_prune at level l draws with seed * stride + l
+
+
+def remaining_counts(total: int, levels: int, fraction: float) -> list[int]:
+    """Unpruned weights at levels 0..levels-1: ``n_0 = total``, ``n_l = n_{l-1} - round(fraction * n_{l-1})``."""
+    counts = [int(total)]
+    for _ in range(1, levels):
+        counts.append(counts[-1] - prune_count(counts[-1], fraction))
+    return counts
+
+
+# ----------------------------------------------------------------------------- argument handling
+def _rewinds(rewind: str | Sequence[str], rewind_step: int | None) -> list[str]:
+    items = [rewind] if isinstance(rewind, str) else list(rewind)
+    if not items:
+        raise ValueError("rewind is empty: pass 'start', 'init', 'step' or a list of them")
+    for r in items:
+        if r not in REWINDS:
+            raise ValueError(f"rewind={r!r} is not valid: choose from {', '.join(REWINDS)}")
+    if len(set(items)) != len(items):
+        raise ValueError("rewind lists a target twice: pass each once")
+    if "step" in items and (rewind_step is None or isinstance(rewind_step, bool) or int(rewind_step) < 0):
+        raise ValueError(f"rewind='step' needs rewind_step, a number of optimiser steps >= 0 (got {rewind_step!r})")
+    return items
+
+
+def _baselines(baselines: str | Sequence[str] | None) -> list[str]:
+    items = [] if baselines is None else [baselines] if isinstance(baselines, str) else list(baselines)
+    for b in items:
+        if b not in BASELINES:
+            raise ValueError(f"baseline {b!r} is not valid: choose from {', '.join(BASELINES)} (or none)")
+    return [b for b in BASELINES if b in items]
+
+
+def _describe(ref: Any) -> dict[str, Any]:
+    if isinstance(ref, nn.Module):
+        src = getattr(ref, "store_ref", None)
+        return {"start": f"{src[0]}#name={src[1]}" if src else "module"}
+    if isinstance(ref, (tuple, list)) and len(ref) == 2:
+        store, which = ref
+        store = store if isinstance(store, Store) else Store(store)
+        path = str(store.path)
+        if isinstance(which, (int, np.integer)):
+            epochs = store.epochs
+            epoch = epochs[int(which)] if int(which) < 0 and -int(which) <= len(epochs) else int(which)
+            return {"start": f"{path}#epoch={epoch}", "start_store": path, "start_epoch": epoch}
+        return {"start": f"{path}#name={which}", "start_store": path, "start_name": str(which)}
+    return {"start": str(ref)}
+
+
+def _fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the state_dict (keys and bytes): identifies the start of a stored run."""
+    h = hashlib.sha256()
+    for k, t in model.state_dict().items():
+        h.update(k.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.dim() else
+                 t.detach().cpu().reshape(1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _fresh(template: nn.Module, seed: int) -> nn.Module:
+    """A new random init of ``template``'s architecture drawn with ``seed``, on its device."""
+    from distill.models import build_model
+
+    spec = getattr(template, "spec", None)
+    if spec is None:
+        raise ValueError("rewind='init' and the random_reinit baseline need a model built with "
+                         "distill.build_model (it has no .spec)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = build_model(**spec)
+    device = next(template.parameters()).device
+    return fresh.to(device)
+
+
+def _clone_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    from distill.train import resolve_device
+
+    return resolve_device(device)
+
+
+# ----------------------------------------------------------------------------- the runner
+class _Lottery:
+    """State shared by the IMP runs of one :func:`lottery` call."""
+
+    def __init__(self, template: nn.Module, data: Any, cfg: SupervisedConfig, names: list[str],
+                 counts: list[int], fraction: float, rewind_step: int | None, rewind_rng: bool,
+                 baselines: list[str], store: Store | None, settings: dict[str, Any], device: torch.device,
+                 progress: bool | None, seed: int, bar: Any) -> None:
+        self.template, self.data, self.cfg, self.names = template, data, cfg, names
+        self.counts, self.fraction, self.rewind_step, self.rewind_rng = counts, fraction, rewind_step, rewind_rng
+        self.baselines, self.store, self.settings, self.device = baselines, store, settings, device
+        self.progress, self.seed, self.bar = progress, seed, bar
+        self.start_state = _clone_state(template.state_dict())
+        self._init_state: dict[str, Tensor] | None = None
+        self._reinit_state: dict[str, Tensor] | None = None
+        self._shared: dict[Any, Any] = {}  # trainings shared between rewind targets within this call
+
+    # ---------------------------------------------------------------- pieces
+    def init_state(self) -> dict[str, Tensor]:
+        if self._init_state is None:
+            self._init_state = _clone_state(_fresh(self.template, self.seed).state_dict())
+        return self._init_state
+
+    def reinit_state(self) -> dict[str, Tensor]:
+        if self._reinit_state is None:
+            self._reinit_state = _clone_state(_fresh(self.template, self.seed + 1).state_dict())
+        return self._reinit_state
+
+    def level_cfg(self, level: int) -> SupervisedConfig:
+        if self.rewind_rng:
+            return self.cfg
+        return self.cfg.replace(data_seed=self.cfg.data_seed + level, aug_seed=self.cfg.aug_seed + level)
+
+    def full(self) -> dict[str, Tensor]:
+        return full_masks(self.template, self.names)
+
+    def train(self, weights: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None, level: int,
+              capture: int | None = None) -> tuple[dict[str, float], dict[str, Tensor], dict[str, Tensor] | None]:
+        """Train a copy of the template holding ``weights`` under ``masks`` (None: dense).
+
+        Returns (metrics, trained state with masks applied, weights after ``capture`` steps or None).
+        """
+        model = copy.deepcopy(self.template)
+        model.load_state_dict(weights)
+        if masks is not None:
+            apply_masks(model, masks)
+        captured: dict[str, dict[str, Tensor]] = {}
+        if capture == 0:
+            captured["state"] = _clone_state(masked_state_dict(model))
+
+        def on_step(step: int, m: nn.Module) -> None:
+            if step == capture:
+                captured["state"] = _clone_state(masked_state_dict(m))
+
+        res = train_supervised(model, self.data, self.level_cfg(level), device=self.device, progress=self.progress,
+                               on_step=on_step if capture else None)
+        if self.bar is not None:
+            self.bar.update(1)
+        if capture is not None and "state" not in captured:
+            raise ValueError(f"rewind_step={capture} exceeds the {res['steps']} optimiser steps of one training "
+                             f"run: pass a smaller rewind_step or more epochs")
+        metrics = {"best_accuracy": float(res["best_test_accuracy"]), "final_accuracy": float(res["test_accuracy"]),
+                   "final_loss": float(res["test_loss"]), "steps": int(res["steps"])}
+        return metrics, _clone_state(masked_state_dict(model)), captured.get("state")
+
+    def rewound(self, target: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``target`` with the masked entries of the prunable tensors set to zero."""
+        out = dict(target)
+        for k, m in masks.items():
+            out[k] = target[k] * (m.to(target[k].device) != 0).to(target[k].dtype)
+        return out
+
+    # ---------------------------------------------------------------- store access
+    def stored(self, name: str) -> dict[str, Any] | None:
+        """Attrs of the complete module ``name`` in the store, or None."""
+        if self.store is None or name not in self._names:
+            return None
+        if name not in self._attrs:
+            self._attrs[name] = self.store.load_state(name)[1]
+        return self._attrs[name]
+
+    def refresh(self) -> None:
+        self._names = set(self.store.names("lottery/")) if self.store is not None else set()
+        self._attrs: dict[str, dict[str, Any]] = {}
+
+    def load(self, name: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(trained state on the device, bool masks in prunable order) of stored module ``name``."""
+        state, _ = self.store.load_state(name)
+        masks = self.store.load_masks(name)
+        if set(masks) != set(self.names):
+            raise ValueError(f"{self.store.path}: '{name}' was pruned over other tensors than prunable selects "
+                             f"now: pass the same prunable as before or use a new store")
+        own = self.template.state_dict()
+        state = {k: v.to(self.device, own[k].dtype) for k, v in state.items()}
+        return state, {k: masks[k].to(self.device) != 0 for k in self.names}
+
+    def save(self, name: str, state: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None,
+             attrs: Mapping[str, Any]) -> None:
+        if self.store is None:
+            return
+        model = copy.deepcopy(self.template)
+        model.load_state_dict(state)
+        settings = self.settings_for(str(attrs["rewind"]))
+        self.store.save_module(name, model, {**attrs, "settings": json.dumps(settings, sort_keys=True)},
+                               masks=None if masks is None else {k: m.to(torch.uint8) for k, m in masks.items()})
+
+    def settings_for(self, rewind: str) -> dict[str, Any]:
+        """What must match for a stored run of ``rewind`` to be continued."""
+        out = {k: v for k, v in self.settings.items() if k != "rewind_step"}
+        if rewind == "step":
+            out["rewind_step"] = self.settings["rewind_step"]
+        return out
+
+    def check_settings(self, rewind: str, name: str) -> None:
+        attrs = self.stored(name)
+        if attrs is None:
+            return
+        old = json.loads(attrs.get("settings", "{}"))
+        for key, value in self.settings_for(rewind).items():
+            if key in old and old[key] != value:
+                raise ValueError(f"{self.store.path}: '{name}' was made with {key}={old[key]!r}, this call asks "
+                                 f"{value!r}: pass the same settings to resume, or use a new store")
+
+    # ---------------------------------------------------------------- one IMP sequence
+    def run(self, rewind: str, levels: int) -> dict[str, list[dict[str, float]]]:
+        """Rows (metrics per level) of IMP and each baseline for rewind target ``rewind``."""
+        self.refresh()
+        prefix = f"lottery/{rewind}"
+        self.check_settings(rewind, f"{prefix}/00")
+        done = 0
+        while done < levels and self.stored(f"{prefix}/{done:02d}") is not None:
+            done += 1
+        origin = self.init_state() if rewind == "init" else self.start_state
+        if rewind in ("init", "step") and done:
+            target = self.load_target(f"{prefix}/rewind")
+        else:
+            target = origin if rewind != "step" else None
+        rows: dict[str, list[dict[str, float]]] = {m: [] for m in ("imp", *self.baselines)}
+        prev: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None  # (trained state, masks) of last level
+        random_masks = self.full()
+        for level in range(levels):
+            name = f"{prefix}/{level:02d}"
+            if level < done:
+                attrs = self.stored(name)
+                if int(attrs["remaining_weights"]) != self.counts[level]:
+                    raise ValueError(f"{self.store.path}: '{name}' keeps {attrs['remaining_weights']} weights, "
+                                     f"this call expects {self.counts[level]}: use the same settings or a new store")
+                rows["imp"].append({k: float(attrs[k]) for k in ("best_accuracy", "final_accuracy", "final_loss",
+                                                                  "steps")})
+                prev = None  # loaded lazily when needed
+                masks = None
+            else:
+                if level == 0:
+                    masks = self.full()
+                    metrics, trained, captured = self.train_origin(rewind, origin)
+                    if rewind == "step":
+                        target = captured
+                    if rewind in ("init", "step"):
+                        self.save(f"{prefix}/rewind", target, None,
+                                  {"rewind": rewind, "step": int(self.rewind_step) if rewind == "step" else 0})
+                else:
+                    if prev is None:
+                        prev = self.load(f"{prefix}/{level - 1:02d}")
+                    masks = global_magnitude_prune(prev[0], prev[1], self.fraction)
+                    metrics, trained, _ = self.train(self.rewound(target, masks), masks, level)
+                self.save(name, trained, masks, self.attrs(rewind, "imp", level, metrics))
+                rows["imp"].append(metrics)
+                prev = (trained, masks)
+            if level:
+                random_masks = random_prune(random_masks, self.fraction,
+                                            seed=self.seed * _RANDOM_PRUNE_STRIDE + level)
+            for method in self.baselines:
+                rows[method].append(self.baseline(rewind, method, level, target, masks, random_masks, rows["imp"][0]))
+        return rows
+
+    def train_origin(self, rewind: str, origin: Mapping[str, Tensor]) -> tuple[dict, dict, dict | None]:
+        """Level 0 (dense) from ``origin``; shared by 'start' and 'step', which start alike."""
+        key = "init" if rewind == "init" else "start"
+        wants = self.rewind_step if rewind == "step" else None
+        hit = self._shared.get(key)
+        if hit is not None and (wants is None or hit[2] is not None):
+            return hit
+        result = self.train(origin, None, 0, capture=self.rewind_step if key == "start" else None)
+        self._shared[key] = result
+        return result
+
+    def load_target(self, name: str) -> dict[str, Tensor]:
+        if self.stored(name) is None:
+            raise ValueError(f"{self.store.path} lacks '{name}', the rewind target of its completed levels: "
+                             f"use a new store")
+        state, _ = self.store.load_state(name)
+        own = self.template.state_dict()
+        return {k: v.to(self.device, own[k].dtype) for k, v in state.items()}
+
+    def baseline(self, rewind: str, method: str, level: int, target: Mapping[str, Tensor],
+                 imp_masks: Mapping[str, Tensor] | None, random_masks: Mapping[str, Tensor],
+                 imp_level0: dict[str, float]) -> dict[str, float]:
+        if method == "random_prune" and level == 0:
+            return dict(imp_level0)  # the dense network rewound to the target is IMP's level 0
+        name = f"lottery/{rewind}/{method}/{level:02d}"
+        attrs = self.stored(name)
+        if attrs is not None:
+            return {k: float(attrs[k]) for k in ("best_accuracy", "final_accuracy", "final_loss", "steps")}
+        if method == "random_prune":
+            masks = random_masks
+            weights = self.rewound(target, masks)
+        else:
+            if imp_masks is None:
+                imp_masks = self.load(f"lottery/{rewind}/{level:02d}")[1]
+            masks = imp_masks
+            weights = self.rewound(self.reinit_state(), masks)
+        if level == 0 and ("reinit0" in self._shared):
+            metrics, trained = self._shared["reinit0"]
+        else:
+            metrics, trained, _ = self.train(weights, masks if level else None, level)
+            if level == 0:
+                self._shared["reinit0"] = (metrics, trained)
+        self.save(name, trained, masks, self.attrs(rewind, method, level, metrics))
+        return metrics
+
+    def attrs(self, rewind: str, method: str, level: int, metrics: Mapping[str, float]) -> dict[str, Any]:
+        n = self.counts[level]
+        return {"rewind": rewind, "method": method, "level": level, "remaining_weights": n,
+                "sparsity": n / self.counts[0], **metrics}
+
+
+# ----------------------------------------------------------------------------- public entry point
+def lottery(start: Any, data: Any, levels: int = 5, prune_fraction: float = 0.2,
+            rewind: str | Sequence[str] = "start", prunable: str | Sequence[str] = "weights",
+            cfg: SupervisedConfig | None = None, rewind_step: int | None = None, rewind_optimizer: bool = False,
+            baselines: str | Sequence[str] | None = (), store: Store | str | Path | None = None,
+            device: str | torch.device = "auto", progress: bool | None = None, seed: int = 0,
+            rewind_rng: bool = True) -> xr.Dataset:
+    """Iterative magnitude pruning with rewinding from ``start``; see the module docstring.
+
+    start: a module or a ``(store, epoch | name)`` reference (:func:`distill.store.as_module`).
+        Without a linear classifier for ``data``'s classes, a fresh one is put on with
+        :func:`distill.supervised.with_classifier` (drawn with ``seed``).
+    data: a :class:`distill.data.Dataset`. levels: number of trained levels, level 0 = dense.
+    prune_fraction: fraction of the remaining prunable weights removed per level (0.2 gives
+        100, 80, 64, 51.2, ... % remaining). prunable: "weights" (conv and linear weights,
+        classifier included; Frankle et al.), "all" (every float parameter; the paper's code),
+        or a list of state_dict names.
+    cfg: the supervised recipe of every level (default ``SupervisedConfig.preset("cpu")``).
+    rewind: "start", "init", "step" or a list of them (one IMP run each); rewind_step: k for "step".
+    rewind_optimizer: False (default, Frankle et al.): every level trains with a fresh optimiser.
+        True would restore the optimiser state of the rewind point, which
+        :func:`distill.supervised.train_supervised` does not accept; it raises ValueError.
+    rewind_rng: True (default): every level replays the same data order and augmentation
+        (``cfg``'s seeds); False: level l uses ``data_seed + l`` and ``aug_seed + l``.
+    baselines: any of "random_prune", "random_reinit" (default none: each adds a training run per
+        level, so the cost is that of one more IMP run).
+    store: a Store or path; created (kind "lottery") when missing. Every trained level is saved
+        with its masks; a later call continues at the first level missing from the store.
+    seed: classifier head and "init" draw; ``seed + 1`` draws random_reinit's init;
+        random_prune's level l draws with ``1000 * seed + l``.
+
+    Returns a Dataset over (rewind, level), with a ``method`` dim ("imp", baselines...) when
+    baselines are asked for: best_accuracy, final_accuracy (test, fractions), final_loss (nats);
+    remaining_weights over level; coords level and sparsity (fraction of prunable weights left).
+    Select methods with a dict, ``ds.sel({"method": "imp"})``: ``sel``'s own keyword ``method``
+    would take ``ds.sel(method="imp")``.
+    """
+    rewinds = _rewinds(rewind, rewind_step)
+    rewind_step = int(rewind_step) if "step" in rewinds else None
+    methods = _baselines(baselines)
+    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+        raise ValueError(f"levels={levels!r} must be an integer >= 1 (level 0 is the dense network)")
+    if not 0.0 < float(prune_fraction) < 1.0:
+        raise ValueError(f"prune_fraction={prune_fraction!r} must lie strictly between 0 and 1")
+    if rewind_optimizer:
+        raise ValueError("rewind_optimizer=True is not available: distill.supervised.train_supervised builds a "
+                         "fresh optimiser every run; use rewind_optimizer=False (Frankle et al.)")
+    cfg = SupervisedConfig.preset("cpu") if cfg is None else cfg
+    dev = _resolve_device(device)
+    info = _describe(start)
+    model = as_module(copy.deepcopy(start) if isinstance(start, nn.Module) else start, dev)
+    fingerprint = _fingerprint(model)
+    try:
+        check_classifier(model, data.num_classes)
+        classifier = "given"
+    except ValueError:
+        model = with_classifier(model, data.num_classes, seed=seed).to(dev)
+        classifier = f"with_classifier(num_classes={data.num_classes}, seed={seed})"
+    model.requires_grad_(True)
+    names = prunable_names(model, prunable)
+    total = sum(model.state_dict()[k].numel() for k in names)
+    counts = remaining_counts(total, int(levels), float(prune_fraction))
+
+    cfg_json = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "device"}, sort_keys=True)
+    settings = {"start_fingerprint": fingerprint, "prune_fraction": float(prune_fraction),
+                "prunable": prunable if isinstance(prunable, str) else list(prunable), "supervised_config": cfg_json,
+                "seed": int(seed), "rewind_step": rewind_step if "step" in rewinds else None,
+                "rewind_rng": bool(rewind_rng), "classifier": classifier}
+    st = _open_store(store, settings)
+
+    n_train = len(rewinds) * int(levels) * (1 + len(methods)) - (len(rewinds) if "random_prune" in methods else 0)
+    bar = tqdm(total=n_train, desc="lottery", unit="run", disable=None if progress is None else not progress)
+    runner = _Lottery(model, data, cfg, names, counts, float(prune_fraction), rewind_step, bool(rewind_rng),
+                      methods, st, settings, dev, progress, int(seed), bar)
+    try:
+        rows = {r: runner.run(r, int(levels)) for r in rewinds}
+    finally:
+        bar.close()
+
+    ds = _dataset(rows, rewinds, methods, counts)
+    ds.attrs.update(_provenance(info, prunable, names, prune_fraction, rewind_step, rewind_rng, cfg, seed,
+                                classifier, fingerprint, dev, st))
+    if st is not None:
+        st.write_result("lottery", ds)
+    return ds
+
+
+def _open_store(store: Store | str | Path | None, settings: dict[str, Any]) -> Store | None:
+    if store is None:
+        return None
+    if isinstance(store, Store):
+        return store if store.mode == "a" else Store(store.path, "a")
+    path = Path(store)
+    if path.exists():
+        return Store(path, "a")
+    return Store.create(path, {k: v for k, v in settings.items() if v is not None}, kind="lottery",
+                        seeds={"seed": int(settings["seed"])})
+
+
+def _dataset(rows: dict[str, dict[str, list[dict[str, float]]]], rewinds: list[str], methods: list[str],
+             counts: list[int]) -> xr.Dataset:
+    levels = len(counts)
+    with_method = bool(methods)
+    all_methods = ["imp", *methods]
+    dims = ("rewind", "method", "level") if with_method else ("rewind", "level")
+
+    def array(key: str) -> np.ndarray:
+        a = np.array([[[rows[r][m][l][key] for l in range(levels)] for m in all_methods] for r in rewinds],
+                     dtype=np.float64)
+        return a if with_method else a[:, 0, :]
+
+    desc = {"best_accuracy": ("best test accuracy over the evaluations of the level's training", "fraction"),
+            "final_accuracy": ("test accuracy at the end of the level's training", "fraction"),
+            "final_loss": ("test cross-entropy at the end of the level's training", "nats")}
+    data_vars: dict[str, Any] = {k: (dims, array(k), {"long_name": d, "units": u}) for k, (d, u) in desc.items()}
+    data_vars["remaining_weights"] = (("level",), np.asarray(counts, dtype=np.int64),
+                                      {"long_name": "unpruned prunable weights", "units": "count"})
+    coords: dict[str, Any] = {
+        "rewind": ("rewind", np.asarray(rewinds, dtype=object), {"long_name": "rewind target"}),
+        "level": ("level", np.arange(levels, dtype=np.int64), {"long_name": "pruning level", "units": "1"}),
+        "sparsity": ("level", np.asarray(counts, dtype=np.float64) / counts[0],
+                     {"long_name": "fraction of prunable weights remaining", "units": "fraction"}),
+    }
+    if with_method:
+        coords["method"] = ("method", np.asarray(all_methods, dtype=object), {"long_name": "pruning method"})
+    return xr.Dataset(data_vars, coords=coords)
+
+
+def _provenance(info: dict[str, Any], prunable: Any, names: list[str], fraction: float, rewind_step: int | None,
+                rewind_rng: bool, cfg: SupervisedConfig, seed: int, classifier: str, fingerprint: str,
+                device: torch.device, store: Store | None) -> dict[str, Any]:
+    import distill
+
+    attrs: dict[str, Any] = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in info.items()}
+    attrs.update({
+        "analysis": "lottery", "pruning": PRUNING_DEFINITION,
+        "prunable": prunable if isinstance(prunable, str) else "names",
+        "prunable_names": json.dumps(names), "prune_fraction": float(fraction),
+        "rewind_step": -1 if rewind_step is None else int(rewind_step),
+        "rewind_optimizer": 0, "rewind_rng": int(bool(rewind_rng)),
+        "rewind_step_schedule": "levels after a step rewind train the full recipe from step 0 of its schedule",
+        "supervised_config": json.dumps(cfg.to_dict(), sort_keys=True), "classifier": classifier,
+        "seed": int(seed), "reinit_seed": int(seed) + 1,
+        "random_prune_seeds": f"{_RANDOM_PRUNE_STRIDE} * seed + level",
+        "data_seed": int(cfg.data_seed), "aug_seed": int(cfg.aug_seed),
+        "start_fingerprint": fingerprint, "device": str(device), "precision": cfg.precision,
+        "toolkit_version": distill.__version__, "torch_version": str(torch.__version__),
+    })
+    if store is not None:
+        attrs["store"] = str(store.path)
+    return attrs
