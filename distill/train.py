@@ -324,8 +324,8 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
             return
         if not fixed or cfg.ema_teacher:
             fixed["teacher"] = run_probes(cfg, teacher.backbone, pdata, device)
-            fixed["teacher_bn"] = run_probes(cfg, recalibrated_teacher(teacher, pdata, cfg, device).backbone,
-                                             pdata, device)
+            fixed["teacher_bn"] = (run_probes(cfg, recalibrated_teacher(teacher, pdata, cfg, device).backbone,
+                                              pdata, device) if has_batchnorm(teacher) else fixed["teacher"])
             if "input" not in fixed:
                 fixed["input"] = run_probes(cfg, None, pdata, device)
         was = student.training
