@@ -119,42 +119,55 @@ class Store:
     def _check(self) -> None:
         if not self.path.exists():
             raise StoreError(f"no store at {self.path}: check the path, or create one (rtt distill ... --out {self.path})")
-        with self._file("r") as f:
-            fmt = _attr_value(f.attrs.get("format", ""))
-            if fmt != FORMAT:
-                raise StoreError(f"{self.path} is an HDF5 file but not a random-teachers store (no '{FORMAT}' format mark)")
-            version = int(f.attrs.get("format_version", 0))
-            if version > FORMAT_VERSION:
-                raise StoreError(f"{self.path} has store format {version}, newer than this toolkit reads "
-                                 f"({FORMAT_VERSION}): upgrade random-teachers")
+        self._read(self._check_format)
+
+    def _check_format(self, f: h5py.File) -> None:
+        fmt = _attr_value(f.attrs.get("format", ""))
+        if fmt != FORMAT:
+            raise StoreError(f"{self.path} is an HDF5 file but not a random-teachers store (no '{FORMAT}' format mark)")
+        version = int(f.attrs.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise StoreError(f"{self.path} has store format {version}, newer than this toolkit reads "
+                             f"({FORMAT_VERSION}): upgrade random-teachers")
 
     @contextlib.contextmanager
-    def _file(self, mode: str = "r", retries: int = 20) -> Iterator[h5py.File]:
+    def _file(self, mode: str = "r") -> Iterator[h5py.File]:
+        """The open file. Read errors propagate as OSError so that :meth:`_read` can retry."""
         if mode != "r" and self.mode != "a":
             raise StoreError(f"{self.path} is open read-only: use Store(path, 'a') to write")
-        for attempt in range(retries):
-            try:
-                f = h5py.File(self.path, mode, locking=False)
-                break
-            except FileNotFoundError:
-                raise StoreError(f"no store at {self.path}") from None
-            except OSError as e:
-                # A reader can catch a writer mid-flush; a second look usually succeeds.
-                if attempt == retries - 1 or mode != "r":
-                    raise StoreError(f"{self.path} is not a readable store (truncated or corrupt HDF5: "
-                                     f"{str(e).splitlines()[0]})") from None
-                time.sleep(0.05)
+        try:
+            f = h5py.File(self.path, mode, locking=False)
+        except FileNotFoundError:
+            raise StoreError(f"no store at {self.path}") from None
+        except OSError as e:
+            if mode == "r":
+                raise
+            raise StoreError(f"{self.path} cannot be opened for writing (truncated or corrupt HDF5: "
+                             f"{str(e).splitlines()[0]})") from None
         try:
             yield f
         finally:
             f.close()
 
+    def _read(self, fn: Any, retries: int = 10) -> Any:
+        """Run ``fn(file)`` on a freshly opened file; retried when a reader catches a writer
+        mid-update (HDF5 then reports missing or half-written objects)."""
+        for attempt in range(retries):
+            try:
+                with self._file("r") as f:
+                    return fn(f)
+            except StoreError:
+                raise
+            except (OSError, RuntimeError, KeyError) as e:
+                if attempt == retries - 1:
+                    raise StoreError(f"{self.path} is not readable (corrupt HDF5: {str(e).splitlines()[0]})") from None
+                time.sleep(0.05)
+
     # ------------------------------------------------------------------ provenance
     @property
     def attrs(self) -> dict[str, Any]:
         """Root attributes (provenance) with JSON strings left as stored."""
-        with self._file() as f:
-            return {k: _attr_value(v) for k, v in f.attrs.items()}
+        return self._read(lambda f: {k: _attr_value(v) for k, v in f.attrs.items()})
 
     @property
     def config(self) -> dict[str, Any]:
@@ -188,17 +201,17 @@ class Store:
 
     def _read_group(self, root: str, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         path = f"{root}/{name}"
-        with self._file() as f:
+
+        def read(f: h5py.File) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             g = f.get(path)
             if not isinstance(g, h5py.Group) or not g.attrs.get("complete", 0):
                 have = ", ".join(self._names(f, root)) or "nothing"
                 raise StoreError(f"{self.path} has no complete '{path}' (it holds: {have})")
-            try:
-                tensors = {k.replace("|", "/"): _from_numpy(d[()], _attr_value(d.attrs.get("dtype", "")))
-                           for k, d in g.items()}
-            except (OSError, KeyError) as e:
-                raise StoreError(f"{self.path}: '{path}' is unreadable (corrupt file: {str(e).splitlines()[0]})") from None
+            tensors = {k.replace("|", "/"): _from_numpy(d[()], _attr_value(d.attrs.get("dtype", "")))
+                       for k, d in g.items()}
             return tensors, {k: _attr_value(v) for k, v in g.attrs.items()}
+
+        return self._read(read)
 
     @staticmethod
     def _names(f: h5py.File, root: str) -> list[str]:
@@ -214,8 +227,7 @@ class Store:
 
     def names(self, prefix: str = "") -> list[str]:
         """Names of the complete modules saved in the store, optionally under ``prefix``."""
-        with self._file() as f:
-            return [n for n in self._names(f, "modules") if n.startswith(prefix)]
+        return self._read(lambda f: [n for n in self._names(f, "modules") if n.startswith(prefix)])
 
     def save_module(self, name: str, module: nn.Module, attrs: Mapping[str, Any] | None = None,
                     masks: Mapping[str, torch.Tensor] | None = None) -> None:
@@ -310,9 +322,11 @@ class Store:
 
     def results(self) -> list[str]:
         """Names of the results stored in the file."""
-        with self._file() as f:
+        def read(f: h5py.File) -> list[str]:
             g = f.get("results")
             return sorted(k for k in (g or {}) if not k.startswith(_TMP) and g[k].attrs.get("complete", 0))
+
+        return self._read(read)
 
     def read_result(self, name: str) -> "xr.Dataset":  # noqa: F821
         """Load result ``name`` as a plain in-memory xarray Dataset."""

@@ -71,11 +71,13 @@ def distillation_terms(t_out: torch.Tensor, s_out: torch.Tensor, teacher_temp: f
     p_t = softmax((t_out - center) / teacher_temp), p_s = softmax(s_out / student_temp);
     t_out, s_out: (B, K) logits. KL(p_t || p_s) = H(p_t, p_s) - H(p_t).
     """
-    t = t_out.float()
+    # at least fp32 (bf16 logits under autocast), fp64 kept
+    t = t_out.to(torch.promote_types(t_out.dtype, torch.float32))
+    s = s_out.to(torch.promote_types(s_out.dtype, torch.float32))
     if center is not None:
         t = t - center
     log_pt = F.log_softmax(t / teacher_temp, dim=-1)
-    log_ps = F.log_softmax(s_out.float() / student_temp, dim=-1)
+    log_ps = F.log_softmax(s / student_temp, dim=-1)
     pt = log_pt.exp()
     return -(pt * log_ps).sum(-1).mean(), -(pt * log_pt).sum(-1).mean()
 

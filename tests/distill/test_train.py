@@ -63,22 +63,23 @@ def test_loss_matches_an_independent_computation():
 ])
 def test_gradient_is_zero_when_student_equals_teacher(arch, options, bn_mode):
     data = synthetic()
-    teacher = distill.build_model(arch, data.in_shape, out_dim=64, hidden_dim=32, bottleneck_dim=16, **options)
+    # float64 so that the check is not at the mercy of float32 rounding in threaded kernels
+    teacher = distill.build_model(arch, data.in_shape, out_dim=64, hidden_dim=32, bottleneck_dim=16, **options).double()
     student = distill.init_student(teacher, "alpha", alpha=0.0)
     set_teacher_mode(teacher, bn_mode)
     student.train(bn_mode == "train")
-    x = distill.data.normalize(data.train.images[:32], data.mean, data.std)
+    x = distill.data.normalize(data.train.images[:32], data.mean, data.std).double()
     with torch.no_grad():
         t_out = teacher(x)
     loss = distillation_loss(t_out, student(x))
     loss.backward()
     grad = math.sqrt(sum(p.grad.pow(2).sum().item() for p in student.parameters() if p.grad is not None))
-    assert grad < 1e-6
+    assert grad < 1e-12
     # and a perturbed student does get a gradient (the check above can fail)
     other = distill.init_student(teacher, "alpha", alpha=0.3, seed=5)
     other.train(bn_mode == "train")
     distillation_loss(t_out, other(x)).backward()
-    assert math.sqrt(sum(p.grad.pow(2).sum().item() for p in other.parameters() if p.grad is not None)) > 1e-4
+    assert math.sqrt(sum(p.grad.pow(2).sum().item() for p in other.parameters() if p.grad is not None)) > 1e-6
 
 
 def test_lr_schedule_warmup_and_cosine():
