@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -175,13 +176,27 @@ class Store:
         return json.loads(self.attrs.get("config", "{}"))
 
     # ------------------------------------------------------------------ tensors
+    def _reserve(self, nbytes: int) -> None:
+        """Extend the file (sparsely) past what the next write can allocate.
+
+        HDF5 allocates at its logical end of file and records that end in the superblock before
+        all new blocks reach the disk; a writer killed in between would leave a file shorter than
+        its recorded end, which HDF5 refuses to open. With the file already long enough, a kill
+        leaves only the half-written object unreadable. HDF5 trims the file back on close.
+        """
+        if self.mode != "a":
+            raise StoreError(f"{self.path} is open read-only: use Store(path, 'a') to write")
+        os.truncate(self.path, os.path.getsize(self.path) + int(nbytes) + (8 << 20))
+
     def _write_group(self, root: str, name: str, tensors: Mapping[str, torch.Tensor],
                      attrs: Mapping[str, Any]) -> None:
         final = f"{root}/{name}"
         tmp = f"{root}/{_TMP}/{uuid.uuid4().hex}"
+        self._reserve(sum(t.numel() * t.element_size() for t in tensors.values()))
         with self._file("a") as f:
             if f"{root}/{_TMP}" in f:  # left by a writer killed mid-write: never complete
-                del f[f"{root}/{_TMP}"]
+                with contextlib.suppress(KeyError, OSError, RuntimeError):
+                    del f[f"{root}/{_TMP}"]
             g = f.create_group(tmp)
             for key, t in tensors.items():
                 arr, dtype = _to_numpy(t)
@@ -215,14 +230,27 @@ class Store:
 
     @staticmethod
     def _names(f: h5py.File, root: str) -> list[str]:
+        """Complete groups below ``root``; a group that cannot be opened (the object a killed
+        writer left half-written) is skipped, so it never hides the ones before it."""
         out: list[str] = []
-        if root not in f:
-            return out
 
-        def visit(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Group) and obj.attrs.get("complete", 0) and not name.startswith(_TMP):
-                out.append(name)
-        f[root].visititems(visit)
+        def walk(group: h5py.Group, prefix: str) -> None:
+            for key in list(group.keys()):
+                if not prefix and key == _TMP:
+                    continue
+                try:
+                    obj = group[key]
+                    if not isinstance(obj, h5py.Group):
+                        continue
+                    if obj.attrs.get("complete", 0):
+                        out.append(prefix + key)
+                    else:
+                        walk(obj, f"{prefix}{key}/")
+                except (KeyError, OSError, RuntimeError):
+                    continue
+
+        if root in f:
+            walk(f[root], "")
         return sorted(out)
 
     def names(self, prefix: str = "") -> list[str]:
@@ -311,8 +339,7 @@ class Store:
     def write_result(self, name: str, ds: "xr.Dataset") -> None:  # noqa: F821
         """Store an xarray Dataset as netCDF group ``results/<name>`` (replacing any older one)."""
         tmp = f"results/{_TMP}{uuid.uuid4().hex[:8]}"
-        if self.mode != "a":
-            raise StoreError(f"{self.path} is open read-only: use Store(path, 'a') to write")
+        self._reserve(int(ds.nbytes))
         ds.to_netcdf(self.path, mode="a", group=tmp, engine="h5netcdf", invalid_netcdf=False)
         with self._file("a") as f:
             f[tmp].attrs["complete"] = 1

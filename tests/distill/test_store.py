@@ -181,7 +181,7 @@ def test_kill_at_any_instant_loses_only_the_checkpoint_in_flight(tmp_path):
     script.write_text(WRITER)
     rng = np.random.default_rng(0)
     done = 0
-    for trial in range(4):
+    for trial in range(6):
         p = subprocess.Popen([sys.executable, str(script), str(path), "1000"], stdout=subprocess.PIPE, text=True,
                              cwd=ROOT)
         p.stdout.readline()  # wait until at least one more is written
