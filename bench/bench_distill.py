@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import distill
-from distill.data import Dataset, Split, iterate
+from distill.data import Dataset, Split
 from distill.train import build_teacher, distill as run, resolve_device
 
 

@@ -25,8 +25,31 @@ def _f(default: Any, help: str, choices: tuple | None = None, **kw: Any) -> Any:
     return field(default=default, metadata=meta, **kw)
 
 
+class _Config:
+    """Shared behaviour of the run configurations (dataclasses)."""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """Rebuild a config from :meth:`to_dict` output, ignoring unknown keys of newer versions."""
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
 @dataclass
-class DistillConfig:
+class DistillConfig(_Config):
     """Everything that defines one random-teacher distillation run."""
 
     # data
@@ -93,24 +116,6 @@ class DistillConfig:
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
     precision: str = _f("fp32", "training precision (bf16 autocast on CUDA only)", ("fp32", "bf16"))
 
-    def __post_init__(self) -> None:
-        validate(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
-        """Rebuild a config from :meth:`to_dict` output, ignoring unknown keys of newer versions."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def replace(self, **changes: Any) -> "DistillConfig":
-        return dataclasses.replace(self, **changes)
-
     @property
     def run_name(self) -> str:
         """A short, readable name for the run."""
@@ -120,7 +125,7 @@ class DistillConfig:
 
 
 @dataclass
-class SupervisedConfig:
+class SupervisedConfig(_Config):
     """Supervised training with labels (children for instability, lottery-ticket retraining).
 
     Defaults are the paper's recipe for ResNet18 on CIFAR-10 (``preset="paper"``).
@@ -141,15 +146,6 @@ class SupervisedConfig:
     eval_every: int = _f(0, "evaluate test accuracy every this many epochs (0: only at the end)")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto")
     precision: str = _f("fp32", "training precision (bf16 autocast on CUDA only)", ("fp32", "bf16"))
-
-    def __post_init__(self) -> None:
-        validate(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "SupervisedConfig":
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> "SupervisedConfig":

@@ -27,12 +27,15 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import h5py
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    import xarray
 
 FORMAT = "random-teachers-store"
 FORMAT_VERSION = 1
@@ -336,7 +339,7 @@ class Store:
                 del f[f"{root}/{name}"]
 
     # ------------------------------------------------------------------ results
-    def write_result(self, name: str, ds: "xr.Dataset") -> None:  # noqa: F821
+    def write_result(self, name: str, ds: "xarray.Dataset") -> None:
         """Store an xarray Dataset as netCDF group ``results/<name>`` (replacing any older one)."""
         tmp = f"results/{_TMP}{uuid.uuid4().hex[:8]}"
         self._reserve(int(ds.nbytes))
@@ -355,7 +358,7 @@ class Store:
 
         return self._read(read)
 
-    def read_result(self, name: str) -> "xr.Dataset":  # noqa: F821
+    def read_result(self, name: str) -> "xarray.Dataset":
         """Load result ``name`` as a plain in-memory xarray Dataset."""
         import xarray as xr
 
@@ -367,7 +370,7 @@ class Store:
         return out
 
     @property
-    def metrics(self) -> "xr.Dataset":  # noqa: F821
+    def metrics(self) -> "xarray.Dataset":
         """Probe accuracies and training curves: dims (epoch, model, probe), variable ``accuracy``."""
         return self.read_result("metrics")
 

@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from distill.data import Dataset, iterate, load_dataset, normalize
 from distill.init import init_student, parameter_distance
 from distill.models import build_model
 from distill.store import Store, StoreError, student_name
+
+if TYPE_CHECKING:
+    import xarray
 
 MODELS = ("teacher", "teacher_bn", "student", "input")
 # fields that may change when a run is resumed or extended
@@ -209,7 +212,7 @@ class History:
     seconds: list[float] = field(default_factory=list)
     probes: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
 
-    def to_dataset(self, cfg: DistillConfig, device: torch.device) -> "xr.Dataset":  # noqa: F821
+    def to_dataset(self, cfg: DistillConfig, device: torch.device) -> "xarray.Dataset":
         import xarray as xr
 
         import distill
@@ -459,7 +462,7 @@ def summary_table(metrics: Any) -> str:
     return "\n".join(lines)
 
 
-def distillation_gain(metrics: Any, epoch: int | None = None) -> "xr.DataArray":  # noqa: F821
+def distillation_gain(metrics: Any, epoch: int | None = None) -> "xarray.DataArray":
     """Student minus max(teacher, teacher_bn) accuracy per probe, at ``epoch`` (default: last probed)."""
     acc = metrics.accuracy.dropna("epoch", how="all")
     row = acc.isel(epoch=-1) if epoch is None else acc.sel(epoch=epoch)

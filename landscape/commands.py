@@ -116,6 +116,30 @@ def _barrier_table(ds) -> str:
 
 
 # ---------------------------------------------------------------------------- lmc
+def _start_and_recipe(a: argparse.Namespace) -> tuple:
+    """(store, epoch or module name, tag for file names, SupervisedConfig) from the shared flags
+    of ``rtt instability`` and ``rtt lottery``: --epoch/--module, --preset and the --sup-* overrides."""
+    from dataclasses import fields
+
+    from distill.config import SupervisedConfig
+    from distill.store import Store
+
+    store = Store(a.store)
+    if a.module:
+        which, tag = a.module, _slug(a.module)
+    else:
+        epochs = store.epochs
+        try:
+            which = epochs[a.epoch] if a.epoch < 0 else a.epoch
+        except IndexError:
+            raise ValueError(f"{store.path} has no student at epoch {a.epoch} (saved epochs: "
+                             f"{', '.join(map(str, epochs)) or 'none'}); pass --epoch or --module") from None
+        tag = f"e{which}"
+    overrides = {f.name: getattr(a, f"sup_{f.name}") for f in fields(SupervisedConfig)
+                 if getattr(a, f"sup_{f.name}", None) is not None}
+    return store, which, tag, SupervisedConfig.preset(a.preset, **overrides, device=a.device)
+
+
 @command("lmc", "linear mode connectivity: error and loss on the straight line between two checkpoints")
 class _Lmc:
     @staticmethod
@@ -185,26 +209,9 @@ class _Instability:
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
-        from dataclasses import fields
-
-        from distill.config import SupervisedConfig
-        from distill.store import Store
         from landscape.instability import instability
 
-        store = Store(a.store)
-        if a.module:
-            which, tag = a.module, _slug(a.module)
-        else:
-            epochs = store.epochs
-            try:
-                which = epochs[a.epoch] if a.epoch < 0 else a.epoch
-            except IndexError:
-                raise ValueError(f"{store.path} has no student at epoch {a.epoch} (saved epochs: "
-                                 f"{', '.join(map(str, epochs)) or 'none'}); pass --epoch or --module") from None
-            tag = f"e{which}"
-        overrides = {f.name: getattr(a, f"sup_{f.name}") for f in fields(SupervisedConfig)
-                     if getattr(a, f"sup_{f.name}", None) is not None}
-        cfg = SupervisedConfig.preset(a.preset, **overrides, device=a.device)
+        store, which, tag, cfg = _start_and_recipe(a)
         seeds = [int(s) for s in a.seeds.split(",") if s.strip()] if a.seeds else None
         children_store = Path(a.children_store) if a.children_store else store.path.with_name(
             f"{store.path.stem}-instability-{tag}.h5")
@@ -350,26 +357,9 @@ class _Lottery:
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
-        from dataclasses import fields
-
-        from distill.config import SupervisedConfig
-        from distill.store import Store
         from landscape.lottery import lottery
 
-        store = Store(a.store)
-        if a.module:
-            which, tag = a.module, _slug(a.module)
-        else:
-            epochs = store.epochs
-            try:
-                which = epochs[a.epoch] if a.epoch < 0 else a.epoch
-            except IndexError:
-                raise ValueError(f"{store.path} has no student at epoch {a.epoch} (saved epochs: "
-                                 f"{', '.join(map(str, epochs)) or 'none'}); pass --epoch or --module") from None
-            tag = f"e{which}"
-        overrides = {f.name: getattr(a, f"sup_{f.name}") for f in fields(SupervisedConfig)
-                     if getattr(a, f"sup_{f.name}", None) is not None}
-        cfg = SupervisedConfig.preset(a.preset, **overrides, device=a.device)
+        store, which, tag, cfg = _start_and_recipe(a)
         rewinds = [r.strip() for r in a.rewind.split(",") if r.strip()]
         baselines = [b.strip() for b in a.baselines.split(",") if b.strip()]
         lottery_store = Path(a.lottery_store) if a.lottery_store else store.path.with_name(

@@ -14,8 +14,9 @@ cross-entropy in nats, error = 1 - accuracy as a fraction.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -309,3 +310,21 @@ def run_vmap(model: nn.Module, sa: dict[str, Tensor], sb: dict[str, Tensor], alp
             loss[start:start + len(chunk), j] = total.cpu().numpy() / n
             error[start:start + len(chunk), j] = 1.0 - correct.cpu().numpy() / n
     return loss, error
+
+
+def run_segment(model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, Tensor], alphas: list[float],
+                policy: str, inputs: Any, eval_batch_size: int, chunk: int, backend: str,
+                chosen: str) -> tuple[Any, Any, str]:
+    """Evaluate the segment ``sa -> sb`` at ``alphas`` with the ``chosen`` evaluator; when vmap
+    fails and the caller asked for ``auto``, warn and fall back to the loop.
+    Returns (loss, error, evaluator used)."""
+    if chosen == "vmap":
+        try:
+            loss, error = run_vmap(model, sa, sb, alphas, policy, inputs, eval_batch_size, chunk)
+            return loss, error, chosen
+        except RuntimeError as exc:
+            if backend != "auto":
+                raise
+            warnings.warn(f"vmap evaluation failed ({exc}); falling back to the loop backend", stacklevel=3)
+    loss, error = run_loop(model, sa, sb, alphas, policy, inputs, eval_batch_size)
+    return loss, error, "loop"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -22,7 +21,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from distill.bn import has_batchnorm
-from landscape.evaluate import POLICIES, lerp, prepare_inputs, run_loop, run_vmap
+from landscape.evaluate import POLICIES, lerp, prepare_inputs, run_segment
 
 BACKENDS = ("auto", "loop", "vmap")
 PATH_DEFINITION = ("theta(alpha) = (1 - alpha) * theta_a + alpha * theta_b over every floating-point "
@@ -203,16 +202,7 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
     if any(n == 0 for n in inputs.counts.values()):
         raise ValueError(f"empty split among {splits}: pass a dataset with examples in every split evaluated")
     alist = [float(x) for x in alpha_values]
-    if chosen == "vmap":
-        try:
-            loss, error = run_vmap(model, sa, sb, alist, policy, inputs, eval_batch_size, chunk)
-        except RuntimeError as exc:
-            if backend != "auto":
-                raise
-            warnings.warn(f"vmap evaluation failed ({exc}); falling back to the loop backend", stacklevel=2)
-            chosen = "loop"
-    if chosen == "loop":
-        loss, error = run_loop(model, sa, sb, alist, policy, inputs, eval_batch_size)
+    loss, error, chosen = run_segment(model, sa, sb, alist, policy, inputs, eval_batch_size, chunk, backend, chosen)
 
     import distill
 

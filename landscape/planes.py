@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -30,7 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from distill.bn import has_batchnorm
-from landscape.evaluate import POLICIES, bn_stat_keys, prepare_inputs, run_loop, run_vmap
+from landscape.evaluate import POLICIES, bn_stat_keys, prepare_inputs, run_segment
 from landscape.instability import load_ref
 
 DEFINITION = ("theta(x, y) = a + x * u + y * (|u| / |v|) * v with u = b - a and v = (c - a) - "
@@ -178,17 +177,8 @@ def plane(a: Any, b: Any, c: Any, data: Any, resolution: int | Sequence[int] = 2
             shift = v[k] * (float(y) * scale)
             start[k] = (sa[k].double() + shift).to(t.dtype)
             end[k] = (sb[k].double() + shift).to(t.dtype)
-        if chosen == "vmap":
-            try:
-                row_loss, row_err = run_vmap(model, start, end, alist, policy, inputs, eval_batch_size,
-                                             min(8, len(alist)))
-            except RuntimeError as exc:
-                if backend != "auto":
-                    raise
-                warnings.warn(f"vmap evaluation failed ({exc}); falling back to the loop backend", stacklevel=2)
-                chosen = "loop"
-        if chosen == "loop":
-            row_loss, row_err = run_loop(model, start, end, alist, policy, inputs, eval_batch_size)
+        row_loss, row_err, chosen = run_segment(model, start, end, alist, policy, inputs, eval_batch_size,
+                                                min(8, len(alist)), backend, chosen)
         loss[:, j], error[:, j] = row_loss[:, 0], row_err[:, 0]
 
     import distill
