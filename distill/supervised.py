@@ -6,6 +6,11 @@ batches that are augmented on the device (random horizontal flip + 4-pixel padde
 crop, drawn per image). Data order and augmentation are seeded per epoch by ``cfg.data_seed``
 and ``cfg.aug_seed``, independently of the global RNG, so a run is reproducible.
 
+A run can be continued: ``train_supervised(..., start_step=k, optimizer_state=sd)`` on the model
+and optimiser state of a run stopped after k steps takes the same steps k+1, k+2, ... (same
+learning rates, batches and augmentation) as the uninterrupted run; ``snapshot_step=k`` returns
+such a state, taken right after step k.
+
 Example::
 
     model = with_classifier(store.student(), data.num_classes)
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -67,10 +72,16 @@ def augment(x: Tensor, generator: torch.Generator, padding: int = PADDING, fill:
     The random numbers come from ``generator`` (a CPU generator, so results do not depend on the
     device): first B flip draws, then 2 x B crop offsets (rows, then columns).
     """
-    b = x.shape[0]
+    flips, offsets = _draws(x.shape[0], generator, padding)
+    return flip(pad_crop(x, offsets[0], offsets[1], padding, fill), flips)
+
+
+def _draws(b: int, generator: torch.Generator, padding: int = PADDING) -> tuple[Tensor, Tensor]:
+    """The random numbers :func:`augment` uses for a batch of ``b`` images: flips (B,) bool and
+    crop offsets (2, B) (rows, then columns); called alone to skip a batch consistently."""
     flips = torch.rand(b, generator=generator) < 0.5
     offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator)
-    return flip(pad_crop(x, offsets[0], offsets[1], padding, fill), flips)
+    return flips, offsets
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -186,10 +197,52 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(seed) * _SEED_STRIDE + int(epoch)
 
 
+def steps_per_epoch(model: nn.Module, n: int, batch_size: int) -> int:
+    """Optimiser steps per epoch over ``n`` training images: ``ceil(n / batch_size)``, except that a
+    last batch of a single image is dropped for networks with BatchNorm (``n // batch_size``)."""
+    drop_last = n % batch_size == 1 and has_batchnorm(model)
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+def _check_step(name: str, value: Any, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= int(value) <= high:
+        raise ValueError(f"{name}={value!r} must be an integer step from {low} to {high} ({what}): "
+                         f"pass a step in that range")
+    return int(value)
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """Load the per-parameter state (momentum buffers) of ``state`` into ``opt``, keeping ``opt``'s
+    hyperparameters; tensors are copied, so ``state`` is never changed by training."""
+    if not isinstance(state, Mapping) or not {"state", "param_groups"} <= set(state):
+        raise ValueError("optimizer_state must be a torch.optim.SGD state_dict() (keys 'state' and "
+                         "'param_groups'): pass optimizer.state_dict() or a snapshot's 'optimizer'")
+    params = opt.param_groups[0]["params"]
+    groups = state["param_groups"]
+    ids = [i for g in groups for i in g["params"]]
+    if len(groups) != 1 or len(ids) != len(params):
+        raise ValueError(f"optimizer_state holds {len(ids)} parameters in {len(groups)} group(s), this model "
+                         f"trains {len(params)} in one: pass the optimiser state of a run of the same model")
+    per_param: dict[Any, dict[str, Any]] = {}
+    for i, p in zip(ids, params):
+        entry = state["state"].get(i)
+        if entry is None:
+            continue
+        buf = entry.get("momentum_buffer")
+        if isinstance(buf, Tensor) and tuple(buf.shape) != tuple(p.shape):
+            raise ValueError(f"optimizer_state has a momentum buffer of shape {tuple(buf.shape)} for a parameter "
+                             f"of shape {tuple(p.shape)}: pass a state whose parameter order matches the model's")
+        per_param[i] = {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in entry.items()}
+    hyper = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    opt.load_state_dict({"state": per_param, "param_groups": [{**hyper, "params": list(ids)}]})
+
+
 def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
                      device: str | torch.device | None = None, progress: bool | None = None,
                      on_step: Callable[[int, nn.Module], Any] | None = None,
-                     eval_every: int | None = None) -> dict[str, Any]:
+                     eval_every: int | None = None, start_step: int = 0,
+                     optimizer_state: Mapping[str, Any] | None = None,
+                     snapshot_step: int | None = None) -> dict[str, Any]:
     """Train ``model`` (in place, moved to the device) with labels; see the module docstring.
 
     model: a classifier whose ``head`` is ``nn.Linear(D, data.num_classes)``
@@ -201,13 +254,28 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
         single image is dropped for networks with BatchNorm. Weight decay applies to all parameters.
         Crops pad with black pixels (intensity 0), as torchvision's RandomCrop(padding=4).
     device: None = ``cfg.device``; "auto" picks CUDA when present. bf16 autocast only on CUDA.
-    on_step: ``on_step(step, model)`` after every optimiser step, step counted from 1.
+    on_step: ``on_step(step, model)`` after every optimiser step, step counted from 1 (from
+        ``start_step + 1`` when continuing).
     eval_every: evaluate test accuracy every this many epochs (None: ``cfg.eval_every``; 0: only
         at the end).
+    start_step: continue a run that already took this many steps (0 to ``cfg.epochs`` x steps per
+        epoch): the learning-rate schedule starts at this step and the first ``start_step``
+        batches of the uninterrupted run are skipped untrained, their data order and augmentation
+        draws consumed, so every later batch is the same as in the uninterrupted run.
+    optimizer_state: a ``torch.optim.SGD.state_dict()`` (e.g. a snapshot's ``"optimizer"``) of
+        a run of a model with the same trainable parameters in the same order; its momentum
+        buffers are copied into the fresh optimiser, whose hyperparameters stay ``cfg``'s.
+    snapshot_step: also return the state right after this step (``start_step`` to the last
+        step; ``start_step`` itself: before the first step taken here).
 
     Returns ``{"test_accuracy", "best_test_accuracy", "test_loss" (nats), "steps",
-    "steps_per_epoch", "history": {"epoch", "train_loss", "test_accuracy", "lr"}}``; history lists
-    have one entry per epoch (test accuracy NaN where not evaluated, lr of the epoch's last step).
+    "start_step", "steps_per_epoch", "history": {"epoch", "train_loss", "test_accuracy", "lr"}}``;
+    ``steps`` is the step count reached (``start_step`` + steps taken here). History lists have one
+    entry per epoch trained here (a continued epoch's train loss covers its trained batches only;
+    test accuracy NaN where not evaluated, lr of the epoch's last step); with ``start_step`` at the
+    end of the recipe nothing is trained and only the final evaluation is made. With
+    ``snapshot_step`` the dict also holds ``"snapshot": {"step", "model": state_dict copy,
+    "optimizer": deep copy of the optimiser's state_dict}``.
     Raises RunError when the loss becomes NaN or infinite (before that step is applied).
     """
     check_classifier(model, data.num_classes)
@@ -221,11 +289,19 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
     n = len(train.labels)
     bs = cfg.batch_size
     drop_last = n % bs == 1 and has_batchnorm(model)
-    steps_per_epoch = n // bs if drop_last else math.ceil(n / bs)
-    if steps_per_epoch == 0:
+    per_epoch = steps_per_epoch(model, n, bs)
+    if per_epoch == 0:
         raise ValueError(f"the training split has {n} image(s): supervised training needs at least 2")
-    lrs = lr_schedule(cfg, steps_per_epoch)
+    total_steps = cfg.epochs * per_epoch
+    what = f"{cfg.epochs} epochs x {per_epoch} steps"
+    start_step = _check_step("start_step", start_step, 0, total_steps, what)
+    if snapshot_step is not None:
+        snapshot_step = _check_step("snapshot_step", snapshot_step, start_step, total_steps,
+                                    f"from start_step to the end of {what}")
+    lrs = lr_schedule(cfg, per_epoch)
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if optimizer_state is not None:
+        _load_optimizer(opt, optimizer_state)
     eval_every = cfg.eval_every if eval_every is None else int(eval_every)
     # black (0-intensity) padding, expressed in normalised units
     fill = torch.tensor([-m / s for m, s in zip(data.mean, data.std)], dtype=torch.float32, device=dev)
@@ -233,17 +309,28 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
                 else torch.autocast("cpu", enabled=False))
     gen = torch.Generator()
     history: dict[str, list] = {"epoch": [], "train_loss": [], "test_accuracy": [], "lr": []}
-    step = 0
+    step = start_step
+    first_epoch, skip = start_step // per_epoch + 1, start_step % per_epoch
+
+    def snap() -> dict[str, Any]:
+        return {"step": step, "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "optimizer": copy.deepcopy(opt.state_dict())}
+
+    snapshot = snap() if snapshot_step == start_step else None
     test_loss, test_acc = math.nan, math.nan
     model.train()
-    bar = tqdm(range(1, cfg.epochs + 1), desc="supervised", unit="epoch",
+    bar = tqdm(range(first_epoch, cfg.epochs + 1), desc="supervised", unit="epoch",
                disable=None if progress is None else not progress)
     for epoch in bar:
         gen.manual_seed(_epoch_seed(cfg.aug_seed, epoch))
         total, seen = 0.0, 0
         batches = iterate(train, bs, data.mean, data.std, shuffle=True, seed=_epoch_seed(cfg.data_seed, epoch),
                           drop_last=drop_last, device=dev)
-        for x, y in batches:
+        for index, (x, y) in enumerate(batches):
+            if epoch == first_epoch and index < skip:  # taken before start_step: same draws, no training
+                if cfg.augment == "flip_crop":
+                    _draws(x.shape[0], gen, PADDING)
+                continue
             if cfg.augment == "flip_crop":
                 x = augment(x, gen, PADDING, fill)
             lr = float(lrs[step])
@@ -262,6 +349,8 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
             step += 1
             total += value * len(y)
             seen += len(y)
+            if step == snapshot_step:
+                snapshot = snap()
             if on_step is not None:
                 on_step(step, model)
         history["epoch"].append(epoch)
@@ -276,6 +365,13 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
         post = f"loss {history['train_loss'][-1]:.4f}"
         bar.set_postfix_str(post + (f" | test acc {100 * test_acc:.2f}" if not math.isnan(test_acc) else ""))
     bar.close()
+    if first_epoch > cfg.epochs:  # continued at the very end: nothing trained, evaluate as is
+        test_loss, test_acc = evaluate(model, data, "test", device=dev)
+        model.train()
     evaluated = [a for a in history["test_accuracy"] if not math.isnan(a)]
-    return {"test_accuracy": float(test_acc), "best_test_accuracy": float(max(evaluated)) if evaluated else math.nan,
-            "test_loss": float(test_loss), "steps": step, "steps_per_epoch": steps_per_epoch, "history": history}
+    best = float(max(evaluated)) if evaluated else float(test_acc)
+    out = {"test_accuracy": float(test_acc), "best_test_accuracy": best, "test_loss": float(test_loss),
+           "steps": step, "start_step": start_step, "steps_per_epoch": per_epoch, "history": history}
+    if snapshot_step is not None:
+        out["snapshot"] = snapshot
+    return out

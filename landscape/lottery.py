@@ -11,19 +11,29 @@ Rewind targets (``rewind``; a list runs one IMP sequence per target):
 - ``"init"``: a fresh random init of the same architecture drawn with ``seed`` (Frankle et al.'s
   "epoch 0" rewinding; level 0 then also trains from that init).
 - ``"step"``: the weights after ``rewind_step`` optimiser steps of level 0's training from
-  ``start``. Later levels train the full recipe from those weights (``train_supervised`` always
-  starts its learning-rate schedule at step 0; Frankle et al. continue it from step k).
+  ``start``. Later levels continue the recipe from step ``rewind_step`` to its end, as Frankle et
+  al. do: the learning-rate schedule, data order and augmentation are those of steps k+1, k+2, ...
+  of an uninterrupted run (``train_supervised(start_step=k)``), so each later level takes
+  ``total - k`` steps. With ``rewind_optimizer=True`` they also start from level 0's optimiser
+  state at step k (SGD momentum buffers, pruned entries zeroed); otherwise from a fresh optimiser.
+  For ``"start"`` and ``"init"`` the rewind point is before any step, where the optimiser state is
+  the fresh one, so ``rewind_optimizer`` changes nothing there.
 
 Baselines (``baselines``), at the same number of remaining weights per level:
 - ``"random_prune"``: a uniformly random mask over all prunable weights (nested from level to
-  level), weights rewound to the same target, then trained. Its level 0 is IMP's (same run).
+  level), weights rewound to the same target, then trained as IMP's level (for ``"step"``: from
+  step k, with the rewound optimiser state when asked). Its level 0 is IMP's (same run).
 - ``"random_reinit"``: IMP's mask with a fresh random init (drawn with ``seed + 1``), then
-  trained; its level 0 is the dense network trained from that init.
+  trained with the whole recipe and a fresh optimiser; its level 0 is the dense network trained
+  from that init.
 
 Store layout (names of :meth:`distill.store.Store.save_module`): ``lottery/<rewind>/<level:02d>``
 (IMP, trained, masks applied, uint8 masks beside it, accuracies in attrs),
 ``lottery/<rewind>/<baseline>/<level:02d>``, ``lottery/<rewind>/rewind`` (the rewind target for
-``init`` and ``step``); the returned Dataset is also written as result ``lottery``.
+``init`` and ``step``); for ``step`` the optimiser state at the rewind point is saved with
+:meth:`distill.store.Store.save_state` as ``lottery/step/rewind`` (tensors named
+``<state key>/<parameter name>``, e.g. ``momentum_buffer/head.weight``), so a resumed run needs
+no new level 0. The returned Dataset is also written as result ``lottery``.
 """
 from __future__ import annotations
 
@@ -41,8 +51,8 @@ from tqdm.auto import tqdm
 
 from distill.config import SupervisedConfig
 from distill.store import Store, as_module
-from distill.supervised import check_classifier, train_supervised, with_classifier
-from landscape.pruning import (apply_masks, full_masks, global_magnitude_prune,
+from distill.supervised import check_classifier, steps_per_epoch, train_supervised, with_classifier
+from landscape.pruning import (_clean_name, apply_masks, full_masks, global_magnitude_prune,
                                masked_state_dict, prunable_names, prune_count, random_prune)
 
 __all__ = ["lottery", "REWINDS", "BASELINES", "remaining_counts"]
@@ -53,6 +63,8 @@ PRUNING_DEFINITION = ("global magnitude pruning: each level removes exactly roun
                       "of the unpruned prunable weights with the smallest |w| over all prunable tensors together "
                       "(ties: lower position in the concatenation of the flattened tensors first)")
 _RANDOM_PRUNE_STRIDE = 1000  # random_prune at level l draws with seed * stride + l
+STEP_SCHEDULE = "continued from rewind_step"  # how levels after a step rewind train (a stored setting)
+_STEP_SETTINGS = ("rewind_step", "rewind_optimizer", "step_schedule")  # settings that only matter for 'step'
 
 
 def remaining_counts(total: int, levels: int, fraction: float) -> list[int]:
@@ -137,16 +149,74 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return resolve_device(device)
 
 
+# ----------------------------------------------------------------------------- optimiser state by name
+# train_supervised's optimiser numbers the trainable parameters in model.parameters() order. Masks
+# registered as parametrizations move a weight to "<module>.parametrizations.weight.original" and
+# after the module's own parameters, so that order differs between the dense level-0 model and a
+# masked one; the state is therefore kept by the (clean) parameter name in between.
+OptimizerByName = tuple[dict[str, Tensor], dict[str, Any]]  # ({"<key>/<name>": tensor}, meta)
+
+
+def _trainable(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """(clean name, parameter) in the order train_supervised hands them to its optimiser."""
+    return [(_clean_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _optimizer_by_name(model: nn.Module, state: Mapping[str, Any]) -> OptimizerByName:
+    """An SGD ``state_dict()`` of an optimiser over ``model``'s trainable parameters, keyed by name."""
+    named = _trainable(model)
+    ids = [i for g in state["param_groups"] for i in g["params"]]
+    if len(ids) != len(named):
+        raise ValueError(f"the optimiser state covers {len(ids)} parameters, the model trains {len(named)}: "
+                         f"pass the state of an optimiser over this model")
+    tensors = {}
+    for i, (name, _) in zip(ids, named):
+        for key, v in state["state"].get(i, {}).items():
+            if isinstance(v, Tensor):
+                tensors[f"{key}/{name}"] = v.detach().clone()
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]
+    return tensors, {"param_groups": groups}
+
+
+def _optimizer_for(model: nn.Module, saved: OptimizerByName,
+                   masks: Mapping[str, Tensor] | None) -> dict[str, Any]:
+    """The SGD ``state_dict()`` for ``model`` (masked or not) from state kept by name; entries of
+    per-parameter tensors at pruned positions are set to zero."""
+    tensors, meta = saved
+    by_name: dict[str, dict[str, Tensor]] = {}
+    for full, t in tensors.items():
+        key, _, name = full.partition("/")
+        by_name.setdefault(name, {})[key] = t
+    named = _trainable(model)
+    unknown = set(by_name) - {n for n, _ in named}
+    if unknown:
+        raise ValueError(f"the rewound optimiser state names tensors the model does not train "
+                         f"({', '.join(sorted(unknown)[:3])}): use a store made for this model")
+    state: dict[int, dict[str, Tensor]] = {}
+    for i, (name, p) in enumerate(named):
+        entry = {}
+        for key, t in by_name.get(name, {}).items():
+            t = t.to(p.device, p.dtype)
+            if masks is not None and name in masks and tuple(t.shape) == tuple(p.shape):
+                t = t * (masks[name].to(p.device) != 0).to(p.dtype)
+            entry[key] = t
+        if entry:
+            state[i] = entry
+    groups = meta.get("param_groups") or [{}]
+    return {"state": state, "param_groups": [{**groups[0], "params": list(range(len(named)))}]}
+
+
 # ----------------------------------------------------------------------------- the runner
 class _Lottery:
     """State shared by the IMP runs of one :func:`lottery` call."""
 
     def __init__(self, template: nn.Module, data: Any, cfg: SupervisedConfig, names: list[str],
-                 counts: list[int], fraction: float, rewind_step: int | None, rewind_rng: bool,
-                 baselines: list[str], store: Store | None, settings: dict[str, Any], device: torch.device,
-                 progress: bool | None, seed: int, bar: Any) -> None:
+                 counts: list[int], fraction: float, rewind_step: int | None, rewind_optimizer: bool,
+                 rewind_rng: bool, baselines: list[str], store: Store | None, settings: dict[str, Any],
+                 device: torch.device, progress: bool | None, seed: int, bar: Any) -> None:
         self.template, self.data, self.cfg, self.names = template, data, cfg, names
         self.counts, self.fraction, self.rewind_step, self.rewind_rng = counts, fraction, rewind_step, rewind_rng
+        self.rewind_optimizer = rewind_optimizer
         self.baselines, self.store, self.settings, self.device = baselines, store, settings, device
         self.progress, self.seed, self.bar = progress, seed, bar
         self.start_state = _clone_state(template.state_dict())
@@ -173,34 +243,32 @@ class _Lottery:
     def full(self) -> dict[str, Tensor]:
         return full_masks(self.template, self.names)
 
-    def train(self, weights: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None, level: int,
-              capture: int | None = None) -> tuple[dict[str, float], dict[str, Tensor], dict[str, Tensor] | None]:
-        """Train a copy of the template holding ``weights`` under ``masks`` (None: dense).
+    def train(self, weights: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None, level: int, *,
+              capture: int | None = None, start_step: int = 0, optimizer: OptimizerByName | None = None
+              ) -> tuple[dict[str, float], dict[str, Tensor], tuple[dict[str, Tensor], OptimizerByName] | None]:
+        """Train a copy of the template holding ``weights`` under ``masks`` (None: dense), from step
+        ``start_step`` of the recipe, with ``optimizer`` state (masked like the weights) or a fresh one.
 
-        Returns (metrics, trained state with masks applied, weights after ``capture`` steps or None).
+        Returns (metrics, trained state with masks applied, (weights, optimiser state by name) after
+        ``capture`` steps or None).
         """
         model = copy.deepcopy(self.template)
         model.load_state_dict(weights)
         if masks is not None:
             apply_masks(model, masks)
-        captured: dict[str, dict[str, Tensor]] = {}
-        if capture == 0:
-            captured["state"] = _clone_state(masked_state_dict(model))
-
-        def on_step(step: int, m: nn.Module) -> None:
-            if step == capture:
-                captured["state"] = _clone_state(masked_state_dict(m))
-
+        opt_state = None if optimizer is None else _optimizer_for(model, optimizer, masks)
         res = train_supervised(model, self.data, self.level_cfg(level), device=self.device, progress=self.progress,
-                               on_step=on_step if capture else None)
+                               start_step=start_step, optimizer_state=opt_state, snapshot_step=capture)
         if self.bar is not None:
             self.bar.update(1)
-        if capture is not None and "state" not in captured:
-            raise ValueError(f"rewind_step={capture} exceeds the {res['steps']} optimiser steps of one training "
-                             f"run: pass a smaller rewind_step or more epochs")
+        captured = None
+        if capture is not None:  # only asked of dense trainings, whose state_dict keys are the clean ones
+            snap = res["snapshot"]
+            captured = (_clone_state(snap["model"]), _optimizer_by_name(model, snap["optimizer"]))
         metrics = {"best_accuracy": float(res["best_test_accuracy"]), "final_accuracy": float(res["test_accuracy"]),
-                   "final_loss": float(res["test_loss"]), "steps": int(res["steps"])}
-        return metrics, _clone_state(masked_state_dict(model)), captured.get("state")
+                   "final_loss": float(res["test_loss"]), "steps": int(res["steps"]) - start_step,
+                   "start_step": start_step}
+        return metrics, _clone_state(masked_state_dict(model)), captured
 
     def rewound(self, target: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``target`` with the masked entries of the prunable tensors set to zero."""
@@ -245,9 +313,9 @@ class _Lottery:
 
     def settings_for(self, rewind: str) -> dict[str, Any]:
         """What must match for a stored run of ``rewind`` to be continued."""
-        out = {k: v for k, v in self.settings.items() if k != "rewind_step"}
+        out = {k: v for k, v in self.settings.items() if k not in _STEP_SETTINGS}
         if rewind == "step":
-            out["rewind_step"] = self.settings["rewind_step"]
+            out.update({k: self.settings[k] for k in _STEP_SETTINGS})
         return out
 
     def check_settings(self, rewind: str, name: str) -> None:
@@ -255,6 +323,9 @@ class _Lottery:
         if attrs is None:
             return
         old = json.loads(attrs.get("settings", "{}"))
+        if rewind == "step" and "step_schedule" not in old:
+            raise ValueError(f"{self.store.path}: '{name}' comes from a version whose later levels restarted the "
+                             f"schedule at step 0 after a step rewind: use a new store")
         for key, value in self.settings_for(rewind).items():
             if key in old and old[key] != value:
                 raise ValueError(f"{self.store.path}: '{name}' was made with {key}={old[key]!r}, this call asks "
@@ -270,10 +341,14 @@ class _Lottery:
         while done < levels and self.stored(f"{prefix}/{done:02d}") is not None:
             done += 1
         origin = self.init_state() if rewind == "init" else self.start_state
+        optimizer: OptimizerByName | None = None  # optimiser state at the rewind point (step rewinds only)
         if rewind in ("init", "step") and done:
             target = self.load_target(f"{prefix}/rewind")
+            if rewind == "step" and self.rewind_optimizer:
+                optimizer = self.load_optimizer(f"{prefix}/rewind")
         else:
             target = origin if rewind != "step" else None
+        start_step = int(self.rewind_step) if rewind == "step" else 0
         rows: dict[str, list[dict[str, float]]] = {m: [] for m in ("imp", *self.baselines)}
         prev: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None  # (trained state, masks) of last level
         random_masks = self.full()
@@ -293,15 +368,19 @@ class _Lottery:
                     masks = self.full()
                     metrics, trained, captured = self.train_origin(rewind, origin)
                     if rewind == "step":
-                        target = captured
+                        target, snapshot_optimizer = captured
+                        optimizer = snapshot_optimizer if self.rewind_optimizer else None
                     if rewind in ("init", "step"):
-                        self.save(f"{prefix}/rewind", target, None,
-                                  {"rewind": rewind, "step": int(self.rewind_step) if rewind == "step" else 0})
+                        self.save(f"{prefix}/rewind", target, None, {"rewind": rewind, "step": start_step})
+                    if rewind == "step" and self.store is not None:
+                        self.store.save_state(f"{prefix}/rewind", snapshot_optimizer[0],
+                                              {**snapshot_optimizer[1], "step": start_step})
                 else:
                     if prev is None:
                         prev = self.load(f"{prefix}/{level - 1:02d}")
                     masks = global_magnitude_prune(prev[0], prev[1], self.fraction)
-                    metrics, trained, _ = self.train(self.rewound(target, masks), masks, level)
+                    metrics, trained, _ = self.train(self.rewound(target, masks), masks, level,
+                                                     start_step=start_step, optimizer=optimizer)
                 self.save(name, trained, masks, self.attrs(rewind, "imp", level, metrics))
                 rows["imp"].append(metrics)
                 prev = (trained, masks)
@@ -309,10 +388,11 @@ class _Lottery:
                 random_masks = random_prune(random_masks, self.fraction,
                                             seed=self.seed * _RANDOM_PRUNE_STRIDE + level)
             for method in self.baselines:
-                rows[method].append(self.baseline(rewind, method, level, target, masks, random_masks, rows["imp"][0]))
+                rows[method].append(self.baseline(rewind, method, level, target, masks, random_masks, rows["imp"][0],
+                                                  start_step, optimizer))
         return rows
 
-    def train_origin(self, rewind: str, origin: Mapping[str, Tensor]) -> tuple[dict, dict, dict | None]:
+    def train_origin(self, rewind: str, origin: Mapping[str, Tensor]) -> tuple[dict, dict, tuple | None]:
         """Level 0 (dense) from ``origin``; shared by 'start' and 'step', which start alike."""
         key = "init" if rewind == "init" else "start"
         wants = self.rewind_step if rewind == "step" else None
@@ -331,18 +411,32 @@ class _Lottery:
         own = self.template.state_dict()
         return {k: v.to(self.device, own[k].dtype) for k, v in state.items()}
 
+    def load_optimizer(self, name: str) -> OptimizerByName:
+        got = self.store.load_state_group(name)
+        if got is None:
+            raise ValueError(f"{self.store.path} lacks the optimiser state '{name}' that rewind_optimizer=True "
+                             f"needs: use a new store")
+        tensors, meta = got
+        return {k: v.to(self.device) for k, v in tensors.items()}, meta
+
     def baseline(self, rewind: str, method: str, level: int, target: Mapping[str, Tensor],
                  imp_masks: Mapping[str, Tensor] | None, random_masks: Mapping[str, Tensor],
-                 imp_level0: dict[str, float]) -> dict[str, float]:
+                 imp_level0: dict[str, float], start_step: int = 0,
+                 optimizer: OptimizerByName | None = None) -> dict[str, float]:
+        """One level of ``method``. random_prune trains like IMP's level (from ``start_step``, with
+        ``optimizer`` state masked like its weights); random_reinit, a fresh init, runs the whole
+        recipe with a fresh optimiser."""
         if method == "random_prune" and level == 0:
             return dict(imp_level0)  # the dense network rewound to the target is IMP's level 0
         name = f"lottery/{rewind}/{method}/{level:02d}"
         attrs = self.stored(name)
         if attrs is not None:
             return {k: float(attrs[k]) for k in ("best_accuracy", "final_accuracy", "final_loss", "steps")}
+        kw: dict[str, Any] = {}
         if method == "random_prune":
             masks = random_masks
             weights = self.rewound(target, masks)
+            kw = {"start_step": start_step, "optimizer": optimizer}
         else:
             if imp_masks is None:
                 imp_masks = self.load(f"lottery/{rewind}/{level:02d}")[1]
@@ -351,7 +445,7 @@ class _Lottery:
         if level == 0 and ("reinit0" in self._shared):
             metrics, trained = self._shared["reinit0"]
         else:
-            metrics, trained, _ = self.train(weights, masks if level else None, level)
+            metrics, trained, _ = self.train(weights, masks if level else None, level, **kw)
             if level == 0:
                 self._shared["reinit0"] = (metrics, trained)
         self.save(name, trained, masks, self.attrs(rewind, method, level, metrics))
@@ -381,10 +475,13 @@ def lottery(start: Any, data: Any, levels: int = 5, prune_fraction: float = 0.2,
         classifier included; Frankle et al.), "all" (every float parameter; the paper's code),
         or a list of state_dict names.
     cfg: the supervised recipe of every level (default ``SupervisedConfig.preset("cpu")``).
-    rewind: "start", "init", "step" or a list of them (one IMP run each); rewind_step: k for "step".
-    rewind_optimizer: False (default, Frankle et al.): every level trains with a fresh optimiser.
-        True would restore the optimiser state of the rewind point, which
-        :func:`distill.supervised.train_supervised` does not accept; it raises ValueError.
+    rewind: "start", "init", "step" or a list of them (one IMP run each); rewind_step: k for "step"
+        (at most the recipe's number of steps). Levels after a step rewind continue the recipe
+        from step k (schedule, data order, augmentation), as Frankle et al.
+    rewind_optimizer: False (default, Frankle et al.): every level starts with a fresh optimiser.
+        True: levels after a step rewind start from level 0's optimiser state at step k (SGD
+        momentum buffers; entries of pruned weights zeroed). "start" and "init" rewind to a
+        point before any step, whose optimiser state is the fresh one: there it has no effect.
     rewind_rng: True (default): every level replays the same data order and augmentation
         (``cfg``'s seeds); False: level l uses ``data_seed + l`` and ``aug_seed + l``.
     baselines: any of "random_prune", "random_reinit" (default none: each adds a training run per
@@ -407,9 +504,6 @@ def lottery(start: Any, data: Any, levels: int = 5, prune_fraction: float = 0.2,
         raise ValueError(f"levels={levels!r} must be an integer >= 1 (level 0 is the dense network)")
     if not 0.0 < float(prune_fraction) < 1.0:
         raise ValueError(f"prune_fraction={prune_fraction!r} must lie strictly between 0 and 1")
-    if rewind_optimizer:
-        raise ValueError("rewind_optimizer=True is not available: distill.supervised.train_supervised builds a "
-                         "fresh optimiser every run; use rewind_optimizer=False (Frankle et al.)")
     cfg = SupervisedConfig.preset("cpu") if cfg is None else cfg
     dev = _resolve_device(device)
     info = _describe(start)
@@ -422,6 +516,12 @@ def lottery(start: Any, data: Any, levels: int = 5, prune_fraction: float = 0.2,
         model = with_classifier(model, data.num_classes, seed=seed).to(dev)
         classifier = f"with_classifier(num_classes={data.num_classes}, seed={seed})"
     model.requires_grad_(True)
+    if rewind_step is not None:
+        per_epoch = steps_per_epoch(model, len(data.train.labels), cfg.batch_size)
+        if rewind_step > cfg.epochs * per_epoch:
+            raise ValueError(f"rewind_step={rewind_step} exceeds the {cfg.epochs * per_epoch} optimiser steps of one "
+                             f"training run ({cfg.epochs} epochs x {per_epoch}): pass a smaller rewind_step or "
+                             f"more epochs")
     names = prunable_names(model, prunable)
     total = sum(model.state_dict()[k].numel() for k in names)
     counts = remaining_counts(total, int(levels), float(prune_fraction))
@@ -430,21 +530,22 @@ def lottery(start: Any, data: Any, levels: int = 5, prune_fraction: float = 0.2,
     settings = {"start_fingerprint": fingerprint, "prune_fraction": float(prune_fraction),
                 "prunable": prunable if isinstance(prunable, str) else list(prunable), "supervised_config": cfg_json,
                 "seed": int(seed), "rewind_step": rewind_step if "step" in rewinds else None,
+                "rewind_optimizer": bool(rewind_optimizer), "step_schedule": STEP_SCHEDULE,
                 "rewind_rng": bool(rewind_rng), "classifier": classifier}
     st = _open_store(store, settings)
 
     n_train = len(rewinds) * int(levels) * (1 + len(methods)) - (len(rewinds) if "random_prune" in methods else 0)
     bar = tqdm(total=n_train, desc="lottery", unit="run", disable=None if progress is None else not progress)
-    runner = _Lottery(model, data, cfg, names, counts, float(prune_fraction), rewind_step, bool(rewind_rng),
-                      methods, st, settings, dev, progress, int(seed), bar)
+    runner = _Lottery(model, data, cfg, names, counts, float(prune_fraction), rewind_step, bool(rewind_optimizer),
+                      bool(rewind_rng), methods, st, settings, dev, progress, int(seed), bar)
     try:
         rows = {r: runner.run(r, int(levels)) for r in rewinds}
     finally:
         bar.close()
 
     ds = _dataset(rows, rewinds, methods, counts)
-    ds.attrs.update(_provenance(info, prunable, names, prune_fraction, rewind_step, rewind_rng, cfg, seed,
-                                classifier, fingerprint, dev, st))
+    ds.attrs.update(_provenance(info, prunable, names, prune_fraction, rewind_step, bool(rewind_optimizer),
+                                rewind_rng, cfg, seed, classifier, fingerprint, dev, st))
     if st is not None:
         st.write_result("lottery", ds)
     return ds
@@ -492,8 +593,8 @@ def _dataset(rows: dict[str, dict[str, list[dict[str, float]]]], rewinds: list[s
 
 
 def _provenance(info: dict[str, Any], prunable: Any, names: list[str], fraction: float, rewind_step: int | None,
-                rewind_rng: bool, cfg: SupervisedConfig, seed: int, classifier: str, fingerprint: str,
-                device: torch.device, store: Store | None) -> dict[str, Any]:
+                rewind_optimizer: bool, rewind_rng: bool, cfg: SupervisedConfig, seed: int, classifier: str,
+                fingerprint: str, device: torch.device, store: Store | None) -> dict[str, Any]:
     import distill
 
     attrs: dict[str, Any] = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in info.items()}
@@ -502,8 +603,13 @@ def _provenance(info: dict[str, Any], prunable: Any, names: list[str], fraction:
         "prunable": prunable if isinstance(prunable, str) else "names",
         "prunable_names": json.dumps(names), "prune_fraction": float(fraction),
         "rewind_step": -1 if rewind_step is None else int(rewind_step),
-        "rewind_optimizer": 0, "rewind_rng": int(bool(rewind_rng)),
-        "rewind_step_schedule": "levels after a step rewind train the full recipe from step 0 of its schedule",
+        "rewind_optimizer": int(rewind_optimizer), "rewind_rng": int(bool(rewind_rng)),
+        "rewind_optimizer_scope": ("rewind='step' only: levels after the rewind start from level 0's SGD momentum "
+                                   "buffers at rewind_step, entries of pruned weights zeroed; 'start' and 'init' "
+                                   "rewind to before any step, where the optimiser state is the fresh one"),
+        "rewind_step_schedule": ("levels after a step rewind continue the recipe from step rewind_step to its end "
+                                 "(learning-rate schedule, data order and augmentation of an uninterrupted run); "
+                                 "level 0, random_reinit and the other rewind targets train the whole recipe"),
         "supervised_config": json.dumps(cfg.to_dict(), sort_keys=True), "classifier": classifier,
         "seed": int(seed), "reinit_seed": int(seed) + 1,
         "random_prune_seeds": f"{_RANDOM_PRUNE_STRIDE} * seed + level",

@@ -198,3 +198,118 @@ def test_nan_loss_raises_run_error(data):
     with pytest.raises(RunError) as info:
         train_supervised(model, data, cfg())
     assert "\n" not in str(info.value) and "step 1" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- continuing a run
+class _Stop(Exception):
+    pass
+
+
+def recording_sgd(monkeypatch):
+    """Patch SGD.step to record (optimiser, lr) of every step; returns the record list."""
+    calls = []
+    real_step = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        calls.append((self, self.param_groups[0]["lr"]))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    return calls
+
+
+def test_continuing_a_stopped_run_is_bit_identical(monkeypatch):
+    data = synthetic(n_train=80)  # 3 steps per epoch, the last batch has 16 images
+    c = cfg(epochs=3, milestones=[2], lr=0.1, momentum=0.9, warmup_epochs=0.5, weight_decay=1e-3)
+    start = tiny_model(4)
+    calls = recording_sgd(monkeypatch)
+    full = copy.deepcopy(start)
+    out = train_supervised(full, data, c)
+    assert out["steps"] == 9 and out["start_step"] == 0
+    full_lrs = [lr for _, lr in calls]
+
+    for k in (3, 4):  # an epoch boundary and the middle of epoch 2
+        def stop_at_k(step, model):
+            if step == k:
+                raise _Stop
+
+        calls.clear()
+        stopped = copy.deepcopy(start)
+        with pytest.raises(_Stop):
+            train_supervised(stopped, data, c, on_step=stop_at_k)
+        opt_state = copy.deepcopy(calls[-1][0].state_dict())  # the stopped run's own optimiser
+        given = copy.deepcopy(opt_state)
+        assert len(calls) == k
+        fresh_start = copy.deepcopy(stopped)
+
+        calls.clear()
+        seen = []
+        res = train_supervised(stopped, data, c, start_step=k, optimizer_state=opt_state,
+                               on_step=lambda step, m: seen.append(step))
+        assert seen == list(range(k + 1, 10)) and res["steps"] == 9 and res["start_step"] == k
+        assert [lr for _, lr in calls] == full_lrs[k:]  # the schedule continues at step k
+        assert res["history"]["epoch"] == list(range(k // 3 + 1, 4))
+        assert states_equal(stopped, full), k  # bit for bit
+        for i, st in given["state"].items():  # the given state was copied, not trained in place
+            assert torch.equal(st["momentum_buffer"], opt_state["state"][i]["momentum_buffer"])
+
+    # the optimiser state matters: continuing with a fresh optimiser gives other weights
+    train_supervised(fresh_start, data, c, start_step=4)
+    assert not states_equal(fresh_start, full)
+
+
+def test_snapshot_is_the_state_right_after_step_k(data, monkeypatch):
+    c = cfg(epochs=2, momentum=0.9)
+    start = tiny_model(5)
+    calls = recording_sgd(monkeypatch)
+    seen = {}
+
+    def grab(step, model):
+        if step == 4:
+            seen["model"] = copy.deepcopy(model.state_dict())
+            seen["opt"] = copy.deepcopy(calls[-1][0].state_dict())
+
+    model = copy.deepcopy(start)
+    out = train_supervised(model, data, c, snapshot_step=4, on_step=grab)
+    snap = out["snapshot"]
+    assert snap["step"] == 4 and out["steps"] == 6
+    assert snap["model"].keys() == seen["model"].keys()
+    assert all(torch.equal(snap["model"][key], v) for key, v in seen["model"].items())
+    assert not torch.equal(snap["model"]["head.weight"], model.head.weight)  # a copy, not the live tensor
+    ref = seen["opt"]["state"]
+    assert snap["optimizer"]["state"].keys() == ref.keys() and len(ref) == len(list(start.parameters()))
+    assert all(torch.equal(snap["optimizer"]["state"][i]["momentum_buffer"], ref[i]["momentum_buffer"]) for i in ref)
+    # continuing from the snapshot reproduces the uninterrupted run
+    resumed = copy.deepcopy(start)
+    resumed.load_state_dict(snap["model"])
+    train_supervised(resumed, data, c, start_step=4, optimizer_state=snap["optimizer"])
+    assert states_equal(resumed, model)
+    # snapshot_step == start_step: before any step taken here, with the given optimiser state
+    early = train_supervised(copy.deepcopy(start), data, c, snapshot_step=0)["snapshot"]
+    assert early["step"] == 0 and early["optimizer"]["state"] == {}
+    assert all(torch.equal(early["model"][key], v) for key, v in start.state_dict().items())
+
+
+def test_bad_continuation_arguments_and_continuing_at_the_end(data):
+    c = cfg(epochs=2)  # 6 steps
+    with pytest.raises(ValueError, match="start_step=7"):
+        train_supervised(tiny_model(), data, c, start_step=7)
+    with pytest.raises(ValueError, match="snapshot_step=1"):
+        train_supervised(tiny_model(), data, c, start_step=2, snapshot_step=1)
+    other = torch.optim.SGD(tiny_model(bn=False).parameters(), lr=0.1).state_dict()  # fewer parameters
+    with pytest.raises(ValueError, match="optimizer_state holds"):
+        train_supervised(tiny_model(), data, c, optimizer_state=other)
+    model = tiny_model()
+    params = list(model.parameters())
+    swapped = torch.optim.SGD(params[1:2] + params[:1] + params[2:], lr=0.1, momentum=0.9)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    swapped.step()
+    with pytest.raises(ValueError, match="parameter order"):
+        train_supervised(model, data, c, optimizer_state=swapped.state_dict())
+    model = tiny_model()
+    before = copy.deepcopy(model.state_dict())
+    out = train_supervised(model, data, c, start_step=6)  # nothing left to train: evaluation only
+    assert out["steps"] == 6 and out["history"]["epoch"] == []
+    assert all(torch.equal(model.state_dict()[key], v) for key, v in before.items())
+    assert (out["test_loss"], out["test_accuracy"]) == pytest.approx(evaluate(model, data), rel=1e-6)

@@ -317,7 +317,7 @@ def test_baselines_prunable_all_and_netcdf_roundtrip(data: Dataset, tmp_path) ->
 def test_lottery_argument_errors(data: Dataset) -> None:
     start = tiny_model()
     for kw, match in [(dict(rewind="epoch"), "rewind"), (dict(rewind="step"), "rewind_step"),
-                      (dict(rewind_optimizer=True), "rewind_optimizer"), (dict(levels=0), "levels"),
+                      (dict(rewind="step", rewind_step=4), "rewind_step=4 exceeds the 3"), (dict(levels=0), "levels"),
                       (dict(prune_fraction=1.0), "prune_fraction"), (dict(baselines=("magnitude",)), "baseline")]:
         with pytest.raises(ValueError, match=match):
             lottery(start, data, cfg=CFG, device="cpu", **kw)
@@ -370,3 +370,144 @@ def test_rtt_lottery_command(fmnist_root, tmp_path, capsys) -> None:
     assert result.attrs["start"].endswith("#epoch=2")
     assert Store(tmp_path / "run-lottery-e2.h5").names("lottery/start/") == [
         "lottery/start/00", "lottery/start/01", "lottery/start/random_prune/01"]
+
+
+# ----------------------------------------------------------------------------- step rewind with optimiser state
+class ArgumentTrainer:
+    """Wraps train_supervised: records the model, its starting weights and the keyword arguments of
+    every call, and the momentum buffers the optimiser holds when it takes its first step."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.calls: list[dict] = []
+        real_step = torch.optim.SGD.step
+        seen: set[int] = set()
+
+        def step(opt, *args, **kwargs):
+            if id(opt) not in seen:  # the first step of a training: the buffers as loaded
+                seen.add(id(opt))
+                self.calls[-1]["first_buffers"] = {id(p): opt.state[p]["momentum_buffer"].clone()
+                                                   for p in opt.param_groups[0]["params"]
+                                                   if "momentum_buffer" in opt.state[p]}
+            return real_step(opt, *args, **kwargs)
+
+        monkeypatch.setattr(torch.optim.SGD, "step", step)
+        monkeypatch.setattr(lottery_mod, "train_supervised", self)
+
+    def __call__(self, model, *args, **kwargs):
+        self.calls.append({"model": model, "kwargs": dict(kwargs),
+                           "start": {k: v.detach().clone() for k, v in masked_state_dict(model).items()}})
+        return train_supervised(model, *args, **kwargs)
+
+
+def reference_snapshot(start: nn.Module, data: Dataset, cfg: SupervisedConfig, k: int
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(weights, momentum buffer by parameter name) after step k of a plain dense training of a copy
+    of ``start``; the optimiser is found through SGD.step and its state mapped by parameter identity."""
+    model = copy.deepcopy(start)
+    opts, out = [], {}
+    real_step = torch.optim.SGD.step
+
+    def step(opt, *args, **kwargs):
+        opts.append(opt)
+        return real_step(opt, *args, **kwargs)
+
+    def grab(s, m):
+        if s == k:
+            out["weights"] = {key: v.clone() for key, v in m.state_dict().items()}
+            out["buffers"] = {n: opts[-1].state[p]["momentum_buffer"].clone() for n, p in m.named_parameters()}
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.SGD, "step", step)
+        train_supervised(model, data, cfg, on_step=grab)
+    return out["weights"], out["buffers"]
+
+
+def clean(name: str) -> str:
+    return name.replace("parametrizations.", "").replace(".original", "")
+
+
+def test_step_rewind_restores_masked_optimizer_state_and_continues_schedule(data: Dataset, tmp_path,
+                                                                            monkeypatch) -> None:
+    start = tiny_model(seed=6)
+    cfg = CFG.replace(epochs=2, momentum=0.9, lr=0.1)  # 6 steps
+    ref_weights, ref_buffers = reference_snapshot(start, data, cfg, 2)
+    spy = ArgumentTrainer(monkeypatch)
+    path = tmp_path / "a.h5"
+    ds = lottery(start, data, levels=2, cfg=cfg, rewind="step", rewind_step=2, rewind_optimizer=True,
+                 store=path, device="cpu", progress=False)
+    assert len(spy.calls) == 2
+    assert ds.attrs["rewind_optimizer"] == 1 and "continue" in ds.attrs["rewind_step_schedule"]
+    level0, level1 = spy.calls
+    assert level0["kwargs"]["start_step"] == 0 and level0["kwargs"]["optimizer_state"] is None
+    assert level0["kwargs"]["snapshot_step"] == 2
+    kw = level1["kwargs"]
+    assert kw["start_step"] == 2 and kw["snapshot_step"] is None
+    store = Store(path)
+    masks = {k: m != 0 for k, m in store.load_masks("lottery/step/01").items()}
+    assert all(int((~m).sum()) >= 1 for m in masks.values())
+    # level 1 starts from the step-2 weights under its mask
+    for k, v in ref_weights.items():
+        expected = v * masks[k] if k in masks else v
+        assert torch.equal(level1["start"][k], expected), k
+    # with masks as parametrizations the parameter order differs from the dense model's ...
+    model = level1["model"]
+    names = [clean(n) for n, _ in model.named_parameters()]
+    assert names != [n for n, _ in start.named_parameters()] and sorted(names) == sorted(ref_buffers)
+    # ... and the optimiser state handed over follows the masked model's order, masked entries zero
+    state = kw["optimizer_state"]["state"]
+    assert sorted(state) == list(range(len(names)))
+    for i, name in enumerate(names):
+        expected = ref_buffers[name] * masks[name] if name in masks else ref_buffers[name]
+        assert torch.equal(state[i]["momentum_buffer"], expected), name
+    # the optimiser really holds these buffers, on the right parameters, at its first step
+    held = level1["first_buffers"]
+    for n, p in model.named_parameters():
+        name = clean(n)
+        expected = ref_buffers[name] * masks[name] if name in masks else ref_buffers[name]
+        assert torch.equal(held[id(p)], expected), name
+        if name in masks:
+            assert bool((held[id(p)][~masks[name]] == 0).all()), name
+    # the schedule continued: level 1 took the remaining 4 steps
+    _, attrs = store.load_state("lottery/step/01")
+    assert attrs["start_step"] == 2 and attrs["steps"] == 4
+    saved, meta = store.load_state_group("lottery/step/rewind")
+    assert meta["step"] == 2 and set(saved) == {f"momentum_buffer/{n}" for n in ref_buffers}
+    assert all(torch.equal(saved[f"momentum_buffer/{n}"], b) for n, b in ref_buffers.items())
+
+
+def test_step_rewind_with_optimizer_resumes_from_the_store(data: Dataset, tmp_path, monkeypatch) -> None:
+    start = tiny_model(seed=8)
+    kw = dict(cfg=CFG.replace(momentum=0.9), rewind="step", rewind_step=1, rewind_optimizer=True, device="cpu",
+              progress=False)
+    spy = ArgumentTrainer(monkeypatch)
+    first = lottery(start, data, levels=2, store=tmp_path / "a.h5", **kw)
+    spy.calls.clear()
+    resumed = lottery(start, data, levels=3, store=tmp_path / "a.h5", **kw)
+    assert len(spy.calls) == 1  # level 2 only: level 0's snapshot comes from the store
+    resumed_state = spy.calls[0]["kwargs"]["optimizer_state"]
+    assert spy.calls[0]["kwargs"]["start_step"] == 1 and resumed_state is not None
+    spy.calls.clear()
+    straight = lottery(start, data, levels=3, store=tmp_path / "b.h5", **kw)
+    straight_state = spy.calls[2]["kwargs"]["optimizer_state"]
+    assert resumed_state["state"].keys() == straight_state["state"].keys()
+    assert all(torch.equal(resumed_state["state"][i]["momentum_buffer"], v["momentum_buffer"])
+               for i, v in straight_state["state"].items())
+    assert resumed.isel(level=slice(0, 2)).identical(first)
+    for var in ("best_accuracy", "final_accuracy", "final_loss"):
+        np.testing.assert_array_equal(straight[var].values, resumed[var].values)
+    with pytest.raises(ValueError, match="rewind_optimizer"):
+        lottery(start, data, levels=3, store=tmp_path / "a.h5", **{**kw, "rewind_optimizer": False})
+
+
+def test_rewind_optimizer_has_no_effect_for_start_and_init(data: Dataset, monkeypatch) -> None:
+    seen = []
+
+    def fake(model, data, cfg, **kw):
+        seen.append((kw["start_step"], kw["optimizer_state"]))
+        return {"test_accuracy": 0.5, "best_test_accuracy": 0.5, "test_loss": 1.0, "steps": 3}
+
+    monkeypatch.setattr(lottery_mod, "train_supervised", fake)
+    ds = lottery(tiny_model(), data, levels=2, cfg=CFG, rewind=["start", "init"], rewind_optimizer=True,
+                 device="cpu", progress=False)
+    assert seen == [(0, None)] * 4  # fresh optimiser and the whole recipe at every level
+    assert ds.attrs["rewind_optimizer"] == 1
