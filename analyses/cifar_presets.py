@@ -26,8 +26,8 @@ CPU = {
     "vgg11-lr1e-4": dict(arch="vgg11", lr=1e-4, epochs=4, batch_size=64),
     "convnet-nobn": dict(arch="convnet", arch_options={"width": 128, "depth": 4, "bn": False}, out_dim=4096,
                          lr=1e-3, epochs=8, batch_size=64),
-    "convnet-nobn-long": dict(arch="convnet", arch_options={"width": 128, "depth": 4, "bn": False}, out_dim=4096,
-                              lr=1e-3, epochs=20, batch_size=64, probe_every=5),
+    "convnet-bn-long": dict(arch="convnet", arch_options={"width": 128, "depth": 4, "bn": True}, out_dim=4096,
+                            lr=1e-3, epochs=16, batch_size=64, probe_every=4),
     "convnet-bn": dict(arch="convnet", arch_options={"width": 128, "depth": 4, "bn": True}, out_dim=4096,
                        lr=1e-3, epochs=8, batch_size=64),
     # data-dependence control: convnet-nobn distilled on Gaussian noise, probed on real CIFAR-10

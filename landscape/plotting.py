@@ -12,15 +12,26 @@ import xarray as xr  # noqa: E402
 
 
 def plot_probes(metrics: xr.Dataset, path: str | Path) -> Path:
-    """Probe accuracy over epochs, one panel per probe, one line per model; saved to ``path``."""
+    """Probe accuracy over epochs, one panel per probe, one line per model; saved to ``path``.
+    The BN-recalibrated teacher is dashed (it equals the teacher for BN-free networks)."""
     acc = (100 * metrics.accuracy).dropna("epoch", how="all")
-    acc.attrs = {"long_name": "probe accuracy", "units": "%"}
-    g = acc.plot.line(x="epoch", hue="model", col="probe", marker="o", figsize=(4 * acc.sizes["probe"], 3.2))
-    g.fig.suptitle(_title(metrics), fontsize=9, y=1.02)
+    probes = [str(p) for p in acc.probe.values]
+    fig, axes = plt.subplots(1, len(probes), figsize=(4 * len(probes), 3.2), sharey=False, squeeze=False)
+    styles = {"teacher": ("C0", "-"), "teacher_bn": ("C1", "--"), "student": ("C2", "-"), "input": ("C3", ":")}
+    for ax, probe in zip(axes[0], probes):
+        for model in acc.model.values:
+            color, ls = styles.get(str(model), (None, "-"))
+            da = acc.sel(probe=probe, model=model)
+            ax.plot(da.epoch, da, marker="o", ms=3, color=color, linestyle=ls, label=str(model))
+        ax.set_title(f"probe = {probe}")
+        ax.set_xlabel("epoch")
+    axes[0][0].set_ylabel("probe accuracy [%]")
+    axes[0][-1].legend(title="model", loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(_title(metrics), fontsize=9, y=1.02)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    g.fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(g.fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
     return path
 
 
