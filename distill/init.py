@@ -27,13 +27,12 @@ MODES = ("copy", "alpha", "eps", "independent")
 
 def fresh_like(model: nn.Module, seed: int) -> nn.Module:
     """A new, independently initialised model of ``model``'s architecture, drawn with ``seed``."""
-    from distill.models import build_model
+    from distill.models import build_model, seeded
 
     spec = getattr(model, "spec", None)
     if spec is None:
         raise ValueError("fresh_like needs a model built with distill.build_model (it has no .spec)")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         fresh = build_model(**spec)
     device = next(model.parameters()).device
     return fresh.to(device)

@@ -13,10 +13,12 @@ The DINO head is described in :class:`distill.heads.DINOHead`.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
-from typing import Any, Callable, Sequence, TypeVar
+import threading
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,20 @@ from torch import nn
 from distill.heads import (HEAD_DEFAULTS, HEAD_OPTION_NAMES, HEADS, build_head, check_bool, check_choice,
                            check_int, check_ints)
 from distill.vit import WEIGHT_INITS, VisionTransformer
+
+
+_RNG_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's global CPU generator seeded to ``seed``, restoring its state
+    afterwards. Module constructors draw from that global generator, so seeded builds in
+    concurrent threads (e.g. a thread-pool locality sweep) are serialised by a lock."""
+    with _RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
 
 __all__ = ["Model", "build_model", "list_models", "register_model"]
 

@@ -130,6 +130,7 @@ def with_classifier(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Mod
     and ``num_classes``, so ``build_model(**spec)`` rebuilds its architecture.
     """
     from distill.heads import HEAD_OPTION_NAMES, build_head
+    from distill.models import seeded
     from distill.models import Model
 
     spec = getattr(model, "spec", None)
@@ -138,8 +139,7 @@ def with_classifier(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Mod
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes={num_classes!r}: pass a positive integer")
     backbone = copy.deepcopy(model.backbone)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         head = build_head("linear", int(model.embed_dim), int(num_classes), {})
     param = next(backbone.parameters(), None)
     if param is not None:

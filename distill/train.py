@@ -23,7 +23,7 @@ from distill.bn import has_batchnorm, recalibrate_bn
 from distill.config import DistillConfig, RunError
 from distill.data import Dataset, iterate, load_dataset, normalize
 from distill.init import init_student, parameter_distance
-from distill.models import build_model
+from distill.models import build_model, seeded
 from distill.store import Store, StoreError, student_name
 
 if TYPE_CHECKING:
@@ -47,8 +47,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 # ---------------------------------------------------------------------------- pieces
 def build_teacher(cfg: DistillConfig, in_shape: tuple[int, ...]) -> nn.Module:
     """The random teacher, drawn with ``cfg.seed`` (independent of the global RNG)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed):
         return build_model(cfg.arch, in_shape, head="dino", out_dim=cfg.out_dim, hidden_dim=cfg.hidden_dim,
                            bottleneck_dim=cfg.bottleneck_dim, last_layer=cfg.last_layer, **cfg.arch_options)
 

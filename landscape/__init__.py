@@ -2,23 +2,14 @@
 
 Every analysis takes modules or ``(store, epoch)`` references and returns a plain
 ``xarray.Dataset`` whose variables carry ``long_name`` and ``units`` and whose attrs
-hold provenance (see ``docs`` in each function).
+hold provenance (see each function's docstring).
 """
-from importlib import import_module
-from typing import Any
+# Imported eagerly: three submodules share their name with their main function, and a lazy
+# lookup would hand out the submodule once it had been imported by another path.
+from landscape.paths import barrier, interpolate_state, linear_path
+from landscape.instability import instability
+from landscape.lottery import lottery
+from landscape.locality import locality
+from landscape.planes import plane
 
-_EXPORTS = {
-    "linear_path": "paths", "barrier": "paths", "interpolate_state": "paths",
-    "instability": "instability",
-    "lottery": "lottery",
-    "locality": "locality",
-    "plane": "planes",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"landscape.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'landscape' has no attribute {name!r}")
+__all__ = ["barrier", "instability", "interpolate_state", "linear_path", "locality", "lottery", "plane"]

@@ -126,17 +126,13 @@ def _fingerprint(model: nn.Module) -> str:
 
 def _fresh(template: nn.Module, seed: int) -> nn.Module:
     """A new random init of ``template``'s architecture drawn with ``seed``, on its device."""
-    from distill.models import build_model
+    from distill.init import fresh_like
 
     spec = getattr(template, "spec", None)
     if spec is None:
         raise ValueError("rewind='init' and the random_reinit baseline need a model built with "
                          "distill.build_model (it has no .spec)")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        fresh = build_model(**spec)
-    device = next(template.parameters()).device
-    return fresh.to(device)
+    return fresh_like(template, seed)
 
 
 def _clone_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:

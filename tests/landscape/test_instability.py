@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import gzip
 import json
 import struct
@@ -11,13 +12,14 @@ import pytest
 import torch
 import xarray as xr
 
-import landscape.instability as inst
 from distill.config import SupervisedConfig
 from distill.data import Dataset, Split
 from distill.models import build_model
 from distill.store import Store
 from distill.supervised import evaluate, train_supervised, with_classifier
 from landscape.cli import main as rtt
+
+inst = importlib.import_module("landscape.instability")  # the module: landscape.instability is the function
 
 SHAPE = (1, 12, 12)
 PATH = dict(bn_batches=2, bn_batch_size=32, eval_batch_size=64)

@@ -3,6 +3,7 @@ rewinding, store checkpoints, resuming, result format."""
 from __future__ import annotations
 
 import copy
+import importlib
 
 import numpy as np
 import pytest
@@ -11,7 +12,6 @@ import xarray as xr
 from torch import nn
 
 import distill
-import landscape.lottery as lottery_mod
 from distill.config import SupervisedConfig
 from distill.data import Dataset, Split
 from distill.store import Store
@@ -19,6 +19,8 @@ from distill.supervised import train_supervised
 from landscape.lottery import lottery, remaining_counts
 from landscape.pruning import (Mask, apply_masks, current_masks, full_masks, global_magnitude_prune,
                                masked_state_dict, prunable_names, random_prune, remove_masks, unmasked_copy)
+
+lottery_mod = importlib.import_module("landscape.lottery")  # the module: landscape.lottery is the function
 
 CFG = SupervisedConfig(epochs=1, milestones=[], batch_size=32, augment="none", device="cpu")
 
