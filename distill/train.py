@@ -433,7 +433,7 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
             if i % 10 == 0:
                 bar.set_postfix_str(f"loss {value:.4f}{last_probe}", refresh=False)
         n_norm = max(n_norm, 1)
-        if epoch in probe_at:
+        if epoch in probe_at and cfg.probes:
             probe_epoch(epoch)
             p = history.probes[epoch]["student"]
             last_probe = " | student " + " ".join(f"{k} {100 * v:.1f}" for k, v in p.items())

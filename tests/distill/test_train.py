@@ -133,6 +133,13 @@ def test_metrics_schema_and_checkpoints(tmp_path):
     assert store.config["arch"] == "convnet" and store.attrs["kind"] == "distill"
 
 
+def test_no_probes_still_trains_and_records(tmp_path):
+    store = run(tiny_cfg(probes=[], epochs=2, save_every=0), tmp_path / "np.h5", data=synthetic(), progress=False)
+    m = store.metrics
+    assert store.epochs == [0, 2] and list(m.epoch.values) == [0, 1, 2]
+    assert m.accuracy.sizes["probe"] == 0 and np.all(np.isfinite(m.kl.values[1:]))
+
+
 def test_resume_continues_bit_for_bit(tmp_path):
     data = synthetic()
     full = run(tiny_cfg(epochs=3), tmp_path / "full.h5", data=data, progress=False)
