@@ -25,6 +25,9 @@ PRESETS = {
     # Fashion-MNIST, 10k training images, BN-free 4x64 ConvNet, 2 epochs of SGD per child
     "cpu": dict(children=3, subset=10_000, alphas=11, sup=dict(epochs=2, milestones=[], lr=0.02, augment="none",
                                                                batch_size=128)),
+    # the same with a larger learning rate and flip + crop noise: more room for instability
+    "cpu-noisy": dict(children=3, subset=10_000, alphas=11, sup=dict(epochs=2, milestones=[], lr=0.08,
+                                                                     augment="flip_crop", batch_size=128)),
     "gpu": dict(children=5, subset=None, alphas=30, sup=dict()),
 }
 
@@ -41,12 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     pre = PRESETS[a.preset]
     store = ensure_distilled(DEMO, a.start)
     data = load_dataset(DEMO.dataset, subset=pre["subset"], seed=0)
-    cfg = SupervisedConfig.preset("paper" if a.preset == "gpu" else "cpu", **pre["sup"], device="cpu"
-                                  if a.preset == "cpu" else "auto")
+    on_cpu = a.preset.startswith("cpu")
+    cfg = SupervisedConfig.preset("cpu" if on_cpu else "paper", **pre["sup"], device="cpu" if on_cpu else "auto")
     rows = []
     for name, epoch in (("student", store.epochs[-1]), ("init", 0)):
         ds = landscape.instability((store, epoch), data, children=pre["children"], cfg=cfg,
-                                   store=f"{a.runs}/children-{name}.h5", alphas=pre["alphas"], splits=("test",))
+                                   store=f"{a.runs}/{a.preset}-children-{name}.h5", alphas=pre["alphas"], splits=("test",))
         rows.append(ds[["error", "loss", "barrier_error", "barrier_loss", "child_test_accuracy"]]
                     .expand_dims(start=[name]))
     out = xr.concat(rows, "start", combine_attrs="drop_conflicts")
