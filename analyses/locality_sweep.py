@@ -17,6 +17,8 @@ from analyses.demo import DEMO
 
 PRESETS = {
     "cpu": dict(alphas=[0.0, 0.25, 0.5, 0.75, 1.0], seeds=[0], cfg=dict(save_every=0, probe_every=0)),
+    # three points, longer: does the independent student (alpha = 1) catch up with more steps?
+    "cpu-long": dict(alphas=[0.0, 0.5, 1.0], seeds=[0], cfg=dict(save_every=0, probe_every=0, epochs=10)),
     "gpu": dict(alphas=[round(0.1 * i, 1) for i in range(11)], seeds=[0, 1, 2], cfg=dict(device="auto")),
 }
 
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pre = PRESETS[a.preset]
     cfg = DEMO.replace(**pre["cfg"])
-    ds = landscape.locality(cfg, alphas=pre["alphas"], seeds=pre["seeds"], out_dir=a.runs)
+    ds = landscape.locality(cfg, alphas=pre["alphas"], seeds=pre["seeds"], out_dir=f"{a.runs}/{a.preset}")
     save(ds, a.out)
     acc = ds.accuracy.isel(epoch=-1).mean("seed")
     teacher = np.maximum(acc.sel(model="teacher"), acc.sel(model="teacher_bn"))

@@ -46,6 +46,10 @@ class StoreError(Exception):
     """A store is missing, corrupt, foreign or lacks what was asked of it."""
 
 
+class _Missing(StoreError):
+    """An object is absent or not complete; a reader racing a writer may see this briefly."""
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -107,7 +111,9 @@ class Store:
             raise StoreError(f"{path} already exists: open it with Store(path, 'a') or pass overwrite=True")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{uuid.uuid4().hex[:8]}.tmp")
-        with h5py.File(tmp, "w", locking=False, fs_strategy="fsm", fs_persist=True) as f:
+        # default free-space handling: a persisted free-space map that a killed writer left stale
+        # could hand out space that live objects still use
+        with h5py.File(tmp, "w", locking=False) as f:
             f.attrs.update({
                 "format": FORMAT, "format_version": FORMAT_VERSION,
                 "toolkit_version": _toolkit_version(), "torch_version": str(torch.__version__),
@@ -160,6 +166,10 @@ class Store:
             try:
                 with self._file("r") as f:
                     return fn(f)
+            except _Missing:
+                if attempt >= 2:  # looked three times: it is really not there
+                    raise
+                time.sleep(0.05)
             except StoreError:
                 raise
             except (OSError, RuntimeError, KeyError) as e:
@@ -224,7 +234,7 @@ class Store:
             g = f.get(path)
             if not isinstance(g, h5py.Group) or not g.attrs.get("complete", 0):
                 have = ", ".join(self._names(f, root)) or "nothing"
-                raise StoreError(f"{self.path} has no complete '{path}' (it holds: {have})")
+                raise _Missing(f"{self.path} has no complete '{path}' (it holds: {have})")
             tensors = {k.replace("|", "/"): _from_numpy(d[()], _attr_value(d.attrs.get("dtype", "")))
                        for k, d in g.items()}
             return tensors, {k: _attr_value(v) for k, v in g.attrs.items()}
