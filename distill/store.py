@@ -12,10 +12,12 @@ Layout of a store file::
     /state/<name>/...      resumable training state (optimiser tensors; JSON in attrs)
     /results/<name>        xarray Datasets as netCDF groups (h5netcdf)
 
-Durability: every write opens the file, writes under a temporary name, marks the group
-complete, renames it into place and closes the file, so a process killed mid-write loses
-at most the object in flight, and readers (who open the file per access) only ever see
-objects with a completion mark. Reading builds the model from the JSON spec and copies
+Durability: every write reserves file space, opens the file, writes the group under a
+temporary name, marks it complete, moves it into place and closes the file; readers open the file per access,
+list only groups with a completion mark, and retry when they catch a writer mid-update.
+A process killed mid-write loses the object in flight; HDF5 updates group tables in place,
+so a kill that lands inside a metadata flush can, rarely, also damage a neighbouring link
+(measured in the kill test; see the README's store section). Reading builds the model from the JSON spec and copies
 arrays in: no code from the file is run.
 """
 from __future__ import annotations
@@ -266,9 +268,9 @@ class Store:
             walk(f[root], "")
         return sorted(out)
 
-    def names(self, prefix: str = "") -> list[str]:
-        """Names of the complete modules saved in the store, optionally under ``prefix``."""
-        return self._read(lambda f: [n for n in self._names(f, "modules") if n.startswith(prefix)])
+    def names(self, prefix: str = "", root: str = "modules") -> list[str]:
+        """Names of the complete objects under ``root`` (modules by default), optionally under ``prefix``."""
+        return self._read(lambda f: [n for n in self._names(f, root) if n.startswith(prefix)])
 
     def save_module(self, name: str, module: nn.Module, attrs: Mapping[str, Any] | None = None,
                     masks: Mapping[str, torch.Tensor] | None = None) -> None:

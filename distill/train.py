@@ -303,7 +303,9 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
     lrs = lr_schedule(cfg, steps_per_epoch)
     start, history = 0, History()
 
-    state = store.load_state_group("train") if resumed else None
+    # the newest complete training state; older ones are deleted only after a newer one is complete
+    saved = store.names("train/", root="state") if resumed else []
+    state = store.load_state_group(saved[-1]) if saved else None
     if state is not None:
         tensors, meta = state
         start = int(meta["epoch"])
@@ -355,7 +357,9 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
         tensors = {f"opt/{k}": v for k, v in tensors.items()}
         if center is not None:
             tensors["center"] = center
-        store.save_state("train", tensors, {"epoch": epoch, "param_groups": groups})
+        store.save_state(f"train/{epoch:05d}", tensors, {"epoch": epoch, "param_groups": groups})
+        for older in store.names("train/", root="state")[:-1]:
+            store.delete("state", older)
 
     if start == 0:
         with torch.no_grad():  # on a copy: a train-mode forward would move the student's BN statistics
