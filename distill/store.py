@@ -206,12 +206,15 @@ class Store:
     def _write_group(self, root: str, name: str, tensors: Mapping[str, torch.Tensor],
                      attrs: Mapping[str, Any]) -> None:
         final = f"{root}/{name}"
-        tmp = f"{root}/{_TMP}/{uuid.uuid4().hex}"
+        # a fresh temporary name each time: a group a killed writer left half-written (possibly
+        # unreadable) never stands in the way of the next write
+        tmp = f"{root}/{_TMP}{uuid.uuid4().hex}"
         self._reserve(sum(t.numel() * t.element_size() for t in tensors.values()))
         with self._file("a") as f:
-            if f"{root}/{_TMP}" in f:  # left by a writer killed mid-write: never complete
-                with contextlib.suppress(KeyError, OSError, RuntimeError):
-                    del f[f"{root}/{_TMP}"]
+            with contextlib.suppress(Exception):  # best effort: leftovers of killed writers
+                for key in [k for k in f[root].keys() if k.startswith(_TMP)]:
+                    with contextlib.suppress(Exception):
+                        del f[root][key]
             g = f.create_group(tmp)
             for key, t in tensors.items():
                 arr, dtype = _to_numpy(t)
@@ -251,7 +254,7 @@ class Store:
 
         def walk(group: h5py.Group, prefix: str) -> None:
             for key in list(group.keys()):
-                if not prefix and key == _TMP:
+                if not prefix and key.startswith(_TMP):
                     continue
                 try:
                     obj = group[key]
