@@ -116,6 +116,24 @@ def _barrier_table(ds) -> str:
 
 
 # ---------------------------------------------------------------------------- lmc
+def _add_start_and_recipe_args(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
+    """The flags :func:`_start_and_recipe` reads: STORE, --epoch/--module, --preset, the data
+    flags and one --sup-* flag per SupervisedConfig field not in ``skip``."""
+    from dataclasses import fields
+
+    from distill.config import SupervisedConfig
+
+    p.add_argument("store", help="store holding the start checkpoint")
+    p.add_argument("--epoch", type=int, default=-1, help="start from the student of this epoch (-1: the last)")
+    p.add_argument("--module", default=None, help="start from this module instead (e.g. teacher)")
+    p.add_argument("--preset", default="paper", choices=("paper", "cpu", "tiny"),
+                   help="supervised training recipe (paper: 160 epochs; cpu: 8; tiny: 2); --sup-* flags override it")
+    _add_data_args(p)
+    add_arguments(p, SupervisedConfig, prefix="sup-", skip=skip)
+    # absent --sup-* flags (None) must not override the preset
+    p.set_defaults(**{f"sup_{f.name}": None for f in fields(SupervisedConfig) if f.name not in skip})
+
+
 def _start_and_recipe(a: argparse.Namespace) -> tuple:
     """(store, epoch or module name, tag for file names, SupervisedConfig) from the shared flags
     of ``rtt instability`` and ``rtt lottery``: --epoch/--module, --preset and the --sup-* overrides."""
@@ -182,18 +200,11 @@ class _Lmc:
 class _Instability:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
-        from dataclasses import fields
-
-        from distill.config import SupervisedConfig
         from landscape.evaluate import POLICIES
 
-        p.add_argument("store", help="store holding the start checkpoint")
-        p.add_argument("--epoch", type=int, default=-1, help="start from the student of this epoch (-1: the last)")
-        p.add_argument("--module", default=None, help="start from this module instead (e.g. teacher)")
+        _add_start_and_recipe_args(p, skip=("device", "data_seed", "aug_seed"))
         p.add_argument("--children", type=int, default=2, help="number of children (default: 2)")
         p.add_argument("--seeds", default=None, help="comma-separated seeds, one per child (default: 0..children-1)")
-        p.add_argument("--preset", default="paper", choices=("paper", "cpu", "tiny"),
-                       help="training recipe (paper: 160 epochs; cpu: 8; tiny: 2); --sup-* flags override it")
         p.add_argument("--children-store", default=None, help="store for the children (resumed when it exists; "
                        "default: STORE-instability-eEPOCH.h5 beside STORE)")
         p.add_argument("--alphas", type=int, default=21, help="points on each path (default: 21)")
@@ -201,11 +212,6 @@ class _Instability:
         p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
         p.add_argument("--max-examples", type=int, default=None, help="evaluate paths on a seeded subset")
         p.add_argument("--out", default=None, help="netCDF file to write (default: the children store's name, .nc)")
-        _add_data_args(p)
-        skip = ("device", "data_seed", "aug_seed")
-        add_arguments(p, SupervisedConfig, prefix="sup-", skip=skip)
-        # absent --sup-* flags (None) must not override the preset
-        p.set_defaults(**{f"sup_{f.name}": None for f in fields(SupervisedConfig) if f.name not in skip})
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
@@ -325,13 +331,7 @@ def _lottery_table(ds) -> str:
 class _Lottery:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
-        from dataclasses import fields
-
-        from distill.config import SupervisedConfig
-
-        p.add_argument("store", help="store holding the start checkpoint")
-        p.add_argument("--epoch", type=int, default=-1, help="start from the student of this epoch (-1: the last)")
-        p.add_argument("--module", default=None, help="start from this module instead (e.g. teacher)")
+        _add_start_and_recipe_args(p, skip=("device",))
         p.add_argument("--levels", type=int, default=5, help="trained levels, level 0 dense (default: 5)")
         p.add_argument("--prune-fraction", type=float, default=0.2, help="fraction of the remaining weights "
                        "pruned per level (default: 0.2)")
@@ -345,15 +345,9 @@ class _Lottery:
         p.add_argument("--no-rewind-rng", action="store_true", help="reseed data order and augmentation per level "
                        "(default: every level replays the same order)")
         p.add_argument("--seed", type=int, default=0, help="classifier head, init and baseline seed (default: 0)")
-        p.add_argument("--preset", default="paper", choices=("paper", "cpu", "tiny"),
-                       help="training recipe per level (paper: 160 epochs; cpu: 8; tiny: 2); --sup-* flags override it")
         p.add_argument("--lottery-store", default=None, help="store for the pruned checkpoints (resumed when it "
                        "exists; default: STORE-lottery-TAG.h5 beside STORE)")
         p.add_argument("--out", default=None, help="netCDF file to write (default: the lottery store's name, .nc)")
-        _add_data_args(p)
-        skip = ("device",)
-        add_arguments(p, SupervisedConfig, prefix="sup-", skip=skip)
-        p.set_defaults(**{f"sup_{f.name}": None for f in fields(SupervisedConfig) if f.name not in skip})
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
