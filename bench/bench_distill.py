@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 import distill
 from distill.data import Dataset, Split
-from distill.train import build_teacher, distill as run, resolve_device
+from distill.device import resolve_device
+from distill.train import build_teacher, distill as run
 
 
 def synthetic_cifar(n: int, seed: int = 0) -> Dataset:

@@ -34,6 +34,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from distill.device import resolve_device
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -73,7 +75,7 @@ class Split:
         return len(self.labels)
 
     def to(self, device: str | torch.device) -> Split:
-        device = _device(device)
+        device = resolve_device(device)
         return Split(self.images.to(device), self.labels.to(device))
 
 
@@ -180,7 +182,7 @@ def iterate(split: Split, batch_size: int, mean: Sequence[float], std: Sequence[
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _device(device)
+    device = resolve_device(device)
     n = len(split)
     m, s = _stats_tensors(mean, std, split.images.shape[1], device)
     order = None
@@ -720,12 +722,6 @@ def _tree_split_dir(root: Path, names: tuple[str, ...]) -> Path | None:
         if child.is_dir() and child.name.lower() in names and any(p.is_dir() for p in child.iterdir()):
             return child
     return None
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _stats_tensors(mean: Sequence[float], std: Sequence[float], channels: int,

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from distill.bn import has_batchnorm
+from distill.device import resolve_device
 from distill.config import RunError, SupervisedConfig
 from distill.data import Split, iterate
 
@@ -151,12 +152,6 @@ def with_classifier(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Mod
 
 
 # ----------------------------------------------------------------------------- evaluation
-def _resolve(device: Any) -> torch.device:
-    from distill.train import resolve_device
-
-    return resolve_device(device)
-
-
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -172,7 +167,7 @@ def evaluate(model: nn.Module, data: Any, split: str = "test", batch_size: int =
     """
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}: choose 'train' or 'test'")
-    dev = _model_device(model) if device is None else _resolve(device)
+    dev = _model_device(model) if device is None else resolve_device(device)
     model.to(dev)
     part = getattr(data, split)
     n = len(part.labels)
@@ -283,7 +278,7 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
     if not params:
         raise ValueError("the model has no trainable parameters (e.g. a frozen Store.teacher()): "
                          "call model.requires_grad_(True) first")
-    dev = _resolve(cfg.device if device is None else device)
+    dev = resolve_device(cfg.device if device is None else device)
     model.to(dev)
     train = Split(data.train.images.to(dev), data.train.labels.to(dev))
     n = len(train.labels)

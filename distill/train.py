@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from distill.bn import has_batchnorm, recalibrate_bn
 from distill.config import DistillConfig, RunError
 from distill.data import Dataset, iterate, load_dataset, normalize
+from distill.device import resolve_device
 from distill.init import init_student, parameter_distance
 from distill.models import build_model, seeded
 from distill.store import Store, StoreError, student_name
@@ -32,16 +33,6 @@ if TYPE_CHECKING:
 MODELS = ("teacher", "teacher_bn", "student", "input")
 # fields that may change when a run is resumed or extended
 _RESUMABLE = {"epochs", "save_every", "save_epochs", "probe_every", "device"}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available: use --device cpu or auto")
-    return dev
 
 
 # ---------------------------------------------------------------------------- pieces

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from distill.config import SupervisedConfig
+from distill.device import resolve_device
 from distill.store import Store, as_module
 from distill.supervised import check_classifier, steps_per_epoch, train_supervised, with_classifier
 from landscape.pruning import (_clean_name, apply_masks, full_masks, global_magnitude_prune,
@@ -137,12 +138,6 @@ def _fresh(template: nn.Module, seed: int) -> nn.Module:
 
 def _clone_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    from distill.train import resolve_device
-
-    return resolve_device(device)
 
 
 # ----------------------------------------------------------------------------- optimiser state by name
@@ -501,7 +496,7 @@ def lottery(start: Any, data: Any, levels: int = 5, prune_fraction: float = 0.2,
     if not 0.0 < float(prune_fraction) < 1.0:
         raise ValueError(f"prune_fraction={prune_fraction!r} must lie strictly between 0 and 1")
     cfg = SupervisedConfig.preset("cpu") if cfg is None else cfg
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     info = _describe(start)
     model = as_module(copy.deepcopy(start) if isinstance(start, nn.Module) else start, dev)
     fingerprint = _fingerprint(model)

@@ -21,6 +21,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from distill.bn import has_batchnorm
+from distill.device import resolve_device
 from landscape.evaluate import POLICIES, lerp, prepare_inputs, run_segment
 
 BACKENDS = ("auto", "loop", "vmap")
@@ -67,12 +68,6 @@ def interpolate_state(sd_a: Mapping[str, Tensor], sd_b: Mapping[str, Tensor], al
 
 
 # ----------------------------------------------------------------------------- argument handling
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _alpha_values(alphas: int | Sequence[float]) -> np.ndarray:
     if isinstance(alphas, (int, np.integer)) and not isinstance(alphas, bool):
         if alphas < 2:
@@ -179,7 +174,7 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
     if max_examples is not None:
         max_examples = _positive("max_examples", max_examples)
     alpha_values = _alpha_values(alphas)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
 
     model, info_a = _resolve(a, dev)
     if isinstance(b, nn.Module):
