@@ -20,6 +20,8 @@ _EXPORTS = {
     "Store": "store", "StoreError": "store", "as_module": "store",
     "DistillConfig": "config", "SupervisedConfig": "config",
     "distill": "train",
+    "register_probe": "probe", "list_probes": "probe",
+    "load_plugins": "plugins",
     "train_supervised": "supervised",
 }
 

@@ -18,8 +18,10 @@ class RunError(RuntimeError):
     """A run cannot go on (e.g. the loss became NaN); completed checkpoints are kept."""
 
 
-def _f(default: Any, help: str, choices: tuple | None = None, **kw: Any) -> Any:
-    meta = {"help": help, "choices": choices}
+def _f(default: Any, help: str, choices: tuple | None = None, names: str | None = None, **kw: Any) -> Any:
+    """A config field: ``help`` (with units), ``choices``, ``names`` ("models", "datasets" or
+    "probes": the field takes registered names, listed in the CLI help)."""
+    meta = {"help": help, "choices": choices, "names": names}
     if isinstance(default, (list, dict, tuple)):
         return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -53,16 +55,19 @@ class DistillConfig(_Config):
     """Everything that defines one random-teacher distillation run."""
 
     # data
-    dataset: str = _f("cifar10", "dataset name (distill.list_datasets()); 'gaussian:cifar10' for noise inputs")
-    data_root: Optional[str] = _f(None, "folder or file holding the dataset (default: the standard places)")
-    subset: Optional[int] = _f(None, "distil on a stratified subset of this many training images")
-    probe_subset: Optional[int] = _f(None, "fit probes on a stratified subset of this many training images")
+    dataset: str = _f("cifar10", "dataset name; 'gaussian:cifar10' for Gaussian-noise inputs shaped like CIFAR-10",
+                       names="datasets")
+    data_root: Optional[str] = _f(None, "folder or file holding the dataset (default: $RTT_DATA/<dataset>, and for "
+                                   "Fashion-MNIST /usr/share/datasets/fashion-mnist)")
+    subset: Optional[int] = _f(None, "distil on a stratified subset of this many training images (default: all)")
+    probe_subset: Optional[int] = _f(None, "fit probes on a stratified subset of this many training images "
+                                      "(default: the distillation's images)")
     # model
-    arch: str = _f("vgg11", "backbone (distill.list_models())")
-    arch_options: dict = _f({}, "extra backbone options as JSON, e.g. '{\"width\": 64, \"depth\": 4}'")
-    out_dim: int = _f(65536, "DINO head output dimension")
-    hidden_dim: int = _f(2048, "DINO head hidden width")
-    bottleneck_dim: int = _f(256, "DINO head bottleneck (L2-normalised) width")
+    arch: str = _f("vgg11", "backbone architecture", names="models")
+    arch_options: dict = _f({}, "extra backbone options as a JSON object, e.g. '{\"width\": 64}' for convnet")
+    out_dim: int = _f(65536, "DINO head output dimension (logits)")
+    hidden_dim: int = _f(2048, "DINO head hidden width (units)")
+    bottleneck_dim: int = _f(256, "DINO head bottleneck (L2-normalised) width (units)")
     last_layer: str = _f("plain", "head's last layer: plain linear (what the reference code computes) or a true "
                          "weight-normalised layer", ("plain", "weightnorm"))
     # student initialisation relative to the teacher
@@ -74,38 +79,39 @@ class DistillConfig(_Config):
                          "train = batch statistics", ("eval", "train"))
     # objective
     loss: str = _f("ce", "ce: cross-entropy H(p_t, p_s); kl: KL(p_t || p_s) (same gradient)", ("ce", "kl"))
-    teacher_temp: float = _f(1.0, "teacher softmax temperature")
-    student_temp: float = _f(1.0, "student softmax temperature")
+    teacher_temp: float = _f(1.0, "teacher softmax temperature (dimensionless)")
+    student_temp: float = _f(1.0, "student softmax temperature (dimensionless)")
     center: bool = _f(False, "DINO centering of teacher outputs")
-    center_momentum: float = _f(0.9, "EMA momentum of the center")
+    center_momentum: float = _f(0.9, "EMA momentum of the center (fraction kept per step)")
     ema_teacher: bool = _f(False, "update the teacher as an EMA of the student (full DINO)")
-    ema_momentum: float = _f(0.996, "EMA momentum of the teacher")
+    ema_momentum: float = _f(0.996, "EMA momentum of the teacher (fraction kept per step)")
     augment: str = _f("none", "none: one view, the image itself (paper); multicrop: DINO-style crops",
                       ("none", "multicrop"))
-    global_crops: int = _f(2, "multicrop: number of global crops")
-    local_crops: int = _f(0, "multicrop: number of local crops")
+    global_crops: int = _f(2, "multicrop: number of global crops per image")
+    local_crops: int = _f(0, "multicrop: number of local crops per image")
     # optimisation
     optimizer: str = _f("adamw", "optimiser", ("adamw", "adam", "sgd"))
-    lr: float = _f(1e-3, "learning rate (peak when warm-up or cosine schedule is used)")
-    weight_decay: float = _f(0.0, "weight decay")
+    lr: float = _f(1e-3, "learning rate per step (the peak when a warm-up or cosine schedule is used)")
+    weight_decay: float = _f(0.0, "weight decay (decoupled for AdamW; coefficient per step)")
     norm_bias_decay: Optional[float] = _f(None, "weight decay on biases and norm parameters (None: same as "
                                           "weight_decay; 0.01 reproduces the reference code's AdamW default)")
     adam_eps: float = _f(1e-8, "Adam epsilon")
     momentum: float = _f(0.9, "SGD momentum")
     schedule: str = _f("constant", "learning-rate schedule after warm-up", ("constant", "cosine"))
-    warmup_epochs: float = _f(0.0, "linear warm-up length in epochs")
-    clip_grad: Optional[float] = _f(None, "clip the gradient norm to this value")
-    batch_size: int = _f(256, "batch size")
-    epochs: int = _f(150, "training epochs")
+    warmup_epochs: float = _f(0.0, "linear warm-up length (epochs, may be fractional)")
+    clip_grad: Optional[float] = _f(None, "clip the global gradient L2 norm to this value (default: no clipping)")
+    batch_size: int = _f(256, "batch size (images per step)")
+    epochs: int = _f(150, "training epochs (passes over the training images)")
     save_every: int = _f(10, "save the student every this many epochs (epoch 0 and the last are always saved)")
-    save_epochs: list = _f([], "extra epochs at which to save the student")
+    save_epochs: list = _f([], "extra epochs at which to save the student, comma-separated, e.g. 1,2,5")
     # probes
     probe_every: int = _f(10, "probe every this many epochs (0: only at the start and the end)")
-    probes: list = _f(["knn", "linear", "linear_std"], "probes to run")
-    knn_k: int = _f(20, "k of the k-NN probe")
+    probes: list = _f(["knn", "linear", "linear_std"], "probes to run, comma-separated ('' for none)",
+                      names="probes")
+    knn_k: int = _f(20, "k of the k-NN probe (neighbours)")
     knn_metric: str = _f("euclidean", "k-NN distance: euclidean unweighted vote (paper's code) or cosine "
                          "temperature-weighted (DINO)", ("euclidean", "cosine"))
-    linear_epochs: int = _f(10, "linear probe epochs (AdamW, lr 1e-3)")
+    linear_epochs: int = _f(10, "linear probe training epochs (AdamW, lr 1e-3)")
     probe_converge: bool = _f(False, "train the linear probe to convergence instead of a fixed number of epochs")
     # seeds and hardware
     seed: int = _f(0, "teacher initialisation seed")
@@ -113,7 +119,7 @@ class DistillConfig(_Config):
     data_seed: int = _f(0, "data order seed")
     aug_seed: int = _f(0, "augmentation seed")
     probe_seed: int = _f(0, "seed of probe training and probe subsets")
-    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto (CUDA when present)")
     precision: str = _f("fp32", "training precision (bf16 autocast on CUDA only)", ("fp32", "bf16"))
 
     @property
@@ -124,6 +130,14 @@ class DistillConfig(_Config):
         return f"{self.dataset.replace(':', '-')}{sub}-{self.arch}-{init}-lr{self.lr:g}-s{self.seed}"
 
 
+# changes to SupervisedConfig's defaults (the paper's recipe) made by each preset
+SUPERVISED_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "cpu": {"epochs": 8, "milestones": [4, 6], "lr": 0.05},
+    "tiny": {"epochs": 2, "milestones": [1], "lr": 0.05},
+}
+
+
 @dataclass
 class SupervisedConfig(_Config):
     """Supervised training with labels (children for instability, lottery-ticket retraining).
@@ -131,33 +145,28 @@ class SupervisedConfig(_Config):
     Defaults are the paper's recipe for ResNet18 on CIFAR-10 (``preset="paper"``).
     """
 
-    epochs: int = _f(160, "training epochs")
-    lr: float = _f(0.1, "SGD learning rate")
+    epochs: int = _f(160, "training epochs (passes over the training images)")
+    lr: float = _f(0.1, "SGD learning rate per step (before the decays)")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(1e-4, "weight decay")
-    milestones: list = _f([80, 120], "epochs at which the learning rate is multiplied by gamma")
+    milestones: list = _f([80, 120], "epochs at which the learning rate is multiplied by gamma, comma-separated")
     gamma: float = _f(0.1, "learning-rate decay factor")
-    warmup_epochs: float = _f(0.0, "linear warm-up length in epochs")
-    batch_size: int = _f(256, "batch size")
+    warmup_epochs: float = _f(0.0, "linear warm-up length (epochs, may be fractional)")
+    batch_size: int = _f(256, "batch size (images per step)")
     augment: str = _f("flip_crop", "flip_crop: random horizontal flip + 4-pixel padded crop; none",
                       ("flip_crop", "none"))
     data_seed: int = _f(0, "data order seed")
     aug_seed: int = _f(0, "augmentation seed")
     eval_every: int = _f(0, "evaluate test accuracy every this many epochs (0: only at the end)")
-    device: str = _f("auto", "cpu, cuda, cuda:N or auto")
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto (CUDA when present)")
     precision: str = _f("fp32", "training precision (bf16 autocast on CUDA only)", ("fp32", "bf16"))
 
     @classmethod
     def preset(cls, name: str, **changes: Any) -> "SupervisedConfig":
         """``paper``: 160 epochs (80/120 steps); ``cpu``: 8 epochs (4/6); ``tiny``: 2 epochs, for tests."""
-        presets = {
-            "paper": {},
-            "cpu": {"epochs": 8, "milestones": [4, 6], "lr": 0.05},
-            "tiny": {"epochs": 2, "milestones": [1], "lr": 0.05},
-        }
-        if name not in presets:
-            raise ValueError(f"unknown supervised preset {name!r}: choose one of {', '.join(presets)}")
-        return dataclasses.replace(cls(), **{**presets[name], **changes})
+        if name not in SUPERVISED_PRESETS:
+            raise ValueError(f"unknown supervised preset {name!r}: choose one of {', '.join(SUPERVISED_PRESETS)}")
+        return dataclasses.replace(cls(), **{**SUPERVISED_PRESETS[name], **changes})
 
 
 _POSITIVE = {"epochs", "batch_size", "out_dim", "hidden_dim", "bottleneck_dim", "knn_k", "linear_epochs",
@@ -184,6 +193,23 @@ def validate(cfg: Any) -> None:
         raise ValueError(f"subset={cfg.subset!r} must be a positive number of images")
     if hasattr(cfg, "teacher_temp") and (cfg.teacher_temp == 0 or cfg.student_temp == 0):
         raise ValueError("temperatures must be > 0")
+    if isinstance(getattr(cfg, "probes", None), (list, tuple)):
+        _check_probes(cfg.probes)
+
+
+def _check_probes(probes: Any) -> None:
+    from distill import registry
+
+    known = registry.probe_names()
+    if any(p not in known for p in probes):
+        from distill.plugins import load_entry_points
+
+        load_entry_points()  # an installed plugin may register them
+        known = registry.probe_names()
+    unknown = [p for p in probes if p not in known]
+    if unknown:
+        raise ValueError(f"probes: unknown probe(s) {', '.join(map(str, unknown))}; choose from {', '.join(known)} "
+                         "(register more with distill.register_probe, or load a plugin with --plugin MODULE)")
 
 
 # ---------------------------------------------------------------------- CLI from dataclasses
@@ -192,9 +218,79 @@ def _base_type(tp: Any) -> Any:
     return args[0] if typing.get_origin(tp) is typing.Union and args else tp
 
 
+class _Switch(argparse.BooleanOptionalAction):
+    """``--flag`` / ``--no-flag``, with the help exactly as given (Python < 3.13 appends its own
+    "(default: ...)", which would repeat ours)."""
+
+    def __init__(self, *args: Any, help: str | None = None, **kw: Any) -> None:
+        super().__init__(*args, help=help, **kw)
+        self.help = help
+
+
+def _named(name: str, fn: Any) -> Any:
+    fn.__name__ = name  # argparse names the converter in its messages
+    return fn
+
+
+def _int_value(text: str) -> int:
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (write e.g. 10000, not 10k)") from None
+
+
+def _float_value(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (write e.g. 0.001 or 1e-3)") from None
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON ({e.msg} at character {e.pos}); write an "
+                                         "object in single quotes, e.g. '{\"width\": 64}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object: write e.g. '{{\"width\": 64}}'")
+    return value
+
+
+def _list_value(text: str) -> list:
+    return _parse_list(text)
+
+
+_CONVERTERS = {int: _named("int", _int_value), float: _named("float", _float_value)}
+
+
+def _registered(kind: str) -> list[str]:
+    from distill import registry
+
+    return {"models": registry.model_names, "datasets": registry.dataset_names,
+            "probes": registry.probe_names}[kind]()
+
+
+def _show(value: Any) -> str:
+    """A default as it is written on the command line."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) if value else "none"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
-                  skip: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per dataclass field of ``cls`` (defaults and help from the field)."""
+                  skip: tuple[str, ...] = (), defaults_text: dict[str, str] | None = None) -> None:
+    """Add one ``--flag`` per dataclass field of ``cls`` (defaults and help from the field).
+
+    The help names the default as written on the command line (lists comma-separated, dicts as
+    JSON, booleans on/off; no default shown for None, whose meaning the field's help states), the
+    choices, and the registered names for fields that take a model, dataset or probe name.
+    ``defaults_text`` replaces the shown default of some fields (e.g. one value per preset).
+    """
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if f.name in skip:
@@ -202,18 +298,32 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
         tp = _base_type(hints[f.name])
         flag = "--" + prefix + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help = f.metadata.get("help", "")
+        names = f.metadata.get("names")
+        if names:
+            help += f" (registered: {', '.join(_registered(names))})"
+        shown = (defaults_text or {}).get(f.name)
+        if shown is None and default is not None:
+            shown = _show(default)
+        if shown is not None:
+            help += f" (default: {shown})"
         kw: dict[str, Any] = {"dest": prefix.replace("-", "_") + f.name, "default": default,
-                              "help": f"{f.metadata.get('help', '')} (default: {default})"}
+                              "help": help.replace("%", "%%")}
         if tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
+            kw["action"] = _Switch
         elif tp in (list, tuple):
-            kw["type"] = _parse_list
+            kw["type"] = _named("list", _list_value)
+            kw["metavar"] = "A,B,..."
         elif tp is dict:
-            kw["type"] = json.loads
+            kw["type"] = _named("JSON", _json_object)
+            kw["metavar"] = "JSON"
         else:
-            kw["type"] = tp
+            kw["type"] = _CONVERTERS.get(tp, tp)
             if f.metadata.get("choices"):
                 kw["choices"] = f.metadata["choices"]
+            else:
+                kw["metavar"] = {int: "N", float: "X"}.get(tp, "NAME" if names else "PATH" if f.name.endswith(
+                    ("root", "dir", "path")) else "TEXT")
         parser.add_argument(flag, **kw)
 
 

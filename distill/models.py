@@ -126,7 +126,12 @@ def build_model(arch: str, in_shape: Sequence[int] = (3, 32, 32), num_classes: i
     (identity: the model returns the embedding). Other ``options`` go to the backbone.
     """
     if arch not in _REGISTRY:
-        raise ValueError(f"unknown arch {arch!r}: registered models are {', '.join(list_models())}")
+        from distill.plugins import load_entry_points
+
+        load_entry_points()  # an installed plugin may register it
+    if arch not in _REGISTRY:
+        raise ValueError(f"unknown arch {arch!r}: registered models are {', '.join(list_models())} (register "
+                         "more with distill.register_model, or load a plugin with --plugin MODULE)")
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}: choose one of {', '.join(map(repr, HEADS))}")
     if isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, Sequence) or len(in_shape) != 3:

@@ -11,8 +11,8 @@ All accuracies are fractions in [0, 1].
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 __all__ = [
     "PROBES",
+    "register_probe",
+    "list_probes",
     "embed",
     "knn_predict",
     "knn_accuracy",
@@ -32,7 +34,7 @@ __all__ = [
     "probe_input",
 ]
 
-PROBES: tuple[str, ...] = ("knn", "linear", "linear_std")
+PROBES: tuple[str, ...] = ("knn", "linear", "linear_std")  # the built-in probes; see list_probes()
 
 # Number of images above which embed() shows a progress bar.
 _BAR_MIN_ITEMS = 8192
@@ -360,6 +362,72 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
 
 # ----------------------------------------------------------------------------- drivers
 
+ProbeFn = TypeVar("ProbeFn", bound=Callable[..., float])
+_REGISTRY: dict[str, Callable[..., float]] = {}
+
+
+def register_probe(name: str) -> Callable[[ProbeFn], ProbeFn]:
+    """Decorator registering a probe under ``name`` (usable in ``DistillConfig.probes``, ``--probes``).
+
+    The probe is called as ``fn(train_x, train_y, test_x, test_y, *, num_classes, seed, device,
+    **options)`` with float32 features (N, D) / (M, D) on the CPU and int64 labels, and returns the
+    test accuracy as a fraction in [0, 1]. ``options`` holds every keyword of
+    :func:`probe_features` (``knn_k``, ``linear_epochs``, ...): accept ``**options`` and use what
+    you need. Its accuracy appears in ``store.metrics`` under ``probe=name``.
+    """
+    def decorate(fn: ProbeFn) -> ProbeFn:
+        if not isinstance(name, str) or not name or "," in name:
+            raise ValueError(f"probe name {name!r}: pass a non-empty name without commas")
+        if name in _REGISTRY:
+            raise ValueError(f"probe name {name!r} is already registered; choose another name")
+        _REGISTRY[name] = fn
+        return fn
+    return decorate
+
+
+def list_probes() -> list[str]:
+    """Names of the registered probes, built-ins first, then in registration order."""
+    return list(_REGISTRY)
+
+
+def _lookup(names: Sequence[str]) -> list[Callable[..., float]]:
+    unknown = [p for p in names if p not in _REGISTRY]
+    if unknown:
+        from distill.plugins import load_entry_points
+
+        load_entry_points()  # an installed plugin may provide them
+        unknown = [p for p in names if p not in _REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown probe(s) {unknown}; choose from {list_probes()} (or register one with "
+                         "distill.register_probe)")
+    return [_REGISTRY[p] for p in names]
+
+
+@register_probe("knn")
+def _knn_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *, num_classes: int,
+               device: str | torch.device, knn_k: int = 20, knn_metric: str = "euclidean",
+               knn_weighted: bool = False, knn_temperature: float = 0.07, **_: Any) -> float:
+    dev = torch.device(device)
+    return knn_accuracy(train_x.to(dev), train_y.to(dev), test_x.to(dev), test_y, k=knn_k, metric=knn_metric,
+                        weighted=knn_weighted, temperature=knn_temperature, num_classes=num_classes)
+
+
+def _linear(standardize: bool) -> Callable[..., float]:
+    def probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *, num_classes: int, seed: int,
+              device: str | torch.device, linear_epochs: int = 10, linear_lr: float = 1e-3,
+              linear_weight_decay: float = 0.0, linear_batch_size: int = 256, until_convergence: bool = False,
+              **_: Any) -> float:
+        return linear_probe(train_x, train_y, test_x, test_y, epochs=linear_epochs, lr=linear_lr,
+                            weight_decay=linear_weight_decay, batch_size=linear_batch_size,
+                            standardize=standardize, seed=seed, until_convergence=until_convergence,
+                            num_classes=num_classes, device=device)
+    return probe
+
+
+register_probe("linear")(_linear(False))
+register_probe("linear_std")(_linear(True))
+
+
 def probe_features(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
                    probes: Iterable[str] = PROBES, knn_k: int = 20, knn_metric: str = "euclidean",
                    knn_weighted: bool = False, linear_epochs: int = 10, linear_lr: float = 1e-3,
@@ -368,28 +436,20 @@ def probe_features(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Ten
                    device: str | torch.device = "cpu") -> dict[str, float]:
     """Run the named probes on precomputed features; returns {probe name: test accuracy}.
 
-    Probe names: "knn" (:func:`knn_accuracy` with ``knn_*``), "linear" (raw features) and
-    "linear_std" (standardised features), both :func:`linear_probe` with ``linear_*``.
+    Probe names: any registered with :func:`register_probe`; built in: "knn"
+    (:func:`knn_accuracy` with ``knn_*``), "linear" (raw features) and "linear_std"
+    (standardised features), both :func:`linear_probe` with ``linear_*``.
     """
     probes = tuple(probes)
-    unknown = [p for p in probes if p not in PROBES]
-    if unknown:
-        raise ValueError(f"unknown probe(s) {unknown}; choose from {list(PROBES)}")
+    fns = _lookup(probes)
     num_classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
-    out: dict[str, float] = {}
-    for name in probes:
-        if name == "knn":
-            dev = torch.device(device)
-            out[name] = knn_accuracy(train_x.to(dev), train_y.to(dev), test_x.to(dev), test_y,
-                                     k=knn_k, metric=knn_metric, weighted=knn_weighted,
-                                     temperature=knn_temperature, num_classes=num_classes)
-        else:
-            out[name] = linear_probe(train_x, train_y, test_x, test_y, epochs=linear_epochs,
-                                     lr=linear_lr, weight_decay=linear_weight_decay,
-                                     batch_size=linear_batch_size, standardize=name == "linear_std",
-                                     seed=seed, until_convergence=until_convergence,
-                                     num_classes=num_classes, device=device)
-    return out
+    options: dict[str, Any] = dict(knn_k=knn_k, knn_metric=knn_metric, knn_weighted=knn_weighted,
+                                   knn_temperature=knn_temperature, linear_epochs=linear_epochs,
+                                   linear_lr=linear_lr, linear_weight_decay=linear_weight_decay,
+                                   linear_batch_size=linear_batch_size, until_convergence=until_convergence)
+    return {name: float(fn(train_x, train_y, test_x, test_y, num_classes=num_classes, seed=seed, device=device,
+                           **options))
+            for name, fn in zip(probes, fns)}
 
 
 def _train_indices(n: int, train_subset: int | None, seed: int) -> Tensor | None:

@@ -3,13 +3,46 @@
 Every analysis takes modules or ``(store, epoch)`` references and returns a plain
 ``xarray.Dataset`` whose variables carry ``long_name`` and ``units`` and whose attrs
 hold provenance (see each function's docstring).
-"""
-# Imported eagerly: three submodules share their name with their main function, and a lazy
-# lookup would hand out the submodule once it had been imported by another path.
-from landscape.paths import barrier, interpolate_state, linear_path
-from landscape.instability import instability
-from landscape.lottery import lottery
-from landscape.locality import locality
-from landscape.planes import plane
 
-__all__ = ["barrier", "instability", "interpolate_state", "linear_path", "locality", "lottery", "plane"]
+The functions are imported on first use, so ``import landscape`` (and the ``rtt`` command
+line) does not pay for torch and xarray until an analysis runs.
+"""
+from __future__ import annotations
+
+import sys
+import types
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "barrier": "paths", "interpolate_state": "paths", "linear_path": "paths",
+    "instability": "instability", "lottery": "lottery", "locality": "locality", "plane": "planes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+class _Package(types.ModuleType):
+    """``landscape`` itself. Three submodules share their name with their main function
+    (``instability``, ``lottery``, ``locality``); importing such a submodule makes Python bind it
+    as an attribute of the package, which would hide the function. The function wins."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType) and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(f"landscape.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'landscape' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+sys.modules[__name__].__class__ = _Package

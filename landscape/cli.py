@@ -1,32 +1,63 @@
 """The ``rtt`` command line. Flags come from the config dataclasses; errors are one line, exit 1.
 
-Subcommands: distill, info, lmc, instability, plane, lottery, locality, plot.
+Commands register themselves with :func:`command` in the modules listed in
+:data:`COMMAND_MODULES` (today ``landscape.commands``); adding a command is one decorated class
+with ``add_args(parser)`` and ``run(args) -> int``. Those modules must stay light: they import
+argparse and :mod:`distill.config` only, and every heavy import (torch, xarray, the analyses)
+happens inside ``run``, so that ``rtt -h``, ``rtt COMMAND -h``, ``rtt info`` and usage errors
+answer at once. ``tests/test_cli_startup.py`` checks that torch stays unimported for those.
+
+Only the chosen command's flags are built. Plugins (:mod:`distill.plugins`: the
+``random_teachers.plugins`` entry points and ``--plugin MODULE``, which may be given anywhere on
+the command line and repeated) are loaded before a command's flags are built, so that their
+models and probes appear among the choices of ``rtt distill -h``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+COMMAND_MODULES: tuple[str, ...] = ("landscape.commands",)
+
+# name -> (add_args, run, one-line help); filled by @command
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
 
+# commands whose flags do not depend on plugins (their -h and usage errors never load one)
+_NO_PLUGINS = {"info", "plot"}
 
-def command(name: str, help: str):
-    """Register ``rtt <name>``: decorates a pair (add_args, run) given as a class with two static methods."""
-    def deco(cls):
-        COMMANDS[name] = (cls.add_args, cls.run, help)
+
+def command(name: str, help: str) -> Callable[[type], type]:
+    """Register ``rtt <name>``: decorates a class with two static methods, ``add_args(parser)``
+    (the flags) and ``run(args) -> int`` (the exit status; heavy imports belong inside it)."""
+    def deco(cls: type) -> type:
+        COMMANDS[name] = (cls.add_args, cls.run, help)  # type: ignore[attr-defined]
         return cls
     return deco
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: the message and where to look, no usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} -h')\n")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help with the metavar shown once (``-o, --out OUT``) and a little more room for the text."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32, width=110)
+
+
 # ---------------------------------------------------------------------------- info
-@command("info", "print what a store holds")
+@command("info", "print what a store holds: provenance, modules, saved epochs, results")
 class _Info:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("store", help="path of an HDF5 store")
-        p.add_argument("--json", action="store_true", help="print the provenance as JSON")
+        p.add_argument("store", help="path of an HDF5 store (.h5)")
+        p.add_argument("--json", action="store_true", help="print the provenance as JSON (default: a table)")
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
@@ -56,23 +87,67 @@ class _Info:
         return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# ---------------------------------------------------------------------------- parser
+def _plugin_modules(argv: Sequence[str]) -> list[str]:
+    """The values of every ``--plugin MODULE`` / ``--plugin=MODULE`` in ``argv``."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--plugin" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif arg.startswith("--plugin="):
+            out.append(arg.split("=", 1)[1])
+    return out
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The first argument that names a command (skipping ``--plugin MODULE``)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--plugin":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def _add_plugin_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it may register models and probes); repeatable. Installed "
+                   "packages are found through the 'random_teachers.plugins' entry-point group")
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``rtt`` parser. Flags are built for the command named in ``argv`` only (all commands
+    when ``argv`` is None), after loading the plugins that command may need."""
     _load_commands()
-    parser = argparse.ArgumentParser(prog="rtt", description="random-teachers: distil students from random "
-                                     "teachers and study where they land in the loss landscape.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = None if argv is None else _chosen_command(argv)
+    wanted = set(COMMANDS) if argv is None else {chosen} - {None}
+    if wanted - _NO_PLUGINS:
+        from distill.plugins import load_plugins
+
+        load_plugins(_plugin_modules(argv or ()))
+    parser = ArgumentParser(prog="rtt", formatter_class=HelpFormatter,
+                            description="random-teachers: distil students from random teachers and study where "
+                            "they land in the loss landscape. 'rtt COMMAND -h' lists a command's flags.")
+    _add_plugin_flag(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser)
     for name, (add_args, run, help) in COMMANDS.items():
-        p = sub.add_parser(name, help=help, description=help)
-        add_args(p)
+        p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+        if name in wanted:
+            add_args(p)
+            if name not in _NO_PLUGINS:
+                _add_plugin_flag(p)
         p.set_defaults(_run=run)
     return parser
 
 
 def _load_commands() -> None:
-    """Import the modules that register further subcommands (kept out of ``rtt info``'s path)."""
+    """Import the modules that register commands (each must stay free of heavy imports)."""
     import importlib
 
-    for mod in ("landscape.commands",):
+    for mod in COMMAND_MODULES:
         importlib.import_module(mod)
     # run as ``python -m landscape.cli`` this module is __main__, and the commands registered
     # themselves with the imported ``landscape.cli``: take them from there
@@ -81,15 +156,32 @@ def _load_commands() -> None:
         COMMANDS.setdefault(name, entry)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``rtt``: returns the exit status (0 ok, 1 error, 2 usage)."""
+def _errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's to fix: printed as one line, exit 1."""
     from distill.config import RunError
-    from distill.store import StoreError
 
-    args = build_parser().parse_args(argv)
+    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError,
+                                         IsADirectoryError, PermissionError, RunError]
+    store = sys.modules.get("distill.store")  # imported by whichever command used a store
+    if store is not None:
+        errors.append(store.StoreError)
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rtt``: returns the exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            args = build_parser(argv).parse_args(argv)
+        except SystemExit as e:  # -h, or a usage error already printed on one line
+            return int(e.code or 0) if not isinstance(e.code, str) else 2
+    except _errors() as e:  # a plugin that cannot be imported
+        print(f"rtt: error: {e}", file=sys.stderr)
+        return 1
     try:
         return int(args._run(args) or 0)
-    except (StoreError, ValueError, FileNotFoundError, RunError) as e:
+    except _errors() as e:
         print(f"rtt {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -97,5 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def _run_module(*_: Any) -> None:  # pragma: no cover - ``python -m landscape.cli``
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    _run_module()

@@ -1,4 +1,8 @@
-"""``rtt`` subcommands beyond ``info``; each registers itself with :func:`landscape.cli.command`."""
+"""``rtt`` subcommands beyond ``info``; each registers itself with :func:`landscape.cli.command`.
+
+Keep this module light (argparse and :mod:`distill.config` only): it is imported by ``rtt -h``.
+Heavy imports (torch, xarray, the analyses) go inside each command's ``run``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +10,10 @@ from pathlib import Path
 
 from distill.config import DistillConfig, add_arguments, from_args
 from landscape.cli import command
+
+# the BatchNorm policies of landscape.evaluate.POLICIES, repeated here so that -h imports no torch
+# (tests/test_cli_startup.py checks that both agree)
+BN_POLICIES = ("reset", "interpolate", "keep_a")
 
 
 @command("distill", "distil a student from a random teacher into an HDF5 store")
@@ -121,17 +129,27 @@ def _add_start_and_recipe_args(p: argparse.ArgumentParser, skip: tuple[str, ...]
     flags and one --sup-* flag per SupervisedConfig field not in ``skip``."""
     from dataclasses import fields
 
-    from distill.config import SupervisedConfig
+    from distill.config import SUPERVISED_PRESETS, SupervisedConfig
 
     p.add_argument("store", help="store holding the start checkpoint")
     p.add_argument("--epoch", type=int, default=-1, help="start from the student of this epoch (-1: the last)")
     p.add_argument("--module", default=None, help="start from this module instead (e.g. teacher)")
-    p.add_argument("--preset", default="paper", choices=("paper", "cpu", "tiny"),
-                   help="supervised training recipe (paper: 160 epochs; cpu: 8; tiny: 2); --sup-* flags override it")
+    p.add_argument("--preset", default="paper", choices=tuple(SUPERVISED_PRESETS),
+                   help="supervised training recipe (paper: 160 epochs; cpu: 8; tiny: 2); --sup-* flags override "
+                   "it (default: paper)")
     _add_data_args(p)
-    add_arguments(p, SupervisedConfig, prefix="sup-", skip=skip)
+    add_arguments(p, SupervisedConfig, prefix="sup-", skip=skip, defaults_text=_preset_defaults())
     # absent --sup-* flags (None) must not override the preset
     p.set_defaults(**{f"sup_{f.name}": None for f in fields(SupervisedConfig) if f.name not in skip})
+
+
+def _preset_defaults() -> dict[str, str]:
+    """For each SupervisedConfig field a preset changes: its default per preset, as the help shows it."""
+    from distill.config import SUPERVISED_PRESETS, SupervisedConfig, _show
+
+    changed = {k for changes in SUPERVISED_PRESETS.values() for k in changes}
+    recipes = {name: SupervisedConfig.preset(name) for name in SUPERVISED_PRESETS}
+    return {k: ", ".join(f"{name} {_show(getattr(cfg, k))}" for name, cfg in recipes.items()) for k in changed}
 
 
 def _start_and_recipe(a: argparse.Namespace) -> tuple:
@@ -162,13 +180,11 @@ def _start_and_recipe(a: argparse.Namespace) -> tuple:
 class _Lmc:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
-        from landscape.evaluate import POLICIES
-
         p.add_argument("a", metavar="A", help="first checkpoint: STORE:EPOCH or STORE:NAME (e.g. runs/x.h5:children/0)")
         p.add_argument("b", metavar="B", help="second checkpoint, same architecture")
         p.add_argument("--alphas", type=int, default=21, help="evenly spaced points on [0, 1], ends included "
                        "(default: 21)")
-        p.add_argument("--bn", default="reset", choices=POLICIES, help="BatchNorm statistics along the path "
+        p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics along the path "
                        "(default: reset)")
         p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
         p.add_argument("--max-examples", type=int, default=None, help="evaluate a seeded subset of this size")
@@ -200,15 +216,13 @@ class _Lmc:
 class _Instability:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
-        from landscape.evaluate import POLICIES
-
         _add_start_and_recipe_args(p, skip=("device", "data_seed", "aug_seed"))
         p.add_argument("--children", type=int, default=2, help="number of children (default: 2)")
         p.add_argument("--seeds", default=None, help="comma-separated seeds, one per child (default: 0..children-1)")
         p.add_argument("--children-store", default=None, help="store for the children (resumed when it exists; "
                        "default: STORE-instability-eEPOCH.h5 beside STORE)")
         p.add_argument("--alphas", type=int, default=21, help="points on each path (default: 21)")
-        p.add_argument("--bn", default="reset", choices=POLICIES, help="BatchNorm statistics along the paths")
+        p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics along the paths")
         p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
         p.add_argument("--max-examples", type=int, default=None, help="evaluate paths on a seeded subset")
         p.add_argument("--out", default=None, help="netCDF file to write (default: the children store's name, .nc)")
@@ -240,8 +254,6 @@ class _Instability:
 class _Plane:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
-        from landscape.evaluate import POLICIES
-
         for name, what in (("a", "origin"), ("b", "u = B - A"), ("c", "third point (v: C - A orthogonalised)")):
             p.add_argument(name, metavar=name.upper(), help=f"{what}: STORE:EPOCH or STORE:NAME")
         p.add_argument("--out", required=True, help="netCDF file to write")
@@ -250,7 +262,7 @@ class _Plane:
                        "(default: the three points plus --margin)")
         p.add_argument("--margin", type=float, default=0.5, help="margin around the three points in units of "
                        "|B - A| (default: 0.5)")
-        p.add_argument("--bn", default="reset", choices=POLICIES, help="BatchNorm statistics at each grid point")
+        p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics at each grid point")
         p.add_argument("--split", default="test", choices=_SPLITS, help="split to evaluate (default: test)")
         p.add_argument("--max-examples", type=int, default=None, help="evaluate a seeded subset of this size")
         _add_data_args(p)
