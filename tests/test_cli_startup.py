@@ -59,3 +59,14 @@ def test_light_copies_agree_with_the_modules_they_stand_for():
     from landscape.evaluate import POLICIES
 
     assert BN_POLICIES == POLICIES
+
+
+def test_landscape_functions_win_over_same_named_submodules():
+    code = ("import sys, landscape; assert 'torch' not in sys.modules\n"
+            "import landscape.instability, landscape.lottery, landscape.locality\n"
+            "from landscape.instability import load_ref\n"
+            "assert all(callable(f) and f.__name__ == n for n, f in [('instability', landscape.instability), "
+            "('lottery', landscape.lottery), ('locality', landscape.locality), ('plane', landscape.plane), "
+            "('linear_path', landscape.linear_path)])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
