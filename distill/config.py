@@ -113,6 +113,9 @@ class DistillConfig(_Config):
                          "temperature-weighted (DINO)", ("euclidean", "cosine"))
     linear_epochs: int = _f(10, "linear probe training epochs (AdamW, lr 1e-3)")
     probe_converge: bool = _f(False, "train the linear probe to convergence instead of a fixed number of epochs")
+    dynamics: bool = _f(False, "record collapse/escape metrics every epoch for teacher and student: effective rank, "
+                        "dead units, cosine similarity between inputs per layer (distill.dynamics)")
+    dynamics_examples: int = _f(512, "training images (seeded with probe_seed) the dynamics metrics use")
     # seeds and hardware
     seed: int = _f(0, "teacher initialisation seed")
     noise_seed: int = _f(1, "seed of the noise network used by the student initialisation")
@@ -170,7 +173,7 @@ class SupervisedConfig(_Config):
 
 
 _POSITIVE = {"epochs", "batch_size", "out_dim", "hidden_dim", "bottleneck_dim", "knn_k", "linear_epochs",
-             "global_crops"}
+             "global_crops", "dynamics_examples"}
 _NON_NEGATIVE = {"lr", "weight_decay", "eps", "adam_eps", "momentum", "warmup_epochs", "save_every",
                  "probe_every", "teacher_temp", "student_temp", "local_crops", "gamma", "eval_every"}
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 MODELS = ("teacher", "teacher_bn", "student", "input")
 # fields that may change when a run is resumed or extended
-_RESUMABLE = {"epochs", "save_every", "save_epochs", "probe_every", "device"}
+_RESUMABLE = {"epochs", "save_every", "save_epochs", "probe_every", "device", "dynamics", "dynamics_examples"}
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -201,6 +201,7 @@ class History:
     distance: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     probes: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    dynamics: Any = None  # a distill.dynamics.DynamicsRecorder when cfg.dynamics
 
     def to_dataset(self, cfg: DistillConfig, device: torch.device) -> "xarray.Dataset":
         import xarray as xr
@@ -217,8 +218,10 @@ class History:
         def var(values: list[float], long_name: str, units: str) -> Any:
             return ("epoch", np.asarray(values, dtype=np.float64), {"long_name": long_name, "units": units})
 
+        extra, extra_coords = ({}, {}) if self.dynamics is None else self.dynamics.variables(self.epochs, MODELS)
         return xr.Dataset(
             {
+                **extra,
                 "accuracy": (("epoch", "model", "probe"), acc,
                              {"long_name": "probe accuracy", "units": "fraction"}),
                 "loss": var(self.loss, "distillation loss (mean over the epoch)", "nats"),
@@ -228,7 +231,8 @@ class History:
                 "distance": var(self.distance, "parameter distance student - teacher (L2)", "1"),
                 "seconds": var(self.seconds, "wall time of the epoch", "s"),
             },
-            coords={"epoch": np.asarray(self.epochs, dtype=np.int64), "model": list(MODELS), "probe": probes},
+            coords={"epoch": np.asarray(self.epochs, dtype=np.int64), "model": list(MODELS), "probe": probes,
+                    **extra_coords},
             attrs={"config": cfg.to_json(), "toolkit_version": distill.__version__,
                    "torch_version": str(torch.__version__), "device": str(device), "precision": cfg.precision,
                    "models": "teacher: random teacher as used in distillation; teacher_bn: teacher weights with BN "
@@ -293,6 +297,15 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
     steps_per_epoch = max(1, len(data.train.labels) // cfg.batch_size)  # drop_last, as the reference loop
     lrs = lr_schedule(cfg, steps_per_epoch)
     start, history = 0, History()
+    dynamics = None
+    if cfg.dynamics:
+        from distill.dynamics import DynamicsRecorder
+
+        g = torch.Generator().manual_seed(cfg.probe_seed)
+        idx = torch.randperm(len(data.train.labels), generator=g)[:cfg.dynamics_examples]
+        dynamics = DynamicsRecorder(normalize(data.train.images[idx].to(device), data.mean, data.std),
+                                    teacher.backbone)
+        history.dynamics = dynamics
 
     # the newest complete training state; older ones are deleted only after a newer one is complete
     saved = store.names("train/", root="state") if resumed else []
@@ -309,6 +322,9 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
         if center is not None:
             center = tensors["center"].to(device)
         history = History.from_dataset(store.metrics, start)
+        if dynamics is not None:
+            dynamics.load(store.metrics, start)
+            history.dynamics = dynamics
     elif resumed and store.epochs:
         raise StoreError(f"{out} has students but no training state to resume from: choose another --out")
     if not resumed or state is None:
@@ -339,6 +355,8 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
         history.teacher_norm.append(t_norm)
         history.distance.append(parameter_distance(student, teacher))
         history.seconds.append(seconds)
+        if dynamics is not None:
+            dynamics.measure(epoch, teacher, student)
 
     def save(epoch: int) -> None:
         store.save_module(student_name(epoch), student, {"epoch": epoch, "step": epoch * steps_per_epoch})

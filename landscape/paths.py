@@ -139,7 +139,8 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
                 splits: Sequence[str] = ("train", "test"), bn_batches: int = 8, bn_batch_size: int = 256,
                 bn_seed: int = 0, eval_batch_size: int = 1000, max_examples: int | None = None,
                 backend: str = "auto", device: str | torch.device = "auto", *, eval_seed: int = 0,
-                alpha_chunk: int | None = None, channels_last: bool | None = None) -> xr.Dataset:
+                alpha_chunk: int | None = None, channels_last: bool | None = None, align: str | None = None,
+                align_options: Mapping[str, Any] | None = None, repair: bool = False) -> xr.Dataset:
     """Loss and error along ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b``.
 
     a, b: ``nn.Module`` (never modified) or references for ``distill.store.as_module``
@@ -157,6 +158,11 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
         speed; vmap on CUDA for models up to 25M parameters without dropout).
     channels_last: None = on for conv nets on CPU (loop backend); then results match a plain
         evaluation to float rounding (~1e-6) rather than bit for bit.
+    align: None, ``weights`` or ``activations``: permute b's hidden units onto a first
+        (:func:`landscape.align.align`, options ``align_options``); recorded in attrs (``align_*``).
+    repair: rescale the interpolated network's channels not followed by BatchNorm to the
+        interpolated endpoint statistics at each alpha (:func:`landscape.align.repair_state`, on
+        the BN-reset batches); evaluated with the loop backend.
 
     Returns an ``xr.Dataset`` with dims (alpha, split): ``loss`` (mean cross-entropy, nats) and
     ``error`` (1 - accuracy, fraction), evaluated in eval mode in fp32; attrs hold provenance.
@@ -183,6 +189,13 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
         module_b, info_b = _resolve(b, dev)
         sd_b = module_b.state_dict()
     _check_same_architecture(model.state_dict(), sd_b)
+    align_record: dict[str, Any] = {"align": "none"}
+    if align is not None:
+        from landscape.align import align as align_models
+
+        module_b = copy.deepcopy(b).to(dev) if isinstance(b, nn.Module) else module_b
+        aligned, align_record = align_models(model, module_b, align, data, **dict(align_options or {}))
+        sd_b = aligned.state_dict()
     sa = {k: v.detach().clone() for k, v in model.state_dict().items()}
     sb = {k: v.detach().to(dev, v.dtype) for k, v in sd_b.items()}
     model.requires_grad_(False)
@@ -193,11 +206,21 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
     use_cl = chosen == "loop" and _use_channels_last(channels_last, dev, model, data.train.images.dim())
     inputs = prepare_inputs(data, splits, bn_batches=bn_batches, bn_batch_size=bn_batch_size, bn_seed=bn_seed,
                             max_examples=max_examples, eval_seed=eval_seed, device=dev,
-                            need_bn=policy == "reset", channels_last=use_cl)
+                            need_bn=policy == "reset" or repair, channels_last=use_cl)
     if any(n == 0 for n in inputs.counts.values()):
         raise ValueError(f"empty split among {splits}: pass a dataset with examples in every split evaluated")
     alist = [float(x) for x in alpha_values]
-    loss, error, chosen = run_segment(model, sa, sb, alist, policy, inputs, eval_batch_size, chunk, backend, chosen)
+    if repair:
+        from landscape.align import repair_state
+
+        rows = []
+        for x in alist:
+            s = repair_state(model, sa, sb, x, inputs.bn)
+            rows.append(run_segment(model, s, s, [0.0], policy, inputs, eval_batch_size, 1, "loop", "loop")[:2])
+        loss, error, chosen = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]), "loop"
+    else:
+        loss, error, chosen = run_segment(model, sa, sb, alist, policy, inputs, eval_batch_size, chunk, backend,
+                                          chosen)
 
     import distill
 
@@ -207,8 +230,9 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
         "memory_format": "channels_last" if use_cl else "contiguous", "n_alphas": len(alpha_values),
         "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_seed": bn_seed,
         "bn_examples": sum(len(x) for x in inputs.bn), "eval_batch_size": eval_batch_size,
-        "eval_seed": eval_seed, "dataset": str(getattr(data, "name", "")),
+        "eval_seed": eval_seed, "dataset": str(getattr(data, "name", "")), "repair": int(bool(repair)),
     }
+    attrs.update(align_record)
     attrs.update({f"examples_{s}": n for s, n in inputs.counts.items()})
     attrs.update({f"a_{k}": v for k, v in info_a.items()})
     attrs.update({f"b_{k}": v for k, v in info_b.items()})

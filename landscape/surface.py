@@ -1,0 +1,271 @@
+"""1-D and 2-D loss surfaces around a checkpoint (Li et al. 2018, "Visualizing the Loss Landscape").
+
+A point of the surface is ``theta(x, y) = theta_0 + x * d1 + y * d2`` (1-D: ``theta_0 + x * d1``).
+The directions are
+
+- ``"random"``: Gaussian directions (seeded) *filter-normalised*: for every weight with two or more
+  axes (Linear, Conv2d), each filter ``d[i]`` (slice along the output axis 0) is rescaled to the
+  norm of the checkpoint's filter, ``d[i] <- d[i] * |theta[i]| / |d[i]|``. One-axis parameters
+  (biases, BatchNorm weight and bias) are handled explicitly by ``bias`` and ``bn_params``:
+  ``ignore`` (zero direction, Li et al.'s choice) or ``normalize`` (the whole vector rescaled to
+  the norm of the checkpoint's vector). Buffers get no direction.
+- ``"hessian"``: the top one or two Hessian eigenvectors at the checkpoint (unit norm over the
+  parameters; :mod:`landscape.hessian`, supervised loss on the training split).
+- checkpoints ``[b]`` / ``[b, c]``: ``d1 = b - theta_0`` (``d2 = c - theta_0``) over every
+  floating-point entry (buffers included), so ``x`` is in units of ``|b - theta_0|`` and the line
+  ``y = 0`` is exactly :func:`landscape.paths.linear_path` from ``theta_0`` to ``b``.
+
+The BN policy is that of paths: ``reset`` (running statistics re-estimated at every point on
+seeded training batches, default), ``keep_a`` (the centre's), ``interpolate`` (buffers follow
+the directions; for random and Hessian directions the same as ``keep_a``). With ``out=`` the
+surface is written after every row and a rerun with the same settings resumes from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from distill.bn import has_batchnorm
+from landscape.evaluate import POLICIES, prepare_inputs, run_segment
+
+ONE_D = ("ignore", "normalize")
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+# ----------------------------------------------------------------------------- directions
+def bn_parameter_keys(model: nn.Module) -> set[str]:
+    """Names of the BatchNorm (and other norm layers') weight and bias parameters."""
+    keys = set()
+    for name, m in model.named_modules():
+        if isinstance(m, (_BN, nn.LayerNorm, nn.GroupNorm)):
+            keys.update(f"{name}.{leaf}" if name else leaf for leaf, _ in m.named_parameters(recurse=False))
+    return keys
+
+
+def filter_normalize(direction: Mapping[str, Tensor], reference: Mapping[str, Tensor], bn_keys: set[str] = frozenset(),
+                     bias: str = "ignore", bn_params: str = "ignore") -> dict[str, Tensor]:
+    """Filter normalisation of ``direction`` against ``reference`` (both dicts over the parameters).
+
+    Tensors with >= 2 axes: every slice ``[i]`` along axis 0 gets the norm of ``reference[k][i]``.
+    One-axis tensors: those in ``bn_keys`` follow ``bn_params``, the others (biases) ``bias``:
+    ``ignore`` -> zero, ``normalize`` -> rescaled to the norm of the reference vector.
+    Returns float64 tensors; a zero direction filter stays zero.
+    """
+    for name, value in (("bias", bias), ("bn_params", bn_params)):
+        if value not in ONE_D:
+            raise ValueError(f"{name}={value!r}: choose one of {', '.join(ONE_D)}")
+    out = {}
+    for k, d in direction.items():
+        d = d.double()
+        ref = reference[k].double()
+        if d.dim() >= 2:
+            dn = d.reshape(len(d), -1).norm(dim=1)
+            rn = ref.reshape(len(ref), -1).norm(dim=1)
+            scale = torch.where(dn > 0, rn / dn.clamp_min(1e-300), torch.zeros_like(dn))
+            out[k] = d * scale.view(-1, *[1] * (d.dim() - 1))
+        else:
+            mode = bn_params if k in bn_keys else bias
+            dn = d.norm()
+            out[k] = torch.zeros_like(d) if mode == "ignore" or dn == 0 else d * (ref.norm() / dn)
+    return out
+
+
+def random_direction(model: nn.Module, seed: int, bias: str = "ignore", bn_params: str = "ignore",
+                     generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """A filter-normalised Gaussian direction over ``model``'s floating-point parameters
+    (float64, drawn on the CPU in ``named_parameters`` order with ``seed`` or ``generator``)."""
+    g = generator if generator is not None else torch.Generator().manual_seed(int(seed))
+    params = {k: p.detach().cpu() for k, p in model.named_parameters() if p.is_floating_point()}
+    raw = {k: torch.randn(p.shape, generator=g, dtype=torch.float64) for k, p in params.items()}
+    return filter_normalize(raw, params, bn_parameter_keys(model), bias, bn_params)
+
+
+def _norm(d: Mapping[str, Tensor], keys: set[str]) -> float:
+    return float(sum(float((d[k].double() ** 2).sum()) for k in keys if k in d)) ** 0.5
+
+
+# ----------------------------------------------------------------------------- the surface
+def _grid(span: Sequence[float], n: int, name: str) -> np.ndarray:
+    if len(span) != 2 or not np.all(np.isfinite(span)) or not span[1] > span[0]:
+        raise ValueError(f"{name}={tuple(span)!r}: pass (low, high) with low < high")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
+        raise ValueError(f"resolution {n!r}: pass an int >= 2")
+    return np.linspace(float(span[0]), float(span[1]), int(n))
+
+
+def surface(center: Any, data: Any, directions: str | Sequence[Any] = "random", dims: int = 2,
+            resolution: int | Sequence[int] = 21, span: Sequence[float] = (-1.0, 1.0),
+            yspan: Sequence[float] | None = None, *, seed: int = 0, bias: str = "ignore", bn_params: str = "ignore",
+            bn: str = "reset", split: str = "test", max_examples: int | None = None, bn_batches: int = 8,
+            bn_batch_size: int = 256, bn_seed: int = 0, eval_batch_size: int = 1000, eval_seed: int = 0,
+            hessian_batches: int = 4, out: str | os.PathLike | None = None, device: str | torch.device = "auto",
+            channels_last: bool | None = None, progress: bool | None = None) -> xr.Dataset:
+    """Loss and error on a 1-D (``dims=1``) or 2-D grid around ``center`` (see the module docstring).
+
+    center: ``nn.Module`` (never modified) or ``(store, epoch | name)``; a classifier for ``data``.
+    directions: ``"random"`` (filter-normalised, drawn with ``seed``), ``"hessian"``, or a list of
+        ``dims`` checkpoints (modules or references) of the same architecture.
+    resolution: points per axis (int or (nx, ny)); span / yspan: coordinate ranges (yspan defaults
+        to span). Coordinates are in units of the directions (filter-normalised: relative to the
+        filters' own norms; checkpoints: |b - center|; Hessian: parameter-space L2 norm).
+    out: netCDF file written after every row; an existing file with the same settings is resumed.
+    Returns an ``xr.Dataset`` over (x[, y]): ``loss`` (mean cross-entropy, nats), ``error``
+    (fraction), ``done`` (rows finished); attrs: directions, their norms, BN policy, provenance.
+    """
+    from distill.device import resolve_device
+    from landscape.instability import load_ref
+
+    if dims not in (1, 2):
+        raise ValueError(f"dims={dims!r}: pass 1 or 2")
+    if bn not in POLICIES:
+        raise ValueError(f"bn={bn!r}: choose one of {', '.join(POLICIES)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}: choose 'train' or 'test'")
+    nx, ny = (resolution, resolution) if isinstance(resolution, (int, np.integer)) else tuple(resolution)
+    xs = _grid(span, nx, "span")
+    ys = _grid(span if yspan is None else yspan, ny, "yspan") if dims == 2 else np.zeros(1)
+    dev = resolve_device(device)
+    model, info = load_ref(center, dev)
+    model.requires_grad_(False)
+    s0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    param_keys = {k for k, _ in model.named_parameters()}
+    refs_info: dict[str, Any] = {}
+    ends: list[dict[str, Tensor]] = []
+    if isinstance(directions, str):
+        if directions == "random":
+            g = torch.Generator().manual_seed(int(seed))
+            dirs = [random_direction(model, seed, bias, bn_params, generator=g) for _ in range(dims)]
+            kind = "random, filter-normalised"
+        elif directions == "hessian":
+            from landscape.hessian import HessianOperator, make_batches, top_eigenpairs
+
+            work = load_ref(center, dev)[0]
+            op = HessianOperator(work, make_batches(work, data, split="train", batches=hessian_batches, seed=seed))
+            values, vecs = top_eigenpairs(op, k=dims, seed=seed)
+            dirs = [{k: v.double().cpu() for k, v in op.unflatten(vec).items()} for vec in vecs]
+            refs_info["hessian_eigenvalues"] = json.dumps([float(v) for v in values])
+            refs_info["hessian_batches"] = hessian_batches
+            kind = "top Hessian eigenvectors (unit norm)"
+        else:
+            raise ValueError(f"directions={directions!r}: pass 'random', 'hessian' or a list of {dims} checkpoint(s)")
+    else:
+        refs = list(directions)
+        if len(refs) != dims:
+            raise ValueError(f"directions: {len(refs)} checkpoint(s) given for a {dims}-D surface; pass {dims}")
+        dirs = []
+        for i, ref in enumerate(refs):
+            m, inf = load_ref(ref, dev)
+            sd = m.state_dict()
+            for k, t in s0.items():
+                if k not in sd or sd[k].shape != t.shape:
+                    raise ValueError(f"direction {i}: state_dict key {k!r} differs from the centre's: pass "
+                                     "checkpoints of one architecture")
+            ends.append({k: v.detach() for k, v in sd.items()})
+            dirs.append({k: sd[k].double().cpu() - t.double().cpu() for k, t in s0.items() if t.is_floating_point()})
+            refs_info.update({f"d{i + 1}_{k}": v for k, v in inf.items()})
+        kind = "checkpoints minus centre"
+
+    policy = bn if has_batchnorm(model) else "none"
+    if channels_last is None:
+        channels_last = (dev.type == "cpu" and data.train.images.dim() == 4
+                         and any(isinstance(m, nn.Conv2d) for m in model.modules()))
+    inputs = prepare_inputs(data, (split,), bn_batches=bn_batches, bn_batch_size=bn_batch_size, bn_seed=bn_seed,
+                            max_examples=max_examples, eval_seed=eval_seed, device=dev,
+                            need_bn=policy == "reset", channels_last=bool(channels_last))
+    if inputs.counts[split] == 0:
+        raise ValueError(f"the {split} split is empty: nothing to evaluate")
+
+    import distill
+
+    settings = {"directions": kind, "dims": dims, "x": xs.tolist(), "y": ys.tolist(), "seed": seed, "bias": bias,
+                "bn_params": bn_params, "bn_policy": policy, "split": split, "max_examples": max_examples,
+                "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_seed": bn_seed,
+                "eval_seed": eval_seed, "source": info.get("source", ""),
+                **{k: v for k, v in refs_info.items() if k.endswith("source")}}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    loss = np.full((len(xs), len(ys)), np.nan)
+    error = np.full((len(xs), len(ys)), np.nan)
+    done = np.zeros(len(ys), dtype=np.int8)
+    out_path = Path(out) if out is not None else None
+    if out_path is not None and out_path.exists():
+        with xr.open_dataset(out_path, engine="h5netcdf") as old:
+            old = old.load()
+        if old.attrs.get("surface_key") != key:
+            raise ValueError(f"{out_path} holds a surface with other settings: pass another out= or delete it")
+        expand = (lambda a: a[:, None]) if dims == 1 else (lambda a: a)
+        loss, error = expand(old.loss.values).copy(), expand(old.error.values).copy()
+        done = np.atleast_1d(old.done.values).astype(np.int8)
+
+    attrs: dict[str, Any] = {
+        "analysis": "surface", "surface_definition": "theta(x, y) = theta_0 + x * d1 + y * d2" if dims == 2 else
+        "theta(x) = theta_0 + x * d1", "directions": kind, "surface_key": key, "bias": bias, "bn_params": bn_params,
+        "filter_normalization": "per filter (axis 0 slice) of every >= 2-axis parameter (Li et al. 2018)"
+        if directions == "random" else "none", "bn_policy": policy, "split": split, "seed": seed,
+        "precision": "fp32", "device": str(dev), "bn_batches": bn_batches, "bn_batch_size": bn_batch_size,
+        "bn_seed": bn_seed, "eval_batch_size": eval_batch_size, "eval_seed": eval_seed,
+        "examples": inputs.counts[split], "dataset": str(getattr(data, "name", "")),
+        "memory_format": "channels_last" if channels_last else "contiguous",
+        "toolkit_version": str(distill.__version__), "torch_version": str(torch.__version__),
+    }
+    for i, d in enumerate(dirs):
+        attrs[f"d{i + 1}_norm"] = _norm(d, param_keys)
+    attrs.update({f"center_{k}": v for k, v in info.items()})
+    attrs.update(refs_info)
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, Mapping):
+        attrs["model_spec"] = json.dumps(spec, sort_keys=True, default=str)
+
+    def dataset() -> xr.Dataset:
+        dims_ = ("x", "y") if dims == 2 else ("x",)
+        pick = (lambda a: a) if dims == 2 else (lambda a: a[:, 0])
+        coords = {"x": ("x", xs, {"long_name": "coordinate along d1", "units": "|d1|"})}
+        data_vars = {"loss": (dims_, pick(loss), {"long_name": "cross-entropy loss", "units": "nats"}),
+                     "error": (dims_, pick(error), {"long_name": "classification error", "units": "fraction"})}
+        if dims == 2:
+            coords["y"] = ("y", ys, {"long_name": "coordinate along d2", "units": "|d2|"})
+            data_vars["done"] = ("y", done, {"long_name": "row evaluated", "units": "1"})
+        else:
+            data_vars["done"] = ((), done[0], {"long_name": "line evaluated", "units": "1"})
+        return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+    keep = set(k for k in s0 if k.endswith(("running_mean", "running_var"))) if policy == "keep_a" else set()
+    alist = [float(x) for x in xs]
+    for j, y in enumerate(tqdm(ys, desc="surface", unit="row", disable=None if progress is None else not progress)):
+        if done[j]:
+            continue
+        start, end = {}, {}
+        for k, t in s0.items():
+            if not t.is_floating_point() or k in keep:
+                start[k] = end[k] = t
+                continue
+            d1 = dirs[0].get(k)
+            d2 = dirs[1].get(k) if dims == 2 else None
+            base = t.double().cpu()
+            if d2 is not None and y != 0.0:
+                base = base + float(y) * d2
+            start[k] = t if (d2 is None or y == 0.0) else base.to(t.dtype).to(t.device)
+            if ends and (d2 is None or y == 0.0):
+                end[k] = ends[0][k].to(t.device)  # exactly the linear path's end point
+            elif d1 is not None:
+                end[k] = (base + d1).to(t.dtype).to(t.device)
+            else:
+                end[k] = start[k]
+        row_loss, row_err, _ = run_segment(model, start, end, alist, policy, inputs, eval_batch_size, 1, "loop",
+                                           "loop")
+        loss[:, j], error[:, j] = row_loss[:, 0], row_err[:, 0]
+        done[j] = 1
+        if out_path is not None:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out_path.with_name(out_path.name + ".tmp")
+            dataset().to_netcdf(tmp, engine="h5netcdf")
+            os.replace(tmp, out_path)
+    return dataset()
