@@ -17,14 +17,15 @@ from typing import Any
 _EXPORTS = {
     "barrier": "paths", "interpolate_state": "paths", "linear_path": "paths",
     "instability": "instability", "lottery": "lottery", "locality": "locality", "plane": "planes",
+    "align": "align", "surface": "surface", "hessian": "hessian", "hessian_along_path": "hessian",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
 class _Package(types.ModuleType):
-    """``landscape`` itself. Three submodules share their name with their main function
-    (``instability``, ``lottery``, ``locality``); importing such a submodule makes Python bind it
+    """``landscape`` itself. Six submodules share their name with their main function
+    (``instability``, ``lottery``, ``locality``, ``align``, ``surface``, ``hessian``); importing such a submodule makes Python bind it
     as an attribute of the package, which would hide the function. The function wins."""
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -420,3 +420,167 @@ class _Locality:
                                        for p in acc.probe.values))
         print(f"wrote {a.out}")
         return 0
+
+
+# ---------------------------------------------------------------------------- align, surface, hessian
+def _floats(text: str, n: int, flag: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != n:
+        raise ValueError(f"{flag} {text!r}: pass {n} comma-separated numbers, e.g. " + ",".join(["-1", "1"][:n]))
+    return values
+
+
+@command("align", "permutation alignment: barrier between two checkpoints before and after matching their units")
+class _Align:
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("a", metavar="A", help="reference checkpoint: STORE:EPOCH or STORE:NAME (a classifier)")
+        p.add_argument("b", metavar="B", help="checkpoint whose units are permuted onto A's, same architecture")
+        p.add_argument("--method", default="weights", choices=("weights", "activations"),
+                       help="weight matching (Ainsworth et al.) or activation matching on training images "
+                       "(default: weights)")
+        p.add_argument("--repair", action="store_true", help="also evaluate the aligned path with REPAIR "
+                       "renormalisation of layers without BatchNorm")
+        p.add_argument("--alphas", type=int, default=21, help="points on [0, 1], ends included (default: 21)")
+        p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics along the path "
+                       "(default: reset)")
+        p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
+        p.add_argument("--max-examples", type=int, default=None, help="evaluate a seeded subset of this size")
+        p.add_argument("--out", default=None, help="netCDF file to write (default: beside A's store)")
+        _add_data_args(p)
+
+    @staticmethod
+    def run(a: argparse.Namespace) -> int:
+        import xarray as xr
+
+        from landscape.paths import barrier, linear_path
+
+        ref_a, ref_b = _parse_ref(a.a), _parse_ref(a.b)
+        data = _data_for(ref_a[0], a)
+        _require_classifier(a.a, ref_a, data.num_classes)
+        _require_classifier(a.b, ref_b, data.num_classes)
+        common = dict(alphas=a.alphas, bn=a.bn, splits=a.split, max_examples=a.max_examples, device=a.device)
+        runs = {"none": linear_path(ref_a, ref_b, data, **common),
+                a.method: linear_path(ref_a, ref_b, data, align=a.method, **common)}
+        if a.repair:
+            runs[f"{a.method}+repair"] = linear_path(ref_a, ref_b, data, align=a.method, repair=True, **common)
+        rows = []
+        for name, ds in runs.items():
+            heights = barrier(ds)
+            ds = ds.assign(barrier_error=heights.barrier_error, barrier_loss=heights.barrier_loss)
+            print(f"alignment: {name}")
+            print(_barrier_table(ds))
+            rows.append(ds.expand_dims(alignment=[name]))
+        out_ds = xr.concat(rows, "alignment", combine_attrs="override")
+        out_ds.attrs.update({k: v for k, v in runs[a.method].attrs.items() if k.startswith(("align", "perm"))})
+        out_ds.attrs["barrier_error_definition"] = heights.attrs["barrier_error_definition"]
+        store = ref_a[0].path
+        out = Path(a.out) if a.out else store.with_name(f"{store.stem}-align-{_slug(ref_a[1])}-{_slug(ref_b[1])}.nc")
+        print(f"wrote {_write_nc(out_ds, out)}")
+        return 0
+
+
+@command("surface", "1-D or 2-D loss surface around a checkpoint along filter-normalised random, Hessian or "
+         "checkpoint directions")
+class _Surface:
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("center", metavar="CENTER", help="checkpoint at the origin: STORE:EPOCH or STORE:NAME")
+        p.add_argument("--out", required=True, help="netCDF file (written after every row; resumed when it exists)")
+        p.add_argument("--directions", default="random", help="random (filter-normalised), hessian (top "
+                       "eigenvectors) or one/two checkpoints STORE:EPOCH[,STORE:EPOCH] (default: random)")
+        p.add_argument("--dims", type=int, default=2, choices=(1, 2), help="1-D line or 2-D surface (default: 2)")
+        p.add_argument("--resolution", type=int, default=21, help="points per axis (default: 21)")
+        p.add_argument("--span", default="-1,1", help="LOW,HIGH of the coordinates (default: -1,1)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default: 0)")
+        p.add_argument("--bias", default="ignore", choices=("ignore", "normalize"),
+                       help="biases in random directions: zero, or rescaled to the bias norm (default: ignore)")
+        p.add_argument("--bn-params", default="ignore", choices=("ignore", "normalize"),
+                       help="BatchNorm weight/bias in random directions (default: ignore)")
+        p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics at each point "
+                       "(default: reset)")
+        p.add_argument("--split", default="test", choices=_SPLITS, help="split to evaluate (default: test)")
+        p.add_argument("--max-examples", type=int, default=None, help="evaluate a seeded subset of this size")
+        _add_data_args(p)
+
+    @staticmethod
+    def run(a: argparse.Namespace) -> int:
+        from landscape.surface import surface
+
+        ref = _parse_ref(a.center)
+        data = _data_for(ref[0], a)
+        _require_classifier(a.center, ref, data.num_classes)
+        directions = a.directions if a.directions in ("random", "hessian") else [
+            _parse_ref(t) for t in a.directions.split(",")]
+        ds = surface(ref, data, directions=directions, dims=a.dims, resolution=a.resolution,
+                     span=_floats(a.span, 2, "--span"), seed=a.seed, bias=a.bias, bn_params=a.bn_params, bn=a.bn,
+                     split=a.split, max_examples=a.max_examples, out=a.out, device=a.device)
+        centre = ds.loss.sel(x=0.0, method="nearest")
+        if "y" in centre.dims:
+            centre = centre.sel(y=0.0, method="nearest")
+        print(f"{a.split} loss: centre {float(centre):.4f}, min {float(ds.loss.min()):.4f}, max "
+              f"{float(ds.loss.max()):.4f}; error min {float(ds.error.min()):.4f}")
+        print(f"wrote {a.out}")
+        return 0
+
+
+@command("hessian", "curvature at a checkpoint: top Hessian eigenvalues (Lanczos), trace, spectral density")
+class _Hessian:
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", metavar="CKPT", help="checkpoint: STORE:EPOCH or STORE:NAME")
+        p.add_argument("--out", required=True, help="netCDF file to write")
+        p.add_argument("--k", type=int, default=5, help="number of top eigenvalues (default: 5)")
+        p.add_argument("--loss", default="supervised", choices=("supervised", "distillation"),
+                       help="cross-entropy on labels, or against the store's teacher (default: supervised)")
+        p.add_argument("--teacher", default=None, help="teacher for --loss distillation (default: STORE:teacher)")
+        p.add_argument("--batches", type=int, default=4, help="mini-batches to average over; 0 = the whole split "
+                       "(default: 4)")
+        p.add_argument("--batch-size", type=int, default=256, help="mini-batch size (default: 256)")
+        p.add_argument("--split", default="train", choices=_SPLITS, help="split (default: train)")
+        p.add_argument("--trace-probes", type=int, default=100, help="Hessian-vector products for the trace "
+                       "(default: 100; 0: skip)")
+        p.add_argument("--trace-method", default="hutch++", choices=("hutch++", "hutchinson"),
+                       help="trace estimator (default: hutch++)")
+        p.add_argument("--slq-runs", type=int, default=0, help="stochastic Lanczos quadrature runs for the "
+                       "spectral density (default: 0)")
+        p.add_argument("--slq-steps", type=int, default=50, help="Lanczos steps per SLQ run (default: 50)")
+        p.add_argument("--path-to", default=None, help="evaluate along the straight line to this checkpoint "
+                       "instead (with --alphas points)")
+        p.add_argument("--alphas", type=int, default=5, help="points on the line for --path-to (default: 5)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the Lanczos start vector and probes")
+        _add_data_args(p)
+
+    @staticmethod
+    def run(a: argparse.Namespace) -> int:
+        from landscape.hessian import hessian, hessian_along_path
+
+        ref = _parse_ref(a.model)
+        data = _data_for(ref[0], a)
+        if a.k < 0 or a.batches < 0 or a.trace_probes < 0:
+            raise ValueError("--k, --batches and --trace-probes must be >= 0")
+        teacher = None
+        if a.loss == "distillation":
+            teacher = _parse_ref(a.teacher) if a.teacher else (ref[0], "teacher")
+        else:
+            _require_classifier(a.model, ref, data.num_classes)
+        common = dict(loss=a.loss, teacher=teacher, split=a.split, batches=a.batches or None,
+                      batch_size=a.batch_size, trace_probes=a.trace_probes, trace_method=a.trace_method,
+                      seed=a.seed, device=a.device)
+        if a.path_to:
+            ds = hessian_along_path(ref, _parse_ref(a.path_to), data, alphas=a.alphas, k=a.k, **common)
+        else:
+            ds = hessian(ref, data, k=a.k, slq_runs=a.slq_runs, slq_steps=a.slq_steps, **common)
+        import numpy as np
+
+        if "eigenvalue" in ds:
+            print("top eigenvalues: " + np.array2string(ds.eigenvalue.values, precision=5))
+        if "trace" in ds:
+            print("trace: " + np.array2string(ds.trace.values, precision=5) + f" ({a.trace_method})")
+        print(f"{ds.attrs['batches']} batches, {ds.attrs['examples']} examples, {int(ds.hvps.values.sum())} "
+              "Hessian-vector products")
+        print(f"wrote {_write_nc(ds, Path(a.out))}")
+        return 0

@@ -1,16 +1,19 @@
 """Filter-normalised surfaces: the normalisation per filter, the line through two checkpoints, resuming."""
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-import landscape.surface as surface_mod
 from distill.data import Dataset, Split
 from distill.models import build_model, seeded
 from landscape.paths import linear_path
 from landscape.surface import bn_parameter_keys, filter_normalize, random_direction, surface
+
+surface_mod = importlib.import_module("landscape.surface")  # the module (landscape.surface is the function)
 
 
 def _net(seed, bn=True):
