@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP_QUIET := -q --disable-pip-version-check
 
-.PHONY: demo test bench data venv clean
+.PHONY: demo test bench data venv clean lint docs
 
 venv: $(STAMP)
 
@@ -31,5 +31,15 @@ bench: $(STAMP)
 	@scripts/ensure-data.sh --required
 	$(BIN)/python -m bench.run_all
 
+# ruff (lint + format check) and mypy over the packages; configuration in pyproject.toml
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# the documentation site (mkdocs.yml, docs/) into site/; warnings fail the build
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

@@ -300,7 +300,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
             continue
         tp = _base_type(hints[f.name])
         flag = "--" + prefix + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         help = f.metadata.get("help", "")
         names = f.metadata.get("names")
         if names:

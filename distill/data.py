@@ -36,8 +36,6 @@ from tqdm import tqdm
 
 from distill.device import resolve_device
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -133,8 +131,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int |
                  seed: int = 0) -> Dataset:
     """Load dataset ``name`` (see :func:`list_datasets`) into CPU memory.
 
-    ``root``: a folder or file holding the data; None searches the default places (the error
-    lists them). ``subset``: keep ``n`` training images, stratified by class and chosen with
+    ``root``: a folder or file holding the data. None searches, in order, ``$RTT_DATA/<name>``,
+    ``$RTT_DATA`` itself and, for Fashion-MNIST and MNIST, ``/usr/share/datasets/<name>`` (Debian's
+    ``dataset-fashion-mnist``); the error lists the paths tried. ``subset``: keep ``n`` training images, stratified by class and chosen with
     ``seed``; the test split always stays whole.
 
     ``gaussian[:source]`` (source defaults to cifar10): training images are i.i.d. per-pixel
@@ -276,12 +275,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def cache_path(source: str | os.PathLike) -> Path:
     """Where the decoded copy of an image-tree folder or tarball ``source`` is written.
 
-    Beside the source as ``<source>.rtt-cache.npz`` when its folder is writable (a folder without
-    any write permission bit counts as read-only, even for root), else
-    ``${XDG_CACHE_HOME:-~/.cache}/random-teachers/<name>-<hash of the path>.npz``. The file stores
-    the source's path, size and mtime; a changed source makes it stale and it is rebuilt.
+    ``$RTT_CACHE/<name>-<hash of the path>.npz`` when ``RTT_CACHE`` is set; otherwise beside the
+    source as ``<source>.rtt-cache.npz`` when its folder is writable (a folder without any write
+    permission bit counts as read-only, even for root), else
+    ``${XDG_CACHE_HOME:-~/.cache}/random-teachers/<name>-<hash of the path>.npz``. The file holds
+    the decoded uint8 arrays uncompressed (CIFAR-10: about 185 MB) and the source's path, size and
+    mtime; a changed source makes it stale and it is rebuilt.
     """
     source = Path(source).resolve()
+    if os.environ.get("RTT_CACHE"):
+        return _user_cache(source)
     return _beside(source) if _writable(source.parent) else _user_cache(source)
 
 
@@ -340,7 +343,7 @@ _TARBALL_NAMES = {"cifar10": ("cifar10-jpg.tar.gz", "cifar-10-python.tar.gz"),
 
 def _load_cifar(name: str, root: str | os.PathLike | None) -> Dataset:
     if root is None:
-        places = [*_env_paths(name), *_env_paths(""), SHARED_DATA / _TARBALL_NAMES[name][0], Path.cwd()]
+        places = [*_env_paths(name), *_env_paths("")]
     else:
         places = [Path(root)]
     tried: list[Path] = []
@@ -652,7 +655,8 @@ def _beside(source: Path) -> Path:
 
 def _user_cache(source: Path) -> Path:
     source = source.resolve()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "random-teachers"
+    env = os.environ.get("RTT_CACHE")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "random-teachers"
     digest = hashlib.sha1(str(source).encode()).hexdigest()[:12]
     return base / f"{source.name}-{digest}.npz"
 

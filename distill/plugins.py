@@ -17,11 +17,12 @@ A plugin is an importable module. Two ways to reach ``rtt``:
 
 Loading is idempotent: each module or entry point is imported once per process.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from importlib import metadata
-from typing import Iterable
 
 ENTRY_POINT_GROUP = "random_teachers.plugins"
 
@@ -40,8 +41,10 @@ def load_plugin(module: str) -> None:
     try:
         importlib.import_module(module)
     except Exception as e:  # noqa: BLE001 - any failure inside the plugin is reported on one line
-        raise PluginError(f"plugin {module!r} could not be imported ({type(e).__name__}: {e}): check the "
-                          "module name and that it is on the Python path (PYTHONPATH or pip install)") from None
+        raise PluginError(
+            f"plugin {module!r} could not be imported ({type(e).__name__}: {e}): check the "
+            "module name and that it is on the Python path (PYTHONPATH or pip install)"
+        ) from None
     _loaded.add(module)
 
 
@@ -61,8 +64,10 @@ def load_entry_points() -> list[str]:
             if callable(obj):  # a module is not callable
                 obj()
         except Exception as e:  # noqa: BLE001
-            raise PluginError(f"plugin entry point {ep.name!r} = {ep.value!r} (group {ENTRY_POINT_GROUP}) failed "
-                              f"({type(e).__name__}: {e}): fix or uninstall the package that declares it") from None
+            raise PluginError(
+                f"plugin entry point {ep.name!r} = {ep.value!r} (group {ENTRY_POINT_GROUP}) failed "
+                f"({type(e).__name__}: {e}): fix or uninstall the package that declares it"
+            ) from None
         _loaded.add(key)
     return [ep.name for ep in eps]
 

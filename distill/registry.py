@@ -6,14 +6,28 @@ the registries of :mod:`distill.models` and :mod:`distill.probe`, which are cons
 they are already imported (registering a model or probe imports them).
 ``tests/distill/test_registry.py`` checks that the lists match the real registries.
 """
+
 from __future__ import annotations
 
 import sys
 
 BUILTIN_MODELS: tuple[str, ...] = (
-    "convnet", "mlp", "resnet18", "resnet20", "resnet34", "resnet56",
-    "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
-    "vit_small", "vit_tiny",
+    "convnet",
+    "mlp",
+    "resnet18",
+    "resnet20",
+    "resnet34",
+    "resnet56",
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+    "vit_small",
+    "vit_tiny",
 )
 BASE_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "fashion-mnist", "mnist")
 BUILTIN_DATASETS: tuple[str, ...] = (*BASE_DATASETS, "gaussian", *(f"gaussian:{n}" for n in BASE_DATASETS))

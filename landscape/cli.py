@@ -83,7 +83,7 @@ class _Info:
         for r in s.results():
             ds = s.read_result(r)
             dims = ", ".join(f"{d}={n}" for d, n in ds.sizes.items())
-            print(f"result    {r}: {', '.join(ds.data_vars)} over ({dims})")
+            print(f"result    {r}: {', '.join(map(str, ds.data_vars))} over ({dims})")
         return 0
 
 

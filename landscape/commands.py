@@ -85,17 +85,6 @@ def _data_for(store, a: argparse.Namespace):
     return load_dataset(name, root=a.data_root or cfg.get("data_root"), subset=subset, seed=seed)
 
 
-def _require_classifier(text: str, ref: tuple, num_classes: int) -> None:
-    from distill.store import as_module
-
-    model = as_module(ref)
-    head = getattr(model, "spec", {}).get("head")
-    out = getattr(getattr(model, "head", None), "out_features", None)
-    if head != "linear" or out != num_classes:
-        raise ValueError(f"{text} is not a classifier for {num_classes} classes (head={head!r}): compare "
-                         "classifiers, e.g. the children written by 'rtt instability'")
-
-
 def _slug(which) -> str:
     return str(which).replace("/", "_")
 
@@ -197,8 +186,6 @@ class _Lmc:
 
         ref_a, ref_b = _parse_ref(a.a), _parse_ref(a.b)
         data = _data_for(ref_a[0], a)
-        _require_classifier(a.a, ref_a, data.num_classes)
-        _require_classifier(a.b, ref_b, data.num_classes)
         ds = linear_path(ref_a, ref_b, data, alphas=a.alphas, bn=a.bn, splits=a.split,
                          max_examples=a.max_examples, device=a.device)
         heights = barrier(ds)
@@ -281,8 +268,8 @@ class _Plane:
             if len(span) != 2:
                 raise ValueError(f"--span {a.span!r}: pass LOW,HIGH, e.g. --span -0.5,1.5")
         data = _data_for(refs[0][0], a)
-        ds = plane(*refs, data, resolution=a.resolution, span=span, margin=a.margin, bn=a.bn, split=a.split,
-                   max_examples=a.max_examples, device=a.device)
+        ds = plane(refs[0], refs[1], refs[2], data, resolution=a.resolution, span=span, margin=a.margin,
+                   bn=a.bn, split=a.split, max_examples=a.max_examples, device=a.device)
         print(f"|B - A| = {ds.attrs['norm_u']:.4g}, |v| = {ds.attrs['norm_v']:.4g}; in units of |B - A|: "
               + ", ".join(f"{p} = ({float(x):.3f}, {float(y):.3f})"
                           for p, x, y in zip(ds.point.values, ds.point_x.values, ds.point_y.values)))

@@ -26,6 +26,7 @@ from torch import nn
 
 from distill.config import SupervisedConfig
 from distill.supervised import check_classifier, evaluate, train_supervised, with_classifier
+from landscape import refs
 from landscape.paths import barrier, linear_path
 
 DEFINITION = ("children trained with labels from one start checkpoint, identical except for the data-order and "
@@ -33,32 +34,7 @@ DEFINITION = ("children trained with labels from one start checkpoint, identical
 
 
 # ----------------------------------------------------------------------------- references
-def load_ref(ref: Any, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A private copy of the module behind ``ref`` and its provenance.
-
-    ref: an ``nn.Module`` (deep-copied, never modified) or ``(store_or_path, epoch | name)``.
-    Returns (module on ``device``, {"source": str, and "store", "epoch" or "name" when known}).
-    """
-    from distill.store import Store, as_module
-
-    if isinstance(ref, nn.Module):
-        module = copy.deepcopy(ref).to(device)
-        where = getattr(ref, "store_ref", None)
-        if isinstance(where, tuple) and len(where) == 2:
-            return module, {"source": f"{where[0]}#name={where[1]}", "store": str(where[0]), "name": str(where[1])}
-        return module, {"source": "module"}
-    if isinstance(ref, (tuple, list)) and len(ref) == 2:
-        store, which = ref
-        store = store if isinstance(store, Store) else Store(store)
-        module = as_module((store, which), device)
-        path = str(store.path)
-        if isinstance(which, (int, np.integer)):
-            epoch = int(which)
-            if epoch < 0:
-                epoch = store.epochs[epoch]
-            return module, {"source": f"{path}#epoch={epoch}", "store": path, "epoch": epoch}
-        return module, {"source": f"{path}#name={which}", "store": path, "name": str(which)}
-    raise TypeError(f"expected an nn.Module or a (store, epoch|name) pair, got {type(ref).__name__}")
+load_ref = refs.load_ref  # the shared resolver, also importable from here
 
 
 def _store_config(ref: Any) -> dict[str, Any]:
@@ -100,7 +76,8 @@ def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] |
         fresh one (:func:`distill.supervised.with_classifier`, drawn once with ``head_seed``), so
         all children start from exactly the same weights.
     seeds: child i trains with ``data_seed = aug_seed = seeds[i]``; default ``range(children)``.
-    cfg: the training recipe (default: the paper's, ``SupervisedConfig()``); ``epochs`` overrides
+    cfg: the training recipe (default: the paper's, ``SupervisedConfig()``: 160 epochs per child,
+        as ``rtt instability``; ``SupervisedConfig.preset("cpu")`` trains 8); ``epochs`` overrides
         ``cfg.epochs``.
     store: a Store or path (created with kind "instability" when missing) receiving "start" and
         each child as module ``children/<i>`` (attrs seed, epochs, test_accuracy, config) and the

@@ -51,10 +51,11 @@ from tqdm.auto import tqdm
 
 from distill.config import SupervisedConfig
 from distill.device import resolve_device
-from distill.store import Store, as_module
+from distill.store import Store
 from distill.supervised import check_classifier, steps_per_epoch, train_supervised, with_classifier
 from landscape.pruning import (_clean_name, apply_masks, full_masks, global_magnitude_prune,
                                masked_state_dict, prunable_names, prune_count, random_prune)
+from landscape.refs import load_ref
 
 __all__ = ["lottery", "REWINDS", "BASELINES", "remaining_counts"]
 
@@ -99,20 +100,9 @@ def _baselines(baselines: str | Sequence[str] | None) -> list[str]:
     return [b for b in BASELINES if b in items]
 
 
-def _describe(ref: Any) -> dict[str, Any]:
-    if isinstance(ref, nn.Module):
-        src = getattr(ref, "store_ref", None)
-        return {"start": f"{src[0]}#name={src[1]}" if src else "module"}
-    if isinstance(ref, (tuple, list)) and len(ref) == 2:
-        store, which = ref
-        store = store if isinstance(store, Store) else Store(store)
-        path = str(store.path)
-        if isinstance(which, (int, np.integer)):
-            epochs = store.epochs
-            epoch = epochs[int(which)] if int(which) < 0 and -int(which) <= len(epochs) else int(which)
-            return {"start": f"{path}#epoch={epoch}", "start_store": path, "start_epoch": epoch}
-        return {"start": f"{path}#name={which}", "start_store": path, "start_name": str(which)}
-    return {"start": str(ref)}
+def _describe(info: Mapping[str, Any]) -> dict[str, Any]:
+    """Provenance attrs of the start from :func:`landscape.refs.load_ref`'s info."""
+    return {"start": info["source"], **{f"start_{k}": info[k] for k in ("store", "epoch", "name") if k in info}}
 
 
 def _fingerprint(model: nn.Module) -> str:
@@ -465,7 +455,8 @@ def lottery(start: Any, data: Any, levels: int = 5, prune_fraction: float = 0.2,
         100, 80, 64, 51.2, ... % remaining). prunable: "weights" (conv and linear weights,
         classifier included; Frankle et al.), "all" (every float parameter; the paper's code),
         or a list of state_dict names.
-    cfg: the supervised recipe of every level (default ``SupervisedConfig.preset("cpu")``).
+    cfg: the supervised recipe of every level (default: the paper's, ``SupervisedConfig()``, 160
+        epochs per level, as ``rtt lottery``; ``SupervisedConfig.preset("cpu")`` trains 8).
     rewind: "start", "init", "step" or a list of them (one IMP run each); rewind_step: k for "step"
         (at most the recipe's number of steps). Levels after a step rewind continue the recipe
         from step k (schedule, data order, augmentation), as Frankle et al.
@@ -495,10 +486,10 @@ def lottery(start: Any, data: Any, levels: int = 5, prune_fraction: float = 0.2,
         raise ValueError(f"levels={levels!r} must be an integer >= 1 (level 0 is the dense network)")
     if not 0.0 < float(prune_fraction) < 1.0:
         raise ValueError(f"prune_fraction={prune_fraction!r} must lie strictly between 0 and 1")
-    cfg = SupervisedConfig.preset("cpu") if cfg is None else cfg
+    cfg = SupervisedConfig() if cfg is None else cfg
     dev = resolve_device(device)
-    info = _describe(start)
-    model = as_module(copy.deepcopy(start) if isinstance(start, nn.Module) else start, dev)
+    model, ref_info = load_ref(start, dev)
+    info = _describe(ref_info)
     fingerprint = _fingerprint(model)
     try:
         check_classifier(model, data.num_classes)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from distill.bn import has_batchnorm
 from distill.device import resolve_device
 from landscape.evaluate import POLICIES, lerp, prepare_inputs, run_segment
+from landscape.refs import load_ref, require_classifier
 
 BACKENDS = ("auto", "loop", "vmap")
 PATH_DEFINITION = ("theta(alpha) = (1 - alpha) * theta_a + alpha * theta_b over every floating-point "
@@ -82,29 +83,8 @@ def _alpha_values(alphas: int | Sequence[float]) -> np.ndarray:
 
 
 def _resolve(ref: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """(module for our own use, provenance attrs without the a_/b_ prefix)."""
-    if isinstance(ref, nn.Module):
-        return copy.deepcopy(ref).to(device), {"source": "module"}
-    from distill.store import as_module  # lazy: the store is optional for module inputs
-
-    module = as_module(ref, device)
-    info: dict[str, Any] = {}
-    if isinstance(ref, (tuple, list)) and len(ref) == 2:
-        store, which = ref
-        path = str(getattr(store, "path", store))
-        if isinstance(which, (int, np.integer)):
-            info = {"source": f"{path}#epoch={int(which)}", "store": path, "epoch": int(which)}
-        else:
-            info = {"source": f"{path}#name={which}", "store": path, "name": str(which)}
-        try:
-            config = getattr(store, "config", None)
-        except Exception:  # provenance only: an unreadable config must not stop the evaluation
-            config = None
-        if isinstance(config, Mapping):
-            info["config"] = json.dumps(config, sort_keys=True, default=str)
-    else:
-        info = {"source": str(ref)}
-    return module, info
+    """(module for our own use, provenance attrs without the a_/b_ prefix): :func:`landscape.refs.load_ref`."""
+    return load_ref(ref, device)
 
 
 def _choose_backend(requested: str, device: torch.device, model: nn.Module, n_alphas: int) -> str:
@@ -144,7 +124,10 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
     """Loss and error along ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b``.
 
     a, b: ``nn.Module`` (never modified) or references for ``distill.store.as_module``
-        (``(store_or_path, epoch)`` or ``(store_or_path, name)``); same architecture.
+        (``(store_or_path, epoch)`` or ``(store_or_path, name)``); same architecture, and
+        classifiers for ``data``'s classes (a distilled student is not one: its DINO head has
+        65,536 outputs; a ValueError names :func:`landscape.instability` and
+        :func:`distill.supervised.with_classifier`, which make classifiers from it).
     data: a ``distill.Dataset`` (uint8 ``train``/``test`` splits, per-channel ``mean``/``std``).
     alphas: number of evenly spaced points in [0, 1] (both ends included) or the values themselves.
     bn: BatchNorm running statistics at each alpha: ``reset`` (re-estimated, exactly as
@@ -184,10 +167,12 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
 
     model, info_a = _resolve(a, dev)
     if isinstance(b, nn.Module):
-        sd_b, info_b = b.state_dict(), {"source": "module"}
+        module_b, info_b = b, {"source": "module"}
     else:
         module_b, info_b = _resolve(b, dev)
-        sd_b = module_b.state_dict()
+    require_classifier(model, data, "a", info_a["source"])
+    require_classifier(module_b, data, "b", info_b["source"])
+    sd_b = module_b.state_dict()
     _check_same_architecture(model.state_dict(), sd_b)
     align_record: dict[str, Any] = {"align": "none"}
     if align is not None:

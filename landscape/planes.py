@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from distill.bn import has_batchnorm
 from landscape.evaluate import POLICIES, bn_stat_keys, prepare_inputs, run_segment
-from landscape.instability import load_ref
+from landscape.refs import load_ref, require_classifier
 
 DEFINITION = ("theta(x, y) = a + x * u + y * (|u| / |v|) * v with u = b - a and v = (c - a) - "
               "(<c - a, u> / <u, u>) u over the floating-point parameters; x, y in units of |u| = |b - a|; "
@@ -95,7 +95,9 @@ def plane(a: Any, b: Any, c: Any, data: Any, resolution: int | Sequence[int] = 2
           backend: str = "auto", channels_last: bool | None = None) -> xr.Dataset:
     """Loss and error on a grid in the plane through ``a``, ``b``, ``c`` (see the module docstring).
 
-    a, b, c: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``; one architecture.
+    a, b, c: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``; one architecture,
+        classifiers for ``data``'s classes (e.g. children of :func:`landscape.instability`). ``a``
+        is the origin (0, 0), ``b`` sets the x axis (1, 0), ``c`` the third point (the y axis).
     resolution: grid points per axis (int, or (nx, ny)).
     span: the range of both coordinates, ``(low, high)``, or ``((x_low, x_high), (y_low, y_high))``,
         in units of ||b - a||. None: the bounding box of a, b, c widened by ``margin`` on each side.
@@ -126,6 +128,8 @@ def plane(a: Any, b: Any, c: Any, data: Any, resolution: int | Sequence[int] = 2
     sa = {k: v.detach().clone() for k, v in model.state_dict().items()}
     sb = {k: v.detach() for k, v in model_b.state_dict().items()}
     sc = {k: v.detach() for k, v in model_c.state_dict().items()}
+    for name, module, info in (("a", model, info_a), ("b", model_b, info_b), ("c", model_c, info_c)):
+        require_classifier(module, data, name, info["source"])
     _check_same(sa, sb, "b")
     _check_same(sa, sc, "c")
     del model_b, model_c

@@ -3,6 +3,7 @@
 Each call runs in a fresh interpreter that records which heavy modules were imported; the
 start-up time itself is measured in ``bench/bench_startup.py``, never asserted here.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ print(json.dumps(out))
 
 
 def _calls(calls: list[list[str]]) -> list[dict]:
-    r = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(calls)], capture_output=True, text=True, cwd=ROOT,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(calls)], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -38,8 +40,14 @@ def test_help_and_usage_errors_import_no_heavy_module():
     from landscape.cli import COMMANDS, _load_commands
 
     _load_commands()
-    calls = [["-h"], *[[name, "-h"] for name in COMMANDS], ["nonsense"], ["distill", "--subset", "10k", "--out", "x"],
-             ["distill", "--out", "x", "--arch-options", "{bad"], ["lmc", "--alphas", "many", "a:1", "b:2"]]
+    calls = [
+        ["-h"],
+        *[[name, "-h"] for name in COMMANDS],
+        ["nonsense"],
+        ["distill", "--subset", "10k", "--out", "x"],
+        ["distill", "--out", "x", "--arch-options", "{bad"],
+        ["lmc", "--alphas", "many", "a:1", "b:2"],
+    ]
     results = _calls(calls)
     for r in results:
         assert r["heavy"] == [], f"rtt {' '.join(r['argv'])} imported {r['heavy']}"
@@ -62,11 +70,13 @@ def test_light_copies_agree_with_the_modules_they_stand_for():
 
 
 def test_landscape_functions_win_over_same_named_submodules():
-    code = ("import sys, landscape; assert 'torch' not in sys.modules\n"
-            "import landscape.instability, landscape.lottery, landscape.locality\n"
-            "from landscape.instability import load_ref\n"
-            "assert all(callable(f) and f.__name__ == n for n, f in [('instability', landscape.instability), "
-            "('lottery', landscape.lottery), ('locality', landscape.locality), ('plane', landscape.plane), "
-            "('linear_path', landscape.linear_path)])\n")
+    code = (
+        "import sys, landscape; assert 'torch' not in sys.modules\n"
+        "import landscape.instability, landscape.lottery, landscape.locality\n"
+        "from landscape.instability import load_ref\n"
+        "assert all(callable(f) and f.__name__ == n for n, f in [('instability', landscape.instability), "
+        "('lottery', landscape.lottery), ('locality', landscape.locality), ('plane', landscape.plane), "
+        "('linear_path', landscape.linear_path)])\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -358,12 +358,11 @@ def test_missing_data_and_unknown_names(tmp_path: Path, monkeypatch: pytest.Monk
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv("RTT_DATA", str(empty))
-    monkeypatch.setattr(D, "SHARED_DATA", tmp_path / "no-shared")
     monkeypatch.chdir(empty)
     with pytest.raises(FileNotFoundError) as err:
         load_dataset("cifar10")
     msg = str(err.value)
-    assert str(empty / "cifar10") in msg and str(tmp_path / "no-shared" / "cifar10-jpg.tar.gz") in msg
+    assert str(empty / "cifar10") in msg and "shared" not in msg  # no repository-specific fallback path
     assert "cifar-10-batches-py" in msg
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_dataset("fashion-mnist", root=empty)
@@ -423,3 +422,18 @@ def test_dataset_helpers() -> None:
     assert torch.equal(moved.train.images, split.images) and moved.classes == ["a"]
     with pytest.raises(ValueError, match="uint8"):
         Split(split.images.float(), split.labels)
+
+
+def test_rtt_data_is_searched_and_rtt_cache_moves_the_decoded_cache(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("RTT_CACHE", str(tmp_path / "cache"))
+    data_dir = tmp_path / "data"
+    written = write_png_tree(data_dir / "cifar10")
+    monkeypatch.setenv("RTT_DATA", str(data_dir))
+    ds = load_dataset("cifar10")  # found as $RTT_DATA/cifar10
+    images, labels = expected_split(written, "train")
+    assert torch.equal(ds.train.images, images) and ds.train.labels.tolist() == labels
+    cached = list((tmp_path / "cache").glob("*.npz"))
+    assert len(cached) == 1 and D.cache_path(data_dir / "cifar10") == cached[0]
+    assert not list(tmp_path.glob("data/*.npz")) and not (tmp_path / "xdg").exists()  # nowhere else

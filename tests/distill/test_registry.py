@@ -1,4 +1,5 @@
 """The light name lists of distill.registry agree with the real registries."""
+
 from __future__ import annotations
 
 import distill
