@@ -85,6 +85,20 @@ def _data_for(store, a: argparse.Namespace):
     return load_dataset(name, root=a.data_root or cfg.get("data_root"), subset=subset, seed=seed)
 
 
+def _require_classifier(text: str, ref: tuple, num_classes: int) -> None:
+    """Refuse a checkpoint whose head is not a linear classifier for ``num_classes`` classes (for the
+    commands that evaluate one network; linear_path and plane check their inputs themselves)."""
+    from distill.store import as_module
+
+    model = as_module(ref)
+    head = getattr(model, "spec", {}).get("head")
+    out = getattr(getattr(model, "head", None), "out_features", None)
+    if head != "linear" or out != num_classes:
+        raise ValueError(f"{text} is not a classifier for {num_classes} classes (head={head!r}): compare "
+                         "classifiers, e.g. the children written by 'rtt instability' (from Python: "
+                         "landscape.instability, or distill.supervised.with_classifier and train_supervised)")
+
+
 def _slug(which) -> str:
     return str(which).replace("/", "_")
 
@@ -447,8 +461,6 @@ class _Align:
 
         ref_a, ref_b = _parse_ref(a.a), _parse_ref(a.b)
         data = _data_for(ref_a[0], a)
-        _require_classifier(a.a, ref_a, data.num_classes)
-        _require_classifier(a.b, ref_b, data.num_classes)
         common = dict(alphas=a.alphas, bn=a.bn, splits=a.split, max_examples=a.max_examples, device=a.device)
         runs = {"none": linear_path(ref_a, ref_b, data, **common),
                 a.method: linear_path(ref_a, ref_b, data, align=a.method, **common)}
