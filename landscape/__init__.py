@@ -18,6 +18,7 @@ _EXPORTS = {
     "barrier": "paths", "interpolate_state": "paths", "linear_path": "paths",
     "instability": "instability", "lottery": "lottery", "locality": "locality", "plane": "planes",
     "align": "align", "surface": "surface", "hessian": "hessian", "hessian_along_path": "hessian",
+    "hessian_over_levels": "hessian",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -433,8 +433,20 @@ def _channel_stats(model: nn.Module, names: Sequence[str], batches: Sequence[Ten
 
 
 @torch.no_grad()
+def endpoint_stats(model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, Tensor],
+                   batches: Sequence[Tensor]) -> tuple[dict, dict]:
+    """Per-channel (mean, std) at the REPAIR layers of the states ``sa`` and ``sb`` (``model`` is a
+    working copy whose state is overwritten); pass the result to :func:`repair_state`."""
+    names = _repair_layers(model)
+    model.load_state_dict(sa)
+    st_a = _channel_stats(model, names, batches)
+    model.load_state_dict(sb)
+    return st_a, _channel_stats(model, names, batches)
+
+
+@torch.no_grad()
 def repair_state(model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, Tensor], alpha: float,
-                 batches: Sequence[Tensor]) -> dict[str, Tensor]:
+                 batches: Sequence[Tensor], stats: tuple[dict, dict] | None = None) -> dict[str, Tensor]:
     """The interpolated state at ``alpha`` with REPAIR applied (``model`` is a working copy of the
     architecture; its state is overwritten).
 
@@ -442,15 +454,13 @@ def repair_state(model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, Te
     last layer), in forward order, the output channels of the interpolated network are rescaled so
     that their mean and standard deviation over ``batches`` (eval mode) become
     ``(1 - alpha) * stat_a + alpha * stat_b``; the affine correction is folded into the layer's
-    weight and bias. BatchNorm layers are left to the BN policy.
+    weight and bias. BatchNorm layers are left to the BN policy. ``stats``: the endpoints'
+    statistics from :func:`endpoint_stats` (computed here when None).
     """
     from landscape.paths import interpolate_state
 
     names = _repair_layers(model)
-    model.load_state_dict(sa)
-    st_a = _channel_stats(model, names, batches)
-    model.load_state_dict(sb)
-    st_b = _channel_stats(model, names, batches)
+    st_a, st_b = endpoint_stats(model, sa, sb, batches) if stats is None else stats
     state = interpolate_state(sa, sb, alpha)
     model.load_state_dict(state)
     mods = dict(model.named_modules())

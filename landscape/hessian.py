@@ -42,10 +42,13 @@ class HessianOperator:
         (``supervised``) or teacher logits (B, K) (``distillation``).
     Vectors are flat float64 numpy arrays of length ``n`` (parameters in ``named_parameters``
     order) or dicts of tensors shaped like the parameters. ``hvps`` counts products so far.
+    masks: optional 0/1 tensors by parameter name (a pruned network): products are then those of
+    the Hessian restricted to the unpruned weights, ``M H M``.
     """
 
     def __init__(self, model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], loss: str = "supervised",
-                 teacher_temp: float = 1.0, student_temp: float = 1.0) -> None:
+                 teacher_temp: float = 1.0, student_temp: float = 1.0,
+                 masks: Mapping[str, Tensor] | None = None) -> None:
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
         if not batches:
@@ -65,6 +68,7 @@ class HessianOperator:
         self.examples = total
         self.loss = loss
         self.hvps = 0
+        self.masks = {k: m.to(self.device, self.dtype) for k, m in (masks or {}).items() if k in self.params}
         tt, ts = float(teacher_temp), float(student_temp)
 
         def loss_fn(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -97,10 +101,13 @@ class HessianOperator:
     def hvp(self, v: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """H v for a dict of parameter-shaped tensors."""
         out = {k: torch.zeros_like(self.params[k]) for k in self.names}
+        v = {k: t * self.masks[k] if k in self.masks else t for k, t in v.items()}
         for w, (x, y) in zip(self.weights, self.batches):
             _, hv = jvp(lambda p: self._grad(p, x, y), (self.params,), (dict(v),))
             for k in self.names:
                 out[k].add_(hv[k], alpha=w)
+        for k, m in self.masks.items():
+            out[k].mul_(m)
         self.hvps += 1
         return out
 
@@ -271,13 +278,14 @@ def smoothed_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, s
 
 # ----------------------------------------------------------------------------- datasets
 def _operator(model: nn.Module, data: Any, loss: str, teacher: Any, split: str, batches: int | None,
-              batch_size: int, seed: int, device: torch.device) -> tuple[HessianOperator, dict[str, Any]]:
+              batch_size: int, seed: int, device: torch.device,
+              masks: Mapping[str, Tensor] | None = None) -> tuple[HessianOperator, dict[str, Any]]:
     from landscape.instability import load_ref
 
     t_module, t_info = (load_ref(teacher, device) if teacher is not None else (None, {}))
     bs = make_batches(model, data, loss=loss, teacher=t_module, split=split, batches=batches,
                       batch_size=batch_size, seed=seed)
-    op = HessianOperator(model, bs, loss)
+    op = HessianOperator(model, bs, loss, masks=masks)
     info = {"loss": loss, "split": split, "batches": len(bs), "batch_size": batch_size, "data_seed": seed,
             "examples": op.examples, "full_split": int(batches is None), "parameters": op.n}
     info.update({f"teacher_{k}": v for k, v in t_info.items()})
@@ -357,6 +365,47 @@ def hessian_along_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] 
             "bn_policy": bn}
     return _to_dataset(results, alist, setup, info, ma, k, trace_probes, trace_method, 0, 0, 0, seed, tol,
                        False, dev)
+
+
+def hessian_over_levels(store: Any, data: Any, rewind: str = "start", k: int = 3, *, split: str = "train",
+                        batches: int | None = 4, batch_size: int = 256, data_seed: int = 0, trace_probes: int = 51,
+                        trace_method: str = "hutch++", seed: int = 0, tol: float = 1e-4,
+                        device: str | torch.device = "auto") -> xr.Dataset:
+    """:func:`hessian` (supervised loss, eigenvalues and trace) of every level of a lottery-ticket
+    store (``lottery/<rewind>/<level>`` written by :func:`landscape.lottery.lottery`), restricted to
+    each level's unpruned weights (``M H M`` with the stored masks). Returns a Dataset over
+    (level, eigen) with ``remaining`` (fraction of masked weights kept)."""
+    from distill.device import resolve_device
+    from distill.store import Store, StoreError
+
+    store = store if isinstance(store, Store) else Store(store)
+    names = store.names(f"lottery/{rewind}/")
+    if not names:
+        raise ValueError(f"{store.path} holds no lottery levels for rewind {rewind!r}: run landscape.lottery "
+                         "with this store first")
+    dev = resolve_device(device)
+    results, levels, remaining, setup, module = [], [], [], {}, None
+    for name in names:
+        module = store.load_module(name, dev).eval()
+        try:
+            masks = store.load_masks(name)
+        except (StoreError, KeyError):
+            masks = None
+        op, setup = _operator(module, data, "supervised", None, split, batches, batch_size, data_seed, dev, masks)
+        results.append(_measure(op, k, trace_probes, trace_method, 0, 0, seed, tol))
+        levels.append(int(name.rsplit("/", 1)[1]))
+        kept = [float(m.float().mean()) * m.numel() for m in (masks or {}).values()]
+        total = sum(m.numel() for m in (masks or {}).values())
+        remaining.append(sum(kept) / total if total else 1.0)
+    ds = _to_dataset(results, np.asarray(levels, dtype=np.float64), setup,
+                     {"store": str(store.path), "rewind": rewind}, module, k, trace_probes, trace_method, 0, 0, 0,
+                     seed, tol, False, dev)
+    ds = ds.rename({"alpha": "level"}).assign_coords(level=("level", np.asarray(levels),
+                                                            {"long_name": "IMP level (0 = dense)", "units": "1"}))
+    ds["remaining"] = ("level", np.asarray(remaining), {"long_name": "fraction of prunable weights kept",
+                                                        "units": "fraction"})
+    ds.attrs["restricted_to"] = "unpruned weights (M H M with the stored masks)"
+    return ds
 
 
 def _to_dataset(results: list[dict[str, Any]], alphas: np.ndarray | None, setup: dict[str, Any],

@@ -196,11 +196,11 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
         raise ValueError(f"empty split among {splits}: pass a dataset with examples in every split evaluated")
     alist = [float(x) for x in alpha_values]
     if repair:
-        from landscape.align import repair_state
+        from landscape.align import endpoint_stats, repair_state
 
-        rows = []
+        rows, stats = [], endpoint_stats(model, sa, sb, inputs.bn)
         for x in alist:
-            s = repair_state(model, sa, sb, x, inputs.bn)
+            s = repair_state(model, sa, sb, x, inputs.bn, stats)
             rows.append(run_segment(model, s, s, [0.0], policy, inputs, eval_batch_size, 1, "loop", "loop")[:2])
         loss, error, chosen = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]), "loop"
     else:

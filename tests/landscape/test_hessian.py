@@ -121,3 +121,34 @@ def test_hessian_dataset_records_batches_and_matches_dense_on_the_full_split():
     assert part.attrs["batches"] == 2 and part.attrs["examples"] == 16 and part.attrs["full_split"] == 0
     with pytest.raises(ValueError, match="teacher"):
         hessian(model, data, k=1, loss="distillation", device="cpu")
+
+
+def test_hessian_over_lottery_levels_is_restricted_to_the_unpruned_weights(tmp_path):
+    from distill.store import Store
+    from landscape.hessian import hessian_over_levels
+
+    g = torch.Generator().manual_seed(7)
+    imgs = torch.randint(0, 256, (32, 1, 3, 3), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 3, (32,), generator=g)
+    data = Dataset("synthetic", Split(imgs, labels), Split(imgs[:8], labels[:8]), ["0", "1", "2"], (0.5,), (0.25,))
+    store = Store.create(tmp_path / "lt.h5", {}, kind="lottery")
+    dense = _tiny().float()
+    pruned = _tiny().float()
+    w = "backbone.layers.1.weight"
+    mask = (torch.rand(pruned.state_dict()[w].shape, generator=g) > 0.5).to(torch.uint8)
+    with torch.no_grad():
+        dict(pruned.named_parameters())[w].mul_(mask)
+    store.save_module("lottery/start/00", dense, {"level": 0})
+    store.save_module("lottery/start/01", pruned, {"level": 1}, masks={w: mask})
+    ds = hessian_over_levels(store, data, k=2, batches=None, batch_size=32, trace_probes=0, tol=1e-5, device="cpu")
+    assert list(ds.level.values) == [0, 1]
+    assert ds.remaining.values[0] == 1.0 and ds.remaining.values[1] == pytest.approx(float(mask.float().mean()))
+    x = ((imgs.double() / 255) - 0.5) / 0.25
+    for level, model, keep in ((0, dense, None), (1, pruned, mask)):
+        h = _dense(model.double(), lambda fn: F.cross_entropy(fn(x), labels))
+        if keep is not None:  # keep the rows and columns of the unpruned weights only
+            flags = torch.cat([keep.reshape(-1).bool() if k == w else torch.ones(p.numel(), dtype=torch.bool)
+                               for k, p in model.named_parameters()])
+            h = h[flags][:, flags]
+        expected = torch.linalg.eigvalsh(h).flip(0)[:2].numpy()
+        np.testing.assert_allclose(ds.eigenvalue.sel(level=level).values, expected, rtol=2e-3)

@@ -1,0 +1,120 @@
+"""Collapse and escape during random-teacher distillation at CPU scale (Sarnthein et al. 2023):
+per epoch, the probe accuracies, the effective rank of the embeddings and the cosine similarity
+between the representations of different inputs, layer by layer, for teacher and student.
+
+    python -m analyses.dynamics --preset cpu      # writes results/dynamics.nc + .png
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from distill.config import DistillConfig
+
+_BASE = dict(dataset="fashion-mnist", arch="convnet", arch_options={"width": 64, "depth": 4, "bn": False},
+             out_dim=4096, lr=1e-3, batch_size=64, save_every=0, save_epochs=[], probe_every=1,
+             probes=["knn", "linear"], device="cpu", dynamics=True, dynamics_examples=512)
+PRESETS = {
+    "smoke": DistillConfig(**{**_BASE, "subset": 256, "epochs": 2, "arch_options": {"width": 8, "depth": 2,
+                                                                                    "bn": False},
+                              "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "probes": ["knn"],
+                              "dynamics_examples": 64}),
+    # 1,000 images at batch 64: 15 Adam steps per epoch, 20 epochs = 300 steps, probed every epoch
+    "cpu": DistillConfig(**{**_BASE, "subset": 1_000, "epochs": 20}),
+    # the issue's setting: VGG11 on 500 CIFAR-10 images at the paper's learning rate, probed every epoch
+    "gpu": DistillConfig(**{**_BASE, "dataset": "cifar10", "arch": "vgg11", "arch_options": {}, "out_dim": 65536,
+                            "subset": 500, "epochs": 100, "lr": 1e-4, "device": "auto",
+                            "probes": ["knn", "linear"]}),
+}
+
+
+def summary(m) -> dict[str, float]:
+    """Collapse / escape numbers of a metrics Dataset: the student's lowest probe accuracies and
+    embedding effective rank (and when), and the last epoch's, next to the teacher's."""
+    out: dict[str, float] = {}
+    for p in [str(v) for v in m.probe.values]:
+        s = m.accuracy.sel(model="student", probe=p).dropna("epoch")
+        t = m.accuracy.sel(model="teacher", probe=p).dropna("epoch")
+        out[f"teacher_{p}"] = float(t.isel(epoch=0))
+        out[f"student_{p}_min"] = float(s.min())
+        out[f"student_{p}_min_epoch"] = int(s.epoch.values[int(np.argmin(s.values))])
+        out[f"student_{p}_last"] = float(s.isel(epoch=-1))
+    r = m.effective_rank.sel(model="student")
+    out["teacher_effective_rank"] = float(m.effective_rank.sel(model="teacher").isel(epoch=0))
+    out["student_effective_rank_min"] = float(r.min())
+    out["student_effective_rank_min_epoch"] = int(r.epoch.values[int(np.argmin(r.values))])
+    out["student_effective_rank_last"] = float(r.isel(epoch=-1))
+    c = m.embedding_cosine.sel(model="student")
+    out["teacher_embedding_cosine"] = float(m.embedding_cosine.sel(model="teacher").isel(epoch=0))
+    out["student_embedding_cosine_max"] = float(c.max())
+    out["student_embedding_cosine_last"] = float(c.isel(epoch=-1))
+    return out
+
+
+def figure(m, path: Path, steps_per_epoch: int) -> None:
+    """Probe accuracy, embedding effective rank, and per-layer cosine similarity over training steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = m.epoch.values * steps_per_epoch
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for p, colour in zip(m.probe.values, ("C0", "C1", "C2")):
+        acc = 100 * m.accuracy.sel(probe=p)
+        ok = np.isfinite(acc.sel(model="student").values)
+        axes[0].plot(steps[ok], acc.sel(model="student").values[ok], "o-", color=colour, label=f"student {p}")
+        axes[0].plot(steps[ok], acc.sel(model="teacher").values[ok], "--", color=colour, label=f"teacher {p}")
+    axes[0].set(xlabel="distillation step", ylabel="probe accuracy [%]", title="probes")
+    axes[0].legend(fontsize=7)
+    for model, style in (("student", "o-"), ("teacher", "--")):
+        axes[1].plot(steps, m.effective_rank.sel(model=model), style, label=model)
+    axes[1].set(xlabel="distillation step", ylabel="effective rank", title="embedding effective rank")
+    axes[1].legend(fontsize=7)
+    cos = m.layer_cosine
+    for k, layer in enumerate(cos.layer.values):
+        colour = plt.cm.viridis(k / max(1, cos.sizes["layer"] - 1))
+        axes[2].plot(steps, cos.sel(model="student", layer=layer), "o-", ms=3, color=colour, label=f"{layer}")
+        axes[2].plot(steps, cos.sel(model="teacher", layer=layer), "--", color=colour)
+    axes[2].set(xlabel="distillation step", ylabel="mean cosine between inputs",
+                title="signal propagation (student solid, teacher dashed)")
+    axes[2].legend(fontsize=6, title="layer", title_fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=tuple(PRESETS), default="cpu")
+    p.add_argument("--store", default=None, help="distillation store (default: runs/dynamics-PRESET.h5; resumed)")
+    p.add_argument("--out", default=None, help="result file (default: results/dynamics.nc; smoke: runs/)")
+    a = p.parse_args(argv)
+    import torch
+
+    from analyses.common import save
+    from distill.train import distill
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    cfg = PRESETS[a.preset]
+    store = distill(cfg, a.store or f"runs/dynamics-{a.preset}.h5")
+    m = store.metrics.load()
+    steps_per_epoch = max(1, (cfg.subset or 0) // cfg.batch_size)
+    numbers = summary(m)
+    m.attrs.update({"analysis": "dynamics", "preset": a.preset, "store": str(store.path),
+                    "steps_per_epoch": steps_per_epoch, **{f"summary_{k}": v for k, v in numbers.items()}})
+    out = Path(a.out or ("runs/dynamics_smoke.nc" if a.preset == "smoke" else "results/dynamics.nc"))
+    save(m, out)
+    figure(m, out.with_suffix(".png"), steps_per_epoch)
+    for k, v in numbers.items():
+        print(f"{k:<36} {v:.4f}" if isinstance(v, float) else f"{k:<36} {v}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
