@@ -280,7 +280,7 @@ def smoothed_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, s
 def _operator(model: nn.Module, data: Any, loss: str, teacher: Any, split: str, batches: int | None,
               batch_size: int, seed: int, device: torch.device,
               masks: Mapping[str, Tensor] | None = None) -> tuple[HessianOperator, dict[str, Any]]:
-    from landscape.instability import load_ref
+    from landscape.refs import load_ref
 
     t_module, t_info = (load_ref(teacher, device) if teacher is not None else (None, {}))
     bs = make_batches(model, data, loss=loss, teacher=t_module, split=split, batches=batches,
@@ -322,7 +322,7 @@ def hessian(model: Any, data: Any, k: int = 5, *, loss: str = "supervised", teac
     ``slq_node``/``slq_weight`` (run, node) and ``density`` (lambda); attrs: settings and provenance.
     """
     from distill.device import resolve_device
-    from landscape.instability import load_ref
+    from landscape.refs import load_ref
 
     dev = resolve_device(device)
     module, info = load_ref(model, dev)
@@ -343,7 +343,7 @@ def hessian_along_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] 
     from distill.bn import recalibrate_bn
     from distill.device import resolve_device
     from landscape.align import training_batches
-    from landscape.instability import load_ref
+    from landscape.refs import load_ref
     from landscape.paths import _alpha_values, interpolate_state
 
     if bn not in ("interpolate", "reset"):

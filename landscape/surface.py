@@ -122,7 +122,7 @@ def surface(center: Any, data: Any, directions: str | Sequence[Any] = "random", 
     (fraction), ``done`` (rows finished); attrs: directions, their norms, BN policy, provenance.
     """
     from distill.device import resolve_device
-    from landscape.instability import load_ref
+    from landscape.refs import load_ref
 
     if dims not in (1, 2):
         raise ValueError(f"dims={dims!r}: pass 1 or 2")
