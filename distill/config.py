@@ -124,6 +124,8 @@ class DistillConfig(_Config):
     probe_seed: int = _f(0, "seed of probe training and probe subsets")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto (CUDA when present)")
     precision: str = _f("fp32", "training precision (bf16 autocast on CUDA only)", ("fp32", "bf16"))
+    compile: bool = _f(False, "torch.compile the training step (worth it on CUDA; the first epoch pays the "
+                       "compilation; off by default)")
 
     @property
     def run_name(self) -> str:

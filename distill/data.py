@@ -170,37 +170,50 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
     return _normalize_with(images, m, s)
 
 
+def shuffled_order(n: int, seed: int | None, device: str | torch.device = "cpu") -> Tensor:
+    """The permutation of ``range(n)`` that :func:`iterate` visits with ``shuffle=True`` and ``seed``
+    (int64 (n,), drawn with a CPU ``torch.Generator`` so it does not depend on the device)."""
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    return torch.randperm(n, generator=gen).to(device)
+
+
 def iterate(split: Split, batch_size: int, mean: Sequence[float], std: Sequence[float], *,
             shuffle: bool = False, seed: int | None = None, drop_last: bool = False,
-            device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
+            device: str | torch.device = "cpu", with_index: bool = False,
+            channels_last: bool = False) -> Iterator[tuple[Tensor, ...]]:
     """Yield (normalised float32 images (B, C, H, W), int64 labels (B,)) batches on ``device``.
 
-    Slices the in-memory split; each uint8 batch is moved to ``device`` and normalised there.
-    ``shuffle`` permutes with a ``torch.Generator`` seeded by ``seed`` (None: a fresh random seed),
-    so one pass visits every example exactly once.
+    Slices the in-memory split; each uint8 batch is moved to ``device`` (nothing moves when the split
+    already lives there, e.g. after ``Dataset.to("cuda")``) and normalised there, so only uint8 bytes
+    ever cross the bus and no step waits on the host. ``shuffle`` permutes with
+    :func:`shuffled_order` (``seed`` None: a fresh random seed), so one pass visits every example
+    exactly once. ``with_index``: also yield the batch's int64 row indices into ``split`` (B,), on
+    the split's device. ``channels_last``: images in channels-last memory format (same values).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = resolve_device(device)
     n = len(split)
     m, s = _stats_tensors(mean, std, split.images.shape[1], device)
-    order = None
-    if shuffle:
-        gen = torch.Generator()
-        if seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(seed)
-        order = torch.randperm(n, generator=gen).to(split.images.device)
+    order = shuffled_order(n, seed, split.images.device) if shuffle else None
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         if order is None:
             x, y = split.images[start:start + batch_size], split.labels[start:start + batch_size]
+            idx = torch.arange(start, min(start + batch_size, stop), device=split.images.device) if with_index \
+                else None
         else:
             idx = order[start:start + batch_size]
             x, y = split.images[idx], split.labels[idx]
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        yield _normalize_with(x, m, s), y
+        x = _normalize_with(x, m, s)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield (x, y, idx) if with_index else (x, y)
 
 
 def stratified_indices(labels: Tensor, n: int, num_classes: int, seed: int = 0) -> Tensor:

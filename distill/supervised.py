@@ -33,6 +33,7 @@ from distill.bn import has_batchnorm
 from distill.device import resolve_device
 from distill.config import RunError, SupervisedConfig
 from distill.data import Split, iterate
+from distill.meter import EpochMeter, NonFinite
 
 PADDING = 4  # pixels of padding of the random crop (paper's recipe)
 _SEED_STRIDE = 1_000_003  # per-epoch seeds: seed * stride + epoch, as in distill.train
@@ -75,6 +76,23 @@ def augment(x: Tensor, generator: torch.Generator, padding: int = PADDING, fill:
     """
     flips, offsets = _draws(x.shape[0], generator, padding)
     return flip(pad_crop(x, offsets[0], offsets[1], padding, fill), flips)
+
+
+def _epoch_draws(sizes: list[int], generator: torch.Generator, device: torch.device,
+                 padding: int = PADDING) -> list[tuple[Tensor, Tensor]]:
+    """:func:`_draws` for every batch of an epoch (``sizes``: the batch sizes in order), drawn in the
+    same order as batch-by-batch calls, then moved to ``device`` in one copy per kind (no per-step
+    host-to-device transfer). Returns per batch (flips (B,) bool, offsets (2, B) int64)."""
+    if not sizes:
+        return []
+    parts = [_draws(b, generator, padding) for b in sizes]
+    flips = torch.cat([f for f, _ in parts]).to(device, non_blocking=True)
+    offsets = torch.cat([o for _, o in parts], dim=1).to(device, non_blocking=True)
+    out, start = [], 0
+    for b in sizes:
+        out.append((flips[start:start + b], offsets[:, start:start + b]))
+        start += b
+    return out
 
 
 def _draws(b: int, generator: torch.Generator, padding: int = PADDING) -> tuple[Tensor, Tensor]:
@@ -303,6 +321,11 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" and dev.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     gen = torch.Generator()
+    channels_last = dev.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if dev.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+        torch.backends.cudnn.benchmark = True
     history: dict[str, list] = {"epoch": [], "train_loss": [], "test_accuracy": [], "lr": []}
     step = start_step
     first_epoch, skip = start_step // per_epoch + 1, start_step % per_epoch
@@ -318,38 +341,42 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
                disable=None if progress is None else not progress)
     for epoch in bar:
         gen.manual_seed(_epoch_seed(cfg.aug_seed, epoch))
-        total, seen = 0.0, 0
+        meter = EpochMeter(dev, check_every=1 if on_step is not None else None)
         batches = iterate(train, bs, data.mean, data.std, shuffle=True, seed=_epoch_seed(cfg.data_seed, epoch),
-                          drop_last=drop_last, device=dev)
-        for index, (x, y) in enumerate(batches):
-            if epoch == first_epoch and index < skip:  # taken before start_step: same draws, no training
-                if cfg.augment == "flip_crop":
-                    _draws(x.shape[0], gen, PADDING)
-                continue
-            if cfg.augment == "flip_crop":
-                x = augment(x, gen, PADDING, fill)
-            lr = float(lrs[step])
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with autocast:
-                out = model(x)
-            loss = F.cross_entropy(out.float(), y)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise RunError(f"supervised loss became {value} at epoch {epoch}, step {step + 1} (lr {lr:g}): "
-                               "lower the learning rate or use a warm-up")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            total += value * len(y)
-            seen += len(y)
-            if step == snapshot_step:
-                snapshot = snap()
-            if on_step is not None:
-                on_step(step, model)
+                          drop_last=drop_last, device=dev, channels_last=channels_last)
+        sizes = [min(bs, n - k) for k in range(0, n - (n % bs if drop_last else 0), bs)]
+        # the epoch's flip and crop draws, made batch by batch exactly as augment() would, moved in one copy
+        draws = _epoch_draws(sizes, gen, dev) if cfg.augment == "flip_crop" else None
+        try:
+            for index, (x, y) in enumerate(batches):
+                if epoch == first_epoch and index < skip:  # taken before start_step: same draws, no training
+                    continue
+                if draws is not None:
+                    flips, offsets = draws[index]
+                    x = flip(pad_crop(x, offsets[0], offsets[1], PADDING, fill), flips)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                lr = float(lrs[step])
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with autocast:
+                    out = model(x)
+                loss = F.cross_entropy(out.float(), y)
+                meter.add("loss", loss, step, weight=len(y))  # on the CPU (or with on_step): raises before the update
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                if step == snapshot_step:
+                    snapshot = snap()
+                if on_step is not None:
+                    on_step(step, model)
+            means = meter.epoch_means()
+        except NonFinite as bad:
+            raise RunError(f"supervised loss became {bad.value} at epoch {bad.step // per_epoch + 1}, step "
+                           f"{bad.step + 1} (lr {lrs[bad.step]:g}): lower the learning rate or use a warm-up") from None
         history["epoch"].append(epoch)
-        history["train_loss"].append(total / max(seen, 1))
+        history["train_loss"].append(means.get("loss", 0.0))
         history["lr"].append(float(opt.param_groups[0]["lr"]))
         acc = math.nan
         if epoch == cfg.epochs or (eval_every and epoch % eval_every == 0):

@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 
 from distill.bn import has_batchnorm, recalibrate_bn
 from distill.config import DistillConfig, RunError
-from distill.data import Dataset, iterate, load_dataset, normalize
+from distill.data import Dataset, Split, iterate, load_dataset, normalize, shuffled_order
 from distill.device import resolve_device
 from distill.init import init_student, parameter_distance
+from distill.meter import EpochMeter, NonFinite
 from distill.models import build_model, seeded
 from distill.store import Store, StoreError, student_name
 
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 MODELS = ("teacher", "teacher_bn", "student", "input")
 # fields that may change when a run is resumed or extended
-_RESUMABLE = {"epochs", "save_every", "save_epochs", "probe_every", "device", "dynamics", "dynamics_examples"}
+_RESUMABLE = {"epochs", "save_every", "save_epochs", "probe_every", "device", "dynamics", "dynamics_examples",
+              "compile"}
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -78,9 +80,37 @@ def distillation_terms(t_out: torch.Tensor, s_out: torch.Tensor, teacher_temp: f
 def distillation_loss(t_out: torch.Tensor, s_out: torch.Tensor, teacher_temp: float = 1.0,
                       student_temp: float = 1.0, center: torch.Tensor | None = None,
                       kind: str = "ce") -> torch.Tensor:
-    """Mean over the batch of H(p_t, p_s) (``ce``) or KL(p_t || p_s) (``kl``); same gradient."""
-    ce, ent = distillation_terms(t_out, s_out, teacher_temp, student_temp, center)
-    return ce - ent if kind == "kl" else ce
+    """Mean over the batch of H(p_t, p_s) (``ce``) or KL(p_t || p_s) (``kl``); same gradient.
+
+    ``ce`` computes only the cross-entropy (what the gradient needs); ``kl`` also the teacher entropy.
+    """
+    if kind == "kl":
+        ce, ent = distillation_terms(t_out, s_out, teacher_temp, student_temp, center)
+        return ce - ent
+    return soft_cross_entropy(t_out, s_out, teacher_temp, student_temp, center)
+
+
+def soft_cross_entropy(t_out: torch.Tensor, s_out: torch.Tensor, teacher_temp: float = 1.0,
+                       student_temp: float = 1.0, center: torch.Tensor | None = None) -> torch.Tensor:
+    """Batch mean of H(p_t, p_s) in nats, computing nothing else: one softmax of the teacher (no
+    gradient) and torch's fused cross-entropy with probability targets. Logits (B, K), at least fp32."""
+    t = t_out.to(torch.promote_types(t_out.dtype, torch.float32))
+    s = s_out.to(torch.promote_types(s_out.dtype, torch.float32))
+    with torch.no_grad():
+        if center is not None:
+            t = t - center
+        pt = F.softmax(t / teacher_temp, dim=-1)
+    return F.cross_entropy(s / student_temp if student_temp != 1.0 else s, pt)
+
+
+def teacher_entropy(t_out: torch.Tensor, teacher_temp: float = 1.0, center: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """Per-example entropy H(p_t) in nats (B,), float64 accumulation of fp32 logits (B, K)."""
+    t = t_out.to(torch.promote_types(t_out.dtype, torch.float32))
+    if center is not None:
+        t = t - center
+    log_pt = F.log_softmax(t / teacher_temp, dim=-1)
+    return -(log_pt.exp() * log_pt).sum(-1).double()
 
 
 def lr_schedule(cfg: DistillConfig, steps_per_epoch: int) -> np.ndarray:
@@ -186,6 +216,51 @@ def recalibrated_teacher(teacher: nn.Module, data: Dataset, cfg: DistillConfig, 
                    if i < max_batches)
         recalibrate_bn(t, batches)
     return t.eval()
+
+
+def use_channels_last(device: torch.device, model: nn.Module) -> bool:
+    """Channels-last memory format for training: on CUDA, for networks with 2-d convolutions."""
+    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+class _EntropyLog:
+    """The teacher entropy H(p_t) behind the logged KL = H(p_t, p_s) - H(p_t); never in the gradient.
+
+    When the teacher's output for an image cannot change during the run (frozen teacher with BN in
+    eval mode, no centering, no EMA, one view: the paper's setup), each training image's entropy is
+    computed once per process, in one teacher pass over the training split before the first
+    epoch, and an epoch's mean is taken over exactly the images that epoch visited: the logged KL
+    is then the same as a per-step computation (up to float rounding) at no cost per step.
+    Otherwise it is computed at every step from the logits the step already has.
+    """
+
+    def __init__(self, cfg: DistillConfig, teacher: nn.Module, split: Split, data: Dataset, device: torch.device,
+                 autocast: Any, channels_last: bool):
+        self.cfg, self.teacher, self.split, self.data = cfg, teacher, split, data
+        self.device, self.autocast, self.channels_last = device, autocast, channels_last
+        self.fixed = not cfg.ema_teacher and not cfg.center and cfg.augment == "none" and cfg.teacher_bn == "eval"
+        self.per_image: torch.Tensor | None = None
+
+    def prepare(self) -> None:
+        """The one teacher pass (fixed case only); called before the first timed epoch."""
+        if not self.fixed or self.per_image is not None:
+            return
+        parts = []
+        with torch.no_grad(), self.autocast:
+            for x, _ in iterate(self.split, self.cfg.batch_size, self.data.mean, self.data.std, device=self.device,
+                                channels_last=self.channels_last):
+                parts.append(teacher_entropy(self.teacher(x), self.cfg.teacher_temp))
+        self.per_image = torch.cat(parts)
+
+    def observe(self, meter: EpochMeter, t_out: torch.Tensor, center: torch.Tensor | None, step: int) -> None:
+        if not self.fixed:
+            meter.add("entropy", teacher_entropy(t_out, self.cfg.teacher_temp, center).mean(), step)
+
+    def epoch_mean(self, means: dict[str, float], visited: torch.Tensor) -> float:
+        """Mean teacher entropy (nats) over the epoch's steps; ``visited``: the epoch's image indices."""
+        if self.fixed and self.per_image is not None:
+            return float(self.per_image[visited.to(self.per_image.device)].mean())
+        return means.get("entropy", math.nan)
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -346,11 +421,10 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
         history.probes[epoch] = {**fixed, "student": run_probes(cfg, student.backbone, pdata, device)}
         student.train(was)
 
-    def measure(epoch: int, losses: list[float], kls: list[float], s_norm: float, t_norm: float,
-                seconds: float) -> None:
+    def measure(epoch: int, loss: float, kl: float, s_norm: float, t_norm: float, seconds: float) -> None:
         history.epochs.append(epoch)
-        history.loss.append(float(np.mean(losses)) if losses else np.nan)
-        history.kl.append(float(np.mean(kls)) if kls else np.nan)
+        history.loss.append(float(loss))
+        history.kl.append(float(kl))
         history.student_norm.append(s_norm)
         history.teacher_norm.append(t_norm)
         history.distance.append(parameter_distance(student, teacher))
@@ -376,7 +450,7 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
             s_norm = copy.deepcopy(student).train().backbone(x0).norm(dim=1).mean().item()
             t_norm = teacher.backbone(x0).norm(dim=1).mean().item()
         probe_epoch(0)
-        measure(0, [], [], s_norm, t_norm, 0.0)
+        measure(0, np.nan, np.nan, s_norm, t_norm, 0.0)
         save(0)
         store.write_result("metrics", history.to_dataset(cfg, device))
 
@@ -387,6 +461,27 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" and device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
+    channels_last = use_channels_last(device, student)
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
+        student.to(memory_format=torch.channels_last)
+    if device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+        torch.backends.cudnn.benchmark = True
+    train_split = data.train.to(device)  # uint8 on the device: batches are sliced and normalised there
+    entropy = _EntropyLog(cfg, teacher, train_split, data, device, autocast, channels_last)
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            t_emb = teacher.backbone(x)
+            t_out = teacher.head(t_emb)
+        emb = student.backbone(x)
+        s_out = student.head(emb)
+        loss = soft_cross_entropy(t_out, s_out, cfg.teacher_temp, cfg.student_temp, center)
+        return loss, t_out, emb, t_emb
+
+    step_forward = torch.compile(forward) if cfg.compile else forward
+    if start < cfg.epochs:
+        entropy.prepare()
     aug_gen = torch.Generator()
     student.train()
     bar = tqdm(range(start + 1, cfg.epochs + 1), desc=cfg.run_name, unit="epoch", disable=None if progress is None
@@ -394,65 +489,64 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
     last_probe = ""
     for epoch in bar:
         t0 = time.perf_counter()
-        losses, kls = [], []
-        s_norm_sum, t_norm_sum, n_norm = torch.zeros((), device=device), torch.zeros((), device=device), 0
+        meter = EpochMeter(device)
         aug_gen.manual_seed(cfg.aug_seed * 1_000_003 + epoch)
-        batches = iterate(data.train, cfg.batch_size, data.mean, data.std, shuffle=True,
-                          seed=cfg.data_seed * 1_000_003 + epoch, drop_last=True, device=device)
-        for i, (x, _) in enumerate(batches):
-            step = (epoch - 1) * steps_per_epoch + i
-            for g in opt.param_groups:
-                g["lr"] = float(lrs[min(step, len(lrs) - 1)])
-            with autocast:
-                if cfg.augment == "multicrop":
-                    views = multicrop(x, cfg.global_crops, cfg.local_crops, aug_gen)
-                    with torch.no_grad():
-                        t_outs = [teacher(v) for v in views[: cfg.global_crops]]
-                    s_outs = [student(v) for v in views]
-                    terms = [distillation_loss(t, s, cfg.teacher_temp, cfg.student_temp, center, cfg.loss)
-                             for ti, t in enumerate(t_outs) for si, s in enumerate(s_outs) if si != ti]
-                    loss = torch.stack(terms).mean()
-                    t_out, emb = t_outs[0], None
-                else:
-                    with torch.no_grad():
-                        t_emb = teacher.backbone(x)
-                        t_out = teacher.head(t_emb)
-                    emb = student.backbone(x)
-                    s_out = student.head(emb)
-                    ce, ent = distillation_terms(t_out, s_out, cfg.teacher_temp, cfg.student_temp, center)
-                    loss = ce - ent if cfg.loss == "kl" else ce
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise RunError(f"loss became {value} at epoch {epoch}, step {i}: lower --lr, raise --adam-eps or "
-                               f"use --warmup-epochs; {out} keeps the checkpoints up to epoch "
-                               f"{max(store.epochs)}")
-            opt.step()
-            with torch.no_grad():
-                if cfg.ema_teacher:
-                    for pt, ps in zip(teacher.parameters(), student.parameters()):
-                        pt.mul_(cfg.ema_momentum).add_(ps.detach(), alpha=1 - cfg.ema_momentum)
-                if center is not None:
-                    center.mul_(cfg.center_momentum).add_(t_out.float().mean(0), alpha=1 - cfg.center_momentum)
-                if emb is not None:
-                    s_norm_sum += emb.detach().float().norm(dim=1).mean()
-                    t_norm_sum += t_emb.float().norm(dim=1).mean()
-                    n_norm += 1
-                    kls.append(value - ent.item() if cfg.loss == "ce" else value)
-            losses.append(value)
-            if i % 10 == 0:
-                bar.set_postfix_str(f"loss {value:.4f}{last_probe}", refresh=False)
-        n_norm = max(n_norm, 1)
+        seed = cfg.data_seed * 1_000_003 + epoch
+        batches = iterate(train_split, cfg.batch_size, data.mean, data.std, shuffle=True, seed=seed, drop_last=True,
+                          device=device, with_index=True, channels_last=channels_last)
+        step = (epoch - 1) * steps_per_epoch
+        try:
+            for i, (x, _, idx) in enumerate(batches):
+                step = (epoch - 1) * steps_per_epoch + i
+                for g in opt.param_groups:
+                    g["lr"] = float(lrs[min(step, len(lrs) - 1)])
+                with autocast:
+                    if cfg.augment == "multicrop":
+                        views = multicrop(x, cfg.global_crops, cfg.local_crops, aug_gen)
+                        with torch.no_grad():
+                            t_outs = [teacher(v) for v in views[: cfg.global_crops]]
+                        s_outs = [student(v) for v in views]
+                        terms = [soft_cross_entropy(t, s, cfg.teacher_temp, cfg.student_temp, center)
+                                 for ti, t in enumerate(t_outs) for si, s in enumerate(s_outs) if si != ti]
+                        loss = torch.stack(terms).mean()
+                        with torch.no_grad():  # each global view's teacher is in the same number of pairs
+                            meter.add("entropy", torch.stack([teacher_entropy(t, cfg.teacher_temp, center).mean()
+                                                              for t in t_outs]).mean(), step)
+                        t_out, emb, t_emb = t_outs[0], None, None
+                    else:
+                        loss, t_out, emb, t_emb = step_forward(x)
+                meter.add("loss", loss, step)  # on the CPU: raises here, before the update
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip_grad:
+                    nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
+                opt.step()
+                with torch.no_grad():
+                    if emb is not None:
+                        entropy.observe(meter, t_out, center, step)
+                        meter.add("student_norm", emb.float().norm(dim=1).mean(), step)
+                        meter.add("teacher_norm", t_emb.float().norm(dim=1).mean(), step)
+                    if cfg.ema_teacher:
+                        for pt, ps in zip(teacher.parameters(), student.parameters()):
+                            pt.mul_(cfg.ema_momentum).add_(ps.detach(), alpha=1 - cfg.ema_momentum)
+                    if center is not None:
+                        center.mul_(cfg.center_momentum).add_(t_out.float().mean(0), alpha=1 - cfg.center_momentum)
+            means = meter.epoch_means()  # one host read per epoch; checks that every loss was finite
+        except NonFinite as bad:
+            raise RunError(f"loss became {bad.value} at epoch {bad.step // steps_per_epoch + 1}, step "
+                           f"{bad.step % steps_per_epoch}: lower --lr, raise --adam-eps or use --warmup-epochs; "
+                           f"{out} keeps the checkpoints up to epoch {max(store.epochs)}") from None
+        ce = means.get("loss", math.nan)
+        ent = entropy.epoch_mean(means, shuffled_order(len(train_split), seed, train_split.images.device)
+                                 [: steps_per_epoch * cfg.batch_size])
+        kl = ce - ent
         if epoch in probe_at and cfg.probes:
             probe_epoch(epoch)
             p = history.probes[epoch]["student"]
             last_probe = " | student " + " ".join(f"{k} {100 * v:.1f}" for k, v in p.items())
-            bar.set_postfix_str(f"loss {np.mean(losses):.4f}{last_probe}")
-        measure(epoch, losses, kls, (s_norm_sum / n_norm).item(), (t_norm_sum / n_norm).item(),
-                time.perf_counter() - t0)
+        bar.set_postfix_str(f"loss {kl if cfg.loss == 'kl' else ce:.4f}{last_probe}")
+        measure(epoch, kl if cfg.loss == "kl" else ce, kl, means.get("student_norm", math.nan),
+                means.get("teacher_norm", math.nan), time.perf_counter() - t0)
         if epoch in save_at:
             save(epoch)
         store.write_result("metrics", history.to_dataset(cfg, device))
