@@ -68,8 +68,10 @@ def _channel_stats(values: Sequence[float] | Tensor | float, channels: int, name
 
 @torch.no_grad()
 def embed(backbone: nn.Module, images: Tensor, mean: Sequence[float], std: Sequence[float],
-          batch_size: int = 1024, device: str | torch.device | None = "cpu") -> Tensor:
-    """Embed uint8 images (N, C, H, W) with ``backbone``; returns float32 (N, D) on the CPU.
+          batch_size: int = 1024, device: str | torch.device | None = "cpu",
+          out_device: str | torch.device | None = "cpu") -> Tensor:
+    """Embed uint8 images (N, C, H, W) with ``backbone``; returns float32 (N, D) on ``out_device``
+    (the CPU by default; None: where the forward passes ran, so probes can stay on the device).
 
     Pixels are normalised as ``(x / 255 - mean) / std`` per channel (mean/std in units of
     [0, 1] intensity). The module runs in whatever train/eval mode it is in: the caller
@@ -94,13 +96,14 @@ def embed(backbone: nn.Module, images: Tensor, mean: Sequence[float], std: Seque
     n, c = images.shape[0], images.shape[1]
     m = _channel_stats(mean, c, "mean", dev)
     s = _channel_stats(std, c, "std", dev)
+    target = dev if out_device is None else torch.device(out_device)
     was_training = [(mod, mod.training) for mod in backbone.modules()]
     out: list[Tensor] = []
     starts = range(0, n, batch_size)
     for i in tqdm(starts, desc="embed", leave=False,
                   disable=True if n < _BAR_MIN_ITEMS else None):
         x = images[i:i + batch_size].to(dev, non_blocking=True).float().div_(255).sub_(m).div_(s)
-        out.append(backbone(x).flatten(1).float().cpu())
+        out.append(backbone(x).flatten(1).float().to(target))
     # Defensive: a module whose forward flips modes must not leak that to the caller.
     for mod, flag in was_training:
         mod.training = flag
@@ -126,16 +129,20 @@ def _check_finite(x: Tensor, name: str) -> None:
 def _nearest(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The k smallest scores per row and their columns, ties broken by the lower column.
 
-    torch.topk does not promise which of several equal values it keeps, so rows whose k-th
-    value is tied with a value outside the selection are redone with a stable sort.
+    torch.topk does not promise which of several equal values it keeps. The chosen set is
+    ambiguous only when more than k entries are <= the k-th value, i.e. when the (k+1)-th smallest
+    equals the k-th; one topk of k + 1 finds those rows (no extra pass over ``scores``), and only
+    they are redone with a stable sort.
     """
-    vals, idx = torch.topk(scores, k, dim=1, largest=False, sorted=True)
-    # The chosen set is ambiguous only when more than k entries are <= the k-th value.
-    redo = (scores <= vals[:, -1:]).sum(dim=1) > k
-    if bool(redo.any()):
-        rows = redo.nonzero().squeeze(1)
-        v, j = torch.sort(scores[rows], dim=1, stable=True)
-        vals[rows], idx[rows] = v[:, :k], j[:, :k]
+    n = scores.shape[1]
+    vals, idx = torch.topk(scores, min(k + 1, n), dim=1, largest=False, sorted=True)
+    if k < n:
+        redo = vals[:, k] <= vals[:, k - 1]
+        vals, idx = vals[:, :k], idx[:, :k]
+        if bool(redo.any()):
+            rows = redo.nonzero().squeeze(1)
+            v, j = torch.sort(scores[rows], dim=1, stable=True)
+            vals[rows], idx[rows] = v[:, :k], j[:, :k]
     return vals, idx
 
 
@@ -200,9 +207,12 @@ def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, k: int = 20,
             scores = -(q @ tx.T)  # smaller is nearer
         else:
             q = q - centre
-            # ||q - t||^2 = ||q||^2 - 2 q.t + ||t||^2; clamp guards round-off below zero.
-            scores = (q.square().sum(dim=1, keepdim=True) - 2.0 * (q @ tx.T) + tx_sq).clamp_min_(0)
+            # ||q - t||^2 = ||q||^2 - 2 q.t + ||t||^2: one fused matmul-add ranks by ||t||^2 - 2 q.t
+            # (the per-row ||q||^2 does not change the order); it is added back for the k kept.
+            scores = torch.addmm(tx_sq, q, tx.T, beta=1.0, alpha=-2.0)
         vals, idx = _nearest(scores, k)
+        if metric != "cosine":
+            vals = (vals + q.square().sum(dim=1, keepdim=True)).clamp_min_(0)
         labels = train_y[idx]  # (B, k)
         if weighted:
             if metric == "cosine":
@@ -257,18 +267,18 @@ def _init_linear(layer: nn.Linear, gen: torch.Generator) -> None:
 
 @torch.no_grad()
 def _full_loss(layer: nn.Linear, x: Tensor, y: Tensor) -> float:
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, x.shape[0], _EVAL_BATCH):
-        total += float(F.cross_entropy(layer(x[i:i + _EVAL_BATCH]), y[i:i + _EVAL_BATCH], reduction="sum"))
-    return total / x.shape[0]
+        total += F.cross_entropy(layer(x[i:i + _EVAL_BATCH]), y[i:i + _EVAL_BATCH], reduction="sum").double()
+    return float(total) / x.shape[0]
 
 
 @torch.no_grad()
 def _accuracy(layer: nn.Linear, x: Tensor, y: Tensor) -> float:
-    correct = 0
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
     for i in range(0, x.shape[0], _EVAL_BATCH):
-        correct += int((layer(x[i:i + _EVAL_BATCH]).argmax(dim=1) == y[i:i + _EVAL_BATCH]).sum())
-    return correct / x.shape[0]
+        correct += (layer(x[i:i + _EVAL_BATCH]).argmax(dim=1) == y[i:i + _EVAL_BATCH]).sum()
+    return int(correct) / x.shape[0]
 
 
 def fit_linear(train_x: Tensor, train_y: Tensor, *, epochs: int = 10, lr: float = 1e-3,
@@ -317,9 +327,9 @@ def fit_linear(train_x: Tensor, train_y: Tensor, *, epochs: int = 10, lr: float 
     for _ in tqdm(range(n_epochs), desc="linear probe", leave=False,
                   disable=True if n * n_epochs < 10**7 else None):
         order = torch.randperm(n, generator=gen).to(dev)
+        xs, ys = x[order], y[order]  # one gather per epoch; the batches below are views
         for i in range(0, n, batch_size):
-            j = order[i:i + batch_size]
-            loss = F.cross_entropy(layer(x[j]), y[j])
+            loss = F.cross_entropy(layer(xs[i:i + batch_size]), ys[i:i + batch_size])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -487,8 +497,8 @@ def probe_model(backbone: nn.Module, data: Any, probes: Iterable[str] = PROBES,
     if isinstance(getattr(backbone, "backbone", None), nn.Module):
         backbone = backbone.backbone
     tr_img, tr_lab, te_img, te_lab = _split_arrays(data, train_subset, seed)
-    tr = embed(backbone, tr_img, data.mean, data.std, batch_size=batch_size, device=device)
-    te = embed(backbone, te_img, data.mean, data.std, batch_size=batch_size, device=device)
+    tr = embed(backbone, tr_img, data.mean, data.std, batch_size=batch_size, device=device, out_device=None)
+    te = embed(backbone, te_img, data.mean, data.std, batch_size=batch_size, device=device, out_device=None)
     return probe_features(tr, tr_lab, te, te_lab, probes=probes, seed=seed, device=device, **kw)
 
 

@@ -14,6 +14,7 @@ cross-entropy in nats, error = 1 - accuracy as a fraction.
 """
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
@@ -328,3 +329,38 @@ def run_segment(model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, Ten
             warnings.warn(f"vmap evaluation failed ({exc}); falling back to the loop backend", stacklevel=3)
     loss, error = run_loop(model, sa, sb, alphas, policy, inputs, eval_batch_size)
     return loss, error, "loop"
+
+
+def trial_backends(model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, Tensor], alphas: list[float],
+                   policy: str, inputs: PathInputs, eval_batch_size: int, chunk: int) -> dict[str, float]:
+    """Seconds per alpha of the loop and of vmap on a short trial on the inputs' device.
+
+    The trial is the real work in miniature: the first ``min(chunk, len(alphas))`` alphas, one
+    BN-reset batch (when the policy resets) and one evaluation batch of ``eval_batch_size`` images of
+    the first split. Each backend runs once untimed (kernel selection, vmap tracing), then once
+    timed between device synchronisations. Returns ``{"loop": s, "vmap": s}`` (inf when vmap
+    fails on this model). The model's state afterwards is arbitrary (callers pass a work copy).
+    """
+    name = next(iter(inputs.splits))
+    images, labels = inputs.splits[name]
+    k = min(eval_batch_size, len(labels))
+    trial = PathInputs(bn=inputs.bn[:1], splits={name: (images[:k], labels[:k])}, mean=inputs.mean,
+                       std=inputs.std, channels_last=inputs.channels_last, counts={name: k})
+    few = alphas[:max(1, min(chunk, len(alphas)))]
+    dev = inputs.mean.device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def timed(fn) -> float:
+        fn()
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        return (time.perf_counter() - start) / len(few)
+
+    out = {"loop": timed(lambda: run_loop(model, sa, sb, few, policy, trial, eval_batch_size))}
+    try:
+        out["vmap"] = timed(lambda: run_vmap(model, sa, sb, few, policy, trial, eval_batch_size, len(few)))
+    except RuntimeError:
+        out["vmap"] = float("inf")
+    return out

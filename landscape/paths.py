@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from distill.bn import has_batchnorm
 from distill.device import resolve_device
-from landscape.evaluate import POLICIES, lerp, prepare_inputs, run_segment
+from landscape.evaluate import POLICIES, lerp, prepare_inputs, run_segment, trial_backends
 from landscape.refs import load_ref, require_classifier
 
 BACKENDS = ("auto", "loop", "vmap")
@@ -89,9 +89,9 @@ def _resolve(ref: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]
 
 def _choose_backend(requested: str, device: torch.device, model: nn.Module, n_alphas: int) -> str:
     """``auto``: loop on CPU (vmap ran at 0.5-0.8x the loop's speed there, bench/bench_paths.py);
-    on CUDA, vmap for models up to VMAP_MAX_PARAMS parameters without dropout and more than one
-    alpha, where per-alpha kernels of a small model leave the device mostly idle (not measured in
-    this project: no GPU was available to the benchmark)."""
+    on CUDA, vmap is the candidate for models up to VMAP_MAX_PARAMS parameters without dropout and
+    more than one alpha; :func:`linear_path` then times both on a short trial on the device
+    (:func:`landscape.evaluate.trial_backends`) and keeps the faster, recorded in ``backend_rule``."""
     if requested != "auto":
         return requested
     if device.type != "cuda" or n_alphas < 2:
@@ -195,6 +195,8 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
     if any(n == 0 for n in inputs.counts.values()):
         raise ValueError(f"empty split among {splits}: pass a dataset with examples in every split evaluated")
     alist = [float(x) for x in alpha_values]
+    rule = "requested" if backend != "auto" else ("cpu: loop (vmap measured 0.5-0.8x the loop there)"
+                                                  if dev.type != "cuda" else f"cuda: {chosen} by model type")
     if repair:
         from landscape.align import endpoint_stats, repair_state
 
@@ -203,14 +205,20 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
             s = repair_state(model, sa, sb, x, inputs.bn, stats)
             rows.append(run_segment(model, s, s, [0.0], policy, inputs, eval_batch_size, 1, "loop", "loop")[:2])
         loss, error, chosen = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]), "loop"
+        rule = "repair: loop"
     else:
+        if backend == "auto" and chosen == "vmap" and dev.type == "cuda":
+            trial = trial_backends(model, sa, sb, alist, policy, inputs, eval_batch_size, chunk)
+            chosen = "vmap" if trial["vmap"] < trial["loop"] else "loop"
+            rule = (f"cuda: measured {1e3 * trial['loop']:.2f} ms/alpha loop, {1e3 * trial['vmap']:.2f} ms/alpha "
+                    f"vmap on a trial of {min(chunk, len(alist))} alphas x (1 BN batch + 1 eval batch): {chosen}")
         loss, error, chosen = run_segment(model, sa, sb, alist, policy, inputs, eval_batch_size, chunk, backend,
                                           chosen)
 
     import distill
 
     attrs: dict[str, Any] = {
-        "path_definition": PATH_DEFINITION, "bn_policy": policy, "backend": chosen,
+        "path_definition": PATH_DEFINITION, "bn_policy": policy, "backend": chosen, "backend_rule": rule,
         "alpha_chunk": chunk if chosen == "vmap" else 1, "precision": "fp32", "device": str(dev),
         "memory_format": "channels_last" if use_cl else "contiguous", "n_alphas": len(alpha_values),
         "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_seed": bn_seed,
