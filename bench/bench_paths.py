@@ -8,12 +8,16 @@ for the BN reset as 8 batches of 256, 2,000 test images). Images/s counts every 
 through the network (BN-reset plus evaluation images, times the number of alphas).
 
     python -m bench.bench_paths                # full run (a few minutes on 2 CPU cores)
-    python -m bench.bench_paths --bn-batches 4 --test-images 1000 --short vmap,auto   # ~3 minutes
+    python -m bench.bench_paths --size tiny    # seconds (what the test suite runs)
+    python -m bench.bench_paths --arch resnet18 --test-images 10000 --device cuda   # the GPU figure
+
+Each round, every method evaluates the whole path once, methods taking turns (interleaved); the
+median per method and the ratio naive/ours are reported (target >= 1.5 for the 21-point path).
 """
 from __future__ import annotations
 
 import argparse
-import time
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +27,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
+from bench.common import interleaved, record, reset_gpu_peak, show, sync_for
 from landscape.paths import interpolate_state, linear_path
 
 
@@ -41,8 +46,12 @@ class _Data:
     std: tuple
 
 
-def _convnet(seed: int) -> nn.Module:
+def _convnet(seed: int, arch: str = "convnet") -> nn.Module:
     torch.manual_seed(seed)
+    if arch != "convnet":
+        import distill
+
+        return distill.build_model(arch, (3, 32, 32), head="linear", num_classes=10).eval()
     try:
         import distill
 
@@ -72,12 +81,12 @@ def _normalise(images: torch.Tensor, data: _Data) -> torch.Tensor:
 
 
 def naive_path(a: nn.Module, b: nn.Module, data: _Data, alphas: np.ndarray, bn_images: int,
-               bn_batch_size: int, seed: int, batch_size: int = 256) -> np.ndarray:
+               bn_batch_size: int, seed: int, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
     """Test loss per alpha, the straightforward way (same BN batches as linear_path)."""
     idx = torch.randperm(len(data.train.labels), generator=torch.Generator().manual_seed(seed))[:bn_images]
-    bn_x = _normalise(data.train.images[idx], data)
-    test_x, test_y = _normalise(data.test.images, data), data.test.labels
-    model = _convnet(0)
+    bn_x = _normalise(data.train.images[idx], data).to(device)
+    test_x, test_y = _normalise(data.test.images, data).to(device), data.test.labels.to(device)
+    model = copy.deepcopy(a).to(device)
     sa, sb = a.state_dict(), b.state_dict()
     losses = []
     for alpha in alphas:
@@ -92,79 +101,61 @@ def naive_path(a: nn.Module, b: nn.Module, data: _Data, alphas: np.ndarray, bn_i
     return np.array(losses)
 
 
-def main(argv: list[str] | None = None) -> None:
+SIZES = {"tiny": dict(alphas=3, bn_batches=1, bn_batch_size=32, test_images=32, rounds=1),
+         "full": dict(alphas=21, bn_batches=8, bn_batch_size=256, test_images=2000, rounds=3)}
+
+
+def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None, arch: str = "convnet",
+              **over) -> list[dict]:
+    """naive loop vs ``linear_path(backend="auto")`` over the whole path, as records."""
+    p = {**SIZES[size], **over}
+    bn_images = p["bn_batches"] * p["bn_batch_size"]
+    data = _data(bn_images, p["test_images"])
+    a, b = _convnet(0, arch).to(device), _convnet(1, arch).to(device)
+    grid = np.linspace(0, 1, p["alphas"])
+    curves: dict[str, np.ndarray] = {}
+    attrs: dict[str, str] = {}
+
+    def naive() -> None:
+        curves["naive"] = naive_path(a, b, data, grid, bn_images, p["bn_batch_size"], seed=0, device=device)
+
+    def ours() -> None:
+        ds = linear_path(a, b, data, alphas=list(grid), bn="reset", splits=("test",), bn_batches=p["bn_batches"],
+                         bn_batch_size=p["bn_batch_size"], bn_seed=0, backend="auto", device=device)
+        curves["ours"] = ds.loss.sel(split="test").values
+        attrs.update(backend=ds.attrs["backend"], rule=ds.attrs.get("backend_rule", ""),
+                     memory_format=ds.attrs["memory_format"])
+
+    reset_gpu_peak()
+    times = interleaved({"naive (update_bn + DataLoader)": naive, "linear_path auto": ours},
+                        rounds or p["rounds"], sync=sync_for(device), warmup=size != "tiny")
+    n_params = sum(t.numel() for t in a.parameters())
+    what = (f"{p['alphas']}-point linear path with BN reset ({p['bn_batches']}x{p['bn_batch_size']} images), "
+            f"{p['test_images']} test images, {arch} ({n_params:,} parameters)")
+    return [record("path_bn_reset", what, times, ours="linear_path auto", baseline="naive (update_bn + DataLoader)",
+                   target=">= 1.5", goal=lambda r: r >= 1.5, device=str(device), size=size,
+                   max_abs_loss_difference=float(np.max(np.abs(curves["ours"] - curves["naive"]))),
+                   ours_backend=attrs.get("backend"), backend_rule=attrs.get("rule"),
+                   memory_format=attrs.get("memory_format"))]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--alphas", type=int, default=21)
-    parser.add_argument("--bn-batches", type=int, default=8)
-    parser.add_argument("--bn-batch-size", type=int, default=256)
-    parser.add_argument("--test-images", type=int, default=2000)
-    parser.add_argument("--backends", default="naive,loop,vmap,auto",
-                        help="comma-separated subset of naive,loop,vmap,auto")
-    parser.add_argument("--short", default="",
-                        help="methods run on every 5th alpha only (images/s stays comparable), e.g. vmap,auto")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="methods take turns on interleaved alpha subsets, so load drift hits all alike")
-    parser.add_argument("--alpha-chunk", type=int, default=None)
+    parser.add_argument("--size", choices=list(SIZES), default="full")
+    parser.add_argument("--alphas", type=int, default=None)
+    parser.add_argument("--bn-batches", type=int, default=None)
+    parser.add_argument("--bn-batch-size", type=int, default=None)
+    parser.add_argument("--test-images", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--arch", default="convnet")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-
-    bn_images = args.bn_batches * args.bn_batch_size
-    data = _data(bn_images, args.test_images)
-    a, b = _convnet(0), _convnet(1)
-    per_alpha = bn_images + args.test_images
-    grid = np.linspace(0, 1, args.alphas)
-    methods = args.backends.split(",")
-    short = set(filter(None, args.short.split(",")))
-    own = {m: (grid[::5] if m in short else grid) for m in methods}
-    print(f"ConvNet 4x64 + BN ({sum(p.numel() for p in a.parameters()):,} parameters), 3x32x32, "
-          f"{args.alphas}-point path, BN reset {args.bn_batches}x{args.bn_batch_size}, "
-          f"{args.test_images} test images; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.rounds} interleaved rounds")
-
-    for m in methods:  # warm-up (kernel selection, allocator), not timed
-        if m == "naive":
-            naive_path(a, b, data, grid[:1], args.bn_batch_size, args.bn_batch_size, seed=0)
-        else:
-            linear_path(a, b, data, alphas=[0.0], splits=("test",), bn_batches=1, backend=m, device="cpu",
-                        max_examples=64)
-    seconds = {m: 0.0 for m in methods}
-    cpu = {m: 0.0 for m in methods}
-    losses: dict[str, dict[float, float]] = {m: {} for m in methods}
-    ran = {}
-    for r in range(args.rounds):
-        for m in methods:
-            alphas = own[m][r::args.rounds]
-            if len(alphas) == 0:
-                continue
-            start, start_cpu = time.perf_counter(), time.process_time()
-            if m == "naive":
-                curve = naive_path(a, b, data, alphas, bn_images, args.bn_batch_size, seed=0)
-            else:
-                ds = linear_path(a, b, data, alphas=list(alphas), bn="reset", splits=("test",),
-                                 bn_batches=args.bn_batches, bn_batch_size=args.bn_batch_size, bn_seed=0,
-                                 backend=m, device="cpu", alpha_chunk=args.alpha_chunk)
-                curve = ds.loss.sel(split="test").values
-                ran[m] = f"{ds.attrs['backend']}, {ds.attrs['memory_format']}"
-            seconds[m] += time.perf_counter() - start
-            cpu[m] += time.process_time() - start_cpu
-            losses[m].update({round(float(x), 9): float(v) for x, v in zip(alphas, curve)})
-
-    rate = {m: len(own[m]) * per_alpha / seconds[m] for m in methods}
-    cpu_rate = {m: len(own[m]) * per_alpha / cpu[m] for m in methods}
-    print(f"\n{'method':<48} {'alphas':>6} {'wall s':>7} {'images/s':>9} {'x naive':>8} "
-          f"{'img/cpu-s':>9} {'x naive':>8} {'max|dloss|':>11}")
-    for m in methods:
-        label = "naive (update_bn + DataLoader)" if m == "naive" else f"ours backend={m} (ran {ran[m]})"
-        ratio = f"{rate[m] / rate['naive']:.2f}" if "naive" in rate else "-"
-        cpu_ratio = f"{cpu_rate[m] / cpu_rate['naive']:.2f}" if "naive" in rate else "-"
-        diff = "-"
-        if "naive" in losses and m != "naive":
-            common = [x for x in losses[m] if x in losses["naive"]]
-            if common:
-                diff = f"{max(abs(losses[m][x] - losses['naive'][x]) for x in common):.1e}"
-        print(f"{label:<48} {len(own[m]):>6} {seconds[m]:>7.1f} {rate[m]:>9.0f} {ratio:>8} "
-              f"{cpu_rate[m]:>9.0f} {cpu_ratio:>8} {diff:>11}")
-    print("images/s: (BN-reset + test images) x alphas / wall seconds; img/cpu-s uses this process's CPU time "
-          "(less sensitive to other processes on the machine); max|dloss|: test loss vs naive at shared alphas")
+    over = {k: v for k, v in dict(alphas=args.alphas, bn_batches=args.bn_batches, bn_batch_size=args.bn_batch_size,
+                                  test_images=args.test_images).items() if v is not None}
+    recs = run_bench(args.size, args.device, args.rounds, args.arch, **over)
+    for r in recs:
+        print(show(r))
+    return recs
 
 
 if __name__ == "__main__":

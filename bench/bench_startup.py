@@ -3,7 +3,7 @@
 Each call is a fresh interpreter, timed from spawn to exit; the calls alternate so that both
 see the same machine load. Reported: the median of ``--repeats`` runs per call and its excess
 over the bare interpreter (target: ``rtt -h`` at most 1 s above ``python -c pass``), plus
-``python -c "import torch"`` for scale.
+``python -c "import torch"`` for scale (left out of the tiny run the test suite makes).
 
     python -m bench.bench_startup [--repeats 5]
 """
@@ -16,9 +16,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from bench.common import interleaved, record
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 1.0
+SIZES = {"tiny": dict(rounds=1), "full": dict(rounds=5)}
 
 CALLS: dict[str, list[str]] = {
     "python -c pass": ["-c", "pass"],
@@ -28,6 +32,7 @@ CALLS: dict[str, list[str]] = {
     "rtt distill --subset 10k": ["-m", "landscape.cli", "distill", "--out", "x.h5", "--subset", "10k"],
     "python -c 'import torch'": ["-c", "import torch"],
 }
+TINY_CALLS = ("python -c pass", "rtt -h", "rtt distill -h")
 
 
 def _time(args: list[str]) -> float:
@@ -36,22 +41,32 @@ def _time(args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None, **_: Any) -> list[dict]:
+    """Every call (the tiny size: three of them) in interleaved rounds, as one record."""
+    calls = {k: v for k, v in CALLS.items() if size == "full" or k in TINY_CALLS}
+    times = interleaved({name: (lambda args=args: _time(args)) for name, args in calls.items()},
+                        rounds or SIZES[size]["rounds"], warmup=size == "full",
+                        timer={name: (lambda t: t) for name in calls})
+    rec = record("startup", "process start-up, spawn to exit of a fresh interpreter", times, ours="rtt -h",
+                 baseline="python -c pass", target=f"rtt -h at most {TARGET_S:g} s above python -c pass", size=size)
+    rec["rtt_excess_s"] = rec["median_s"]["rtt -h"] - rec["median_s"]["python -c pass"]
+    rec["met"] = bool(rec["rtt_excess_s"] <= TARGET_S)
+    return [rec]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5, help="runs per call; the median is reported (default: 5)")
     a = p.parse_args(argv)
-    times: dict[str, list[float]] = {name: [] for name in CALLS}
-    for _ in range(a.repeats):
-        for name, args in CALLS.items():
-            times[name].append(_time(args))
-    base = statistics.median(times["python -c pass"])
+    rec = run_bench("full", rounds=a.repeats)[0]
+    base = rec["median_s"]["python -c pass"]
     print(f"{'call':<28}{'median s':>10}{'above python -c pass':>24}")
-    for name, ts in times.items():
+    for name, ts in rec["seconds"].items():
         med = statistics.median(ts)
         print(f"{name:<28}{med:10.3f}{med - base:+24.3f}")
-    excess = statistics.median(times["rtt -h"]) - base
-    verdict = "met" if excess <= TARGET_S else "NOT met"
-    print(f"rtt -h: {excess:.3f} s above python -c pass (median of {a.repeats}; target <= {TARGET_S:g} s: {verdict})")
+    verdict = "met" if rec["met"] else "NOT met"
+    print(f"rtt -h: {rec['rtt_excess_s']:.3f} s above python -c pass (median of {a.repeats}; "
+          f"target <= {TARGET_S:g} s: {verdict})")
     return 0
 
 

@@ -1,0 +1,66 @@
+"""Store writes: ``Store.save_module`` of a ResNet-18 (11 M parameters) against plain h5py.
+
+Ours writes under a temporary name, flushes and renames (a checkpoint appears complete or not at
+all) and records the architecture spec; the plain baseline is ``h5py.File(path, "a")`` with one
+``create_dataset`` per state_dict key. Each round writes a new checkpoint into one growing file
+per variant, as a training run does.
+
+    python -m bench.bench_store [--size tiny|full]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import h5py
+import torch
+
+import distill
+from bench.common import interleaved, record, show
+from distill.store import Store
+
+SIZES = {"tiny": dict(arch="convnet", options={"width": 8, "depth": 2}, rounds=1),
+         "full": dict(arch="resnet18", options={}, rounds=5)}
+
+
+def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None, **_: Any) -> list[dict]:
+    p = SIZES[size]
+    torch.manual_seed(0)
+    model = distill.build_model(p["arch"], (3, 32, 32), head="linear", num_classes=10, **p["options"])
+    n_params = sum(t.numel() for t in model.state_dict().values())
+    counter = itertools.count()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store.create(Path(tmp) / "ours.h5", {"bench": True})
+        plain_path = Path(tmp) / "plain.h5"
+
+        def ours() -> None:
+            store.save_module(f"m{next(counter)}", model, {"epoch": 0})
+
+        def plain() -> None:
+            with h5py.File(plain_path, "a") as f:
+                g = f.create_group(f"m{next(counter)}")
+                for k, v in model.state_dict().items():
+                    g.create_dataset(k, data=v.detach().cpu().numpy())
+
+        times = interleaved({"Store.save_module": ours, "plain h5py": plain}, rounds or p["rounds"], warmup=size != "tiny")
+    return [record("store_write", f"one checkpoint of {p['arch']} ({n_params:,} values)", times,
+                   ours="Store.save_module", baseline="plain h5py", target=">= 0.5", goal=lambda r: r >= 0.5,
+                   size=size)]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", choices=list(SIZES), default="full")
+    ap.add_argument("--rounds", type=int, default=None)
+    a = ap.parse_args(argv)
+    recs = run_bench(a.size, rounds=a.rounds)
+    for r in recs:
+        print(show(r))
+    return recs
+
+
+if __name__ == "__main__":
+    main()
