@@ -32,3 +32,13 @@ def cifar_tarball() -> Path:
     if not CIFAR_TARBALL.exists():
         pytest.skip(f"{CIFAR_TARBALL} absent (the shared data folder is not beside the project)")
     return CIFAR_TARBALL
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a CUDA device: skipped with a reason without one."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu; scripts/gpu-check.sh runs these)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
