@@ -65,6 +65,39 @@ def plain_epoch(cfg: distill.DistillConfig, data: Dataset, device: torch.device)
     return time.perf_counter() - t0
 
 
+# dense tensor-core peaks (TFLOP/s) from the vendors' data sheets, by a substring of the device name
+PEAK_TFLOPS = {"H200": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+               "H100 PCIe": {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2},
+               "H100": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+               "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}}
+
+
+def peak_tflops(device: torch.device) -> dict[str, float] | None:
+    """The card's data-sheet peaks (bf16, tf32, fp32 TFLOP/s), None when unknown or on the CPU."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAK_TFLOPS.items():
+        if key in name:
+            return peaks
+    return None
+
+
+def step_flops(cfg: distill.DistillConfig, data: Dataset, device: torch.device) -> float:
+    """Model FLOPs of one distillation step (teacher forward, student forward and backward, loss), counted
+    by ``torch.utils.flop_counter`` on one batch (matmuls and convolutions; elementwise work not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    teacher = build_teacher(cfg, data.in_shape).to(device).eval().requires_grad_(False)
+    student = distill.init_student(teacher, "alpha", alpha=cfg.alpha, seed=cfg.noise_seed).to(device).train()
+    x = data.train.images[:cfg.batch_size].to(device).float()
+    with FlopCounterMode(display=False) as counter:
+        with torch.no_grad():
+            target = F.softmax(teacher(x), dim=-1)
+        torch.sum(-target * F.log_softmax(student(x), dim=-1), dim=-1).mean().backward()
+    return float(counter.get_total_flops())
+
+
 def ours_epoch(cfg: distill.DistillConfig, data: Dataset, tmp: Path) -> tuple[float, float]:
     """(epoch seconds as recorded by distill, seconds of the whole call)."""
     out = tmp / f"bench-{time.perf_counter_ns()}.h5"
@@ -102,10 +135,18 @@ def run_bench(size: str = "full", device: str = "auto", rounds: int | None = Non
             f"3x32x32, batch {cfg.batch_size}, {cfg.precision}{' compiled' if cfg.compile else ''}")
     rec = record("distill_epoch", what, times, ours="distill.distill", baseline="plain loop", target=">= 0.95",
                  goal=lambda r: r >= 0.95, device=str(dev), size=size,
-                 ours_whole_call_s=whole[1:] if len(whole) > 1 else whole,
+                 ours_whole_call_s=whole[1:] if len(whole) > 1 else whole, arch=cfg.arch, precision=cfg.precision,
                  notes=["epoch time as distill records it; whole call adds model build, the one teacher "
                         "entropy pass per run and the store writes"])
     rec["images_per_s"] = {k: n / v for k, v in rec["median_s"].items()}
+    flops = step_flops(cfg, data, dev) * (n // cfg.batch_size)
+    rec["model_flops_per_epoch"] = flops
+    rec["achieved_tflops"] = {k: flops / v / 1e12 for k, v in rec["median_s"].items()}
+    peaks = peak_tflops(dev)
+    if peaks is not None:
+        ref = "bf16" if cfg.precision == "bf16" else "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+        rec["peak_tflops"], rec["peak_reference"] = peaks[ref], ref
+        rec["fraction_of_peak"] = rec["achieved_tflops"]["distill.distill"] / peaks[ref]
     return [rec]
 
 
@@ -127,6 +168,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     recs = run_bench(a.size, a.device, a.rounds, precision=a.precision, compile=a.compile, **over)
     for r in recs:
         print(show(r))
+        print(f"  model FLOP/s achieved: " + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in r["achieved_tflops"].items())
+              + (f"; card peak {r['peak_tflops']} TFLOP/s ({r['peak_reference']}): "
+                 f"{100 * r['fraction_of_peak']:.1f} %" if "peak_tflops" in r else ""))
     return recs
 
 
