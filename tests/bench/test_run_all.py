@@ -24,7 +24,7 @@ def test_every_benchmark_runs_at_tiny_size(tmp_path):
     assert run_all.main(["--size", "tiny", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["errors"] == {} and doc["size"] == "tiny" and doc["machine"]["cpu_count"] >= 1
-    recs = {r["name"]: r for r in doc["benchmarks"]}
+    recs = {r["name"]: r for r in doc["benchmarks"] if "median_s" in r}  # print-only ones run at full size
     expected = {"distill_epoch", "path_bn_reset", "imp_level_masked", "knn_500", "knn_1000", "linear_probe",
                 "data_load", "store_write", "startup", "distill_peak_rss"}
     assert expected <= set(recs)
