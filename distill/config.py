@@ -302,7 +302,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
             continue
         tp = _base_type(hints[f.name])
         flag = "--" + prefix + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+        factory: Any = f.default_factory
+        default = f.default if f.default is not dataclasses.MISSING else factory()
         help = f.metadata.get("help", "")
         names = f.metadata.get("names")
         if names:

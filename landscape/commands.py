@@ -54,6 +54,30 @@ def _parse_ref(text: str) -> tuple:
         return store, which
 
 
+def _path_alphas(text: str):
+    """``--alphas`` of the path commands: N (that many evenly spaced points on [0, 1], ends included)
+    or comma-separated values in [0, 1]."""
+    text = text.strip()
+    try:
+        if "," not in text and "." not in text:
+            n = int(text)
+            if n < 2:
+                raise argparse.ArgumentTypeError(f"{text!r}: a path needs at least 2 points (both ends)")
+            return n
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: pass a number of points (e.g. 21) or comma-separated values "
+                                         "in [0, 1] (e.g. 0,0.25,0.5,0.75,1)") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: the values must lie in [0, 1]")
+    return values
+
+
+_MAX_EXAMPLES_HELP = "evaluate a seeded subset of this many images per split (default: all)"
+_ALPHAS_HELP = ("points on the path: N evenly spaced on [0, 1], ends included, or comma-separated values in "
+                "[0, 1] (e.g. 0,0.5,1)")
+
+
 def _splits(text: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     if not names or any(s not in _SPLITS for s in names) or len(set(names)) != len(names):
@@ -62,12 +86,16 @@ def _splits(text: str) -> tuple[str, ...]:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default=None, help="dataset to evaluate on (default: the one in the store's config)")
-    p.add_argument("--data-root", default=None, help="folder or file holding the dataset (default: the store's "
-                   "config, else the standard places)")
-    p.add_argument("--subset", type=int, default=None, help="stratified subset of this many training images "
-                   "(default: the store's config when --dataset is not given)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    from distill import registry
+    from distill.config import _CONVERTERS
+
+    p.add_argument("--dataset", default=None, metavar="NAME", help="dataset to evaluate on (registered: "
+                   f"{', '.join(registry.dataset_names())}; default: the one in the store's config)")
+    p.add_argument("--data-root", default=None, metavar="PATH", help="folder or file holding the dataset (default: "
+                   "the store's config, else $RTT_DATA/<dataset> and, for Fashion-MNIST, /usr/share/datasets)")
+    p.add_argument("--subset", type=_CONVERTERS[int], default=None, metavar="N", help="stratified subset of this "
+                   "many training images (default: the store's config when --dataset is not given, else all)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto: CUDA when present)")
 
 
 def _data_for(store, a: argparse.Namespace):
@@ -185,12 +213,13 @@ class _Lmc:
     def add_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("a", metavar="A", help="first checkpoint: STORE:EPOCH or STORE:NAME (e.g. runs/x.h5:children/0)")
         p.add_argument("b", metavar="B", help="second checkpoint, same architecture")
-        p.add_argument("--alphas", type=int, default=21, help="evenly spaced points on [0, 1], ends included "
-                       "(default: 21)")
+        p.add_argument("--alphas", type=_path_alphas, default=21, metavar="N|A,B,...",
+                       help=f"{_ALPHAS_HELP} (default: 21)")
         p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics along the path "
                        "(default: reset)")
         p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
-        p.add_argument("--max-examples", type=int, default=None, help="evaluate a seeded subset of this size")
+        p.add_argument("--max-examples", type=int, default=None, metavar="N",
+                       help=_MAX_EXAMPLES_HELP)
         p.add_argument("--out", default=None, help="netCDF file to write (default: beside A's store)")
         _add_data_args(p)
 
@@ -219,13 +248,16 @@ class _Instability:
     def add_args(p: argparse.ArgumentParser) -> None:
         _add_start_and_recipe_args(p, skip=("device", "data_seed", "aug_seed"))
         p.add_argument("--children", type=int, default=2, help="number of children (default: 2)")
-        p.add_argument("--seeds", default=None, help="comma-separated seeds, one per child (default: 0..children-1)")
+        p.add_argument("--seeds", default=None, metavar="A,B,...",
+                       help="comma-separated seeds, one per child (default: 0..children-1)")
         p.add_argument("--children-store", default=None, help="store for the children (resumed when it exists; "
                        "default: STORE-instability-eEPOCH.h5 beside STORE)")
-        p.add_argument("--alphas", type=int, default=21, help="points on each path (default: 21)")
+        p.add_argument("--alphas", type=_path_alphas, default=21, metavar="N|A,B,...",
+                       help=f"{_ALPHAS_HELP}, on each path between children (default: 21)")
         p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics along the paths")
         p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
-        p.add_argument("--max-examples", type=int, default=None, help="evaluate paths on a seeded subset")
+        p.add_argument("--max-examples", type=int, default=None, metavar="N",
+                       help=_MAX_EXAMPLES_HELP)
         p.add_argument("--out", default=None, help="netCDF file to write (default: the children store's name, .nc)")
 
     @staticmethod
@@ -265,7 +297,8 @@ class _Plane:
                        "|B - A| (default: 0.5)")
         p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics at each grid point")
         p.add_argument("--split", default="test", choices=_SPLITS, help="split to evaluate (default: test)")
-        p.add_argument("--max-examples", type=int, default=None, help="evaluate a seeded subset of this size")
+        p.add_argument("--max-examples", type=int, default=None, metavar="N",
+                       help=_MAX_EXAMPLES_HELP)
         _add_data_args(p)
 
     @staticmethod
@@ -295,11 +328,26 @@ class _Plane:
 
 
 # ---------------------------------------------------------------------------- plot
+def _store_metrics(path: Path):
+    """The probe metrics of the checkpoint store at ``path``, or a ValueError saying what to pass."""
+    from distill.store import Store, StoreError
+
+    hint = "pass a .nc written by rtt lmc, instability, plane, lottery or locality, or a store with metrics"
+    try:
+        metrics = Store(path).metrics
+    except (StoreError, OSError, KeyError, ValueError):
+        raise ValueError(f"{path} holds no result variables: {hint}") from None
+    if not metrics.data_vars:
+        raise ValueError(f"{path} holds no result variables: {hint}")
+    return metrics
+
+
 @command("plot", "draw a figure of a result file (.nc)")
 class _Plot:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("file", help="netCDF result written by rtt lmc / instability / plane")
+        p.add_argument("file", help="netCDF result written by rtt lmc / instability / plane / lottery / locality, "
+                       "or a store (.h5: its probe metrics)")
         p.add_argument("--out", default=None, help="image to write (default: FILE with .png)")
         p.add_argument("--var", default=None, help="variable to draw (default: error, else the first one)")
 
@@ -317,6 +365,8 @@ class _Plot:
                 ds = opened.load()
         except (OSError, ValueError) as e:
             raise ValueError(f"{path} is not a readable netCDF result ({str(e).splitlines()[0]})") from None
+        if not ds.data_vars:  # e.g. a checkpoint store: its root holds no variables; draw its probe metrics
+            ds = _store_metrics(path)
         if a.var is not None and a.var not in ds.data_vars:
             raise ValueError(f"{path} has no variable {a.var!r}: choose one of {', '.join(map(str, ds.data_vars))}")
         out = plot_result(ds, Path(a.out) if a.out else path.with_suffix(".png"), var=a.var)
@@ -390,12 +440,19 @@ class _Locality:
         from distill.config import _parse_list
 
         g = p.add_mutually_exclusive_group(required=True)
-        g.add_argument("--alphas", type=_parse_list, help="comma-separated alphas in [0, 1], e.g. 0,0.25,0.5,1")
-        g.add_argument("--eps", dest="eps_values", type=_parse_list, help="comma-separated noise scales")
-        p.add_argument("--seeds", type=_parse_list, default=[0], help="replicate seeds (default: 0)")
-        p.add_argument("--runs", default="runs/locality", help="folder of the per-point stores")
-        p.add_argument("--out", required=True, help="result file (.nc)")
-        p.add_argument("--workers", type=int, default=1, help="points run in parallel processes")
+        g.add_argument("--alphas", type=_parse_list, metavar="A,B,...", help="the sweep: comma-separated "
+                       "student-teacher interpolation weights in [0, 1] (0: the teacher, 1: independent), e.g. "
+                       "0,0.25,0.5,1; one distillation each")
+        g.add_argument("--eps", dest="eps_values", type=_parse_list, metavar="A,B,...",
+                       help="or the sweep over noise scales: comma-separated eps >= 0 "
+                       "(student = teacher + eps x noise)")
+        p.add_argument("--seeds", type=_parse_list, default=[0], metavar="A,B,...",
+                       help="replicate seeds, comma-separated (default: 0)")
+        p.add_argument("--runs", default="runs/locality", metavar="DIR",
+                       help="folder of the per-point stores, resumed when present (default: runs/locality)")
+        p.add_argument("--out", required=True, metavar="FILE", help="result file (.nc)")
+        p.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="points run in parallel processes (default: 1, one after the other)")
         add_arguments(p, DistillConfig, skip=("init", "alpha", "eps"))
 
     @staticmethod
@@ -445,11 +502,13 @@ class _Align:
                        "(default: weights)")
         p.add_argument("--repair", action="store_true", help="also evaluate the aligned path with REPAIR "
                        "renormalisation of layers without BatchNorm")
-        p.add_argument("--alphas", type=int, default=21, help="points on [0, 1], ends included (default: 21)")
+        p.add_argument("--alphas", type=_path_alphas, default=21, metavar="N|A,B,...",
+                       help=f"{_ALPHAS_HELP} (default: 21)")
         p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics along the path "
                        "(default: reset)")
         p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
-        p.add_argument("--max-examples", type=int, default=None, help="evaluate a seeded subset of this size")
+        p.add_argument("--max-examples", type=int, default=None, metavar="N",
+                       help=_MAX_EXAMPLES_HELP)
         p.add_argument("--out", default=None, help="netCDF file to write (default: beside A's store)")
         _add_data_args(p)
 
@@ -502,7 +561,8 @@ class _Surface:
         p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics at each point "
                        "(default: reset)")
         p.add_argument("--split", default="test", choices=_SPLITS, help="split to evaluate (default: test)")
-        p.add_argument("--max-examples", type=int, default=None, help="evaluate a seeded subset of this size")
+        p.add_argument("--max-examples", type=int, default=None, metavar="N",
+                       help=_MAX_EXAMPLES_HELP)
         _add_data_args(p)
 
     @staticmethod
