@@ -254,7 +254,8 @@ class _Instability:
                        "default: STORE-instability-eEPOCH.h5 beside STORE)")
         p.add_argument("--alphas", type=_path_alphas, default=21, metavar="N|A,B,...",
                        help=f"{_ALPHAS_HELP}, on each path between children (default: 21)")
-        p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics along the paths")
+        p.add_argument("--bn", default="reset", choices=BN_POLICIES,
+                       help="BatchNorm statistics along the paths: reset = re-estimated at each point (default: reset)")
         p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
         p.add_argument("--max-examples", type=int, default=None, metavar="N",
                        help=_MAX_EXAMPLES_HELP)
@@ -295,7 +296,8 @@ class _Plane:
                        "(default: the three points plus --margin)")
         p.add_argument("--margin", type=float, default=0.5, help="margin around the three points in units of "
                        "|B - A| (default: 0.5)")
-        p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics at each grid point")
+        p.add_argument("--bn", default="reset", choices=BN_POLICIES,
+                       help="BatchNorm statistics at each grid point: reset = re-estimated there (default: reset)")
         p.add_argument("--split", default="test", choices=_SPLITS, help="split to evaluate (default: test)")
         p.add_argument("--max-examples", type=int, default=None, metavar="N",
                        help=_MAX_EXAMPLES_HELP)
