@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
@@ -126,6 +127,8 @@ class DistillConfig(_Config):
     precision: str = _f("fp32", "training precision (bf16 autocast on CUDA only)", ("fp32", "bf16"))
     compile: bool = _f(False, "torch.compile the training step (worth it on CUDA; the first epoch pays the "
                        "compilation; off by default)")
+    store_dtype: str = _f("fp32", "dtype of the checkpoints on disk (bf16/fp16 halve the store; loading casts back, "
+                          "the training state stays full precision so resuming is exact)", ("fp32", "bf16", "fp16"))
 
     @property
     def run_name(self) -> str:
@@ -184,6 +187,8 @@ def validate(cfg: Any) -> None:
     """Check ranges and choices; raise ValueError with one line naming the field and the fix."""
     for f in fields(cfg):
         v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{f.name}={v!r} must be a finite number")
         choices = f.metadata.get("choices")
         if choices and v not in choices:
             raise ValueError(f"{f.name}={v!r} is not valid: choose one of {', '.join(map(str, choices))}")

@@ -26,7 +26,7 @@ from distill.device import resolve_device
 from distill.init import init_student, parameter_distance
 from distill.meter import EpochMeter, NonFinite
 from distill.models import build_model, seeded
-from distill.store import Store, StoreError, student_name
+from distill.store import Store, StoreError, load_into, student_name
 
 if TYPE_CHECKING:
     import xarray
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 MODELS = ("teacher", "teacher_bn", "student", "input")
 # fields that may change when a run is resumed or extended
 _RESUMABLE = {"epochs", "save_every", "save_epochs", "probe_every", "device", "dynamics", "dynamics_examples",
-              "compile"}
+              "compile", "store_dtype"}
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -335,7 +335,7 @@ def _open_or_create(cfg: DistillConfig, out: Path, resume: bool) -> tuple[Store,
     if out.exists():
         if not resume:
             raise StoreError(f"{out} already exists: pass another --out, or resume it (the default)")
-        store = Store(out, "a")
+        store = Store(out, "a", store_dtype=cfg.store_dtype)
         old = store.config
         diff = [k for k, v in cfg.to_dict().items() if k not in _RESUMABLE and k in old and old[k] != v]
         if diff:
@@ -344,7 +344,22 @@ def _open_or_create(cfg: DistillConfig, out: Path, resume: bool) -> tuple[Store,
                              f"choose another --out to start a new run")
         return store, True
     seeds = {k: getattr(cfg, k) for k in ("seed", "noise_seed", "data_seed", "aug_seed", "probe_seed")}
-    return Store.create(out, cfg.to_dict(), kind="distill", seeds=seeds), False
+    return Store.create(out, cfg.to_dict(), kind="distill", seeds=seeds, store_dtype=cfg.store_dtype), False
+
+
+def _validate_run(cfg: DistillConfig, data: Dataset) -> nn.Module:
+    """What can fail before training, checked before the store is touched (the configuration itself,
+    probes included, is validated when it is built): a training set holding at least one batch, and
+    the teacher's architecture (returned, built)."""
+    n = len(data.train.labels)
+    if n < cfg.batch_size:
+        raise ValueError(f"the training set holds {n} images, fewer than batch_size={cfg.batch_size}: no full batch "
+                         "to train on; lower --batch-size or raise --subset")
+    try:
+        return build_teacher(cfg, data.in_shape)
+    except TypeError as e:
+        raise ValueError(f"arch={cfg.arch!r} with arch_options={cfg.arch_options}: {e}; check the options "
+                         "the architecture takes (distill.list_models())") from None
 
 
 def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None, resume: bool = True,
@@ -362,9 +377,19 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
     if data is None:
         data = load_dataset(cfg.dataset, root=cfg.data_root, subset=cfg.subset, seed=cfg.data_seed)
     pdata = probe_dataset(cfg, data)
+    teacher = _validate_run(cfg, data).to(device)
     store, resumed = _open_or_create(cfg, out, resume)
+    try:
+        _train(cfg, out, store, resumed, teacher, data, pdata, device, progress)
+    finally:
+        store.close()  # releases the writer lock
+    return Store(out)
 
-    teacher = build_teacher(cfg, data.in_shape).to(device)
+
+def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: nn.Module, data: Dataset,
+           pdata: Dataset, device: torch.device, progress: bool | None) -> None:
+    """The loop of :func:`distill`; every epoch ends in one commit of the store (student checkpoint
+    when due, the training state that resumes after it, the metrics up to it)."""
     student = init_student(teacher, cfg.init, alpha=cfg.alpha, eps=cfg.eps, seed=cfg.noise_seed).to(device)
     set_teacher_mode(teacher, cfg.teacher_bn)
     opt = make_optimizer(cfg, student)
@@ -382,17 +407,22 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
                                     teacher.backbone)
         history.dynamics = dynamics
 
-    # the newest complete training state; older ones are deleted only after a newer one is complete
-    saved = store.names("train/", root="state") if resumed else []
-    state = store.load_state_group(saved[-1]) if saved else None
+    # the training state of the newest commit that holds one (older ones are deleted after each commit)
+    state = store.load_state_group("train") if resumed else None
     if state is not None:
         tensors, meta = state
         start = int(meta["epoch"])
         student = store.student(start, device).train()
+        exact = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+        if exact:  # checkpoints stored in half precision: resume from the full-precision copy
+            load_into(student, exact, where=f"{out}:state/train")
         opt = make_optimizer(cfg, student)
         _load_opt(opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt/")}, meta["param_groups"])
         if cfg.ema_teacher:
             teacher = store.load_module("teacher_ema", device)
+            ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}
+            if ema:
+                load_into(teacher, ema, where=f"{out}:state/train")
             set_teacher_mode(teacher, cfg.teacher_bn)
         if center is not None:
             center = tensors["center"].to(device)
@@ -400,8 +430,11 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
         if dynamics is not None:
             dynamics.load(store.metrics, start)
             history.dynamics = dynamics
+        store.rollback(start)  # epochs after the resumable one are trained again
     elif resumed and store.epochs:
         raise StoreError(f"{out} has students but no training state to resume from: choose another --out")
+    else:
+        store.rollback(-1)
     if not resumed or state is None:
         store.save_module("teacher", teacher, {"epoch": 0, "bn_mode": cfg.teacher_bn})
 
@@ -432,27 +465,33 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
         if dynamics is not None:
             dynamics.measure(epoch, teacher, student)
 
-    def save(epoch: int) -> None:
-        store.save_module(student_name(epoch), student, {"epoch": epoch, "step": epoch * steps_per_epoch})
-        if cfg.ema_teacher:
-            store.save_module("teacher_ema", teacher, {"epoch": epoch})
-        tensors, groups = _opt_tensors(opt)
-        tensors = {f"opt/{k}": v for k, v in tensors.items()}
-        if center is not None:
-            tensors["center"] = center
-        store.save_state(f"train/{epoch:05d}", tensors, {"epoch": epoch, "param_groups": groups})
-        for older in store.names("train/", root="state")[:-1]:
-            store.delete("state", older)
+    def commit(epoch: int, save: bool) -> None:
+        """One epoch, one commit: the student and the state resuming after it (when due) and the
+        metrics up to ``epoch`` become visible together, or not at all."""
+        with store.commit(epoch):
+            if save:
+                store.save_module(student_name(epoch), student, {"epoch": epoch, "step": epoch * steps_per_epoch})
+                if cfg.ema_teacher:
+                    store.save_module("teacher_ema", teacher, {"epoch": epoch})
+                tensors, groups = _opt_tensors(opt)
+                tensors = {f"opt/{k}": v for k, v in tensors.items()}
+                if center is not None:
+                    tensors["center"] = center
+                if cfg.store_dtype != "fp32":
+                    tensors.update({f"model/{k}": v for k, v in student.state_dict().items()})
+                    if cfg.ema_teacher:
+                        tensors.update({f"ema/{k}": v for k, v in teacher.state_dict().items()})
+                store.save_state("train", tensors, {"epoch": epoch, "param_groups": groups})
+            store.write_result("metrics", history.to_dataset(cfg, device))
 
-    if start == 0:
+    if state is None:  # a fresh start (a resume from epoch 0 has its commit already)
         with torch.no_grad():  # on a copy: a train-mode forward would move the student's BN statistics
             x0 = normalize(data.train.images[: cfg.batch_size].to(device), data.mean, data.std)
             s_norm = copy.deepcopy(student).train().backbone(x0).norm(dim=1).mean().item()
             t_norm = teacher.backbone(x0).norm(dim=1).mean().item()
         probe_epoch(0)
         measure(0, np.nan, np.nan, s_norm, t_norm, 0.0)
-        save(0)
-        store.write_result("metrics", history.to_dataset(cfg, device))
+        commit(0, True)
 
     save_at = set(range(cfg.save_every, cfg.epochs + 1, cfg.save_every)) if cfg.save_every else set()
     save_at |= {int(e) for e in cfg.save_epochs} | {cfg.epochs}
@@ -547,11 +586,8 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
         bar.set_postfix_str(f"loss {kl if cfg.loss == 'kl' else ce:.4f}{last_probe}")
         measure(epoch, kl if cfg.loss == "kl" else ce, kl, means.get("student_norm", math.nan),
                 means.get("teacher_norm", math.nan), time.perf_counter() - t0)
-        if epoch in save_at:
-            save(epoch)
-        store.write_result("metrics", history.to_dataset(cfg, device))
+        commit(epoch, epoch in save_at)
     bar.close()
-    return store
 
 
 def summary_table(metrics: Any) -> str:

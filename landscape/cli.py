@@ -161,7 +161,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     from distill.config import RunError
 
     errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError,
-                                         IsADirectoryError, PermissionError, RunError]
+                                         IsADirectoryError, PermissionError, OSError, RunError]
     store = sys.modules.get("distill.store")  # imported by whichever command used a store
     if store is not None:
         errors.append(store.StoreError)

@@ -30,7 +30,8 @@ class _Distill:
 
         cfg = from_args(DistillConfig, a)
         store = distill(cfg, Path(a.out), resume=not a.no_resume)
-        print(summary_table(store.metrics))
+        if cfg.probes:
+            print(summary_table(store.metrics))
         print(f"wrote {store.path}")
         return 0
 
@@ -645,3 +646,40 @@ class _Hessian:
               "Hessian-vector products")
         print(f"wrote {_write_nc(ds, Path(a.out))}")
         return 0
+
+
+# ---------------------------------------------------------------------------- pack, verify
+@command("pack", "write a store as one self-contained HDF5 file (for sharing; read by the same Store API)")
+class _Pack:
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("store", help="store to pack")
+        p.add_argument("out", help="HDF5 file to write (must not exist)")
+
+    @staticmethod
+    def run(a: argparse.Namespace) -> int:
+        from distill.store.pack import pack
+
+        out = pack(a.store, a.out)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+        return 0
+
+
+@command("verify", "read every object of a store (checksums, dtypes, architectures); exit 1 on damage")
+class _Verify:
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("store", help="store to check")
+
+    @staticmethod
+    def run(a: argparse.Namespace) -> int:
+        import sys
+
+        from distill.store.pack import verify
+
+        count, problems = verify(a.store)
+        for line in problems:
+            print(f"damaged: {line}")
+        print(f"{a.store}: {count} objects read, {len(problems)} problem(s)", file=sys.stderr if problems else
+              sys.stdout)
+        return 1 if problems else 0

@@ -1,0 +1,657 @@
+"""The checkpoint store: a folder of immutable HDF5 files, one per checkpoint, state or result.
+
+Layout of a store (format_version 2; the path, e.g. ``runs/x.h5``, names a folder)::
+
+    store.h5                       root attrs only: format, format_version, toolkit_version,
+                                   torch_version, created_at, kind, config (JSON), seeds (JSON)
+    lock                           the writer lock (flock); its text names the holder
+    objects/<root>/<name>.h5       objects written on their own (teacher, children, lottery levels)
+    commits/<epoch:06d>/<root>/<name>.h5
+                                   the objects of one epoch's commit (student, training state,
+                                   metrics snapshot), made visible together by one directory rename
+
+``root`` is ``modules``, ``masks``, ``state`` or ``results``; ``name`` may contain ``/``
+(``student/00010`` is ``modules/student/00010.h5``). Each file is written once under a temporary
+name, fsynced and renamed into place (its folder fsynced), and never modified afterwards; what a
+reader sees is derived from the files present (an epoch is committed iff its commit folder
+exists; a name held by several commits resolves to the newest). Readers take no lock.
+Single-file stores (format_version 1, and the packed files of ``rtt pack``) are read by
+:mod:`distill.store.single`.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from distill.store import fsio, objects
+from distill.store.errors import StoreError
+from distill.store.objects import attr_value, now
+
+if TYPE_CHECKING:
+    import xarray
+
+FORMAT = "random-teachers-store"
+FORMAT_VERSION = 2
+ROOTS = ("modules", "masks", "state", "results")
+_NAME = re.compile(r"^[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*(/[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*)*$")
+_COMMIT = re.compile(r"^\d{6,}$")
+MAX_SPEC_INT = 1 << 24  # no architecture field (width, classes, out_dim...) is larger
+_SUPERSEDED = ("modules", "masks", "state")  # older copies deleted after a commit; results keep history
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name) or len(name) > 200:
+        raise StoreError(f"invalid object name {name!r}: use letters, digits, _ - + = . separated by '/'")
+    return name
+
+
+def _toolkit_version() -> str:
+    from distill import __version__
+
+    return __version__
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+class Store:
+    """A run's checkpoints and results.
+
+    ``Store(path)`` opens an existing store for reading (``mode="r"``, no lock, never blocks a
+    writer) or for writing (``mode="a"``: takes the store's exclusive writer lock, held while
+    any writing Store object of the process for that path lives, or until :meth:`close`);
+    ``Store.create(path, config)`` makes a new one. ``store_dtype`` (``fp32``, ``fp16``,
+    ``bf16``) casts floating tensors of saved modules on disk (the dtype is recorded and loading
+    casts back); ``compression="gzip"`` compresses datasets. Single-file stores (``rtt pack``
+    output, format_version 1) are read-only.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "r", *, store_dtype: str = "fp32",
+                 compression: str | None = None):
+        if mode not in ("r", "a"):
+            raise ValueError(f"Store mode must be 'r' or 'a', got {mode!r}; use Store.create() for a new store")
+        if store_dtype not in objects.STORE_DTYPES:
+            raise ValueError(f"store_dtype={store_dtype!r}: choose one of {', '.join(objects.STORE_DTYPES)}")
+        if compression not in (None, "gzip", "lzf"):
+            raise ValueError(f"compression={compression!r}: choose gzip, lzf or None")
+        self.path = Path(path)
+        self.mode = mode
+        self.store_dtype = store_dtype
+        self.compression = compression
+        self._txn: Path | None = None
+        self._lock: Any = None
+        self._single: Any = None
+        self._attrs = self._open()
+        if mode == "a":
+            if self._single is not None:
+                raise StoreError(f"{self.path} is a single-file store (format {self._attrs.get('format_version')}), "
+                                 "read-only: open it with Store(path), or start a new store")
+            self._lock = fsio.acquire(self.path)
+            self._tidy()
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(cls, path: str | Path, config: Mapping[str, Any] | None = None, *, kind: str = "distill",
+               seeds: Mapping[str, int] | None = None, overwrite: bool = False, **kw: Any) -> "Store":
+        """Create a new (empty) store folder at ``path`` holding ``config`` (JSON-able) as provenance."""
+        path = Path(path)
+        if path.exists() or path.is_symlink():
+            if not overwrite:
+                raise StoreError(f"{path} already exists: open it with Store(path, 'a'), choose another path, "
+                                 "or pass overwrite=True")
+            cls._remove_existing(path)
+        fsio.check_parents(path, "create the store")
+        attrs = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "layout": "folder",
+            "toolkit_version": _toolkit_version(), "torch_version": str(torch.__version__),
+            "created_at": now(), "kind": kind,
+            "config": json.dumps(dict(config or {}), sort_keys=True, default=str),
+            "seeds": json.dumps(dict(seeds or {}), sort_keys=True),
+        }
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fsio.op("mkdir store", os.mkdir, tmp)
+            for sub in ("objects", "commits"):
+                os.mkdir(tmp / sub)
+            with h5py.File(tmp / "store.h5", "w", locking=False) as f:
+                f.attrs.update(attrs)
+            fd = os.open(tmp / "store.h5", os.O_RDONLY)
+            try:
+                fsio.op("fsync store.h5", os.fsync, fd)
+            finally:
+                os.close(fd)
+            fsio.fsync_dir(tmp)
+            if path.exists():
+                raise StoreError(f"{path} already exists (created meanwhile by another process): choose another path")
+            fsio.op("rename store", os.rename, tmp, path)  # the store appears complete or not at all
+            fsio.fsync_dir(path.parent)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise fsio.io_error(e, path, "create the store") from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(path, "a", **kw)
+
+    @staticmethod
+    def _remove_existing(path: Path) -> None:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as e:
+            raise fsio.io_error(e, path, "remove the old store") from None
+
+    def _open(self) -> dict[str, Any]:
+        p = self.path
+        try:
+            if not p.exists():
+                parent = next((q for q in p.parents if q.exists()), None)
+                if parent is not None and not parent.is_dir():
+                    raise StoreError(f"no store at {p}: {parent} is a file, not a folder")
+                raise StoreError(f"no store at {p}: check the path, or create one (rtt distill ... --out {p})")
+            if p.is_dir():
+                head = p / "store.h5"
+                if not head.is_file():
+                    raise StoreError(f"{p} is a folder but not a random-teachers store (no store.h5 in it): "
+                                     "pass the path of a store")
+                attrs = self._read_head(head, p)
+                return attrs
+        except PermissionError as e:
+            raise fsio.io_error(e, p, "read the store") from None
+        from distill.store.single import SingleFile
+
+        self._single = SingleFile(p)
+        return self._single.attrs
+
+    @staticmethod
+    def _read_head(head: Path, where: Path) -> dict[str, Any]:
+        try:
+            with h5py.File(head, "r", locking=False) as f:
+                attrs = {k: attr_value(v) for k, v in f.attrs.items()}
+        except OSError as e:
+            raise StoreError(f"{where}: store.h5 is unreadable ({_first_line(e)}): damaged store") from None
+        check_format(attrs, where)
+        return attrs
+
+    def close(self) -> None:
+        """Give up this object's hold on the writer lock (other writing objects may keep it)."""
+        self._lock = None
+        self.mode = "r"
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _tidy(self) -> None:
+        """Remove what killed writers left: half-written temporaries, uncommitted epochs."""
+        for d in (self.path, self.path / "commits"):
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(d):
+                    if entry.name.startswith(".") and (".pending-" in entry.name or ".trash-" in entry.name):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+        for dirpath, _, files in os.walk(self.path / "objects"):
+            for fn in files:
+                if fn.startswith(".") and fn.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(dirpath, fn))
+        self._drop_superseded()
+
+    def _writable(self) -> None:
+        if self.mode != "a":
+            raise StoreError(f"{self.path} is open read-only: use Store(path, 'a') to write")
+
+    # ------------------------------------------------------------------ provenance
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """Root attributes (provenance) with JSON strings left as stored."""
+        return dict(self._attrs)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run's configuration, decoded from JSON."""
+        return json.loads(self._attrs.get("config", "{}") or "{}")
+
+    # ------------------------------------------------------------------ index
+    def commits(self) -> list[int]:
+        """Epochs committed with :meth:`commit`, ascending."""
+        if self._single is not None:
+            return []
+        return [e for e, _ in self._commit_dirs()]
+
+    def _commit_dirs(self) -> list[tuple[int, Path]]:
+        try:
+            names = os.listdir(self.path / "commits")
+        except FileNotFoundError:
+            return []
+        return sorted((int(n), self.path / "commits" / n) for n in names if _COMMIT.match(n))
+
+    def _index(self, root: str) -> dict[str, Path]:
+        """Visible objects under ``root``: name -> file (the newest commit wins)."""
+        out: dict[str, Path] = {}
+        bases = [self.path / "objects"] + [d for _, d in self._commit_dirs()]
+        for base in bases:
+            top = base / root
+            for dirpath, dirs, files in os.walk(top):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                rel = os.path.relpath(dirpath, top)
+                for fn in files:
+                    if fn.endswith(".h5") and not fn.startswith("."):
+                        name = fn[:-3] if rel == "." else f"{rel}/{fn[:-3]}"
+                        out[name.replace(os.sep, "/")] = Path(dirpath) / fn
+        return out
+
+    def _locate(self, root: str, name: str) -> Path:
+        path = self._index(root).get(name)
+        if path is None:
+            have = ", ".join(sorted(self._index(root))) or "nothing"
+            raise StoreError(f"{self.path} has no {root[:-1] if root != 'masks' else 'mask'} '{name}' "
+                             f"(it holds: {have})")
+        return path
+
+    def names(self, prefix: str = "", root: str = "modules") -> list[str]:
+        """Names of the objects under ``root`` (modules by default), optionally starting with ``prefix``."""
+        if root not in ROOTS:
+            raise ValueError(f"root={root!r}: choose one of {', '.join(ROOTS)}")
+        if self._single is not None:
+            return [n for n in self._single.names(root) if n.startswith(prefix)]
+        return sorted(n for n in self._index(root) if n.startswith(prefix))
+
+    # ------------------------------------------------------------------ writing
+    def _put(self, root: str, name: str, tensors: Mapping[str, torch.Tensor], attrs: Mapping[str, Any],
+             cast: torch.dtype | None = None) -> None:
+        self._writable()
+        _check_name(name)
+        data = objects.encode(f"{root}/{name}", tensors, attrs, cast=cast, compression=self.compression)
+        if self._txn is not None:
+            self._stage(self._txn / root / f"{name}.h5", data)
+            return
+        final = self.path / "objects" / root / f"{name}.h5"
+        try:
+            fsio.write_atomic(final, data)
+        except OSError as e:
+            raise fsio.io_error(e, final, f"write {root}/{name}") from None
+
+    def _stage(self, path: Path, data: bytes | Any) -> None:
+        """Write a file inside an uncommitted epoch (invisible until the commit's rename)."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if callable(data):
+                fsio.op(f"write {path.name}", data, path)
+                fd = os.open(path, os.O_RDONLY)
+            else:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                fsio.op(f"write {path.name}", lambda: None)
+            try:
+                fsio.op(f"fsync {path.name}", os.fsync, fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise fsio.io_error(e, path, "write the epoch's files") from None
+
+    def save_module(self, name: str, module: nn.Module, attrs: Mapping[str, Any] | None = None,
+                    masks: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Save ``module.state_dict()`` under ``name`` with its architecture spec and ``attrs``.
+
+        ``masks`` (state_dict key -> 0/1 tensor) are stored as uint8 beside it; the caller
+        saves the module with the masks already applied. Floating tensors are cast to the
+        store's ``store_dtype`` on disk.
+        """
+        spec = getattr(module, "spec", None)
+        if spec is None:
+            raise StoreError(f"cannot save '{name}': the module has no .spec (build it with distill.build_model)")
+        meta = {"spec": json.dumps(spec, sort_keys=True), "store_dtype": self.store_dtype, **dict(attrs or {})}
+        if masks is not None:
+            self._put("masks", name, {k: m.to(torch.uint8) for k, m in masks.items()}, {})
+        self._put("modules", name, module.state_dict(), meta, cast=objects.STORE_DTYPES[self.store_dtype])
+
+    def save_state(self, name: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Save resumable state (e.g. optimiser moments, full precision) with JSON-able ``meta``."""
+        self._put("state", name, tensors, {"meta": json.dumps(meta, default=str)})
+
+    def write_result(self, name: str, ds: "xarray.Dataset") -> None:
+        """Store an xarray Dataset as the netCDF file ``results/<name>.h5`` (replacing an older one)."""
+        self._writable()
+        _check_name(name)
+
+        def write(p: Path) -> None:
+            ds.to_netcdf(p, engine="h5netcdf", invalid_netcdf=False)
+
+        if self._txn is not None:
+            self._stage(self._txn / "results" / f"{name}.h5", write)
+            return
+        final = self.path / "objects" / "results" / f"{name}.h5"
+        try:
+            fsio.write_atomic(final, write)
+        except OSError as e:
+            raise fsio.io_error(e, final, f"write result {name}") from None
+
+    def delete(self, root: str, name: str) -> None:
+        """Remove every copy of ``root/name`` (e.g. ``delete("state", "optimizer")``) if present."""
+        self._writable()
+        if root not in ROOTS:
+            raise ValueError(f"root={root!r}: choose one of {', '.join(ROOTS)}")
+        _check_name(name)
+        for base in [self.path / "objects"] + [d for _, d in self._commit_dirs()]:
+            try:
+                fsio.remove(base / root / f"{name}.h5")
+            except OSError as e:
+                raise fsio.io_error(e, base / root, f"delete {root}/{name}") from None
+
+    @contextlib.contextmanager
+    def commit(self, epoch: int) -> Iterator["Store"]:
+        """Group the writes of one epoch: inside ``with store.commit(e):`` every save_module,
+        save_state and write_result goes to a hidden folder that becomes visible in one atomic
+        rename at the end (or never, if the block fails or the process dies). Afterwards, older
+        copies of the modules, masks and states it holds are deleted (results keep their history)."""
+        self._writable()
+        if self._txn is not None:
+            raise StoreError("commits do not nest")
+        epoch = int(epoch)
+        final = self.path / "commits" / f"{epoch:06d}"
+        if final.exists():
+            raise StoreError(f"{self.path} already has a commit for epoch {epoch}: roll back first")
+        staging = self.path / "commits" / f".pending-{epoch:06d}-{uuid.uuid4().hex[:8]}"
+        try:
+            fsio.op("mkdir pending", os.mkdir, staging)
+        except OSError as e:
+            raise fsio.io_error(e, staging.parent, f"start the commit of epoch {epoch}") from None
+        self._txn = staging
+        try:
+            yield self
+            self._txn = None
+            for dp, _, _ in sorted(os.walk(staging), key=lambda w: -len(w[0])):
+                fsio.fsync_dir(Path(dp))
+            fsio.op(f"rename commit {epoch}", os.rename, staging, final)
+            fsio.fsync_dir(final.parent)
+        except OSError as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise fsio.io_error(e, final, f"commit epoch {epoch}") from None
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            self._txn = None
+        self._drop_superseded()
+
+    def _drop_superseded(self) -> None:
+        """Delete the copies of modules, masks and states that a newer commit holds (dead space
+        once that commit exists; a kill between the commit and these deletions leaves them to the
+        next writer)."""
+        seen: set[str] = set()
+        for _, d in reversed(self._commit_dirs()):
+            for root in _SUPERSEDED:
+                for dirpath, _, files in os.walk(d / root):
+                    for fn in files:
+                        if fn.startswith("."):
+                            continue
+                        rel = os.path.relpath(os.path.join(dirpath, fn), d)
+                        if rel in seen:
+                            with contextlib.suppress(OSError):
+                                fsio.remove(Path(dirpath) / fn)
+                        seen.add(rel)
+        for rel in seen:
+            if (self.path / "objects" / rel).exists():
+                with contextlib.suppress(OSError):
+                    fsio.remove(self.path / "objects" / rel)
+
+    def rollback(self, epoch: int) -> None:
+        """Drop the commits after ``epoch``, newest first (each removal is one atomic rename)."""
+        self._writable()
+        for e, d in reversed(self._commit_dirs()):
+            if e <= epoch:
+                break
+            trash = d.with_name(f".trash-{e:06d}-{uuid.uuid4().hex[:8]}")
+            try:
+                fsio.op(f"rename rollback {e}", os.rename, d, trash)
+                fsio.fsync_dir(d.parent)
+            except OSError as e2:
+                raise fsio.io_error(e2, d, f"roll back epoch {e}") from None
+            shutil.rmtree(trash, ignore_errors=True)
+
+    # ------------------------------------------------------------------ reading
+    def _read_object(self, root: str, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        if self._single is not None:
+            return self._single.read_group(root, name)
+        for attempt in range(5):
+            path = self._locate(root, name)
+            try:
+                return objects.decode(path, f"{self.path}:{root}/{name}")
+            except FileNotFoundError:  # superseded between listing and opening: look again
+                if attempt == 4:
+                    raise StoreError(f"{self.path}: {root}/{name} keeps disappearing while being read") from None
+        raise AssertionError("unreachable")
+
+    def load_state(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The raw state_dict and attrs saved under ``name`` (CPU tensors, logical dtypes)."""
+        return self._read_object("modules", name)
+
+    def load_masks(self, name: str) -> dict[str, torch.Tensor]:
+        """The uint8 masks saved with module ``name``."""
+        return self._read_object("masks", name)[0]
+
+    def load_module(self, name: str, device: str | torch.device = "cpu", *,
+                    allow_nonfinite: bool = False) -> nn.Module:
+        """Rebuild the module saved under ``name`` from its spec and load its tensors (strictly:
+        keys, shapes and dtypes must match the architecture; NaN/inf weights are refused unless
+        ``allow_nonfinite``)."""
+        state, attrs = self.load_state(name)
+        where = f"{self.path}:{name}"
+        model = build_checked(attrs.get("spec"), state, where)
+        load_into(model, state, where=where, allow_nonfinite=allow_nonfinite)
+        model.store_ref = (str(self.path), name)
+        return model.to(device)
+
+    def teacher(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The frozen teacher, in eval mode."""
+        model = self.load_module("teacher", device).eval()
+        return model.requires_grad_(False)
+
+    @property
+    def epochs(self) -> list[int]:
+        """Epochs at which a student checkpoint exists, ascending."""
+        return sorted(int(n.split("/")[1]) for n in self.names("student/") if n.split("/")[1].isdigit())
+
+    def student(self, epoch: int = -1, device: str | torch.device = "cpu") -> nn.Module:
+        """The student saved at ``epoch`` (-1: the last saved one), in eval mode."""
+        epochs = self.epochs
+        if not epochs:
+            raise StoreError(f"{self.path} holds no student checkpoint yet")
+        if epoch < 0:
+            epoch = epochs[epoch] if -epoch <= len(epochs) else epochs[0] - 1
+        if epoch not in epochs:
+            raise StoreError(f"{self.path} has no student at epoch {epoch} (saved epochs: "
+                             f"{', '.join(map(str, epochs))})")
+        return self.load_module(student_name(epoch), device).eval()
+
+    def load_state_group(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The state saved by :meth:`save_state`, or None when there is none."""
+        if name not in self.names(root="state"):
+            return None
+        tensors, attrs = self._read_object("state", name)
+        try:
+            return tensors, json.loads(attrs.get("meta", "{}"))
+        except ValueError:
+            raise StoreError(f"{self.path}: state '{name}' has unreadable metadata (damaged)") from None
+
+    def results(self) -> list[str]:
+        """Names of the stored results."""
+        return self.names(root="results")
+
+    def read_result(self, name: str) -> "xarray.Dataset":
+        """Load result ``name`` as a plain in-memory xarray Dataset."""
+        if self._single is not None:
+            return self._single.read_result(name)
+        if name not in self.results():
+            raise StoreError(f"{self.path} has no result '{name}' (it holds: {', '.join(self.results()) or 'none'})")
+        for attempt in range(5):
+            path = self._locate("results", name)
+            try:
+                blob = path.read_bytes()
+                break
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise StoreError(f"{self.path}: result {name} keeps disappearing while being read") from None
+        return decode_result(blob, f"{self.path}:results/{name}")
+
+    @property
+    def metrics(self) -> "xarray.Dataset":
+        """Probe accuracies and training curves: dims (epoch, model, probe), variable ``accuracy``."""
+        return self.read_result("metrics")
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+
+def decode_result(blob: bytes, where: str) -> "xarray.Dataset":
+    """An in-memory xarray Dataset from the bytes of a netCDF file."""
+    import xarray as xr
+
+    try:
+        with xr.open_dataset(io.BytesIO(blob), engine="h5netcdf") as ds:
+            out = ds.load()
+    except Exception as e:  # noqa: BLE001 - any failure to parse means a damaged file
+        raise StoreError(f"{where}: unreadable result ({_first_line(e)}): damaged; run 'rtt verify'") from None
+    out.attrs.pop("complete", None)
+    return out
+
+
+def check_format(attrs: Mapping[str, Any], where: Path | str) -> None:
+    if attrs.get("format", "") != FORMAT:
+        raise StoreError(f"{where} is an HDF5 file but not a random-teachers store (no '{FORMAT}' format mark)")
+    try:
+        version = int(attrs.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise StoreError(f"{where} has an unreadable format_version: damaged store") from None
+    if version > FORMAT_VERSION:
+        raise StoreError(f"{where} has store format {version}, newer than this toolkit reads "
+                         f"({FORMAT_VERSION}): upgrade random-teachers")
+
+
+def student_name(epoch: int) -> str:
+    """Module name of the student saved at ``epoch``."""
+    return f"student/{epoch:05d}"
+
+
+def _check_spec(v: Any, where: str, field: str = "spec", depth: int = 0) -> None:
+    """Bound every value of an architecture spec, so a crafted file cannot ask for absurd memory."""
+    if depth > 6:
+        raise StoreError(f"{where}: architecture spec nests too deeply (crafted or damaged file)")
+    if isinstance(v, bool) or v is None:
+        return
+    if isinstance(v, int):
+        if not -MAX_SPEC_INT <= v <= MAX_SPEC_INT:
+            raise StoreError(f"{where}: architecture field {field}={v} is out of bounds (|value| <= {MAX_SPEC_INT}): "
+                             "crafted or damaged file")
+    elif isinstance(v, float):
+        if not math.isfinite(v) or abs(v) > MAX_SPEC_INT:
+            raise StoreError(f"{where}: architecture field {field}={v} is out of bounds: crafted or damaged file")
+    elif isinstance(v, str):
+        if len(v) > 200:
+            raise StoreError(f"{where}: architecture field {field} is a {len(v)}-character string: crafted file")
+    elif isinstance(v, list):
+        if len(v) > 1000:
+            raise StoreError(f"{where}: architecture field {field} lists {len(v)} values: crafted file")
+        for i, x in enumerate(v):
+            _check_spec(x, where, f"{field}[{i}]", depth + 1)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _check_spec(x, where, f"{k}", depth + 1)
+    else:
+        raise StoreError(f"{where}: architecture field {field} has type {type(v).__name__}: damaged file")
+
+
+def build_checked(spec_json: Any, state: Mapping[str, torch.Tensor], where: str) -> nn.Module:
+    """Build the architecture of ``spec_json`` after bounding its fields and checking, on the
+    meta device (no memory), that its parameters are no more than the tensors actually stored."""
+    from distill.models import build_model
+
+    try:
+        spec = json.loads(spec_json)
+        if not isinstance(spec, dict):
+            raise TypeError("not a JSON object")
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"{where}: unusable architecture spec ({e}): damaged or foreign store") from None
+    _check_spec(spec, where)
+    try:
+        with torch.device("meta"):
+            meta = build_model(**spec)
+    except (KeyError, ValueError, TypeError) as e:
+        raise StoreError(f"{where}: unusable architecture spec ({_first_line(e)})") from None
+    except Exception:  # noqa: BLE001 - an architecture that cannot be built on meta is checked after building
+        meta = None
+    if meta is not None:  # keys, shapes and dtypes checked before any memory is allocated
+        check_state(meta, state, where, allow_nonfinite=True)
+    try:
+        return build_model(**spec)
+    except (KeyError, ValueError, TypeError) as e:
+        raise StoreError(f"{where}: unusable architecture spec ({_first_line(e)})") from None
+
+
+def check_state(model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "state", *,
+                allow_nonfinite: bool = False) -> None:
+    """One-line StoreError unless ``state`` has exactly ``model``'s keys, shapes and dtypes (and, unless
+    ``allow_nonfinite``, only finite floating values)."""
+    own = model.state_dict()
+    arch = getattr(model, "spec", {}).get("arch", type(model).__name__)
+    for key, t in own.items():
+        if key not in state:
+            raise StoreError(f"{where}: missing key '{key}' (architecture mismatch: the saved model is not a {arch})")
+        s = state[key]
+        if tuple(s.shape) != tuple(t.shape):
+            raise StoreError(f"{where}: key '{key}' has shape {tuple(s.shape)}, the model expects "
+                             f"{tuple(t.shape)} (architecture mismatch)")
+        if s.dtype != t.dtype:
+            raise StoreError(f"{where}: key '{key}' is stored as {str(s.dtype).removeprefix('torch.')}, the model "
+                             f"expects {str(t.dtype).removeprefix('torch.')} (dtype mismatch)")
+        if not allow_nonfinite and s.is_floating_point() and not bool(torch.isfinite(s).all()):
+            raise StoreError(f"{where}: key '{key}' holds NaN or infinite values: pass allow_nonfinite=True to "
+                             "load it anyway")
+    extra = sorted(set(state) - set(own))
+    if extra:
+        raise StoreError(f"{where}: unexpected key '{extra[0]}' (architecture mismatch)")
+
+
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "state", *,
+              allow_nonfinite: bool = False) -> nn.Module:
+    """Copy ``state`` into ``model`` after :func:`check_state`; one-line StoreError otherwise."""
+    check_state(model, state, where, allow_nonfinite=allow_nonfinite)
+    model.load_state_dict(dict(state))
+    return model
+
+
+def as_module(ref: Any, device: str | torch.device = "cpu") -> nn.Module:
+    """Resolve a module reference: an ``nn.Module``, or ``(store_or_path, epoch)`` for a student,
+    or ``(store_or_path, name)`` for any saved module (e.g. ``"teacher"``)."""
+    if isinstance(ref, nn.Module):
+        return ref.to(device)
+    if isinstance(ref, (tuple, list)) and len(ref) == 2:
+        store, which = ref
+        store = store if isinstance(store, Store) else Store(store)
+        if isinstance(which, (int, np.integer)):
+            return store.student(int(which), device)
+        if isinstance(which, str):
+            return store.load_module(which, device).eval()
+    raise TypeError(f"expected an nn.Module or a (store, epoch|name) pair, got {type(ref).__name__}")

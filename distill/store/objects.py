@@ -1,0 +1,145 @@
+"""One stored object (a module's tensors, masks or a training state) as one small HDF5 file.
+
+Layout of an object file (h5py alone reads it)::
+
+    /            attrs: object (e.g. "modules/student/00010"), written_at, caller attrs (spec JSON, epoch...)
+    /<key>       one dataset per tensor ("/" in state_dict keys written as "|"); attrs: dtype (the
+                 tensor's torch dtype), stored (the dtype on disk when it was cast, e.g. float16),
+                 crc32 (of the bytes on disk)
+
+Reading is strict: only numeric datasets of known dtypes, their stored bytes consistent with their
+shape, checksums matching; anything else is a one-line StoreError naming the file and key.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+import torch
+
+from distill.store.errors import StoreError
+
+# torch dtype name -> numpy dtype on disk (bfloat16 travels as its int16 bit pattern)
+DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16", "bfloat16": "int16",
+          "int64": "int64", "int32": "int32", "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool"}
+STORE_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+MAX_GZIP_RATIO = 1100  # deflate cannot expand data by more than ~1032x
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def plain(v: Any) -> Any:
+    """Attr values HDF5/netCDF accept: str, int, float; everything else as JSON."""
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (str, int, float, np.integer, np.floating)):
+        return v
+    return json.dumps(v, default=str)
+
+
+def attr_value(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def to_numpy(t: torch.Tensor, cast: torch.dtype | None = None) -> tuple[np.ndarray, str, str | None]:
+    """(array on disk, logical torch dtype name, stored dtype name when cast)."""
+    t = t.detach().cpu()
+    dtype = str(t.dtype).removeprefix("torch.")
+    stored = None
+    if cast is not None and t.is_floating_point() and t.dtype != cast:
+        t, stored = t.to(cast), str(cast).removeprefix("torch.")
+    if t.dtype == torch.bfloat16:
+        return t.contiguous().view(torch.int16).numpy(), dtype, stored
+    return t.contiguous().numpy(), dtype, stored
+
+
+def encode(obj: str, tensors: Mapping[str, torch.Tensor], attrs: Mapping[str, Any], *,
+           cast: torch.dtype | None = None, compression: str | None = None) -> bytes:
+    """The bytes of an HDF5 object file holding ``tensors`` (cast to ``cast`` if floating) and ``attrs``."""
+    # in memory; HDF5 refuses two open files of one name, so each image gets a unique one
+    with h5py.File(f"{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False, locking=False) as f:
+        for key, t in tensors.items():
+            arr, dtype, stored = to_numpy(t, cast)
+            kw: dict[str, Any] = {}
+            if compression and arr.size > 1:
+                kw = {"compression": compression, "shuffle": True, "chunks": True}
+            d = f.create_dataset(key.replace("/", "|"), data=arr, **kw)
+            d.attrs["dtype"] = dtype
+            if stored:
+                d.attrs["stored"] = stored
+            d.attrs["crc32"] = _crc(arr)
+        for k, v in attrs.items():
+            f.attrs[k] = plain(v)
+        f.attrs["object"] = obj
+        f.attrs["written_at"] = now()
+        f.flush()
+        return bytes(f.id.get_file_image())
+
+
+def _crc(arr: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)) if arr.size else 0
+
+
+def _check_dataset(d: Any, where: str, key: str) -> tuple[str, str | None]:
+    if not isinstance(d, h5py.Dataset):
+        raise StoreError(f"{where}: '{key}' is a {type(d).__name__}, not a tensor dataset (damaged or foreign store)")
+    if d.dtype.kind not in "biuf" or d.dtype.byteorder == ">" or d.shape is None:
+        raise StoreError(f"{where}: dataset '{key}' has non-numeric type {d.dtype} (damaged or foreign store)")
+    dtype = attr_value(d.attrs.get("dtype", ""))
+    stored = attr_value(d.attrs.get("stored", "")) or None
+    disk = stored or dtype
+    if dtype not in DTYPES or (stored is not None and stored not in DTYPES) or np.dtype(DTYPES[disk]) != d.dtype:
+        raise StoreError(f"{where}: dataset '{key}' records dtype {dtype!r} (stored {stored or dtype!r}) but holds "
+                         f"{d.dtype}: damaged or foreign store")
+    nbytes = int(np.prod(d.shape, dtype=np.int64)) * d.dtype.itemsize
+    have = d.id.get_storage_size()
+    bound = have * (MAX_GZIP_RATIO if d.compression else 1)
+    if nbytes > bound and nbytes > 0:
+        raise StoreError(f"{where}: dataset '{key}' claims shape {d.shape} ({nbytes} bytes) but only {have} bytes "
+                         "are stored: truncated or crafted file")
+    return dtype, stored
+
+
+def read_tensors(g: h5py.Group, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Strictly read the datasets of ``g`` (an object file's root or a packed group) as CPU tensors."""
+    tensors: dict[str, torch.Tensor] = {}
+    for key in g.keys():
+        d = g[key]
+        dtype, stored = _check_dataset(d, where, key)
+        arr = np.asarray(d[()], order="C")
+        crc = d.attrs.get("crc32")
+        if crc is not None and _crc(arr) != int(crc):
+            raise StoreError(f"{where}: dataset '{key}' fails its checksum (damaged file): restore it from a copy")
+        t = torch.from_numpy(arr)
+        disk = stored or dtype
+        if disk == "bfloat16":
+            t = t.view(torch.bfloat16)
+        if stored:
+            t = t.to(getattr(torch, dtype))
+        tensors[key.replace("|", "/")] = t
+    return tensors, {k: attr_value(v) for k, v in g.attrs.items()}
+
+
+def decode(path: Path, where: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and attrs of the object file at ``path``."""
+    where = where or str(path)
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return read_tensors(f, where)
+    except (FileNotFoundError, StoreError):
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise StoreError(f"{where}: unreadable object file ({str(e).splitlines()[0] if str(e) else type(e).__name__}):"
+                         " damaged; run 'rtt verify' on the store") from None

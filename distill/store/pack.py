@@ -1,0 +1,102 @@
+"""``rtt pack`` (one self-contained HDF5 file of a store) and ``rtt verify`` (read every object)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+
+from distill.store import fsio, objects
+from distill.store.core import FORMAT_VERSION, ROOTS, Store, build_checked, decode_result, load_into
+from distill.store.errors import StoreError
+
+
+def pack(store: Store | str | Path, out: str | Path) -> Path:
+    """Write every visible module, mask, state and result of ``store`` into the single HDF5 file
+    ``out`` (format_version 2, layout "packed"), which :class:`Store` opens read-only.
+    Written to a temporary name and renamed, so ``out`` is complete or absent."""
+    store = store if isinstance(store, Store) else Store(store)
+    out = Path(out)
+    if out.exists():
+        raise StoreError(f"{out} already exists: choose another output path or remove it")
+    if out.resolve() == store.path.resolve():
+        raise StoreError(f"{out} is the store itself: choose another output path")
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w", locking=False) as f:
+            f.attrs.update({k: objects.plain(v) for k, v in store.attrs.items()})
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["layout"] = "packed"
+            f.attrs["packed_at"] = objects.now()
+            f.attrs["packed_from"] = str(store.path)
+            for root in ("modules", "masks", "state"):
+                f.create_group(root)
+                for name in store.names(root=root):
+                    tensors, attrs = store._read_object(root, name)
+                    g = f.create_group(f"{root}/{name}")
+                    for key, t in tensors.items():
+                        cast = None
+                        stored = None
+                        if root == "modules" and attrs.get("store_dtype", "fp32") != "fp32":
+                            cast = objects.STORE_DTYPES[attrs["store_dtype"]]
+                        arr, dtype, stored = objects.to_numpy(t, cast)
+                        d = g.create_dataset(key.replace("/", "|"), data=arr)
+                        d.attrs["dtype"] = dtype
+                        if stored:
+                            d.attrs["stored"] = stored
+                    for k, v in attrs.items():
+                        g.attrs[k] = objects.plain(v)
+                    g.attrs["complete"] = 1
+            f.create_group("results")
+        for name in store.results():
+            ds = store.read_result(name)
+            ds.to_netcdf(tmp, mode="a", group=f"results/{name}", engine="h5netcdf", invalid_netcdf=False)
+            with h5py.File(tmp, "a", locking=False) as f:
+                f[f"results/{name}"].attrs["complete"] = 1
+
+    try:
+        fsio.write_atomic(out, write, replace=False)
+    except FileExistsError:
+        raise StoreError(f"{out} already exists: choose another output path or remove it") from None
+    except OSError as e:
+        raise fsio.io_error(e, out, "write the packed store") from None
+    return out
+
+
+def verify(path: str | Path) -> tuple[int, list[str]]:
+    """Read every object of the store at ``path`` strictly (checksums, dtypes, architecture);
+    returns (objects read, one line per problem found)."""
+    store = Store(path)
+    problems: list[str] = []
+    count = 0
+    for root in ROOTS:
+        for name in store.names(root=root):
+            count += 1
+            try:
+                if root == "results":
+                    store.read_result(name)
+                    continue
+                tensors, attrs = store._read_object(root, name)
+                if root == "modules":
+                    where = f"{store.path}:{name}"
+                    model = build_checked(attrs.get("spec"), tensors, where)
+                    load_into(model, tensors, where=where)
+            except StoreError as e:
+                problems.append(str(e))
+    if store._single is None:
+        problems += _stray_files(store)
+    return count, problems
+
+
+def _stray_files(store: Store) -> list[str]:
+    """Files in a store folder that no reader uses and that are not leftovers a writer removes."""
+    out = []
+    for dirpath, _, files in os.walk(store.path):
+        for fn in files:
+            rel = os.path.relpath(os.path.join(dirpath, fn), store.path)
+            if rel in ("store.h5", "lock") or fn.startswith(".") or ".pending-" in rel or ".trash-" in rel:
+                continue
+            if not fn.endswith(".h5"):
+                out.append(f"{store.path}: unexpected file {rel} (not part of a store)")
+    return out
+

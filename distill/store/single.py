@@ -1,0 +1,107 @@
+"""Read-only access to single-file stores: format_version 1 files, and the packed files that
+``rtt pack`` writes (format_version 2, ``layout="packed"``).
+
+Layout (both)::
+
+    /                      attrs: format, format_version, config (JSON), seeds (JSON), ...
+    /modules/<name>/<key>  one dataset per state_dict entry; group attrs: spec (JSON), complete=1
+    /masks/<name>/<key>    uint8 pruning masks
+    /state/<name>/...      training state (JSON in attrs ``meta``)
+    /results/<name>        xarray Datasets as netCDF groups (h5netcdf)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import torch
+
+from distill.store.errors import StoreError
+from distill.store.objects import attr_value, read_tensors
+
+if TYPE_CHECKING:
+    import xarray
+
+_TMP = "_partial"
+
+
+class SingleFile:
+    """One HDF5 file holding a whole store; opened per access, never locked, never written."""
+
+    def __init__(self, path: Path):
+        from distill.store.core import check_format
+
+        self.path = path
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                self.attrs = {k: attr_value(v) for k, v in f.attrs.items()}
+        except IsADirectoryError:
+            raise StoreError(f"{path} is a folder but not a random-teachers store") from None
+        except PermissionError:
+            raise StoreError(f"{path}: cannot read the store (permission denied): fix the permissions") from None
+        except OSError as e:
+            what = "not an HDF5 file" if not h5py.is_hdf5(path) else "truncated or corrupt HDF5"
+            raise StoreError(f"{path} is not readable as a store ({what}: {str(e).splitlines()[0]})") from None
+        check_format(self.attrs, path)
+
+    def _file(self) -> h5py.File:
+        try:
+            return h5py.File(self.path, "r", locking=False)
+        except OSError as e:
+            raise StoreError(f"{self.path} is not readable (corrupt HDF5: {str(e).splitlines()[0]})") from None
+
+    def names(self, root: str) -> list[str]:
+        """Complete groups below ``root``; a group that cannot be opened is skipped."""
+        out: list[str] = []
+
+        def walk(group: h5py.Group, prefix: str) -> None:
+            for key in list(group.keys()):
+                if not prefix and key.startswith(_TMP):
+                    continue
+                try:
+                    obj = group[key]
+                    if not isinstance(obj, h5py.Group):
+                        continue
+                    if obj.attrs.get("complete", 0):
+                        out.append(prefix + key)
+                    elif root != "results":
+                        walk(obj, f"{prefix}{key}/")
+                except (KeyError, OSError, RuntimeError):
+                    continue
+
+        with self._file() as f:
+            if root in f and isinstance(f[root], h5py.Group):
+                walk(f[root], "")
+        return sorted(out)
+
+    def read_group(self, root: str, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        where = f"{self.path}:{root}/{name}"
+        with self._file() as f:
+            try:
+                g = f.get(f"{root}/{name}")
+            except (KeyError, OSError, RuntimeError) as e:
+                raise StoreError(f"{where}: damaged group ({str(e).splitlines()[0]})") from None
+            if not isinstance(g, h5py.Group) or not g.attrs.get("complete", 0):
+                have = ", ".join(self.names(root)) or "nothing"
+                raise StoreError(f"{self.path} has no complete '{root}/{name}' (it holds: {have})")
+            try:
+                return read_tensors(g, where)
+            except StoreError:
+                raise
+            except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+                raise StoreError(f"{where}: unreadable ({str(e).splitlines()[0]}): damaged file") from None
+
+    def read_result(self, name: str) -> "xarray.Dataset":
+        import xarray as xr
+
+        have = self.names("results")
+        if name not in have:
+            raise StoreError(f"{self.path} has no result '{name}' (it holds: {', '.join(have) or 'none'})")
+        try:
+            with xr.open_dataset(self.path, group=f"results/{name}", engine="h5netcdf") as ds:
+                out = ds.load()
+        except Exception as e:  # noqa: BLE001
+            raise StoreError(f"{self.path}:results/{name}: unreadable result ({str(e).splitlines()[0]})") from None
+        out.attrs.pop("complete", None)
+        return out

@@ -1,0 +1,120 @@
+"""A fork server for the store's kill tests: imports torch and the toolkit once, then forks one
+writer process per request and SIGKILLs it after a given delay (or lets it finish).
+
+Requests (one JSON object per line on stdin): {"job": "append"|"distill"|"hold", "store": PATH,
+"kill_after_s": float or null, ...}. Replies (JSON lines on stdout): what the writer reports
+({"saved": i}, {"oplog": [...]}, {"error": "..."}), then {"done": pid, "signal": n, "code": n}.
+Forking keeps each writer's start-up to milliseconds, so hundreds of kills fit in seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(1)
+
+import distill  # noqa: E402
+from distill.store import Store, fsio  # noqa: E402
+from distill.train import distill as run_distill  # noqa: E402
+from tests.distill.test_train import synthetic, tiny_cfg  # noqa: E402
+
+DATA = synthetic()
+
+
+def say(**kw: object) -> None:
+    sys.stdout.write(json.dumps(kw) + "\n")
+    sys.stdout.flush()
+
+
+def tiny_model(i: int) -> torch.nn.Module:
+    m = distill.build_model("mlp", (1, 4, 4), head=None, widths=[8])
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(i)
+    return m
+
+
+def append(req: dict) -> None:
+    """Append checkpoints as fast as possible: even i on their own, odd i in an epoch commit with
+    a training state that holds i."""
+    path = Path(req["store"])
+    s = Store(path, "a") if path.exists() else Store.create(path)
+    names = s.names("ck/")
+    i = int(names[-1].split("/")[1]) + 1 if names else 0
+    while True:
+        if i % 2 == 0:
+            s.save_module(f"ck/{i:05d}", tiny_model(i), {"i": i})
+        else:
+            with s.commit(i):
+                s.save_module(f"ck/{i:05d}", tiny_model(i), {"i": i})
+                s.save_state("st", {"i": torch.full((3,), i)}, {"i": i})
+        say(saved=i)
+        i += 1
+        if req.get("count") and i >= req["count"]:
+            return
+
+
+def job_distill(req: dict) -> None:
+    if req.get("crash_after") is not None or req.get("log"):
+        fsio.crash_after(req.get("crash_after"), log=bool(req.get("log")))
+    run_distill(tiny_cfg(**req["cfg"]), req["store"], data=DATA, progress=False)
+    if req.get("log"):
+        say(oplog=fsio.OPLOG)
+
+
+def hold(req: dict) -> None:
+    path = Path(req["store"])
+    s = Store(path, "a") if path.exists() else Store.create(path, {"held": True})
+    say(locked=os.getpid(), store=str(s.path))
+    time.sleep(3600)
+
+
+JOBS = {"append": append, "distill": job_distill, "hold": hold}
+
+
+def main() -> None:
+    from distill.store import objects
+
+    objects.encode("warm-up", tiny_model(0).state_dict(), {})  # first-call costs paid before forking
+    with tempfile.TemporaryDirectory() as tmp:  # (lazy imports of xarray, h5netcdf, the models...)
+        run_distill(tiny_cfg(epochs=1, probes=[]), Path(tmp) / "warm.h5", data=DATA, progress=False)
+        Store(Path(tmp) / "warm.h5").metrics
+    say(ready=os.getpid())
+    for line in sys.stdin:
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                JOBS[req["job"]](req)
+            except BaseException as e:  # noqa: BLE001 - reported to the test
+                say(error=f"{type(e).__name__}: {e}")
+                code = 1
+            sys.stdout.flush()
+            os._exit(code)
+        delay = req.get("kill_after_s")
+        t0 = time.monotonic()
+        while True:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got:
+                break
+            if delay is not None and time.monotonic() - t0 >= delay:
+                os.kill(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
+                break
+            time.sleep(0.001)
+        say(done=pid, signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0,
+            code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Crash safety of the store under SIGKILL: a fast checkpoint appender killed hundreds of times,
+a real distillation killed at random instants and between every pair of file operations of one
+epoch's commit. The counts are printed in the test output."""
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.store import Store
+from tests.distill.store_helpers import ForkServer, report
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = ForkServer()
+    yield s
+    s.close()
+
+
+
+def check_appended(path: Path, saved: set[int]) -> int:
+    """Reopen, list and read back every checkpoint: each one holds exactly its index, every index
+    whose save returned is present, the training state belongs to the newest commit."""
+    s = Store(path)
+    names = s.names("ck/")
+    have = set()
+    for name in names:
+        state, attrs = s.load_state(name)
+        i = int(attrs["i"])
+        assert name == f"ck/{i:05d}"
+        assert state and all(torch.all(t == i) for t in state.values()), name
+        have.add(i)
+    lost = saved - have
+    assert not lost, f"checkpoints whose save returned are missing: {sorted(lost)}"
+    odd = [i for i in have if i % 2]
+    if odd:
+        tensors, meta = s.load_state_group("st")
+        assert meta["i"] == max(odd) and torch.all(tensors["i"] == max(odd))
+    assert s.commits() == sorted(odd)
+    return len(names)
+
+
+def test_200_kills_of_a_fast_appender_lose_nothing(server, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    stores = [tmp_path / f"s{k}.h5" for k in range(5)]
+    saved: dict[Path, set[int]] = {p: set() for p in stores}
+    kills = 0
+    for trial in range(205):
+        path = stores[trial % len(stores)]
+        lines, done = server.run(job="append", store=str(path), kill_after_s=float(rng.uniform(0.0, 0.12)))
+        assert not [r for r in lines if "error" in r], lines
+        assert done["signal"] == signal.SIGKILL
+        kills += 1
+        saved[path] |= {r["saved"] for r in lines if "saved" in r}
+        if path.exists():
+            check_appended(path, saved[path])
+    total = sum(len(v) for v in saved.values())
+    # every store stays appendable: one more writer appends three checkpoints to each and finishes
+    for path in stores:
+        s = Store(path)
+        names = s.names("ck/")
+        nxt = int(names[-1].split("/")[1]) + 1 if names else 0
+        lines, done = server.run(job="append", store=str(path), count=nxt + 3, kill_after_s=None)
+        assert done["signal"] == 0 and done["code"] == 0, lines
+        got = {r["saved"] for r in lines if "saved" in r}
+        assert got == {nxt, nxt + 1, nxt + 2}
+        saved[path] |= got
+        check_appended(path, saved[path])
+    report(capsys, f"{kills} SIGKILLs of the appender over {len(stores)} stores, {total} checkpoints whose save "
+                   "returned: 0 lost, 0 altered, every store reopened and appended to")
+
+
+# ---------------------------------------------------------------------------- real distillations
+CFG = {"epochs": 2, "save_every": 1, "probes": [], "probe_every": 0}
+
+
+def same_store(a: Path, b: Path) -> None:
+    """Every tensor bit for bit, the same names, metrics equal apart from wall time, one row per epoch."""
+    sa, sb = Store(a), Store(b)
+    for root in ("modules", "masks", "state"):
+        assert sa.names(root=root) == sb.names(root=root), root
+        for name in sa.names(root=root):
+            ta, aa = sa._read_object(root, name)
+            tb, ab = sb._read_object(root, name)
+            assert ta.keys() == tb.keys()
+            for k in ta:
+                assert ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]), f"{root}/{name}:{k}"
+            drop = {"written_at", "object"}
+            assert {k: v for k, v in aa.items() if k not in drop} == {k: v for k, v in ab.items() if k not in drop}
+    assert sa.epochs == sb.epochs and sa.commits() == sb.commits()
+    files = [sorted(str(p.relative_to(s)) for p in s.rglob("*") if p.is_file() and p.name != "lock") for s in (a, b)]
+    assert files[0] == files[1]  # nothing left over: no temporaries, no superseded states
+    ma, mb = sa.metrics, sb.metrics
+    assert list(ma.epoch.values) == list(range(CFG["epochs"] + 1))  # no row missing or duplicated
+    assert ma.drop_vars("seconds").identical(mb.drop_vars("seconds"))
+
+
+@pytest.fixture(scope="module")
+def reference(server, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ref") / "ref.h5"
+    lines, done = server.run(job="distill", store=str(path), cfg=CFG, log=True, kill_after_s=None)
+    assert done["code"] == 0, lines
+    return path, next(r["oplog"] for r in lines if "oplog" in r)
+
+
+def resume_to_end(server, path: Path) -> None:
+    lines, done = server.run(job="distill", store=str(path), cfg=CFG, kill_after_s=None)
+    assert done["code"] == 0 and done["signal"] == 0, lines
+
+
+def test_random_kills_of_a_distillation_resume_to_the_same_store(server, reference, tmp_path, capsys):
+    ref, _ = reference
+    rng = np.random.default_rng(1)
+    kills, runs = 0, 0
+    for k in range(4):
+        path = tmp_path / f"run{k}.h5"
+        for _ in range(5):  # five kills at random instants, each followed by a resume
+            lines, done = server.run(job="distill", store=str(path), cfg=CFG, kill_after_s=float(rng.uniform(0, 1.0)))
+            runs += 1
+            assert not [r for r in lines if "error" in r], lines
+            kills += done["signal"] == signal.SIGKILL
+        resume_to_end(server, path)
+        same_store(ref, path)
+    report(capsys, f"{kills} SIGKILLs at random instants over {runs} runs of a distillation (4 stores), each "
+                   "resumed: final stores equal the uninterrupted run bit for bit")
+    assert kills >= 20
+
+
+def test_kill_between_every_file_operation_of_an_epoch_commit(server, reference, tmp_path, capsys):
+    ref, oplog = reference
+    # the file operations of epoch 2's (the last) commit: from its hidden folder to the removal of the
+    # state it supersedes; op k counts from 1
+    first = oplog.index("mkdir pending", oplog.index("rename commit 1"))
+    last = len(oplog) - 1
+    ks = list(range(first, last + 2))  # kill after op k: just before the commit starts ... after its last op
+    extra = [oplog.index("rename commit 0") + 1, oplog.index("rename commit 1") + 1]  # resume from epochs 0 and 1
+    for k in extra + ks:
+        path = tmp_path / f"k{k}.h5"
+        lines, done = server.run(job="distill", store=str(path), cfg=CFG, crash_after=k, kill_after_s=None)
+        assert done["signal"] == signal.SIGKILL, (k, lines)
+        s = Store(path)
+        want = [e for e in range(3) if k > oplog.index(f"rename commit {e}")]
+        assert s.commits() == want, k
+        assert Store(path).epochs == s.commits() and list(s.metrics.epoch.values) == s.commits()
+        resume_to_end(server, path)
+        same_store(ref, path)
+    report(capsys, f"{len(ks) + len(extra)} targeted kills, one after each of the {len(ks) - 1} file operations of epoch 2's "
+                   f"commit ({', '.join(oplog[first:last + 1])}), one just before it and one after each of the commits "
+                   "of epochs 0 and 1, each resumed: final "
+                   "stores equal the uninterrupted run bit for bit")
