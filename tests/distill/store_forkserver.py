@@ -24,10 +24,8 @@ torch.set_num_threads(1)
 
 import distill  # noqa: E402
 from distill.store import Store, fsio  # noqa: E402
-from distill.train import distill as run_distill  # noqa: E402
-from tests.distill.test_train import synthetic, tiny_cfg  # noqa: E402
 
-DATA = synthetic()
+LEAN = "--lean" in sys.argv  # only the appender: no training code, a smaller process forks faster
 
 
 def say(**kw: object) -> None:
@@ -64,9 +62,12 @@ def append(req: dict) -> None:
 
 
 def job_distill(req: dict) -> None:
+    from distill.train import distill as run_distill
+    from tests.distill.test_train import synthetic, tiny_cfg
+
     if req.get("crash_after") is not None or req.get("log"):
         fsio.crash_after(req.get("crash_after"), log=bool(req.get("log")))
-    run_distill(tiny_cfg(**req["cfg"]), req["store"], data=DATA, progress=False)
+    run_distill(tiny_cfg(**req["cfg"]), req["store"], data=synthetic(), progress=False)
     if req.get("log"):
         say(oplog=fsio.OPLOG)
 
@@ -85,9 +86,10 @@ def main() -> None:
     from distill.store import objects
 
     objects.encode("warm-up", tiny_model(0).state_dict(), {})  # first-call costs paid before forking
-    with tempfile.TemporaryDirectory() as tmp:  # (lazy imports of xarray, h5netcdf, the models...)
-        run_distill(tiny_cfg(epochs=1, probes=[]), Path(tmp) / "warm.h5", data=DATA, progress=False)
-        Store(Path(tmp) / "warm.h5").metrics
+    if not LEAN:
+        with tempfile.TemporaryDirectory() as tmp:  # (lazy imports of xarray, h5netcdf, the models...)
+            job_distill({"cfg": {"epochs": 1, "probes": []}, "store": str(Path(tmp) / "warm.h5")})
+            Store(Path(tmp) / "warm.h5").metrics
     say(ready=os.getpid())
     for line in sys.stdin:
         req = json.loads(line)

@@ -17,8 +17,8 @@ SERVER = Path(__file__).with_name("store_forkserver.py")
 class ForkServer:
     """Client of ``store_forkserver.py``: one job at a time, replies as dicts."""
 
-    def __init__(self):
-        self.p = subprocess.Popen([sys.executable, str(SERVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    def __init__(self, lean: bool = False):
+        self.p = subprocess.Popen([sys.executable, str(SERVER), *(["--lean"] if lean else [])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert "ready" in self.line()
 
