@@ -1,9 +1,21 @@
-"""The HDF5 checkpoint store: checkpoints, training state and results of a run, nothing pickled.
+"""The checkpoint store: checkpoints, training state and results of a run, nothing pickled.
 
-A store is a folder of immutable HDF5 files (see :mod:`distill.store.core` for the layout),
-written crash-safely (:mod:`distill.store.fsio`), one file per object (:mod:`distill.store.objects`);
-single-file stores (format 1 and ``rtt pack`` output) are read by :mod:`distill.store.single`;
-:mod:`distill.store.pack` packs and verifies.
+A store is a folder (``runs/x.h5``) of immutable HDF5 files, each readable with h5py alone::
+
+    store.h5                         provenance attrs: format, format_version (2), config (JSON), seeds, ...
+    lock                             the writer lock (flock); its text names the holder
+    objects/<root>/<name>.h5         objects written on their own (teacher, children, lottery levels)
+    commits/<epoch:06d>/<root>/<name>.h5
+                                     one epoch of a distillation: student, training state, metrics
+
+``root`` is ``modules``, ``masks``, ``state`` or ``results`` (netCDF files). Promises, each
+proven by a test: a completed write is never damaged by a later kill (temporary name, fsync,
+atomic rename, folder fsync; nothing is rewritten in place); an epoch's files become visible
+together (one directory rename); one writer at a time (a second is refused, naming the holder);
+readers take no lock; loading is strict (dtypes, shapes, finiteness, bounded specs, checksums).
+Modules: :mod:`~distill.store.core` (Store), :mod:`~distill.store.fsio` (atomic writes, lock),
+:mod:`~distill.store.objects` (one object per file), :mod:`~distill.store.single` (format-1 and
+packed single files), :mod:`~distill.store.pack` (``rtt pack``, ``rtt verify``).
 """
 from __future__ import annotations
 

@@ -281,7 +281,10 @@ class Store:
              cast: torch.dtype | None = None) -> None:
         self._writable()
         _check_name(name)
-        data = objects.encode(f"{root}/{name}", tensors, attrs, cast=cast, compression=self.compression)
+
+        def data(path: Path) -> None:
+            objects.write_object(path, f"{root}/{name}", tensors, attrs, cast=cast, compression=self.compression)
+
         if self._txn is not None:
             self._stage(self._txn / root / f"{name}.h5", data)
             return

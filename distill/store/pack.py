@@ -1,6 +1,7 @@
 """``rtt pack`` (one self-contained HDF5 file of a store) and ``rtt verify`` (read every object)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -34,18 +35,18 @@ def pack(store: Store | str | Path, out: str | Path) -> Path:
                 for name in store.names(root=root):
                     tensors, attrs = store._read_object(root, name)
                     g = f.create_group(f"{root}/{name}")
+                    cast = None
+                    if root == "modules" and attrs.get("store_dtype", "fp32") != "fp32":
+                        cast = objects.STORE_DTYPES[attrs["store_dtype"]]
+                    manifest = {}
                     for key, t in tensors.items():
-                        cast = None
-                        stored = None
-                        if root == "modules" and attrs.get("store_dtype", "fp32") != "fp32":
-                            cast = objects.STORE_DTYPES[attrs["store_dtype"]]
                         arr, dtype, stored = objects.to_numpy(t, cast)
-                        d = g.create_dataset(key.replace("/", "|"), data=arr)
-                        d.attrs["dtype"] = dtype
-                        if stored:
-                            d.attrs["stored"] = stored
+                        g.create_dataset(key.replace("/", "|"), data=arr)
+                        manifest[key.replace("/", "|")] = {"dtype": dtype, "stored": stored or "",
+                                                           "sum64": objects.checksum(arr)}
                     for k, v in attrs.items():
                         g.attrs[k] = objects.plain(v)
+                    g.attrs["tensors"] = json.dumps(manifest, separators=(",", ":"))
                     g.attrs["complete"] = 1
             f.create_group("results")
         for name in store.results():

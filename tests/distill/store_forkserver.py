@@ -2,7 +2,7 @@
 writer process per request and SIGKILLs it after a given delay (or lets it finish).
 
 Requests (one JSON object per line on stdin): {"job": "append"|"distill"|"hold", "store": PATH,
-"kill_after_s": float or null, ...}. Replies (JSON lines on stdout): what the writer reports
+"kill_after_s": float or null (counted from when the job reports that its work starts), ...}. Replies (JSON lines on stdout): what the writer reports
 ({"saved": i}, {"oplog": [...]}, {"error": "..."}), then {"done": pid, "signal": n, "code": n}.
 Forking keeps each writer's start-up to milliseconds, so hundreds of kills fit in seconds.
 """
@@ -41,6 +41,14 @@ def tiny_model(i: int) -> torch.nn.Module:
     return m
 
 
+READY_FD = -1
+
+
+def ready() -> None:
+    """Tell the server that the job's work starts now (its kill delay counts from here)."""
+    os.write(READY_FD, b"r")
+
+
 def append(req: dict) -> None:
     """Append checkpoints as fast as possible: even i on their own, odd i in an epoch commit with
     a training state that holds i."""
@@ -48,6 +56,7 @@ def append(req: dict) -> None:
     s = Store(path, "a") if path.exists() else Store.create(path)
     names = s.names("ck/")
     i = int(names[-1].split("/")[1]) + 1 if names else 0
+    ready()
     while True:
         if i % 2 == 0:
             s.save_module(f"ck/{i:05d}", tiny_model(i), {"i": i})
@@ -67,6 +76,7 @@ def job_distill(req: dict) -> None:
 
     if req.get("crash_after") is not None or req.get("log"):
         fsio.crash_after(req.get("crash_after"), log=bool(req.get("log")))
+    ready()
     run_distill(tiny_cfg(**req["cfg"]), req["store"], data=synthetic(), progress=False)
     if req.get("log"):
         say(oplog=fsio.OPLOG)
@@ -75,6 +85,7 @@ def job_distill(req: dict) -> None:
 def hold(req: dict) -> None:
     path = Path(req["store"])
     s = Store(path, "a") if path.exists() else Store.create(path, {"held": True})
+    ready()
     say(locked=os.getpid(), store=str(s.path))
     time.sleep(3600)
 
@@ -83,18 +94,24 @@ JOBS = {"append": append, "distill": job_distill, "hold": hold}
 
 
 def main() -> None:
+    global READY_FD
     from distill.store import objects
 
-    objects.encode("warm-up", tiny_model(0).state_dict(), {})  # first-call costs paid before forking
+    with tempfile.TemporaryDirectory() as tmp:  # first-call costs paid before forking
+        objects.write_object(Path(tmp) / "w.h5", "warm-up", tiny_model(0).state_dict(), {})
     if not LEAN:
         with tempfile.TemporaryDirectory() as tmp:  # (lazy imports of xarray, h5netcdf, the models...)
+            READY_FD = os.open(os.devnull, os.O_WRONLY)
             job_distill({"cfg": {"epochs": 1, "probes": []}, "store": str(Path(tmp) / "warm.h5")})
             Store(Path(tmp) / "warm.h5").metrics
     say(ready=os.getpid())
     for line in sys.stdin:
         req = json.loads(line)
+        r_fd, w_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(r_fd)
+            READY_FD = w_fd
             code = 0
             try:
                 JOBS[req["job"]](req)
@@ -103,6 +120,9 @@ def main() -> None:
                 code = 1
             sys.stdout.flush()
             os._exit(code)
+        os.close(w_fd)
+        os.read(r_fd, 1)  # the job started its work (or died before: end of file)
+        os.close(r_fd)
         delay = req.get("kill_after_s")
         t0 = time.monotonic()
         while True:

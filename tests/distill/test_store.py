@@ -223,7 +223,8 @@ def test_pack_writes_one_file_the_store_api_reads(tmp_path, capsys):
     assert p.metrics.identical(_metrics())
     with h5py.File(out, "r") as f:  # readable with h5py alone; bf16 kept as bf16 bit patterns on disk
         d = f["modules/teacher/backbone.layers.1.weight"]
-        assert d.dtype == np.int16 and d.attrs["stored"] == "bfloat16" and d.attrs["dtype"] == "float32"
+        info = json.loads(f["modules/teacher"].attrs["tensors"])["backbone.layers.1.weight"]
+        assert d.dtype == np.int16 and info["stored"] == "bfloat16" and info["dtype"] == "float32"
     assert rtt(["verify", str(out)]) == 0 and rtt(["verify", str(s.path)]) == 0
 
 

@@ -17,6 +17,7 @@ import torch
 
 import distill
 from distill.store import Store, StoreError, student_name
+from distill.store.objects import checksum
 from landscape.cli import main as rtt
 from tests.distill.store_helpers import ROOT, checksums, report, write_mnist
 from tests.distill.test_store import _metrics, write_format1_store
@@ -102,17 +103,27 @@ def crafted_store(tmp_path: Path, edit, arch: str = "mlp", **opts) -> Store:
     return Store(s.path)
 
 
-def _replace(f, key, data, dtype_attr=None, **attrs):
-    old = dict(f[key].attrs)
+def _manifest(f, key, **changes):
+    """Edit the tensor manifest entry of ``key`` as a crafter would (None removes the entry)."""
+    m = json.loads(f.attrs["tensors"])
+    if changes.get("remove"):
+        m.pop(key)
+    else:
+        m[key] = {**m.get(key, {"dtype": "float32", "stored": ""}), **changes}
+    f.attrs["tensors"] = json.dumps(m)
+
+
+def _replace(f, key, data, dtype_attr=None):
+    """Put ``data`` under ``key`` with a consistent checksum (a crafted file, not a damaged one)."""
     del f[key]
-    d = f.create_dataset(key, data=data)
-    for k, v in old.items():
-        if k != "crc32":
-            d.attrs[k] = v
-    if dtype_attr:
-        d.attrs["dtype"] = dtype_attr
-    for k, v in attrs.items():
-        d.attrs[k] = v
+    f.create_dataset(key, data=data)
+    _manifest(f, key, sum64=checksum(np.asarray(data)) if np.asarray(data).dtype.kind in "biuf" else 0,
+              **({"dtype": dtype_attr} if dtype_attr else {}))
+
+
+def _new_dataset(f, key, **kw):
+    f.create_dataset(key, **kw)
+    _manifest(f, key, dtype="float32", sum64=None)
 
 
 def _set_spec(f, **changes):
@@ -135,20 +146,21 @@ STRICT = {
     "compound_dataset": (lambda f: _replace(f, KEY, np.zeros(3, dtype=[("a", "f4"), ("b", "i4")])),
                          ["non-numeric", KEY]),
     "group_not_dataset": (lambda f: (f.__delitem__(KEY), f.create_group(KEY)), ["not a tensor dataset", KEY]),
+    "dataset_not_in_manifest": (lambda f: _manifest(f, KEY, remove=True), ["not in the file's tensor manifest", KEY]),
+    "manifest_damaged": (lambda f: f.attrs.__setitem__("tensors", "{oops"), ["unreadable tensor manifest"]),
     "huge_spec_field": (lambda f: _set_spec(f, widths=[2 ** 40]), ["out of bounds", "1099511627776"]),
     "spec_larger_than_file": (lambda f: _set_spec(f, widths=[1 << 20]), ["the model expects (1048576, 64)", KEY]),
     "spec_not_json": (lambda f: f.attrs.__setitem__("spec", "{not json"), ["unusable architecture spec"]),
-    "claims_more_bytes": (lambda f: (f.__delitem__(KEY), f.create_dataset(KEY, shape=(10 ** 8,), dtype="f4"),
-                                     f[KEY].attrs.__setitem__("dtype", "float32")),
+    "claims_more_bytes": (lambda f: (f.__delitem__(KEY), _new_dataset(f, KEY, shape=(10 ** 8,), dtype="f4")),
                           ["claims shape (100000000,)", "only 0 bytes are stored"]),
     "dtype_attr_lies": (lambda f: _replace(f, KEY, f[KEY][()].astype(np.int16), "float32"),
                         ["records dtype 'float32'", "holds int16"]),
-    "unknown_dtype_attr": (lambda f: f[KEY].attrs.__setitem__("dtype", "complex64"), ["records dtype 'complex64'"]),
+    "unknown_dtype_attr": (lambda f: _manifest(f, KEY, dtype="complex64"), ["records dtype 'complex64'"]),
     "bit_flip": (lambda f: f[KEY].__setitem__((0, 0), f[KEY][0, 0] + 1.0), ["fails its checksum", KEY]),
     "wrong_shape": (lambda f: _replace(f, KEY, np.zeros((3, 3), np.float32)), ["has shape (3, 3)", KEY]),
-    "missing_key": (lambda f: f.__delitem__(KEY), ["missing key", KEY]),
-    "extra_key": (lambda f: f.create_dataset("extra.weight", data=np.zeros(2, np.float32)).attrs.__setitem__(
-        "dtype", "float32"), ["unexpected key 'extra.weight'"]),
+    "missing_key": (lambda f: (f.__delitem__(KEY), _manifest(f, KEY, remove=True)), ["missing key", KEY]),
+    "extra_key": (lambda f: _replace(f.create_dataset("extra.weight", data=np.zeros(2, np.float32)).file,
+                                     "extra.weight", np.zeros(2, np.float32)), ["unexpected key 'extra.weight'"]),
 }
 CASES += [f"strict:{k}" for k in STRICT]
 
