@@ -1,29 +1,335 @@
-"""Helpers shared by the analysis scripts: the distilled start store and result writing."""
+"""What every analysis script shares: the command line, presets, data, provenance, result files, figures.
+
+A script defines ``PRESETS`` (``smoke``, ``cpu``, ``gpu``: dicts of its own settings), a
+``compute(pre, ctx) -> xr.Dataset`` and a ``plot(ds, path)`` drawn from the Dataset alone, and
+ends with ``main = script(__name__, PRESETS, compute, plot)``. Then
+
+    python -m analyses.<name> --preset smoke|cpu|gpu [--results DIR] [--runs DIR] [--plot-only]
+
+writes ``<results>/<name>.nc`` (provenance in attrs: commit, command line, preset, recipe,
+config, seeds) and ``<results>/<name>.png``; stores of the runs go to ``<runs>/<name>/<preset>/``
+so a second call resumes. Accuracy is a fraction (0-1) in every file and in percent in every
+figure and table (``pct``).
+"""
 from __future__ import annotations
 
+import argparse
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import xarray as xr
 
 from distill.config import DistillConfig
 from distill.store import Store
 
+PRESET_NAMES = ("smoke", "cpu", "gpu")
+REPO = Path(__file__).resolve().parents[1]
 
-def ensure_distilled(cfg: DistillConfig, out: str | Path) -> Store:
-    """The store of ``cfg`` at ``out``: distilled (or resumed to completion) when needed."""
+
+# ----------------------------------------------------------------------------- context and provenance
+@dataclass
+class Context:
+    """Where a script reads and writes, and its preset's name."""
+
+    name: str
+    preset: str
+    runs: Path
+    results: Path
+    root: str | None
+    device: str
+
+    def store(self, *parts: str) -> Path:
+        """A store path under ``runs/<name>/<preset>/`` (folders created)."""
+        p = self.runs.joinpath(self.name, self.preset, *parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+def commit() -> str:
+    """The git commit of the code that ran (``+dirty`` when the tree has uncommitted changes)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def provenance(ctx: Context, configs: dict[str, Any], seeds: Sequence[int], recipe: str) -> dict[str, Any]:
+    """netCDF-safe attrs: commit, command line, preset, recipe, configs (JSON), seeds, versions."""
+    import torch
+
     import distill
 
-    out = Path(out)
+    return {"script": f"analyses.{ctx.name}", "preset": ctx.preset, "commit": commit(),
+            "command_line": " ".join([f"python -m analyses.{ctx.name}", *sys.argv[1:]]),
+            "recipe": recipe, "seeds": json.dumps([int(s) for s in seeds]),
+            "config": json.dumps({k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in configs.items()},
+                                 sort_keys=True, default=str),
+            "toolkit_version": distill.__version__, "torch_version": str(torch.__version__),
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "accuracy_units": "fraction (figures and tables show percent)"}
+
+
+# ----------------------------------------------------------------------------- data and runs
+def tiny_test(data: Any, n_test: int | None) -> Any:
+    """``data`` with its test split cut to a stratified ``n_test`` images (None: unchanged); smoke presets."""
+    from distill.data import Dataset, Split, stratified_indices
+
+    if n_test is None or n_test >= len(data.test):
+        return data
+    idx = stratified_indices(data.test.labels, n_test, data.num_classes, 0)
+    return Dataset(data.name, data.train, Split(data.test.images[idx], data.test.labels[idx]),
+                   list(data.classes), data.mean, data.std)
+
+
+def load(name: str, ctx: Context, subset: int | None = None, n_test: int | None = None, seed: int = 0) -> Any:
+    """A dataset (``distill.load_dataset``) with ``ctx.root`` for CIFAR, the test split optionally cut."""
+    from distill.data import load_dataset
+
+    root = ctx.root if "cifar" in name else None
+    return tiny_test(load_dataset(name, root=root, subset=subset, seed=seed), n_test)
+
+
+def distil(cfg: DistillConfig, out: Path, data: Any = None) -> Store:
+    """The store of ``cfg`` at ``out``, distilled or resumed to ``cfg.epochs`` when needed."""
+    import distill
+
     if out.exists():
-        store = Store(out)
-        if store.epochs and store.epochs[-1] >= cfg.epochs:
+        try:
+            store = Store(out)
+            done = bool(store.epochs) and store.epochs[-1] >= cfg.epochs and "metrics" in store.results()
+        except Exception:  # noqa: BLE001 - an unreadable leftover is redone by distill()
+            done = False
+        if done:
             return store
-    return distill.distill(cfg, out)
+    return distill.distill(cfg, out, data=data, progress=False)
+
+
+
+
+def best_over_epochs(metrics: xr.Dataset) -> xr.DataArray:
+    """Best probe accuracy over the probed epochs (the paper's reported number), dims (model, probe)."""
+    return metrics.accuracy.dropna("epoch", how="all").max("epoch")
+
+
+def stack_seeds(rows: list[xr.Dataset | xr.DataArray], seeds: Sequence[int]) -> Any:
+    """Concatenate per-seed results along a new ``seed`` dimension."""
+    return xr.concat(rows, dim=xr.DataArray(list(seeds), dims="seed", name="seed"), combine_attrs="drop_conflicts")
 
 
 def save(ds: xr.Dataset, path: str | Path) -> Path:
     """Write a result as netCDF (h5netcdf), creating the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(path, engine="h5netcdf")
+    tmp = path.with_name(path.name + ".tmp")
+    ds.to_netcdf(tmp, engine="h5netcdf")
+    os.replace(tmp, path)
     return path
+
+
+def open_result(path: str | Path) -> xr.Dataset:
+    """Read a result file fully into memory (the file is closed afterwards)."""
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        return ds.load()
+
+
+# ----------------------------------------------------------------------------- figures
+def pct(x: Any) -> Any:
+    """Accuracy or error as a fraction -> percent (the figures' and tables' unit)."""
+    return 100 * x
+
+
+STYLE = {"teacher": dict(color="C0", ls="-", marker="s"), "teacher_bn": dict(color="C1", ls="--", marker="^"),
+         "student": dict(color="C2", ls="-", marker="o"), "input": dict(color="0.4", ls=":", marker="")}
+LABEL = {"teacher": "teacher", "teacher_bn": "teacher, BN recalibrated", "student": "student", "input": "input pixels"}
+
+
+def band(ax: Any, x: Any, da: xr.DataArray, label: str, dim: str = "seed", **style: Any) -> None:
+    """Mean over ``dim`` as a line, mean +- std as a shaded band (no band for a single seed)."""
+    mean = da.mean(dim) if dim in da.dims else da
+    line, = ax.plot(np.asarray(x), np.asarray(mean), label=label, ms=4, **style)
+    if dim in da.dims and da.sizes[dim] > 1:
+        std = da.std(dim)
+        ax.fill_between(np.asarray(x), np.asarray(mean - std), np.asarray(mean + std), color=line.get_color(),
+                        alpha=0.2, lw=0)
+
+
+def figure(ncols: int = 1, nrows: int = 1, width: float = 4.6, height: float = 3.4) -> tuple[Any, Any]:
+    """A figure with a flat array of axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                             layout="constrained")
+    return fig, axes.ravel()
+
+
+def log_ticks(ax: Any, values: Sequence[float], base: int = 10) -> None:
+    """A log-scaled x axis labelled at exactly ``values`` (no crowded minor labels)."""
+    ax.set_xscale("log", base=base)
+    ax.set_xticks(list(values), [f"{v:g}" for v in values])
+    ax.minorticks_off()
+
+
+def legend(ax: Any, **kw: Any) -> None:
+    """The legend outside the axes, on the right (never over the curves)."""
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), **kw)
+
+
+def finish(fig: Any, path: str | Path, title: str = "") -> Path:
+    """Title, save (PNG, 110 dpi), close."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        import textwrap
+
+        width = max(40, int(fig.get_figwidth() * 15))
+        fig.suptitle(textwrap.fill(title, width), fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def subtitle(ds: xr.Dataset) -> str:
+    """One line naming the preset, the seeds and the commit of a result file."""
+    return f"{ds.attrs.get('script', '')} --preset {ds.attrs.get('preset', '?')}, seeds {ds.attrs.get('seeds', '?')}"
+
+
+# ----------------------------------------------------------------------------- the script runner
+Compute = Callable[[dict[str, Any], Context], xr.Dataset]
+Plot = Callable[[xr.Dataset, Path], Any]
+
+
+def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every analysis script takes."""
+    p = argparse.ArgumentParser(prog=f"python -m analyses.{name}",
+                                description=(doc or name).strip().splitlines()[0])
+    p.add_argument("--preset", choices=PRESET_NAMES, default="cpu",
+                   help="smoke: seconds (tests); cpu: minutes on 2 cores; gpu: the paper's scale, ~9 min on one "
+                        "H100/H200 (default: cpu)")
+    p.add_argument("--results", default="results", help="folder of the .nc and .png (default: results)")
+    p.add_argument("--runs", default="runs", help="folder of the stores, for resuming (default: runs)")
+    p.add_argument("--root", default=None, help="CIFAR-10 location (default: the standard places)")
+    p.add_argument("--device", default=None, help="override the preset's device (cpu, cuda, auto)")
+    p.add_argument("--plot-only", action="store_true", help="redraw the .png from the existing .nc")
+    return p
+
+
+def script(module: str, presets: dict[str, dict[str, Any]], compute: Compute, plot: Plot,
+           doc: str | None = None) -> Callable[[Sequence[str] | None], int]:
+    """The ``main(argv)`` of an analysis script (see the module docstring)."""
+    spec = getattr(sys.modules.get(module), "__spec__", None)
+    name = (spec.name if spec is not None else module).rsplit(".", 1)[-1]  # "__main__" under python -m
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        a = parser(name, doc or sys.modules[module].__doc__).parse_args(argv)
+        nc, png = Path(a.results) / f"{name}.nc", Path(a.results) / f"{name}.png"
+        if a.plot_only:
+            if not nc.exists():
+                print(f"analyses.{name}: error: {nc} does not exist: run without --plot-only first",
+                      file=sys.stderr)
+                return 1
+            plot(open_result(nc), png)
+            print(f"wrote {png}")
+            return 0
+        pre = dict(presets[a.preset])
+        device = a.device or pre.get("device") or ("cpu" if a.preset != "gpu" else "auto")
+        ctx = Context(name, a.preset, Path(a.runs), Path(a.results), a.root, device)
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        ds = compute(pre, ctx)
+        save(ds, nc)
+        plot(open_result(nc), png)
+        print(f"wrote {nc} and {png}")
+        return 0
+
+    return main
+
+
+# ----------------------------------------------------------------------------- shared settings
+# The CPU-sized setting most scripts share (PAPER.md / results/README.md): a BN-free 4-layer ConvNet with a
+# 4,096-way DINO head, AdamW lr 1e-3, batch 64, alpha 1e-10. ``bn=True`` gives its BN twin.
+def small_net(width: int = 32, depth: int = 4, bn: bool = False, **changes: Any) -> dict[str, Any]:
+    """DistillConfig fields of the small ConvNet (``changes`` win)."""
+    return {"arch": "convnet", "arch_options": {"width": width, "depth": depth, "bn": bn}, "out_dim": 4096,
+            "hidden_dim": 512, "bottleneck_dim": 128, "lr": 1e-3, "batch_size": 64, "save_every": 0,
+            "device": "cpu", **changes}
+
+
+SMOKE_NET = dict(arch="convnet", arch_options={"width": 8, "depth": 2, "bn": False}, out_dim=64, hidden_dim=32,
+                 bottleneck_dim=16, lr=1e-3, batch_size=32, epochs=1, save_every=0, device="cpu")
+
+
+def keep_classes(data: Any, classes: Sequence[int]) -> Any:
+    """The images of ``classes`` only (both splits), relabelled 0..len(classes)-1 in the given order."""
+    import torch
+
+    from distill.data import Dataset, Split
+
+    def split(s: Any) -> Any:
+        lut = torch.full((int(s.labels.max()) + 1,), -1, dtype=torch.long)
+        lut[torch.as_tensor(list(classes))] = torch.arange(len(classes))
+        new = lut[s.labels]
+        keep = new >= 0
+        return Split(s.images[keep], new[keep])
+
+    return Dataset(f"{data.name}[{','.join(map(str, classes))}]", split(data.train), split(data.test),
+                   [data.classes[c] for c in classes], data.mean, data.std)
+
+
+def probe_backbone(cfg: DistillConfig, backbone: Any, data: Any, cache: Path | None = None) -> dict[str, float]:
+    """``cfg.probes`` of ``backbone`` (None: raw pixels) on ``data``: fractions, cached as JSON at ``cache``."""
+    from distill.device import resolve_device
+    from distill.train import run_probes
+
+    if cache is not None and cache.exists():
+        return json.loads(cache.read_text())
+    out = run_probes(cfg, backbone, data, resolve_device(cfg.device))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(out))
+    return out
+
+
+def probe_run(cfg: DistillConfig, store: Store, data: Any, ctx: Context, tag: str,
+              epoch: int = -1) -> dict[str, dict[str, float]]:
+    """Probes of one distillation run's teacher, BN-recalibrated teacher, student (``epoch``) and the input
+    pixels on ``data`` (fractions), each cached under ``runs/<name>/<preset>/probes/``."""
+    from distill.bn import has_batchnorm
+    from distill.device import resolve_device
+    from distill.train import recalibrated_teacher
+
+    device = resolve_device(cfg.device)
+    teacher = store.teacher(device)
+    e = store.epochs[-1] if epoch == -1 else epoch
+    out = {"teacher": probe_backbone(cfg, teacher.backbone, data, ctx.store("probes", f"{tag}-teacher.json")),
+           "student": probe_backbone(cfg, store.student(e, device).eval().backbone, data,
+                                     ctx.store("probes", f"{tag}-student-e{e}.json")),
+           "input": probe_backbone(cfg, None, data, ctx.store("probes", f"input-{data.name}-{len(data.train)}.json"))}
+    out["teacher_bn"] = (probe_backbone(cfg, recalibrated_teacher(teacher, data, cfg, device).backbone, data,
+                                        ctx.store("probes", f"{tag}-teacher_bn.json"))
+                         if has_batchnorm(teacher) else out["teacher"])
+    return out
+
+
+MODELS = ["teacher", "teacher_bn", "student", "input"]
+
+
+def probes_array(rows: dict[str, dict[str, float]], probes: Sequence[str]) -> xr.DataArray:
+    """{model: {probe: acc}} -> DataArray (model, probe) over ``MODELS``."""
+    vals = [[rows.get(m, {}).get(p, np.nan) for p in probes] for m in MODELS]
+    return xr.DataArray(vals, dims=("model", "probe"), coords={"model": MODELS, "probe": list(probes)},
+                        attrs={"long_name": "probe accuracy", "units": "fraction"})

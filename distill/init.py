@@ -7,12 +7,15 @@ Modes (``theta_n`` is a fresh initialisation of the same architecture drawn with
 - ``eps``:         theta_s = theta_t + eps * theta_n
 - ``independent``: theta_s = theta_n  (alpha = 1)
 
-Only tensors whose initialisation is random are mixed: a tensor that the architecture
-initialises deterministically (BatchNorm scale 1 and shift 0, zero biases, ...) comes out
-identical in teacher and noise draw and is copied from the teacher unchanged, so
-that ``alpha`` keeps every tensor's scale (the rescaling is only right for zero-mean
-random tensors) and ``eps`` does not shift BN scales. Buffers (BN running statistics)
-are copied from the teacher.
+``scope="all"`` (default, the paper's formula as its code applies it): every parameter is
+mixed, including BatchNorm/LayerNorm scales and shifts, so a BN scale of 1 becomes
+1 / sqrt(a^2 + (1 - a)^2) (up to 1.414 at a = 0.5) and ``eps`` gives 1 + eps.
+``scope="random"``: only tensors whose initialisation is random are mixed; a tensor that the
+architecture initialises deterministically (BN scale 1 and shift 0, zero biases, ...) comes out
+identical in teacher and noise draw and is copied from the teacher unchanged.
+``eps_rescale=True``: the eps mode's variance-preserving variant,
+theta_s = (theta_t + eps * theta_n) / sqrt(1 + eps^2). Buffers (BN running statistics) are
+always copied from the teacher.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 MODES = ("copy", "alpha", "eps", "independent")
+SCOPES = ("all", "random")
 
 
 def fresh_like(model: nn.Module, seed: int) -> nn.Module:
@@ -40,8 +44,11 @@ def fresh_like(model: nn.Module, seed: int) -> nn.Module:
 
 @torch.no_grad()
 def init_student(teacher: nn.Module, mode: str = "alpha", alpha: float = 1e-10, eps: float = 0.0,
-                 seed: int = 1) -> nn.Module:
+                 seed: int = 1, scope: str = "all", eps_rescale: bool = False) -> nn.Module:
     """A student initialised relative to ``teacher`` (left untouched); see the module docstring.
+
+    ``scope``: ``all`` parameters (the paper's formula) or only the ``random``ly initialised ones;
+    ``eps_rescale``: divide the eps mode's result by sqrt(1 + eps^2).
 
     ``seed`` draws the noise network; it must differ from the teacher's own seed, or the
     "noise" is the teacher itself.
@@ -50,6 +57,8 @@ def init_student(teacher: nn.Module, mode: str = "alpha", alpha: float = 1e-10, 
         raise ValueError(f"student init mode {mode!r} is not valid: choose one of {', '.join(MODES)}")
     if mode == "alpha" and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} must lie in [0, 1]")
+    if scope not in SCOPES:
+        raise ValueError(f"init scope {scope!r} is not valid: choose one of {', '.join(SCOPES)}")
     student = copy.deepcopy(teacher)
     student.requires_grad_(True)
     if mode == "copy":
@@ -61,7 +70,7 @@ def init_student(teacher: nn.Module, mode: str = "alpha", alpha: float = 1e-10, 
     scale = 1.0 / math.sqrt(alpha ** 2 + (1 - alpha) ** 2)
     for name, p in student.named_parameters():
         t, n = p.detach().clone(), n_params[name]
-        if torch.equal(t, n):  # deterministic initialisation: nothing to mix
+        if scope == "random" and torch.equal(t, n):  # deterministic initialisation: nothing to mix
             continue
         if mode == "alpha":
             if alpha == 0.0:
@@ -72,6 +81,8 @@ def init_student(teacher: nn.Module, mode: str = "alpha", alpha: float = 1e-10, 
                 p.copy_(((1 - alpha) * t + alpha * n) * scale)
         else:
             p.add_(eps * n)
+            if eps_rescale:
+                p.div_(math.sqrt(1 + eps ** 2))
     return student
 
 

@@ -399,14 +399,14 @@ def _vit(in_shape: tuple[int, int, int], dim: int, num_heads: int, patch_size: A
 
 
 @register_model("vit_tiny")
-def vit_tiny(in_shape: tuple[int, int, int], *, patch_size: int = 4, depth: int = 12, tie_blocks: bool = False,
+def vit_tiny(in_shape: tuple[int, int, int], *, patch_size: int = 8, depth: int = 12, tie_blocks: bool = False,
              weight_init: str = "trunc_normal") -> nn.Module:
     """ViT-Tiny: width 192, 3 heads, ``depth`` blocks, MLP ratio 4; embedding 192 (cls token)."""
     return _vit(in_shape, 192, 3, patch_size, depth, tie_blocks, weight_init)
 
 
 @register_model("vit_small")
-def vit_small(in_shape: tuple[int, int, int], *, patch_size: int = 4, depth: int = 12, tie_blocks: bool = False,
+def vit_small(in_shape: tuple[int, int, int], *, patch_size: int = 8, depth: int = 12, tie_blocks: bool = False,
               weight_init: str = "trunc_normal") -> nn.Module:
     """ViT-Small: width 384, 6 heads, ``depth`` blocks, MLP ratio 4; embedding 384 (cls token)."""
     return _vit(in_shape, 384, 6, patch_size, depth, tie_blocks, weight_init)

@@ -181,26 +181,40 @@ def multicrop(x: torch.Tensor, n_global: int, n_local: int, generator: torch.Gen
     return views
 
 
+def epoch_steps(n: int, batch_size: int, drop_last: bool) -> int:
+    """Optimiser steps per epoch over ``n`` images: floor(n / b) with ``drop_last``, else ceil(n / b),
+    less a final batch of a single image (BatchNorm cannot normalise one sample)."""
+    if drop_last:
+        return max(1, n // batch_size)
+    return max(1, -(-n // batch_size) - (1 if n % batch_size == 1 and n > 1 else 0))
+
+
 # ---------------------------------------------------------------------------- probes
 def probe_dataset(cfg: DistillConfig, data: Dataset) -> Dataset:
-    """Real images to probe on: for Gaussian-noise runs the source dataset, subset as configured."""
-    n = cfg.probe_subset or cfg.subset
+    """Real images to probe on: the FULL training split of the dataset (as the paper), whatever
+    ``cfg.subset`` is; a stratified ``cfg.probe_subset`` of it only when that is set explicitly.
+    For Gaussian-noise runs the source dataset's real images."""
+    n = cfg.probe_subset
     if cfg.dataset.startswith("gaussian"):
         source = cfg.dataset.split(":", 1)[1] if ":" in cfg.dataset else "cifar10"
         return load_dataset(source, root=cfg.data_root, subset=n, seed=cfg.probe_seed)
-    if cfg.probe_subset and cfg.probe_subset != cfg.subset:
-        return load_dataset(cfg.dataset, root=cfg.data_root, subset=cfg.probe_subset, seed=cfg.probe_seed)
-    return data
+    if n is None:
+        return data if cfg.subset is None else load_dataset(cfg.dataset, root=cfg.data_root)
+    if n == len(data.train.labels) and n == cfg.subset:
+        return data
+    return load_dataset(cfg.dataset, root=cfg.data_root, subset=n, seed=cfg.probe_seed)
 
 
 def run_probes(cfg: DistillConfig, backbone: nn.Module | None, data: Dataset,
-               device: torch.device) -> dict[str, float]:
-    """All configured probes on ``backbone``'s embedding (raw pixels when ``backbone`` is None)."""
+               device: torch.device, seed: int | None = None) -> dict[str, float]:
+    """All configured probes on ``backbone``'s embedding (raw pixels when ``backbone`` is None);
+    ``seed`` overrides ``cfg.probe_seed``."""
     from distill import probe
 
     kw: dict[str, Any] = dict(probes=tuple(cfg.probes), knn_k=cfg.knn_k, knn_metric=cfg.knn_metric,
                               knn_weighted=cfg.knn_metric == "cosine", linear_epochs=cfg.linear_epochs,
-                              until_convergence=cfg.probe_converge, seed=cfg.probe_seed)
+                              until_convergence=cfg.probe_converge,
+                              seed=cfg.probe_seed if seed is None else seed)
     if backbone is None:
         return probe.probe_input(data, **kw)
     return probe.probe_model(backbone, data, device=device, **kw)
@@ -278,7 +292,7 @@ class History:
     probes: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
     dynamics: Any = None  # a distill.dynamics.DynamicsRecorder when cfg.dynamics
 
-    def to_dataset(self, cfg: DistillConfig, device: torch.device) -> "xarray.Dataset":
+    def to_dataset(self, cfg: DistillConfig, device: torch.device, n_probe: int = 0) -> "xarray.Dataset":
         import xarray as xr
 
         import distill
@@ -310,6 +324,7 @@ class History:
                     **extra_coords},
             attrs={"config": cfg.to_json(), "toolkit_version": distill.__version__,
                    "torch_version": str(torch.__version__), "device": str(device), "precision": cfg.precision,
+                   "recipe": cfg.recipe, "probe_train_images": int(n_probe),
                    "models": "teacher: random teacher as used in distillation; teacher_bn: teacher weights with BN "
                              "statistics re-estimated on training data; student; input: raw pixels",
                    "epoch_0": "before any training"},
@@ -390,11 +405,12 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
            pdata: Dataset, device: torch.device, progress: bool | None) -> None:
     """The loop of :func:`distill`; every epoch ends in one commit of the store (student checkpoint
     when due, the training state that resumes after it, the metrics up to it)."""
-    student = init_student(teacher, cfg.init, alpha=cfg.alpha, eps=cfg.eps, seed=cfg.noise_seed).to(device)
+    student = init_student(teacher, cfg.init, alpha=cfg.alpha, eps=cfg.eps, seed=cfg.noise_seed,
+                           scope=cfg.init_scope, eps_rescale=cfg.eps_rescale).to(device)
     set_teacher_mode(teacher, cfg.teacher_bn)
     opt = make_optimizer(cfg, student)
     center = torch.zeros(cfg.out_dim, device=device) if cfg.center else None
-    steps_per_epoch = max(1, len(data.train.labels) // cfg.batch_size)  # drop_last, as the reference loop
+    steps_per_epoch = epoch_steps(len(data.train.labels), cfg.batch_size, cfg.drop_last)
     lrs = lr_schedule(cfg, steps_per_epoch)
     start, history = 0, History()
     dynamics = None
@@ -451,7 +467,8 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
                 fixed["input"] = run_probes(cfg, None, pdata, device)
         was = student.training
         student.eval()
-        history.probes[epoch] = {**fixed, "student": run_probes(cfg, student.backbone, pdata, device)}
+        seed = cfg.probe_seed + epoch if cfg.probe_reseed else None
+        history.probes[epoch] = {**fixed, "student": run_probes(cfg, student.backbone, pdata, device, seed)}
         student.train(was)
 
     def measure(epoch: int, loss: float, kl: float, s_norm: float, t_norm: float, seconds: float) -> None:
@@ -482,7 +499,7 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
                     if cfg.ema_teacher:
                         tensors.update({f"ema/{k}": v for k, v in teacher.state_dict().items()})
                 store.save_state("train", tensors, {"epoch": epoch, "param_groups": groups})
-            store.write_result("metrics", history.to_dataset(cfg, device))
+            store.write_result("metrics", history.to_dataset(cfg, device, len(pdata.train.labels)))
 
     if state is None:  # a fresh start (a resume from epoch 0 has its commit already)
         with torch.no_grad():  # on a copy: a train-mode forward would move the student's BN statistics
@@ -531,11 +548,13 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
         meter = EpochMeter(device)
         aug_gen.manual_seed(cfg.aug_seed * 1_000_003 + epoch)
         seed = cfg.data_seed * 1_000_003 + epoch
-        batches = iterate(train_split, cfg.batch_size, data.mean, data.std, shuffle=True, seed=seed, drop_last=True,
-                          device=device, with_index=True, channels_last=channels_last)
+        batches = iterate(train_split, cfg.batch_size, data.mean, data.std, shuffle=True, seed=seed,
+                          drop_last=cfg.drop_last, device=device, with_index=True, channels_last=channels_last)
         step = (epoch - 1) * steps_per_epoch
         try:
             for i, (x, _, idx) in enumerate(batches):
+                if i >= steps_per_epoch:  # a last batch of one image (BN cannot train on it) is skipped
+                    break
                 step = (epoch - 1) * steps_per_epoch + i
                 for g in opt.param_groups:
                     g["lr"] = float(lrs[min(step, len(lrs) - 1)])

@@ -1,4 +1,4 @@
-"""Vision Transformer backbone for small images (ViT-Tiny / ViT-Small at patch size 4 on 32x32).
+"""Vision Transformer backbone for small images (ViT-Tiny / ViT-Small at patch size 8 on 32x32, as the paper).
 
 Patch embedding (a Conv2d with kernel = stride = patch size), a learned cls token, learned
 position embeddings, ``depth`` pre-norm blocks (multi-head self-attention across tokens, then
@@ -64,7 +64,7 @@ class VisionTransformer(nn.Module):
     """
 
     def __init__(self, in_shape: tuple[int, int, int], *, dim: int, num_heads: int, depth: int = 12,
-                 patch_size: int = 4, tie_blocks: bool = False, weight_init: str = "trunc_normal") -> None:
+                 patch_size: int = 8, tie_blocks: bool = False, weight_init: str = "trunc_normal") -> None:
         super().__init__()
         C, H, W = in_shape
         if H % patch_size or W % patch_size:

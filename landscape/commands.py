@@ -214,8 +214,9 @@ class _Lmc:
     def add_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("a", metavar="A", help="first checkpoint: STORE:EPOCH or STORE:NAME (e.g. runs/x.h5:children/0)")
         p.add_argument("b", metavar="B", help="second checkpoint, same architecture")
-        p.add_argument("--alphas", type=_path_alphas, default=21, metavar="N|A,B,...",
-                       help=f"{_ALPHAS_HELP} (default: 21)")
+        p.add_argument("--alphas", type=_path_alphas, default=30, metavar="N|A,B,...",
+                       help=f"{_ALPHAS_HELP} (default: 30, Frankle et al.'s barrier grid; "
+                       "the paper's Figure 9 uses 50)")
         p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics along the path "
                        "(default: reset)")
         p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
@@ -253,8 +254,9 @@ class _Instability:
                        help="comma-separated seeds, one per child (default: 0..children-1)")
         p.add_argument("--children-store", default=None, help="store for the children (resumed when it exists; "
                        "default: STORE-instability-eEPOCH.h5 beside STORE)")
-        p.add_argument("--alphas", type=_path_alphas, default=21, metavar="N|A,B,...",
-                       help=f"{_ALPHAS_HELP}, on each path between children (default: 21)")
+        p.add_argument("--alphas", type=_path_alphas, default=30, metavar="N|A,B,...",
+                       help=f"{_ALPHAS_HELP}, on each path between children (default: 30, "
+                       "Frankle et al.'s barrier grid; the paper's Figure 9 uses 50)")
         p.add_argument("--bn", default="reset", choices=BN_POLICIES,
                        help="BatchNorm statistics along the paths: reset = re-estimated at each point (default: reset)")
         p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")

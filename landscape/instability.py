@@ -66,7 +66,7 @@ def _same_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) ->
 # ----------------------------------------------------------------------------- public API
 def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] | None = None,
                 cfg: SupervisedConfig | None = None, epochs: int | None = None, store: Any = None,
-                alphas: int | Sequence[float] = 21, bn: str = "reset", splits: Sequence[str] = ("test",),
+                alphas: int | Sequence[float] = 30, bn: str = "reset", splits: Sequence[str] = ("test",),
                 device: str | torch.device = "auto", progress: bool | None = None, num_classes: int | None = None,
                 *, head_seed: int = 0, path_options: Mapping[str, Any] | None = None) -> xr.Dataset:
     """Train children of ``start`` with labels and measure the barrier between every pair.

@@ -6,7 +6,7 @@ reduces such curves to the error barrier of Frankle et al. (2020) and a loss bar
 
 Example::
 
-    ds = linear_path((store, 10), (store, 20), data, alphas=21, bn="reset")
+    ds = linear_path((store, 10), (store, 20), data, alphas=30, bn="reset")
     landscape.barrier(ds).barrier_error.sel(split="test")
 """
 from __future__ import annotations
@@ -115,7 +115,7 @@ def _positive(name: str, value: int) -> int:
 
 
 # ----------------------------------------------------------------------------- public API
-def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, bn: str = "reset",
+def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 30, bn: str = "reset",
                 splits: Sequence[str] = ("train", "test"), bn_batches: int = 8, bn_batch_size: int = 256,
                 bn_seed: int = 0, eval_batch_size: int = 1000, max_examples: int | None = None,
                 backend: str = "auto", device: str | torch.device = "auto", *, eval_seed: int = 0,
@@ -129,7 +129,9 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 21, b
         65,536 outputs; a ValueError names :func:`landscape.instability` and
         :func:`distill.supervised.with_classifier`, which make classifiers from it).
     data: a ``distill.Dataset`` (uint8 ``train``/``test`` splits, per-channel ``mean``/``std``).
-    alphas: number of evenly spaced points in [0, 1] (both ends included) or the values themselves.
+    alphas: number of evenly spaced points in [0, 1] (both ends included) or the values themselves;
+        default 30, the grid of Frankle et al. 2020 (the paper's Figure 9 uses 50); stored as attrs
+        ``n_alphas`` and coordinate ``alpha``.
     bn: BatchNorm running statistics at each alpha: ``reset`` (re-estimated, exactly as
         ``torch.optim.swa_utils.update_bn``, on ``bn_batches`` batches of ``bn_batch_size``
         training images drawn once with ``bn_seed`` and shared by every alpha), ``interpolate``

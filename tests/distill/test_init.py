@@ -50,8 +50,8 @@ def test_endpoints_and_modes(teacher):
     assert all(torch.equal(cp[k], t[k]) for k in t)
 
 
-def test_eps_adds_scaled_noise_to_random_tensors_only(teacher):
-    s = dict(init_student(teacher, "eps", eps=0.1, seed=3).named_parameters())
+def test_eps_adds_scaled_noise_to_random_tensors_only_with_scope_random(teacher):
+    s = dict(init_student(teacher, "eps", eps=0.1, seed=3, scope="random").named_parameters())
     noise = dict(fresh_like(teacher, 3).named_parameters())
     for n, p in teacher.named_parameters():
         if torch.equal(p, noise[n]):  # BN scale/shift: deterministic, untouched

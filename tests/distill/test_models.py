@@ -271,7 +271,7 @@ def test_vit_dims_and_attention_mixes_tokens(arch):
     dim, heads = {"vit_tiny": (192, 3), "vit_small": (384, 6)}[arch]
     model = build_model(arch, depth=2, head=None).eval()
     assert model.embed_dim == dim and model.backbone.blocks[0].attn.num_heads == heads
-    assert model.backbone.pos_embed.shape == (1, 1 + 8 * 8, dim)  # patch 4 on 32x32
+    assert model.backbone.pos_embed.shape == (1, 1 + 4 * 4, dim)  # patch 8 on 32x32 (the paper's)
     x = torch.randn(2, 3, 32, 32)
     y = x.clone()
     y[:, :, 28:, 28:] += 1.0  # one (the last) patch only

@@ -1,0 +1,51 @@
+"""Every experiment of the paper, one after the other: ``python -m analyses.all --preset cpu``.
+
+Each script writes ``results/<name>.nc`` and ``.png``; their stores under ``runs/`` make a second call
+resume where the first stopped (finished scripts only re-read their caches). A failing script is
+reported and the others still run; the exit status is 1 when any failed.
+
+    python -m analyses.all --preset smoke|cpu|gpu [--only tables,locality] [--results DIR] [--runs DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+
+SCRIPTS = ("probing_curves", "locality", "data_dependence", "transfer", "planes", "lottery", "instability",
+           "head_dim", "tables")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analyses.all", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=("smoke", "cpu", "gpu"), default="cpu")
+    p.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(SCRIPTS)}")
+    p.add_argument("--results", default="results")
+    p.add_argument("--runs", default="runs")
+    p.add_argument("--root", default=None, help="CIFAR-10 location (default: the standard places)")
+    a = p.parse_args(argv)
+    names = [n for n in a.only.split(",") if n] or list(SCRIPTS)
+    unknown = [n for n in names if n not in SCRIPTS]
+    if unknown:
+        print(f"analyses.all: error: unknown script {unknown[0]!r}: choose from {', '.join(SCRIPTS)}", file=sys.stderr)
+        return 2
+    status = {}
+    for name in names:
+        t0 = time.time()
+        args = ["--preset", a.preset, "--results", a.results, "--runs", a.runs] + (["--root", a.root] if a.root else [])
+        print(f"=== analyses.{name} {' '.join(args)}", flush=True)
+        try:
+            rc = importlib.import_module(f"analyses.{name}").main(args)
+        except Exception:  # noqa: BLE001 - report and go on with the other experiments
+            traceback.print_exc()
+            rc = 1
+        status[name] = (rc, time.time() - t0)
+        print(f"=== analyses.{name}: {'ok' if rc == 0 else 'FAILED'} in {time.time() - t0:.0f} s", flush=True)
+    print("\n".join(f"{n:<16} {'ok' if rc == 0 else 'FAILED'} {s:8.0f} s" for n, (rc, s) in status.items()))
+    return 0 if all(rc == 0 for rc, _ in status.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

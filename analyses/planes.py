@@ -1,0 +1,139 @@
+"""Figure 5: the distillation loss and the student's k-NN probe accuracy on 2-D planes through three
+networks, both of the paper's views:
+
+- non-local: the teacher, the independent student's initialisation theta_S(1) and that student trained,
+  theta*_S(1);
+- shared: the teacher, the trained local student theta*_S(0) (alpha = 1e-10) and theta*_S(1).
+
+A grid point is theta(x, y) = a + x u + y (|u| / |v|) v (``landscape.planes.plane_basis``: u = b - a,
+v = c - a made orthogonal to u), coordinates in units of |b - a|; the loss at a point is the
+cross-entropy H(p_teacher, p_theta) on a fixed batch of training images, the accuracy a k-NN (k=20)
+probe of theta's embedding. The three points are marked.
+
+    python -m analyses.planes --preset smoke|cpu|gpu
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from analyses import common
+from distill.config import DistillConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(dataset="fashion-mnist", subset=200, n_test=100, resolution=4, n_loss=100, n_probe=200,
+                  seed=0, cfg=dict(common.SMOKE_NET, probes=[], epochs=1)),
+    # Fashion-MNIST, 2,000 images, BN-free 4x32 ConvNet distilled 3 epochs; 11 x 11 grid; loss on 1,000 training
+    # images, k-NN fitted on 2,000 training images and scored on 1,000 test images
+    "cpu": dict(dataset="fashion-mnist", subset=2000, n_test=1000, resolution=11, n_loss=1000, n_probe=2000, seed=0,
+                cfg=common.small_net(epochs=3, probes=[])),
+    "gpu": dict(dataset="cifar10", subset=None, n_test=2000, resolution=21, n_loss=2000, n_probe=10_000, seed=0,
+                cfg=dict(arch="vgg11", epochs=30, probes=[], device="auto", precision="bf16", save_every=0)),
+}
+VIEWS = {"non-local": ("teacher", "theta_S(1)", "theta*_S(1)"), "shared": ("teacher", "theta*_S(0)", "theta*_S(1)")}
+
+
+def grid_values(models: dict[str, Any], names: tuple[str, str, str], teacher: Any, data: Any, pre: dict[str, Any],
+                xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Loss (nats) and k-NN accuracy (fraction) over the grid (x, y), and the basis' norms/projection."""
+    import torch
+    from torch.func import functional_call
+
+    from distill.data import normalize
+    from distill.probe import embed, knn_accuracy
+    from landscape.planes import plane_basis
+
+    a, b, c = (models[n] for n in names)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    basis = plane_basis(sa, sb, sc)
+    scale = basis["norm_u"] / basis["norm_v"]
+    x_loss = normalize(data.train.images[: pre["n_loss"]], data.mean, data.std)
+    with torch.no_grad():
+        p_t = torch.log_softmax(teacher(x_loss), -1).exp()
+    tr, ytr = data.train.images[: pre["n_probe"]], data.train.labels[: pre["n_probe"]]
+    loss = np.zeros((len(xs), len(ys)))
+    acc = np.zeros((len(xs), len(ys)))
+    net = a
+    for i, x in enumerate(xs):
+        for j, y in enumerate(ys):
+            state = {k: (sa[k].double() + x * basis["u"][k] + y * scale * basis["v"][k]).to(sa[k].dtype)
+                     if k in basis["u"] else sa[k] for k in sa}
+            with torch.no_grad():
+                out = functional_call(net, state, (x_loss,))
+                loss[i, j] = float(-(p_t * torch.log_softmax(out, -1)).sum(-1).mean())
+                net.load_state_dict(state)
+                f_tr = embed(net.backbone, tr, data.mean, data.std)
+                f_te = embed(net.backbone, data.test.images, data.mean, data.std)
+                acc[i, j] = knn_accuracy(f_tr, ytr, f_te, data.test.labels, k=20)
+    net.load_state_dict(sa)
+    return loss, acc, {"norm_u": basis["norm_u"], "norm_v": basis["norm_v"], "projection": basis["projection"]}
+
+
+def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
+    data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
+    s = pre["seed"]
+    base = DistillConfig(dataset=pre["dataset"], subset=pre["subset"], seed=s, noise_seed=s + 1000, data_seed=s,
+                         data_root=ctx.root if "cifar" in pre["dataset"] else None, **{**pre["cfg"], "device": ctx.device})
+    local = common.distil(base, ctx.store("alpha0.h5"), data=data)
+    indep = common.distil(base.replace(init="independent"), ctx.store("alpha1.h5"), data=data)
+    teacher = local.teacher().eval()
+    models = {"teacher": teacher, "theta_S(1)": indep.student(0).eval(), "theta*_S(1)": indep.student(-1).eval(),
+              "theta*_S(0)": local.student(-1).eval()}
+    views = []
+    n = pre["resolution"]
+    for view, names in VIEWS.items():
+        from landscape.planes import plane_basis
+
+        basis = plane_basis(*(models[k].state_dict() for k in names))
+        pts_x = np.array([0.0, 1.0, basis["projection"]])
+        pts_y = np.array([0.0, 0.0, basis["norm_v"] / basis["norm_u"]])
+        pad = 0.3 * max(np.ptp(pts_x), np.ptp(pts_y))
+        xs = np.linspace(pts_x.min() - pad, pts_x.max() + pad, n)
+        ys = np.linspace(pts_y.min() - pad, pts_y.max() + pad, n)
+        loss, acc, info = grid_values(models, names, teacher, data, pre, xs, ys)
+        views.append(xr.Dataset(
+            {"loss": (("x", "y"), loss, {"long_name": "distillation loss H(p_teacher, p_theta)", "units": "nats"}),
+             "accuracy": (("x", "y"), acc, {"long_name": "k-NN (k=20) probe accuracy", "units": "fraction"}),
+             "point_x": ("point", pts_x, {"long_name": "x of the three networks", "units": "|b - a|"}),
+             "point_y": ("point", pts_y, {"long_name": "y of the three networks", "units": "|b - a|"}),
+             "norm_u": ((), info["norm_u"]), "norm_v": ((), info["norm_v"])},
+            coords={"x": np.arange(n), "y": np.arange(n), "point": ["a", "b", "c"],
+                    "x_value": ("x", xs, {"units": "|b - a|"}), "y_value": ("y", ys, {"units": "|b - a|"}),
+                    "point_name": ("point", list(names))}).expand_dims(view=[view]))
+        print(f"{view}: loss at a/b/c grid corners {loss.min():.4f}..{loss.max():.4f}, k-NN {100 * acc.min():.1f}.."
+              f"{100 * acc.max():.1f} %", flush=True)
+    ds = xr.concat(views, "view", combine_attrs="drop_conflicts")
+    ds.attrs = {"definition": "theta(x, y) = a + x u + y (|u|/|v|) v, u = b - a, v = (c - a) - <c - a, u>/<u, u> u",
+                "loss_images": int(pre["n_loss"]), "probe_train_images": int(pre["n_probe"]),
+                "probe_test_images": int(len(data.test)),
+                **common.provenance(ctx, {"local": base, "independent": base.replace(init="independent")}, [s],
+                                    "paper")}
+    return ds
+
+
+def plot(ds: xr.Dataset, path: Any) -> None:
+    fig, axes = common.figure(2, ds.sizes["view"], width=4.4, height=3.6)
+    for i, view in enumerate(ds.view.values):
+        v = ds.sel(view=view)
+        for j, (var, label, cmap) in enumerate((("loss", "distillation loss [nats]", "viridis"),
+                                               ("accuracy", "k-NN accuracy [%]", "magma"))):
+            ax = axes[2 * i + j]
+            z = v[var].values.T * (100 if var == "accuracy" else 1)
+            cs = ax.contourf(v.x_value.values, v.y_value.values, z, levels=15, cmap=cmap)
+            fig.colorbar(cs, ax=ax, label=label)
+            for k, marker, off in zip(range(3), ("*", "o", "s"), ((6, 6), (6, -14), (-30, 10))):
+                ax.plot(float(v.point_x[k]), float(v.point_y[k]), marker, color="white", mec="black", ms=10)
+                ax.annotate(str(v.point_name.values[k]), (float(v.point_x[k]), float(v.point_y[k])),
+                            textcoords="offset points", xytext=off, color="white", fontsize=8,
+                            bbox=dict(boxstyle="round,pad=0.15", fc="black", alpha=0.5, lw=0))
+            ax.set(title=f"{view} view: {var}", xlabel="x [|b - a|]", ylabel="y [|b - a|]")
+    common.finish(fig, path, f"Figure 5: {common.subtitle(ds)}")
+
+
+main = common.script(__name__, PRESETS, compute, plot)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Figure 1: probe accuracy over the epochs of distillation, for the teacher, the BN-recalibrated
+teacher (the control beyond the paper), the student and the input pixels, mean +- std over seeds.
+
+The networks have BatchNorm (the paper's ResNet18 has), so the recalibrated teacher differs from
+the teacher. ``--recipe``-style choice: the preset's ``recipe`` (paper: alpha = 1e-10; reference: an
+exact copy, weight decay 0.01 on biases and norm parameters, a fresh probe seed every epoch).
+
+    python -m analyses.probing_curves --preset smoke|cpu|gpu
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import xarray as xr
+
+from analyses import common
+from distill.config import DistillConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(dataset="fashion-mnist", subset=200, n_test=200, seeds=[0, 1], recipe="paper",
+                  cfg=dict(common.SMOKE_NET, arch_options={"width": 8, "depth": 2, "bn": True}, epochs=2,
+                           probe_every=1, probe_subset=200)),
+    # Fashion-MNIST, 4x32 ConvNet with BN, 5,000 images, 4 epochs, probes every epoch on a 10k training subset
+    "cpu": dict(dataset="fashion-mnist", subset=5000, n_test=None, seeds=[0, 1, 2], recipe="paper",
+                cfg=common.small_net(bn=True, epochs=4, probe_every=1, probe_subset=10_000)),
+    # the paper's Figure 1: ResNet18 on the full CIFAR-10, 150 epochs, probes on the full split every 10 epochs
+    # (one seed per call fits ~9 minutes on an H100 only at 30 epochs: --preset gpu is sized to that)
+    "gpu": dict(dataset="cifar10", subset=None, n_test=None, seeds=[0, 1, 2], recipe="paper",
+                cfg=dict(arch="resnet18", epochs=30, probe_every=5, device="auto", precision="bf16",
+                         save_every=10)),
+}
+
+
+def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
+    data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
+    base = DistillConfig.reference if pre["recipe"] == "reference" else DistillConfig
+    rows, configs = [], {}
+    for s in pre["seeds"]:
+        cfg = base(dataset=pre["dataset"], subset=pre["subset"], seed=s, noise_seed=s + 1000, data_seed=s,
+                   probe_seed=s, data_root=ctx.root if "cifar" in pre["dataset"] else None,
+                   **{**pre["cfg"], "device": ctx.device})
+        configs[f"seed{s}"] = cfg
+        store = common.distil(cfg, ctx.store(f"seed{s}.h5"), data=data)
+        rows.append(store.metrics[["accuracy", "loss", "kl"]])
+    ds = common.stack_seeds(rows, pre["seeds"])
+    ds.attrs = {"probe_train_images": int(pre["cfg"].get("probe_subset") or 0) or "full training split",
+                **common.provenance(ctx, configs, pre["seeds"], pre["recipe"])}
+    last = ds.accuracy.dropna("epoch", how="all").isel(epoch=-1)
+    print("\nlast epoch, mean +- std over seeds (%):")
+    for m in last.model.values:
+        print(f"{str(m):<11}" + "".join(f"  {p} {100 * float(last.sel(model=m, probe=p).mean()):6.2f} +- "
+                                        f"{100 * float(last.sel(model=m, probe=p).std()):4.2f}"
+                                        for p in last.probe.values))
+    return ds
+
+
+def plot(ds: xr.Dataset, path: Any) -> None:
+    acc = common.pct(ds.accuracy.dropna("epoch", how="all"))
+    probes = [str(p) for p in acc.probe.values]
+    fig, axes = common.figure(len(probes), 1, width=4.0, height=3.3)
+    for ax, p in zip(axes, probes):
+        for m in common.MODELS:
+            if m in acc.model.values:
+                common.band(ax, acc.epoch, acc.sel(model=m, probe=p), common.LABEL[m], **common.STYLE[m])
+        ax.set(title=f"probe: {p}", xlabel="distillation epoch", ylabel="test accuracy [%]")
+    common.legend(axes[-1])
+    common.finish(fig, path, f"Figure 1: {common.subtitle(ds)} (band: +-1 std over seeds)")
+
+
+main = common.script(__name__, PRESETS, compute, plot)
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Tables 2 and 4 with what is offline: distil on one class split of a dataset, probe on another.
+
+For each pair ``source -> target`` the student is distilled on the source classes only and probed on
+the target classes (their own training and test images), beside a student distilled on the target
+classes themselves (in-domain), the teacher, the BN-recalibrated teacher and the input pixels.
+Pairs: CIFAR-10 classes 0-4 -> 5-9 and Fashion-MNIST 0-4 -> 5-9 (MNIST, the paper's other offline
+target, is not on this machine).
+
+    python -m analyses.transfer --preset smoke|cpu|gpu
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from analyses import common
+from distill.config import DistillConfig
+
+A, B = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(pairs={"fashion-mnist 0-4 -> 5-9": ("fashion-mnist", A, B)}, subset=100, n_test=100,
+                  probe_subset=200, seeds=[0], cfg=common.SMOKE_NET),
+    # 2,500 source images, 3 epochs, 4x32 ConvNet with BN; probes on the target classes' full splits
+    "cpu": dict(pairs={"cifar10 0-4 -> 5-9": ("cifar10", A, B), "fashion-mnist 0-4 -> 5-9": ("fashion-mnist", A, B)},
+                subset=2500, n_test=None, probe_subset=None, seeds=[0, 1, 2], cfg=common.small_net(bn=True, epochs=3)),
+    "gpu": dict(pairs={"cifar10 0-4 -> 5-9": ("cifar10", A, B)}, subset=None, n_test=None, probe_subset=None,
+                seeds=[0, 1, 2], cfg=dict(arch="vgg11", epochs=30, device="auto", precision="bf16", save_every=0)),
+}
+MODELS = ["teacher", "teacher_bn", "student_transfer", "student_in_domain", "input"]
+
+
+def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
+    probes, seeds, pairs = ["knn", "linear", "linear_std"], list(pre["seeds"]), list(pre["pairs"])
+    acc = np.full((len(pairs), len(seeds), len(MODELS), len(probes)), np.nan)
+    configs = {}
+    for pi, pair in enumerate(pairs):
+        name, src, tgt = pre["pairs"][pair]
+        full = common.load(name, ctx, n_test=pre["n_test"])
+        target = common.keep_classes(full, tgt)
+        if pre["probe_subset"]:
+            target = target.subset(pre["probe_subset"], 0)
+        for si, s in enumerate(seeds):
+            got = {}
+            for role, classes in (("transfer", src), ("in_domain", tgt)):
+                train = common.keep_classes(full, classes)
+                train = train.subset(min(pre["subset"], len(train.train)), s) if pre["subset"] else train
+                cfg = DistillConfig(dataset=name, data_root=ctx.root if "cifar" in name else None, seed=s,
+                                    noise_seed=s + 1000, data_seed=s, probe_seed=s, probes=[],
+                                    **{**pre["cfg"], "device": ctx.device})
+                tag = f"{name}-{''.join(map(str, classes))}-s{s}"
+                configs[tag] = cfg.to_dict() | {"classes": classes}
+                store = common.distil(cfg, ctx.store(f"{tag}.h5"), data=train)
+                r = common.probe_run(cfg.replace(probes=probes), store, target, ctx, f"{tag}-on-{''.join(map(str, tgt))}")
+                got[f"student_{role}"] = r["student"]
+                got.update({k: r[k] for k in ("teacher", "teacher_bn", "input")} if role == "transfer" else {})
+            acc[pi, si] = [[got[m][p] for p in probes] for m in MODELS]
+            print(f"{pair} seed {s}: " + "; ".join(f"{m} linear {100 * got[m]['linear']:.2f}" for m in MODELS),
+                  flush=True)
+    ds = xr.Dataset({"accuracy": (("pair", "seed", "model", "probe"), acc,
+                                  {"long_name": "probe accuracy on the target classes", "units": "fraction"})},
+                    coords={"pair": pairs, "seed": seeds, "model": MODELS, "probe": probes},
+                    attrs={"models": "student_transfer: distilled on the source classes; student_in_domain: on the "
+                                     "target classes; teacher: the transfer student's teacher (the same seed)",
+                           **common.provenance(ctx, configs, seeds, "paper")})
+    return ds
+
+
+def plot(ds: xr.Dataset, path: Any) -> None:
+    probes = [str(p) for p in ds.probe.values]
+    pairs = [str(p) for p in ds.pair.values]
+    fig, axes = common.figure(len(pairs), 1, width=5.0, height=3.4)
+    colors = {"teacher": "C0", "teacher_bn": "C1", "student_transfer": "C2", "student_in_domain": "C4", "input": "0.5"}
+    w = 0.16
+    for ax, pair in zip(axes, pairs):
+        a = common.pct(ds.accuracy.sel(pair=pair))
+        x = np.arange(len(probes))
+        for i, m in enumerate(ds.model.values):
+            ax.bar(x + (i - 2) * w, a.sel(model=m).mean("seed"), w, yerr=a.sel(model=m).std("seed"),
+                   color=colors.get(str(m)), label=str(m).replace("_", " "))
+        ax.set_xticks(x, probes)
+        ax.set(title=pair, ylabel="target test accuracy [%]")
+    common.legend(axes[-1])
+    common.finish(fig, path, f"Tables 2/4 offline: {common.subtitle(ds)} (error bars: std over seeds)")
+
+
+main = common.script(__name__, PRESETS, compute, plot)
+
+if __name__ == "__main__":
+    sys.exit(main())

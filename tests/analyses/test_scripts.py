@@ -1,0 +1,93 @@
+"""Every analysis script runs with --preset smoke and writes a valid .nc and a non-empty .png; the .png
+redraws from the .nc alone; ``rtt plot`` draws every result file and refuses anything else in one line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import xarray as xr
+
+from analyses import all as run_all
+
+# the dims (and variables) each result file promises, written out by hand
+EXPECTED = {
+    "tables": {"teacher": {"arch", "seed", "probe"}, "teacher_bn": {"arch", "seed", "probe"},
+               "student": {"arch", "seed", "probe"}, "input": {"input_seed", "probe"}, "paper_teacher_linear": {"arch"}},
+    "probing_curves": {"accuracy": {"seed", "epoch", "model", "probe"}},
+    "locality": {"accuracy": {"net", "alpha", "seed", "model", "probe"}},
+    "data_dependence": {"accuracy": {"data", "regime", "n", "seed", "model", "probe"}, "steps": {"data", "regime", "n"}},
+    "transfer": {"accuracy": {"pair", "seed", "model", "probe"}},
+    "planes": {"loss": {"view", "x", "y"}, "accuracy": {"view", "x", "y"}, "point_x": {"view", "point"}},
+    "lottery": {"best_accuracy": {"curve", "seed", "level"}},
+    "instability": {"error": {"start", "pair", "alpha"}, "barrier_error": {"start", "pair"}},
+    "head_dim": {"accuracy_out_dim": {"out_dim", "seed", "model", "probe"},
+                 "accuracy_bottleneck": {"bottleneck_dim", "seed", "model", "probe"}},
+}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, fmnist_root, cifar_tarball):
+    out = tmp_path_factory.mktemp("smoke")
+    rc = run_all.main(["--preset", "smoke", "--results", str(out / "results"), "--runs", str(out / "runs"),
+                       "--root", str(cifar_tarball)])
+    return out, rc
+
+
+def test_every_script_is_run_by_all():
+    assert set(run_all.SCRIPTS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_smoke_preset_writes_valid_nc_and_png(smoke, name):
+    out, rc = smoke
+    nc, png = out / "results" / f"{name}.nc", out / "results" / f"{name}.png"
+    assert nc.exists() and png.exists(), f"{name} wrote nothing (analyses.all exit {rc})"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    with xr.open_dataset(nc, engine="h5netcdf") as ds:
+        for var, dims in EXPECTED[name].items():
+            assert var in ds, f"{name}.nc has no {var}"
+            assert set(ds[var].dims) == dims, (name, var, ds[var].dims)
+        for key in ("commit", "command_line", "recipe", "config", "seeds", "preset"):
+            assert key in ds.attrs, f"{name}.nc lacks provenance attr {key}"
+        assert ds.attrs["preset"] == "smoke" and ds.attrs["recipe"] in ("paper", "reference")
+        assert json.loads(ds.attrs["config"]) and len(ds.attrs["commit"]) >= 7
+        acc = [v for v in ds.data_vars if ds[v].attrs.get("units") == "fraction"]
+        assert acc, f"{name}.nc has no accuracy in fractions"
+        for v in acc:
+            vals = ds[v].values
+            assert ((vals[vals == vals] >= 0) & (vals[vals == vals] <= 1)).all(), (name, v)
+
+
+def test_all_scripts_succeeded(smoke):
+    assert smoke[1] == 0
+
+
+def test_plot_only_redraws_from_the_nc_alone(smoke, tmp_path):
+    from analyses import locality
+
+    out, _ = smoke
+    (tmp_path / "locality.nc").write_bytes((out / "results" / "locality.nc").read_bytes())
+    assert locality.main(["--plot-only", "--results", str(tmp_path), "--runs", str(tmp_path / "none")]) == 0
+    assert (tmp_path / "locality.png").stat().st_size > 5000 and not (tmp_path / "none").exists()
+    assert locality.main(["--plot-only", "--results", str(tmp_path / "empty")]) == 1
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_rtt_plot_draws_every_result_file(smoke, name, tmp_path):
+    from landscape.cli import main as rtt
+
+    out, _ = smoke
+    png = tmp_path / f"{name}.png"
+    assert rtt(["plot", str(out / "results" / f"{name}.nc"), "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 3000
+
+
+def test_rtt_plot_refuses_a_store_in_one_line(smoke):
+    out, _ = smoke
+    store = next((out / "runs" / "probing_curves" / "smoke").glob("*.h5"))
+    r = subprocess.run([sys.executable, "-m", "landscape.cli", "plot", str(store), "--out", str(store) + ".png"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "rtt plot: error" in r.stderr
