@@ -22,10 +22,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(dataset="fashion-mnist", subset=200, n_test=200, seeds=[0], levels=2, fraction=0.5, step=2,
                   distill=dict(common.SMOKE_NET, probes=[]),
                   sup=dict(epochs=1, milestones=[], lr=0.02, augment="none", batch_size=64)),
-    # Fashion-MNIST, 4,000 images, BN-free 4x32 ConvNet distilled 3 epochs; 5 levels of 50 % pruning
-    # (100, 50, 25, 12.5, 6.25 % of the weights left), 1 epoch of SGD per level; rewind step 20 (of 63)
-    "cpu": dict(dataset="fashion-mnist", subset=4000, n_test=None, seeds=[0, 1, 2], levels=5, fraction=0.5, step=20,
-                distill=common.small_net(epochs=3, probes=[]),
+    # Fashion-MNIST, 2,000 images, BN-free 4x32 ConvNet distilled 2 epochs; 5 levels of 50 % pruning
+    # (100, 50, 25, 12.5, 6.25 % of the weights left), 1 epoch of SGD per level; rewind step 10 (of 32)
+    "cpu": dict(dataset="fashion-mnist", subset=2000, n_test=2000, seeds=[0, 1, 2], levels=5, fraction=0.5, step=10,
+                distill=common.small_net(epochs=2, probes=[]),
                 sup=dict(epochs=1, milestones=[], lr=0.02, augment="none", batch_size=64)),
     # the paper's recipe is 160 epochs per level (a GPU-day); this preset: ResNet18 on CIFAR-10, 20 % per level,
     # 8 levels of 4 epochs each, one seed per ~9-minute call (results/README.md)

@@ -23,9 +23,9 @@ A, B = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(pairs={"fashion-mnist 0-4 -> 5-9": ("fashion-mnist", A, B)}, subset=100, n_test=100,
                   probe_subset=200, seeds=[0], cfg=common.SMOKE_NET),
-    # 2,500 source images, 3 epochs, 4x32 ConvNet with BN; probes on the target classes' full splits
+    # 1,000 source images, 2 epochs, 4x32 ConvNet with BN; probes on 5,000 training images of the target classes
     "cpu": dict(pairs={"cifar10 0-4 -> 5-9": ("cifar10", A, B), "fashion-mnist 0-4 -> 5-9": ("fashion-mnist", A, B)},
-                subset=2500, n_test=None, probe_subset=None, seeds=[0, 1, 2], cfg=common.small_net(bn=True, epochs=3)),
+                subset=1000, n_test=None, probe_subset=5000, seeds=[0, 1, 2], cfg=common.small_net(bn=True, epochs=2)),
     "gpu": dict(pairs={"cifar10 0-4 -> 5-9": ("cifar10", A, B)}, subset=None, n_test=None, probe_subset=None,
                 seeds=[0, 1, 2], cfg=dict(arch="vgg11", epochs=30, device="auto", precision="bf16", save_every=0)),
 }
