@@ -44,6 +44,12 @@ class Context:
     results: Path
     root: str | None
     device: str
+    only: tuple[str, ...] = ()
+    code: str = ""  # the commit when the script started
+
+    def keep(self, items: Sequence[str]) -> list[str]:
+        """``items`` restricted to ``--only`` (all of them without it)."""
+        return [i for i in items if not self.only or i in self.only]
 
     def store(self, *parts: str) -> Path:
         """A store path under ``runs/<name>/<preset>/`` (folders created)."""
@@ -70,14 +76,14 @@ def provenance(ctx: Context, configs: dict[str, Any], seeds: Sequence[int], reci
 
     import distill
 
-    return {"script": f"analyses.{ctx.name}", "preset": ctx.preset, "commit": commit(),
+    return {"script": f"analyses.{ctx.name}", "preset": ctx.preset, "commit": ctx.code or commit(),
             "command_line": " ".join([f"python -m analyses.{ctx.name}", *sys.argv[1:]]),
             "recipe": recipe, "seeds": json.dumps([int(s) for s in seeds]),
             "config": json.dumps({k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in configs.items()},
                                  sort_keys=True, default=str),
             "toolkit_version": distill.__version__, "torch_version": str(torch.__version__),
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "accuracy_units": "fraction (figures and tables show percent)"}
+            "accuracy_units": "fraction (figures and tables show percent)", "only": ",".join(ctx.only) or "all"}
 
 
 # ----------------------------------------------------------------------------- data and runs
@@ -226,6 +232,8 @@ def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="CIFAR-10 location (default: the standard places)")
     p.add_argument("--device", default=None, help="override the preset's device (cpu, cuda, auto)")
     p.add_argument("--plot-only", action="store_true", help="redraw the .png from the existing .nc")
+    p.add_argument("--only", default="", help="comma-separated subset of the preset's items, where a script has "
+                   "them (tables: architectures, e.g. vgg11,resnet18); the .nc records it")
     return p
 
 
@@ -248,7 +256,8 @@ def script(module: str, presets: dict[str, dict[str, Any]], compute: Compute, pl
             return 0
         pre = dict(presets[a.preset])
         device = a.device or pre.get("device") or ("cpu" if a.preset != "gpu" else "auto")
-        ctx = Context(name, a.preset, Path(a.runs), Path(a.results), a.root, device)
+        ctx = Context(name, a.preset, Path(a.runs), Path(a.results), a.root, device,
+                      tuple(x for x in a.only.split(",") if x), commit())
         os.environ.setdefault("TQDM_DISABLE", "1")
         ds = compute(pre, ctx)
         save(ds, nc)

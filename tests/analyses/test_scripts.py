@@ -84,10 +84,11 @@ def test_rtt_plot_draws_every_result_file(smoke, name, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 3000
 
 
-def test_rtt_plot_refuses_a_store_in_one_line(smoke):
-    out, _ = smoke
-    store = next((out / "runs" / "probing_curves" / "smoke").glob("*.h5"))
-    r = subprocess.run([sys.executable, "-m", "landscape.cli", "plot", str(store), "--out", str(store) + ".png"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "rtt plot: error" in r.stderr
+def test_rtt_plot_refuses_anything_else_in_one_line(tmp_path):
+    bad = tmp_path / "notes.nc"
+    bad.write_text("not a result file\n")
+    for path in (bad, tmp_path / "missing.nc"):
+        r = subprocess.run([sys.executable, "-m", "landscape.cli", "plot", str(path)], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "rtt plot: error" in r.stderr
