@@ -457,9 +457,14 @@ def probe_features(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Ten
                                    knn_temperature=knn_temperature, linear_epochs=linear_epochs,
                                    linear_lr=linear_lr, linear_weight_decay=linear_weight_decay,
                                    linear_batch_size=linear_batch_size, until_convergence=until_convergence)
-    return {name: float(fn(train_x, train_y, test_x, test_y, num_classes=num_classes, seed=seed, device=device,
-                           **options))
-            for name, fn in zip(probes, fns)}
+    out = {}
+    for name, fn in zip(probes, fns):
+        # built-in probes take the features where they are (on the device after probe_model);
+        # registered ones get them on the CPU, as register_probe promises
+        xs = (train_x, train_y, test_x, test_y) if name in PROBES else \
+            tuple(t.cpu() for t in (train_x, train_y, test_x, test_y))
+        out[name] = float(fn(*xs, num_classes=num_classes, seed=seed, device=device, **options))
+    return out
 
 
 def _train_indices(n: int, train_subset: int | None, seed: int) -> Tensor | None:
