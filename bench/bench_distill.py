@@ -29,7 +29,7 @@ from distill.train import build_teacher, distill as run
 
 SIZES = {"tiny": dict(arch="convnet", arch_options={"width": 8, "depth": 2}, n=128, out_dim=256, hidden_dim=32,
                       bottleneck_dim=32, rounds=1),
-         "full": dict(arch="convnet", arch_options={}, n=5120, out_dim=65536, hidden_dim=2048, bottleneck_dim=256,
+         "full": dict(arch="convnet", arch_options={}, n=2560, out_dim=65536, hidden_dim=2048, bottleneck_dim=256,
                       rounds=3)}
 
 
@@ -128,7 +128,7 @@ def run_bench(size: str = "full", device: str = "auto", rounds: int | None = Non
             return sec
 
         times = interleaved({"plain loop": lambda: plain_epoch(cfg, data, dev), "distill.distill": ours},
-                            rounds or p["rounds"], sync=sync_for(dev), warmup=size != "tiny",
+                            rounds or p["rounds"], sync=sync_for(dev), warmup=dev.type == "cuda",
                             timer={"plain loop": lambda r: r, "distill.distill": lambda r: r})
     n = (p["n"] // cfg.batch_size) * cfg.batch_size
     what = (f"one distillation epoch, {cfg.arch} {cfg.arch_options or ''} + DINO head {cfg.out_dim}, {n} images "

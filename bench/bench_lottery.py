@@ -136,7 +136,7 @@ def bench_pruning(repeats: int, device: str) -> list[tuple[str, float]]:
     return rows
 
 
-SIZES = {"tiny": dict(n_train=128, rounds=1), "full": dict(n_train=2560, rounds=3)}
+SIZES = {"tiny": dict(n_train=128, rounds=1), "full": dict(n_train=1280, rounds=3)}
 
 
 def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None, **over) -> list[dict]:

@@ -102,7 +102,7 @@ def naive_path(a: nn.Module, b: nn.Module, data: _Data, alphas: np.ndarray, bn_i
 
 
 SIZES = {"tiny": dict(alphas=3, bn_batches=1, bn_batch_size=32, test_images=32, rounds=1),
-         "full": dict(alphas=21, bn_batches=8, bn_batch_size=256, test_images=2000, rounds=3)}
+         "full": dict(alphas=21, bn_batches=4, bn_batch_size=256, test_images=1000, rounds=2)}
 
 
 def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None, arch: str = "convnet",
@@ -128,7 +128,8 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
 
     reset_gpu_peak()
     times = interleaved({"naive (update_bn + DataLoader)": naive, "linear_path auto": ours},
-                        rounds or p["rounds"], sync=sync_for(device), warmup=size != "tiny")
+                        rounds or p["rounds"], sync=sync_for(device),
+                        warmup=torch.device(device).type == "cuda")
     n_params = sum(t.numel() for t in a.parameters())
     what = (f"{p['alphas']}-point linear path with BN reset ({p['bn_batches']}x{p['bn_batch_size']} images), "
             f"{p['test_images']} test images, {arch} ({n_params:,} parameters)")

@@ -82,7 +82,7 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
         except ImportError:
             baseline, note = None, ["faiss not installed (pip install faiss-cpu): no baseline"]
         reset_gpu_peak()
-        times = interleaved(variants, r, sync=sync, warmup=size != "tiny")
+        times = interleaved(variants, r, sync=sync, warmup=torch.device(device).type == "cuda")
         agree = float((got["ours"] == got["faiss"]).mean()) if "faiss" in got else None
         recs.append(record(f"knn_{n}", f"k-NN k=20 Euclidean, {n} training points, {p['queries']} queries, "
                            f"{p['dim']}-d", times, ours="distill.probe.knn_predict", baseline=baseline,
@@ -93,7 +93,7 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
     reset_gpu_peak()
     times = interleaved({"distill.probe.linear_probe": lambda: linear_probe(tx, ty, qx, qy, epochs=10, device=device),
                          "plain loop": lambda: plain_linear(tx, ty, qx, qy)}, r, sync=sync,
-                        warmup=size != "tiny")
+                        warmup=torch.device(device).type == "cuda")
     recs.append(record("linear_probe", f"linear probe, 10 epochs AdamW batch 256, {p['linear_train']} x {p['dim']} "
                        "features", times, ours="distill.probe.linear_probe", baseline="plain loop",
                        target=">= 0.95", goal=lambda x: x >= 0.95, device=str(device), size=size))

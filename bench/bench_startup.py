@@ -22,7 +22,7 @@ from bench.common import interleaved, record
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 1.0
-SIZES = {"tiny": dict(rounds=1), "full": dict(rounds=5)}
+SIZES = {"tiny": dict(rounds=1), "full": dict(rounds=3)}
 
 CALLS: dict[str, list[str]] = {
     "python -c pass": ["-c", "pass"],
