@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import children_peak_rss_mb
+from bench.common import children_peak_rss_mb, peak_rss_mb
 
 SIZES = {"tiny": dict(arch="convnet", out_dim=1024, steps=1, batch=64, probe_train=2000, probe_test=500, dim=64),
          "full": dict(arch="vgg11", out_dim=65536, steps=2, batch=256, probe_train=50_000, probe_test=10_000,
@@ -64,6 +64,11 @@ def child(size: str, out: str) -> None:
 
 def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None, **_: Any) -> list[dict]:
     p = SIZES[size]
+    if size == "tiny":  # a smoke test of the child's work, in this process (no second torch import)
+        with tempfile.TemporaryDirectory() as tmp:
+            child(size, str(Path(tmp) / "info.json"))
+            info = json.loads((Path(tmp) / "info.json").read_text())
+        return [_record(size, p, info, peak_rss_mb(), ["tiny: run in the benchmark's own process"])]
     with tempfile.TemporaryDirectory() as tmp:
         info_path = Path(tmp) / "info.json"
         env = {**os.environ, "TQDM_DISABLE": "1"}
@@ -76,13 +81,17 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
         peak = children_peak_rss_mb()
         info = json.loads(info_path.read_text())
     note = [] if peak > before else [f"another child process had a larger peak ({before:.0f} MiB) before this one"]
-    return [{"name": "distill_peak_rss", "size": size, "device": "cpu",
-             "what": f"peak RSS of a {info['source']} distillation process: {info['images_in_memory']} images in "
-                     f"memory, {p['arch']} + DINO head {p['out_dim']}, batch {p['batch']}, probes on "
-                     f"{p['probe_train']} x {p['dim']} features",
-             "ours": "distill.distill", "baseline": None, "rounds": 1, "seconds": {"child": [info["seconds"]]},
-             "median_s": {"child": info["seconds"]}, "ratio": None, "target": "< 2048 MiB",
-             "met": bool(peak < 2048), "peak_rss_mb": round(peak, 1), "peak_gpu_mb": None, "notes": note}]
+    return [_record(size, p, info, peak, note)]
+
+
+def _record(size: str, p: dict, info: dict, peak: float, note: list[str]) -> dict:
+    return {"name": "distill_peak_rss", "size": size, "device": "cpu",
+            "what": f"peak RSS of a {info['source']} distillation process: {info['images_in_memory']} images in "
+                    f"memory, {p['arch']} + DINO head {p['out_dim']}, batch {p['batch']}, probes on "
+                    f"{p['probe_train']} x {p['dim']} features",
+            "ours": "distill.distill", "baseline": None, "rounds": 1, "seconds": {"child": [info["seconds"]]},
+            "median_s": {"child": info["seconds"]}, "ratio": None, "target": "< 2048 MiB",
+            "met": bool(peak < 2048), "peak_rss_mb": round(peak, 1), "peak_gpu_mb": None, "notes": note}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
