@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -105,7 +106,7 @@ def ours_epoch(cfg: distill.DistillConfig, data: Dataset, tmp: Path) -> tuple[fl
     store = run(cfg, out, data=data, progress=False)
     whole = time.perf_counter() - t0
     seconds = float(store.metrics.seconds.sel(epoch=1))
-    out.unlink()
+    shutil.rmtree(out) if out.is_dir() else out.unlink()  # a store is a folder (older versions: one file)
     return seconds, whole
 
 

@@ -266,9 +266,10 @@ class _EntropyLog:
                 parts.append(teacher_entropy(self.teacher(x), self.cfg.teacher_temp))
         self.per_image = torch.cat(parts)
 
-    def observe(self, meter: EpochMeter, t_out: torch.Tensor, center: torch.Tensor | None, step: int) -> None:
+    def observe(self, meter: EpochMeter, t_out: torch.Tensor, center: torch.Tensor | None, step: int,
+                weight: int = 1) -> None:
         if not self.fixed:
-            meter.add("entropy", teacher_entropy(t_out, self.cfg.teacher_temp, center).mean(), step)
+            meter.add("entropy", teacher_entropy(t_out, self.cfg.teacher_temp, center).mean(), step, weight=weight)
 
     def epoch_mean(self, means: dict[str, float], visited: torch.Tensor) -> float:
         """Mean teacher entropy (nats) over the epoch's steps; ``visited``: the epoch's image indices."""
@@ -569,11 +570,12 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
                         loss = torch.stack(terms).mean()
                         with torch.no_grad():  # each global view's teacher is in the same number of pairs
                             meter.add("entropy", torch.stack([teacher_entropy(t, cfg.teacher_temp, center).mean()
-                                                              for t in t_outs]).mean(), step)
+                                                              for t in t_outs]).mean(), step, weight=x.shape[0])
                         t_out, emb, t_emb = t_outs[0], None, None
                     else:
                         loss, t_out, emb, t_emb = step_forward(x)
-                meter.add("loss", loss, step)  # on the CPU: raises here, before the update
+                # per-image mean; on the CPU this raises here, before the update
+                meter.add("loss", loss, step, weight=x.shape[0])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_grad:
@@ -581,7 +583,7 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
                 opt.step()
                 with torch.no_grad():
                     if emb is not None:
-                        entropy.observe(meter, t_out, center, step)
+                        entropy.observe(meter, t_out, center, step, x.shape[0])
                         meter.add("student_norm", emb.float().norm(dim=1).mean(), step)
                         meter.add("teacher_norm", t_emb.float().norm(dim=1).mean(), step)
                     if cfg.ema_teacher:
