@@ -292,6 +292,7 @@ class History:
     seconds: list[float] = field(default_factory=list)
     probes: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
     dynamics: Any = None  # a distill.dynamics.DynamicsRecorder when cfg.dynamics
+    provenance: dict[str, Any] = field(default_factory=dict)  # distill.provenance keys, added to the attrs
 
     def to_dataset(self, cfg: DistillConfig, device: torch.device, n_probe: int = 0) -> "xarray.Dataset":
         import xarray as xr
@@ -328,7 +329,7 @@ class History:
                    "recipe": cfg.recipe, "probe_train_images": int(n_probe),
                    "models": "teacher: random teacher as used in distillation; teacher_bn: teacher weights with BN "
                              "statistics re-estimated on training data; student; input: raw pixels",
-                   "epoch_0": "before any training"},
+                   "epoch_0": "before any training", **self.provenance},
         )
 
     @classmethod
@@ -347,7 +348,8 @@ class History:
 
 
 # ---------------------------------------------------------------------------- the loop
-def _open_or_create(cfg: DistillConfig, out: Path, resume: bool) -> tuple[Store, bool]:
+def _open_or_create(cfg: DistillConfig, out: Path, resume: bool,
+                    prov: dict[str, Any] | None = None) -> tuple[Store, bool]:
     if out.exists():
         if not resume:
             raise StoreError(f"{out} already exists: pass another --out, or resume it (the default)")
@@ -360,7 +362,8 @@ def _open_or_create(cfg: DistillConfig, out: Path, resume: bool) -> tuple[Store,
                              f"choose another --out to start a new run")
         return store, True
     seeds = {k: getattr(cfg, k) for k in ("seed", "noise_seed", "data_seed", "aug_seed", "probe_seed")}
-    return Store.create(out, cfg.to_dict(), kind="distill", seeds=seeds, store_dtype=cfg.store_dtype), False
+    return Store.create(out, cfg.to_dict(), kind="distill", seeds=seeds, store_dtype=cfg.store_dtype,
+                        provenance=prov), False
 
 
 def _validate_run(cfg: DistillConfig, data: Dataset) -> nn.Module:
@@ -379,7 +382,7 @@ def _validate_run(cfg: DistillConfig, data: Dataset) -> nn.Module:
 
 
 def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None, resume: bool = True,
-            progress: bool | None = None) -> Store:
+            progress: bool | None = None, tensorboard: str | Path | None = None) -> Store:
     """Distil a student from a random teacher; returns the :class:`~distill.store.Store` at ``out``.
 
     The store receives the teacher, the student at epoch 0, every ``save_every`` epochs and
@@ -387,33 +390,47 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
     model, probe). An existing ``out`` with the same configuration is resumed from its last
     saved epoch (extending ``epochs`` is allowed). A NaN or infinite loss raises RunError;
     what was saved before stays intact.
+
+    Progress: a tqdm bar on a terminal, else one ``logging`` line per epoch; either way one
+    JSON-lines record per epoch beside the store (:mod:`distill.progress`), and TensorBoard
+    scalars in ``tensorboard`` (a folder) when given. Under ``torchrun`` the run is data-parallel
+    (:mod:`distill.ddp`): rank 0 writes the store and probes; the store records the world size.
     """
+    from distill import ddp
+    from distill.provenance import provenance
+
     out = Path(out)
-    device = resolve_device(cfg.device)
+    world = ddp.from_env(resolve_device(cfg.device))
+    device = world.device
+    world.check_batch(cfg.batch_size)
     if data is None:
         data = load_dataset(cfg.dataset, root=cfg.data_root, subset=cfg.subset, seed=cfg.data_seed)
     pdata = probe_dataset(cfg, data)
     teacher = _validate_run(cfg, data).to(device)
-    store, resumed = _open_or_create(cfg, out, resume)
+    prov = provenance(cfg, kind="distill", device=device, precision=cfg.precision, world_size=world.world_size)
+    store, resumed = world.open_store(lambda: _open_or_create(cfg, out, resume, prov), out)
     try:
-        _train(cfg, out, store, resumed, teacher, data, pdata, device, progress)
+        _train(cfg, out, store, resumed, teacher, data, pdata, device, progress, world, prov, tensorboard)
     finally:
         store.close()  # releases the writer lock
+    world.close()
     return Store(out)
 
 
 def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: nn.Module, data: Dataset,
-           pdata: Dataset, device: torch.device, progress: bool | None) -> None:
+           pdata: Dataset, device: torch.device, progress: bool | None, world: Any, prov: dict[str, Any],
+           tensorboard: str | Path | None = None) -> None:
     """The loop of :func:`distill`; every epoch ends in one commit of the store (student checkpoint
     when due, the training state that resumes after it, the metrics up to it)."""
     student = init_student(teacher, cfg.init, alpha=cfg.alpha, eps=cfg.eps, seed=cfg.noise_seed,
                            scope=cfg.init_scope, eps_rescale=cfg.eps_rescale).to(device)
     set_teacher_mode(teacher, cfg.teacher_bn)
+    world.prepare(teacher, student)
     opt = make_optimizer(cfg, student)
     center = torch.zeros(cfg.out_dim, device=device) if cfg.center else None
     steps_per_epoch = epoch_steps(len(data.train.labels), cfg.batch_size, cfg.drop_last)
     lrs = lr_schedule(cfg, steps_per_epoch)
-    start, history = 0, History()
+    start, history = 0, History(provenance=prov)
     dynamics = None
     if cfg.dynamics:
         from distill.dynamics import DynamicsRecorder
@@ -433,6 +450,7 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
         exact = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
         if exact:  # checkpoints stored in half precision: resume from the full-precision copy
             load_into(student, exact, where=f"{out}:state/train")
+        world.prepare(student)
         opt = make_optimizer(cfg, student)
         _load_opt(opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt/")}, meta["param_groups"])
         if cfg.ema_teacher:
@@ -441,16 +459,20 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
             if ema:
                 load_into(teacher, ema, where=f"{out}:state/train")
             set_teacher_mode(teacher, cfg.teacher_bn)
+            world.prepare(teacher)
         if center is not None:
             center = tensors["center"].to(device)
         history = History.from_dataset(store.metrics, start)
+        history.provenance = prov
         if dynamics is not None:
             dynamics.load(store.metrics, start)
             history.dynamics = dynamics
+        world.barrier()  # every rank has read what it resumes from before rank 0 writes
         store.rollback(start)  # epochs after the resumable one are trained again
     elif resumed and store.epochs:
         raise StoreError(f"{out} has students but no training state to resume from: choose another --out")
     else:
+        world.barrier()
         store.rollback(-1)
     if not resumed or state is None:
         store.save_module("teacher", teacher, {"epoch": 0, "bn_mode": cfg.teacher_bn})
@@ -458,7 +480,7 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
     fixed: dict[str, dict[str, float]] = {}  # teacher / teacher_bn / input probes (fixed unless EMA)
 
     def probe_epoch(epoch: int) -> None:
-        if not cfg.probes:
+        if not cfg.probes or not world.is_main:
             return
         if not fixed or cfg.ema_teacher:
             fixed["teacher"] = run_probes(cfg, teacher.backbone, pdata, device)
@@ -502,6 +524,12 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
                 store.save_state("train", tensors, {"epoch": epoch, "param_groups": groups})
             store.write_result("metrics", history.to_dataset(cfg, device, len(pdata.train.labels)))
 
+    from distill.progress import EpochReporter
+
+    bar = tqdm(range(start + 1, cfg.epochs + 1), desc=cfg.run_name, unit="epoch", disable=(None if progress is None
+               else not progress) if world.is_main else True, initial=start, total=cfg.epochs)
+    report = EpochReporter(out, cfg.run_name, cfg.epochs, start, enabled=world.is_main, log_lines=bool(bar.disable),
+                           tensorboard=tensorboard)
     if state is None:  # a fresh start (a resume from epoch 0 has its commit already)
         with torch.no_grad():  # on a copy: a train-mode forward would move the student's BN statistics
             x0 = normalize(data.train.images[: cfg.batch_size].to(device), data.mean, data.std)
@@ -510,6 +538,7 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
         probe_epoch(0)
         measure(0, np.nan, np.nan, s_norm, t_norm, 0.0)
         commit(0, True)
+        report.record(0, history)
 
     save_at = set(range(cfg.save_every, cfg.epochs + 1, cfg.save_every)) if cfg.save_every else set()
     save_at |= {int(e) for e in cfg.save_epochs} | {cfg.epochs}
@@ -541,8 +570,6 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
         entropy.prepare()
     aug_gen = torch.Generator()
     student.train()
-    bar = tqdm(range(start + 1, cfg.epochs + 1), desc=cfg.run_name, unit="epoch", disable=None if progress is None
-               else not progress, initial=start, total=cfg.epochs)
     last_probe = ""
     for epoch in bar:
         t0 = time.perf_counter()
@@ -559,9 +586,9 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
                 step = (epoch - 1) * steps_per_epoch + i
                 for g in opt.param_groups:
                     g["lr"] = float(lrs[min(step, len(lrs) - 1)])
-                with autocast:
-                    if cfg.augment == "multicrop":
-                        views = multicrop(x, cfg.global_crops, cfg.local_crops, aug_gen)
+                with autocast, world.step():
+                    if cfg.augment == "multicrop":  # views drawn for the global batch, then this rank's share
+                        views = [world.shard(v) for v in multicrop(x, cfg.global_crops, cfg.local_crops, aug_gen)]
                         with torch.no_grad():
                             t_outs = [teacher(v) for v in views[: cfg.global_crops]]
                         s_outs = [student(v) for v in views]
@@ -573,11 +600,15 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
                                                               for t in t_outs]).mean(), step, weight=x.shape[0])
                         t_out, emb, t_emb = t_outs[0], None, None
                     else:
-                        loss, t_out, emb, t_emb = step_forward(x)
+                        loss, t_out, emb, t_emb = step_forward(world.shard(x))
                 # per-image mean; on the CPU this raises here, before the update
                 meter.add("loss", loss, step, weight=x.shape[0])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                # gradients (and the teacher mean for the center) averaged over the ranks of a
+                # data-parallel run; unchanged in one process
+                (t_mean,) = world.average_gradients(student, t_out.detach().float().mean(0) if center is not None
+                                                    else None)
                 if cfg.clip_grad:
                     nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
                 opt.step()
@@ -590,8 +621,9 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
                         for pt, ps in zip(teacher.parameters(), student.parameters()):
                             pt.mul_(cfg.ema_momentum).add_(ps.detach(), alpha=1 - cfg.ema_momentum)
                     if center is not None:
-                        center.mul_(cfg.center_momentum).add_(t_out.float().mean(0), alpha=1 - cfg.center_momentum)
+                        center.mul_(cfg.center_momentum).add_(t_mean, alpha=1 - cfg.center_momentum)
             means = meter.epoch_means()  # one host read per epoch; checks that every loss was finite
+            means = dict(zip(means, world.mean(list(means.values()))))  # this rank's share -> global batch
         except NonFinite as bad:
             raise RunError(f"loss became {bad.value} at epoch {bad.step // steps_per_epoch + 1}, step "
                            f"{bad.step % steps_per_epoch}: lower --lr, raise --adam-eps or use --warmup-epochs; "
@@ -600,7 +632,7 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
         ent = entropy.epoch_mean(means, shuffled_order(len(train_split), seed, train_split.images.device)
                                  [: steps_per_epoch * cfg.batch_size])
         kl = ce - ent
-        if epoch in probe_at and cfg.probes:
+        if epoch in probe_at and cfg.probes and world.is_main:
             probe_epoch(epoch)
             p = history.probes[epoch]["student"]
             last_probe = " | student " + " ".join(f"{k} {100 * v:.1f}" for k, v in p.items())
@@ -608,7 +640,9 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
         measure(epoch, kl if cfg.loss == "kl" else ce, kl, means.get("student_norm", math.nan),
                 means.get("teacher_norm", math.nan), time.perf_counter() - t0)
         commit(epoch, epoch in save_at)
+        report.record(epoch, history)
     bar.close()
+    report.close()
 
 
 def summary_table(metrics: Any) -> str:

@@ -179,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _errors() as e:  # a plugin that cannot be imported
         print(f"rtt: error: {e}", file=sys.stderr)
         return 1
+    import logging
+
+    # per-epoch progress lines (distill.progress) and sweep notes reach stderr
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     try:
         return int(args._run(args) or 0)
     except _errors() as e:

@@ -6,6 +6,7 @@ Heavy imports (torch, xarray, the analyses) go inside each command's ``run``.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from distill.config import DistillConfig, add_arguments, from_args
@@ -22,6 +23,8 @@ class _Distill:
     def add_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, help="store to write (resumed when it exists)")
         p.add_argument("--no-resume", action="store_true", help="refuse to touch an existing store")
+        p.add_argument("--tensorboard", default=None, metavar="DIR", help="also write loss, KL and probe accuracies "
+                       "as TensorBoard scalars into DIR (needs the tensorboard extra)")
         add_arguments(p, DistillConfig)
 
     @staticmethod
@@ -29,11 +32,18 @@ class _Distill:
         from distill.train import distill, summary_table
 
         cfg = from_args(DistillConfig, a)
-        store = distill(cfg, Path(a.out), resume=not a.no_resume)
-        if cfg.probes:
-            print(summary_table(store.metrics))
-        print(f"wrote {store.path}")
+        store = distill(cfg, Path(a.out), resume=not a.no_resume, tensorboard=a.tensorboard)
+        if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun only rank 0 reports
+            if cfg.probes:
+                print(summary_table(store.metrics))
+            print(f"wrote {store.path}")
         return 0
+
+
+def _add_executor_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--executor", default=None, metavar="SPEC", help=f"run the {what} through dask:SCHEDULER, "
+                   "dask-local:N, submitit:FOLDER[,key=value...], process:N or thread:N (default: one after the "
+                   "other here); finished ones are skipped on a rerun")
 
 
 # ---------------------------------------------------------------------------- landscape helpers
@@ -263,9 +273,11 @@ class _Instability:
         p.add_argument("--max-examples", type=int, default=None, metavar="N",
                        help=_MAX_EXAMPLES_HELP)
         p.add_argument("--out", default=None, help="netCDF file to write (default: the children store's name, .nc)")
+        _add_executor_arg(p, "children")
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
+        from landscape.executors import open_executor
         from landscape.instability import instability
 
         store, which, tag, cfg = _start_and_recipe(a)
@@ -273,9 +285,10 @@ class _Instability:
         children_store = Path(a.children_store) if a.children_store else store.path.with_name(
             f"{store.path.stem}-instability-{tag}.h5")
         data = _data_for(store, a)
-        ds = instability((store, which), data, children=a.children, seeds=seeds, cfg=cfg, store=children_store,
-                         alphas=a.alphas, bn=a.bn, splits=a.split, device=a.device,
-                         path_options={"max_examples": a.max_examples})
+        with open_executor(a.executor) as ex:
+            ds = instability((store, which), data, children=a.children, seeds=seeds, cfg=cfg, store=children_store,
+                             alphas=a.alphas, bn=a.bn, splits=a.split, device=a.device,
+                             path_options={"max_examples": a.max_examples}, executor=ex)
         print(_barrier_table(ds))
         print("children test accuracy: " + ", ".join(
             f"{int(c)} (seed {int(s)}): {float(v):.4f}"
@@ -416,6 +429,9 @@ class _Lottery:
         p.add_argument("--lottery-store", default=None, help="store for the pruned checkpoints (resumed when it "
                        "exists; default: STORE-lottery-TAG.h5 beside STORE)")
         p.add_argument("--out", default=None, help="netCDF file to write (default: the lottery store's name, .nc)")
+        p.add_argument("--seeds", default=None, help="comma-separated replicate seeds (each as --seed; one store per "
+                       "rewind target and seed in the folder named like the lottery store)")
+        _add_executor_arg(p, "rewind targets and seeds (one store each, in the folder named like the lottery store)")
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
@@ -427,11 +443,24 @@ class _Lottery:
         lottery_store = Path(a.lottery_store) if a.lottery_store else store.path.with_name(
             f"{store.path.stem}-lottery-{tag}.h5")
         data = _data_for(store, a)
-        ds = lottery((store, which), data, levels=a.levels, prune_fraction=a.prune_fraction,
-                     rewind=rewinds if len(rewinds) != 1 else rewinds[0], prunable=a.prunable, cfg=cfg,
-                     rewind_step=a.rewind_step, baselines=baselines, store=lottery_store, device=a.device,
-                     seed=a.seed, rewind_rng=not a.no_rewind_rng)
-        print(_lottery_table(ds))
+        options = dict(levels=a.levels, prune_fraction=a.prune_fraction, prunable=a.prunable,
+                       rewind_step=a.rewind_step, baselines=baselines, device=a.device, rewind_rng=not a.no_rewind_rng)
+        if a.executor or a.seeds:
+            from landscape.executors import open_executor
+            from landscape.lottery_sweep import lottery_sweep
+
+            seeds = [int(s) for s in a.seeds.split(",") if s.strip()] if a.seeds else [a.seed]
+            lottery_store = lottery_store.with_suffix("")
+            with open_executor(a.executor) as ex:
+                ds = lottery_sweep((store, which), data, rewinds=rewinds, seeds=seeds, out_dir=lottery_store,
+                                   executor=ex, cfg=cfg, **options)
+            if "seed" in ds.dims:
+                print(f"mean over seeds {', '.join(map(str, seeds))}")
+            print(_lottery_table(ds.mean("seed", keep_attrs=True) if "seed" in ds.dims else ds))
+        else:
+            ds = lottery((store, which), data, rewind=rewinds if len(rewinds) != 1 else rewinds[0], cfg=cfg,
+                         store=lottery_store, seed=a.seed, **options)
+            print(_lottery_table(ds))
         out = Path(a.out) if a.out else lottery_store.with_suffix(".nc")
         print(f"checkpoints in {lottery_store}")
         print(f"wrote {_write_nc(ds, out)}")
@@ -457,22 +486,20 @@ class _Locality:
                        help="folder of the per-point stores, resumed when present (default: runs/locality)")
         p.add_argument("--out", required=True, metavar="FILE", help="result file (.nc)")
         p.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="points run in parallel processes (default: 1, one after the other)")
+                       help="points run in parallel processes (default: 1, one after the other; same as "
+                       "--executor process:N)")
+        _add_executor_arg(p, "points")
         add_arguments(p, DistillConfig, skip=("init", "alpha", "eps"))
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
-        from concurrent.futures import ProcessPoolExecutor
-
+        from landscape.executors import open_executor
         from landscape.locality import locality
 
         cfg = from_args(DistillConfig, a)
-        ex = ProcessPoolExecutor(a.workers) if a.workers > 1 else None
-        try:
+        spec = a.executor or (f"process:{a.workers}" if a.workers > 1 else None)
+        with open_executor(spec) as ex:
             ds = locality(cfg, alphas=a.alphas, eps=a.eps_values, seeds=a.seeds, out_dir=a.runs, executor=ex)
-        finally:
-            if ex is not None:
-                ex.shutdown()
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         ds.to_netcdf(a.out, engine="h5netcdf")
         axis = ds.attrs["axis"]

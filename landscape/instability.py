@@ -16,6 +16,9 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import shutil
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,8 +28,10 @@ import xarray as xr
 from torch import nn
 
 from distill.config import SupervisedConfig
+from distill.provenance import stamp
 from distill.supervised import check_classifier, evaluate, train_supervised, with_classifier
 from landscape import refs
+from landscape.executors import run_units
 from landscape.paths import barrier, linear_path
 
 DEFINITION = ("children trained with labels from one start checkpoint, identical except for the data-order and "
@@ -63,12 +68,78 @@ def _same_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) ->
     return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].detach().cpu().to(a[k].dtype)) for k in a)
 
 
+# ----------------------------------------------------------------------------- work units
+def child_part_path(store: str | Path, index: int) -> Path:
+    """Where the work unit of child ``index`` writes its own store, beside the children store."""
+    store = Path(store)
+    return store.with_name(f"{store.stem}.child{index}.h5")
+
+
+def _recipe_json(ccfg: SupervisedConfig) -> str:
+    return json.dumps(ccfg.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class ChildUnit:
+    """Training of one child as a work unit (:mod:`landscape.executors`): picklable; with ``out``
+    it writes its own store (module ``children/<index>``) and is done when that store holds it;
+    without, it returns the trained state."""
+
+    base: nn.Module
+    data: Any
+    cfg: dict
+    index: int
+    seed: int
+    out: str | None = None
+    device: str = "auto"
+    progress: bool | None = False
+
+    @property
+    def name(self) -> str:
+        return f"children/{self.index}"
+
+    def done(self) -> bool:
+        from distill.store import Store, StoreError
+
+        if self.out is None or not Path(self.out).exists():
+            return False
+        try:
+            store = Store(self.out)
+            if self.name not in store.names():
+                return False
+            return store.load_state(self.name)[1].get("config") == _recipe_json(SupervisedConfig.from_dict(self.cfg))
+        except (StoreError, OSError):
+            return False
+
+    def __call__(self) -> dict[str, Any]:
+        from distill.device import resolve_device
+        from distill.store import Store
+
+        ccfg = SupervisedConfig.from_dict(self.cfg)
+        if self.done():
+            return {}
+        dev = resolve_device(self.device)
+        child = copy.deepcopy(self.base).to(dev)
+        result = train_supervised(child, self.data, ccfg, device=dev, progress=self.progress)
+        attrs = {"seed": self.seed, "epochs": ccfg.epochs, "test_accuracy": float(result["test_accuracy"]),
+                 "steps": int(result["steps"]), "config": _recipe_json(ccfg)}
+        if self.out is None:
+            return {"state": {k: v.detach().cpu() for k, v in child.state_dict().items()}, "attrs": attrs}
+        path = Path(self.out)
+        store = Store(path, "a") if path.exists() else Store.create(
+            path, {"child": self.index, "supervised": ccfg.to_dict()}, kind="instability-child")
+        with store:
+            store.save_module(self.name, child, attrs)
+        return {}
+
+
 # ----------------------------------------------------------------------------- public API
 def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] | None = None,
                 cfg: SupervisedConfig | None = None, epochs: int | None = None, store: Any = None,
                 alphas: int | Sequence[float] = 30, bn: str = "reset", splits: Sequence[str] = ("test",),
                 device: str | torch.device = "auto", progress: bool | None = None, num_classes: int | None = None,
-                *, head_seed: int = 0, path_options: Mapping[str, Any] | None = None) -> xr.Dataset:
+                *, head_seed: int = 0, path_options: Mapping[str, Any] | None = None,
+                executor: Executor | None = None) -> xr.Dataset:
     """Train children of ``start`` with labels and measure the barrier between every pair.
 
     start: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``. A start whose head
@@ -84,6 +155,10 @@ def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] |
         result as ``results/instability``. Children already in it are loaded, not retrained; a
         store holding another start or children of another recipe is refused.
     alphas, bn, splits: passed to :func:`landscape.paths.linear_path` (with ``path_options``).
+    executor: any ``concurrent.futures.Executor`` training the children in parallel (default: one
+        after the other here). Each child is a work unit writing its own store beside ``store``
+        (:func:`child_part_path`), moved into ``store`` once all are trained; finished children
+        are not retrained on a rerun. The result is the same as the sequential run's.
 
     Returns an ``xr.Dataset``: dims (pair, alpha, split) for ``loss`` (nats) and ``error``
     (fraction); ``barrier_error`` and ``barrier_loss`` over (pair, split); ``child_test_accuracy``
@@ -129,26 +204,46 @@ def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] |
         else:
             writer.save_module("start", base, {"source": info["source"], "head": head})
 
-    models, accuracies = [], []
+    held = set(writer.names("children/")) if writer is not None else set()
+    units: dict[int, ChildUnit] = {}
     for i, seed in enumerate(seeds):
         ccfg = cfg.replace(data_seed=seed, aug_seed=seed)
         name = f"children/{i}"
-        if writer is not None and name in writer.names():
-            _, attrs = writer.load_state(name)
-            if attrs.get("config") != json.dumps(ccfg.to_dict(), sort_keys=True):
+        if name in held:
+            attrs = writer.load_state(name)[1]
+            if attrs.get("config") != _recipe_json(ccfg):
                 raise ValueError(f"{writer.path} holds {name} trained with another recipe or seed "
                                  f"(seed {attrs.get('seed')}, {attrs.get('epochs')} epochs): pass another store")
-            child = writer.load_module(name, dev)
-            acc = attrs.get("test_accuracy")
-            acc = float(acc) if acc is not None else evaluate(child, data, "test", device=dev)[1]
-        else:
+            continue
+        part = str(child_part_path(writer.path, i)) if writer is not None else None
+        units[i] = ChildUnit(base, data, ccfg.to_dict(), i, int(seed), part, str(dev) if executor is None else
+                             str(device), progress if executor is None else False)
+    order = sorted(units)
+    results, _ = run_units([units[i] for i in order], executor, desc="instability children", progress=progress)
+    returned = dict(zip(order, results))
+
+    models, accuracies = [], []
+    for i, seed in enumerate(seeds):
+        name = f"children/{i}"
+        if i in units and writer is None:
             child = copy.deepcopy(base).to(dev)
-            result = train_supervised(child, data, ccfg, device=dev, progress=progress)
-            acc = float(result["test_accuracy"])
-            if writer is not None:
-                writer.save_module(name, child, {"seed": seed, "epochs": ccfg.epochs, "test_accuracy": acc,
-                                                 "steps": int(result["steps"]),
-                                                 "config": json.dumps(ccfg.to_dict(), sort_keys=True)})
+            child.load_state_dict(returned[i]["state"])
+            attrs = returned[i]["attrs"]
+        else:
+            if i in units:  # move the unit's own store into the children store
+                from distill.store import Store
+
+                part = Store(units[i].out)
+                state, attrs = part.load_state(name)
+                child = part.load_module(name, dev)
+                writer.save_module(name, child, {k: v for k, v in attrs.items()
+                                                 if k not in ("spec", "complete", "written_at")})
+                shutil.rmtree(units[i].out) if Path(units[i].out).is_dir() else Path(units[i].out).unlink()
+            else:
+                attrs = writer.load_state(name)[1]
+                child = writer.load_module(name, dev)
+        acc = attrs.get("test_accuracy")
+        acc = float(acc) if acc is not None else evaluate(child, data, "test", device=dev)[1]
         models.append(child.eval())
         accuracies.append(acc)
 
@@ -184,6 +279,9 @@ def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] |
         "child_store": str(writer.path) if writer is not None else "",
     })
     attrs.update({f"start_{k}": v for k, v in info.items() if k != "source"})
+    recipe = {"supervised": cfg.to_dict(), "seeds": seeds, "head_seed": int(head_seed), "start": info["source"],
+              "alphas": np.atleast_1d(ds.alpha.values).tolist(), "bn": bn, "splits": list(splits)}
+    stamp(attrs, recipe, kind="instability", device=dev, precision=attrs["training_precision"])
     ds.attrs = attrs
     if writer is not None:
         writer.write_result("instability", ds)

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 import distill
 from distill.config import DistillConfig
 from distill.init import parameter_distance
-from distill.store import Store
+from distill.provenance import stamp
+from distill.store import Store, StoreError
+from landscape.executors import run_units
 
 
 def point_config(cfg: DistillConfig, axis: str, value: float, seed: int) -> DistillConfig:
@@ -39,10 +40,42 @@ def point_path(out_dir: Path, cfg: DistillConfig, axis: str, value: float, seed:
     return Path(out_dir) / f"{cfg.dataset.replace(':', '-')}-{cfg.arch}-{axis}{value:g}-seed{seed}.h5"
 
 
-def _run_point(cfg_dict: dict[str, Any], out: str, data: Any = None) -> str:
-    """Worker for executors: a top-level function taking plain data."""
-    distill.distill(DistillConfig.from_dict(cfg_dict), out, data=data, progress=False)
-    return out
+def distillation_complete(cfg: DistillConfig, out: str | Path) -> bool:
+    """True when ``out`` holds the finished run of ``cfg``: same configuration (fields that may
+    change on resume aside), the student of the last epoch saved and its metrics row written."""
+    from distill.train import _RESUMABLE
+
+    path = Path(out)
+    if not path.exists():
+        return False
+    try:
+        store = Store(path)
+        old = store.config
+        if any(old.get(k) != v for k, v in cfg.to_dict().items() if k not in _RESUMABLE):
+            return False
+        if cfg.epochs not in store.epochs or "metrics" not in store.results():
+            return False
+        return int(store.metrics.epoch.values[-1]) == cfg.epochs
+    except (StoreError, OSError, KeyError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class DistillUnit:
+    """One sweep point as a work unit (:mod:`landscape.executors`): plain data, picklable; writes
+    (or resumes) its own store and is done when that store holds the finished run."""
+
+    cfg: dict
+    out: str
+    data: Any = None
+
+    def done(self) -> bool:
+        return distillation_complete(DistillConfig.from_dict(self.cfg), self.out)
+
+    def __call__(self) -> str:
+        if not self.done():
+            distill.distill(DistillConfig.from_dict(self.cfg), self.out, data=self.data, progress=False)
+        return self.out
 
 
 def locality(cfg: DistillConfig, alphas: Sequence[float] | None = None, eps: Sequence[float] | None = None,
@@ -52,8 +85,10 @@ def locality(cfg: DistillConfig, alphas: Sequence[float] | None = None, eps: Seq
     (``alpha`` or ``eps``, ``seed``, ``epoch``, ``model``, ``probe``).
 
     ``executor``: any ``concurrent.futures.Executor`` to run the points in parallel
-    (sequential in this process by default). ``data``: a preloaded Dataset used by every point
-    (default: each point loads ``cfg.dataset``). Variables: ``accuracy`` (alpha, seed, epoch,
+    (sequential in this process by default; :func:`landscape.executors.open_executor` makes dask
+    and submitit ones). Points whose store is complete are skipped, so a rerun after a failure
+    computes only what is missing. ``data``: a preloaded Dataset used by every point (default:
+    each point loads ``cfg.dataset``; with an executor, loading on the workers sends less). Variables: ``accuracy`` (alpha, seed, epoch,
     model, probe), ``kl``, ``distance_teacher`` (alpha, seed, epoch), ``final_kl``,
     ``distance_init``, ``distance_teacher_init`` (alpha, seed).
     """
@@ -65,14 +100,8 @@ def locality(cfg: DistillConfig, alphas: Sequence[float] | None = None, eps: Seq
     out_dir = Path(out_dir)
     points = [(v, s) for v in values for s in seeds]
     jobs = {(v, s): (point_config(cfg, axis, v, s), point_path(out_dir, cfg, axis, v, s)) for v, s in points}
-    if executor is None:
-        for v, s in tqdm(points, desc=f"locality ({axis})", disable=None if progress is None else not progress):
-            c, path = jobs[(v, s)]
-            distill.distill(c, path, data=data, progress=False)
-    else:
-        futures = [executor.submit(_run_point, c.to_dict(), str(path), data) for c, path in jobs.values()]
-        for f in tqdm(futures, desc=f"locality ({axis})", disable=None if progress is None else not progress):
-            f.result()
+    units = [DistillUnit(c.to_dict(), str(path), data) for c, path in jobs.values()]
+    run_units(units, executor, desc=f"locality ({axis})", progress=progress)
     return collect(cfg, axis, values, seeds, {k: p for k, (_, p) in jobs.items()})
 
 
@@ -109,10 +138,13 @@ def collect(cfg: DistillConfig, axis: str, values: Sequence[float], seeds: Seque
     ds[axis].attrs = {"long_name": {"alpha": "interpolation weight of noise at init",
                                     "eps": "noise scale at init"}[axis], "units": "1"}
     ds.attrs = {
-        "config": cfg.to_json(), "axis": axis, "toolkit_version": distill.__version__,
-        "torch_version": str(torch.__version__),
+        "config": cfg.to_json(), "axis": axis,
         "init_definition": ("theta_s = ((1 - alpha) theta_t + alpha theta_noise) / sqrt(alpha^2 + (1 - alpha)^2)"
                             if axis == "alpha" else "theta_s = theta_t + eps * theta_noise"),
         "seeds": json.dumps(list(seeds)),
     }
+    recipe = {"distill": cfg.to_dict(), "axis": axis, "values": [float(v) for v in values], "seeds": list(seeds)}
+    from distill.device import resolve_device
+
+    stamp(ds.attrs, recipe, kind="locality", device=resolve_device(cfg.device), precision=cfg.precision)
     return ds

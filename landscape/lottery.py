@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 from distill.config import SupervisedConfig
 from distill.device import resolve_device
+from distill.provenance import stamp
 from distill.store import Store
 from distill.supervised import check_classifier, steps_per_epoch, train_supervised, with_classifier
 from landscape.pruning import (_clean_name, apply_masks, full_masks, global_magnitude_prune,
@@ -577,8 +578,6 @@ def _dataset(rows: dict[str, dict[str, list[dict[str, float]]]], rewinds: list[s
 def _provenance(info: dict[str, Any], prunable: Any, names: list[str], fraction: float, rewind_step: int | None,
                 rewind_optimizer: bool, rewind_rng: bool, cfg: SupervisedConfig, seed: int, classifier: str,
                 fingerprint: str, device: torch.device, store: Store | None) -> dict[str, Any]:
-    import distill
-
     attrs: dict[str, Any] = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in info.items()}
     attrs.update({
         "analysis": "lottery", "pruning": PRUNING_DEFINITION,
@@ -596,9 +595,10 @@ def _provenance(info: dict[str, Any], prunable: Any, names: list[str], fraction:
         "seed": int(seed), "reinit_seed": int(seed) + 1,
         "random_prune_seeds": f"{_RANDOM_PRUNE_STRIDE} * seed + level",
         "data_seed": int(cfg.data_seed), "aug_seed": int(cfg.aug_seed),
-        "start_fingerprint": fingerprint, "device": str(device), "precision": cfg.precision,
-        "toolkit_version": distill.__version__, "torch_version": str(torch.__version__),
+        "start_fingerprint": fingerprint,
     })
     if store is not None:
         attrs["store"] = str(store.path)
+    recipe = {k: v for k, v in attrs.items() if k not in ("store",)}
+    stamp(attrs, recipe, kind="lottery", device=device, precision=cfg.precision if device.type == "cuda" else "fp32")
     return attrs

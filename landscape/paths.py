@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from distill.bn import has_batchnorm
 from distill.device import resolve_device
+from distill.provenance import stamp
 from landscape.evaluate import POLICIES, lerp, prepare_inputs, run_segment, trial_backends
 from landscape.refs import load_ref, require_classifier
 
@@ -217,8 +218,6 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 30, b
         loss, error, chosen = run_segment(model, sa, sb, alist, policy, inputs, eval_batch_size, chunk, backend,
                                           chosen)
 
-    import distill
-
     attrs: dict[str, Any] = {
         "path_definition": PATH_DEFINITION, "bn_policy": policy, "backend": chosen, "backend_rule": rule,
         "alpha_chunk": chunk if chosen == "vmap" else 1, "precision": "fp32", "device": str(dev),
@@ -234,8 +233,9 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 30, b
     spec = getattr(model, "spec", None)
     if isinstance(spec, Mapping):
         attrs["model_spec"] = json.dumps(spec, sort_keys=True, default=str)
-    attrs["toolkit_version"] = str(distill.__version__)
-    attrs["torch_version"] = str(torch.__version__)  # TorchVersion is a str subclass h5py rejects
+    recipe = {k: v for k, v in attrs.items() if k not in ("backend", "alpha_chunk", "memory_format", "device")}
+    recipe["alphas"] = [float(x) for x in alpha_values]
+    stamp(attrs, recipe, kind="lmc", device=dev, precision="fp32")
 
     return xr.Dataset(
         {"loss": (("alpha", "split"), loss, {"long_name": "cross-entropy loss", "units": "nats"}),

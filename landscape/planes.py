@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from distill.bn import has_batchnorm
+from distill.provenance import stamp
 from landscape.evaluate import POLICIES, bn_stat_keys, prepare_inputs, run_segment
 from landscape.refs import load_ref, require_classifier
 
@@ -185,8 +186,6 @@ def plane(a: Any, b: Any, c: Any, data: Any, resolution: int | Sequence[int] = 2
                                                 min(8, len(alist)), backend, chosen)
         loss[:, j], error[:, j] = row_loss[:, 0], row_err[:, 0]
 
-    import distill
-
     attrs: dict[str, Any] = {
         "analysis": "plane", "plane_definition": DEFINITION, "norm_u": norm_u, "norm_v": norm_v,
         "norm_c_minus_a": basis["norm_w"], "c_projection": proj, "coordinate_units": "|b - a| (norm_u)",
@@ -194,13 +193,16 @@ def plane(a: Any, b: Any, c: Any, data: Any, resolution: int | Sequence[int] = 2
         "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_seed": bn_seed,
         "eval_batch_size": eval_batch_size, "eval_seed": eval_seed, "examples": inputs.counts[split],
         "dataset": str(getattr(data, "name", "")),
-        "toolkit_version": str(distill.__version__), "torch_version": str(torch.__version__),
     }
     for prefix, info in (("a", info_a), ("b", info_b), ("c", info_c)):
         attrs.update({f"{prefix}_{k}": v for k, v in info.items()})
     spec = getattr(model, "spec", None)
     if isinstance(spec, Mapping):
         attrs["model_spec"] = json.dumps(spec, sort_keys=True, default=str)
+    recipe = {k: v for k, v in attrs.items() if k not in ("backend", "device", "norm_u", "norm_v", "norm_c_minus_a",
+                                                          "c_projection")}
+    recipe.update({"x": [float(x) for x in xs], "y": [float(y) for y in ys]})
+    stamp(attrs, recipe, kind="plane", device=dev, precision="fp32")
     units = {"units": "|b - a|"}
     return xr.Dataset(
         {"loss": (("x", "y"), loss, {"long_name": "cross-entropy loss", "units": "nats"}),

@@ -107,8 +107,13 @@ class Store:
     # ------------------------------------------------------------------ opening
     @classmethod
     def create(cls, path: str | Path, config: Mapping[str, Any] | None = None, *, kind: str = "distill",
-               seeds: Mapping[str, int] | None = None, overwrite: bool = False, **kw: Any) -> "Store":
-        """Create a new (empty) store folder at ``path`` holding ``config`` (JSON-able) as provenance."""
+               seeds: Mapping[str, int] | None = None, overwrite: bool = False,
+               provenance: Mapping[str, Any] | None = None, **kw: Any) -> "Store":
+        """Create a new (empty) store folder at ``path`` holding ``config`` (JSON-able) as provenance.
+
+        ``provenance``: the keys of :func:`distill.provenance.provenance` (default: computed here
+        from ``config`` and ``kind``, on CPU in fp32)."""
+        from distill.provenance import provenance as _provenance
         path = Path(path)
         if path.exists() or path.is_symlink():
             if not overwrite:
@@ -122,6 +127,7 @@ class Store:
             "created_at": now(), "kind": kind,
             "config": json.dumps(dict(config or {}), sort_keys=True, default=str),
             "seeds": json.dumps(dict(seeds or {}), sort_keys=True),
+            **(provenance or _provenance(dict(config or {}), kind=kind)),
         }
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:

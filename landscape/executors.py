@@ -1,0 +1,179 @@
+"""Executors for sweeps: choose one from the shell, run work units, skip the ones already done.
+
+A sweep (locality points, instability children, ...) is a list of *work units*: picklable objects
+holding plain data (configs as dicts, paths, tensors), each writing its own store, with
+
+    unit.done() -> bool     # its store is complete: nothing to compute
+    unit()      -> Any      # compute (resuming its own store) and return a small result
+
+:func:`run_units` skips the units that are done (counted and logged), runs the others in
+order in this process or through any ``concurrent.futures.Executor``, and re-raises the first
+failure after cancelling what has not started; rerunning the sweep then computes only what is
+missing. :func:`open_executor` turns an ``--executor`` spec into an executor:
+
+    dask:SCHEDULER      a running dask.distributed scheduler, e.g. dask:tcp://10.0.0.5:8786
+    dask-local:N        a dask LocalCluster of N worker processes (one thread each) on this machine
+    submitit:FOLDER     submitit.AutoExecutor: SLURM jobs where sbatch exists, else local processes;
+                        ``submitit:FOLDER,key=value,...`` passes parameters, e.g.
+                        submitit:runs/slurm,slurm_partition=gpu,timeout_min=600,gpus_per_node=1
+    process:N           a pool of N local processes (spawned)
+    thread:N            a pool of N threads in this process
+
+Results do not depend on the executor; they are bit-identical to the sequential run when the
+workers use as many intra-op threads as it did (dask workers use one; set ``OMP_NUM_THREADS``
+for the others), and otherwise equal up to float reassociation.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from concurrent.futures import Executor, Future
+from typing import Any, Callable, Iterator, Sequence
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger("landscape.sweep")
+
+SPECS = "dask:SCHEDULER, dask-local:N, submitit:FOLDER[,key=value...], process:N or thread:N"
+
+
+class SubmititExecutor(Executor):
+    """A ``concurrent.futures.Executor`` over a submitit executor (``AutoExecutor``, ``LocalExecutor``,
+    ``SlurmExecutor``): each submit is one job; its future resolves when the job ends."""
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+        self.jobs: list[Any] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:  # type: ignore[override]
+        job = self.executor.submit(fn, *args, **kwargs)
+        self.jobs.append(job)
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        future.job = job  # type: ignore[attr-defined]
+
+        def wait() -> None:
+            try:
+                future.set_result(job.result())
+            except BaseException as e:  # the job's failure, re-raised by future.result()
+                future.set_exception(e)
+
+        threading.Thread(target=wait, daemon=True, name=f"submitit-{job.job_id}").start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if cancel_futures:
+            for job in self.jobs:
+                if not job.done():
+                    with contextlib.suppress(Exception):
+                        job.cancel()
+
+
+def _count(spec: str, text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"--executor {spec!r}: the worker count must be a positive integer (e.g. process:4)")
+    return n
+
+
+def _parameters(spec: str, items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--executor {spec!r}: submitit parameters are key=value (e.g. timeout_min=60)")
+        parsed: Any = value
+        for cast in (int, float):
+            try:
+                parsed = cast(value)
+                break
+            except ValueError:
+                continue
+        out[key.strip()] = parsed
+    return out
+
+
+@contextlib.contextmanager
+def open_executor(spec: str | None) -> Iterator[Executor | None]:
+    """The executor named by ``spec`` (see the module docstring), shut down on exit; None for
+    ``None``, ``""`` or ``"none"`` (run in this process). A bad spec is a one-line ValueError."""
+    if spec is None or spec.strip().lower() in ("", "none", "sequential"):
+        yield None
+        return
+    kind, sep, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if not sep or not rest:
+        raise ValueError(f"--executor {spec!r} is not valid: use {SPECS}")
+    if kind in ("process", "thread"):
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+        n = _count(spec, rest)
+        if kind == "thread":
+            pool: Executor = ThreadPoolExecutor(n)
+        else:
+            import multiprocessing
+
+            pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+        with pool:
+            yield pool
+        return
+    if kind in ("dask", "dask-local"):
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise ValueError(f"--executor {spec!r} needs dask.distributed: pip install "
+                             "'random-teachers[distributed]'") from None
+        if kind == "dask":
+            with Client(rest) as client:
+                yield client.get_executor()
+            return
+        n = _count(spec, rest)
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            yield client.get_executor()
+        return
+    if kind == "submitit":
+        try:
+            import submitit
+        except ImportError:
+            raise ValueError(f"--executor {spec!r} needs submitit: pip install submitit") from None
+        folder, *params = rest.split(",")
+        ex = submitit.AutoExecutor(folder=folder)
+        if params:
+            ex.update_parameters(**_parameters(spec, params))
+        wrapped = SubmititExecutor(ex)
+        try:
+            yield wrapped
+        finally:
+            wrapped.shutdown()
+        return
+    raise ValueError(f"--executor {spec!r}: unknown kind {kind!r}; use {SPECS}")
+
+
+def run_units(units: Sequence[Any], executor: Executor | None = None, *, desc: str = "sweep",
+              progress: bool | None = None) -> tuple[list[Any], int]:
+    """Run the work units that are not done; returns (results in unit order, None for the skipped
+    ones; number skipped). Sequential in this process when ``executor`` is None."""
+    todo = [i for i, u in enumerate(units) if not u.done()]
+    skipped = len(units) - len(todo)
+    if skipped:
+        log.info("%s: %d of %d work units already complete, skipped", desc, skipped, len(units))
+    results: list[Any] = [None] * len(units)
+    disable = None if progress is None else not progress
+    if executor is None:
+        for i in tqdm(todo, desc=desc, disable=disable):
+            results[i] = units[i]()
+        return results, skipped
+    futures = {i: executor.submit(units[i]) for i in todo}
+    try:
+        for i in tqdm(todo, desc=desc, disable=disable):
+            results[i] = futures[i].result()
+    except BaseException:
+        for f in futures.values():
+            f.cancel()
+        raise
+    return results, skipped

@@ -1,0 +1,119 @@
+"""Lottery-ticket sweeps over rewind targets and replicate seeds, one work unit (and store) each.
+
+``lottery_sweep(start, data, rewinds=["start", "init"], seeds=[0, 1, 2], out_dir=..., executor=ex)``
+runs :func:`landscape.lottery.lottery` once per (rewind target, seed), each with its own store
+``<out_dir>/lottery-<rewind>-seed<seed>.h5``, through any ``concurrent.futures.Executor``
+(:mod:`landscape.executors`); finished units are skipped and unfinished ones resume from their
+store. The result is :func:`lottery`'s Dataset concatenated over ``rewind`` and, with several
+seeds, over a new ``seed`` dim: the same numbers as one ``lottery(..., rewind=[...], seed=s)``
+call per seed (which shares level 0 between 'start' and 'step'; separate units train it twice).
+"""
+from __future__ import annotations
+
+import json
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import xarray as xr
+from torch import nn
+
+from distill.config import SupervisedConfig
+from distill.provenance import stamp
+from distill.store import Store, StoreError
+from landscape.executors import run_units
+
+
+def _start_key(start: Any) -> str:
+    if isinstance(start, nn.Module):
+        from landscape.lottery import _fingerprint
+
+        return f"module#{_fingerprint(start)}"
+    if isinstance(start, (tuple, list)) and len(start) == 2:
+        return f"{getattr(start[0], 'path', start[0])}#{start[1]}"
+    raise TypeError(f"expected an nn.Module or a (store, epoch|name) pair, got {type(start).__name__}")
+
+
+@dataclass(frozen=True)
+class LotteryUnit:
+    """One IMP sequence (one rewind target, one seed) as a work unit: picklable, writes its own store,
+    done when that store holds the finished result of the same settings."""
+
+    start: Any  # an nn.Module (on the CPU) or (store path, epoch | name)
+    data: Any
+    out: str
+    options: dict = field(default_factory=dict)  # lottery() keywords; "cfg" as a SupervisedConfig dict
+
+    def key(self) -> str:
+        return json.dumps({"start": _start_key(self.start), **self.options}, sort_keys=True, default=str)
+
+    def done(self) -> bool:
+        path = Path(self.out)
+        if not path.exists():
+            return False
+        try:
+            store = Store(path)
+            return "lottery" in store.results() and store.read_result("lottery").attrs.get("work_unit") == self.key()
+        except (StoreError, OSError, KeyError, ValueError):
+            return False
+
+    def __call__(self) -> str:
+        from landscape.lottery import lottery
+
+        if self.done():
+            return self.out
+        opts = dict(self.options)
+        cfg = SupervisedConfig.from_dict(opts.pop("cfg"))
+        ds = lottery(self.start, self.data, cfg=cfg, store=self.out, progress=False, **opts)
+        ds.attrs["work_unit"] = self.key()
+        with Store(self.out, "a") as store:
+            store.write_result("lottery", ds)
+        return self.out
+
+
+def lottery_sweep(start: Any, data: Any, rewinds: Sequence[str] = ("start",), seeds: Sequence[int] = (0,),
+                  out_dir: str | Path = "runs/lottery", executor: Executor | None = None,
+                  cfg: SupervisedConfig | None = None, progress: bool | None = None, **options: Any) -> xr.Dataset:
+    """IMP for every (rewind target, seed), one store each (see the module docstring).
+
+    start: an ``nn.Module`` or ``(store_or_path, epoch | name)``; ``options``: the other keywords of
+    :func:`landscape.lottery.lottery` (levels, prune_fraction, prunable, rewind_step, baselines,
+    device, ...). Returns a Dataset over (rewind, level) [+ method], with a ``seed`` dim when
+    ``len(seeds) > 1``; attrs ``stores`` (JSON list of the per-unit stores) and provenance.
+    """
+    rewinds, seeds = [str(r) for r in rewinds], [int(s) for s in seeds]
+    if not rewinds or not seeds:
+        raise ValueError("pass at least one rewind target and one seed")
+    cfg = SupervisedConfig.preset("cpu") if cfg is None else cfg
+    ref = start
+    if isinstance(start, (tuple, list)) and len(start) == 2:
+        ref = (str(getattr(start[0], "path", start[0])), start[1])
+    elif isinstance(start, nn.Module):
+        import copy
+
+        ref = copy.deepcopy(start).cpu()
+    out_dir = Path(out_dir)
+    units = {(r, s): LotteryUnit(ref, data, str(out_dir / f"lottery-{r}-seed{s}.h5"),
+                                 {**options, "rewind": r, "seed": s, "cfg": cfg.to_dict()})
+             for s in seeds for r in rewinds}
+    run_units(list(units.values()), executor, desc="lottery", progress=progress)
+
+    per_seed = []
+    for s in seeds:
+        parts = [Store(units[(r, s)].out).read_result("lottery") for r in rewinds]
+        per_seed.append(xr.concat(parts, dim="rewind", data_vars="minimal", coords="minimal", compat="equals",
+                                  combine_attrs="override") if len(parts) > 1 else parts[0])
+    ds = per_seed[0] if len(seeds) == 1 else xr.concat(
+        per_seed, dim=xr.DataArray(np.asarray(seeds, dtype=np.int64), dims="seed", name="seed"),
+        data_vars="minimal", coords="minimal", compat="equals", combine_attrs="override")
+    attrs = {k: v for k, v in per_seed[0].attrs.items() if k not in ("work_unit", "store", "seed")}
+    attrs["stores"] = json.dumps([units[k].out for k in units])
+    attrs["seeds"] = json.dumps(seeds)
+    device = attrs.get("device", "cpu")
+    stamp(attrs, {"start": _start_key(ref), "rewinds": rewinds, "seeds": seeds, "cfg": cfg.to_dict(),
+                  **{k: v for k, v in options.items() if k != "device"}},
+          kind="lottery", device=device, precision=attrs.get("precision", "fp32"))
+    ds.attrs = attrs
+    return ds
