@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -29,10 +29,11 @@ import shlex
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 KEYS = ("toolkit_version", "git_commit", "git_dirty", "command_line", "host", "started_at", "torch_version",
         "cuda_version", "device", "precision", "world_size", "recipe", "config_hash", "run_name")

@@ -28,8 +28,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 

@@ -223,7 +223,7 @@ def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] |
     returned = dict(zip(order, results))
 
     models, accuracies = [], []
-    for i, seed in enumerate(seeds):
+    for i in range(n_children):
         name = f"children/{i}"
         if i in units and writer is None:
             child = copy.deepcopy(base).to(dev)
@@ -234,7 +234,7 @@ def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] |
                 from distill.store import Store
 
                 part = Store(units[i].out)
-                state, attrs = part.load_state(name)
+                attrs = part.load_state(name)[1]
                 child = part.load_module(name, dev)
                 writer.save_module(name, child, {k: v for k, v in attrs.items()
                                                  if k not in ("spec", "complete", "written_at")})

@@ -88,7 +88,8 @@ def locality(cfg: DistillConfig, alphas: Sequence[float] | None = None, eps: Seq
     (sequential in this process by default; :func:`landscape.executors.open_executor` makes dask
     and submitit ones). Points whose store is complete are skipped, so a rerun after a failure
     computes only what is missing. ``data``: a preloaded Dataset used by every point (default:
-    each point loads ``cfg.dataset``; with an executor, loading on the workers sends less). Variables: ``accuracy`` (alpha, seed, epoch,
+    each point loads ``cfg.dataset``; with an executor, loading on the workers sends less).
+    Variables: ``accuracy`` (alpha, seed, epoch,
     model, probe), ``kl``, ``distance_teacher`` (alpha, seed, epoch), ``final_kl``,
     ``distance_init``, ``distance_teacher_init`` (alpha, seed).
     """

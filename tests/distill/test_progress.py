@@ -79,9 +79,8 @@ def test_rtt_distill_in_a_batch_job_logs_one_line_per_epoch_and_a_matching_jsonl
 
 
 def test_resuming_keeps_the_records_up_to_the_resumed_epoch(tmp_path):
-    from tests.distill.test_train import synthetic, tiny_cfg
-
     from distill.train import distill
+    from tests.distill.test_train import synthetic, tiny_cfg
 
     out = tmp_path / "r.h5"
     distill(tiny_cfg(epochs=2, save_every=2, probes=["knn"]), out, data=synthetic(), progress=False)
