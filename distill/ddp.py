@@ -125,11 +125,11 @@ class Ranks:
         if self.world_size > 1:
             torch.distributed.barrier()
 
-    def check_batch(self, batch_size: int) -> None:
-        """The global batch must split evenly: ValueError naming the fix otherwise."""
+    def check_batch(self, batch_size: int, what: str = "batch_size", fix: str = "") -> None:
+        """A global batch must split evenly over the ranks: ValueError naming the fix otherwise."""
         if batch_size % self.world_size:
-            raise ValueError(f"batch_size={batch_size} does not split over {self.world_size} processes: pass a "
-                             f"--batch-size divisible by {self.world_size}")
+            fix = fix or f"pass a --batch-size divisible by {self.world_size}"
+            raise ValueError(f"{what} ({batch_size} images) does not split over {self.world_size} processes: {fix}")
 
     def shard(self, x: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous share of a global batch (B, ...) -> (B / world_size, ...)."""

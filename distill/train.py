@@ -405,6 +405,9 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
     world.check_batch(cfg.batch_size)
     if data is None:
         data = load_dataset(cfg.dataset, root=cfg.data_root, subset=cfg.subset, seed=cfg.data_seed)
+    if not cfg.drop_last and len(data.train.labels) % cfg.batch_size:  # the last, partial batch splits too
+        world.check_batch(len(data.train.labels) % cfg.batch_size, what="the last partial batch",
+                          fix="use --drop-last or a --subset that makes it divisible")
     pdata = probe_dataset(cfg, data)
     teacher = _validate_run(cfg, data).to(device)
     prov = provenance(cfg, kind="distill", device=device, precision=cfg.precision, world_size=world.world_size)
