@@ -376,15 +376,18 @@ class _Plot:
         from landscape.plotting import plot_result
 
         path = Path(a.file)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"no result file {path}: pass a .nc written by rtt lmc, instability or plane")
-        try:
-            with xr.open_dataset(path, engine="h5netcdf") as opened:
-                ds = opened.load()
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path} is not a readable netCDF result ({str(e).splitlines()[0]})") from None
-        if not ds.data_vars:  # e.g. a checkpoint store: its root holds no variables; draw its probe metrics
+        if path.is_dir():  # a checkpoint store: draw its probe metrics
             ds = _store_metrics(path)
+        else:
+            try:
+                with xr.open_dataset(path, engine="h5netcdf") as opened:
+                    ds = opened.load()
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{path} is not a readable netCDF result ({str(e).splitlines()[0]})") from None
+            if not ds.data_vars:  # e.g. a packed store: its root holds no variables; draw its probe metrics
+                ds = _store_metrics(path)
         if a.var is not None and a.var not in ds.data_vars:
             raise ValueError(f"{path} has no variable {a.var!r}: choose one of {', '.join(map(str, ds.data_vars))}")
         out = plot_result(ds, Path(a.out) if a.out else path.with_suffix(".png"), var=a.var)
