@@ -66,6 +66,8 @@ def test_plugin_model_and_probe_in_help_and_in_a_distillation(fmnist_root, tmp_p
             str(fmnist_root),
             "--subset",
             "200",
+            "--probe-subset",
+            "200",
             "--arch",
             "example_flatnet",
             "--arch-options",
