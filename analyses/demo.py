@@ -7,6 +7,7 @@ probe teacher, BN-recalibrated teacher, student and raw input, print the table, 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from landscape.plotting import plot_probes
 
     out = Path(a.out)
-    if a.fresh and out.exists():
-        out.unlink()
+    if a.fresh and out.exists():  # a store is a folder (a format-1 store a single file)
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
     cfg = DEMO.replace(epochs=a.epochs)
     print(f"Distilling {cfg.arch} on {cfg.dataset} ({cfg.subset} images, {cfg.epochs} epochs) -> {out}")
     store = distill(cfg, out)
