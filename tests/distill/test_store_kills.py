@@ -51,7 +51,7 @@ def test_200_kills_of_a_fast_appender_lose_nothing(tmp_path, capsys):
     kills = 0
     for trial in range(205):
         path = stores[trial % len(stores)]
-        lines, done = server.run(job="append", store=str(path), kill_after_s=float(rng.uniform(0.0, 0.25)))
+        lines, done = server.run(job="append", store=str(path), kill_after_s=float(rng.uniform(0.0, 0.15)))
         assert not [r for r in lines if "error" in r], lines
         assert done["signal"] == signal.SIGKILL
         kills += 1
