@@ -140,7 +140,7 @@ def test_hessian_over_lottery_levels_is_restricted_to_the_unpruned_weights(tmp_p
         dict(pruned.named_parameters())[w].mul_(mask)
     store.save_module("lottery/start/00", dense, {"level": 0})
     store.save_module("lottery/start/01", pruned, {"level": 1}, masks={w: mask})
-    ds = hessian_over_levels(store, data, k=2, batches=None, batch_size=32, trace_probes=0, tol=1e-5, device="cpu")
+    ds = hessian_over_levels(store, data, k=1, batches=None, batch_size=32, trace_probes=0, tol=1e-5, device="cpu")
     assert list(ds.level.values) == [0, 1]
     assert ds.remaining.values[0] == 1.0 and ds.remaining.values[1] == pytest.approx(float(mask.float().mean()))
     x = ((imgs.double() / 255) - 0.5) / 0.25
@@ -150,5 +150,25 @@ def test_hessian_over_lottery_levels_is_restricted_to_the_unpruned_weights(tmp_p
             flags = torch.cat([keep.reshape(-1).bool() if k == w else torch.ones(p.numel(), dtype=torch.bool)
                                for k, p in model.named_parameters()])
             h = h[flags][:, flags]
-        expected = torch.linalg.eigvalsh(h).flip(0)[:2].numpy()
+        expected = torch.linalg.eigvalsh(h).flip(0)[:1].numpy()
         np.testing.assert_allclose(ds.eigenvalue.sel(level=level).values, expected, rtol=2e-3)
+
+
+def test_hessian_along_a_path_matches_dense_hessians_at_the_start_and_the_middle():
+    from landscape.hessian import hessian_along_path
+    from landscape.paths import interpolate_state
+
+    g = torch.Generator().manual_seed(8)
+    imgs = torch.randint(0, 256, (24, 1, 3, 3), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 3, (24,), generator=g)
+    data = Dataset("synthetic", Split(imgs, labels), Split(imgs[:8], labels[:8]), ["0", "1", "2"], (0.5,), (0.25,))
+    a, b = _tiny(0).float(), _tiny(1).float()
+    ds = hessian_along_path(a, b, data, alphas=[0.0, 0.5], k=1, batches=None, batch_size=24, trace_probes=0,
+                            tol=1e-6, device="cpu")
+    x = ((imgs.double() / 255) - 0.5) / 0.25
+    for alpha in (0.0, 0.5):
+        m = _tiny(0)
+        m.load_state_dict(interpolate_state(a.double().state_dict(), b.double().state_dict(), alpha))
+        h = _dense(m, lambda fn: F.cross_entropy(fn(x), labels))
+        assert float(ds.eigenvalue.sel(alpha=alpha, eigen=0)) == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]),
+                                                                               rel=1e-3)
