@@ -135,6 +135,8 @@ def figure(res, path: Path) -> None:
         ax2.plot(res.alpha, 100 * res.error.sel(alignment=m).isel(width=-1, seed=0), marker=".", label=str(m))
     ax1.set(xscale="log", xlabel="hidden width", ylabel="error barrier [pp]",
             title=f"{res.attrs['arch']} on Fashion-MNIST, {res.sizes['seed']} seed(s)")
+    ax1.set_xticks(res.width.values, [str(int(w)) for w in res.width.values])
+    ax1.minorticks_off()
     ax2.set(xlabel="alpha", ylabel="test error [%]", title=f"path at width {int(res.width[-1])}, seed 0")
     ax1.legend(fontsize=8)
     fig.tight_layout()
