@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(archs=["vgg11", "vit_tiny"], seeds=[0], subset=200, n_test=100,
                   arch_options={"vit_tiny": {"depth": 2}},
                   student=dict(archs=["vgg11"], seeds=[0], cfg=dict(subset=200, epochs=1, out_dim=256,
-                                                                   hidden_dim=128, lr=1e-4, probe_every=1,
+                                                                   hidden_dim=128, lr=1e-4, probe_every=1, batch_size=64,
                                                                    probe_subset=200))),
     # every Table-5 architecture on the full 50k / 10k split, one teacher seed each (forward passes of 60k
     # images: the cost); one probe seed of the input baseline; no student (150 epochs need a GPU)
