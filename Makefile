@@ -25,6 +25,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@scripts/ensure-data.sh
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: $(STAMP)

@@ -9,6 +9,7 @@ preset, ConvNets).
 
     python -m analyses.align_barriers --preset cpu     # writes results/align_barriers.nc + .png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,33 @@ from pathlib import Path
 import numpy as np
 
 PRESETS = {
-    "smoke": dict(arch="mlp", widths=[8, 16], seeds=1, subset=500, test=300, alphas=5,
-                  sup=dict(epochs=1, milestones=[], lr=0.05, augment="none", batch_size=64, weight_decay=0.0)),
-    "cpu": dict(arch="mlp", widths=[16, 64, 256], seeds=3, subset=5_000, test=2_000, alphas=11,
-                sup=dict(epochs=4, milestones=[], lr=0.05, augment="none", batch_size=128, weight_decay=5e-4)),
-    "gpu": dict(arch="convnet", widths=[16, 32, 64, 128, 256], seeds=3, subset=None, test=None, alphas=21,
-                sup=dict(epochs=20, milestones=[10, 15], lr=0.05, augment="flip_crop", batch_size=128)),
+    "smoke": dict(
+        arch="mlp",
+        widths=[8, 16],
+        seeds=1,
+        subset=500,
+        test=300,
+        alphas=5,
+        sup=dict(epochs=1, milestones=[], lr=0.05, augment="none", batch_size=64, weight_decay=0.0),
+    ),
+    "cpu": dict(
+        arch="mlp",
+        widths=[16, 64, 256],
+        seeds=3,
+        subset=5_000,
+        test=2_000,
+        alphas=11,
+        sup=dict(epochs=4, milestones=[], lr=0.05, augment="none", batch_size=128, weight_decay=5e-4),
+    ),
+    "gpu": dict(
+        arch="convnet",
+        widths=[16, 32, 64, 128, 256],
+        seeds=3,
+        subset=None,
+        test=None,
+        alphas=21,
+        sup=dict(epochs=20, milestones=[10, 15], lr=0.05, augment="flip_crop", batch_size=128),
+    ),
 }
 METHODS = ("none", "weights", "activations", "weights+repair")
 
@@ -74,36 +96,67 @@ def main(argv: list[str] | None = None) -> int:
                 nets.append(net.eval())
             for m, method in enumerate(METHODS):
                 align = None if method == "none" else method.split("+")[0]
-                ds = linear_path(nets[0], nets[1], data, alphas=alphas, splits=("test",), device=device,
-                                 max_examples=pre["test"], align=align, repair=method.endswith("repair"))
+                ds = linear_path(
+                    nets[0],
+                    nets[1],
+                    data,
+                    alphas=alphas,
+                    splits=("test",),
+                    device=device,
+                    max_examples=pre["test"],
+                    align=align,
+                    repair=method.endswith("repair"),
+                )
                 err[i, j, m], loss[i, j, m] = ds.error.values[:, 0], ds.loss.values[:, 0]
             seconds[i, j] = time.perf_counter() - t0
             b = 100 * (err[i, j].max(-1) - (err[i, j, :, 0] + err[i, j, :, -1]) / 2)
-            print(f"width {w:5d} seed {s}: test acc {100 * acc[i, j, 0]:.2f} / {100 * acc[i, j, 1]:.2f} %; error "
-                  "barrier [pp] " + ", ".join(f"{n} {v:.2f}" for n, v in zip(METHODS, b))
-                  + f"  ({seconds[i, j]:.0f} s)", flush=True)
+            print(
+                f"width {w:5d} seed {s}: test acc {100 * acc[i, j, 0]:.2f} / {100 * acc[i, j, 1]:.2f} %; error "
+                "barrier [pp] " + ", ".join(f"{n} {v:.2f}" for n, v in zip(METHODS, b)) + f"  ({seconds[i, j]:.0f} s)",
+                flush=True,
+            )
 
     alpha = np.linspace(0, 1, alphas)
     res = xr.Dataset(
-        {"error": (("width", "seed", "alignment", "alpha"), err, {"long_name": "test error", "units": "fraction"}),
-         "loss": (("width", "seed", "alignment", "alpha"), loss, {"long_name": "test cross-entropy", "units": "nats"}),
-         "end_accuracy": (("width", "seed", "end"), acc, {"long_name": "test accuracy of the trained end point",
-                                                          "units": "fraction"}),
-         "seconds": (("width", "seed"), seconds, {"long_name": "wall time of the pair", "units": "s"})},
-        coords={"width": ("width", np.asarray(widths), {"long_name": "hidden width", "units": "units"}),
-                "seed": ("seed", np.asarray(seeds), {"long_name": "pair seed", "units": "1"}),
-                "alignment": ("alignment", np.array(METHODS)),
-                "alpha": ("alpha", alpha, {"long_name": "interpolation coefficient", "units": "1"}),
-                "end": ("end", np.array(["a", "b"]))},
-        attrs={"analysis": "align_barriers", "preset": a.preset, "dataset": "fashion-mnist",
-               "train_subset": str(pre["subset"]), "test_examples": str(pre["test"] or "all"), "arch": pre["arch"],
-               "arch_detail": "mlp: two hidden layers of the width; convnet: depth 3, no BN",
-               "supervised_config": SupervisedConfig(**pre["sup"], device=device).to_json(),
-               "pair": "net a: init seed 1000 s, data seed 2 s; net b: init seed 1000 s + 1, data seed 2 s + 1",
-               "alignment_methods": "none; weights = weight matching; activations = activation matching on 8 x 256 "
-                                    "training images; weights+repair = weight matching then REPAIR at every alpha",
-               "bn_policy": "none (BN-free networks)", "device": device,
-               "toolkit_version": distill.__version__, "torch_version": str(torch.__version__)})
+        {
+            "error": (("width", "seed", "alignment", "alpha"), err, {"long_name": "test error", "units": "fraction"}),
+            "loss": (
+                ("width", "seed", "alignment", "alpha"),
+                loss,
+                {"long_name": "test cross-entropy", "units": "nats"},
+            ),
+            "end_accuracy": (
+                ("width", "seed", "end"),
+                acc,
+                {"long_name": "test accuracy of the trained end point", "units": "fraction"},
+            ),
+            "seconds": (("width", "seed"), seconds, {"long_name": "wall time of the pair", "units": "s"}),
+        },
+        coords={
+            "width": ("width", np.asarray(widths), {"long_name": "hidden width", "units": "units"}),
+            "seed": ("seed", np.asarray(seeds), {"long_name": "pair seed", "units": "1"}),
+            "alignment": ("alignment", np.array(METHODS)),
+            "alpha": ("alpha", alpha, {"long_name": "interpolation coefficient", "units": "1"}),
+            "end": ("end", np.array(["a", "b"])),
+        },
+        attrs={
+            "analysis": "align_barriers",
+            "preset": a.preset,
+            "dataset": "fashion-mnist",
+            "train_subset": str(pre["subset"]),
+            "test_examples": str(pre["test"] or "all"),
+            "arch": pre["arch"],
+            "arch_detail": "mlp: two hidden layers of the width; convnet: depth 3, no BN",
+            "supervised_config": SupervisedConfig(**pre["sup"], device=device).to_json(),
+            "pair": "net a: init seed 1000 s, data seed 2 s; net b: init seed 1000 s + 1, data seed 2 s + 1",
+            "alignment_methods": "none; weights = weight matching; activations = activation matching on 8 x 256 "
+            "training images; weights+repair = weight matching then REPAIR at every alpha",
+            "bn_policy": "none (BN-free networks)",
+            "device": device,
+            "toolkit_version": distill.__version__,
+            "torch_version": str(torch.__version__),
+        },
+    )
     heights = barrier(res)
     res["barrier_error"] = heights.barrier_error
     res["barrier_loss"] = heights.barrier_loss
@@ -114,8 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'width':>6}" + "".join(f"{m:>22}" for m in METHODS))
     for w in widths:
         b = 100 * res.barrier_error.sel(width=w)
-        print(f"{w:>6}" + "".join(f"{float(b.sel(alignment=m).mean()):14.2f} +- {float(b.sel(alignment=m).std()):4.2f}"
-                                  for m in METHODS))
+        print(
+            f"{w:>6}"
+            + "".join(
+                f"{float(b.sel(alignment=m).mean()):14.2f} +- {float(b.sel(alignment=m).std()):4.2f}" for m in METHODS
+            )
+        )
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
@@ -133,8 +190,12 @@ def figure(res, path: Path) -> None:
         b = 100 * res.barrier_error.sel(alignment=m)
         ax1.errorbar(res.width, b.mean("seed"), yerr=b.std("seed"), marker="o", capsize=3, label=str(m))
         ax2.plot(res.alpha, 100 * res.error.sel(alignment=m).isel(width=-1, seed=0), marker=".", label=str(m))
-    ax1.set(xscale="log", xlabel="hidden width", ylabel="error barrier [pp]",
-            title=f"{res.attrs['arch']} on Fashion-MNIST, {res.sizes['seed']} seed(s)")
+    ax1.set(
+        xscale="log",
+        xlabel="hidden width",
+        ylabel="error barrier [pp]",
+        title=f"{res.attrs['arch']} on Fashion-MNIST, {res.sizes['seed']} seed(s)",
+    )
     ax1.set_xticks(res.width.values, [str(int(w)) for w in res.width.values])
     ax1.minorticks_off()
     ax2.set(xlabel="alpha", ylabel="test error [%]", title=f"path at width {int(res.width[-1])}, seed 0")

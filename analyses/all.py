@@ -6,6 +6,7 @@ reported and the others still run; the exit status is 1 when any failed.
 
     python -m analyses.all --preset smoke|cpu|gpu [--only tables,locality] [--results DIR] [--runs DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,17 @@ import sys
 import time
 import traceback
 
-SCRIPTS = ("probing_curves", "locality", "data_dependence", "transfer", "planes", "lottery", "instability",
-           "head_dim", "tables")
+SCRIPTS = (
+    "probing_curves",
+    "locality",
+    "data_dependence",
+    "transfer",
+    "planes",
+    "lottery",
+    "instability",
+    "head_dim",
+    "tables",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ config, seeds) and ``<results>/<name>.png``; stores of the runs go to ``<runs>/<
 so a second call resumes. Accuracy is a fraction (0-1) in every file and in percent in every
 figure and table (``pct``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -61,10 +63,16 @@ class Context:
 def commit() -> str:
     """The git commit of the code that ran (``+dirty`` when the tree has uncommitted changes)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (head or "unknown") + ("+dirty" if dirty else "")
@@ -76,14 +84,22 @@ def provenance(ctx: Context, configs: dict[str, Any], seeds: Sequence[int], reci
 
     import distill
 
-    return {"script": f"analyses.{ctx.name}", "preset": ctx.preset, "commit": ctx.code or commit(),
-            "command_line": " ".join([f"python -m analyses.{ctx.name}", *sys.argv[1:]]),
-            "recipe": recipe, "seeds": json.dumps([int(s) for s in seeds]),
-            "config": json.dumps({k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in configs.items()},
-                                 sort_keys=True, default=str),
-            "toolkit_version": distill.__version__, "torch_version": str(torch.__version__),
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "accuracy_units": "fraction (figures and tables show percent)", "only": ",".join(ctx.only) or "all"}
+    return {
+        "script": f"analyses.{ctx.name}",
+        "preset": ctx.preset,
+        "commit": ctx.code or commit(),
+        "command_line": " ".join([f"python -m analyses.{ctx.name}", *sys.argv[1:]]),
+        "recipe": recipe,
+        "seeds": json.dumps([int(s) for s in seeds]),
+        "config": json.dumps(
+            {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in configs.items()}, sort_keys=True, default=str
+        ),
+        "toolkit_version": distill.__version__,
+        "torch_version": str(torch.__version__),
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "accuracy_units": "fraction (figures and tables show percent)",
+        "only": ",".join(ctx.only) or "all",
+    }
 
 
 # ----------------------------------------------------------------------------- data and runs
@@ -94,8 +110,14 @@ def tiny_test(data: Any, n_test: int | None) -> Any:
     if n_test is None or n_test >= len(data.test):
         return data
     idx = stratified_indices(data.test.labels, n_test, data.num_classes, 0)
-    return Dataset(data.name, data.train, Split(data.test.images[idx], data.test.labels[idx]),
-                   list(data.classes), data.mean, data.std)
+    return Dataset(
+        data.name,
+        data.train,
+        Split(data.test.images[idx], data.test.labels[idx]),
+        list(data.classes),
+        data.mean,
+        data.std,
+    )
 
 
 def load(name: str, ctx: Context, subset: int | None = None, n_test: int | None = None, seed: int = 0) -> Any:
@@ -119,8 +141,6 @@ def distil(cfg: DistillConfig, out: Path, data: Any = None) -> Store:
         if done:
             return store
     return distill.distill(cfg, out, data=data, progress=False)
-
-
 
 
 def best_over_epochs(metrics: xr.Dataset) -> xr.DataArray:
@@ -155,19 +175,24 @@ def pct(x: Any) -> Any:
     return 100 * x
 
 
-STYLE = {"teacher": dict(color="C0", ls="-", marker="s"), "teacher_bn": dict(color="C1", ls="--", marker="^"),
-         "student": dict(color="C2", ls="-", marker="o"), "input": dict(color="0.4", ls=":", marker="")}
+STYLE = {
+    "teacher": dict(color="C0", ls="-", marker="s"),
+    "teacher_bn": dict(color="C1", ls="--", marker="^"),
+    "student": dict(color="C2", ls="-", marker="o"),
+    "input": dict(color="0.4", ls=":", marker=""),
+}
 LABEL = {"teacher": "teacher", "teacher_bn": "teacher, BN recalibrated", "student": "student", "input": "input pixels"}
 
 
 def band(ax: Any, x: Any, da: xr.DataArray, label: str, dim: str = "seed", **style: Any) -> None:
     """Mean over ``dim`` as a line, mean +- std as a shaded band (no band for a single seed)."""
     mean = da.mean(dim) if dim in da.dims else da
-    line, = ax.plot(np.asarray(x), np.asarray(mean), label=label, ms=4, **style)
+    (line,) = ax.plot(np.asarray(x), np.asarray(mean), label=label, ms=4, **style)
     if dim in da.dims and da.sizes[dim] > 1:
         std = da.std(dim)
-        ax.fill_between(np.asarray(x), np.asarray(mean - std), np.asarray(mean + std), color=line.get_color(),
-                        alpha=0.2, lw=0)
+        ax.fill_between(
+            np.asarray(x), np.asarray(mean - std), np.asarray(mean + std), color=line.get_color(), alpha=0.2, lw=0
+        )
 
 
 def figure(ncols: int = 1, nrows: int = 1, width: float = 4.6, height: float = 3.4) -> tuple[Any, Any]:
@@ -177,8 +202,7 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 4.6, height: float = 3
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, layout="constrained")
     return fig, axes.ravel()
 
 
@@ -222,23 +246,31 @@ Plot = Callable[[xr.Dataset, Path], Any]
 
 def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     """The arguments every analysis script takes."""
-    p = argparse.ArgumentParser(prog=f"python -m analyses.{name}",
-                                description=(doc or name).strip().splitlines()[0])
-    p.add_argument("--preset", choices=PRESET_NAMES, default="cpu",
-                   help="smoke: seconds (tests); cpu: minutes on 2 cores; gpu: the paper's scale, ~9 min on one "
-                        "H100/H200 (default: cpu)")
+    p = argparse.ArgumentParser(prog=f"python -m analyses.{name}", description=(doc or name).strip().splitlines()[0])
+    p.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        default="cpu",
+        help="smoke: seconds (tests); cpu: minutes on 2 cores; gpu: the paper's scale, ~9 min on one "
+        "H100/H200 (default: cpu)",
+    )
     p.add_argument("--results", default="results", help="folder of the .nc and .png (default: results)")
     p.add_argument("--runs", default="runs", help="folder of the stores, for resuming (default: runs)")
     p.add_argument("--root", default=None, help="CIFAR-10 location (default: the standard places)")
     p.add_argument("--device", default=None, help="override the preset's device (cpu, cuda, auto)")
     p.add_argument("--plot-only", action="store_true", help="redraw the .png from the existing .nc")
-    p.add_argument("--only", default="", help="comma-separated subset of the preset's items, where a script has "
-                   "them (tables: architectures, e.g. vgg11,resnet18); the .nc records it")
+    p.add_argument(
+        "--only",
+        default="",
+        help="comma-separated subset of the preset's items, where a script has "
+        "them (tables: architectures, e.g. vgg11,resnet18); the .nc records it",
+    )
     return p
 
 
-def script(module: str, presets: dict[str, dict[str, Any]], compute: Compute, plot: Plot,
-           doc: str | None = None) -> Callable[[Sequence[str] | None], int]:
+def script(
+    module: str, presets: dict[str, dict[str, Any]], compute: Compute, plot: Plot, doc: str | None = None
+) -> Callable[[Sequence[str] | None], int]:
     """The ``main(argv)`` of an analysis script (see the module docstring)."""
     spec = getattr(sys.modules.get(module), "__spec__", None)
     name = (spec.name if spec is not None else module).rsplit(".", 1)[-1]  # "__main__" under python -m
@@ -248,16 +280,23 @@ def script(module: str, presets: dict[str, dict[str, Any]], compute: Compute, pl
         nc, png = Path(a.results) / f"{name}.nc", Path(a.results) / f"{name}.png"
         if a.plot_only:
             if not nc.exists():
-                print(f"analyses.{name}: error: {nc} does not exist: run without --plot-only first",
-                      file=sys.stderr)
+                print(f"analyses.{name}: error: {nc} does not exist: run without --plot-only first", file=sys.stderr)
                 return 1
             plot(open_result(nc), png)
             print(f"wrote {png}")
             return 0
         pre = dict(presets[a.preset])
         device = a.device or pre.get("device") or ("cpu" if a.preset != "gpu" else "auto")
-        ctx = Context(name, a.preset, Path(a.runs), Path(a.results), a.root, device,
-                      tuple(x for x in a.only.split(",") if x), commit())
+        ctx = Context(
+            name,
+            a.preset,
+            Path(a.runs),
+            Path(a.results),
+            a.root,
+            device,
+            tuple(x for x in a.only.split(",") if x),
+            commit(),
+        )
         os.environ.setdefault("TQDM_DISABLE", "1")
         ds = compute(pre, ctx)
         save(ds, nc)
@@ -273,13 +312,32 @@ def script(module: str, presets: dict[str, dict[str, Any]], compute: Compute, pl
 # 4,096-way DINO head, AdamW lr 1e-3, batch 64, alpha 1e-10. ``bn=True`` gives its BN twin.
 def small_net(width: int = 32, depth: int = 4, bn: bool = False, **changes: Any) -> dict[str, Any]:
     """DistillConfig fields of the small ConvNet (``changes`` win)."""
-    return {"arch": "convnet", "arch_options": {"width": width, "depth": depth, "bn": bn}, "out_dim": 4096,
-            "hidden_dim": 512, "bottleneck_dim": 128, "lr": 1e-3, "batch_size": 64, "save_every": 0,
-            "device": "cpu", **changes}
+    return {
+        "arch": "convnet",
+        "arch_options": {"width": width, "depth": depth, "bn": bn},
+        "out_dim": 4096,
+        "hidden_dim": 512,
+        "bottleneck_dim": 128,
+        "lr": 1e-3,
+        "batch_size": 64,
+        "save_every": 0,
+        "device": "cpu",
+        **changes,
+    }
 
 
-SMOKE_NET = dict(arch="convnet", arch_options={"width": 8, "depth": 2, "bn": False}, out_dim=64, hidden_dim=32,
-                 bottleneck_dim=16, lr=1e-3, batch_size=32, epochs=1, save_every=0, device="cpu")
+SMOKE_NET = dict(
+    arch="convnet",
+    arch_options={"width": 8, "depth": 2, "bn": False},
+    out_dim=64,
+    hidden_dim=32,
+    bottleneck_dim=16,
+    lr=1e-3,
+    batch_size=32,
+    epochs=1,
+    save_every=0,
+    device="cpu",
+)
 
 
 def keep_classes(data: Any, classes: Sequence[int]) -> Any:
@@ -295,8 +353,14 @@ def keep_classes(data: Any, classes: Sequence[int]) -> Any:
         keep = new >= 0
         return Split(s.images[keep], new[keep])
 
-    return Dataset(f"{data.name}[{','.join(map(str, classes))}]", split(data.train), split(data.test),
-                   [data.classes[c] for c in classes], data.mean, data.std)
+    return Dataset(
+        f"{data.name}[{','.join(map(str, classes))}]",
+        split(data.train),
+        split(data.test),
+        [data.classes[c] for c in classes],
+        data.mean,
+        data.std,
+    )
 
 
 def probe_backbone(cfg: DistillConfig, backbone: Any, data: Any, cache: Path | None = None) -> dict[str, float]:
@@ -313,8 +377,9 @@ def probe_backbone(cfg: DistillConfig, backbone: Any, data: Any, cache: Path | N
     return out
 
 
-def probe_run(cfg: DistillConfig, store: Store, data: Any, ctx: Context, tag: str,
-              epoch: int = -1) -> dict[str, dict[str, float]]:
+def probe_run(
+    cfg: DistillConfig, store: Store, data: Any, ctx: Context, tag: str, epoch: int = -1
+) -> dict[str, dict[str, float]]:
     """Probes of one distillation run's teacher, BN-recalibrated teacher, student (``epoch``) and the input
     pixels on ``data`` (fractions), each cached under ``runs/<name>/<preset>/probes/``."""
     from distill.bn import has_batchnorm
@@ -324,13 +389,23 @@ def probe_run(cfg: DistillConfig, store: Store, data: Any, ctx: Context, tag: st
     device = resolve_device(cfg.device)
     teacher = store.teacher(device)
     e = store.epochs[-1] if epoch == -1 else epoch
-    out = {"teacher": probe_backbone(cfg, teacher.backbone, data, ctx.store("probes", f"{tag}-teacher.json")),
-           "student": probe_backbone(cfg, store.student(e, device).eval().backbone, data,
-                                     ctx.store("probes", f"{tag}-student-e{e}.json")),
-           "input": probe_backbone(cfg, None, data, ctx.store("probes", f"input-{data.name}-{len(data.train)}.json"))}
-    out["teacher_bn"] = (probe_backbone(cfg, recalibrated_teacher(teacher, data, cfg, device).backbone, data,
-                                        ctx.store("probes", f"{tag}-teacher_bn.json"))
-                         if has_batchnorm(teacher) else out["teacher"])
+    out = {
+        "teacher": probe_backbone(cfg, teacher.backbone, data, ctx.store("probes", f"{tag}-teacher.json")),
+        "student": probe_backbone(
+            cfg, store.student(e, device).eval().backbone, data, ctx.store("probes", f"{tag}-student-e{e}.json")
+        ),
+        "input": probe_backbone(cfg, None, data, ctx.store("probes", f"input-{data.name}-{len(data.train)}.json")),
+    }
+    out["teacher_bn"] = (
+        probe_backbone(
+            cfg,
+            recalibrated_teacher(teacher, data, cfg, device).backbone,
+            data,
+            ctx.store("probes", f"{tag}-teacher_bn.json"),
+        )
+        if has_batchnorm(teacher)
+        else out["teacher"]
+    )
     return out
 
 
@@ -340,5 +415,9 @@ MODELS = ["teacher", "teacher_bn", "student", "input"]
 def probes_array(rows: dict[str, dict[str, float]], probes: Sequence[str]) -> xr.DataArray:
     """{model: {probe: acc}} -> DataArray (model, probe) over ``MODELS``."""
     vals = [[rows.get(m, {}).get(p, np.nan) for p in probes] for m in MODELS]
-    return xr.DataArray(vals, dims=("model", "probe"), coords={"model": MODELS, "probe": list(probes)},
-                        attrs={"long_name": "probe accuracy", "units": "fraction"})
+    return xr.DataArray(
+        vals,
+        dims=("model", "probe"),
+        coords={"model": MODELS, "probe": list(probes)},
+        attrs={"long_name": "probe accuracy", "units": "fraction"},
+    )

@@ -6,6 +6,7 @@ of epochs) and "steps" (every n the same number of optimiser steps, that of the 
 
     python -m analyses.data_dependence --preset smoke|cpu|gpu
 """
+
 from __future__ import annotations
 
 import math
@@ -21,11 +22,18 @@ from distill.config import DistillConfig
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(ns=[50, 100], seeds=[0], epochs=1, n_test=100, probe_subset=200, cfg=common.SMOKE_NET),
     # BN-free 4x32 ConvNet (no BN: the teacher needs no recalibrated control), 2 epochs at the largest n
-    "cpu": dict(ns=[500, 2000], seeds=[0, 1, 2], epochs=2, n_test=None, probe_subset=None,
-                cfg=common.small_net(bn=False)),
+    "cpu": dict(
+        ns=[500, 2000], seeds=[0, 1, 2], epochs=2, n_test=None, probe_subset=None, cfg=common.small_net(bn=False)
+    ),
     # VGG11 as the paper, n up to 50k; 20 epochs (the paper: 150) so that one call fits ~9 minutes on an H100
-    "gpu": dict(ns=[500, 1000, 5000, 10_000, 50_000], seeds=[0, 1, 2], epochs=20, n_test=None, probe_subset=None,
-                cfg=dict(arch="vgg11", device="auto", precision="bf16", save_every=0)),
+    "gpu": dict(
+        ns=[500, 1000, 5000, 10_000, 50_000],
+        seeds=[0, 1, 2],
+        epochs=20,
+        n_test=None,
+        probe_subset=None,
+        cfg=dict(arch="vgg11", device="auto", precision="bf16", save_every=0),
+    ),
 }
 
 
@@ -47,31 +55,68 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                 steps[di, ri, ni] = epochs * math.ceil(n / batch)
                 for si, s in enumerate(seeds):
                     dataset = "cifar10" if kind == "real" else "gaussian:cifar10"
-                    cfg = DistillConfig(dataset=dataset, subset=n, data_root=ctx.root, seed=s, noise_seed=s + 1000,
-                                        data_seed=s, probe_seed=s, probes=[], **{**pre["cfg"], "epochs": epochs,
-                                                                                 "device": ctx.device})
+                    cfg = DistillConfig(
+                        dataset=dataset,
+                        subset=n,
+                        data_root=ctx.root,
+                        seed=s,
+                        noise_seed=s + 1000,
+                        data_seed=s,
+                        probe_seed=s,
+                        probes=[],
+                        **{**pre["cfg"], "epochs": epochs, "device": ctx.device},
+                    )
                     tag = f"{kind}-n{n}-e{epochs}-s{s}"
                     configs[tag] = cfg
                     store = common.distil(cfg, ctx.store(f"{tag}.h5"))
                     pcfg = cfg.replace(probes=probes)
                     r = common.probe_run(pcfg, store, probe_data, ctx, tag)
                     acc[di, ri, ni, si] = common.probes_array(r, probes).values
-                    print(f"{tag}: student " + ", ".join(f"{p} {100 * r['student'][p]:.2f}" for p in probes),
-                          flush=True)
+                    print(
+                        f"{tag}: student " + ", ".join(f"{p} {100 * r['student'][p]:.2f}" for p in probes), flush=True
+                    )
     ds = xr.Dataset(
-        {"accuracy": (("data", "regime", "n", "seed", "model", "probe"), acc,
-                      {"long_name": "probe accuracy on CIFAR-10 (full training split)", "units": "fraction"}),
-         "steps": (("data", "regime", "n"), steps, {"long_name": "optimiser steps of the distillation", "units": "1"}),
-         "paper_real": ("paper_n", [41.76, 45.94, 46.18, 47.66, 48.43, 51.36],
-                        {"long_name": "paper: VGG11 student linear probe, CIFAR-5M images", "units": "percent"}),
-         "paper_gaussian": ("paper_n_noise", [16.47, 16.35, 16.27],
-                            {"long_name": "paper: VGG11 student linear probe, Gaussian noise", "units": "percent"})},
-        coords={"data": ["real", "gaussian"], "regime": ["epochs", "steps"], "n": ns, "seed": seeds,
-                "model": common.MODELS, "probe": probes, "paper_n": [500, 1000, 2000, 5000, 10_000, 50_000],
-                "paper_n_noise": [500, 5000, 50_000]},
-        attrs={"probe_train_images": int(len(probe_data.train)), "probe_test_images": int(len(probe_data.test)),
-               "step_budget": int(budget), "regimes": "epochs: every n runs the preset's epochs; steps: the "
-               "smallest n runs as many steps as the largest n", **common.provenance(ctx, configs, seeds, "paper")})
+        {
+            "accuracy": (
+                ("data", "regime", "n", "seed", "model", "probe"),
+                acc,
+                {"long_name": "probe accuracy on CIFAR-10 (full training split)", "units": "fraction"},
+            ),
+            "steps": (
+                ("data", "regime", "n"),
+                steps,
+                {"long_name": "optimiser steps of the distillation", "units": "1"},
+            ),
+            "paper_real": (
+                "paper_n",
+                [41.76, 45.94, 46.18, 47.66, 48.43, 51.36],
+                {"long_name": "paper: VGG11 student linear probe, CIFAR-5M images", "units": "percent"},
+            ),
+            "paper_gaussian": (
+                "paper_n_noise",
+                [16.47, 16.35, 16.27],
+                {"long_name": "paper: VGG11 student linear probe, Gaussian noise", "units": "percent"},
+            ),
+        },
+        coords={
+            "data": ["real", "gaussian"],
+            "regime": ["epochs", "steps"],
+            "n": ns,
+            "seed": seeds,
+            "model": common.MODELS,
+            "probe": probes,
+            "paper_n": [500, 1000, 2000, 5000, 10_000, 50_000],
+            "paper_n_noise": [500, 5000, 50_000],
+        },
+        attrs={
+            "probe_train_images": int(len(probe_data.train)),
+            "probe_test_images": int(len(probe_data.test)),
+            "step_budget": int(budget),
+            "regimes": "epochs: every n runs the preset's epochs; steps: the "
+            "smallest n runs as many steps as the largest n",
+            **common.provenance(ctx, configs, seeds, "paper"),
+        },
+    )
     ds["n"].attrs = {"long_name": "distillation-set size", "units": "images"}
     return ds
 
@@ -84,26 +129,45 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         a = acc.sel(probe=p, regime="epochs")
         for kind, color in (("real", "C2"), ("gaussian", "C3")):
             n_steps = int(ds.steps.sel(data=kind, regime="epochs").max())
-            common.band(ax, ds.n, a.sel(data=kind, model="student"), f"student, {kind} images ({n_steps} steps at "
-                        "max n)", color=color, marker="o")
+            common.band(
+                ax,
+                ds.n,
+                a.sel(data=kind, model="student"),
+                f"student, {kind} images ({n_steps} steps at max n)",
+                color=color,
+                marker="o",
+            )
             st = acc.sel(probe=p, regime="steps", data=kind, model="student").dropna("n", how="all")
             if st.sizes["n"]:
-                ax.errorbar(st.n, st.mean("seed"), yerr=st.std("seed"), color=color, marker="D", ls="none", ms=6,
-                            mfc="none", label=f"student, {kind}, smallest n at the step budget "
-                                              f"({int(ds.steps.sel(data=kind, regime='steps').max())} steps)")
+                ax.errorbar(
+                    st.n,
+                    st.mean("seed"),
+                    yerr=st.std("seed"),
+                    color=color,
+                    marker="D",
+                    ls="none",
+                    ms=6,
+                    mfc="none",
+                    label=f"student, {kind}, smallest n at the step budget "
+                    f"({int(ds.steps.sel(data=kind, regime='steps').max())} steps)",
+                )
         t = a.sel(data="real", model="teacher")
         ax.axhline(float(t.mean()), **{**common.STYLE["teacher"], "marker": ""}, label="teacher")
         ax.axhline(float(a.sel(data="real", model="input").mean()), **common.STYLE["input"], label="input pixels")
         if p == "linear":
             ax.plot(ds.paper_n, ds.paper_real, "k*--", ms=5, lw=0.8, label="paper, real (VGG11, 150 epochs)")
             ax.plot(ds.paper_n_noise, ds.paper_gaussian, "kx:", ms=5, lw=0.8, label="paper, Gaussian noise")
-        common.log_ticks(ax, sorted(set(ds.n.values.tolist()) | (set(ds.paper_n.values.tolist()) if p == "linear"
-                                                                  else set())))
+        common.log_ticks(
+            ax, sorted(set(ds.n.values.tolist()) | (set(ds.paper_n.values.tolist()) if p == "linear" else set()))
+        )
         ax.tick_params(axis="x", labelrotation=45)
         ax.set(title=f"probe: {p}", xlabel="distillation images n", ylabel="test accuracy [%]")
     common.legend(axes[-1])
-    common.finish(fig, path, f"Figure 4: {common.subtitle(ds)}; probes on {ds.attrs.get('probe_train_images')} "
-                             f"CIFAR-10 training images")
+    common.finish(
+        fig,
+        path,
+        f"Figure 4: {common.subtitle(ds)}; probes on {ds.attrs.get('probe_train_images')} CIFAR-10 training images",
+    )
 
 
 main = common.script(__name__, PRESETS, compute, plot)

@@ -4,6 +4,7 @@ probe teacher, BN-recalibrated teacher, student and raw input, print the table, 
 
     python -m analyses.demo [--epochs N] [--out runs/demo.h5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,17 @@ from distill.config import DistillConfig
 # BN-free, so the teacher needs no BN-recalibrated control (teacher_bn equals teacher), a 4096-way
 # head and batch 64 so that three epochs of 5,000 images give a few hundred Adam steps.
 DEMO = DistillConfig(
-    dataset="fashion-mnist", subset=5_000, arch="convnet", arch_options={"width": 64, "depth": 4, "bn": False},
-    out_dim=4096, lr=1e-3, epochs=3, batch_size=64, save_every=1, probe_every=1, device="cpu",
+    dataset="fashion-mnist",
+    subset=5_000,
+    arch="convnet",
+    arch_options={"width": 64, "depth": 4, "bn": False},
+    out_dim=4096,
+    lr=1e-3,
+    epochs=3,
+    batch_size=64,
+    save_every=1,
+    probe_every=1,
+    device="cpu",
 )
 
 

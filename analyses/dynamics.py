@@ -4,6 +4,7 @@ between the representations of different inputs, layer by layer, for teacher and
 
     python -m analyses.dynamics --preset cpu      # writes results/dynamics.nc + .png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,22 +15,55 @@ import numpy as np
 
 from distill.config import DistillConfig
 
-_BASE = dict(dataset="fashion-mnist", arch="convnet", arch_options={"width": 64, "depth": 4, "bn": False},
-             out_dim=4096, lr=1e-3, batch_size=64, save_every=0, save_epochs=[], probe_every=1,
-             probes=["knn", "linear"], device="cpu", dynamics=True, dynamics_examples=512)
+_BASE = dict(
+    dataset="fashion-mnist",
+    arch="convnet",
+    arch_options={"width": 64, "depth": 4, "bn": False},
+    out_dim=4096,
+    lr=1e-3,
+    batch_size=64,
+    save_every=0,
+    save_epochs=[],
+    probe_every=1,
+    probes=["knn", "linear"],
+    device="cpu",
+    dynamics=True,
+    dynamics_examples=512,
+)
 PRESETS = {
-    "smoke": DistillConfig(**{**_BASE, "subset": 256, "epochs": 2, "arch_options": {"width": 8, "depth": 2,
-                                                                                    "bn": False},
-                              "out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "probes": ["knn"],
-                              "dynamics_examples": 64}),
+    "smoke": DistillConfig(
+        **{
+            **_BASE,
+            "subset": 256,
+            "epochs": 2,
+            "arch_options": {"width": 8, "depth": 2, "bn": False},
+            "out_dim": 64,
+            "hidden_dim": 32,
+            "bottleneck_dim": 16,
+            "probes": ["knn"],
+            "dynamics_examples": 64,
+        }
+    ),
     # 1,000 images at batch 64: 15 Adam steps per epoch, 14 epochs = 210 steps, probed every epoch;
     # a 32-wide ConvNet (the 64-wide one took ~90 s per epoch on the busy 2-core machine)
-    "cpu": DistillConfig(**{**_BASE, "subset": 1_000, "epochs": 14,
-                            "arch_options": {"width": 32, "depth": 4, "bn": False}}),
+    "cpu": DistillConfig(
+        **{**_BASE, "subset": 1_000, "epochs": 14, "arch_options": {"width": 32, "depth": 4, "bn": False}}
+    ),
     # the issue's setting: VGG11 on 500 CIFAR-10 images at the paper's learning rate, probed every epoch
-    "gpu": DistillConfig(**{**_BASE, "dataset": "cifar10", "arch": "vgg11", "arch_options": {}, "out_dim": 65536,
-                            "subset": 500, "epochs": 100, "lr": 1e-4, "device": "auto",
-                            "probes": ["knn", "linear"]}),
+    "gpu": DistillConfig(
+        **{
+            **_BASE,
+            "dataset": "cifar10",
+            "arch": "vgg11",
+            "arch_options": {},
+            "out_dim": 65536,
+            "subset": 500,
+            "epochs": 100,
+            "lr": 1e-4,
+            "device": "auto",
+            "probes": ["knn", "linear"],
+        }
+    ),
 }
 
 
@@ -81,8 +115,11 @@ def figure(m, path: Path, steps_per_epoch: int) -> None:
         colour = plt.cm.viridis(k / max(1, cos.sizes["layer"] - 1))
         axes[2].plot(steps, cos.sel(model="student", layer=layer), "o-", ms=3, color=colour, label=f"{layer}")
         axes[2].plot(steps, cos.sel(model="teacher", layer=layer), "--", color=colour)
-    axes[2].set(xlabel="distillation step", ylabel="mean cosine between inputs",
-                title="signal propagation (student solid, teacher dashed)")
+    axes[2].set(
+        xlabel="distillation step",
+        ylabel="mean cosine between inputs",
+        title="signal propagation (student solid, teacher dashed)",
+    )
     axes[2].legend(fontsize=6, title="layer", title_fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     m = store.metrics.load()
     steps_per_epoch = max(1, (cfg.subset or 0) // cfg.batch_size)
     numbers = summary(m)
-    m.attrs.update({"analysis": "dynamics", "preset": a.preset, "store": str(store.path),
-                    "steps_per_epoch": steps_per_epoch, **{f"summary_{k}": v for k, v in numbers.items()}})
+    m.attrs.update(
+        {
+            "analysis": "dynamics",
+            "preset": a.preset,
+            "store": str(store.path),
+            "steps_per_epoch": steps_per_epoch,
+            **{f"summary_{k}": v for k, v in numbers.items()},
+        }
+    )
     out = Path(a.out or ("runs/dynamics_smoke.nc" if a.preset == "smoke" else "results/dynamics.nc"))
     save(m, out)
     figure(m, out.with_suffix(".png"), steps_per_epoch)

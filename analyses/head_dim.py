@@ -3,28 +3,50 @@ of the distilled student (best over probed epochs), mean +- std over seeds, besi
 
     python -m analyses.head_dim --preset smoke|cpu|gpu
 """
+
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-import numpy as np
 import xarray as xr
 
 from analyses import common
 from distill.config import DistillConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(dataset="fashion-mnist", subset=200, n_test=200, seeds=[0], out_dims=[1, 64], bottlenecks=[8, 16],
-                  bottleneck_out=64, cfg=dict(common.SMOKE_NET, probe_every=0, probe_subset=200)),
+    "smoke": dict(
+        dataset="fashion-mnist",
+        subset=200,
+        n_test=200,
+        seeds=[0],
+        out_dims=[1, 64],
+        bottlenecks=[8, 16],
+        bottleneck_out=64,
+        cfg=dict(common.SMOKE_NET, probe_every=0, probe_subset=200),
+    ),
     # Fashion-MNIST, 1,000 images, BN-free 4x32 ConvNet, 2 epochs; probes on a 5k training subset
-    "cpu": dict(dataset="fashion-mnist", subset=1000, n_test=None, seeds=[0, 1, 2], out_dims=[1, 16, 256, 4096, 65536],
-                bottlenecks=[16, 256], bottleneck_out=4096,
-                cfg=common.small_net(epochs=2, probe_every=0, probe_subset=5000)),
+    "cpu": dict(
+        dataset="fashion-mnist",
+        subset=1000,
+        n_test=None,
+        seeds=[0, 1, 2],
+        out_dims=[1, 16, 256, 4096, 65536],
+        bottlenecks=[16, 256],
+        bottleneck_out=4096,
+        cfg=common.small_net(epochs=2, probe_every=0, probe_subset=5000),
+    ),
     # the paper's sweep on CIFAR-10 with VGG11, 10 epochs per point (one call of ~9 minutes per seed)
-    "gpu": dict(dataset="cifar10", subset=None, n_test=None, seeds=[0], out_dims=[2 ** k for k in range(0, 17, 2)],
-                bottlenecks=[16, 64, 256, 1024], bottleneck_out=65536,
-                cfg=dict(arch="vgg11", epochs=10, probe_every=0, device="auto", precision="bf16", save_every=0)),
+    "gpu": dict(
+        dataset="cifar10",
+        subset=None,
+        n_test=None,
+        seeds=[0],
+        out_dims=[2**k for k in range(0, 17, 2)],
+        bottlenecks=[16, 64, 256, 1024],
+        bottleneck_out=65536,
+        cfg=dict(arch="vgg11", epochs=10, probe_every=0, device="auto", precision="bf16", save_every=0),
+    ),
 }
 
 
@@ -37,21 +59,39 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         per_seed = []
         for s in seeds:
             kw = {field: value} if field == "out_dim" else {field: value, "out_dim": pre["bottleneck_out"]}
-            cfg = DistillConfig(dataset=pre["dataset"], subset=pre["subset"], seed=s, noise_seed=s + 1000, data_seed=s,
-                                probe_seed=s, data_root=ctx.root if "cifar" in pre["dataset"] else None,
-                                **{**pre["cfg"], **kw, "device": ctx.device})
+            cfg = DistillConfig(
+                dataset=pre["dataset"],
+                subset=pre["subset"],
+                seed=s,
+                noise_seed=s + 1000,
+                data_seed=s,
+                probe_seed=s,
+                data_root=ctx.root if "cifar" in pre["dataset"] else None,
+                **{**pre["cfg"], **kw, "device": ctx.device},
+            )
             tag = f"{field}{value}-s{s}"
             configs[tag] = cfg
             store = common.distil(cfg, ctx.store(f"{tag}.h5"), data=data)
             per_seed.append(common.best_over_epochs(store.metrics))
         rows[field].append(common.stack_seeds(per_seed, seeds))
-        print(f"{field} {value}: student " + ", ".join(
-            f"{p} {100 * float(rows[field][-1].sel(model='student', probe=p).mean()):.2f}"
-            for p in rows[field][-1].probe.values), flush=True)
-    ds = xr.Dataset({
-        "accuracy_out_dim": xr.concat(rows["out_dim"], xr.DataArray(pre["out_dims"], dims="out_dim", name="out_dim")),
-        "accuracy_bottleneck": xr.concat(rows["bottleneck_dim"], xr.DataArray(pre["bottlenecks"], dims="bottleneck_dim",
-                                                                             name="bottleneck_dim"))})
+        print(
+            f"{field} {value}: student "
+            + ", ".join(
+                f"{p} {100 * float(rows[field][-1].sel(model='student', probe=p).mean()):.2f}"
+                for p in rows[field][-1].probe.values
+            ),
+            flush=True,
+        )
+    ds = xr.Dataset(
+        {
+            "accuracy_out_dim": xr.concat(
+                rows["out_dim"], xr.DataArray(pre["out_dims"], dims="out_dim", name="out_dim")
+            ),
+            "accuracy_bottleneck": xr.concat(
+                rows["bottleneck_dim"], xr.DataArray(pre["bottlenecks"], dims="bottleneck_dim", name="bottleneck_dim")
+            ),
+        }
+    )
     for v in ds.data_vars:
         ds[v].attrs = {"long_name": "probe accuracy (best over probed epochs)", "units": "fraction"}
     ds["out_dim"].attrs = {"long_name": "head output dimension", "units": "1"}
@@ -63,9 +103,12 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
 def plot(ds: xr.Dataset, path: Any) -> None:
     probes = [str(p) for p in ds.probe.values]
     fig, axes = common.figure(len(probes), 2, width=3.8, height=3.0)
-    for row, (var, dim, label) in enumerate((("accuracy_out_dim", "out_dim", "head output dimension (log2 scale)"),
-                                             ("accuracy_bottleneck", "bottleneck_dim",
-                                              f"bottleneck width, output {ds.attrs.get('bottleneck_out_dim')}"))):
+    for row, (var, dim, label) in enumerate(
+        (
+            ("accuracy_out_dim", "out_dim", "head output dimension (log2 scale)"),
+            ("accuracy_bottleneck", "bottleneck_dim", f"bottleneck width, output {ds.attrs.get('bottleneck_out_dim')}"),
+        )
+    ):
         for j, p in enumerate(probes):
             ax = axes[row * len(probes) + j]
             a = common.pct(ds[var].sel(probe=p))

@@ -6,6 +6,7 @@ differ only in data order (and augmentation); the test error along the straight 
 
     python -m analyses.instability --preset smoke|cpu|gpu
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,18 +19,39 @@ from analyses import common
 from distill.config import DistillConfig, SupervisedConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(dataset="fashion-mnist", subset=200, n_test=200, children=2, alphas=5, epochs=[0, 1],
-                  distill=dict(common.SMOKE_NET, probes=[], save_epochs=[1]),
-                  sup=dict(epochs=1, milestones=[], lr=0.05, augment="flip_crop", batch_size=64)),
+    "smoke": dict(
+        dataset="fashion-mnist",
+        subset=200,
+        n_test=200,
+        children=2,
+        alphas=5,
+        epochs=[0, 1],
+        distill=dict(common.SMOKE_NET, probes=[], save_epochs=[1]),
+        sup=dict(epochs=1, milestones=[], lr=0.05, augment="flip_crop", batch_size=64),
+    ),
     # Fashion-MNIST, 2,000 images, BN-free 4x32 ConvNet distilled 3 epochs; 3 children (3 pairs) per start,
     # 1 epoch of SGD lr 0.08 with flip + crop; 11 points per path on 2,000 test images
-    "cpu": dict(dataset="fashion-mnist", subset=2000, n_test=2000, children=3, alphas=11, epochs=[0, 1, 3],
-                distill=common.small_net(epochs=3, probes=[], save_epochs=[1]),
-                sup=dict(epochs=1, milestones=[], lr=0.08, augment="flip_crop", batch_size=64)),
+    "cpu": dict(
+        dataset="fashion-mnist",
+        subset=2000,
+        n_test=2000,
+        children=3,
+        alphas=11,
+        epochs=[0, 1, 3],
+        distill=common.small_net(epochs=3, probes=[], save_epochs=[1]),
+        sup=dict(epochs=1, milestones=[], lr=0.08, augment="flip_crop", batch_size=64),
+    ),
     # ResNet18 / CIFAR-10, 5 children of 3 starts, 4 epochs each, 30 points (Frankle et al.'s grid; the paper: 50)
-    "gpu": dict(dataset="cifar10", subset=None, n_test=None, children=5, alphas=30, epochs=[0, 10, 20],
-                distill=dict(arch="resnet18", epochs=20, probes=[], device="auto", precision="bf16", save_epochs=[10]),
-                sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16")),
+    "gpu": dict(
+        dataset="cifar10",
+        subset=None,
+        n_test=None,
+        children=5,
+        alphas=30,
+        epochs=[0, 10, 20],
+        distill=dict(arch="resnet18", epochs=20, probes=[], device="auto", precision="bf16", save_epochs=[10]),
+        sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16"),
+    ),
 }
 
 
@@ -37,28 +59,51 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     import landscape
 
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
-    dcfg = DistillConfig(dataset=pre["dataset"], subset=pre["subset"], data_root=ctx.root if "cifar" in pre["dataset"]
-                         else None, **{"save_every": 0, **pre["distill"], "device": ctx.device})
+    dcfg = DistillConfig(
+        dataset=pre["dataset"],
+        subset=pre["subset"],
+        data_root=ctx.root if "cifar" in pre["dataset"] else None,
+        **{"save_every": 0, **pre["distill"], "device": ctx.device},
+    )
     scfg = SupervisedConfig(**{**pre["sup"], "device": ctx.device})
     store = common.distil(dcfg, ctx.store("distill.h5"), data=data)
-    indep = common.distil(dcfg.replace(init="independent", epochs=1, save_epochs=[]), ctx.store("independent.h5"),
-                          data=data)
+    indep = common.distil(
+        dcfg.replace(init="independent", epochs=1, save_epochs=[]), ctx.store("independent.h5"), data=data
+    )
     starts = {f"student epoch {e}" if e else "student epoch 0 (random init)": (store, e) for e in pre["epochs"]}
     starts["independent random init"] = (indep, 0)
     rows = []
     for name, ref in starts.items():
-        ds = landscape.instability(ref, data, children=pre["children"], cfg=scfg, alphas=pre["alphas"],
-                                   store=ctx.store(f"children-{name.replace(' ', '_')}.h5"), splits=("test",),
-                                   device=ctx.device, progress=False)
-        rows.append(ds[["error", "loss", "barrier_error", "barrier_loss", "child_test_accuracy"]]
-                    .sel(split="test", drop=True).expand_dims(start=[name]))
+        ds = landscape.instability(
+            ref,
+            data,
+            children=pre["children"],
+            cfg=scfg,
+            alphas=pre["alphas"],
+            store=ctx.store(f"children-{name.replace(' ', '_')}.h5"),
+            splits=("test",),
+            device=ctx.device,
+            progress=False,
+        )
+        rows.append(
+            ds[["error", "loss", "barrier_error", "barrier_loss", "child_test_accuracy"]]
+            .sel(split="test", drop=True)
+            .expand_dims(start=[name])
+        )
         b = 100 * ds.barrier_error.sel(split="test").values
-        print(f"{name:<32} error barrier {np.mean(b):6.2f} +- {np.std(b):5.2f} (pairs {np.round(b, 2).tolist()})",
-              flush=True)
+        print(
+            f"{name:<32} error barrier {np.mean(b):6.2f} +- {np.std(b):5.2f} (pairs {np.round(b, 2).tolist()})",
+            flush=True,
+        )
     out = xr.concat(rows, "start", combine_attrs="drop_conflicts")
-    out.attrs.update({"n_alphas": int(out.sizes["alpha"]), "bn_policy": "reset", "split": "test",
-                      **common.provenance(ctx, {"distill": dcfg, "supervised": scfg}, list(range(pre["children"])),
-                                          "paper")})
+    out.attrs.update(
+        {
+            "n_alphas": int(out.sizes["alpha"]),
+            "bn_policy": "reset",
+            "split": "test",
+            **common.provenance(ctx, {"distill": dcfg, "supervised": scfg}, list(range(pre["children"])), "paper"),
+        }
+    )
     return out
 
 
@@ -73,10 +118,13 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         axes[1].errorbar(i + 0.25, b.mean(), yerr=b.std(), color=f"C{i}", marker="_", ms=12, capsize=3)
     axes[0].set(xlabel="alpha between two children", ylabel="test error [%] (band: +-1 std over pairs)")
     axes[1].axhline(2.0, color="0.5", ls=":", label="2 % (Frankle et al.'s stability threshold)")
-    axes[1].set_xticks(range(len(starts)), [s.replace(" (", "\n(") for s in starts], rotation=20, ha="right",
-                       fontsize=7)
-    axes[1].set(ylabel="error barrier [%] per pair", title=f"{int(ds.attrs.get('n_alphas', ds.sizes['alpha']))} "
-                                                            "points per path, BN reset", )
+    axes[1].set_xticks(
+        range(len(starts)), [s.replace(" (", "\n(") for s in starts], rotation=20, ha="right", fontsize=7
+    )
+    axes[1].set(
+        ylabel="error barrier [%] per pair",
+        title=f"{int(ds.attrs.get('n_alphas', ds.sizes['alpha']))} points per path, BN reset",
+    )
     axes[1].legend(fontsize=7)
     common.legend(axes[0])
     common.finish(fig, path, f"Figure 9: {common.subtitle(ds)}")

@@ -6,6 +6,7 @@ teacher and the input pixels.
 
     python -m analyses.locality --preset smoke|cpu|gpu
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,18 +18,39 @@ from analyses import common
 from distill.config import DistillConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(dataset="fashion-mnist", subset=200, n_test=200, alphas=[0.0, 1.0], seeds=[0, 1],
-                  nets={"bn": dict(common.SMOKE_NET, arch_options={"width": 8, "depth": 2, "bn": True}),
-                        "no_bn": common.SMOKE_NET}, cfg=dict(probe_every=0, probe_subset=200)),
+    "smoke": dict(
+        dataset="fashion-mnist",
+        subset=200,
+        n_test=200,
+        alphas=[0.0, 1.0],
+        seeds=[0, 1],
+        nets={
+            "bn": dict(common.SMOKE_NET, arch_options={"width": 8, "depth": 2, "bn": True}),
+            "no_bn": common.SMOKE_NET,
+        },
+        cfg=dict(probe_every=0, probe_subset=200),
+    ),
     # Fashion-MNIST, 1,000 images, 2 epochs, probes (start and end) on a 5k training subset
-    "cpu": dict(dataset="fashion-mnist", subset=1000, n_test=None, alphas=[0.0, 0.5, 1.0],
-                seeds=[0, 1, 2], nets={"bn": common.small_net(bn=True), "no_bn": common.small_net(bn=False)},
-                cfg=dict(epochs=2, probe_every=0, probe_subset=5000)),
+    "cpu": dict(
+        dataset="fashion-mnist",
+        subset=1000,
+        n_test=None,
+        alphas=[0.0, 0.5, 1.0],
+        seeds=[0, 1, 2],
+        nets={"bn": common.small_net(bn=True), "no_bn": common.small_net(bn=False)},
+        cfg=dict(epochs=2, probe_every=0, probe_subset=5000),
+    ),
     # the paper's sweep: alpha 0, 0.1, ..., 1 for ResNet18 and VGG11 on CIFAR-10 (50k), 3 seeds; one call of
     # 9 minutes covers one architecture at 10 epochs: pass --only via the nets below (results/README.md)
-    "gpu": dict(dataset="cifar10", subset=None, n_test=None, alphas=[round(0.1 * i, 1) for i in range(11)],
-                seeds=[0, 1, 2], nets={"bn": dict(arch="resnet18"), "no_bn": dict(arch="vgg11")},
-                cfg=dict(epochs=10, probe_every=0, device="auto", precision="bf16", save_every=0)),
+    "gpu": dict(
+        dataset="cifar10",
+        subset=None,
+        n_test=None,
+        alphas=[round(0.1 * i, 1) for i in range(11)],
+        seeds=[0, 1, 2],
+        nets={"bn": dict(arch="resnet18"), "no_bn": dict(arch="vgg11")},
+        cfg=dict(epochs=10, probe_every=0, device="auto", precision="bf16", save_every=0),
+    ),
 }
 
 
@@ -38,28 +60,44 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
     rows, configs = [], {}
     for net, kw in pre["nets"].items():
-        cfg = DistillConfig(dataset=pre["dataset"], subset=pre["subset"],
-                            data_root=ctx.root if "cifar" in pre["dataset"] else None,
-                            **{**kw, **pre["cfg"], "device": ctx.device})
+        cfg = DistillConfig(
+            dataset=pre["dataset"],
+            subset=pre["subset"],
+            data_root=ctx.root if "cifar" in pre["dataset"] else None,
+            **{**kw, **pre["cfg"], "device": ctx.device},
+        )
         configs[net] = cfg
-        ds = landscape.locality(cfg, alphas=pre["alphas"], seeds=pre["seeds"], out_dir=ctx.store(net, "x").parent,
-                                data=data, progress=False)
+        ds = landscape.locality(
+            cfg, alphas=pre["alphas"], seeds=pre["seeds"], out_dir=ctx.store(net, "x").parent, data=data, progress=False
+        )
         ds = ds.drop_vars("store", errors="ignore")
         acc = ds.accuracy.dropna("epoch", how="all").isel(epoch=-1, drop=True)
-        rows.append(xr.Dataset({"accuracy": acc, "final_kl": ds.final_kl, "distance_teacher_init":
-                                ds.distance_teacher_init}).expand_dims(net=[net]))
+        rows.append(
+            xr.Dataset(
+                {"accuracy": acc, "final_kl": ds.final_kl, "distance_teacher_init": ds.distance_teacher_init}
+            ).expand_dims(net=[net])
+        )
     out = xr.concat(rows, "net", combine_attrs="drop_conflicts")
-    out.attrs = {"nets": "bn: ConvNet/ResNet with BatchNorm; no_bn: BN-free ConvNet/VGG",
-                 "accuracy_at": "last epoch", **common.provenance(ctx, configs, pre["seeds"], "paper")}
+    out.attrs = {
+        "nets": "bn: ConvNet/ResNet with BatchNorm; no_bn: BN-free ConvNet/VGG",
+        "accuracy_at": "last epoch",
+        **common.provenance(ctx, configs, pre["seeds"], "paper"),
+    }
     acc = out.accuracy.mean("seed")
     for net in out.net.values:
-        print(f"\n{net}: student accuracy (%) per alpha, mean over seeds; teacher " +
-              ", ".join(f"{p} {100 * float(acc.sel(net=net, model='teacher', probe=p).isel(alpha=0)):.2f}"
-                        for p in acc.probe.values))
+        print(
+            f"\n{net}: student accuracy (%) per alpha, mean over seeds; teacher "
+            + ", ".join(
+                f"{p} {100 * float(acc.sel(net=net, model='teacher', probe=p).isel(alpha=0)):.2f}"
+                for p in acc.probe.values
+            )
+        )
         for al in out.alpha.values:
             r = acc.sel(net=net, alpha=al, model="student")
-            print(f"  alpha {float(al):4.2f}: " + ", ".join(f"{p} {100 * float(r.sel(probe=p)):6.2f}"
-                                                        for p in acc.probe.values))
+            print(
+                f"  alpha {float(al):4.2f}: "
+                + ", ".join(f"{p} {100 * float(r.sel(probe=p)):6.2f}" for p in acc.probe.values)
+            )
     return out
 
 
@@ -74,8 +112,9 @@ def plot(ds: xr.Dataset, path: Any) -> None:
             a = acc.sel(net=net, probe=p)
             for m in common.MODELS:
                 common.band(ax, a.alpha, a.sel(model=m), common.LABEL[m], **common.STYLE[m])
-            ax.set(title=f"{net}, probe: {p}", xlabel="alpha (init distance from the teacher)",
-                   ylabel="test accuracy [%]")
+            ax.set(
+                title=f"{net}, probe: {p}", xlabel="alpha (init distance from the teacher)", ylabel="test accuracy [%]"
+            )
     common.legend(axes[len(probes) - 1])
     common.finish(fig, path, f"Figure 3: {common.subtitle(ds)} (band: +-1 std over seeds)")
 

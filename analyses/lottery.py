@@ -6,6 +6,7 @@ labels; best test accuracy per level, mean +- std over seeds, on a percent-remai
 
     python -m analyses.lottery --preset smoke|cpu|gpu
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,19 +20,43 @@ from distill.config import DistillConfig, SupervisedConfig
 
 CURVES = ["student", "student random_prune", "student random_reinit", "init", "early steps"]
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(dataset="fashion-mnist", subset=200, n_test=200, seeds=[0], levels=2, fraction=0.5, step=2,
-                  distill=dict(common.SMOKE_NET, probes=[]),
-                  sup=dict(epochs=1, milestones=[], lr=0.02, augment="none", batch_size=64)),
+    "smoke": dict(
+        dataset="fashion-mnist",
+        subset=200,
+        n_test=200,
+        seeds=[0],
+        levels=2,
+        fraction=0.5,
+        step=2,
+        distill=dict(common.SMOKE_NET, probes=[]),
+        sup=dict(epochs=1, milestones=[], lr=0.02, augment="none", batch_size=64),
+    ),
     # Fashion-MNIST, 2,000 images, BN-free 4x32 ConvNet distilled 2 epochs; 5 levels of 50 % pruning
     # (100, 50, 25, 12.5, 6.25 % of the weights left), 1 epoch of SGD per level; rewind step 10 (of 32)
-    "cpu": dict(dataset="fashion-mnist", subset=2000, n_test=2000, seeds=[0, 1, 2], levels=5, fraction=0.5, step=10,
-                distill=common.small_net(epochs=2, probes=[]),
-                sup=dict(epochs=1, milestones=[], lr=0.02, augment="none", batch_size=64)),
+    "cpu": dict(
+        dataset="fashion-mnist",
+        subset=2000,
+        n_test=2000,
+        seeds=[0, 1, 2],
+        levels=5,
+        fraction=0.5,
+        step=10,
+        distill=common.small_net(epochs=2, probes=[]),
+        sup=dict(epochs=1, milestones=[], lr=0.02, augment="none", batch_size=64),
+    ),
     # the paper's recipe is 160 epochs per level (a GPU-day); this preset: ResNet18 on CIFAR-10, 20 % per level,
     # 8 levels of 4 epochs each, one seed per ~9-minute call (results/README.md)
-    "gpu": dict(dataset="cifar10", subset=None, n_test=None, seeds=[0], levels=8, fraction=0.2, step=400,
-                distill=dict(arch="resnet18", epochs=20, probes=[], device="auto", precision="bf16", save_every=0),
-                sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16")),
+    "gpu": dict(
+        dataset="cifar10",
+        subset=None,
+        n_test=None,
+        seeds=[0],
+        levels=8,
+        fraction=0.2,
+        step=400,
+        distill=dict(arch="resnet18", epochs=20, probes=[], device="auto", precision="bf16", save_every=0),
+        sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16"),
+    ),
 }
 
 
@@ -43,18 +68,37 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     best = np.full((len(CURVES), len(seeds), pre["levels"]), np.nan)
     sparsity, configs = None, {}
     for si, s in enumerate(seeds):
-        dcfg = DistillConfig(dataset=pre["dataset"], subset=pre["subset"], seed=s, noise_seed=s + 1000, data_seed=s,
-                             data_root=ctx.root if "cifar" in pre["dataset"] else None,
-                             **{**pre["distill"], "device": ctx.device})
+        dcfg = DistillConfig(
+            dataset=pre["dataset"],
+            subset=pre["subset"],
+            seed=s,
+            noise_seed=s + 1000,
+            data_seed=s,
+            data_root=ctx.root if "cifar" in pre["dataset"] else None,
+            **{**pre["distill"], "device": ctx.device},
+        )
         scfg = SupervisedConfig(**{**pre["sup"], "data_seed": s, "aug_seed": s, "device": ctx.device})
         configs[f"distill-s{s}"], configs[f"supervised-s{s}"] = dcfg, scfg
         store = common.distil(dcfg, ctx.store(f"distill-s{s}.h5"), data=data)
-        kw = dict(levels=pre["levels"], prune_fraction=pre["fraction"], cfg=scfg, seed=s, device=ctx.device,
-                  progress=False)
-        a = landscape.lottery((store, store.epochs[-1]), data, rewind="start",
-                              baselines=["random_prune", "random_reinit"], store=ctx.store(f"imp-student-s{s}.h5"), **kw)
-        b = landscape.lottery((store, 0), data, rewind=["start", "step"], rewind_step=pre["step"],
-                              store=ctx.store(f"imp-init-s{s}.h5"), **kw)
+        kw = dict(
+            levels=pre["levels"], prune_fraction=pre["fraction"], cfg=scfg, seed=s, device=ctx.device, progress=False
+        )
+        a = landscape.lottery(
+            (store, store.epochs[-1]),
+            data,
+            rewind="start",
+            baselines=["random_prune", "random_reinit"],
+            store=ctx.store(f"imp-student-s{s}.h5"),
+            **kw,
+        )
+        b = landscape.lottery(
+            (store, 0),
+            data,
+            rewind=["start", "step"],
+            rewind_step=pre["step"],
+            store=ctx.store(f"imp-init-s{s}.h5"),
+            **kw,
+        )
         ba = a.best_accuracy.sel(rewind="start")
         best[0, si] = ba.sel({"method": "imp"}).values
         best[1, si] = ba.sel({"method": "random_prune"}).values
@@ -62,32 +106,55 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         best[3, si] = b.best_accuracy.sel(rewind="start").values
         best[4, si] = b.best_accuracy.sel(rewind="step").values
         sparsity = a.sparsity.values
-    ds = xr.Dataset({"best_accuracy": (("curve", "seed", "level"), best,
-                                       {"long_name": "best test accuracy of the level's retraining", "units": "fraction"})},
-                    coords={"curve": CURVES, "seed": seeds, "level": np.arange(pre["levels"]),
-                            "sparsity": ("level", sparsity, {"long_name": "fraction of prunable weights remaining",
-                                                             "units": "fraction"})},
-                    attrs={"curves": "student: IMP rewinding to the distilled student; random_prune / random_reinit: "
-                                     "baselines at the student's masks' sparsity; init: IMP rewinding to epoch 0 of the "
-                                     "distillation (the random init); early steps: rewinding to step "
-                                     f"{pre['step']} of level 0's supervised training from that init",
-                           "prune_fraction": float(pre["fraction"]), "rewind_step": int(pre["step"]),
-                           "prunable": "weights (conv and linear weights, Frankle et al.)",
-                           **common.provenance(ctx, configs, seeds, "paper")})
+    ds = xr.Dataset(
+        {
+            "best_accuracy": (
+                ("curve", "seed", "level"),
+                best,
+                {"long_name": "best test accuracy of the level's retraining", "units": "fraction"},
+            )
+        },
+        coords={
+            "curve": CURVES,
+            "seed": seeds,
+            "level": np.arange(pre["levels"]),
+            "sparsity": (
+                "level",
+                sparsity,
+                {"long_name": "fraction of prunable weights remaining", "units": "fraction"},
+            ),
+        },
+        attrs={
+            "curves": "student: IMP rewinding to the distilled student; random_prune / random_reinit: "
+            "baselines at the student's masks' sparsity; init: IMP rewinding to epoch 0 of the "
+            "distillation (the random init); early steps: rewinding to step "
+            f"{pre['step']} of level 0's supervised training from that init",
+            "prune_fraction": float(pre["fraction"]),
+            "rewind_step": int(pre["step"]),
+            "prunable": "weights (conv and linear weights, Frankle et al.)",
+            **common.provenance(ctx, configs, seeds, "paper"),
+        },
+    )
     m = ds.best_accuracy.mean("seed")
     print("\nremaining %  " + "  ".join(f"{c:>22}" for c in CURVES))
     for lvl in ds.level.values:
-        print(f"{100 * float(ds.sparsity.sel(level=lvl)):10.2f}   " +
-              "  ".join(f"{100 * float(m.sel(curve=c, level=lvl)):22.2f}" for c in CURVES))
+        print(
+            f"{100 * float(ds.sparsity.sel(level=lvl)):10.2f}   "
+            + "  ".join(f"{100 * float(m.sel(curve=c, level=lvl)):22.2f}" for c in CURVES)
+        )
     return ds
 
 
 def plot(ds: xr.Dataset, path: Any) -> None:
     fig, axes = common.figure(1, 1, width=6.0, height=3.8)
     ax = axes[0]
-    styles = {"student": dict(color="C2", marker="o"), "student random_prune": dict(color="C2", marker="x", ls=":"),
-              "student random_reinit": dict(color="C2", marker="+", ls="--"), "init": dict(color="C0", marker="s"),
-              "early steps": dict(color="C1", marker="^")}
+    styles = {
+        "student": dict(color="C2", marker="o"),
+        "student random_prune": dict(color="C2", marker="x", ls=":"),
+        "student random_reinit": dict(color="C2", marker="+", ls="--"),
+        "init": dict(color="C0", marker="s"),
+        "early steps": dict(color="C1", marker="^"),
+    }
     x = common.pct(ds.sparsity)
     for c in ds.curve.values:
         common.band(ax, x, common.pct(ds.best_accuracy.sel(curve=c)), f"rewind: {c}", **styles.get(str(c), {}))

@@ -12,6 +12,7 @@ probe of theta's embedding. The three points are marked.
 
     python -m analyses.planes --preset smoke|cpu|gpu
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,20 +25,51 @@ from analyses import common
 from distill.config import DistillConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(dataset="fashion-mnist", subset=200, n_test=100, resolution=4, n_loss=100, n_probe=200,
-                  seed=0, cfg=dict(common.SMOKE_NET, probes=[], epochs=1)),
+    "smoke": dict(
+        dataset="fashion-mnist",
+        subset=200,
+        n_test=100,
+        resolution=4,
+        n_loss=100,
+        n_probe=200,
+        seed=0,
+        cfg=dict(common.SMOKE_NET, probes=[], epochs=1),
+    ),
     # Fashion-MNIST, 2,000 images, BN-free 4x32 ConvNet distilled 3 epochs; 9 x 9 grid; loss on 500 training
     # images, k-NN fitted on 1,000 training images and scored on 500 test images
-    "cpu": dict(dataset="fashion-mnist", subset=2000, n_test=500, resolution=9, n_loss=500, n_probe=1000, seed=0,
-                cfg=common.small_net(epochs=3, probes=[])),
-    "gpu": dict(dataset="cifar10", subset=None, n_test=2000, resolution=21, n_loss=2000, n_probe=10_000, seed=0,
-                cfg=dict(arch="vgg11", epochs=30, probes=[], device="auto", precision="bf16", save_every=0)),
+    "cpu": dict(
+        dataset="fashion-mnist",
+        subset=2000,
+        n_test=500,
+        resolution=9,
+        n_loss=500,
+        n_probe=1000,
+        seed=0,
+        cfg=common.small_net(epochs=3, probes=[]),
+    ),
+    "gpu": dict(
+        dataset="cifar10",
+        subset=None,
+        n_test=2000,
+        resolution=21,
+        n_loss=2000,
+        n_probe=10_000,
+        seed=0,
+        cfg=dict(arch="vgg11", epochs=30, probes=[], device="auto", precision="bf16", save_every=0),
+    ),
 }
 VIEWS = {"non-local": ("teacher", "theta_S(1)", "theta*_S(1)"), "shared": ("teacher", "theta*_S(0)", "theta*_S(1)")}
 
 
-def grid_values(models: dict[str, Any], names: tuple[str, str, str], teacher: Any, data: Any, pre: dict[str, Any],
-                xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+def grid_values(
+    models: dict[str, Any],
+    names: tuple[str, str, str],
+    teacher: Any,
+    data: Any,
+    pre: dict[str, Any],
+    xs: np.ndarray,
+    ys: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Loss (nats) and k-NN accuracy (fraction) over the grid (x, y), and the basis' norms/projection."""
     import torch
     from torch.func import functional_call
@@ -59,8 +91,12 @@ def grid_values(models: dict[str, Any], names: tuple[str, str, str], teacher: An
     net = a
     for i, x in enumerate(xs):
         for j, y in enumerate(ys):
-            state = {k: (sa[k].double() + x * basis["u"][k] + y * scale * basis["v"][k]).to(sa[k].dtype)
-                     if k in basis["u"] else sa[k] for k in sa}
+            state = {
+                k: (sa[k].double() + x * basis["u"][k] + y * scale * basis["v"][k]).to(sa[k].dtype)
+                if k in basis["u"]
+                else sa[k]
+                for k in sa
+            }
             with torch.no_grad():
                 out = functional_call(net, state, (x_loss,))
                 loss[i, j] = float(-(p_t * torch.log_softmax(out, -1)).sum(-1).mean())
@@ -75,13 +111,24 @@ def grid_values(models: dict[str, Any], names: tuple[str, str, str], teacher: An
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
     s = pre["seed"]
-    base = DistillConfig(dataset=pre["dataset"], subset=pre["subset"], seed=s, noise_seed=s + 1000, data_seed=s,
-                         data_root=ctx.root if "cifar" in pre["dataset"] else None, **{**pre["cfg"], "device": ctx.device})
+    base = DistillConfig(
+        dataset=pre["dataset"],
+        subset=pre["subset"],
+        seed=s,
+        noise_seed=s + 1000,
+        data_seed=s,
+        data_root=ctx.root if "cifar" in pre["dataset"] else None,
+        **{**pre["cfg"], "device": ctx.device},
+    )
     local = common.distil(base, ctx.store("alpha0.h5"), data=data)
     indep = common.distil(base.replace(init="independent"), ctx.store("alpha1.h5"), data=data)
     teacher = local.teacher().eval()
-    models = {"teacher": teacher, "theta_S(1)": indep.student(0).eval(), "theta*_S(1)": indep.student(-1).eval(),
-              "theta*_S(0)": local.student(-1).eval()}
+    models = {
+        "teacher": teacher,
+        "theta_S(1)": indep.student(0).eval(),
+        "theta*_S(1)": indep.student(-1).eval(),
+        "theta*_S(0)": local.student(-1).eval(),
+    }
     views = []
     n = pre["resolution"]
     for view, names in VIEWS.items():
@@ -94,23 +141,43 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         xs = np.linspace(pts_x.min() - pad, pts_x.max() + pad, n)
         ys = np.linspace(pts_y.min() - pad, pts_y.max() + pad, n)
         loss, acc, info = grid_values(models, names, teacher, data, pre, xs, ys)
-        views.append(xr.Dataset(
-            {"loss": (("x", "y"), loss, {"long_name": "distillation loss H(p_teacher, p_theta)", "units": "nats"}),
-             "accuracy": (("x", "y"), acc, {"long_name": "k-NN (k=20) probe accuracy", "units": "fraction"}),
-             "point_x": ("point", pts_x, {"long_name": "x of the three networks", "units": "|b - a|"}),
-             "point_y": ("point", pts_y, {"long_name": "y of the three networks", "units": "|b - a|"}),
-             "norm_u": ((), info["norm_u"]), "norm_v": ((), info["norm_v"])},
-            coords={"x": np.arange(n), "y": np.arange(n), "point": ["a", "b", "c"],
-                    "x_value": ("x", xs, {"units": "|b - a|"}), "y_value": ("y", ys, {"units": "|b - a|"}),
-                    "point_name": ("point", list(names))}).expand_dims(view=[view]))
-        print(f"{view}: loss at a/b/c grid corners {loss.min():.4f}..{loss.max():.4f}, k-NN {100 * acc.min():.1f}.."
-              f"{100 * acc.max():.1f} %", flush=True)
+        views.append(
+            xr.Dataset(
+                {
+                    "loss": (
+                        ("x", "y"),
+                        loss,
+                        {"long_name": "distillation loss H(p_teacher, p_theta)", "units": "nats"},
+                    ),
+                    "accuracy": (("x", "y"), acc, {"long_name": "k-NN (k=20) probe accuracy", "units": "fraction"}),
+                    "point_x": ("point", pts_x, {"long_name": "x of the three networks", "units": "|b - a|"}),
+                    "point_y": ("point", pts_y, {"long_name": "y of the three networks", "units": "|b - a|"}),
+                    "norm_u": ((), info["norm_u"]),
+                    "norm_v": ((), info["norm_v"]),
+                },
+                coords={
+                    "x": np.arange(n),
+                    "y": np.arange(n),
+                    "point": ["a", "b", "c"],
+                    "x_value": ("x", xs, {"units": "|b - a|"}),
+                    "y_value": ("y", ys, {"units": "|b - a|"}),
+                    "point_name": ("point", list(names)),
+                },
+            ).expand_dims(view=[view])
+        )
+        print(
+            f"{view}: loss at a/b/c grid corners {loss.min():.4f}..{loss.max():.4f}, k-NN {100 * acc.min():.1f}.."
+            f"{100 * acc.max():.1f} %",
+            flush=True,
+        )
     ds = xr.concat(views, "view", combine_attrs="drop_conflicts")
-    ds.attrs = {"definition": "theta(x, y) = a + x u + y (|u|/|v|) v, u = b - a, v = (c - a) - <c - a, u>/<u, u> u",
-                "loss_images": int(pre["n_loss"]), "probe_train_images": int(pre["n_probe"]),
-                "probe_test_images": int(len(data.test)),
-                **common.provenance(ctx, {"local": base, "independent": base.replace(init="independent")}, [s],
-                                    "paper")}
+    ds.attrs = {
+        "definition": "theta(x, y) = a + x u + y (|u|/|v|) v, u = b - a, v = (c - a) - <c - a, u>/<u, u> u",
+        "loss_images": int(pre["n_loss"]),
+        "probe_train_images": int(pre["n_probe"]),
+        "probe_test_images": int(len(data.test)),
+        **common.provenance(ctx, {"local": base, "independent": base.replace(init="independent")}, [s], "paper"),
+    }
     return ds
 
 
@@ -118,17 +185,24 @@ def plot(ds: xr.Dataset, path: Any) -> None:
     fig, axes = common.figure(2, ds.sizes["view"], width=4.4, height=3.6)
     for i, view in enumerate(ds.view.values):
         v = ds.sel(view=view)
-        for j, (var, label, cmap) in enumerate((("loss", "distillation loss [nats]", "viridis"),
-                                               ("accuracy", "k-NN accuracy [%]", "magma"))):
+        for j, (var, label, cmap) in enumerate(
+            (("loss", "distillation loss [nats]", "viridis"), ("accuracy", "k-NN accuracy [%]", "magma"))
+        ):
             ax = axes[2 * i + j]
             z = v[var].values.T * (100 if var == "accuracy" else 1)
             cs = ax.contourf(v.x_value.values, v.y_value.values, z, levels=15, cmap=cmap)
             fig.colorbar(cs, ax=ax, label=label)
             for k, marker, off in zip(range(3), ("*", "o", "s"), ((6, 6), (6, -14), (-30, 10))):
                 ax.plot(float(v.point_x[k]), float(v.point_y[k]), marker, color="white", mec="black", ms=10)
-                ax.annotate(str(v.point_name.values[k]), (float(v.point_x[k]), float(v.point_y[k])),
-                            textcoords="offset points", xytext=off, color="white", fontsize=8,
-                            bbox=dict(boxstyle="round,pad=0.15", fc="black", alpha=0.5, lw=0))
+                ax.annotate(
+                    str(v.point_name.values[k]),
+                    (float(v.point_x[k]), float(v.point_y[k])),
+                    textcoords="offset points",
+                    xytext=off,
+                    color="white",
+                    fontsize=8,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="black", alpha=0.5, lw=0),
+                )
             ax.set(title=f"{view} view: {var}", xlabel="x [|b - a|]", ylabel="y [|b - a|]")
     common.finish(fig, path, f"Figure 5: {common.subtitle(ds)}")
 

@@ -7,6 +7,7 @@ exact copy, weight decay 0.01 on biases and norm parameters, a fresh probe seed 
 
     python -m analyses.probing_curves --preset smoke|cpu|gpu
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,17 +19,39 @@ from analyses import common
 from distill.config import DistillConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(dataset="fashion-mnist", subset=200, n_test=200, seeds=[0, 1], recipe="paper",
-                  cfg=dict(common.SMOKE_NET, arch_options={"width": 8, "depth": 2, "bn": True}, epochs=2,
-                           probe_every=1, probe_subset=200)),
+    "smoke": dict(
+        dataset="fashion-mnist",
+        subset=200,
+        n_test=200,
+        seeds=[0, 1],
+        recipe="paper",
+        cfg=dict(
+            common.SMOKE_NET,
+            arch_options={"width": 8, "depth": 2, "bn": True},
+            epochs=2,
+            probe_every=1,
+            probe_subset=200,
+        ),
+    ),
     # Fashion-MNIST, 4x32 ConvNet with BN, 2,000 images, 3 epochs, probes every epoch on a 5k training subset
-    "cpu": dict(dataset="fashion-mnist", subset=2000, n_test=None, seeds=[0, 1, 2], recipe="paper",
-                cfg=common.small_net(bn=True, epochs=3, probe_every=1, probe_subset=5000)),
+    "cpu": dict(
+        dataset="fashion-mnist",
+        subset=2000,
+        n_test=None,
+        seeds=[0, 1, 2],
+        recipe="paper",
+        cfg=common.small_net(bn=True, epochs=3, probe_every=1, probe_subset=5000),
+    ),
     # the paper's Figure 1: ResNet18 on the full CIFAR-10, 150 epochs, probes on the full split every 10 epochs
     # (one seed per call fits ~9 minutes on an H100 only at 30 epochs: --preset gpu is sized to that)
-    "gpu": dict(dataset="cifar10", subset=None, n_test=None, seeds=[0, 1, 2], recipe="paper",
-                cfg=dict(arch="resnet18", epochs=30, probe_every=5, device="auto", precision="bf16",
-                         save_every=10)),
+    "gpu": dict(
+        dataset="cifar10",
+        subset=None,
+        n_test=None,
+        seeds=[0, 1, 2],
+        recipe="paper",
+        cfg=dict(arch="resnet18", epochs=30, probe_every=5, device="auto", precision="bf16", save_every=10),
+    ),
 }
 
 
@@ -37,21 +60,35 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     base = DistillConfig.reference if pre["recipe"] == "reference" else DistillConfig
     rows, configs = [], {}
     for s in pre["seeds"]:
-        cfg = base(dataset=pre["dataset"], subset=pre["subset"], seed=s, noise_seed=s + 1000, data_seed=s,
-                   probe_seed=s, data_root=ctx.root if "cifar" in pre["dataset"] else None,
-                   **{**pre["cfg"], "device": ctx.device})
+        cfg = base(
+            dataset=pre["dataset"],
+            subset=pre["subset"],
+            seed=s,
+            noise_seed=s + 1000,
+            data_seed=s,
+            probe_seed=s,
+            data_root=ctx.root if "cifar" in pre["dataset"] else None,
+            **{**pre["cfg"], "device": ctx.device},
+        )
         configs[f"seed{s}"] = cfg
         store = common.distil(cfg, ctx.store(f"seed{s}.h5"), data=data)
         rows.append(store.metrics[["accuracy", "loss", "kl"]])
     ds = common.stack_seeds(rows, pre["seeds"])
-    ds.attrs = {"probe_train_images": int(pre["cfg"].get("probe_subset") or 0) or "full training split",
-                **common.provenance(ctx, configs, pre["seeds"], pre["recipe"])}
+    ds.attrs = {
+        "probe_train_images": int(pre["cfg"].get("probe_subset") or 0) or "full training split",
+        **common.provenance(ctx, configs, pre["seeds"], pre["recipe"]),
+    }
     last = ds.accuracy.dropna("epoch", how="all").isel(epoch=-1)
     print("\nlast epoch, mean +- std over seeds (%):")
     for m in last.model.values:
-        print(f"{str(m):<11}" + "".join(f"  {p} {100 * float(last.sel(model=m, probe=p).mean()):6.2f} +- "
-                                        f"{100 * float(last.sel(model=m, probe=p).std()):4.2f}"
-                                        for p in last.probe.values))
+        print(
+            f"{str(m):<11}"
+            + "".join(
+                f"  {p} {100 * float(last.sel(model=m, probe=p).mean()):6.2f} +- "
+                f"{100 * float(last.sel(model=m, probe=p).std()):4.2f}"
+                for p in last.probe.values
+            )
+        )
     return ds
 
 

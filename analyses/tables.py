@@ -9,6 +9,7 @@ images) is the control beyond the paper. Results are cached per architecture and
 
     python -m analyses.tables --preset smoke|cpu|gpu
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,32 +21,82 @@ import xarray as xr
 from analyses import common
 from distill.config import DistillConfig
 
-ARCHS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet20", "resnet34", "resnet56", "vit_tiny",
-         "vit_small")
+ARCHS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet20", "resnet34", "resnet56", "vit_tiny", "vit_small")
 PROBES = ["knn", "linear", "linear_std"]
 # the paper, CIFAR-10, percent: Table 5 (linear; VGG11 / ResNet18 from Table 1) and Table 3 (k-NN)
-PAPER_LINEAR = {"vgg11": (36.55, 51.98), "vgg13": (34.73, 49.26), "vgg16": (33.08, 46.35), "vgg19": (30.84, 43.90),
-                "resnet18": (35.50, 46.02), "resnet20": (28.68, 36.62), "resnet34": (28.18, 41.04),
-                "resnet56": (14.05, 27.92), "vit_tiny": (32.93, 35.76), "vit_small": (38.57, 41.68)}
+PAPER_LINEAR = {
+    "vgg11": (36.55, 51.98),
+    "vgg13": (34.73, 49.26),
+    "vgg16": (33.08, 46.35),
+    "vgg19": (30.84, 43.90),
+    "resnet18": (35.50, 46.02),
+    "resnet20": (28.68, 36.62),
+    "resnet34": (28.18, 41.04),
+    "resnet56": (14.05, 27.92),
+    "vit_tiny": (32.93, 35.76),
+    "vit_small": (38.57, 41.68),
+}
 PAPER_KNN = {"vgg11": (44.92, 51.32), "resnet18": (37.65, 44.67)}
 PAPER_INPUT = {"linear": 39.02, "knn": 33.61}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # seconds: two archs on 200 training / 100 test images, one tiny student
-    "smoke": dict(archs=["vgg11", "vit_tiny"], seeds=[0], subset=200, n_test=100,
-                  arch_options={"vit_tiny": {"depth": 2}},
-                  student=dict(archs=["vgg11"], seeds=[0], cfg=dict(subset=200, epochs=1, out_dim=256,
-                                                                   hidden_dim=128, lr=1e-4, probe_every=1, batch_size=64,
-                                                                   probe_subset=200))),
+    "smoke": dict(
+        archs=["vgg11", "vit_tiny"],
+        seeds=[0],
+        subset=200,
+        n_test=100,
+        arch_options={"vit_tiny": {"depth": 2}},
+        student=dict(
+            archs=["vgg11"],
+            seeds=[0],
+            cfg=dict(
+                subset=200,
+                epochs=1,
+                out_dim=256,
+                hidden_dim=128,
+                lr=1e-4,
+                probe_every=1,
+                batch_size=64,
+                probe_subset=200,
+            ),
+        ),
+    ),
     # every Table-5 architecture on the full 50k / 10k split, one teacher seed each (forward passes of 60k
     # images: the cost); one probe seed of the input baseline; no student (150 epochs need a GPU)
-    "cpu": dict(archs=["vgg11", "resnet20", "vit_tiny", "resnet18", "resnet56", "vit_small", "vgg13", "vgg16", "vgg19",
-                       "resnet34"], seeds=[0], input_seeds=[0], subset=None, n_test=None, student=None),
+    "cpu": dict(
+        archs=[
+            "vgg11",
+            "resnet20",
+            "vit_tiny",
+            "resnet18",
+            "resnet56",
+            "vit_small",
+            "vgg13",
+            "vgg16",
+            "vgg19",
+            "resnet34",
+        ],
+        seeds=[0],
+        input_seeds=[0],
+        subset=None,
+        n_test=None,
+        student=None,
+    ),
     # the paper's scale: three teacher seeds, students of VGG11 and ResNet18 for 150 epochs on 50k images;
     # one call of this preset does not fit 9 minutes: run it per architecture (results/README.md)
-    "gpu": dict(archs=list(ARCHS), seeds=[0, 1, 2], input_seeds=[0, 1, 2], subset=None, n_test=None,
-                student=dict(archs=["vgg11", "resnet18"], seeds=[0, 1, 2],
-                             cfg=dict(subset=None, epochs=150, probe_every=10, precision="bf16"))),
+    "gpu": dict(
+        archs=list(ARCHS),
+        seeds=[0, 1, 2],
+        input_seeds=[0, 1, 2],
+        subset=None,
+        n_test=None,
+        student=dict(
+            archs=["vgg11", "resnet18"],
+            seeds=[0, 1, 2],
+            cfg=dict(subset=None, epochs=150, probe_every=10, precision="bf16"),
+        ),
+    ),
 }
 
 
@@ -59,20 +110,41 @@ def teacher_probes(arch: str, seed: int, data: Any, ctx: common.Context, arch_op
     path = ctx.store(f"teacher-{arch}-s{seed}.nc")
     if path.exists():
         return common.open_result(path).accuracy
-    cfg = DistillConfig(arch=arch, seed=seed, probe_seed=seed, arch_options=arch_options, probes=PROBES,
-                        device=ctx.device, data_root=ctx.root)
+    cfg = DistillConfig(
+        arch=arch,
+        seed=seed,
+        probe_seed=seed,
+        arch_options=arch_options,
+        probes=PROBES,
+        device=ctx.device,
+        data_root=ctx.root,
+    )
     device = resolve_device(cfg.device)
     teacher = set_teacher_mode(build_teacher(cfg, data.in_shape).to(device), cfg.teacher_bn)
     t = run_probes(cfg, teacher.backbone, data, device)
-    tb = (run_probes(cfg, recalibrated_teacher(teacher, data, cfg, device).backbone, data, device)
-          if has_batchnorm(teacher) else t)
-    acc = xr.DataArray([[t[p] for p in PROBES], [tb[p] for p in PROBES]], dims=("model", "probe"),
-                       coords={"model": ["teacher", "teacher_bn"], "probe": PROBES}, name="accuracy",
-                       attrs={"long_name": "probe accuracy", "units": "fraction"})
+    tb = (
+        run_probes(cfg, recalibrated_teacher(teacher, data, cfg, device).backbone, data, device)
+        if has_batchnorm(teacher)
+        else t
+    )
+    acc = xr.DataArray(
+        [[t[p] for p in PROBES], [tb[p] for p in PROBES]],
+        dims=("model", "probe"),
+        coords={"model": ["teacher", "teacher_bn"], "probe": PROBES},
+        name="accuracy",
+        attrs={"long_name": "probe accuracy", "units": "fraction"},
+    )
     common.save(acc.to_dataset(promote_attrs=False).assign_attrs(config=cfg.to_json()), path)
-    print(f"teacher {arch} seed {seed}: " + ", ".join(f"{p} {100 * t[p]:.2f}" for p in PROBES)
-          + (" | BN recalibrated: " + ", ".join(f"{p} {100 * tb[p]:.2f}" for p in PROBES)
-             if has_batchnorm(teacher) else ""), flush=True)
+    print(
+        f"teacher {arch} seed {seed}: "
+        + ", ".join(f"{p} {100 * t[p]:.2f}" for p in PROBES)
+        + (
+            " | BN recalibrated: " + ", ".join(f"{p} {100 * tb[p]:.2f}" for p in PROBES)
+            if has_batchnorm(teacher)
+            else ""
+        ),
+        flush=True,
+    )
     return acc
 
 
@@ -86,8 +158,13 @@ def input_probes(seed: int, data: Any, ctx: common.Context) -> xr.DataArray:
         return common.open_result(path).accuracy
     cfg = DistillConfig(probes=PROBES, probe_seed=seed, device=ctx.device)
     r = run_probes(cfg, None, data, resolve_device(cfg.device))
-    acc = xr.DataArray([r[p] for p in PROBES], dims="probe", coords={"probe": PROBES}, name="accuracy",
-                       attrs={"long_name": "probe accuracy", "units": "fraction"})
+    acc = xr.DataArray(
+        [r[p] for p in PROBES],
+        dims="probe",
+        coords={"probe": PROBES},
+        name="accuracy",
+        attrs={"long_name": "probe accuracy", "units": "fraction"},
+    )
     common.save(acc.to_dataset(), path)
     print(f"input seed {seed}: " + ", ".join(f"{p} {100 * r[p]:.2f}" for p in PROBES), flush=True)
     return acc
@@ -99,8 +176,10 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     if not archs:
         raise ValueError(f"--only {','.join(ctx.only)} names none of the preset's architectures {pre['archs']}")
     opts = pre.get("arch_options", {})
-    teacher = xr.concat([common.stack_seeds([teacher_probes(a, s, data, ctx, opts.get(a, {})) for s in seeds], seeds)
-                         for a in archs], dim=xr.DataArray(archs, dims="arch", name="arch"))
+    teacher = xr.concat(
+        [common.stack_seeds([teacher_probes(a, s, data, ctx, opts.get(a, {})) for s in seeds], seeds) for a in archs],
+        dim=xr.DataArray(archs, dims="arch", name="arch"),
+    )
     archs = [a for a in ARCHS if a in archs] + [a for a in archs if a not in ARCHS]  # the paper's order
     teacher = teacher.sel(arch=archs)
     in_seeds = list(pre.get("input_seeds", seeds))
@@ -111,11 +190,23 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         st = pre["student"]
         for a in st["archs"]:
             for s in st["seeds"]:
-                cfg = DistillConfig(arch=a, seed=s, noise_seed=s + 1000, probe_seed=s, probes=PROBES,
-                                    device=ctx.device, data_root=ctx.root, save_every=0, **st["cfg"])
+                cfg = DistillConfig(
+                    arch=a,
+                    seed=s,
+                    noise_seed=s + 1000,
+                    probe_seed=s,
+                    probes=PROBES,
+                    device=ctx.device,
+                    data_root=ctx.root,
+                    save_every=0,
+                    **st["cfg"],
+                )
                 configs[f"student-{a}-s{s}"] = cfg
-                sdata = data if st["cfg"].get("subset") == pre["subset"] else common.load(
-                    "cifar10", ctx, subset=st["cfg"].get("subset"), n_test=pre["n_test"])
+                sdata = (
+                    data
+                    if st["cfg"].get("subset") == pre["subset"]
+                    else common.load("cifar10", ctx, subset=st["cfg"].get("subset"), n_test=pre["n_test"])
+                )
                 store = common.distil(cfg, ctx.store(f"student-{a}-s{s}.h5"), data=sdata)
                 best = common.best_over_epochs(store.metrics).sel(model="student")
                 if s in seeds:
@@ -124,28 +215,49 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     pl = np.array([PAPER_LINEAR.get(a, (np.nan, np.nan)) for a in archs]) / 100
     pk = np.array([PAPER_KNN.get(a, (np.nan, np.nan)) for a in archs]) / 100
     ds = xr.Dataset(
-        {"teacher": teacher.sel(model="teacher", drop=True).assign_attrs(acc_attrs,
-                                                                        long_name="random teacher probe accuracy"),
-         "teacher_bn": teacher.sel(model="teacher_bn", drop=True).assign_attrs(
-             acc_attrs, long_name="BN-recalibrated random teacher probe accuracy"),
-         "student": student.assign_attrs(acc_attrs, long_name="student probe accuracy (best over epochs)"),
-         "input": inp.assign_attrs(acc_attrs, long_name="raw-pixel probe accuracy"),
-         "paper_teacher_linear": ("arch", pl[:, 0], {"long_name": "paper: teacher linear probe", "units": "fraction"}),
-         "paper_student_linear": ("arch", pl[:, 1], {"long_name": "paper: student linear probe", "units": "fraction"}),
-         "paper_teacher_knn": ("arch", pk[:, 0], {"long_name": "paper: teacher k-NN", "units": "fraction"}),
-         "paper_student_knn": ("arch", pk[:, 1], {"long_name": "paper: student k-NN", "units": "fraction"}),
-         "paper_input": ("probe", [PAPER_INPUT.get(p, np.nan) / 100 for p in PROBES],
-                         {"long_name": "paper: raw-pixel probe", "units": "fraction"})},
-        attrs={"dataset": "cifar10", "train_images": int(len(data.train)), "test_images": int(len(data.test)),
-               "probes": "knn: k=20 Euclidean unweighted; linear: 10 epochs AdamW lr 1e-3 on raw embeddings; "
-                         "linear_std: the same on standardised embeddings",
-               **common.provenance(ctx, configs, seeds, "paper")})
+        {
+            "teacher": teacher.sel(model="teacher", drop=True).assign_attrs(
+                acc_attrs, long_name="random teacher probe accuracy"
+            ),
+            "teacher_bn": teacher.sel(model="teacher_bn", drop=True).assign_attrs(
+                acc_attrs, long_name="BN-recalibrated random teacher probe accuracy"
+            ),
+            "student": student.assign_attrs(acc_attrs, long_name="student probe accuracy (best over epochs)"),
+            "input": inp.assign_attrs(acc_attrs, long_name="raw-pixel probe accuracy"),
+            "paper_teacher_linear": (
+                "arch",
+                pl[:, 0],
+                {"long_name": "paper: teacher linear probe", "units": "fraction"},
+            ),
+            "paper_student_linear": (
+                "arch",
+                pl[:, 1],
+                {"long_name": "paper: student linear probe", "units": "fraction"},
+            ),
+            "paper_teacher_knn": ("arch", pk[:, 0], {"long_name": "paper: teacher k-NN", "units": "fraction"}),
+            "paper_student_knn": ("arch", pk[:, 1], {"long_name": "paper: student k-NN", "units": "fraction"}),
+            "paper_input": (
+                "probe",
+                [PAPER_INPUT.get(p, np.nan) / 100 for p in PROBES],
+                {"long_name": "paper: raw-pixel probe", "units": "fraction"},
+            ),
+        },
+        attrs={
+            "dataset": "cifar10",
+            "train_images": int(len(data.train)),
+            "test_images": int(len(data.test)),
+            "probes": "knn: k=20 Euclidean unweighted; linear: 10 epochs AdamW lr 1e-3 on raw embeddings; "
+            "linear_std: the same on standardised embeddings",
+            **common.provenance(ctx, configs, seeds, "paper"),
+        },
+    )
     table(ds)
     return ds
 
 
 def table(ds: xr.Dataset) -> None:
     """Print ours beside the paper's, in percent (mean +- std over seeds)."""
+
     def ms(da: xr.DataArray) -> str:
         v = 100 * da.values[np.isfinite(da.values)]
         return f"{v.mean():6.2f} +- {v.std():4.2f}" if v.size else f"{'-':>14}"
@@ -153,35 +265,44 @@ def table(ds: xr.Dataset) -> None:
     print("\narch        teacher linear   (paper)  teacher kNN     (paper)  teacher_bn linear  student linear")
     for a in ds.arch.values:
         r = ds.sel(arch=a)
-        print(f"{a:<10} {ms(r.teacher.sel(probe='linear'))} ({100 * float(r.paper_teacher_linear):5.2f}) "
-              f"{ms(r.teacher.sel(probe='knn'))} ({100 * float(r.paper_teacher_knn):5.2f}) "
-              f"{ms(r.teacher_bn.sel(probe='linear'))}  {ms(r.student.sel(probe='linear'))}")
-    print(f"input      linear {ms(ds.input.sel(probe='linear'))} (39.02)   kNN {ms(ds.input.sel(probe='knn'))} "
-          f"(33.61)")
+        print(
+            f"{a:<10} {ms(r.teacher.sel(probe='linear'))} ({100 * float(r.paper_teacher_linear):5.2f}) "
+            f"{ms(r.teacher.sel(probe='knn'))} ({100 * float(r.paper_teacher_knn):5.2f}) "
+            f"{ms(r.teacher_bn.sel(probe='linear'))}  {ms(r.student.sel(probe='linear'))}"
+        )
+    print(f"input      linear {ms(ds.input.sel(probe='linear'))} (39.02)   kNN {ms(ds.input.sel(probe='knn'))} (33.61)")
 
 
 def plot(ds: xr.Dataset, path: Any) -> None:
     fig, axes = common.figure(2, 1, width=6.4, height=3.6)
     archs = [str(a) for a in ds.arch.values]
     x = np.arange(len(archs))
-    for ax, probe, paper_t, paper_s in ((axes[0], "linear", ds.paper_teacher_linear, ds.paper_student_linear),
-                                        (axes[1], "knn", ds.paper_teacher_knn, ds.paper_student_knn)):
+    for ax, probe, paper_t, paper_s in (
+        (axes[0], "linear", ds.paper_teacher_linear, ds.paper_student_linear),
+        (axes[1], "knn", ds.paper_teacher_knn, ds.paper_student_knn),
+    ):
         w = 0.2
-        for i, (var, label, color) in enumerate((("teacher", "teacher (ours)", "C0"),
-                                                 ("teacher_bn", "teacher, BN recalibrated (ours)", "C1"),
-                                                 ("student", "student (ours)", "C2"))):
+        for i, (var, label, color) in enumerate(
+            (
+                ("teacher", "teacher (ours)", "C0"),
+                ("teacher_bn", "teacher, BN recalibrated (ours)", "C1"),
+                ("student", "student (ours)", "C2"),
+            )
+        ):
             da = common.pct(ds[var].sel(probe=probe))
             ax.bar(x + (i - 1.5) * w, da.mean("seed"), w, yerr=da.std("seed"), color=color, label=label)
-        ax.bar(x + 1.5 * w, common.pct(paper_t), w, color="none", edgecolor="C0", hatch="//",
-               label="teacher (paper)")
+        ax.bar(x + 1.5 * w, common.pct(paper_t), w, color="none", edgecolor="C0", hatch="//", label="teacher (paper)")
         ax.scatter(x + 1.5 * w, common.pct(paper_s), marker="*", color="C2", zorder=3, label="student (paper)")
         inp = common.pct(ds.input.sel(probe=probe)).mean("input_seed")
         ax.axhline(float(inp), color="0.3", ls=":", label=f"input pixels (ours) {float(inp):.1f}")
         ax.axhline(100 * float(ds.paper_input.sel(probe=probe)), color="0.6", ls="-.", label="input pixels (paper)")
         ax.set_xticks(x, archs, rotation=30, ha="right")
         ax.set_ylabel(f"{'linear probe' if probe == 'linear' else 'k-NN (k=20)'} test accuracy [%]")
-        ax.set_title(f"random teachers on CIFAR-10 ({ds.attrs.get('train_images')} / {ds.attrs.get('test_images')}"
-                     f" images), {probe}", fontsize=9)
+        ax.set_title(
+            f"random teachers on CIFAR-10 ({ds.attrs.get('train_images')} / {ds.attrs.get('test_images')}"
+            f" images), {probe}",
+            fontsize=9,
+        )
     axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     common.finish(fig, path, common.subtitle(ds))
 

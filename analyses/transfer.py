@@ -8,6 +8,7 @@ target, is not on this machine).
 
     python -m analyses.transfer --preset smoke|cpu|gpu
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,13 +22,31 @@ from distill.config import DistillConfig
 
 A, B = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(pairs={"fashion-mnist 0-4 -> 5-9": ("fashion-mnist", A, B)}, subset=100, n_test=100,
-                  probe_subset=200, seeds=[0], cfg=common.SMOKE_NET),
+    "smoke": dict(
+        pairs={"fashion-mnist 0-4 -> 5-9": ("fashion-mnist", A, B)},
+        subset=100,
+        n_test=100,
+        probe_subset=200,
+        seeds=[0],
+        cfg=common.SMOKE_NET,
+    ),
     # 1,000 source images, 2 epochs, 4x32 ConvNet with BN; probes on 5,000 training images of the target classes
-    "cpu": dict(pairs={"cifar10 0-4 -> 5-9": ("cifar10", A, B), "fashion-mnist 0-4 -> 5-9": ("fashion-mnist", A, B)},
-                subset=1000, n_test=None, probe_subset=5000, seeds=[0, 1, 2], cfg=common.small_net(bn=True, epochs=2)),
-    "gpu": dict(pairs={"cifar10 0-4 -> 5-9": ("cifar10", A, B)}, subset=None, n_test=None, probe_subset=None,
-                seeds=[0, 1, 2], cfg=dict(arch="vgg11", epochs=30, device="auto", precision="bf16", save_every=0)),
+    "cpu": dict(
+        pairs={"cifar10 0-4 -> 5-9": ("cifar10", A, B), "fashion-mnist 0-4 -> 5-9": ("fashion-mnist", A, B)},
+        subset=1000,
+        n_test=None,
+        probe_subset=5000,
+        seeds=[0, 1, 2],
+        cfg=common.small_net(bn=True, epochs=2),
+    ),
+    "gpu": dict(
+        pairs={"cifar10 0-4 -> 5-9": ("cifar10", A, B)},
+        subset=None,
+        n_test=None,
+        probe_subset=None,
+        seeds=[0, 1, 2],
+        cfg=dict(arch="vgg11", epochs=30, device="auto", precision="bf16", save_every=0),
+    ),
 }
 MODELS = ["teacher", "teacher_bn", "student_transfer", "student_in_domain", "input"]
 
@@ -47,24 +66,43 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             for role, classes in (("transfer", src), ("in_domain", tgt)):
                 train = common.keep_classes(full, classes)
                 train = train.subset(min(pre["subset"], len(train.train)), s) if pre["subset"] else train
-                cfg = DistillConfig(dataset=name, data_root=ctx.root if "cifar" in name else None, seed=s,
-                                    noise_seed=s + 1000, data_seed=s, probe_seed=s, probes=[],
-                                    **{**pre["cfg"], "device": ctx.device})
+                cfg = DistillConfig(
+                    dataset=name,
+                    data_root=ctx.root if "cifar" in name else None,
+                    seed=s,
+                    noise_seed=s + 1000,
+                    data_seed=s,
+                    probe_seed=s,
+                    probes=[],
+                    **{**pre["cfg"], "device": ctx.device},
+                )
                 tag = f"{name}-{''.join(map(str, classes))}-s{s}"
                 configs[tag] = cfg.to_dict() | {"classes": classes}
                 store = common.distil(cfg, ctx.store(f"{tag}.h5"), data=train)
-                r = common.probe_run(cfg.replace(probes=probes), store, target, ctx, f"{tag}-on-{''.join(map(str, tgt))}")
+                r = common.probe_run(
+                    cfg.replace(probes=probes), store, target, ctx, f"{tag}-on-{''.join(map(str, tgt))}"
+                )
                 got[f"student_{role}"] = r["student"]
                 got.update({k: r[k] for k in ("teacher", "teacher_bn", "input")} if role == "transfer" else {})
             acc[pi, si] = [[got[m][p] for p in probes] for m in MODELS]
-            print(f"{pair} seed {s}: " + "; ".join(f"{m} linear {100 * got[m]['linear']:.2f}" for m in MODELS),
-                  flush=True)
-    ds = xr.Dataset({"accuracy": (("pair", "seed", "model", "probe"), acc,
-                                  {"long_name": "probe accuracy on the target classes", "units": "fraction"})},
-                    coords={"pair": pairs, "seed": seeds, "model": MODELS, "probe": probes},
-                    attrs={"models": "student_transfer: distilled on the source classes; student_in_domain: on the "
-                                     "target classes; teacher: the transfer student's teacher (the same seed)",
-                           **common.provenance(ctx, configs, seeds, "paper")})
+            print(
+                f"{pair} seed {s}: " + "; ".join(f"{m} linear {100 * got[m]['linear']:.2f}" for m in MODELS), flush=True
+            )
+    ds = xr.Dataset(
+        {
+            "accuracy": (
+                ("pair", "seed", "model", "probe"),
+                acc,
+                {"long_name": "probe accuracy on the target classes", "units": "fraction"},
+            )
+        },
+        coords={"pair": pairs, "seed": seeds, "model": MODELS, "probe": probes},
+        attrs={
+            "models": "student_transfer: distilled on the source classes; student_in_domain: on the "
+            "target classes; teacher: the transfer student's teacher (the same seed)",
+            **common.provenance(ctx, configs, seeds, "paper"),
+        },
+    )
     return ds
 
 
@@ -78,8 +116,14 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         a = common.pct(ds.accuracy.sel(pair=pair))
         x = np.arange(len(probes))
         for i, m in enumerate(ds.model.values):
-            ax.bar(x + (i - 2) * w, a.sel(model=m).mean("seed"), w, yerr=a.sel(model=m).std("seed"),
-                   color=colors.get(str(m)), label=str(m).replace("_", " "))
+            ax.bar(
+                x + (i - 2) * w,
+                a.sel(model=m).mean("seed"),
+                w,
+                yerr=a.sel(model=m).std("seed"),
+                color=colors.get(str(m)),
+                label=str(m).replace("_", " "),
+            )
         ax.set_xticks(x, probes)
         ax.set(title=pair, ylabel="target test accuracy [%]")
     common.legend(axes[-1])

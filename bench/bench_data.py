@@ -8,6 +8,7 @@ generated tarball of a few dozen PNGs instead.
 
     python -m bench.bench_data [--size tiny|full] [--tarball PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ def tiny_tarball(folder: Path, per_class: int = 6) -> Path:
     return path
 
 
-def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None,
-              tarball: str | Path | None = None, **_: Any) -> list[dict]:
+def run_bench(
+    size: str = "full", device: str = "cpu", rounds: int | None = None, tarball: str | Path | None = None, **_: Any
+) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if size == "tiny" or (tarball is None and not SHARED_TARBALL.exists()):
@@ -68,11 +70,22 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
                 for k in z.files:
                     z[k]
 
-        times = interleaved({"load_dataset (cached)": lambda: load_dataset("cifar10", root=source),
-                             "numpy.load of the cache": plain}, rounds or SIZES[size]["rounds"], warmup=False)
-    rec = record("data_load", f"load_dataset('cifar10') from {label}, {n} images", times,
-                 ours="load_dataset (cached)", baseline="numpy.load of the cache", target="cached < 1 s", size=size,
-                 cold_s=cold, cold_over_cached=cold / float(np.median(times["load_dataset (cached)"])))
+        times = interleaved(
+            {"load_dataset (cached)": lambda: load_dataset("cifar10", root=source), "numpy.load of the cache": plain},
+            rounds or SIZES[size]["rounds"],
+            warmup=False,
+        )
+    rec = record(
+        "data_load",
+        f"load_dataset('cifar10') from {label}, {n} images",
+        times,
+        ours="load_dataset (cached)",
+        baseline="numpy.load of the cache",
+        target="cached < 1 s",
+        size=size,
+        cold_s=cold,
+        cold_over_cached=cold / float(np.median(times["load_dataset (cached)"])),
+    )
     rec["met"] = bool(rec["median_s"]["load_dataset (cached)"] < 1.0)
     return [rec]
 

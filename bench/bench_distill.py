@@ -9,6 +9,7 @@ ratio plain/ours of the epoch times (target >= 0.95) are reported.
 
     python -m bench.bench_distill [--arch convnet] [--n 5120] [--out-dim 65536] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,20 +27,35 @@ import distill
 from bench.common import interleaved, record, reset_gpu_peak, show, sync_for
 from distill.data import Dataset, Split
 from distill.device import resolve_device
-from distill.train import build_teacher, distill as run
+from distill.train import build_teacher
+from distill.train import distill as run
 
-SIZES = {"tiny": dict(arch="convnet", arch_options={"width": 8, "depth": 2}, n=128, out_dim=256, hidden_dim=32,
-                      bottleneck_dim=32, rounds=1),
-         "full": dict(arch="convnet", arch_options={}, n=2560, out_dim=65536, hidden_dim=2048, bottleneck_dim=256,
-                      rounds=3)}
+SIZES = {
+    "tiny": dict(
+        arch="convnet",
+        arch_options={"width": 8, "depth": 2},
+        n=128,
+        out_dim=256,
+        hidden_dim=32,
+        bottleneck_dim=32,
+        rounds=1,
+    ),
+    "full": dict(arch="convnet", arch_options={}, n=2560, out_dim=65536, hidden_dim=2048, bottleneck_dim=256, rounds=3),
+}
 
 
 def synthetic_cifar(n: int, seed: int = 0) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     img = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
     lab = torch.arange(n) % 10
-    return Dataset("synthetic", Split(img, lab), Split(img[:512], lab[:512]), [str(i) for i in range(10)],
-                   (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    return Dataset(
+        "synthetic",
+        Split(img, lab),
+        Split(img[:512], lab[:512]),
+        [str(i) for i in range(10)],
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+    )
 
 
 def plain_epoch(cfg: distill.DistillConfig, data: Dataset, device: torch.device) -> float:
@@ -54,7 +70,7 @@ def plain_epoch(cfg: distill.DistillConfig, data: Dataset, device: torch.device)
     sync()
     t0 = time.perf_counter()
     for i in range(len(perm) // cfg.batch_size):
-        idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+        idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         x = (data.train.images[idx].to(device).float() / 255 - mean) / std
         with torch.no_grad():
             target = F.softmax(teacher(x), dim=-1)
@@ -67,10 +83,12 @@ def plain_epoch(cfg: distill.DistillConfig, data: Dataset, device: torch.device)
 
 
 # dense tensor-core peaks (TFLOP/s) from the vendors' data sheets, by a substring of the device name
-PEAK_TFLOPS = {"H200": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
-               "H100 PCIe": {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2},
-               "H100": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
-               "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}}
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 PCIe": {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2},
+    "H100": {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
+}
 
 
 def peak_tflops(device: torch.device) -> dict[str, float] | None:
@@ -91,7 +109,7 @@ def step_flops(cfg: distill.DistillConfig, data: Dataset, device: torch.device) 
 
     teacher = build_teacher(cfg, data.in_shape).to(device).eval().requires_grad_(False)
     student = distill.init_student(teacher, "alpha", alpha=cfg.alpha, seed=cfg.noise_seed).to(device).train()
-    x = data.train.images[:cfg.batch_size].to(device).float()
+    x = data.train.images[: cfg.batch_size].to(device).float()
     with FlopCounterMode(display=False) as counter:
         with torch.no_grad():
             target = F.softmax(teacher(x), dim=-1)
@@ -115,30 +133,61 @@ def run_bench(size: str = "full", device: str = "auto", rounds: int | None = Non
     p = {**SIZES[size], **over}
     dev = resolve_device(device)
     data = synthetic_cifar(p["n"]).to(dev)
-    cfg = distill.DistillConfig(dataset="synthetic", arch=p["arch"], arch_options=p["arch_options"],
-                                out_dim=p["out_dim"], hidden_dim=p["hidden_dim"], bottleneck_dim=p["bottleneck_dim"],
-                                lr=1e-4, epochs=1, batch_size=p.get("batch_size", 256 if size == "full" else 64),
-                                probes=[], save_every=0, device=str(dev), precision=p.get("precision", "fp32"),
-                                compile=p.get("compile", False))
+    cfg = distill.DistillConfig(
+        dataset="synthetic",
+        arch=p["arch"],
+        arch_options=p["arch_options"],
+        out_dim=p["out_dim"],
+        hidden_dim=p["hidden_dim"],
+        bottleneck_dim=p["bottleneck_dim"],
+        lr=1e-4,
+        epochs=1,
+        batch_size=p.get("batch_size", 256 if size == "full" else 64),
+        probes=[],
+        save_every=0,
+        device=str(dev),
+        precision=p.get("precision", "fp32"),
+        compile=p.get("compile", False),
+    )
     whole: list[float] = []
     reset_gpu_peak()
     with tempfile.TemporaryDirectory() as tmp:
+
         def ours() -> float:
             sec, w = ours_epoch(cfg, data, Path(tmp))
             whole.append(w)
             return sec
 
-        times = interleaved({"plain loop": lambda: plain_epoch(cfg, data, dev), "distill.distill": ours},
-                            rounds or p["rounds"], sync=sync_for(dev), warmup=dev.type == "cuda",
-                            timer={"plain loop": lambda r: r, "distill.distill": lambda r: r})
+        times = interleaved(
+            {"plain loop": lambda: plain_epoch(cfg, data, dev), "distill.distill": ours},
+            rounds or p["rounds"],
+            sync=sync_for(dev),
+            warmup=dev.type == "cuda",
+            timer={"plain loop": lambda r: r, "distill.distill": lambda r: r},
+        )
     n = (p["n"] // cfg.batch_size) * cfg.batch_size
-    what = (f"one distillation epoch, {cfg.arch} {cfg.arch_options or ''} + DINO head {cfg.out_dim}, {n} images "
-            f"3x32x32, batch {cfg.batch_size}, {cfg.precision}{' compiled' if cfg.compile else ''}")
-    rec = record("distill_epoch", what, times, ours="distill.distill", baseline="plain loop", target=">= 0.95",
-                 goal=lambda r: r >= 0.95, device=str(dev), size=size,
-                 ours_whole_call_s=whole[1:] if len(whole) > 1 else whole, arch=cfg.arch, precision=cfg.precision,
-                 notes=["epoch time as distill records it; whole call adds model build, the one teacher "
-                        "entropy pass per run and the store writes"])
+    what = (
+        f"one distillation epoch, {cfg.arch} {cfg.arch_options or ''} + DINO head {cfg.out_dim}, {n} images "
+        f"3x32x32, batch {cfg.batch_size}, {cfg.precision}{' compiled' if cfg.compile else ''}"
+    )
+    rec = record(
+        "distill_epoch",
+        what,
+        times,
+        ours="distill.distill",
+        baseline="plain loop",
+        target=">= 0.95",
+        goal=lambda r: r >= 0.95,
+        device=str(dev),
+        size=size,
+        ours_whole_call_s=whole[1:] if len(whole) > 1 else whole,
+        arch=cfg.arch,
+        precision=cfg.precision,
+        notes=[
+            "epoch time as distill records it; whole call adds model build, the one teacher "
+            "entropy pass per run and the store writes"
+        ],
+    )
     rec["images_per_s"] = {k: n / v for k, v in rec["median_s"].items()}
     flops = step_flops(cfg, data, dev) * (n // cfg.batch_size)
     rec["model_flops_per_epoch"] = flops
@@ -169,9 +218,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     recs = run_bench(a.size, a.device, a.rounds, precision=a.precision, compile=a.compile, **over)
     for r in recs:
         print(show(r))
-        print(f"  model FLOP/s achieved: " + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in r["achieved_tflops"].items())
-              + (f"; card peak {r['peak_tflops']} TFLOP/s ({r['peak_reference']}): "
-                 f"{100 * r['fraction_of_peak']:.1f} %" if "peak_tflops" in r else ""))
+        print(
+            "  model FLOP/s achieved: "
+            + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in r["achieved_tflops"].items())
+            + (
+                f"; card peak {r['peak_tflops']} TFLOP/s ({r['peak_reference']}): {100 * r['fraction_of_peak']:.1f} %"
+                if "peak_tflops" in r
+                else ""
+            )
+        )
     return recs
 
 

@@ -9,6 +9,7 @@ each result's error is reported. Data: Fashion-MNIST when installed, else synthe
     python -m bench.bench_hessian                  # ~10-20 minutes on 2 busy CPU cores
     python -m bench.bench_hessian --batch-size 32 --tol 1e-2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     x, y, source = _batch(a.batch_size)
     op = HessianOperator(model, [(x, y)])
     op.matvec(np.ones(op.n))  # warm-up: the first torch.func call pays one-time set-up costs
-    print(f"ResNet20 ({op.n:,} parameters), one batch of {len(x)} {source} images, fp32, CPU threads "
-          f"{torch.get_num_threads()}")
+    print(
+        f"ResNet20 ({op.n:,} parameters), one batch of {len(x)} {source} images, fp32, CPU threads "
+        f"{torch.get_num_threads()}"
+    )
 
     rows = []
     print(f"{'method':<32}{'eigenvalue':>14}{'HVPs':>7}{'seconds':>10}", flush=True)
@@ -61,13 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((name, value, op.hvps, time.perf_counter() - t0))
         print(f"{name:<32}{value:14.6f}{op.hvps:7d}{rows[-1][3]:10.1f}", flush=True)
     (_, _, h_l, t_l), (_, _, h_p, t_p) = rows
-    print(f"speed-up of Lanczos over power iteration at tol {a.tol:g}: {t_p / t_l:.2f}x in time, "
-          f"{h_p / max(h_l, 1):.2f}x in Hessian-vector products", flush=True)
+    print(
+        f"speed-up of Lanczos over power iteration at tol {a.tol:g}: {t_p / t_l:.2f}x in time, "
+        f"{h_p / max(h_l, 1):.2f}x in Hessian-vector products",
+        flush=True,
+    )
     op.hvps = 0
     t0 = time.perf_counter()
     ref = float(top_eigenpairs(op, k=1, tol=a.reference_tol, seed=a.seed + 1)[0][0])
-    print(f"reference (lanczos, tol {a.reference_tol:g}): {ref:.6f} ({op.hvps} HVPs, {time.perf_counter() - t0:.1f} s); "
-          "relative error: " + ", ".join(f"{name} {abs(value - ref) / abs(ref):.2e}" for name, value, _, _ in rows))
+    print(
+        f"reference (lanczos, tol {a.reference_tol:g}): {ref:.6f} ({op.hvps} HVPs, {time.perf_counter() - t0:.1f} s); "
+        "relative error: " + ", ".join(f"{name} {abs(value - ref) / abs(ref):.2e}" for name, value, _, _ in rows)
+    )
     return 0
 
 

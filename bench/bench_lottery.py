@@ -21,20 +21,21 @@ for its OpenMP threads, so the handful of tiny extra operations per step that ma
 (about 10 for this network, microseconds each when the threads are free) is measured much larger
 than it is; ``--threads 1`` removes that wait and shows the intrinsic cost.
 """
+
 from __future__ import annotations
 
 import argparse
 import copy
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 import distill
+from bench.common import interleaved, record, reset_gpu_peak, show, sync_for
 from distill.config import SupervisedConfig
 from distill.data import Dataset, Split
-from bench.common import interleaved, record, reset_gpu_peak, show, sync_for
 from distill.supervised import train_supervised
 from landscape.pruning import apply_masks, full_masks, global_magnitude_prune, random_prune
 
@@ -43,11 +44,14 @@ def _synthetic(n_train: int, n_test: int) -> Dataset:
     g = torch.Generator().manual_seed(0)
 
     def split(n: int) -> Split:
-        return Split(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
-                     torch.randint(0, 10, (n,), generator=g))
+        return Split(
+            torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
+            torch.randint(0, 10, (n,), generator=g),
+        )
 
-    return Dataset("synthetic", split(n_train), split(n_test), [str(i) for i in range(10)],
-                   (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    return Dataset(
+        "synthetic", split(n_train), split(n_test), [str(i) for i in range(10)], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    )
 
 
 def _timed(fn: Callable[[], object], sync: Callable[[], None] = lambda: None) -> float:
@@ -95,8 +99,12 @@ def bench_training(repeats: int, n_train: int, device: str) -> list[tuple[str, f
             torch.stack([getattr(mod, name).sum() for mod, name in owners]).sum().backward()
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    variants = {"dense": dense, "masked (parametrization)": parametrized, "masked (zero after step hook)": hook,
-                "mask arithmetic alone": mask_arithmetic}
+    variants = {
+        "dense": dense,
+        "masked (parametrization)": parametrized,
+        "masked (zero after step hook)": hook,
+        "mask arithmetic alone": mask_arithmetic,
+    }
     dense()  # warm-up
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):
@@ -125,8 +133,10 @@ def bench_pruning(repeats: int, device: str) -> list[tuple[str, float]]:
 
     rows = []
     for name, fn in [
-        (f"global magnitude prune, level 0 ({n / 1e6:.1f} M weights)",
-         lambda: global_magnitude_prune(model, masks, 0.2)),
+        (
+            f"global magnitude prune, level 0 ({n / 1e6:.1f} M weights)",
+            lambda: global_magnitude_prune(model, masks, 0.2),
+        ),
         ("global magnitude prune, level 5 (32.8 % left)", lambda: global_magnitude_prune(model, later, 0.2)),
         ("random prune, level 0", lambda: random_prune(masks, 0.2, seed=0)),
         ("reference: full torch.sort of |w|", full_sort),
@@ -149,15 +159,29 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
     base = distill.build_model("convnet", (3, 32, 32), head="linear", num_classes=10, **options).to(device)
     masks = global_magnitude_prune(base, full_masks(base), 0.8)  # 20 % of the weights left
     reset_gpu_peak()
-    times = interleaved({
-        "dense": lambda: train_supervised(copy.deepcopy(base), data, cfg, progress=False),
-        "masked (parametrization)": lambda: train_supervised(apply_masks(copy.deepcopy(base), masks), data, cfg,
-                                                             progress=False),
-    }, rounds or p["rounds"], sync=sync_for(device), warmup=size != "tiny")
-    rec = record("imp_level_masked", f"one supervised epoch (SGD, flip + crop), ConvNet 4x64 + BN, "
-                 f"{p['n_train']} images 3x32x32, 20 % of the weights left", times,
-                 ours="masked (parametrization)", baseline="dense", target="overhead <= 5 % (ratio >= 0.952)",
-                 goal=lambda r: 1 / r - 1 <= 0.05, device=str(device), size=size)
+    times = interleaved(
+        {
+            "dense": lambda: train_supervised(copy.deepcopy(base), data, cfg, progress=False),
+            "masked (parametrization)": lambda: train_supervised(
+                apply_masks(copy.deepcopy(base), masks), data, cfg, progress=False
+            ),
+        },
+        rounds or p["rounds"],
+        sync=sync_for(device),
+        warmup=size != "tiny",
+    )
+    rec = record(
+        "imp_level_masked",
+        f"one supervised epoch (SGD, flip + crop), ConvNet 4x64 + BN, "
+        f"{p['n_train']} images 3x32x32, 20 % of the weights left",
+        times,
+        ours="masked (parametrization)",
+        baseline="dense",
+        target="overhead <= 5 % (ratio >= 0.952)",
+        goal=lambda r: 1 / r - 1 <= 0.05,
+        device=str(device),
+        size=size,
+    )
     rec["overhead_pct"] = 100 * (rec["median_s"]["masked (parametrization)"] / rec["median_s"]["dense"] - 1)
     rec["overhead_min_pct"] = 100 * (min(times["masked (parametrization)"]) / min(times["dense"]) - 1)
     return [rec]
@@ -169,8 +193,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--n-train", type=int, default=2560, help="training images in the epoch")
     p.add_argument("--device", default="cpu", help="device of the training benchmark (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--all-variants", action="store_true", help="(a) with the hook variant and the mask arithmetic, "
-                   "and (b) the pruning step")
+    p.add_argument(
+        "--all-variants",
+        action="store_true",
+        help="(a) with the hook variant and the mask arithmetic, and (b) the pruning step",
+    )
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

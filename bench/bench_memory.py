@@ -10,6 +10,7 @@ child's peak RSS is read with ``getrusage`` by the parent (target < 2 GB).
 
     python -m bench.bench_memory [--size tiny|full]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,10 @@ from typing import Any
 
 from bench.common import children_peak_rss_mb, peak_rss_mb
 
-SIZES = {"tiny": dict(arch="convnet", out_dim=1024, steps=1, batch=64, probe_train=2000, probe_test=500, dim=64),
-         "full": dict(arch="vgg11", out_dim=65536, steps=2, batch=256, probe_train=50_000, probe_test=10_000,
-                      dim=512)}
+SIZES = {
+    "tiny": dict(arch="convnet", out_dim=1024, steps=1, batch=64, probe_train=2000, probe_test=500, dim=64),
+    "full": dict(arch="vgg11", out_dim=65536, steps=2, batch=256, probe_train=50_000, probe_test=10_000, dim=512),
+}
 
 
 def child(size: str, out: str) -> None:
@@ -45,11 +47,21 @@ def child(size: str, out: str) -> None:
     else:
         data, source = synthetic_cifar(60_000 if size == "full" else 1_000), "synthetic CIFAR-shaped"
     n = p["steps"] * p["batch"]
-    small = Dataset(data.name, Split(data.train.images[:n], data.train.labels[:n]), data.test, data.classes,
-                    data.mean, data.std)
-    cfg = distill.DistillConfig(dataset="cifar10", arch=p["arch"], out_dim=p["out_dim"], lr=1e-4, epochs=1,
-                                batch_size=p["batch"], probes=[], save_every=0, device="cpu",
-                                arch_options={"width": 16, "depth": 2} if p["arch"] == "convnet" else {})
+    small = Dataset(
+        data.name, Split(data.train.images[:n], data.train.labels[:n]), data.test, data.classes, data.mean, data.std
+    )
+    cfg = distill.DistillConfig(
+        dataset="cifar10",
+        arch=p["arch"],
+        out_dim=p["out_dim"],
+        lr=1e-4,
+        epochs=1,
+        batch_size=p["batch"],
+        probes=[],
+        save_every=0,
+        device="cpu",
+        arch_options={"width": 16, "depth": 2} if p["arch"] == "convnet" else {},
+    )
     with tempfile.TemporaryDirectory() as tmp:
         distill.distill(cfg, Path(tmp) / "m.h5", data=small, progress=False)
     g = torch.Generator().manual_seed(0)
@@ -58,8 +70,15 @@ def child(size: str, out: str) -> None:
     ytr, yte = torch.randint(0, 10, (len(tr),), generator=g), torch.randint(0, 10, (len(te),), generator=g)
     knn_accuracy(tr, ytr, te, yte, k=20)
     linear_probe(tr, ytr, te, yte, epochs=1)
-    Path(out).write_text(json.dumps({"source": source, "images_in_memory": len(data.train) + len(data.test),
-                                     "seconds": time.perf_counter() - t0}))
+    Path(out).write_text(
+        json.dumps(
+            {
+                "source": source,
+                "images_in_memory": len(data.train) + len(data.test),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+    )
 
 
 def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None, **_: Any) -> list[dict]:
@@ -73,9 +92,14 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
         info_path = Path(tmp) / "info.json"
         env = {**os.environ, "TQDM_DISABLE": "1"}
         before = children_peak_rss_mb()
-        proc = subprocess.run([sys.executable, "-m", "bench.bench_memory", "--child", "--size", size,
-                               "--out", str(info_path)], env=env, capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parents[1], timeout=3600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.bench_memory", "--child", "--size", size, "--out", str(info_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+            timeout=3600,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"bench_memory child failed: {proc.stderr.strip()[-500:]}")
         peak = children_peak_rss_mb()
@@ -85,13 +109,25 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
 
 
 def _record(size: str, p: dict, info: dict, peak: float, note: list[str]) -> dict:
-    return {"name": "distill_peak_rss", "size": size, "device": "cpu",
-            "what": f"peak RSS of a {info['source']} distillation process: {info['images_in_memory']} images in "
-                    f"memory, {p['arch']} + DINO head {p['out_dim']}, batch {p['batch']}, probes on "
-                    f"{p['probe_train']} x {p['dim']} features",
-            "ours": "distill.distill", "baseline": None, "rounds": 1, "seconds": {"child": [info["seconds"]]},
-            "median_s": {"child": info["seconds"]}, "ratio": None, "target": "< 2048 MiB",
-            "met": bool(peak < 2048), "peak_rss_mb": round(peak, 1), "peak_gpu_mb": None, "notes": note}
+    return {
+        "name": "distill_peak_rss",
+        "size": size,
+        "device": "cpu",
+        "what": f"peak RSS of a {info['source']} distillation process: {info['images_in_memory']} images in "
+        f"memory, {p['arch']} + DINO head {p['out_dim']}, batch {p['batch']}, probes on "
+        f"{p['probe_train']} x {p['dim']} features",
+        "ours": "distill.distill",
+        "baseline": None,
+        "rounds": 1,
+        "seconds": {"child": [info["seconds"]]},
+        "median_s": {"child": info["seconds"]},
+        "ratio": None,
+        "target": "< 2048 MiB",
+        "met": bool(peak < 2048),
+        "peak_rss_mb": round(peak, 1),
+        "peak_gpu_mb": None,
+        "notes": note,
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -105,8 +141,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     recs = run_bench(a.size)
     for r in recs:
-        print(f"{r['name']}: {r['what']}\n  peak RSS {r['peak_rss_mb']:.0f} MiB (target {r['target']}), "
-              f"{r['median_s']['child']:.1f} s")
+        print(
+            f"{r['name']}: {r['what']}\n  peak RSS {r['peak_rss_mb']:.0f} MiB (target {r['target']}), "
+            f"{r['median_s']['child']:.1f} s"
+        )
     return recs
 
 

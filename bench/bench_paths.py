@@ -14,6 +14,7 @@ through the network (BN-reset plus evaluation images, times the number of alphas
 Each round, every method evaluates the whole path once, methods taking turns (interleaved); the
 median per method and the ratio naive/ours are reported (target >= 1.5 for the 21-point path).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,12 @@ def _convnet(seed: int, arch: str = "convnet") -> nn.Module:
     except Exception:  # the model registry is optional for this benchmark
         layers: list[nn.Module] = []
         for i in range(4):
-            layers += [nn.Conv2d(3 if i == 0 else 64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(3 if i == 0 else 64, 64, 3, padding=1, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
         return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
 
 
@@ -68,8 +73,10 @@ def _data(n_train: int, n_test: int) -> _Data:
     g = torch.Generator().manual_seed(0)
 
     def split(n: int) -> _Split:
-        return _Split(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
-                      torch.randint(0, 10, (n,), generator=g))
+        return _Split(
+            torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
+            torch.randint(0, 10, (n,), generator=g),
+        )
 
     return _Data("synthetic-cifar", split(n_train), split(n_test), (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 
@@ -80,8 +87,17 @@ def _normalise(images: torch.Tensor, data: _Data) -> torch.Tensor:
     return (images.float() / 255 - mean) / std
 
 
-def naive_path(a: nn.Module, b: nn.Module, data: _Data, alphas: np.ndarray, bn_images: int,
-               bn_batch_size: int, seed: int, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
+def naive_path(
+    a: nn.Module,
+    b: nn.Module,
+    data: _Data,
+    alphas: np.ndarray,
+    bn_images: int,
+    bn_batch_size: int,
+    seed: int,
+    batch_size: int = 256,
+    device: str = "cpu",
+) -> np.ndarray:
     """Test loss per alpha, the straightforward way (same BN batches as linear_path)."""
     idx = torch.randperm(len(data.train.labels), generator=torch.Generator().manual_seed(seed))[:bn_images]
     bn_x = _normalise(data.train.images[idx], data).to(device)
@@ -101,12 +117,15 @@ def naive_path(a: nn.Module, b: nn.Module, data: _Data, alphas: np.ndarray, bn_i
     return np.array(losses)
 
 
-SIZES = {"tiny": dict(alphas=3, bn_batches=1, bn_batch_size=32, test_images=32, rounds=1),
-         "full": dict(alphas=21, bn_batches=4, bn_batch_size=256, test_images=1000, rounds=2)}
+SIZES = {
+    "tiny": dict(alphas=3, bn_batches=1, bn_batch_size=32, test_images=32, rounds=1),
+    "full": dict(alphas=21, bn_batches=4, bn_batch_size=256, test_images=1000, rounds=2),
+}
 
 
-def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None, arch: str = "convnet",
-              **over) -> list[dict]:
+def run_bench(
+    size: str = "full", device: str = "cpu", rounds: int | None = None, arch: str = "convnet", **over
+) -> list[dict]:
     """naive loop vs ``linear_path(backend="auto")`` over the whole path, as records."""
     p = {**SIZES[size], **over}
     bn_images = p["bn_batches"] * p["bn_batch_size"]
@@ -120,24 +139,53 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
         curves["naive"] = naive_path(a, b, data, grid, bn_images, p["bn_batch_size"], seed=0, device=device)
 
     def ours() -> None:
-        ds = linear_path(a, b, data, alphas=list(grid), bn="reset", splits=("test",), bn_batches=p["bn_batches"],
-                         bn_batch_size=p["bn_batch_size"], bn_seed=0, backend="auto", device=device)
+        ds = linear_path(
+            a,
+            b,
+            data,
+            alphas=list(grid),
+            bn="reset",
+            splits=("test",),
+            bn_batches=p["bn_batches"],
+            bn_batch_size=p["bn_batch_size"],
+            bn_seed=0,
+            backend="auto",
+            device=device,
+        )
         curves["ours"] = ds.loss.sel(split="test").values
-        attrs.update(backend=ds.attrs["backend"], rule=ds.attrs.get("backend_rule", ""),
-                     memory_format=ds.attrs["memory_format"])
+        attrs.update(
+            backend=ds.attrs["backend"], rule=ds.attrs.get("backend_rule", ""), memory_format=ds.attrs["memory_format"]
+        )
 
     reset_gpu_peak()
-    times = interleaved({"naive (update_bn + DataLoader)": naive, "linear_path auto": ours},
-                        rounds or p["rounds"], sync=sync_for(device),
-                        warmup=torch.device(device).type == "cuda")
+    times = interleaved(
+        {"naive (update_bn + DataLoader)": naive, "linear_path auto": ours},
+        rounds or p["rounds"],
+        sync=sync_for(device),
+        warmup=torch.device(device).type == "cuda",
+    )
     n_params = sum(t.numel() for t in a.parameters())
-    what = (f"{p['alphas']}-point linear path with BN reset ({p['bn_batches']}x{p['bn_batch_size']} images), "
-            f"{p['test_images']} test images, {arch} ({n_params:,} parameters)")
-    return [record("path_bn_reset", what, times, ours="linear_path auto", baseline="naive (update_bn + DataLoader)",
-                   target=">= 1.5", goal=lambda r: r >= 1.5, device=str(device), size=size,
-                   max_abs_loss_difference=float(np.max(np.abs(curves["ours"] - curves["naive"]))),
-                   ours_backend=attrs.get("backend"), backend_rule=attrs.get("rule"),
-                   memory_format=attrs.get("memory_format"))]
+    what = (
+        f"{p['alphas']}-point linear path with BN reset ({p['bn_batches']}x{p['bn_batch_size']} images), "
+        f"{p['test_images']} test images, {arch} ({n_params:,} parameters)"
+    )
+    return [
+        record(
+            "path_bn_reset",
+            what,
+            times,
+            ours="linear_path auto",
+            baseline="naive (update_bn + DataLoader)",
+            target=">= 1.5",
+            goal=lambda r: r >= 1.5,
+            device=str(device),
+            size=size,
+            max_abs_loss_difference=float(np.max(np.abs(curves["ours"] - curves["naive"]))),
+            ours_backend=attrs.get("backend"),
+            backend_rule=attrs.get("rule"),
+            memory_format=attrs.get("memory_format"),
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -151,8 +199,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--arch", default="convnet")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    over = {k: v for k, v in dict(alphas=args.alphas, bn_batches=args.bn_batches, bn_batch_size=args.bn_batch_size,
-                                  test_images=args.test_images).items() if v is not None}
+    over = {
+        k: v
+        for k, v in dict(
+            alphas=args.alphas,
+            bn_batches=args.bn_batches,
+            bn_batch_size=args.bn_batch_size,
+            test_images=args.test_images,
+        ).items()
+        if v is not None
+    }
     recs = run_bench(args.size, args.device, args.rounds, args.arch, **over)
     for r in recs:
         print(show(r))

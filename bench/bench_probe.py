@@ -9,6 +9,7 @@ vs the loop a researcher writes (``randperm`` indexing per batch, autograd, Adam
 
     python -m bench.bench_probe [--size tiny|full] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,10 @@ import torch.nn.functional as F
 from bench.common import interleaved, record, reset_gpu_peak, show, sync_for
 from distill.probe import knn_predict, linear_probe
 
-SIZES = {"tiny": dict(knn_train=(500, 1000), queries=200, dim=32, linear_train=512, rounds=1),
-         "full": dict(knn_train=(10_000, 50_000), queries=10_000, dim=512, linear_train=50_000, rounds=3)}
+SIZES = {
+    "tiny": dict(knn_train=(500, 1000), queries=200, dim=32, linear_train=512, rounds=1),
+    "full": dict(knn_train=(10_000, 50_000), queries=10_000, dim=512, linear_train=50_000, rounds=3),
+}
 
 
 def _features(n: int, dim: int, seed: int, classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,14 +48,20 @@ def faiss_knn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: i
     return votes.argmax(1)
 
 
-def plain_linear(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                 epochs: int = 10, batch_size: int = 256) -> float:
+def plain_linear(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    epochs: int = 10,
+    batch_size: int = 256,
+) -> float:
     layer = torch.nn.Linear(train_x.shape[1], 10).to(train_x.device)
     opt = torch.optim.AdamW(layer.parameters(), lr=1e-3, weight_decay=0.0)
     for _ in range(epochs):
         perm = torch.randperm(len(train_x), device=train_x.device)
         for i in range(0, len(train_x), batch_size):
-            j = perm[i:i + batch_size]
+            j = perm[i : i + batch_size]
             loss = F.cross_entropy(layer(train_x[j]), train_y[j])
             opt.zero_grad()
             loss.backward()
@@ -71,8 +80,9 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
         train_x, train_y = _features(n, p["dim"], seed=0)
         tx, ty, qx = train_x.to(device), train_y.to(device), test_x.to(device)
         got: dict[str, np.ndarray] = {}
-        variants = {"distill.probe.knn_predict": lambda: got.__setitem__("ours", knn_predict(tx, ty, qx, k=20)
-                                                                          .cpu().numpy())}
+        variants = {
+            "distill.probe.knn_predict": lambda: got.__setitem__("ours", knn_predict(tx, ty, qx, k=20).cpu().numpy())
+        }
         try:
             import faiss  # noqa: F401
 
@@ -84,19 +94,46 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
         reset_gpu_peak()
         times = interleaved(variants, r, sync=sync, warmup=torch.device(device).type == "cuda")
         agree = float((got["ours"] == got["faiss"]).mean()) if "faiss" in got else None
-        recs.append(record(f"knn_{n}", f"k-NN k=20 Euclidean, {n} training points, {p['queries']} queries, "
-                           f"{p['dim']}-d", times, ours="distill.probe.knn_predict", baseline=baseline,
-                           target=">= 0.7", goal=lambda x: x >= 0.7, device=str(device), size=size,
-                           prediction_agreement=agree, notes=note))
+        recs.append(
+            record(
+                f"knn_{n}",
+                f"k-NN k=20 Euclidean, {n} training points, {p['queries']} queries, {p['dim']}-d",
+                times,
+                ours="distill.probe.knn_predict",
+                baseline=baseline,
+                target=">= 0.7",
+                goal=lambda x: x >= 0.7,
+                device=str(device),
+                size=size,
+                prediction_agreement=agree,
+                notes=note,
+            )
+        )
     train_x, train_y = _features(p["linear_train"], p["dim"], seed=2)
     tx, ty, qx, qy = train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device)
     reset_gpu_peak()
-    times = interleaved({"distill.probe.linear_probe": lambda: linear_probe(tx, ty, qx, qy, epochs=10, device=device),
-                         "plain loop": lambda: plain_linear(tx, ty, qx, qy)}, r, sync=sync,
-                        warmup=torch.device(device).type == "cuda")
-    recs.append(record("linear_probe", f"linear probe, 10 epochs AdamW batch 256, {p['linear_train']} x {p['dim']} "
-                       "features", times, ours="distill.probe.linear_probe", baseline="plain loop",
-                       target=">= 0.95", goal=lambda x: x >= 0.95, device=str(device), size=size))
+    times = interleaved(
+        {
+            "distill.probe.linear_probe": lambda: linear_probe(tx, ty, qx, qy, epochs=10, device=device),
+            "plain loop": lambda: plain_linear(tx, ty, qx, qy),
+        },
+        r,
+        sync=sync,
+        warmup=torch.device(device).type == "cuda",
+    )
+    recs.append(
+        record(
+            "linear_probe",
+            f"linear probe, 10 epochs AdamW batch 256, {p['linear_train']} x {p['dim']} features",
+            times,
+            ours="distill.probe.linear_probe",
+            baseline="plain loop",
+            target=">= 0.95",
+            goal=lambda x: x >= 0.95,
+            device=str(device),
+            size=size,
+        )
+    )
     return recs
 
 

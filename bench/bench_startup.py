@@ -44,11 +44,21 @@ def _time(args: list[str]) -> float:
 def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None, **_: Any) -> list[dict]:
     """Every call (the tiny size: three of them) in interleaved rounds, as one record."""
     calls = {k: v for k, v in CALLS.items() if size == "full" or k in TINY_CALLS}
-    times = interleaved({name: (lambda args=args: _time(args)) for name, args in calls.items()},
-                        rounds or SIZES[size]["rounds"], warmup=size == "full",
-                        timer={name: (lambda t: t) for name in calls})
-    rec = record("startup", "process start-up, spawn to exit of a fresh interpreter", times, ours="rtt -h",
-                 baseline="python -c pass", target=f"rtt -h at most {TARGET_S:g} s above python -c pass", size=size)
+    times = interleaved(
+        {name: (lambda args=args: _time(args)) for name, args in calls.items()},
+        rounds or SIZES[size]["rounds"],
+        warmup=size == "full",
+        timer={name: (lambda t: t) for name in calls},
+    )
+    rec = record(
+        "startup",
+        "process start-up, spawn to exit of a fresh interpreter",
+        times,
+        ours="rtt -h",
+        baseline="python -c pass",
+        target=f"rtt -h at most {TARGET_S:g} s above python -c pass",
+        size=size,
+    )
     rec["rtt_excess_s"] = rec["median_s"]["rtt -h"] - rec["median_s"]["python -c pass"]
     rec["met"] = bool(rec["rtt_excess_s"] <= TARGET_S)
     return [rec]
@@ -65,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         med = statistics.median(ts)
         print(f"{name:<28}{med:10.3f}{med - base:+24.3f}")
     verdict = "met" if rec["met"] else "NOT met"
-    print(f"rtt -h: {rec['rtt_excess_s']:.3f} s above python -c pass (median of {a.repeats}; "
-          f"target <= {TARGET_S:g} s: {verdict})")
+    print(
+        f"rtt -h: {rec['rtt_excess_s']:.3f} s above python -c pass (median of {a.repeats}; "
+        f"target <= {TARGET_S:g} s: {verdict})"
+    )
     return 0
 
 

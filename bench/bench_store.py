@@ -9,6 +9,7 @@ Throughput is the checkpoint's bytes over the median time (MB/s).
 
     python -m bench.bench_store [--size tiny|full]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,10 @@ import distill
 from bench.common import interleaved, record, show
 from distill.store import Store
 
-SIZES = {"tiny": dict(arch="convnet", options={"width": 8, "depth": 2}, rounds=1),
-         "full": dict(arch="resnet18", options={}, rounds=5)}
+SIZES = {
+    "tiny": dict(arch="convnet", options={"width": 8, "depth": 2}, rounds=1),
+    "full": dict(arch="resnet18", options={}, rounds=5),
+}
 
 
 def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None, **_: Any) -> list[dict]:
@@ -48,12 +51,25 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
                 for k, v in model.state_dict().items():
                     g.create_dataset(k, data=v.detach().cpu().numpy())
 
-        times = interleaved({"Store.save_module": ours, "plain h5py": plain}, rounds or p["rounds"], warmup=size != "tiny")
+        times = interleaved(
+            {"Store.save_module": ours, "plain h5py": plain}, rounds or p["rounds"], warmup=size != "tiny"
+        )
     nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     mb_s = {k: round(nbytes / 1e6 / statistics.median(v), 1) for k, v in times.items()}
-    return [record("store_write", f"one checkpoint of {p['arch']} ({n_params:,} values, {nbytes / 1e6:.1f} MB)",
-                   times, ours="Store.save_module", baseline="plain h5py", target=">= 0.8", goal=lambda r: r >= 0.8,
-                   size=size, mb_per_s=mb_s, notes=[f"throughput MB/s: {mb_s}"])]
+    return [
+        record(
+            "store_write",
+            f"one checkpoint of {p['arch']} ({n_params:,} values, {nbytes / 1e6:.1f} MB)",
+            times,
+            ours="Store.save_module",
+            baseline="plain h5py",
+            target=">= 0.8",
+            goal=lambda r: r >= 0.8,
+            size=size,
+            mb_per_s=mb_s,
+            notes=[f"throughput MB/s: {mb_s}"],
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

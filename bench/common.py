@@ -6,6 +6,7 @@ median of each variant and the speed ratio ``median(baseline) / median(ours)`` (
 faster). Records are plain dicts (JSON-ready) gathered by :mod:`bench.run_all` into
 ``bench/results.json``.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,8 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -25,9 +27,14 @@ def sync_for(device: str | torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
 
-def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, *, warmup: bool = True,
-                sync: Callable[[], None] = lambda: None, timer: dict[str, Callable[[Any], float]] | None = None
-                ) -> dict[str, list[float]]:
+def interleaved(
+    variants: dict[str, Callable[[], Any]],
+    rounds: int,
+    *,
+    warmup: bool = True,
+    sync: Callable[[], None] = lambda: None,
+    timer: dict[str, Callable[[Any], float]] | None = None,
+) -> dict[str, list[float]]:
     """Seconds of each variant per round, variants taking turns within every round.
 
     ``warmup``: one untimed call of each first (allocator, kernel choice, lazy imports).
@@ -70,20 +77,40 @@ def reset_gpu_peak() -> None:
 
 def gpu_peak_mb() -> float | None:
     """Peak GPU memory allocated by torch since the last :func:`reset_gpu_peak`, MiB (None without CUDA)."""
-    return torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
-def record(name: str, what: str, times: dict[str, list[float]], *, ours: str, baseline: str | None,
-           target: str | None = None, goal: Callable[[float], bool] | None = None, device: str = "cpu",
-           size: str = "full", **extra: Any) -> dict[str, Any]:
+def record(
+    name: str,
+    what: str,
+    times: dict[str, list[float]],
+    *,
+    ours: str,
+    baseline: str | None,
+    target: str | None = None,
+    goal: Callable[[float], bool] | None = None,
+    device: str = "cpu",
+    size: str = "full",
+    **extra: Any,
+) -> dict[str, Any]:
     """One result: medians, the ratio baseline/ours of the medians, whether the goal is met, memory."""
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med[baseline] / med[ours] if baseline is not None and med[ours] > 0 else None
     out: dict[str, Any] = {
-        "name": name, "what": what, "size": size, "device": str(device), "ours": ours, "baseline": baseline,
-        "rounds": len(times[ours]), "seconds": times, "median_s": med, "ratio": ratio, "target": target,
+        "name": name,
+        "what": what,
+        "size": size,
+        "device": str(device),
+        "ours": ours,
+        "baseline": baseline,
+        "rounds": len(times[ours]),
+        "seconds": times,
+        "median_s": med,
+        "ratio": ratio,
+        "target": target,
         "met": (bool(goal(ratio)) if goal is not None and ratio is not None else None),
-        "peak_rss_mb": round(peak_rss_mb(), 1), "peak_gpu_mb": gpu_peak_mb(),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_gpu_mb": gpu_peak_mb(),
     }
     out.update(extra)
     return out
@@ -99,9 +126,13 @@ def load_average() -> list[float]:
 
 def machine() -> dict[str, Any]:
     """Where the numbers were measured."""
-    info: dict[str, Any] = {"torch": str(torch.__version__), "threads": torch.get_num_threads(),
-                            "cpu_count": os.cpu_count(), "load_average": load_average(),
-                            "cuda": torch.cuda.is_available()}
+    info: dict[str, Any] = {
+        "torch": str(torch.__version__),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": load_average(),
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -116,8 +147,10 @@ def show(rec: dict[str, Any]) -> str:
     if rec["ratio"] is not None:
         met = "" if rec["met"] is None else ("  met" if rec["met"] else "  NOT met")
         lines.append(f"  ratio baseline/ours {rec['ratio']:.3f}   target {rec['target']}{met}")
-    lines.append(f"  peak RSS {rec['peak_rss_mb']:.0f} MiB" + (f", peak GPU {rec['peak_gpu_mb']:.0f} MiB"
-                                                              if rec["peak_gpu_mb"] is not None else ""))
+    lines.append(
+        f"  peak RSS {rec['peak_rss_mb']:.0f} MiB"
+        + (f", peak GPU {rec['peak_gpu_mb']:.0f} MiB" if rec["peak_gpu_mb"] is not None else "")
+    )
     for k in rec.get("notes", []):
         lines.append(f"  note: {k}")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ HDF5 stores that resume from their last epoch).
     python -m bench.gpu_check --out OUT --part table --data PATH --seconds 300   # Table 1/3 runs that fit
     python -m bench.gpu_check --out OUT --part figures      # prints every number bench/README.md needs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,12 @@ SIZE = os.environ.get("RTT_GPU_CHECK_SIZE", "full")
 TABLE_RUNS = [("resnet18", "paper"), ("vgg11", "paper"), ("resnet18", "reference"), ("vgg11", "reference")]
 TABLE_EPOCHS = 150
 # Table 1 (linear) and Table 3 (k-NN), CIFAR-10, teacher -> student, % (PAPER.md)
-PAPER = {("resnet18", "linear"): (35.50, 46.02), ("vgg11", "linear"): (36.55, 51.98),
-         ("resnet18", "knn"): (37.65, 44.67), ("vgg11", "knn"): (44.92, 51.32)}
+PAPER = {
+    ("resnet18", "linear"): (35.50, 46.02),
+    ("vgg11", "linear"): (36.55, 51.98),
+    ("resnet18", "knn"): (37.65, 44.67),
+    ("vgg11", "knn"): (44.92, 51.32),
+}
 
 
 def _write(out: Path, part: str, payload: Any) -> None:
@@ -52,11 +57,17 @@ def part_distill(out: Path) -> None:
 
 def _print_distill(r: dict) -> None:
     ours = r["median_s"]["distill.distill"]
-    peak = (f", {100 * r['fraction_of_peak']:.1f} % of the {r['peak_reference']} peak {r['peak_tflops']}"
-            if "fraction_of_peak" in r else "")
-    print(f"{r['what']}: ours {ours:.2f} s/epoch, plain {r['median_s']['plain loop']:.2f} s/epoch "
-          f"(ratio {r['ratio']:.3f}); {r['achieved_tflops']['distill.distill']:.1f} TFLOP/s{peak}; "
-          f"peak GPU memory {_mib(r['peak_gpu_mb'])}", flush=True)
+    peak = (
+        f", {100 * r['fraction_of_peak']:.1f} % of the {r['peak_reference']} peak {r['peak_tflops']}"
+        if "fraction_of_peak" in r
+        else ""
+    )
+    print(
+        f"{r['what']}: ours {ours:.2f} s/epoch, plain {r['median_s']['plain loop']:.2f} s/epoch "
+        f"(ratio {r['ratio']:.3f}); {r['achieved_tflops']['distill.distill']:.1f} TFLOP/s{peak}; "
+        f"peak GPU memory {_mib(r['peak_gpu_mb'])}",
+        flush=True,
+    )
 
 
 def _mib(value: float | None) -> str:
@@ -66,15 +77,19 @@ def _mib(value: float | None) -> str:
 def part_paths(out: Path) -> None:
     from bench.bench_paths import run_bench
 
-    over = dict(arch="resnet18", alphas=21, bn_batches=8, bn_batch_size=256, test_images=10_000) \
-        if SIZE == "full" else {}
+    over = (
+        dict(arch="resnet18", alphas=21, bn_batches=8, bn_batch_size=256, test_images=10_000) if SIZE == "full" else {}
+    )
     recs = run_bench(SIZE, DEVICE, 2, **over)
     _write(out, "paths", recs)
     for r in recs:
-        print(f"{r['what']}: ours {r['median_s']['linear_path auto']:.2f} s ({r['ours_backend']}; "
-              f"{r['backend_rule']}), naive {r['median_s']['naive (update_bn + DataLoader)']:.2f} s, ratio "
-              f"{r['ratio']:.2f}, max |d loss| {r['max_abs_loss_difference']:.1e}; peak GPU memory "
-              f"{_mib(r['peak_gpu_mb'])}", flush=True)
+        print(
+            f"{r['what']}: ours {r['median_s']['linear_path auto']:.2f} s ({r['ours_backend']}; "
+            f"{r['backend_rule']}), naive {r['median_s']['naive (update_bn + DataLoader)']:.2f} s, ratio "
+            f"{r['ratio']:.2f}, max |d loss| {r['max_abs_loss_difference']:.1e}; peak GPU memory "
+            f"{_mib(r['peak_gpu_mb'])}",
+            flush=True,
+        )
 
 
 def part_probes(out: Path) -> None:
@@ -84,8 +99,11 @@ def part_probes(out: Path) -> None:
     _write(out, "probes", recs)
     for r in recs:
         base = f", {r['baseline']} {r['median_s'][r['baseline']]:.3f} s" if r["baseline"] else ""
-        print(f"{r['what']}: ours {r['median_s'][r['ours']]:.3f} s on {DEVICE}{base}; peak GPU memory "
-              f"{_mib(r['peak_gpu_mb'])}", flush=True)
+        print(
+            f"{r['what']}: ours {r['median_s'][r['ours']]:.3f} s on {DEVICE}{base}; peak GPU memory "
+            f"{_mib(r['peak_gpu_mb'])}",
+            flush=True,
+        )
 
 
 def _rtt() -> list[str]:
@@ -138,20 +156,43 @@ def part_table(out: Path, data: str, seconds: float) -> None:
             status.append({"run": path.name, "epochs": done, "complete": False})
             print(f"{path.name}: {done}/{TABLE_EPOCHS} epochs, no time left in this call: rerun to continue")
             continue
-        cmd = _rtt() + ["distill", "--out", str(path), "--dataset", "cifar10", "--data-root", data, "--arch", arch,
-                        "--epochs", str(target), "--device", DEVICE]
+        cmd = _rtt() + [
+            "distill",
+            "--out",
+            str(path),
+            "--dataset",
+            "cifar10",
+            "--data-root",
+            data,
+            "--arch",
+            arch,
+            "--epochs",
+            str(target),
+            "--device",
+            DEVICE,
+        ]
         if recipe_flag:
             cmd += ["--recipe", recipe]
         elif recipe == "reference":  # until --recipe exists: the reference code's one optimiser difference
             cmd += ["--norm-bias-decay", "0.01"]
-        print(f"{path.name}: epochs {done} -> {target} (~{per_epoch:.1f} s/epoch)"
-              f"{'' if recipe_flag else ' [no --recipe flag in this rtt: reference = --norm-bias-decay 0.01]'}",
-              flush=True)
+        print(
+            f"{path.name}: epochs {done} -> {target} (~{per_epoch:.1f} s/epoch)"
+            f"{'' if recipe_flag else ' [no --recipe flag in this rtt: reference = --norm-bias-decay 0.01]'}",
+            flush=True,
+        )
         start = time.monotonic()
         rc = subprocess.run(cmd, env={**os.environ, "TQDM_DISABLE": "1"}).returncode
         done, _ = _store_state(path)
-        status.append({"run": path.name, "epochs": done, "complete": done >= TABLE_EPOCHS, "rc": rc,
-                       "wall_s": time.monotonic() - start, "recipe_flag": recipe_flag})
+        status.append(
+            {
+                "run": path.name,
+                "epochs": done,
+                "complete": done >= TABLE_EPOCHS,
+                "rc": rc,
+                "wall_s": time.monotonic() - start,
+                "recipe_flag": recipe_flag,
+            }
+        )
         _write(out, "table", status)
         if done < TABLE_EPOCHS:
             break
@@ -162,8 +203,10 @@ def part_figures(out: Path) -> None:
     """Everything bench/README.md needs, from the parts' JSON files and the table stores."""
     import torch
 
-    print(f"card: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device'}; "
-          f"torch {torch.__version__}")
+    print(
+        f"card: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device'}; "
+        f"torch {torch.__version__}"
+    )
     for part, show in (("distill", _print_distill),):
         try:
             for r in json.loads((out / f"{part}.json").read_text()):
@@ -173,9 +216,12 @@ def part_figures(out: Path) -> None:
     for part in ("paths", "probes"):
         try:
             for r in json.loads((out / f"{part}.json").read_text()):
-                print(f"{part}: {r['what']}: " + ", ".join(f"{k} {v:.3f} s" for k, v in r["median_s"].items())
-                      + (f" (ratio {r['ratio']:.2f})" if r["ratio"] else "")
-                      + (f", peak GPU {r['peak_gpu_mb']:.0f} MiB" if r["peak_gpu_mb"] else ""))
+                print(
+                    f"{part}: {r['what']}: "
+                    + ", ".join(f"{k} {v:.3f} s" for k, v in r["median_s"].items())
+                    + (f" (ratio {r['ratio']:.2f})" if r["ratio"] else "")
+                    + (f", peak GPU {r['peak_gpu_mb']:.0f} MiB" if r["peak_gpu_mb"] else "")
+                )
         except OSError:
             print(f"{part}: not run")
     from distill.store import Store
@@ -197,11 +243,16 @@ def part_figures(out: Path) -> None:
                 row[f"{model}_{probe}"] = round(100 * best, 2) if math.isfinite(best) else None
         rows.append(row)
         paper = {p: PAPER.get((arch, p)) for p in ("linear", "knn")}
-        print(f"{path.name} ({row['epochs']}/{TABLE_EPOCHS} epochs), best over epochs, %: " + "; ".join(
-            f"{p}: teacher {row.get('teacher_' + p)} teacher_bn {row.get('teacher_bn_' + p)} student "
-            f"{row.get('student_' + p)} input {row.get('input_' + p)}"
-            + (f" [paper {paper[p][0]} -> {paper[p][1]}]" if paper.get(p) else "")
-            for p in ("linear", "linear_std", "knn") if f"student_{p}" in row))
+        print(
+            f"{path.name} ({row['epochs']}/{TABLE_EPOCHS} epochs), best over epochs, %: "
+            + "; ".join(
+                f"{p}: teacher {row.get('teacher_' + p)} teacher_bn {row.get('teacher_bn_' + p)} student "
+                f"{row.get('student_' + p)} input {row.get('input_' + p)}"
+                + (f" [paper {paper[p][0]} -> {paper[p][1]}]" if paper.get(p) else "")
+                for p in ("linear", "linear_std", "knn")
+                if f"student_{p}" in row
+            )
+        )
         secs = sorted(float(v) for v in m.seconds.values[1:])
         print(f"  s/epoch median {secs[len(secs) // 2] if secs else float('nan'):.2f} (probe epochs included)")
     _write(out, "figures", {"table": rows})

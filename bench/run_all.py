@@ -9,6 +9,7 @@ module without it (a print-only benchmark) is run through its ``main([])`` at th
 kept in the record, and listed as not run at the tiny size. A benchmark that fails is recorded with
 its error and the others still run (the exit status is 1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,14 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 
 def _print_only(name: str, module: object, size: str) -> dict:
     """A record for a benchmark that only prints: its output at the full size; nothing at the tiny size."""
-    rec = {"name": name, "size": size, "what": (module.__doc__ or "").strip().splitlines()[0], "ratio": None,
-           "met": None, "printed": None}
+    rec = {
+        "name": name,
+        "size": size,
+        "what": (module.__doc__ or "").strip().splitlines()[0],
+        "ratio": None,
+        "met": None,
+        "printed": None,
+    }
     if size != "full":
         rec["notes"] = ["print-only benchmark (no run_bench): run at the full size only"]
         print(f"{name}: not run at size {size} (print-only, no run_bench)")
@@ -55,16 +62,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS), help="where to write the JSON (default bench/results.json)")
     a = ap.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    found = sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-                   if m.name.startswith("bench_"))
+    found = sorted(
+        m.name[len("bench_") :]
+        for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+        if m.name.startswith("bench_")
+    )
     known = [n for n in ORDER if n in found] + [n for n in found if n not in ORDER]
     names = [n for n in (a.only.split(",") if a.only else known) if n]
     unknown = [n for n in names if n not in known]
     if unknown:
         print(f"error: unknown benchmark(s) {unknown}: choose from {','.join(known)}", file=sys.stderr)
         return 2
-    doc = {"machine": machine(), "size": a.size, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "benchmarks": [], "errors": {}}
+    doc = {
+        "machine": machine(),
+        "size": a.size,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "benchmarks": [],
+        "errors": {},
+    }
     status = 0
     for name in names:
         print(f"\n== bench_{name} ==", flush=True)

@@ -7,20 +7,30 @@ The public API is imported lazily, so ``import distill`` is cheap::
     cfg = distill.DistillConfig(dataset="fashion-mnist", arch="convnet", epochs=4)
     store = distill.distill(cfg, out="runs/demo.h5")
 """
+
 from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Dataset": "data", "Split": "data", "load_dataset": "data", "list_datasets": "data",
-    "build_model": "models", "list_models": "models", "register_model": "models",
+    "Dataset": "data",
+    "Split": "data",
+    "load_dataset": "data",
+    "list_datasets": "data",
+    "build_model": "models",
+    "list_models": "models",
+    "register_model": "models",
     "init_student": "init",
     "recalibrate_bn": "bn",
-    "Store": "store", "StoreError": "store", "as_module": "store",
-    "DistillConfig": "config", "SupervisedConfig": "config",
+    "Store": "store",
+    "StoreError": "store",
+    "as_module": "store",
+    "DistillConfig": "config",
+    "SupervisedConfig": "config",
     "distill": "train",
-    "register_probe": "probe", "list_probes": "probe",
+    "register_probe": "probe",
+    "list_probes": "probe",
     "load_plugins": "plugins",
     "train_supervised": "supervised",
 }

@@ -1,7 +1,8 @@
 """BatchNorm running-statistics re-estimation (the BN "reset" used by probes and landscape paths)."""
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

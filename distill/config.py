@@ -4,6 +4,7 @@ Each field's docstring-like ``help`` metadata becomes the CLI help. Defaults are
 paper's setup (PAPER.md); behaviours of the reference code that the paper does not state
 are options whose defaults follow the paper, as noted per field.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,34 +57,56 @@ class DistillConfig(_Config):
     """Everything that defines one random-teacher distillation run."""
 
     # data
-    dataset: str = _f("cifar10", "dataset name; 'gaussian:cifar10' for Gaussian-noise inputs shaped like CIFAR-10",
-                       names="datasets")
-    data_root: Optional[str] = _f(None, "folder or file holding the dataset (default: $RTT_DATA/<dataset>, and for "
-                                   "Fashion-MNIST /usr/share/datasets/fashion-mnist)")
+    dataset: str = _f(
+        "cifar10", "dataset name; 'gaussian:cifar10' for Gaussian-noise inputs shaped like CIFAR-10", names="datasets"
+    )
+    data_root: Optional[str] = _f(
+        None,
+        "folder or file holding the dataset (default: $RTT_DATA/<dataset>, and for "
+        "Fashion-MNIST /usr/share/datasets/fashion-mnist)",
+    )
     subset: Optional[int] = _f(None, "distil on a stratified subset of this many training images (default: all)")
-    probe_subset: Optional[int] = _f(None, "fit probes on a stratified subset of this many training images "
-                                      "(default: the full training split, as the paper, whatever subset is)")
-    drop_last: bool = _f(False, "drop the last partial batch of every epoch (default: keep it, as the reference "
-                         "code: 196 steps per epoch on 50k images at batch 256)")
+    probe_subset: Optional[int] = _f(
+        None,
+        "fit probes on a stratified subset of this many training images "
+        "(default: the full training split, as the paper, whatever subset is)",
+    )
+    drop_last: bool = _f(
+        False,
+        "drop the last partial batch of every epoch (default: keep it, as the reference "
+        "code: 196 steps per epoch on 50k images at batch 256)",
+    )
     # model
     arch: str = _f("vgg11", "backbone architecture", names="models")
     arch_options: dict = _f({}, "extra backbone options as a JSON object, e.g. '{\"width\": 64}' for convnet")
     out_dim: int = _f(65536, "DINO head output dimension (logits)")
     hidden_dim: int = _f(2048, "DINO head hidden width (units)")
     bottleneck_dim: int = _f(256, "DINO head bottleneck (L2-normalised) width (units)")
-    last_layer: str = _f("plain", "head's last layer: plain linear (what the reference code computes) or a true "
-                         "weight-normalised layer", ("plain", "weightnorm"))
+    last_layer: str = _f(
+        "plain",
+        "head's last layer: plain linear (what the reference code computes) or a true weight-normalised layer",
+        ("plain", "weightnorm"),
+    )
     # student initialisation relative to the teacher
-    init: str = _f("alpha", "student init: copy, alpha (variance-preserving interpolation), eps, independent",
-                   ("copy", "alpha", "eps", "independent"))
+    init: str = _f(
+        "alpha",
+        "student init: copy, alpha (variance-preserving interpolation), eps, independent",
+        ("copy", "alpha", "eps", "independent"),
+    )
     alpha: float = _f(1e-10, "interpolation weight of fresh noise for init=alpha (0 = teacher, 1 = independent)")
     eps: float = _f(0.0, "noise scale for init=eps: theta_s = theta_t + eps * theta_noise")
-    init_scope: str = _f("all", "parameters the init formula mixes: all (the paper's formula, BN/LayerNorm scales "
-                         "and shifts included) or random (only randomly initialised tensors; BN left at 1 and 0)",
-                         ("all", "random"))
+    init_scope: str = _f(
+        "all",
+        "parameters the init formula mixes: all (the paper's formula, BN/LayerNorm scales "
+        "and shifts included) or random (only randomly initialised tensors; BN left at 1 and 0)",
+        ("all", "random"),
+    )
     eps_rescale: bool = _f(False, "init=eps: divide by sqrt(1 + eps^2) (variance-preserving variant)")
-    teacher_bn: str = _f("eval", "teacher BatchNorm mode: eval = initial running stats (paper's code), "
-                         "train = batch statistics", ("eval", "train"))
+    teacher_bn: str = _f(
+        "eval",
+        "teacher BatchNorm mode: eval = initial running stats (paper's code), train = batch statistics",
+        ("eval", "train"),
+    )
     # objective
     loss: str = _f("ce", "ce: cross-entropy H(p_t, p_s); kl: KL(p_t || p_s) (same gradient)", ("ce", "kl"))
     teacher_temp: float = _f(1.0, "teacher softmax temperature (dimensionless)")
@@ -92,16 +115,20 @@ class DistillConfig(_Config):
     center_momentum: float = _f(0.9, "EMA momentum of the center (fraction kept per step)")
     ema_teacher: bool = _f(False, "update the teacher as an EMA of the student (full DINO)")
     ema_momentum: float = _f(0.996, "EMA momentum of the teacher (fraction kept per step)")
-    augment: str = _f("none", "none: one view, the image itself (paper); multicrop: DINO-style crops",
-                      ("none", "multicrop"))
+    augment: str = _f(
+        "none", "none: one view, the image itself (paper); multicrop: DINO-style crops", ("none", "multicrop")
+    )
     global_crops: int = _f(2, "multicrop: number of global crops per image")
     local_crops: int = _f(0, "multicrop: number of local crops per image")
     # optimisation
     optimizer: str = _f("adamw", "optimiser", ("adamw", "adam", "sgd"))
     lr: float = _f(1e-3, "learning rate per step (the peak when a warm-up or cosine schedule is used)")
     weight_decay: float = _f(0.0, "weight decay (decoupled for AdamW; coefficient per step)")
-    norm_bias_decay: Optional[float] = _f(None, "weight decay on biases and norm parameters (None: same as "
-                                          "weight_decay; 0.01 reproduces the reference code's AdamW default)")
+    norm_bias_decay: Optional[float] = _f(
+        None,
+        "weight decay on biases and norm parameters (None: same as "
+        "weight_decay; 0.01 reproduces the reference code's AdamW default)",
+    )
     adam_eps: float = _f(1e-8, "Adam epsilon")
     momentum: float = _f(0.9, "SGD momentum")
     schedule: str = _f("constant", "learning-rate schedule after warm-up", ("constant", "cosine"))
@@ -113,21 +140,30 @@ class DistillConfig(_Config):
     save_epochs: list = _f([], "extra epochs at which to save the student, comma-separated, e.g. 1,2,5")
     # probes
     probe_every: int = _f(10, "probe every this many epochs (0: only at the start and the end)")
-    probes: list = _f(["knn", "linear", "linear_std"], "probes to run, comma-separated ('' for none)",
-                      names="probes")
+    probes: list = _f(["knn", "linear", "linear_std"], "probes to run, comma-separated ('' for none)", names="probes")
     knn_k: int = _f(20, "k of the k-NN probe (neighbours)")
-    knn_metric: str = _f("euclidean", "k-NN distance: euclidean unweighted vote (paper's code) or cosine "
-                         "temperature-weighted (DINO)", ("euclidean", "cosine"))
+    knn_metric: str = _f(
+        "euclidean",
+        "k-NN distance: euclidean unweighted vote (paper's code) or cosine temperature-weighted (DINO)",
+        ("euclidean", "cosine"),
+    )
     linear_epochs: int = _f(10, "linear probe training epochs (AdamW, lr 1e-3)")
     probe_converge: bool = _f(False, "train the linear probe to convergence instead of a fixed number of epochs")
-    dynamics: bool = _f(False, "record collapse/escape metrics every epoch for teacher and student: effective rank, "
-                        "dead units, cosine similarity between inputs per layer (distill.dynamics)")
+    dynamics: bool = _f(
+        False,
+        "record collapse/escape metrics every epoch for teacher and student: effective rank, "
+        "dead units, cosine similarity between inputs per layer (distill.dynamics)",
+    )
     dynamics_examples: int = _f(512, "training images (seeded with probe_seed) the dynamics metrics use")
-    probe_reseed: bool = _f(False, "draw a fresh probe seed at every probed epoch (probe_seed + epoch), as the "
-                            "reference code")
-    recipe: str = _f("paper", "which protocol the defaults follow: paper (its text) or reference (the authors' code: "
-                     "DistillConfig.reference(); sets the fields listed in distill.config.REFERENCE)",
-                     ("paper", "reference"))
+    probe_reseed: bool = _f(
+        False, "draw a fresh probe seed at every probed epoch (probe_seed + epoch), as the reference code"
+    )
+    recipe: str = _f(
+        "paper",
+        "which protocol the defaults follow: paper (its text) or reference (the authors' code: "
+        "DistillConfig.reference(); sets the fields listed in distill.config.REFERENCE)",
+        ("paper", "reference"),
+    )
     # seeds and hardware
     seed: int = _f(0, "teacher initialisation seed")
     noise_seed: int = _f(1, "seed of the noise network used by the student initialisation")
@@ -136,13 +172,19 @@ class DistillConfig(_Config):
     probe_seed: int = _f(0, "seed of probe training and probe subsets")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto (CUDA when present)")
     precision: str = _f("fp32", "training precision (bf16 autocast on CUDA only)", ("fp32", "bf16"))
-    compile: bool = _f(False, "torch.compile the training step (worth it on CUDA; the first epoch pays the "
-                       "compilation; off by default)")
-    store_dtype: str = _f("fp32", "dtype of the checkpoints on disk (bf16/fp16 halve the store; loading casts back, "
-                          "the training state stays full precision so resuming is exact)", ("fp32", "bf16", "fp16"))
+    compile: bool = _f(
+        False,
+        "torch.compile the training step (worth it on CUDA; the first epoch pays the compilation; off by default)",
+    )
+    store_dtype: str = _f(
+        "fp32",
+        "dtype of the checkpoints on disk (bf16/fp16 halve the store; loading casts back, "
+        "the training state stays full precision so resuming is exact)",
+        ("fp32", "bf16", "fp16"),
+    )
 
     @classmethod
-    def reference(cls, **changes: Any) -> "DistillConfig":
+    def reference(cls, **changes: Any) -> DistillConfig:
         """The authors' code's behaviour (``REFERENCE``; ViT options ``REFERENCE_VIT`` on ViTs), then ``changes``."""
         base = dict(REFERENCE)
         arch = changes.get("arch", cls.arch)
@@ -174,9 +216,9 @@ SUPERVISED_PRESETS: dict[str, dict[str, Any]] = {
 # the symmetry on a CPU, the student stays the teacher (tests/distill/test_recipe.py); see README.
 REFERENCE: dict[str, Any] = {
     "recipe": "reference",
-    "init": "copy",              # Figure 1's student starts as an exact copy of the teacher
-    "norm_bias_decay": 0.01,     # AdamW's default decay still applied to biases and norm parameters
-    "probe_reseed": True,        # a fresh probe seed at every probed epoch
+    "init": "copy",  # Figure 1's student starts as an exact copy of the teacher
+    "norm_bias_decay": 0.01,  # AdamW's default decay still applied to biases and norm parameters
+    "probe_reseed": True,  # a fresh probe seed at every probed epoch
 }
 # on ViT backbones also: all blocks tied to one module, PyTorch's default init (cls/pos embeddings N(0, 1))
 REFERENCE_VIT: dict[str, Any] = {"tie_blocks": True, "weight_init": "torch"}
@@ -197,8 +239,9 @@ class SupervisedConfig(_Config):
     gamma: float = _f(0.1, "learning-rate decay factor")
     warmup_epochs: float = _f(0.0, "linear warm-up length (epochs, may be fractional)")
     batch_size: int = _f(256, "batch size (images per step)")
-    augment: str = _f("flip_crop", "flip_crop: random horizontal flip + 4-pixel padded crop; none",
-                      ("flip_crop", "none"))
+    augment: str = _f(
+        "flip_crop", "flip_crop: random horizontal flip + 4-pixel padded crop; none", ("flip_crop", "none")
+    )
     data_seed: int = _f(0, "data order seed")
     aug_seed: int = _f(0, "augmentation seed")
     eval_every: int = _f(0, "evaluate test accuracy every this many epochs (0: only at the end)")
@@ -206,17 +249,39 @@ class SupervisedConfig(_Config):
     precision: str = _f("fp32", "training precision (bf16 autocast on CUDA only)", ("fp32", "bf16"))
 
     @classmethod
-    def preset(cls, name: str, **changes: Any) -> "SupervisedConfig":
+    def preset(cls, name: str, **changes: Any) -> SupervisedConfig:
         """``paper``: 160 epochs (80/120 steps); ``cpu``: 8 epochs (4/6); ``tiny``: 2 epochs, for tests."""
         if name not in SUPERVISED_PRESETS:
             raise ValueError(f"unknown supervised preset {name!r}: choose one of {', '.join(SUPERVISED_PRESETS)}")
         return dataclasses.replace(cls(), **{**SUPERVISED_PRESETS[name], **changes})
 
 
-_POSITIVE = {"epochs", "batch_size", "out_dim", "hidden_dim", "bottleneck_dim", "knn_k", "linear_epochs",
-             "global_crops", "dynamics_examples"}
-_NON_NEGATIVE = {"lr", "weight_decay", "eps", "adam_eps", "momentum", "warmup_epochs", "save_every",
-                 "probe_every", "teacher_temp", "student_temp", "local_crops", "gamma", "eval_every"}
+_POSITIVE = {
+    "epochs",
+    "batch_size",
+    "out_dim",
+    "hidden_dim",
+    "bottleneck_dim",
+    "knn_k",
+    "linear_epochs",
+    "global_crops",
+    "dynamics_examples",
+}
+_NON_NEGATIVE = {
+    "lr",
+    "weight_decay",
+    "eps",
+    "adam_eps",
+    "momentum",
+    "warmup_epochs",
+    "save_every",
+    "probe_every",
+    "teacher_temp",
+    "student_temp",
+    "local_crops",
+    "gamma",
+    "eval_every",
+}
 
 
 def validate(cfg: Any) -> None:
@@ -254,8 +319,10 @@ def _check_probes(probes: Any) -> None:
         known = registry.probe_names()
     unknown = [p for p in probes if p not in known]
     if unknown:
-        raise ValueError(f"probes: unknown probe(s) {', '.join(map(str, unknown))}; choose from {', '.join(known)} "
-                         "(register more with distill.register_probe, or load a plugin with --plugin MODULE)")
+        raise ValueError(
+            f"probes: unknown probe(s) {', '.join(map(str, unknown))}; choose from {', '.join(known)} "
+            "(register more with distill.register_probe, or load a plugin with --plugin MODULE)"
+        )
 
 
 # ---------------------------------------------------------------------- CLI from dataclasses
@@ -296,8 +363,10 @@ def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON ({e.msg} at character {e.pos}); write an "
-                                         "object in single quotes, e.g. '{\"width\": 64}'") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid JSON ({e.msg} at character {e.pos}); write an "
+            "object in single quotes, e.g. '{\"width\": 64}'"
+        ) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object: write e.g. '{{\"width\": 64}}'")
     return value
@@ -313,8 +382,7 @@ _CONVERTERS = {int: _named("int", _int_value), float: _named("float", _float_val
 def _registered(kind: str) -> list[str]:
     from distill import registry
 
-    return {"models": registry.model_names, "datasets": registry.dataset_names,
-            "probes": registry.probe_names}[kind]()
+    return {"models": registry.model_names, "datasets": registry.dataset_names, "probes": registry.probe_names}[kind]()
 
 
 def _show(value: Any) -> str:
@@ -328,8 +396,13 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
-                  skip: tuple[str, ...] = (), defaults_text: dict[str, str] | None = None) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    prefix: str = "",
+    skip: tuple[str, ...] = (),
+    defaults_text: dict[str, str] | None = None,
+) -> None:
     """Add one ``--flag`` per dataclass field of ``cls`` (defaults and help from the field).
 
     The help names the default as written on the command line (lists comma-separated, dicts as
@@ -354,8 +427,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
             shown = _show(default)
         if shown is not None:
             help += f" (default: {shown})"
-        kw: dict[str, Any] = {"dest": prefix.replace("-", "_") + f.name, "default": default,
-                              "help": help.replace("%", "%%")}
+        kw: dict[str, Any] = {
+            "dest": prefix.replace("-", "_") + f.name,
+            "default": default,
+            "help": help.replace("%", "%%"),
+        }
         if tp is bool:
             kw["action"] = _Switch
         elif tp in (list, tuple):
@@ -369,15 +445,19 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
             if f.metadata.get("choices"):
                 kw["choices"] = f.metadata["choices"]
             else:
-                kw["metavar"] = {int: "N", float: "X"}.get(tp, "NAME" if names else "PATH" if f.name.endswith(
-                    ("root", "dir", "path")) else "TEXT")
+                kw["metavar"] = {int: "N", float: "X"}.get(
+                    tp, "NAME" if names else "PATH" if f.name.endswith(("root", "dir", "path")) else "TEXT"
+                )
         parser.add_argument(flag, **kw)
 
 
 def from_args(cls: type, ns: argparse.Namespace, prefix: str = "", **overrides: Any) -> Any:
     """Build ``cls`` from parsed arguments made by :func:`add_arguments`."""
-    vals = {f.name: getattr(ns, prefix.replace("-", "_") + f.name) for f in fields(cls)
-            if hasattr(ns, prefix.replace("-", "_") + f.name)}
+    vals = {
+        f.name: getattr(ns, prefix.replace("-", "_") + f.name)
+        for f in fields(cls)
+        if hasattr(ns, prefix.replace("-", "_") + f.name)
+    }
     vals = {**vals, **overrides}
     if cls is DistillConfig and vals.get("recipe") == "reference":
         # --recipe reference: the reference values replace the flags left at their paper defaults

@@ -13,6 +13,7 @@ Formats, all read offline (nothing is downloaded):
 Decoding an image tree takes seconds, so the decoded arrays are cached as an uncompressed ``.npz``
 (no pickled objects; read with ``allow_pickle=False``); see :func:`cache_path`.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -25,9 +26,9 @@ import struct
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,15 +37,23 @@ from tqdm import tqdm
 
 from distill.device import resolve_device
 
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 MNIST_CLASSES = [str(i) for i in range(10)]
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 _BASE_NAMES = ("cifar10", "cifar100", "fashion-mnist", "mnist")
-_ALIASES = {"fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10",
-            "cifar-100": "cifar100"}
+_ALIASES = {"fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
 _TRAIN_DIRS = ("train", "training")
 _TEST_DIRS = ("test", "testing", "val", "valid", "validation")
@@ -53,6 +62,7 @@ _CACHE_VERSION = "rtt-cache-v1"
 
 
 # ----------------------------------------------------------------------------- containers
+
 
 @dataclass
 class Split:
@@ -63,11 +73,14 @@ class Split:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"Split.images must be uint8 (N, C, H, W), got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
+            raise ValueError(
+                f"Split.images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
+            )
         if self.labels.dtype != torch.int64 or self.labels.shape != (len(self.images),):
-            raise ValueError(f"Split.labels must be int64 of shape ({len(self.images)},), got "
-                             f"{self.labels.dtype} {tuple(self.labels.shape)}")
+            raise ValueError(
+                f"Split.labels must be int64 of shape ({len(self.images)},), got "
+                f"{self.labels.dtype} {tuple(self.labels.shape)}"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -103,37 +116,45 @@ class Dataset:
 
     def to(self, device: str | torch.device) -> Dataset:
         """A copy with both splits on ``device`` ("auto" picks CUDA when present)."""
-        return Dataset(self.name, self.train.to(device), self.test.to(device), list(self.classes),
-                       self.mean, self.std)
+        return Dataset(self.name, self.train.to(device), self.test.to(device), list(self.classes), self.mean, self.std)
 
     def subset(self, n: int, seed: int = 0) -> Dataset:
         """Stratified subset of ``n`` training images (see :func:`stratified_indices`); the test
         split, classes and mean/std are unchanged."""
         idx = stratified_indices(self.train.labels, n, self.num_classes, seed)
         idx = idx.to(self.train.labels.device)
-        return Dataset(self.name, Split(self.train.images[idx], self.train.labels[idx]), self.test,
-                       list(self.classes), self.mean, self.std)
+        return Dataset(
+            self.name,
+            Split(self.train.images[idx], self.train.labels[idx]),
+            self.test,
+            list(self.classes),
+            self.mean,
+            self.std,
+        )
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, train={len(self.train)}, test={len(self.test)}, "
-                f"in_shape={self.in_shape}, classes={self.num_classes}, "
-                f"device={self.train.images.device})")
+        return (
+            f"Dataset({self.name!r}, train={len(self.train)}, test={len(self.test)}, "
+            f"in_shape={self.in_shape}, classes={self.num_classes}, "
+            f"device={self.train.images.device})"
+        )
 
 
 # ----------------------------------------------------------------------------- public API
+
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`."""
     return [*_BASE_NAMES, "gaussian", *(f"gaussian:{n}" for n in _BASE_NAMES)]
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int | None = None,
-                 seed: int = 0) -> Dataset:
+def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int | None = None, seed: int = 0) -> Dataset:
     """Load dataset ``name`` (see :func:`list_datasets`) into CPU memory.
 
     ``root``: a folder or file holding the data. None searches, in order, ``$RTT_DATA/<name>``,
     ``$RTT_DATA`` itself and, for Fashion-MNIST and MNIST, ``/usr/share/datasets/<name>`` (Debian's
-    ``dataset-fashion-mnist``); the error lists the paths tried. ``subset``: keep ``n`` training images, stratified by class and chosen with
+    ``dataset-fashion-mnist``); the error lists the paths tried. ``subset``: keep ``n`` training
+    images, stratified by class and chosen with
     ``seed``; the test split always stays whole.
 
     ``gaussian[:source]`` (source defaults to cifar10): training images are i.i.d. per-pixel
@@ -181,10 +202,19 @@ def shuffled_order(n: int, seed: int | None, device: str | torch.device = "cpu")
     return torch.randperm(n, generator=gen).to(device)
 
 
-def iterate(split: Split, batch_size: int, mean: Sequence[float], std: Sequence[float], *,
-            shuffle: bool = False, seed: int | None = None, drop_last: bool = False,
-            device: str | torch.device = "cpu", with_index: bool = False,
-            channels_last: bool = False) -> Iterator[tuple[Tensor, ...]]:
+def iterate(
+    split: Split,
+    batch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    shuffle: bool = False,
+    seed: int | None = None,
+    drop_last: bool = False,
+    device: str | torch.device = "cpu",
+    with_index: bool = False,
+    channels_last: bool = False,
+) -> Iterator[tuple[Tensor, ...]]:
     """Yield (normalised float32 images (B, C, H, W), int64 labels (B,)) batches on ``device``.
 
     Slices the in-memory split; each uint8 batch is moved to ``device`` (nothing moves when the split
@@ -203,11 +233,10 @@ def iterate(split: Split, batch_size: int, mean: Sequence[float], std: Sequence[
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         if order is None:
-            x, y = split.images[start:start + batch_size], split.labels[start:start + batch_size]
-            idx = torch.arange(start, min(start + batch_size, stop), device=split.images.device) if with_index \
-                else None
+            x, y = split.images[start : start + batch_size], split.labels[start : start + batch_size]
+            idx = torch.arange(start, min(start + batch_size, stop), device=split.images.device) if with_index else None
         else:
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             x, y = split.images[idx], split.labels[idx]
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         x = _normalize_with(x, m, s)
@@ -264,13 +293,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file of unsigned bytes (optionally gzipped) into a uint8 array of its shape."""
     path = Path(path)
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             raw = f.read()
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise ValueError(f"{path}: corrupt or truncated gzip data ({err}); replace the file") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'}); "
-                         "expected an MNIST-style *-ubyte file")
+        raise ValueError(
+            f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'}); expected an MNIST-style *-ubyte file"
+        )
     if raw[2] != 0x08:
         raise ValueError(f"{path}: IDX element type 0x{raw[2]:02x} is not supported (only unsigned bytes, 0x08)")
     ndim = raw[3]
@@ -280,8 +310,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     expected = math.prod(shape)
     if len(raw) - header != expected:
-        raise ValueError(f"{path}: truncated or corrupt IDX file: shape {shape} needs {expected} data bytes, "
-                         f"found {len(raw) - header}; replace the file")
+        raise ValueError(
+            f"{path}: truncated or corrupt IDX file: shape {shape} needs {expected} data bytes, "
+            f"found {len(raw) - header}; replace the file"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
@@ -303,8 +335,10 @@ def cache_path(source: str | os.PathLike) -> Path:
 
 # ----------------------------------------------------------------------------- IDX datasets
 
-_IDX_STEMS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_IDX_STEMS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 def _load_idx_dataset(name: str, root: str | os.PathLike | None) -> Dataset:
@@ -319,20 +353,25 @@ def _load_idx_dataset(name: str, root: str | os.PathLike | None) -> Dataset:
             break
     else:
         how = "run 'apt-get install dataset-fashion-mnist', or " if name == "fashion-mnist" else ""
-        raise FileNotFoundError(f"{name} not found (tried: {', '.join(map(str, folders))}): {how}put its four IDX "
-                                f"files (train-images-idx3-ubyte.gz, ...) in DIR/{name} and set RTT_DATA=DIR, "
-                                "or pass root=DIR")
+        raise FileNotFoundError(
+            f"{name} not found (tried: {', '.join(map(str, folders))}): {how}put its four IDX "
+            f"files (train-images-idx3-ubyte.gz, ...) in DIR/{name} and set RTT_DATA=DIR, "
+            "or pass root=DIR"
+        )
     splits = {}
     for split, (img_stem, lab_stem) in _IDX_STEMS.items():
         files = [_idx_file(folder, stem) for stem in (img_stem, lab_stem)]
         missing = [stem for stem, f in zip((img_stem, lab_stem), files) if f is None]
         if missing:
-            raise FileNotFoundError(f"{folder} lacks {' and '.join(missing)}[.gz]: it needs all four IDX files "
-                                    f"of {name}")
+            raise FileNotFoundError(
+                f"{folder} lacks {' and '.join(missing)}[.gz]: it needs all four IDX files of {name}"
+            )
         images, labels = read_idx(files[0]), read_idx(files[1])
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(f"{files[0]} / {files[1]}: expected images (N, H, W) and labels (N,), got "
-                             f"{images.shape} and {labels.shape}")
+            raise ValueError(
+                f"{files[0]} / {files[1]}: expected images (N, H, W) and labels (N,), got "
+                f"{images.shape} and {labels.shape}"
+            )
         splits[split] = Split(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).long())
     classes = FASHION_MNIST_CLASSES if name == "fashion-mnist" else MNIST_CLASSES
     return _make(name, splits["train"], splits["test"], classes)
@@ -348,10 +387,14 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
 # ----------------------------------------------------------------------------- CIFAR
 
 _PICKLE_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
-_PICKLE_FILES = {"cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta"),
-                 "cifar100": (["train"], ["test"], "meta")}
-_TARBALL_NAMES = {"cifar10": ("cifar10-jpg.tar.gz", "cifar-10-python.tar.gz"),
-                  "cifar100": ("cifar100-jpg.tar.gz", "cifar-100-python.tar.gz")}
+_PICKLE_FILES = {
+    "cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "batches.meta"),
+    "cifar100": (["train"], ["test"], "meta"),
+}
+_TARBALL_NAMES = {
+    "cifar10": ("cifar10-jpg.tar.gz", "cifar-10-python.tar.gz"),
+    "cifar100": ("cifar100-jpg.tar.gz", "cifar-100-python.tar.gz"),
+}
 
 
 def _load_cifar(name: str, root: str | os.PathLike | None) -> Dataset:
@@ -374,7 +417,8 @@ def _load_cifar(name: str, root: str | os.PathLike | None) -> Dataset:
     raise FileNotFoundError(
         f"{name} not found (tried: {tried_text}): pass root= a {_PICKLE_DIRS[name]} folder, "
         f"an image tree train/<class>/*.jpg + test/<class>/*.jpg, or a tarball of either (e.g. "
-        f"{_TARBALL_NAMES[name][0]}), or set RTT_DATA=DIR with one of these in DIR/{name}")
+        f"{_TARBALL_NAMES[name][0]}), or set RTT_DATA=DIR with one of these in DIR/{name}"
+    )
 
 
 def _find_cifar(name: str, place: Path, tried: list[Path]) -> tuple[str, Path] | None:
@@ -438,19 +482,25 @@ def _decode_source(name: str, source: Path, kind: str) -> dict[str, np.ndarray]:
                 parts = PurePosixPath(member.name).parts
                 if len(parts) >= 2 and parts[-2] == pickle_dir and parts[-1] in wanted:
                     pickles[parts[-1]] = tf.extractfile(member).read()
-                elif (len(parts) >= 3 and parts[-3].lower() in _TRAIN_DIRS + _TEST_DIRS
-                      and PurePosixPath(parts[-1]).suffix.lower() in _IMAGE_EXTS
-                      and not any(p.startswith(".") or p == "__MACOSX" for p in parts)):
+                elif (
+                    len(parts) >= 3
+                    and parts[-3].lower() in _TRAIN_DIRS + _TEST_DIRS
+                    and PurePosixPath(parts[-1]).suffix.lower() in _IMAGE_EXTS
+                    and not any(p.startswith(".") or p == "__MACOSX" for p in parts)
+                ):
                     split = "train" if parts[-3].lower() in _TRAIN_DIRS else "test"
-                    images.setdefault(parts[:-3], []).append((split, parts[-2], parts[-1],
-                                                              tf.extractfile(member).read()))
+                    images.setdefault(parts[:-3], []).append(
+                        (split, parts[-2], parts[-1], tf.extractfile(member).read())
+                    )
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         raise ValueError(f"{source}: unreadable tarball ({err}); replace the file") from None
     if pickles:
         return _cifar_pickle_arrays(name, pickles, source)
     if len(images) > 1:
-        raise ValueError(f"{source}: several image trees inside ({', '.join('/'.join(p) or '.' for p in images)}); "
-                         "keep one train/ + test/ pair")
+        raise ValueError(
+            f"{source}: several image trees inside ({', '.join('/'.join(p) or '.' for p in images)}); "
+            "keep one train/ + test/ pair"
+        )
     return _decode_tree(next(iter(images.values()), []), source)
 
 
@@ -473,8 +523,10 @@ def _decode_tree(items: list[tuple[str, str, str, bytes]], where: Path) -> dict[
         try:
             with Image.open(io.BytesIO(blob)) as img:
                 if img.size != size:
-                    raise ValueError(f"{where}: {split}/{cls}/{fname} is {img.size}, others are {size}; "
-                                     "all images must have one size")
+                    raise ValueError(
+                        f"{where}: {split}/{cls}/{fname} is {img.size}, others are {size}; "
+                        "all images must have one size"
+                    )
                 pixels.append(np.asarray(img.convert(mode) if img.mode != mode else img))
         except (OSError, SyntaxError) as err:  # Pillow's errors for unreadable images
             raise ValueError(f"{where}: cannot decode {split}/{cls}/{fname} ({err}); replace the file") from None
@@ -483,9 +535,13 @@ def _decode_tree(items: list[tuple[str, str, str, bytes]], where: Path) -> dict[
     is_train = np.array([it[0] == "train" for it in items])
     class_id = {cls: i for i, cls in enumerate(classes)}
     labels = np.array([class_id[it[1]] for it in items], dtype=np.int64)
-    return {"train_images": np.ascontiguousarray(stacked[is_train]), "train_labels": labels[is_train],
-            "test_images": np.ascontiguousarray(stacked[~is_train]), "test_labels": labels[~is_train],
-            "classes": np.array(classes)}
+    return {
+        "train_images": np.ascontiguousarray(stacked[is_train]),
+        "train_labels": labels[is_train],
+        "test_images": np.ascontiguousarray(stacked[~is_train]),
+        "test_labels": labels[~is_train],
+        "classes": np.array(classes),
+    }
 
 
 def _cifar_from_pickles(name: str, files: dict[str, bytes], where: Path) -> Dataset:
@@ -503,12 +559,18 @@ def _cifar_pickle_arrays(name: str, files: dict[str, bytes], where: Path) -> dic
         images, labels = [], []
         for fname in names:
             if fname not in files:
-                raise FileNotFoundError(f"{where}: batch file {fname} is missing; the {_PICKLE_DIRS[name]} "
-                                        "folder must be complete")
+                raise FileNotFoundError(
+                    f"{where}: batch file {fname} is missing; the {_PICKLE_DIRS[name]} folder must be complete"
+                )
             batch = unpickle_restricted(files[fname], f"{where}/{fname}")
             data, lab = batch.get("data"), batch.get(label_key)
-            if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or lab is None \
-                    or len(lab) != len(data):
+            if (
+                not isinstance(data, np.ndarray)
+                or data.ndim != 2
+                or data.shape[1] != 3072
+                or lab is None
+                or len(lab) != len(data)
+            ):
                 raise ValueError(f"{where}/{fname}: expected 'data' (N, 3072) and '{label_key}' (N,)")
             images.append(data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32))
             labels.append(np.asarray(lab, dtype=np.int64))
@@ -543,7 +605,7 @@ class _NdarrayToken:
     """Stands for ``numpy.ndarray`` inside a pickle: it may be rebuilt through ``_reconstruct``
     (how numpy pickles arrays) but not called to allocate an array of any shape."""
 
-    def __new__(cls, *args: object, **kw: object) -> "_NdarrayToken":
+    def __new__(cls, *args: object, **kw: object) -> _NdarrayToken:
         raise pickle.UnpicklingError("numpy.ndarray may only be rebuilt from its bytes, not called")
 
 
@@ -555,8 +617,9 @@ def _bounded_array(shape: object, dtype: np.dtype, limit: int) -> tuple[int, ...
         raise pickle.UnpicklingError(f"array shape {shape!r} is not a tuple of sizes")
     nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if nbytes > limit:
-        raise pickle.UnpicklingError(f"array of shape {shape} ({nbytes} bytes) is larger than the {limit} bytes "
-                                     "of the file")
+        raise pickle.UnpicklingError(
+            f"array of shape {shape} ({nbytes} bytes) is larger than the {limit} bytes of the file"
+        )
     return shape
 
 
@@ -593,8 +656,11 @@ def _allowed_globals(limit: int) -> dict[tuple[str, str], object]:
     def scalar(dtype: object, *args: object) -> object:
         return _SCALAR(_plain_dtype(dtype), *args)  # type: ignore[operator]
 
-    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): _NdarrayToken, ("numpy", "dtype"): _plain_dtype,
-                                              ("_codecs", "encode"): _latin1_encode}
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): _NdarrayToken,
+        ("numpy", "dtype"): _plain_dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
     for mod in ("numpy.core", "numpy._core"):
         allowed[(f"{mod}.multiarray", "_reconstruct")] = reconstruct
         allowed[(f"{mod}.multiarray", "scalar")] = scalar
@@ -641,14 +707,17 @@ def unpickle_restricted(blob: bytes, where: str = "<bytes>") -> dict:
         obj = _ArrayOnlyUnpickler(blob).load()
         _check_arrays(obj, len(blob))
     except Exception as err:  # noqa: BLE001 - any failure means the file is not a CIFAR batch
-        raise ValueError(f"{where}: not a CIFAR batch pickle ({type(err).__name__}: {err}); only numpy arrays, "
-                         "lists, dicts, bytes and numbers may appear in it") from None
+        raise ValueError(
+            f"{where}: not a CIFAR batch pickle ({type(err).__name__}: {err}); only numpy arrays, "
+            "lists, dicts, bytes and numbers may appear in it"
+        ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected a dict in the CIFAR batch pickle, found {type(obj).__name__}")
     return {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
 # ----------------------------------------------------------------------------- gaussian noise
+
 
 def _gaussian_like(source: Dataset, n: int | None, seed: int) -> Dataset:
     total = len(source.train)
@@ -666,11 +735,12 @@ def _gaussian_like(source: Dataset, n: int | None, seed: int) -> Dataset:
     images = torch.empty((len(labels), *source.in_shape), dtype=torch.uint8)
     chunk = 4096  # fixed so that a seed always gives the same images
     for start in range(0, len(labels), chunk):
-        block = images[start:start + chunk]
+        block = images[start : start + chunk]
         noise = torch.randn(block.shape, generator=gen) * std + mean
         block.copy_(noise.round_().clamp_(0, 255).to(torch.uint8))
-    return Dataset(f"gaussian:{source.name}", Split(images, labels), source.test, list(source.classes),
-                   source.mean, source.std)
+    return Dataset(
+        f"gaussian:{source.name}", Split(images, labels), source.test, list(source.classes), source.mean, source.std
+    )
 
 
 def clamped_normal_moments(mu: float, sigma: float, lo: float, hi: float) -> tuple[float, float]:
@@ -681,9 +751,14 @@ def clamped_normal_moments(mu: float, sigma: float, lo: float, hi: float) -> tup
     a, b = (lo - mu) / sigma, (hi - mu) / sigma
     inside = _cdf(b) - _cdf(a)
     first = lo * _cdf(a) + hi * (1 - _cdf(b)) + mu * inside + sigma * (_pdf(a) - _pdf(b))
-    second = (lo ** 2 * _cdf(a) + hi ** 2 * (1 - _cdf(b)) + mu ** 2 * inside + 2 * mu * sigma * (_pdf(a) - _pdf(b))
-              + sigma ** 2 * (inside + a * _pdf(a) - b * _pdf(b)))
-    return first, math.sqrt(max(second - first ** 2, 0.0))
+    second = (
+        lo**2 * _cdf(a)
+        + hi**2 * (1 - _cdf(b))
+        + mu**2 * inside
+        + 2 * mu * sigma * (_pdf(a) - _pdf(b))
+        + sigma**2 * (inside + a * _pdf(a) - b * _pdf(b))
+    )
+    return first, math.sqrt(max(second - first**2, 0.0))
 
 
 def _cdf(z: float) -> float:
@@ -711,6 +786,7 @@ def _clamped_normal_params(mean: float, std: float, lo: float, hi: float) -> tup
 
 
 # ----------------------------------------------------------------------------- cache
+
 
 def _source_stamp(source: Path) -> str:
     """Identity of a source: resolved path, total size and latest mtime (over all files of a folder)."""
@@ -783,6 +859,7 @@ def _write_cache(source: Path, stamp: str, arrays: dict[str, np.ndarray]) -> Pat
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def _make(name: str, train: Split, test: Split, classes: list[str]) -> Dataset:
     mean, std = channel_stats(train.images)
     return Dataset(name, train, test, list(classes), mean, std)
@@ -813,8 +890,9 @@ def _tree_split_dir(root: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _stats_tensors(mean: Sequence[float], std: Sequence[float], channels: int,
-                   device: torch.device) -> tuple[Tensor, Tensor]:
+def _stats_tensors(
+    mean: Sequence[float], std: Sequence[float], channels: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"mean/std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
     m = torch.tensor(list(mean), dtype=torch.float32, device=device).view(channels, 1, 1)

@@ -13,6 +13,7 @@ writes the store (the others read it to resume and skip every write) and runs th
 Without torchrun (``WORLD_SIZE`` unset or 1) :func:`from_env` returns a single-process
 :class:`Ranks` whose methods change nothing, so the training loop has one code path.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -110,8 +111,9 @@ class _ReadOnlyStore:
 class Ranks:
     """The processes training one student together; ``world_size == 1`` is a plain run."""
 
-    def __init__(self, rank: int = 0, world_size: int = 1, device: torch.device | None = None,
-                 joined: bool = False) -> None:
+    def __init__(
+        self, rank: int = 0, world_size: int = 1, device: torch.device | None = None, joined: bool = False
+    ) -> None:
         self.rank, self.world_size = int(rank), int(world_size)
         self.device = device if device is not None else torch.device("cpu")
         self.joined = joined  # this object initialised the process group (and leaves it in close())
@@ -136,7 +138,7 @@ class Ranks:
         if self.world_size == 1:
             return x
         n = x.shape[0] // self.world_size
-        return x[self.rank * n:(self.rank + 1) * n]
+        return x[self.rank * n : (self.rank + 1) * n]
 
     def prepare(self, *modules: nn.Module) -> None:
         """Global-batch BatchNorm for ``modules`` and rank 0's tensors on every rank (they are built
@@ -173,14 +175,14 @@ class Ranks:
         flat /= self.world_size
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
         out: list[Any] = []
         for v in values:
             if v is None:
                 out.append(None)
             else:
-                out.append(flat[offset:offset + v.numel()].view(v.shape).to(v.dtype))
+                out.append(flat[offset : offset + v.numel()].view(v.shape).to(v.dtype))
                 offset += v.numel()
         return tuple(out)
 

@@ -1,4 +1,5 @@
 """Device selection shared by every module."""
+
 from __future__ import annotations
 
 import torch

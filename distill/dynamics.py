@@ -15,9 +15,11 @@ Measures on a fixed set of inputs, per network and per layer:
 the values join the run's ``metrics`` Dataset as ``effective_rank`` / ``dead_fraction`` (epoch,
 model) and ``layer_cosine`` / ``layer_effective_rank`` (epoch, model, layer).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,8 +88,9 @@ def layer_outputs(backbone: nn.Module, x: Tensor, names: Sequence[str]) -> dict[
     """Outputs of the modules ``names`` of ``backbone`` on ``x`` (eval mode), plus ``embedding``."""
     mods = dict(backbone.named_modules())
     got: dict[str, Tensor] = {}
-    handles = [mods[n].register_forward_hook(lambda m, a, out, n=n: got.__setitem__(n, out.detach().clone()))
-               for n in names]
+    handles = [
+        mods[n].register_forward_hook(lambda m, a, out, n=n: got.__setitem__(n, out.detach().clone())) for n in names
+    ]
     was = backbone.training
     backbone.eval()
     try:
@@ -115,21 +118,28 @@ class DynamicsRecorder:
         for name, net in zip(NETWORKS, (teacher, student)):
             outs = layer_outputs(net.backbone, self.x, self.layers[:-1])
             emb = outs["embedding"]
-            row[name] = {"effective_rank": effective_rank(emb), "dead_fraction": dead_fraction(emb),
-                         "embedding_cosine": mean_cosine(emb),
-                         "layer_cosine": [mean_cosine(outs[n]) for n in self.layers],
-                         "layer_effective_rank": [effective_rank(_units(outs[n])) for n in self.layers],
-                         "layer_dead_fraction": [dead_fraction(outs[n]) for n in self.layers]}
+            row[name] = {
+                "effective_rank": effective_rank(emb),
+                "dead_fraction": dead_fraction(emb),
+                "embedding_cosine": mean_cosine(emb),
+                "layer_cosine": [mean_cosine(outs[n]) for n in self.layers],
+                "layer_effective_rank": [effective_rank(_units(outs[n])) for n in self.layers],
+                "layer_dead_fraction": [dead_fraction(outs[n]) for n in self.layers],
+            }
         self.rows[int(epoch)] = row
 
     def variables(self, epochs: Sequence[int], models: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(data variables, extra coords) over (epoch, model[, layer]); NaN where not measured."""
-        scalar = {"effective_rank": ("effective rank of the embeddings (centred, Roy & Vetterli)", "1"),
-                  "dead_fraction": ("fraction of embedding units <= 0 on every input", "fraction"),
-                  "embedding_cosine": ("mean cosine similarity of embeddings of different inputs", "1")}
-        per_layer = {"layer_cosine": ("mean cosine similarity between different inputs, per layer", "1"),
-                     "layer_effective_rank": ("effective rank of the layer's channel means / units", "1"),
-                     "layer_dead_fraction": ("fraction of units <= 0 on every input, per layer", "fraction")}
+        scalar = {
+            "effective_rank": ("effective rank of the embeddings (centred, Roy & Vetterli)", "1"),
+            "dead_fraction": ("fraction of embedding units <= 0 on every input", "fraction"),
+            "embedding_cosine": ("mean cosine similarity of embeddings of different inputs", "1"),
+        }
+        per_layer = {
+            "layer_cosine": ("mean cosine similarity between different inputs, per layer", "1"),
+            "layer_effective_rank": ("effective rank of the layer's channel means / units", "1"),
+            "layer_dead_fraction": ("fraction of units <= 0 on every input, per layer", "fraction"),
+        }
         out: dict[str, Any] = {}
         for var, (long_name, units) in scalar.items():
             a = np.full((len(epochs), len(models)), np.nan)
@@ -162,8 +172,12 @@ class DynamicsRecorder:
                 if np.isnan(float(sel.effective_rank)):
                     continue
                 row[m] = {v: float(sel[v]) for v in ("effective_rank", "dead_fraction", "embedding_cosine")}
-                row[m].update({v: [float(t) for t in sel[v].values] for v in
-                               ("layer_cosine", "layer_effective_rank", "layer_dead_fraction")})
+                row[m].update(
+                    {
+                        v: [float(t) for t in sel[v].values]
+                        for v in ("layer_cosine", "layer_effective_rank", "layer_dead_fraction")
+                    }
+                )
             if row:
                 self.rows[int(e)] = row
 

@@ -3,9 +3,11 @@
 Also holds the small option checkers shared by :mod:`distill.models`; each raises a one-line
 ``ValueError`` naming the option and what it accepts.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +19,16 @@ LAST_LAYERS = ("plain", "weightnorm")
 
 # Options of each head with their defaults (the DINO values of the paper).
 HEAD_DEFAULTS: dict[str | None, dict[str, Any]] = {
-    "dino": {"out_dim": 65536, "hidden_dim": 2048, "bottleneck_dim": 256, "nlayers": 3, "use_bn": False,
-             "l2_normalize": True, "last_layer": "plain", "norm_last_layer": True},
+    "dino": {
+        "out_dim": 65536,
+        "hidden_dim": 2048,
+        "bottleneck_dim": 256,
+        "nlayers": 3,
+        "use_bn": False,
+        "l2_normalize": True,
+        "last_layer": "plain",
+        "norm_last_layer": True,
+    },
     "linear": {},
     None: {},
 }
@@ -89,9 +99,19 @@ class DINOHead(nn.Module):
     BatchNorm layers keep PyTorch's default (1, 0).
     """
 
-    def __init__(self, in_dim: int, *, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3, use_bn: bool = False, l2_normalize: bool = True, last_layer: str = "plain",
-                 norm_last_layer: bool = True) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        *,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+        use_bn: bool = False,
+        l2_normalize: bool = True,
+        last_layer: str = "plain",
+        norm_last_layer: bool = True,
+    ) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (nlayers - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []

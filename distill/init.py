@@ -17,6 +17,7 @@ identical in teacher and noise draw and is copied from the teacher unchanged.
 theta_s = (theta_t + eps * theta_n) / sqrt(1 + eps^2). Buffers (BN running statistics) are
 always copied from the teacher.
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,8 +44,15 @@ def fresh_like(model: nn.Module, seed: int) -> nn.Module:
 
 
 @torch.no_grad()
-def init_student(teacher: nn.Module, mode: str = "alpha", alpha: float = 1e-10, eps: float = 0.0,
-                 seed: int = 1, scope: str = "all", eps_rescale: bool = False) -> nn.Module:
+def init_student(
+    teacher: nn.Module,
+    mode: str = "alpha",
+    alpha: float = 1e-10,
+    eps: float = 0.0,
+    seed: int = 1,
+    scope: str = "all",
+    eps_rescale: bool = False,
+) -> nn.Module:
     """A student initialised relative to ``teacher`` (left untouched); see the module docstring.
 
     ``scope``: ``all`` parameters (the paper's formula) or only the ``random``ly initialised ones;
@@ -67,7 +75,7 @@ def init_student(teacher: nn.Module, mode: str = "alpha", alpha: float = 1e-10, 
     if mode == "independent":
         return noise.requires_grad_(True).train(teacher.training)
     n_params = dict(noise.named_parameters())
-    scale = 1.0 / math.sqrt(alpha ** 2 + (1 - alpha) ** 2)
+    scale = 1.0 / math.sqrt(alpha**2 + (1 - alpha) ** 2)
     for name, p in student.named_parameters():
         t, n = p.detach().clone(), n_params[name]
         if scope == "random" and torch.equal(t, n):  # deterministic initialisation: nothing to mix
@@ -82,7 +90,7 @@ def init_student(teacher: nn.Module, mode: str = "alpha", alpha: float = 1e-10, 
         else:
             p.add_(eps * n)
             if eps_rescale:
-                p.div_(math.sqrt(1 + eps ** 2))
+                p.div_(math.sqrt(1 + eps**2))
     return student
 
 

@@ -15,6 +15,7 @@ The finiteness guarantee (what :meth:`EpochMeter.check` promises):
   or training state: nothing computed after a non-finite loss is saved. The in-memory model
   may have taken those few extra (non-finite) steps; the store keeps the last finite epoch.
 """
+
 from __future__ import annotations
 
 import torch

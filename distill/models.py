@@ -11,6 +11,7 @@ Initialisation (as the reference implementation of each family):
 - ``vit_*``: see :class:`distill.vit.VisionTransformer` (option ``weight_init``).
 The DINO head is described in :class:`distill.heads.DINOHead`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,16 +19,24 @@ import copy
 import inspect
 import json
 import threading
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.heads import (HEAD_DEFAULTS, HEAD_OPTION_NAMES, HEADS, build_head, check_bool, check_choice,
-                           check_int, check_ints)
+from distill.heads import (
+    HEAD_DEFAULTS,
+    HEAD_OPTION_NAMES,
+    HEADS,
+    build_head,
+    check_bool,
+    check_choice,
+    check_int,
+    check_ints,
+)
 from distill.vit import WEIGHT_INITS, VisionTransformer
-
 
 _RNG_LOCK = threading.RLock()
 
@@ -55,6 +64,7 @@ def register_model(name: str) -> Callable[[Factory], Factory]:
 
     Options must be keyword-only with defaults, so that a spec can list all of them.
     """
+
     def decorate(fn: Factory) -> Factory:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is already registered; choose another name")
@@ -66,6 +76,7 @@ def register_model(name: str) -> Callable[[Factory], Factory]:
                 raise ValueError(f"factory {fn.__name__}: option name {p.name!r} is reserved; rename it")
         _REGISTRY[name] = fn
         return fn
+
     return decorate
 
 
@@ -117,8 +128,13 @@ class Model(nn.Module):
         return f"arch={self._spec['arch']!r}, head={self._spec['head']!r}, embed_dim={self.embed_dim}"
 
 
-def build_model(arch: str, in_shape: Sequence[int] = (3, 32, 32), num_classes: int | None = None,
-                head: str | None = "dino", **options: Any) -> Model:
+def build_model(
+    arch: str,
+    in_shape: Sequence[int] = (3, 32, 32),
+    num_classes: int | None = None,
+    head: str | None = "dino",
+    **options: Any,
+) -> Model:
     """Build backbone ``arch`` for inputs of shape ``in_shape`` = (C, H, W) with ``head`` on top.
 
     ``head``: "dino" (projection head, options out_dim, hidden_dim, bottleneck_dim, nlayers, use_bn,
@@ -130,8 +146,10 @@ def build_model(arch: str, in_shape: Sequence[int] = (3, 32, 32), num_classes: i
 
         load_entry_points()  # an installed plugin may register it
     if arch not in _REGISTRY:
-        raise ValueError(f"unknown arch {arch!r}: registered models are {', '.join(list_models())} (register "
-                         "more with distill.register_model, or load a plugin with --plugin MODULE)")
+        raise ValueError(
+            f"unknown arch {arch!r}: registered models are {', '.join(list_models())} (register "
+            "more with distill.register_model, or load a plugin with --plugin MODULE)"
+        )
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}: choose one of {', '.join(map(repr, HEADS))}")
     if isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, Sequence) or len(in_shape) != 3:
@@ -145,15 +163,23 @@ def build_model(arch: str, in_shape: Sequence[int] = (3, 32, 32), num_classes: i
     unknown = sorted(set(options) - set(bb_opts) - set(head_opts))
     if unknown:
         accepted = sorted(bb_opts) + sorted(head_opts)
-        raise ValueError(f"{arch} with head={head!r} does not accept option(s) {', '.join(unknown)}; "
-                         f"accepted: {', '.join(accepted) or 'none'}")
+        raise ValueError(
+            f"{arch} with head={head!r} does not accept option(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(accepted) or 'none'}"
+        )
     for k, v in options.items():
         (bb_opts if k in bb_opts else head_opts)[k] = v
 
     backbone = _REGISTRY[arch](shape, **bb_opts)
     head_module = build_head(head, backbone.embed_dim, num_classes, head_opts)
-    spec = {"arch": arch, "in_shape": list(shape), "num_classes": num_classes, "head": head,
-            **_jsonable(bb_opts), **_jsonable(head_opts)}
+    spec = {
+        "arch": arch,
+        "in_shape": list(shape),
+        "num_classes": num_classes,
+        "head": head,
+        **_jsonable(bb_opts),
+        **_jsonable(head_opts),
+    }
     try:
         json.dumps(spec)
     except TypeError as e:
@@ -244,7 +270,7 @@ class ZeroPadShortcut(nn.Module):
         self.extra, self.stride = extra_channels, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, ::self.stride, ::self.stride]
+        x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
 
 
@@ -262,8 +288,9 @@ class BasicBlock(nn.Module):
             if shortcut == "A":
                 self.downsample = ZeroPadShortcut(cout - cin, stride)
             else:
-                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
-                                                nn.BatchNorm2d(cout))
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+                )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
@@ -280,15 +307,18 @@ class ResNet(nn.Module):
     "A" (parameter-free: subsample by the stride and zero-pad the new channels).
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], widths: Sequence[int], blocks: Sequence[int],
-                 shortcut: str) -> None:
+    def __init__(
+        self, in_shape: tuple[int, int, int], widths: Sequence[int], blocks: Sequence[int], shortcut: str
+    ) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_shape[0], widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0])
         cin = widths[0]
         for i, (cout, n) in enumerate(zip(widths, blocks)):
-            stage = [BasicBlock(cin if j == 0 else cout, cout, (1 if i == 0 else 2) if j == 0 else 1, shortcut)
-                     for j in range(n)]
+            stage = [
+                BasicBlock(cin if j == 0 else cout, cout, (1 if i == 0 else 2) if j == 0 else 1, shortcut)
+                for j in range(n)
+            ]
             self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
             cin = cout
         self.num_stages = len(widths)
@@ -390,23 +420,47 @@ for _depth in VGG_CONFIGS:
 
 
 # ----------------------------------------------------------------------------- ViT
-def _vit(in_shape: tuple[int, int, int], dim: int, num_heads: int, patch_size: Any, depth: Any, tie_blocks: Any,
-         weight_init: Any) -> nn.Module:
-    return VisionTransformer(in_shape, dim=dim, num_heads=num_heads, depth=check_int("depth", depth),
-                             patch_size=check_int("patch_size", patch_size),
-                             tie_blocks=check_bool("tie_blocks", tie_blocks),
-                             weight_init=check_choice("weight_init", weight_init, WEIGHT_INITS))
+def _vit(
+    in_shape: tuple[int, int, int],
+    dim: int,
+    num_heads: int,
+    patch_size: Any,
+    depth: Any,
+    tie_blocks: Any,
+    weight_init: Any,
+) -> nn.Module:
+    return VisionTransformer(
+        in_shape,
+        dim=dim,
+        num_heads=num_heads,
+        depth=check_int("depth", depth),
+        patch_size=check_int("patch_size", patch_size),
+        tie_blocks=check_bool("tie_blocks", tie_blocks),
+        weight_init=check_choice("weight_init", weight_init, WEIGHT_INITS),
+    )
 
 
 @register_model("vit_tiny")
-def vit_tiny(in_shape: tuple[int, int, int], *, patch_size: int = 8, depth: int = 12, tie_blocks: bool = False,
-             weight_init: str = "trunc_normal") -> nn.Module:
+def vit_tiny(
+    in_shape: tuple[int, int, int],
+    *,
+    patch_size: int = 8,
+    depth: int = 12,
+    tie_blocks: bool = False,
+    weight_init: str = "trunc_normal",
+) -> nn.Module:
     """ViT-Tiny: width 192, 3 heads, ``depth`` blocks, MLP ratio 4; embedding 192 (cls token)."""
     return _vit(in_shape, 192, 3, patch_size, depth, tie_blocks, weight_init)
 
 
 @register_model("vit_small")
-def vit_small(in_shape: tuple[int, int, int], *, patch_size: int = 8, depth: int = 12, tie_blocks: bool = False,
-              weight_init: str = "trunc_normal") -> nn.Module:
+def vit_small(
+    in_shape: tuple[int, int, int],
+    *,
+    patch_size: int = 8,
+    depth: int = 12,
+    tie_blocks: bool = False,
+    weight_init: str = "trunc_normal",
+) -> nn.Module:
     """ViT-Small: width 384, 6 heads, ``depth`` blocks, MLP ratio 4; embedding 384 (cls token)."""
     return _vit(in_shape, 384, 6, patch_size, depth, tie_blocks, weight_init)

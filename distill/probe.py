@@ -8,6 +8,7 @@ DINO's cosine, temperature-weighted k-NN vote is available as an option.
 
 All accuracies are fractions in [0, 1].
 """
+
 from __future__ import annotations
 
 import math
@@ -47,6 +48,7 @@ _EVAL_BATCH = 8192
 
 # ----------------------------------------------------------------------------- embedding
 
+
 def _module_device(module: nn.Module) -> torch.device | None:
     for t in module.parameters():
         return t.device
@@ -55,21 +57,27 @@ def _module_device(module: nn.Module) -> torch.device | None:
     return None
 
 
-def _channel_stats(values: Sequence[float] | Tensor | float, channels: int, name: str,
-                   device: torch.device) -> Tensor:
+def _channel_stats(values: Sequence[float] | Tensor | float, channels: int, name: str, device: torch.device) -> Tensor:
     t = torch.as_tensor(values, dtype=torch.float32, device=device).flatten()
     if t.numel() == 1:
         t = t.expand(channels)
     if t.numel() != channels:
-        raise ValueError(f"{name} has {t.numel()} entries but the images have {channels} channels; "
-                         f"pass one value per channel")
+        raise ValueError(
+            f"{name} has {t.numel()} entries but the images have {channels} channels; pass one value per channel"
+        )
     return t.view(1, channels, 1, 1)
 
 
 @torch.no_grad()
-def embed(backbone: nn.Module, images: Tensor, mean: Sequence[float], std: Sequence[float],
-          batch_size: int = 1024, device: str | torch.device | None = "cpu",
-          out_device: str | torch.device | None = "cpu") -> Tensor:
+def embed(
+    backbone: nn.Module,
+    images: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 1024,
+    device: str | torch.device | None = "cpu",
+    out_device: str | torch.device | None = "cpu",
+) -> Tensor:
     """Embed uint8 images (N, C, H, W) with ``backbone``; returns float32 (N, D) on ``out_device``
     (the CPU by default; None: where the forward passes ran, so probes can stay on the device).
 
@@ -84,15 +92,19 @@ def embed(backbone: nn.Module, images: Tensor, mean: Sequence[float], std: Seque
     (it is not moved). ``device=None`` uses the backbone's own device.
     """
     if images.dim() != 4:
-        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}; "
-                         f"add a channel dimension with images.unsqueeze(1)")
+        raise ValueError(
+            f"images must have shape (N, C, H, W), got {tuple(images.shape)}; "
+            f"add a channel dimension with images.unsqueeze(1)"
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     own = _module_device(backbone)
     dev = torch.device(device) if device is not None else (own or torch.device("cpu"))
     if own is not None and own != dev and not (own.type == dev.type and dev.index is None):
-        raise ValueError(f"backbone is on {own} but device={str(dev)!r}; "
-                         f"move it with backbone.to({str(dev)!r}) or pass device={str(own)!r}")
+        raise ValueError(
+            f"backbone is on {own} but device={str(dev)!r}; "
+            f"move it with backbone.to({str(dev)!r}) or pass device={str(own)!r}"
+        )
     n, c = images.shape[0], images.shape[1]
     m = _channel_stats(mean, c, "mean", dev)
     s = _channel_stats(std, c, "std", dev)
@@ -100,9 +112,8 @@ def embed(backbone: nn.Module, images: Tensor, mean: Sequence[float], std: Seque
     was_training = [(mod, mod.training) for mod in backbone.modules()]
     out: list[Tensor] = []
     starts = range(0, n, batch_size)
-    for i in tqdm(starts, desc="embed", leave=False,
-                  disable=True if n < _BAR_MIN_ITEMS else None):
-        x = images[i:i + batch_size].to(dev, non_blocking=True).float().div_(255).sub_(m).div_(s)
+    for i in tqdm(starts, desc="embed", leave=False, disable=True if n < _BAR_MIN_ITEMS else None):
+        x = images[i : i + batch_size].to(dev, non_blocking=True).float().div_(255).sub_(m).div_(s)
         out.append(backbone(x).flatten(1).float().to(target))
     # Defensive: a module whose forward flips modes must not leak that to the caller.
     for mod, flag in was_training:
@@ -113,6 +124,7 @@ def embed(backbone: nn.Module, images: Tensor, mean: Sequence[float], std: Seque
 
 
 # ----------------------------------------------------------------------------- k-NN
+
 
 def _check_xy(x: Tensor, y: Tensor, name: str) -> None:
     if x.dim() != 2:
@@ -146,9 +158,17 @@ def _nearest(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return vals, idx
 
 
-def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, k: int = 20,
-                metric: str = "euclidean", weighted: bool = False, temperature: float = 0.07,
-                num_classes: int | None = None, chunk: int = 1024) -> Tensor:
+def knn_predict(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    k: int = 20,
+    metric: str = "euclidean",
+    weighted: bool = False,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk: int = 1024,
+) -> Tensor:
     """k-NN class predictions (M,) int64 for ``test_x`` (M, D) from ``train_x`` (N, D), ``train_y`` (N,).
 
     metric="euclidean": L2 distance between raw features. metric="cosine": features are
@@ -199,9 +219,8 @@ def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, k: int = 20,
         tx_sq = tx.square().sum(dim=1)
     preds: list[Tensor] = []
     m = test_x.shape[0]
-    for i in tqdm(range(0, m, chunk), desc="k-NN", leave=False,
-                  disable=True if m * n < 10**8 else None):
-        q = test_x[i:i + chunk].to(dev).float()
+    for i in tqdm(range(0, m, chunk), desc="k-NN", leave=False, disable=True if m * n < 10**8 else None):
+        q = test_x[i : i + chunk].to(dev).float()
         if metric == "cosine":
             q = F.normalize(q, dim=1)
             scores = -(q @ tx.T)  # smaller is nearer
@@ -230,19 +249,38 @@ def knn_predict(train_x: Tensor, train_y: Tensor, test_x: Tensor, k: int = 20,
     return torch.cat(preds)
 
 
-def knn_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, k: int = 20,
-                 metric: str = "euclidean", weighted: bool = False, temperature: float = 0.07,
-                 num_classes: int | None = None, chunk: int = 1024) -> float:
+def knn_accuracy(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    k: int = 20,
+    metric: str = "euclidean",
+    weighted: bool = False,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk: int = 1024,
+) -> float:
     """Fraction of ``test_y`` (M,) predicted correctly by :func:`knn_predict` (same options)."""
     _check_xy(test_x, test_y, "test")
     if test_x.shape[0] == 0:
         raise ValueError("test_x is empty; pass at least one test point")
-    pred = knn_predict(train_x, train_y, test_x, k=k, metric=metric, weighted=weighted,
-                       temperature=temperature, num_classes=num_classes, chunk=chunk)
+    pred = knn_predict(
+        train_x,
+        train_y,
+        test_x,
+        k=k,
+        metric=metric,
+        weighted=weighted,
+        temperature=temperature,
+        num_classes=num_classes,
+        chunk=chunk,
+    )
     return int((pred.cpu() == test_y.cpu().long()).sum()) / test_y.shape[0]
 
 
 # ----------------------------------------------------------------------------- linear probe
+
 
 def standardize_features(train_x: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
     """Standardise features with the per-feature mean and std (unbiased) of ``train_x`` (N, D).
@@ -269,7 +307,7 @@ def _init_linear(layer: nn.Linear, gen: torch.Generator) -> None:
 def _full_loss(layer: nn.Linear, x: Tensor, y: Tensor) -> float:
     total = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, x.shape[0], _EVAL_BATCH):
-        total += F.cross_entropy(layer(x[i:i + _EVAL_BATCH]), y[i:i + _EVAL_BATCH], reduction="sum").double()
+        total += F.cross_entropy(layer(x[i : i + _EVAL_BATCH]), y[i : i + _EVAL_BATCH], reduction="sum").double()
     return float(total) / x.shape[0]
 
 
@@ -277,15 +315,25 @@ def _full_loss(layer: nn.Linear, x: Tensor, y: Tensor) -> float:
 def _accuracy(layer: nn.Linear, x: Tensor, y: Tensor) -> float:
     correct = torch.zeros((), dtype=torch.long, device=x.device)
     for i in range(0, x.shape[0], _EVAL_BATCH):
-        correct += (layer(x[i:i + _EVAL_BATCH]).argmax(dim=1) == y[i:i + _EVAL_BATCH]).sum()
+        correct += (layer(x[i : i + _EVAL_BATCH]).argmax(dim=1) == y[i : i + _EVAL_BATCH]).sum()
     return int(correct) / x.shape[0]
 
 
-def fit_linear(train_x: Tensor, train_y: Tensor, *, epochs: int = 10, lr: float = 1e-3,
-               weight_decay: float = 0.0, batch_size: int = 256, seed: int = 0,
-               until_convergence: bool = False, max_epochs: int = 200, tol: float = 1e-4,
-               num_classes: int | None = None,
-               device: str | torch.device = "cpu") -> tuple[nn.Linear, list[float]]:
+def fit_linear(
+    train_x: Tensor,
+    train_y: Tensor,
+    *,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    seed: int = 0,
+    until_convergence: bool = False,
+    max_epochs: int = 200,
+    tol: float = 1e-4,
+    num_classes: int | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Linear, list[float]]:
     """Train one ``nn.Linear`` on features ``train_x`` (N, D) and labels ``train_y`` (N,).
 
     AdamW (``lr``, ``weight_decay``) on the mean cross-entropy over shuffled mini-batches of
@@ -324,12 +372,11 @@ def fit_linear(train_x: Tensor, train_y: Tensor, *, epochs: int = 10, lr: float 
     opt = torch.optim.AdamW(layer.parameters(), lr=lr, weight_decay=weight_decay)
     n = x.shape[0]
     losses = [_full_loss(layer, x, y)] if until_convergence else []
-    for _ in tqdm(range(n_epochs), desc="linear probe", leave=False,
-                  disable=True if n * n_epochs < 10**7 else None):
+    for _ in tqdm(range(n_epochs), desc="linear probe", leave=False, disable=True if n * n_epochs < 10**7 else None):
         order = torch.randperm(n, generator=gen).to(dev)
         xs, ys = x[order], y[order]  # one gather per epoch; the batches below are views
         for i in range(0, n, batch_size):
-            loss = F.cross_entropy(layer(xs[i:i + batch_size]), ys[i:i + batch_size])
+            loss = F.cross_entropy(layer(xs[i : i + batch_size]), ys[i : i + batch_size])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -340,11 +387,24 @@ def fit_linear(train_x: Tensor, train_y: Tensor, *, epochs: int = 10, lr: float 
     return layer.eval(), losses
 
 
-def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *,
-                 epochs: int = 10, lr: float = 1e-3, weight_decay: float = 0.0, batch_size: int = 256,
-                 standardize: bool = False, seed: int = 0, until_convergence: bool = False,
-                 max_epochs: int = 200, tol: float = 1e-4, num_classes: int | None = None,
-                 device: str | torch.device = "cpu") -> float:
+def linear_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    *,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    standardize: bool = False,
+    seed: int = 0,
+    until_convergence: bool = False,
+    max_epochs: int = 200,
+    tol: float = 1e-4,
+    num_classes: int | None = None,
+    device: str | torch.device = "cpu",
+) -> float:
     """Test accuracy of a linear classifier trained on frozen features (see :func:`fit_linear`).
 
     ``standardize=True`` first applies :func:`standardize_features` (per-feature mean and
@@ -354,8 +414,9 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
     _check_xy(train_x, train_y, "train")
     _check_xy(test_x, test_y, "test")
     if test_x.shape[1] != train_x.shape[1]:
-        raise ValueError(f"test_x has {test_x.shape[1]} features but train_x has {train_x.shape[1]}; "
-                         f"embed both with the same model")
+        raise ValueError(
+            f"test_x has {test_x.shape[1]} features but train_x has {train_x.shape[1]}; embed both with the same model"
+        )
     if test_x.shape[0] == 0:
         raise ValueError("test_x is empty; pass at least one test point")
     _check_finite(test_x, "test_x")
@@ -363,9 +424,20 @@ def linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tenso
         train_x, test_x = standardize_features(train_x, test_x)
     if num_classes is None and train_y.numel():
         num_classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
-    layer, _ = fit_linear(train_x, train_y, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                          batch_size=batch_size, seed=seed, until_convergence=until_convergence,
-                          max_epochs=max_epochs, tol=tol, num_classes=num_classes, device=device)
+    layer, _ = fit_linear(
+        train_x,
+        train_y,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        seed=seed,
+        until_convergence=until_convergence,
+        max_epochs=max_epochs,
+        tol=tol,
+        num_classes=num_classes,
+        device=device,
+    )
     dev = torch.device(device)
     return _accuracy(layer, test_x.to(dev).float(), test_y.to(dev).long())
 
@@ -385,6 +457,7 @@ def register_probe(name: str) -> Callable[[ProbeFn], ProbeFn]:
     :func:`probe_features` (``knn_k``, ``linear_epochs``, ...): accept ``**options`` and use what
     you need. Its accuracy appears in ``store.metrics`` under ``probe=name``.
     """
+
     def decorate(fn: ProbeFn) -> ProbeFn:
         if not isinstance(name, str) or not name or "," in name:
             raise ValueError(f"probe name {name!r}: pass a non-empty name without commas")
@@ -392,6 +465,7 @@ def register_probe(name: str) -> Callable[[ProbeFn], ProbeFn]:
             raise ValueError(f"probe name {name!r} is already registered; choose another name")
         _REGISTRY[name] = fn
         return fn
+
     return decorate
 
 
@@ -408,29 +482,74 @@ def _lookup(names: Sequence[str]) -> list[Callable[..., float]]:
         load_entry_points()  # an installed plugin may provide them
         unknown = [p for p in names if p not in _REGISTRY]
     if unknown:
-        raise ValueError(f"unknown probe(s) {unknown}; choose from {list_probes()} (or register one with "
-                         "distill.register_probe)")
+        raise ValueError(
+            f"unknown probe(s) {unknown}; choose from {list_probes()} (or register one with distill.register_probe)"
+        )
     return [_REGISTRY[p] for p in names]
 
 
 @register_probe("knn")
-def _knn_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *, num_classes: int,
-               device: str | torch.device, knn_k: int = 20, knn_metric: str = "euclidean",
-               knn_weighted: bool = False, knn_temperature: float = 0.07, **_: Any) -> float:
+def _knn_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    *,
+    num_classes: int,
+    device: str | torch.device,
+    knn_k: int = 20,
+    knn_metric: str = "euclidean",
+    knn_weighted: bool = False,
+    knn_temperature: float = 0.07,
+    **_: Any,
+) -> float:
     dev = torch.device(device)
-    return knn_accuracy(train_x.to(dev), train_y.to(dev), test_x.to(dev), test_y, k=knn_k, metric=knn_metric,
-                        weighted=knn_weighted, temperature=knn_temperature, num_classes=num_classes)
+    return knn_accuracy(
+        train_x.to(dev),
+        train_y.to(dev),
+        test_x.to(dev),
+        test_y,
+        k=knn_k,
+        metric=knn_metric,
+        weighted=knn_weighted,
+        temperature=knn_temperature,
+        num_classes=num_classes,
+    )
 
 
 def _linear(standardize: bool) -> Callable[..., float]:
-    def probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *, num_classes: int, seed: int,
-              device: str | torch.device, linear_epochs: int = 10, linear_lr: float = 1e-3,
-              linear_weight_decay: float = 0.0, linear_batch_size: int = 256, until_convergence: bool = False,
-              **_: Any) -> float:
-        return linear_probe(train_x, train_y, test_x, test_y, epochs=linear_epochs, lr=linear_lr,
-                            weight_decay=linear_weight_decay, batch_size=linear_batch_size,
-                            standardize=standardize, seed=seed, until_convergence=until_convergence,
-                            num_classes=num_classes, device=device)
+    def probe(
+        train_x: Tensor,
+        train_y: Tensor,
+        test_x: Tensor,
+        test_y: Tensor,
+        *,
+        num_classes: int,
+        seed: int,
+        device: str | torch.device,
+        linear_epochs: int = 10,
+        linear_lr: float = 1e-3,
+        linear_weight_decay: float = 0.0,
+        linear_batch_size: int = 256,
+        until_convergence: bool = False,
+        **_: Any,
+    ) -> float:
+        return linear_probe(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            epochs=linear_epochs,
+            lr=linear_lr,
+            weight_decay=linear_weight_decay,
+            batch_size=linear_batch_size,
+            standardize=standardize,
+            seed=seed,
+            until_convergence=until_convergence,
+            num_classes=num_classes,
+            device=device,
+        )
+
     return probe
 
 
@@ -438,12 +557,25 @@ register_probe("linear")(_linear(False))
 register_probe("linear_std")(_linear(True))
 
 
-def probe_features(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
-                   probes: Iterable[str] = PROBES, knn_k: int = 20, knn_metric: str = "euclidean",
-                   knn_weighted: bool = False, linear_epochs: int = 10, linear_lr: float = 1e-3,
-                   until_convergence: bool = False, seed: int = 0, *, knn_temperature: float = 0.07,
-                   linear_weight_decay: float = 0.0, linear_batch_size: int = 256,
-                   device: str | torch.device = "cpu") -> dict[str, float]:
+def probe_features(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    probes: Iterable[str] = PROBES,
+    knn_k: int = 20,
+    knn_metric: str = "euclidean",
+    knn_weighted: bool = False,
+    linear_epochs: int = 10,
+    linear_lr: float = 1e-3,
+    until_convergence: bool = False,
+    seed: int = 0,
+    *,
+    knn_temperature: float = 0.07,
+    linear_weight_decay: float = 0.0,
+    linear_batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
     """Run the named probes on precomputed features; returns {probe name: test accuracy}.
 
     Probe names: any registered with :func:`register_probe`; built in: "knn"
@@ -453,16 +585,26 @@ def probe_features(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Ten
     probes = tuple(probes)
     fns = _lookup(probes)
     num_classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
-    options: dict[str, Any] = dict(knn_k=knn_k, knn_metric=knn_metric, knn_weighted=knn_weighted,
-                                   knn_temperature=knn_temperature, linear_epochs=linear_epochs,
-                                   linear_lr=linear_lr, linear_weight_decay=linear_weight_decay,
-                                   linear_batch_size=linear_batch_size, until_convergence=until_convergence)
+    options: dict[str, Any] = dict(
+        knn_k=knn_k,
+        knn_metric=knn_metric,
+        knn_weighted=knn_weighted,
+        knn_temperature=knn_temperature,
+        linear_epochs=linear_epochs,
+        linear_lr=linear_lr,
+        linear_weight_decay=linear_weight_decay,
+        linear_batch_size=linear_batch_size,
+        until_convergence=until_convergence,
+    )
     out = {}
     for name, fn in zip(probes, fns):
         # built-in probes take the features where they are (on the device after probe_model);
         # registered ones get them on the CPU, as register_probe promises
-        xs = (train_x, train_y, test_x, test_y) if name in PROBES else \
-            tuple(t.cpu() for t in (train_x, train_y, test_x, test_y))
+        xs = (
+            (train_x, train_y, test_x, test_y)
+            if name in PROBES
+            else tuple(t.cpu() for t in (train_x, train_y, test_x, test_y))
+        )
         out[name] = float(fn(*xs, num_classes=num_classes, seed=seed, device=device, **options))
     return out
 
@@ -487,9 +629,16 @@ def _split_arrays(data: Any, train_subset: int | None, seed: int) -> tuple[Tenso
     return tr_img, tr_lab.cpu(), data.test.images, data.test.labels.cpu()
 
 
-def probe_model(backbone: nn.Module, data: Any, probes: Iterable[str] = PROBES,
-                train_subset: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                batch_size: int = 1024, **kw: Any) -> dict[str, float]:
+def probe_model(
+    backbone: nn.Module,
+    data: Any,
+    probes: Iterable[str] = PROBES,
+    train_subset: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1024,
+    **kw: Any,
+) -> dict[str, float]:
     """Embed ``data``'s train and test images with ``backbone`` and probe the embeddings.
 
     ``data`` is a Dataset (``.train``/``.test`` splits with uint8 ``images`` and int64
@@ -507,9 +656,16 @@ def probe_model(backbone: nn.Module, data: Any, probes: Iterable[str] = PROBES,
     return probe_features(tr, tr_lab, te, te_lab, probes=probes, seed=seed, device=device, **kw)
 
 
-def probe_input(data: Any, probes: Iterable[str] = PROBES, train_subset: int | None = None,
-                seed: int = 0, device: str | torch.device = "cpu", normalized: bool = True,
-                batch_size: int = 4096, **kw: Any) -> dict[str, float]:
+def probe_input(
+    data: Any,
+    probes: Iterable[str] = PROBES,
+    train_subset: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    normalized: bool = True,
+    batch_size: int = 4096,
+    **kw: Any,
+) -> dict[str, float]:
     """The raw-pixel baseline: probe flattened input images (C*H*W features).
 
     ``normalized=True`` (default) uses the pixels exactly as a backbone sees them,
@@ -519,8 +675,16 @@ def probe_input(data: Any, probes: Iterable[str] = PROBES, train_subset: int | N
     if not normalized:
         c = data.train.images.shape[1]
         data = _Unnormalised(data, c)
-    return probe_model(nn.Flatten(), data, probes=probes, train_subset=train_subset, seed=seed,
-                       device=device, batch_size=batch_size, **kw)
+    return probe_model(
+        nn.Flatten(),
+        data,
+        probes=probes,
+        train_subset=train_subset,
+        seed=seed,
+        device=device,
+        batch_size=batch_size,
+        **kw,
+    )
 
 
 class _Unnormalised:

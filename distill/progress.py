@@ -11,6 +11,7 @@ JSON object per line: ``epoch``, ``loss``, ``kl`` in nats, ``seconds`` of the ep
 UTC), and, with ``tensorboard=DIR``, loss, KL and probe accuracies become TensorBoard scalars
 (the ``tensorboard`` extra). NaN (the loss of epoch 0, before training) is written as null.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,17 @@ class EpochReporter:
     log_lines: also emit the ``logging`` line (when no progress bar is shown).
     """
 
-    def __init__(self, store: str | Path, run: str, epochs: int, start: int, *, enabled: bool = True,
-                 log_lines: bool = True, tensorboard: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        store: str | Path,
+        run: str,
+        epochs: int,
+        start: int,
+        *,
+        enabled: bool = True,
+        log_lines: bool = True,
+        tensorboard: str | Path | None = None,
+    ) -> None:
         self.path, self.run, self.epochs, self.start = progress_path(store), run, int(epochs), int(start)
         self.enabled, self.log_lines = enabled, log_lines
         self.writer = None
@@ -72,8 +82,9 @@ class EpochReporter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ValueError("--tensorboard needs the tensorboard package: pip install "
-                                 "'random-teachers[tensorboard]'") from None
+                raise ValueError(
+                    "--tensorboard needs the tensorboard package: pip install 'random-teachers[tensorboard]'"
+                ) from None
             self.writer = SummaryWriter(str(tensorboard))
 
     def record(self, epoch: int, history: Any) -> dict[str, Any] | None:
@@ -85,11 +96,18 @@ class EpochReporter:
         last = max(probed) if probed else None
         done = [s for e, s in zip(history.epochs, history.seconds) if self.start < e <= epoch]
         eta = (sum(done) / len(done)) * (self.epochs - epoch) if done else None
-        rec = {"epoch": int(epoch), "loss": _num(history.loss[i]), "kl": _num(history.kl[i]),
-               "seconds": _num(history.seconds[i]), "eta_seconds": eta,
-               "probes": {m: {p: _num(v) for p, v in got.items()} for m, got in history.probes[last].items()}
-               if last is not None else {},
-               "probed_epoch": last, "time": now()}
+        rec = {
+            "epoch": int(epoch),
+            "loss": _num(history.loss[i]),
+            "kl": _num(history.kl[i]),
+            "seconds": _num(history.seconds[i]),
+            "eta_seconds": eta,
+            "probes": {m: {p: _num(v) for p, v in got.items()} for m, got in history.probes[last].items()}
+            if last is not None
+            else {},
+            "probed_epoch": last,
+            "time": now(),
+        }
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
             f.flush()
@@ -109,14 +127,16 @@ class EpochReporter:
 
     def line(self, rec: dict[str, Any]) -> str:
         """The log line of a record."""
+
         def fmt(v: float | None, spec: str = ".4f") -> str:
             return "-" if v is None else format(v, spec)
 
         text = f"{self.run} epoch {rec['epoch']}/{self.epochs} loss {fmt(rec['loss'])} kl {fmt(rec['kl'])}"
         student = rec["probes"].get("student", {})
         if student:
-            text += " student " + " ".join(f"{p} {fmt(None if v is None else 100 * v, '.1f')}"
-                                           for p, v in student.items())
+            text += " student " + " ".join(
+                f"{p} {fmt(None if v is None else 100 * v, '.1f')}" for p, v in student.items()
+            )
             if rec["probed_epoch"] != rec["epoch"]:
                 text += f" (epoch {rec['probed_epoch']})"
         text += f" | {fmt(rec['seconds'], '.1f')} s"

@@ -20,6 +20,7 @@ every store and as attrs of every result Dataset (and so of every ``.nc`` file):
 
 Values are strings or ints only (netCDF and HDF5 attrs accept both).
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,8 +36,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-KEYS = ("toolkit_version", "git_commit", "git_dirty", "command_line", "host", "started_at", "torch_version",
-        "cuda_version", "device", "precision", "world_size", "recipe", "config_hash", "run_name")
+KEYS = (
+    "toolkit_version",
+    "git_commit",
+    "git_dirty",
+    "command_line",
+    "host",
+    "started_at",
+    "torch_version",
+    "cuda_version",
+    "device",
+    "precision",
+    "world_size",
+    "recipe",
+    "config_hash",
+    "run_name",
+)
 
 
 def now() -> str:
@@ -69,20 +84,32 @@ def git_state() -> tuple[str, int]:
     """(commit, dirty) of the git checkout holding this toolkit; ("", -1) outside one or without git."""
     root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if commit.returncode != 0:
             return "", -1
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return "", -1
     dirty = int(bool(status.stdout.strip())) if status.returncode == 0 else -1
     return commit.stdout.strip(), dirty
 
 
-def provenance(recipe: Any = None, *, kind: str = "run", device: Any = "cpu", precision: str = "fp32",
-               started_at: str | None = None, world_size: int | None = None) -> dict[str, str | int]:
+def provenance(
+    recipe: Any = None,
+    *,
+    kind: str = "run",
+    device: Any = "cpu",
+    precision: str = "fp32",
+    started_at: str | None = None,
+    world_size: int | None = None,
+) -> dict[str, str | int]:
     """The provenance keys (:data:`KEYS`) of a run of ``kind`` with configuration ``recipe``.
 
     recipe: a config dataclass, a JSON-able mapping or None. device: where the numbers were
@@ -100,11 +127,20 @@ def provenance(recipe: Any = None, *, kind: str = "run", device: Any = "cpu", pr
     text = recipe_json(recipe)
     digest = config_hash(text)
     return {
-        "toolkit_version": str(distill.__version__), "git_commit": commit, "git_dirty": int(dirty),
-        "command_line": shlex.join(sys.argv), "host": socket.gethostname(), "started_at": started_at or now(),
-        "torch_version": str(torch.__version__), "cuda_version": str(torch.version.cuda or ""),
-        "device": str(device), "precision": str(precision), "world_size": int(world_size),
-        "recipe": text, "config_hash": digest, "run_name": f"{kind}_{digest}",
+        "toolkit_version": str(distill.__version__),
+        "git_commit": commit,
+        "git_dirty": int(dirty),
+        "command_line": shlex.join(sys.argv),
+        "host": socket.gethostname(),
+        "started_at": started_at or now(),
+        "torch_version": str(torch.__version__),
+        "cuda_version": str(torch.version.cuda or ""),
+        "device": str(device),
+        "precision": str(precision),
+        "world_size": int(world_size),
+        "recipe": text,
+        "config_hash": digest,
+        "run_name": f"{kind}_{digest}",
     }
 
 

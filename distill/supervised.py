@@ -17,11 +17,13 @@ Example::
     result = train_supervised(model, data, SupervisedConfig.preset("cpu"))
     result["test_accuracy"]
 """
+
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,9 +32,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from distill.bn import has_batchnorm
-from distill.device import resolve_device
 from distill.config import RunError, SupervisedConfig
 from distill.data import Split, iterate
+from distill.device import resolve_device
 from distill.meter import EpochMeter, NonFinite
 
 PADDING = 4  # pixels of padding of the random crop (paper's recipe)
@@ -55,7 +57,7 @@ def pad_crop(x: Tensor, dy: Tensor, dx: Tensor, padding: int = PADDING, fill: fl
         padded.copy_(fill.to(x.device, x.dtype).view(1, c, 1, 1).expand_as(padded))
     else:
         padded.fill_(fill)
-    padded[:, :, p:p + h, p:p + w] = x
+    padded[:, :, p : p + h, p : p + w] = x
     dy, dx = dy.to(x.device, torch.long), dx.to(x.device, torch.long)
     rows = (dy.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * p)
     out = padded.gather(2, rows)
@@ -78,8 +80,9 @@ def augment(x: Tensor, generator: torch.Generator, padding: int = PADDING, fill:
     return flip(pad_crop(x, offsets[0], offsets[1], padding, fill), flips)
 
 
-def _epoch_draws(sizes: list[int], generator: torch.Generator, device: torch.device,
-                 padding: int = PADDING) -> list[tuple[Tensor, Tensor]]:
+def _epoch_draws(
+    sizes: list[int], generator: torch.Generator, device: torch.device, padding: int = PADDING
+) -> list[tuple[Tensor, Tensor]]:
     """:func:`_draws` for every batch of an epoch (``sizes``: the batch sizes in order), drawn in the
     same order as batch-by-batch calls, then moved to ``device`` in one copy per kind (no per-step
     host-to-device transfer). Returns per batch (flips (B,) bool, offsets (2, B) int64)."""
@@ -90,7 +93,7 @@ def _epoch_draws(sizes: list[int], generator: torch.Generator, device: torch.dev
     offsets = torch.cat([o for _, o in parts], dim=1).to(device, non_blocking=True)
     out, start = [], 0
     for b in sizes:
-        out.append((flips[start:start + b], offsets[:, start:start + b]))
+        out.append((flips[start : start + b], offsets[:, start : start + b]))
         start += b
     return out
 
@@ -137,8 +140,10 @@ def check_classifier(model: nn.Module, num_classes: int) -> None:
         what = f"head={spec['head']!r}"
     else:
         what = f"head {type(head).__name__}" if head is not None else "no .head"
-    raise ValueError(f"supervised training needs a linear classifier with {num_classes} outputs but the model has "
-                     f"{what}: use distill.supervised.with_classifier(model, {num_classes})")
+    raise ValueError(
+        f"supervised training needs a linear classifier with {num_classes} outputs but the model has "
+        f"{what}: use distill.supervised.with_classifier(model, {num_classes})"
+    )
 
 
 def with_classifier(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Module:
@@ -149,8 +154,7 @@ def with_classifier(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Mod
     and ``num_classes``, so ``build_model(**spec)`` rebuilds its architecture.
     """
     from distill.heads import HEAD_OPTION_NAMES, build_head
-    from distill.models import seeded
-    from distill.models import Model
+    from distill.models import Model, seeded
 
     spec = getattr(model, "spec", None)
     if not isinstance(spec, dict) or not hasattr(model, "backbone") or not hasattr(model, "embed_dim"):
@@ -176,8 +180,9 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Any, split: str = "test", batch_size: int = 1000,
-             device: str | torch.device | None = None) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, data: Any, split: str = "test", batch_size: int = 1000, device: str | torch.device | None = None
+) -> tuple[float, float]:
     """(mean cross-entropy in nats, accuracy as a fraction) of ``model`` on ``data.<split>``.
 
     Runs in eval mode under ``no_grad`` in fp32 and restores the model's train/eval flag.
@@ -219,8 +224,9 @@ def steps_per_epoch(model: nn.Module, n: int, batch_size: int) -> int:
 
 def _check_step(name: str, value: Any, low: int, high: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= int(value) <= high:
-        raise ValueError(f"{name}={value!r} must be an integer step from {low} to {high} ({what}): "
-                         f"pass a step in that range")
+        raise ValueError(
+            f"{name}={value!r} must be an integer step from {low} to {high} ({what}): pass a step in that range"
+        )
     return int(value)
 
 
@@ -228,14 +234,18 @@ def _load_optimizer(opt: torch.optim.Optimizer, state: Mapping[str, Any]) -> Non
     """Load the per-parameter state (momentum buffers) of ``state`` into ``opt``, keeping ``opt``'s
     hyperparameters; tensors are copied, so ``state`` is never changed by training."""
     if not isinstance(state, Mapping) or not {"state", "param_groups"} <= set(state):
-        raise ValueError("optimizer_state must be a torch.optim.SGD state_dict() (keys 'state' and "
-                         "'param_groups'): pass optimizer.state_dict() or a snapshot's 'optimizer'")
+        raise ValueError(
+            "optimizer_state must be a torch.optim.SGD state_dict() (keys 'state' and "
+            "'param_groups'): pass optimizer.state_dict() or a snapshot's 'optimizer'"
+        )
     params = opt.param_groups[0]["params"]
     groups = state["param_groups"]
     ids = [i for g in groups for i in g["params"]]
     if len(groups) != 1 or len(ids) != len(params):
-        raise ValueError(f"optimizer_state holds {len(ids)} parameters in {len(groups)} group(s), this model "
-                         f"trains {len(params)} in one: pass the optimiser state of a run of the same model")
+        raise ValueError(
+            f"optimizer_state holds {len(ids)} parameters in {len(groups)} group(s), this model "
+            f"trains {len(params)} in one: pass the optimiser state of a run of the same model"
+        )
     per_param: dict[Any, dict[str, Any]] = {}
     for i, p in zip(ids, params):
         entry = state["state"].get(i)
@@ -243,19 +253,28 @@ def _load_optimizer(opt: torch.optim.Optimizer, state: Mapping[str, Any]) -> Non
             continue
         buf = entry.get("momentum_buffer")
         if isinstance(buf, Tensor) and tuple(buf.shape) != tuple(p.shape):
-            raise ValueError(f"optimizer_state has a momentum buffer of shape {tuple(buf.shape)} for a parameter "
-                             f"of shape {tuple(p.shape)}: pass a state whose parameter order matches the model's")
+            raise ValueError(
+                f"optimizer_state has a momentum buffer of shape {tuple(buf.shape)} for a parameter "
+                f"of shape {tuple(p.shape)}: pass a state whose parameter order matches the model's"
+            )
         per_param[i] = {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in entry.items()}
     hyper = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
     opt.load_state_dict({"state": per_param, "param_groups": [{**hyper, "params": list(ids)}]})
 
 
-def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
-                     device: str | torch.device | None = None, progress: bool | None = None,
-                     on_step: Callable[[int, nn.Module], Any] | None = None,
-                     eval_every: int | None = None, start_step: int = 0,
-                     optimizer_state: Mapping[str, Any] | None = None,
-                     snapshot_step: int | None = None) -> dict[str, Any]:
+def train_supervised(
+    model: nn.Module,
+    data: Any,
+    cfg: SupervisedConfig,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+    on_step: Callable[[int, nn.Module], Any] | None = None,
+    eval_every: int | None = None,
+    start_step: int = 0,
+    optimizer_state: Mapping[str, Any] | None = None,
+    snapshot_step: int | None = None,
+) -> dict[str, Any]:
     """Train ``model`` (in place, moved to the device) with labels; see the module docstring.
 
     model: a classifier whose ``head`` is ``nn.Linear(D, data.num_classes)``
@@ -294,8 +313,10 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
     check_classifier(model, data.num_classes)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("the model has no trainable parameters (e.g. a frozen Store.teacher()): "
-                         "call model.requires_grad_(True) first")
+        raise ValueError(
+            "the model has no trainable parameters (e.g. a frozen Store.teacher()): "
+            "call model.requires_grad_(True) first"
+        )
     dev = resolve_device(cfg.device if device is None else device)
     model.to(dev)
     train = Split(data.train.images.to(dev), data.train.labels.to(dev))
@@ -309,8 +330,9 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
     what = f"{cfg.epochs} epochs x {per_epoch} steps"
     start_step = _check_step("start_step", start_step, 0, total_steps, what)
     if snapshot_step is not None:
-        snapshot_step = _check_step("snapshot_step", snapshot_step, start_step, total_steps,
-                                    f"from start_step to the end of {what}")
+        snapshot_step = _check_step(
+            "snapshot_step", snapshot_step, start_step, total_steps, f"from start_step to the end of {what}"
+        )
     lrs = lr_schedule(cfg, per_epoch)
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if optimizer_state is not None:
@@ -318,8 +340,11 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
     eval_every = cfg.eval_every if eval_every is None else int(eval_every)
     # black (0-intensity) padding, expressed in normalised units
     fill = torch.tensor([-m / s for m, s in zip(data.mean, data.std)], dtype=torch.float32, device=dev)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" and dev.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if cfg.precision == "bf16" and dev.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
     gen = torch.Generator()
     channels_last = dev.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
     if channels_last:
@@ -331,19 +356,35 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
     first_epoch, skip = start_step // per_epoch + 1, start_step % per_epoch
 
     def snap() -> dict[str, Any]:
-        return {"step": step, "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                "optimizer": copy.deepcopy(opt.state_dict())}
+        return {
+            "step": step,
+            "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "optimizer": copy.deepcopy(opt.state_dict()),
+        }
 
     snapshot = snap() if snapshot_step == start_step else None
     test_loss, test_acc = math.nan, math.nan
     model.train()
-    bar = tqdm(range(first_epoch, cfg.epochs + 1), desc="supervised", unit="epoch",
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        range(first_epoch, cfg.epochs + 1),
+        desc="supervised",
+        unit="epoch",
+        disable=None if progress is None else not progress,
+    )
     for epoch in bar:
         gen.manual_seed(_epoch_seed(cfg.aug_seed, epoch))
         meter = EpochMeter(dev, check_every=1 if on_step is not None else None)
-        batches = iterate(train, bs, data.mean, data.std, shuffle=True, seed=_epoch_seed(cfg.data_seed, epoch),
-                          drop_last=drop_last, device=dev, channels_last=channels_last)
+        batches = iterate(
+            train,
+            bs,
+            data.mean,
+            data.std,
+            shuffle=True,
+            seed=_epoch_seed(cfg.data_seed, epoch),
+            drop_last=drop_last,
+            device=dev,
+            channels_last=channels_last,
+        )
         sizes = [min(bs, n - k) for k in range(0, n - (n % bs if drop_last else 0), bs)]
         # the epoch's flip and crop draws, made batch by batch exactly as augment() would, moved in one copy
         draws = _epoch_draws(sizes, gen, dev) if cfg.augment == "flip_crop" else None
@@ -373,8 +414,10 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
                     on_step(step, model)
             means = meter.epoch_means()
         except NonFinite as bad:
-            raise RunError(f"supervised loss became {bad.value} at epoch {bad.step // per_epoch + 1}, step "
-                           f"{bad.step + 1} (lr {lrs[bad.step]:g}): lower the learning rate or use a warm-up") from None
+            raise RunError(
+                f"supervised loss became {bad.value} at epoch {bad.step // per_epoch + 1}, step "
+                f"{bad.step + 1} (lr {lrs[bad.step]:g}): lower the learning rate or use a warm-up"
+            ) from None
         history["epoch"].append(epoch)
         history["train_loss"].append(means.get("loss", 0.0))
         history["lr"].append(float(opt.param_groups[0]["lr"]))
@@ -392,8 +435,15 @@ def train_supervised(model: nn.Module, data: Any, cfg: SupervisedConfig, *,
         model.train()
     evaluated = [a for a in history["test_accuracy"] if not math.isnan(a)]
     best = float(max(evaluated)) if evaluated else float(test_acc)
-    out = {"test_accuracy": float(test_acc), "best_test_accuracy": best, "test_loss": float(test_loss),
-           "steps": step, "start_step": start_step, "steps_per_epoch": per_epoch, "history": history}
+    out = {
+        "test_accuracy": float(test_acc),
+        "best_test_accuracy": best,
+        "test_loss": float(test_loss),
+        "steps": step,
+        "start_step": start_step,
+        "steps_per_epoch": per_epoch,
+        "history": history,
+    }
     if snapshot_step is not None:
         out["snapshot"] = snapshot
     return out

@@ -4,6 +4,7 @@
 probes at the configured epochs, and resumes from the last saved epoch when ``out``
 already holds a run of the same configuration.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,16 +34,33 @@ if TYPE_CHECKING:
 
 MODELS = ("teacher", "teacher_bn", "student", "input")
 # fields that may change when a run is resumed or extended
-_RESUMABLE = {"epochs", "save_every", "save_epochs", "probe_every", "device", "dynamics", "dynamics_examples",
-              "compile", "store_dtype"}
+_RESUMABLE = {
+    "epochs",
+    "save_every",
+    "save_epochs",
+    "probe_every",
+    "device",
+    "dynamics",
+    "dynamics_examples",
+    "compile",
+    "store_dtype",
+}
 
 
 # ---------------------------------------------------------------------------- pieces
 def build_teacher(cfg: DistillConfig, in_shape: tuple[int, ...]) -> nn.Module:
     """The random teacher, drawn with ``cfg.seed`` (independent of the global RNG)."""
     with seeded(cfg.seed):
-        return build_model(cfg.arch, in_shape, head="dino", out_dim=cfg.out_dim, hidden_dim=cfg.hidden_dim,
-                           bottleneck_dim=cfg.bottleneck_dim, last_layer=cfg.last_layer, **cfg.arch_options)
+        return build_model(
+            cfg.arch,
+            in_shape,
+            head="dino",
+            out_dim=cfg.out_dim,
+            hidden_dim=cfg.hidden_dim,
+            bottleneck_dim=cfg.bottleneck_dim,
+            last_layer=cfg.last_layer,
+            **cfg.arch_options,
+        )
 
 
 def set_teacher_mode(teacher: nn.Module, bn_mode: str) -> nn.Module:
@@ -58,9 +76,13 @@ def set_teacher_mode(teacher: nn.Module, bn_mode: str) -> nn.Module:
     return teacher
 
 
-def distillation_terms(t_out: torch.Tensor, s_out: torch.Tensor, teacher_temp: float = 1.0,
-                       student_temp: float = 1.0, center: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def distillation_terms(
+    t_out: torch.Tensor,
+    s_out: torch.Tensor,
+    teacher_temp: float = 1.0,
+    student_temp: float = 1.0,
+    center: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch means of the cross-entropy H(p_t, p_s) and of the teacher entropy H(p_t), in nats.
 
     p_t = softmax((t_out - center) / teacher_temp), p_s = softmax(s_out / student_temp);
@@ -77,9 +99,14 @@ def distillation_terms(t_out: torch.Tensor, s_out: torch.Tensor, teacher_temp: f
     return -(pt * log_ps).sum(-1).mean(), -(pt * log_pt).sum(-1).mean()
 
 
-def distillation_loss(t_out: torch.Tensor, s_out: torch.Tensor, teacher_temp: float = 1.0,
-                      student_temp: float = 1.0, center: torch.Tensor | None = None,
-                      kind: str = "ce") -> torch.Tensor:
+def distillation_loss(
+    t_out: torch.Tensor,
+    s_out: torch.Tensor,
+    teacher_temp: float = 1.0,
+    student_temp: float = 1.0,
+    center: torch.Tensor | None = None,
+    kind: str = "ce",
+) -> torch.Tensor:
     """Mean over the batch of H(p_t, p_s) (``ce``) or KL(p_t || p_s) (``kl``); same gradient.
 
     ``ce`` computes only the cross-entropy (what the gradient needs); ``kl`` also the teacher entropy.
@@ -90,8 +117,13 @@ def distillation_loss(t_out: torch.Tensor, s_out: torch.Tensor, teacher_temp: fl
     return soft_cross_entropy(t_out, s_out, teacher_temp, student_temp, center)
 
 
-def soft_cross_entropy(t_out: torch.Tensor, s_out: torch.Tensor, teacher_temp: float = 1.0,
-                       student_temp: float = 1.0, center: torch.Tensor | None = None) -> torch.Tensor:
+def soft_cross_entropy(
+    t_out: torch.Tensor,
+    s_out: torch.Tensor,
+    teacher_temp: float = 1.0,
+    student_temp: float = 1.0,
+    center: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Batch mean of H(p_t, p_s) in nats, computing nothing else: one softmax of the teacher (no
     gradient) and torch's fused cross-entropy with probability targets. Logits (B, K), at least fp32."""
     t = t_out.to(torch.promote_types(t_out.dtype, torch.float32))
@@ -103,8 +135,7 @@ def soft_cross_entropy(t_out: torch.Tensor, s_out: torch.Tensor, teacher_temp: f
     return F.cross_entropy(s / student_temp if student_temp != 1.0 else s, pt)
 
 
-def teacher_entropy(t_out: torch.Tensor, teacher_temp: float = 1.0, center: torch.Tensor | None = None
-                    ) -> torch.Tensor:
+def teacher_entropy(t_out: torch.Tensor, teacher_temp: float = 1.0, center: torch.Tensor | None = None) -> torch.Tensor:
     """Per-example entropy H(p_t) in nats (B,), float64 accumulation of fp32 logits (B, K)."""
     t = t_out.to(torch.promote_types(t_out.dtype, torch.float32))
     if center is not None:
@@ -141,8 +172,11 @@ def make_optimizer(cfg: DistillConfig, model: nn.Module) -> torch.optim.Optimize
 
 def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     sd = opt.state_dict()
-    tensors = {f"{i}/{k}": (v if torch.is_tensor(v) else torch.tensor(v))
-               for i, st in sd["state"].items() for k, v in st.items()}
+    tensors = {
+        f"{i}/{k}": (v if torch.is_tensor(v) else torch.tensor(v))
+        for i, st in sd["state"].items()
+        for k, v in st.items()
+    }
     groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
     return tensors, groups
 
@@ -155,8 +189,9 @@ def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], grou
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def multicrop(x: torch.Tensor, n_global: int, n_local: int, generator: torch.Generator,
-              local_size: int | None = None) -> list[torch.Tensor]:
+def multicrop(
+    x: torch.Tensor, n_global: int, n_local: int, generator: torch.Generator, local_size: int | None = None
+) -> list[torch.Tensor]:
     """DINO-style views of a batch (B, C, H, W): per-image random resized crops (scale 0.4-1 for
     global views at full size, 0.05-0.4 for local views at ~3/7 size) and random horizontal flips,
     done for the whole batch at once with ``torchvision.ops.roi_align``."""
@@ -205,29 +240,42 @@ def probe_dataset(cfg: DistillConfig, data: Dataset) -> Dataset:
     return load_dataset(cfg.dataset, root=cfg.data_root, subset=n, seed=cfg.probe_seed)
 
 
-def run_probes(cfg: DistillConfig, backbone: nn.Module | None, data: Dataset,
-               device: torch.device, seed: int | None = None) -> dict[str, float]:
+def run_probes(
+    cfg: DistillConfig, backbone: nn.Module | None, data: Dataset, device: torch.device, seed: int | None = None
+) -> dict[str, float]:
     """All configured probes on ``backbone``'s embedding (raw pixels when ``backbone`` is None);
     ``seed`` overrides ``cfg.probe_seed``."""
     from distill import probe
 
-    kw: dict[str, Any] = dict(probes=tuple(cfg.probes), knn_k=cfg.knn_k, knn_metric=cfg.knn_metric,
-                              knn_weighted=cfg.knn_metric == "cosine", linear_epochs=cfg.linear_epochs,
-                              until_convergence=cfg.probe_converge,
-                              seed=cfg.probe_seed if seed is None else seed)
+    kw: dict[str, Any] = dict(
+        probes=tuple(cfg.probes),
+        knn_k=cfg.knn_k,
+        knn_metric=cfg.knn_metric,
+        knn_weighted=cfg.knn_metric == "cosine",
+        linear_epochs=cfg.linear_epochs,
+        until_convergence=cfg.probe_converge,
+        seed=cfg.probe_seed if seed is None else seed,
+    )
     if backbone is None:
         return probe.probe_input(data, **kw)
     return probe.probe_model(backbone, data, device=device, **kw)
 
 
-def recalibrated_teacher(teacher: nn.Module, data: Dataset, cfg: DistillConfig, device: torch.device,
-                         max_batches: int = 50) -> nn.Module:
+def recalibrated_teacher(
+    teacher: nn.Module, data: Dataset, cfg: DistillConfig, device: torch.device, max_batches: int = 50
+) -> nn.Module:
     """The teacher's weights with BN running statistics re-estimated on training data (no training)."""
     t = copy.deepcopy(teacher)
     if has_batchnorm(t):
-        batches = (x for i, (x, _) in enumerate(iterate(data.train, cfg.batch_size, data.mean, data.std,
-                                                        shuffle=True, seed=cfg.probe_seed, device=device))
-                   if i < max_batches)
+        batches = (
+            x
+            for i, (x, _) in enumerate(
+                iterate(
+                    data.train, cfg.batch_size, data.mean, data.std, shuffle=True, seed=cfg.probe_seed, device=device
+                )
+            )
+            if i < max_batches
+        )
         recalibrate_bn(t, batches)
     return t.eval()
 
@@ -248,8 +296,16 @@ class _EntropyLog:
     Otherwise it is computed at every step from the logits the step already has.
     """
 
-    def __init__(self, cfg: DistillConfig, teacher: nn.Module, split: Split, data: Dataset, device: torch.device,
-                 autocast: Any, channels_last: bool):
+    def __init__(
+        self,
+        cfg: DistillConfig,
+        teacher: nn.Module,
+        split: Split,
+        data: Dataset,
+        device: torch.device,
+        autocast: Any,
+        channels_last: bool,
+    ):
         self.cfg, self.teacher, self.split, self.data = cfg, teacher, split, data
         self.device, self.autocast, self.channels_last = device, autocast, channels_last
         self.fixed = not cfg.ema_teacher and not cfg.center and cfg.augment == "none" and cfg.teacher_bn == "eval"
@@ -261,13 +317,20 @@ class _EntropyLog:
             return
         parts = []
         with torch.no_grad(), self.autocast:
-            for x, _ in iterate(self.split, self.cfg.batch_size, self.data.mean, self.data.std, device=self.device,
-                                channels_last=self.channels_last):
+            for x, _ in iterate(
+                self.split,
+                self.cfg.batch_size,
+                self.data.mean,
+                self.data.std,
+                device=self.device,
+                channels_last=self.channels_last,
+            ):
                 parts.append(teacher_entropy(self.teacher(x), self.cfg.teacher_temp))
         self.per_image = torch.cat(parts)
 
-    def observe(self, meter: EpochMeter, t_out: torch.Tensor, center: torch.Tensor | None, step: int,
-                weight: int = 1) -> None:
+    def observe(
+        self, meter: EpochMeter, t_out: torch.Tensor, center: torch.Tensor | None, step: int, weight: int = 1
+    ) -> None:
         if not self.fixed:
             meter.add("entropy", teacher_entropy(t_out, self.cfg.teacher_temp, center).mean(), step, weight=weight)
 
@@ -294,7 +357,7 @@ class History:
     dynamics: Any = None  # a distill.dynamics.DynamicsRecorder when cfg.dynamics
     provenance: dict[str, Any] = field(default_factory=dict)  # distill.provenance keys, added to the attrs
 
-    def to_dataset(self, cfg: DistillConfig, device: torch.device, n_probe: int = 0) -> "xarray.Dataset":
+    def to_dataset(self, cfg: DistillConfig, device: torch.device, n_probe: int = 0) -> xarray.Dataset:
         import xarray as xr
 
         import distill
@@ -313,8 +376,7 @@ class History:
         return xr.Dataset(
             {
                 **extra,
-                "accuracy": (("epoch", "model", "probe"), acc,
-                             {"long_name": "probe accuracy", "units": "fraction"}),
+                "accuracy": (("epoch", "model", "probe"), acc, {"long_name": "probe accuracy", "units": "fraction"}),
                 "loss": var(self.loss, "distillation loss (mean over the epoch)", "nats"),
                 "kl": var(self.kl, "KL(teacher || student) (mean over the epoch)", "nats"),
                 "student_norm": var(self.student_norm, "student embedding L2 norm (mean)", "1"),
@@ -322,34 +384,52 @@ class History:
                 "distance": var(self.distance, "parameter distance student - teacher (L2)", "1"),
                 "seconds": var(self.seconds, "wall time of the epoch", "s"),
             },
-            coords={"epoch": np.asarray(self.epochs, dtype=np.int64), "model": list(MODELS), "probe": probes,
-                    **extra_coords},
-            attrs={"config": cfg.to_json(), "toolkit_version": distill.__version__,
-                   "torch_version": str(torch.__version__), "device": str(device), "precision": cfg.precision,
-                   "recipe": cfg.recipe, "probe_train_images": int(n_probe),
-                   "models": "teacher: random teacher as used in distillation; teacher_bn: teacher weights with BN "
-                             "statistics re-estimated on training data; student; input: raw pixels",
-                   "epoch_0": "before any training", **self.provenance},
+            coords={
+                "epoch": np.asarray(self.epochs, dtype=np.int64),
+                "model": list(MODELS),
+                "probe": probes,
+                **extra_coords,
+            },
+            attrs={
+                "config": cfg.to_json(),
+                "toolkit_version": distill.__version__,
+                "torch_version": str(torch.__version__),
+                "device": str(device),
+                "precision": cfg.precision,
+                "recipe": cfg.recipe,
+                "probe_train_images": int(n_probe),
+                "models": "teacher: random teacher as used in distillation; teacher_bn: teacher weights with BN "
+                "statistics re-estimated on training data; student; input: raw pixels",
+                "epoch_0": "before any training",
+                **self.provenance,
+            },
         )
 
     @classmethod
-    def from_dataset(cls, ds: Any, upto: int) -> "History":
+    def from_dataset(cls, ds: Any, upto: int) -> History:
         ds = ds.sel(epoch=ds.epoch <= upto)
         h = cls(epochs=[int(e) for e in ds.epoch.values])
         for name in ("loss", "kl", "student_norm", "teacher_norm", "distance", "seconds"):
             setattr(h, name, [float(v) for v in ds[name].values])
         for e in h.epochs:
             row = ds.accuracy.sel(epoch=e)
-            got = {str(m): {str(p): float(row.sel(model=m, probe=p)) for p in ds.probe.values
-                            if not np.isnan(row.sel(model=m, probe=p))} for m in ds.model.values}
+            got = {
+                str(m): {
+                    str(p): float(row.sel(model=m, probe=p))
+                    for p in ds.probe.values
+                    if not np.isnan(row.sel(model=m, probe=p))
+                }
+                for m in ds.model.values
+            }
             if any(got.values()):
                 h.probes[e] = got
         return h
 
 
 # ---------------------------------------------------------------------------- the loop
-def _open_or_create(cfg: DistillConfig, out: Path, resume: bool,
-                    prov: dict[str, Any] | None = None) -> tuple[Store, bool]:
+def _open_or_create(
+    cfg: DistillConfig, out: Path, resume: bool, prov: dict[str, Any] | None = None
+) -> tuple[Store, bool]:
     if out.exists():
         if not resume:
             raise StoreError(f"{out} already exists: pass another --out, or resume it (the default)")
@@ -358,12 +438,15 @@ def _open_or_create(cfg: DistillConfig, out: Path, resume: bool,
         diff = [k for k, v in cfg.to_dict().items() if k not in _RESUMABLE and k in old and old[k] != v]
         if diff:
             k = diff[0]
-            raise StoreError(f"{out} holds a run with {k}={old[k]!r}, not {getattr(cfg, k)!r}: "
-                             f"choose another --out to start a new run")
+            raise StoreError(
+                f"{out} holds a run with {k}={old[k]!r}, not {getattr(cfg, k)!r}: "
+                f"choose another --out to start a new run"
+            )
         return store, True
     seeds = {k: getattr(cfg, k) for k in ("seed", "noise_seed", "data_seed", "aug_seed", "probe_seed")}
-    return Store.create(out, cfg.to_dict(), kind="distill", seeds=seeds, store_dtype=cfg.store_dtype,
-                        provenance=prov), False
+    return Store.create(
+        out, cfg.to_dict(), kind="distill", seeds=seeds, store_dtype=cfg.store_dtype, provenance=prov
+    ), False
 
 
 def _validate_run(cfg: DistillConfig, data: Dataset) -> nn.Module:
@@ -372,17 +455,28 @@ def _validate_run(cfg: DistillConfig, data: Dataset) -> nn.Module:
     the teacher's architecture (returned, built)."""
     n = len(data.train.labels)
     if n < cfg.batch_size:
-        raise ValueError(f"the training set holds {n} images, fewer than batch_size={cfg.batch_size}: no full batch "
-                         "to train on; lower --batch-size or raise --subset")
+        raise ValueError(
+            f"the training set holds {n} images, fewer than batch_size={cfg.batch_size}: no full batch "
+            "to train on; lower --batch-size or raise --subset"
+        )
     try:
         return build_teacher(cfg, data.in_shape)
     except TypeError as e:
-        raise ValueError(f"arch={cfg.arch!r} with arch_options={cfg.arch_options}: {e}; check the options "
-                         "the architecture takes (distill.list_models())") from None
+        raise ValueError(
+            f"arch={cfg.arch!r} with arch_options={cfg.arch_options}: {e}; check the options "
+            "the architecture takes (distill.list_models())"
+        ) from None
 
 
-def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None, resume: bool = True,
-            progress: bool | None = None, tensorboard: str | Path | None = None) -> Store:
+def distill(
+    cfg: DistillConfig,
+    out: str | Path,
+    *,
+    data: Dataset | None = None,
+    resume: bool = True,
+    progress: bool | None = None,
+    tensorboard: str | Path | None = None,
+) -> Store:
     """Distil a student from a random teacher; returns the :class:`~distill.store.Store` at ``out``.
 
     The store receives the teacher, the student at epoch 0, every ``save_every`` epochs and
@@ -406,8 +500,11 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
     if data is None:
         data = load_dataset(cfg.dataset, root=cfg.data_root, subset=cfg.subset, seed=cfg.data_seed)
     if not cfg.drop_last and len(data.train.labels) % cfg.batch_size:  # the last, partial batch splits too
-        world.check_batch(len(data.train.labels) % cfg.batch_size, what="the last partial batch",
-                          fix="use --drop-last or a --subset that makes it divisible")
+        world.check_batch(
+            len(data.train.labels) % cfg.batch_size,
+            what="the last partial batch",
+            fix="use --drop-last or a --subset that makes it divisible",
+        )
     pdata = probe_dataset(cfg, data)
     teacher = _validate_run(cfg, data).to(device)
     prov = provenance(cfg, kind="distill", device=device, precision=cfg.precision, world_size=world.world_size)
@@ -420,13 +517,31 @@ def distill(cfg: DistillConfig, out: str | Path, *, data: Dataset | None = None,
     return Store(out)
 
 
-def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: nn.Module, data: Dataset,
-           pdata: Dataset, device: torch.device, progress: bool | None, world: Any, prov: dict[str, Any],
-           tensorboard: str | Path | None = None) -> None:
+def _train(
+    cfg: DistillConfig,
+    out: Path,
+    store: Store,
+    resumed: bool,
+    teacher: nn.Module,
+    data: Dataset,
+    pdata: Dataset,
+    device: torch.device,
+    progress: bool | None,
+    world: Any,
+    prov: dict[str, Any],
+    tensorboard: str | Path | None = None,
+) -> None:
     """The loop of :func:`distill`; every epoch ends in one commit of the store (student checkpoint
     when due, the training state that resumes after it, the metrics up to it)."""
-    student = init_student(teacher, cfg.init, alpha=cfg.alpha, eps=cfg.eps, seed=cfg.noise_seed,
-                           scope=cfg.init_scope, eps_rescale=cfg.eps_rescale).to(device)
+    student = init_student(
+        teacher,
+        cfg.init,
+        alpha=cfg.alpha,
+        eps=cfg.eps,
+        seed=cfg.noise_seed,
+        scope=cfg.init_scope,
+        eps_rescale=cfg.eps_rescale,
+    ).to(device)
     set_teacher_mode(teacher, cfg.teacher_bn)
     world.prepare(teacher, student)
     opt = make_optimizer(cfg, student)
@@ -439,9 +554,8 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
         from distill.dynamics import DynamicsRecorder
 
         g = torch.Generator().manual_seed(cfg.probe_seed)
-        idx = torch.randperm(len(data.train.labels), generator=g)[:cfg.dynamics_examples]
-        dynamics = DynamicsRecorder(normalize(data.train.images[idx].to(device), data.mean, data.std),
-                                    teacher.backbone)
+        idx = torch.randperm(len(data.train.labels), generator=g)[: cfg.dynamics_examples]
+        dynamics = DynamicsRecorder(normalize(data.train.images[idx].to(device), data.mean, data.std), teacher.backbone)
         history.dynamics = dynamics
 
     # the training state of the newest commit that holds one (older ones are deleted after each commit)
@@ -487,8 +601,11 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
             return
         if not fixed or cfg.ema_teacher:
             fixed["teacher"] = run_probes(cfg, teacher.backbone, pdata, device)
-            fixed["teacher_bn"] = (run_probes(cfg, recalibrated_teacher(teacher, pdata, cfg, device).backbone,
-                                              pdata, device) if has_batchnorm(teacher) else fixed["teacher"])
+            fixed["teacher_bn"] = (
+                run_probes(cfg, recalibrated_teacher(teacher, pdata, cfg, device).backbone, pdata, device)
+                if has_batchnorm(teacher)
+                else fixed["teacher"]
+            )
             if "input" not in fixed:
                 fixed["input"] = run_probes(cfg, None, pdata, device)
         was = student.training
@@ -529,10 +646,23 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
 
     from distill.progress import EpochReporter
 
-    bar = tqdm(range(start + 1, cfg.epochs + 1), desc=cfg.run_name, unit="epoch", disable=(None if progress is None
-               else not progress) if world.is_main else True, initial=start, total=cfg.epochs)
-    report = EpochReporter(out, cfg.run_name, cfg.epochs, start, enabled=world.is_main, log_lines=bool(bar.disable),
-                           tensorboard=tensorboard)
+    bar = tqdm(
+        range(start + 1, cfg.epochs + 1),
+        desc=cfg.run_name,
+        unit="epoch",
+        disable=(None if progress is None else not progress) if world.is_main else True,
+        initial=start,
+        total=cfg.epochs,
+    )
+    report = EpochReporter(
+        out,
+        cfg.run_name,
+        cfg.epochs,
+        start,
+        enabled=world.is_main,
+        log_lines=bool(bar.disable),
+        tensorboard=tensorboard,
+    )
     if state is None:  # a fresh start (a resume from epoch 0 has its commit already)
         with torch.no_grad():  # on a copy: a train-mode forward would move the student's BN statistics
             x0 = normalize(data.train.images[: cfg.batch_size].to(device), data.mean, data.std)
@@ -548,8 +678,11 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
     probe_at = set(range(cfg.probe_every, cfg.epochs + 1, cfg.probe_every)) if cfg.probe_every else set()
     probe_at |= {cfg.epochs}
 
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.precision == "bf16" and device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if cfg.precision == "bf16" and device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
     channels_last = use_channels_last(device, student)
     if channels_last:
         teacher.to(memory_format=torch.channels_last)
@@ -579,11 +712,21 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
         meter = EpochMeter(device)
         aug_gen.manual_seed(cfg.aug_seed * 1_000_003 + epoch)
         seed = cfg.data_seed * 1_000_003 + epoch
-        batches = iterate(train_split, cfg.batch_size, data.mean, data.std, shuffle=True, seed=seed,
-                          drop_last=cfg.drop_last, device=device, with_index=True, channels_last=channels_last)
+        batches = iterate(
+            train_split,
+            cfg.batch_size,
+            data.mean,
+            data.std,
+            shuffle=True,
+            seed=seed,
+            drop_last=cfg.drop_last,
+            device=device,
+            with_index=True,
+            channels_last=channels_last,
+        )
         step = (epoch - 1) * steps_per_epoch
         try:
-            for i, (x, _, idx) in enumerate(batches):
+            for i, (x, _, _idx) in enumerate(batches):
                 if i >= steps_per_epoch:  # a last batch of one image (BN cannot train on it) is skipped
                     break
                 step = (epoch - 1) * steps_per_epoch + i
@@ -595,12 +738,22 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
                         with torch.no_grad():
                             t_outs = [teacher(v) for v in views[: cfg.global_crops]]
                         s_outs = [student(v) for v in views]
-                        terms = [soft_cross_entropy(t, s, cfg.teacher_temp, cfg.student_temp, center)
-                                 for ti, t in enumerate(t_outs) for si, s in enumerate(s_outs) if si != ti]
+                        terms = [
+                            soft_cross_entropy(t, s, cfg.teacher_temp, cfg.student_temp, center)
+                            for ti, t in enumerate(t_outs)
+                            for si, s in enumerate(s_outs)
+                            if si != ti
+                        ]
                         loss = torch.stack(terms).mean()
                         with torch.no_grad():  # each global view's teacher is in the same number of pairs
-                            meter.add("entropy", torch.stack([teacher_entropy(t, cfg.teacher_temp, center).mean()
-                                                              for t in t_outs]).mean(), step, weight=x.shape[0])
+                            meter.add(
+                                "entropy",
+                                torch.stack(
+                                    [teacher_entropy(t, cfg.teacher_temp, center).mean() for t in t_outs]
+                                ).mean(),
+                                step,
+                                weight=x.shape[0],
+                            )
                         t_out, emb, t_emb = t_outs[0], None, None
                     else:
                         loss, t_out, emb, t_emb = step_forward(world.shard(x))
@@ -610,8 +763,9 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
                 loss.backward()
                 # gradients (and the teacher mean for the center) averaged over the ranks of a
                 # data-parallel run; unchanged in one process
-                (t_mean,) = world.average_gradients(student, t_out.detach().float().mean(0) if center is not None
-                                                    else None)
+                (t_mean,) = world.average_gradients(
+                    student, t_out.detach().float().mean(0) if center is not None else None
+                )
                 if cfg.clip_grad:
                     nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
                 opt.step()
@@ -628,20 +782,29 @@ def _train(cfg: DistillConfig, out: Path, store: Store, resumed: bool, teacher: 
             means = meter.epoch_means()  # one host read per epoch; checks that every loss was finite
             means = dict(zip(means, world.mean(list(means.values()))))  # this rank's share -> global batch
         except NonFinite as bad:
-            raise RunError(f"loss became {bad.value} at epoch {bad.step // steps_per_epoch + 1}, step "
-                           f"{bad.step % steps_per_epoch}: lower --lr, raise --adam-eps or use --warmup-epochs; "
-                           f"{out} keeps the checkpoints up to epoch {max(store.epochs)}") from None
+            raise RunError(
+                f"loss became {bad.value} at epoch {bad.step // steps_per_epoch + 1}, step "
+                f"{bad.step % steps_per_epoch}: lower --lr, raise --adam-eps or use --warmup-epochs; "
+                f"{out} keeps the checkpoints up to epoch {max(store.epochs)}"
+            ) from None
         ce = means.get("loss", math.nan)
-        ent = entropy.epoch_mean(means, shuffled_order(len(train_split), seed, train_split.images.device)
-                                 [: steps_per_epoch * cfg.batch_size])
+        ent = entropy.epoch_mean(
+            means, shuffled_order(len(train_split), seed, train_split.images.device)[: steps_per_epoch * cfg.batch_size]
+        )
         kl = ce - ent
         if epoch in probe_at and cfg.probes and world.is_main:
             probe_epoch(epoch)
             p = history.probes[epoch]["student"]
             last_probe = " | student " + " ".join(f"{k} {100 * v:.1f}" for k, v in p.items())
         bar.set_postfix_str(f"loss {kl if cfg.loss == 'kl' else ce:.4f}{last_probe}")
-        measure(epoch, kl if cfg.loss == "kl" else ce, kl, means.get("student_norm", math.nan),
-                means.get("teacher_norm", math.nan), time.perf_counter() - t0)
+        measure(
+            epoch,
+            kl if cfg.loss == "kl" else ce,
+            kl,
+            means.get("student_norm", math.nan),
+            means.get("teacher_norm", math.nan),
+            time.perf_counter() - t0,
+        )
         commit(epoch, epoch in save_at)
         report.record(epoch, history)
     bar.close()
@@ -662,7 +825,7 @@ def summary_table(metrics: Any) -> str:
     return "\n".join(lines)
 
 
-def distillation_gain(metrics: Any, epoch: int | None = None) -> "xarray.DataArray":
+def distillation_gain(metrics: Any, epoch: int | None = None) -> xarray.DataArray:
     """Student minus max(teacher, teacher_bn) accuracy per probe, at ``epoch`` (default: last probed)."""
     acc = metrics.accuracy.dropna("epoch", how="all")
     row = acc.isel(epoch=-1) if epoch is None else acc.sel(epoch=epoch)

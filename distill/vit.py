@@ -5,6 +5,7 @@ position embeddings, ``depth`` pre-norm blocks (multi-head self-attention across
 an MLP of width 4 * dim with GELU, each wrapped in a residual connection), a final LayerNorm;
 the embedding is the cls token's output, shape (B, dim).
 """
+
 from __future__ import annotations
 
 import torch
@@ -63,13 +64,24 @@ class VisionTransformer(nn.Module):
     embeddings ~ N(0, 1), as the authors' code.
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], *, dim: int, num_heads: int, depth: int = 12,
-                 patch_size: int = 8, tie_blocks: bool = False, weight_init: str = "trunc_normal") -> None:
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        *,
+        dim: int,
+        num_heads: int,
+        depth: int = 12,
+        patch_size: int = 8,
+        tie_blocks: bool = False,
+        weight_init: str = "trunc_normal",
+    ) -> None:
         super().__init__()
         C, H, W = in_shape
         if H % patch_size or W % patch_size:
-            raise ValueError(f"ViT patch_size={patch_size} does not divide the input size {H}x{W}; "
-                             f"pass a patch_size that divides both")
+            raise ValueError(
+                f"ViT patch_size={patch_size} does not divide the input size {H}x{W}; "
+                f"pass a patch_size that divides both"
+            )
         self.depth = depth
         self.tie_blocks = tie_blocks
         self.embed_dim = dim

@@ -7,6 +7,7 @@ hold provenance (see each function's docstring).
 The functions are imported on first use, so ``import landscape`` (and the ``rtt`` command
 line) does not pay for torch and xarray until an analysis runs.
 """
+
 from __future__ import annotations
 
 import sys
@@ -15,9 +16,17 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "barrier": "paths", "interpolate_state": "paths", "linear_path": "paths",
-    "instability": "instability", "lottery": "lottery", "locality": "locality", "plane": "planes",
-    "align": "align", "surface": "surface", "hessian": "hessian", "hessian_along_path": "hessian",
+    "barrier": "paths",
+    "interpolate_state": "paths",
+    "linear_path": "paths",
+    "instability": "instability",
+    "lottery": "lottery",
+    "locality": "locality",
+    "plane": "planes",
+    "align": "align",
+    "surface": "surface",
+    "hessian": "hessian",
+    "hessian_along_path": "hessian",
     "hessian_over_levels": "hessian",
 }
 
@@ -26,7 +35,8 @@ __all__ = sorted(_EXPORTS)
 
 class _Package(types.ModuleType):
     """``landscape`` itself. Six submodules share their name with their main function
-    (``instability``, ``lottery``, ``locality``, ``align``, ``surface``, ``hessian``); importing such a submodule makes Python bind it
+    (``instability``, ``lottery``, ``locality``, ``align``, ``surface``, ``hessian``); importing such a
+    submodule makes Python bind it
     as an attribute of the package, which would hide the function. The function wins."""
 
     def __setattr__(self, name: str, value: Any) -> None:

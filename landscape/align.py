@@ -23,11 +23,13 @@ permuted network computes exactly the same function.
 Convention: ``perm[p][i] = j`` means unit ``i`` of ``a`` is matched with unit ``j`` of ``b``;
 the permuted ``b`` has ``b'[i] = b[perm[p][i]]`` along every axis that ``p`` acts on.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,8 +85,9 @@ def _norm(spec: PermutationSpec, name: str, module: nn.Module, perm: str) -> Non
             spec.axes[f"{name}.{leaf}"] = (perm,)
 
 
-def _chain(spec: PermutationSpec, prefix: str, container: nn.Module, perm: str | None,
-           last_fixed: bool = False) -> str | None:
+def _chain(
+    spec: PermutationSpec, prefix: str, container: nn.Module, perm: str | None, last_fixed: bool = False
+) -> str | None:
     """A feed-forward stack (Linear / Conv2d, BatchNorm, elementwise activations, pools): every
     layer's outputs get a new permutation named after it; returns the permutation of the output.
     ``last_fixed``: the last layer's outputs are not permuted (e.g. logits)."""
@@ -93,8 +96,11 @@ def _chain(spec: PermutationSpec, prefix: str, container: nn.Module, perm: str |
     for n, m in leaves:
         full = f"{prefix}.{n}" if n else prefix
         if isinstance(m, (nn.Linear, nn.Conv2d)):
-            out = None if (last_fixed and n == layers[-1]) else spec.new(full, m.out_channels if isinstance(
-                m, nn.Conv2d) else m.out_features)
+            out = (
+                None
+                if (last_fixed and n == layers[-1])
+                else spec.new(full, m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            )
             _layer(spec, full, m, out, perm)
             perm = out
             if perm is not None:
@@ -107,8 +113,10 @@ def _chain(spec: PermutationSpec, prefix: str, container: nn.Module, perm: str |
         elif isinstance(m, (nn.ReLU, nn.GELU, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout)):
             continue
         else:
-            raise ValueError(f"{full}: {type(m).__name__} layers are not supported by the alignment "
-                             "(supported families: mlp, convnet, vgg*, resnet*)")
+            raise ValueError(
+                f"{full}: {type(m).__name__} layers are not supported by the alignment "
+                "(supported families: mlp, convnet, vgg*, resnet*)"
+            )
     return perm
 
 
@@ -124,8 +132,10 @@ def _resnet(spec: PermutationSpec, prefix: str, net: nn.Module) -> str:
         for j, block in enumerate(stage):
             name = f"{prefix}.layer{i + 1}.{j}"
             if isinstance(block.downsample, ZeroPadShortcut):
-                raise ValueError(f"{name}: zero-padding shortcuts (shortcut='A') are not supported by the "
-                                 "alignment; use shortcut='B' (the default)")
+                raise ValueError(
+                    f"{name}: zero-padding shortcuts (shortcut='A') are not supported by the "
+                    "alignment; use shortcut='B' (the default)"
+                )
             out = res
             if block.downsample is not None:
                 out = spec.new(f"{prefix}.residual{i + 1}", block.conv2.out_channels)
@@ -160,8 +170,9 @@ def permutation_spec(model: nn.Module) -> PermutationSpec:
     elif isinstance(backbone, ResNet):
         emb = _resnet(spec, "backbone", backbone)
     else:
-        raise ValueError(f"alignment supports the mlp, convnet, vgg* and resnet* families, not "
-                         f"{type(backbone).__name__}")
+        raise ValueError(
+            f"alignment supports the mlp, convnet, vgg* and resnet* families, not {type(backbone).__name__}"
+        )
     if isinstance(head, DINOHead):
         perm = _chain(spec, "head.mlp", head.mlp, emb)  # the bottleneck's L2 normalisation commutes
         _layer(spec, "head.last_layer", head.last_layer, None, perm)
@@ -181,8 +192,9 @@ def _permute(t: Tensor, axes: Sequence[str | None], perms: Mapping[str, Any], sk
     return t
 
 
-def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any],
-                      state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def apply_permutation(
+    spec: PermutationSpec, perms: Mapping[str, Any], state: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
     """``state`` with every permutation applied along its axes (``b'[i] = b[perm[i]]``); keys not in
     the spec (e.g. ``num_batches_tracked``) are copied."""
     out = {}
@@ -202,9 +214,14 @@ def _param_keys(model: nn.Module, spec: PermutationSpec) -> set[str]:
     return {k for k, _ in model.named_parameters() if k in spec.axes}
 
 
-def weight_matching(spec: PermutationSpec, sa: Mapping[str, Tensor], sb: Mapping[str, Tensor],
-                    keys: Iterable[str] | None = None, max_iter: int = 100, seed: int = 0
-                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def weight_matching(
+    spec: PermutationSpec,
+    sa: Mapping[str, Tensor],
+    sb: Mapping[str, Tensor],
+    keys: Iterable[str] | None = None,
+    max_iter: int = 100,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Permutations of ``sb`` maximising ``sum_k <sa[k], P(sb)[k]>`` over ``keys`` (default: every
     floating-point key in the spec; pass the parameter names to leave buffers out).
 
@@ -229,7 +246,7 @@ def weight_matching(spec: PermutationSpec, sa: Mapping[str, Tensor], sb: Mapping
 
     start = objective()
     sweeps = 0
-    for sweeps in range(1, max_iter + 1):
+    for sweeps in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
         changed = False
         for idx in rng.permutation(len(names)):
             p = names[idx]
@@ -267,8 +284,9 @@ class _Correlation:
         if self.sa is None:
             self.sa, self.sb, self.saa, self.sbb, self.sab = parts
         else:
-            self.sa, self.sb, self.saa, self.sbb, self.sab = (x + y for x, y in zip(
-                (self.sa, self.sb, self.saa, self.sbb, self.sab), parts))
+            self.sa, self.sb, self.saa, self.sbb, self.sab = (
+                x + y for x, y in zip((self.sa, self.sb, self.saa, self.sbb, self.sab), parts)
+            )
         self.n += za.shape[0]
 
     def matrix(self) -> Tensor:
@@ -280,8 +298,9 @@ class _Correlation:
 
 
 @torch.no_grad()
-def activation_matching(spec: PermutationSpec, model_a: nn.Module, model_b: nn.Module,
-                        batches: Iterable[Tensor]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def activation_matching(
+    spec: PermutationSpec, model_a: nn.Module, model_b: nn.Module, batches: Iterable[Tensor]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Per permutation, the assignment maximising the summed Pearson correlation (over examples
     and spatial positions) between the units of ``model_a`` and ``model_b`` at the modules listed
     in ``spec.activations``; both models run in eval mode on the same normalised ``batches``.
@@ -296,9 +315,10 @@ def activation_matching(spec: PermutationSpec, model_a: nn.Module, model_b: nn.M
             if tag == "a":
                 seen[name] = out.detach().clone()
             else:
-                for (p, m), st in stats.items():
+                for (_p, m), st in stats.items():
                     if m == name:
                         st.add(seen[name], out)
+
         return fn
 
     modes = [(m, m.training) for m in (model_a, model_b)]
@@ -332,19 +352,38 @@ def activation_matching(spec: PermutationSpec, model_a: nn.Module, model_b: nn.M
 
 
 # ----------------------------------------------------------------------------- front door
-def training_batches(data: Any, batches: int = 8, batch_size: int = 256, seed: int = 0,
-                     device: str | torch.device = "cpu") -> list[Tensor]:
+def training_batches(
+    data: Any, batches: int = 8, batch_size: int = 256, seed: int = 0, device: str | torch.device = "cpu"
+) -> list[Tensor]:
     """``batches`` normalised training batches (B, C, H, W) drawn once with ``seed``."""
     from landscape.evaluate import prepare_inputs
 
-    inputs = prepare_inputs(data, (), bn_batches=batches, bn_batch_size=batch_size, bn_seed=seed,
-                            max_examples=None, eval_seed=0, device=torch.device(device), need_bn=True)
+    inputs = prepare_inputs(
+        data,
+        (),
+        bn_batches=batches,
+        bn_batch_size=batch_size,
+        bn_seed=seed,
+        max_examples=None,
+        eval_seed=0,
+        device=torch.device(device),
+        need_bn=True,
+    )
     return inputs.bn
 
 
-def align(a: nn.Module, b: nn.Module, method: str = "weights", data: Any = None, *, max_iter: int = 100,
-          seed: int = 0, batches: int = 8, batch_size: int = 256, data_seed: int = 0
-          ) -> tuple[nn.Module, dict[str, Any]]:
+def align(
+    a: nn.Module,
+    b: nn.Module,
+    method: str = "weights",
+    data: Any = None,
+    *,
+    max_iter: int = 100,
+    seed: int = 0,
+    batches: int = 8,
+    batch_size: int = 256,
+    data_seed: int = 0,
+) -> tuple[nn.Module, dict[str, Any]]:
     """``b`` permuted to match ``a`` (a new module; neither input is modified).
 
     method: ``weights`` (:func:`weight_matching` over the parameters, sweep order seeded with
@@ -365,18 +404,29 @@ def align(a: nn.Module, b: nn.Module, method: str = "weights", data: Any = None,
     record: dict[str, Any] = {"align": method}
     if method == "weights":
         perms, info = weight_matching(spec, sa, sb, keys=_param_keys(a, spec), max_iter=max_iter, seed=seed)
-        record.update({"align_objective": "sum of <theta_a, P(theta_b)> over parameters",
-                       "align_seed": seed, "align_sweeps": info["sweeps"], "align_inner_product": info["objective"],
-                       "align_inner_product_identity": info["objective_identity"]})
+        record.update(
+            {
+                "align_objective": "sum of <theta_a, P(theta_b)> over parameters",
+                "align_seed": seed,
+                "align_sweeps": info["sweeps"],
+                "align_inner_product": info["objective"],
+                "align_inner_product_identity": info["objective_identity"],
+            }
+        )
     else:
         if data is None:
             raise ValueError("align='activations' needs data: pass the dataset whose training images to match on")
         device = next(a.parameters()).device
         xs = training_batches(data, batches, batch_size, data_seed, device)
         perms, info = activation_matching(spec, a, b, xs)
-        record.update({"align_objective": "summed Pearson correlation of unit activations",
-                       "align_examples": info["examples"], "align_data_seed": data_seed,
-                       "align_mean_correlation": info["mean_correlation"]})
+        record.update(
+            {
+                "align_objective": "summed Pearson correlation of unit activations",
+                "align_examples": info["examples"],
+                "align_data_seed": data_seed,
+                "align_mean_correlation": info["mean_correlation"],
+            }
+        )
     out = copy.deepcopy(b)
     out.load_state_dict(apply_permutation(spec, perms, sb))
     record["align_changed_units"] = int(sum(int((perms[p] != np.arange(n)).sum()) for p, n in spec.sizes.items()))
@@ -393,14 +443,16 @@ def _repair_layers(model: nn.Module) -> list[str]:
     names = []
     for i, (n, m) in enumerate(leaves):
         if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None:
-            follow = next((x for _, x in leaves[i + 1:] if isinstance(x, (nn.Linear, nn.Conv2d, _BN))), None)
+            follow = next((x for _, x in leaves[i + 1 :] if isinstance(x, (nn.Linear, nn.Conv2d, _BN))), None)
             if follow is not None and not isinstance(follow, _BN):
                 names.append(n)
     return names
 
 
 @torch.no_grad()
-def _channel_stats(model: nn.Module, names: Sequence[str], batches: Sequence[Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+def _channel_stats(
+    model: nn.Module, names: Sequence[str], batches: Sequence[Tensor]
+) -> dict[str, tuple[Tensor, Tensor]]:
     mods = dict(model.named_modules())
     sums: dict[str, list] = {n: [0, 0.0, 0.0] for n in names}
     handles = []
@@ -412,6 +464,7 @@ def _channel_stats(model: nn.Module, names: Sequence[str], batches: Sequence[Ten
             s[0] += z.shape[0]
             s[1] = s[1] + z.sum(0)
             s[2] = s[2] + (z * z).sum(0)
+
         return fn
 
     was = model.training
@@ -433,8 +486,9 @@ def _channel_stats(model: nn.Module, names: Sequence[str], batches: Sequence[Ten
 
 
 @torch.no_grad()
-def endpoint_stats(model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, Tensor],
-                   batches: Sequence[Tensor]) -> tuple[dict, dict]:
+def endpoint_stats(
+    model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, Tensor], batches: Sequence[Tensor]
+) -> tuple[dict, dict]:
     """Per-channel (mean, std) at the REPAIR layers of the states ``sa`` and ``sb`` (``model`` is a
     working copy whose state is overwritten); pass the result to :func:`repair_state`."""
     names = _repair_layers(model)
@@ -445,8 +499,14 @@ def endpoint_stats(model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, 
 
 
 @torch.no_grad()
-def repair_state(model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, Tensor], alpha: float,
-                 batches: Sequence[Tensor], stats: tuple[dict, dict] | None = None) -> dict[str, Tensor]:
+def repair_state(
+    model: nn.Module,
+    sa: Mapping[str, Tensor],
+    sb: Mapping[str, Tensor],
+    alpha: float,
+    batches: Sequence[Tensor],
+    stats: tuple[dict, dict] | None = None,
+) -> dict[str, Tensor]:
     """The interpolated state at ``alpha`` with REPAIR applied (``model`` is a working copy of the
     architecture; its state is overwritten).
 

@@ -12,12 +12,14 @@ Only the chosen command's flags are built. Plugins (:mod:`distill.plugins`: the
 the command line and repeated) are loaded before a command's flags are built, so that their
 models and probes appear among the choices of ``rtt distill -h``.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 COMMAND_MODULES: tuple[str, ...] = ("landscape.commands",)
 
@@ -31,9 +33,11 @@ _NO_PLUGINS = {"info", "plot"}
 def command(name: str, help: str) -> Callable[[type], type]:
     """Register ``rtt <name>``: decorates a class with two static methods, ``add_args(parser)``
     (the flags) and ``run(args) -> int`` (the exit status; heavy imports belong inside it)."""
+
     def deco(cls: type) -> type:
         COMMANDS[name] = (cls.add_args, cls.run, help)  # type: ignore[attr-defined]
         return cls
+
     return deco
 
 
@@ -73,8 +77,9 @@ class _Info:
             print(f"{k:<9} {attrs.get(k)}" if len(k) <= 9 else f"{k} {attrs.get(k)}")
         cfg = s.config
         if cfg:
-            short = {k: cfg[k] for k in ("dataset", "subset", "arch", "init", "alpha", "lr", "epochs", "seed")
-                     if k in cfg}
+            short = {
+                k: cfg[k] for k in ("dataset", "subset", "arch", "init", "alpha", "lr", "epochs", "seed") if k in cfg
+            }
             print("config    " + ", ".join(f"{k}={v}" for k, v in short.items()))
         names = s.names()
         others = [n for n in names if not n.startswith("student/")]
@@ -113,9 +118,14 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
 
 
 def _add_plugin_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first (it may register models and probes); repeatable. Installed "
-                   "packages are found through the 'random_teachers.plugins' entry-point group")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (it may register models and probes); repeatable. Installed "
+        "packages are found through the 'random_teachers.plugins' entry-point group",
+    )
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -128,9 +138,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         from distill.plugins import load_plugins
 
         load_plugins(_plugin_modules(argv or ()))
-    parser = ArgumentParser(prog="rtt", formatter_class=HelpFormatter,
-                            description="random-teachers: distil students from random teachers and study where "
-                            "they land in the loss landscape. 'rtt COMMAND -h' lists a command's flags.")
+    parser = ArgumentParser(
+        prog="rtt",
+        formatter_class=HelpFormatter,
+        description="random-teachers: distil students from random teachers and study where "
+        "they land in the loss landscape. 'rtt COMMAND -h' lists a command's flags.",
+    )
     _add_plugin_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser)
     for name, (add_args, run, help) in COMMANDS.items():
@@ -160,8 +173,15 @@ def _errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: printed as one line, exit 1."""
     from distill.config import RunError
 
-    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, NotADirectoryError,
-                                         IsADirectoryError, PermissionError, OSError, RunError]
+    errors: list[type[BaseException]] = [
+        ValueError,
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+        OSError,
+        RunError,
+    ]
     store = sys.modules.get("distill.store")  # imported by whichever command used a store
     if store is not None:
         errors.append(store.StoreError)

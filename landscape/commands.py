@@ -3,6 +3,7 @@
 Keep this module light (argparse and :mod:`distill.config` only): it is imported by ``rtt -h``.
 Heavy imports (torch, xarray, the analyses) go inside each command's ``run``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,13 @@ class _Distill:
     def add_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, help="store to write (resumed when it exists)")
         p.add_argument("--no-resume", action="store_true", help="refuse to touch an existing store")
-        p.add_argument("--tensorboard", default=None, metavar="DIR", help="also write loss, KL and probe accuracies "
-                       "as TensorBoard scalars into DIR (needs the tensorboard extra)")
+        p.add_argument(
+            "--tensorboard",
+            default=None,
+            metavar="DIR",
+            help="also write loss, KL and probe accuracies "
+            "as TensorBoard scalars into DIR (needs the tensorboard extra)",
+        )
         add_arguments(p, DistillConfig)
 
     @staticmethod
@@ -41,9 +47,14 @@ class _Distill:
 
 
 def _add_executor_arg(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--executor", default=None, metavar="SPEC", help=f"run the {what} through dask:SCHEDULER, "
-                   "dask-local:N, submitit:FOLDER[,key=value...], process:N or thread:N (default: one after the "
-                   "other here); finished ones are skipped on a rerun")
+    p.add_argument(
+        "--executor",
+        default=None,
+        metavar="SPEC",
+        help=f"run the {what} through dask:SCHEDULER, "
+        "dask-local:N, submitit:FOLDER[,key=value...], process:N or thread:N (default: one after the "
+        "other here); finished ones are skipped on a rerun",
+    )
 
 
 # ---------------------------------------------------------------------------- landscape helpers
@@ -56,8 +67,10 @@ def _parse_ref(text: str) -> tuple:
 
     path, sep, which = text.rpartition(":")
     if not sep or not path or not which:
-        raise ValueError(f"{text!r} is not a checkpoint reference: write STORE:EPOCH or STORE:NAME, "
-                         "e.g. runs/x.h5:10 or runs/x.h5:teacher")
+        raise ValueError(
+            f"{text!r} is not a checkpoint reference: write STORE:EPOCH or STORE:NAME, "
+            "e.g. runs/x.h5:10 or runs/x.h5:teacher"
+        )
     store = Store(path)
     try:
         return store, int(which)
@@ -77,16 +90,18 @@ def _path_alphas(text: str):
             return n
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: pass a number of points (e.g. 21) or comma-separated values "
-                                         "in [0, 1] (e.g. 0,0.25,0.5,0.75,1)") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: pass a number of points (e.g. 21) or comma-separated values in [0, 1] (e.g. 0,0.25,0.5,0.75,1)"
+        ) from None
     if not values or any(not 0.0 <= v <= 1.0 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: the values must lie in [0, 1]")
     return values
 
 
 _MAX_EXAMPLES_HELP = "evaluate a seeded subset of this many images per split (default: all)"
-_ALPHAS_HELP = ("points on the path: N evenly spaced on [0, 1], ends included, or comma-separated values in "
-                "[0, 1] (e.g. 0,0.5,1)")
+_ALPHAS_HELP = (
+    "points on the path: N evenly spaced on [0, 1], ends included, or comma-separated values in [0, 1] (e.g. 0,0.5,1)"
+)
 
 
 def _splits(text: str) -> tuple[str, ...]:
@@ -100,12 +115,28 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     from distill import registry
     from distill.config import _CONVERTERS
 
-    p.add_argument("--dataset", default=None, metavar="NAME", help="dataset to evaluate on (registered: "
-                   f"{', '.join(registry.dataset_names())}; default: the one in the store's config)")
-    p.add_argument("--data-root", default=None, metavar="PATH", help="folder or file holding the dataset (default: "
-                   "the store's config, else $RTT_DATA/<dataset> and, for Fashion-MNIST, /usr/share/datasets)")
-    p.add_argument("--subset", type=_CONVERTERS[int], default=None, metavar="N", help="stratified subset of this "
-                   "many training images (default: the store's config when --dataset is not given, else all)")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME",
+        help="dataset to evaluate on (registered: "
+        f"{', '.join(registry.dataset_names())}; default: the one in the store's config)",
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="PATH",
+        help="folder or file holding the dataset (default: "
+        "the store's config, else $RTT_DATA/<dataset> and, for Fashion-MNIST, /usr/share/datasets)",
+    )
+    p.add_argument(
+        "--subset",
+        type=_CONVERTERS[int],
+        default=None,
+        metavar="N",
+        help="stratified subset of this "
+        "many training images (default: the store's config when --dataset is not given, else all)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto: CUDA when present)")
 
 
@@ -133,9 +164,11 @@ def _require_classifier(text: str, ref: tuple, num_classes: int) -> None:
     head = getattr(model, "spec", {}).get("head")
     out = getattr(getattr(model, "head", None), "out_features", None)
     if head != "linear" or out != num_classes:
-        raise ValueError(f"{text} is not a classifier for {num_classes} classes (head={head!r}): compare "
-                         "classifiers, e.g. the children written by 'rtt instability' (from Python: "
-                         "landscape.instability, or distill.supervised.with_classifier and train_supervised)")
+        raise ValueError(
+            f"{text} is not a classifier for {num_classes} classes (head={head!r}): compare "
+            "classifiers, e.g. the children written by 'rtt instability' (from Python: "
+            "landscape.instability, or distill.supervised.with_classifier and train_supervised)"
+        )
 
 
 def _slug(which) -> str:
@@ -152,8 +185,9 @@ def _write_nc(ds, path: Path) -> Path:
 def _barrier_table(ds) -> str:
     """One row per (pair, split): endpoint errors, largest error on the path, barrier heights."""
     pairs = [str(p) for p in ds.pair.values] if "pair" in ds.dims else [None]
-    lines = [("pair  " if pairs[0] is not None else "") + "split   err(0)   err(1)  max err  barrier_error  "
-             "barrier_loss"]
+    lines = [
+        ("pair  " if pairs[0] is not None else "") + "split   err(0)   err(1)  max err  barrier_error  barrier_loss"
+    ]
     for p in pairs:
         sub = ds if p is None else ds.sel(pair=p)
         for s in ds.split.values:
@@ -176,9 +210,13 @@ def _add_start_and_recipe_args(p: argparse.ArgumentParser, skip: tuple[str, ...]
     p.add_argument("store", help="store holding the start checkpoint")
     p.add_argument("--epoch", type=int, default=-1, help="start from the student of this epoch (-1: the last)")
     p.add_argument("--module", default=None, help="start from this module instead (e.g. teacher)")
-    p.add_argument("--preset", default="paper", choices=tuple(SUPERVISED_PRESETS),
-                   help="supervised training recipe (paper: 160 epochs; cpu: 8; tiny: 2); --sup-* flags override "
-                   "it (default: paper)")
+    p.add_argument(
+        "--preset",
+        default="paper",
+        choices=tuple(SUPERVISED_PRESETS),
+        help="supervised training recipe (paper: 160 epochs; cpu: 8; tiny: 2); --sup-* flags override "
+        "it (default: paper)",
+    )
     _add_data_args(p)
     add_arguments(p, SupervisedConfig, prefix="sup-", skip=skip, defaults_text=_preset_defaults())
     # absent --sup-* flags (None) must not override the preset
@@ -210,11 +248,16 @@ def _start_and_recipe(a: argparse.Namespace) -> tuple:
         try:
             which = epochs[a.epoch] if a.epoch < 0 else a.epoch
         except IndexError:
-            raise ValueError(f"{store.path} has no student at epoch {a.epoch} (saved epochs: "
-                             f"{', '.join(map(str, epochs)) or 'none'}); pass --epoch or --module") from None
+            raise ValueError(
+                f"{store.path} has no student at epoch {a.epoch} (saved epochs: "
+                f"{', '.join(map(str, epochs)) or 'none'}); pass --epoch or --module"
+            ) from None
         tag = f"e{which}"
-    overrides = {f.name: getattr(a, f"sup_{f.name}") for f in fields(SupervisedConfig)
-                 if getattr(a, f"sup_{f.name}", None) is not None}
+    overrides = {
+        f.name: getattr(a, f"sup_{f.name}")
+        for f in fields(SupervisedConfig)
+        if getattr(a, f"sup_{f.name}", None) is not None
+    }
     return store, which, tag, SupervisedConfig.preset(a.preset, **overrides, device=a.device)
 
 
@@ -224,14 +267,18 @@ class _Lmc:
     def add_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("a", metavar="A", help="first checkpoint: STORE:EPOCH or STORE:NAME (e.g. runs/x.h5:children/0)")
         p.add_argument("b", metavar="B", help="second checkpoint, same architecture")
-        p.add_argument("--alphas", type=_path_alphas, default=30, metavar="N|A,B,...",
-                       help=f"{_ALPHAS_HELP} (default: 30, Frankle et al.'s barrier grid; "
-                       "the paper's Figure 9 uses 50)")
-        p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics along the path "
-                       "(default: reset)")
+        p.add_argument(
+            "--alphas",
+            type=_path_alphas,
+            default=30,
+            metavar="N|A,B,...",
+            help=f"{_ALPHAS_HELP} (default: 30, Frankle et al.'s barrier grid; the paper's Figure 9 uses 50)",
+        )
+        p.add_argument(
+            "--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics along the path (default: reset)"
+        )
         p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
-        p.add_argument("--max-examples", type=int, default=None, metavar="N",
-                       help=_MAX_EXAMPLES_HELP)
+        p.add_argument("--max-examples", type=int, default=None, metavar="N", help=_MAX_EXAMPLES_HELP)
         p.add_argument("--out", default=None, help="netCDF file to write (default: beside A's store)")
         _add_data_args(p)
 
@@ -241,8 +288,9 @@ class _Lmc:
 
         ref_a, ref_b = _parse_ref(a.a), _parse_ref(a.b)
         data = _data_for(ref_a[0], a)
-        ds = linear_path(ref_a, ref_b, data, alphas=a.alphas, bn=a.bn, splits=a.split,
-                         max_examples=a.max_examples, device=a.device)
+        ds = linear_path(
+            ref_a, ref_b, data, alphas=a.alphas, bn=a.bn, splits=a.split, max_examples=a.max_examples, device=a.device
+        )
         heights = barrier(ds)
         ds["barrier_error"], ds["barrier_loss"] = heights.barrier_error, heights.barrier_loss
         ds.attrs = dict(heights.attrs)
@@ -260,18 +308,33 @@ class _Instability:
     def add_args(p: argparse.ArgumentParser) -> None:
         _add_start_and_recipe_args(p, skip=("device", "data_seed", "aug_seed"))
         p.add_argument("--children", type=int, default=2, help="number of children (default: 2)")
-        p.add_argument("--seeds", default=None, metavar="A,B,...",
-                       help="comma-separated seeds, one per child (default: 0..children-1)")
-        p.add_argument("--children-store", default=None, help="store for the children (resumed when it exists; "
-                       "default: STORE-instability-eEPOCH.h5 beside STORE)")
-        p.add_argument("--alphas", type=_path_alphas, default=30, metavar="N|A,B,...",
-                       help=f"{_ALPHAS_HELP}, on each path between children (default: 30, "
-                       "Frankle et al.'s barrier grid; the paper's Figure 9 uses 50)")
-        p.add_argument("--bn", default="reset", choices=BN_POLICIES,
-                       help="BatchNorm statistics along the paths: reset = re-estimated at each point (default: reset)")
+        p.add_argument(
+            "--seeds",
+            default=None,
+            metavar="A,B,...",
+            help="comma-separated seeds, one per child (default: 0..children-1)",
+        )
+        p.add_argument(
+            "--children-store",
+            default=None,
+            help="store for the children (resumed when it exists; default: STORE-instability-eEPOCH.h5 beside STORE)",
+        )
+        p.add_argument(
+            "--alphas",
+            type=_path_alphas,
+            default=30,
+            metavar="N|A,B,...",
+            help=f"{_ALPHAS_HELP}, on each path between children (default: 30, "
+            "Frankle et al.'s barrier grid; the paper's Figure 9 uses 50)",
+        )
+        p.add_argument(
+            "--bn",
+            default="reset",
+            choices=BN_POLICIES,
+            help="BatchNorm statistics along the paths: reset = re-estimated at each point (default: reset)",
+        )
         p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
-        p.add_argument("--max-examples", type=int, default=None, metavar="N",
-                       help=_MAX_EXAMPLES_HELP)
+        p.add_argument("--max-examples", type=int, default=None, metavar="N", help=_MAX_EXAMPLES_HELP)
         p.add_argument("--out", default=None, help="netCDF file to write (default: the children store's name, .nc)")
         _add_executor_arg(p, "children")
 
@@ -282,17 +345,35 @@ class _Instability:
 
         store, which, tag, cfg = _start_and_recipe(a)
         seeds = [int(s) for s in a.seeds.split(",") if s.strip()] if a.seeds else None
-        children_store = Path(a.children_store) if a.children_store else store.path.with_name(
-            f"{store.path.stem}-instability-{tag}.h5")
+        children_store = (
+            Path(a.children_store)
+            if a.children_store
+            else store.path.with_name(f"{store.path.stem}-instability-{tag}.h5")
+        )
         data = _data_for(store, a)
         with open_executor(a.executor) as ex:
-            ds = instability((store, which), data, children=a.children, seeds=seeds, cfg=cfg, store=children_store,
-                             alphas=a.alphas, bn=a.bn, splits=a.split, device=a.device,
-                             path_options={"max_examples": a.max_examples}, executor=ex)
+            ds = instability(
+                (store, which),
+                data,
+                children=a.children,
+                seeds=seeds,
+                cfg=cfg,
+                store=children_store,
+                alphas=a.alphas,
+                bn=a.bn,
+                splits=a.split,
+                device=a.device,
+                path_options={"max_examples": a.max_examples},
+                executor=ex,
+            )
         print(_barrier_table(ds))
-        print("children test accuracy: " + ", ".join(
-            f"{int(c)} (seed {int(s)}): {float(v):.4f}"
-            for c, s, v in zip(ds.child.values, ds.child_seed.values, ds.child_test_accuracy.values)))
+        print(
+            "children test accuracy: "
+            + ", ".join(
+                f"{int(c)} (seed {int(s)}): {float(v):.4f}"
+                for c, s, v in zip(ds.child.values, ds.child_seed.values, ds.child_test_accuracy.values)
+            )
+        )
         out = Path(a.out) if a.out else children_store.with_suffix(".nc")
         print(f"children in {children_store}")
         print(f"wrote {_write_nc(ds, out)}")
@@ -308,15 +389,25 @@ class _Plane:
             p.add_argument(name, metavar=name.upper(), help=f"{what}: STORE:EPOCH or STORE:NAME")
         p.add_argument("--out", required=True, help="netCDF file to write")
         p.add_argument("--resolution", type=int, default=21, help="grid points per axis (default: 21)")
-        p.add_argument("--span", default=None, help="LOW,HIGH range of both coordinates in units of |B - A| "
-                       "(default: the three points plus --margin)")
-        p.add_argument("--margin", type=float, default=0.5, help="margin around the three points in units of "
-                       "|B - A| (default: 0.5)")
-        p.add_argument("--bn", default="reset", choices=BN_POLICIES,
-                       help="BatchNorm statistics at each grid point: reset = re-estimated there (default: reset)")
+        p.add_argument(
+            "--span",
+            default=None,
+            help="LOW,HIGH range of both coordinates in units of |B - A| (default: the three points plus --margin)",
+        )
+        p.add_argument(
+            "--margin",
+            type=float,
+            default=0.5,
+            help="margin around the three points in units of |B - A| (default: 0.5)",
+        )
+        p.add_argument(
+            "--bn",
+            default="reset",
+            choices=BN_POLICIES,
+            help="BatchNorm statistics at each grid point: reset = re-estimated there (default: reset)",
+        )
         p.add_argument("--split", default="test", choices=_SPLITS, help="split to evaluate (default: test)")
-        p.add_argument("--max-examples", type=int, default=None, metavar="N",
-                       help=_MAX_EXAMPLES_HELP)
+        p.add_argument("--max-examples", type=int, default=None, metavar="N", help=_MAX_EXAMPLES_HELP)
         _add_data_args(p)
 
     @staticmethod
@@ -333,14 +424,31 @@ class _Plane:
             if len(span) != 2:
                 raise ValueError(f"--span {a.span!r}: pass LOW,HIGH, e.g. --span -0.5,1.5")
         data = _data_for(refs[0][0], a)
-        ds = plane(refs[0], refs[1], refs[2], data, resolution=a.resolution, span=span, margin=a.margin,
-                   bn=a.bn, split=a.split, max_examples=a.max_examples, device=a.device)
-        print(f"|B - A| = {ds.attrs['norm_u']:.4g}, |v| = {ds.attrs['norm_v']:.4g}; in units of |B - A|: "
-              + ", ".join(f"{p} = ({float(x):.3f}, {float(y):.3f})"
-                          for p, x, y in zip(ds.point.values, ds.point_x.values, ds.point_y.values)))
+        ds = plane(
+            refs[0],
+            refs[1],
+            refs[2],
+            data,
+            resolution=a.resolution,
+            span=span,
+            margin=a.margin,
+            bn=a.bn,
+            split=a.split,
+            max_examples=a.max_examples,
+            device=a.device,
+        )
+        print(
+            f"|B - A| = {ds.attrs['norm_u']:.4g}, |v| = {ds.attrs['norm_v']:.4g}; in units of |B - A|: "
+            + ", ".join(
+                f"{p} = ({float(x):.3f}, {float(y):.3f})"
+                for p, x, y in zip(ds.point.values, ds.point_x.values, ds.point_y.values)
+            )
+        )
         best = ds.error.where(ds.error == ds.error.min(), drop=True)
-        print(f"{a.split} error: min {float(ds.error.min()):.4f} at (x, y) = ({float(best.x[0]):.3f}, "
-              f"{float(best.y[0]):.3f}), max {float(ds.error.max()):.4f}")
+        print(
+            f"{a.split} error: min {float(ds.error.min()):.4f} at (x, y) = ({float(best.x[0]):.3f}, "
+            f"{float(best.y[0]):.3f}), max {float(ds.error.max()):.4f}"
+        )
         print(f"wrote {_write_nc(ds, Path(a.out))}")
         return 0
 
@@ -364,8 +472,11 @@ def _store_metrics(path: Path):
 class _Plot:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("file", help="netCDF result written by rtt lmc / instability / plane / lottery / locality, "
-                       "or a store (.h5: its probe metrics)")
+        p.add_argument(
+            "file",
+            help="netCDF result written by rtt lmc / instability / plane / lottery / locality, "
+            "or a store (.h5: its probe metrics)",
+        )
         p.add_argument("--out", default=None, help="image to write (default: FILE with .png)")
         p.add_argument("--var", default=None, help="variable to draw (default: error, else the first one)")
 
@@ -417,23 +528,43 @@ class _Lottery:
     def add_args(p: argparse.ArgumentParser) -> None:
         _add_start_and_recipe_args(p, skip=("device",))
         p.add_argument("--levels", type=int, default=5, help="trained levels, level 0 dense (default: 5)")
-        p.add_argument("--prune-fraction", type=float, default=0.2, help="fraction of the remaining weights "
-                       "pruned per level (default: 0.2)")
-        p.add_argument("--rewind", default="start", help="rewind target(s), comma-separated: start, init, step "
-                       "(default: start)")
+        p.add_argument(
+            "--prune-fraction",
+            type=float,
+            default=0.2,
+            help="fraction of the remaining weights pruned per level (default: 0.2)",
+        )
+        p.add_argument(
+            "--rewind", default="start", help="rewind target(s), comma-separated: start, init, step (default: start)"
+        )
         p.add_argument("--rewind-step", type=int, default=None, help="optimiser steps of level 0 for --rewind step")
-        p.add_argument("--prunable", default="weights", choices=("weights", "all"),
-                       help="weights: conv and linear weights (Frankle et al.); all: every parameter (the paper's "
-                       "code) (default: weights)")
+        p.add_argument(
+            "--prunable",
+            default="weights",
+            choices=("weights", "all"),
+            help="weights: conv and linear weights (Frankle et al.); all: every parameter (the paper's "
+            "code) (default: weights)",
+        )
         p.add_argument("--baselines", default="", help="comma-separated: random_prune, random_reinit (default: none)")
-        p.add_argument("--no-rewind-rng", action="store_true", help="reseed data order and augmentation per level "
-                       "(default: every level replays the same order)")
+        p.add_argument(
+            "--no-rewind-rng",
+            action="store_true",
+            help="reseed data order and augmentation per level (default: every level replays the same order)",
+        )
         p.add_argument("--seed", type=int, default=0, help="classifier head, init and baseline seed (default: 0)")
-        p.add_argument("--lottery-store", default=None, help="store for the pruned checkpoints (resumed when it "
-                       "exists; default: STORE-lottery-TAG.h5 beside STORE)")
+        p.add_argument(
+            "--lottery-store",
+            default=None,
+            help="store for the pruned checkpoints (resumed when it "
+            "exists; default: STORE-lottery-TAG.h5 beside STORE)",
+        )
         p.add_argument("--out", default=None, help="netCDF file to write (default: the lottery store's name, .nc)")
-        p.add_argument("--seeds", default=None, help="comma-separated replicate seeds (each as --seed; one store per "
-                       "rewind target and seed in the folder named like the lottery store)")
+        p.add_argument(
+            "--seeds",
+            default=None,
+            help="comma-separated replicate seeds (each as --seed; one store per "
+            "rewind target and seed in the folder named like the lottery store)",
+        )
         _add_executor_arg(p, "rewind targets and seeds (one store each, in the folder named like the lottery store)")
 
     @staticmethod
@@ -443,11 +574,19 @@ class _Lottery:
         store, which, tag, cfg = _start_and_recipe(a)
         rewinds = [r.strip() for r in a.rewind.split(",") if r.strip()]
         baselines = [b.strip() for b in a.baselines.split(",") if b.strip()]
-        lottery_store = Path(a.lottery_store) if a.lottery_store else store.path.with_name(
-            f"{store.path.stem}-lottery-{tag}.h5")
+        lottery_store = (
+            Path(a.lottery_store) if a.lottery_store else store.path.with_name(f"{store.path.stem}-lottery-{tag}.h5")
+        )
         data = _data_for(store, a)
-        options = dict(levels=a.levels, prune_fraction=a.prune_fraction, prunable=a.prunable,
-                       rewind_step=a.rewind_step, baselines=baselines, device=a.device, rewind_rng=not a.no_rewind_rng)
+        options = dict(
+            levels=a.levels,
+            prune_fraction=a.prune_fraction,
+            prunable=a.prunable,
+            rewind_step=a.rewind_step,
+            baselines=baselines,
+            device=a.device,
+            rewind_rng=not a.no_rewind_rng,
+        )
         if a.executor or a.seeds:
             from landscape.executors import open_executor
             from landscape.lottery_sweep import lottery_sweep
@@ -455,14 +594,29 @@ class _Lottery:
             seeds = [int(s) for s in a.seeds.split(",") if s.strip()] if a.seeds else [a.seed]
             lottery_store = lottery_store.with_suffix("")
             with open_executor(a.executor) as ex:
-                ds = lottery_sweep((store, which), data, rewinds=rewinds, seeds=seeds, out_dir=lottery_store,
-                                   executor=ex, cfg=cfg, **options)
+                ds = lottery_sweep(
+                    (store, which),
+                    data,
+                    rewinds=rewinds,
+                    seeds=seeds,
+                    out_dir=lottery_store,
+                    executor=ex,
+                    cfg=cfg,
+                    **options,
+                )
             if "seed" in ds.dims:
                 print(f"mean over seeds {', '.join(map(str, seeds))}")
             print(_lottery_table(ds.mean("seed", keep_attrs=True) if "seed" in ds.dims else ds))
         else:
-            ds = lottery((store, which), data, rewind=rewinds if len(rewinds) != 1 else rewinds[0], cfg=cfg,
-                         store=lottery_store, seed=a.seed, **options)
+            ds = lottery(
+                (store, which),
+                data,
+                rewind=rewinds if len(rewinds) != 1 else rewinds[0],
+                cfg=cfg,
+                store=lottery_store,
+                seed=a.seed,
+                **options,
+            )
             print(_lottery_table(ds))
         out = Path(a.out) if a.out else lottery_store.with_suffix(".nc")
         print(f"checkpoints in {lottery_store}")
@@ -477,20 +631,42 @@ class _Locality:
         from distill.config import _parse_list
 
         g = p.add_mutually_exclusive_group(required=True)
-        g.add_argument("--alphas", type=_parse_list, metavar="A,B,...", help="the sweep: comma-separated "
-                       "student-teacher interpolation weights in [0, 1] (0: the teacher, 1: independent), e.g. "
-                       "0,0.25,0.5,1; one distillation each")
-        g.add_argument("--eps", dest="eps_values", type=_parse_list, metavar="A,B,...",
-                       help="or the sweep over noise scales: comma-separated eps >= 0 "
-                       "(student = teacher + eps x noise)")
-        p.add_argument("--seeds", type=_parse_list, default=[0], metavar="A,B,...",
-                       help="replicate seeds, comma-separated (default: 0)")
-        p.add_argument("--runs", default="runs/locality", metavar="DIR",
-                       help="folder of the per-point stores, resumed when present (default: runs/locality)")
+        g.add_argument(
+            "--alphas",
+            type=_parse_list,
+            metavar="A,B,...",
+            help="the sweep: comma-separated "
+            "student-teacher interpolation weights in [0, 1] (0: the teacher, 1: independent), e.g. "
+            "0,0.25,0.5,1; one distillation each",
+        )
+        g.add_argument(
+            "--eps",
+            dest="eps_values",
+            type=_parse_list,
+            metavar="A,B,...",
+            help="or the sweep over noise scales: comma-separated eps >= 0 (student = teacher + eps x noise)",
+        )
+        p.add_argument(
+            "--seeds",
+            type=_parse_list,
+            default=[0],
+            metavar="A,B,...",
+            help="replicate seeds, comma-separated (default: 0)",
+        )
+        p.add_argument(
+            "--runs",
+            default="runs/locality",
+            metavar="DIR",
+            help="folder of the per-point stores, resumed when present (default: runs/locality)",
+        )
         p.add_argument("--out", required=True, metavar="FILE", help="result file (.nc)")
-        p.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="points run in parallel processes (default: 1, one after the other; same as "
-                       "--executor process:N)")
+        p.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            metavar="N",
+            help="points run in parallel processes (default: 1, one after the other; same as --executor process:N)",
+        )
         _add_executor_arg(p, "points")
         add_arguments(p, DistillConfig, skip=("init", "alpha", "eps"))
 
@@ -509,8 +685,12 @@ class _Locality:
         acc = ds.accuracy.isel(epoch=-1).mean("seed")
         print(f"{axis:<8}" + "".join(f"{str(p):>12}" for p in acc.probe.values) + "   (student accuracy, %)")
         for v in acc[axis].values:
-            print(f"{v:<8g}" + "".join(f"{100 * float(acc.sel({axis: v, 'model': 'student', 'probe': p})):12.2f}"
-                                       for p in acc.probe.values))
+            print(
+                f"{v:<8g}"
+                + "".join(
+                    f"{100 * float(acc.sel({axis: v, 'model': 'student', 'probe': p})):12.2f}" for p in acc.probe.values
+                )
+            )
         print(f"wrote {a.out}")
         return 0
 
@@ -532,18 +712,25 @@ class _Align:
     def add_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("a", metavar="A", help="reference checkpoint: STORE:EPOCH or STORE:NAME (a classifier)")
         p.add_argument("b", metavar="B", help="checkpoint whose units are permuted onto A's, same architecture")
-        p.add_argument("--method", default="weights", choices=("weights", "activations"),
-                       help="weight matching (Ainsworth et al.) or activation matching on training images "
-                       "(default: weights)")
-        p.add_argument("--repair", action="store_true", help="also evaluate the aligned path with REPAIR "
-                       "renormalisation of layers without BatchNorm")
-        p.add_argument("--alphas", type=_path_alphas, default=21, metavar="N|A,B,...",
-                       help=f"{_ALPHAS_HELP} (default: 21)")
-        p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics along the path "
-                       "(default: reset)")
+        p.add_argument(
+            "--method",
+            default="weights",
+            choices=("weights", "activations"),
+            help="weight matching (Ainsworth et al.) or activation matching on training images (default: weights)",
+        )
+        p.add_argument(
+            "--repair",
+            action="store_true",
+            help="also evaluate the aligned path with REPAIR renormalisation of layers without BatchNorm",
+        )
+        p.add_argument(
+            "--alphas", type=_path_alphas, default=21, metavar="N|A,B,...", help=f"{_ALPHAS_HELP} (default: 21)"
+        )
+        p.add_argument(
+            "--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics along the path (default: reset)"
+        )
         p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
-        p.add_argument("--max-examples", type=int, default=None, metavar="N",
-                       help=_MAX_EXAMPLES_HELP)
+        p.add_argument("--max-examples", type=int, default=None, metavar="N", help=_MAX_EXAMPLES_HELP)
         p.add_argument("--out", default=None, help="netCDF file to write (default: beside A's store)")
         _add_data_args(p)
 
@@ -556,8 +743,10 @@ class _Align:
         ref_a, ref_b = _parse_ref(a.a), _parse_ref(a.b)
         data = _data_for(ref_a[0], a)
         common = dict(alphas=a.alphas, bn=a.bn, splits=a.split, max_examples=a.max_examples, device=a.device)
-        runs = {"none": linear_path(ref_a, ref_b, data, **common),
-                a.method: linear_path(ref_a, ref_b, data, align=a.method, **common)}
+        runs = {
+            "none": linear_path(ref_a, ref_b, data, **common),
+            a.method: linear_path(ref_a, ref_b, data, align=a.method, **common),
+        }
         if a.repair:
             runs[f"{a.method}+repair"] = linear_path(ref_a, ref_b, data, align=a.method, repair=True, **common)
         rows = []
@@ -576,28 +765,42 @@ class _Align:
         return 0
 
 
-@command("surface", "1-D or 2-D loss surface around a checkpoint along filter-normalised random, Hessian or "
-         "checkpoint directions")
+@command(
+    "surface",
+    "1-D or 2-D loss surface around a checkpoint along filter-normalised random, Hessian or checkpoint directions",
+)
 class _Surface:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("center", metavar="CENTER", help="checkpoint at the origin: STORE:EPOCH or STORE:NAME")
         p.add_argument("--out", required=True, help="netCDF file (written after every row; resumed when it exists)")
-        p.add_argument("--directions", default="random", help="random (filter-normalised), hessian (top "
-                       "eigenvectors) or one/two checkpoints STORE:EPOCH[,STORE:EPOCH] (default: random)")
+        p.add_argument(
+            "--directions",
+            default="random",
+            help="random (filter-normalised), hessian (top "
+            "eigenvectors) or one/two checkpoints STORE:EPOCH[,STORE:EPOCH] (default: random)",
+        )
         p.add_argument("--dims", type=int, default=2, choices=(1, 2), help="1-D line or 2-D surface (default: 2)")
         p.add_argument("--resolution", type=int, default=21, help="points per axis (default: 21)")
         p.add_argument("--span", default="-1,1", help="LOW,HIGH of the coordinates (default: -1,1)")
         p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default: 0)")
-        p.add_argument("--bias", default="ignore", choices=("ignore", "normalize"),
-                       help="biases in random directions: zero, or rescaled to the bias norm (default: ignore)")
-        p.add_argument("--bn-params", default="ignore", choices=("ignore", "normalize"),
-                       help="BatchNorm weight/bias in random directions (default: ignore)")
-        p.add_argument("--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics at each point "
-                       "(default: reset)")
+        p.add_argument(
+            "--bias",
+            default="ignore",
+            choices=("ignore", "normalize"),
+            help="biases in random directions: zero, or rescaled to the bias norm (default: ignore)",
+        )
+        p.add_argument(
+            "--bn-params",
+            default="ignore",
+            choices=("ignore", "normalize"),
+            help="BatchNorm weight/bias in random directions (default: ignore)",
+        )
+        p.add_argument(
+            "--bn", default="reset", choices=BN_POLICIES, help="BatchNorm statistics at each point (default: reset)"
+        )
         p.add_argument("--split", default="test", choices=_SPLITS, help="split to evaluate (default: test)")
-        p.add_argument("--max-examples", type=int, default=None, metavar="N",
-                       help=_MAX_EXAMPLES_HELP)
+        p.add_argument("--max-examples", type=int, default=None, metavar="N", help=_MAX_EXAMPLES_HELP)
         _add_data_args(p)
 
     @staticmethod
@@ -607,16 +810,32 @@ class _Surface:
         ref = _parse_ref(a.center)
         data = _data_for(ref[0], a)
         _require_classifier(a.center, ref, data.num_classes)
-        directions = a.directions if a.directions in ("random", "hessian") else [
-            _parse_ref(t) for t in a.directions.split(",")]
-        ds = surface(ref, data, directions=directions, dims=a.dims, resolution=a.resolution,
-                     span=_floats(a.span, 2, "--span"), seed=a.seed, bias=a.bias, bn_params=a.bn_params, bn=a.bn,
-                     split=a.split, max_examples=a.max_examples, out=a.out, device=a.device)
+        directions = (
+            a.directions if a.directions in ("random", "hessian") else [_parse_ref(t) for t in a.directions.split(",")]
+        )
+        ds = surface(
+            ref,
+            data,
+            directions=directions,
+            dims=a.dims,
+            resolution=a.resolution,
+            span=_floats(a.span, 2, "--span"),
+            seed=a.seed,
+            bias=a.bias,
+            bn_params=a.bn_params,
+            bn=a.bn,
+            split=a.split,
+            max_examples=a.max_examples,
+            out=a.out,
+            device=a.device,
+        )
         centre = ds.loss.sel(x=0.0, method="nearest")
         if "y" in centre.dims:
             centre = centre.sel(y=0.0, method="nearest")
-        print(f"{a.split} loss: centre {float(centre):.4f}, min {float(ds.loss.min()):.4f}, max "
-              f"{float(ds.loss.max()):.4f}; error min {float(ds.error.min()):.4f}")
+        print(
+            f"{a.split} loss: centre {float(centre):.4f}, min {float(ds.loss.min()):.4f}, max "
+            f"{float(ds.loss.max()):.4f}; error min {float(ds.error.min()):.4f}"
+        )
         print(f"wrote {a.out}")
         return 0
 
@@ -628,22 +847,42 @@ class _Hessian:
         p.add_argument("model", metavar="CKPT", help="checkpoint: STORE:EPOCH or STORE:NAME")
         p.add_argument("--out", required=True, help="netCDF file to write")
         p.add_argument("--k", type=int, default=5, help="number of top eigenvalues (default: 5)")
-        p.add_argument("--loss", default="supervised", choices=("supervised", "distillation"),
-                       help="cross-entropy on labels, or against the store's teacher (default: supervised)")
+        p.add_argument(
+            "--loss",
+            default="supervised",
+            choices=("supervised", "distillation"),
+            help="cross-entropy on labels, or against the store's teacher (default: supervised)",
+        )
         p.add_argument("--teacher", default=None, help="teacher for --loss distillation (default: STORE:teacher)")
-        p.add_argument("--batches", type=int, default=4, help="mini-batches to average over; 0 = the whole split "
-                       "(default: 4)")
+        p.add_argument(
+            "--batches", type=int, default=4, help="mini-batches to average over; 0 = the whole split (default: 4)"
+        )
         p.add_argument("--batch-size", type=int, default=256, help="mini-batch size (default: 256)")
         p.add_argument("--split", default="train", choices=_SPLITS, help="split (default: train)")
-        p.add_argument("--trace-probes", type=int, default=100, help="Hessian-vector products for the trace "
-                       "(default: 100; 0: skip)")
-        p.add_argument("--trace-method", default="hutch++", choices=("hutch++", "hutchinson"),
-                       help="trace estimator (default: hutch++)")
-        p.add_argument("--slq-runs", type=int, default=0, help="stochastic Lanczos quadrature runs for the "
-                       "spectral density (default: 0)")
+        p.add_argument(
+            "--trace-probes",
+            type=int,
+            default=100,
+            help="Hessian-vector products for the trace (default: 100; 0: skip)",
+        )
+        p.add_argument(
+            "--trace-method",
+            default="hutch++",
+            choices=("hutch++", "hutchinson"),
+            help="trace estimator (default: hutch++)",
+        )
+        p.add_argument(
+            "--slq-runs",
+            type=int,
+            default=0,
+            help="stochastic Lanczos quadrature runs for the spectral density (default: 0)",
+        )
         p.add_argument("--slq-steps", type=int, default=50, help="Lanczos steps per SLQ run (default: 50)")
-        p.add_argument("--path-to", default=None, help="evaluate along the straight line to this checkpoint "
-                       "instead (with --alphas points)")
+        p.add_argument(
+            "--path-to",
+            default=None,
+            help="evaluate along the straight line to this checkpoint instead (with --alphas points)",
+        )
         p.add_argument("--alphas", type=int, default=5, help="points on the line for --path-to (default: 5)")
         p.add_argument("--seed", type=int, default=0, help="seed of the Lanczos start vector and probes")
         _add_data_args(p)
@@ -661,9 +900,17 @@ class _Hessian:
             teacher = _parse_ref(a.teacher) if a.teacher else (ref[0], "teacher")
         else:
             _require_classifier(a.model, ref, data.num_classes)
-        common = dict(loss=a.loss, teacher=teacher, split=a.split, batches=a.batches or None,
-                      batch_size=a.batch_size, trace_probes=a.trace_probes, trace_method=a.trace_method,
-                      seed=a.seed, device=a.device)
+        common = dict(
+            loss=a.loss,
+            teacher=teacher,
+            split=a.split,
+            batches=a.batches or None,
+            batch_size=a.batch_size,
+            trace_probes=a.trace_probes,
+            trace_method=a.trace_method,
+            seed=a.seed,
+            device=a.device,
+        )
         if a.path_to:
             ds = hessian_along_path(ref, _parse_ref(a.path_to), data, alphas=a.alphas, k=a.k, **common)
         else:
@@ -674,8 +921,10 @@ class _Hessian:
             print("top eigenvalues: " + np.array2string(ds.eigenvalue.values, precision=5))
         if "trace" in ds:
             print("trace: " + np.array2string(ds.trace.values, precision=5) + f" ({a.trace_method})")
-        print(f"{ds.attrs['batches']} batches, {ds.attrs['examples']} examples, {int(ds.hvps.values.sum())} "
-              "Hessian-vector products")
+        print(
+            f"{ds.attrs['batches']} batches, {ds.attrs['examples']} examples, {int(ds.hvps.values.sum())} "
+            "Hessian-vector products"
+        )
         print(f"wrote {_write_nc(ds, Path(a.out))}")
         return 0
 
@@ -712,6 +961,7 @@ class _Verify:
         count, problems = verify(a.store)
         for line in problems:
             print(f"damaged: {line}")
-        print(f"{a.store}: {count} objects read, {len(problems)} problem(s)", file=sys.stderr if problems else
-              sys.stdout)
+        print(
+            f"{a.store}: {count} objects read, {len(problems)} problem(s)", file=sys.stderr if problems else sys.stdout
+        )
         return 1 if problems else 0

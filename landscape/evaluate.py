@@ -12,12 +12,14 @@ Two implementations behind one interface, used by :func:`landscape.paths.linear_
 Both return ``(loss, error)``: float64 arrays of shape (n_alphas, n_splits); loss is the mean
 cross-entropy in nats, error = 1 - accuracy as a fraction.
 """
+
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,16 +60,26 @@ class PathInputs:
     def batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         images, labels = self.splits[split]
         for start in range(0, len(labels), batch_size):
-            yield self.normalise(images[start:start + batch_size]), labels[start:start + batch_size]
+            yield self.normalise(images[start : start + batch_size]), labels[start : start + batch_size]
 
 
 def _channel_shape(values: Sequence[float], ndim: int, device: torch.device) -> Tensor:
     return torch.tensor([float(v) for v in values], dtype=torch.float32, device=device).view(1, -1, *[1] * (ndim - 2))
 
 
-def prepare_inputs(data, splits: Sequence[str], *, bn_batches: int, bn_batch_size: int, bn_seed: int,
-                   max_examples: int | None, eval_seed: int, device: torch.device, need_bn: bool,
-                   channels_last: bool = False) -> PathInputs:
+def prepare_inputs(
+    data,
+    splits: Sequence[str],
+    *,
+    bn_batches: int,
+    bn_batch_size: int,
+    bn_seed: int,
+    max_examples: int | None,
+    eval_seed: int,
+    device: torch.device,
+    need_bn: bool,
+    channels_last: bool = False,
+) -> PathInputs:
     """Draw the BN-reset batches and the evaluation subsets once.
 
     BN batches: ``torch.randperm(N_train, generator=Generator().manual_seed(bn_seed))``, the first
@@ -76,8 +88,13 @@ def prepare_inputs(data, splits: Sequence[str], *, bn_batches: int, bn_batch_siz
     of that size drawn with ``eval_seed`` (kept in the split's original order).
     """
     ndim = data.train.images.dim()
-    inputs = PathInputs(bn=[], splits={}, mean=_channel_shape(data.mean, ndim, device),
-                        std=_channel_shape(data.std, ndim, device), channels_last=channels_last)
+    inputs = PathInputs(
+        bn=[],
+        splits={},
+        mean=_channel_shape(data.mean, ndim, device),
+        std=_channel_shape(data.std, ndim, device),
+        channels_last=channels_last,
+    )
     for name in splits:
         split = getattr(data, name)
         images, labels = split.images, split.labels
@@ -91,9 +108,9 @@ def prepare_inputs(data, splits: Sequence[str], *, bn_batches: int, bn_batch_siz
     if need_bn:
         n = len(data.train.labels)
         g = torch.Generator().manual_seed(bn_seed)
-        idx = torch.randperm(n, generator=g)[:bn_batches * bn_batch_size]
+        idx = torch.randperm(n, generator=g)[: bn_batches * bn_batch_size]
         images = data.train.images[idx.to(data.train.images.device)].to(device)
-        inputs.bn = [inputs.normalise(images[s:s + bn_batch_size]) for s in range(0, len(idx), bn_batch_size)]
+        inputs.bn = [inputs.normalise(images[s : s + bn_batch_size]) for s in range(0, len(idx), bn_batch_size)]
     return inputs
 
 
@@ -128,16 +145,24 @@ def lerp_stack(a: Tensor, b: Tensor, alphas: Tensor) -> Tensor:
 def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Summed cross-entropy (float64) and number correct, over the last-but-one axis."""
     k = logits.shape[-1]
-    ce = F.cross_entropy(logits.reshape(-1, k).double(), labels.expand(logits.shape[:-1]).reshape(-1),
-                         reduction="none").view(logits.shape[:-1])
+    ce = F.cross_entropy(
+        logits.reshape(-1, k).double(), labels.expand(logits.shape[:-1]).reshape(-1), reduction="none"
+    ).view(logits.shape[:-1])
     correct = (logits.argmax(-1) == labels).sum(-1)
     return ce.sum(-1), correct
 
 
 # ----------------------------------------------------------------------------- loop backend
 @torch.inference_mode()
-def run_loop(model: nn.Module, sa: dict[str, Tensor], sb: dict[str, Tensor], alphas: Sequence[float],
-             policy: str, inputs: PathInputs, eval_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def run_loop(
+    model: nn.Module,
+    sa: dict[str, Tensor],
+    sb: dict[str, Tensor],
+    alphas: Sequence[float],
+    policy: str,
+    inputs: PathInputs,
+    eval_batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Evaluate each alpha in turn on ``model`` (modified in place; its state ends at the last alpha).
 
     ``policy`` is one of ``reset``, ``interpolate``, ``keep_a`` or ``none``.
@@ -180,7 +205,7 @@ class _StatsRecorder:
         self.stats: list[Tensor] = []
         self.handles = []
 
-    def __enter__(self) -> "_StatsRecorder":
+    def __enter__(self) -> _StatsRecorder:
         for i, (_, m) in enumerate(self.layers):
             self.handles.append(m.register_forward_pre_hook(self._hook(i)))
         return self
@@ -197,6 +222,7 @@ class _StatsRecorder:
             self.order.append(i)
             self.stats.append(x.mean(dims))
             self.stats.append(x.var(dims, correction=1))
+
         return hook
 
     def clear(self) -> None:
@@ -259,8 +285,14 @@ def batched_bn_reset(model: nn.Module, state: dict[str, Tensor], batches: Sequen
     return result
 
 
-def stacked_state(model: nn.Module, sa: dict[str, Tensor], sb: dict[str, Tensor], alphas: Sequence[float],
-                  policy: str, bn_batches: Sequence[Tensor] = ()) -> dict[str, Tensor]:
+def stacked_state(
+    model: nn.Module,
+    sa: dict[str, Tensor],
+    sb: dict[str, Tensor],
+    alphas: Sequence[float],
+    policy: str,
+    bn_batches: Sequence[Tensor] = (),
+) -> dict[str, Tensor]:
     """Floating-point state of ``model`` at each alpha, stacked on a leading axis (n, ...)."""
     w = torch.tensor([float(a) for a in alphas], dtype=torch.float64)
     stat_keys = bn_stat_keys(model)
@@ -278,8 +310,16 @@ def stacked_state(model: nn.Module, sa: dict[str, Tensor], sb: dict[str, Tensor]
 
 
 @torch.inference_mode()
-def run_vmap(model: nn.Module, sa: dict[str, Tensor], sb: dict[str, Tensor], alphas: Sequence[float],
-             policy: str, inputs: PathInputs, eval_batch_size: int, alpha_chunk: int) -> tuple[np.ndarray, np.ndarray]:
+def run_vmap(
+    model: nn.Module,
+    sa: dict[str, Tensor],
+    sb: dict[str, Tensor],
+    alphas: Sequence[float],
+    policy: str,
+    inputs: PathInputs,
+    eval_batch_size: int,
+    alpha_chunk: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Evaluate ``alpha_chunk`` alphas per pass with ``vmap``.
 
     Each evaluation pass holds ``eval_batch_size`` images in total (``ceil(eval_batch_size /
@@ -297,7 +337,7 @@ def run_vmap(model: nn.Module, sa: dict[str, Tensor], sb: dict[str, Tensor], alp
     batched = vmap(forward, in_dims=(0, None))
     starts = range(0, len(alphas), alpha_chunk)
     for start in tqdm(starts, desc="path (vmap)", disable=None, leave=False):
-        chunk = list(alphas[start:start + alpha_chunk])
+        chunk = list(alphas[start : start + alpha_chunk])
         state = stacked_state(model, sa, sb, chunk, policy, inputs.bn)
         per_alpha = -(-eval_batch_size // len(chunk))
         for j, name in enumerate(names):
@@ -308,14 +348,23 @@ def run_vmap(model: nn.Module, sa: dict[str, Tensor], sb: dict[str, Tensor], alp
                 total += s
                 correct += c
             n = inputs.counts[name]
-            loss[start:start + len(chunk), j] = total.cpu().numpy() / n
-            error[start:start + len(chunk), j] = 1.0 - correct.cpu().numpy() / n
+            loss[start : start + len(chunk), j] = total.cpu().numpy() / n
+            error[start : start + len(chunk), j] = 1.0 - correct.cpu().numpy() / n
     return loss, error
 
 
-def run_segment(model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, Tensor], alphas: list[float],
-                policy: str, inputs: Any, eval_batch_size: int, chunk: int, backend: str,
-                chosen: str) -> tuple[Any, Any, str]:
+def run_segment(
+    model: nn.Module,
+    sa: Mapping[str, Tensor],
+    sb: Mapping[str, Tensor],
+    alphas: list[float],
+    policy: str,
+    inputs: Any,
+    eval_batch_size: int,
+    chunk: int,
+    backend: str,
+    chosen: str,
+) -> tuple[Any, Any, str]:
     """Evaluate the segment ``sa -> sb`` at ``alphas`` with the ``chosen`` evaluator; when vmap
     fails and the caller asked for ``auto``, warn and fall back to the loop.
     Returns (loss, error, evaluator used)."""
@@ -331,8 +380,16 @@ def run_segment(model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, Ten
     return loss, error, "loop"
 
 
-def trial_backends(model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, Tensor], alphas: list[float],
-                   policy: str, inputs: PathInputs, eval_batch_size: int, chunk: int) -> dict[str, float]:
+def trial_backends(
+    model: nn.Module,
+    sa: Mapping[str, Tensor],
+    sb: Mapping[str, Tensor],
+    alphas: list[float],
+    policy: str,
+    inputs: PathInputs,
+    eval_batch_size: int,
+    chunk: int,
+) -> dict[str, float]:
     """Seconds per alpha of the loop and of vmap on a short trial on the inputs' device.
 
     The trial is the real work in miniature: the first ``min(chunk, len(alphas))`` alphas, one
@@ -344,9 +401,15 @@ def trial_backends(model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, 
     name = next(iter(inputs.splits))
     images, labels = inputs.splits[name]
     k = min(eval_batch_size, len(labels))
-    trial = PathInputs(bn=inputs.bn[:1], splits={name: (images[:k], labels[:k])}, mean=inputs.mean,
-                       std=inputs.std, channels_last=inputs.channels_last, counts={name: k})
-    few = alphas[:max(1, min(chunk, len(alphas)))]
+    trial = PathInputs(
+        bn=inputs.bn[:1],
+        splits={name: (images[:k], labels[:k])},
+        mean=inputs.mean,
+        std=inputs.std,
+        channels_last=inputs.channels_last,
+        counts={name: k},
+    )
+    few = alphas[: max(1, min(chunk, len(alphas)))]
     dev = inputs.mean.device
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 

@@ -23,6 +23,7 @@ Results do not depend on the executor; they are bit-identical to the sequential 
 workers use as many intra-op threads as it did (dask workers use one; set ``OMP_NUM_THREADS``
 for the others), and otherwise equal up to float reassociation.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -126,15 +127,18 @@ def open_executor(spec: str | None) -> Iterator[Executor | None]:
         try:
             from distributed import Client, LocalCluster
         except ImportError:
-            raise ValueError(f"--executor {spec!r} needs dask.distributed: pip install "
-                             "'random-teachers[distributed]'") from None
+            raise ValueError(
+                f"--executor {spec!r} needs dask.distributed: pip install 'random-teachers[distributed]'"
+            ) from None
         if kind == "dask":
             with Client(rest) as client:
                 yield client.get_executor()
             return
         n = _count(spec, rest)
-        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
             yield client.get_executor()
         return
     if kind == "submitit":
@@ -155,8 +159,9 @@ def open_executor(spec: str | None) -> Iterator[Executor | None]:
     raise ValueError(f"--executor {spec!r}: unknown kind {kind!r}; use {SPECS}")
 
 
-def run_units(units: Sequence[Any], executor: Executor | None = None, *, desc: str = "sweep",
-              progress: bool | None = None) -> tuple[list[Any], int]:
+def run_units(
+    units: Sequence[Any], executor: Executor | None = None, *, desc: str = "sweep", progress: bool | None = None
+) -> tuple[list[Any], int]:
     """Run the work units that are not done; returns (results in unit order, None for the skipped
     ones; number skipped). Sequential in this process when ``executor`` is None."""
     todo = [i for i, u in enumerate(units) if not u.done()]

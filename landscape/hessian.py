@@ -17,12 +17,14 @@ of mini-batches; the count is recorded).
 Losses: ``supervised`` (mean cross-entropy of a classifier on the labels) or ``distillation``
 (mean cross-entropy H(p_teacher, p_student) against a frozen teacher's outputs, as in training).
 """
+
 from __future__ import annotations
 
 import json
 import math
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,9 +48,15 @@ class HessianOperator:
     the Hessian restricted to the unpruned weights, ``M H M``.
     """
 
-    def __init__(self, model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]], loss: str = "supervised",
-                 teacher_temp: float = 1.0, student_temp: float = 1.0,
-                 masks: Mapping[str, Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence[tuple[Tensor, Tensor]],
+        loss: str = "supervised",
+        teacher_temp: float = 1.0,
+        student_temp: float = 1.0,
+        masks: Mapping[str, Tensor] | None = None,
+    ) -> None:
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
         if not batches:
@@ -86,7 +94,7 @@ class HessianOperator:
         t = torch.as_tensor(np.asarray(v), dtype=self.dtype, device=self.device)
         out, i = {}, 0
         for k, shape, size in zip(self.names, self.shapes, self.sizes):
-            out[k] = t[i:i + size].view(shape)
+            out[k] = t[i : i + size].view(shape)
             i += size
         return out
 
@@ -103,7 +111,11 @@ class HessianOperator:
         out = {k: torch.zeros_like(self.params[k]) for k in self.names}
         v = {k: t * self.masks[k] if k in self.masks else t for k, t in v.items()}
         for w, (x, y) in zip(self.weights, self.batches):
-            _, hv = jvp(lambda p: self._grad(p, x, y), (self.params,), (dict(v),))
+            _, hv = jvp(
+                lambda p: self._grad(p, x, y),  # noqa: B023 (called at once)
+                (self.params,),
+                (dict(v),),
+            )
             for k in self.names:
                 out[k].add_(hv[k], alpha=w)
         for k, m in self.masks.items():
@@ -122,9 +134,17 @@ class HessianOperator:
         return LinearOperator((self.n, self.n), matvec=self.matvec, dtype=np.float64)
 
 
-def make_batches(model: nn.Module, data: Any, *, loss: str = "supervised", teacher: nn.Module | None = None,
-                 split: str = "train", batches: int | None = None, batch_size: int = 256, seed: int = 0
-                 ) -> list[tuple[Tensor, Tensor]]:
+def make_batches(
+    model: nn.Module,
+    data: Any,
+    *,
+    loss: str = "supervised",
+    teacher: nn.Module | None = None,
+    split: str = "train",
+    batches: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> list[tuple[Tensor, Tensor]]:
     """Normalised (inputs, targets) batches of ``split``: all of it (``batches=None``) or ``batches``
     mini-batches of ``batch_size`` drawn once with ``seed``. Targets: labels, or the teacher's
     logits (eval mode) for the distillation loss."""
@@ -138,8 +158,17 @@ def make_batches(model: nn.Module, data: Any, *, loss: str = "supervised", teach
         raise ValueError(f"split={split!r}: choose 'train' or 'test'")
     device = next(model.parameters()).device
     max_examples = None if batches is None else int(batches) * int(batch_size)
-    inputs = prepare_inputs(data, (split,), bn_batches=1, bn_batch_size=1, bn_seed=0, max_examples=max_examples,
-                            eval_seed=seed, device=device, need_bn=False)
+    inputs = prepare_inputs(
+        data,
+        (split,),
+        bn_batches=1,
+        bn_batch_size=1,
+        bn_seed=0,
+        max_examples=max_examples,
+        eval_seed=seed,
+        device=device,
+        need_bn=False,
+    )
     out = []
     for x, y in inputs.batches(split, batch_size):
         if teacher is not None and loss == "distillation":
@@ -156,8 +185,9 @@ def _start_vector(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(n)
 
 
-def top_eigenpairs(op: HessianOperator, k: int = 5, which: str = "LA", tol: float = 1e-6, seed: int = 0,
-                   maxiter: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def top_eigenpairs(
+    op: HessianOperator, k: int = 5, which: str = "LA", tol: float = 1e-6, seed: int = 0, maxiter: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` largest (``LA``, algebraic) or largest-magnitude (``LM``) eigenvalues of the Hessian,
     by implicitly restarted Lanczos (``eigsh``, start vector seeded). Returns (values (k,),
     descending; vectors (k, n), unit L2 norm in parameter space)."""
@@ -167,20 +197,20 @@ def top_eigenpairs(op: HessianOperator, k: int = 5, which: str = "LA", tol: floa
         raise ValueError(f"which={which!r}: choose 'LA' (largest) or 'LM' (largest magnitude)")
     if not 1 <= k < op.n:
         raise ValueError(f"k={k}: pass 1 <= k < number of parameters ({op.n})")
-    vals, vecs = eigsh(op.linear_operator(), k=k, which=which, tol=tol, v0=_start_vector(op.n, seed),
-                       maxiter=maxiter)
+    vals, vecs = eigsh(op.linear_operator(), k=k, which=which, tol=tol, v0=_start_vector(op.n, seed), maxiter=maxiter)
     order = np.argsort(-vals if which == "LA" else -np.abs(vals))
     return vals[order], vecs[:, order].T
 
 
-def power_iteration(op: HessianOperator, tol: float = 1e-3, max_iter: int = 100, seed: int = 0
-                    ) -> tuple[float, np.ndarray, int]:
+def power_iteration(
+    op: HessianOperator, tol: float = 1e-3, max_iter: int = 100, seed: int = 0
+) -> tuple[float, np.ndarray, int]:
     """The top eigenvalue by plain power iteration (PyHessian's stopping rule: relative change of
     the Rayleigh quotient below ``tol``). Returns (eigenvalue, unit vector (n,), iterations)."""
     v = _start_vector(op.n, seed)
     v /= np.linalg.norm(v)
     value, it = None, 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
         hv = op.matvec(v)
         new = float(v @ hv)
         v = hv / (np.linalg.norm(hv) + 1e-300)
@@ -192,8 +222,7 @@ def power_iteration(op: HessianOperator, tol: float = 1e-3, max_iter: int = 100,
 
 
 # ----------------------------------------------------------------------------- trace
-def trace(op: HessianOperator, probes: int = 100, seed: int = 0, method: str = "hutch++"
-          ) -> tuple[float, np.ndarray]:
+def trace(op: HessianOperator, probes: int = 100, seed: int = 0, method: str = "hutch++") -> tuple[float, np.ndarray]:
     """Trace estimate from ``probes`` Hessian-vector products with Rademacher vectors drawn with ``seed``.
 
     ``hutchinson``: mean of v^T H v (variance 2 sum_{i != j} H_ij^2 / probes, large for the few
@@ -239,18 +268,19 @@ def lanczos(op: HessianOperator, steps: int, v0: np.ndarray) -> tuple[np.ndarray
         w = op.matvec(v)
         a = float(w @ v)
         w = w - a * v - (beta[-1] * basis[j - 1] if j > 0 else 0.0)
-        w = w - basis[:j + 1].T @ (basis[:j + 1] @ w)  # full reorthogonalisation
+        w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)  # full reorthogonalisation
         alpha.append(a)
         b = float(np.linalg.norm(w))
         if j == min(steps, n) - 1 or b < 1e-10 * max(1.0, abs(a)):
             break
         beta.append(b)
         v = w / b
-    return np.asarray(alpha), np.asarray(beta[:len(alpha) - 1])
+    return np.asarray(alpha), np.asarray(beta[: len(alpha) - 1])
 
 
-def spectral_density(op: HessianOperator, runs: int = 5, steps: int = 50, seed: int = 0
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def spectral_density(
+    op: HessianOperator, runs: int = 5, steps: int = 50, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Stochastic Lanczos quadrature: for each of ``runs`` Rademacher start vectors, ``steps``
     Lanczos steps give nodes (Ritz values) and weights (squared first components of the
     tridiagonal's eigenvectors, summing to 1). Returns (nodes, weights), each (runs, steps), padded
@@ -263,8 +293,8 @@ def spectral_density(op: HessianOperator, runs: int = 5, steps: int = 50, seed: 
     for r in range(runs):
         a, b = lanczos(op, steps, rng.choice([-1.0, 1.0], size=op.n))
         vals, vecs = eigh_tridiagonal(a, b) if len(a) > 1 else (a, np.ones((1, 1)))
-        nodes[r, :len(vals)] = vals
-        weights[r, :len(vals)] = vecs[0] ** 2
+        nodes[r, : len(vals)] = vals
+        weights[r, : len(vals)] = vecs[0] ** 2
     return nodes, weights
 
 
@@ -277,23 +307,42 @@ def smoothed_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, s
 
 
 # ----------------------------------------------------------------------------- datasets
-def _operator(model: nn.Module, data: Any, loss: str, teacher: Any, split: str, batches: int | None,
-              batch_size: int, seed: int, device: torch.device,
-              masks: Mapping[str, Tensor] | None = None) -> tuple[HessianOperator, dict[str, Any]]:
+def _operator(
+    model: nn.Module,
+    data: Any,
+    loss: str,
+    teacher: Any,
+    split: str,
+    batches: int | None,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    masks: Mapping[str, Tensor] | None = None,
+) -> tuple[HessianOperator, dict[str, Any]]:
     from landscape.refs import load_ref
 
-    t_module, t_info = (load_ref(teacher, device) if teacher is not None else (None, {}))
-    bs = make_batches(model, data, loss=loss, teacher=t_module, split=split, batches=batches,
-                      batch_size=batch_size, seed=seed)
+    t_module, t_info = load_ref(teacher, device) if teacher is not None else (None, {})
+    bs = make_batches(
+        model, data, loss=loss, teacher=t_module, split=split, batches=batches, batch_size=batch_size, seed=seed
+    )
     op = HessianOperator(model, bs, loss, masks=masks)
-    info = {"loss": loss, "split": split, "batches": len(bs), "batch_size": batch_size, "data_seed": seed,
-            "examples": op.examples, "full_split": int(batches is None), "parameters": op.n}
+    info = {
+        "loss": loss,
+        "split": split,
+        "batches": len(bs),
+        "batch_size": batch_size,
+        "data_seed": seed,
+        "examples": op.examples,
+        "full_split": int(batches is None),
+        "parameters": op.n,
+    }
     info.update({f"teacher_{k}": v for k, v in t_info.items()})
     return op, info
 
 
-def _measure(op: HessianOperator, k: int, probes: int, trace_method: str, slq_runs: int, slq_steps: int,
-             seed: int, tol: float) -> dict[str, Any]:
+def _measure(
+    op: HessianOperator, k: int, probes: int, trace_method: str, slq_runs: int, slq_steps: int, seed: int, tol: float
+) -> dict[str, Any]:
     out: dict[str, Any] = {"loss_value": op.value()}
     t0 = time.perf_counter()
     if k:
@@ -307,11 +356,27 @@ def _measure(op: HessianOperator, k: int, probes: int, trace_method: str, slq_ru
     return out
 
 
-def hessian(model: Any, data: Any, k: int = 5, *, loss: str = "supervised", teacher: Any = None,
-            split: str = "train", batches: int | None = 4, batch_size: int = 256, data_seed: int = 0,
-            trace_probes: int = 100, trace_method: str = "hutch++", slq_runs: int = 0, slq_steps: int = 50,
-            density_points: int = 201, seed: int = 0, tol: float = 1e-6, vectors: bool = False,
-            device: str | torch.device = "auto") -> xr.Dataset:
+def hessian(
+    model: Any,
+    data: Any,
+    k: int = 5,
+    *,
+    loss: str = "supervised",
+    teacher: Any = None,
+    split: str = "train",
+    batches: int | None = 4,
+    batch_size: int = 256,
+    data_seed: int = 0,
+    trace_probes: int = 100,
+    trace_method: str = "hutch++",
+    slq_runs: int = 0,
+    slq_steps: int = 50,
+    density_points: int = 201,
+    seed: int = 0,
+    tol: float = 1e-6,
+    vectors: bool = False,
+    device: str | torch.device = "auto",
+) -> xr.Dataset:
     """Top-``k`` Hessian eigenvalues, trace and (``slq_runs`` > 0) spectral density of the loss at ``model``.
 
     model: ``nn.Module`` or ``(store, epoch | name)``; for ``loss="supervised"`` a classifier on
@@ -328,23 +393,53 @@ def hessian(model: Any, data: Any, k: int = 5, *, loss: str = "supervised", teac
     module, info = load_ref(model, dev)
     op, setup = _operator(module, data, loss, teacher, split, batches, batch_size, data_seed, dev)
     res = _measure(op, k, trace_probes, trace_method, slq_runs, slq_steps, seed, tol)
-    return _to_dataset([res], None, setup, info, module, k, trace_probes, trace_method, slq_runs, slq_steps,
-                       density_points, seed, tol, vectors, dev)
+    return _to_dataset(
+        [res],
+        None,
+        setup,
+        info,
+        module,
+        k,
+        trace_probes,
+        trace_method,
+        slq_runs,
+        slq_steps,
+        density_points,
+        seed,
+        tol,
+        vectors,
+        dev,
+    )
 
 
-def hessian_along_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 5, k: int = 3, *,
-                       loss: str = "supervised", teacher: Any = None, split: str = "train",
-                       batches: int | None = 4, batch_size: int = 256, data_seed: int = 0,
-                       trace_probes: int = 51, trace_method: str = "hutch++", seed: int = 0, tol: float = 1e-4,
-                       bn: str = "interpolate", device: str | torch.device = "auto") -> xr.Dataset:
+def hessian_along_path(
+    a: Any,
+    b: Any,
+    data: Any,
+    alphas: int | Sequence[float] = 5,
+    k: int = 3,
+    *,
+    loss: str = "supervised",
+    teacher: Any = None,
+    split: str = "train",
+    batches: int | None = 4,
+    batch_size: int = 256,
+    data_seed: int = 0,
+    trace_probes: int = 51,
+    trace_method: str = "hutch++",
+    seed: int = 0,
+    tol: float = 1e-4,
+    bn: str = "interpolate",
+    device: str | torch.device = "auto",
+) -> xr.Dataset:
     """:func:`hessian` (eigenvalues and trace) at points ``(1 - alpha) a + alpha b`` of the straight
     line; ``bn``: ``interpolate`` (running statistics on the line) or ``reset`` (re-estimated on 8
     seeded training batches). Returns an ``xr.Dataset`` over (alpha, eigen)."""
     from distill.bn import recalibrate_bn
     from distill.device import resolve_device
     from landscape.align import training_batches
-    from landscape.refs import load_ref
     from landscape.paths import _alpha_values, interpolate_state
+    from landscape.refs import load_ref
 
     if bn not in ("interpolate", "reset"):
         raise ValueError(f"bn={bn!r}: choose 'interpolate' or 'reset'")
@@ -361,16 +456,26 @@ def hessian_along_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] 
             recalibrate_bn(ma, bn_batches)
         op, setup = _operator(ma, data, loss, teacher, split, batches, batch_size, data_seed, dev)
         results.append(_measure(op, k, trace_probes, trace_method, 0, 0, seed, tol))
-    info = {**{f"a_{kk}": v for kk, v in info_a.items()}, **{f"b_{kk}": v for kk, v in info_b.items()},
-            "bn_policy": bn}
-    return _to_dataset(results, alist, setup, info, ma, k, trace_probes, trace_method, 0, 0, 0, seed, tol,
-                       False, dev)
+    info = {**{f"a_{kk}": v for kk, v in info_a.items()}, **{f"b_{kk}": v for kk, v in info_b.items()}, "bn_policy": bn}
+    return _to_dataset(results, alist, setup, info, ma, k, trace_probes, trace_method, 0, 0, 0, seed, tol, False, dev)
 
 
-def hessian_over_levels(store: Any, data: Any, rewind: str = "start", k: int = 3, *, split: str = "train",
-                        batches: int | None = 4, batch_size: int = 256, data_seed: int = 0, trace_probes: int = 51,
-                        trace_method: str = "hutch++", seed: int = 0, tol: float = 1e-4,
-                        device: str | torch.device = "auto") -> xr.Dataset:
+def hessian_over_levels(
+    store: Any,
+    data: Any,
+    rewind: str = "start",
+    k: int = 3,
+    *,
+    split: str = "train",
+    batches: int | None = 4,
+    batch_size: int = 256,
+    data_seed: int = 0,
+    trace_probes: int = 51,
+    trace_method: str = "hutch++",
+    seed: int = 0,
+    tol: float = 1e-4,
+    device: str | torch.device = "auto",
+) -> xr.Dataset:
     """:func:`hessian` (supervised loss, eigenvalues and trace) of every level of a lottery-ticket
     store (``lottery/<rewind>/<level>`` written by :func:`landscape.lottery.lottery`), restricted to
     each level's unpruned weights (``M H M`` with the stored masks). Returns a Dataset over
@@ -381,8 +486,9 @@ def hessian_over_levels(store: Any, data: Any, rewind: str = "start", k: int = 3
     store = store if isinstance(store, Store) else Store(store)
     names = store.names(f"lottery/{rewind}/")
     if not names:
-        raise ValueError(f"{store.path} holds no lottery levels for rewind {rewind!r}: run landscape.lottery "
-                         "with this store first")
+        raise ValueError(
+            f"{store.path} holds no lottery levels for rewind {rewind!r}: run landscape.lottery with this store first"
+        )
     dev = resolve_device(device)
     results, levels, remaining, setup, module = [], [], [], {}, None
     for name in names:
@@ -397,21 +503,52 @@ def hessian_over_levels(store: Any, data: Any, rewind: str = "start", k: int = 3
         kept = [float(m.float().mean()) * m.numel() for m in (masks or {}).values()]
         total = sum(m.numel() for m in (masks or {}).values())
         remaining.append(sum(kept) / total if total else 1.0)
-    ds = _to_dataset(results, np.asarray(levels, dtype=np.float64), setup,
-                     {"store": str(store.path), "rewind": rewind}, module, k, trace_probes, trace_method, 0, 0, 0,
-                     seed, tol, False, dev)
-    ds = ds.rename({"alpha": "level"}).assign_coords(level=("level", np.asarray(levels),
-                                                            {"long_name": "IMP level (0 = dense)", "units": "1"}))
-    ds["remaining"] = ("level", np.asarray(remaining), {"long_name": "fraction of prunable weights kept",
-                                                        "units": "fraction"})
+    ds = _to_dataset(
+        results,
+        np.asarray(levels, dtype=np.float64),
+        setup,
+        {"store": str(store.path), "rewind": rewind},
+        module,
+        k,
+        trace_probes,
+        trace_method,
+        0,
+        0,
+        0,
+        seed,
+        tol,
+        False,
+        dev,
+    )
+    ds = ds.rename({"alpha": "level"}).assign_coords(
+        level=("level", np.asarray(levels), {"long_name": "IMP level (0 = dense)", "units": "1"})
+    )
+    ds["remaining"] = (
+        "level",
+        np.asarray(remaining),
+        {"long_name": "fraction of prunable weights kept", "units": "fraction"},
+    )
     ds.attrs["restricted_to"] = "unpruned weights (M H M with the stored masks)"
     return ds
 
 
-def _to_dataset(results: list[dict[str, Any]], alphas: np.ndarray | None, setup: dict[str, Any],
-                info: dict[str, Any], module: nn.Module, k: int, probes: int, trace_method: str, slq_runs: int,
-                slq_steps: int, density_points: int, seed: int, tol: float, vectors: bool,
-                dev: torch.device) -> xr.Dataset:
+def _to_dataset(
+    results: list[dict[str, Any]],
+    alphas: np.ndarray | None,
+    setup: dict[str, Any],
+    info: dict[str, Any],
+    module: nn.Module,
+    k: int,
+    probes: int,
+    trace_method: str,
+    slq_runs: int,
+    slq_steps: int,
+    density_points: int,
+    seed: int,
+    tol: float,
+    vectors: bool,
+    dev: torch.device,
+) -> xr.Dataset:
     import distill
 
     lead = ("alpha",) if alphas is not None else ()
@@ -423,23 +560,37 @@ def _to_dataset(results: list[dict[str, Any]], alphas: np.ndarray | None, setup:
     data_vars: dict[str, Any] = {
         "loss": (lead, stack("loss_value"), {"long_name": f"{setup['loss']} loss at the point", "units": "nats"}),
         "hvps": (lead, stack("hvps"), {"long_name": "Hessian-vector products used", "units": "1"}),
-        "eig_seconds": (lead, stack("eig_seconds"), {"long_name": "wall time of the eigenvalue computation",
-                                                     "units": "s"}),
+        "eig_seconds": (
+            lead,
+            stack("eig_seconds"),
+            {"long_name": "wall time of the eigenvalue computation", "units": "s"},
+        ),
     }
     if k:
-        data_vars["eigenvalue"] = (lead + ("eigen",), stack("eigenvalues"),
-                                   {"long_name": "Hessian eigenvalue (largest first)", "units": "nats"})
+        data_vars["eigenvalue"] = (
+            lead + ("eigen",),
+            stack("eigenvalues"),
+            {"long_name": "Hessian eigenvalue (largest first)", "units": "nats"},
+        )
         if vectors and alphas is None:
-            data_vars["eigenvector"] = (("eigen", "parameter"), results[0]["eigenvectors"],
-                                        {"long_name": "unit Hessian eigenvector (parameters in named_parameters "
-                                                      "order)", "units": "1"})
+            data_vars["eigenvector"] = (
+                ("eigen", "parameter"),
+                results[0]["eigenvectors"],
+                {"long_name": "unit Hessian eigenvector (parameters in named_parameters order)", "units": "1"},
+            )
     if probes:
-        data_vars["trace"] = (lead, stack("trace"), {"long_name": f"Hessian trace ({trace_method}, {probes} "
-                                                                  "probes)", "units": "nats"})
+        data_vars["trace"] = (
+            lead,
+            stack("trace"),
+            {"long_name": f"Hessian trace ({trace_method}, {probes} probes)", "units": "nats"},
+        )
         samples = np.stack([r["trace_samples"] for r in results])
         se = samples.std(axis=-1, ddof=1) / math.sqrt(samples.shape[-1]) if samples.shape[-1] > 1 else samples * np.nan
-        data_vars["trace_stderr"] = (lead, se if alphas is not None else se[0],
-                                     {"long_name": "standard error of the trace estimate", "units": "nats"})
+        data_vars["trace_stderr"] = (
+            lead,
+            se if alphas is not None else se[0],
+            {"long_name": "standard error of the trace estimate", "units": "nats"},
+        )
     coords: dict[str, Any] = {}
     if k:
         coords["eigen"] = ("eigen", np.arange(k), {"long_name": "eigenvalue rank (0 = largest)", "units": "1"})
@@ -447,26 +598,41 @@ def _to_dataset(results: list[dict[str, Any]], alphas: np.ndarray | None, setup:
         coords["alpha"] = ("alpha", np.asarray(alphas), {"long_name": "interpolation coefficient", "units": "1"})
     if slq_runs:
         nodes, weights = results[0]["nodes"], results[0]["weights"]
-        data_vars["slq_node"] = (("run", "node"), nodes, {"long_name": "SLQ quadrature node (Ritz value)",
-                                                          "units": "nats"})
+        data_vars["slq_node"] = (
+            ("run", "node"),
+            nodes,
+            {"long_name": "SLQ quadrature node (Ritz value)", "units": "nats"},
+        )
         data_vars["slq_weight"] = (("run", "node"), weights, {"long_name": "SLQ quadrature weight", "units": "1"})
         lo, hi = np.nanmin(nodes), np.nanmax(nodes)
         pad = 0.05 * (hi - lo + 1e-12)
         grid = np.linspace(lo - pad, hi + pad, density_points)
         sigma = max((hi - lo) / 100, 1e-12)
-        data_vars["density"] = (("lambda",), smoothed_density(nodes, weights, grid, sigma),
-                                {"long_name": "Hessian spectral density (Gaussian-smoothed SLQ)", "units": "1/nats"})
+        data_vars["density"] = (
+            ("lambda",),
+            smoothed_density(nodes, weights, grid, sigma),
+            {"long_name": "Hessian spectral density (Gaussian-smoothed SLQ)", "units": "1/nats"},
+        )
         coords["lambda"] = ("lambda", grid, {"long_name": "eigenvalue", "units": "nats"})
         coords["run"] = ("run", np.arange(slq_runs))
         setup["slq_sigma"] = sigma
     attrs: dict[str, Any] = {
-        "analysis": "hessian", "hessian_of": "mean loss over the batches w.r.t. all floating-point parameters; "
+        "analysis": "hessian",
+        "hessian_of": "mean loss over the batches w.r.t. all floating-point parameters; "
         "buffers fixed, BatchNorm in eval mode (running statistics)",
-        "hvp": "torch.func.jvp of torch.func.grad", "eigen_method": "scipy.sparse.linalg.eigsh (Lanczos), which=LA",
-        "eigsh_tol": tol, "trace_method": trace_method, "trace_probes": probes, "probe_distribution": "Rademacher",
-        "slq_runs": slq_runs, "slq_steps": slq_steps, "seed": seed, "precision": str(next(
-            module.parameters()).dtype).replace("torch.", ""), "device": str(dev),
-        "toolkit_version": str(distill.__version__), "torch_version": str(torch.__version__),
+        "hvp": "torch.func.jvp of torch.func.grad",
+        "eigen_method": "scipy.sparse.linalg.eigsh (Lanczos), which=LA",
+        "eigsh_tol": tol,
+        "trace_method": trace_method,
+        "trace_probes": probes,
+        "probe_distribution": "Rademacher",
+        "slq_runs": slq_runs,
+        "slq_steps": slq_steps,
+        "seed": seed,
+        "precision": str(next(module.parameters()).dtype).replace("torch.", ""),
+        "device": str(dev),
+        "toolkit_version": str(distill.__version__),
+        "torch_version": str(torch.__version__),
     }
     attrs.update(setup)
     attrs.update({k_: v for k_, v in info.items() if isinstance(v, (str, int, float))})
@@ -482,7 +648,6 @@ def eigenvector_state(op_or_model: Any, vector: np.ndarray) -> dict[str, Tensor]
         return op_or_model.unflatten(vector)
     out, i = {}, 0
     for k, p in op_or_model.named_parameters():
-        out[k] = torch.as_tensor(vector[i:i + p.numel()], dtype=p.dtype).view(p.shape)
+        out[k] = torch.as_tensor(vector[i : i + p.numel()], dtype=p.dtype).view(p.shape)
         i += p.numel()
     return out
-

@@ -11,16 +11,18 @@ Example::
                      store="runs/children.h5")
     ds.barrier_error.sel(split="test")
 """
+
 from __future__ import annotations
 
 import copy
 import itertools
 import json
 import shutil
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +36,10 @@ from landscape import refs
 from landscape.executors import run_units
 from landscape.paths import barrier, linear_path
 
-DEFINITION = ("children trained with labels from one start checkpoint, identical except for the data-order and "
-              "augmentation seed (child i: data_seed = aug_seed = seeds[i]); barrier between every pair of children")
+DEFINITION = (
+    "children trained with labels from one start checkpoint, identical except for the data-order and "
+    "augmentation seed (child i: data_seed = aug_seed = seeds[i]); barrier between every pair of children"
+)
 
 
 # ----------------------------------------------------------------------------- references
@@ -53,7 +57,7 @@ def _store_config(ref: Any) -> dict[str, Any]:
     return {k: cfg[k] for k in ("dataset", "data_root", "subset", "data_seed") if k in cfg}
 
 
-def _open_store(store: Any, config: Mapping[str, Any], head_seed: int) -> "Any":
+def _open_store(store: Any, config: Mapping[str, Any], head_seed: int) -> Any:
     from distill.store import Store
 
     if isinstance(store, Store):
@@ -121,25 +125,46 @@ class ChildUnit:
         dev = resolve_device(self.device)
         child = copy.deepcopy(self.base).to(dev)
         result = train_supervised(child, self.data, ccfg, device=dev, progress=self.progress)
-        attrs = {"seed": self.seed, "epochs": ccfg.epochs, "test_accuracy": float(result["test_accuracy"]),
-                 "steps": int(result["steps"]), "config": _recipe_json(ccfg)}
+        attrs = {
+            "seed": self.seed,
+            "epochs": ccfg.epochs,
+            "test_accuracy": float(result["test_accuracy"]),
+            "steps": int(result["steps"]),
+            "config": _recipe_json(ccfg),
+        }
         if self.out is None:
             return {"state": {k: v.detach().cpu() for k, v in child.state_dict().items()}, "attrs": attrs}
         path = Path(self.out)
-        store = Store(path, "a") if path.exists() else Store.create(
-            path, {"child": self.index, "supervised": ccfg.to_dict()}, kind="instability-child")
+        store = (
+            Store(path, "a")
+            if path.exists()
+            else Store.create(path, {"child": self.index, "supervised": ccfg.to_dict()}, kind="instability-child")
+        )
         with store:
             store.save_module(self.name, child, attrs)
         return {}
 
 
 # ----------------------------------------------------------------------------- public API
-def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] | None = None,
-                cfg: SupervisedConfig | None = None, epochs: int | None = None, store: Any = None,
-                alphas: int | Sequence[float] = 30, bn: str = "reset", splits: Sequence[str] = ("test",),
-                device: str | torch.device = "auto", progress: bool | None = None, num_classes: int | None = None,
-                *, head_seed: int = 0, path_options: Mapping[str, Any] | None = None,
-                executor: Executor | None = None) -> xr.Dataset:
+def instability(
+    start: Any,
+    data: Any,
+    children: int = 2,
+    seeds: Sequence[int] | None = None,
+    cfg: SupervisedConfig | None = None,
+    epochs: int | None = None,
+    store: Any = None,
+    alphas: int | Sequence[float] = 30,
+    bn: str = "reset",
+    splits: Sequence[str] = ("test",),
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+    num_classes: int | None = None,
+    *,
+    head_seed: int = 0,
+    path_options: Mapping[str, Any] | None = None,
+    executor: Executor | None = None,
+) -> xr.Dataset:
     """Train children of ``start`` with labels and measure the barrier between every pair.
 
     start: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``. A start whose head
@@ -195,8 +220,13 @@ def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] |
 
     writer = None
     if store is not None:
-        config = {**(_store_config(start) or {"dataset": str(getattr(data, "name", ""))}),
-                  "supervised": cfg.to_dict(), "start": info["source"], "seeds": seeds, "head_seed": head_seed}
+        config = {
+            **(_store_config(start) or {"dataset": str(getattr(data, "name", ""))}),
+            "supervised": cfg.to_dict(),
+            "start": info["source"],
+            "seeds": seeds,
+            "head_seed": head_seed,
+        }
         writer = _open_store(store, config, head_seed)
         if "start" in writer.names():
             if not _same_state(writer.load_state("start")[0], base.state_dict()):
@@ -212,12 +242,22 @@ def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] |
         if name in held:
             attrs = writer.load_state(name)[1]
             if attrs.get("config") != _recipe_json(ccfg):
-                raise ValueError(f"{writer.path} holds {name} trained with another recipe or seed "
-                                 f"(seed {attrs.get('seed')}, {attrs.get('epochs')} epochs): pass another store")
+                raise ValueError(
+                    f"{writer.path} holds {name} trained with another recipe or seed "
+                    f"(seed {attrs.get('seed')}, {attrs.get('epochs')} epochs): pass another store"
+                )
             continue
         part = str(child_part_path(writer.path, i)) if writer is not None else None
-        units[i] = ChildUnit(base, data, ccfg.to_dict(), i, int(seed), part, str(dev) if executor is None else
-                             str(device), progress if executor is None else False)
+        units[i] = ChildUnit(
+            base,
+            data,
+            ccfg.to_dict(),
+            i,
+            int(seed),
+            part,
+            str(dev) if executor is None else str(device),
+            progress if executor is None else False,
+        )
     order = sorted(units)
     results, _ = run_units([units[i] for i in order], executor, desc="instability children", progress=progress)
     returned = dict(zip(order, results))
@@ -236,8 +276,9 @@ def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] |
                 part = Store(units[i].out)
                 attrs = part.load_state(name)[1]
                 child = part.load_module(name, dev)
-                writer.save_module(name, child, {k: v for k, v in attrs.items()
-                                                 if k not in ("spec", "complete", "written_at")})
+                writer.save_module(
+                    name, child, {k: v for k, v in attrs.items() if k not in ("spec", "complete", "written_at")}
+                )
                 shutil.rmtree(units[i].out) if Path(units[i].out).is_dir() else Path(units[i].out).unlink()
             else:
                 attrs = writer.load_state(name)[1]
@@ -248,39 +289,65 @@ def instability(start: Any, data: Any, children: int = 2, seeds: Sequence[int] |
         accuracies.append(acc)
 
     pairs = list(itertools.combinations(range(n_children), 2))
-    curves = [linear_path(models[i], models[j], data, alphas=alphas, bn=bn, splits=splits, device=dev,
-                          **dict(path_options or {})) for i, j in pairs]
+    curves = [
+        linear_path(
+            models[i], models[j], data, alphas=alphas, bn=bn, splits=splits, device=dev, **dict(path_options or {})
+        )
+        for i, j in pairs
+    ]
     path_attrs = {k: v for k, v in curves[0].attrs.items() if not k.startswith(("a_", "b_"))}
     ds = xr.concat([xr.Dataset(c.data_vars, c.coords) for c in curves], dim="pair")  # without attrs
-    ds = ds.assign_coords(pair=("pair", [f"{i}-{j}" for i, j in pairs]),
-                          child_i=("pair", np.array([i for i, _ in pairs], dtype=np.int64)),
-                          child_j=("pair", np.array([j for _, j in pairs], dtype=np.int64)))
+    ds = ds.assign_coords(
+        pair=("pair", [f"{i}-{j}" for i, j in pairs]),
+        child_i=("pair", np.array([i for i, _ in pairs], dtype=np.int64)),
+        child_j=("pair", np.array([j for _, j in pairs], dtype=np.int64)),
+    )
     ds = ds.transpose("pair", "alpha", "split")
     heights = barrier(ds)
     ds["barrier_error"] = heights["barrier_error"]
     ds["barrier_loss"] = heights["barrier_loss"]
     ds["child_test_accuracy"] = xr.DataArray(
-        np.asarray(accuracies, dtype=np.float64), dims="child",
-        coords={"child": np.arange(n_children, dtype=np.int64),
-                "child_seed": ("child", np.asarray(seeds, dtype=np.int64))},
-        attrs={"long_name": "test accuracy of each child after training", "units": "fraction"})
+        np.asarray(accuracies, dtype=np.float64),
+        dims="child",
+        coords={
+            "child": np.arange(n_children, dtype=np.int64),
+            "child_seed": ("child", np.asarray(seeds, dtype=np.int64)),
+        },
+        attrs={"long_name": "test accuracy of each child after training", "units": "fraction"},
+    )
     ds["pair"].attrs = {"long_name": "pair of children i-j"}
     ds["child"].attrs = {"long_name": "child index"}
 
     attrs: dict[str, Any] = dict(path_attrs)
-    attrs.update({
-        "analysis": "instability", "instability_definition": DEFINITION,
-        "barrier_error_definition": heights.attrs["barrier_error_definition"],
-        "barrier_loss_definition": heights.attrs["barrier_loss_definition"],
-        "start_source": info["source"], "config": json.dumps(cfg.to_dict(), sort_keys=True),
-        "seeds": json.dumps(seeds), "children": n_children, "epochs": cfg.epochs, "head": head,
-        "head_seed": int(head_seed), "num_classes": n_classes, "training_device": str(dev),
-        "training_precision": cfg.precision if dev.type == "cuda" else "fp32",
-        "child_store": str(writer.path) if writer is not None else "",
-    })
+    attrs.update(
+        {
+            "analysis": "instability",
+            "instability_definition": DEFINITION,
+            "barrier_error_definition": heights.attrs["barrier_error_definition"],
+            "barrier_loss_definition": heights.attrs["barrier_loss_definition"],
+            "start_source": info["source"],
+            "config": json.dumps(cfg.to_dict(), sort_keys=True),
+            "seeds": json.dumps(seeds),
+            "children": n_children,
+            "epochs": cfg.epochs,
+            "head": head,
+            "head_seed": int(head_seed),
+            "num_classes": n_classes,
+            "training_device": str(dev),
+            "training_precision": cfg.precision if dev.type == "cuda" else "fp32",
+            "child_store": str(writer.path) if writer is not None else "",
+        }
+    )
     attrs.update({f"start_{k}": v for k, v in info.items() if k != "source"})
-    recipe = {"supervised": cfg.to_dict(), "seeds": seeds, "head_seed": int(head_seed), "start": info["source"],
-              "alphas": np.atleast_1d(ds.alpha.values).tolist(), "bn": bn, "splits": list(splits)}
+    recipe = {
+        "supervised": cfg.to_dict(),
+        "seeds": seeds,
+        "head_seed": int(head_seed),
+        "start": info["source"],
+        "alphas": np.atleast_1d(ds.alpha.values).tolist(),
+        "bn": bn,
+        "splits": list(splits),
+    }
     stamp(attrs, recipe, kind="instability", device=dev, precision=attrs["training_precision"])
     ds.attrs = attrs
     if writer is not None:

@@ -9,13 +9,15 @@ or, with ``eps=[...]``, as ``theta_s = theta_t + eps * theta_noise``; then gathe
 accuracy over epochs, the final KL to the teacher, and the student's parameter distance
 from the teacher and from its own initialisation.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -32,8 +34,13 @@ def point_config(cfg: DistillConfig, axis: str, value: float, seed: int) -> Dist
     """The configuration of one sweep point: ``axis`` is ``alpha`` or ``eps``; replicate ``seed``
     shifts the teacher, noise and data-order seeds together."""
     mode = {"alpha": "alpha", "eps": "eps"}[axis]
-    return cfg.replace(init=mode, **{axis: float(value)}, seed=cfg.seed + seed, noise_seed=cfg.noise_seed + seed,
-                       data_seed=cfg.data_seed + seed)
+    return cfg.replace(
+        init=mode,
+        **{axis: float(value)},
+        seed=cfg.seed + seed,
+        noise_seed=cfg.noise_seed + seed,
+        data_seed=cfg.data_seed + seed,
+    )
 
 
 def point_path(out_dir: Path, cfg: DistillConfig, axis: str, value: float, seed: int) -> Path:
@@ -78,9 +85,16 @@ class DistillUnit:
         return self.out
 
 
-def locality(cfg: DistillConfig, alphas: Sequence[float] | None = None, eps: Sequence[float] | None = None,
-             seeds: Sequence[int] = (0,), out_dir: str | Path = "runs/locality", executor: Executor | None = None,
-             data: Any = None, progress: bool | None = None) -> xr.Dataset:
+def locality(
+    cfg: DistillConfig,
+    alphas: Sequence[float] | None = None,
+    eps: Sequence[float] | None = None,
+    seeds: Sequence[int] = (0,),
+    out_dir: str | Path = "runs/locality",
+    executor: Executor | None = None,
+    data: Any = None,
+    progress: bool | None = None,
+) -> xr.Dataset:
     """Run the sweep (resuming stores that exist) and return a Dataset over
     (``alpha`` or ``eps``, ``seed``, ``epoch``, ``model``, ``probe``).
 
@@ -106,8 +120,9 @@ def locality(cfg: DistillConfig, alphas: Sequence[float] | None = None, eps: Seq
     return collect(cfg, axis, values, seeds, {k: p for k, (_, p) in jobs.items()})
 
 
-def collect(cfg: DistillConfig, axis: str, values: Sequence[float], seeds: Sequence[int],
-            paths: dict[tuple[float, int], Path]) -> xr.Dataset:
+def collect(
+    cfg: DistillConfig, axis: str, values: Sequence[float], seeds: Sequence[int], paths: dict[tuple[float, int], Path]
+) -> xr.Dataset:
     """Gather the stores of a sweep into one Dataset (see :func:`locality`)."""
     rows = []
     for v in values:
@@ -116,19 +131,24 @@ def collect(cfg: DistillConfig, axis: str, values: Sequence[float], seeds: Seque
             store = Store(paths[(v, s)])
             m = store.metrics
             teacher, first, last = store.teacher(), store.student(0), store.student(-1)
-            point = xr.Dataset({
-                "accuracy": m.accuracy, "kl": m.kl, "distance_teacher": m.distance,
-                "final_kl": m.kl.isel(epoch=-1, drop=True),
-                "distance_init": ((), parameter_distance(last, first)),
-                "distance_teacher_init": ((), parameter_distance(first, teacher)),
-            })
+            point = xr.Dataset(
+                {
+                    "accuracy": m.accuracy,
+                    "kl": m.kl,
+                    "distance_teacher": m.distance,
+                    "final_kl": m.kl.isel(epoch=-1, drop=True),
+                    "distance_init": ((), parameter_distance(last, first)),
+                    "distance_teacher_init": ((), parameter_distance(first, teacher)),
+                }
+            )
             point["store"] = ((), str(store.path))
             per_seed.append(point)
         rows.append(xr.concat(per_seed, dim=xr.DataArray(list(seeds), dims="seed", name="seed"), join="outer"))
     ds = xr.concat(rows, dim=xr.DataArray(np.asarray(values, dtype=np.float64), dims=axis, name=axis), join="outer")
     ds = ds.drop_vars("store").assign_coords(store=((axis, "seed"), ds["store"].values.astype(str)))
     units = {
-        "accuracy": ("probe accuracy", "fraction"), "kl": ("KL(teacher || student), epoch mean", "nats"),
+        "accuracy": ("probe accuracy", "fraction"),
+        "kl": ("KL(teacher || student), epoch mean", "nats"),
         "distance_teacher": ("parameter distance student - teacher (L2)", "1"),
         "final_kl": ("KL(teacher || student) in the last epoch", "nats"),
         "distance_init": ("parameter distance final student - initial student (L2)", "1"),
@@ -136,12 +156,18 @@ def collect(cfg: DistillConfig, axis: str, values: Sequence[float], seeds: Seque
     }
     for k, (long_name, u) in units.items():
         ds[k].attrs = {"long_name": long_name, "units": u}
-    ds[axis].attrs = {"long_name": {"alpha": "interpolation weight of noise at init",
-                                    "eps": "noise scale at init"}[axis], "units": "1"}
+    ds[axis].attrs = {
+        "long_name": {"alpha": "interpolation weight of noise at init", "eps": "noise scale at init"}[axis],
+        "units": "1",
+    }
     ds.attrs = {
-        "config": cfg.to_json(), "axis": axis,
-        "init_definition": ("theta_s = ((1 - alpha) theta_t + alpha theta_noise) / sqrt(alpha^2 + (1 - alpha)^2)"
-                            if axis == "alpha" else "theta_s = theta_t + eps * theta_noise"),
+        "config": cfg.to_json(),
+        "axis": axis,
+        "init_definition": (
+            "theta_s = ((1 - alpha) theta_t + alpha theta_noise) / sqrt(alpha^2 + (1 - alpha)^2)"
+            if axis == "alpha"
+            else "theta_s = theta_t + eps * theta_noise"
+        ),
         "seeds": json.dumps(list(seeds)),
     }
     recipe = {"distill": cfg.to_dict(), "axis": axis, "values": [float(v) for v in values], "seeds": list(seeds)}

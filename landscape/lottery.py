@@ -35,13 +35,15 @@ Store layout (names of :meth:`distill.store.Store.save_module`): ``lottery/<rewi
 ``<state key>/<parameter name>``, e.g. ``momentum_buffer/head.weight``), so a resumed run needs
 no new level 0. The returned Dataset is also written as result ``lottery``.
 """
+
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,17 +56,27 @@ from distill.device import resolve_device
 from distill.provenance import stamp
 from distill.store import Store
 from distill.supervised import check_classifier, steps_per_epoch, train_supervised, with_classifier
-from landscape.pruning import (_clean_name, apply_masks, full_masks, global_magnitude_prune,
-                               masked_state_dict, prunable_names, prune_count, random_prune)
+from landscape.pruning import (
+    _clean_name,
+    apply_masks,
+    full_masks,
+    global_magnitude_prune,
+    masked_state_dict,
+    prunable_names,
+    prune_count,
+    random_prune,
+)
 from landscape.refs import load_ref
 
 __all__ = ["lottery", "REWINDS", "BASELINES", "remaining_counts"]
 
 REWINDS = ("start", "init", "step")
 BASELINES = ("random_prune", "random_reinit")
-PRUNING_DEFINITION = ("global magnitude pruning: each level removes exactly round(prune_fraction * remaining) "
-                      "of the unpruned prunable weights with the smallest |w| over all prunable tensors together "
-                      "(ties: lower position in the concatenation of the flattened tensors first)")
+PRUNING_DEFINITION = (
+    "global magnitude pruning: each level removes exactly round(prune_fraction * remaining) "
+    "of the unpruned prunable weights with the smallest |w| over all prunable tensors together "
+    "(ties: lower position in the concatenation of the flattened tensors first)"
+)
 _RANDOM_PRUNE_STRIDE = 1000  # random_prune at level l draws with seed * stride + l
 STEP_SCHEDULE = "continued from rewind_step"  # how levels after a step rewind train (a stored setting)
 _STEP_SETTINGS = ("rewind_step", "rewind_optimizer", "step_schedule")  # settings that only matter for 'step'
@@ -111,8 +123,11 @@ def _fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, t in model.state_dict().items():
         h.update(k.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.dim() else
-                 t.detach().cpu().reshape(1).view(torch.uint8).numpy().tobytes())
+        h.update(
+            t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+            if t.dim()
+            else t.detach().cpu().reshape(1).view(torch.uint8).numpy().tobytes()
+        )
     return h.hexdigest()[:16]
 
 
@@ -122,8 +137,9 @@ def _fresh(template: nn.Module, seed: int) -> nn.Module:
 
     spec = getattr(template, "spec", None)
     if spec is None:
-        raise ValueError("rewind='init' and the random_reinit baseline need a model built with "
-                         "distill.build_model (it has no .spec)")
+        raise ValueError(
+            "rewind='init' and the random_reinit baseline need a model built with distill.build_model (it has no .spec)"
+        )
     return fresh_like(template, seed)
 
 
@@ -149,8 +165,10 @@ def _optimizer_by_name(model: nn.Module, state: Mapping[str, Any]) -> OptimizerB
     named = _trainable(model)
     ids = [i for g in state["param_groups"] for i in g["params"]]
     if len(ids) != len(named):
-        raise ValueError(f"the optimiser state covers {len(ids)} parameters, the model trains {len(named)}: "
-                         f"pass the state of an optimiser over this model")
+        raise ValueError(
+            f"the optimiser state covers {len(ids)} parameters, the model trains {len(named)}: "
+            f"pass the state of an optimiser over this model"
+        )
     tensors = {}
     for i, (name, _) in zip(ids, named):
         for key, v in state["state"].get(i, {}).items():
@@ -160,8 +178,7 @@ def _optimizer_by_name(model: nn.Module, state: Mapping[str, Any]) -> OptimizerB
     return tensors, {"param_groups": groups}
 
 
-def _optimizer_for(model: nn.Module, saved: OptimizerByName,
-                   masks: Mapping[str, Tensor] | None) -> dict[str, Any]:
+def _optimizer_for(model: nn.Module, saved: OptimizerByName, masks: Mapping[str, Tensor] | None) -> dict[str, Any]:
     """The SGD ``state_dict()`` for ``model`` (masked or not) from state kept by name; entries of
     per-parameter tensors at pruned positions are set to zero."""
     tensors, meta = saved
@@ -172,8 +189,10 @@ def _optimizer_for(model: nn.Module, saved: OptimizerByName,
     named = _trainable(model)
     unknown = set(by_name) - {n for n, _ in named}
     if unknown:
-        raise ValueError(f"the rewound optimiser state names tensors the model does not train "
-                         f"({', '.join(sorted(unknown)[:3])}): use a store made for this model")
+        raise ValueError(
+            f"the rewound optimiser state names tensors the model does not train "
+            f"({', '.join(sorted(unknown)[:3])}): use a store made for this model"
+        )
     state: dict[int, dict[str, Tensor]] = {}
     for i, (name, p) in enumerate(named):
         entry = {}
@@ -192,10 +211,25 @@ def _optimizer_for(model: nn.Module, saved: OptimizerByName,
 class _Lottery:
     """State shared by the IMP runs of one :func:`lottery` call."""
 
-    def __init__(self, template: nn.Module, data: Any, cfg: SupervisedConfig, names: list[str],
-                 counts: list[int], fraction: float, rewind_step: int | None, rewind_optimizer: bool,
-                 rewind_rng: bool, baselines: list[str], store: Store | None, settings: dict[str, Any],
-                 device: torch.device, progress: bool | None, seed: int, bar: Any) -> None:
+    def __init__(
+        self,
+        template: nn.Module,
+        data: Any,
+        cfg: SupervisedConfig,
+        names: list[str],
+        counts: list[int],
+        fraction: float,
+        rewind_step: int | None,
+        rewind_optimizer: bool,
+        rewind_rng: bool,
+        baselines: list[str],
+        store: Store | None,
+        settings: dict[str, Any],
+        device: torch.device,
+        progress: bool | None,
+        seed: int,
+        bar: Any,
+    ) -> None:
         self.template, self.data, self.cfg, self.names = template, data, cfg, names
         self.counts, self.fraction, self.rewind_step, self.rewind_rng = counts, fraction, rewind_step, rewind_rng
         self.rewind_optimizer = rewind_optimizer
@@ -225,9 +259,16 @@ class _Lottery:
     def full(self) -> dict[str, Tensor]:
         return full_masks(self.template, self.names)
 
-    def train(self, weights: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None, level: int, *,
-              capture: int | None = None, start_step: int = 0, optimizer: OptimizerByName | None = None
-              ) -> tuple[dict[str, float], dict[str, Tensor], tuple[dict[str, Tensor], OptimizerByName] | None]:
+    def train(
+        self,
+        weights: Mapping[str, Tensor],
+        masks: Mapping[str, Tensor] | None,
+        level: int,
+        *,
+        capture: int | None = None,
+        start_step: int = 0,
+        optimizer: OptimizerByName | None = None,
+    ) -> tuple[dict[str, float], dict[str, Tensor], tuple[dict[str, Tensor], OptimizerByName] | None]:
         """Train a copy of the template holding ``weights`` under ``masks`` (None: dense), from step
         ``start_step`` of the recipe, with ``optimizer`` state (masked like the weights) or a fresh one.
 
@@ -239,17 +280,29 @@ class _Lottery:
         if masks is not None:
             apply_masks(model, masks)
         opt_state = None if optimizer is None else _optimizer_for(model, optimizer, masks)
-        res = train_supervised(model, self.data, self.level_cfg(level), device=self.device, progress=self.progress,
-                               start_step=start_step, optimizer_state=opt_state, snapshot_step=capture)
+        res = train_supervised(
+            model,
+            self.data,
+            self.level_cfg(level),
+            device=self.device,
+            progress=self.progress,
+            start_step=start_step,
+            optimizer_state=opt_state,
+            snapshot_step=capture,
+        )
         if self.bar is not None:
             self.bar.update(1)
         captured = None
         if capture is not None:  # only asked of dense trainings, whose state_dict keys are the clean ones
             snap = res["snapshot"]
             captured = (_clone_state(snap["model"]), _optimizer_by_name(model, snap["optimizer"]))
-        metrics = {"best_accuracy": float(res["best_test_accuracy"]), "final_accuracy": float(res["test_accuracy"]),
-                   "final_loss": float(res["test_loss"]), "steps": int(res["steps"]) - start_step,
-                   "start_step": start_step}
+        metrics = {
+            "best_accuracy": float(res["best_test_accuracy"]),
+            "final_accuracy": float(res["test_accuracy"]),
+            "final_loss": float(res["test_loss"]),
+            "steps": int(res["steps"]) - start_step,
+            "start_step": start_step,
+        }
         return metrics, _clone_state(masked_state_dict(model)), captured
 
     def rewound(self, target: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -277,21 +330,28 @@ class _Lottery:
         state, _ = self.store.load_state(name)
         masks = self.store.load_masks(name)
         if set(masks) != set(self.names):
-            raise ValueError(f"{self.store.path}: '{name}' was pruned over other tensors than prunable selects "
-                             f"now: pass the same prunable as before or use a new store")
+            raise ValueError(
+                f"{self.store.path}: '{name}' was pruned over other tensors than prunable selects "
+                f"now: pass the same prunable as before or use a new store"
+            )
         own = self.template.state_dict()
         state = {k: v.to(self.device, own[k].dtype) for k, v in state.items()}
         return state, {k: masks[k].to(self.device) != 0 for k in self.names}
 
-    def save(self, name: str, state: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None,
-             attrs: Mapping[str, Any]) -> None:
+    def save(
+        self, name: str, state: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None, attrs: Mapping[str, Any]
+    ) -> None:
         if self.store is None:
             return
         model = copy.deepcopy(self.template)
         model.load_state_dict(state)
         settings = self.settings_for(str(attrs["rewind"]))
-        self.store.save_module(name, model, {**attrs, "settings": json.dumps(settings, sort_keys=True)},
-                               masks=None if masks is None else {k: m.to(torch.uint8) for k, m in masks.items()})
+        self.store.save_module(
+            name,
+            model,
+            {**attrs, "settings": json.dumps(settings, sort_keys=True)},
+            masks=None if masks is None else {k: m.to(torch.uint8) for k, m in masks.items()},
+        )
 
     def settings_for(self, rewind: str) -> dict[str, Any]:
         """What must match for a stored run of ``rewind`` to be continued."""
@@ -306,12 +366,16 @@ class _Lottery:
             return
         old = json.loads(attrs.get("settings", "{}"))
         if rewind == "step" and "step_schedule" not in old:
-            raise ValueError(f"{self.store.path}: '{name}' comes from a version whose later levels restarted the "
-                             f"schedule at step 0 after a step rewind: use a new store")
+            raise ValueError(
+                f"{self.store.path}: '{name}' comes from a version whose later levels restarted the "
+                f"schedule at step 0 after a step rewind: use a new store"
+            )
         for key, value in self.settings_for(rewind).items():
             if key in old and old[key] != value:
-                raise ValueError(f"{self.store.path}: '{name}' was made with {key}={old[key]!r}, this call asks "
-                                 f"{value!r}: pass the same settings to resume, or use a new store")
+                raise ValueError(
+                    f"{self.store.path}: '{name}' was made with {key}={old[key]!r}, this call asks "
+                    f"{value!r}: pass the same settings to resume, or use a new store"
+                )
 
     # ---------------------------------------------------------------- one IMP sequence
     def run(self, rewind: str, levels: int) -> dict[str, list[dict[str, float]]]:
@@ -339,10 +403,13 @@ class _Lottery:
             if level < done:
                 attrs = self.stored(name)
                 if int(attrs["remaining_weights"]) != self.counts[level]:
-                    raise ValueError(f"{self.store.path}: '{name}' keeps {attrs['remaining_weights']} weights, "
-                                     f"this call expects {self.counts[level]}: use the same settings or a new store")
-                rows["imp"].append({k: float(attrs[k]) for k in ("best_accuracy", "final_accuracy", "final_loss",
-                                                                  "steps")})
+                    raise ValueError(
+                        f"{self.store.path}: '{name}' keeps {attrs['remaining_weights']} weights, "
+                        f"this call expects {self.counts[level]}: use the same settings or a new store"
+                    )
+                rows["imp"].append(
+                    {k: float(attrs[k]) for k in ("best_accuracy", "final_accuracy", "final_loss", "steps")}
+                )
                 prev = None  # loaded lazily when needed
                 masks = None
             else:
@@ -355,23 +422,27 @@ class _Lottery:
                     if rewind in ("init", "step"):
                         self.save(f"{prefix}/rewind", target, None, {"rewind": rewind, "step": start_step})
                     if rewind == "step" and self.store is not None:
-                        self.store.save_state(f"{prefix}/rewind", snapshot_optimizer[0],
-                                              {**snapshot_optimizer[1], "step": start_step})
+                        self.store.save_state(
+                            f"{prefix}/rewind", snapshot_optimizer[0], {**snapshot_optimizer[1], "step": start_step}
+                        )
                 else:
                     if prev is None:
                         prev = self.load(f"{prefix}/{level - 1:02d}")
                     masks = global_magnitude_prune(prev[0], prev[1], self.fraction)
-                    metrics, trained, _ = self.train(self.rewound(target, masks), masks, level,
-                                                     start_step=start_step, optimizer=optimizer)
+                    metrics, trained, _ = self.train(
+                        self.rewound(target, masks), masks, level, start_step=start_step, optimizer=optimizer
+                    )
                 self.save(name, trained, masks, self.attrs(rewind, "imp", level, metrics))
                 rows["imp"].append(metrics)
                 prev = (trained, masks)
             if level:
-                random_masks = random_prune(random_masks, self.fraction,
-                                            seed=self.seed * _RANDOM_PRUNE_STRIDE + level)
+                random_masks = random_prune(random_masks, self.fraction, seed=self.seed * _RANDOM_PRUNE_STRIDE + level)
             for method in self.baselines:
-                rows[method].append(self.baseline(rewind, method, level, target, masks, random_masks, rows["imp"][0],
-                                                  start_step, optimizer))
+                rows[method].append(
+                    self.baseline(
+                        rewind, method, level, target, masks, random_masks, rows["imp"][0], start_step, optimizer
+                    )
+                )
         return rows
 
     def train_origin(self, rewind: str, origin: Mapping[str, Tensor]) -> tuple[dict, dict, tuple | None]:
@@ -387,8 +458,9 @@ class _Lottery:
 
     def load_target(self, name: str) -> dict[str, Tensor]:
         if self.stored(name) is None:
-            raise ValueError(f"{self.store.path} lacks '{name}', the rewind target of its completed levels: "
-                             f"use a new store")
+            raise ValueError(
+                f"{self.store.path} lacks '{name}', the rewind target of its completed levels: use a new store"
+            )
         state, _ = self.store.load_state(name)
         own = self.template.state_dict()
         return {k: v.to(self.device, own[k].dtype) for k, v in state.items()}
@@ -396,15 +468,25 @@ class _Lottery:
     def load_optimizer(self, name: str) -> OptimizerByName:
         got = self.store.load_state_group(name)
         if got is None:
-            raise ValueError(f"{self.store.path} lacks the optimiser state '{name}' that rewind_optimizer=True "
-                             f"needs: use a new store")
+            raise ValueError(
+                f"{self.store.path} lacks the optimiser state '{name}' that rewind_optimizer=True "
+                f"needs: use a new store"
+            )
         tensors, meta = got
         return {k: v.to(self.device) for k, v in tensors.items()}, meta
 
-    def baseline(self, rewind: str, method: str, level: int, target: Mapping[str, Tensor],
-                 imp_masks: Mapping[str, Tensor] | None, random_masks: Mapping[str, Tensor],
-                 imp_level0: dict[str, float], start_step: int = 0,
-                 optimizer: OptimizerByName | None = None) -> dict[str, float]:
+    def baseline(
+        self,
+        rewind: str,
+        method: str,
+        level: int,
+        target: Mapping[str, Tensor],
+        imp_masks: Mapping[str, Tensor] | None,
+        random_masks: Mapping[str, Tensor],
+        imp_level0: dict[str, float],
+        start_step: int = 0,
+        optimizer: OptimizerByName | None = None,
+    ) -> dict[str, float]:
         """One level of ``method``. random_prune trains like IMP's level (from ``start_step``, with
         ``optimizer`` state masked like its weights); random_reinit, a fresh init, runs the whole
         recipe with a fresh optimiser."""
@@ -435,17 +517,34 @@ class _Lottery:
 
     def attrs(self, rewind: str, method: str, level: int, metrics: Mapping[str, float]) -> dict[str, Any]:
         n = self.counts[level]
-        return {"rewind": rewind, "method": method, "level": level, "remaining_weights": n,
-                "sparsity": n / self.counts[0], **metrics}
+        return {
+            "rewind": rewind,
+            "method": method,
+            "level": level,
+            "remaining_weights": n,
+            "sparsity": n / self.counts[0],
+            **metrics,
+        }
 
 
 # ----------------------------------------------------------------------------- public entry point
-def lottery(start: Any, data: Any, levels: int = 5, prune_fraction: float = 0.2,
-            rewind: str | Sequence[str] = "start", prunable: str | Sequence[str] = "weights",
-            cfg: SupervisedConfig | None = None, rewind_step: int | None = None, rewind_optimizer: bool = False,
-            baselines: str | Sequence[str] | None = (), store: Store | str | Path | None = None,
-            device: str | torch.device = "auto", progress: bool | None = None, seed: int = 0,
-            rewind_rng: bool = True) -> xr.Dataset:
+def lottery(
+    start: Any,
+    data: Any,
+    levels: int = 5,
+    prune_fraction: float = 0.2,
+    rewind: str | Sequence[str] = "start",
+    prunable: str | Sequence[str] = "weights",
+    cfg: SupervisedConfig | None = None,
+    rewind_step: int | None = None,
+    rewind_optimizer: bool = False,
+    baselines: str | Sequence[str] | None = (),
+    store: Store | str | Path | None = None,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+    seed: int = 0,
+    rewind_rng: bool = True,
+) -> xr.Dataset:
     """Iterative magnitude pruning with rewinding from ``start``; see the module docstring.
 
     start: a module or a ``(store, epoch | name)`` reference (:func:`distill.store.as_module`).
@@ -502,33 +601,73 @@ def lottery(start: Any, data: Any, levels: int = 5, prune_fraction: float = 0.2,
     if rewind_step is not None:
         per_epoch = steps_per_epoch(model, len(data.train.labels), cfg.batch_size)
         if rewind_step > cfg.epochs * per_epoch:
-            raise ValueError(f"rewind_step={rewind_step} exceeds the {cfg.epochs * per_epoch} optimiser steps of one "
-                             f"training run ({cfg.epochs} epochs x {per_epoch}): pass a smaller rewind_step or "
-                             f"more epochs")
+            raise ValueError(
+                f"rewind_step={rewind_step} exceeds the {cfg.epochs * per_epoch} optimiser steps of one "
+                f"training run ({cfg.epochs} epochs x {per_epoch}): pass a smaller rewind_step or "
+                f"more epochs"
+            )
     names = prunable_names(model, prunable)
     total = sum(model.state_dict()[k].numel() for k in names)
     counts = remaining_counts(total, int(levels), float(prune_fraction))
 
     cfg_json = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "device"}, sort_keys=True)
-    settings = {"start_fingerprint": fingerprint, "prune_fraction": float(prune_fraction),
-                "prunable": prunable if isinstance(prunable, str) else list(prunable), "supervised_config": cfg_json,
-                "seed": int(seed), "rewind_step": rewind_step if "step" in rewinds else None,
-                "rewind_optimizer": bool(rewind_optimizer), "step_schedule": STEP_SCHEDULE,
-                "rewind_rng": bool(rewind_rng), "classifier": classifier}
+    settings = {
+        "start_fingerprint": fingerprint,
+        "prune_fraction": float(prune_fraction),
+        "prunable": prunable if isinstance(prunable, str) else list(prunable),
+        "supervised_config": cfg_json,
+        "seed": int(seed),
+        "rewind_step": rewind_step if "step" in rewinds else None,
+        "rewind_optimizer": bool(rewind_optimizer),
+        "step_schedule": STEP_SCHEDULE,
+        "rewind_rng": bool(rewind_rng),
+        "classifier": classifier,
+    }
     st = _open_store(store, settings)
 
     n_train = len(rewinds) * int(levels) * (1 + len(methods)) - (len(rewinds) if "random_prune" in methods else 0)
     bar = tqdm(total=n_train, desc="lottery", unit="run", disable=None if progress is None else not progress)
-    runner = _Lottery(model, data, cfg, names, counts, float(prune_fraction), rewind_step, bool(rewind_optimizer),
-                      bool(rewind_rng), methods, st, settings, dev, progress, int(seed), bar)
+    runner = _Lottery(
+        model,
+        data,
+        cfg,
+        names,
+        counts,
+        float(prune_fraction),
+        rewind_step,
+        bool(rewind_optimizer),
+        bool(rewind_rng),
+        methods,
+        st,
+        settings,
+        dev,
+        progress,
+        int(seed),
+        bar,
+    )
     try:
         rows = {r: runner.run(r, int(levels)) for r in rewinds}
     finally:
         bar.close()
 
     ds = _dataset(rows, rewinds, methods, counts)
-    ds.attrs.update(_provenance(info, prunable, names, prune_fraction, rewind_step, bool(rewind_optimizer),
-                                rewind_rng, cfg, seed, classifier, fingerprint, dev, st))
+    ds.attrs.update(
+        _provenance(
+            info,
+            prunable,
+            names,
+            prune_fraction,
+            rewind_step,
+            bool(rewind_optimizer),
+            rewind_rng,
+            cfg,
+            seed,
+            classifier,
+            fingerprint,
+            dev,
+            st,
+        )
+    )
     if st is not None:
         st.write_result("lottery", ds)
     return ds
@@ -542,61 +681,99 @@ def _open_store(store: Store | str | Path | None, settings: dict[str, Any]) -> S
     path = Path(store)
     if path.exists():
         return Store(path, "a")
-    return Store.create(path, {k: v for k, v in settings.items() if v is not None}, kind="lottery",
-                        seeds={"seed": int(settings["seed"])})
+    return Store.create(
+        path,
+        {k: v for k, v in settings.items() if v is not None},
+        kind="lottery",
+        seeds={"seed": int(settings["seed"])},
+    )
 
 
-def _dataset(rows: dict[str, dict[str, list[dict[str, float]]]], rewinds: list[str], methods: list[str],
-             counts: list[int]) -> xr.Dataset:
+def _dataset(
+    rows: dict[str, dict[str, list[dict[str, float]]]], rewinds: list[str], methods: list[str], counts: list[int]
+) -> xr.Dataset:
     levels = len(counts)
     with_method = bool(methods)
     all_methods = ["imp", *methods]
     dims = ("rewind", "method", "level") if with_method else ("rewind", "level")
 
     def array(key: str) -> np.ndarray:
-        a = np.array([[[rows[r][m][l][key] for l in range(levels)] for m in all_methods] for r in rewinds],
-                     dtype=np.float64)
+        a = np.array(
+            [[[rows[r][m][lv][key] for lv in range(levels)] for m in all_methods] for r in rewinds], dtype=np.float64
+        )
         return a if with_method else a[:, 0, :]
 
-    desc = {"best_accuracy": ("best test accuracy over the evaluations of the level's training", "fraction"),
-            "final_accuracy": ("test accuracy at the end of the level's training", "fraction"),
-            "final_loss": ("test cross-entropy at the end of the level's training", "nats")}
+    desc = {
+        "best_accuracy": ("best test accuracy over the evaluations of the level's training", "fraction"),
+        "final_accuracy": ("test accuracy at the end of the level's training", "fraction"),
+        "final_loss": ("test cross-entropy at the end of the level's training", "nats"),
+    }
     data_vars: dict[str, Any] = {k: (dims, array(k), {"long_name": d, "units": u}) for k, (d, u) in desc.items()}
-    data_vars["remaining_weights"] = (("level",), np.asarray(counts, dtype=np.int64),
-                                      {"long_name": "unpruned prunable weights", "units": "count"})
+    data_vars["remaining_weights"] = (
+        ("level",),
+        np.asarray(counts, dtype=np.int64),
+        {"long_name": "unpruned prunable weights", "units": "count"},
+    )
     coords: dict[str, Any] = {
         "rewind": ("rewind", np.asarray(rewinds, dtype=object), {"long_name": "rewind target"}),
         "level": ("level", np.arange(levels, dtype=np.int64), {"long_name": "pruning level", "units": "1"}),
-        "sparsity": ("level", np.asarray(counts, dtype=np.float64) / counts[0],
-                     {"long_name": "fraction of prunable weights remaining", "units": "fraction"}),
+        "sparsity": (
+            "level",
+            np.asarray(counts, dtype=np.float64) / counts[0],
+            {"long_name": "fraction of prunable weights remaining", "units": "fraction"},
+        ),
     }
     if with_method:
         coords["method"] = ("method", np.asarray(all_methods, dtype=object), {"long_name": "pruning method"})
     return xr.Dataset(data_vars, coords=coords)
 
 
-def _provenance(info: dict[str, Any], prunable: Any, names: list[str], fraction: float, rewind_step: int | None,
-                rewind_optimizer: bool, rewind_rng: bool, cfg: SupervisedConfig, seed: int, classifier: str,
-                fingerprint: str, device: torch.device, store: Store | None) -> dict[str, Any]:
+def _provenance(
+    info: dict[str, Any],
+    prunable: Any,
+    names: list[str],
+    fraction: float,
+    rewind_step: int | None,
+    rewind_optimizer: bool,
+    rewind_rng: bool,
+    cfg: SupervisedConfig,
+    seed: int,
+    classifier: str,
+    fingerprint: str,
+    device: torch.device,
+    store: Store | None,
+) -> dict[str, Any]:
     attrs: dict[str, Any] = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in info.items()}
-    attrs.update({
-        "analysis": "lottery", "pruning": PRUNING_DEFINITION,
-        "prunable": prunable if isinstance(prunable, str) else "names",
-        "prunable_names": json.dumps(names), "prune_fraction": float(fraction),
-        "rewind_step": -1 if rewind_step is None else int(rewind_step),
-        "rewind_optimizer": int(rewind_optimizer), "rewind_rng": int(bool(rewind_rng)),
-        "rewind_optimizer_scope": ("rewind='step' only: levels after the rewind start from level 0's SGD momentum "
-                                   "buffers at rewind_step, entries of pruned weights zeroed; 'start' and 'init' "
-                                   "rewind to before any step, where the optimiser state is the fresh one"),
-        "rewind_step_schedule": ("levels after a step rewind continue the recipe from step rewind_step to its end "
-                                 "(learning-rate schedule, data order and augmentation of an uninterrupted run); "
-                                 "level 0, random_reinit and the other rewind targets train the whole recipe"),
-        "supervised_config": json.dumps(cfg.to_dict(), sort_keys=True), "classifier": classifier,
-        "seed": int(seed), "reinit_seed": int(seed) + 1,
-        "random_prune_seeds": f"{_RANDOM_PRUNE_STRIDE} * seed + level",
-        "data_seed": int(cfg.data_seed), "aug_seed": int(cfg.aug_seed),
-        "start_fingerprint": fingerprint,
-    })
+    attrs.update(
+        {
+            "analysis": "lottery",
+            "pruning": PRUNING_DEFINITION,
+            "prunable": prunable if isinstance(prunable, str) else "names",
+            "prunable_names": json.dumps(names),
+            "prune_fraction": float(fraction),
+            "rewind_step": -1 if rewind_step is None else int(rewind_step),
+            "rewind_optimizer": int(rewind_optimizer),
+            "rewind_rng": int(bool(rewind_rng)),
+            "rewind_optimizer_scope": (
+                "rewind='step' only: levels after the rewind start from level 0's SGD momentum "
+                "buffers at rewind_step, entries of pruned weights zeroed; 'start' and 'init' "
+                "rewind to before any step, where the optimiser state is the fresh one"
+            ),
+            "rewind_step_schedule": (
+                "levels after a step rewind continue the recipe from step rewind_step to its end "
+                "(learning-rate schedule, data order and augmentation of an uninterrupted run); "
+                "level 0, random_reinit and the other rewind targets train the whole recipe"
+            ),
+            "supervised_config": json.dumps(cfg.to_dict(), sort_keys=True),
+            "classifier": classifier,
+            "seed": int(seed),
+            "reinit_seed": int(seed) + 1,
+            "random_prune_seeds": f"{_RANDOM_PRUNE_STRIDE} * seed + level",
+            "data_seed": int(cfg.data_seed),
+            "aug_seed": int(cfg.aug_seed),
+            "start_fingerprint": fingerprint,
+        }
+    )
     if store is not None:
         attrs["store"] = str(store.path)
     recipe = {k: v for k, v in attrs.items() if k not in ("store",)}

@@ -8,6 +8,7 @@ store. The result is :func:`lottery`'s Dataset concatenated over ``rewind`` and,
 seeds, over a new ``seed`` dim: the same numbers as one ``lottery(..., rewind=[...], seed=s)``
 call per seed (which shares level 0 between 'start' and 'step'; separate units train it twice).
 """
+
 from __future__ import annotations
 
 import json
@@ -74,9 +75,17 @@ class LotteryUnit:
         return self.out
 
 
-def lottery_sweep(start: Any, data: Any, rewinds: Sequence[str] = ("start",), seeds: Sequence[int] = (0,),
-                  out_dir: str | Path = "runs/lottery", executor: Executor | None = None,
-                  cfg: SupervisedConfig | None = None, progress: bool | None = None, **options: Any) -> xr.Dataset:
+def lottery_sweep(
+    start: Any,
+    data: Any,
+    rewinds: Sequence[str] = ("start",),
+    seeds: Sequence[int] = (0,),
+    out_dir: str | Path = "runs/lottery",
+    executor: Executor | None = None,
+    cfg: SupervisedConfig | None = None,
+    progress: bool | None = None,
+    **options: Any,
+) -> xr.Dataset:
     """IMP for every (rewind target, seed), one store each (see the module docstring).
 
     start: an ``nn.Module`` or ``(store_or_path, epoch | name)``; ``options``: the other keywords of
@@ -96,25 +105,56 @@ def lottery_sweep(start: Any, data: Any, rewinds: Sequence[str] = ("start",), se
 
         ref = copy.deepcopy(start).cpu()
     out_dir = Path(out_dir)
-    units = {(r, s): LotteryUnit(ref, data, str(out_dir / f"lottery-{r}-seed{s}.h5"),
-                                 {**options, "rewind": r, "seed": s, "cfg": cfg.to_dict()})
-             for s in seeds for r in rewinds}
+    units = {
+        (r, s): LotteryUnit(
+            ref,
+            data,
+            str(out_dir / f"lottery-{r}-seed{s}.h5"),
+            {**options, "rewind": r, "seed": s, "cfg": cfg.to_dict()},
+        )
+        for s in seeds
+        for r in rewinds
+    }
     run_units(list(units.values()), executor, desc="lottery", progress=progress)
 
     per_seed = []
     for s in seeds:
         parts = [Store(units[(r, s)].out).read_result("lottery") for r in rewinds]
-        per_seed.append(xr.concat(parts, dim="rewind", data_vars="minimal", coords="minimal", compat="equals",
-                                  combine_attrs="override") if len(parts) > 1 else parts[0])
-    ds = per_seed[0] if len(seeds) == 1 else xr.concat(
-        per_seed, dim=xr.DataArray(np.asarray(seeds, dtype=np.int64), dims="seed", name="seed"),
-        data_vars="minimal", coords="minimal", compat="equals", combine_attrs="override")
+        per_seed.append(
+            xr.concat(
+                parts, dim="rewind", data_vars="minimal", coords="minimal", compat="equals", combine_attrs="override"
+            )
+            if len(parts) > 1
+            else parts[0]
+        )
+    ds = (
+        per_seed[0]
+        if len(seeds) == 1
+        else xr.concat(
+            per_seed,
+            dim=xr.DataArray(np.asarray(seeds, dtype=np.int64), dims="seed", name="seed"),
+            data_vars="minimal",
+            coords="minimal",
+            compat="equals",
+            combine_attrs="override",
+        )
+    )
     attrs = {k: v for k, v in per_seed[0].attrs.items() if k not in ("work_unit", "store", "seed")}
     attrs["stores"] = json.dumps([units[k].out for k in units])
     attrs["seeds"] = json.dumps(seeds)
     device = attrs.get("device", "cpu")
-    stamp(attrs, {"start": _start_key(ref), "rewinds": rewinds, "seeds": seeds, "cfg": cfg.to_dict(),
-                  **{k: v for k, v in options.items() if k != "device"}},
-          kind="lottery", device=device, precision=attrs.get("precision", "fp32"))
+    stamp(
+        attrs,
+        {
+            "start": _start_key(ref),
+            "rewinds": rewinds,
+            "seeds": seeds,
+            "cfg": cfg.to_dict(),
+            **{k: v for k, v in options.items() if k != "device"},
+        },
+        kind="lottery",
+        device=device,
+        precision=attrs.get("precision", "fp32"),
+    )
     ds.attrs = attrs
     return ds

@@ -9,11 +9,13 @@ Example::
     ds = linear_path((store, 10), (store, 20), data, alphas=30, bn="reset")
     landscape.barrier(ds).barrier_error.sel(split="test")
 """
+
 from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +29,10 @@ from landscape.evaluate import POLICIES, lerp, prepare_inputs, run_segment, tria
 from landscape.refs import load_ref, require_classifier
 
 BACKENDS = ("auto", "loop", "vmap")
-PATH_DEFINITION = ("theta(alpha) = (1 - alpha) * theta_a + alpha * theta_b over every floating-point "
-                   "parameter and buffer; integer buffers from a")
+PATH_DEFINITION = (
+    "theta(alpha) = (1 - alpha) * theta_a + alpha * theta_b over every floating-point "
+    "parameter and buffer; integer buffers from a"
+)
 BARRIER_ERROR_DEFINITION = "max_alpha err(alpha) - (err(0) + err(1)) / 2 (Frankle et al. 2020)"
 BARRIER_LOSS_DEFINITION = "max_alpha [L(alpha) - ((1 - alpha) * L(0) + alpha * L(1))]"
 # auto picks vmap only on CUDA and only for models up to this many parameters (see _choose_backend)
@@ -43,8 +47,10 @@ def _check_same_architecture(sd_a: Mapping[str, Tensor], sd_b: Mapping[str, Tens
         shape_a = tuple(ta.shape) if ta is not None else "no such key"
         shape_b = tuple(tb.shape) if tb is not None else "no such key"
         if ta is None or tb is None or ta.shape != tb.shape or ta.is_floating_point() != tb.is_floating_point():
-            raise ValueError(f"models differ at state_dict key {k!r}: a has {shape_a} ({_dtype(ta)}), "
-                             f"b has {shape_b} ({_dtype(tb)}); interpolate between two models of one architecture")
+            raise ValueError(
+                f"models differ at state_dict key {k!r}: a has {shape_a} ({_dtype(ta)}), "
+                f"b has {shape_b} ({_dtype(tb)}); interpolate between two models of one architecture"
+            )
 
 
 def _dtype(t: Tensor | None) -> str:
@@ -116,12 +122,28 @@ def _positive(name: str, value: int) -> int:
 
 
 # ----------------------------------------------------------------------------- public API
-def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 30, bn: str = "reset",
-                splits: Sequence[str] = ("train", "test"), bn_batches: int = 8, bn_batch_size: int = 256,
-                bn_seed: int = 0, eval_batch_size: int = 1000, max_examples: int | None = None,
-                backend: str = "auto", device: str | torch.device = "auto", *, eval_seed: int = 0,
-                alpha_chunk: int | None = None, channels_last: bool | None = None, align: str | None = None,
-                align_options: Mapping[str, Any] | None = None, repair: bool = False) -> xr.Dataset:
+def linear_path(
+    a: Any,
+    b: Any,
+    data: Any,
+    alphas: int | Sequence[float] = 30,
+    bn: str = "reset",
+    splits: Sequence[str] = ("train", "test"),
+    bn_batches: int = 8,
+    bn_batch_size: int = 256,
+    bn_seed: int = 0,
+    eval_batch_size: int = 1000,
+    max_examples: int | None = None,
+    backend: str = "auto",
+    device: str | torch.device = "auto",
+    *,
+    eval_seed: int = 0,
+    alpha_chunk: int | None = None,
+    channels_last: bool | None = None,
+    align: str | None = None,
+    align_options: Mapping[str, Any] | None = None,
+    repair: bool = False,
+) -> xr.Dataset:
     """Loss and error along ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b``.
 
     a, b: ``nn.Module`` (never modified) or references for ``distill.store.as_module``
@@ -192,14 +214,30 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 30, b
     chosen = _choose_backend(backend, dev, model, len(alpha_values))
     chunk = _positive("alpha_chunk", alpha_chunk) if alpha_chunk is not None else min(8, len(alpha_values))
     use_cl = chosen == "loop" and _use_channels_last(channels_last, dev, model, data.train.images.dim())
-    inputs = prepare_inputs(data, splits, bn_batches=bn_batches, bn_batch_size=bn_batch_size, bn_seed=bn_seed,
-                            max_examples=max_examples, eval_seed=eval_seed, device=dev,
-                            need_bn=policy == "reset" or repair, channels_last=use_cl)
+    inputs = prepare_inputs(
+        data,
+        splits,
+        bn_batches=bn_batches,
+        bn_batch_size=bn_batch_size,
+        bn_seed=bn_seed,
+        max_examples=max_examples,
+        eval_seed=eval_seed,
+        device=dev,
+        need_bn=policy == "reset" or repair,
+        channels_last=use_cl,
+    )
     if any(n == 0 for n in inputs.counts.values()):
         raise ValueError(f"empty split among {splits}: pass a dataset with examples in every split evaluated")
     alist = [float(x) for x in alpha_values]
-    rule = "requested" if backend != "auto" else ("cpu: loop (vmap measured 0.5-0.8x the loop there)"
-                                                  if dev.type != "cuda" else f"cuda: {chosen} by model type")
+    rule = (
+        "requested"
+        if backend != "auto"
+        else (
+            "cpu: loop (vmap measured 0.5-0.8x the loop there)"
+            if dev.type != "cuda"
+            else f"cuda: {chosen} by model type"
+        )
+    )
     if repair:
         from landscape.align import endpoint_stats, repair_state
 
@@ -213,18 +251,30 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 30, b
         if backend == "auto" and chosen == "vmap" and dev.type == "cuda":
             trial = trial_backends(model, sa, sb, alist, policy, inputs, eval_batch_size, chunk)
             chosen = "vmap" if trial["vmap"] < trial["loop"] else "loop"
-            rule = (f"cuda: measured {1e3 * trial['loop']:.2f} ms/alpha loop, {1e3 * trial['vmap']:.2f} ms/alpha "
-                    f"vmap on a trial of {min(chunk, len(alist))} alphas x (1 BN batch + 1 eval batch): {chosen}")
-        loss, error, chosen = run_segment(model, sa, sb, alist, policy, inputs, eval_batch_size, chunk, backend,
-                                          chosen)
+            rule = (
+                f"cuda: measured {1e3 * trial['loop']:.2f} ms/alpha loop, {1e3 * trial['vmap']:.2f} ms/alpha "
+                f"vmap on a trial of {min(chunk, len(alist))} alphas x (1 BN batch + 1 eval batch): {chosen}"
+            )
+        loss, error, chosen = run_segment(model, sa, sb, alist, policy, inputs, eval_batch_size, chunk, backend, chosen)
 
     attrs: dict[str, Any] = {
-        "path_definition": PATH_DEFINITION, "bn_policy": policy, "backend": chosen, "backend_rule": rule,
-        "alpha_chunk": chunk if chosen == "vmap" else 1, "precision": "fp32", "device": str(dev),
-        "memory_format": "channels_last" if use_cl else "contiguous", "n_alphas": len(alpha_values),
-        "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_seed": bn_seed,
-        "bn_examples": sum(len(x) for x in inputs.bn), "eval_batch_size": eval_batch_size,
-        "eval_seed": eval_seed, "dataset": str(getattr(data, "name", "")), "repair": int(bool(repair)),
+        "path_definition": PATH_DEFINITION,
+        "bn_policy": policy,
+        "backend": chosen,
+        "backend_rule": rule,
+        "alpha_chunk": chunk if chosen == "vmap" else 1,
+        "precision": "fp32",
+        "device": str(dev),
+        "memory_format": "channels_last" if use_cl else "contiguous",
+        "n_alphas": len(alpha_values),
+        "bn_batches": bn_batches,
+        "bn_batch_size": bn_batch_size,
+        "bn_seed": bn_seed,
+        "bn_examples": sum(len(x) for x in inputs.bn),
+        "eval_batch_size": eval_batch_size,
+        "eval_seed": eval_seed,
+        "dataset": str(getattr(data, "name", "")),
+        "repair": int(bool(repair)),
     }
     attrs.update(align_record)
     attrs.update({f"examples_{s}": n for s, n in inputs.counts.items()})
@@ -238,11 +288,16 @@ def linear_path(a: Any, b: Any, data: Any, alphas: int | Sequence[float] = 30, b
     stamp(attrs, recipe, kind="lmc", device=dev, precision="fp32")
 
     return xr.Dataset(
-        {"loss": (("alpha", "split"), loss, {"long_name": "cross-entropy loss", "units": "nats"}),
-         "error": (("alpha", "split"), error, {"long_name": "classification error", "units": "fraction"})},
-        coords={"alpha": ("alpha", alpha_values, {"long_name": "interpolation coefficient", "units": "1"}),
-                "split": ("split", np.array(splits))},
-        attrs=attrs)
+        {
+            "loss": (("alpha", "split"), loss, {"long_name": "cross-entropy loss", "units": "nats"}),
+            "error": (("alpha", "split"), error, {"long_name": "classification error", "units": "fraction"}),
+        },
+        coords={
+            "alpha": ("alpha", alpha_values, {"long_name": "interpolation coefficient", "units": "1"}),
+            "split": ("split", np.array(splits)),
+        },
+        attrs=attrs,
+    )
 
 
 def barrier(ds: xr.Dataset) -> xr.Dataset:

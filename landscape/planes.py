@@ -16,11 +16,13 @@ Example::
     ds = plane((store, 10), (store, 50), (other, 50), data, resolution=21)
     ds.error.plot(x="x", y="y")
 """
+
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,9 +35,11 @@ from distill.provenance import stamp
 from landscape.evaluate import POLICIES, bn_stat_keys, prepare_inputs, run_segment
 from landscape.refs import load_ref, require_classifier
 
-DEFINITION = ("theta(x, y) = a + x * u + y * (|u| / |v|) * v with u = b - a and v = (c - a) - "
-              "(<c - a, u> / <u, u>) u over the floating-point parameters; x, y in units of |u| = |b - a|; "
-              "floating-point buffers follow the same affine combination of a, b, c")
+DEFINITION = (
+    "theta(x, y) = a + x * u + y * (|u| / |v|) * v with u = b - a and v = (c - a) - "
+    "(<c - a, u> / <u, u>) u over the floating-point parameters; x, y in units of |u| = |b - a|; "
+    "floating-point buffers follow the same affine combination of a, b, c"
+)
 BACKENDS = ("auto", "loop", "vmap")
 
 
@@ -43,8 +47,9 @@ def _check_same(sd_a: Mapping[str, Tensor], sd_x: Mapping[str, Tensor], which: s
     for k in list(sd_a) + [k for k in sd_x if k not in sd_a]:
         ta, tx = sd_a.get(k), sd_x.get(k)
         if ta is None or tx is None or ta.shape != tx.shape or ta.is_floating_point() != tx.is_floating_point():
-            raise ValueError(f"a and {which} differ at state_dict key {k!r}: the plane needs three models of one "
-                             "architecture")
+            raise ValueError(
+                f"a and {which} differ at state_dict key {k!r}: the plane needs three models of one architecture"
+            )
 
 
 def _axis(lo: float, hi: float, n: int, name: str) -> np.ndarray:
@@ -60,8 +65,9 @@ def _resolution(resolution: int | Sequence[int]) -> tuple[int, int]:
     return int(values[0]), int(values[1])
 
 
-def plane_basis(sa: Mapping[str, Tensor], sb: Mapping[str, Tensor], sc: Mapping[str, Tensor],
-                param_keys: set[str] | None = None) -> dict[str, Any]:
+def plane_basis(
+    sa: Mapping[str, Tensor], sb: Mapping[str, Tensor], sc: Mapping[str, Tensor], param_keys: set[str] | None = None
+) -> dict[str, Any]:
     """The plane's directions from three state dicts (one Gram-Schmidt step, in float64).
 
     Inner products run over ``param_keys`` (default: every floating-point key). Returns
@@ -84,16 +90,38 @@ def plane_basis(sa: Mapping[str, Tensor], sb: Mapping[str, Tensor], sc: Mapping[
     vv = sum(float((v[k] * v[k]).sum()) for k in keys)
     if vv <= 1e-12 * max(uu, ww):
         raise ValueError("c lies on the line through a and b: pick a third checkpoint off that line")
-    return {"u": u, "v": v, "projection": proj, "norm_u": math.sqrt(uu), "norm_v": math.sqrt(vv),
-            "norm_w": math.sqrt(ww)}
+    return {
+        "u": u,
+        "v": v,
+        "projection": proj,
+        "norm_u": math.sqrt(uu),
+        "norm_v": math.sqrt(vv),
+        "norm_w": math.sqrt(ww),
+    }
 
 
-def plane(a: Any, b: Any, c: Any, data: Any, resolution: int | Sequence[int] = 21,
-          span: Sequence[float] | Sequence[Sequence[float]] | None = None, margin: float = 0.5,
-          bn: str = "reset", split: str = "test", max_examples: int | None = None,
-          device: str | torch.device = "auto", progress: bool | None = None, *, bn_batches: int = 8,
-          bn_batch_size: int = 256, bn_seed: int = 0, eval_batch_size: int = 1000, eval_seed: int = 0,
-          backend: str = "auto", channels_last: bool | None = None) -> xr.Dataset:
+def plane(
+    a: Any,
+    b: Any,
+    c: Any,
+    data: Any,
+    resolution: int | Sequence[int] = 21,
+    span: Sequence[float] | Sequence[Sequence[float]] | None = None,
+    margin: float = 0.5,
+    bn: str = "reset",
+    split: str = "test",
+    max_examples: int | None = None,
+    device: str | torch.device = "auto",
+    progress: bool | None = None,
+    *,
+    bn_batches: int = 8,
+    bn_batch_size: int = 256,
+    bn_seed: int = 0,
+    eval_batch_size: int = 1000,
+    eval_seed: int = 0,
+    backend: str = "auto",
+    channels_last: bool | None = None,
+) -> xr.Dataset:
     """Loss and error on a grid in the plane through ``a``, ``b``, ``c`` (see the module docstring).
 
     a, b, c: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``; one architecture,
@@ -159,11 +187,24 @@ def plane(a: Any, b: Any, c: Any, data: Any, resolution: int | Sequence[int] = 2
     policy = bn if has_batchnorm(model) else "none"
     chosen = backend if backend != "auto" else ("vmap" if dev.type == "cuda" else "loop")
     if channels_last is None:
-        channels_last = (chosen == "loop" and dev.type == "cpu" and data.train.images.dim() == 4
-                         and any(isinstance(mod, nn.Conv2d) for mod in model.modules()))
-    inputs = prepare_inputs(data, (split,), bn_batches=bn_batches, bn_batch_size=bn_batch_size, bn_seed=bn_seed,
-                            max_examples=max_examples, eval_seed=eval_seed, device=dev,
-                            need_bn=policy == "reset", channels_last=bool(channels_last) and chosen == "loop")
+        channels_last = (
+            chosen == "loop"
+            and dev.type == "cpu"
+            and data.train.images.dim() == 4
+            and any(isinstance(mod, nn.Conv2d) for mod in model.modules())
+        )
+    inputs = prepare_inputs(
+        data,
+        (split,),
+        bn_batches=bn_batches,
+        bn_batch_size=bn_batch_size,
+        bn_seed=bn_seed,
+        max_examples=max_examples,
+        eval_seed=eval_seed,
+        device=dev,
+        need_bn=policy == "reset",
+        channels_last=bool(channels_last) and chosen == "loop",
+    )
     if inputs.counts[split] == 0:
         raise ValueError(f"the {split} split is empty: nothing to evaluate")
     keep = bn_stat_keys(model) if policy == "keep_a" else set()
@@ -182,16 +223,30 @@ def plane(a: Any, b: Any, c: Any, data: Any, resolution: int | Sequence[int] = 2
             shift = v[k] * (float(y) * scale)
             start[k] = (sa[k].double() + shift).to(t.dtype)
             end[k] = (sb[k].double() + shift).to(t.dtype)
-        row_loss, row_err, chosen = run_segment(model, start, end, alist, policy, inputs, eval_batch_size,
-                                                min(8, len(alist)), backend, chosen)
+        row_loss, row_err, chosen = run_segment(
+            model, start, end, alist, policy, inputs, eval_batch_size, min(8, len(alist)), backend, chosen
+        )
         loss[:, j], error[:, j] = row_loss[:, 0], row_err[:, 0]
 
     attrs: dict[str, Any] = {
-        "analysis": "plane", "plane_definition": DEFINITION, "norm_u": norm_u, "norm_v": norm_v,
-        "norm_c_minus_a": basis["norm_w"], "c_projection": proj, "coordinate_units": "|b - a| (norm_u)",
-        "bn_policy": policy, "split": split, "backend": chosen, "precision": "fp32", "device": str(dev),
-        "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_seed": bn_seed,
-        "eval_batch_size": eval_batch_size, "eval_seed": eval_seed, "examples": inputs.counts[split],
+        "analysis": "plane",
+        "plane_definition": DEFINITION,
+        "norm_u": norm_u,
+        "norm_v": norm_v,
+        "norm_c_minus_a": basis["norm_w"],
+        "c_projection": proj,
+        "coordinate_units": "|b - a| (norm_u)",
+        "bn_policy": policy,
+        "split": split,
+        "backend": chosen,
+        "precision": "fp32",
+        "device": str(dev),
+        "bn_batches": bn_batches,
+        "bn_batch_size": bn_batch_size,
+        "bn_seed": bn_seed,
+        "eval_batch_size": eval_batch_size,
+        "eval_seed": eval_seed,
+        "examples": inputs.counts[split],
         "dataset": str(getattr(data, "name", "")),
     }
     for prefix, info in (("a", info_a), ("b", info_b), ("c", info_c)):
@@ -199,17 +254,25 @@ def plane(a: Any, b: Any, c: Any, data: Any, resolution: int | Sequence[int] = 2
     spec = getattr(model, "spec", None)
     if isinstance(spec, Mapping):
         attrs["model_spec"] = json.dumps(spec, sort_keys=True, default=str)
-    recipe = {k: v for k, v in attrs.items() if k not in ("backend", "device", "norm_u", "norm_v", "norm_c_minus_a",
-                                                          "c_projection")}
+    recipe = {
+        k: v
+        for k, v in attrs.items()
+        if k not in ("backend", "device", "norm_u", "norm_v", "norm_c_minus_a", "c_projection")
+    }
     recipe.update({"x": [float(x) for x in xs], "y": [float(y) for y in ys]})
     stamp(attrs, recipe, kind="plane", device=dev, precision="fp32")
     units = {"units": "|b - a|"}
     return xr.Dataset(
-        {"loss": (("x", "y"), loss, {"long_name": "cross-entropy loss", "units": "nats"}),
-         "error": (("x", "y"), error, {"long_name": "classification error", "units": "fraction"}),
-         "point_x": ("point", points[:, 0], {"long_name": "x of the checkpoint in the plane", **units}),
-         "point_y": ("point", points[:, 1], {"long_name": "y of the checkpoint in the plane", **units})},
-        coords={"x": ("x", xs, {"long_name": "coordinate along u = b - a", **units}),
-                "y": ("y", ys, {"long_name": "coordinate along v (c orthogonalised against u)", **units}),
-                "point": ("point", np.array(["a", "b", "c"]))},
-        attrs=attrs)
+        {
+            "loss": (("x", "y"), loss, {"long_name": "cross-entropy loss", "units": "nats"}),
+            "error": (("x", "y"), error, {"long_name": "classification error", "units": "fraction"}),
+            "point_x": ("point", points[:, 0], {"long_name": "x of the checkpoint in the plane", **units}),
+            "point_y": ("point", points[:, 1], {"long_name": "y of the checkpoint in the plane", **units}),
+        },
+        coords={
+            "x": ("x", xs, {"long_name": "coordinate along u = b - a", **units}),
+            "y": ("y", ys, {"long_name": "coordinate along v (c orthogonalised against u)", **units}),
+            "point": ("point", np.array(["a", "b", "c"])),
+        },
+        attrs=attrs,
+    )

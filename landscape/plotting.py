@@ -1,4 +1,5 @@
 """Figures from result Datasets (xarray plotting; matplotlib's Agg backend, no display)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -66,8 +67,10 @@ def plot_result(ds: xr.Dataset, path: str | Path, var: str | None = None, **kw: 
         return plot_probes(ds, path)
     numeric = [v for v in ds.data_vars if ds[v].dtype.kind in "fiu" and ds[v].size > 0]
     if not numeric:
-        raise ValueError("the file holds no numeric result variables to draw (a checkpoint store? use rtt info "
-                         "STORE, or pass a .nc result)")
+        raise ValueError(
+            "the file holds no numeric result variables to draw (a checkpoint store? use rtt info "
+            "STORE, or pass a .nc result)"
+        )
     if var is not None and var not in numeric:
         raise ValueError(f"no numeric variable {var!r} to draw: choose one of {', '.join(map(str, numeric))}")
     var = var or next((v for v in _PREFERRED if v in numeric), numeric[0])
@@ -109,11 +112,14 @@ def _draw(ds: xr.Dataset, da: xr.DataArray, var: str, path: Path, **kw: Any) -> 
         notes += [f"{d}={sub[d].values}" for d in others[1:] if d in sub.coords]
         mean = sub.mean(avg) if avg else sub
         std = sub.std(avg) if avg and all(sub.sizes[d] > 1 for d in avg) else None
-        xv = ds["sparsity"].values * 100 if x == "level" and "sparsity" in ds and ds["sparsity"].dims == ("level",) \
+        xv = (
+            ds["sparsity"].values * 100
+            if x == "level" and "sparsity" in ds and ds["sparsity"].dims == ("level",)
             else (mean[x].values if x in mean.coords else np.arange(mean.sizes[x]))
+        )
         numeric_x = np.asarray(xv).dtype.kind in "fiu"
         pos = np.asarray(xv) if numeric_x else np.arange(len(xv))
-        for i, h in enumerate(mean[hue].values if hue else [None]):
+        for h in mean[hue].values if hue else [None]:
             line = mean.sel({hue: h}) if hue else mean
             y = line.transpose(x).values
             ax.plot(pos, y, marker="o", ms=3, label=None if h is None else f"{hue}={h}")

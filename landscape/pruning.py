@@ -14,19 +14,31 @@ Example::
     masks = global_magnitude_prune(model, masks, 0.2)       # prune 20 % of what remains
     apply_masks(model, masks); train(model); remove_masks(model)
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-__all__ = ["Mask", "apply_masks", "remove_masks", "current_masks", "prunable_names", "full_masks",
-           "global_magnitude_prune", "random_prune", "prune_count", "count_remaining", "unmasked_copy",
-           "masked_state_dict",
-           "PRUNABLE_SETS"]
+__all__ = [
+    "Mask",
+    "apply_masks",
+    "remove_masks",
+    "current_masks",
+    "prunable_names",
+    "full_masks",
+    "global_magnitude_prune",
+    "random_prune",
+    "prune_count",
+    "count_remaining",
+    "unmasked_copy",
+    "masked_state_dict",
+    "PRUNABLE_SETS",
+]
 
 PRUNABLE_SETS = ("weights", "all")
 Masks = Mapping[str, Tensor]
@@ -55,8 +67,9 @@ def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
     try:
         module = model.get_submodule(module_name) if module_name else model
     except AttributeError:
-        raise ValueError(f"the model has no tensor {key!r}: masks must be keyed by the model's "
-                         f"state_dict names (see prunable_names)") from None
+        raise ValueError(
+            f"the model has no tensor {key!r}: masks must be keyed by the model's state_dict names (see prunable_names)"
+        ) from None
     return module, name
 
 
@@ -66,8 +79,10 @@ def _tensor(model_or_state: nn.Module | Mapping[str, Tensor], key: str) -> Tenso
         module, name = _owner(model_or_state, key)
         t = getattr(module, name, None)
         if not isinstance(t, Tensor):
-            raise ValueError(f"the model has no tensor {key!r}: masks must be keyed by the model's "
-                             f"state_dict names (see prunable_names)")
+            raise ValueError(
+                f"the model has no tensor {key!r}: masks must be keyed by the model's "
+                f"state_dict names (see prunable_names)"
+            )
         return t.detach()
     if key not in model_or_state:
         raise ValueError(f"the state dict has no key {key!r}: masks must be keyed by its state_dict names")
@@ -75,8 +90,11 @@ def _tensor(model_or_state: nn.Module | Mapping[str, Tensor], key: str) -> Tenso
 
 
 def _is_mask(module: nn.Module, name: str) -> bool:
-    return (parametrize.is_parametrized(module, name) and len(module.parametrizations[name]) == 1
-            and isinstance(module.parametrizations[name][0], Mask))
+    return (
+        parametrize.is_parametrized(module, name)
+        and len(module.parametrizations[name]) == 1
+        and isinstance(module.parametrizations[name][0], Mask)
+    )
 
 
 def _own_class(module: nn.Module) -> None:
@@ -111,14 +129,18 @@ def prunable_names(model: nn.Module, prunable: str | Sequence[str] = "weights") 
     """
     if isinstance(prunable, str):
         if prunable == "weights":
-            names = [f"{m_name}.weight" if m_name else "weight" for m_name, m in model.named_modules()
-                     if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
-                     and isinstance(getattr(m, "weight", None), Tensor)]
+            names = [
+                f"{m_name}.weight" if m_name else "weight"
+                for m_name, m in model.named_modules()
+                if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+                and isinstance(getattr(m, "weight", None), Tensor)
+            ]
         elif prunable == "all":
             names = [_clean_name(n) for n, p in model.named_parameters() if p.is_floating_point()]
         else:
-            raise ValueError(f"prunable={prunable!r} is not valid: choose 'weights', 'all' or a list of "
-                             f"state_dict names")
+            raise ValueError(
+                f"prunable={prunable!r} is not valid: choose 'weights', 'all' or a list of state_dict names"
+            )
     else:
         names = list(prunable)
         for key in names:
@@ -232,8 +254,14 @@ def prune_count(remaining: int, fraction: float) -> int:
     return int(round(fraction * remaining))
 
 
-def _flat_scores(scores: Mapping[str, Tensor], masks: Masks, keys: list[str], dtype: torch.dtype,
-                 device: torch.device, absolute: bool) -> tuple[Tensor, list[Tensor], int]:
+def _flat_scores(
+    scores: Mapping[str, Tensor],
+    masks: Masks,
+    keys: list[str],
+    dtype: torch.dtype,
+    device: torch.device,
+    absolute: bool,
+) -> tuple[Tensor, list[Tensor], int]:
     """(scores (their magnitudes if ``absolute``) of all tensors concatenated in one buffer, +inf
     at masked entries; bool masks; unmasked count)."""
     total = sum(masks[k].numel() for k in keys)
@@ -244,7 +272,7 @@ def _flat_scores(scores: Mapping[str, Tensor], masks: Masks, keys: list[str], dt
         m = masks[k].to(device)
         m = m if m.dtype == torch.bool else m != 0
         n = m.numel()
-        torch.where(m.reshape(-1), scores[k].reshape(-1).to(dtype), inf, out=flat[start:start + n])
+        torch.where(m.reshape(-1), scores[k].reshape(-1).to(dtype), inf, out=flat[start : start + n])
         alive.append(m)
         start += n
     if absolute:
@@ -270,8 +298,14 @@ def _smallest(flat: Tensor, k: int) -> Tensor:
     return chosen.logical_or_(tied)
 
 
-def _prune(scores: Mapping[str, Tensor], masks: Masks, fraction: float, dtype: torch.dtype,
-           device: torch.device, absolute: bool) -> dict[str, Tensor]:
+def _prune(
+    scores: Mapping[str, Tensor],
+    masks: Masks,
+    fraction: float,
+    dtype: torch.dtype,
+    device: torch.device,
+    absolute: bool,
+) -> dict[str, Tensor]:
     keys = list(masks)
     flat, alive, remaining = _flat_scores(scores, masks, keys, dtype, device, absolute)
     k = prune_count(remaining, fraction)
@@ -283,14 +317,15 @@ def _prune(scores: Mapping[str, Tensor], masks: Masks, fraction: float, dtype: t
     out, start = {}, 0
     for key, m in zip(keys, alive):
         n = m.numel()
-        out[key] = m > pruned[start:start + n].view(m.shape)  # m and not pruned, in one pass
+        out[key] = m > pruned[start : start + n].view(m.shape)  # m and not pruned, in one pass
         start += n
     return out
 
 
 @torch.no_grad()
-def global_magnitude_prune(model_or_state: nn.Module | Mapping[str, Tensor], masks: Masks,
-                           fraction: float) -> dict[str, Tensor]:
+def global_magnitude_prune(
+    model_or_state: nn.Module | Mapping[str, Tensor], masks: Masks, fraction: float
+) -> dict[str, Tensor]:
     """New masks with exactly ``round(fraction * remaining)`` more weights pruned.
 
     The pruned weights are the unmasked entries with the smallest ``|w|`` over all tensors in

@@ -20,13 +20,15 @@ seeded training batches, default), ``keep_a`` (the centre's), ``interpolate`` (b
 the directions; for random and Hessian directions the same as ``keep_a``). With ``out=`` the
 surface is written after every row and a rerun with the same settings resumes from it.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,8 +53,13 @@ def bn_parameter_keys(model: nn.Module) -> set[str]:
     return keys
 
 
-def filter_normalize(direction: Mapping[str, Tensor], reference: Mapping[str, Tensor], bn_keys: set[str] = frozenset(),
-                     bias: str = "ignore", bn_params: str = "ignore") -> dict[str, Tensor]:
+def filter_normalize(
+    direction: Mapping[str, Tensor],
+    reference: Mapping[str, Tensor],
+    bn_keys: set[str] = frozenset(),
+    bias: str = "ignore",
+    bn_params: str = "ignore",
+) -> dict[str, Tensor]:
     """Filter normalisation of ``direction`` against ``reference`` (both dicts over the parameters).
 
     Tensors with >= 2 axes: every slice ``[i]`` along axis 0 gets the norm of ``reference[k][i]``.
@@ -79,8 +86,13 @@ def filter_normalize(direction: Mapping[str, Tensor], reference: Mapping[str, Te
     return out
 
 
-def random_direction(model: nn.Module, seed: int, bias: str = "ignore", bn_params: str = "ignore",
-                     generator: torch.Generator | None = None) -> dict[str, Tensor]:
+def random_direction(
+    model: nn.Module,
+    seed: int,
+    bias: str = "ignore",
+    bn_params: str = "ignore",
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
     """A filter-normalised Gaussian direction over ``model``'s floating-point parameters
     (float64, drawn on the CPU in ``named_parameters`` order with ``seed`` or ``generator``)."""
     g = generator if generator is not None else torch.Generator().manual_seed(int(seed))
@@ -102,13 +114,32 @@ def _grid(span: Sequence[float], n: int, name: str) -> np.ndarray:
     return np.linspace(float(span[0]), float(span[1]), int(n))
 
 
-def surface(center: Any, data: Any, directions: str | Sequence[Any] = "random", dims: int = 2,
-            resolution: int | Sequence[int] = 21, span: Sequence[float] = (-1.0, 1.0),
-            yspan: Sequence[float] | None = None, *, seed: int = 0, bias: str = "ignore", bn_params: str = "ignore",
-            bn: str = "reset", split: str = "test", max_examples: int | None = None, bn_batches: int = 8,
-            bn_batch_size: int = 256, bn_seed: int = 0, eval_batch_size: int = 1000, eval_seed: int = 0,
-            hessian_batches: int = 4, out: str | os.PathLike | None = None, device: str | torch.device = "auto",
-            channels_last: bool | None = None, progress: bool | None = None) -> xr.Dataset:
+def surface(
+    center: Any,
+    data: Any,
+    directions: str | Sequence[Any] = "random",
+    dims: int = 2,
+    resolution: int | Sequence[int] = 21,
+    span: Sequence[float] = (-1.0, 1.0),
+    yspan: Sequence[float] | None = None,
+    *,
+    seed: int = 0,
+    bias: str = "ignore",
+    bn_params: str = "ignore",
+    bn: str = "reset",
+    split: str = "test",
+    max_examples: int | None = None,
+    bn_batches: int = 8,
+    bn_batch_size: int = 256,
+    bn_seed: int = 0,
+    eval_batch_size: int = 1000,
+    eval_seed: int = 0,
+    hessian_batches: int = 4,
+    out: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    channels_last: bool | None = None,
+    progress: bool | None = None,
+) -> xr.Dataset:
     """Loss and error on a 1-D (``dims=1``) or 2-D grid around ``center`` (see the module docstring).
 
     center: ``nn.Module`` (never modified) or ``(store, epoch | name)``; a classifier for ``data``.
@@ -167,8 +198,10 @@ def surface(center: Any, data: Any, directions: str | Sequence[Any] = "random", 
             sd = m.state_dict()
             for k, t in s0.items():
                 if k not in sd or sd[k].shape != t.shape:
-                    raise ValueError(f"direction {i}: state_dict key {k!r} differs from the centre's: pass "
-                                     "checkpoints of one architecture")
+                    raise ValueError(
+                        f"direction {i}: state_dict key {k!r} differs from the centre's: pass "
+                        "checkpoints of one architecture"
+                    )
             ends.append({k: v.detach() for k, v in sd.items()})
             dirs.append({k: sd[k].double().cpu() - t.double().cpu() for k, t in s0.items() if t.is_floating_point()})
             refs_info.update({f"d{i + 1}_{k}": v for k, v in inf.items()})
@@ -176,21 +209,46 @@ def surface(center: Any, data: Any, directions: str | Sequence[Any] = "random", 
 
     policy = bn if has_batchnorm(model) else "none"
     if channels_last is None:
-        channels_last = (dev.type == "cpu" and data.train.images.dim() == 4
-                         and any(isinstance(m, nn.Conv2d) for m in model.modules()))
-    inputs = prepare_inputs(data, (split,), bn_batches=bn_batches, bn_batch_size=bn_batch_size, bn_seed=bn_seed,
-                            max_examples=max_examples, eval_seed=eval_seed, device=dev,
-                            need_bn=policy == "reset", channels_last=bool(channels_last))
+        channels_last = (
+            dev.type == "cpu"
+            and data.train.images.dim() == 4
+            and any(isinstance(m, nn.Conv2d) for m in model.modules())
+        )
+    inputs = prepare_inputs(
+        data,
+        (split,),
+        bn_batches=bn_batches,
+        bn_batch_size=bn_batch_size,
+        bn_seed=bn_seed,
+        max_examples=max_examples,
+        eval_seed=eval_seed,
+        device=dev,
+        need_bn=policy == "reset",
+        channels_last=bool(channels_last),
+    )
     if inputs.counts[split] == 0:
         raise ValueError(f"the {split} split is empty: nothing to evaluate")
 
     import distill
 
-    settings = {"directions": kind, "dims": dims, "x": xs.tolist(), "y": ys.tolist(), "seed": seed, "bias": bias,
-                "bn_params": bn_params, "bn_policy": policy, "split": split, "max_examples": max_examples,
-                "bn_batches": bn_batches, "bn_batch_size": bn_batch_size, "bn_seed": bn_seed,
-                "eval_seed": eval_seed, "source": info.get("source", ""),
-                **{k: v for k, v in refs_info.items() if k.endswith("source")}}
+    settings = {
+        "directions": kind,
+        "dims": dims,
+        "x": xs.tolist(),
+        "y": ys.tolist(),
+        "seed": seed,
+        "bias": bias,
+        "bn_params": bn_params,
+        "bn_policy": policy,
+        "split": split,
+        "max_examples": max_examples,
+        "bn_batches": bn_batches,
+        "bn_batch_size": bn_batch_size,
+        "bn_seed": bn_seed,
+        "eval_seed": eval_seed,
+        "source": info.get("source", ""),
+        **{k: v for k, v in refs_info.items() if k.endswith("source")},
+    }
     key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
     loss = np.full((len(xs), len(ys)), np.nan)
     error = np.full((len(xs), len(ys)), np.nan)
@@ -206,15 +264,30 @@ def surface(center: Any, data: Any, directions: str | Sequence[Any] = "random", 
         done = np.atleast_1d(old.done.values).astype(np.int8)
 
     attrs: dict[str, Any] = {
-        "analysis": "surface", "surface_definition": "theta(x, y) = theta_0 + x * d1 + y * d2" if dims == 2 else
-        "theta(x) = theta_0 + x * d1", "directions": kind, "surface_key": key, "bias": bias, "bn_params": bn_params,
+        "analysis": "surface",
+        "surface_definition": "theta(x, y) = theta_0 + x * d1 + y * d2" if dims == 2 else "theta(x) = theta_0 + x * d1",
+        "directions": kind,
+        "surface_key": key,
+        "bias": bias,
+        "bn_params": bn_params,
         "filter_normalization": "per filter (axis 0 slice) of every >= 2-axis parameter (Li et al. 2018)"
-        if directions == "random" else "none", "bn_policy": policy, "split": split, "seed": seed,
-        "precision": "fp32", "device": str(dev), "bn_batches": bn_batches, "bn_batch_size": bn_batch_size,
-        "bn_seed": bn_seed, "eval_batch_size": eval_batch_size, "eval_seed": eval_seed,
-        "examples": inputs.counts[split], "dataset": str(getattr(data, "name", "")),
+        if directions == "random"
+        else "none",
+        "bn_policy": policy,
+        "split": split,
+        "seed": seed,
+        "precision": "fp32",
+        "device": str(dev),
+        "bn_batches": bn_batches,
+        "bn_batch_size": bn_batch_size,
+        "bn_seed": bn_seed,
+        "eval_batch_size": eval_batch_size,
+        "eval_seed": eval_seed,
+        "examples": inputs.counts[split],
+        "dataset": str(getattr(data, "name", "")),
         "memory_format": "channels_last" if channels_last else "contiguous",
-        "toolkit_version": str(distill.__version__), "torch_version": str(torch.__version__),
+        "toolkit_version": str(distill.__version__),
+        "torch_version": str(torch.__version__),
     }
     for i, d in enumerate(dirs):
         attrs[f"d{i + 1}_norm"] = _norm(d, param_keys)
@@ -228,8 +301,10 @@ def surface(center: Any, data: Any, directions: str | Sequence[Any] = "random", 
         dims_ = ("x", "y") if dims == 2 else ("x",)
         pick = (lambda a: a) if dims == 2 else (lambda a: a[:, 0])
         coords = {"x": ("x", xs, {"long_name": "coordinate along d1", "units": "|d1|"})}
-        data_vars = {"loss": (dims_, pick(loss), {"long_name": "cross-entropy loss", "units": "nats"}),
-                     "error": (dims_, pick(error), {"long_name": "classification error", "units": "fraction"})}
+        data_vars = {
+            "loss": (dims_, pick(loss), {"long_name": "cross-entropy loss", "units": "nats"}),
+            "error": (dims_, pick(error), {"long_name": "classification error", "units": "fraction"}),
+        }
         if dims == 2:
             coords["y"] = ("y", ys, {"long_name": "coordinate along d2", "units": "|d2|"})
             data_vars["done"] = ("y", done, {"long_name": "row evaluated", "units": "1"})
@@ -259,8 +334,7 @@ def surface(center: Any, data: Any, directions: str | Sequence[Any] = "random", 
                 end[k] = (base + d1).to(t.dtype).to(t.device)
             else:
                 end[k] = start[k]
-        row_loss, row_err, _ = run_segment(model, start, end, alist, policy, inputs, eval_batch_size, 1, "loop",
-                                           "loop")
+        row_loss, row_err, _ = run_segment(model, start, end, alist, policy, inputs, eval_batch_size, 1, "loop", "loop")
         loss[:, j], error[:, j] = row_loss[:, 0], row_err[:, 0]
         done[j] = 1
         if out_path is not None:

@@ -12,8 +12,10 @@ CIFAR_TARBALL = SHARED_DATA / "cifar10-jpg.tar.gz"
 
 
 def fashion_mnist_root() -> Path | None:
-    for root in [os.environ.get("RTT_DATA") and Path(os.environ["RTT_DATA"]) / "fashion-mnist",
-                 Path("/usr/share/datasets/fashion-mnist")]:
+    for root in [
+        os.environ.get("RTT_DATA") and Path(os.environ["RTT_DATA"]) / "fashion-mnist",
+        Path("/usr/share/datasets/fashion-mnist"),
+    ]:
         if root and any(Path(root).glob("train-images-idx3-ubyte*")):
             return Path(root)
     return None

@@ -17,11 +17,10 @@ Modules: :mod:`~distill.store.core` (Store), :mod:`~distill.store.fsio` (atomic 
 :mod:`~distill.store.objects` (one object per file), :mod:`~distill.store.single` (format-1 and
 packed single files), :mod:`~distill.store.pack` (``rtt pack``, ``rtt verify``).
 """
+
 from __future__ import annotations
 
-from distill.store.core import (FORMAT, FORMAT_VERSION, Store, as_module, build_checked, load_into,
-                                student_name)
+from distill.store.core import FORMAT, FORMAT_VERSION, Store, as_module, build_checked, load_into, student_name
 from distill.store.errors import StoreError
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Store", "StoreError", "as_module", "build_checked", "load_into",
-           "student_name"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "Store", "StoreError", "as_module", "build_checked", "load_into", "student_name"]

@@ -18,6 +18,7 @@ exists; a name held by several commits resolves to the newest). Readers take no 
 Single-file stores (format_version 1, and the packed files of ``rtt pack``) are read by
 :mod:`distill.store.single`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,9 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -81,8 +83,7 @@ class Store:
     output, format_version 1) are read-only.
     """
 
-    def __init__(self, path: str | Path, mode: str = "r", *, store_dtype: str = "fp32",
-                 compression: str | None = None):
+    def __init__(self, path: str | Path, mode: str = "r", *, store_dtype: str = "fp32", compression: str | None = None):
         if mode not in ("r", "a"):
             raise ValueError(f"Store mode must be 'r' or 'a', got {mode!r}; use Store.create() for a new store")
         if store_dtype not in objects.STORE_DTYPES:
@@ -99,32 +100,48 @@ class Store:
         self._attrs = self._open()
         if mode == "a":
             if self._single is not None:
-                raise StoreError(f"{self.path} is a single-file store (format {self._attrs.get('format_version')}), "
-                                 "read-only: open it with Store(path), or start a new store")
+                raise StoreError(
+                    f"{self.path} is a single-file store (format {self._attrs.get('format_version')}), "
+                    "read-only: open it with Store(path), or start a new store"
+                )
             self._lock = fsio.acquire(self.path)
             self._tidy()
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def create(cls, path: str | Path, config: Mapping[str, Any] | None = None, *, kind: str = "distill",
-               seeds: Mapping[str, int] | None = None, overwrite: bool = False,
-               provenance: Mapping[str, Any] | None = None, **kw: Any) -> "Store":
+    def create(
+        cls,
+        path: str | Path,
+        config: Mapping[str, Any] | None = None,
+        *,
+        kind: str = "distill",
+        seeds: Mapping[str, int] | None = None,
+        overwrite: bool = False,
+        provenance: Mapping[str, Any] | None = None,
+        **kw: Any,
+    ) -> Store:
         """Create a new (empty) store folder at ``path`` holding ``config`` (JSON-able) as provenance.
 
         ``provenance``: the keys of :func:`distill.provenance.provenance` (default: computed here
         from ``config`` and ``kind``, on CPU in fp32)."""
         from distill.provenance import provenance as _provenance
+
         path = Path(path)
         if path.exists() or path.is_symlink():
             if not overwrite:
-                raise StoreError(f"{path} already exists: open it with Store(path, 'a'), choose another path, "
-                                 "or pass overwrite=True")
+                raise StoreError(
+                    f"{path} already exists: open it with Store(path, 'a'), choose another path, or pass overwrite=True"
+                )
             cls._remove_existing(path)
         fsio.check_parents(path, "create the store")
         attrs = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "layout": "folder",
-            "toolkit_version": _toolkit_version(), "torch_version": str(torch.__version__),
-            "created_at": now(), "kind": kind,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "layout": "folder",
+            "toolkit_version": _toolkit_version(),
+            "torch_version": str(torch.__version__),
+            "created_at": now(),
+            "kind": kind,
             "config": json.dumps(dict(config or {}), sort_keys=True, default=str),
             "seeds": json.dumps(dict(seeds or {}), sort_keys=True),
             **(provenance or _provenance(dict(config or {}), kind=kind)),
@@ -176,8 +193,9 @@ class Store:
             if p.is_dir():
                 head = p / "store.h5"
                 if not head.is_file():
-                    raise StoreError(f"{p} is a folder but not a random-teachers store (no store.h5 in it): "
-                                     "pass the path of a store")
+                    raise StoreError(
+                        f"{p} is a folder but not a random-teachers store (no store.h5 in it): pass the path of a store"
+                    )
                 attrs = self._read_head(head, p)
                 return attrs
         except PermissionError as e:
@@ -202,7 +220,7 @@ class Store:
         self._lock = None
         self.mode = "r"
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -270,8 +288,9 @@ class Store:
         path = self._index(root).get(name)
         if path is None:
             have = ", ".join(sorted(self._index(root))) or "nothing"
-            raise StoreError(f"{self.path} has no {root[:-1] if root != 'masks' else 'mask'} '{name}' "
-                             f"(it holds: {have})")
+            raise StoreError(
+                f"{self.path} has no {root[:-1] if root != 'masks' else 'mask'} '{name}' (it holds: {have})"
+            )
         return path
 
     def names(self, prefix: str = "", root: str = "modules") -> list[str]:
@@ -283,8 +302,14 @@ class Store:
         return sorted(n for n in self._index(root) if n.startswith(prefix))
 
     # ------------------------------------------------------------------ writing
-    def _put(self, root: str, name: str, tensors: Mapping[str, torch.Tensor], attrs: Mapping[str, Any],
-             cast: torch.dtype | None = None) -> None:
+    def _put(
+        self,
+        root: str,
+        name: str,
+        tensors: Mapping[str, torch.Tensor],
+        attrs: Mapping[str, Any],
+        cast: torch.dtype | None = None,
+    ) -> None:
         self._writable()
         _check_name(name)
 
@@ -311,7 +336,7 @@ class Store:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 fsio.op(f"write {path.name}", lambda: None)
             try:
                 fsio.op(f"fsync {path.name}", os.fsync, fd)
@@ -320,8 +345,13 @@ class Store:
         except OSError as e:
             raise fsio.io_error(e, path, "write the epoch's files") from None
 
-    def save_module(self, name: str, module: nn.Module, attrs: Mapping[str, Any] | None = None,
-                    masks: Mapping[str, torch.Tensor] | None = None) -> None:
+    def save_module(
+        self,
+        name: str,
+        module: nn.Module,
+        attrs: Mapping[str, Any] | None = None,
+        masks: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         """Save ``module.state_dict()`` under ``name`` with its architecture spec and ``attrs``.
 
         ``masks`` (state_dict key -> 0/1 tensor) are stored as uint8 beside it; the caller
@@ -340,7 +370,7 @@ class Store:
         """Save resumable state (e.g. optimiser moments, full precision) with JSON-able ``meta``."""
         self._put("state", name, tensors, {"meta": json.dumps(meta, default=str)})
 
-    def write_result(self, name: str, ds: "xarray.Dataset") -> None:
+    def write_result(self, name: str, ds: xarray.Dataset) -> None:
         """Store an xarray Dataset as the netCDF file ``results/<name>.h5`` (replacing an older one)."""
         self._writable()
         _check_name(name)
@@ -370,7 +400,7 @@ class Store:
                 raise fsio.io_error(e, base / root, f"delete {root}/{name}") from None
 
     @contextlib.contextmanager
-    def commit(self, epoch: int) -> Iterator["Store"]:
+    def commit(self, epoch: int) -> Iterator[Store]:
         """Group the writes of one epoch: inside ``with store.commit(e):`` every save_module,
         save_state and write_result goes to a hidden folder that becomes visible in one atomic
         rename at the end (or never, if the block fails or the process dies). Afterwards, older
@@ -461,8 +491,7 @@ class Store:
         """The uint8 masks saved with module ``name``."""
         return self._read_object("masks", name)[0]
 
-    def load_module(self, name: str, device: str | torch.device = "cpu", *,
-                    allow_nonfinite: bool = False) -> nn.Module:
+    def load_module(self, name: str, device: str | torch.device = "cpu", *, allow_nonfinite: bool = False) -> nn.Module:
         """Rebuild the module saved under ``name`` from its spec and load its tensors (strictly:
         keys, shapes and dtypes must match the architecture; NaN/inf weights are refused unless
         ``allow_nonfinite``)."""
@@ -491,8 +520,9 @@ class Store:
         if epoch < 0:
             epoch = epochs[epoch] if -epoch <= len(epochs) else epochs[0] - 1
         if epoch not in epochs:
-            raise StoreError(f"{self.path} has no student at epoch {epoch} (saved epochs: "
-                             f"{', '.join(map(str, epochs))})")
+            raise StoreError(
+                f"{self.path} has no student at epoch {epoch} (saved epochs: {', '.join(map(str, epochs))})"
+            )
         return self.load_module(student_name(epoch), device).eval()
 
     def load_state_group(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
@@ -509,7 +539,7 @@ class Store:
         """Names of the stored results."""
         return self.names(root="results")
 
-    def read_result(self, name: str) -> "xarray.Dataset":
+    def read_result(self, name: str) -> xarray.Dataset:
         """Load result ``name`` as a plain in-memory xarray Dataset."""
         if self._single is not None:
             return self._single.read_result(name)
@@ -526,7 +556,7 @@ class Store:
         return decode_result(blob, f"{self.path}:results/{name}")
 
     @property
-    def metrics(self) -> "xarray.Dataset":
+    def metrics(self) -> xarray.Dataset:
         """Probe accuracies and training curves: dims (epoch, model, probe), variable ``accuracy``."""
         return self.read_result("metrics")
 
@@ -534,7 +564,7 @@ class Store:
         return f"Store({str(self.path)!r})"
 
 
-def decode_result(blob: bytes, where: str) -> "xarray.Dataset":
+def decode_result(blob: bytes, where: str) -> xarray.Dataset:
     """An in-memory xarray Dataset from the bytes of a netCDF file."""
     import xarray as xr
 
@@ -555,8 +585,10 @@ def check_format(attrs: Mapping[str, Any], where: Path | str) -> None:
     except (TypeError, ValueError):
         raise StoreError(f"{where} has an unreadable format_version: damaged store") from None
     if version > FORMAT_VERSION:
-        raise StoreError(f"{where} has store format {version}, newer than this toolkit reads "
-                         f"({FORMAT_VERSION}): upgrade random-teachers")
+        raise StoreError(
+            f"{where} has store format {version}, newer than this toolkit reads "
+            f"({FORMAT_VERSION}): upgrade random-teachers"
+        )
 
 
 def student_name(epoch: int) -> str:
@@ -572,8 +604,10 @@ def _check_spec(v: Any, where: str, field: str = "spec", depth: int = 0) -> None
         return
     if isinstance(v, int):
         if not -MAX_SPEC_INT <= v <= MAX_SPEC_INT:
-            raise StoreError(f"{where}: architecture field {field}={v} is out of bounds (|value| <= {MAX_SPEC_INT}): "
-                             "crafted or damaged file")
+            raise StoreError(
+                f"{where}: architecture field {field}={v} is out of bounds (|value| <= {MAX_SPEC_INT}): "
+                "crafted or damaged file"
+            )
     elif isinstance(v, float):
         if not math.isfinite(v) or abs(v) > MAX_SPEC_INT:
             raise StoreError(f"{where}: architecture field {field}={v} is out of bounds: crafted or damaged file")
@@ -619,8 +653,9 @@ def build_checked(spec_json: Any, state: Mapping[str, torch.Tensor], where: str)
         raise StoreError(f"{where}: unusable architecture spec ({_first_line(e)})") from None
 
 
-def check_state(model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "state", *,
-                allow_nonfinite: bool = False) -> None:
+def check_state(
+    model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "state", *, allow_nonfinite: bool = False
+) -> None:
     """One-line StoreError unless ``state`` has exactly ``model``'s keys, shapes and dtypes (and, unless
     ``allow_nonfinite``, only finite floating values)."""
     own = model.state_dict()
@@ -630,21 +665,27 @@ def check_state(model: nn.Module, state: Mapping[str, torch.Tensor], where: str 
             raise StoreError(f"{where}: missing key '{key}' (architecture mismatch: the saved model is not a {arch})")
         s = state[key]
         if tuple(s.shape) != tuple(t.shape):
-            raise StoreError(f"{where}: key '{key}' has shape {tuple(s.shape)}, the model expects "
-                             f"{tuple(t.shape)} (architecture mismatch)")
+            raise StoreError(
+                f"{where}: key '{key}' has shape {tuple(s.shape)}, the model expects "
+                f"{tuple(t.shape)} (architecture mismatch)"
+            )
         if s.dtype != t.dtype:
-            raise StoreError(f"{where}: key '{key}' is stored as {str(s.dtype).removeprefix('torch.')}, the model "
-                             f"expects {str(t.dtype).removeprefix('torch.')} (dtype mismatch)")
+            raise StoreError(
+                f"{where}: key '{key}' is stored as {str(s.dtype).removeprefix('torch.')}, the model "
+                f"expects {str(t.dtype).removeprefix('torch.')} (dtype mismatch)"
+            )
         if not allow_nonfinite and s.is_floating_point() and not bool(torch.isfinite(s).all()):
-            raise StoreError(f"{where}: key '{key}' holds NaN or infinite values: pass allow_nonfinite=True to "
-                             "load it anyway")
+            raise StoreError(
+                f"{where}: key '{key}' holds NaN or infinite values: pass allow_nonfinite=True to load it anyway"
+            )
     extra = sorted(set(state) - set(own))
     if extra:
         raise StoreError(f"{where}: unexpected key '{extra[0]}' (architecture mismatch)")
 
 
-def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "state", *,
-              allow_nonfinite: bool = False) -> nn.Module:
+def load_into(
+    model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "state", *, allow_nonfinite: bool = False
+) -> nn.Module:
     """Copy ``state`` into ``model`` after :func:`check_state`; one-line StoreError otherwise."""
     check_state(model, state, where, allow_nonfinite=allow_nonfinite)
     model.load_state_dict(dict(state))

@@ -1,4 +1,5 @@
 """The store's error type (one line, naming the path and the fix)."""
+
 from __future__ import annotations
 
 

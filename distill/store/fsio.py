@@ -6,6 +6,7 @@ Every operation that changes the file system goes through :func:`op`, which coun
 ``RTT_STORE_CRASH_AFTER=k`` (or :func:`crash_after`), to prove that a kill between any two
 operations leaves a consistent store. ``RTT_STORE_OPLOG=1`` records the operations in :data:`OPLOG`.
 """
+
 from __future__ import annotations
 
 import errno
@@ -16,14 +17,14 @@ import socket
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from distill.store.errors import StoreError
 
 _COUNT = 0
-_CRASH_AFTER: int | None = int(os.environ["RTT_STORE_CRASH_AFTER"]) if os.environ.get("RTT_STORE_CRASH_AFTER") \
-    else None
+_CRASH_AFTER: int | None = int(os.environ["RTT_STORE_CRASH_AFTER"]) if os.environ.get("RTT_STORE_CRASH_AFTER") else None
 OPLOG: list[str] | None = [] if os.environ.get("RTT_STORE_OPLOG") else None
 
 
@@ -160,8 +161,10 @@ class _Lock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise StoreError(f"{path.parent} is being written by {holder or 'another process'}: wait for it to "
-                             "finish or stop it; readers need no lock") from None
+            raise StoreError(
+                f"{path.parent} is being written by {holder or 'another process'}: wait for it to "
+                "finish or stop it; readers need no lock"
+            ) from None
         except OSError as e:
             os.close(fd)
             raise io_error(e, path, "lock the store") from None
@@ -192,7 +195,7 @@ def _read_holder(fd: int) -> str:
         return ""
 
 
-_LOCKS: "weakref.WeakValueDictionary[str, _Lock]" = weakref.WeakValueDictionary()
+_LOCKS: weakref.WeakValueDictionary[str, _Lock] = weakref.WeakValueDictionary()
 
 
 def acquire(store_dir: Path) -> _Lock:

@@ -12,12 +12,14 @@ Layout of an object file (h5py alone reads it)::
 Reading is strict: only numeric datasets of known dtypes, their stored bytes consistent with their
 shape, checksums matching; anything else is a one-line StoreError naming the file and key.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import h5py
 import numpy as np
@@ -26,8 +28,18 @@ import torch
 from distill.store.errors import StoreError
 
 # torch dtype name -> numpy dtype on disk (bfloat16 travels as its int16 bit pattern)
-DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16", "bfloat16": "int16",
-          "int64": "int64", "int32": "int32", "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool"}
+DTYPES = {
+    "float32": "float32",
+    "float64": "float64",
+    "float16": "float16",
+    "bfloat16": "int16",
+    "int64": "int64",
+    "int32": "int32",
+    "int16": "int16",
+    "int8": "int8",
+    "uint8": "uint8",
+    "bool": "bool",
+}
 STORE_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 MAX_GZIP_RATIO = 1100  # deflate cannot expand data by more than ~1032x
 
@@ -65,8 +77,15 @@ def to_numpy(t: torch.Tensor, cast: torch.dtype | None = None) -> tuple[np.ndarr
     return t.contiguous().numpy(), dtype, stored
 
 
-def write_object(path: Path | str, obj: str, tensors: Mapping[str, torch.Tensor], attrs: Mapping[str, Any], *,
-                 cast: torch.dtype | None = None, compression: str | None = None) -> None:
+def write_object(
+    path: Path | str,
+    obj: str,
+    tensors: Mapping[str, torch.Tensor],
+    attrs: Mapping[str, Any],
+    *,
+    cast: torch.dtype | None = None,
+    compression: str | None = None,
+) -> None:
     """Write the HDF5 object file ``path`` holding ``tensors`` (cast to ``cast`` if floating) and ``attrs``."""
     manifest: dict[str, dict[str, Any]] = {}
     with h5py.File(path, "w", locking=False) as f:
@@ -106,14 +125,18 @@ def _check_dataset(d: Any, where: str, key: str, info: Mapping[str, Any] | None)
     stored = attr_value(src.get("stored", "")) or None
     disk = stored or dtype
     if dtype not in DTYPES or (stored is not None and stored not in DTYPES) or np.dtype(DTYPES[disk]) != d.dtype:
-        raise StoreError(f"{where}: dataset '{key}' records dtype {dtype!r} (stored {stored or dtype!r}) but holds "
-                         f"{d.dtype}: damaged or foreign store")
+        raise StoreError(
+            f"{where}: dataset '{key}' records dtype {dtype!r} (stored {stored or dtype!r}) but holds "
+            f"{d.dtype}: damaged or foreign store"
+        )
     nbytes = int(np.prod(d.shape, dtype=np.int64)) * d.dtype.itemsize
     have = d.id.get_storage_size()
     bound = have * (MAX_GZIP_RATIO if d.compression else 1)
     if nbytes > bound and nbytes > 0:
-        raise StoreError(f"{where}: dataset '{key}' claims shape {d.shape} ({nbytes} bytes) but only {have} bytes "
-                         "are stored: truncated or crafted file")
+        raise StoreError(
+            f"{where}: dataset '{key}' claims shape {d.shape} ({nbytes} bytes) but only {have} bytes "
+            "are stored: truncated or crafted file"
+        )
     return dtype, stored
 
 
@@ -160,5 +183,7 @@ def decode(path: Path, where: str | None = None) -> tuple[dict[str, torch.Tensor
     except (FileNotFoundError, StoreError):
         raise
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
-        raise StoreError(f"{where}: unreadable object file ({str(e).splitlines()[0] if str(e) else type(e).__name__}):"
-                         " damaged; run 'rtt verify' on the store") from None
+        raise StoreError(
+            f"{where}: unreadable object file ({str(e).splitlines()[0] if str(e) else type(e).__name__}):"
+            " damaged; run 'rtt verify' on the store"
+        ) from None

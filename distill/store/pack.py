@@ -1,4 +1,5 @@
 """``rtt pack`` (one self-contained HDF5 file of a store) and ``rtt verify`` (read every object)."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from pathlib import Path
 import h5py
 
 from distill.store import fsio, objects
-from distill.store.core import FORMAT_VERSION, ROOTS, Store, build_checked, decode_result, load_into
+from distill.store.core import FORMAT_VERSION, ROOTS, Store, build_checked, load_into
 from distill.store.errors import StoreError
 
 
@@ -42,8 +43,11 @@ def pack(store: Store | str | Path, out: str | Path) -> Path:
                     for key, t in tensors.items():
                         arr, dtype, stored = objects.to_numpy(t, cast)
                         g.create_dataset(key.replace("/", "|"), data=arr)
-                        manifest[key.replace("/", "|")] = {"dtype": dtype, "stored": stored or "",
-                                                           "sum64": objects.checksum(arr)}
+                        manifest[key.replace("/", "|")] = {
+                            "dtype": dtype,
+                            "stored": stored or "",
+                            "sum64": objects.checksum(arr),
+                        }
                     for k, v in attrs.items():
                         g.attrs[k] = objects.plain(v)
                     g.attrs["tensors"] = json.dumps(manifest, separators=(",", ":"))
@@ -100,4 +104,3 @@ def _stray_files(store: Store) -> list[str]:
             if not fn.endswith(".h5"):
                 out.append(f"{store.path}: unexpected file {rel} (not part of a store)")
     return out
-

@@ -9,6 +9,7 @@ Layout (both)::
     /state/<name>/...      training state (JSON in attrs ``meta``)
     /results/<name>        xarray Datasets as netCDF groups (h5netcdf)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -92,7 +93,7 @@ class SingleFile:
             except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
                 raise StoreError(f"{where}: unreadable ({str(e).splitlines()[0]}): damaged file") from None
 
-    def read_result(self, name: str) -> "xarray.Dataset":
+    def read_result(self, name: str) -> xarray.Dataset:
         import xarray as xr
 
         have = self.names("results")

@@ -1,5 +1,6 @@
 """Every analysis script runs with --preset smoke and writes a valid .nc and a non-empty .png; the .png
 redraws from the .nc alone; ``rtt plot`` draws every result file and refuses anything else in one line."""
+
 from __future__ import annotations
 
 import json
@@ -13,25 +14,45 @@ from analyses import all as run_all
 
 # the dims (and variables) each result file promises, written out by hand
 EXPECTED = {
-    "tables": {"teacher": {"arch", "seed", "probe"}, "teacher_bn": {"arch", "seed", "probe"},
-               "student": {"arch", "seed", "probe"}, "input": {"input_seed", "probe"}, "paper_teacher_linear": {"arch"}},
+    "tables": {
+        "teacher": {"arch", "seed", "probe"},
+        "teacher_bn": {"arch", "seed", "probe"},
+        "student": {"arch", "seed", "probe"},
+        "input": {"input_seed", "probe"},
+        "paper_teacher_linear": {"arch"},
+    },
     "probing_curves": {"accuracy": {"seed", "epoch", "model", "probe"}},
     "locality": {"accuracy": {"net", "alpha", "seed", "model", "probe"}},
-    "data_dependence": {"accuracy": {"data", "regime", "n", "seed", "model", "probe"}, "steps": {"data", "regime", "n"}},
+    "data_dependence": {
+        "accuracy": {"data", "regime", "n", "seed", "model", "probe"},
+        "steps": {"data", "regime", "n"},
+    },
     "transfer": {"accuracy": {"pair", "seed", "model", "probe"}},
     "planes": {"loss": {"view", "x", "y"}, "accuracy": {"view", "x", "y"}, "point_x": {"view", "point"}},
     "lottery": {"best_accuracy": {"curve", "seed", "level"}},
     "instability": {"error": {"start", "pair", "alpha"}, "barrier_error": {"start", "pair"}},
-    "head_dim": {"accuracy_out_dim": {"out_dim", "seed", "model", "probe"},
-                 "accuracy_bottleneck": {"bottleneck_dim", "seed", "model", "probe"}},
+    "head_dim": {
+        "accuracy_out_dim": {"out_dim", "seed", "model", "probe"},
+        "accuracy_bottleneck": {"bottleneck_dim", "seed", "model", "probe"},
+    },
 }
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, fmnist_root, cifar_tarball):
     out = tmp_path_factory.mktemp("smoke")
-    rc = run_all.main(["--preset", "smoke", "--results", str(out / "results"), "--runs", str(out / "runs"),
-                       "--root", str(cifar_tarball)])
+    rc = run_all.main(
+        [
+            "--preset",
+            "smoke",
+            "--results",
+            str(out / "results"),
+            "--runs",
+            str(out / "runs"),
+            "--root",
+            str(cifar_tarball),
+        ]
+    )
     return out, rc
 
 
@@ -88,7 +109,8 @@ def test_rtt_plot_refuses_anything_else_in_one_line(tmp_path):
     bad = tmp_path / "notes.nc"
     bad.write_text("not a result file\n")
     for path in (bad, tmp_path / "missing.nc"):
-        r = subprocess.run([sys.executable, "-m", "landscape.cli", "plot", str(path)], capture_output=True, text=True,
-                           timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "landscape.cli", "plot", str(path)], capture_output=True, text=True, timeout=300
+        )
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "rtt plot: error" in r.stderr

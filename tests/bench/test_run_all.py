@@ -1,4 +1,5 @@
 """The whole benchmark suite at its tiny size: it must run, and its records must be consistent."""
+
 import json
 import math
 
@@ -10,11 +11,18 @@ from bench.common import interleaved, record
 
 def test_interleaved_and_record_compute_medians_and_ratio():
     calls = []
-    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, warmup=False,
-                        timer={"a": lambda _: 2.0})
+    times = interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, warmup=False, timer={"a": lambda _: 2.0}
+    )
     assert calls == ["a", "b"] * 3 and times["a"] == [2.0] * 3 and len(times["b"]) == 3
-    rec = record("x", "what", {"ours": [1.0, 3.0, 2.0], "base": [4.0, 4.0, 5.0]}, ours="ours", baseline="base",
-                 goal=lambda r: r >= 1.5)
+    rec = record(
+        "x",
+        "what",
+        {"ours": [1.0, 3.0, 2.0], "base": [4.0, 4.0, 5.0]},
+        ours="ours",
+        baseline="base",
+        goal=lambda r: r >= 1.5,
+    )
     assert rec["median_s"] == {"ours": 2.0, "base": 4.0} and rec["ratio"] == 2.0 and rec["met"] is True
     assert rec["peak_rss_mb"] > 0
 
@@ -25,8 +33,18 @@ def test_every_benchmark_runs_at_tiny_size(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["errors"] == {} and doc["size"] == "tiny" and doc["machine"]["cpu_count"] >= 1
     recs = {r["name"]: r for r in doc["benchmarks"] if "median_s" in r}  # print-only ones run at full size
-    expected = {"distill_epoch", "path_bn_reset", "imp_level_masked", "knn_500", "knn_1000", "linear_probe",
-                "data_load", "store_write", "startup", "distill_peak_rss"}
+    expected = {
+        "distill_epoch",
+        "path_bn_reset",
+        "imp_level_masked",
+        "knn_500",
+        "knn_1000",
+        "linear_probe",
+        "data_load",
+        "store_write",
+        "startup",
+        "distill_peak_rss",
+    }
     assert expected <= set(recs)
     for name, r in recs.items():
         assert r["rounds"] >= 1 and r["peak_rss_mb"] > 0, name

@@ -2,10 +2,12 @@
 writer process per request and SIGKILLs it after a given delay (or lets it finish).
 
 Requests (one JSON object per line on stdin): {"job": "append"|"distill"|"hold", "store": PATH,
-"kill_after_s": float or null (counted from when the job reports that its work starts), ...}. Replies (JSON lines on stdout): what the writer reports
+"kill_after_s": float or null (counted from when the job reports that its work starts), ...}.
+Replies (JSON lines on stdout): what the writer reports
 ({"saved": i}, {"oplog": [...]}, {"error": "..."}), then {"done": pid, "signal": n, "code": n}.
 Forking keeps each writer's start-up to milliseconds, so hundreds of kills fit in seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -103,7 +105,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:  # (lazy imports of xarray, h5netcdf, the models...)
             READY_FD = os.open(os.devnull, os.O_WRONLY)
             job_distill({"cfg": {"epochs": 1, "probes": []}, "store": str(Path(tmp) / "warm.h5")})
-            Store(Path(tmp) / "warm.h5").metrics
+            _ = Store(Path(tmp) / "warm.h5").metrics
     say(ready=os.getpid())
     for line in sys.stdin:
         req = json.loads(line)
@@ -134,8 +136,11 @@ def main() -> None:
                 _, status = os.waitpid(pid, 0)
                 break
             time.sleep(0.001)
-        say(done=pid, signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0,
-            code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1)
+        say(
+            done=pid,
+            signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0,
+            code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1,
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Helpers of the store tests: the fork-server client, reporting counts, tiny datasets on disk."""
+
 import gzip
 import hashlib
 import json
@@ -18,8 +19,14 @@ class ForkServer:
     """Client of ``store_forkserver.py``: one job at a time, replies as dicts."""
 
     def __init__(self, lean: bool = False):
-        self.p = subprocess.Popen([sys.executable, str(SERVER), *(["--lean"] if lean else [])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.p = subprocess.Popen(
+            [sys.executable, str(SERVER), *(["--lean"] if lean else [])],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         assert "ready" in self.line()
 
     def line(self) -> dict:
@@ -60,7 +67,7 @@ def write_mnist(root: Path, n: int = 128, seed: int = 0) -> Path:
     """A tiny MNIST in IDX format (gzip) under ``root``: n training and n test images of 28x28."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    for split, prefix in (("train", "train"), ("test", "t10k")):
+    for prefix in ("train", "t10k"):
         labels = (np.arange(n) % 10).astype(np.uint8)
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         with gzip.open(root / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:

@@ -1,4 +1,5 @@
 """CUDA paths of training and probing (marked gpu: skipped with a reason without a CUDA device)."""
+
 import math
 
 import numpy as np
@@ -34,8 +35,7 @@ def test_compiled_step_matches_eager(tmp_path):
     cfg = tiny_cfg(device="cuda", epochs=1, probes=[], save_every=0)
     eager = run(cfg, tmp_path / "eager.h5", data=data, progress=False)
     compiled = run(cfg.replace(compile=True), tmp_path / "compiled.h5", data=data, progress=False)
-    assert float(compiled.metrics.loss.sel(epoch=1)) == pytest.approx(float(eager.metrics.loss.sel(epoch=1)),
-                                                                      rel=1e-4)
+    assert float(compiled.metrics.loss.sel(epoch=1)) == pytest.approx(float(eager.metrics.loss.sel(epoch=1)), rel=1e-4)
 
 
 def test_nan_on_cuda_is_caught_and_nothing_non_finite_is_saved(tmp_path):
@@ -65,8 +65,13 @@ def test_supervised_bf16_on_cuda_trains_like_fp32():
     losses = {}
     for precision in ("fp32", "bf16"):
         model = distill.build_model("convnet", data.in_shape, head="linear", num_classes=4, width=8, depth=2)
-        res = train_supervised(model, data, SupervisedConfig.preset("tiny", precision=precision, batch_size=32),
-                               device="cuda", progress=False)
+        res = train_supervised(
+            model,
+            data,
+            SupervisedConfig.preset("tiny", precision=precision, batch_size=32),
+            device="cuda",
+            progress=False,
+        )
         losses[precision] = res["history"]["train_loss"]
     assert all(math.isfinite(v) for v in losses["bf16"]) and losses["bf16"][-1] < losses["bf16"][0]
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=5e-2)

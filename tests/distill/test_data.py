@@ -32,15 +32,16 @@ def chunked_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     s = torch.zeros(images.shape[1], dtype=torch.float64)
     ss = torch.zeros_like(s)
     for start in range(0, len(images), 5000):
-        x = images[start:start + 5000].double() / 255
+        x = images[start : start + 5000].double() / 255
         s += x.sum(dim=(0, 2, 3))
         ss += (x * x).sum(dim=(0, 2, 3))
     n = images.shape[0] * images.shape[2] * images.shape[3]
     mean = s / n
-    return mean.tolist(), (ss / n - mean ** 2).sqrt().tolist()
+    return mean.tolist(), (ss / n - mean**2).sqrt().tolist()
 
 
 # ----------------------------------------------------------------------------- real datasets
+
 
 def test_fashion_mnist_shapes_counts_and_stats(fmnist: Dataset) -> None:
     assert len(fmnist.train) == 60_000 and len(fmnist.test) == 10_000
@@ -60,8 +61,7 @@ def test_cifar_tarball_loads_with_canonical_classes_and_stats(cifar: Dataset, ci
     assert cifar.train.images.dtype == torch.uint8 and cifar.train.labels.dtype == torch.int64
     assert torch.bincount(cifar.train.labels).tolist() == [5000] * 10
     assert torch.bincount(cifar.test.labels).tolist() == [1000] * 10
-    assert cifar.classes == ["airplane", "automobile", "bird", "cat", "deer",
-                             "dog", "frog", "horse", "ship", "truck"]
+    assert cifar.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert cifar.mean == pytest.approx(CIFAR_MEAN, abs=0.002)
     assert cifar.std == pytest.approx(CIFAR_STD, abs=0.002)
     mean, std = chunked_stats(cifar.train.images)
@@ -69,12 +69,17 @@ def test_cifar_tarball_loads_with_canonical_classes_and_stats(cifar: Dataset, ci
 
     again = load_dataset("cifar10", root=cifar_tarball)
     assert D.cache_path(cifar_tarball).is_file()
-    for a, b in [(cifar.train.images, again.train.images), (cifar.train.labels, again.train.labels),
-                 (cifar.test.images, again.test.images), (cifar.test.labels, again.test.labels)]:
+    for a, b in [
+        (cifar.train.images, again.train.images),
+        (cifar.train.labels, again.train.labels),
+        (cifar.test.images, again.test.images),
+        (cifar.test.labels, again.test.labels),
+    ]:
         assert torch.equal(a, b)
 
 
 # ----------------------------------------------------------------------------- CIFAR pickle batches
+
 
 def write_cifar_batches(folder: Path, protocol: int, per_batch: int = 4, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
@@ -83,8 +88,12 @@ def write_cifar_batches(folder: Path, protocol: int, per_batch: int = 4, seed: i
     for fname in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         x = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
         y = rng.integers(0, 10, size=per_batch).tolist()
-        batch = {b"batch_label": fname.encode(), b"labels": y, b"data": x,
-                 b"filenames": [f"{fname}_{i}.png".encode() for i in range(per_batch)]}
+        batch = {
+            b"batch_label": fname.encode(),
+            b"labels": y,
+            b"data": x,
+            b"filenames": [f"{fname}_{i}.png".encode() for i in range(per_batch)],
+        }
         with open(folder / fname, "wb") as f:
             pickle.dump(batch, f, protocol=protocol)
         split = "test" if fname == "test_batch" else "train"
@@ -93,9 +102,13 @@ def write_cifar_batches(folder: Path, protocol: int, per_batch: int = 4, seed: i
     names = [f"class{i}".encode() for i in reversed(range(10))]
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": names, b"num_vis": 3072}, f, protocol=protocol)
-    return {"train_x": np.concatenate(written["train_x"]), "test_x": np.concatenate(written["test_x"]),
-            "train_y": written["train_y"], "test_y": written["test_y"],
-            "classes": [n.decode() for n in names]}
+    return {
+        "train_x": np.concatenate(written["train_x"]),
+        "test_x": np.concatenate(written["test_x"]),
+        "train_y": written["train_y"],
+        "test_y": written["test_y"],
+        "classes": [n.decode() for n in names],
+    }
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
@@ -130,11 +143,22 @@ def _py2_str(s: bytes) -> bytes:
 def test_python2_style_batch_pickle() -> None:
     # Hand-assembled the way Python 2 + numpy wrote the real CIFAR batches (str keys, str raw data).
     raw = bytes([0, 127, 128, 200, 255, 1])
-    blob = (b"\x80\x02}q\x00(" + _py2_str(b"data")
-            + b"cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\nq\x02K\x00\x85" + _py2_str(b"b")
-            + b"\x87Rq\x03(K\x01K\x02K\x03\x86cnumpy\ndtype\nq\x04" + _py2_str(b"u1") + b"K\x00K\x01\x87Rq\x05"
-            + b"(K\x03" + _py2_str(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89" + _py2_str(raw)
-            + b"tb" + _py2_str(b"labels") + b"]q\x06(K\x01K\x02eu.")
+    blob = (
+        b"\x80\x02}q\x00("
+        + _py2_str(b"data")
+        + b"cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\nq\x02K\x00\x85"
+        + _py2_str(b"b")
+        + b"\x87Rq\x03(K\x01K\x02K\x03\x86cnumpy\ndtype\nq\x04"
+        + _py2_str(b"u1")
+        + b"K\x00K\x01\x87Rq\x05"
+        + b"(K\x03"
+        + _py2_str(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89"
+        + _py2_str(raw)
+        + b"tb"
+        + _py2_str(b"labels")
+        + b"]q\x06(K\x01K\x02eu."
+    )
     batch = D.unpickle_restricted(blob)
     assert batch["labels"] == [1, 2] and batch["data"].dtype == np.uint8
     assert batch["data"].tolist() == [[0, 127, 128], [200, 255, 1]]
@@ -167,6 +191,7 @@ def test_restricted_unpickler_refuses_foreign_globals(tmp_path: Path, protocol: 
 
 # ----------------------------------------------------------------------------- IDX
 
+
 def idx_bytes(array: np.ndarray) -> bytes:
     return bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
 
@@ -174,10 +199,12 @@ def idx_bytes(array: np.ndarray) -> bytes:
 def write_idx_set(folder: Path, gz: bool, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (12, 5, 4), dtype=np.uint8),
-              "train-labels-idx1-ubyte": np.arange(12, dtype=np.uint8) % 10,
-              "t10k-images-idx3-ubyte": rng.integers(0, 256, (3, 5, 4), dtype=np.uint8),
-              "t10k-labels-idx1-ubyte": np.array([7, 0, 9], dtype=np.uint8)}
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (12, 5, 4), dtype=np.uint8),
+        "train-labels-idx1-ubyte": np.arange(12, dtype=np.uint8) % 10,
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (3, 5, 4), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": np.array([7, 0, 9], dtype=np.uint8),
+    }
     for stem, array in arrays.items():
         raw = idx_bytes(array)
         if gz:
@@ -204,8 +231,12 @@ def test_idx_raw_and_gz_load(tmp_path: Path, gz: bool) -> None:
 
 def test_idx_corrupt_files_raise_value_error(tmp_path: Path) -> None:
     raw = idx_bytes(np.zeros((4, 3, 3), np.uint8))
-    cases = {"cut-idx3-ubyte": raw[:-5], "short-idx3-ubyte": raw[:6], "magic-idx3-ubyte": b"\x12\x34" + raw[2:],
-             "cut-idx3-ubyte.gz": gzip.compress(raw)[:-12]}
+    cases = {
+        "cut-idx3-ubyte": raw[:-5],
+        "short-idx3-ubyte": raw[:6],
+        "magic-idx3-ubyte": b"\x12\x34" + raw[2:],
+        "cut-idx3-ubyte.gz": gzip.compress(raw)[:-12],
+    }
     for fname, blob in cases.items():
         (tmp_path / fname).write_bytes(blob)
         with pytest.raises(ValueError, match=fname.replace(".", r"\.")):
@@ -218,6 +249,7 @@ def test_idx_corrupt_files_raise_value_error(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- image trees and the cache
+
 
 def write_png_tree(root: Path, seed: int = 0, prefix: str = "") -> dict[tuple[str, str, str], np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -287,6 +319,7 @@ def test_image_tree_tarball_with_prefix_and_read_only_folder(tmp_path: Path, mon
 
 # ----------------------------------------------------------------------------- subsets and gaussian
 
+
 def test_stratified_subset(fmnist: Dataset, fmnist_root: Path) -> None:
     a = load_dataset("fashion-mnist", root=fmnist_root, subset=1000, seed=0)
     assert torch.bincount(a.train.labels, minlength=10).tolist() == [100] * 10
@@ -312,8 +345,9 @@ def test_stratified_indices_uneven_and_capped_classes() -> None:
     counts = torch.bincount(labels[D.stratified_indices(labels, 22, 4, 0)], minlength=4).tolist()
     assert counts[0] == 2 and sorted(counts[1:]) == [6, 7, 7]
     balanced = torch.arange(200) % 4
-    picks = {tuple(torch.bincount(balanced[D.stratified_indices(balanced, 22, 4, seed)]).tolist())
-             for seed in range(20)}
+    picks = {
+        tuple(torch.bincount(balanced[D.stratified_indices(balanced, 22, 4, seed)]).tolist()) for seed in range(20)
+    }
     assert all(sorted(p) == [5, 5, 6, 6] for p in picks) and len(picks) > 1  # extras go to seeded classes
     with pytest.raises(ValueError, match="between 1 and 152"):
         D.stratified_indices(labels, 153, 4)
@@ -333,8 +367,9 @@ def test_gaussian_noise_like_fashion_mnist(fmnist: Dataset, fmnist_root: Path) -
     assert not torch.equal(g.train.images, fmnist.train.images)
     small = load_dataset("gaussian:fashion-mnist", root=fmnist_root, subset=500, seed=3)
     assert torch.bincount(small.train.labels).tolist() == [50] * 10
-    assert torch.equal(small.train.images, load_dataset("gaussian:fashion-mnist", root=fmnist_root,
-                                                        subset=500, seed=3).train.images)
+    assert torch.equal(
+        small.train.images, load_dataset("gaussian:fashion-mnist", root=fmnist_root, subset=500, seed=3).train.images
+    )
 
 
 def test_gaussian_noise_like_cifar(cifar: Dataset, cifar_tarball: Path) -> None:
@@ -348,6 +383,7 @@ def test_gaussian_noise_like_cifar(cifar: Dataset, cifar_tarball: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- errors
+
 
 def test_missing_data_and_unknown_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = tmp_path / "nope"
@@ -372,6 +408,7 @@ def test_missing_data_and_unknown_names(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 # ----------------------------------------------------------------------------- batching
+
 
 def toy_split(n: int = 103) -> Split:
     images = (torch.arange(n) % 256).to(torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous()
@@ -424,8 +461,9 @@ def test_dataset_helpers() -> None:
         Split(split.images.float(), split.labels)
 
 
-def test_rtt_data_is_searched_and_rtt_cache_moves_the_decoded_cache(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rtt_data_is_searched_and_rtt_cache_moves_the_decoded_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("RTT_CACHE", str(tmp_path / "cache"))
     data_dir = tmp_path / "data"

@@ -1,4 +1,5 @@
 """Collapse / escape metrics against numpy on known inputs, and their per-epoch record in distill."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,9 +40,23 @@ def test_dead_fraction_and_mean_cosine_against_numpy():
 
 
 def test_distill_records_dynamics_per_epoch(tmp_path):
-    cfg = DistillConfig(dataset="synthetic", arch="convnet", arch_options={"width": 8, "depth": 2, "bn": True},
-                        out_dim=64, hidden_dim=32, bottleneck_dim=16, lr=1e-3, epochs=1, batch_size=64, save_every=1,
-                        probe_every=0, probes=[], device="cpu", dynamics=True, dynamics_examples=48)
+    cfg = DistillConfig(
+        dataset="synthetic",
+        arch="convnet",
+        arch_options={"width": 8, "depth": 2, "bn": True},
+        out_dim=64,
+        hidden_dim=32,
+        bottleneck_dim=16,
+        lr=1e-3,
+        epochs=1,
+        batch_size=64,
+        save_every=1,
+        probe_every=0,
+        probes=[],
+        device="cpu",
+        dynamics=True,
+        dynamics_examples=48,
+    )
     store = run(cfg, tmp_path / "d.h5", data=synthetic())
     m = store.metrics
     rank = m.effective_rank.sel(model=["teacher", "student"])

@@ -1,11 +1,13 @@
 """The device-side epoch sums and the NaN/Inf guard (its CUDA logic exercised on the CPU)."""
+
 import math
 
 import pytest
 import torch
 
 from distill.meter import EpochMeter, NonFinite
-from distill.train import _EntropyLog, distill as run, teacher_entropy
+from distill.train import _EntropyLog, teacher_entropy
+from distill.train import distill as run
 from tests.distill.test_train import synthetic, tiny_cfg
 
 

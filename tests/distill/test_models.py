@@ -39,8 +39,11 @@ def test_every_model_builds_runs_and_rebuilds_from_spec(arch, in_shape):
         assert torch.allclose(out, model.head(seen["emb"]))
 
     spec = model.spec
-    expected_keys = {"arch", "in_shape", "num_classes", "head"} | set(models._backbone_defaults(arch)) \
+    expected_keys = (
+        {"arch", "in_shape", "num_classes", "head"}
+        | set(models._backbone_defaults(arch))
         | set(models.HEAD_DEFAULTS["dino"])
+    )
     assert set(spec) == expected_keys  # every option is recorded
     assert spec["arch"] == arch and spec["in_shape"] == list(in_shape) and spec["out_dim"] == OUT
     rebuilt = build_model(**json.loads(json.dumps(spec)))
@@ -64,13 +67,22 @@ def test_rebuilt_model_with_loaded_weights_computes_the_same(arch):
 
 
 def test_spec_is_a_copy_and_keeps_non_default_options():
-    model = build_model("vit_tiny", in_shape=[1, 28, 28], depth=2, tie_blocks=True, patch_size=7,
-                        head="linear", num_classes=10)
+    model = build_model(
+        "vit_tiny", in_shape=[1, 28, 28], depth=2, tie_blocks=True, patch_size=7, head="linear", num_classes=10
+    )
     spec = model.spec
     spec["depth"] = 99
     assert model.spec["depth"] == 2
-    assert model.spec == {"arch": "vit_tiny", "in_shape": [1, 28, 28], "num_classes": 10, "head": "linear",
-                          "patch_size": 7, "depth": 2, "tie_blocks": True, "weight_init": "trunc_normal"}
+    assert model.spec == {
+        "arch": "vit_tiny",
+        "in_shape": [1, 28, 28],
+        "num_classes": 10,
+        "head": "linear",
+        "patch_size": 7,
+        "depth": 2,
+        "tie_blocks": True,
+        "weight_init": "trunc_normal",
+    }
     rebuilt = build_model(**model.spec)
     assert shapes(rebuilt) == shapes(model)
 
@@ -84,8 +96,16 @@ def test_spec_normalises_tuples_and_numpy_scalars():
 
 
 # ----------------------------------------------------------------------------- parameter counts
-@pytest.mark.parametrize("arch, count", [("resnet18", 11_168_832), ("vgg11", 9_220_480), ("resnet20", 271_824),
-                                         ("resnet56", 855_120), ("vgg16", 14_714_688)])
+@pytest.mark.parametrize(
+    "arch, count",
+    [
+        ("resnet18", 11_168_832),
+        ("vgg11", 9_220_480),
+        ("resnet20", 271_824),
+        ("resnet56", 855_120),
+        ("vgg16", 14_714_688),
+    ],
+)
 def test_backbone_parameter_counts(arch, count):
     assert n_params(build_model(arch, head=None).backbone) == count
 
@@ -138,8 +158,16 @@ def test_resnet18_matches_torchvision_with_cifar_stem():
         assert torch.allclose(ours(x), tv(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("arch, cfg, bn", [("vgg11", "A", False), ("vgg16", "D", False), ("vgg11_bn", "A", True),
-                                           ("vgg19_bn", "E", True), ("vgg13", "B", False)])
+@pytest.mark.parametrize(
+    "arch, cfg, bn",
+    [
+        ("vgg11", "A", False),
+        ("vgg16", "D", False),
+        ("vgg11_bn", "A", True),
+        ("vgg19_bn", "E", True),
+        ("vgg13", "B", False),
+    ],
+)
 def test_vgg_features_match_torchvision(arch, cfg, bn):
     tv = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs[cfg], batch_norm=bn)
     ours = build_model(arch, head=None).backbone
@@ -298,8 +326,11 @@ def test_vit_attention_against_explicit_softmax():
 def test_vit_patch_size_must_divide_input():
     with pytest.raises(ValueError, match="patch_size"):
         build_model("vit_tiny", in_shape=(1, 28, 28), patch_size=8)
-    assert build_model("vit_tiny", in_shape=(1, 28, 28), patch_size=7, depth=1, head=None).backbone \
-        .pos_embed.shape == (1, 17, 192)
+    assert build_model("vit_tiny", in_shape=(1, 28, 28), patch_size=7, depth=1, head=None).backbone.pos_embed.shape == (
+        1,
+        17,
+        192,
+    )
 
 
 def test_vit_torch_init_option():
@@ -328,20 +359,23 @@ def test_unknown_arch_lists_registered_names():
     assert "vgg11" in str(e.value) and "vit_tiny" in str(e.value)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"arch": "resnet18", "head": "linear"}, "num_classes"),
-    ({"arch": "resnet18", "head": "mlp"}, "head"),
-    ({"arch": "resnet18", "widths": [3]}, "widths"),
-    ({"arch": "resnet18", "head": None, "out_dim": 5}, "out_dim"),
-    ({"arch": "resnet20", "shortcut": "C"}, "shortcut"),
-    ({"arch": "convnet", "width": 0}, "width"),
-    ({"arch": "convnet", "bn": "yes"}, "bn"),
-    ({"arch": "mlp", "widths": "512"}, "widths"),
-    ({"arch": "convnet", "last_layer": "cosine"}, "last_layer"),
-    ({"arch": "convnet", "out_dim": 2.5}, "out_dim"),
-    ({"arch": "convnet", "in_shape": (32, 32)}, "in_shape"),
-    ({"arch": "convnet", "num_classes": 0}, "num_classes"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"arch": "resnet18", "head": "linear"}, "num_classes"),
+        ({"arch": "resnet18", "head": "mlp"}, "head"),
+        ({"arch": "resnet18", "widths": [3]}, "widths"),
+        ({"arch": "resnet18", "head": None, "out_dim": 5}, "out_dim"),
+        ({"arch": "resnet20", "shortcut": "C"}, "shortcut"),
+        ({"arch": "convnet", "width": 0}, "width"),
+        ({"arch": "convnet", "bn": "yes"}, "bn"),
+        ({"arch": "mlp", "widths": "512"}, "widths"),
+        ({"arch": "convnet", "last_layer": "cosine"}, "last_layer"),
+        ({"arch": "convnet", "out_dim": 2.5}, "out_dim"),
+        ({"arch": "convnet", "in_shape": (32, 32)}, "in_shape"),
+        ({"arch": "convnet", "num_classes": 0}, "num_classes"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build_model(**kwargs)

@@ -5,11 +5,21 @@ import pytest
 import torch
 from torch import nn
 
-from distill.probe import (PROBES, embed, fit_linear, knn_accuracy, knn_predict, linear_probe,
-                           probe_features, probe_input, probe_model, standardize_features)
-
+from distill.probe import (
+    PROBES,
+    embed,
+    fit_linear,
+    knn_accuracy,
+    knn_predict,
+    linear_probe,
+    probe_features,
+    probe_input,
+    probe_model,
+    standardize_features,
+)
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def brute_force_knn(train_x, train_y, test_x, k, metric, weighted, temperature=0.07):
     """Plain loop reference: stable sort of all distances, vote, smallest class wins ties."""
@@ -56,9 +66,11 @@ def random_data(n, dim, num_classes, seed):
 
 # ----------------------------------------------------------------------------- k-NN
 
+
 @pytest.mark.parametrize("k", [1, 5, 20])
-@pytest.mark.parametrize("metric,weighted", [("euclidean", False), ("cosine", True),
-                                             ("cosine", False), ("euclidean", True)])
+@pytest.mark.parametrize(
+    "metric,weighted", [("euclidean", False), ("cosine", True), ("cosine", False), ("euclidean", True)]
+)
 def test_knn_matches_brute_force(k, metric, weighted):
     train_x, train_y = random_data(300, 8, 5, seed=1)
     test_x, test_y = random_data(120, 8, 5, seed=2)
@@ -156,6 +168,7 @@ def test_knn_rejects_bad_input():
 
 # ----------------------------------------------------------------------------- linear probe
 
+
 def test_linear_probe_separable_reaches_one():
     x, y = clusters(200, 4, 10, sep=3.0, noise=0.3, seed=8)
     acc = linear_probe(x[:600], y[:600], x[600:], y[600:], epochs=10, lr=1e-2, batch_size=32)
@@ -205,7 +218,7 @@ def test_until_convergence_uses_relative_loss_change():
     stop = next(e for e, r in enumerate(rel, start=1) if r <= tol)
     layer, losses = fit_linear(xtr, ytr, tol=tol, **kw)
     assert len(losses) == stop + 1
-    assert losses == free[:stop + 1]
+    assert losses == free[: stop + 1]
     # The losses are the full-train mean cross-entropy of the returned layer.
     with torch.no_grad():
         final = torch.nn.functional.cross_entropy(xtr @ layer.weight.T + layer.bias, ytr)
@@ -273,8 +286,15 @@ def _manual_normalise(images):
 
 def _convnet(seed=0):
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(),
-                        nn.Conv2d(5, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net = nn.Sequential(
+        nn.Conv2d(3, 5, 3),
+        nn.BatchNorm2d(5),
+        nn.ReLU(),
+        nn.Conv2d(5, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
     with torch.no_grad():  # non-trivial running statistics
         for bn in (net[1], net[4]):
             bn.running_mean.uniform_(-1, 1)
@@ -340,6 +360,7 @@ def test_embed_checks_channels():
 
 # ----------------------------------------------------------------------------- drivers
 
+
 def _fake_dataset():
     x, y = clusters(40, 3, 3 * 6 * 6, sep=40.0, noise=30.0, seed=18)
     imgs = (x.view(-1, 3, 6, 6) + 128).clamp(0, 255).to(torch.uint8)
@@ -365,11 +386,17 @@ def test_probe_input_equals_probes_on_flattened_pixels():
     tr = _manual_normalise(data.train.images).flatten(1)
     te = _manual_normalise(data.test.images).flatten(1)
     assert out["knn"] == knn_accuracy(tr, data.train.labels, te, data.test.labels, k=20)
-    assert out["linear"] == pytest.approx(linear_probe(tr, data.train.labels, te, data.test.labels, epochs=3),
-                                          abs=1 / 40 + 1e-12)
+    assert out["linear"] == pytest.approx(
+        linear_probe(tr, data.train.labels, te, data.test.labels, epochs=3), abs=1 / 40 + 1e-12
+    )
     raw = probe_input(data, probes=("knn",), normalized=False)
-    ref = knn_accuracy(data.train.images.flatten(1) / 255.0, data.train.labels,
-                       data.test.images.flatten(1) / 255.0, data.test.labels, k=20)
+    ref = knn_accuracy(
+        data.train.images.flatten(1) / 255.0,
+        data.train.labels,
+        data.test.images.flatten(1) / 255.0,
+        data.test.labels,
+        k=20,
+    )
     assert raw["knn"] == ref
 
 

@@ -1,5 +1,6 @@
 """Progress of a batch job: with stderr redirected to a file, ``rtt distill`` logs one line per epoch;
 the JSON-lines file beside the store parses and matches ``store.metrics``; TensorBoard scalars."""
+
 from __future__ import annotations
 
 import json
@@ -26,18 +27,48 @@ def tiny_mnist(root: Path, n_train: int = 256, n_test: int = 64) -> Path:
     g = np.random.default_rng(0)
     for stem, n in (("train", n_train), ("t10k", n_test)):
         labels = np.arange(n) % 10
-        write_idx(root / f"{stem}-images-idx3-ubyte.gz",
-                  (labels[:, None, None] * 20 + g.integers(0, 60, (n, 12, 12))).clip(0, 255))
+        write_idx(
+            root / f"{stem}-images-idx3-ubyte.gz",
+            (labels[:, None, None] * 20 + g.integers(0, 60, (n, 12, 12))).clip(0, 255),
+        )
         write_idx(root / f"{stem}-labels-idx1-ubyte.gz", labels)
     return root
 
 
 def tiny_args(data_root: Path, out: Path, epochs: int = 3) -> list[str]:
     """``rtt distill`` flags of a tiny run: 256 images, global batch 64 (4 steps per epoch)."""
-    return ["--out", str(out), "--dataset", "mnist", "--data-root", str(data_root),
-            "--arch", "convnet", "--arch-options", '{"width": 8, "depth": 2, "bn": true}', "--out-dim", "64",
-            "--hidden-dim", "32", "--bottleneck-dim", "16", "--batch-size", "64", "--epochs", str(epochs),
-            "--save-every", "1", "--probes", "knn", "--probe-every", "2", "--knn-k", "5", "--device", "cpu"]
+    return [
+        "--out",
+        str(out),
+        "--dataset",
+        "mnist",
+        "--data-root",
+        str(data_root),
+        "--arch",
+        "convnet",
+        "--arch-options",
+        '{"width": 8, "depth": 2, "bn": true}',
+        "--out-dim",
+        "64",
+        "--hidden-dim",
+        "32",
+        "--bottleneck-dim",
+        "16",
+        "--batch-size",
+        "64",
+        "--epochs",
+        str(epochs),
+        "--save-every",
+        "1",
+        "--probes",
+        "knn",
+        "--probe-every",
+        "2",
+        "--knn-k",
+        "5",
+        "--device",
+        "cpu",
+    ]
 
 
 def test_rtt_distill_in_a_batch_job_logs_one_line_per_epoch_and_a_matching_jsonl(tmp_path):
@@ -45,17 +76,24 @@ def test_rtt_distill_in_a_batch_job_logs_one_line_per_epoch_and_a_matching_jsonl
     root = tiny_mnist(tmp_path / "mnist")
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # as in a batch job: the bar decides
     with open(tmp_path / "stderr.txt", "w") as err:
-        done = subprocess.run([sys.executable, "-m", "landscape.cli", "distill", *tiny_args(root, out)],
-                              cwd=ROOT, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=err,
-                              text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "landscape.cli", "distill", *tiny_args(root, out)],
+            cwd=ROOT,
+            env={**env, "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            timeout=600,
+        )
     log = (tmp_path / "stderr.txt").read_text()
     assert done.returncode == 0, log[-2000:]
     lines = [line for line in log.splitlines() if " distill.train " in line]
     epochs = [int(re.search(r" epoch (\d+)/3 ", line).group(1)) for line in lines]
     assert epochs == [0, 1, 2, 3]  # one line per epoch (epoch 0: before training), nothing else from the loop
     assert "\r" not in log  # no progress bar drawn into the file
-    assert re.search(r"epoch 2/3 loss \d+\.\d{4} kl \d+\.\d{4} student knn \d+\.\d \| \d+\.\d s, ETA \d+:\d\d:\d\d",
-                     lines[2]), lines[2]
+    assert re.search(
+        r"epoch 2/3 loss \d+\.\d{4} kl \d+\.\d{4} student knn \d+\.\d \| \d+\.\d s, ETA \d+:\d\d:\d\d", lines[2]
+    ), lines[2]
     assert "(epoch 0)" in lines[1] and "(epoch" not in lines[3]  # the latest probes, and of which epoch
 
     records = read_progress(out)
@@ -99,8 +137,13 @@ def test_tensorboard_scalars(tmp_path):
     from distill.train import distill
     from tests.distill.test_train import synthetic, tiny_cfg
 
-    store = distill(tiny_cfg(epochs=2, probes=["knn"]), tmp_path / "t.h5", data=synthetic(), progress=False,
-                    tensorboard=tmp_path / "tb")
+    store = distill(
+        tiny_cfg(epochs=2, probes=["knn"]),
+        tmp_path / "t.h5",
+        data=synthetic(),
+        progress=False,
+        tensorboard=tmp_path / "tb",
+    )
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
     m = store.metrics

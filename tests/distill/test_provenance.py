@@ -1,4 +1,5 @@
 """Provenance: one set of keys on every store and on every kind of result (and .nc file)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -74,14 +75,20 @@ def test_every_kind_of_result_file(tmp_path):
 
     data = ti.synthetic()
     start = ti.dino_start()
-    kids = landscape.instability(start, data, children=2, cfg=ti.CFG, store=tmp_path / "kids.h5", alphas=3,
-                                 device="cpu", path_options=ti.PATH)
+    kids = landscape.instability(
+        start, data, children=2, cfg=ti.CFG, store=tmp_path / "kids.h5", alphas=3, device="cpu", path_options=ti.PATH
+    )
     a, b = Store(tmp_path / "kids.h5").load_module("children/0"), Store(tmp_path / "kids.h5").load_module("children/1")
     lmc = landscape.linear_path(a, b, data, alphas=3, device="cpu", **ti.PATH)
     pdata = tp.synthetic()
     plane = landscape.plane(tp.model(0), tp.model(1), tp.model(2), pdata, resolution=3, **tp.EVAL)
-    lot = landscape.lottery(a, data, levels=2, cfg=SupervisedConfig(epochs=1, milestones=[], batch_size=32,
-                                                                      augment="none", device="cpu"), device="cpu")
+    lot = landscape.lottery(
+        a,
+        data,
+        levels=2,
+        cfg=SupervisedConfig(epochs=1, milestones=[], batch_size=32, augment="none", device="cpu"),
+        device="cpu",
+    )
     cfg = tiny_cfg(epochs=1, probes=["knn"])
     loc = landscape.locality(cfg, alphas=[0.5], out_dir=tmp_path / "loc", data=synthetic(), progress=False)
     for kind, ds in (("instability", kids), ("lmc", lmc), ("plane", plane), ("lottery", lot), ("locality", loc)):

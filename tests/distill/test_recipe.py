@@ -1,4 +1,5 @@
 """The paper / reference recipes, the probe set, the last partial batch and the init formula on BN."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ def test_reference_recipe_changes_exactly_the_documented_fields():
     assert vit.arch_options == {"tie_blocks": True, "weight_init": "torch"}
     assert DistillConfig.reference(lr=1e-4).lr == 1e-4  # changes win over the recipe
     text = README.read_text()
-    section = text[text.index("--recipe reference"):]
+    section = text[text.index("--recipe reference") :]
     for name in DOCUMENTED - {"recipe"}:
         assert re.search(rf"`{name}[=`]", section), f"README does not document {name}"
 
@@ -54,8 +55,14 @@ def _tiny(n: int = 10, shape=(3, 32, 32), seed: int = 0) -> Dataset:
     g = torch.Generator().manual_seed(seed)
     imgs = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g)
     labels = torch.arange(n) % 2
-    return Dataset("tiny", Split(imgs, labels), Split(imgs[:4].clone(), labels[:4].clone()), ["a", "b"],
-                   (0.5,) * shape[0], (0.25,) * shape[0])
+    return Dataset(
+        "tiny",
+        Split(imgs, labels),
+        Split(imgs[:4].clone(), labels[:4].clone()),
+        ["a", "b"],
+        (0.5,) * shape[0],
+        (0.25,) * shape[0],
+    )
 
 
 def test_what_breaks_the_exact_copy_of_a_bn_free_net(tmp_path):
@@ -67,8 +74,19 @@ def test_what_breaks_the_exact_copy_of_a_bn_free_net(tmp_path):
 
     from distill.train import build_teacher, distillation_loss
 
-    cfg = DistillConfig.reference(arch="vgg11", out_dim=32, hidden_dim=32, bottleneck_dim=16, epochs=1,
-                                  batch_size=4, probes=[], save_every=1, device="cpu", lr=1e-3, dataset="tiny")
+    cfg = DistillConfig.reference(
+        arch="vgg11",
+        out_dim=32,
+        hidden_dim=32,
+        bottleneck_dim=16,
+        epochs=1,
+        batch_size=4,
+        probes=[],
+        save_every=1,
+        device="cpu",
+        lr=1e-3,
+        dataset="tiny",
+    )
     teacher = build_teacher(cfg, (3, 32, 32)).eval().requires_grad_(False)
     student = copy.deepcopy(teacher).requires_grad_(True)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -94,9 +112,21 @@ def test_what_breaks_the_exact_copy_of_a_bn_free_net(tmp_path):
 def test_reference_copy_of_a_bn_net_moves_at_once(tmp_path):
     """With BN the teacher's eval-mode BN (initial statistics) differs from the student's batch statistics."""
     data = _tiny()
-    cfg = DistillConfig.reference(arch="convnet", arch_options={"width": 8, "depth": 2, "bn": True}, out_dim=32,
-                                  hidden_dim=32, bottleneck_dim=16, epochs=1, batch_size=4, probes=[], save_every=1,
-                                  device="cpu", lr=1e-3, dataset="tiny", adam_eps=1.0)
+    cfg = DistillConfig.reference(
+        arch="convnet",
+        arch_options={"width": 8, "depth": 2, "bn": True},
+        out_dim=32,
+        hidden_dim=32,
+        bottleneck_dim=16,
+        epochs=1,
+        batch_size=4,
+        probes=[],
+        save_every=1,
+        device="cpu",
+        lr=1e-3,
+        dataset="tiny",
+        adam_eps=1.0,
+    )
     s = distill.distill(cfg, tmp_path / "bn.h5", data=data)
     t, st = s.teacher().state_dict(), s.student(1).state_dict()
     assert max(float((t[k] - st[k]).abs().max()) for k in t if t[k].is_floating_point()) > 1e-6
@@ -112,8 +142,18 @@ def test_last_partial_batch_is_kept_by_default():
 
 def test_optimizer_takes_the_partial_batch(tmp_path):
     data = _tiny(10, (3, 8, 8))
-    cfg = DistillConfig(dataset="tiny", arch="mlp", arch_options={"widths": [16]}, out_dim=16, hidden_dim=16,
-                        bottleneck_dim=8, epochs=1, batch_size=4, probes=[], device="cpu")
+    cfg = DistillConfig(
+        dataset="tiny",
+        arch="mlp",
+        arch_options={"widths": [16]},
+        out_dim=16,
+        hidden_dim=16,
+        bottleneck_dim=8,
+        epochs=1,
+        batch_size=4,
+        probes=[],
+        device="cpu",
+    )
     steps = {}
     for drop in (False, True):
         store = distill.distill(cfg.replace(drop_last=drop), tmp_path / f"d{drop}.h5", data=data)
@@ -135,7 +175,7 @@ def test_alpha_formula_applies_to_bn_scales(alpha):
     torch.manual_seed(0)
     teacher = distill.build_model("resnet20", (3, 32, 32), head=None)
     s = dict(init_student(teacher, "alpha", alpha=alpha, seed=1).named_parameters())
-    delta = math.sqrt(alpha ** 2 + (1 - alpha) ** 2)
+    delta = math.sqrt(alpha**2 + (1 - alpha) ** 2)
     bn = [n for n, m in teacher.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bn) > 10
     for n in bn:
@@ -153,8 +193,10 @@ def test_eps_mode_and_its_variance_preserving_variant():
     t = {n: p.detach().numpy() for n, p in teacher.named_parameters()}
     noise = {n: p.detach().numpy() for n, p in fresh_like(teacher, 3).named_parameters()}
     plain = {n: p.detach().numpy() for n, p in init_student(teacher, "eps", eps=0.3, seed=3).named_parameters()}
-    vp = {n: p.detach().numpy() for n, p in
-          init_student(teacher, "eps", eps=0.3, seed=3, eps_rescale=True).named_parameters()}
+    vp = {
+        n: p.detach().numpy()
+        for n, p in init_student(teacher, "eps", eps=0.3, seed=3, eps_rescale=True).named_parameters()
+    }
     for n in t:
         np.testing.assert_allclose(plain[n], t[n] + 0.3 * noise[n], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(vp[n], (t[n] + 0.3 * noise[n]) / np.sqrt(1.09), rtol=1e-5, atol=1e-7)

@@ -27,7 +27,7 @@ def test_every_model_round_trips_bit_for_bit(tmp_path, arch):
     torch.manual_seed(0)
     model = small(arch)
     with torch.no_grad():  # make buffers non-trivial too
-        for name, b in model.named_buffers():
+        for b in model.buffers():
             if b.is_floating_point():
                 b.copy_(torch.rand_like(b))
     store = Store.create(tmp_path / "s.h5", {"arch": arch})
@@ -118,17 +118,25 @@ def test_bad_files_give_one_line_errors(tmp_path, capsys):
 def test_cli_exit_code_in_a_subprocess(tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
-    r = subprocess.run([sys.executable, "-m", "landscape.cli", "info", str(bad)], capture_output=True, text=True,
-                       cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "landscape.cli", "info", str(bad)], capture_output=True, text=True, cwd=ROOT
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr and "bad.h5" in r.stderr
 
 
 def test_results_round_trip_identical(tmp_path):
     store = Store.create(tmp_path / "s.h5")
-    ds = xr.Dataset({"accuracy": (("epoch", "model", "probe"), np.random.rand(3, 2, 2),
-                                  {"long_name": "probe accuracy", "units": "fraction"})},
-                    coords={"epoch": [0, 5, 10], "model": ["teacher", "student"], "probe": ["knn", "linear"]},
-                    attrs={"config": "{}", "n": 3})
+    ds = xr.Dataset(
+        {
+            "accuracy": (
+                ("epoch", "model", "probe"),
+                np.random.rand(3, 2, 2),
+                {"long_name": "probe accuracy", "units": "fraction"},
+            )
+        },
+        coords={"epoch": [0, 5, 10], "model": ["teacher", "student"], "probe": ["knn", "linear"]},
+        attrs={"config": "{}", "n": 3},
+    )
     store.write_result("metrics", ds)
     store.write_result("metrics", ds)  # replacing keeps one copy
     assert store.results() == ["metrics"]
@@ -148,9 +156,18 @@ def write_format1_store(path: Path, modules: dict, results: dict) -> None:
     """A store as the format-1 writer laid it out (one HDF5 file; groups with a completion mark;
     results as netCDF groups), written here with plain h5py and xarray, independently of the package."""
     with h5py.File(path, "w") as f:
-        f.attrs.update({"format": "random-teachers-store", "format_version": 1, "toolkit_version": "0.1.0",
-                        "torch_version": str(torch.__version__), "created_at": "2026-01-01T00:00:00+00:00",
-                        "kind": "distill", "config": '{"arch": "mlp"}', "seeds": "{}"})
+        f.attrs.update(
+            {
+                "format": "random-teachers-store",
+                "format_version": 1,
+                "toolkit_version": "0.1.0",
+                "torch_version": str(torch.__version__),
+                "created_at": "2026-01-01T00:00:00+00:00",
+                "kind": "distill",
+                "config": '{"arch": "mlp"}',
+                "seeds": "{}",
+            }
+        )
         for g in ("modules", "masks", "state", "results"):
             f.create_group(g)
         for name, (module, attrs) in modules.items():
@@ -170,8 +187,10 @@ def write_format1_store(path: Path, modules: dict, results: dict) -> None:
 
 
 def _metrics() -> xr.Dataset:
-    return xr.Dataset({"accuracy": (("epoch", "model", "probe"), np.arange(12.0).reshape(3, 2, 2) / 12)},
-                      coords={"epoch": [0, 5, 10], "model": ["teacher", "student"], "probe": ["knn", "linear"]})
+    return xr.Dataset(
+        {"accuracy": (("epoch", "model", "probe"), np.arange(12.0).reshape(3, 2, 2) / 12)},
+        coords={"epoch": [0, 5, 10], "model": ["teacher", "student"], "probe": ["knn", "linear"]},
+    )
 
 
 def test_format1_store_stays_readable(tmp_path, capsys):
@@ -179,9 +198,11 @@ def test_format1_store_stays_readable(tmp_path, capsys):
     teacher = distill.build_model("mlp", (1, 8, 8), head=None)
     students = {e: distill.build_model("mlp", (1, 8, 8), head=None) for e in (0, 5)}
     path = tmp_path / "old.h5"
-    write_format1_store(path, {"teacher": (teacher, {"epoch": 0}),
-                               **{student_name(e): (m, {"epoch": e}) for e, m in students.items()}},
-                        {"metrics": _metrics()})
+    write_format1_store(
+        path,
+        {"teacher": (teacher, {"epoch": 0}), **{student_name(e): (m, {"epoch": e}) for e, m in students.items()}},
+        {"metrics": _metrics()},
+    )
     before = path.read_bytes()
     s = Store(path)
     assert s.attrs["format_version"] == 1 and s.config == {"arch": "mlp"}
@@ -198,8 +219,9 @@ def test_format1_store_stays_readable(tmp_path, capsys):
     assert rtt(["pack", str(path), str(tmp_path / "new.h5")]) == 0
     p = Store(tmp_path / "new.h5")
     assert p.attrs["format_version"] == 2 and p.attrs["layout"] == "packed" and p.epochs == [0, 5]
-    assert torch.equal(p.student(5).state_dict()["backbone.layers.1.weight"],
-                       students[5].state_dict()["backbone.layers.1.weight"])
+    assert torch.equal(
+        p.student(5).state_dict()["backbone.layers.1.weight"], students[5].state_dict()["backbone.layers.1.weight"]
+    )
     assert path.read_bytes() == before  # reading never writes
 
 
@@ -239,7 +261,11 @@ def test_half_precision_and_compressed_checkpoints(tmp_path):
         back = Store(s.path).load_module("m").state_dict()
         for k, v in m.state_dict().items():
             assert back[k].dtype == v.dtype  # loaded back into the model's dtype
-            want = v if dtype == "fp32" else v.to(getattr(torch, {"fp16": "float16", "bf16": "bfloat16"}[dtype])).to(v.dtype)
+            want = (
+                v
+                if dtype == "fp32"
+                else v.to(getattr(torch, {"fp16": "float16", "bf16": "bfloat16"}[dtype])).to(v.dtype)
+            )
             assert torch.equal(back[k], want), (dtype, k)
     n = sum(v.numel() for v in m.state_dict().values())
     assert sizes["fp32", None] >= 4 * n and sizes["fp16", None] < 2 * n * 1.1 and sizes["bf16", None] < 2 * n * 1.1
@@ -250,13 +276,23 @@ def test_half_precision_and_compressed_checkpoints(tmp_path):
 def test_one_writer_at_a_time_and_stale_locks_are_taken_over(tmp_path, capsys):
     path = tmp_path / "s.h5"
     Store.create(path).close()
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f'''
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from distill.store import Store
         s = Store({str(path)!r}, "a")
         print("locked", flush=True)
         sys.stdin.readline()
-    ''')], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(StoreError, match=f"being written by pid {holder.pid} on host"):
         Store(path, "a")

@@ -1,12 +1,12 @@
 """Bad input to the store and the CLI: each case gives a one-line error naming the problem, a
 non-zero exit, and leaves every existing file byte for byte as it was."""
+
 import json
 import os
 import pickle
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,14 +22,41 @@ from landscape.cli import main as rtt
 from tests.distill.store_helpers import ROOT, checksums, report, write_mnist
 from tests.distill.test_store import _metrics, write_format1_store
 
-TINY = ["--arch", "mlp", "--arch-options", '{"widths": [16]}', "--out-dim", "16", "--hidden-dim", "16",
-        "--bottleneck-dim", "8", "--batch-size", "32", "--probes", "", "--device", "cpu"]
+TINY = [
+    "--arch",
+    "mlp",
+    "--arch-options",
+    '{"widths": [16]}',
+    "--out-dim",
+    "16",
+    "--hidden-dim",
+    "16",
+    "--bottleneck-dim",
+    "8",
+    "--batch-size",
+    "32",
+    "--probes",
+    "",
+    "--device",
+    "cpu",
+]
 CASES: list[str] = []
 
 
 def distill_argv(env, out, *extra) -> list[str]:
-    return ["distill", "--out", str(out), "--dataset", "mnist", "--data-root", str(env.mnist), "--epochs", "1",
-            *TINY, *extra]
+    return [
+        "distill",
+        "--out",
+        str(out),
+        "--dataset",
+        "mnist",
+        "--data-root",
+        str(env.mnist),
+        "--epochs",
+        "1",
+        *TINY,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +69,9 @@ def env(tmp_path_factory):
     assert rtt(["pack", str(e.good), str(e.packed)]) == 0
     e.old = d / "old.h5"
     m = distill.build_model("mlp", (1, 8, 8), head=None, widths=[8])
-    write_format1_store(e.old, {"teacher": (m, {"epoch": 0}), student_name(0): (m, {"epoch": 0})},
-                        {"metrics": _metrics()})
+    write_format1_store(
+        e.old, {"teacher": (m, {"epoch": 0}), student_name(0): (m, {"epoch": 0})}, {"metrics": _metrics()}
+    )
     (d / "notes.txt").write_text("not a store")
     (d / "folder").mkdir()
     e.mounts = []
@@ -57,11 +85,14 @@ def mount_tmpfs(env, name: str, size: str, ro: bool = False, fill_from: Path | N
     if mnt.exists():
         return mnt
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'mount failed'}): needs root in a "
-                    "container that allows mounts")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({r.stderr.strip() or 'mount failed'}): needs root in a "
+            "container that allows mounts"
+        )
     env.mounts.append(mnt)
     if fill_from is not None:
         shutil.copytree(fill_from, mnt / fill_from.name)
@@ -117,8 +148,12 @@ def _replace(f, key, data, dtype_attr=None):
     """Put ``data`` under ``key`` with a consistent checksum (a crafted file, not a damaged one)."""
     del f[key]
     f.create_dataset(key, data=data)
-    _manifest(f, key, sum64=checksum(np.asarray(data)) if np.asarray(data).dtype.kind in "biuf" else 0,
-              **({"dtype": dtype_attr} if dtype_attr else {}))
+    _manifest(
+        f,
+        key,
+        sum64=checksum(np.asarray(data)) if np.asarray(data).dtype.kind in "biuf" else 0,
+        **({"dtype": dtype_attr} if dtype_attr else {}),
+    )
 
 
 def _new_dataset(f, key, **kw):
@@ -134,33 +169,50 @@ def _set_spec(f, **changes):
 
 KEY = "backbone.layers.1.weight"
 STRICT = {
-    "float64_into_float32": (lambda f: _replace(f, KEY, f[KEY][()].astype(np.float64), "float64"),
-                             ["stored as float64, the model expects float32", "teacher", KEY]),
-    "int32_into_int64": (lambda f: _replace(f, "backbone.features.0.1.num_batches_tracked", np.int32(0), "int32"),
-                         ["stored as int32, the model expects int64", "num_batches_tracked"],
-                         "convnet", {"width": 4, "depth": 1, "bn": True}),
-    "nan_weights": (lambda f: _replace(f, KEY, np.full(f[KEY].shape, np.nan, np.float32)),
-                    ["NaN or infinite", KEY, "allow_nonfinite=True"]),
+    "float64_into_float32": (
+        lambda f: _replace(f, KEY, f[KEY][()].astype(np.float64), "float64"),
+        ["stored as float64, the model expects float32", "teacher", KEY],
+    ),
+    "int32_into_int64": (
+        lambda f: _replace(f, "backbone.features.0.1.num_batches_tracked", np.int32(0), "int32"),
+        ["stored as int32, the model expects int64", "num_batches_tracked"],
+        "convnet",
+        {"width": 4, "depth": 1, "bn": True},
+    ),
+    "nan_weights": (
+        lambda f: _replace(f, KEY, np.full(f[KEY].shape, np.nan, np.float32)),
+        ["NaN or infinite", KEY, "allow_nonfinite=True"],
+    ),
     "inf_weights": (lambda f: _replace(f, KEY, np.full(f[KEY].shape, np.inf, np.float32)), ["NaN or infinite"]),
     "string_dataset": (lambda f: _replace(f, KEY, np.array([b"abc", b"de"])), ["non-numeric", KEY]),
-    "compound_dataset": (lambda f: _replace(f, KEY, np.zeros(3, dtype=[("a", "f4"), ("b", "i4")])),
-                         ["non-numeric", KEY]),
+    "compound_dataset": (
+        lambda f: _replace(f, KEY, np.zeros(3, dtype=[("a", "f4"), ("b", "i4")])),
+        ["non-numeric", KEY],
+    ),
     "group_not_dataset": (lambda f: (f.__delitem__(KEY), f.create_group(KEY)), ["not a tensor dataset", KEY]),
     "dataset_not_in_manifest": (lambda f: _manifest(f, KEY, remove=True), ["not in the file's tensor manifest", KEY]),
     "manifest_damaged": (lambda f: f.attrs.__setitem__("tensors", "{oops"), ["unreadable tensor manifest"]),
-    "huge_spec_field": (lambda f: _set_spec(f, widths=[2 ** 40]), ["out of bounds", "1099511627776"]),
+    "huge_spec_field": (lambda f: _set_spec(f, widths=[2**40]), ["out of bounds", "1099511627776"]),
     "spec_larger_than_file": (lambda f: _set_spec(f, widths=[1 << 20]), ["the model expects (1048576, 64)", KEY]),
     "spec_not_json": (lambda f: f.attrs.__setitem__("spec", "{not json"), ["unusable architecture spec"]),
-    "claims_more_bytes": (lambda f: (f.__delitem__(KEY), _new_dataset(f, KEY, shape=(10 ** 8,), dtype="f4")),
-                          ["claims shape (100000000,)", "only 0 bytes are stored"]),
-    "dtype_attr_lies": (lambda f: _replace(f, KEY, f[KEY][()].astype(np.int16), "float32"),
-                        ["records dtype 'float32'", "holds int16"]),
+    "claims_more_bytes": (
+        lambda f: (f.__delitem__(KEY), _new_dataset(f, KEY, shape=(10**8,), dtype="f4")),
+        ["claims shape (100000000,)", "only 0 bytes are stored"],
+    ),
+    "dtype_attr_lies": (
+        lambda f: _replace(f, KEY, f[KEY][()].astype(np.int16), "float32"),
+        ["records dtype 'float32'", "holds int16"],
+    ),
     "unknown_dtype_attr": (lambda f: _manifest(f, KEY, dtype="complex64"), ["records dtype 'complex64'"]),
     "bit_flip": (lambda f: f[KEY].__setitem__((0, 0), f[KEY][0, 0] + 1.0), ["fails its checksum", KEY]),
     "wrong_shape": (lambda f: _replace(f, KEY, np.zeros((3, 3), np.float32)), ["has shape (3, 3)", KEY]),
     "missing_key": (lambda f: (f.__delitem__(KEY), _manifest(f, KEY, remove=True)), ["missing key", KEY]),
-    "extra_key": (lambda f: _replace(f.create_dataset("extra.weight", data=np.zeros(2, np.float32)).file,
-                                     "extra.weight", np.zeros(2, np.float32)), ["unexpected key 'extra.weight'"]),
+    "extra_key": (
+        lambda f: _replace(
+            f.create_dataset("extra.weight", data=np.zeros(2, np.float32)).file, "extra.weight", np.zeros(2, np.float32)
+        ),
+        ["unexpected key 'extra.weight'"],
+    ),
 }
 CASES += [f"strict:{k}" for k in STRICT]
 
@@ -225,7 +277,7 @@ def _damaged_object(env, tmp, how):
         with h5py.File(obj, "r") as f:
             d = next(f[k] for k in f if f[k].size > 16)
             at = d.id.get_offset() + 8
-        data[at:at + 8] = bytes(b ^ 0xFF for b in data[at:at + 8])
+        data[at : at + 8] = bytes(b ^ 0xFF for b in data[at : at + 8])
         obj.write_bytes(bytes(data))
     return p
 
@@ -247,13 +299,19 @@ CLI = {
     "pack_parent_is_file": (lambda e, t: ["pack", e.good, e.dir / "notes.txt" / "p.h5"], ["notes.txt is a file"]),
     "pack_absent_store": (lambda e, t: ["pack", e.dir / "absent.h5", t / "p.h5"], ["no store at"]),
     "distill_unknown_arch": (lambda e, t: distill_argv(e, t / "new.h5", "--arch", "resnet999"), ["resnet999"]),
-    "distill_bad_arch_options": (lambda e, t: distill_argv(e, t / "new.h5", "--arch-options", '{"nonsense": 1}'),
-                                 ["nonsense"]),
+    "distill_bad_arch_options": (
+        lambda e, t: distill_argv(e, t / "new.h5", "--arch-options", '{"nonsense": 1}'),
+        ["nonsense"],
+    ),
     "distill_lr_nan": (lambda e, t: distill_argv(e, t / "new.h5", "--lr", "nan"), ["lr=nan", "finite"]),
-    "distill_probes_unknown": (lambda e, t: distill_argv(e, t / "new.h5", "--probes", "knn,bogus"),
-                               ["unknown probe", "bogus"]),
-    "distill_subset_below_batch": (lambda e, t: distill_argv(e, t / "new.h5", "--subset", "20"),
-                                   ["fewer than batch_size=32"]),
+    "distill_probes_unknown": (
+        lambda e, t: distill_argv(e, t / "new.h5", "--probes", "knn,bogus"),
+        ["unknown probe", "bogus"],
+    ),
+    "distill_subset_below_batch": (
+        lambda e, t: distill_argv(e, t / "new.h5", "--subset", "20"),
+        ["fewer than batch_size=32"],
+    ),
     "distill_epochs_zero": (lambda e, t: distill_argv(e, t / "new.h5", "--epochs", "0"), ["epochs=0"]),
     "distill_other_config": (lambda e, t: distill_argv(e, e.good, "--lr", "0.5"), ["holds a run with lr="]),
     "distill_no_resume": (lambda e, t: distill_argv(e, e.good, "--no-resume"), ["already exists"]),
@@ -262,8 +320,10 @@ CLI = {
     "distill_into_folder": (lambda e, t: distill_argv(e, e.dir / "folder"), ["is a folder but not"]),
     "distill_into_text_file": (lambda e, t: distill_argv(e, e.dir / "notes.txt"), ["not an HDF5 file"]),
     "distill_parent_is_file": (lambda e, t: distill_argv(e, e.dir / "notes.txt" / "x.h5"), ["notes.txt is a file"]),
-    "distill_missing_data": (lambda e, t: ["distill", "--out", t / "new.h5", "--dataset", "mnist", "--data-root",
-                                           t / "nothing", *TINY], ["mnist not found"]),
+    "distill_missing_data": (
+        lambda e, t: ["distill", "--out", t / "new.h5", "--dataset", "mnist", "--data-root", t / "nothing", *TINY],
+        ["mnist not found"],
+    ),
 }
 CASES += [f"cli:{k}" for k in CLI]
 
@@ -299,8 +359,22 @@ def test_full_disk_then_resume(env, tmp_path, capsys):
     mnt = mount_tmpfs(env, "full", "3m")
     out = mnt / "run.h5"
     # a model of ~0.8 MB: the teacher and epoch 0 fit, epoch 1 (student + Adam moments) does not
-    argv = ["distill", "--out", out, "--dataset", "mnist", "--data-root", env.mnist, "--epochs", "2",
-            "--save-every", "1", *TINY, "--arch-options", '{"widths": [256]}']
+    argv = [
+        "distill",
+        "--out",
+        out,
+        "--dataset",
+        "mnist",
+        "--data-root",
+        env.mnist,
+        "--epochs",
+        "2",
+        "--save-every",
+        "1",
+        *TINY,
+        "--arch-options",
+        '{"widths": [256]}',
+    ]
     err = expect_cli(argv, capsys, "disk is full", "rerun to resume")
     s = Store(out)
     done = s.commits()
@@ -333,17 +407,35 @@ def test_permission_denied(env, tmp_path, capsys):
     closed.mkdir()
     os.chmod(closed, 0o555)
     before = checksums(tmp_path)
-    runner = ("import contextlib, io, json, sys\nfrom landscape.cli import main\nfor argv in json.loads(sys.argv[1]):\n"
-              "    err = io.StringIO()\n    with contextlib.redirect_stderr(err):\n        code = main(argv)\n"
-              "    print(json.dumps({'code': code, 'stderr': err.getvalue()}))\n")
-    cmds = {"pack": ["pack", tmp_path / "good.h5", closed / "p.h5"], "distill": distill_argv(env, closed / "new.h5"),
-            "verify": ["verify", tmp_path / "good.h5"]}
-    r = subprocess.run([setpriv, f"--inh-caps={drop}", f"--bounding-set={drop}", sys.executable, "-c", runner,
-                        json.dumps([[str(a) for a in argv] for argv in cmds.values()])],
-                       capture_output=True, text=True, cwd=ROOT)
+    runner = (
+        "import contextlib, io, json, sys\nfrom landscape.cli import main\nfor argv in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n    with contextlib.redirect_stderr(err):\n        code = main(argv)\n"
+        "    print(json.dumps({'code': code, 'stderr': err.getvalue()}))\n"
+    )
+    cmds = {
+        "pack": ["pack", tmp_path / "good.h5", closed / "p.h5"],
+        "distill": distill_argv(env, closed / "new.h5"),
+        "verify": ["verify", tmp_path / "good.h5"],
+    }
+    r = subprocess.run(
+        [
+            setpriv,
+            f"--inh-caps={drop}",
+            f"--bounding-set={drop}",
+            sys.executable,
+            "-c",
+            runner,
+            json.dumps([[str(a) for a in argv] for argv in cmds.values()]),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
-    outs = {name: SimpleNamespace(returncode=d["code"], stderr=d["stderr"])
-            for name, d in zip(cmds, [json.loads(x) for x in r.stdout.splitlines() if x.startswith('{"code"')])}
+    outs = {
+        name: SimpleNamespace(returncode=d["code"], stderr=d["stderr"])
+        for name, d in zip(cmds, [json.loads(x) for x in r.stdout.splitlines() if x.startswith('{"code"')])
+    }
     for name in ("pack", "distill"):
         r = outs[name]
         assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -401,8 +493,12 @@ def test_unpickler_admits_only_arrays_bounded_by_the_file(case, tmp_path, capsys
     with pytest.raises(ValueError, match=needle):
         distill.data.unpickle_restricted(blob, "batch")
     before = checksums(tmp_path)
-    expect_cli(["distill", "--out", tmp_path / "new.h5", "--dataset", "cifar10", "--data-root", root, *TINY],
-               capsys, needle, "data_batch_1")
+    expect_cli(
+        ["distill", "--out", tmp_path / "new.h5", "--dataset", "cifar10", "--data-root", root, *TINY],
+        capsys,
+        needle,
+        "data_batch_1",
+    )
     assert not (tmp_path / "new.h5").exists() and checksums(tmp_path) == before
 
 
@@ -424,6 +520,9 @@ def test_api_misuse_is_a_one_line_error(tmp_path):
 
 
 def test_zz_count_the_cases(capsys):
-    report(capsys, f"bad-input suite: {len(CASES)} cases ({len(set(c.split(':')[0] for c in CASES))} kinds), each a "
-                   "one-line error, non-zero exit, existing files unchanged")
+    report(
+        capsys,
+        f"bad-input suite: {len(CASES)} cases ({len(set(c.split(':')[0] for c in CASES))} kinds), each a "
+        "one-line error, non-zero exit, existing files unchanged",
+    )
     assert len(CASES) >= 40

@@ -1,4 +1,5 @@
 """Readers during a whole distillation, a second writer, and the size of a finished store."""
+
 import json
 import os
 import signal
@@ -57,13 +58,17 @@ READER = textwrap.dedent("""
 
 def test_a_reader_polling_a_whole_run_sees_no_error(tmp_path, capsys):
     path, stop = tmp_path / "live.h5", tmp_path / "stop"
-    reader = subprocess.Popen([sys.executable, "-c", READER, str(path), str(stop)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(path), str(stop)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     assert reader.stdout.readline().strip() == "ready"
     server = ForkServer()
     try:
-        lines, done = server.run(job="distill", store=str(path), cfg={"epochs": 4, "probes": []},
-                                 kill_after_s=None)
+        lines, done = server.run(job="distill", store=str(path), cfg={"epochs": 4, "probes": []}, kill_after_s=None)
     finally:
         server.close()
         stop.touch()
@@ -73,8 +78,11 @@ def test_a_reader_polling_a_whole_run_sees_no_error(tmp_path, capsys):
     assert reader.returncode == 0, err
     assert got["errors"] == 0, got["first_error"]
     assert got["polls"] >= 1 and got["commits"] == list(range(5))
-    report(capsys, f"reader polled student(e), .metrics and rtt info {got['polls']} times during a 4-epoch run: "
-                   f"{got['errors']} errors in the reader, 0 in the writer")
+    report(
+        capsys,
+        f"reader polled student(e), .metrics and rtt info {got['polls']} times during a 4-epoch run: "
+        f"{got['errors']} errors in the reader, 0 in the writer",
+    )
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
@@ -86,9 +94,33 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
         locked = server.line()
         pid = locked["locked"]
         before = checksums(path)
-        argv = ["distill", "--out", str(path), "--dataset", "mnist", "--data-root", str(root), "--arch", "mlp",
-                "--arch-options", '{"widths": [16]}', "--out-dim", "16", "--hidden-dim", "16", "--bottleneck-dim",
-                "8", "--epochs", "1", "--batch-size", "32", "--probes", "", "--device", "cpu"]
+        argv = [
+            "distill",
+            "--out",
+            str(path),
+            "--dataset",
+            "mnist",
+            "--data-root",
+            str(root),
+            "--arch",
+            "mlp",
+            "--arch-options",
+            '{"widths": [16]}',
+            "--out-dim",
+            "16",
+            "--hidden-dim",
+            "16",
+            "--bottleneck-dim",
+            "8",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--probes",
+            "",
+            "--device",
+            "cpu",
+        ]
         code = rtt(argv)
         err = capsys.readouterr().err
         assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -113,17 +145,18 @@ def _dataset_bytes(path: Path) -> int:
     total = 0
     for f in sorted(path.rglob("*.h5")):
         with h5py.File(f, "r") as h:
+
             def visit(_, obj):
                 nonlocal total
                 if isinstance(obj, h5py.Dataset):
                     total += obj.size * obj.dtype.itemsize
+
             h.visititems(visit)
     return total
 
 
 def test_a_finished_store_is_compact(tmp_path, capsys):
-    cfg = tiny_cfg(arch="mlp", arch_options={"widths": [256, 256]}, epochs=10, save_every=1, probes=[],
-                   probe_every=0)
+    cfg = tiny_cfg(arch="mlp", arch_options={"widths": [256, 256]}, epochs=10, save_every=1, probes=[], probe_every=0)
     store = run(cfg, tmp_path / "ten.h5", data=synthetic(), progress=False)
     assert store.epochs == list(range(11))
     files = [p for p in store.path.rglob("*") if p.is_file()]
@@ -134,6 +167,9 @@ def test_a_finished_store_is_compact(tmp_path, capsys):
     ratio = size / tensors
     assert ratio <= 1.15
     assert not [p for p in files if p.name.startswith(".")]
-    report(capsys, f"10-epoch run, save_every=1: store {size / 1e6:.2f} MB for {tensors / 1e6:.2f} MB of tensors "
-                   f"= {ratio:.3f}x ({len(files)} files)")
+    report(
+        capsys,
+        f"10-epoch run, save_every=1: store {size / 1e6:.2f} MB for {tensors / 1e6:.2f} MB of tensors "
+        f"= {ratio:.3f}x ({len(files)} files)",
+    )
     np.testing.assert_array_equal(store.metrics.epoch.values, np.arange(11))

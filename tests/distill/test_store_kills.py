@@ -1,6 +1,7 @@
 """Crash safety of the store under SIGKILL: a fast checkpoint appender killed hundreds of times,
 a real distillation killed at random instants and between every pair of file operations of one
 epoch's commit. The counts are printed in the test output."""
+
 import signal
 import time
 from pathlib import Path
@@ -18,7 +19,6 @@ def server():
     s = ForkServer()
     yield s
     s.close()
-
 
 
 def check_appended(path: Path, saved: set[int]) -> int:
@@ -71,8 +71,11 @@ def test_200_kills_of_a_fast_appender_lose_nothing(tmp_path, capsys):
         saved[path] |= got
         check_appended(path, saved[path])
     server.close()
-    report(capsys, f"{kills} SIGKILLs of the appender over {len(stores)} stores, {total} checkpoints whose save "
-                   "returned: 0 lost, 0 altered, every store reopened and appended to")
+    report(
+        capsys,
+        f"{kills} SIGKILLs of the appender over {len(stores)} stores, {total} checkpoints whose save "
+        "returned: 0 lost, 0 altered, every store reopened and appended to",
+    )
 
 
 # ---------------------------------------------------------------------------- real distillations
@@ -123,8 +126,9 @@ def test_random_kills_of_a_distillation_resume_to_the_same_store(server, referen
         path = tmp_path / f"run{stores}.h5"
         stores += 1
         for _ in range(5):  # kills at random instants of the run, each followed by a resume
-            lines, done = server.run(job="distill", store=str(path), cfg=CFG,
-                                     kill_after_s=float(rng.uniform(0, seconds)))
+            lines, done = server.run(
+                job="distill", store=str(path), cfg=CFG, kill_after_s=float(rng.uniform(0, seconds))
+            )
             runs += 1
             assert not [r for r in lines if "error" in r], lines
             if done["signal"] != signal.SIGKILL:
@@ -132,8 +136,11 @@ def test_random_kills_of_a_distillation_resume_to_the_same_store(server, referen
             kills += 1
         resume_to_end(server, path)
         same_store(ref, path)
-    report(capsys, f"{kills} SIGKILLs at random instants over {runs} runs of a distillation ({stores} stores), each "
-                   "resumed: final stores equal the uninterrupted run bit for bit")
+    report(
+        capsys,
+        f"{kills} SIGKILLs at random instants over {runs} runs of a distillation ({stores} stores), each "
+        "resumed: final stores equal the uninterrupted run bit for bit",
+    )
     assert kills >= 20
 
 
@@ -155,7 +162,10 @@ def test_kill_between_every_file_operation_of_an_epoch_commit(server, reference,
         assert Store(path).epochs == s.commits() and list(s.metrics.epoch.values) == s.commits()
         resume_to_end(server, path)
         same_store(ref, path)
-    report(capsys, f"{len(ks) + len(extra)} targeted kills, one after each of the {len(ks) - 1} file operations of epoch 2's "
-                   f"commit ({', '.join(oplog[first:last + 1])}), one just before it and one after each of the commits "
-                   "of epochs 0 and 1, each resumed: final "
-                   "stores equal the uninterrupted run bit for bit")
+    report(
+        capsys,
+        f"{len(ks) + len(extra)} targeted kills, one after each of the {len(ks) - 1} file operations of epoch 2's "
+        f"commit ({', '.join(oplog[first : last + 1])}), one just before it and one after each of the commits "
+        "of epochs 0 and 1, each resumed: final "
+        "stores equal the uninterrupted run bit for bit",
+    )

@@ -1,4 +1,5 @@
 """The supervised loop: learning, reproducibility, augmentation helpers, schedule, hooks, errors."""
+
 from __future__ import annotations
 
 import copy
@@ -11,8 +12,7 @@ import torch.nn.functional as F
 from distill.config import RunError, SupervisedConfig
 from distill.data import Dataset, Split, normalize
 from distill.models import build_model
-from distill.supervised import (augment, evaluate, flip, lr_schedule, pad_crop, train_supervised,
-                                with_classifier)
+from distill.supervised import augment, evaluate, flip, lr_schedule, pad_crop, train_supervised, with_classifier
 
 SHAPE = (1, 12, 12)
 
@@ -94,8 +94,8 @@ def loop_crop(x, dy, dx, p, fill):
     c, h, w = x.shape[1:]
     for i in range(len(x)):
         padded = fill.view(c, 1, 1).expand(c, h + 2 * p, w + 2 * p).clone()
-        padded[:, p:p + h, p:p + w] = x[i]
-        out[i] = padded[:, int(dy[i]):int(dy[i]) + h, int(dx[i]):int(dx[i]) + w]
+        padded[:, p : p + h, p : p + w] = x[i]
+        out[i] = padded[:, int(dy[i]) : int(dy[i]) + h, int(dx[i]) : int(dx[i]) + w]
     return out
 
 
@@ -109,7 +109,7 @@ def test_pad_crop_matches_a_per_image_loop():
     fill = torch.tensor([-1.5, 0.25, 3.0])
     assert torch.equal(pad_crop(x, dy, dx, p, fill), loop_crop(x, dy, dx, p, fill))
     # scalar fill: the same as torch's constant padding
-    ref = torch.stack([F.pad(x[i], (p, p, p, p), value=0.5)[:, dy[i]:dy[i] + 7, dx[i]:dx[i] + 5] for i in range(9)])
+    ref = torch.stack([F.pad(x[i], (p, p, p, p), value=0.5)[:, dy[i] : dy[i] + 7, dx[i] : dx[i] + 5] for i in range(9)])
     assert torch.equal(pad_crop(x, dy, dx, p, 0.5), ref)
     # centred offsets give the images back
     assert torch.equal(pad_crop(x, torch.full((9,), p), torch.full((9,), p), p, fill), x)
@@ -229,6 +229,7 @@ def test_continuing_a_stopped_run_is_bit_identical(monkeypatch):
     full_lrs = [lr for _, lr in calls]
 
     for k in (3, 4):  # an epoch boundary and the middle of epoch 2
+
         def stop_at_k(step, model):
             if step == k:
                 raise _Stop
@@ -244,8 +245,9 @@ def test_continuing_a_stopped_run_is_bit_identical(monkeypatch):
 
         calls.clear()
         seen = []
-        res = train_supervised(stopped, data, c, start_step=k, optimizer_state=opt_state,
-                               on_step=lambda step, m: seen.append(step))
+        res = train_supervised(
+            stopped, data, c, start_step=k, optimizer_state=opt_state, on_step=lambda step, m: seen.append(step)
+        )
         assert seen == list(range(k + 1, 10)) and res["steps"] == 9 and res["start_step"] == k
         assert [lr for _, lr in calls] == full_lrs[k:]  # the schedule continues at step k
         assert res["history"]["epoch"] == list(range(k // 3 + 1, 4))

@@ -9,8 +9,8 @@ import distill
 from distill.config import DistillConfig, RunError
 from distill.data import Dataset, Split
 from distill.store import Store, StoreError
-from distill.train import (distill as run, distillation_loss, distillation_terms, lr_schedule, multicrop,
-                           set_teacher_mode)
+from distill.train import distill as run
+from distill.train import distillation_loss, distillation_terms, lr_schedule, multicrop, set_teacher_mode
 from landscape.cli import main as rtt
 
 
@@ -27,9 +27,22 @@ def synthetic(n_train=192, n_test=96, shape=(1, 10, 10), classes=4, seed=0) -> D
 
 
 def tiny_cfg(**kw) -> DistillConfig:
-    base = dict(dataset="synthetic", arch="convnet", arch_options={"width": 8, "depth": 2, "bn": True},
-                out_dim=64, hidden_dim=32, bottleneck_dim=16, lr=1e-3, epochs=2, batch_size=64, save_every=1,
-                probe_every=1, knn_k=5, linear_epochs=2, device="cpu")
+    base = dict(
+        dataset="synthetic",
+        arch="convnet",
+        arch_options={"width": 8, "depth": 2, "bn": True},
+        out_dim=64,
+        hidden_dim=32,
+        bottleneck_dim=16,
+        lr=1e-3,
+        epochs=2,
+        batch_size=64,
+        save_every=1,
+        probe_every=1,
+        knn_k=5,
+        linear_epochs=2,
+        device="cpu",
+    )
     return DistillConfig(**{**base, **kw})
 
 
@@ -56,11 +69,14 @@ def test_loss_matches_an_independent_computation():
     assert ce_c.item() == pytest.approx(distillation_loss(t - center, s).item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("arch,options,bn_mode", [
-    ("mlp", {"widths": [32, 16]}, "eval"),
-    ("convnet", {"width": 8, "depth": 2, "bn": False}, "eval"),
-    ("convnet", {"width": 8, "depth": 2, "bn": True}, "train"),
-])
+@pytest.mark.parametrize(
+    "arch,options,bn_mode",
+    [
+        ("mlp", {"widths": [32, 16]}, "eval"),
+        ("convnet", {"width": 8, "depth": 2, "bn": False}, "eval"),
+        ("convnet", {"width": 8, "depth": 2, "bn": True}, "train"),
+    ],
+)
 def test_gradient_is_zero_when_student_equals_teacher(arch, options, bn_mode):
     data = synthetic()
     # float64 so that the check is not at the mercy of float32 rounding in threaded kernels
@@ -112,8 +128,10 @@ def test_same_config_twice_gives_identical_stores(tmp_path):
     assert ma.identical(mb)
     # a different data-order seed changes the student
     c = run(tiny_cfg(data_seed=1), tmp_path / "c.h5", data=data, progress=False)
-    assert not torch.equal(c.student().state_dict()["backbone.features.0.0.weight"],
-                           a.student().state_dict()["backbone.features.0.0.weight"])
+    assert not torch.equal(
+        c.student().state_dict()["backbone.features.0.0.weight"],
+        a.student().state_dict()["backbone.features.0.0.weight"],
+    )
 
 
 def test_metrics_schema_and_checkpoints(tmp_path):
@@ -129,7 +147,8 @@ def test_metrics_schema_and_checkpoints(tmp_path):
     assert m.distance.sel(epoch=0) < 1e-6 < m.distance.sel(epoch=2)
     # teacher probes are those of the stored teacher; the BN-recalibrated teacher differs for a BN net
     assert float(m.accuracy.sel(epoch=0, model="teacher", probe="knn")) == float(
-        m.accuracy.sel(epoch=2, model="teacher", probe="knn"))
+        m.accuracy.sel(epoch=2, model="teacher", probe="knn")
+    )
     t = store.teacher()
     assert not t.training and all(not p.requires_grad for p in t.parameters())
     assert store.config["arch"] == "convnet" and store.attrs["kind"] == "distill"

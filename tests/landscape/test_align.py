@@ -1,5 +1,6 @@
 """Permutation alignment: permuted copies aligned back exactly (every family), weight matching equals
 brute force on an enumerable hidden layer, aligned paths, REPAIR statistics."""
+
 from __future__ import annotations
 
 import copy
@@ -13,15 +14,26 @@ from torch import nn
 
 from distill.data import Dataset, Split
 from distill.models import build_model, seeded
-from landscape.align import (activation_matching, align, apply_permutation, permutation_spec, random_permutations,
-                             repair_state, weight_matching)
+from landscape.align import (
+    activation_matching,
+    align,
+    apply_permutation,
+    permutation_spec,
+    random_permutations,
+    repair_state,
+    weight_matching,
+)
 from landscape.paths import linear_path
 
 FAMILIES = [
     ("mlp", (1, 6, 6), dict(widths=[12, 10]), "linear"),
     ("mlp", (1, 6, 6), dict(widths=[12], out_dim=16, hidden_dim=9, bottleneck_dim=5), "dino"),
-    ("mlp", (1, 6, 6), dict(widths=[7], out_dim=16, hidden_dim=9, bottleneck_dim=5, last_layer="weightnorm",
-                            norm_last_layer=False), "dino"),
+    (
+        "mlp",
+        (1, 6, 6),
+        dict(widths=[7], out_dim=16, hidden_dim=9, bottleneck_dim=5, last_layer="weightnorm", norm_last_layer=False),
+        "dino",
+    ),
     ("convnet", (3, 8, 8), dict(width=8, depth=2, bn=True), "linear"),
     ("convnet", (3, 8, 8), dict(width=8, depth=2, bn=False), "linear"),
     ("vgg11_bn", (3, 8, 8), {}, "linear"),
@@ -77,8 +89,12 @@ def test_weight_matching_equals_brute_force_on_one_hidden_layer():
 
     def objective(s):
         s = list(s)
-        return ((sa[w1] * sb[w1][s]).sum() + (sa[b1] * sb[b1][s]).sum() + (sa[w2] * sb[w2][:, s]).sum()
-                + (sa[b2] * sb[b2]).sum())
+        return (
+            (sa[w1] * sb[w1][s]).sum()
+            + (sa[b1] * sb[b1][s]).sum()
+            + (sa[w2] * sb[w2][:, s]).sum()
+            + (sa[b2] * sb[b2]).sum()
+        )
 
     scores = {s: objective(s) for s in itertools.permutations(range(6))}
     best = max(scores, key=scores.get)
@@ -90,8 +106,10 @@ def _data(n_train=64, n_test=32, shape=(1, 6, 6), classes=5):
     g = torch.Generator().manual_seed(3)
 
     def split(n):
-        return Split(torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8),
-                     torch.randint(0, classes, (n,), generator=g))
+        return Split(
+            torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8),
+            torch.randint(0, classes, (n,), generator=g),
+        )
 
     return Dataset("synthetic", split(n_train), split(n_test), [str(i) for i in range(classes)], (0.5,), (0.25,))
 

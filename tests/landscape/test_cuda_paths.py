@@ -1,4 +1,5 @@
 """The batched path evaluator on CUDA (marked gpu: skipped with a reason without a CUDA device)."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,6 +1,7 @@
 """Sweeps on real engines: a dask.distributed LocalCluster (2 worker processes) and submitit's local
 executor give the sequential run's tensors and metrics; a sweep whose dask worker is killed
 mid-run completes on a rerun without recomputing finished points; --executor specs."""
+
 from __future__ import annotations
 
 import logging
@@ -78,14 +79,14 @@ def assert_same_sweep(a, b):
 
 
 def test_locality_on_a_dask_cluster_matches_the_sequential_run(sequential, dask_executor, tmp_path):
-    par = locality(_cfg(), alphas=ALPHAS, out_dir=tmp_path, data=synthetic(), executor=dask_executor,
-                   progress=False)
+    par = locality(_cfg(), alphas=ALPHAS, out_dir=tmp_path, data=synthetic(), executor=dask_executor, progress=False)
     assert_same_sweep(sequential, par)
 
 
 def test_locality_through_submitit_matches_the_sequential_run(sequential, submitit_executor, tmp_path):
-    par = locality(_cfg(), alphas=ALPHAS, out_dir=tmp_path, data=synthetic(), executor=submitit_executor,
-                   progress=False)
+    par = locality(
+        _cfg(), alphas=ALPHAS, out_dir=tmp_path, data=synthetic(), executor=submitit_executor, progress=False
+    )
     assert_same_sweep(sequential, par)
     assert len(submitit_executor.jobs) == len(ALPHAS)  # one job per point, each its own process
     assert len({j.job_id for j in submitit_executor.jobs}) == len(ALPHAS)
@@ -93,8 +94,18 @@ def test_locality_through_submitit_matches_the_sequential_run(sequential, submit
 
 def _children(tmp, executor):
     data = ti.synthetic()
-    ds = inst.instability(ti.dino_start(), data, children=2, cfg=ti.CFG, store=tmp / "children.h5", alphas=5,
-                          device="cpu", head_seed=2, path_options=ti.PATH, executor=executor)
+    ds = inst.instability(
+        ti.dino_start(),
+        data,
+        children=2,
+        cfg=ti.CFG,
+        store=tmp / "children.h5",
+        alphas=5,
+        device="cpu",
+        head_seed=2,
+        path_options=ti.PATH,
+        executor=executor,
+    )
     return ds, Store(tmp / "children.h5")
 
 
@@ -109,8 +120,9 @@ def assert_same_children(a, b):
     assert not list(sb.path.parent.glob("*.child*.h5"))  # the units' own stores were moved in
 
 
-def test_instability_children_on_dask_and_submitit_match_the_sequential_run(one_thread, dask_executor,
-                                                                           submitit_executor, tmp_path):
+def test_instability_children_on_dask_and_submitit_match_the_sequential_run(
+    one_thread, dask_executor, submitit_executor, tmp_path
+):
     dirs = [tmp_path / d for d in ("run-seq", "run-dask", "run-submitit")]
     for d in dirs:
         d.mkdir()
@@ -130,9 +142,11 @@ def test_killing_a_dask_worker_then_rerunning_skips_the_finished_points(sequenti
         return {p: p.stat().st_mtime_ns for p, c in points.items() if distillation_complete(c, p)}
 
     killed: list[int] = []
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         pids = client.run(os.getpid)
         stop = threading.Event()
 
@@ -192,10 +206,16 @@ def test_run_units_skips_done_units_and_stops_at_the_first_failure():
         run_units([Unit(False, fail=True), Unit(False)])
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("slurm:4", "unknown kind"), ("process:0", "positive integer"), ("dask-local:x", "positive integer"),
-    ("process", "is not valid"), ("submitit:/tmp/x,timeout", "key=value"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("slurm:4", "unknown kind"),
+        ("process:0", "positive integer"),
+        ("dask-local:x", "positive integer"),
+        ("process", "is not valid"),
+        ("submitit:/tmp/x,timeout", "key=value"),
+    ],
+)
 def test_bad_executor_specs_are_one_line_errors(spec, message):
     with pytest.raises(ValueError, match=message):
         with open_executor(spec):
@@ -205,8 +225,9 @@ def test_bad_executor_specs_are_one_line_errors(spec, message):
 def test_rtt_locality_rejects_a_bad_executor(tmp_path, capsys):
     from landscape.cli import main as rtt
 
-    code = rtt(["locality", "--alphas", "0,1", "--out", str(tmp_path / "l.nc"), "--runs", str(tmp_path),
-                "--executor", "mpi:4"])
+    code = rtt(
+        ["locality", "--alphas", "0,1", "--out", str(tmp_path / "l.nc"), "--runs", str(tmp_path), "--executor", "mpi:4"]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "unknown kind 'mpi'" in err and len(err.strip().splitlines()) == 1
 
@@ -218,14 +239,21 @@ def test_lottery_rewind_targets_as_units_on_dask_match_one_sequential_call(one_t
 
     data, start = tl.synthetic(), tl.tiny_model()
     one = lottery(start, data, levels=2, rewind=["start", "init"], cfg=tl.CFG, device="cpu", progress=False)
-    swept = lottery_sweep(start, data, rewinds=["start", "init"], out_dir=tmp_path, executor=dask_executor,
-                          cfg=tl.CFG, levels=2, device="cpu")
+    swept = lottery_sweep(
+        start,
+        data,
+        rewinds=["start", "init"],
+        out_dir=tmp_path,
+        executor=dask_executor,
+        cfg=tl.CFG,
+        levels=2,
+        device="cpu",
+    )
     assert list(swept.rewind.values) == ["start", "init"]
     for name in one.data_vars:
         np.testing.assert_array_equal(one[name].values, swept[name].values, err_msg=name)
     assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["lottery-init-seed0.h5", "lottery-start-seed0.h5"]
     # a rerun finds both units done and trains nothing
-    again = lottery_sweep(start, data, rewinds=["start", "init"], out_dir=tmp_path, cfg=tl.CFG, levels=2,
-                          device="cpu")
+    again = lottery_sweep(start, data, rewinds=["start", "init"], out_dir=tmp_path, cfg=tl.CFG, levels=2, device="cpu")
     for name in one.data_vars:
         np.testing.assert_array_equal(again[name].values, swept[name].values, err_msg=name)

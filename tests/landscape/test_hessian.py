@@ -1,4 +1,5 @@
 """Hessian eigenpairs, trace and SLQ against the dense Hessian of a tiny network."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,13 @@ from landscape.hessian import HessianOperator, hessian, power_iteration, spectra
 
 def _tiny(seed=0, head="linear", widths=(6,), **kw):
     with seeded(seed):
-        return build_model("mlp", (1, 3, 3), head=head, num_classes=3 if head == "linear" else None,
-                           widths=list(widths), **kw).double().eval()
+        return (
+            build_model(
+                "mlp", (1, 3, 3), head=head, num_classes=3 if head == "linear" else None, widths=list(widths), **kw
+            )
+            .double()
+            .eval()
+        )
 
 
 def _batches():
@@ -34,7 +40,7 @@ def _dense(model, loss_of_outputs):
         params, i = {}, 0
         for k, s in zip(names, shapes):
             n = int(np.prod(s))
-            params[k] = flat[i:i + n].view(s)
+            params[k] = flat[i : i + n].view(s)
             i += n
         return loss_of_outputs(lambda x: functional_call(model, params, (x,)))
 
@@ -72,7 +78,7 @@ def test_trace_within_5_percent_at_100_probes(dense_case):
     # on this net that is ~8 % of the trace, so 5 % is not a property of it: check it against 3 sigma
     est_h, samples = trace(HessianOperator(model, bs), probes=30, seed=0, method="hutchinson")
     hn = h.numpy()
-    sigma = np.sqrt(2 * ((hn ** 2).sum() - (np.diag(hn) ** 2).sum()) / 30)
+    sigma = np.sqrt(2 * ((hn**2).sum() - (np.diag(hn) ** 2).sum()) / 30)
     assert len(samples) == 30 and abs(est_h - exact) < 3 * sigma
 
 
@@ -109,8 +115,7 @@ def test_hessian_dataset_records_batches_and_matches_dense_on_the_full_split():
     labels = torch.randint(0, 3, (48,), generator=g)
     data = Dataset("synthetic", Split(imgs, labels), Split(imgs[:8], labels[:8]), ["0", "1", "2"], (0.5,), (0.25,))
     model = _tiny()
-    ds = hessian(model, data, k=2, batches=None, batch_size=20, trace_probes=10, slq_runs=1, slq_steps=10,
-                 device="cpu")
+    ds = hessian(model, data, k=2, batches=None, batch_size=20, trace_probes=10, slq_runs=1, slq_steps=10, device="cpu")
     assert ds.attrs["batches"] == 3 and ds.attrs["examples"] == 48 and ds.attrs["full_split"] == 1
     x = ((imgs.double() / 255) - 0.5) / 0.25
     h = _dense(model, lambda fn: F.cross_entropy(fn(x), labels))
@@ -147,8 +152,12 @@ def test_hessian_over_lottery_levels_is_restricted_to_the_unpruned_weights(tmp_p
     for level, model, keep in ((0, dense, None), (1, pruned, mask)):
         h = _dense(model.double(), lambda fn: F.cross_entropy(fn(x), labels))
         if keep is not None:  # keep the rows and columns of the unpruned weights only
-            flags = torch.cat([keep.reshape(-1).bool() if k == w else torch.ones(p.numel(), dtype=torch.bool)
-                               for k, p in model.named_parameters()])
+            flags = torch.cat(
+                [
+                    keep.reshape(-1).bool() if k == w else torch.ones(p.numel(), dtype=torch.bool)
+                    for k, p in model.named_parameters()
+                ]
+            )
             h = h[flags][:, flags]
         expected = torch.linalg.eigvalsh(h).flip(0)[:1].numpy()
         np.testing.assert_allclose(ds.eigenvalue.sel(level=level).values, expected, rtol=2e-3)
@@ -163,12 +172,14 @@ def test_hessian_along_a_path_matches_dense_hessians_at_the_start_and_the_middle
     labels = torch.randint(0, 3, (24,), generator=g)
     data = Dataset("synthetic", Split(imgs, labels), Split(imgs[:8], labels[:8]), ["0", "1", "2"], (0.5,), (0.25,))
     a, b = _tiny(0).float(), _tiny(1).float()
-    ds = hessian_along_path(a, b, data, alphas=[0.0, 0.5], k=1, batches=None, batch_size=24, trace_probes=0,
-                            tol=1e-6, device="cpu")
+    ds = hessian_along_path(
+        a, b, data, alphas=[0.0, 0.5], k=1, batches=None, batch_size=24, trace_probes=0, tol=1e-6, device="cpu"
+    )
     x = ((imgs.double() / 255) - 0.5) / 0.25
     for alpha in (0.0, 0.5):
         m = _tiny(0)
         m.load_state_dict(interpolate_state(a.double().state_dict(), b.double().state_dict(), alpha))
         h = _dense(m, lambda fn: F.cross_entropy(fn(x), labels))
-        assert float(ds.eigenvalue.sel(alpha=alpha, eigen=0)) == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]),
-                                                                               rel=1e-3)
+        assert float(ds.eigenvalue.sel(alpha=alpha, eigen=0)) == pytest.approx(
+            float(torch.linalg.eigvalsh(h)[-1]), rel=1e-3
+        )

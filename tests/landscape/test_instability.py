@@ -1,9 +1,10 @@
 """Instability: children of one start, barriers between them, resuming from a store; rtt lmc / instability / plot."""
+
 from __future__ import annotations
 
 import copy
-import importlib
 import gzip
+import importlib
 import json
 import struct
 
@@ -56,8 +57,9 @@ def three(data, tmp_path_factory):
     start = dino_start()
     before = copy.deepcopy(start.state_dict())
     path = tmp_path_factory.mktemp("inst") / "children.h5"
-    ds = inst.instability(start, data, children=3, cfg=CFG, store=path, alphas=5, device="cpu", head_seed=2,
-                          path_options=PATH)
+    ds = inst.instability(
+        start, data, children=3, cfg=CFG, store=path, alphas=5, device="cpu", head_seed=2, path_options=PATH
+    )
     return start, before, path, ds
 
 
@@ -72,8 +74,7 @@ def test_layout_coords_and_attrs(three):
     assert ds.child_test_accuracy.dims == ("child",) and list(ds.child_seed.values) == [0, 1, 2]
     for name in ("loss", "error", "barrier_error", "barrier_loss", "child_test_accuracy"):
         assert {"long_name", "units"} <= set(ds[name].attrs)
-    for key in ("start_source", "config", "bn_policy", "barrier_error_definition", "barrier_loss_definition",
-                "seeds"):
+    for key in ("start_source", "config", "bn_policy", "barrier_error_definition", "barrier_loss_definition", "seeds"):
         assert key in ds.attrs
     assert all(isinstance(v, (str, int, float, np.integer, np.floating)) for v in ds.attrs.values())
     assert SupervisedConfig(**json.loads(ds.attrs["config"])) == CFG
@@ -102,25 +103,38 @@ def test_rerun_on_the_same_store_trains_nothing(three, data, monkeypatch):
     start, _, path, ds = three
     calls = []
     monkeypatch.setattr(inst, "train_supervised", lambda *a, **k: calls.append(1))
-    again = inst.instability(start, data, children=3, cfg=CFG, store=path, alphas=5, device="cpu", head_seed=2,
-                             path_options=PATH)
+    again = inst.instability(
+        start, data, children=3, cfg=CFG, store=path, alphas=5, device="cpu", head_seed=2, path_options=PATH
+    )
     assert calls == []
     xr.testing.assert_identical(again.drop_attrs(), ds.drop_attrs())
-    assert {k: v for k, v in again.attrs.items() if k != "started_at"} == {k: v for k, v in ds.attrs.items()
-                                                                         if k != "started_at"}
+    assert {k: v for k, v in again.attrs.items() if k != "started_at"} == {
+        k: v for k, v in ds.attrs.items() if k != "started_at"
+    }
     with pytest.raises(ValueError, match="another recipe"):
-        inst.instability(start, data, children=2, cfg=CFG.replace(lr=0.01), store=path, alphas=5, device="cpu",
-                         head_seed=2, path_options=PATH)
+        inst.instability(
+            start,
+            data,
+            children=2,
+            cfg=CFG.replace(lr=0.01),
+            store=path,
+            alphas=5,
+            device="cpu",
+            head_seed=2,
+            path_options=PATH,
+        )
     with pytest.raises(ValueError, match="another start"):
-        inst.instability(dino_start(5), data, children=2, cfg=CFG, store=path, alphas=5, device="cpu",
-                         head_seed=2, path_options=PATH)
+        inst.instability(
+            dino_start(5), data, children=2, cfg=CFG, store=path, alphas=5, device="cpu", head_seed=2, path_options=PATH
+        )
 
 
 def test_children_with_the_same_seed_have_no_barrier(data):
     torch.manual_seed(3)
     start = build_model("convnet", SHAPE, head="linear", num_classes=4, width=8, depth=2)
-    ds = inst.instability(start, data, seeds=[7, 7], cfg=CFG, alphas=5, device="cpu", splits=("train", "test"),
-                          path_options=PATH)
+    ds = inst.instability(
+        start, data, seeds=[7, 7], cfg=CFG, alphas=5, device="cpu", splits=("train", "test"), path_options=PATH
+    )
     assert ds.attrs["head"] == "the start's own linear classifier"
     np.testing.assert_array_equal(ds.barrier_error.values, 0.0)
     np.testing.assert_allclose(ds.barrier_loss.values, 0.0, atol=1e-5)
@@ -167,8 +181,19 @@ def mnist_store(tmp_path_factory, data):
 
 def test_rtt_lmc_writes_a_netcdf_file_and_rtt_plot_draws_it(mnist_store, tmp_path, capsys):
     out = tmp_path / "lmc.nc"
-    code = rtt(["lmc", f"{mnist_store.path}:teacher", f"{mnist_store.path}:3", "--alphas", "5", "--device", "cpu",
-                "--out", str(out)])
+    code = rtt(
+        [
+            "lmc",
+            f"{mnist_store.path}:teacher",
+            f"{mnist_store.path}:3",
+            "--alphas",
+            "5",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "barrier_error" in printed and f"wrote {out}" in printed
@@ -181,9 +206,28 @@ def test_rtt_lmc_writes_a_netcdf_file_and_rtt_plot_draws_it(mnist_store, tmp_pat
 
 def test_rtt_instability_trains_children_from_a_store(mnist_store, tmp_path, capsys):
     out = tmp_path / "inst.nc"
-    code = rtt(["instability", str(mnist_store.path), "--module", "teacher", "--preset", "tiny", "--sup-epochs", "1",
-                "--sup-batch-size", "32", "--children-store", str(tmp_path / "kids.h5"), "--alphas", "3",
-                "--device", "cpu", "--out", str(out)])
+    code = rtt(
+        [
+            "instability",
+            str(mnist_store.path),
+            "--module",
+            "teacher",
+            "--preset",
+            "tiny",
+            "--sup-epochs",
+            "1",
+            "--sup-batch-size",
+            "32",
+            "--children-store",
+            str(tmp_path / "kids.h5"),
+            "--alphas",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     assert "children test accuracy" in capsys.readouterr().out
     with xr.open_dataset(out, engine="h5netcdf") as ds:

@@ -47,8 +47,9 @@ def test_endpoints(sweep):
 def test_executor_gives_the_same_numbers(sweep, tmp_path):
     cfg, ds = sweep
     with ThreadPoolExecutor(max_workers=2) as ex:
-        par = locality(cfg, alphas=[0.0, 0.5, 1.0], seeds=[0], out_dir=tmp_path, executor=ex, data=synthetic(),
-                       progress=False)
+        par = locality(
+            cfg, alphas=[0.0, 0.5, 1.0], seeds=[0], out_dir=tmp_path, executor=ex, data=synthetic(), progress=False
+        )
     np.testing.assert_array_equal(par.accuracy.values, ds.accuracy.values)
     np.testing.assert_array_equal(par.final_kl.values, ds.final_kl.values)
 

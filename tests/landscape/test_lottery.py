@@ -1,5 +1,6 @@
 """Iterative magnitude pruning: exact counts (ties included), masks as parametrizations,
 rewinding, store checkpoints, resuming, result format."""
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,18 @@ from distill.data import Dataset, Split
 from distill.store import Store
 from distill.supervised import train_supervised
 from landscape.lottery import lottery, remaining_counts
-from landscape.pruning import (Mask, apply_masks, current_masks, full_masks, global_magnitude_prune,
-                               masked_state_dict, prunable_names, random_prune, remove_masks, unmasked_copy)
+from landscape.pruning import (
+    Mask,
+    apply_masks,
+    current_masks,
+    full_masks,
+    global_magnitude_prune,
+    masked_state_dict,
+    prunable_names,
+    random_prune,
+    remove_masks,
+    unmasked_copy,
+)
 
 lottery_mod = importlib.import_module("landscape.lottery")  # the module: landscape.lottery is the function
 
@@ -54,8 +65,9 @@ def same_except_start_time(a: xr.Dataset, b: xr.Dataset) -> bool:
     return a.drop_attrs().identical(b.drop_attrs()) and strip[0] == strip[1]
 
 
-def reference_prune(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], fraction: float
-                    ) -> dict[str, np.ndarray]:
+def reference_prune(
+    weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], fraction: float
+) -> dict[str, np.ndarray]:
     """Independent global magnitude pruning: numpy stable argsort over the alive entries."""
     keys = list(masks)
     flat = np.concatenate([weights[k].detach().abs().double().numpy().ravel() for k in keys])
@@ -68,7 +80,7 @@ def reference_prune(weights: dict[str, torch.Tensor], masks: dict[str, torch.Ten
     out, start = {}, 0
     for key in keys:
         n = masks[key].numel()
-        out[key] = keep[start:start + n].reshape(masks[key].shape)
+        out[key] = keep[start : start + n].reshape(masks[key].shape)
         start += n
     return out
 
@@ -274,13 +286,15 @@ def test_rewind_to_step_and_init(data: Dataset, monkeypatch) -> None:
     start = tiny_model(seed=3)
     spy = CountingTrainer()
     monkeypatch.setattr(lottery_mod, "train_supervised", spy)
-    ds = lottery(start, data, levels=2, cfg=CFG, rewind=["step", "init"], rewind_step=2, device="cpu",
-                 progress=False, seed=7)
+    ds = lottery(
+        start, data, levels=2, cfg=CFG, rewind=["step", "init"], rewind_step=2, device="cpu", progress=False, seed=7
+    )
     assert ds.rewind.values.tolist() == ["step", "init"] and ds.sizes == {"rewind": 2, "level": 2}
     # independent step-2 weights: train a copy of start and capture after the second step
     captured = {}
-    train_supervised(copy.deepcopy(start), data, CFG,
-                     on_step=lambda s, m: captured.setdefault(s, copy.deepcopy(m.state_dict())))
+    train_supervised(
+        copy.deepcopy(start), data, CFG, on_step=lambda s, m: captured.setdefault(s, copy.deepcopy(m.state_dict()))
+    )
     step_state = captured[2]
     torch.manual_seed(7)
     init_state = distill.build_model(**start.spec).state_dict()
@@ -299,10 +313,19 @@ def test_rewind_to_step_and_init(data: Dataset, monkeypatch) -> None:
 
 
 def test_baselines_prunable_all_and_netcdf_roundtrip(data: Dataset, tmp_path) -> None:
-    start = distill.build_model("convnet", (1, 12, 12), head="dino", width=8, depth=2, out_dim=16,
-                                hidden_dim=16, bottleneck_dim=8)  # no classifier: one is put on
-    ds = lottery(start, data, levels=2, cfg=CFG, prunable="all", baselines=("random_prune", "random_reinit"),
-                 device="cpu", progress=False)
+    start = distill.build_model(
+        "convnet", (1, 12, 12), head="dino", width=8, depth=2, out_dim=16, hidden_dim=16, bottleneck_dim=8
+    )  # no classifier: one is put on
+    ds = lottery(
+        start,
+        data,
+        levels=2,
+        cfg=CFG,
+        prunable="all",
+        baselines=("random_prune", "random_reinit"),
+        device="cpu",
+        progress=False,
+    )
     assert ds.attrs["classifier"].startswith("with_classifier")
     assert ds.method.values.tolist() == ["imp", "random_prune", "random_reinit"]
     assert dict(ds.best_accuracy.sizes) == {"rewind": 1, "method": 3, "level": 2}
@@ -324,9 +347,14 @@ def test_baselines_prunable_all_and_netcdf_roundtrip(data: Dataset, tmp_path) ->
 
 def test_lottery_argument_errors(data: Dataset) -> None:
     start = tiny_model()
-    for kw, match in [(dict(rewind="epoch"), "rewind"), (dict(rewind="step"), "rewind_step"),
-                      (dict(rewind="step", rewind_step=4), "rewind_step=4 exceeds the 3"), (dict(levels=0), "levels"),
-                      (dict(prune_fraction=1.0), "prune_fraction"), (dict(baselines=("magnitude",)), "baseline")]:
+    for kw, match in [
+        (dict(rewind="epoch"), "rewind"),
+        (dict(rewind="step"), "rewind_step"),
+        (dict(rewind="step", rewind_step=4), "rewind_step=4 exceeds the 3"),
+        (dict(levels=0), "levels"),
+        (dict(prune_fraction=1.0), "prune_fraction"),
+        (dict(baselines=("magnitude",)), "baseline"),
+    ]:
         with pytest.raises(ValueError, match=match):
             lottery(start, data, cfg=CFG, device="cpu", **kw)
 
@@ -362,22 +390,43 @@ def test_rtt_lottery_command(fmnist_root, tmp_path, capsys) -> None:
     from landscape.cli import main
 
     torch.manual_seed(0)
-    student = distill.build_model("convnet", (1, 28, 28), head="dino", width=8, depth=2, out_dim=16,
-                                  hidden_dim=16, bottleneck_dim=8)
+    student = distill.build_model(
+        "convnet", (1, 28, 28), head="dino", width=8, depth=2, out_dim=16, hidden_dim=16, bottleneck_dim=8
+    )
     src = Store.create(tmp_path / "run.h5", {"dataset": "fashion-mnist", "data_root": str(fmnist_root)})
     src.save_module("student/00002", student, {"epoch": 2})
-    args = ["lottery", str(src.path), "--levels", "2", "--preset", "tiny", "--sup-epochs", "1", "--subset", "64",
-            "--device", "cpu", "--prunable", "all", "--baselines", "random_prune"]
+    args = [
+        "lottery",
+        str(src.path),
+        "--levels",
+        "2",
+        "--preset",
+        "tiny",
+        "--sup-epochs",
+        "1",
+        "--subset",
+        "64",
+        "--device",
+        "cpu",
+        "--prunable",
+        "all",
+        "--baselines",
+        "random_prune",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "start/random_prune" in out and "wrote" in out
     result = xr.load_dataset(tmp_path / "run-lottery-e2.nc", engine="h5netcdf")
     assert result.rewind.values.tolist() == ["start"] and result.attrs["prunable"] == "all"
     assert result.remaining_weights.values[1] == result.remaining_weights.values[0] - round(
-        0.2 * int(result.remaining_weights.values[0]))
+        0.2 * int(result.remaining_weights.values[0])
+    )
     assert result.attrs["start"].endswith("#epoch=2")
     assert Store(tmp_path / "run-lottery-e2.h5").names("lottery/start/") == [
-        "lottery/start/00", "lottery/start/01", "lottery/start/random_prune/01"]
+        "lottery/start/00",
+        "lottery/start/01",
+        "lottery/start/random_prune/01",
+    ]
 
 
 # ----------------------------------------------------------------------------- step rewind with optimiser state
@@ -393,22 +442,30 @@ class ArgumentTrainer:
         def step(opt, *args, **kwargs):
             if id(opt) not in seen:  # the first step of a training: the buffers as loaded
                 seen.add(id(opt))
-                self.calls[-1]["first_buffers"] = {id(p): opt.state[p]["momentum_buffer"].clone()
-                                                   for p in opt.param_groups[0]["params"]
-                                                   if "momentum_buffer" in opt.state[p]}
+                self.calls[-1]["first_buffers"] = {
+                    id(p): opt.state[p]["momentum_buffer"].clone()
+                    for p in opt.param_groups[0]["params"]
+                    if "momentum_buffer" in opt.state[p]
+                }
             return real_step(opt, *args, **kwargs)
 
         monkeypatch.setattr(torch.optim.SGD, "step", step)
         monkeypatch.setattr(lottery_mod, "train_supervised", self)
 
     def __call__(self, model, *args, **kwargs):
-        self.calls.append({"model": model, "kwargs": dict(kwargs),
-                           "start": {k: v.detach().clone() for k, v in masked_state_dict(model).items()}})
+        self.calls.append(
+            {
+                "model": model,
+                "kwargs": dict(kwargs),
+                "start": {k: v.detach().clone() for k, v in masked_state_dict(model).items()},
+            }
+        )
         return train_supervised(model, *args, **kwargs)
 
 
-def reference_snapshot(start: nn.Module, data: Dataset, cfg: SupervisedConfig, k: int
-                       ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def reference_snapshot(
+    start: nn.Module, data: Dataset, cfg: SupervisedConfig, k: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(weights, momentum buffer by parameter name) after step k of a plain dense training of a copy
     of ``start``; the optimiser is found through SGD.step and its state mapped by parameter identity."""
     model = copy.deepcopy(start)
@@ -434,15 +491,26 @@ def clean(name: str) -> str:
     return name.replace("parametrizations.", "").replace(".original", "")
 
 
-def test_step_rewind_restores_masked_optimizer_state_and_continues_schedule(data: Dataset, tmp_path,
-                                                                            monkeypatch) -> None:
+def test_step_rewind_restores_masked_optimizer_state_and_continues_schedule(
+    data: Dataset, tmp_path, monkeypatch
+) -> None:
     start = tiny_model(seed=6)
     cfg = CFG.replace(epochs=2, momentum=0.9, lr=0.1)  # 6 steps
     ref_weights, ref_buffers = reference_snapshot(start, data, cfg, 2)
     spy = ArgumentTrainer(monkeypatch)
     path = tmp_path / "a.h5"
-    ds = lottery(start, data, levels=2, cfg=cfg, rewind="step", rewind_step=2, rewind_optimizer=True,
-                 store=path, device="cpu", progress=False)
+    ds = lottery(
+        start,
+        data,
+        levels=2,
+        cfg=cfg,
+        rewind="step",
+        rewind_step=2,
+        rewind_optimizer=True,
+        store=path,
+        device="cpu",
+        progress=False,
+    )
     assert len(spy.calls) == 2
     assert ds.attrs["rewind_optimizer"] == 1 and "continue" in ds.attrs["rewind_step_schedule"]
     level0, level1 = spy.calls
@@ -485,8 +553,9 @@ def test_step_rewind_restores_masked_optimizer_state_and_continues_schedule(data
 
 def test_step_rewind_with_optimizer_resumes_from_the_store(data: Dataset, tmp_path, monkeypatch) -> None:
     start = tiny_model(seed=8)
-    kw = dict(cfg=CFG.replace(momentum=0.9), rewind="step", rewind_step=1, rewind_optimizer=True, device="cpu",
-              progress=False)
+    kw = dict(
+        cfg=CFG.replace(momentum=0.9), rewind="step", rewind_step=1, rewind_optimizer=True, device="cpu", progress=False
+    )
     spy = ArgumentTrainer(monkeypatch)
     first = lottery(start, data, levels=2, store=tmp_path / "a.h5", **kw)
     spy.calls.clear()
@@ -498,8 +567,10 @@ def test_step_rewind_with_optimizer_resumes_from_the_store(data: Dataset, tmp_pa
     straight = lottery(start, data, levels=3, store=tmp_path / "b.h5", **kw)
     straight_state = spy.calls[2]["kwargs"]["optimizer_state"]
     assert resumed_state["state"].keys() == straight_state["state"].keys()
-    assert all(torch.equal(resumed_state["state"][i]["momentum_buffer"], v["momentum_buffer"])
-               for i, v in straight_state["state"].items())
+    assert all(
+        torch.equal(resumed_state["state"][i]["momentum_buffer"], v["momentum_buffer"])
+        for i, v in straight_state["state"].items()
+    )
     assert same_except_start_time(resumed.isel(level=slice(0, 2)), first)
     for var in ("best_accuracy", "final_accuracy", "final_loss"):
         np.testing.assert_array_equal(straight[var].values, resumed[var].values)
@@ -515,7 +586,15 @@ def test_rewind_optimizer_has_no_effect_for_start_and_init(data: Dataset, monkey
         return {"test_accuracy": 0.5, "best_test_accuracy": 0.5, "test_loss": 1.0, "steps": 3}
 
     monkeypatch.setattr(lottery_mod, "train_supervised", fake)
-    ds = lottery(tiny_model(), data, levels=2, cfg=CFG, rewind=["start", "init"], rewind_optimizer=True,
-                 device="cpu", progress=False)
+    ds = lottery(
+        tiny_model(),
+        data,
+        levels=2,
+        cfg=CFG,
+        rewind=["start", "init"],
+        rewind_optimizer=True,
+        device="cpu",
+        progress=False,
+    )
     assert seen == [(0, None)] * 4  # fresh optimiser and the whole recipe at every level
     assert ds.attrs["rewind_optimizer"] == 1

@@ -1,4 +1,5 @@
 """Linear paths, BN policies, the two evaluators and barrier heights (tiny models, synthetic data)."""
+
 from __future__ import annotations
 
 import copy
@@ -18,8 +19,14 @@ from landscape.paths import barrier, interpolate_state, linear_path
 
 BN_BATCHES, BN_BATCH_SIZE, BN_SEED = 3, 16, 5
 EVAL_BATCH = 40
-COMMON = dict(bn_batches=BN_BATCHES, bn_batch_size=BN_BATCH_SIZE, bn_seed=BN_SEED,
-              eval_batch_size=EVAL_BATCH, device="cpu", channels_last=False)
+COMMON = dict(
+    bn_batches=BN_BATCHES,
+    bn_batch_size=BN_BATCH_SIZE,
+    bn_seed=BN_SEED,
+    eval_batch_size=EVAL_BATCH,
+    device="cpu",
+    channels_last=False,
+)
 
 
 @dataclass
@@ -41,8 +48,9 @@ def make_data(seed: int = 0) -> Data:
     g = torch.Generator().manual_seed(seed)
 
     def split(n: int) -> Split:
-        return Split(torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8),
-                     torch.randint(0, 4, (n,), generator=g))
+        return Split(
+            torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8), torch.randint(0, 4, (n,), generator=g)
+        )
 
     return Data(split(96), split(64), (0.5, 0.45, 0.4), (0.25, 0.2, 0.3))
 
@@ -51,9 +59,16 @@ class SmallConvBN(nn.Module):
     def __init__(self, width: int = 8):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            nn.Conv2d(3, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Sequential(nn.Linear(width, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
 
     def forward(self, x):
@@ -90,7 +105,7 @@ def normalised(images: torch.Tensor, data: Data) -> torch.Tensor:
 def bn_batches(data: Data) -> list[torch.Tensor]:
     """The documented draw: randperm(N_train) seeded with bn_seed, first batches*size, consecutive."""
     idx = torch.randperm(len(data.train.labels), generator=torch.Generator().manual_seed(BN_SEED))
-    idx = idx[:BN_BATCHES * BN_BATCH_SIZE]
+    idx = idx[: BN_BATCHES * BN_BATCH_SIZE]
     x = normalised(data.train.images[idx], data)
     return list(x.split(BN_BATCH_SIZE))
 
@@ -101,8 +116,8 @@ def plain_eval(model: nn.Module, split: Split, data: Data) -> tuple[float, float
     model.eval()
     total, correct = 0.0, 0
     for s in range(0, len(split.labels), EVAL_BATCH):
-        x = normalised(split.images[s:s + EVAL_BATCH], data)
-        y = split.labels[s:s + EVAL_BATCH]
+        x = normalised(split.images[s : s + EVAL_BATCH], data)
+        y = split.labels[s : s + EVAL_BATCH]
         logits = model(x)
         total += F.cross_entropy(logits.double(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -230,8 +245,10 @@ def test_vmap_agrees_with_loop(data, kind, bn):
 
 def test_policies_differ_inside_the_path(data):
     a, b = make_model("bn", 0), make_model("bn", 1)
-    curves = {bn: linear_path(a, b, data, alphas=3, bn=bn, backend="loop", **COMMON).loss.values[1]
-              for bn in ("reset", "interpolate", "keep_a")}
+    curves = {
+        bn: linear_path(a, b, data, alphas=3, bn=bn, backend="loop", **COMMON).loss.values[1]
+        for bn in ("reset", "interpolate", "keep_a")
+    }
     assert not np.allclose(curves["reset"], curves["interpolate"])
     assert not np.allclose(curves["interpolate"], curves["keep_a"])
 
@@ -264,8 +281,17 @@ def test_mismatched_architectures_name_the_first_differing_key(data):
         interpolate_state(nn.Sequential(*list(extra)[:4]).state_dict(), extra.state_dict(), 0.5)
 
 
-@pytest.mark.parametrize("kwargs", [dict(bn="batch"), dict(backend="jit"), dict(alphas=1),
-                                    dict(alphas=[0.0, 0.5, 0.5]), dict(splits=("val",)), dict(bn_batches=0)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(bn="batch"),
+        dict(backend="jit"),
+        dict(alphas=1),
+        dict(alphas=[0.0, 0.5, 0.5]),
+        dict(splits=("val",)),
+        dict(bn_batches=0),
+    ],
+)
 def test_bad_arguments_raise_value_error(data, kwargs):
     a = make_model("mlp", 0)
     with pytest.raises(ValueError):
@@ -310,18 +336,26 @@ def test_store_references_are_resolved(data, tmp_path):
 # ----------------------------------------------------------------------------- barrier
 def test_barrier_of_a_known_curve():
     alpha = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
-    error = np.array([  # (pair, alpha, split)
-        [[0.10, 0.20], [0.30, 0.25], [0.40, 0.50], [0.20, 0.30], [0.20, 0.30]],
-        [[0.05, 0.05], [0.05, 0.05], [0.05, 0.05], [0.05, 0.05], [0.05, 0.05]],
-    ])
-    loss = np.array([
-        [[1.0, 2.0], [1.5, 2.0], [2.5, 2.0], [2.0, 2.0], [2.0, 2.0]],
-        [[3.0, 1.0], [2.0, 0.5], [1.0, 0.25], [0.5, 0.2], [1.0, 0.0]],
-    ])
-    ds = xr.Dataset({"error": (("pair", "alpha", "split"), error, {"units": "fraction"}),
-                     "loss": (("pair", "alpha", "split"), loss, {"units": "nats"})},
-                    coords={"alpha": alpha, "split": ["train", "test"], "pair": [0, 1]},
-                    attrs={"bn_policy": "reset", "a_source": "x.h5#epoch=3"})
+    error = np.array(
+        [  # (pair, alpha, split)
+            [[0.10, 0.20], [0.30, 0.25], [0.40, 0.50], [0.20, 0.30], [0.20, 0.30]],
+            [[0.05, 0.05], [0.05, 0.05], [0.05, 0.05], [0.05, 0.05], [0.05, 0.05]],
+        ]
+    )
+    loss = np.array(
+        [
+            [[1.0, 2.0], [1.5, 2.0], [2.5, 2.0], [2.0, 2.0], [2.0, 2.0]],
+            [[3.0, 1.0], [2.0, 0.5], [1.0, 0.25], [0.5, 0.2], [1.0, 0.0]],
+        ]
+    )
+    ds = xr.Dataset(
+        {
+            "error": (("pair", "alpha", "split"), error, {"units": "fraction"}),
+            "loss": (("pair", "alpha", "split"), loss, {"units": "nats"}),
+        },
+        coords={"alpha": alpha, "split": ["train", "test"], "pair": [0, 1]},
+        attrs={"bn_policy": "reset", "a_source": "x.h5#epoch=3"},
+    )
     h = barrier(ds)
     # pair 0, train: max err 0.40 - (0.10 + 0.20)/2 = 0.25; test: 0.50 - (0.20 + 0.30)/2 = 0.25
     # pair 1: flat curve -> 0

@@ -1,4 +1,5 @@
 """Planes through three checkpoints: basis, coordinates, agreement with linear paths and a plain evaluation."""
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """Filter-normalised surfaces: the normalisation per filter, the line through two checkpoints, resuming."""
+
 from __future__ import annotations
 
 import importlib
@@ -6,7 +7,6 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from distill.data import Dataset, Split
 from distill.models import build_model, seeded
@@ -25,8 +25,9 @@ def _data():
     g = torch.Generator().manual_seed(1)
 
     def split(n):
-        return Split(torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8),
-                     torch.randint(0, 4, (n,), generator=g))
+        return Split(
+            torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8), torch.randint(0, 4, (n,), generator=g)
+        )
 
     return Dataset("synthetic", split(48), split(40), ["0", "1", "2", "3"], (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
 
@@ -56,8 +57,9 @@ def test_filter_normalisation_per_filter_against_numpy():
     d2 = random_direction(model, seed=5)
     w = "backbone.features.0.0.weight"
     assert torch.equal(d1[w], d2[w])
-    np.testing.assert_allclose(d1[w].flatten(1).norm(dim=1).numpy(), ref[w].double().flatten(1).norm(dim=1).numpy(),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        d1[w].flatten(1).norm(dim=1).numpy(), ref[w].double().flatten(1).norm(dim=1).numpy(), rtol=1e-12
+    )
     with pytest.raises(ValueError, match="bias"):
         filter_normalize(raw, ref, bias="zero")
 
@@ -69,8 +71,7 @@ def test_surface_through_checkpoints_reproduces_linear_path_exactly():
     line = surface(a, data, directions=[b], dims=1, resolution=5, span=(0.0, 1.0), **COMMON)
     np.testing.assert_array_equal(line.loss.values, path.loss.sel(split="test").values)
     np.testing.assert_array_equal(line.error.values, path.error.sel(split="test").values)
-    plane = surface(a, data, directions=[b, c], dims=2, resolution=(5, 3), span=(0.0, 1.0), yspan=(-0.5, 0.5),
-                    **COMMON)
+    plane = surface(a, data, directions=[b, c], dims=2, resolution=(5, 3), span=(0.0, 1.0), yspan=(-0.5, 0.5), **COMMON)
     np.testing.assert_array_equal(plane.loss.sel(y=0.0).values, path.loss.sel(split="test").values)
     assert not np.allclose(plane.loss.sel(y=0.5).values, plane.loss.sel(y=0.0).values)
 
