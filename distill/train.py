@@ -454,10 +454,10 @@ def _validate_run(cfg: DistillConfig, data: Dataset) -> nn.Module:
     probes included, is validated when it is built): a training set holding at least one batch, and
     the teacher's architecture (returned, built)."""
     n = len(data.train.labels)
-    if n < cfg.batch_size:
+    if cfg.drop_last and n < cfg.batch_size:
         raise ValueError(
-            f"the training set holds {n} images, fewer than batch_size={cfg.batch_size}: no full batch "
-            "to train on; lower --batch-size or raise --subset"
+            f"the training set holds {n} images, fewer than batch_size={cfg.batch_size} with "
+            "drop_last: no batch to train on; lower --batch-size, raise --subset or pass --no-drop-last"
         )
     try:
         return build_teacher(cfg, data.in_shape)

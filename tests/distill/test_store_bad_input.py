@@ -309,8 +309,8 @@ CLI = {
         ["unknown probe", "bogus"],
     ),
     "distill_subset_below_batch": (
-        lambda e, t: distill_argv(e, t / "new.h5", "--subset", "20"),
-        ["fewer than batch_size=32"],
+        lambda e, t: distill_argv(e, t / "new.h5", "--subset", "20", "--drop-last"),
+        ["fewer than batch_size=32 with drop_last"],
     ),
     "distill_epochs_zero": (lambda e, t: distill_argv(e, t / "new.h5", "--epochs", "0"), ["epochs=0"]),
     "distill_other_config": (lambda e, t: distill_argv(e, e.good, "--lr", "0.5"), ["holds a run with lr="]),
