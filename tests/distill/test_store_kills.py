@@ -100,6 +100,8 @@ def same_store(a: Path, b: Path) -> None:
     assert files[0] == files[1]  # nothing left over: no temporaries, no superseded states
     ma, mb = sa.metrics, sb.metrics
     assert list(ma.epoch.values) == list(range(CFG["epochs"] + 1))  # no row missing or duplicated
+    for m in (ma, mb):
+        m.attrs.pop("started_at", None)  # provenance: when each process started (wall time)
     assert ma.drop_vars("seconds").identical(mb.drop_vars("seconds"))
 
 
