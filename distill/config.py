@@ -140,7 +140,9 @@ class DistillConfig(_Config):
     save_epochs: list = _f([], "extra epochs at which to save the student, comma-separated, e.g. 1,2,5")
     # probes
     probe_every: int = _f(10, "probe every this many epochs (0: only at the start and the end)")
-    probes: list = _f(["knn", "linear", "linear_std"], "probes to run, comma-separated ('' for none)", names="probes")
+    probes: list = _f(
+        ["knn", "linear", "linear_std"], "probes to run, comma-separated ('none' for none)", names="probes"
+    )
     knn_k: int = _f(20, "k of the k-NN probe (neighbours)")
     knn_metric: str = _f(
         "euclidean",
@@ -373,7 +375,14 @@ def _json_object(text: str) -> dict:
 
 
 def _list_value(text: str) -> list:
-    return _parse_list(text)
+    """A comma-separated list; ``none`` is the empty list. An empty text is refused: it is what a
+    shell leaves of an unset variable, so it more often hides a mistake than means "nothing"."""
+    if text.strip().lower() == "none":
+        return []
+    out = _parse_list(text)
+    if not out:
+        raise argparse.ArgumentTypeError(f"{text!r} lists nothing: write 'none' for an empty list, or e.g. A,B")
+    return out
 
 
 _CONVERTERS = {int: _named("int", _int_value), float: _named("float", _float_value)}

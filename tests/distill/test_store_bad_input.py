@@ -36,7 +36,7 @@ TINY = [
     "--batch-size",
     "32",
     "--probes",
-    "",
+    "none",
     "--device",
     "cpu",
 ]
@@ -308,6 +308,11 @@ CLI = {
         lambda e, t: distill_argv(e, t / "new.h5", "--probes", "knn,bogus"),
         ["unknown probe", "bogus"],
     ),
+    "distill_probes_empty": (
+        lambda e, t: distill_argv(e, t / "new.h5", "--probes", ""),
+        ["--probes", "lists nothing", "'none'"],
+    ),
+    "distill_probes_only_commas": (lambda e, t: distill_argv(e, t / "new.h5", "--probes", " , "), ["'none'"]),
     "distill_subset_below_batch": (
         lambda e, t: distill_argv(e, t / "new.h5", "--subset", "20", "--drop-last"),
         ["fewer than batch_size=32 with drop_last"],
@@ -336,6 +341,22 @@ def test_cli_bad_input(case, env, tmp_path, capsys):
     expect_cli(argv, capsys, *needles)
     assert checksums(env.dir / "good.h5", env.packed, env.old, tmp_path) == before
     assert not (tmp_path / "new.h5").exists()  # a failing configuration creates nothing
+
+
+def test_no_probes_is_spelled_none():
+    """``--probes none`` (any case) is the empty list on the command line; in Python it is ``probes=[]``."""
+    import argparse
+
+    from distill.config import DistillConfig, add_arguments, from_args, validate
+
+    p = argparse.ArgumentParser()
+    add_arguments(p, DistillConfig)
+    for text in ("none", "None", " NONE "):
+        assert from_args(DistillConfig, p.parse_args(["--probes", text])).probes == []
+    assert from_args(DistillConfig, p.parse_args(["--probes", "knn,linear"])).probes == ["knn", "linear"]
+    validate(DistillConfig(probes=[]))  # the Python spelling stays valid
+    with pytest.raises(ValueError, match="unknown probe.*none"):
+        validate(DistillConfig(probes=["none", "knn"]))  # 'none' only stands alone
 
 
 # ---------------------------------------------------------------------------- the file system says no

@@ -117,7 +117,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
             "--batch-size",
             "32",
             "--probes",
-            "",
+            "none",
             "--device",
             "cpu",
         ]
