@@ -65,30 +65,30 @@ class _Info:
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
-        from distill.store import Store
+        from distill.store.info import describe  # h5py only: answers without importing torch
 
-        s = Store(a.store)
-        attrs = s.attrs
+        d = describe(a.store)
+        attrs, names = d["attrs"], d["names"]
         if a.json:
-            print(json.dumps({**attrs, "modules": s.names(), "results": s.results()}, indent=2, default=str))
+            print(
+                json.dumps({**attrs, "modules": names["modules"], "results": names["results"]}, indent=2, default=str)
+            )
             return 0
-        print(f"store     {s.path}")
+        print(f"store     {d['path']}")
         for k in ("kind", "format_version", "toolkit_version", "torch_version", "created_at"):
             print(f"{k:<9} {attrs.get(k)}" if len(k) <= 9 else f"{k} {attrs.get(k)}")
-        cfg = s.config
+        cfg = json.loads(attrs.get("config", "{}") or "{}")
         if cfg:
             short = {
                 k: cfg[k] for k in ("dataset", "subset", "arch", "init", "alpha", "lr", "epochs", "seed") if k in cfg
             }
             print("config    " + ", ".join(f"{k}={v}" for k, v in short.items()))
-        names = s.names()
-        others = [n for n in names if not n.startswith("student/")]
+        others = [n for n in names["modules"] if not n.startswith("student/")]
         print(f"modules   {', '.join(others) or '-'}")
-        print(f"students  epochs {', '.join(map(str, s.epochs)) or '-'}")
-        for r in s.results():
-            ds = s.read_result(r)
-            dims = ", ".join(f"{d}={n}" for d, n in ds.sizes.items())
-            print(f"result    {r}: {', '.join(map(str, ds.data_vars))} over ({dims})")
+        print(f"students  epochs {', '.join(map(str, d['epochs'])) or '-'}")
+        for r, (data_vars, sizes) in d["results"].items():
+            dims = ", ".join(f"{k}={n}" for k, n in sizes.items())
+            print(f"result    {r}: {', '.join(data_vars)} over ({dims})")
         return 0
 
 

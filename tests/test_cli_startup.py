@@ -80,3 +80,75 @@ def test_landscape_functions_win_over_same_named_submodules():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def _old_info(path: Path) -> str:
+    """The ``rtt info`` table computed through the full Store and xarray (the reference)."""
+    from distill.store import Store
+
+    s = Store(path)
+    attrs, cfg = s.attrs, s.config
+    lines = [f"store     {s.path}"]
+    lines += [f"{k:<9} {attrs.get(k)}" if len(k) <= 9 else f"{k} {attrs.get(k)}" for k in _INFO_KEYS]
+    short = {k: cfg[k] for k in ("dataset", "subset", "arch", "init", "alpha", "lr", "epochs", "seed") if k in cfg}
+    lines.append("config    " + ", ".join(f"{k}={v}" for k, v in short.items()))
+    lines.append(f"modules   {', '.join(n for n in s.names() if not n.startswith('student/'))}")
+    lines.append(f"students  epochs {', '.join(map(str, s.epochs))}")
+    for r in s.results():
+        ds = s.read_result(r)
+        dims = ", ".join(f"{d}={n}" for d, n in ds.sizes.items())
+        lines.append(f"result    {r}: {', '.join(map(str, ds.data_vars))} over ({dims})")
+    return "\n".join(lines) + "\n"
+
+
+_INFO_KEYS = ("kind", "format_version", "toolkit_version", "torch_version", "created_at")
+
+
+def test_rtt_info_reads_a_store_without_torch_and_says_what_xarray_says(tmp_path):
+    import numpy as np
+    import xarray as xr
+
+    import distill
+    from distill.store import Store, student_name
+    from distill.store.pack import pack
+
+    store = Store.create(tmp_path / "s.h5", {"arch": "mlp", "epochs": 3, "seed": 1})
+    m = distill.build_model("mlp", (1, 4, 4), head=None, widths=[3])
+    store.save_module("teacher", m)
+    for e in (0, 3):
+        store.save_module(student_name(e), m, {"epoch": e})
+    metrics = xr.Dataset(
+        {"accuracy": (("epoch", "model", "probe"), np.zeros((2, 2, 3))), "loss": ("epoch", np.ones(2))},
+        coords={"epoch": [0, 3], "model": ["student", "teacher"], "probe": ["knn", "linear", "linear_std"]},
+    )
+    store.write_result("metrics", metrics)
+    # a dimension without a coordinate, a non-dimension coordinate, a variable named like no dimension
+    grid = xr.Dataset(
+        {"error": (("split", "x", "y"), np.zeros((2, 4, 5))), "n": ((), 3)},
+        coords={"split": ["train", "test"], "point_x": ("point", [0.0, 1.0, 0.0])},
+    )
+    store.write_result("plane/a", grid)
+    packed = pack(store, tmp_path / "packed.h5")
+    calls = [["info", str(store.path)], ["info", str(packed)], ["info", "--json", str(store.path)]]
+    code = (
+        "import contextlib, io, json, sys\nfrom landscape.cli import main\nout = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    buf = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(buf):\n"
+        "        out.append((main(argv), buf.getvalue()))\n"
+        "print(json.dumps({'out': out, 'torch': 'torch' in sys.modules, 'xarray': 'xarray' in sys.modules}))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(calls)], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert not got["torch"] and not got["xarray"], got
+    (c1, folder), (c2, single), (c3, as_json) = got["out"]
+    assert c1 == c2 == c3 == 0
+    assert folder == _old_info(store.path)
+    assert single == _old_info(packed)
+    assert "result    plane/a: error, n over (split=2, x=4, y=5, point=3)" in folder
+    j = json.loads(as_json)
+    assert j["modules"] == ["student/00000", "student/00003", "teacher"] and j["results"] == ["metrics", "plane/a"]
+    assert j["kind"] == "distill" and json.loads(j["config"]) == {"arch": "mlp", "epochs": 3, "seed": 1}

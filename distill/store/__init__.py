@@ -15,12 +15,28 @@ together (one directory rename); one writer at a time (a second is refused, nami
 readers take no lock; loading is strict (dtypes, shapes, finiteness, bounded specs, checksums).
 Modules: :mod:`~distill.store.core` (Store), :mod:`~distill.store.fsio` (atomic writes, lock),
 :mod:`~distill.store.objects` (one object per file), :mod:`~distill.store.single` (format-1 and
-packed single files), :mod:`~distill.store.pack` (``rtt pack``, ``rtt verify``).
+packed single files), :mod:`~distill.store.pack` (``rtt pack``, ``rtt verify``),
+:mod:`~distill.store.info` (what a store holds, read without torch: ``rtt info``).
+
+The names below are imported on first use, so that ``distill.store.info`` stays torch-free.
 """
 
 from __future__ import annotations
 
-from distill.store.core import FORMAT, FORMAT_VERSION, Store, as_module, build_checked, load_into, student_name
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from distill.store.errors import StoreError
+from distill.store.info import FORMAT, FORMAT_VERSION
+
+if TYPE_CHECKING:
+    from distill.store.core import Store, as_module, build_checked, load_into, student_name
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Store", "StoreError", "as_module", "build_checked", "load_into", "student_name"]
+_FROM_CORE = {"Store", "as_module", "build_checked", "load_into", "student_name"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_CORE:
+        return getattr(import_module("distill.store.core"), name)
+    raise AttributeError(f"module 'distill.store' has no attribute {name!r}")

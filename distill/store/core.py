@@ -40,16 +40,13 @@ from torch import nn
 
 from distill.store import fsio, objects
 from distill.store.errors import StoreError
-from distill.store.objects import attr_value, now
+from distill.store.info import FORMAT, FORMAT_VERSION, ROOTS, commit_dirs, folder_index, read_attrs
+from distill.store.objects import now
 
 if TYPE_CHECKING:
     import xarray
 
-FORMAT = "random-teachers-store"
-FORMAT_VERSION = 2
-ROOTS = ("modules", "masks", "state", "results")
 _NAME = re.compile(r"^[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*(/[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*)*$")
-_COMMIT = re.compile(r"^\d{6,}$")
 MAX_SPEC_INT = 1 << 24  # no architecture field (width, classes, out_dim...) is larger
 _SUPERSEDED = ("modules", "masks", "state")  # older copies deleted after a commit; results keep history
 
@@ -183,36 +180,11 @@ class Store:
             raise fsio.io_error(e, path, "remove the old store") from None
 
     def _open(self) -> dict[str, Any]:
-        p = self.path
-        try:
-            if not p.exists():
-                parent = next((q for q in p.parents if q.exists()), None)
-                if parent is not None and not parent.is_dir():
-                    raise StoreError(f"no store at {p}: {parent} is a file, not a folder")
-                raise StoreError(f"no store at {p}: check the path, or create one (rtt distill ... --out {p})")
-            if p.is_dir():
-                head = p / "store.h5"
-                if not head.is_file():
-                    raise StoreError(
-                        f"{p} is a folder but not a random-teachers store (no store.h5 in it): pass the path of a store"
-                    )
-                attrs = self._read_head(head, p)
-                return attrs
-        except PermissionError as e:
-            raise fsio.io_error(e, p, "read the store") from None
-        from distill.store.single import SingleFile
+        attrs, single = read_attrs(self.path)
+        if single:
+            from distill.store.single import SingleFile
 
-        self._single = SingleFile(p)
-        return self._single.attrs
-
-    @staticmethod
-    def _read_head(head: Path, where: Path) -> dict[str, Any]:
-        try:
-            with h5py.File(head, "r", locking=False) as f:
-                attrs = {k: attr_value(v) for k, v in f.attrs.items()}
-        except OSError as e:
-            raise StoreError(f"{where}: store.h5 is unreadable ({_first_line(e)}): damaged store") from None
-        check_format(attrs, where)
+            self._single = SingleFile(self.path, attrs)
         return attrs
 
     def close(self) -> None:
@@ -263,26 +235,11 @@ class Store:
         return [e for e, _ in self._commit_dirs()]
 
     def _commit_dirs(self) -> list[tuple[int, Path]]:
-        try:
-            names = os.listdir(self.path / "commits")
-        except FileNotFoundError:
-            return []
-        return sorted((int(n), self.path / "commits" / n) for n in names if _COMMIT.match(n))
+        return commit_dirs(self.path)
 
     def _index(self, root: str) -> dict[str, Path]:
         """Visible objects under ``root``: name -> file (the newest commit wins)."""
-        out: dict[str, Path] = {}
-        bases = [self.path / "objects"] + [d for _, d in self._commit_dirs()]
-        for base in bases:
-            top = base / root
-            for dirpath, dirs, files in os.walk(top):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                rel = os.path.relpath(dirpath, top)
-                for fn in files:
-                    if fn.endswith(".h5") and not fn.startswith("."):
-                        name = fn[:-3] if rel == "." else f"{rel}/{fn[:-3]}"
-                        out[name.replace(os.sep, "/")] = Path(dirpath) / fn
-        return out
+        return folder_index(self.path, root)
 
     def _locate(self, root: str, name: str) -> Path:
         path = self._index(root).get(name)
@@ -575,20 +532,6 @@ def decode_result(blob: bytes, where: str) -> xarray.Dataset:
         raise StoreError(f"{where}: unreadable result ({_first_line(e)}): damaged; run 'rtt verify'") from None
     out.attrs.pop("complete", None)
     return out
-
-
-def check_format(attrs: Mapping[str, Any], where: Path | str) -> None:
-    if attrs.get("format", "") != FORMAT:
-        raise StoreError(f"{where} is an HDF5 file but not a random-teachers store (no '{FORMAT}' format mark)")
-    try:
-        version = int(attrs.get("format_version", 0))
-    except (TypeError, ValueError):
-        raise StoreError(f"{where} has an unreadable format_version: damaged store") from None
-    if version > FORMAT_VERSION:
-        raise StoreError(
-            f"{where} has store format {version}, newer than this toolkit reads "
-            f"({FORMAT_VERSION}): upgrade random-teachers"
-        )
 
 
 def student_name(epoch: int) -> str:

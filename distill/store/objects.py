@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from distill.store.errors import StoreError
+from distill.store.info import attr_value
 
 # torch dtype name -> numpy dtype on disk (bfloat16 travels as its int16 bit pattern)
 DTYPES = {
@@ -55,14 +56,6 @@ def plain(v: Any) -> Any:
     if isinstance(v, (str, int, float, np.integer, np.floating)):
         return v
     return json.dumps(v, default=str)
-
-
-def attr_value(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
 
 
 def to_numpy(t: torch.Tensor, cast: torch.dtype | None = None) -> tuple[np.ndarray, str, str | None]:

@@ -19,21 +19,21 @@ import h5py
 import torch
 
 from distill.store.errors import StoreError
-from distill.store.objects import attr_value, read_tensors
+from distill.store.info import attr_value, check_format, group_names
+from distill.store.objects import read_tensors
 
 if TYPE_CHECKING:
     import xarray
-
-_TMP = "_partial"
 
 
 class SingleFile:
     """One HDF5 file holding a whole store; opened per access, never locked, never written."""
 
-    def __init__(self, path: Path):
-        from distill.store.core import check_format
-
+    def __init__(self, path: Path, attrs: dict[str, Any] | None = None):
         self.path = path
+        if attrs is not None:  # already read and checked (distill.store.info.read_attrs)
+            self.attrs = attrs
+            return
         try:
             with h5py.File(path, "r", locking=False) as f:
                 self.attrs = {k: attr_value(v) for k, v in f.attrs.items()}
@@ -54,27 +54,8 @@ class SingleFile:
 
     def names(self, root: str) -> list[str]:
         """Complete groups below ``root``; a group that cannot be opened is skipped."""
-        out: list[str] = []
-
-        def walk(group: h5py.Group, prefix: str) -> None:
-            for key in list(group.keys()):
-                if not prefix and key.startswith(_TMP):
-                    continue
-                try:
-                    obj = group[key]
-                    if not isinstance(obj, h5py.Group):
-                        continue
-                    if obj.attrs.get("complete", 0):
-                        out.append(prefix + key)
-                    elif root != "results":
-                        walk(obj, f"{prefix}{key}/")
-                except (KeyError, OSError, RuntimeError):
-                    continue
-
         with self._file() as f:
-            if root in f and isinstance(f[root], h5py.Group):
-                walk(f[root], "")
-        return sorted(out)
+            return group_names(f, root)
 
     def read_group(self, root: str, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         where = f"{self.path}:{root}/{name}"
