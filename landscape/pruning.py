@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,8 @@ Masks = Mapping[str, Tensor]
 
 class Mask(nn.Module):
     """Parametrization ``w -> w * mask``; ``mask`` is a 0/1 buffer of the weight's shape and dtype."""
+
+    mask: Tensor
 
     def __init__(self, mask: Tensor) -> None:
         super().__init__()
@@ -89,11 +92,20 @@ def _tensor(model_or_state: nn.Module | Mapping[str, Tensor], key: str) -> Tenso
     return model_or_state[key].detach()
 
 
+def _plist(module: nn.Module, name: str) -> parametrize.ParametrizationList:
+    """The parametrizations of ``module.<name>`` (``module.parametrizations`` is untyped)."""
+    return cast(parametrize.ParametrizationList, cast(nn.ModuleDict, module.parametrizations)[name])
+
+
+def _mask_of(module: nn.Module, name: str) -> Tensor:
+    return cast(Mask, _plist(module, name)[0]).mask
+
+
 def _is_mask(module: nn.Module, name: str) -> bool:
     return (
         parametrize.is_parametrized(module, name)
-        and len(module.parametrizations[name]) == 1
-        and isinstance(module.parametrizations[name][0], Mask)
+        and len(_plist(module, name)) == 1
+        and isinstance(_plist(module, name)[0], Mask)
     )
 
 
@@ -178,13 +190,12 @@ def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
             raise ValueError(f"{key!r} already carries another parametrization; remove it before masking")
         dense = m.detach().to(current.device) != 0
         if _is_mask(module, name):
-            module.parametrizations[name][0].mask.copy_(dense)
+            _mask_of(module, name).copy_(dense)
         else:
             if parametrize.is_parametrized(module):
                 _own_class(module)
             parametrize.register_parametrization(module, name, Mask(dense.to(current.dtype)))
-        original = module.parametrizations[name].original
-        original.mul_(module.parametrizations[name][0].mask)
+        _plist(module, name).original.mul_(_mask_of(module, name))
     return model
 
 
@@ -232,7 +243,7 @@ def masked_state_dict(model: nn.Module) -> dict[str, Tensor]:
             tensor, _, rest = tail.partition(".")
             module = model.get_submodule(head[:-1]) if head else model
             if rest == "original" and _is_mask(module, tensor):
-                out[head + tensor] = t * module.parametrizations[tensor][0].mask
+                out[head + tensor] = t * _mask_of(module, tensor)
                 continue
             if rest == "0.mask" and _is_mask(module, tensor):
                 continue
