@@ -41,8 +41,8 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor | tuple]) ->
         seen = True
     for m, mom in momenta.items():
         m.momentum = mom
-    for m, training in modes.items():
-        m.train(training)
+    for mod, training in modes.items():
+        mod.train(training)
     if not seen:
         raise ValueError("recalibrate_bn got no batches: pass at least one batch of training images")
     return model

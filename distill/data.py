@@ -242,7 +242,7 @@ def iterate(
         x = _normalize_with(x, m, s)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        yield (x, y, idx) if with_index else (x, y)
+        yield (x, y, idx) if with_index and idx is not None else (x, y)
 
 
 def stratified_indices(labels: Tensor, n: int, num_classes: int, seed: int = 0) -> Tensor:
@@ -362,11 +362,12 @@ def _load_idx_dataset(name: str, root: str | os.PathLike | None) -> Dataset:
     for split, (img_stem, lab_stem) in _IDX_STEMS.items():
         files = [_idx_file(folder, stem) for stem in (img_stem, lab_stem)]
         missing = [stem for stem, f in zip((img_stem, lab_stem), files) if f is None]
-        if missing:
+        img_file, lab_file = files
+        if img_file is None or lab_file is None:
             raise FileNotFoundError(
                 f"{folder} lacks {' and '.join(missing)}[.gz]: it needs all four IDX files of {name}"
             )
-        images, labels = read_idx(files[0]), read_idx(files[1])
+        images, labels = read_idx(img_file), read_idx(lab_file)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(
                 f"{files[0]} / {files[1]}: expected images (N, H, W) and labels (N,), got "
@@ -445,6 +446,14 @@ def _find_cifar(name: str, place: Path, tried: list[Path]) -> tuple[str, Path] |
     return None
 
 
+def _member_bytes(tf: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """The contents of a regular file of an open tarball."""
+    f = tf.extractfile(member)
+    if f is None:  # not a regular file: the callers only pass those
+        raise ValueError(f"{member.name} in the tarball is not a regular file")
+    return f.read()
+
+
 def _cifar_cached(name: str, source: Path, kind: str) -> Dataset:
     stamp = _source_stamp(source)
     for candidate in (_beside(source), _user_cache(source)):
@@ -481,7 +490,7 @@ def _decode_source(name: str, source: Path, kind: str) -> dict[str, np.ndarray]:
                     continue
                 parts = PurePosixPath(member.name).parts
                 if len(parts) >= 2 and parts[-2] == pickle_dir and parts[-1] in wanted:
-                    pickles[parts[-1]] = tf.extractfile(member).read()
+                    pickles[parts[-1]] = _member_bytes(tf, member)
                 elif (
                     len(parts) >= 3
                     and parts[-3].lower() in _TRAIN_DIRS + _TEST_DIRS
@@ -489,9 +498,7 @@ def _decode_source(name: str, source: Path, kind: str) -> dict[str, np.ndarray]:
                     and not any(p.startswith(".") or p == "__MACOSX" for p in parts)
                 ):
                     split = "train" if parts[-3].lower() in _TRAIN_DIRS else "test"
-                    images.setdefault(parts[:-3], []).append(
-                        (split, parts[-2], parts[-1], tf.extractfile(member).read())
-                    )
+                    images.setdefault(parts[:-3], []).append((split, parts[-2], parts[-1], _member_bytes(tf, member)))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         raise ValueError(f"{source}: unreadable tarball ({err}); replace the file") from None
     if pickles:
@@ -580,9 +587,9 @@ def _cifar_pickle_arrays(name: str, files: dict[str, bytes], where: Path) -> dic
     classes = CIFAR10_CLASSES if name == "cifar10" else [str(i) for i in range(num)]
     if meta_name in files:
         meta = unpickle_restricted(files[meta_name], f"{where}/{meta_name}")
-        names = meta.get("label_names" if name == "cifar10" else "fine_label_names")
-        if names is not None and len(names) == num:
-            classes = [n.decode("latin-1") if isinstance(n, bytes) else str(n) for n in names]
+        label_names = meta.get("label_names" if name == "cifar10" else "fine_label_names")
+        if label_names is not None and len(label_names) == num:
+            classes = [n.decode("latin-1") if isinstance(n, bytes) else str(n) for n in label_names]
     for split in ("train", "test"):
         lab = out[f"{split}_labels"]
         if len(lab) and (lab.min() < 0 or lab.max() >= num):
@@ -846,7 +853,8 @@ def _write_cache(source: Path, stamp: str, arrays: dict[str, np.ndarray]) -> Pat
             continue
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, stamp=np.array(stamp), **arrays)
+                # numpy's stub reads a str-keyed ** mapping as possibly its allow_pickle flag
+                np.savez(f, stamp=np.array(stamp), **arrays)  # type: ignore[arg-type]
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
             return target

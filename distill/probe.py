@@ -52,8 +52,8 @@ _EVAL_BATCH = 8192
 def _module_device(module: nn.Module) -> torch.device | None:
     for t in module.parameters():
         return t.device
-    for t in module.buffers():
-        return t.device
+    for b in module.buffers():
+        return b.device
     return None
 
 
@@ -648,8 +648,9 @@ def probe_model(
     always used whole. The module's train/eval mode is left as the caller set it (see
     :func:`embed`). ``kw`` goes to :func:`probe_features`.
     """
-    if isinstance(getattr(backbone, "backbone", None), nn.Module):
-        backbone = backbone.backbone
+    inner = getattr(backbone, "backbone", None)
+    if isinstance(inner, nn.Module):
+        backbone = inner
     tr_img, tr_lab, te_img, te_lab = _split_arrays(data, train_subset, seed)
     tr = embed(backbone, tr_img, data.mean, data.std, batch_size=batch_size, device=device, out_device=None)
     te = embed(backbone, te_img, data.mean, data.std, batch_size=batch_size, device=device, out_device=None)

@@ -96,7 +96,7 @@ class EpochReporter:
         last = max(probed) if probed else None
         done = [s for e, s in zip(history.epochs, history.seconds) if self.start < e <= epoch]
         eta = (sum(done) / len(done)) * (self.epochs - epoch) if done else None
-        rec = {
+        rec: dict[str, Any] = {
             "epoch": int(epoch),
             "loss": _num(history.loss[i]),
             "kl": _num(history.kl[i]),
