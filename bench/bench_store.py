@@ -1,19 +1,23 @@
 """Store writes: ``Store.save_module`` of a ResNet-18 (11 M parameters) against plain h5py.
 
-Ours writes one HDF5 file per checkpoint under a temporary name, with a checksum per tensor,
-fsyncs it, renames it into place and fsyncs the folder (a checkpoint appears complete or not at
-all, and survives a power cut once save_module returned); the plain baseline is
-``h5py.File(path, "a")`` with one ``create_dataset`` per state_dict key, no fsync. Each round
-writes a new checkpoint, into one growing file for the baseline, as a training run does.
-Throughput is the checkpoint's bytes over the median time (MB/s).
+Ours writes one HDF5 file per checkpoint under a temporary name (h5py lays it out; the tensors'
+bytes are copied into their places, the large ones with O_DIRECT, while a thread computes the
+per-tensor checksums), fsyncs it, renames it into place and fsyncs the folder: a checkpoint
+appears complete or not at all, and survives a power cut once save_module returned. The plain
+baseline is ``h5py.File(path, "a")`` with one ``create_dataset`` per state_dict key and no
+fsync (its data may still sit in the page cache when it returns). Each round writes a new
+checkpoint, into one growing file for the baseline, as a training run does; the two take
+turns within every round. Throughput is the checkpoint's bytes over the median time (MB/s);
+the load average at the start is recorded, since a busy machine moves both figures.
 
-    python -m bench.bench_store [--size tiny|full]
+    python -m bench.bench_store [--size tiny|full] [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -28,7 +32,7 @@ from distill.store import Store
 
 SIZES = {
     "tiny": dict(arch="convnet", options={"width": 8, "depth": 2}, rounds=1),
-    "full": dict(arch="resnet18", options={}, rounds=5),
+    "full": dict(arch="resnet18", options={}, rounds=15),
 }
 
 
@@ -38,6 +42,7 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
     model = distill.build_model(p["arch"], (3, 32, 32), head="linear", num_classes=10, **p["options"])
     n_params = sum(t.numel() for t in model.state_dict().values())
     counter = itertools.count()
+    load = [round(x, 1) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.create(Path(tmp) / "ours.h5", {"bench": True})
         plain_path = Path(tmp) / "plain.h5"
@@ -67,7 +72,8 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
             goal=lambda r: r >= 0.8,
             size=size,
             mb_per_s=mb_s,
-            notes=[f"throughput MB/s: {mb_s}"],
+            load_avg=load,
+            notes=[f"throughput MB/s: {mb_s}", f"load average (1, 5, 15 min) at the start: {load}"],
         )
     ]
 
