@@ -7,7 +7,8 @@ statistics) as forward-mode derivatives of the gradient (``torch.func.jvp`` of
 ``torch.func.grad``), averaged over a fixed set of batches (the whole split, or a seeded number
 of mini-batches; the count is recorded).
 
-- :func:`top_eigenpairs`: Lanczos (``scipy.sparse.linalg.eigsh`` on a ``LinearOperator``).
+- :func:`top_eigenpairs`: Lanczos with a Ritz-residual stop (``scipy.sparse.linalg.eigsh`` as the
+  fallback and on request).
 - :func:`power_iteration`: the plain baseline (PyHessian's method), for benchmarks.
 - :func:`trace`: Hutchinson's estimator with Rademacher probes (and Hutch++, Meyer et al. 2021).
 - :func:`spectral_density`: stochastic Lanczos quadrature (Ghorbani et al. 2019).
@@ -186,20 +187,87 @@ def _start_vector(n: int, seed: int) -> np.ndarray:
 
 
 def top_eigenpairs(
-    op: HessianOperator, k: int = 5, which: str = "LA", tol: float = 1e-6, seed: int = 0, maxiter: int | None = None
+    op: HessianOperator,
+    k: int = 5,
+    which: str = "LA",
+    tol: float = 1e-6,
+    seed: int = 0,
+    maxiter: int | None = None,
+    method: str = "lanczos",
+    max_steps: int = 300,
+    memory_bytes: int = 2**30,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` largest (``LA``, algebraic) or largest-magnitude (``LM``) eigenvalues of the Hessian,
-    by implicitly restarted Lanczos (``eigsh``, start vector seeded). Returns (values (k,),
-    descending; vectors (k, n), unit L2 norm in parameter space)."""
-    from scipy.sparse.linalg import eigsh
+    """The ``k`` largest (``LA``, algebraic) or largest-magnitude (``LM``) eigenvalues of the Hessian.
 
+    ``lanczos`` (default): Lanczos from a seeded start vector with full reorthogonalisation, stopped
+    as soon as every wanted Ritz pair has residual ``|H y - theta y| <= tol |theta|`` (read off the
+    tridiagonal, one product per step, no restarts); if that has not happened after ``max_steps``
+    steps (fewer when the basis would exceed ``memory_bytes``), ARPACK continues from the best Ritz
+    vector. ``eigsh``: implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``) only. Both use
+    ARPACK's convergence test, so ``tol`` means the same. Returns (values (k,), descending; vectors
+    (k, n), unit L2 norm in parameter space); ``op.hvps`` counts the products.
+    """
     if which not in ("LA", "LM"):
         raise ValueError(f"which={which!r}: choose 'LA' (largest) or 'LM' (largest magnitude)")
+    if method not in ("lanczos", "eigsh"):
+        raise ValueError(f"method={method!r}: choose 'lanczos' or 'eigsh'")
     if not 1 <= k < op.n:
         raise ValueError(f"k={k}: pass 1 <= k < number of parameters ({op.n})")
-    vals, vecs = eigsh(op.linear_operator(), k=k, which=which, tol=tol, v0=_start_vector(op.n, seed), maxiter=maxiter)
+    v0 = _start_vector(op.n, seed)
+    steps = min(op.n, int(max_steps), int(memory_bytes) // (8 * op.n))
+    if method == "lanczos" and steps > k:
+        done, vals, vecs = _lanczos_top(op, k, which, tol, v0, steps)
+        if done:
+            return vals, vecs
+        v0 = vecs[0]
+    return _eigsh_top(op, k, which, tol, v0, maxiter)
+
+
+def _eigsh_top(
+    op: HessianOperator, k: int, which: str, tol: float, v0: np.ndarray, maxiter: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.sparse.linalg import eigsh
+
+    vals, vecs = eigsh(op.linear_operator(), k=k, which=which, tol=tol, v0=v0, maxiter=maxiter)
     order = np.argsort(-vals if which == "LA" else -np.abs(vals))
     return vals[order], vecs[:, order].T
+
+
+def _lanczos_top(
+    op: HessianOperator, k: int, which: str, tol: float, v0: np.ndarray, steps: int
+) -> tuple[bool, np.ndarray, np.ndarray]:
+    """Lanczos with a Ritz-residual stop (see :func:`top_eigenpairs`); (converged, values, vectors)."""
+    from scipy.linalg import eigh_tridiagonal
+
+    basis = np.zeros((steps, op.n))
+    alpha: list[float] = []
+    beta: list[float] = []
+    v = v0 / np.linalg.norm(v0)
+    vals, ritz = np.zeros(k), np.zeros((k, steps))
+    for j in range(steps):
+        basis[j] = v
+        w = op.matvec(v)
+        a = float(w @ v)
+        w = w - a * v - (beta[-1] * basis[j - 1] if j > 0 else 0.0)
+        for _ in range(2):  # twice is enough (Kahan's rule) to keep the basis orthogonal in fp64
+            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+        alpha.append(a)
+        b = float(np.linalg.norm(w))
+        if j + 1 >= k:
+            theta, s = (
+                eigh_tridiagonal(np.asarray(alpha), np.asarray(beta)) if j else (np.asarray(alpha), np.ones((1, 1)))
+            )
+            top = np.argsort(-theta if which == "LA" else -np.abs(theta))[:k]
+            vals, ritz = theta[top], s[:, top].T
+            scale = max(float(np.abs(theta).max()), 1e-300)
+            invariant = b <= 1e-12 * scale  # the Krylov space is exhausted: the Ritz pairs are exact
+            if invariant or np.all(b * np.abs(ritz[:, -1]) <= tol * np.maximum(np.abs(vals), 1e-300)):
+                vecs = ritz @ basis[: j + 1]
+                return True, vals, vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+        beta.append(b)
+        v = w / b
+    vecs = ritz @ basis[: ritz.shape[1]]
+    return False, vals, vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
 
 
 def power_iteration(
@@ -484,7 +552,7 @@ def hessian_over_levels(
     from distill.store import Store, StoreError
 
     store = store if isinstance(store, Store) else Store(store)
-    names = store.names(f"lottery/{rewind}/")
+    names = [n for n in store.names(f"lottery/{rewind}/") if n.rsplit("/", 1)[1].isdigit() and n.count("/") == 2]
     if not names:
         raise ValueError(
             f"{store.path} holds no lottery levels for rewind {rewind!r}: run landscape.lottery with this store first"
@@ -585,7 +653,11 @@ def _to_dataset(
             {"long_name": f"Hessian trace ({trace_method}, {probes} probes)", "units": "nats"},
         )
         samples = np.stack([r["trace_samples"] for r in results])
-        se = samples.std(axis=-1, ddof=1) / math.sqrt(samples.shape[-1]) if samples.shape[-1] > 1 else samples * np.nan
+        se = (
+            samples.std(axis=-1, ddof=1) / math.sqrt(samples.shape[-1])
+            if samples.shape[-1] > 1
+            else np.full(samples.shape[:-1], np.nan)
+        )
         data_vars["trace_stderr"] = (
             lead,
             se if alphas is not None else se[0],
@@ -621,7 +693,8 @@ def _to_dataset(
         "hessian_of": "mean loss over the batches w.r.t. all floating-point parameters; "
         "buffers fixed, BatchNorm in eval mode (running statistics)",
         "hvp": "torch.func.jvp of torch.func.grad",
-        "eigen_method": "scipy.sparse.linalg.eigsh (Lanczos), which=LA",
+        "eigen_method": "Lanczos, full reorthogonalisation, stopped at Ritz residuals <= tol |theta| "
+        "(ARPACK's test; scipy eigsh continues if it has not converged), which=LA",
         "eigsh_tol": tol,
         "trace_method": trace_method,
         "trace_probes": probes,

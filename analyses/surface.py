@@ -1,0 +1,213 @@
+"""Filter-normalised loss surfaces (Li et al. 2018) around supervised children of a distilled student and
+of the random initialisation, and the plane through three children.
+
+One distillation run gives the student (its last epoch) and the random initialisation (epoch 0); each
+gets two children trained with labels that differ only in data order (``landscape.instability``). Then
+
+- ``line_*``: 1-D surfaces theta_0 + t d around child 0 of each start along filter-normalised Gaussian
+  directions (biases and norm parameters: zero direction), one direction per seed;
+- ``plane_*``: 2-D surfaces theta_0 + x d1 + y d2 around the same centres, one direction pair per seed;
+- ``through_*``: the plane through the student's child 0 (centre), its sibling child 1 (d1 = child 1 -
+  child 0) and the initialisation's child 0 (d2), coordinates in units of each difference, so the line
+  v = 0 is the straight path between the two siblings.
+
+Loss is the mean test cross-entropy (nats), error the test error (fraction), on ``n_test`` test images.
+
+    python -m analyses.surface --preset smoke|cpu|gpu
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from analyses import common
+from distill.config import DistillConfig, SupervisedConfig
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        dataset="fashion-mnist",
+        subset=100,
+        n_test=50,
+        seeds=[0],
+        line=5,
+        plane=3,
+        through=3,
+        span=1.0,
+        distill=dict(common.SMOKE_NET, probes=[]),
+        sup=dict(epochs=1, milestones=[], lr=0.05, augment="none", batch_size=50),
+    ),
+    # Fashion-MNIST, 2,000 images, BN-free 4x32 ConvNet distilled 2 epochs; children: 1 epoch of SGD (lr 0.05,
+    # no augmentation); lines of 21 points and 9 x 9 planes on [-1, 1] for 3 direction seeds; an 11 x 11 plane
+    # through three children; every point on 1,000 test images
+    "cpu": dict(
+        dataset="fashion-mnist",
+        subset=2000,
+        n_test=1000,
+        seeds=[0, 1, 2],
+        line=21,
+        plane=9,
+        through=11,
+        span=1.0,
+        distill=common.small_net(epochs=2, probes=[]),
+        sup=dict(epochs=1, milestones=[], lr=0.05, augment="none", batch_size=64),
+    ),
+    # ResNet18 on CIFAR-10 (BN reset at every point), students of 10 epochs, children of 4 epochs
+    "gpu": dict(
+        dataset="cifar10",
+        subset=None,
+        n_test=2000,
+        seeds=[0, 1, 2],
+        line=31,
+        plane=15,
+        through=15,
+        span=1.0,
+        distill=dict(arch="resnet18", epochs=10, probes=[], device="auto", precision="bf16", save_every=0),
+        sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16"),
+    ),
+}
+CENTRES = ("student child", "init child")
+
+
+def _vars(ds: xr.Dataset, prefix: str, dims: dict[str, str]) -> dict[str, xr.DataArray]:
+    """``loss`` and ``error`` of a surface Dataset renamed to ``prefix_loss`` / ``prefix_error``, dims renamed."""
+    return {f"{prefix}_{v}": ds[v].rename(dims).reset_coords(drop=True) for v in ("loss", "error")}
+
+
+def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
+    import landscape
+    from landscape.surface import surface
+
+    data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
+    dcfg = DistillConfig(
+        dataset=pre["dataset"],
+        subset=pre["subset"],
+        data_root=ctx.root if "cifar" in pre["dataset"] else None,
+        **{"save_every": 0, **pre["distill"], "device": ctx.device},
+    )
+    scfg = SupervisedConfig(**{**pre["sup"], "device": ctx.device})
+    store = common.distil(dcfg, ctx.store("distill.h5"), data=data)
+    starts = {"student child": (store, store.epochs[-1]), "init child": (store, 0)}
+    children, accuracy = {}, {}
+    for name, ref in starts.items():
+        path = ctx.store(f"children-{name.split()[0]}.h5")
+        ds = landscape.instability(ref, data, children=2, cfg=scfg, alphas=2, store=path, device=ctx.device)
+        children[name] = [(path, "children/0"), (path, "children/1")]
+        accuracy[name] = ds.child_test_accuracy.values
+    kw = dict(split="test", max_examples=pre["n_test"], device=ctx.device, progress=False)
+    span = (-pre["span"], pre["span"])
+    lines, planes = [], []
+    for name in CENTRES:
+        centre = children[name][0]
+        tag = name.split()[0]
+        per_seed_line, per_seed_plane = [], []
+        for s in pre["seeds"]:
+            line = surface(
+                centre, data, "random", dims=1, resolution=pre["line"], span=span, seed=s, **kw,
+                out=ctx.store(f"line-{tag}-s{s}.nc"),
+            )  # fmt: skip
+            plane = surface(
+                centre, data, "random", dims=2, resolution=pre["plane"], span=span, seed=s, **kw,
+                out=ctx.store(f"plane-{tag}-s{s}.nc"),
+            )  # fmt: skip
+            per_seed_line.append(xr.Dataset(_vars(line, "line", {"x": "t"})))
+            per_seed_plane.append(xr.Dataset(_vars(plane, "plane", {})))
+        lines.append(common.stack_seeds(per_seed_line, pre["seeds"]))
+        planes.append(common.stack_seeds(per_seed_plane, pre["seeds"]))
+    n = pre["through"]
+    through = surface(
+        children["student child"][0],
+        data,
+        [children["student child"][1], children["init child"][0]],
+        dims=2,
+        resolution=n,
+        span=(-0.25, 1.25),
+        **kw,
+        out=ctx.store("through.nc"),
+    )
+    ds = xr.merge(
+        [
+            xr.concat(lines, "centre").assign_coords(centre=list(CENTRES)),
+            xr.concat(planes, "centre").assign_coords(centre=list(CENTRES)),
+            xr.Dataset(_vars(through, "through", {"x": "u", "y": "v"})),
+        ],
+        combine_attrs="drop",
+    )
+    ds = ds.assign_coords(
+        t=("t", np.linspace(*span, pre["line"]), {"long_name": "coordinate along d", "units": "filter norms"}),
+        x=("x", np.linspace(*span, pre["plane"]), {"long_name": "coordinate along d1", "units": "filter norms"}),
+        y=("y", np.linspace(*span, pre["plane"]), {"long_name": "coordinate along d2", "units": "filter norms"}),
+        u=("u", through.x.values, {"long_name": "along child 1 - child 0 (siblings)", "units": "|d1|"}),
+        v=("v", through.y.values, {"long_name": "along init child 0 - child 0", "units": "|d2|"}),
+    )
+    for v in ds.data_vars:
+        kind = "loss" if v.endswith("loss") else "error"
+        ds[v].attrs = (
+            {"long_name": "test cross-entropy", "units": "nats"}
+            if kind == "loss"
+            else {"long_name": "test error", "units": "fraction"}
+        )
+    ds["child_test_accuracy"] = xr.DataArray(
+        np.stack([accuracy[c] for c in CENTRES]),
+        dims=("centre", "child"),
+        attrs={"long_name": "test accuracy of each child after training", "units": "fraction"},
+    )
+    ds.attrs = {
+        "directions": "line/plane: Gaussian, filter-normalised (Li et al. 2018) per seed; biases and norm "
+        "parameters: zero direction; through: child 1 - child 0 (d1), init child 0 - child 0 (d2)",
+        "centre_definition": "child 0 of the start (student's last epoch, or the random init at epoch 0)",
+        "children": "2 per start, supervised, data_seed = aug_seed = 0 and 1 (landscape.instability)",
+        "test_examples": int(len(data.test)),
+        "through_d1_norm": float(through.attrs["d1_norm"]),
+        "through_d2_norm": float(through.attrs["d2_norm"]),
+        "bn_policy": str(through.attrs["bn_policy"]),
+        **common.provenance(ctx, {"distill": dcfg, "supervised": scfg}, pre["seeds"], "paper"),
+    }
+    for c in CENTRES:
+        lo = ds.line_loss.sel(centre=c)
+        print(
+            f"{c}: test loss at the centre {float(lo.sel(t=0, method='nearest').mean()):.4f}, at t = +-{pre['span']:g} "
+            f"{float(lo.isel(t=[0, -1]).mean()):.4f} nats (mean over {len(pre['seeds'])} direction seeds)",
+            flush=True,
+        )
+    return ds
+
+
+def plot(ds: xr.Dataset, path: Any) -> None:
+    fig, axes = common.figure(3, 2, width=4.8, height=3.5)
+    for i, c in enumerate(ds.centre.values):
+        style = dict(color=f"C{i}", marker="")
+        common.band(axes[0], ds.t, ds.line_loss.sel(centre=c), str(c), **style)
+        common.band(axes[1], ds.t, common.pct(ds.line_error.sel(centre=c)), str(c), **style)
+    axes[0].set(xlabel="t along a filter-normalised direction", ylabel="test loss [nats]", title="1-D surfaces")
+    axes[1].set(xlabel="t along a filter-normalised direction", ylabel="test error [%]", title="1-D surfaces")
+    common.legend(axes[1])
+    lo = ds.through_loss.values.T
+    cs = axes[2].contourf(ds.u, ds.v, lo, levels=15, cmap="viridis")
+    fig.colorbar(cs, ax=axes[2], label="test loss [nats]")
+    for (u, v), name in zip(((0, 0), (1, 0), (0, 1)), ("child 0", "sibling", "init child")):
+        axes[2].plot(u, v, "o", color="white", mec="black", ms=7)
+        axes[2].annotate(name, (u, v), textcoords="offset points", xytext=(5, 5), color="white", fontsize=8)
+    axes[2].set(xlabel="u [|sibling - child 0|]", ylabel="v [|init child - child 0|]", title="plane through children")
+    vmax = float(np.nanmax(ds.plane_loss.mean("seed").values))
+    for i, c in enumerate(ds.centre.values):
+        ax = axes[3 + i]
+        z = ds.plane_loss.sel(centre=c).mean("seed").values.T
+        cs = ax.contourf(ds.x, ds.y, z, levels=np.linspace(float(np.nanmin(z)), vmax, 15), cmap="viridis")
+        fig.colorbar(cs, ax=ax, label="test loss [nats]")
+        ax.plot(0, 0, "*", color="white", mec="black", ms=10)
+        ax.set(xlabel="x (d1)", ylabel="y (d2)", title=f"2-D, around the {c} (seed mean)")
+    e = common.pct(ds.plane_error.mean("seed"))
+    axes[5].plot(ds.x, e.sel(y=0, method="nearest").T, marker="o", ms=3)
+    axes[5].legend([str(c) for c in ds.centre.values], fontsize=7)
+    axes[5].set(xlabel="x (d1) at y = 0", ylabel="test error [%]", title="2-D surfaces, row y = 0")
+    common.finish(fig, path, f"Loss surfaces: {common.subtitle(ds)} (band: +-1 std over direction seeds)")
+
+
+main = common.script(__name__, PRESETS, compute, plot)
+
+if __name__ == "__main__":
+    sys.exit(main())
