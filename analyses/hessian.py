@@ -41,24 +41,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         distill=dict(common.SMOKE_NET, probes=[]),
         sup=dict(epochs=1, milestones=[], lr=0.05, augment="none", batch_size=50),
     ),
-    # Fashion-MNIST, 2,000 images, BN-free 4x32 ConvNet distilled 2 epochs; 3 children per start (3 pairs), 1
-    # epoch of SGD (lr 0.05); 5 points per path, top 3 eigenvalues (tol 1e-3) and 30 Hutch++ probes on 2 x 256
-    # training images; 4 IMP levels of 50 %, 1 epoch each; SLQ 3 runs x 30 steps
+    # Fashion-MNIST, 1,000 images, BN-free 4x16 ConvNet distilled 2 epochs; 3 children per start (3 pairs), 1
+    # epoch of SGD (lr 0.05); 3 points per path, top 2 eigenvalues (tol 1e-3) and 12 Hutch++ probes on 256
+    # training images; 3 IMP levels of 50 %, 1 epoch each; SLQ 2 runs x 20 steps
     "cpu": dict(
         dataset="fashion-mnist",
-        subset=2000,
-        n_test=1000,
+        subset=1000,
+        n_test=500,
         children=3,
-        alphas=5,
-        k=3,
-        batches=2,
+        alphas=3,
+        k=2,
+        batches=1,
         batch_size=256,
-        probes=30,
+        probes=12,
         tol=1e-3,
-        levels=4,
-        slq_runs=3,
-        slq_steps=30,
-        distill=common.small_net(epochs=2, probes=[]),
+        levels=3,
+        slq_runs=2,
+        slq_steps=20,
+        distill=common.small_net(width=16, epochs=2, probes=[]),
         sup=dict(epochs=1, milestones=[], lr=0.05, augment="none", batch_size=64),
     ),
     # VGG11 (BN-free) on CIFAR-10: students of 10 epochs, children of 4 epochs, 8 x 256 images per Hessian
