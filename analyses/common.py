@@ -5,22 +5,27 @@ A script defines ``PRESETS`` (``smoke``, ``cpu``, ``gpu``: dicts of its own sett
 ends with ``main = script(__name__, PRESETS, compute, plot)``. Then
 
     python -m analyses.<name> --preset smoke|cpu|gpu [--results DIR] [--runs DIR] [--plot-only]
+                              [--executor SPEC]
 
 writes ``<results>/<name>.nc`` (provenance in attrs: commit, command line, preset, recipe,
 config, seeds) and ``<results>/<name>.png``; stores of the runs go to ``<runs>/<name>/<preset>/``
-so a second call resumes. Accuracy is a fraction (0-1) in every file and in percent in every
-figure and table (``pct``).
+so a second call resumes. ``--executor`` (:func:`landscape.executors.open_executor`: dask, submitit,
+process or thread pools) runs a script's independent distillations and sweep points in parallel
+(``ctx.executor``); the results equal the sequential run's and finished stores are skipped.
+Accuracy is a fraction (0-1) in every file and in percent in every figure and table (``pct``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,7 @@ class Context:
     device: str
     only: tuple[str, ...] = ()
     code: str = ""  # the commit when the script started
+    executor: Executor | None = None  # where independent runs go (None: one after the other here)
 
     def keep(self, items: Sequence[str]) -> list[str]:
         """``items`` restricted to ``--only`` (all of them without it)."""
@@ -141,6 +147,17 @@ def distil(cfg: DistillConfig, out: Path, data: Any = None) -> Store:
         if done:
             return store
     return distill.distill(cfg, out, data=data, progress=False)
+
+
+def distil_all(jobs: Sequence[tuple[DistillConfig, Path]], ctx: Context, data: Any = None) -> list[Store]:
+    """The stores of independent runs ``[(cfg, out), ...]``, distilled or resumed where needed through
+    ``ctx.executor`` (finished ones skipped), in the order given."""
+    from landscape.executors import run_units
+    from landscape.locality import DistillUnit
+
+    units = [DistillUnit(cfg.to_dict(), str(out), data) for cfg, out in jobs]
+    run_units(units, ctx.executor, desc=f"analyses.{ctx.name}", progress=False)
+    return [Store(out) for _, out in jobs]
 
 
 def best_over_epochs(metrics: xr.Dataset) -> xr.DataArray:
@@ -265,6 +282,14 @@ def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
         help="comma-separated subset of the preset's items, where a script has "
         "them (tables: architectures, e.g. vgg11,resnet18); the .nc records it",
     )
+    p.add_argument(
+        "--executor",
+        default=None,
+        metavar="SPEC",
+        help="run the independent distillations and sweep points through dask:SCHEDULER, dask-local:N, "
+        "submitit:FOLDER[,key=value...], process:N or thread:N (default: one after the other here); "
+        "finished stores are skipped",
+    )
     return p
 
 
@@ -298,7 +323,15 @@ def script(
             commit(),
         )
         os.environ.setdefault("TQDM_DISABLE", "1")
-        ds = compute(pre, ctx)
+        from landscape.executors import ExecutorSpecError, SweepIncomplete, open_executor
+
+        with contextlib.ExitStack() as stack:
+            try:
+                ctx.executor = stack.enter_context(open_executor(a.executor))
+                ds = compute(pre, ctx)
+            except (SweepIncomplete, ExecutorSpecError) as e:  # runs busy in another process, or a bad --executor
+                print(f"analyses.{name}: error: {e}", file=sys.stderr)
+                return 1
         save(ds, nc)
         plot(open_result(nc), png)
         print(f"wrote {nc} and {png}")

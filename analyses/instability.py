@@ -66,9 +66,13 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         **{"save_every": 0, **pre["distill"], "device": ctx.device},
     )
     scfg = SupervisedConfig(**{**pre["sup"], "device": ctx.device})
-    store = common.distil(dcfg, ctx.store("distill.h5"), data=data)
-    indep = common.distil(
-        dcfg.replace(init="independent", epochs=1, save_epochs=[]), ctx.store("independent.h5"), data=data
+    store, indep = common.distil_all(
+        [
+            (dcfg, ctx.store("distill.h5")),
+            (dcfg.replace(init="independent", epochs=1, save_epochs=[]), ctx.store("independent.h5")),
+        ],
+        ctx,
+        data,
     )
     starts = {f"student epoch {e}" if e else "student epoch 0 (random init)": (store, e) for e in pre["epochs"]}
     starts["independent random init"] = (indep, 0)
@@ -83,6 +87,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             store=ctx.store(f"children-{name.replace(' ', '_')}.h5"),
             splits=("test",),
             device=ctx.device,
+            executor=ctx.executor,
             progress=False,
         )
         rows.append(

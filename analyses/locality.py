@@ -68,7 +68,13 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         )
         configs[net] = cfg
         ds = landscape.locality(
-            cfg, alphas=pre["alphas"], seeds=pre["seeds"], out_dir=ctx.store(net, "x").parent, data=data, progress=False
+            cfg,
+            alphas=pre["alphas"],
+            seeds=pre["seeds"],
+            out_dir=ctx.store(net, "x").parent,
+            data=data,
+            executor=ctx.executor,
+            progress=False,
         )
         ds = ds.drop_vars("store", errors="ignore")
         acc = ds.accuracy.dropna("epoch", how="all").isel(epoch=-1, drop=True)

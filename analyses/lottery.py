@@ -67,8 +67,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     seeds = list(pre["seeds"])
     best = np.full((len(CURVES), len(seeds), pre["levels"]), np.nan)
     sparsity, configs = None, {}
-    for si, s in enumerate(seeds):
-        dcfg = DistillConfig(
+    dcfgs = {
+        s: DistillConfig(
             dataset=pre["dataset"],
             subset=pre["subset"],
             seed=s,
@@ -77,9 +77,13 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             data_root=ctx.root if "cifar" in pre["dataset"] else None,
             **{**pre["distill"], "device": ctx.device},
         )
+        for s in seeds
+    }
+    stores = common.distil_all([(dcfgs[s], ctx.store(f"distill-s{s}.h5")) for s in seeds], ctx, data)
+    for si, s in enumerate(seeds):
+        dcfg, store = dcfgs[s], stores[si]
         scfg = SupervisedConfig(**{**pre["sup"], "data_seed": s, "aug_seed": s, "device": ctx.device})
         configs[f"distill-s{s}"], configs[f"supervised-s{s}"] = dcfg, scfg
-        store = common.distil(dcfg, ctx.store(f"distill-s{s}.h5"), data=data)
         kw = dict(
             levels=pre["levels"], prune_fraction=pre["fraction"], cfg=scfg, seed=s, device=ctx.device, progress=False
         )

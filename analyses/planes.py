@@ -120,8 +120,9 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         data_root=ctx.root if "cifar" in pre["dataset"] else None,
         **{**pre["cfg"], "device": ctx.device},
     )
-    local = common.distil(base, ctx.store("alpha0.h5"), data=data)
-    indep = common.distil(base.replace(init="independent"), ctx.store("alpha1.h5"), data=data)
+    local, indep = common.distil_all(
+        [(base, ctx.store("alpha0.h5")), (base.replace(init="independent"), ctx.store("alpha1.h5"))], ctx, data
+    )
     teacher = local.teacher().eval()
     models = {
         "teacher": teacher,

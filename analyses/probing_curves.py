@@ -58,9 +58,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
     base = DistillConfig.reference if pre["recipe"] == "reference" else DistillConfig
-    rows, configs = [], {}
+    configs = {}
     for s in pre["seeds"]:
-        cfg = base(
+        configs[f"seed{s}"] = base(
             dataset=pre["dataset"],
             subset=pre["subset"],
             seed=s,
@@ -70,9 +70,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             data_root=ctx.root if "cifar" in pre["dataset"] else None,
             **{**pre["cfg"], "device": ctx.device},
         )
-        configs[f"seed{s}"] = cfg
-        store = common.distil(cfg, ctx.store(f"seed{s}.h5"), data=data)
-        rows.append(store.metrics[["accuracy", "loss", "kl"]])
+    stores = common.distil_all([(cfg, ctx.store(f"{tag}.h5")) for tag, cfg in configs.items()], ctx, data)
+    rows = [store.metrics[["accuracy", "loss", "kl"]] for store in stores]
     ds = common.stack_seeds(rows, pre["seeds"])
     ds.attrs = {
         "probe_train_images": int(pre["cfg"].get("probe_subset") or 0) or "full training split",

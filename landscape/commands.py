@@ -46,14 +46,14 @@ class _Distill:
         return 0
 
 
-def _add_executor_arg(p: argparse.ArgumentParser, what: str) -> None:
+def _add_executor_arg(p: argparse.ArgumentParser, what: str, resumable: bool = True) -> None:
     p.add_argument(
         "--executor",
         default=None,
         metavar="SPEC",
         help=f"run the {what} through dask:SCHEDULER, "
         "dask-local:N, submitit:FOLDER[,key=value...], process:N or thread:N (default: one after the "
-        "other here); finished ones are skipped on a rerun",
+        "other here)" + ("; finished ones are skipped on a rerun" if resumable else ""),
     )
 
 
@@ -409,9 +409,11 @@ class _Plane:
         p.add_argument("--split", default="test", choices=_SPLITS, help="split to evaluate (default: test)")
         p.add_argument("--max-examples", type=int, default=None, metavar="N", help=_MAX_EXAMPLES_HELP)
         _add_data_args(p)
+        _add_executor_arg(p, "grid rows", resumable=False)
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
+        from landscape.executors import open_executor
         from landscape.planes import plane
 
         refs = [_parse_ref(t) for t in (a.a, a.b, a.c)]
@@ -424,19 +426,21 @@ class _Plane:
             if len(span) != 2:
                 raise ValueError(f"--span {a.span!r}: pass LOW,HIGH, e.g. --span -0.5,1.5")
         data = _data_for(refs[0][0], a)
-        ds = plane(
-            refs[0],
-            refs[1],
-            refs[2],
-            data,
-            resolution=a.resolution,
-            span=span,
-            margin=a.margin,
-            bn=a.bn,
-            split=a.split,
-            max_examples=a.max_examples,
-            device=a.device,
-        )
+        with open_executor(a.executor) as ex:
+            ds = plane(
+                refs[0],
+                refs[1],
+                refs[2],
+                data,
+                resolution=a.resolution,
+                span=span,
+                margin=a.margin,
+                bn=a.bn,
+                split=a.split,
+                max_examples=a.max_examples,
+                device=a.device,
+                executor=ex,
+            )
         print(
             f"|B - A| = {ds.attrs['norm_u']:.4g}, |v| = {ds.attrs['norm_v']:.4g}; in units of |B - A|: "
             + ", ".join(

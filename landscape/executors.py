@@ -35,9 +35,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from distill.store import StoreError
+
 log = logging.getLogger("landscape.sweep")
 
 SPECS = "dask:SCHEDULER, dask-local:N, submitit:FOLDER[,key=value...], process:N or thread:N"
+
+
+class ExecutorSpecError(ValueError):
+    """An ``--executor`` spec that names no usable executor (the message says what to pass)."""
 
 
 class SubmititExecutor(Executor):
@@ -78,7 +84,7 @@ def _count(spec: str, text: str) -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise ValueError(f"--executor {spec!r}: the worker count must be a positive integer (e.g. process:4)")
+        raise ExecutorSpecError(f"--executor {spec!r}: the worker count must be a positive integer (e.g. process:4)")
     return n
 
 
@@ -87,7 +93,7 @@ def _parameters(spec: str, items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--executor {spec!r}: submitit parameters are key=value (e.g. timeout_min=60)")
+            raise ExecutorSpecError(f"--executor {spec!r}: submitit parameters are key=value (e.g. timeout_min=60)")
         parsed: Any = value
         for cast in (int, float):
             try:
@@ -102,14 +108,15 @@ def _parameters(spec: str, items: Sequence[str]) -> dict[str, Any]:
 @contextlib.contextmanager
 def open_executor(spec: str | None) -> Iterator[Executor | None]:
     """The executor named by ``spec`` (see the module docstring), shut down on exit; None for
-    ``None``, ``""`` or ``"none"`` (run in this process). A bad spec is a one-line ValueError."""
+    ``None``, ``""`` or ``"none"`` (run in this process). A bad spec is a one-line
+    :class:`ExecutorSpecError` (a ValueError)."""
     if spec is None or spec.strip().lower() in ("", "none", "sequential"):
         yield None
         return
     kind, sep, rest = spec.partition(":")
     kind = kind.strip().lower()
     if not sep or not rest:
-        raise ValueError(f"--executor {spec!r} is not valid: use {SPECS}")
+        raise ExecutorSpecError(f"--executor {spec!r} is not valid: use {SPECS}")
     if kind in ("process", "thread"):
         from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
@@ -127,17 +134,18 @@ def open_executor(spec: str | None) -> Iterator[Executor | None]:
         try:
             from distributed import Client, LocalCluster
         except ImportError:
-            raise ValueError(
+            raise ExecutorSpecError(
                 f"--executor {spec!r} needs dask.distributed: pip install 'random-teachers[distributed]'"
             ) from None
+        # not the default client: this process's own dask and xarray work stays local
         if kind == "dask":
-            with Client(rest) as client:
+            with Client(rest, set_as_default=False) as client:
                 yield client.get_executor()
             return
         n = _count(spec, rest)
         with (
             LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-            Client(cluster) as client,
+            Client(cluster, set_as_default=False) as client,
         ):
             yield client.get_executor()
         return
@@ -145,7 +153,7 @@ def open_executor(spec: str | None) -> Iterator[Executor | None]:
         try:
             import submitit
         except ImportError:
-            raise ValueError(f"--executor {spec!r} needs submitit: pip install submitit") from None
+            raise ExecutorSpecError(f"--executor {spec!r} needs submitit: pip install submitit") from None
         folder, *params = rest.split(",")
         ex = submitit.AutoExecutor(folder=folder)
         if params:
@@ -156,30 +164,62 @@ def open_executor(spec: str | None) -> Iterator[Executor | None]:
         finally:
             wrapped.shutdown()
         return
-    raise ValueError(f"--executor {spec!r}: unknown kind {kind!r}; use {SPECS}")
+    raise ExecutorSpecError(f"--executor {spec!r}: unknown kind {kind!r}; use {SPECS}")
+
+
+class SweepIncomplete(StoreError):
+    """Some work units of a sweep are being written by another live process; the others finished."""
+
+
+def running_elsewhere(error: BaseException) -> bool:
+    """True when ``error`` is a store's refusal of a second writer: another live process holds the
+    store's writer lock, so the unit is being computed there."""
+    return isinstance(error, StoreError) and " is being written by " in str(error)
 
 
 def run_units(
     units: Sequence[Any], executor: Executor | None = None, *, desc: str = "sweep", progress: bool | None = None
 ) -> tuple[list[Any], int]:
     """Run the work units that are not done; returns (results in unit order, None for the skipped
-    ones; number skipped). Sequential in this process when ``executor`` is None."""
+    ones; number skipped). Sequential in this process when ``executor`` is None.
+
+    A unit whose store another live process is writing (the store's writer lock refuses this one)
+    is left to that process: the other units still run, then :class:`SweepIncomplete` names the
+    busy stores in one line; a rerun once they finish skips them. Any other failure is re-raised
+    at once, after cancelling what has not started."""
     todo = [i for i, u in enumerate(units) if not u.done()]
     skipped = len(units) - len(todo)
     if skipped:
         log.info("%s: %d of %d work units already complete, skipped", desc, skipped, len(units))
     results: list[Any] = [None] * len(units)
+    busy: list[str] = []
     disable = None if progress is None else not progress
+
+    def outcome(i: int, get: Callable[[], Any]) -> None:
+        try:
+            results[i] = get()
+        except Exception as e:
+            if not running_elsewhere(e):
+                raise
+            log.warning("%s: %s; left to it", desc, e)
+            where, _, holder = str(e).partition(" is being written by ")
+            busy.append(f"{where} by {holder.split(': wait')[0]}")
+
     if executor is None:
         for i in tqdm(todo, desc=desc, disable=disable):
-            results[i] = units[i]()
-        return results, skipped
-    futures = {i: executor.submit(units[i]) for i in todo}
-    try:
-        for i in tqdm(todo, desc=desc, disable=disable):
-            results[i] = futures[i].result()
-    except BaseException:
-        for f in futures.values():
-            f.cancel()
-        raise
+            outcome(i, units[i])
+    else:
+        futures = {i: executor.submit(units[i]) for i in todo}
+        try:
+            for i in tqdm(todo, desc=desc, disable=disable):
+                outcome(i, futures[i].result)
+        except BaseException:
+            for f in futures.values():
+                f.cancel()
+            raise
+    if busy:
+        raise SweepIncomplete(
+            f"{desc}: {len(busy)} of {len(units)} work units are being written by another process "
+            f"({'; '.join(busy)}): rerun the sweep when it finishes (finished units are kept and skipped)"
+        )
     return results, skipped

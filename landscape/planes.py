@@ -19,20 +19,23 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from distill.bn import has_batchnorm
 from distill.provenance import stamp
-from landscape.evaluate import POLICIES, bn_stat_keys, prepare_inputs, run_segment
+from landscape.evaluate import POLICIES, PathInputs, bn_stat_keys, prepare_inputs, run_segment
+from landscape.executors import run_units
 from landscape.refs import load_ref, require_classifier
 
 DEFINITION = (
@@ -63,6 +66,74 @@ def _resolution(resolution: int | Sequence[int]) -> tuple[int, int]:
     if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2 for v in values):
         raise ValueError(f"resolution={resolution!r}: pass an int >= 2 or a pair (nx, ny) of such ints")
     return int(values[0]), int(values[1])
+
+
+def _inputs_to(inputs: PathInputs, device: torch.device) -> PathInputs:
+    return replace(
+        inputs,
+        bn=[t.to(device) for t in inputs.bn],
+        splits={k: (x.to(device), y.to(device)) for k, (x, y) in inputs.splits.items()},
+        mean=inputs.mean.to(device),
+        std=inputs.std.to(device),
+    )
+
+
+@dataclass(frozen=True)
+class PlaneRow:
+    """One grid row (fixed y) as a work unit (:mod:`landscape.executors`): picklable, independent.
+
+    The row is the segment from ``a + y s v`` (x = 0) to ``b + y s v`` (x = 1) with
+    ``s = scale = |u| / |v|``, evaluated at ``xs`` by the linear-path evaluators (lerp gives
+    ``a + x u + y s v``). Tensors travel on the CPU when the row runs elsewhere and are moved to
+    ``device`` there. Returns (loss, error, evaluator): float64 arrays of shape (len(xs),).
+    """
+
+    y: float
+    scale: float
+    model: nn.Module
+    sa: dict[str, Tensor]
+    sb: dict[str, Tensor]
+    v: dict[str, Tensor]
+    keep: frozenset[str]
+    xs: list[float]
+    policy: str
+    inputs: PathInputs
+    eval_batch_size: int
+    backend: str
+    chosen: str
+    device: str
+
+    def done(self) -> bool:
+        return False  # a row writes no store: it is always computed
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray, str]:
+        dev = torch.device(self.device)
+        start, end = {}, {}
+        for k, t in self.sa.items():
+            if not t.is_floating_point() or k in self.keep:
+                start[k], end[k] = t, t
+                continue
+            shift = self.v[k] * (self.y * self.scale)
+            start[k] = (t.double() + shift).to(t.dtype)
+            end[k] = (self.sb[k].double() + shift).to(t.dtype)
+        if any(t.device != dev for t in start.values()):
+            start = {k: t.to(dev) for k, t in start.items()}
+            end = {k: t.to(dev) for k, t in end.items()}
+        inputs = self.inputs if self.inputs.mean.device == dev else _inputs_to(self.inputs, dev)
+        model = copy.deepcopy(self.model).to(dev)  # the evaluators overwrite its state: rows may share a process
+        loss, err, chosen = run_segment(
+            model,
+            start,
+            end,
+            self.xs,
+            self.policy,
+            inputs,
+            self.eval_batch_size,
+            min(8, len(self.xs)),
+            self.backend,
+            self.chosen,
+        )
+        return loss[:, 0], err[:, 0], chosen
 
 
 def plane_basis(
@@ -121,6 +192,7 @@ def plane(
     eval_seed: int = 0,
     backend: str = "auto",
     channels_last: bool | None = None,
+    executor: Executor | None = None,
 ) -> xr.Dataset:
     """Loss and error on a grid in the plane through ``a``, ``b``, ``c`` (see the module docstring).
 
@@ -135,6 +207,9 @@ def plane(
     split: "train" or "test"; ``max_examples`` evaluates a seeded subset of that size.
     backend: ``loop``, ``vmap`` (one grid row per pass) or ``auto`` (vmap on CUDA, else loop) —
         the evaluators of :mod:`landscape.evaluate`, in fp32.
+    executor: any ``concurrent.futures.Executor`` evaluating the grid rows (:class:`PlaneRow`) in
+        parallel (default: one after the other here); the values equal the sequential run's
+        (bit for bit when the workers use as many intra-op threads).
 
     Returns an ``xr.Dataset`` with dims (x, y): ``loss`` (mean cross-entropy, nats) and ``error``
     (fraction); ``point_x``/``point_y`` over ``point`` = ["a", "b", "c"] (the three checkpoints'
@@ -155,8 +230,8 @@ def plane(
     model_b, info_b = load_ref(b, dev)
     model_c, info_c = load_ref(c, dev)
     sa = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    sb = {k: v.detach() for k, v in model_b.state_dict().items()}
-    sc = {k: v.detach() for k, v in model_c.state_dict().items()}
+    sb = {k: t.detach() for k, t in model_b.state_dict().items()}
+    sc = {k: t.detach() for k, t in model_c.state_dict().items()}
     for name, module, info in (("a", model, info_a), ("b", model_b, info_b), ("c", model_c, info_c)):
         require_classifier(module, data, name, info["source"])
     _check_same(sa, sb, "b")
@@ -209,24 +284,34 @@ def plane(
         raise ValueError(f"the {split} split is empty: nothing to evaluate")
     keep = bn_stat_keys(model) if policy == "keep_a" else set()
 
-    loss = np.zeros((nx, ny))
-    error = np.zeros((nx, ny))
-    alist = [float(x) for x in xs]
-    # Row y is the segment from a + y s v (x = 0) to b + y s v (x = 1), evaluated at the x values
-    # by the linear-path evaluators: lerp gives a + x u + y s v.
-    for j, y in enumerate(tqdm(ys, desc="plane", unit="row", disable=None if progress is None else not progress)):
-        start, end = {}, {}
-        for k, t in sa.items():
-            if not t.is_floating_point() or k in keep:
-                start[k], end[k] = t, t
-                continue
-            shift = v[k] * (float(y) * scale)
-            start[k] = (sa[k].double() + shift).to(t.dtype)
-            end[k] = (sb[k].double() + shift).to(t.dtype)
-        row_loss, row_err, chosen = run_segment(
-            model, start, end, alist, policy, inputs, eval_batch_size, min(8, len(alist)), backend, chosen
+    if executor is not None:  # rows travel to the workers on the CPU and move to ``dev`` there
+        cpu = torch.device("cpu")
+        sa, sb, v = ({k: t.to(cpu) for k, t in d.items()} for d in (sa, sb, v))
+        model, inputs = model.to(cpu), _inputs_to(inputs, cpu)
+    rows = [
+        PlaneRow(
+            float(y),
+            scale,
+            model,
+            sa,
+            sb,
+            v,
+            frozenset(keep),
+            [float(x) for x in xs],
+            policy,
+            inputs,
+            eval_batch_size,
+            backend,
+            chosen,
+            str(dev),
         )
-        loss[:, j], error[:, j] = row_loss[:, 0], row_err[:, 0]
+        for y in ys
+    ]
+    results, _ = run_units(rows, executor, desc="plane rows", progress=progress)
+    loss = np.stack([r[0] for r in results], axis=1)  # (nx, ny)
+    error = np.stack([r[1] for r in results], axis=1)
+    if any(r[2] != chosen for r in results):
+        chosen = "loop"  # vmap failed and the auto backend fell back
 
     attrs: dict[str, Any] = {
         "analysis": "plane",

@@ -1,6 +1,8 @@
 """Sweeps on real engines: a dask.distributed LocalCluster (2 worker processes) and submitit's local
-executor give the sequential run's tensors and metrics; a sweep whose dask worker is killed
-mid-run completes on a rerun without recomputing finished points; --executor specs."""
+executor give the sequential run's tensors and metrics (locality points, instability children,
+lottery units, plane rows); a point another live process is writing is left to it and named; a
+sweep whose dask worker is killed mid-run completes on a rerun without recomputing finished
+points; --executor specs."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import logging
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -19,7 +23,7 @@ from distributed import Client, LocalCluster
 
 from distill.progress import read_progress
 from distill.store import Store
-from landscape.executors import SubmititExecutor, open_executor, run_units
+from landscape.executors import SubmititExecutor, SweepIncomplete, open_executor, run_units
 from landscape.locality import distillation_complete, locality, point_config, point_path
 from tests.distill.test_train import synthetic, tiny_cfg
 from tests.landscape import test_instability as ti
@@ -39,9 +43,22 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def dask_executor():
-    with open_executor("dask-local:2") as ex:
-        yield ex
+def dask_client():
+    """One LocalCluster of 2 worker processes for the module; a task whose worker dies fails at once
+    (no retry on the other worker), as the kill test needs."""
+    import dask
+
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        yield client
+
+
+@pytest.fixture(scope="module")
+def dask_executor(dask_client):
+    return dask_client.get_executor()
 
 
 @pytest.fixture()
@@ -131,60 +148,6 @@ def test_instability_children_on_dask_and_submitit_match_the_sequential_run(
     assert_same_children(seq, _children(dirs[2], submitit_executor))
 
 
-def test_killing_a_dask_worker_then_rerunning_skips_the_finished_points(sequential, one_thread, tmp_path, caplog):
-    import dask
-
-    cfg, alphas, data, reference = _cfg(), ALPHAS, synthetic(), sequential
-    out = tmp_path / "sweep"
-    points = {point_path(out, cfg, "alpha", a, 0): point_config(cfg, "alpha", a, 0) for a in alphas}
-
-    def finished() -> dict:
-        return {p: p.stat().st_mtime_ns for p, c in points.items() if distillation_complete(c, p)}
-
-    killed: list[int] = []
-    with (
-        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
-        Client(cluster) as client,
-    ):
-        pids = client.run(os.getpid)
-        stop = threading.Event()
-
-        def kill_a_busy_worker_once_a_point_is_done() -> None:
-            deadline = time.monotonic() + 600  # a guard against hanging, not a speed requirement
-            while not stop.is_set() and time.monotonic() < deadline:
-                busy = [w for w, tasks in client.processing().items() if tasks]
-                # a point's last progress record follows its last commit (reading the stores here
-                # would take HDF5 file locks the writers trip over)
-                if busy and any(r["epoch"] == cfg.epochs for p in points for r in read_progress(p)[-1:]):
-                    os.kill(pids[busy[0]], signal.SIGKILL)
-                    killed.append(pids[busy[0]])
-                    return
-                time.sleep(0.1)
-
-        watcher = threading.Thread(target=kill_a_busy_worker_once_a_point_is_done)
-        watcher.start()
-        try:
-            locality(cfg, alphas=alphas, out_dir=out, data=data, executor=client.get_executor(), progress=False)
-            first = "completed (the kill landed after the last point)"
-        except Exception as e:  # the killed worker's point fails the sweep (allowed-failures 0)
-            first = f"failed: {type(e).__name__}"
-        finally:
-            stop.set()
-            watcher.join()
-    assert killed
-    complete = finished()
-    assert complete
-    with caplog.at_level(logging.INFO, logger="landscape.sweep"):
-        again = locality(cfg, alphas=alphas, out_dir=out, data=data, progress=False)
-    notes = [r.getMessage() for r in caplog.records if r.name == "landscape.sweep"]
-    skipped = int(re.search(r"(\d+) of \d+ work units already complete", notes[-1]).group(1))
-    print(f"\nfirst run {first}; rerun skipped {skipped} of {len(alphas)} points, computed {len(alphas) - skipped}")
-    assert skipped == len(complete)
-    assert all(p.stat().st_mtime_ns == t for p, t in complete.items())  # finished stores were not touched
-    assert_same_sweep(reference, again)
-
-
 def test_run_units_skips_done_units_and_stops_at_the_first_failure():
     class Unit:
         def __init__(self, done, fail=False):
@@ -257,3 +220,109 @@ def test_lottery_rewind_targets_as_units_on_dask_match_one_sequential_call(one_t
     again = lottery_sweep(start, data, rewinds=["start", "init"], out_dir=tmp_path, cfg=tl.CFG, levels=2, device="cpu")
     for name in one.data_vars:
         np.testing.assert_array_equal(again[name].values, swept[name].values, err_msg=name)
+
+
+def test_plane_rows_on_dask_match_the_sequential_plane(one_thread, dask_executor):
+    from landscape.planes import plane
+    from tests.landscape import test_planes as tp
+
+    abc, data = (tp.model(0), tp.model(1), tp.model(2)), tp.synthetic()
+    kw = dict(resolution=(3, 4), span=(-0.5, 1.5), bn="reset", **tp.EVAL)
+    seq = plane(*abc, data, **kw)
+    par = plane(*abc, data, executor=dask_executor, **kw)
+    assert par.sizes == {"x": 3, "y": 4, "point": 3}
+    for name in ("loss", "error", "point_x", "point_y", "x", "y"):
+        np.testing.assert_array_equal(par[name].values, seq[name].values, err_msg=name)
+    assert {k: v for k, v in par.attrs.items() if k != "started_at"} == {
+        k: v for k, v in seq.attrs.items() if k != "started_at"
+    }
+    assert len(np.unique(seq.loss.values)) == 12  # the rows differ: each grid point is its own value
+
+
+# holds a store's writer lock (flock) as a writer in another live process does, until stdin closes
+HOLD = (
+    "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+    "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); os.pwrite(fd, b'pid %d' % os.getpid(), 0); "
+    "print('holding', flush=True); sys.stdin.read()"
+)
+
+
+def test_a_point_being_written_elsewhere_is_left_to_it_and_named(sequential, one_thread, tmp_path, caplog):
+    cfg, data, alphas = _cfg(), synthetic(), [0.0, 1.0]
+    free, busy = (point_path(tmp_path, cfg, "alpha", a, 0) for a in alphas)
+    Store.create(busy, point_config(cfg, "alpha", 1.0, 0).to_dict()).close()  # a run begun elsewhere
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(busy / "lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(SweepIncomplete) as failed:
+            locality(cfg, alphas=alphas, out_dir=tmp_path, data=data, progress=False)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    message = str(failed.value)
+    assert "\n" not in message and "1 of 2 work units" in message
+    assert str(busy) in message and f"pid {holder.pid}" in message
+    assert distillation_complete(point_config(cfg, "alpha", 0.0, 0), free)  # the other point finished
+    assert not distillation_complete(point_config(cfg, "alpha", 1.0, 0), busy)  # and this one was not touched
+    assert Store(busy).epochs == []
+    with caplog.at_level(logging.INFO, logger="landscape.sweep"):
+        again = locality(cfg, alphas=alphas, out_dir=tmp_path, data=data, progress=False)
+    assert "1 of 2 work units already complete" in caplog.text
+    assert_same_sweep(sequential.sel(alpha=alphas), again)
+
+
+def test_killing_a_dask_worker_then_rerunning_skips_the_finished_points(
+    sequential, one_thread, dask_client, tmp_path, caplog
+):
+    """Last in the module: it kills a worker of the shared cluster, then shuts the cluster down."""
+    cfg, alphas, data, reference = _cfg(), ALPHAS, synthetic(), sequential
+    client = dask_client
+    out = tmp_path / "sweep"
+    points = {point_path(out, cfg, "alpha", a, 0): point_config(cfg, "alpha", a, 0) for a in alphas}
+
+    def finished() -> dict:
+        return {p: p.stat().st_mtime_ns for p, c in points.items() if distillation_complete(c, p)}
+
+    killed: list[int] = []
+    pids = client.run(os.getpid)
+    stop = threading.Event()
+
+    def kill_a_busy_worker_once_a_point_is_done() -> None:
+        deadline = time.monotonic() + 600  # a guard against hanging, not a speed requirement
+        while not stop.is_set() and time.monotonic() < deadline:
+            busy = [w for w, tasks in client.processing().items() if tasks]
+            # a point's last progress record follows its last commit (reading the stores here
+            # would take HDF5 file locks the writers trip over)
+            if busy and any(r["epoch"] == cfg.epochs for p in points for r in read_progress(p)[-1:]):
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.append(pids[busy[0]])
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=kill_a_busy_worker_once_a_point_is_done)
+    watcher.start()
+    try:
+        locality(cfg, alphas=alphas, out_dir=out, data=data, executor=client.get_executor(), progress=False)
+        first = "completed (the kill landed after the last point)"
+    except Exception as e:  # the killed worker's point fails the sweep (allowed-failures 0)
+        first = f"failed: {type(e).__name__}"
+    finally:
+        stop.set()
+        watcher.join()
+        # the surviving worker may still be computing a cancelled point: stop the cluster so that
+        # no process writes the stores during the rerun
+        client.close()
+        client.cluster.close()
+    assert killed
+    complete = finished()
+    assert complete
+    with caplog.at_level(logging.INFO, logger="landscape.sweep"):
+        again = locality(cfg, alphas=alphas, out_dir=out, data=data, progress=False)
+    notes = [r.getMessage() for r in caplog.records if r.name == "landscape.sweep"]
+    skipped = int(re.search(r"(\d+) of \d+ work units already complete", notes[-1]).group(1))
+    print(f"\nfirst run {first}; rerun skipped {skipped} of {len(alphas)} points, computed {len(alphas) - skipped}")
+    assert skipped == len(complete)
+    assert all(p.stat().st_mtime_ns == t for p, t in complete.items())  # finished stores were not touched
+    assert_same_sweep(reference, again)

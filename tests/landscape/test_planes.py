@@ -175,6 +175,17 @@ def test_rtt_plane_and_plot(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     with xr.open_dataset(out, engine="h5netcdf") as ds:
         assert ds.error.dims == ("x", "y") and ds.attrs["c_name"] == "m2"
+        seq = ds.load()
+    # the rows on two threads (each on its own copy of the model): the same grid
+    threaded = tmp_path / "threads.nc"
+    args = ["plane", *refs, "--resolution", "3", "--device", "cpu", "--out", str(threaded)]
+    assert rtt([*args, "--executor", "thread:2"]) == 0
+    with xr.open_dataset(threaded, engine="h5netcdf") as ds:
+        np.testing.assert_allclose(ds.loss.values, seq.loss.values, rtol=1e-6)
+        np.testing.assert_array_equal(ds.error.values, seq.error.values)
+    assert rtt([*args, "--executor", "mpi:2"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown kind 'mpi'" in err and len(err.strip().splitlines()) == 1
     assert rtt(["plot", str(out), "--var", "loss"]) == 0
     assert out.with_suffix(".png").stat().st_size > 0
     assert rtt(["plot", str(out), "--var", "nope"]) == 1

@@ -1,0 +1,57 @@
+"""``python -m analyses.<name> --executor SPEC``: the seed loop's distillations run as work units on a
+pool of processes, give the sequential run's numbers, and are skipped on a rerun; a bad spec is one line."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import xarray as xr
+
+from analyses import probing_curves
+
+# attrs that name the call rather than the computation
+CALL = {"command_line", "created_at", "started_at"}
+
+
+def _run(tmp, *extra: str) -> xr.Dataset:
+    args = ["--preset", "smoke", "--results", str(tmp / "results"), "--runs", str(tmp / "runs"), *extra]
+    assert probing_curves.main(args) == 0
+    with xr.open_dataset(tmp / "results" / "probing_curves.nc", engine="h5netcdf") as ds:
+        return ds.load()
+
+
+def test_seed_loop_on_a_process_pool_matches_the_sequential_run_and_reruns_skip(
+    fmnist_root, tmp_path, monkeypatch, caplog
+):
+    smoke = probing_curves.PRESETS["smoke"]  # smaller still: one epoch, probed at its start and end
+    monkeypatch.setitem(
+        probing_curves.PRESETS, "smoke", {**smoke, "subset": 128, "n_test": 100, "cfg": {**smoke["cfg"], "epochs": 1}}
+    )
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # workers: this process's thread count
+    seq = _run(tmp_path / "seq")
+    with caplog.at_level(logging.INFO, logger="landscape.sweep"):
+        par = _run(tmp_path / "par", "--executor", "process:2")
+        assert "already complete" not in caplog.text
+        again = _run(tmp_path / "par", "--executor", "process:2")
+    assert "2 of 2 work units already complete, skipped" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "par" / "runs" / "probing_curves" / "smoke").glob("*.h5")) == [
+        "seed0.h5",
+        "seed1.h5",
+    ]
+    for ds in (par, again):
+        assert set(ds.data_vars) == set(seq.data_vars) == {"accuracy", "loss", "kl"}
+        for name in seq.data_vars:
+            np.testing.assert_array_equal(ds[name].values, seq[name].values, err_msg=name)
+        assert {k: v for k, v in ds.attrs.items() if k not in CALL} == {
+            k: v for k, v in seq.attrs.items() if k not in CALL
+        }
+    assert seq.sizes["seed"] == 2 and not np.array_equal(seq.loss.values[0], seq.loss.values[1])
+
+
+def test_a_bad_executor_spec_is_one_line(tmp_path, capsys):
+    code = probing_curves.main(["--preset", "smoke", "--runs", str(tmp_path), "--executor", "mpi:2"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "unknown kind 'mpi'" in err
+    assert not list(tmp_path.iterdir())  # nothing was run
