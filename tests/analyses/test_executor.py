@@ -22,13 +22,15 @@ def _run(tmp, *extra: str) -> xr.Dataset:
         return ds.load()
 
 
-def test_seed_loop_on_a_process_pool_matches_the_sequential_run_and_reruns_skip(
-    fmnist_root, tmp_path, monkeypatch, caplog
-):
-    smoke = probing_curves.PRESETS["smoke"]  # smaller still: one epoch, probed at its start and end
-    monkeypatch.setitem(
-        probing_curves.PRESETS, "smoke", {**smoke, "subset": 128, "n_test": 100, "cfg": {**smoke["cfg"], "epochs": 1}}
-    )
+def test_seed_loop_on_a_process_pool_matches_the_sequential_run_and_reruns_skip(tmp_path, monkeypatch, caplog):
+    from analyses import common
+    from tests.distill.test_train import synthetic
+
+    # the smoke preset on tiny synthetic images, one epoch probed at its start and end by k-NN
+    monkeypatch.setattr(common, "load", lambda *a, **k: synthetic(n_train=128, n_test=64))
+    smoke = probing_curves.PRESETS["smoke"]
+    cfg = {**smoke["cfg"], "epochs": 1, "probes": ["knn"], "probe_subset": None}
+    monkeypatch.setitem(probing_curves.PRESETS, "smoke", {**smoke, "dataset": "synthetic", "subset": None, "cfg": cfg})
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # workers: this process's thread count
     seq = _run(tmp_path / "seq")
     with caplog.at_level(logging.INFO, logger="landscape.sweep"):
