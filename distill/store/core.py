@@ -40,7 +40,7 @@ from torch import nn
 
 from distill.store import fsio, objects
 from distill.store.errors import StoreError
-from distill.store.info import FORMAT, FORMAT_VERSION, ROOTS, commit_dirs, folder_index, read_attrs
+from distill.store.info import COMMIT, FORMAT, FORMAT_VERSION, ROOTS, commit_dirs, folder_index, read_attrs
 from distill.store.objects import now
 
 if TYPE_CHECKING:
@@ -242,7 +242,18 @@ class Store:
         return folder_index(self.path, root)
 
     def _locate(self, root: str, name: str) -> Path:
-        path = self._index(root).get(name)
+        """The file of ``root/name`` as :meth:`_index` resolves it (newest commit first, then
+        ``objects``), found with one stat per commit instead of a walk of the whole store."""
+        path = None
+        if isinstance(name, str) and _NAME.match(name):
+            rel = os.path.join(root, *name.split("/")) + ".h5"
+            top = os.fspath(self.path)
+            try:
+                epochs = sorted((n for n in os.listdir(os.path.join(top, "commits")) if COMMIT.match(n)), key=int)
+            except FileNotFoundError:
+                epochs = []
+            bases = [os.path.join(top, "commits", n) for n in reversed(epochs)] + [os.path.join(top, "objects")]
+            path = next((Path(base, rel) for base in bases if os.path.isfile(os.path.join(base, rel))), None)
         if path is None:
             have = ", ".join(sorted(self._index(root))) or "nothing"
             raise StoreError(

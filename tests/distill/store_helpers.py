@@ -4,9 +4,13 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +90,20 @@ def checksums(*dirs: Path) -> dict[str, str]:
         for p in files:
             out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+@contextmanager
+def memory_dir(fallback: Path) -> Iterator[Path]:
+    """A fresh folder on the memory file system (/dev/shm) where there is a writable one, else
+    ``fallback``. For the kill tests: a SIGKILL leaves the kernel's page cache intact, so what
+    they prove does not depend on fsync reaching a disk, and without a disk the hundreds of
+    fsyncs of their writers cost nothing."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield fallback
+        return
+    d = Path(tempfile.mkdtemp(prefix="rtt-store-test-", dir=shm))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

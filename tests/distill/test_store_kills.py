@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from distill.store import Store
-from tests.distill.store_helpers import ForkServer, report
+from tests.distill.store_helpers import ForkServer, memory_dir, report
+
+
+@pytest.fixture
+def fast_tmp(tmp_path):
+    with memory_dir(tmp_path) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +49,16 @@ def check_appended(path: Path, saved: set[int]) -> int:
     return len(names)
 
 
-def test_200_kills_of_a_fast_appender_lose_nothing(tmp_path, capsys):
+def test_200_kills_of_a_fast_appender_lose_nothing(fast_tmp, capsys):
     server = ForkServer(lean=True)
     rng = np.random.default_rng(0)
-    stores = [tmp_path / f"s{k}.h5" for k in range(5)]
+    # many small stores: every kill is followed by reading back all of its store's checkpoints
+    stores = [fast_tmp / f"s{k}.h5" for k in range(41)]
     saved: dict[Path, set[int]] = {p: set() for p in stores}
     kills = 0
     for trial in range(205):
         path = stores[trial % len(stores)]
-        lines, done = server.run(job="append", store=str(path), kill_after_s=float(rng.uniform(0.0, 0.15)))
+        lines, done = server.run(job="append", store=str(path), kill_after_s=float(rng.uniform(0.0, 0.05)))
         assert not [r for r in lines if "error" in r], lines
         assert done["signal"] == signal.SIGKILL
         kills += 1
@@ -107,7 +114,11 @@ def same_store(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(server, tmp_path_factory):
-    path = tmp_path_factory.mktemp("ref") / "ref.h5"
+    with memory_dir(tmp_path_factory.mktemp("ref")) as d:
+        yield _reference(server, d / "ref.h5")
+
+
+def _reference(server, path: Path) -> tuple[Path, list[str], float]:
     t0 = time.monotonic()
     lines, done = server.run(job="distill", store=str(path), cfg=CFG, log=True, kill_after_s=None)
     seconds = time.monotonic() - t0  # only to spread the random kills over a run; nothing asserts on it
@@ -120,12 +131,12 @@ def resume_to_end(server, path: Path) -> None:
     assert done["code"] == 0 and done["signal"] == 0, lines
 
 
-def test_random_kills_of_a_distillation_resume_to_the_same_store(server, reference, tmp_path, capsys):
+def test_random_kills_of_a_distillation_resume_to_the_same_store(server, reference, fast_tmp, capsys):
     ref, _, seconds = reference
     rng = np.random.default_rng(1)
     kills, runs, stores = 0, 0, 0
     while kills < 20 and runs < 100:  # stores of up to five kills each, until 20 kills landed
-        path = tmp_path / f"run{stores}.h5"
+        path = fast_tmp / f"run{stores}.h5"
         stores += 1
         for _ in range(5):  # kills at random instants of the run, each followed by a resume
             lines, done = server.run(
@@ -146,7 +157,7 @@ def test_random_kills_of_a_distillation_resume_to_the_same_store(server, referen
     assert kills >= 20
 
 
-def test_kill_between_every_file_operation_of_an_epoch_commit(server, reference, tmp_path, capsys):
+def test_kill_between_every_file_operation_of_an_epoch_commit(server, reference, fast_tmp, capsys):
     ref, oplog, _ = reference
     # the file operations of epoch 2's (the last) commit: from its hidden folder to the removal of the
     # state it supersedes; op k counts from 1
@@ -155,7 +166,7 @@ def test_kill_between_every_file_operation_of_an_epoch_commit(server, reference,
     ks = list(range(first, last + 2))  # kill after op k: just before the commit starts ... after its last op
     extra = [oplog.index("rename commit 0") + 1, oplog.index("rename commit 1") + 1]  # resume from epochs 0 and 1
     for k in extra + ks:
-        path = tmp_path / f"k{k}.h5"
+        path = fast_tmp / f"k{k}.h5"
         lines, done = server.run(job="distill", store=str(path), cfg=CFG, crash_after=k, kill_after_s=None)
         assert done["signal"] == signal.SIGKILL, (k, lines)
         s = Store(path)
