@@ -149,14 +149,20 @@ def distil(cfg: DistillConfig, out: Path, data: Any = None) -> Store:
     return distill.distill(cfg, out, data=data, progress=False)
 
 
+def sweep(units: Sequence[Any], ctx: Context) -> list[Any]:
+    """Run independent work units (:mod:`landscape.executors`) through ``ctx.executor``, skipping
+    finished ones; their results in order (None for the skipped)."""
+    from landscape.executors import run_units
+
+    return run_units(units, ctx.executor, desc=f"analyses.{ctx.name}", progress=False)[0]
+
+
 def distil_all(jobs: Sequence[tuple[DistillConfig, Path]], ctx: Context, data: Any = None) -> list[Store]:
     """The stores of independent runs ``[(cfg, out), ...]``, distilled or resumed where needed through
     ``ctx.executor`` (finished ones skipped), in the order given."""
-    from landscape.executors import run_units
     from landscape.locality import DistillUnit
 
-    units = [DistillUnit(cfg.to_dict(), str(out), data) for cfg, out in jobs]
-    run_units(units, ctx.executor, desc=f"analyses.{ctx.name}", progress=False)
+    sweep([DistillUnit(cfg.to_dict(), str(out), data) for cfg, out in jobs], ctx)
     return [Store(out) for _, out in jobs]
 
 

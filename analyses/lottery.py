@@ -17,6 +17,7 @@ import xarray as xr
 
 from analyses import common
 from distill.config import DistillConfig, SupervisedConfig
+from distill.store import Store
 
 CURVES = ["student", "student random_prune", "student random_reinit", "init", "early steps"]
 PRESETS: dict[str, dict[str, Any]] = {
@@ -61,12 +62,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
-    import landscape
+    from landscape.lottery_sweep import LotteryUnit
 
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
     seeds = list(pre["seeds"])
     best = np.full((len(CURVES), len(seeds), pre["levels"]), np.nan)
-    sparsity, configs = None, {}
+    sparsity = None
+    configs: dict[str, Any] = {}
     dcfgs = {
         s: DistillConfig(
             dataset=pre["dataset"],
@@ -80,29 +82,28 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         for s in seeds
     }
     stores = common.distil_all([(dcfgs[s], ctx.store(f"distill-s{s}.h5")) for s in seeds], ctx, data)
-    for si, s in enumerate(seeds):
-        dcfg, store = dcfgs[s], stores[si]
+    units = []  # per seed: IMP rewinding to the student, and to its init / early steps (independent)
+    for s, store in zip(seeds, stores):
         scfg = SupervisedConfig(**{**pre["sup"], "data_seed": s, "aug_seed": s, "device": ctx.device})
-        configs[f"distill-s{s}"], configs[f"supervised-s{s}"] = dcfg, scfg
-        kw = dict(
-            levels=pre["levels"], prune_fraction=pre["fraction"], cfg=scfg, seed=s, device=ctx.device, progress=False
-        )
-        a = landscape.lottery(
-            (store, store.epochs[-1]),
-            data,
-            rewind="start",
-            baselines=["random_prune", "random_reinit"],
-            store=ctx.store(f"imp-student-s{s}.h5"),
-            **kw,
-        )
-        b = landscape.lottery(
-            (store, 0),
-            data,
-            rewind=["start", "step"],
-            rewind_step=pre["step"],
-            store=ctx.store(f"imp-init-s{s}.h5"),
-            **kw,
-        )
+        configs[f"distill-s{s}"], configs[f"supervised-s{s}"] = dcfgs[s], scfg
+        kw = dict(levels=pre["levels"], prune_fraction=pre["fraction"], cfg=scfg.to_dict(), seed=s, device=ctx.device)
+        units += [
+            LotteryUnit(
+                (str(store.path), store.epochs[-1]),
+                data,
+                str(ctx.store(f"imp-student-s{s}.h5")),
+                {**kw, "rewind": "start", "baselines": ["random_prune", "random_reinit"]},
+            ),
+            LotteryUnit(
+                (str(store.path), 0),
+                data,
+                str(ctx.store(f"imp-init-s{s}.h5")),
+                {**kw, "rewind": ["start", "step"], "rewind_step": pre["step"]},
+            ),
+        ]
+    common.sweep(units, ctx)
+    for si in range(len(seeds)):
+        a, b = (Store(u.out).read_result("lottery") for u in units[2 * si : 2 * si + 2])
         ba = a.best_accuracy.sel(rewind="start")
         best[0, si] = ba.sel({"method": "imp"}).values
         best[1, si] = ba.sel({"method": "random_prune"}).values

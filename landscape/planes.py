@@ -250,11 +250,11 @@ def plane(
             raise ValueError(f"margin={margin!r}: pass a number >= 0 (in units of |b - a|)")
         (x0, y0), (x1, y1) = points.min(0) - m, points.max(0) + m
     else:
-        pair = [float(s) for s in span] if np.ndim(span) == 1 else None
-        if pair is not None and len(pair) == 2:
-            (x0, x1), (y0, y1) = pair, pair
-        elif np.shape(span) == (2, 2):
-            (x0, x1), (y0, y1) = [[float(s) for s in row] for row in span]
+        grid = np.asarray(span, dtype=np.float64) if np.ndim(span) in (1, 2) else None
+        if grid is not None and grid.shape == (2,):
+            (x0, x1), (y0, y1) = grid.tolist(), grid.tolist()
+        elif grid is not None and grid.shape == (2, 2):
+            (x0, x1), (y0, y1) = grid.tolist()
         else:
             raise ValueError(f"span={span!r}: pass (low, high) or ((x_low, x_high), (y_low, y_high))")
     xs, ys = _axis(x0, x1, nx, "x"), _axis(y0, y1, ny, "y")
