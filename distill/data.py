@@ -86,6 +86,7 @@ class Split:
         return len(self.labels)
 
     def to(self, device: str | torch.device) -> Split:
+        """A copy with images and labels on ``device`` ("auto" picks CUDA when present)."""
         device = resolve_device(device)
         return Split(self.images.to(device), self.labels.to(device))
 
@@ -112,6 +113,7 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes (the length of ``classes``)."""
         return len(self.classes)
 
     def to(self, device: str | torch.device) -> Dataset:

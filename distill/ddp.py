@@ -124,6 +124,7 @@ class Ranks:
         return self.rank == 0
 
     def barrier(self) -> None:
+        """Wait until every process reaches this point (nothing to wait for in one process)."""
         if self.world_size > 1:
             torch.distributed.barrier()
 

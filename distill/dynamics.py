@@ -19,7 +19,7 @@ model) and ``layer_cosine`` / ``layer_effective_rank`` (epoch, model, layer).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -116,7 +116,7 @@ class DynamicsRecorder:
     def measure(self, epoch: int, teacher: nn.Module, student: nn.Module) -> None:
         row = {}
         for name, net in zip(NETWORKS, (teacher, student)):
-            outs = layer_outputs(net.backbone, self.x, self.layers[:-1])
+            outs = layer_outputs(cast(nn.Module, net.backbone), self.x, self.layers[:-1])
             emb = outs["embedding"]
             row[name] = {
                 "effective_rank": effective_rank(emb),
@@ -166,7 +166,7 @@ class DynamicsRecorder:
         for e in ds.epoch.values:
             if int(e) > upto:
                 continue
-            row = {}
+            row: dict[str, dict[str, Any]] = {}
             for m in NETWORKS:
                 sel = ds.sel(epoch=e, model=m)
                 if np.isnan(float(sel.effective_rank)):

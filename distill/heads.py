@@ -7,7 +7,7 @@ Also holds the small option checkers shared by :mod:`distill.models`; each raise
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -131,14 +131,15 @@ class DINOHead(nn.Module):
                     nn.init.zeros_(m.bias)
         if last_layer == "weightnorm":
             weight_norm(self.last_layer, name="weight", dim=0)
-            plist = self.last_layer.parametrizations.weight
-            g = torch.ones_like(plist.original0.detach())  # (out_dim, 1)
+            # the weight-norm parametrization of last_layer.weight; original0 is its magnitude g
+            plist = cast(nn.ModuleDict, self.last_layer.parametrizations)["weight"]
+            g = torch.ones_like(cast(torch.Tensor, plist.original0).detach())  # (out_dim, 1)
             if norm_last_layer:
                 del plist.original0
                 plist.register_buffer("original0", g)
             else:
                 with torch.no_grad():
-                    plist.original0.copy_(g)
+                    cast(torch.Tensor, plist.original0).copy_(g)
 
     def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
         """Bottleneck features (B, bottleneck_dim), unit L2 norm per row when ``l2_normalize``."""

@@ -171,7 +171,10 @@ def build_model(
         (bb_opts if k in bb_opts else head_opts)[k] = v
 
     backbone = _REGISTRY[arch](shape, **bb_opts)
-    head_module = build_head(head, backbone.embed_dim, num_classes, head_opts)
+    embed_dim = getattr(backbone, "embed_dim", None)
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int):
+        raise TypeError(f"the {arch} backbone has no integer .embed_dim (its output width): set it in the builder")
+    head_module = build_head(head, embed_dim, num_classes, head_opts)
     spec = {
         "arch": arch,
         "in_shape": list(shape),
@@ -184,7 +187,7 @@ def build_model(
         json.dumps(spec)
     except TypeError as e:
         raise ValueError(f"options of {arch} must be JSON values (numbers, strings, bools, lists): {e}") from None
-    return Model(backbone, head_module, backbone.embed_dim, spec)
+    return Model(backbone, head_module, embed_dim, spec)
 
 
 # ----------------------------------------------------------------------------- helpers

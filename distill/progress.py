@@ -145,6 +145,7 @@ class EpochReporter:
         return text
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer, if any."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None

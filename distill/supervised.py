@@ -157,19 +157,20 @@ def with_classifier(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Mod
     from distill.models import Model, seeded
 
     spec = getattr(model, "spec", None)
-    if not isinstance(spec, dict) or not hasattr(model, "backbone") or not hasattr(model, "embed_dim"):
+    source, embed_dim = getattr(model, "backbone", None), getattr(model, "embed_dim", None)
+    if not isinstance(spec, dict) or not isinstance(source, nn.Module) or not isinstance(embed_dim, (int, np.integer)):
         raise ValueError("with_classifier needs a model built with distill.build_model (backbone, embed_dim, spec)")
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes={num_classes!r}: pass a positive integer")
-    backbone = copy.deepcopy(model.backbone)
+    backbone = copy.deepcopy(source)
     with seeded(seed):
-        head = build_head("linear", int(model.embed_dim), int(num_classes), {})
+        head = build_head("linear", int(embed_dim), int(num_classes), {})
     param = next(backbone.parameters(), None)
     if param is not None:
         head = head.to(param.device)
     new_spec = {k: v for k, v in spec.items() if k not in HEAD_OPTION_NAMES}
     new_spec.update(head="linear", num_classes=int(num_classes))
-    out = Model(backbone, head, int(model.embed_dim), new_spec)
+    out = Model(backbone, head, int(embed_dim), new_spec)
     return out.requires_grad_(True).train(model.training)
 
 

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -358,6 +358,7 @@ class History:
     provenance: dict[str, Any] = field(default_factory=dict)  # distill.provenance keys, added to the attrs
 
     def to_dataset(self, cfg: DistillConfig, device: torch.device, n_probe: int = 0) -> xarray.Dataset:
+        """The metrics Dataset (dims epoch, model, probe) that the store holds as ``metrics``."""
         import xarray as xr
 
         import distill
@@ -407,6 +408,7 @@ class History:
 
     @classmethod
     def from_dataset(cls, ds: Any, upto: int) -> History:
+        """The history of epochs <= ``upto`` restored from a stored metrics Dataset (to resume)."""
         ds = ds.sel(epoch=ds.epoch <= upto)
         h = cls(epochs=[int(e) for e in ds.epoch.values])
         for name in ("loss", "kl", "student_norm", "teacher_norm", "distance", "seconds"):
@@ -447,6 +449,16 @@ def _open_or_create(
     return Store.create(
         out, cfg.to_dict(), kind="distill", seeds=seeds, store_dtype=cfg.store_dtype, provenance=prov
     ), False
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    """``model.backbone`` of a :class:`~distill.models.Model` (torch types module attributes loosely)."""
+    return cast(nn.Module, model.backbone)
+
+
+def _head(model: nn.Module) -> nn.Module:
+    """``model.head`` of a :class:`~distill.models.Model`."""
+    return cast(nn.Module, model.head)
 
 
 def _validate_run(cfg: DistillConfig, data: Dataset) -> nn.Module:
@@ -555,7 +567,9 @@ def _train(
 
         g = torch.Generator().manual_seed(cfg.probe_seed)
         idx = torch.randperm(len(data.train.labels), generator=g)[: cfg.dynamics_examples]
-        dynamics = DynamicsRecorder(normalize(data.train.images[idx].to(device), data.mean, data.std), teacher.backbone)
+        dynamics = DynamicsRecorder(
+            normalize(data.train.images[idx].to(device), data.mean, data.std), _backbone(teacher)
+        )
         history.dynamics = dynamics
 
     # the training state of the newest commit that holds one (older ones are deleted after each commit)
@@ -600,9 +614,9 @@ def _train(
         if not cfg.probes or not world.is_main:
             return
         if not fixed or cfg.ema_teacher:
-            fixed["teacher"] = run_probes(cfg, teacher.backbone, pdata, device)
+            fixed["teacher"] = run_probes(cfg, _backbone(teacher), pdata, device)
             fixed["teacher_bn"] = (
-                run_probes(cfg, recalibrated_teacher(teacher, pdata, cfg, device).backbone, pdata, device)
+                run_probes(cfg, _backbone(recalibrated_teacher(teacher, pdata, cfg, device)), pdata, device)
                 if has_batchnorm(teacher)
                 else fixed["teacher"]
             )
@@ -611,7 +625,7 @@ def _train(
         was = student.training
         student.eval()
         seed = cfg.probe_seed + epoch if cfg.probe_reseed else None
-        history.probes[epoch] = {**fixed, "student": run_probes(cfg, student.backbone, pdata, device, seed)}
+        history.probes[epoch] = {**fixed, "student": run_probes(cfg, _backbone(student), pdata, device, seed)}
         student.train(was)
 
     def measure(epoch: int, loss: float, kl: float, s_norm: float, t_norm: float, seconds: float) -> None:
@@ -666,8 +680,8 @@ def _train(
     if state is None:  # a fresh start (a resume from epoch 0 has its commit already)
         with torch.no_grad():  # on a copy: a train-mode forward would move the student's BN statistics
             x0 = normalize(data.train.images[: cfg.batch_size].to(device), data.mean, data.std)
-            s_norm = copy.deepcopy(student).train().backbone(x0).norm(dim=1).mean().item()
-            t_norm = teacher.backbone(x0).norm(dim=1).mean().item()
+            s_norm = _backbone(copy.deepcopy(student).train())(x0).norm(dim=1).mean().item()
+            t_norm = _backbone(teacher)(x0).norm(dim=1).mean().item()
         probe_epoch(0)
         measure(0, np.nan, np.nan, s_norm, t_norm, 0.0)
         commit(0, True)
@@ -694,10 +708,10 @@ def _train(
 
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
-            t_emb = teacher.backbone(x)
-            t_out = teacher.head(t_emb)
-        emb = student.backbone(x)
-        s_out = student.head(emb)
+            t_emb = _backbone(teacher)(x)
+            t_out = _head(teacher)(t_emb)
+        emb = _backbone(student)(x)
+        s_out = _head(student)(emb)
         loss = soft_cross_entropy(t_out, s_out, cfg.teacher_temp, cfg.student_temp, center)
         return loss, t_out, emb, t_emb
 
@@ -730,8 +744,8 @@ def _train(
                 if i >= steps_per_epoch:  # a last batch of one image (BN cannot train on it) is skipped
                     break
                 step = (epoch - 1) * steps_per_epoch + i
-                for g in opt.param_groups:
-                    g["lr"] = float(lrs[min(step, len(lrs) - 1)])
+                for group in opt.param_groups:
+                    group["lr"] = float(lrs[min(step, len(lrs) - 1)])
                 with autocast, world.step():
                     if cfg.augment == "multicrop":  # views drawn for the global batch, then this rank's share
                         views = [world.shard(v) for v in multicrop(x, cfg.global_crops, cfg.local_crops, aug_gen)]
@@ -770,7 +784,7 @@ def _train(
                     nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
                 opt.step()
                 with torch.no_grad():
-                    if emb is not None:
+                    if emb is not None and t_emb is not None:
                         entropy.observe(meter, t_out, center, step, x.shape[0])
                         meter.add("student_norm", emb.float().norm(dim=1).mean(), step)
                         meter.add("teacher_norm", t_emb.float().norm(dim=1).mean(), step)

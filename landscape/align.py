@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ class PermutationSpec:
 # ----------------------------------------------------------------------------- specs
 def _layer(spec: PermutationSpec, name: str, module: nn.Module, out: str | None, inp: str | None) -> None:
     """Axes of one Linear / Conv2d layer: weight (out, in, ...), bias (out,)."""
-    extra = (None,) * (module.weight.dim() - 2)
+    extra = (None,) * (cast(Tensor, module.weight).dim() - 2)
     pre = f"{name}." if name else ""
     plist = getattr(getattr(module, "parametrizations", None), "weight", None)
     if plist is not None:  # weight norm: original0 = g (out, 1), original1 = v (out, in)
@@ -123,11 +123,12 @@ def _chain(
 def _resnet(spec: PermutationSpec, prefix: str, net: nn.Module) -> str:
     from distill.models import ZeroPadShortcut
 
-    res = spec.new(f"{prefix}.residual0", net.conv1.out_channels)
-    _layer(spec, f"{prefix}.conv1", net.conv1, res, None)
-    _norm(spec, f"{prefix}.bn1", net.bn1, res)
+    conv1, bn1 = cast(nn.Conv2d, net.conv1), cast(nn.Module, net.bn1)
+    res = spec.new(f"{prefix}.residual0", conv1.out_channels)
+    _layer(spec, f"{prefix}.conv1", conv1, res, None)
+    _norm(spec, f"{prefix}.bn1", bn1, res)
     spec.activations[res] = [f"{prefix}.bn1"]
-    for i in range(net.num_stages):
+    for i in range(cast(int, net.num_stages)):
         stage = getattr(net, f"layer{i + 1}")
         for j, block in enumerate(stage):
             name = f"{prefix}.layer{i + 1}.{j}"
@@ -274,26 +275,24 @@ class _Correlation:
 
     def __init__(self) -> None:
         self.n = 0
-        self.sa = self.sb = self.saa = self.sbb = self.sab = None
+        self.sums: tuple[Tensor, ...] | None = None  # sum a, sum b, sum a^2, sum b^2, sum a^T b
 
     def add(self, za: Tensor, zb: Tensor) -> None:
         c = za.shape[1]
         za = za.detach().double().movedim(1, -1).reshape(-1, c)
         zb = zb.detach().double().movedim(1, -1).reshape(-1, c)
         parts = (za.sum(0), zb.sum(0), (za * za).sum(0), (zb * zb).sum(0), za.T @ zb)
-        if self.sa is None:
-            self.sa, self.sb, self.saa, self.sbb, self.sab = parts
-        else:
-            self.sa, self.sb, self.saa, self.sbb, self.sab = (
-                x + y for x, y in zip((self.sa, self.sb, self.saa, self.sbb, self.sab), parts)
-            )
+        self.sums = parts if self.sums is None else tuple(x + y for x, y in zip(self.sums, parts))
         self.n += za.shape[0]
 
     def matrix(self) -> Tensor:
-        ma, mb = self.sa / self.n, self.sb / self.n
-        cov = self.sab / self.n - ma[:, None] * mb[None, :]
-        sda = (self.saa / self.n - ma * ma).clamp_min(0).sqrt()
-        sdb = (self.sbb / self.n - mb * mb).clamp_min(0).sqrt()
+        if self.sums is None:
+            raise ValueError("no activations were recorded for the correlation")
+        sa, sb, saa, sbb, sab = self.sums
+        ma, mb = sa / self.n, sb / self.n
+        cov = sab / self.n - ma[:, None] * mb[None, :]
+        sda = (saa / self.n - ma * ma).clamp_min(0).sqrt()
+        sdb = (sbb / self.n - mb * mb).clamp_min(0).sqrt()
         return cov / (sda[:, None] * sdb[None, :] + 1e-12)
 
 
@@ -338,13 +337,13 @@ def activation_matching(
     finally:
         for h in handles:
             h.remove()
-        for m, t in modes:
-            m.train(t)
+        for mod, t in modes:
+            mod.train(t)
     if examples == 0:
         raise ValueError("activation matching got no batches: pass data with training images")
     perms, corr = {}, []
     for p, n in spec.sizes.items():
-        c = sum(stats[(p, m)].matrix() for m in spec.activations[p]).numpy()
+        c = cast(Tensor, sum(stats[(p, m)].matrix() for m in spec.activations[p])).numpy()
         _, cols = linear_sum_assignment(c, maximize=True)
         perms[p] = cols
         corr.append(c[np.arange(n), cols].mean() / max(1, len(spec.activations[p])))

@@ -52,12 +52,14 @@ class PathInputs:
     counts: dict[str, int] = field(default_factory=dict)
 
     def normalise(self, images: Tensor) -> Tensor:
+        """uint8 images (B, C, H, W) as float, scaled to [0, 1] and standardised per channel."""
         x = images.float().div_(255).sub_(self.mean).div_(self.std)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
     def batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Normalised images (B, C, H, W) and labels (B,) of ``split``, in order, ``batch_size`` at a time."""
         images, labels = self.splits[split]
         for start in range(0, len(labels), batch_size):
             yield self.normalise(images[start : start + batch_size]), labels[start : start + batch_size]
@@ -115,7 +117,7 @@ def prepare_inputs(
 
 
 # ----------------------------------------------------------------------------- state helpers
-def bn_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def bn_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
     """BatchNorm layers that keep running statistics, with their qualified names."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _BN) and m.track_running_stats]
 
@@ -156,8 +158,8 @@ def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 @torch.inference_mode()
 def run_loop(
     model: nn.Module,
-    sa: dict[str, Tensor],
-    sb: dict[str, Tensor],
+    sa: Mapping[str, Tensor],
+    sb: Mapping[str, Tensor],
     alphas: Sequence[float],
     policy: str,
     inputs: PathInputs,
@@ -199,11 +201,11 @@ def run_loop(
 class _StatsRecorder:
     """Forward pre-hooks that record each BN layer's batch mean and unbiased variance."""
 
-    def __init__(self, layers: list[tuple[str, nn.Module]]):
+    def __init__(self, layers: list[tuple[str, nn.modules.batchnorm._BatchNorm]]):
         self.layers = layers
         self.order: list[int] = []
         self.stats: list[Tensor] = []
-        self.handles = []
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> _StatsRecorder:
         for i, (_, m) in enumerate(self.layers):
@@ -276,8 +278,8 @@ def batched_bn_reset(model: nn.Module, state: dict[str, Tensor], batches: Sequen
     finally:
         for (_, m), t in zip(layers, tracking):
             m.track_running_stats = t
-        for m, training in modes.items():
-            m.train(training)
+        for mod, training in modes.items():
+            mod.train(training)
     result = {}
     for (name, _), mu, v in zip(layers, mean, var):
         result[_key(name, "running_mean")] = mu
@@ -287,8 +289,8 @@ def batched_bn_reset(model: nn.Module, state: dict[str, Tensor], batches: Sequen
 
 def stacked_state(
     model: nn.Module,
-    sa: dict[str, Tensor],
-    sb: dict[str, Tensor],
+    sa: Mapping[str, Tensor],
+    sb: Mapping[str, Tensor],
     alphas: Sequence[float],
     policy: str,
     bn_batches: Sequence[Tensor] = (),
@@ -312,8 +314,8 @@ def stacked_state(
 @torch.inference_mode()
 def run_vmap(
     model: nn.Module,
-    sa: dict[str, Tensor],
-    sb: dict[str, Tensor],
+    sa: Mapping[str, Tensor],
+    sb: Mapping[str, Tensor],
     alphas: Sequence[float],
     policy: str,
     inputs: PathInputs,

@@ -112,11 +112,11 @@ class HessianOperator:
         out = {k: torch.zeros_like(self.params[k]) for k in self.names}
         v = {k: t * self.masks[k] if k in self.masks else t for k, t in v.items()}
         for w, (x, y) in zip(self.weights, self.batches):
-            _, hv = jvp(
+            hv = jvp(
                 lambda p: self._grad(p, x, y),  # noqa: B023 (called at once)
                 (self.params,),
                 (dict(v),),
-            )
+            )[1]  # (gradient, H v)
             for k in self.names:
                 out[k].add_(hv[k], alpha=w)
         for k, m in self.masks.items():
@@ -286,7 +286,9 @@ def power_iteration(
             value = new
             break
         value = new
-    return float(value), v, it
+    if value is None:
+        raise ValueError(f"max_iter={max_iter}: power iteration needs at least one step")
+    return value, v, it
 
 
 # ----------------------------------------------------------------------------- trace
@@ -329,7 +331,8 @@ def lanczos(op: HessianOperator, steps: int, v0: np.ndarray) -> tuple[np.ndarray
     tridiagonal's diagonal (m,) and off-diagonal (m - 1,) (m <= steps when the space is exhausted)."""
     n = op.n
     basis = np.zeros((min(steps, n), n))
-    alpha, beta = [], []
+    alpha: list[float] = []
+    beta: list[float] = []
     v = v0 / np.linalg.norm(v0)
     for j in range(min(steps, n)):
         basis[j] = v
@@ -517,7 +520,8 @@ def hessian_along_path(
     sa, sb = ma.state_dict(), mb.state_dict()
     alist = _alpha_values(alphas)
     bn_batches = training_batches(data, 8, 256, 0, dev) if bn == "reset" else []
-    results, setup = [], {}
+    results: list[dict[str, Any]] = []
+    setup: dict[str, Any] = {}
     for x in alist:
         ma.load_state_dict(interpolate_state(sa, sb, float(x)))
         if bn_batches:
@@ -558,7 +562,10 @@ def hessian_over_levels(
             f"{store.path} holds no lottery levels for rewind {rewind!r}: run landscape.lottery with this store first"
         )
     dev = resolve_device(device)
-    results, levels, remaining, setup, module = [], [], [], {}, None
+    results: list[dict[str, Any]] = []
+    levels: list[int] = []
+    remaining: list[float] = []
+    setup: dict[str, Any] = {}
     for name in names:
         module = store.load_module(name, dev).eval()
         try:

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from distill.supervised import check_classifier, evaluate, train_supervised, wit
 from landscape import refs
 from landscape.executors import run_units
 from landscape.paths import barrier, linear_path
+
+if TYPE_CHECKING:
+    from distill.store import Store
 
 DEFINITION = (
     "children trained with labels from one start checkpoint, identical except for the data-order and "
@@ -57,7 +60,7 @@ def _store_config(ref: Any) -> dict[str, Any]:
     return {k: cfg[k] for k in ("dataset", "data_root", "subset", "data_seed") if k in cfg}
 
 
-def _open_store(store: Any, config: Mapping[str, Any], head_seed: int) -> Any:
+def _open_store(store: Any, config: Mapping[str, Any], head_seed: int) -> Store:
     from distill.store import Store
 
     if isinstance(store, Store):
@@ -100,9 +103,11 @@ class ChildUnit:
 
     @property
     def name(self) -> str:
+        """The child's module name in the children store (``children/<index>``)."""
         return f"children/{self.index}"
 
     def done(self) -> bool:
+        """Whether the unit's store holds this child, trained with the same recipe and seed."""
         from distill.store import Store, StoreError
 
         if self.out is None or not Path(self.out).exists():
@@ -218,7 +223,7 @@ def instability(
         head = f"fresh linear classifier drawn with seed {head_seed} (shared by every child)"
     base.requires_grad_(True)
 
-    writer = None
+    writer: Store | None = None
     if store is not None:
         config = {
             **(_store_config(start) or {"dataset": str(getattr(data, "name", ""))}),
@@ -239,7 +244,7 @@ def instability(
     for i, seed in enumerate(seeds):
         ccfg = cfg.replace(data_seed=seed, aug_seed=seed)
         name = f"children/{i}"
-        if name in held:
+        if writer is not None and name in held:
             attrs = writer.load_state(name)[1]
             if attrs.get("config") != _recipe_json(ccfg):
                 raise ValueError(
@@ -265,7 +270,7 @@ def instability(
     models, accuracies = [], []
     for i in range(n_children):
         name = f"children/{i}"
-        if i in units and writer is None:
+        if writer is None:  # every child was trained here and returned its state
             child = copy.deepcopy(base).to(dev)
             child.load_state_dict(returned[i]["state"])
             attrs = returned[i]["attrs"]
@@ -273,13 +278,15 @@ def instability(
             if i in units:  # move the unit's own store into the children store
                 from distill.store import Store
 
-                part = Store(units[i].out)
-                attrs = part.load_state(name)[1]
-                child = part.load_module(name, dev)
+                out = units[i].out
+                assert out is not None  # with a children store, each unit writes its own
+                unit_store = Store(out)
+                attrs = unit_store.load_state(name)[1]
+                child = unit_store.load_module(name, dev)
                 writer.save_module(
                     name, child, {k: v for k, v in attrs.items() if k not in ("spec", "complete", "written_at")}
                 )
-                shutil.rmtree(units[i].out) if Path(units[i].out).is_dir() else Path(units[i].out).unlink()
+                shutil.rmtree(unit_store.path) if unit_store.path.is_dir() else unit_store.path.unlink()
             else:
                 attrs = writer.load_state(name)[1]
                 child = writer.load_module(name, dev)
@@ -318,7 +325,7 @@ def instability(
     ds["pair"].attrs = {"long_name": "pair of children i-j"}
     ds["child"].attrs = {"long_name": "child index"}
 
-    attrs: dict[str, Any] = dict(path_attrs)
+    attrs = dict(path_attrs)
     attrs.update(
         {
             "analysis": "instability",

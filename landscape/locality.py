@@ -44,6 +44,7 @@ def point_config(cfg: DistillConfig, axis: str, value: float, seed: int) -> Dist
 
 
 def point_path(out_dir: Path, cfg: DistillConfig, axis: str, value: float, seed: int) -> Path:
+    """The store of one sweep point: ``<out_dir>/<dataset>-<arch>-<axis><value>-seed<seed>.h5``."""
     return Path(out_dir) / f"{cfg.dataset.replace(':', '-')}-{cfg.arch}-{axis}{value:g}-seed{seed}.h5"
 
 
@@ -77,6 +78,7 @@ class DistillUnit:
     data: Any = None
 
     def done(self) -> bool:
+        """Whether the point's store holds the finished distillation of the same configuration."""
         return distillation_complete(DistillConfig.from_dict(self.cfg), self.out)
 
     def __call__(self) -> str:

@@ -313,6 +313,13 @@ class _Lottery:
         return out
 
     # ---------------------------------------------------------------- store access
+    @property
+    def held(self) -> Store:
+        """The store, where the caller knows there is one (something was found in it)."""
+        if self.store is None:
+            raise RuntimeError("this lottery run keeps no store")
+        return self.store
+
     def stored(self, name: str) -> dict[str, Any] | None:
         """Attrs of the complete module ``name`` in the store, or None."""
         if self.store is None or name not in self._names:
@@ -327,11 +334,11 @@ class _Lottery:
 
     def load(self, name: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(trained state on the device, bool masks in prunable order) of stored module ``name``."""
-        state, _ = self.store.load_state(name)
-        masks = self.store.load_masks(name)
+        state, _ = self.held.load_state(name)
+        masks = self.held.load_masks(name)
         if set(masks) != set(self.names):
             raise ValueError(
-                f"{self.store.path}: '{name}' was pruned over other tensors than prunable selects "
+                f"{self.held.path}: '{name}' was pruned over other tensors than prunable selects "
                 f"now: pass the same prunable as before or use a new store"
             )
         own = self.template.state_dict()
@@ -367,13 +374,13 @@ class _Lottery:
         old = json.loads(attrs.get("settings", "{}"))
         if rewind == "step" and "step_schedule" not in old:
             raise ValueError(
-                f"{self.store.path}: '{name}' comes from a version whose later levels restarted the "
+                f"{self.held.path}: '{name}' comes from a version whose later levels restarted the "
                 f"schedule at step 0 after a step rewind: use a new store"
             )
         for key, value in self.settings_for(rewind).items():
             if key in old and old[key] != value:
                 raise ValueError(
-                    f"{self.store.path}: '{name}' was made with {key}={old[key]!r}, this call asks "
+                    f"{self.held.path}: '{name}' was made with {key}={old[key]!r}, this call asks "
                     f"{value!r}: pass the same settings to resume, or use a new store"
                 )
 
@@ -388,13 +395,14 @@ class _Lottery:
             done += 1
         origin = self.init_state() if rewind == "init" else self.start_state
         optimizer: OptimizerByName | None = None  # optimiser state at the rewind point (step rewinds only)
+        target: Mapping[str, Tensor]  # the rewind target
         if rewind in ("init", "step") and done:
             target = self.load_target(f"{prefix}/rewind")
             if rewind == "step" and self.rewind_optimizer:
                 optimizer = self.load_optimizer(f"{prefix}/rewind")
         else:
-            target = origin if rewind != "step" else None
-        start_step = int(self.rewind_step) if rewind == "step" else 0
+            target = origin  # 'step': replaced by the point level 0 captures, before any use
+        start_step = int(self.rewind_step) if rewind == "step" and self.rewind_step is not None else 0
         rows: dict[str, list[dict[str, float]]] = {m: [] for m in ("imp", *self.baselines)}
         prev: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None  # (trained state, masks) of last level
         random_masks = self.full()
@@ -402,9 +410,10 @@ class _Lottery:
             name = f"{prefix}/{level:02d}"
             if level < done:
                 attrs = self.stored(name)
+                assert attrs is not None  # level < done: found in the store
                 if int(attrs["remaining_weights"]) != self.counts[level]:
                     raise ValueError(
-                        f"{self.store.path}: '{name}' keeps {attrs['remaining_weights']} weights, "
+                        f"{self.held.path}: '{name}' keeps {attrs['remaining_weights']} weights, "
                         f"this call expects {self.counts[level]}: use the same settings or a new store"
                     )
                 rows["imp"].append(
@@ -417,6 +426,7 @@ class _Lottery:
                     masks = self.full()
                     metrics, trained, captured = self.train_origin(rewind, origin)
                     if rewind == "step":
+                        assert captured is not None  # train_origin captures the step-rewind point
                         target, snapshot_optimizer = captured
                         optimizer = snapshot_optimizer if self.rewind_optimizer else None
                     if rewind in ("init", "step"):
@@ -459,18 +469,17 @@ class _Lottery:
     def load_target(self, name: str) -> dict[str, Tensor]:
         if self.stored(name) is None:
             raise ValueError(
-                f"{self.store.path} lacks '{name}', the rewind target of its completed levels: use a new store"
+                f"{self.held.path} lacks '{name}', the rewind target of its completed levels: use a new store"
             )
-        state, _ = self.store.load_state(name)
+        state, _ = self.held.load_state(name)
         own = self.template.state_dict()
         return {k: v.to(self.device, own[k].dtype) for k, v in state.items()}
 
     def load_optimizer(self, name: str) -> OptimizerByName:
-        got = self.store.load_state_group(name)
+        got = self.held.load_state_group(name)
         if got is None:
             raise ValueError(
-                f"{self.store.path} lacks the optimiser state '{name}' that rewind_optimizer=True "
-                f"needs: use a new store"
+                f"{self.held.path} lacks the optimiser state '{name}' that rewind_optimizer=True needs: use a new store"
             )
         tensors, meta = got
         return {k: v.to(self.device) for k, v in tensors.items()}, meta
@@ -580,7 +589,7 @@ def lottery(
     would take ``ds.sel(method="imp")``.
     """
     rewinds = _rewinds(rewind, rewind_step)
-    rewind_step = int(rewind_step) if "step" in rewinds else None
+    rewind_step = int(rewind_step) if "step" in rewinds and rewind_step is not None else None
     methods = _baselines(baselines)
     if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
         raise ValueError(f"levels={levels!r} must be an integer >= 1 (level 0 is the dense network)")

@@ -49,9 +49,11 @@ class LotteryUnit:
     options: dict = field(default_factory=dict)  # lottery() keywords; "cfg" as a SupervisedConfig dict
 
     def key(self) -> str:
+        """The unit's settings as canonical JSON (recorded in its result, compared by :meth:`done`)."""
         return json.dumps({"start": _start_key(self.start), **self.options}, sort_keys=True, default=str)
 
     def done(self) -> bool:
+        """Whether the unit's store holds the finished result of the same settings (:meth:`key`)."""
         path = Path(self.out)
         if not path.exists():
             return False

@@ -77,7 +77,9 @@ def interpolate_state(sd_a: Mapping[str, Tensor], sd_b: Mapping[str, Tensor], al
 
 # ----------------------------------------------------------------------------- argument handling
 def _alpha_values(alphas: int | Sequence[float]) -> np.ndarray:
-    if isinstance(alphas, (int, np.integer)) and not isinstance(alphas, bool):
+    if isinstance(alphas, bool):
+        raise ValueError(f"alphas={alphas}: pass an int >= 2 (a point count) or a sequence of finite numbers")
+    if isinstance(alphas, (int, np.integer)):
         if alphas < 2:
             raise ValueError(f"alphas={alphas}: ask for at least 2 points (both ends are included)")
         return np.linspace(0.0, 1.0, int(alphas))

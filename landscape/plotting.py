@@ -65,7 +65,7 @@ def plot_result(ds: xr.Dataset, path: str | Path, var: str | None = None, **kw: 
     """
     if "accuracy" in ds and {"epoch", "model", "probe"} == set(ds.accuracy.dims) and var is None:
         return plot_probes(ds, path)
-    numeric = [v for v in ds.data_vars if ds[v].dtype.kind in "fiu" and ds[v].size > 0]
+    numeric = [str(v) for v in ds.data_vars if ds[v].dtype.kind in "fiu" and ds[v].size > 0]
     if not numeric:
         raise ValueError(
             "the file holds no numeric result variables to draw (a checkpoint store? use rtt info "

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ _BN = nn.modules.batchnorm._BatchNorm
 # ----------------------------------------------------------------------------- directions
 def bn_parameter_keys(model: nn.Module) -> set[str]:
     """Names of the BatchNorm (and other norm layers') weight and bias parameters."""
-    keys = set()
+    keys: set[str] = set()
     for name, m in model.named_modules():
         if isinstance(m, (_BN, nn.LayerNorm, nn.GroupNorm)):
             keys.update(f"{name}.{leaf}" if name else leaf for leaf, _ in m.named_parameters(recurse=False))
@@ -56,7 +56,7 @@ def bn_parameter_keys(model: nn.Module) -> set[str]:
 def filter_normalize(
     direction: Mapping[str, Tensor],
     reference: Mapping[str, Tensor],
-    bn_keys: set[str] = frozenset(),
+    bn_keys: Set[str] = frozenset(),
     bias: str = "ignore",
     bn_params: str = "ignore",
 ) -> dict[str, Tensor]:
@@ -301,7 +301,7 @@ def surface(
         dims_ = ("x", "y") if dims == 2 else ("x",)
         pick = (lambda a: a) if dims == 2 else (lambda a: a[:, 0])
         coords = {"x": ("x", xs, {"long_name": "coordinate along d1", "units": "|d1|"})}
-        data_vars = {
+        data_vars: dict[str, tuple[Any, ...]] = {
             "loss": (dims_, pick(loss), {"long_name": "cross-entropy loss", "units": "nats"}),
             "error": (dims_, pick(error), {"long_name": "classification error", "units": "fraction"}),
         }

@@ -467,7 +467,7 @@ class Store:
         where = f"{self.path}:{name}"
         model = build_checked(attrs.get("spec"), state, where)
         load_into(model, state, where=where, allow_nonfinite=allow_nonfinite)
-        model.store_ref = (str(self.path), name)
+        model.store_ref = (str(self.path), name)  # type: ignore[assignment]  # torch types attributes as tensors/modules
         return model.to(device)
 
     def teacher(self, device: str | torch.device = "cpu") -> nn.Module:
