@@ -104,7 +104,8 @@ class PlaneRow:
     device: str
 
     def done(self) -> bool:
-        return False  # a row writes no store: it is always computed
+        """Never: a row writes no store, so it is always computed."""
+        return False
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray, str]:
         dev = torch.device(self.device)
