@@ -56,10 +56,9 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     points = [("out_dim", d) for d in pre["out_dims"]] + [("bottleneck_dim", b) for b in pre["bottlenecks"]]
     rows, configs = {"out_dim": [], "bottleneck_dim": []}, {}
     for field, value in points:
-        per_seed = []
         for s in seeds:
             kw = {field: value} if field == "out_dim" else {field: value, "out_dim": pre["bottleneck_out"]}
-            cfg = DistillConfig(
+            configs[f"{field}{value}-s{s}"] = DistillConfig(
                 dataset=pre["dataset"],
                 subset=pre["subset"],
                 seed=s,
@@ -69,10 +68,10 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                 data_root=ctx.root if "cifar" in pre["dataset"] else None,
                 **{**pre["cfg"], **kw, "device": ctx.device},
             )
-            tag = f"{field}{value}-s{s}"
-            configs[tag] = cfg
-            store = common.distil(cfg, ctx.store(f"{tag}.h5"), data=data)
-            per_seed.append(common.best_over_epochs(store.metrics))
+    runs = common.distil_all([(cfg, ctx.store(f"{tag}.h5")) for tag, cfg in configs.items()], ctx, data)
+    stores = dict(zip(configs, runs))
+    for field, value in points:
+        per_seed = [common.best_over_epochs(stores[f"{field}{value}-s{s}"].metrics) for s in seeds]
         rows[field].append(common.stack_seeds(per_seed, seeds))
         print(
             f"{field} {value}: student "

@@ -31,6 +31,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -46,6 +47,22 @@ class ExecutorSpecError(ValueError):
     """An ``--executor`` spec that names no usable executor (the message says what to pass)."""
 
 
+@dataclass(frozen=True)
+class _Busy:
+    message: str
+
+
+def _busy_as_result(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a submitit job; a store busy in another process comes back as a
+    value (submitit turns a job's exceptions into a traceback text, which would lose it)."""
+    try:
+        return fn(*args, **kwargs)
+    except StoreError as e:
+        if running_elsewhere(e):
+            return _Busy(str(e))
+        raise
+
+
 class SubmititExecutor(Executor):
     """A ``concurrent.futures.Executor`` over a submitit executor (``AutoExecutor``, ``LocalExecutor``,
     ``SlurmExecutor``): each submit is one job; its future resolves when the job ends."""
@@ -55,7 +72,7 @@ class SubmititExecutor(Executor):
         self.jobs: list[Any] = []
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:  # type: ignore[override]
-        job = self.executor.submit(fn, *args, **kwargs)
+        job = self.executor.submit(_busy_as_result, fn, *args, **kwargs)
         self.jobs.append(job)
         future: Future = Future()
         future.set_running_or_notify_cancel()
@@ -63,9 +80,14 @@ class SubmititExecutor(Executor):
 
         def wait() -> None:
             try:
-                future.set_result(job.result())
+                result = job.result()
             except BaseException as e:  # the job's failure, re-raised by future.result()
                 future.set_exception(e)
+                return
+            if isinstance(result, _Busy):
+                future.set_exception(StoreError(result.message))
+            else:
+                future.set_result(result)
 
         threading.Thread(target=wait, daemon=True, name=f"submitit-{job.job_id}").start()
         return future

@@ -247,7 +247,11 @@ HOLD = (
 )
 
 
-def test_a_point_being_written_elsewhere_is_left_to_it_and_named(sequential, one_thread, tmp_path, caplog):
+def test_a_point_being_written_elsewhere_is_left_to_it_and_named(
+    sequential, one_thread, submitit_executor, tmp_path, caplog
+):
+    """Through submitit, whose jobs report exceptions as traceback text: the busy point still is
+    recognised and named; the free point is computed."""
     cfg, data, alphas = _cfg(), synthetic(), [0.0, 1.0]
     free, busy = (point_path(tmp_path, cfg, "alpha", a, 0) for a in alphas)
     Store.create(busy, point_config(cfg, "alpha", 1.0, 0).to_dict()).close()  # a run begun elsewhere
@@ -257,7 +261,7 @@ def test_a_point_being_written_elsewhere_is_left_to_it_and_named(sequential, one
     try:
         assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(SweepIncomplete) as failed:
-            locality(cfg, alphas=alphas, out_dir=tmp_path, data=data, progress=False)
+            locality(cfg, alphas=alphas, out_dir=tmp_path, data=data, executor=submitit_executor, progress=False)
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
