@@ -2,6 +2,7 @@
 a real distillation killed at random instants and between every pair of file operations of one
 epoch's commit. The counts are printed in the test output."""
 
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -139,9 +140,13 @@ def test_random_kills_of_a_distillation_resume_to_the_same_store(server, referen
         path = fast_tmp / f"run{stores}.h5"
         stores += 1
         for _ in range(5):  # kills at random instants of the run, each followed by a resume
-            lines, done = server.run(
-                job="distill", store=str(path), cfg=CFG, kill_after_s=float(rng.uniform(0, seconds))
-            )
+            left = 1 - (len(Store(path).commits()) / (CFG["epochs"] + 1) if path.exists() else 0)
+            if left <= 0:
+                break
+            # drawn over about the time the resumed run still needs (a heuristic: a kill that comes too
+            # late finds the run finished, which is checked the same way)
+            delay = float(rng.uniform(0, seconds * left))
+            lines, done = server.run(job="distill", store=str(path), cfg=CFG, kill_after_s=delay)
             runs += 1
             assert not [r for r in lines if "error" in r], lines
             if done["signal"] != signal.SIGKILL:
@@ -157,28 +162,48 @@ def test_random_kills_of_a_distillation_resume_to_the_same_store(server, referen
     assert kills >= 20
 
 
+def kill_after_op(server, path: Path, k: int, want: list[int]) -> None:
+    """Run the distillation on ``path`` until it dies right after its ``k``-th file operation; the
+    store then holds exactly the commits ``want``, each with its student and metrics row."""
+    lines, done = server.run(job="distill", store=str(path), cfg=CFG, crash_after=k, kill_after_s=None)
+    assert done["signal"] == signal.SIGKILL, (k, lines)
+    s = Store(path)
+    assert s.commits() == want, k
+    assert s.epochs == want and list(s.metrics.epoch.values) == want, k
+
+
 def test_kill_between_every_file_operation_of_an_epoch_commit(server, reference, fast_tmp, capsys):
     ref, oplog, _ = reference
-    # the file operations of epoch 2's (the last) commit: from its hidden folder to the removal of the
-    # state it supersedes; op k counts from 1
-    first = oplog.index("mkdir pending", oplog.index("rename commit 1"))
-    last = len(oplog) - 1
-    ks = list(range(first, last + 2))  # kill after op k: just before the commit starts ... after its last op
-    extra = [oplog.index("rename commit 0") + 1, oplog.index("rename commit 1") + 1]  # resume from epochs 0 and 1
-    for k in extra + ks:
+    # a fresh run killed right after the commits of epochs 0 and 1, each resumed; the second store
+    # (epochs 0 and 1 committed, the state that epoch 1 supersedes not yet removed) is kept
+    after = {e: oplog.index(f"rename commit {e}") + 1 for e in (0, 1)}  # op k counts from 1
+    snapshot = fast_tmp / "after-epoch-1.h5"
+    for e, k in after.items():
+        path = fast_tmp / f"fresh{e}.h5"
+        kill_after_op(server, path, k, list(range(e + 1)))
+        if e == 1:
+            shutil.copytree(path, snapshot)
+        resume_to_end(server, path)
+        same_store(ref, path)
+    # epoch 2's commit as the run resuming from that store makes it: its file operations, logged once
+    logged = fast_tmp / "logged.h5"
+    shutil.copytree(snapshot, logged)
+    lines, done = server.run(job="distill", store=str(logged), cfg=CFG, log=True, kill_after_s=None)
+    assert done["code"] == 0, lines
+    ops = next(r["oplog"] for r in lines if "oplog" in r)
+    same_store(ref, logged)
+    first = ops.index("mkdir pending")  # from its hidden folder to the removal of the state it supersedes
+    ks = list(range(first, len(ops) + 1))  # kill after op k: just before the commit starts ... after its last op
+    for k in ks:
         path = fast_tmp / f"k{k}.h5"
-        lines, done = server.run(job="distill", store=str(path), cfg=CFG, crash_after=k, kill_after_s=None)
-        assert done["signal"] == signal.SIGKILL, (k, lines)
-        s = Store(path)
-        want = [e for e in range(3) if k > oplog.index(f"rename commit {e}")]
-        assert s.commits() == want, k
-        assert Store(path).epochs == s.commits() and list(s.metrics.epoch.values) == s.commits()
+        shutil.copytree(snapshot, path)
+        kill_after_op(server, path, k, [0, 1, 2] if k > ops.index("rename commit 2") else [0, 1])
         resume_to_end(server, path)
         same_store(ref, path)
     report(
         capsys,
-        f"{len(ks) + len(extra)} targeted kills, one after each of the {len(ks) - 1} file operations of epoch 2's "
-        f"commit ({', '.join(oplog[first : last + 1])}), one just before it and one after each of the commits "
-        "of epochs 0 and 1, each resumed: final "
-        "stores equal the uninterrupted run bit for bit",
+        f"{len(ks) + len(after)} targeted kills: one after each of the {len(ks) - 1} file operations of epoch 2's "
+        f"commit ({', '.join(ops[first:])}) and one just before it, in a run resuming after epoch 1, and one "
+        "after each of the commits of epochs 0 and 1 of a fresh run; each resumed: final stores equal the "
+        "uninterrupted run bit for bit",
     )
