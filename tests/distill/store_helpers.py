@@ -1,5 +1,6 @@
 """Helpers of the store tests: the fork-server client, reporting counts, tiny datasets on disk."""
 
+import atexit
 import gzip
 import hashlib
 import json
@@ -59,6 +60,18 @@ class ForkServer:
     def close(self) -> None:
         self.p.stdin.close()
         self.p.wait()
+
+
+_SHARED: list[ForkServer] = []
+
+
+def shared_server() -> ForkServer:
+    """The one full fork server of all store test modules (its start-up, imports and a warm-up
+    distillation, is paid once); closed when the test process exits."""
+    if not _SHARED or _SHARED[0].p.poll() is not None:
+        _SHARED[:] = [ForkServer()]
+        atexit.register(_SHARED[0].close)
+    return _SHARED[0]
 
 
 def report(capsys, text: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from distill.store import Store, StoreError
 from distill.train import distill as run
 from landscape.cli import main as rtt
-from tests.distill.store_helpers import ROOT, ForkServer, checksums, report, write_mnist
+from tests.distill.store_helpers import ROOT, checksums, report, shared_server, write_mnist
 from tests.distill.test_train import synthetic, tiny_cfg
 
 READER = textwrap.dedent("""
@@ -66,11 +66,11 @@ def test_a_reader_polling_a_whole_run_sees_no_error(tmp_path, capsys):
         cwd=ROOT,
     )
     assert reader.stdout.readline().strip() == "ready"
-    server = ForkServer()
     try:
-        lines, done = server.run(job="distill", store=str(path), cfg={"epochs": 4, "probes": []}, kill_after_s=None)
+        lines, done = shared_server().run(
+            job="distill", store=str(path), cfg={"epochs": 4, "probes": []}, kill_after_s=None
+        )
     finally:
-        server.close()
         stop.touch()
     out, err = reader.communicate()
     assert done["code"] == 0 and done["signal"] == 0 and not [r for r in lines if "error" in r], lines
@@ -88,11 +88,11 @@ def test_a_reader_polling_a_whole_run_sees_no_error(tmp_path, capsys):
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
     path = tmp_path / "held.h5"
     root = write_mnist(tmp_path / "mnist")
-    server = ForkServer()
+    server = shared_server()
+    server.send(job="hold", store=str(path), kill_after_s=None)
+    pid = server.line()["locked"]
+    killed = False
     try:
-        server.send(job="hold", store=str(path), kill_after_s=None)
-        locked = server.line()
-        pid = locked["locked"]
         before = checksums(path)
         argv = [
             "distill",
@@ -131,9 +131,12 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
         os.kill(pid, 0)  # still alive (unreaped children of the server keep their pid)
         assert checksums(path) == before
         os.kill(pid, signal.SIGKILL)
+        killed = True
         assert server.replies()[-1]["signal"] == signal.SIGKILL
     finally:
-        server.close()
+        if not killed:  # a failed check: free the shared server for the next test
+            os.kill(pid, signal.SIGKILL)
+            server.replies()
     # the killed holder's lock is stale: the same command now runs
     assert rtt(argv) == 0
     assert Store(path).epochs == [0, 1]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from distill.store import Store
-from tests.distill.store_helpers import ForkServer, memory_dir, report
+from tests.distill.store_helpers import ForkServer, memory_dir, report, shared_server
 
 
 @pytest.fixture
@@ -23,9 +23,7 @@ def fast_tmp(tmp_path):
 
 @pytest.fixture(scope="module")
 def server():
-    s = ForkServer()
-    yield s
-    s.close()
+    return shared_server()
 
 
 def check_appended(path: Path, saved: set[int]) -> int:
@@ -90,27 +88,44 @@ def test_200_kills_of_a_fast_appender_lose_nothing(fast_tmp, capsys):
 CFG = {"epochs": 2, "save_every": 1, "probes": [], "probe_every": 0}
 
 
-def same_store(a: Path, b: Path) -> None:
-    """Every tensor bit for bit, the same names, metrics equal apart from wall time, one row per epoch."""
-    sa, sb = Store(a), Store(b)
+def contents(path: Path) -> dict:
+    """Everything a store holds that an uninterrupted run fixes: every object's tensors and attrs
+    (bar write times), the epochs and commits, the files, the metrics apart from wall time."""
+    s = Store(path)
+    out: dict = {"epochs": s.epochs, "commits": s.commits()}
     for root in ("modules", "masks", "state"):
-        assert sa.names(root=root) == sb.names(root=root), root
-        for name in sa.names(root=root):
-            ta, aa = sa._read_object(root, name)
-            tb, ab = sb._read_object(root, name)
+        out[root] = {}
+        for name in s.names(root=root):
+            tensors, attrs = s._read_object(root, name)
+            out[root][name] = tensors, {k: v for k, v in attrs.items() if k not in ("written_at", "object")}
+    out["files"] = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != "lock")
+    m = s.metrics
+    m.attrs.pop("started_at", None)  # provenance: when each process started (wall time)
+    out["metrics"] = m.drop_vars("seconds")
+    return out
+
+
+_REFERENCE: dict[str, dict] = {}
+
+
+def same_store(ref: Path, b: Path) -> None:
+    """Every tensor bit for bit, the same names, metrics equal apart from wall time, one row per epoch."""
+    if str(ref) not in _REFERENCE:  # the reference never changes: read once
+        _REFERENCE[str(ref)] = contents(ref)
+    want = _REFERENCE[str(ref)]
+    got = contents(b)
+    for root in ("modules", "masks", "state"):
+        assert list(got[root]) == list(want[root]), root
+        for name, (tb, ab) in got[root].items():
+            ta, aa = want[root][name]
             assert ta.keys() == tb.keys()
             for k in ta:
                 assert ta[k].dtype == tb[k].dtype and torch.equal(ta[k], tb[k]), f"{root}/{name}:{k}"
-            drop = {"written_at", "object"}
-            assert {k: v for k, v in aa.items() if k not in drop} == {k: v for k, v in ab.items() if k not in drop}
-    assert sa.epochs == sb.epochs and sa.commits() == sb.commits()
-    files = [sorted(str(p.relative_to(s)) for p in s.rglob("*") if p.is_file() and p.name != "lock") for s in (a, b)]
-    assert files[0] == files[1]  # nothing left over: no temporaries, no superseded states
-    ma, mb = sa.metrics, sb.metrics
-    assert list(ma.epoch.values) == list(range(CFG["epochs"] + 1))  # no row missing or duplicated
-    for m in (ma, mb):
-        m.attrs.pop("started_at", None)  # provenance: when each process started (wall time)
-    assert ma.drop_vars("seconds").identical(mb.drop_vars("seconds"))
+            assert aa == ab, f"{root}/{name}"
+    assert got["epochs"] == want["epochs"] and got["commits"] == want["commits"]
+    assert got["files"] == want["files"]  # nothing left over: no temporaries, no superseded states
+    assert list(got["metrics"].epoch.values) == list(range(CFG["epochs"] + 1))  # no row missing or duplicated
+    assert got["metrics"].identical(want["metrics"])
 
 
 @pytest.fixture(scope="module")
