@@ -16,7 +16,8 @@ readers take no lock; loading is strict (dtypes, shapes, finiteness, bounded spe
 Modules: :mod:`~distill.store.core` (Store), :mod:`~distill.store.fsio` (atomic writes, lock),
 :mod:`~distill.store.objects` (one object per file), :mod:`~distill.store.single` (format-1 and
 packed single files), :mod:`~distill.store.pack` (``rtt pack``, ``rtt verify``),
-:mod:`~distill.store.info` (what a store holds, read without torch: ``rtt info``).
+:mod:`~distill.store.info` (what a store holds, read without torch: ``rtt info``),
+:mod:`~distill.store.unpack` (a single-file store into a writable folder store).
 
 The names below are imported on first use, so that ``distill.store.info`` stays torch-free.
 """

@@ -254,6 +254,35 @@ def test_format1_store_stays_readable(tmp_path, capsys):
     assert path.read_bytes() == before  # reading never writes
 
 
+def test_format1_store_converts_into_a_writable_folder_store(tmp_path, capsys):
+    from distill.store.unpack import main as unpack
+
+    torch.manual_seed(0)
+    teacher = distill.build_model("mlp", (1, 8, 8), head=None)
+    student = distill.build_model("mlp", (1, 8, 8), head=None)
+    path = tmp_path / "old.h5"
+    write_format1_store(
+        path, {"teacher": (teacher, {"epoch": 0}), student_name(5): (student, {"epoch": 5})}, {"metrics": _metrics()}
+    )
+    before = path.read_bytes()
+    assert unpack([str(path), str(tmp_path / "new.h5")]) == 0
+    assert "2 modules" in capsys.readouterr().out
+    s = Store(tmp_path / "new.h5", "a")  # writable now
+    assert s.attrs["format_version"] == 2 and s.attrs["converted_from"] == str(path) and s.config == {"arch": "mlp"}
+    assert s.epochs == [5] and s.metrics.identical(_metrics())
+    for got, want in ((s.student(5), student), (s.teacher(), teacher)):
+        assert all(torch.equal(got.state_dict()[k], v) for k, v in want.state_dict().items())
+    s.save_module(student_name(6), student, {"epoch": 6})
+    assert Store(s.path).epochs == [5, 6]
+    assert path.read_bytes() == before  # the old file is only read
+    # refused in one line, nothing written: an existing output, a folder store as input
+    for argv, needle in (([path, s.path], "already exists"), ([s.path, tmp_path / "x.h5"], "already a folder store")):
+        assert unpack([str(a) for a in argv]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.h5", "old.h5"]
+
+
 def test_pack_writes_one_file_the_store_api_reads(tmp_path, capsys):
     s = Store.create(tmp_path / "run.h5", {"arch": "mlp"}, store_dtype="bf16")
     m = distill.build_model("mlp", (1, 8, 8), head=None)
