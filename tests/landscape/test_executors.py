@@ -22,7 +22,7 @@ import torch
 from distributed import Client, LocalCluster
 
 from distill.progress import read_progress
-from distill.store import Store
+from distill.store import Store, StoreError
 from landscape.executors import SubmititExecutor, SweepIncomplete, open_executor, run_units
 from landscape.locality import distillation_complete, locality, point_config, point_path
 from tests.distill.test_train import synthetic, tiny_cfg
@@ -248,10 +248,8 @@ HOLD = (
 
 
 def test_a_point_being_written_elsewhere_is_left_to_it_and_named(
-    sequential, one_thread, submitit_executor, tmp_path, caplog
+    sequential, one_thread, dask_executor, tmp_path, caplog
 ):
-    """Through submitit, whose jobs report exceptions as traceback text: the busy point still is
-    recognised and named; the free point is computed."""
     cfg, data, alphas = _cfg(), synthetic(), [0.0, 1.0]
     free, busy = (point_path(tmp_path, cfg, "alpha", a, 0) for a in alphas)
     Store.create(busy, point_config(cfg, "alpha", 1.0, 0).to_dict()).close()  # a run begun elsewhere
@@ -261,7 +259,7 @@ def test_a_point_being_written_elsewhere_is_left_to_it_and_named(
     try:
         assert holder.stdout.readline().strip() == "holding"
         with pytest.raises(SweepIncomplete) as failed:
-            locality(cfg, alphas=alphas, out_dir=tmp_path, data=data, executor=submitit_executor, progress=False)
+            locality(cfg, alphas=alphas, out_dir=tmp_path, data=data, executor=dask_executor, progress=False)
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
@@ -275,6 +273,23 @@ def test_a_point_being_written_elsewhere_is_left_to_it_and_named(
         again = locality(cfg, alphas=alphas, out_dir=tmp_path, data=data, progress=False)
     assert "1 of 2 work units already complete" in caplog.text
     assert_same_sweep(sequential.sel(alpha=alphas), again)
+
+
+class BusyUnit:
+    """A unit whose store another process holds: it fails as the store's writer lock does."""
+
+    def done(self) -> bool:
+        return False
+
+    def __call__(self) -> None:
+        raise StoreError("runs/x.h5 is being written by pid 1 on host h: wait for it to finish or stop it")
+
+
+def test_a_busy_store_in_a_submitit_job_is_still_recognised(tmp_path):
+    # submitit hands a job's exception back as traceback text; the executor returns this one as a value
+    ex = SubmititExecutor(submitit.DebugExecutor(folder=tmp_path))
+    with pytest.raises(SweepIncomplete, match=r"1 of 1 work units .*\(runs/x\.h5 by pid 1 on host h\)"):
+        run_units([BusyUnit()], ex)
 
 
 def test_killing_a_dask_worker_then_rerunning_skips_the_finished_points(
