@@ -44,6 +44,8 @@ _BAR_MIN_ITEMS = 8192
 _STD_FLOOR = 1e-6
 # Rows per batch when evaluating a linear layer on a whole feature set.
 _EVAL_BATCH = 8192
+# most entries of one k-NN chunk's (queries x training points) score matrix: 64 MiB of float32
+_KNN_SCORES = 2**24
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -183,8 +185,8 @@ def knn_predict(
     row in ``train_x``; classes with equal votes go to the smallest class index (the
     behaviour of ``torch.mode`` used in the authors' code).
 
-    Computed on ``train_x``'s device in chunks of ``chunk`` test points, so memory is
-    O(chunk * N) rather than O(M * N).
+    Computed on ``train_x``'s device in chunks of at most ``chunk`` test points, fewer when N is
+    large: a chunk's score matrix holds at most 2**24 floats (64 MiB) or one row.
     """
     _check_xy(train_x, train_y, "train")
     if test_x.dim() != 2 or test_x.shape[1] != train_x.shape[1]:
@@ -219,6 +221,7 @@ def knn_predict(
         tx_sq = tx.square().sum(dim=1)
     preds: list[Tensor] = []
     m = test_x.shape[0]
+    chunk = max(1, min(chunk, _KNN_SCORES // n))
     for i in tqdm(range(0, m, chunk), desc="k-NN", leave=False, disable=True if m * n < 10**8 else None):
         q = test_x[i : i + chunk].to(dev).float()
         if metric == "cosine":

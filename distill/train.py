@@ -126,12 +126,21 @@ def soft_cross_entropy(
 ) -> torch.Tensor:
     """Batch mean of H(p_t, p_s) in nats, computing nothing else: one softmax of the teacher (no
     gradient) and torch's fused cross-entropy with probability targets. Logits (B, K), at least fp32."""
-    t = t_out.to(torch.promote_types(t_out.dtype, torch.float32))
-    s = s_out.to(torch.promote_types(s_out.dtype, torch.float32))
+    return cross_entropy_to_probs(teacher_probs(t_out, teacher_temp, center), s_out, student_temp)
+
+
+def teacher_probs(t_out: torch.Tensor, teacher_temp: float = 1.0, center: torch.Tensor | None = None) -> torch.Tensor:
+    """p_t = softmax((t_out - center) / teacher_temp) (B, K), at least fp32, without gradient."""
     with torch.no_grad():
+        t = t_out.to(torch.promote_types(t_out.dtype, torch.float32))
         if center is not None:
             t = t - center
-        pt = F.softmax(t / teacher_temp, dim=-1)
+        return F.softmax(t / teacher_temp if teacher_temp != 1.0 else t, dim=-1)
+
+
+def cross_entropy_to_probs(pt: torch.Tensor, s_out: torch.Tensor, student_temp: float = 1.0) -> torch.Tensor:
+    """Batch mean of H(p_t, softmax(s_out / student_temp)) in nats; ``pt`` (B, K) probabilities."""
+    s = s_out.to(torch.promote_types(s_out.dtype, torch.float32))
     return F.cross_entropy(s / student_temp if student_temp != 1.0 else s, pt)
 
 
@@ -329,9 +338,9 @@ class _EntropyLog:
         self.per_image = torch.cat(parts)
 
     def observe(
-        self, meter: EpochMeter, t_out: torch.Tensor, center: torch.Tensor | None, step: int, weight: int = 1
+        self, meter: EpochMeter, t_out: torch.Tensor | None, center: torch.Tensor | None, step: int, weight: int = 1
     ) -> None:
-        if not self.fixed:
+        if not self.fixed and t_out is not None:
             meter.add("entropy", teacher_entropy(t_out, self.cfg.teacher_temp, center).mean(), step, weight=weight)
 
     def epoch_mean(self, means: dict[str, float], visited: torch.Tensor) -> float:
@@ -706,13 +715,20 @@ def _train(
     train_split = data.train.to(device)  # uint8 on the device: batches are sliced and normalised there
     entropy = _EntropyLog(cfg, teacher, train_split, data, device, autocast, channels_last)
 
-    def forward(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    # The teacher's logits are needed after the step only for the centre or a per-step entropy.
+    keep_logits = center is not None or not entropy.fixed
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        # The teacher's softmax is taken before the student's forward and its logits are dropped
+        # when not needed, so neither coexists with the student's saved activations (peak memory).
         with torch.no_grad():
             t_emb = _backbone(teacher)(x)
-            t_out = _head(teacher)(t_emb)
+            t_logits = _head(teacher)(t_emb)
+            pt = teacher_probs(t_logits, cfg.teacher_temp, center)
+            t_out = t_logits if keep_logits else None
+            del t_logits
         emb = _backbone(student)(x)
-        s_out = _head(student)(emb)
-        loss = soft_cross_entropy(t_out, s_out, cfg.teacher_temp, cfg.student_temp, center)
+        loss = cross_entropy_to_probs(pt, _head(student)(emb), cfg.student_temp)
         return loss, t_out, emb, t_emb
 
     step_forward = torch.compile(forward) if cfg.compile else forward
@@ -739,6 +755,7 @@ def _train(
             channels_last=channels_last,
         )
         step = (epoch - 1) * steps_per_epoch
+        t_out: torch.Tensor | None
         try:
             for i, (x, _, _idx) in enumerate(batches):
                 if i >= steps_per_epoch:  # a last batch of one image (BN cannot train on it) is skipped
@@ -778,11 +795,12 @@ def _train(
                 # gradients (and the teacher mean for the center) averaged over the ranks of a
                 # data-parallel run; unchanged in one process
                 (t_mean,) = world.average_gradients(
-                    student, t_out.detach().float().mean(0) if center is not None else None
+                    student, t_out.detach().float().mean(0) if center is not None and t_out is not None else None
                 )
                 if cfg.clip_grad:
                     nn.utils.clip_grad_norm_(student.parameters(), cfg.clip_grad)
                 opt.step()
+                opt.zero_grad(set_to_none=True)  # gradients freed before the next forward (peak memory)
                 with torch.no_grad():
                     if emb is not None and t_emb is not None:
                         entropy.observe(meter, t_out, center, step, x.shape[0])
