@@ -280,6 +280,11 @@ class _Lmc:
         p.add_argument("--split", type=_splits, default=("test",), help="train, test or train,test (default: test)")
         p.add_argument("--max-examples", type=int, default=None, metavar="N", help=_MAX_EXAMPLES_HELP)
         p.add_argument("--out", default=None, help="netCDF file to write (default: beside A's store)")
+        p.add_argument(
+            "--compile",
+            action="store_true",
+            help="evaluate through torch.compile (inductor: needs a C++ compiler on a CPU); one graph for all alphas",
+        )
         _add_data_args(p)
 
     @staticmethod
@@ -289,7 +294,15 @@ class _Lmc:
         ref_a, ref_b = _parse_ref(a.a), _parse_ref(a.b)
         data = _data_for(ref_a[0], a)
         ds = linear_path(
-            ref_a, ref_b, data, alphas=a.alphas, bn=a.bn, splits=a.split, max_examples=a.max_examples, device=a.device
+            ref_a,
+            ref_b,
+            data,
+            alphas=a.alphas,
+            bn=a.bn,
+            splits=a.split,
+            max_examples=a.max_examples,
+            device=a.device,
+            compile=a.compile,
         )
         heights = barrier(ds)
         ds["barrier_error"], ds["barrier_loss"] = heights.barrier_error, heights.barrier_loss

@@ -15,9 +15,10 @@ cross-entropy in nats, error = 1 - accuracy as a fraction.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +155,48 @@ def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return ce.sum(-1), correct
 
 
+# ----------------------------------------------------------------------------- compiled forward
+Forward = Callable[[Mapping[str, Tensor], Tensor], Tensor]
+_COMPILED: dict[tuple[Any, ...], Forward] = {}
+
+
+def _arch_key(model: nn.Module) -> tuple[Any, ...]:
+    """What a compiled graph depends on: the module type and every state tensor's name, shape,
+    dtype and device (not the values)."""
+    state = tuple((k, tuple(v.shape), str(v.dtype), str(v.device)) for k, v in model.state_dict().items())
+    return (type(model).__module__, type(model).__qualname__, state)
+
+
+def compiled_forward(model: nn.Module, backend: str | Callable[..., Any] = "inductor") -> Forward:
+    """``fn(state, x) -> logits``: ``model``'s eval-mode forward with every parameter and buffer
+    passed as an input (``torch.func.functional_call`` on a private copy), compiled with
+    ``torch.compile(backend=backend, dynamic=False)``.
+
+    Cached per architecture (:func:`_arch_key`) and backend for the process, so every point of a
+    path and every further path between networks of that architecture (the next pruning level,
+    another pair of children) reuses the same graph; a new input shape (a last, smaller batch)
+    compiles one more. ``state``: the ``state_dict`` keys of ``model``.
+    """
+    key = (_arch_key(model), backend if isinstance(backend, str) else id(backend))
+    fn = _COMPILED.get(key)
+    if fn is None:
+        template = copy.deepcopy(model).eval().requires_grad_(False)
+
+        def forward(state: Mapping[str, Tensor], x: Tensor) -> Tensor:
+            return functional_call(template, dict(state), (x,))
+
+        fn = torch.compile(forward, backend=backend, dynamic=False)
+        _COMPILED[key] = fn
+    return fn
+
+
+def compile_name(backend: str | Callable[..., Any] | None) -> str:
+    """How a compile backend is recorded in attrs: ``none``, its name, or a callable's name."""
+    if backend is None:
+        return "none"
+    return backend if isinstance(backend, str) else getattr(backend, "__name__", type(backend).__name__)
+
+
 # ----------------------------------------------------------------------------- loop backend
 @torch.inference_mode()
 def run_loop(
@@ -164,15 +207,18 @@ def run_loop(
     policy: str,
     inputs: PathInputs,
     eval_batch_size: int,
+    compile_backend: str | Callable[..., Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Evaluate each alpha in turn on ``model`` (modified in place; its state ends at the last alpha).
 
-    ``policy`` is one of ``reset``, ``interpolate``, ``keep_a`` or ``none``.
+    ``policy`` is one of ``reset``, ``interpolate``, ``keep_a`` or ``none``. ``compile_backend``:
+    evaluate through :func:`compiled_forward` (the BN reset stays eager).
     """
     model.eval()
     if inputs.channels_last:
         model.to(memory_format=torch.channels_last)
     targets = model.state_dict()
+    fwd = model if compile_backend is None else _bind(compiled_forward(model, compile_backend), targets)
     from_a = bn_stat_keys(model) if policy == "keep_a" else set()
     names = list(inputs.splits)
     loss = np.zeros((len(alphas), len(names)))
@@ -188,13 +234,17 @@ def run_loop(
         for j, name in enumerate(names):
             total, correct = 0.0, 0
             for x, y in inputs.batches(name, eval_batch_size):
-                s, c = _score(model(x), y)
+                s, c = _score(fwd(x), y)
                 total += float(s)
                 correct += int(c)
             n = inputs.counts[name]
             loss[i, j] = total / n
             error[i, j] = 1.0 - correct / n
     return loss, error
+
+
+def _bind(fn: Forward, state: Mapping[str, Tensor]) -> Callable[[Tensor], Tensor]:
+    return lambda x: fn(state, x)
 
 
 # ----------------------------------------------------------------------------- vmap backend
@@ -366,6 +416,7 @@ def run_segment(
     chunk: int,
     backend: str,
     chosen: str,
+    compile_backend: str | Callable[..., Any] | None = None,
 ) -> tuple[Any, Any, str]:
     """Evaluate the segment ``sa -> sb`` at ``alphas`` with the ``chosen`` evaluator; when vmap
     fails and the caller asked for ``auto``, warn and fall back to the loop.
@@ -378,7 +429,7 @@ def run_segment(
             if backend != "auto":
                 raise
             warnings.warn(f"vmap evaluation failed ({exc}); falling back to the loop backend", stacklevel=3)
-    loss, error = run_loop(model, sa, sb, alphas, policy, inputs, eval_batch_size)
+    loss, error = run_loop(model, sa, sb, alphas, policy, inputs, eval_batch_size, compile_backend)
     return loss, error, "loop"
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from distill.bn import has_batchnorm
 from distill.device import resolve_device
 from distill.provenance import stamp
-from landscape.evaluate import POLICIES, lerp, prepare_inputs, run_segment, trial_backends
+from landscape.evaluate import POLICIES, compile_name, lerp, prepare_inputs, run_segment, trial_backends
 from landscape.refs import load_ref, require_classifier
 
 BACKENDS = ("auto", "loop", "vmap")
@@ -145,6 +145,7 @@ def linear_path(
     align: str | None = None,
     align_options: Mapping[str, Any] | None = None,
     repair: bool = False,
+    compile: bool | str | Callable[..., Any] = False,
 ) -> xr.Dataset:
     """Loss and error along ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b``.
 
@@ -173,6 +174,10 @@ def linear_path(
     repair: rescale the interpolated network's channels not followed by BatchNorm to the
         interpolated endpoint statistics at each alpha (:func:`landscape.align.repair_state`, on
         the BN-reset batches); evaluated with the loop backend.
+    compile: evaluate the loop backend's forward through ``torch.compile`` (True: inductor, or a
+        backend name or callable), compiled once per architecture and process and reused by every
+        alpha and every later path of that architecture (:func:`landscape.evaluate.compiled_forward`);
+        recorded in attrs ``compile`` (``none`` when off or when vmap evaluates).
 
     Returns an ``xr.Dataset`` with dims (alpha, split): ``loss`` (mean cross-entropy, nats) and
     ``error`` (1 - accuracy, fraction), evaluated in eval mode in fp32; attrs hold provenance.
@@ -240,6 +245,7 @@ def linear_path(
             else f"cuda: {chosen} by model type"
         )
     )
+    compile_backend = ("inductor" if compile is True else compile) or None
     if repair:
         from landscape.align import endpoint_stats, repair_state
 
@@ -257,13 +263,16 @@ def linear_path(
                 f"cuda: measured {1e3 * trial['loop']:.2f} ms/alpha loop, {1e3 * trial['vmap']:.2f} ms/alpha "
                 f"vmap on a trial of {min(chunk, len(alist))} alphas x (1 BN batch + 1 eval batch): {chosen}"
             )
-        loss, error, chosen = run_segment(model, sa, sb, alist, policy, inputs, eval_batch_size, chunk, backend, chosen)
+        loss, error, chosen = run_segment(
+            model, sa, sb, alist, policy, inputs, eval_batch_size, chunk, backend, chosen, compile_backend
+        )
 
     attrs: dict[str, Any] = {
         "path_definition": PATH_DEFINITION,
         "bn_policy": policy,
         "backend": chosen,
         "backend_rule": rule,
+        "compile": compile_name(compile_backend if chosen == "loop" and not repair else None),
         "alpha_chunk": chunk if chosen == "vmap" else 1,
         "precision": "fp32",
         "device": str(dev),
@@ -285,7 +294,9 @@ def linear_path(
     spec = getattr(model, "spec", None)
     if isinstance(spec, Mapping):
         attrs["model_spec"] = json.dumps(spec, sort_keys=True, default=str)
-    recipe = {k: v for k, v in attrs.items() if k not in ("backend", "alpha_chunk", "memory_format", "device")}
+    recipe = {
+        k: v for k, v in attrs.items() if k not in ("backend", "alpha_chunk", "memory_format", "device", "compile")
+    }
     recipe["alphas"] = [float(x) for x in alpha_values]
     stamp(attrs, recipe, kind="lmc", device=dev, precision="fp32")
 
