@@ -85,9 +85,10 @@ def write_object(
 
     Uncompressed, h5py lays out the file (metadata, and one contiguous dataset per tensor, its
     storage allocated at once and never filled; datasets from 256 KiB on start at a multiple
-    of 4 KiB) while a second thread sums the tensors; then :func:`fsio.fill` copies each
-    tensor's bytes into its place (large ones straight to the disk). The dataset bytes are
-    those h5py writes; the caller's fsync makes the file durable."""
+    of 4 KiB); then :func:`fsio.fill` copies each tensor's bytes into its place (large ones
+    straight to the disk) while a second thread sums them, and the attrs with the checksum
+    manifest are added last. The dataset bytes are those h5py writes; the caller's fsync
+    makes the file durable."""
     arrays = {key.replace("/", "|"): to_numpy(t, cast) for key, t in tensors.items()}
     if compression:
         with h5py.File(path, "w", locking=False) as f:
@@ -99,17 +100,16 @@ def write_object(
             _write_attrs(f, obj, attrs, {n: checksum(a) for n, (a, _, _) in arrays.items()}, arrays)
         return
     places: list[tuple[int, memoryview]] = []
-    with ThreadPoolExecutor(1) as pool:  # numpy's reduction releases the GIL: the sums overlap the layout
+    with h5py.File(path, "w", locking=False, alignment_threshold=fsio.DIRECT_MIN, alignment_interval=fsio.BLOCK) as f:
+        for name, (arr, _, _) in arrays.items():
+            offset = _allocate(f, name, arr)
+            if arr.nbytes:
+                places.append((offset, arr.reshape(-1).view(np.uint8).data))
+    with ThreadPoolExecutor(1) as pool:  # the sums run while fill waits for the disk (neither holds the GIL)
         sums = pool.submit(lambda: {n: checksum(a) for n, (a, _, _) in arrays.items()})
-        with h5py.File(
-            path, "w", locking=False, alignment_threshold=fsio.DIRECT_MIN, alignment_interval=fsio.BLOCK
-        ) as f:
-            for name, (arr, _, _) in arrays.items():
-                offset = _allocate(f, name, arr)
-                if arr.nbytes:
-                    places.append((offset, arr.reshape(-1).view(np.uint8).data))
+        fsio.fill(path, places)
+        with h5py.File(path, "r+", locking=False) as f:
             _write_attrs(f, obj, attrs, sums.result(), arrays)
-    fsio.fill(path, places)
 
 
 def _allocate(f: h5py.File, name: str, arr: np.ndarray) -> int:
