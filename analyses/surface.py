@@ -35,14 +35,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         seeds=[0],
         line=5,
         plane=3,
-        through=3,
+        through=5,
         span=1.0,
         distill=dict(common.SMOKE_NET, probes=[]),
         sup=dict(epochs=1, milestones=[], lr=0.05, augment="none", batch_size=50),
     ),
     # Fashion-MNIST, 1,000 images, BN-free 4x32 ConvNet distilled 2 epochs; children: 1 epoch of SGD (lr 0.05,
     # no augmentation); lines of 17 points and 7 x 7 planes on [-1, 1] for 3 direction seeds; a 9 x 9 plane
-    # through three children; every point on 500 test images
+    # through three children on [-0.5, 1.5]^2; every point on 500 test images
     "cpu": dict(
         dataset="fashion-mnist",
         subset=1000,
@@ -63,7 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         seeds=[0, 1, 2],
         line=31,
         plane=15,
-        through=15,
+        through=17,
         span=1.0,
         distill=dict(arch="resnet18", epochs=10, probes=[], device="auto", precision="bf16", save_every=0),
         sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16"),
@@ -118,20 +118,22 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         lines.append(common.stack_seeds(per_seed_line, pre["seeds"]))
         planes.append(common.stack_seeds(per_seed_plane, pre["seeds"]))
     n = pre["through"]
+    if (n - 1) % 4:
+        raise ValueError(f"through={n}: pass 4 m + 1 points so that the three children lie on the grid")
     through = surface(
         children["student child"][0],
         data,
         [children["student child"][1], children["init child"][0]],
         dims=2,
         resolution=n,
-        span=(-0.25, 1.25),
+        span=(-0.5, 1.5),  # with 4 m + 1 points the three children are grid points
         **kw,
         out=ctx.store("through.nc"),
     )
     ds = xr.merge(
         [
+            xr.concat(planes, "centre").assign_coords(centre=list(CENTRES)),  # first: what ``rtt plot`` draws
             xr.concat(lines, "centre").assign_coords(centre=list(CENTRES)),
-            xr.concat(planes, "centre").assign_coords(centre=list(CENTRES)),
             xr.Dataset(_vars(through, "through", {"x": "u", "y": "v"})),
         ],
         combine_attrs="drop",
