@@ -196,6 +196,7 @@ def top_eigenpairs(
     method: str = "lanczos",
     max_steps: int = 300,
     memory_bytes: int = 2**30,
+    stop: str = "residual",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` largest (``LA``, algebraic) or largest-magnitude (``LM``) eigenvalues of the Hessian.
 
@@ -204,19 +205,24 @@ def top_eigenpairs(
     tridiagonal, one product per step, no restarts); if that has not happened after ``max_steps``
     steps (fewer when the basis would exceed ``memory_bytes``), ARPACK continues from the best Ritz
     vector. ``eigsh``: implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``) only. Both use
-    ARPACK's convergence test, so ``tol`` means the same. Returns (values (k,), descending; vectors
-    (k, n), unit L2 norm in parameter space); ``op.hvps`` counts the products.
+    ARPACK's convergence test, so ``tol`` means the same. ``stop="value"`` (Lanczos only) stops
+    instead when no wanted Ritz value changed by more than ``tol`` (relative) in one step, the rule
+    of PyHessian's power iteration (:func:`power_iteration`), for like-for-like comparisons.
+    Returns (values (k,), descending; vectors (k, n), unit L2 norm in parameter space); ``op.hvps``
+    counts the products.
     """
     if which not in ("LA", "LM"):
         raise ValueError(f"which={which!r}: choose 'LA' (largest) or 'LM' (largest magnitude)")
     if method not in ("lanczos", "eigsh"):
         raise ValueError(f"method={method!r}: choose 'lanczos' or 'eigsh'")
+    if stop not in ("residual", "value"):
+        raise ValueError(f"stop={stop!r}: choose 'residual' or 'value'")
     if not 1 <= k < op.n:
         raise ValueError(f"k={k}: pass 1 <= k < number of parameters ({op.n})")
     v0 = _start_vector(op.n, seed)
     steps = min(op.n, int(max_steps), int(memory_bytes) // (8 * op.n))
     if method == "lanczos" and steps > k:
-        done, vals, vecs = _lanczos_top(op, k, which, tol, v0, steps)
+        done, vals, vecs = _lanczos_top(op, k, which, tol, v0, steps, stop)
         if done:
             return vals, vecs
         v0 = vecs[0]
@@ -234,7 +240,7 @@ def _eigsh_top(
 
 
 def _lanczos_top(
-    op: HessianOperator, k: int, which: str, tol: float, v0: np.ndarray, steps: int
+    op: HessianOperator, k: int, which: str, tol: float, v0: np.ndarray, steps: int, stop: str = "residual"
 ) -> tuple[bool, np.ndarray, np.ndarray]:
     """Lanczos with a Ritz-residual stop (see :func:`top_eigenpairs`); (converged, values, vectors)."""
     from scipy.linalg import eigh_tridiagonal
@@ -258,10 +264,15 @@ def _lanczos_top(
                 eigh_tridiagonal(np.asarray(alpha), np.asarray(beta)) if j else (np.asarray(alpha), np.ones((1, 1)))
             )
             top = np.argsort(-theta if which == "LA" else -np.abs(theta))[:k]
+            prev = vals if j + 1 > k else None
             vals, ritz = theta[top], s[:, top].T
             scale = max(float(np.abs(theta).max()), 1e-300)
             invariant = b <= 1e-12 * scale  # the Krylov space is exhausted: the Ritz pairs are exact
-            if invariant or np.all(b * np.abs(ritz[:, -1]) <= tol * np.maximum(np.abs(vals), 1e-300)):
+            if stop == "value":
+                ok = prev is not None and bool(np.all(np.abs(vals - prev) < tol * np.maximum(np.abs(prev), 1e-12)))
+            else:
+                ok = bool(np.all(b * np.abs(ritz[:, -1]) <= tol * np.maximum(np.abs(vals), 1e-300)))
+            if invariant or ok:
                 vecs = ritz @ basis[: j + 1]
                 return True, vals, vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
         beta.append(b)

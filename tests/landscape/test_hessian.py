@@ -188,7 +188,7 @@ def test_hessian_along_a_path_matches_dense_hessians_at_the_start_and_the_middle
 def test_lanczos_stop_and_its_eigsh_fallback_agree_with_the_dense_top_eigenvalue(dense_case):
     model, bs, h = dense_case
     expected = torch.linalg.eigvalsh(h).flip(0)[:2].numpy()
-    for kw in (dict(method="lanczos"), dict(method="lanczos", max_steps=3), dict(method="eigsh")):
+    for kw in (dict(method="lanczos"), dict(stop="value"), dict(method="lanczos", max_steps=3), dict(method="eigsh")):
         op = HessianOperator(model, bs)
         values, _ = top_eigenpairs(op, k=2, tol=1e-9, **kw)
         np.testing.assert_allclose(values, expected, rtol=1e-6)
