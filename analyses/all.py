@@ -24,6 +24,8 @@ SCRIPTS = (
     "lottery",
     "instability",
     "head_dim",
+    "surface",
+    "hessian",
     "tables",
 )
 

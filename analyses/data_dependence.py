@@ -20,7 +20,7 @@ from analyses import common
 from distill.config import DistillConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(ns=[50, 100], seeds=[0], epochs=1, n_test=100, probe_subset=200, cfg=common.SMOKE_NET),
+    "smoke": dict(ns=[32, 64], seeds=[0], epochs=1, n_test=50, probe_subset=100, cfg=common.SMOKE_NET),
     # BN-free 4x32 ConvNet (no BN: the teacher needs no recalibrated control), 2 epochs at the largest n
     "cpu": dict(
         ns=[500, 2000], seeds=[0, 1, 2], epochs=2, n_test=None, probe_subset=None, cfg=common.small_net(bn=False)

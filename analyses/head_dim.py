@@ -17,13 +17,13 @@ from distill.config import DistillConfig
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="fashion-mnist",
-        subset=200,
-        n_test=200,
+        subset=64,
+        n_test=50,
         seeds=[0],
         out_dims=[1, 64],
         bottlenecks=[8, 16],
         bottleneck_out=64,
-        cfg=dict(common.SMOKE_NET, probe_every=0, probe_subset=200),
+        cfg=dict(common.SMOKE_NET, probe_every=0, probe_subset=100, probes=["knn"]),
     ),
     # Fashion-MNIST, 1,000 images, BN-free 4x32 ConvNet, 2 epochs; probes on a 5k training subset
     "cpu": dict(

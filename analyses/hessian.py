@@ -104,7 +104,9 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     paths, densities, accuracy = [], [], []
     for start, ref in zip(STARTS, ((store, store.epochs[-1]), (store, 0))):
         path = ctx.store(f"children-{start}.h5")
-        kids = landscape.instability(ref, data, children=pre["children"], cfg=scfg, alphas=2, store=path)
+        kids = landscape.instability(
+            ref, data, children=pre["children"], cfg=scfg, alphas=2, store=path, device=ctx.device
+        )
         accuracy.append(kids.child_test_accuracy.values)
         rows = []
         for pair in pairs:

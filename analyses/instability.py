@@ -21,10 +21,10 @@ from distill.config import DistillConfig, SupervisedConfig
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="fashion-mnist",
-        subset=200,
-        n_test=200,
+        subset=64,
+        n_test=50,
         children=2,
-        alphas=5,
+        alphas=3,
         epochs=[0, 1],
         distill=dict(common.SMOKE_NET, probes=[], save_epochs=[1]),
         sup=dict(epochs=1, milestones=[], lr=0.05, augment="flip_crop", batch_size=64),

@@ -20,15 +20,15 @@ from distill.config import DistillConfig
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="fashion-mnist",
-        subset=200,
-        n_test=200,
+        subset=64,
+        n_test=50,
         alphas=[0.0, 1.0],
-        seeds=[0, 1],
+        seeds=[0],
         nets={
             "bn": dict(common.SMOKE_NET, arch_options={"width": 8, "depth": 2, "bn": True}),
             "no_bn": common.SMOKE_NET,
         },
-        cfg=dict(probe_every=0, probe_subset=200),
+        cfg=dict(probe_every=0, probe_subset=100, probes=["knn"]),
     ),
     # Fashion-MNIST, 1,000 images, 2 epochs, probes (start and end) on a 5k training subset
     "cpu": dict(

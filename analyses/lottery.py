@@ -23,12 +23,12 @@ CURVES = ["student", "student random_prune", "student random_reinit", "init", "e
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="fashion-mnist",
-        subset=200,
-        n_test=200,
+        subset=64,
+        n_test=50,
         seeds=[0],
         levels=2,
         fraction=0.5,
-        step=2,
+        step=1,  # the one step of 64 images at batch 64
         distill=dict(common.SMOKE_NET, probes=[]),
         sup=dict(epochs=1, milestones=[], lr=0.02, augment="none", batch_size=64),
     ),

@@ -27,11 +27,11 @@ from distill.config import DistillConfig
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="fashion-mnist",
-        subset=200,
-        n_test=100,
-        resolution=4,
-        n_loss=100,
-        n_probe=200,
+        subset=64,
+        n_test=50,
+        resolution=3,
+        n_loss=50,
+        n_probe=100,
         seed=0,
         cfg=dict(common.SMOKE_NET, probes=[], epochs=1),
     ),

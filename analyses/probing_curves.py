@@ -21,16 +21,17 @@ from distill.config import DistillConfig
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="fashion-mnist",
-        subset=200,
-        n_test=200,
-        seeds=[0, 1],
+        subset=64,
+        n_test=50,
+        seeds=[0],
         recipe="paper",
         cfg=dict(
             common.SMOKE_NET,
             arch_options={"width": 8, "depth": 2, "bn": True},
-            epochs=2,
+            epochs=1,
             probe_every=1,
-            probe_subset=200,
+            probe_subset=100,
+            probes=["knn"],
         ),
     ),
     # Fashion-MNIST, 4x32 ConvNet with BN, 2,000 images, 3 epochs, probes every epoch on a 5k training subset

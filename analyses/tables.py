@@ -40,25 +40,26 @@ PAPER_KNN = {"vgg11": (44.92, 51.32), "resnet18": (37.65, 44.67)}
 PAPER_INPUT = {"linear": 39.02, "knn": 33.61}
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # seconds: two archs on 200 training / 100 test images, one tiny student
+    # seconds: two archs on 100 training / 50 test images, one tiny student
     "smoke": dict(
         archs=["vgg11", "vit_tiny"],
         seeds=[0],
-        subset=200,
-        n_test=100,
-        arch_options={"vit_tiny": {"depth": 2}},
+        subset=100,
+        n_test=50,
+        arch_options={"vit_tiny": {"depth": 1}},
         student=dict(
             archs=["vgg11"],
             seeds=[0],
             cfg=dict(
-                subset=200,
+                subset=100,
                 epochs=1,
-                out_dim=256,
-                hidden_dim=128,
+                out_dim=64,
+                hidden_dim=32,
+                bottleneck_dim=16,
                 lr=1e-4,
                 probe_every=1,
-                batch_size=64,
-                probe_subset=200,
+                batch_size=50,
+                probe_subset=100,
             ),
         ),
     ),

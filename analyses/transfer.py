@@ -24,9 +24,9 @@ A, B = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         pairs={"fashion-mnist 0-4 -> 5-9": ("fashion-mnist", A, B)},
-        subset=100,
-        n_test=100,
-        probe_subset=200,
+        subset=64,
+        n_test=50,
+        probe_subset=100,
         seeds=[0],
         cfg=common.SMOKE_NET,
     ),

@@ -35,6 +35,24 @@ EXPECTED = {
         "accuracy_out_dim": {"out_dim", "seed", "model", "probe"},
         "accuracy_bottleneck": {"bottleneck_dim", "seed", "model", "probe"},
     },
+    "surface": {
+        "line_loss": {"centre", "seed", "t"},
+        "line_error": {"centre", "seed", "t"},
+        "plane_loss": {"centre", "seed", "x", "y"},
+        "plane_error": {"centre", "seed", "x", "y"},
+        "through_loss": {"u", "v"},
+        "through_error": {"u", "v"},
+        "child_test_accuracy": {"centre", "child"},
+    },
+    "hessian": {
+        "path_eigenvalue": {"start", "pair", "alpha", "eigen"},
+        "path_trace": {"start", "pair", "alpha"},
+        "level_eigenvalue": {"level", "eigen"},
+        "level_trace": {"level"},
+        "remaining": {"level"},
+        "density": {"start", "lambda"},
+        "child_test_accuracy": {"start", "child"},
+    },
 }
 
 
