@@ -32,6 +32,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	@scripts/ensure-data.sh --required
+	@$(BIN)/python -c "import faiss" 2>/dev/null || $(BIN)/python -m pip install $(PIP_QUIET) -e '.[dev,bench]'
 	$(BIN)/python -m bench.run_all
 
 # ruff (lint + format check) and mypy over the packages; configuration in pyproject.toml
