@@ -5,6 +5,7 @@ resume where the first stopped (finished scripts only re-read their caches). A f
 reported and the others still run; the exit status is 1 when any failed.
 
     python -m analyses.all --preset smoke|cpu|gpu [--only tables,locality] [--results DIR] [--runs DIR]
+                           [--root DIR] [--executor SPEC]
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default="results")
     p.add_argument("--runs", default="runs")
     p.add_argument("--root", default=None, help="CIFAR-10 location (default: the standard places)")
+    p.add_argument(
+        "--executor",
+        default=None,
+        metavar="SPEC",
+        help="passed to every script: dask:SCHEDULER, dask-local:N, submitit:FOLDER, process:N or thread:N "
+        "(default: every run one after the other here)",
+    )
     a = p.parse_args(argv)
     names = [n for n in a.only.split(",") if n] or list(SCRIPTS)
     unknown = [n for n in names if n not in SCRIPTS]
@@ -46,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     status = {}
     for name in names:
         t0 = time.time()
-        args = ["--preset", a.preset, "--results", a.results, "--runs", a.runs] + (["--root", a.root] if a.root else [])
+        args = ["--preset", a.preset, "--results", a.results, "--runs", a.runs]
+        args += (["--root", a.root] if a.root else []) + (["--executor", a.executor] if a.executor else [])
         print(f"=== analyses.{name} {' '.join(args)}", flush=True)
         try:
             rc = importlib.import_module(f"analyses.{name}").main(args)

@@ -57,3 +57,33 @@ def test_a_bad_executor_spec_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1 and "unknown kind 'mpi'" in err
     assert not list(tmp_path.iterdir())  # nothing was run
+
+
+def test_all_passes_its_options_on_to_every_script(monkeypatch):
+    """analyses.all hands --preset, --results, --runs, --root and --executor to each script's main."""
+    import sys
+    import types
+
+    from analyses import all as run_all
+
+    seen: dict[str, list[str]] = {}
+
+    def recorder(name: str):
+        def main(argv: list[str]) -> int:
+            seen[name] = list(argv)
+            return 0
+
+        return main
+
+    for name in ("fake_a", "fake_b"):
+        mod = types.ModuleType(f"analyses.{name}")
+        mod.main = recorder(name)  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, f"analyses.{name}", mod)
+    monkeypatch.setattr(run_all, "SCRIPTS", ("fake_a", "fake_b"))
+    argv = ["--preset", "smoke", "--results", "R", "--runs", "U", "--root", "D", "--executor", "process:2"]
+    assert run_all.main(argv) == 0
+    want = ["--preset", "smoke", "--results", "R", "--runs", "U", "--root", "D", "--executor", "process:2"]
+    assert seen == {"fake_a": want, "fake_b": want}
+    seen.clear()
+    assert run_all.main(["--preset", "smoke", "--only", "fake_b"]) == 0
+    assert seen == {"fake_b": ["--preset", "smoke", "--results", "results", "--runs", "runs"]}
