@@ -30,7 +30,8 @@ def test_seed_loop_on_a_process_pool_matches_the_sequential_run_and_reruns_skip(
     monkeypatch.setattr(common, "load", lambda *a, **k: synthetic(n_train=128, n_test=64))
     smoke = probing_curves.PRESETS["smoke"]
     cfg = {**smoke["cfg"], "epochs": 1, "probes": ["knn"], "probe_subset": None}
-    monkeypatch.setitem(probing_curves.PRESETS, "smoke", {**smoke, "dataset": "synthetic", "subset": None, "cfg": cfg})
+    tiny = {**smoke, "dataset": "synthetic", "subset": None, "seeds": [0, 1], "cfg": cfg}  # two seeds: two units
+    monkeypatch.setitem(probing_curves.PRESETS, "smoke", tiny)
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # workers: this process's thread count
     seq = _run(tmp_path / "seq")
     with caplog.at_level(logging.INFO, logger="landscape.sweep"):
