@@ -45,7 +45,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     budget = pre["epochs"] * math.ceil(max(ns) / batch)  # steps of the largest n
     acc = np.full((2, 2, len(ns), len(seeds), len(common.MODELS), len(probes)), np.nan)
     steps = np.zeros((2, 2, len(ns)), dtype=np.int64)
-    configs = {}
+    configs: dict[str, DistillConfig] = {}
+    runs: list[tuple[tuple[int, int, int, int], str, DistillConfig]] = []
     for di, kind in enumerate(("real", "gaussian")):
         for ri, regime in enumerate(("epochs", "steps")):
             for ni, n in enumerate(ns):
@@ -68,13 +69,13 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                     )
                     tag = f"{kind}-n{n}-e{epochs}-s{s}"
                     configs[tag] = cfg
-                    store = common.distil(cfg, ctx.store(f"{tag}.h5"))
-                    pcfg = cfg.replace(probes=probes)
-                    r = common.probe_run(pcfg, store, probe_data, ctx, tag)
-                    acc[di, ri, ni, si] = common.probes_array(r, probes).values
-                    print(
-                        f"{tag}: student " + ", ".join(f"{p} {100 * r['student'][p]:.2f}" for p in probes), flush=True
-                    )
+                    runs.append(((di, ri, ni, si), tag, cfg))
+    # the distillations are independent: through --executor when given; then the probes, here
+    stores = common.distil_all([(cfg, ctx.store(f"{tag}.h5")) for _, tag, cfg in runs], ctx)
+    for (index, tag, cfg), store in zip(runs, stores):
+        r = common.probe_run(cfg.replace(probes=probes), store, probe_data, ctx, tag)
+        acc[index] = common.probes_array(r, probes).values
+        print(f"{tag}: student " + ", ".join(f"{p} {100 * r['student'][p]:.2f}" for p in probes), flush=True)
     ds = xr.Dataset(
         {
             "accuracy": (

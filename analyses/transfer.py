@@ -19,6 +19,8 @@ import xarray as xr
 
 from analyses import common
 from distill.config import DistillConfig
+from distill.store import Store
+from landscape.locality import DistillUnit
 
 A, B = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 PRESETS: dict[str, dict[str, Any]] = {
@@ -55,6 +57,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     probes, seeds, pairs = ["knn", "linear", "linear_std"], list(pre["seeds"]), list(pre["pairs"])
     acc = np.full((len(pairs), len(seeds), len(MODELS), len(probes)), np.nan)
     configs = {}
+    runs: list[tuple[int, int, str, str, DistillConfig, Any, str]] = []  # pair, seed, role, tag, cfg, probe data, store
+    units: dict[str, DistillUnit] = {}  # by store: a class split shared by two pairs is distilled once
     for pi, pair in enumerate(pairs):
         name, src, tgt = pre["pairs"][pair]
         full = common.load(name, ctx, n_test=pre["n_test"])
@@ -62,7 +66,6 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         if pre["probe_subset"]:
             target = target.subset(pre["probe_subset"], 0)
         for si, s in enumerate(seeds):
-            got = {}
             for role, classes in (("transfer", src), ("in_domain", tgt)):
                 train = common.keep_classes(full, classes)
                 train = train.subset(min(pre["subset"], len(train.train)), s) if pre["subset"] else train
@@ -78,16 +81,22 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                 )
                 tag = f"{name}-{''.join(map(str, classes))}-s{s}"
                 configs[tag] = cfg.to_dict() | {"classes": classes}
-                store = common.distil(cfg, ctx.store(f"{tag}.h5"), data=train)
-                r = common.probe_run(
-                    cfg.replace(probes=probes), store, target, ctx, f"{tag}-on-{''.join(map(str, tgt))}"
-                )
-                got[f"student_{role}"] = r["student"]
-                got.update({k: r[k] for k in ("teacher", "teacher_bn", "input")} if role == "transfer" else {})
-            acc[pi, si] = [[got[m][p] for p in probes] for m in MODELS]
-            print(
-                f"{pair} seed {s}: " + "; ".join(f"{m} linear {100 * got[m]['linear']:.2f}" for m in MODELS), flush=True
-            )
+                out = str(ctx.store(f"{tag}.h5"))
+                runs.append((pi, si, role, f"{tag}-on-{''.join(map(str, tgt))}", cfg, target, out))
+                units.setdefault(out, DistillUnit(cfg.to_dict(), out, train))
+    common.sweep(list(units.values()), ctx)  # the distillations are independent: through --executor when given
+    got: dict[tuple[int, int], dict[str, Any]] = {}
+    for pi, si, role, probe_tag, cfg, target, out in runs:
+        r = common.probe_run(cfg.replace(probes=probes), Store(out), target, ctx, probe_tag)
+        g = got.setdefault((pi, si), {})
+        g[f"student_{role}"] = r["student"]
+        g.update({k: r[k] for k in ("teacher", "teacher_bn", "input")} if role == "transfer" else {})
+    for (pi, si), g in got.items():
+        acc[pi, si] = [[g[m][p] for p in probes] for m in MODELS]
+        print(
+            f"{pairs[pi]} seed {seeds[si]}: " + "; ".join(f"{m} linear {100 * g[m]['linear']:.2f}" for m in MODELS),
+            flush=True,
+        )
     ds = xr.Dataset(
         {
             "accuracy": (
