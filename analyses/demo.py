@@ -8,6 +8,7 @@ probe teacher, BN-recalibrated teacher, student and raw input, print the table, 
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=DEMO.epochs)
     p.add_argument("--fresh", action="store_true", help="delete an existing demo store first")
     a = p.parse_args(argv)
+    # off a terminal (make demo > log) the per-epoch progress comes as log lines: show them
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
 
     from distill.train import distill, distillation_gain, summary_table
     from landscape.plotting import plot_probes
