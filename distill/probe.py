@@ -377,9 +377,10 @@ def fit_linear(
     losses = [_full_loss(layer, x, y)] if until_convergence else []
     for _ in tqdm(range(n_epochs), desc="linear probe", leave=False, disable=True if n * n_epochs < 10**7 else None):
         order = torch.randperm(n, generator=gen).to(dev)
-        xs, ys = x[order], y[order]  # one gather per epoch; the batches below are views
         for i in range(0, n, batch_size):
-            loss = F.cross_entropy(layer(xs[i : i + batch_size]), ys[i : i + batch_size])
+            # a gather per batch: a whole-epoch gather of (N, D) costs a fresh N x D buffer every epoch
+            j = order[i : i + batch_size]
+            loss = F.cross_entropy(layer(x[j]), y[j])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
