@@ -316,16 +316,14 @@ def test_output_layout_and_attrs(data):
 
 
 def test_store_references_are_resolved(data, tmp_path):
-    store_mod = pytest.importorskip("distill.store")
-    models = pytest.importorskip("distill.models")
-    try:
-        a = models.build_model("mlp", (3, 8, 8), num_classes=4, head="linear")
-        b = models.build_model("mlp", (3, 8, 8), num_classes=4, head="linear")
-        store = store_mod.Store.create(tmp_path / "run.h5", {"seed": 0})
-        store.save_module("left", a)
-        store.save_module("right", b)
-    except Exception as exc:  # the store/model API is exercised by its own tests
-        pytest.skip(f"store not usable here: {exc}")
+    from distill import models
+    from distill.store import Store
+
+    a = models.build_model("mlp", (3, 8, 8), num_classes=4, head="linear")
+    b = models.build_model("mlp", (3, 8, 8), num_classes=4, head="linear")
+    store = Store.create(tmp_path / "run.h5", {"seed": 0})
+    store.save_module("left", a)
+    store.save_module("right", b)
     ds = linear_path((store, "left"), (str(store.path), "right"), data, alphas=3, **COMMON)
     direct = linear_path(a, b, data, alphas=3, **COMMON)
     np.testing.assert_allclose(ds.loss.values, direct.loss.values, rtol=1e-6)
