@@ -19,7 +19,7 @@ import h5py
 import torch
 
 from distill.store.errors import StoreError
-from distill.store.info import attr_value, check_format, group_names
+from distill.store.info import group_names
 from distill.store.objects import read_tensors
 
 if TYPE_CHECKING:
@@ -29,22 +29,11 @@ if TYPE_CHECKING:
 class SingleFile:
     """One HDF5 file holding a whole store; opened per access, never locked, never written."""
 
-    def __init__(self, path: Path, attrs: dict[str, Any] | None = None):
+    def __init__(self, path: Path, attrs: dict[str, Any]):
+        """``attrs``: the file's root attributes, already read and checked by
+        :func:`distill.store.info.read_attrs` (which names every way a path is not a store)."""
         self.path = path
-        if attrs is not None:  # already read and checked (distill.store.info.read_attrs)
-            self.attrs = attrs
-            return
-        try:
-            with h5py.File(path, "r", locking=False) as f:
-                self.attrs = {k: attr_value(v) for k, v in f.attrs.items()}
-        except IsADirectoryError:
-            raise StoreError(f"{path} is a folder but not a random-teachers store") from None
-        except PermissionError:
-            raise StoreError(f"{path}: cannot read the store (permission denied): fix the permissions") from None
-        except OSError as e:
-            what = "not an HDF5 file" if not h5py.is_hdf5(path) else "truncated or corrupt HDF5"
-            raise StoreError(f"{path} is not readable as a store ({what}: {str(e).splitlines()[0]})") from None
-        check_format(self.attrs, path)
+        self.attrs = attrs
 
     def _file(self) -> h5py.File:
         try:
