@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PIP_QUIET := -q --disable-pip-version-check
+PIP_QUIET := -q --disable-pip-version-check --no-cache-dir
 
 .PHONY: demo test bench data venv clean lint docs
 
