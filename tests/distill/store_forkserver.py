@@ -10,6 +10,7 @@ Forking keeps each writer's start-up to milliseconds, so hundreds of kills fit i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -78,10 +79,37 @@ def job_distill(req: dict) -> None:
 
     if req.get("crash_after") is not None or req.get("log"):
         fsio.crash_after(req.get("crash_after"), log=bool(req.get("log")))
+    if req.get("lockstep"):
+        lockstep(Path(req["lockstep"]))
     ready()
     run_distill(tiny_cfg(**req["cfg"]), req["store"], data=synthetic(), progress=False)
     if req.get("log"):
         say(oplog=fsio.OPLOG)
+
+
+def lockstep(acks: Path) -> None:
+    """After each epoch's commit, wait until a reader has finished a whole poll that started after
+    it (the reader writes its poll count to ``acks``): every commit is then seen by a reader,
+    however fast the run and however slow the reader's polls on a busy machine."""
+    from distill.store import core
+
+    def polls() -> int:
+        try:
+            return int(acks.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    plain = core.Store.commit
+
+    @contextlib.contextmanager
+    def commit(self, epoch):  # type: ignore[no-untyped-def]
+        with plain(self, epoch) as s:
+            yield s
+        n, deadline = polls(), time.monotonic() + 300  # the deadline only keeps a broken reader from hanging CI
+        while polls() < n + 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    core.Store.commit = commit  # type: ignore[method-assign]
 
 
 def hold(req: dict) -> None:

@@ -23,9 +23,9 @@ READER = textwrap.dedent("""
     from pathlib import Path
     from distill.store import Store
     from landscape.cli import main as rtt
-    path, stop = Path(sys.argv[1]), Path(sys.argv[2])
+    path, stop, acks = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     polls = errors = 0
-    last_commits, first_error = [], None
+    last_commits, first_error, seen = [], None, set()
     print("ready", flush=True)
     while True:
         finished = stop.exists()  # one more full poll after the writer is done
@@ -45,21 +45,25 @@ READER = textwrap.dedent("""
                     code = rtt(["info", str(path)])
                 assert code == 0, buf.getvalue()
                 last_commits = commits
+                seen.add(len(commits))
                 polls += 1
+                (acks.parent / "acks.tmp").write_text(str(polls))
+                (acks.parent / "acks.tmp").replace(acks)
             except Exception as e:
                 errors += 1
                 first_error = first_error or f"{type(e).__name__}: {e}"
         if finished:
             break
         time.sleep(0.05)
-    print(json.dumps({"polls": polls, "errors": errors, "first_error": first_error, "commits": last_commits}))
+    print(json.dumps({"polls": polls, "errors": errors, "first_error": first_error, "commits": last_commits,
+                      "seen": sorted(seen)}))
 """)
 
 
 def test_a_reader_polling_a_whole_run_sees_no_error(tmp_path, capsys):
-    path, stop = tmp_path / "live.h5", tmp_path / "stop"
+    path, stop, acks = tmp_path / "live.h5", tmp_path / "stop", tmp_path / "acks"
     reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(path), str(stop)],
+        [sys.executable, "-c", READER, str(path), str(stop), str(acks)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -68,7 +72,7 @@ def test_a_reader_polling_a_whole_run_sees_no_error(tmp_path, capsys):
     assert reader.stdout.readline().strip() == "ready"
     try:
         lines, done = shared_server().run(
-            job="distill", store=str(path), cfg={"epochs": 4, "probes": []}, kill_after_s=None
+            job="distill", store=str(path), cfg={"epochs": 4, "probes": []}, kill_after_s=None, lockstep=str(acks)
         )
     finally:
         stop.touch()
@@ -77,11 +81,12 @@ def test_a_reader_polling_a_whole_run_sees_no_error(tmp_path, capsys):
     got = json.loads(out.strip().splitlines()[-1])
     assert reader.returncode == 0, err
     assert got["errors"] == 0, got["first_error"]
-    assert got["polls"] >= 1 and got["commits"] == list(range(5))
+    # the writer waited for a full poll after each commit, so the reader saw every intermediate state
+    assert got["commits"] == list(range(5)) and set(range(1, 6)) <= set(got["seen"]), got
     report(
         capsys,
-        f"reader polled student(e), .metrics and rtt info {got['polls']} times during a 4-epoch run: "
-        f"{got['errors']} errors in the reader, 0 in the writer",
+        f"reader polled student(e), .metrics and rtt info {got['polls']} times during a 4-epoch run "
+        f"(after each of its 5 commits at least once): {got['errors']} errors in the reader, 0 in the writer",
     )
 
 
