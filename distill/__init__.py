@@ -24,6 +24,7 @@ _EXPORTS = {
     "init_student": "init",
     "recalibrate_bn": "bn",
     "Store": "store",
+    "StoreBusy": "store",
     "StoreError": "store",
     "as_module": "store",
     "DistillConfig": "config",

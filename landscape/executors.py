@@ -36,7 +36,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from distill.store import StoreError
+from distill.store import StoreBusy, StoreError
 
 log = logging.getLogger("landscape.sweep")
 
@@ -49,7 +49,8 @@ class ExecutorSpecError(ValueError):
 
 @dataclass(frozen=True)
 class _Busy:
-    message: str
+    store: str
+    holder: str
 
 
 def _busy_as_result(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -57,10 +58,8 @@ def _busy_as_result(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     value (submitit turns a job's exceptions into a traceback text, which would lose it)."""
     try:
         return fn(*args, **kwargs)
-    except StoreError as e:
-        if running_elsewhere(e):
-            return _Busy(str(e))
-        raise
+    except StoreBusy as e:
+        return _Busy(e.store, e.holder)
 
 
 class SubmititExecutor(Executor):
@@ -85,7 +84,7 @@ class SubmititExecutor(Executor):
                 future.set_exception(e)
                 return
             if isinstance(result, _Busy):
-                future.set_exception(StoreError(result.message))
+                future.set_exception(StoreBusy(result.store, result.holder))
             else:
                 future.set_result(result)
 
@@ -196,7 +195,7 @@ class SweepIncomplete(StoreError):
 def running_elsewhere(error: BaseException) -> bool:
     """True when ``error`` is a store's refusal of a second writer: another live process holds the
     store's writer lock, so the unit is being computed there."""
-    return isinstance(error, StoreError) and " is being written by " in str(error)
+    return isinstance(error, StoreBusy)
 
 
 def run_units(
@@ -221,11 +220,10 @@ def run_units(
         try:
             results[i] = get()
         except Exception as e:
-            if not running_elsewhere(e):
+            if not isinstance(e, StoreBusy):  # running_elsewhere(e), narrowed for the attributes below
                 raise
             log.warning("%s: %s; left to it", desc, e)
-            where, _, holder = str(e).partition(" is being written by ")
-            busy.append(f"{where} by {holder.split(': wait')[0]}")
+            busy.append(f"{e.store} by {e.holder}")
 
     if executor is None:
         for i in tqdm(todo, desc=desc, disable=disable):

@@ -11,8 +11,9 @@ A store is a folder (``runs/x.h5``) of immutable HDF5 files, each readable with 
 ``root`` is ``modules``, ``masks``, ``state`` or ``results`` (netCDF files). Promises, each
 proven by a test: a completed write is never damaged by a later kill (temporary name, fsync,
 atomic rename, folder fsync; nothing is rewritten in place); an epoch's files become visible
-together (one directory rename); one writer at a time (a second is refused, naming the holder);
-readers take no lock; loading is strict (dtypes, shapes, finiteness, bounded specs, checksums).
+together (one directory rename); one writer at a time (a second is refused with
+:class:`~distill.store.errors.StoreBusy`, naming the holder); readers take no lock; loading is
+strict (dtypes, shapes, finiteness, bounded specs, checksums).
 Modules: :mod:`~distill.store.core` (Store), :mod:`~distill.store.fsio` (atomic writes, lock),
 :mod:`~distill.store.objects` (one object per file), :mod:`~distill.store.single` (format-1 and
 packed single files), :mod:`~distill.store.pack` (``rtt pack``, ``rtt verify``),
@@ -27,13 +28,23 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from distill.store.errors import StoreError
+from distill.store.errors import StoreBusy, StoreError
 from distill.store.info import FORMAT, FORMAT_VERSION
 
 if TYPE_CHECKING:
     from distill.store.core import Store, as_module, build_checked, load_into, student_name
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "Store", "StoreError", "as_module", "build_checked", "load_into", "student_name"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Store",
+    "StoreBusy",
+    "StoreError",
+    "as_module",
+    "build_checked",
+    "load_into",
+    "student_name",
+]
 _FROM_CORE = {"Store", "as_module", "build_checked", "load_into", "student_name"}
 
 

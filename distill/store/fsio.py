@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distill.store.errors import StoreError
+from distill.store.errors import StoreBusy, StoreError
 
 _COUNT = 0
 _CRASH_AFTER: int | None = int(os.environ["RTT_STORE_CRASH_AFTER"]) if os.environ.get("RTT_STORE_CRASH_AFTER") else None
@@ -272,10 +272,7 @@ class _Lock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise StoreError(
-                f"{path.parent} is being written by {holder or 'another process'}: wait for it to "
-                "finish or stop it; readers need no lock"
-            ) from None
+            raise StoreBusy(str(path.parent), holder or "another process") from None
         except OSError as e:
             os.close(fd)
             raise io_error(e, path, "lock the store") from None

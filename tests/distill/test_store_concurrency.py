@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from distill.store import Store, StoreError
+from distill.store import Store, StoreBusy, StoreError
 from distill.train import distill as run
 from landscape.cli import main as rtt
 from tests.distill.store_helpers import ROOT, checksums, memory_dir, report, shared_server, write_mnist
@@ -130,8 +131,14 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
         assert f"is being written by pid {pid} on host" in err
-        with pytest.raises(StoreError, match=f"pid {pid}"):
+        with pytest.raises(StoreBusy, match=f"pid {pid}") as refused:
             run(tiny_cfg(epochs=1, probes=[]), path, data=synthetic(), progress=False)
+        busy = refused.value
+        assert isinstance(busy, StoreError) and busy.store == str(path) and busy.holder.startswith(f"pid {pid} on host")
+        want = f"{path} is being written by {busy.holder}: wait for it to finish or stop it; readers need no lock"
+        assert str(busy) == want
+        again = pickle.loads(pickle.dumps(busy))  # how a process pool or dask hands it back
+        assert type(again) is StoreBusy and (again.store, again.holder, str(again)) == (busy.store, busy.holder, want)
         # the refusals returned while the holder still holds the lock: nobody waited for it to finish
         os.kill(pid, 0)  # still alive (unreaped children of the server keep their pid)
         assert checksums(path) == before

@@ -22,7 +22,7 @@ import torch
 from distributed import Client, LocalCluster
 
 from distill.progress import read_progress
-from distill.store import Store, StoreError
+from distill.store import Store, StoreBusy, StoreError
 from landscape.executors import SubmititExecutor, SweepIncomplete, open_executor, run_units
 from landscape.locality import distillation_complete, locality, point_config, point_path
 from tests.distill.test_train import synthetic, tiny_cfg
@@ -282,7 +282,7 @@ class BusyUnit:
         return False
 
     def __call__(self) -> None:
-        raise StoreError("runs/x.h5 is being written by pid 1 on host h: wait for it to finish or stop it")
+        raise StoreBusy("runs/x.h5", "pid 1 on host h")
 
 
 def test_a_busy_store_in_a_submitit_job_is_still_recognised(tmp_path):
@@ -290,6 +290,35 @@ def test_a_busy_store_in_a_submitit_job_is_still_recognised(tmp_path):
     ex = SubmititExecutor(submitit.DebugExecutor(folder=tmp_path))
     with pytest.raises(SweepIncomplete, match=r"1 of 1 work units .*\(runs/x\.h5 by pid 1 on host h\)"):
         run_units([BusyUnit()], ex)
+
+
+class FailingUnit:
+    """A unit failing with a store error that is not a lock refusal, though its text reads like one."""
+
+    def done(self) -> bool:
+        return False
+
+    def __call__(self) -> None:
+        raise StoreError("runs/x.h5 is being written by nobody: a corrupt file, not a lock")
+
+
+def test_only_a_store_busy_error_leaves_a_unit_to_another_process():
+    ran: list[int] = []
+
+    class Other:
+        def done(self) -> bool:
+            return False
+
+        def __call__(self) -> int:
+            ran.append(1)
+            return 1
+
+    with pytest.raises(SweepIncomplete, match=r"1 of 2 work units .*\(runs/x\.h5 by pid 1 on host h\)"):
+        run_units([BusyUnit(), Other()], None)
+    assert ran == [1]  # the other unit still ran
+    with pytest.raises(StoreError, match="a corrupt file") as failed:
+        run_units([FailingUnit(), BusyUnit()], None)
+    assert not isinstance(failed.value, SweepIncomplete)
 
 
 def test_killing_a_dask_worker_then_rerunning_skips_the_finished_points(
