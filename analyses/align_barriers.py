@@ -7,17 +7,27 @@ initialisations (and data orders); the straight path between them is evaluated o
 matching with REPAIR. Networks: MLPs with two hidden layers of the given width (and, in the gpu
 preset, ConvNets).
 
-    python -m analyses.align_barriers --preset cpu     # writes results/align_barriers.nc + .png
+    python -m analyses.align_barriers --preset smoke|cpu|gpu [--executor SPEC]
+                                                       # writes results/align_barriers.nc + .png
+
+Each (width, seed) pair is a work unit (:class:`PairUnit`): it trains its two networks, evaluates the
+four paths and writes ``runs/align_barriers/<preset>/pair-w<width>-s<seed>.nc``; ``--executor`` runs
+the pairs in parallel, and a rerun skips the pairs whose file holds the same settings.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import xarray as xr
+
+from analyses import common
 
 PRESETS = {
     "smoke": dict(
@@ -59,110 +69,166 @@ def _build(arch: str, width: int, in_shape, num_classes: int, seed: int):
         return build_model(arch, in_shape, head="linear", num_classes=num_classes, **opts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=tuple(PRESETS), default="cpu")
-    p.add_argument("--out", default=None, help="result file (default: results/align_barriers.nc; smoke: runs/)")
-    a = p.parse_args(argv)
-    import torch
-    import xarray as xr
+@dataclass(frozen=True)
+class PairUnit:
+    """One (width, seed) pair as a work unit (:mod:`landscape.executors`): plain data, picklable. It
+    trains nets a (init seed 1000 seed, data seed 2 seed) and b (1000 seed + 1, 2 seed + 1) and writes
+    the test error (fraction) and loss (nats) along the four paths, dims (alignment, alpha), and
+    the end points' test accuracy, dim (end,), to ``out``. ``data``: the Fashion-MNIST subset (None:
+    loaded here, e.g. on a worker)."""
 
-    import distill
-    from analyses.common import save
-    from distill.config import SupervisedConfig
-    from distill.data import load_dataset
-    from distill.supervised import train_supervised
-    from landscape.paths import barrier, linear_path
+    arch: str
+    width: int
+    seed: int
+    subset: int | None
+    test: int | None
+    alphas: int
+    sup: dict
+    device: str
+    out: str
+    data: Any = None
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    pre = PRESETS[a.preset]
-    out = Path(a.out or ("runs/align_barriers_smoke.nc" if a.preset == "smoke" else "results/align_barriers.nc"))
-    data = load_dataset("fashion-mnist", subset=pre["subset"], seed=0)
-    device = "cpu" if a.preset != "gpu" else "auto"
-    widths, seeds, alphas = pre["widths"], list(range(pre["seeds"])), pre["alphas"]
-    err = np.full((len(widths), len(seeds), len(METHODS), alphas), np.nan)
-    loss = np.full_like(err, np.nan)
-    acc = np.full((len(widths), len(seeds), 2), np.nan)
-    seconds = np.zeros((len(widths), len(seeds)))
-    for i, w in enumerate(widths):
-        for j, s in enumerate(seeds):
-            t0 = time.perf_counter()
-            nets = []
-            for k in range(2):  # independent init and data order: seeds 2s and 2s + 1
-                cfg = SupervisedConfig(**pre["sup"], data_seed=2 * s + k, aug_seed=2 * s + k, device=device)
-                net = _build(pre["arch"], w, data.in_shape, data.num_classes, 1000 * s + k)
-                res = train_supervised(net, data, cfg, progress=False)
-                acc[i, j, k] = res["test_accuracy"]
-                nets.append(net.eval())
-            for m, method in enumerate(METHODS):
-                align = None if method == "none" else method.split("+")[0]
-                ds = linear_path(
-                    nets[0],
-                    nets[1],
-                    data,
-                    alphas=alphas,
-                    splits=("test",),
-                    device=device,
-                    max_examples=pre["test"],
-                    align=align,
-                    repair=method.endswith("repair"),
-                )
-                err[i, j, m], loss[i, j, m] = ds.error.values[:, 0], ds.loss.values[:, 0]
-            seconds[i, j] = time.perf_counter() - t0
-            b = 100 * (err[i, j].max(-1) - (err[i, j, :, 0] + err[i, j, :, -1]) / 2)
-            print(
-                f"width {w:5d} seed {s}: test acc {100 * acc[i, j, 0]:.2f} / {100 * acc[i, j, 1]:.2f} %; error "
-                "barrier [pp] " + ", ".join(f"{n} {v:.2f}" for n, v in zip(METHODS, b)) + f"  ({seconds[i, j]:.0f} s)",
-                flush=True,
+    def key(self) -> str:
+        """The settings the result depends on (JSON), kept in the file's attrs."""
+        return json.dumps({k: v for k, v in asdict(self).items() if k not in ("out", "data")}, sort_keys=True)
+
+    def done(self) -> bool:
+        """Whether ``out`` holds this pair's result for the same settings."""
+        try:
+            return common.open_result(self.out).attrs.get("unit") == self.key()
+        except (OSError, ValueError):
+            return False
+
+    def __call__(self) -> str:
+        from distill.config import SupervisedConfig
+        from distill.data import load_dataset
+        from distill.supervised import train_supervised
+        from landscape.paths import linear_path
+
+        if self.done():
+            return self.out
+        t0 = time.perf_counter()
+        data = self.data if self.data is not None else load_dataset("fashion-mnist", subset=self.subset, seed=0)
+        nets, acc = [], []
+        for k in range(2):  # independent init and data order: seeds 2s and 2s + 1
+            cfg = SupervisedConfig(
+                **self.sup, data_seed=2 * self.seed + k, aug_seed=2 * self.seed + k, device=self.device
             )
+            net = _build(self.arch, self.width, data.in_shape, data.num_classes, 1000 * self.seed + k)
+            acc.append(train_supervised(net, data, cfg, progress=False)["test_accuracy"])
+            nets.append(net.eval())
+        err, loss = np.full((len(METHODS), self.alphas), np.nan), np.full((len(METHODS), self.alphas), np.nan)
+        for m, method in enumerate(METHODS):
+            ds = linear_path(
+                nets[0],
+                nets[1],
+                data,
+                alphas=self.alphas,
+                splits=("test",),
+                device=self.device,
+                max_examples=self.test,
+                align=None if method == "none" else method.split("+")[0],
+                repair=method.endswith("repair"),
+            )
+            err[m], loss[m] = ds.error.values[:, 0], ds.loss.values[:, 0]
+        seconds = time.perf_counter() - t0
+        b = 100 * (err.max(-1) - (err[:, 0] + err[:, -1]) / 2)
+        print(
+            f"width {self.width:5d} seed {self.seed}: test acc {100 * acc[0]:.2f} / {100 * acc[1]:.2f} %; error "
+            "barrier [pp] " + ", ".join(f"{n} {v:.2f}" for n, v in zip(METHODS, b)) + f"  ({seconds:.0f} s)",
+            flush=True,
+        )
+        result = xr.Dataset(
+            {
+                "error": (("alignment", "alpha"), err),
+                "loss": (("alignment", "alpha"), loss),
+                "end_accuracy": (("end",), np.asarray(acc, dtype=np.float64)),
+                "seconds": ((), seconds),
+            },
+            attrs={"unit": self.key()},
+        )
+        common.save(result, self.out)
+        return self.out
 
-    alpha = np.linspace(0, 1, alphas)
+
+def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
+    from analyses.align_barriers import PairUnit  # the importable class (not __main__'s) travels to workers
+    from distill.config import SupervisedConfig
+    from landscape.paths import barrier
+
+    widths, seeds, alphas = list(pre["widths"]), list(range(pre["seeds"])), pre["alphas"]
+    # workers load the data themselves (the gpu preset's 60,000 images would travel with every pair)
+    data = common.load("fashion-mnist", ctx, subset=pre["subset"]) if ctx.executor is None else None
+    units = {
+        (w, s): PairUnit(
+            pre["arch"],
+            w,
+            s,
+            pre["subset"],
+            pre["test"],
+            alphas,
+            dict(pre["sup"]),
+            ctx.device,
+            str(ctx.store(f"pair-w{w}-s{s}.nc")),
+            data,
+        )  # fmt: skip
+        for w in widths
+        for s in seeds
+    }
+    common.sweep(list(units.values()), ctx)
+    pairs = {k: common.open_result(u.out) for k, u in units.items()}
+
+    def grid(var: str) -> np.ndarray:
+        return np.stack([np.stack([pairs[(w, s)][var].values for s in seeds]) for w in widths])
+
     res = xr.Dataset(
         {
-            "error": (("width", "seed", "alignment", "alpha"), err, {"long_name": "test error", "units": "fraction"}),
+            "error": (
+                ("width", "seed", "alignment", "alpha"),
+                grid("error"),
+                {"long_name": "test error", "units": "fraction"},
+            ),
             "loss": (
                 ("width", "seed", "alignment", "alpha"),
-                loss,
+                grid("loss"),
                 {"long_name": "test cross-entropy", "units": "nats"},
             ),
             "end_accuracy": (
                 ("width", "seed", "end"),
-                acc,
+                grid("end_accuracy"),
                 {"long_name": "test accuracy of the trained end point", "units": "fraction"},
             ),
-            "seconds": (("width", "seed"), seconds, {"long_name": "wall time of the pair", "units": "s"}),
+            "seconds": (("width", "seed"), grid("seconds"), {"long_name": "wall time of the pair", "units": "s"}),
         },
         coords={
             "width": ("width", np.asarray(widths), {"long_name": "hidden width", "units": "units"}),
             "seed": ("seed", np.asarray(seeds), {"long_name": "pair seed", "units": "1"}),
             "alignment": ("alignment", np.array(METHODS)),
-            "alpha": ("alpha", alpha, {"long_name": "interpolation coefficient", "units": "1"}),
+            "alpha": ("alpha", np.linspace(0, 1, alphas), {"long_name": "interpolation coefficient", "units": "1"}),
             "end": ("end", np.array(["a", "b"])),
         },
-        attrs={
-            "analysis": "align_barriers",
-            "preset": a.preset,
-            "dataset": "fashion-mnist",
-            "train_subset": str(pre["subset"]),
-            "test_examples": str(pre["test"] or "all"),
-            "arch": pre["arch"],
-            "arch_detail": "mlp: two hidden layers of the width; convnet: depth 3, no BN",
-            "supervised_config": SupervisedConfig(**pre["sup"], device=device).to_json(),
-            "pair": "net a: init seed 1000 s, data seed 2 s; net b: init seed 1000 s + 1, data seed 2 s + 1",
-            "alignment_methods": "none; weights = weight matching; activations = activation matching on 8 x 256 "
-            "training images; weights+repair = weight matching then REPAIR at every alpha",
-            "bn_policy": "none (BN-free networks)",
-            "device": device,
-            "toolkit_version": distill.__version__,
-            "torch_version": str(torch.__version__),
-        },
     )
+    scfg = SupervisedConfig(**pre["sup"], device=ctx.device)
+    res.attrs = {
+        "analysis": "align_barriers",
+        "dataset": "fashion-mnist",
+        "train_subset": str(pre["subset"]),
+        "test_examples": str(pre["test"] or "all"),
+        "arch": pre["arch"],
+        "arch_detail": "mlp: two hidden layers of the width; convnet: depth 3, no BN",
+        "supervised_config": scfg.to_json(),
+        "pair": "net a: init seed 1000 s, data seed 2 s; net b: init seed 1000 s + 1, data seed 2 s + 1",
+        "alignment_methods": "none; weights = weight matching; activations = activation matching on 8 x 256 "
+        "training images; weights+repair = weight matching then REPAIR at every alpha",
+        "bn_policy": "none (BN-free networks)",
+        "device": ctx.device,
+        "seconds_note": "wall time of the pair where it ran (a rerun keeps the first run's)",
+        **common.provenance(ctx, {"supervised": scfg, "widths": widths, "arch": pre["arch"]}, seeds, "paper"),
+    }
     heights = barrier(res)
     res["barrier_error"] = heights.barrier_error
     res["barrier_loss"] = heights.barrier_loss
     res.attrs.update({k: v for k, v in heights.attrs.items() if k.startswith("barrier")})
-    save(res, out)
-    figure(res, out.with_suffix(".png"))
     print("\nerror barrier [percentage points], mean +- std over seeds")
     print(f"{'width':>6}" + "".join(f"{m:>22}" for m in METHODS))
     for w in widths:
@@ -173,11 +239,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{float(b.sel(alignment=m).mean()):14.2f} +- {float(b.sel(alignment=m).std()):4.2f}" for m in METHODS
             )
         )
-    print(f"wrote {out} and {out.with_suffix('.png')}")
-    return 0
+    return res
 
 
-def figure(res, path: Path) -> None:
+def plot(res: xr.Dataset, path: Any) -> None:
     """Left: error barrier vs width per alignment (mean +- std over seeds); right: the test error
     along the path at the largest width, seed 0."""
     import matplotlib
@@ -201,10 +266,13 @@ def figure(res, path: Path) -> None:
     ax2.set(xlabel="alpha", ylabel="test error [%]", title=f"path at width {int(res.width[-1])}, seed 0")
     ax1.legend(fontsize=8)
     fig.tight_layout()
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+main = common.script(__name__, PRESETS, compute, plot)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,6 +27,8 @@ SCRIPTS = (
     "head_dim",
     "surface",
     "hessian",
+    "align_barriers",
+    "dynamics",
     "tables",
 )
 

@@ -2,17 +2,23 @@
 per epoch, the probe accuracies, the effective rank of the embeddings and the cosine similarity
 between the representations of different inputs, layer by layer, for teacher and student.
 
-    python -m analyses.dynamics --preset cpu      # writes results/dynamics.nc + .png
+    python -m analyses.dynamics --preset smoke|cpu|gpu [--executor SPEC]   # writes results/dynamics.nc + .png
+
+The analysis is one distillation run (store ``runs/dynamics/<preset>/distill.h5``, resumed), so it
+has no independent units to spread over workers: ``--executor`` only sends that one run to the
+executor (e.g. a GPU node through ``submitit:``), and a finished store is not rerun.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import xarray as xr
 
+from analyses import common
 from distill.config import DistillConfig
 
 _BASE = dict(
@@ -30,39 +36,50 @@ _BASE = dict(
     dynamics=True,
     dynamics_examples=512,
 )
-PRESETS = {
-    "smoke": DistillConfig(
-        **{
-            **_BASE,
-            "subset": 256,
-            "epochs": 2,
-            "arch_options": {"width": 8, "depth": 2, "bn": False},
-            "out_dim": 64,
-            "hidden_dim": 32,
-            "bottleneck_dim": 16,
-            "probes": ["knn"],
-            "dynamics_examples": 64,
-        }
+# cfg: the run; n_test: test images kept (None: all), which the probes use when probe_subset is the subset
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        n_test=200,
+        cfg=DistillConfig(
+            **{
+                **_BASE,
+                "subset": 256,
+                "epochs": 2,
+                "arch_options": {"width": 8, "depth": 2, "bn": False},
+                "out_dim": 64,
+                "hidden_dim": 32,
+                "bottleneck_dim": 16,
+                "probes": ["knn"],
+                "probe_subset": 256,  # the training subset itself: the probes use the cut test split too
+                "dynamics_examples": 64,
+            }
+        ),
     ),
     # 1,000 images at batch 64: 15 Adam steps per epoch, 14 epochs = 210 steps, probed every epoch;
     # a 32-wide ConvNet (the 64-wide one took ~90 s per epoch on the busy 2-core machine)
-    "cpu": DistillConfig(
-        **{**_BASE, "subset": 1_000, "epochs": 14, "arch_options": {"width": 32, "depth": 4, "bn": False}}
+    "cpu": dict(
+        n_test=None,
+        cfg=DistillConfig(
+            **{**_BASE, "subset": 1_000, "epochs": 14, "arch_options": {"width": 32, "depth": 4, "bn": False}}
+        ),
     ),
     # the issue's setting: VGG11 on 500 CIFAR-10 images at the paper's learning rate, probed every epoch
-    "gpu": DistillConfig(
-        **{
-            **_BASE,
-            "dataset": "cifar10",
-            "arch": "vgg11",
-            "arch_options": {},
-            "out_dim": 65536,
-            "subset": 500,
-            "epochs": 100,
-            "lr": 1e-4,
-            "device": "auto",
-            "probes": ["knn", "linear"],
-        }
+    "gpu": dict(
+        n_test=None,
+        cfg=DistillConfig(
+            **{
+                **_BASE,
+                "dataset": "cifar10",
+                "arch": "vgg11",
+                "arch_options": {},
+                "out_dim": 65536,
+                "subset": 500,
+                "epochs": 100,
+                "lr": 1e-4,
+                "device": "auto",
+                "probes": ["knn", "linear"],
+            }
+        ),
     ),
 }
 
@@ -127,40 +144,34 @@ def figure(m, path: Path, steps_per_epoch: int) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=tuple(PRESETS), default="cpu")
-    p.add_argument("--store", default=None, help="distillation store (default: runs/dynamics-PRESET.h5; resumed)")
-    p.add_argument("--out", default=None, help="result file (default: results/dynamics.nc; smoke: runs/)")
-    a = p.parse_args(argv)
-    import torch
-
-    from analyses.common import save
-    from distill.train import distill
-
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    cfg = PRESETS[a.preset]
-    store = distill(cfg, a.store or f"runs/dynamics-{a.preset}.h5")
+def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
+    cfg = pre["cfg"].replace(device=ctx.device, data_root=ctx.root if "cifar" in pre["cfg"].dataset else None)
+    data = common.load(cfg.dataset, ctx, subset=cfg.subset, n_test=pre["n_test"], seed=cfg.data_seed)
+    (store,) = common.distil_all([(cfg, ctx.store("distill.h5"))], ctx, data)
     m = store.metrics.load()
-    steps_per_epoch = max(1, (cfg.subset or 0) // cfg.batch_size)
+    steps_per_epoch = max(1, (cfg.subset or len(data.train)) // cfg.batch_size)
     numbers = summary(m)
     m.attrs.update(
         {
             "analysis": "dynamics",
-            "preset": a.preset,
             "store": str(store.path),
             "steps_per_epoch": steps_per_epoch,
+            "test_images": int(len(data.test)),
             **{f"summary_{k}": v for k, v in numbers.items()},
+            **common.provenance(ctx, {"distill": cfg}, [cfg.seed], "paper"),
         }
     )
-    out = Path(a.out or ("runs/dynamics_smoke.nc" if a.preset == "smoke" else "results/dynamics.nc"))
-    save(m, out)
-    figure(m, out.with_suffix(".png"), steps_per_epoch)
     for k, v in numbers.items():
         print(f"{k:<36} {v:.4f}" if isinstance(v, float) else f"{k:<36} {v}")
-    print(f"wrote {out} and {out.with_suffix('.png')}")
-    return 0
+    return m
 
+
+def plot(ds: xr.Dataset, path: Any) -> None:
+    """The figure of :func:`figure` from the result file alone."""
+    figure(ds, Path(path), int(ds.attrs["steps_per_epoch"]))
+
+
+main = common.script(__name__, PRESETS, compute, plot)
 
 if __name__ == "__main__":
     sys.exit(main())

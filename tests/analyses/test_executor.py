@@ -88,3 +88,43 @@ def test_all_passes_its_options_on_to_every_script(monkeypatch):
     seen.clear()
     assert run_all.main(["--preset", "smoke", "--only", "fake_b"]) == 0
     assert seen == {"fake_b": ["--preset", "smoke", "--results", "results", "--runs", "runs"]}
+
+
+def test_align_barriers_pairs_on_a_process_pool_match_the_sequential_run_and_reruns_skip(
+    tmp_path, monkeypatch, caplog, fmnist_root
+):
+    """Each (width, seed) pair is a work unit writing its own file: through process:2 the result equals
+    the sequential one (the pairs' wall times aside), and a rerun trains nothing."""
+    from analyses import align_barriers
+
+    tiny = {**align_barriers.PRESETS["smoke"], "widths": [4, 8], "subset": 128, "test": 100, "alphas": 3}
+    monkeypatch.setitem(align_barriers.PRESETS, "smoke", tiny)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # workers: this process's thread count
+
+    def run(where, *extra: str) -> xr.Dataset:
+        args = ["--preset", "smoke", "--results", str(where / "results"), "--runs", str(where / "runs"), *extra]
+        assert align_barriers.main(args) == 0
+        with xr.open_dataset(where / "results" / "align_barriers.nc", engine="h5netcdf") as ds:
+            return ds.load()
+
+    seq = run(tmp_path / "seq")
+    pairs = tmp_path / "par" / "runs" / "align_barriers" / "smoke"
+    with caplog.at_level(logging.INFO, logger="landscape.sweep"):
+        par = run(tmp_path / "par", "--executor", "process:2")
+        assert "already complete" not in caplog.text
+        written = {p.name: p.stat().st_mtime_ns for p in pairs.glob("*.nc")}
+        again = run(tmp_path / "par", "--executor", "process:2")
+    assert "2 of 2 work units already complete, skipped" in caplog.text
+    assert sorted(written) == ["pair-w4-s0.nc", "pair-w8-s0.nc"]
+    assert {p.name: p.stat().st_mtime_ns for p in pairs.glob("*.nc")} == written  # nothing rewritten
+    assert set(seq.data_vars) == {"error", "loss", "end_accuracy", "seconds", "barrier_error", "barrier_loss"}
+    for ds in (par, again):
+        for name in set(seq.data_vars) - {"seconds"}:
+            np.testing.assert_array_equal(ds[name].values, seq[name].values, err_msg=name)
+        assert {k: v for k, v in ds.attrs.items() if k not in CALL} == {
+            k: v for k, v in seq.attrs.items() if k not in CALL
+        }
+    # the barrier is the path's own maximum over its ends' mean, recomputed here from the error curves
+    err = seq.error.values
+    np.testing.assert_allclose(seq.barrier_error.values, err.max(-1) - (err[..., 0] + err[..., -1]) / 2)
+    assert not np.array_equal(seq.error.values[0], seq.error.values[1])  # the two widths are two computations

@@ -53,6 +53,18 @@ EXPECTED = {
         "density": {"start", "lambda"},
         "child_test_accuracy": {"start", "child"},
     },
+    "align_barriers": {
+        "error": {"width", "seed", "alignment", "alpha"},
+        "loss": {"width", "seed", "alignment", "alpha"},
+        "end_accuracy": {"width", "seed", "end"},
+        "barrier_error": {"width", "seed", "alignment"},
+    },
+    "dynamics": {
+        "accuracy": {"epoch", "model", "probe"},
+        "effective_rank": {"epoch", "model"},
+        "embedding_cosine": {"epoch", "model"},
+        "layer_cosine": {"epoch", "model", "layer"},
+    },
 }
 
 
