@@ -4,15 +4,18 @@ baseline, and distilled students where the preset allows, beside the paper's num
 Teacher and input columns need no training: the random teacher (the paper's setup: BN in eval
 mode with its initial statistics) is embedded on the full training split (50k) and probed on the
 full test split (10k); the BN-recalibrated teacher (its BN statistics re-estimated on training
-images) is the control beyond the paper. Results are cached per architecture and seed under
-``runs/tables/<preset>/`` so an interrupted run resumes.
+images) is the control beyond the paper. Every teacher (architecture, seed), input-probe seed and
+student is an independent work unit writing its own file under ``runs/tables/<preset>/``: ``--executor``
+runs them in parallel, and a rerun (or an interrupted run) skips the finished ones.
 
-    python -m analyses.tables --preset smoke|cpu|gpu
+    python -m analyses.tables --preset smoke|cpu|gpu [--only vgg11,resnet18] [--executor SPEC]
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +23,7 @@ import xarray as xr
 
 from analyses import common
 from distill.config import DistillConfig
+from distill.store import Store
 
 ARCHS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet20", "resnet34", "resnet56", "vit_tiny", "vit_small")
 PROBES = ["knn", "linear", "linear_std"]
@@ -101,30 +105,94 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def teacher_probes(arch: str, seed: int, data: Any, ctx: common.Context, arch_options: dict) -> xr.DataArray:
+def _cifar(root: str | None, subset: int | None, n_test: int | None) -> Any:
+    """CIFAR-10 as the tables use it: ``subset`` training images (seed 0), the test split cut to ``n_test``."""
+    from distill.data import load_dataset
+
+    return common.tiny_test(load_dataset("cifar10", root=root, subset=subset, seed=0), n_test)
+
+
+def _cached(path: str | Path) -> bool:
+    """Whether ``path`` is a readable probe result (written whole by :func:`common.save`)."""
+    try:
+        return "accuracy" in common.open_result(path)
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class TeacherProbes:
+    """Probes of one random teacher (arch, seed) and its BN-recalibrated copy as a work unit
+    (:mod:`landscape.executors`): picklable, writes ``out`` (accuracy, fraction, dims (model, probe)).
+    ``data``: CIFAR-10 as :func:`_cifar` gives it (None: loaded here, e.g. on a worker)."""
+
+    arch: str
+    seed: int
+    arch_options: dict
+    device: str
+    root: str | None
+    subset: int | None
+    n_test: int | None
+    out: str
+    data: Any = None
+
+    def done(self) -> bool:
+        """Whether ``out`` already holds the probes."""
+        return _cached(self.out)
+
+    def __call__(self) -> str:
+        if not self.done():
+            data = self.data if self.data is not None else _cifar(self.root, self.subset, self.n_test)
+            teacher_probes(self.arch, self.seed, data, self.device, self.root, self.arch_options, self.out)
+        return self.out
+
+
+@dataclass(frozen=True)
+class InputProbes:
+    """Raw-pixel probes with one probe seed as a work unit; writes ``out`` (accuracy, dims (probe,))."""
+
+    seed: int
+    device: str
+    root: str | None
+    subset: int | None
+    n_test: int | None
+    out: str
+    data: Any = None
+
+    def done(self) -> bool:
+        """Whether ``out`` already holds the probes."""
+        return _cached(self.out)
+
+    def __call__(self) -> str:
+        if not self.done():
+            data = self.data if self.data is not None else _cifar(self.root, self.subset, self.n_test)
+            input_probes(self.seed, data, self.device, self.out)
+        return self.out
+
+
+def teacher_probes(
+    arch: str, seed: int, data: Any, device: str, root: str | None, arch_options: dict, path: str | Path
+) -> xr.DataArray:
     """Probe accuracies (fraction) of the random teacher and its BN-recalibrated copy; dims (model, probe).
-    Cached in ``runs/tables/<preset>/teacher-<arch>-s<seed>.nc``."""
+    Written to ``path`` (``runs/tables/<preset>/teacher-<arch>-s<seed>.nc``)."""
     from distill.bn import has_batchnorm
     from distill.device import resolve_device
     from distill.train import build_teacher, recalibrated_teacher, run_probes, set_teacher_mode
 
-    path = ctx.store(f"teacher-{arch}-s{seed}.nc")
-    if path.exists():
-        return common.open_result(path).accuracy
     cfg = DistillConfig(
         arch=arch,
         seed=seed,
         probe_seed=seed,
         arch_options=arch_options,
         probes=PROBES,
-        device=ctx.device,
-        data_root=ctx.root,
+        device=device,
+        data_root=root,
     )
-    device = resolve_device(cfg.device)
-    teacher = set_teacher_mode(build_teacher(cfg, data.in_shape).to(device), cfg.teacher_bn)
-    t = run_probes(cfg, teacher.backbone, data, device)
+    dev = resolve_device(cfg.device)
+    teacher = set_teacher_mode(build_teacher(cfg, data.in_shape).to(dev), cfg.teacher_bn)
+    t = run_probes(cfg, teacher.backbone, data, dev)
     tb = (
-        run_probes(cfg, recalibrated_teacher(teacher, data, cfg, device).backbone, data, device)
+        run_probes(cfg, recalibrated_teacher(teacher, data, cfg, dev).backbone, data, dev)
         if has_batchnorm(teacher)
         else t
     )
@@ -149,15 +217,12 @@ def teacher_probes(arch: str, seed: int, data: Any, ctx: common.Context, arch_op
     return acc
 
 
-def input_probes(seed: int, data: Any, ctx: common.Context) -> xr.DataArray:
-    """Raw-pixel probes (fraction), dims (probe,), cached per probe seed."""
+def input_probes(seed: int, data: Any, device: str, path: str | Path) -> xr.DataArray:
+    """Raw-pixel probes (fraction), dims (probe,), written to ``path`` (one file per probe seed)."""
     from distill.device import resolve_device
     from distill.train import run_probes
 
-    path = ctx.store(f"input-s{seed}.nc")
-    if path.exists():
-        return common.open_result(path).accuracy
-    cfg = DistillConfig(probes=PROBES, probe_seed=seed, device=ctx.device)
+    cfg = DistillConfig(probes=PROBES, probe_seed=seed, device=device)
     r = run_probes(cfg, None, data, resolve_device(cfg.device))
     acc = xr.DataArray(
         [r[p] for p in PROBES],
@@ -172,24 +237,32 @@ def input_probes(seed: int, data: Any, ctx: common.Context) -> xr.DataArray:
 
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
-    data = common.load("cifar10", ctx, subset=pre["subset"], n_test=pre["n_test"])
+    from analyses.tables import InputProbes, TeacherProbes  # the importable classes (not __main__'s) travel
+    from landscape.locality import DistillUnit
+
     archs, seeds = ctx.keep(list(pre["archs"])), list(pre["seeds"])
     if not archs:
         raise ValueError(f"--only {','.join(ctx.only)} names none of the preset's architectures {pre['archs']}")
     opts = pre.get("arch_options", {})
-    teacher = xr.concat(
-        [common.stack_seeds([teacher_probes(a, s, data, ctx, opts.get(a, {})) for s in seeds], seeds) for a in archs],
-        dim=xr.DataArray(archs, dims="arch", name="arch"),
-    )
-    archs = [a for a in ARCHS if a in archs] + [a for a in archs if a not in ARCHS]  # the paper's order
-    teacher = teacher.sel(arch=archs)
     in_seeds = list(pre.get("input_seeds", seeds))
-    inp = common.stack_seeds([input_probes(s, data, ctx) for s in in_seeds], in_seeds).rename(seed="input_seed")
-    student = xr.full_like(teacher.isel(model=0, drop=True), np.nan)
+    where = (ctx.root, pre["subset"], pre["n_test"])
+    # the data travels with the units only without an executor (no copy) or when the cut test split
+    # cannot be rebuilt from the settings (students); otherwise every worker loads it (cached on disk)
+    data = common.load("cifar10", ctx, subset=pre["subset"], n_test=pre["n_test"])
+    local = data if ctx.executor is None else None
+    teachers = {
+        (a, s): TeacherProbes(a, s, opts.get(a, {}), ctx.device, *where, str(ctx.store(f"teacher-{a}-s{s}.nc")), local)
+        for a in archs
+        for s in seeds
+    }
+    inputs = {s: InputProbes(s, ctx.device, *where, str(ctx.store(f"input-s{s}.nc")), local) for s in in_seeds}
+    students: dict[tuple[str, int], DistillUnit] = {}
     configs: dict[str, Any] = {}
     if pre.get("student"):
         st = pre["student"]
-        for a in st["archs"]:
+        sub = st["cfg"].get("subset")
+        sdata = data if sub == pre["subset"] else common.load("cifar10", ctx, subset=sub, n_test=pre["n_test"])
+        for a in [a for a in st["archs"] if a in archs]:  # the students of the architectures --only keeps
             for s in st["seeds"]:
                 cfg = DistillConfig(
                     arch=a,
@@ -203,15 +276,24 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                     **st["cfg"],
                 )
                 configs[f"student-{a}-s{s}"] = cfg
-                sdata = (
-                    data
-                    if st["cfg"].get("subset") == pre["subset"]
-                    else common.load("cifar10", ctx, subset=st["cfg"].get("subset"), n_test=pre["n_test"])
-                )
-                store = common.distil(cfg, ctx.store(f"student-{a}-s{s}.h5"), data=sdata)
-                best = common.best_over_epochs(store.metrics).sel(model="student")
-                if s in seeds:
-                    student.loc[{"arch": a, "seed": s}] = best.sel(probe=PROBES).values
+                ship = sdata if ctx.executor is None or pre["n_test"] is not None else None
+                students[(a, s)] = DistillUnit(cfg.to_dict(), str(ctx.store(f"student-{a}-s{s}.h5")), ship)
+    # every teacher, input and student is independent: one sweep, through --executor when given
+    common.sweep([*teachers.values(), *inputs.values(), *students.values()], ctx)
+    teacher = xr.concat(
+        [common.stack_seeds([common.open_result(teachers[(a, s)].out).accuracy for s in seeds], seeds) for a in archs],
+        dim=xr.DataArray(archs, dims="arch", name="arch"),
+    )
+    archs = [a for a in ARCHS if a in archs] + [a for a in archs if a not in ARCHS]  # the paper's order
+    teacher = teacher.sel(arch=archs)
+    inp = common.stack_seeds([common.open_result(inputs[s].out).accuracy for s in in_seeds], in_seeds).rename(
+        seed="input_seed"
+    )
+    student = xr.full_like(teacher.isel(model=0, drop=True), np.nan)
+    for (a, s), unit in students.items():
+        best = common.best_over_epochs(Store(unit.out).metrics).sel(model="student")
+        if s in seeds:
+            student.loc[{"arch": a, "seed": s}] = best.sel(probe=PROBES).values
     acc_attrs = {"long_name": "probe accuracy", "units": "fraction"}
     pl = np.array([PAPER_LINEAR.get(a, (np.nan, np.nan)) for a in archs]) / 100
     pk = np.array([PAPER_KNN.get(a, (np.nan, np.nan)) for a in archs]) / 100
