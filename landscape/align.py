@@ -243,7 +243,7 @@ def weight_matching(
     flat_a = {(k, ax): a64[k].movedim(ax, 0).reshape(spec.sizes[p], -1) for p in spec.sizes for k, ax in members[p]}
 
     def objective() -> float:
-        return float(sum((a64[k] * _permute(b64[k], spec.axes[k], perms)).sum() for k in keys))
+        return float(sum((a64[k] * _permute(b64[k], spec.axes[k], perms)).sum() for k in sorted(keys)))
 
     start = objective()
     sweeps = 0

@@ -149,7 +149,8 @@ def plane_basis(
     when b == a or when c lies on the line through a and b.
     """
     float_keys = [k for k, t in sa.items() if t.is_floating_point()]
-    keys = set(float_keys) if param_keys is None else set(param_keys) & set(float_keys)
+    # a fixed order of summation: a set's order changes with the process's string hash (and the last bit)
+    keys = sorted(set(float_keys) if param_keys is None else set(param_keys) & set(float_keys))
     u = {k: sb[k].double() - sa[k].double() for k in float_keys}
     w = {k: sc[k].double() - sa[k].double() for k in float_keys}
     uu = sum(float((u[k] * u[k]).sum()) for k in keys)

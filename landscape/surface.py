@@ -102,7 +102,8 @@ def random_direction(
 
 
 def _norm(d: Mapping[str, Tensor], keys: set[str]) -> float:
-    return float(sum(float((d[k].double() ** 2).sum()) for k in keys if k in d)) ** 0.5
+    # summed in sorted order: a set's order follows the per-process string hash, and the last bit with it
+    return float(sum(float((d[k].double() ** 2).sum()) for k in sorted(keys) if k in d)) ** 0.5
 
 
 # ----------------------------------------------------------------------------- the surface
