@@ -13,12 +13,17 @@ gets two children trained with labels that differ only in data order (``landscap
 
 Loss is the mean test cross-entropy (nats), error the test error (fraction), on ``n_test`` test images.
 
-    python -m analyses.surface --preset smoke|cpu|gpu
+    python -m analyses.surface --preset smoke|cpu|gpu [--executor SPEC]
+
+The distillation, each start's children (``landscape.instability`` work units) and every surface
+(:class:`SurfaceUnit`: each line and plane per centre and seed, and the plane through the children)
+run through ``--executor`` when given; finished stores and surface files are skipped on a rerun.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -77,9 +82,52 @@ def _vars(ds: xr.Dataset, prefix: str, dims: dict[str, str]) -> dict[str, xr.Dat
     return {f"{prefix}_{v}": ds[v].rename(dims).reset_coords(drop=True) for v in ("loss", "error")}
 
 
+@dataclass(frozen=True)
+class SurfaceUnit:
+    """One surface (:func:`landscape.surface.surface`) as a work unit (:mod:`landscape.executors`):
+    plain data, picklable; writes (and resumes) its own netCDF ``out``, done when every row of the
+    same grid and seed is there. ``centre`` and checkpoint ``directions`` are (store path, name)."""
+
+    centre: tuple
+    directions: Any  # "random" or a list of (store path, name)
+    dims: int
+    resolution: int
+    span: tuple
+    seed: int
+    n_test: int | None
+    device: str
+    out: str
+    data: Any
+
+    def done(self) -> bool:
+        """Whether ``out`` holds the whole surface on this unit's grid, for this seed."""
+        try:
+            ds = common.open_result(self.out)
+        except (OSError, ValueError):
+            return False
+        grid = np.linspace(float(self.span[0]), float(self.span[1]), self.resolution)
+        return (
+            bool(np.all(ds.done.values == 1))
+            and int(ds.attrs.get("seed", -1)) == self.seed
+            and ds.x.size == grid.size
+            and np.allclose(ds.x.values, grid)
+        )
+
+    def __call__(self) -> str:
+        from landscape.surface import surface
+
+        if not self.done():
+            surface(
+                self.centre, self.data, self.directions, dims=self.dims, resolution=self.resolution,
+                span=self.span, seed=self.seed, split="test", max_examples=self.n_test, device=self.device,
+                progress=False, out=self.out,
+            )  # fmt: skip
+        return self.out
+
+
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     import landscape
-    from landscape.surface import surface
+    from analyses.surface import SurfaceUnit  # the importable class (not __main__'s) travels to workers
 
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
     dcfg = DistillConfig(
@@ -89,47 +137,58 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         **{"save_every": 0, **pre["distill"], "device": ctx.device},
     )
     scfg = SupervisedConfig(**{**pre["sup"], "device": ctx.device})
-    store = common.distil(dcfg, ctx.store("distill.h5"), data=data)
+    (store,) = common.distil_all([(dcfg, ctx.store("distill.h5"))], ctx, data)
     starts = {"student child": (store, store.epochs[-1]), "init child": (store, 0)}
     children, accuracy = {}, {}
     for name, ref in starts.items():
         path = ctx.store(f"children-{name.split()[0]}.h5")
-        ds = landscape.instability(ref, data, children=2, cfg=scfg, alphas=2, store=path, device=ctx.device)
-        children[name] = [(path, "children/0"), (path, "children/1")]
+        ds = landscape.instability(
+            ref, data, children=2, cfg=scfg, alphas=2, store=path, device=ctx.device, executor=ctx.executor,
+            progress=False,
+        )  # fmt: skip
+        children[name] = [(str(path), "children/0"), (str(path), "children/1")]
         accuracy[name] = ds.child_test_accuracy.values
-    kw = dict(split="test", max_examples=pre["n_test"], device=ctx.device, progress=False)
     span = (-pre["span"], pre["span"])
+    n = pre["through"]
+    if (n - 1) % 4:
+        raise ValueError(f"through={n}: pass 4 m + 1 points so that the three children lie on the grid")
+
+    def unit(centre: tuple, directions: Any, dims: int, resolution: int, span: tuple, seed: int, out: str) -> Any:
+        return SurfaceUnit(
+            centre, directions, dims, resolution, span, seed, pre["n_test"], ctx.device, str(ctx.store(out)), data
+        )
+
+    # every line, plane and the plane through the children is independent: one sweep, through --executor
+    units = {
+        (kind, name, s): unit(
+            children[name][0], "random", dims, pre[kind], span, s, f"{kind}-{name.split()[0]}-s{s}.nc"
+        )
+        for name in CENTRES
+        for s in pre["seeds"]
+        for kind, dims in (("line", 1), ("plane", 2))
+    }
+    # with 4 m + 1 points on [-0.5, 1.5] the three children are grid points
+    units["through"] = unit(
+        children["student child"][0],
+        [children["student child"][1], children["init child"][0]],
+        2,
+        n,
+        (-0.5, 1.5),
+        0,
+        "through.nc",
+    )
+    common.sweep(list(units.values()), ctx)
     lines, planes = [], []
     for name in CENTRES:
-        centre = children[name][0]
-        tag = name.split()[0]
         per_seed_line, per_seed_plane = [], []
         for s in pre["seeds"]:
-            line = surface(
-                centre, data, "random", dims=1, resolution=pre["line"], span=span, seed=s, **kw,
-                out=ctx.store(f"line-{tag}-s{s}.nc"),
-            )  # fmt: skip
-            plane = surface(
-                centre, data, "random", dims=2, resolution=pre["plane"], span=span, seed=s, **kw,
-                out=ctx.store(f"plane-{tag}-s{s}.nc"),
-            )  # fmt: skip
+            line = common.open_result(units[("line", name, s)].out)
+            plane = common.open_result(units[("plane", name, s)].out)
             per_seed_line.append(xr.Dataset(_vars(line, "line", {"x": "t"})))
             per_seed_plane.append(xr.Dataset(_vars(plane, "plane", {})))
         lines.append(common.stack_seeds(per_seed_line, pre["seeds"]))
         planes.append(common.stack_seeds(per_seed_plane, pre["seeds"]))
-    n = pre["through"]
-    if (n - 1) % 4:
-        raise ValueError(f"through={n}: pass 4 m + 1 points so that the three children lie on the grid")
-    through = surface(
-        children["student child"][0],
-        data,
-        [children["student child"][1], children["init child"][0]],
-        dims=2,
-        resolution=n,
-        span=(-0.5, 1.5),  # with 4 m + 1 points the three children are grid points
-        **kw,
-        out=ctx.store("through.nc"),
-    )
+    through = common.open_result(units["through"].out)
     ds = xr.merge(
         [
             xr.concat(planes, "centre").assign_coords(centre=list(CENTRES)),  # first: what ``rtt plot`` draws
