@@ -8,13 +8,19 @@ One distillation run gives the student (last epoch) and the random initialisatio
 so every pair of children is one path. The Hessian is that of the mean training cross-entropy over
 ``batches`` fixed mini-batches (BN-free networks: no BN policy needed).
 
-    python -m analyses.hessian --preset smoke|cpu|gpu
+    python -m analyses.hessian --preset smoke|cpu|gpu [--executor SPEC]
+
+The distillation, each start's children (``landscape.instability`` work units), the Hessian along
+every pair's path, each start's spectral density and the IMP sequence with its per-level Hessians
+(:class:`CurvatureUnit`) run through ``--executor`` when given; finished files are skipped on a rerun.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -83,9 +89,78 @@ PRESETS: dict[str, dict[str, Any]] = {
 STARTS = ("student", "init")
 
 
+@dataclass(frozen=True)
+class CurvatureUnit:
+    """One curvature measurement as a work unit (:mod:`landscape.executors`): plain data, picklable;
+    writes its own netCDF ``out`` and is done when that file holds the result of the same settings.
+
+    kind ``path``: :func:`landscape.hessian.hessian_along_path` between the children ``refs[0]`` and
+    ``refs[1]`` ((store path, name)); ``density``: the SLQ spectral density at ``refs[0]``; ``levels``:
+    the IMP sequence of the student ``refs[0]`` ((store path, epoch)) into the store ``options["imp"]``
+    (its levels follow one another: one unit), then the Hessian at every level.
+    ``options``: the preset's curvature settings and the supervised recipe (``sup``, a dict)."""
+
+    kind: str
+    refs: tuple
+    options: dict
+    out: str
+    data: Any
+
+    def key(self) -> str:
+        """The settings the result depends on (JSON), kept in the file's attrs."""
+        return json.dumps({"kind": self.kind, "refs": self.refs, **self.options}, sort_keys=True, default=str)
+
+    def done(self) -> bool:
+        """Whether ``out`` holds this measurement for the same settings."""
+        try:
+            return common.open_result(self.out).attrs.get("unit") == self.key()
+        except (OSError, ValueError):
+            return False
+
+    def __call__(self) -> str:
+        import landscape
+        from distill.config import SupervisedConfig
+        from landscape.hessian import hessian, hessian_along_path, hessian_over_levels
+
+        if self.done():
+            return self.out
+        o = self.options
+        hkw = dict(
+            batches=o["batches"], batch_size=o["batch_size"], trace_probes=o["probes"], tol=o["tol"],
+            device=o["device"],
+        )  # fmt: skip
+        if self.kind == "path":
+            ds = hessian_along_path(self.refs[0], self.refs[1], self.data, o["alphas"], o["k"], **hkw)
+            ds = ds[["eigenvalue", "trace", "trace_stderr", "loss", "hvps"]]
+            print(
+                f"{o['start']} children {o['pair']}: top eigenvalue along the path "
+                + " ".join(f"{v:.3f}" for v in ds.eigenvalue.isel(eigen=0).values)
+                + ", trace "
+                + " ".join(f"{v:.2f}" for v in ds.trace.values),
+                flush=True,
+            )
+        elif self.kind == "density":
+            ds = hessian(
+                self.refs[0], self.data, k=0, slq_runs=o["slq_runs"], slq_steps=o["slq_steps"],
+                **{**hkw, "trace_probes": 0},
+            )[["slq_node", "slq_weight"]]  # fmt: skip
+        elif self.kind == "levels":
+            landscape.lottery(
+                self.refs[0], self.data, levels=o["levels"], prune_fraction=0.5, cfg=SupervisedConfig(**o["sup"]),
+                rewind="start", baselines=[], store=o["imp"], seed=0, device=o["device"], progress=False,
+            )  # fmt: skip
+            ds = hessian_over_levels(o["imp"], self.data, "start", o["k"], **hkw)
+            ds = ds[["eigenvalue", "trace", "loss", "remaining"]]
+        else:
+            raise ValueError(f"kind={self.kind!r}: pass path, density or levels")
+        common.save(ds.assign_attrs(unit=self.key()), self.out)
+        return self.out
+
+
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     import landscape
-    from landscape.hessian import hessian, hessian_along_path, hessian_over_levels, smoothed_density
+    from analyses.hessian import CurvatureUnit  # the importable class (not __main__'s) travels to workers
+    from landscape.hessian import smoothed_density
 
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
     dcfg = DistillConfig(
@@ -95,39 +170,43 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         **{"save_every": 0, **pre["distill"], "device": ctx.device},
     )
     scfg = SupervisedConfig(**{**pre["sup"], "device": ctx.device})
-    store = common.distil(dcfg, ctx.store("distill.h5"), data=data)
-    hkw = dict(
-        batches=pre["batches"], batch_size=pre["batch_size"], trace_probes=pre["probes"], tol=pre["tol"],
-        device=ctx.device,
-    )  # fmt: skip
+    (store,) = common.distil_all([(dcfg, ctx.store("distill.h5"))], ctx, data)
+    names = ("alphas", "k", "batches", "batch_size", "probes", "tol", "levels", "slq_runs", "slq_steps")
+    opts = {**{n: pre[n] for n in names}, "device": ctx.device}
     pairs = [f"{i}-{j}" for i, j in itertools.combinations(range(pre["children"]), 2)]
-    paths, densities, accuracy = [], [], []
+    units: dict[Any, Any] = {}
+    accuracy = []
     for start, ref in zip(STARTS, ((store, store.epochs[-1]), (store, 0))):
-        path = ctx.store(f"children-{start}.h5")
+        path = str(ctx.store(f"children-{start}.h5"))
         kids = landscape.instability(
-            ref, data, children=pre["children"], cfg=scfg, alphas=2, store=path, device=ctx.device
-        )
+            ref, data, children=pre["children"], cfg=scfg, alphas=2, store=path, device=ctx.device,
+            executor=ctx.executor, progress=False,
+        )  # fmt: skip
         accuracy.append(kids.child_test_accuracy.values)
-        rows = []
         for pair in pairs:
             i, j = pair.split("-")
-            ds = hessian_along_path(
-                (path, f"children/{i}"), (path, f"children/{j}"), data, pre["alphas"], pre["k"], **hkw
-            )
-            rows.append(ds[["eigenvalue", "trace", "trace_stderr", "loss", "hvps"]])
-            print(
-                f"{start} children {pair}: top eigenvalue along the path "
-                + " ".join(f"{v:.3f}" for v in ds.eigenvalue.isel(eigen=0).values)
-                + ", trace "
-                + " ".join(f"{v:.2f}" for v in ds.trace.values),
-                flush=True,
-            )
-        paths.append(xr.concat(rows, xr.DataArray(pairs, dims="pair", name="pair"), combine_attrs="drop"))
-        d = hessian(
-            (path, "children/0"), data, k=0, slq_runs=pre["slq_runs"], slq_steps=pre["slq_steps"],
-            **{**hkw, "trace_probes": 0},
-        )  # fmt: skip
-        densities.append(d[["slq_node", "slq_weight"]])
+            refs = ((path, f"children/{i}"), (path, f"children/{j}"))
+            out = str(ctx.store(f"path-{start}-{pair}.nc"))
+            units[(start, pair)] = CurvatureUnit("path", refs, {**opts, "start": start, "pair": pair}, out, data)
+        units[start] = CurvatureUnit(
+            "density", ((path, "children/0"),), opts, str(ctx.store(f"density-{start}.nc")), data
+        )
+    # the IMP levels of the student follow one another: one unit, beside the paths and densities
+    imp = {**opts, "sup": scfg.to_dict(), "imp": str(ctx.store("imp.h5"))}
+    units["levels"] = CurvatureUnit(
+        "levels", ((str(store.path), store.epochs[-1]),), imp, str(ctx.store("levels.nc")), data
+    )
+    common.sweep(list(units.values()), ctx)
+    paths = [
+        xr.concat(
+            [common.open_result(units[(start, pair)].out) for pair in pairs],
+            xr.DataArray(pairs, dims="pair", name="pair"),
+            combine_attrs="drop",
+        )
+        for start in STARTS
+    ]
+    densities = [common.open_result(units[start].out) for start in STARTS]
+    lv = common.open_result(units["levels"].out)
     ds = xr.concat(paths, xr.DataArray(list(STARTS), dims="start", name="start"), combine_attrs="drop")
     ds = ds.rename({v: f"path_{v}" for v in ds.data_vars})
     slq = xr.concat(densities, xr.DataArray(list(STARTS), dims="start", name="start"), combine_attrs="drop")
@@ -142,12 +221,6 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         coords={"lambda": ("lambda", grid, {"long_name": "Hessian eigenvalue", "units": "nats"})},
         attrs={"long_name": "spectral density (SLQ, Gaussian-smoothed)", "units": "1/nats", "sigma": sigma},
     )
-    imp = ctx.store("imp.h5")
-    landscape.lottery(
-        (store, store.epochs[-1]), data, levels=pre["levels"], prune_fraction=0.5, cfg=scfg, rewind="start",
-        baselines=[], store=imp, seed=0, device=ctx.device, progress=False,
-    )  # fmt: skip
-    lv = hessian_over_levels(imp, data, "start", pre["k"], **hkw)
     ds["level_eigenvalue"] = lv.eigenvalue
     ds["level_trace"], ds["level_loss"], ds["remaining"] = lv.trace, lv.loss, lv.remaining
     ds["child_test_accuracy"] = xr.DataArray(
