@@ -93,3 +93,45 @@ def test_random_surface_is_seeded_and_resumes_from_its_file(tmp_path, monkeypatc
     np.testing.assert_array_equal(resumed.loss.values, first.loss.values)
     with pytest.raises(ValueError, match="other settings"):
         surface(a, data, dims=2, resolution=3, seed=5, out=out, **COMMON)
+
+
+NORMS = """
+import torch
+from landscape.planes import plane_basis
+from landscape.surface import _norm
+from distill.models import build_model, seeded
+
+nets = []
+for s in range(3):
+    with seeded(s):
+        nets.append(build_model("mlp", (1, 4, 4), head="linear", num_classes=3, widths=[7] * 9).state_dict())
+d = {k: nets[1][k].double() - nets[0][k].double() for k in nets[0]}
+b = plane_basis(*nets, set(nets[0]))
+print(repr(_norm(d, set(d))), repr(b["norm_u"]), repr(b["norm_v"]), repr(b["projection"]))
+"""
+
+
+def test_norms_over_parameter_names_do_not_depend_on_the_process_string_hash():
+    """A set of names iterates in an order drawn per process (PYTHONHASHSEED); the sums over it must not
+    follow that order, or the same surface differs in its last bit between a worker and this process."""
+    import os
+    import subprocess
+    import sys
+
+    def norms(hash_seed: str) -> list[float]:
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        r = subprocess.run([sys.executable, "-c", NORMS], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return [float(x) for x in r.stdout.split()]
+
+    runs = [norms(str(s)) for s in (1, 2, 3)]
+    assert runs[0] == runs[1] == runs[2]
+    # and the first is the plain sum in sorted name order, computed here
+    nets = []
+    for s in range(3):
+        with seeded(s):
+            nets.append(build_model("mlp", (1, 4, 4), head="linear", num_classes=3, widths=[7] * 9).state_dict())
+    total = 0.0
+    for k in sorted(nets[0]):
+        total += float(((nets[1][k].double() - nets[0][k].double()) ** 2).sum())
+    assert runs[0][0] == total**0.5 == runs[0][1]
