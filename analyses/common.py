@@ -22,6 +22,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -54,6 +55,7 @@ class Context:
     only: tuple[str, ...] = ()
     code: str = ""  # the commit when the script started
     executor: Executor | None = None  # where independent runs go (None: one after the other here)
+    argv: tuple[str, ...] = ()  # the script's own arguments (also when analyses.all calls it)
 
     def keep(self, items: Sequence[str]) -> list[str]:
         """``items`` restricted to ``--only`` (all of them without it)."""
@@ -94,7 +96,7 @@ def provenance(ctx: Context, configs: dict[str, Any], seeds: Sequence[int], reci
         "script": f"analyses.{ctx.name}",
         "preset": ctx.preset,
         "commit": ctx.code or commit(),
-        "command_line": " ".join([f"python -m analyses.{ctx.name}", *sys.argv[1:]]),
+        "command_line": shlex.join(["python", "-m", f"analyses.{ctx.name}", *ctx.argv]),
         "recipe": recipe,
         "seeds": json.dumps([int(s) for s in seeds]),
         "config": json.dumps(
@@ -236,8 +238,16 @@ def log_ticks(ax: Any, values: Sequence[float], base: int = 10) -> None:
     ax.minorticks_off()
 
 
-def legend(ax: Any, **kw: Any) -> None:
-    """The legend outside the axes, on the right (never over the curves)."""
+def legend(ax: Any, every_panel: bool = False, **kw: Any) -> None:
+    """The legend outside the axes, on the right (never over the curves). ``every_panel``: list each
+    labelled artist of all the figure's axes once, so a line drawn on one panel only (the paper's points,
+    say) is still named."""
+    if every_panel and "handles" not in kw:
+        seen: dict[str, Any] = {}
+        for other in ax.figure.axes:
+            for h, label in zip(*other.get_legend_handles_labels()):
+                seen.setdefault(label, h)
+        kw = {**kw, "handles": list(seen.values()), "labels": list(seen)}
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), **kw)
 
 
@@ -327,6 +337,7 @@ def script(
             device,
             tuple(x for x in a.only.split(",") if x),
             commit(),
+            argv=tuple(sys.argv[1:] if argv is None else argv),
         )
         os.environ.setdefault("TQDM_DISABLE", "1")
         from landscape.executors import ExecutorSpecError, SweepIncomplete, open_executor

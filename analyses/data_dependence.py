@@ -163,7 +163,7 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         )
         ax.tick_params(axis="x", labelrotation=45)
         ax.set(title=f"probe: {p}", xlabel="distillation images n", ylabel="test accuracy [%]")
-    common.legend(axes[-1])
+    common.legend(axes[-1], every_panel=True)  # the paper's points are on the linear panel only
     common.finish(
         fig,
         path,

@@ -4,6 +4,7 @@ redraws from the .nc alone; ``rtt plot`` draws every result file and refuses any
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -104,11 +105,34 @@ def test_smoke_preset_writes_valid_nc_and_png(smoke, name):
             assert key in ds.attrs, f"{name}.nc lacks provenance attr {key}"
         assert ds.attrs["preset"] == "smoke" and ds.attrs["recipe"] in ("paper", "reference")
         assert json.loads(ds.attrs["config"]) and len(ds.attrs["commit"]) >= 7
+        # the script's own command, as analyses.all called it: rerunnable as written, not pytest's argv
+        cmd = shlex.split(ds.attrs["command_line"])
+        assert cmd[:5] == ["python", "-m", f"analyses.{name}", "--preset", "smoke"], cmd
+        assert cmd[cmd.index("--results") + 1] == str(out / "results"), cmd
         acc = [v for v in ds.data_vars if ds[v].attrs.get("units") == "fraction"]
         assert acc, f"{name}.nc has no accuracy in fractions"
         for v in acc:
             vals = ds[v].values
             assert ((vals[vals == vals] >= 0) & (vals[vals == vals] <= 1)).all(), (name, v)
+
+
+def test_legend_of_every_panel_names_a_line_drawn_on_one_panel_only():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analyses import common
+
+    fig, (a, b) = plt.subplots(1, 2)
+    a.plot([0, 1], label="student")
+    a.plot([1, 0], label="paper")
+    b.plot([0, 1], label="student")
+    common.legend(b)
+    assert [t.get_text() for t in b.get_legend().get_texts()] == ["student"]
+    common.legend(b, every_panel=True)
+    assert [t.get_text() for t in b.get_legend().get_texts()] == ["student", "paper"]
+    plt.close(fig)
 
 
 def test_all_scripts_succeeded(smoke):
