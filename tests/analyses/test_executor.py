@@ -3,6 +3,7 @@ pool of processes, give the sequential run's numbers, and are skipped on a rerun
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -128,3 +129,9 @@ def test_align_barriers_pairs_on_a_process_pool_match_the_sequential_run_and_rer
     err = seq.error.values
     np.testing.assert_allclose(seq.barrier_error.values, err.max(-1) - (err[..., 0] + err[..., -1]) / 2)
     assert not np.array_equal(seq.error.values[0], seq.error.values[1])  # the two widths are two computations
+    # a pair file of other settings is not taken for finished: it is recomputed
+    tiny_sup = tiny["sup"]
+    unit = align_barriers.PairUnit("mlp", 4, 0, 128, 100, 3, dict(tiny_sup), "cpu", str(pairs / "pair-w4-s0.nc"))
+    assert unit.done()
+    assert not dataclasses.replace(unit, sup={**tiny_sup, "lr": 0.01}).done()
+    assert not dataclasses.replace(unit, alphas=5).done()
