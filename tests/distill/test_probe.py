@@ -166,6 +166,41 @@ def test_knn_rejects_bad_input():
         linear_probe(x, y, bad, y)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_finite_check_agrees_with_elementwise_isfinite(dtype):
+    from distill.probe import _check_finite
+
+    big = torch.finfo(dtype).max
+    cases = {
+        "finite": torch.randn(50, 7, generator=torch.Generator().manual_seed(0), dtype=dtype),
+        "nan": torch.tensor([[1.0, float("nan")], [2.0, 3.0]], dtype=dtype),
+        "+inf": torch.tensor([[1.0, float("inf")], [2.0, 3.0]], dtype=dtype),
+        "-inf": torch.tensor([[1.0, 2.0], [float("-inf"), 3.0]], dtype=dtype),
+        "+inf and -inf": torch.tensor([[float("inf"), 2.0], [float("-inf"), 3.0]], dtype=dtype),
+        "sum overflows, all finite": torch.full((4, 3), big, dtype=dtype),
+        "overflow and a nan": torch.tensor([[big, big], [big, float("nan")]], dtype=dtype),
+        "empty": torch.zeros(0, 5, dtype=dtype),
+    }
+    for what, x in cases.items():
+        ok = bool(torch.isfinite(x).all())
+        assert ok == (what in ("finite", "sum overflows, all finite", "empty")), what
+        if ok:
+            _check_finite(x, "train_x")
+        else:
+            with pytest.raises(ValueError, match="train_x contains NaN or infinite"):
+                _check_finite(x, "train_x")
+
+
+def test_probes_reject_infinite_features():
+    x, y = random_data(10, 3, 2, seed=0)
+    bad = x.clone()
+    bad[2, 0] = float("-inf")
+    with pytest.raises(ValueError, match="train_x contains NaN or infinite"):
+        knn_accuracy(bad, y, x, y, k=1)
+    with pytest.raises(ValueError, match="train_x contains NaN or infinite"):
+        fit_linear(bad, y)
+
+
 # ----------------------------------------------------------------------------- linear probe
 
 
