@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from distill.optim import AdamW
+
 __all__ = [
     "PROBES",
     "register_probe",
@@ -378,7 +380,7 @@ def fit_linear(
     layer = torch.nn.utils.skip_init(nn.Linear, x.shape[1], c)  # keeps the global RNG untouched
     _init_linear(layer, gen)
     layer.to(dev)
-    opt = torch.optim.AdamW(layer.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = AdamW(layer.parameters(), lr=lr, weight_decay=weight_decay)  # torch's update, no torch._dynamo import
     n = x.shape[0]
     losses = [_full_loss(layer, x, y)] if until_convergence else []
     for _ in tqdm(range(n_epochs), desc="linear probe", leave=False, disable=True if n * n_epochs < 10**7 else None):

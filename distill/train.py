@@ -27,10 +27,14 @@ from distill.device import resolve_device
 from distill.init import init_student, parameter_distance
 from distill.meter import EpochMeter, NonFinite
 from distill.models import build_model, seeded
+from distill.optim import Adam, AdamW
 from distill.store import Store, StoreError, load_into, student_name
 
 if TYPE_CHECKING:
     import xarray
+
+# what make_optimizer returns: the same step/zero_grad/state_dict/load_state_dict/param_groups
+Optimizer = Adam | torch.optim.SGD
 
 MODELS = ("teacher", "teacher_bn", "student", "input")
 # fields that may change when a run is resumed or extended
@@ -166,20 +170,23 @@ def lr_schedule(cfg: DistillConfig, steps_per_epoch: int) -> np.ndarray:
     return lr
 
 
-def make_optimizer(cfg: DistillConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Optimiser with two parameter groups: weights, and biases/norm parameters (1-d tensors)."""
+def make_optimizer(cfg: DistillConfig, model: nn.Module) -> Optimizer:
+    """Optimiser with two parameter groups: weights, and biases/norm parameters (1-d tensors).
+
+    Adam and AdamW are :mod:`distill.optim`'s (torch's update and state format, without the
+    150 MiB import of ``torch._dynamo`` that ``torch.optim.Optimizer`` makes); SGD is torch's."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     other = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     nb = cfg.weight_decay if cfg.norm_bias_decay is None else cfg.norm_bias_decay
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": nb}]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.adam_eps)
+        return AdamW(groups, lr=cfg.lr, eps=cfg.adam_eps)
     if cfg.optimizer == "adam":  # L2 penalty in the gradient, as torch's Adam
-        return torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.adam_eps)
+        return Adam(groups, lr=cfg.lr, eps=cfg.adam_eps)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
-def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+def _opt_tensors(opt: Optimizer) -> tuple[dict[str, torch.Tensor], list]:
     sd = opt.state_dict()
     tensors = {
         f"{i}/{k}": (v if torch.is_tensor(v) else torch.tensor(v))
@@ -190,7 +197,7 @@ def _opt_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], l
     return tensors, groups
 
 
-def _load_opt(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+def _load_opt(opt: Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         i, k = key.split("/", 1)
