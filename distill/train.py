@@ -143,9 +143,26 @@ def teacher_probs(t_out: torch.Tensor, teacher_temp: float = 1.0, center: torch.
 
 
 def cross_entropy_to_probs(pt: torch.Tensor, s_out: torch.Tensor, student_temp: float = 1.0) -> torch.Tensor:
-    """Batch mean of H(p_t, softmax(s_out / student_temp)) in nats; ``pt`` (B, K) probabilities."""
+    """Batch mean of H(p_t, softmax(s_out / student_temp)) in nats; ``pt`` (B, K) probabilities.
+
+    The value and gradient of ``F.cross_entropy(s_out / student_temp, pt)``, bit for bit."""
+    return cross_entropy_from_log_probs(pt, student_log_probs(s_out, student_temp))
+
+
+def student_log_probs(s_out: torch.Tensor, student_temp: float = 1.0) -> torch.Tensor:
+    """log softmax(s_out / student_temp) (B, K), at least fp32, as ``F.cross_entropy`` takes it."""
     s = s_out.to(torch.promote_types(s_out.dtype, torch.float32))
-    return F.cross_entropy(s / student_temp if student_temp != 1.0 else s, pt)
+    s = s / student_temp if student_temp != 1.0 else s
+    return F.log_softmax(s, dim=1, dtype=s.dtype)
+
+
+def cross_entropy_from_log_probs(pt: torch.Tensor, log_ps: torch.Tensor) -> torch.Tensor:
+    """Batch mean of -sum_k pt log_ps, the operations (and so the numbers and the gradient) of
+    ``F.cross_entropy`` with probability targets after its log-softmax; (B, K) each."""
+    # F.cross_entropy computes exactly this after its log_softmax, but as one call it keeps the
+    # student's logits alive beside the log-probabilities and the product (64 MiB each at 256 x
+    # 65,536): taking the log-softmax first lets the caller drop the logits before the product.
+    return -(log_ps * pt).sum() / (log_ps.numel() // log_ps.shape[1])
 
 
 def teacher_entropy(t_out: torch.Tensor, teacher_temp: float = 1.0, center: torch.Tensor | None = None) -> torch.Tensor:
@@ -735,7 +752,9 @@ def _train(
             t_out = t_logits if keep_logits else None
             del t_logits
         emb = _backbone(student)(x)
-        loss = cross_entropy_to_probs(pt, _head(student)(emb), cfg.student_temp)
+        # the logits are freed once their log-softmax exists (they are not needed for the gradient)
+        log_ps = student_log_probs(_head(student)(emb), cfg.student_temp)
+        loss = cross_entropy_from_log_probs(pt, log_ps)
         return loss, t_out, emb, t_emb
 
     step_forward = torch.compile(forward) if cfg.compile else forward

@@ -1,12 +1,20 @@
 """The memory-saving order of the distillation step changes no number."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import distill.probe as probe
 from distill.init import init_student, parameter_distance
-from distill.train import build_teacher, set_teacher_mode, teacher_probs
+from distill.train import (
+    build_teacher,
+    cross_entropy_from_log_probs,
+    cross_entropy_to_probs,
+    set_teacher_mode,
+    student_log_probs,
+    teacher_probs,
+)
 from distill.train import distill as run
 from tests.distill.test_train import synthetic, tiny_cfg
 
@@ -74,3 +82,18 @@ def test_knn_chunks_bounded_by_the_score_budget_give_the_same_predictions(monkey
     monkeypatch.setattr(torch, "addmm", lambda *a, **kw: rows.append(a[1].shape[0]) or real_addmm(*a, **kw))
     assert torch.equal(probe.knn_predict(tr, y, te, k=5), whole)
     assert max(rows) == 7 and sum(rows) == 50
+
+
+@pytest.mark.parametrize(("batch", "classes", "temp"), [(7, 1000, 1.0), (5, 333, 0.1), (256, 4096, 1.0)])
+def test_cross_entropy_from_log_probs_equals_f_cross_entropy_value_and_gradient(batch, classes, temp):
+    g = torch.Generator().manual_seed(batch)
+    logits = (torch.randn(batch, classes, generator=g) * 5).requires_grad_(True)
+    pt = F.softmax(torch.randn(batch, classes, generator=g) * 3, dim=-1)
+    want = F.cross_entropy(logits / temp if temp != 1.0 else logits, pt)
+    (want_grad,) = torch.autograd.grad(want, logits)
+    got = cross_entropy_from_log_probs(pt, student_log_probs(logits, temp))
+    (got_grad,) = torch.autograd.grad(got, logits)
+    assert torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    assert torch.equal(cross_entropy_to_probs(pt, logits, temp), want)
+    ref = -(F.log_softmax(logits.double() / temp, dim=1) * pt.double()).sum(1).mean()
+    assert abs(float(got) - float(ref)) < 1e-5 * abs(float(ref))
