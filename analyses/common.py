@@ -42,6 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- context and provenance
+class UsageError(ValueError):
+    """A script argument that names nothing the preset has (``--only`` with no match): a one-line error."""
+
+
 @dataclass
 class Context:
     """Where a script reads and writes, and its preset's name."""
@@ -349,6 +353,9 @@ def script(
             except (SweepIncomplete, ExecutorSpecError) as e:  # runs busy in another process, or a bad --executor
                 print(f"analyses.{name}: error: {e}", file=sys.stderr)
                 return 1
+            except UsageError as e:
+                print(f"analyses.{name}: error: {e}", file=sys.stderr)
+                return 2
         save(ds, nc)
         plot(open_result(nc), png)
         print(f"wrote {nc} and {png}")

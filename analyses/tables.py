@@ -242,7 +242,10 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
 
     archs, seeds = ctx.keep(list(pre["archs"])), list(pre["seeds"])
     if not archs:
-        raise ValueError(f"--only {','.join(ctx.only)} names none of the preset's architectures {pre['archs']}")
+        raise common.UsageError(
+            f"--only {','.join(ctx.only)} names none of the preset's architectures: "
+            f"choose from {', '.join(pre['archs'])}"
+        )
     opts = pre.get("arch_options", {})
     in_seeds = list(pre.get("input_seeds", seeds))
     where = (ctx.root, pre["subset"], pre["n_test"])

@@ -168,3 +168,13 @@ def test_rtt_plot_refuses_anything_else_in_one_line(tmp_path):
         )
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "rtt plot: error" in r.stderr
+
+
+def test_only_naming_no_architecture_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from analyses import tables
+
+    argv = ["--preset", "smoke", "--only", "resnet999", "--results", str(tmp_path / "r"), "--runs", str(tmp_path)]
+    assert tables.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "resnet999" in err and "choose from" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
