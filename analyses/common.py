@@ -183,12 +183,13 @@ def stack_seeds(rows: list[xr.Dataset | xr.DataArray], seeds: Sequence[int]) -> 
 
 
 def save(ds: xr.Dataset, path: str | Path) -> Path:
-    """Write a result as netCDF (h5netcdf), creating the folder."""
+    """Write a result as netCDF (h5netcdf), creating the folder: under a temporary name of its own,
+    fsynced and renamed into place, as the store writes (two workers finishing the same unit each
+    write a whole file; the reader sees one of them, never a mix, and a kill leaves no partial file)."""
+    from distill.store import fsio
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    ds.to_netcdf(tmp, engine="h5netcdf")
-    os.replace(tmp, path)
+    fsio.write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
     return path
 
 

@@ -178,3 +178,19 @@ def test_only_naming_no_architecture_is_one_line_and_writes_nothing(tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "resnet999" in err and "choose from" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_results_saved_at_once_to_one_path_leave_one_whole_file(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from analyses import common
+
+    path = tmp_path / "unit.nc"
+    sets = [xr.Dataset({"x": ("i", np.full(50_000, float(k)))}) for k in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda ds: common.save(ds, path), sets))
+    got = common.open_result(path).x.values
+    assert len(set(got.tolist())) == 1 and got[0] in range(4) and got.size == 50_000
+    assert [p.name for p in tmp_path.iterdir()] == ["unit.nc"]  # no temporary file left behind
