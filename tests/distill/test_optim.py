@@ -29,7 +29,7 @@ def _groups(m: nn.Module) -> list[dict]:
 
 def _train(m: nn.Module, opt, steps: range) -> None:
     for step in steps:
-        x = torch.randn(16, 7, generator=torch.Generator().manual_seed(1000 + step))
+        x = torch.randn(16, 7, generator=torch.Generator().manual_seed(1000 + step)).to(next(m.parameters()).device)
         for group, lr in zip(opt.param_groups, (1e-2 / (1 + step), 3e-3)):
             group["lr"] = lr
         loss = m(x).square().mean()
@@ -54,6 +54,18 @@ def _assert_same_state(a: dict, b: dict) -> None:
 def test_steps_and_state_equal_torch_bit_for_bit(ours, theirs):
     a, b = _model(0), _model(0)
     oa, ob = ours(_groups(a), lr=1e-2, eps=1e-6), theirs(_groups(b), lr=1e-2, eps=1e-6)
+    _train(a, oa, range(6))
+    _train(b, ob, range(6))
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), k
+    _assert_same_state(oa.state_dict(), ob.state_dict())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("ours", "theirs"), PAIRS)
+def test_steps_equal_torch_on_cuda_with_its_foreach_choice(ours, theirs):
+    a, b = _model(0).cuda(), _model(0).cuda()
+    oa, ob = ours(_groups(a), lr=1e-2), theirs(_groups(b), lr=1e-2)
     _train(a, oa, range(6))
     _train(b, ob, range(6))
     for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
