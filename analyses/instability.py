@@ -113,7 +113,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
 
 
 def plot(ds: xr.Dataset, path: Any) -> None:
-    fig, axes = common.figure(2, 1, width=4.6, height=3.4)
+    fig, axes = common.figure(2, 1, width=5.6, height=3.6)
     starts = [str(s) for s in ds.start.values]
     for i, s in enumerate(starts):
         err = common.pct(ds.error.sel(start=s))
@@ -124,14 +124,14 @@ def plot(ds: xr.Dataset, path: Any) -> None:
     axes[0].set(xlabel="alpha between two children", ylabel="test error [%] (band: +-1 std over pairs)")
     axes[1].axhline(2.0, color="0.5", ls=":", label="2 % (Frankle et al.'s stability threshold)")
     axes[1].set_xticks(
-        range(len(starts)), [s.replace(" (", "\n(") for s in starts], rotation=20, ha="right", fontsize=7
+        range(len(starts)), [s.replace(" (", "\n(") for s in starts], rotation=30, ha="right", fontsize=7
     )
     axes[1].set(
         ylabel="error barrier [%] per pair",
         title=f"{int(ds.attrs.get('n_alphas', ds.sizes['alpha']))} points per path, BN reset",
     )
-    axes[1].legend(fontsize=7)
     common.legend(axes[0])
+    common.legend(axes[1])  # outside, like the left one: inside it covered the lowest barriers
     common.finish(fig, path, f"Figure 9: {common.subtitle(ds)}")
 
 

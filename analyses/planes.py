@@ -71,6 +71,8 @@ def grid_values(
     ys: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Loss (nats) and k-NN accuracy (fraction) over the grid (x, y), and the basis' norms/projection."""
+    import copy
+
     import torch
     from torch.func import functional_call
 
@@ -79,7 +81,9 @@ def grid_values(
     from landscape.planes import plane_basis
 
     a, b, c = (models[n] for n in names)
-    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    # copies: every grid point is loaded into ``net`` below, and a module's state_dict() tensors are its own
+    # parameters (loading into ``a`` itself moved the origin after each point and left the teacher changed)
+    sa, sb, sc = ({k: t.detach().clone() for k, t in m.state_dict().items()} for m in (a, b, c))
     basis = plane_basis(sa, sb, sc)
     scale = basis["norm_u"] / basis["norm_v"]
     x_loss = normalize(data.train.images[: pre["n_loss"]], data.mean, data.std)
@@ -88,7 +92,7 @@ def grid_values(
     tr, ytr = data.train.images[: pre["n_probe"]], data.train.labels[: pre["n_probe"]]
     loss = np.zeros((len(xs), len(ys)))
     acc = np.zeros((len(xs), len(ys)))
-    net = a
+    net = copy.deepcopy(a)
     for i, x in enumerate(xs):
         for j, y in enumerate(ys):
             state = {
@@ -104,7 +108,6 @@ def grid_values(
                 f_tr = embed(net.backbone, tr, data.mean, data.std)
                 f_te = embed(net.backbone, data.test.images, data.mean, data.std)
                 acc[i, j] = knn_accuracy(f_tr, ytr, f_te, data.test.labels, k=20)
-    net.load_state_dict(sa)
     return loss, acc, {"norm_u": basis["norm_u"], "norm_v": basis["norm_v"], "projection": basis["projection"]}
 
 

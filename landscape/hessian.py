@@ -528,7 +528,9 @@ def hessian_along_path(
     dev = resolve_device(device)
     ma, info_a = load_ref(a, dev)
     mb, info_b = load_ref(b, dev)
-    sa, sb = ma.state_dict(), mb.state_dict()
+    # copies: ``ma`` is loaded with every point below, and its state_dict() tensors are its own parameters
+    sa = {k: t.detach().clone() for k, t in ma.state_dict().items()}
+    sb = {k: t.detach().clone() for k, t in mb.state_dict().items()}
     alist = _alpha_values(alphas)
     bn_batches = training_batches(data, 8, 256, 0, dev) if bn == "reset" else []
     results: list[dict[str, Any]] = []

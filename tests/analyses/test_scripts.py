@@ -194,3 +194,48 @@ def test_results_saved_at_once_to_one_path_leave_one_whole_file(tmp_path):
     got = common.open_result(path).x.values
     assert len(set(got.tolist())) == 1 and got[0] in range(4) and got.size == 50_000
     assert [p.name for p in tmp_path.iterdir()] == ["unit.nc"]  # no temporary file left behind
+
+
+def test_plane_grid_values_are_the_networks_at_those_points_and_leave_them_unchanged():
+    import copy
+
+    import numpy as np
+    import torch
+
+    from analyses.planes import grid_values
+    from distill import build_model
+    from distill.data import Dataset, Split, normalize
+
+    g = torch.Generator().manual_seed(3)
+    imgs = torch.randint(0, 256, (40, 1, 3, 3), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 3, (40,), generator=g)
+    data = Dataset("synthetic", Split(imgs, labels), Split(imgs[:20], labels[:20]), ["0", "1", "2"], (0.5,), (0.25,))
+    opts = dict(head="dino", widths=[6], out_dim=8, hidden_dim=7, bottleneck_dim=4)
+    nets = {}
+    for i, name in enumerate(("a", "b", "c")):
+        torch.manual_seed(i)
+        nets[name] = build_model("mlp", (1, 3, 3), **opts).eval()
+    before = {n: copy.deepcopy(m.state_dict()) for n, m in nets.items()}
+    teacher = nets["a"]
+    xs, ys = np.array([0.0, 1.0, 0.5]), np.array([0.0, 0.0])
+    loss, _, _ = grid_values(nets, ("a", "b", "c"), teacher, data, dict(n_loss=16, n_probe=20), xs, ys)
+    x = normalize(imgs[:16], data.mean, data.std)
+    with torch.no_grad():
+        p_t = torch.softmax(before_model(opts, before["a"])(x), -1)
+
+        def ce(sd):
+            return float(-(p_t * torch.log_softmax(before_model(opts, sd)(x), -1)).sum(-1).mean())
+
+        mid = {k: (before["a"][k] + before["b"][k]) / 2 for k in before["a"]}
+    # x = 0 is a, x = 1 is b and x = 0.5 their midpoint, whatever was evaluated before
+    np.testing.assert_allclose(loss[:, 0], [ce(before["a"]), ce(before["b"]), ce(mid)], rtol=1e-5)
+    for n, m in nets.items():
+        assert all(torch.equal(m.state_dict()[k], before[n][k]) for k in before[n]), f"{n} was changed"
+
+
+def before_model(opts: dict, state: dict):
+    from distill import build_model
+
+    m = build_model("mlp", (1, 3, 3), **opts).eval()
+    m.load_state_dict(state)
+    return m

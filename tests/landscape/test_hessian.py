@@ -163,7 +163,7 @@ def test_hessian_over_lottery_levels_is_restricted_to_the_unpruned_weights(tmp_p
         np.testing.assert_allclose(ds.eigenvalue.sel(level=level).values, expected, rtol=2e-3)
 
 
-def test_hessian_along_a_path_matches_dense_hessians_at_the_start_and_the_middle():
+def test_hessian_along_a_path_matches_dense_hessians_at_every_point():
     from landscape.hessian import hessian_along_path
     from landscape.paths import interpolate_state
 
@@ -173,10 +173,19 @@ def test_hessian_along_a_path_matches_dense_hessians_at_the_start_and_the_middle
     data = Dataset("synthetic", Split(imgs, labels), Split(imgs[:8], labels[:8]), ["0", "1", "2"], (0.5,), (0.25,))
     a, b = _tiny(0).float(), _tiny(1).float()
     ds = hessian_along_path(
-        a, b, data, alphas=[0.0, 0.5], k=1, batches=None, batch_size=24, trace_probes=0, tol=1e-6, device="cpu"
+        a,
+        b,
+        data,
+        alphas=[0.0, 0.25, 0.5, 0.75],
+        k=1,
+        batches=None,
+        batch_size=24,
+        trace_probes=0,
+        tol=1e-6,
+        device="cpu",
     )
     x = ((imgs.double() / 255) - 0.5) / 0.25
-    for alpha in (0.0, 0.5):
+    for alpha in (0.0, 0.25, 0.5, 0.75):  # later points would start from the previous one if the ends were aliased
         m = _tiny(0)
         m.load_state_dict(interpolate_state(a.double().state_dict(), b.double().state_dict(), alpha))
         h = _dense(m, lambda fn: F.cross_entropy(fn(x), labels))
