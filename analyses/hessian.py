@@ -259,6 +259,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
 
 
 def plot(ds: xr.Dataset, path: Any) -> None:
+    import matplotlib.ticker as mticker
+
     fig, axes = common.figure(4, 1, width=3.9, height=3.3)
     for i, s in enumerate(ds.start.values):
         style = dict(color=f"C{i}", marker="o")
@@ -275,12 +277,15 @@ def plot(ds: xr.Dataset, path: Any) -> None:
     ax2.plot(rem, ds.level_trace, "k--", marker="s", ms=4, label="trace")
     ax2.set_ylabel("Hessian trace [nats] (dashed)")
     axes[2].set_xscale("log")
+    axes[2].set_xticks(rem, [f"{r:g}" for r in rem])  # the levels themselves (log-axis labels ran together)
+    axes[2].xaxis.set_minor_locator(mticker.NullLocator())
     axes[2].invert_xaxis()
     axes[2].set(xlabel="weights remaining [%]", ylabel="top eigenvalues [nats]", title="IMP levels of the student")
     axes[2].legend(fontsize=7)
     axes[3].set_yscale("log")
     axes[3].set(xlabel="Hessian eigenvalue [nats]", ylabel="density (SLQ)", title="spectral density at child 0")
-    axes[3].set_ylim(bottom=max(1e-6, float(ds.density.max()) * 1e-6))
+    top = float(ds.density.max())
+    axes[3].set_ylim(bottom=max(1e-6, top * 1e-6), top=top * 3)
     common.legend(axes[1])
     common.finish(fig, path, f"Curvature: {common.subtitle(ds)} (band: +-1 std over child pairs)")
 
