@@ -94,10 +94,7 @@ class PairUnit:
 
     def done(self) -> bool:
         """Whether ``out`` holds this pair's result for the same settings."""
-        try:
-            return common.open_result(self.out).attrs.get("unit") == self.key()
-        except (OSError, ValueError):
-            return False
+        return common.holds_unit(self.out, self.key())
 
     def __call__(self) -> str:
         from distill.config import SupervisedConfig

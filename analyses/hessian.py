@@ -112,10 +112,7 @@ class CurvatureUnit:
 
     def done(self) -> bool:
         """Whether ``out`` holds this measurement for the same settings."""
-        try:
-            return common.open_result(self.out).attrs.get("unit") == self.key()
-        except (OSError, ValueError):
-            return False
+        return common.holds_unit(self.out, self.key())
 
     def __call__(self) -> str:
         import landscape
