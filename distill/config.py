@@ -222,8 +222,9 @@ REFERENCE: dict[str, Any] = {
     "norm_bias_decay": 0.01,  # AdamW's default decay still applied to biases and norm parameters
     "probe_reseed": True,  # a fresh probe seed at every probed epoch
 }
-# on ViT backbones also: all blocks tied to one module, PyTorch's default init (cls/pos embeddings N(0, 1))
-REFERENCE_VIT: dict[str, Any] = {"tie_blocks": True, "weight_init": "torch"}
+# on ViT backbones also: all blocks tied to one module, PyTorch's default init (cls/pos embeddings N(0, 1)),
+# the code's block (attention across heads, GELU after the MLP, LayerNorm eps 1e-5; distill.vit)
+REFERENCE_VIT: dict[str, Any] = {"tie_blocks": True, "weight_init": "torch", "block": "reference"}
 
 
 @dataclass

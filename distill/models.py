@@ -36,7 +36,7 @@ from distill.heads import (
     check_int,
     check_ints,
 )
-from distill.vit import WEIGHT_INITS, VisionTransformer
+from distill.vit import BLOCKS, WEIGHT_INITS, VisionTransformer
 
 _RNG_LOCK = threading.RLock()
 
@@ -431,6 +431,7 @@ def _vit(
     depth: Any,
     tie_blocks: Any,
     weight_init: Any,
+    block: Any,
 ) -> nn.Module:
     return VisionTransformer(
         in_shape,
@@ -440,6 +441,7 @@ def _vit(
         patch_size=check_int("patch_size", patch_size),
         tie_blocks=check_bool("tie_blocks", tie_blocks),
         weight_init=check_choice("weight_init", weight_init, WEIGHT_INITS),
+        block=check_choice("block", block, BLOCKS),
     )
 
 
@@ -451,9 +453,11 @@ def vit_tiny(
     depth: int = 12,
     tie_blocks: bool = False,
     weight_init: str = "trunc_normal",
+    block: str = "standard",
 ) -> nn.Module:
-    """ViT-Tiny: width 192, 3 heads, ``depth`` blocks, MLP ratio 4; embedding 192 (cls token)."""
-    return _vit(in_shape, 192, 3, patch_size, depth, tie_blocks, weight_init)
+    """ViT-Tiny: width 192, 3 heads, ``depth`` blocks, MLP ratio 4; embedding 192 (cls token).
+    ``block="reference"``: the authors' code's block (:mod:`distill.vit`)."""
+    return _vit(in_shape, 192, 3, patch_size, depth, tie_blocks, weight_init, block)
 
 
 @register_model("vit_small")
@@ -464,6 +468,8 @@ def vit_small(
     depth: int = 12,
     tie_blocks: bool = False,
     weight_init: str = "trunc_normal",
+    block: str = "standard",
 ) -> nn.Module:
-    """ViT-Small: width 384, 6 heads, ``depth`` blocks, MLP ratio 4; embedding 384 (cls token)."""
-    return _vit(in_shape, 384, 6, patch_size, depth, tie_blocks, weight_init)
+    """ViT-Small: width 384, 6 heads, ``depth`` blocks, MLP ratio 4; embedding 384 (cls token).
+    ``block="reference"``: the authors' code's block (:mod:`distill.vit`)."""
+    return _vit(in_shape, 384, 6, patch_size, depth, tie_blocks, weight_init, block)

@@ -402,3 +402,41 @@ def test_register_model_adds_a_buildable_architecture():
     finally:
         models._REGISTRY.pop("toy_linear_net", None)
     assert "toy_linear_net" not in list_models()
+
+
+def test_vit_reference_block_against_an_explicit_loop():
+    """block="reference": per token, a softmax over the heads; the (B, H, L, E') -> (B, L, E) reshape;
+    GELU after the MLP's output layer; LayerNorm eps 1e-5. Written out with loops over tokens."""
+    torch.manual_seed(0)
+    blk = build_model("vit_tiny", depth=1, block="reference", head=None).backbone.blocks[0]
+    B, L, E, H = 2, 5, 192, 3
+    d = E // H
+    x = torch.randn(B, L, E)
+
+    def ln(t):
+        mu, var = t.mean(-1, keepdim=True), t.var(-1, unbiased=False, keepdim=True)
+        return (t - mu) / torch.sqrt(var + 1e-5)  # weight 1, bias 0 at init
+
+    qkv = blk.attn.qkv(ln(x))
+    heads = torch.empty(B, H, L, d)  # heads[b, h, l] = head h's output at token l
+    for b in range(B):
+        for i in range(L):
+            q = qkv[b, i, :E].reshape(H, d)
+            k = qkv[b, i, E : 2 * E].reshape(H, d)
+            v = qkv[b, i, 2 * E :].reshape(H, d)
+            w = torch.softmax(q @ k.T / d**0.5, dim=-1)  # (H, H): head h attends to head g of token i
+            heads[b, :, i] = w @ v
+    mixed = heads.flatten().reshape(B, L, E)  # the H-major memory order read as (B, L, E)
+    y = x + blk.attn.proj(mixed)
+    z = blk.mlp[2](torch.nn.functional.gelu(blk.mlp[0](ln(y))))
+    ref = y + torch.nn.functional.gelu(z)
+    assert torch.allclose(blk(x), ref, atol=1e-5)
+    # the standard block differs on the same weights
+    std = build_model("vit_tiny", depth=1, head=None).backbone.blocks[0]
+    std.load_state_dict(blk.state_dict())
+    assert not torch.allclose(std(x), ref, atol=1e-3)
+
+
+def test_vit_unknown_block_is_refused():
+    with pytest.raises(ValueError, match="block"):
+        build_model("vit_tiny", depth=1, block="dino", head=None)

@@ -12,6 +12,7 @@ from distill.probe import (
     knn_accuracy,
     knn_predict,
     linear_probe,
+    prefer_numpy_blas,
     probe_features,
     probe_input,
     probe_model,
@@ -67,15 +68,16 @@ def random_data(n, dim, num_classes, seed):
 # ----------------------------------------------------------------------------- k-NN
 
 
+@pytest.mark.parametrize("gemm", ["torch", "numpy"])
 @pytest.mark.parametrize("k", [1, 5, 20])
 @pytest.mark.parametrize(
     "metric,weighted", [("euclidean", False), ("cosine", True), ("cosine", False), ("euclidean", True)]
 )
-def test_knn_matches_brute_force(k, metric, weighted):
+def test_knn_matches_brute_force(k, metric, weighted, gemm):
     train_x, train_y = random_data(300, 8, 5, seed=1)
     test_x, test_y = random_data(120, 8, 5, seed=2)
     ref = brute_force_knn(train_x, train_y, test_x, k, metric, weighted)
-    got = knn_predict(train_x, train_y, test_x, k=k, metric=metric, weighted=weighted, chunk=37)
+    got = knn_predict(train_x, train_y, test_x, k=k, metric=metric, weighted=weighted, chunk=37, gemm=gemm)
     assert torch.equal(got, ref)
     acc = knn_accuracy(train_x, train_y, test_x, test_y, k=k, metric=metric, weighted=weighted)
     assert acc == int((ref == test_y).sum()) / len(test_y)
@@ -450,3 +452,36 @@ def test_probe_model_uses_backbone_and_subset():
     tr = _manual_normalise(data.train.images[idx]).flatten(1)
     te = _manual_normalise(data.test.images).flatten(1)
     assert small["knn"] == knn_accuracy(tr, data.train.labels[idx], te, data.test.labels, k=5)
+
+
+@pytest.mark.parametrize(
+    "torch_blas,vendor,numpy_blas,want",
+    [
+        ("mkl", "AuthenticAMD", "scipy-openblas", True),
+        ("mkl", "GenuineIntel", "scipy-openblas", False),  # MKL is at its best on Intel
+        ("mkl", "AuthenticAMD", "mkl-sdl", False),  # numpy on MKL: nothing to gain
+        ("other", "AuthenticAMD", "openblas", False),  # torch without MKL (e.g. aarch64 wheels)
+        ("mkl", "", "", False),  # numpy cannot name its BLAS
+    ],
+)
+def test_knn_auto_gemm_rule(torch_blas, vendor, numpy_blas, want):
+    assert prefer_numpy_blas(torch_blas, vendor, numpy_blas) is want
+
+
+def test_knn_numpy_gemm_keeps_torchs_thread_count():
+    from threadpoolctl import threadpool_info
+
+    from distill.probe import _blas_threads
+
+    with _blas_threads(1):
+        blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(i["num_threads"] == 1 for i in blas)
+
+
+def test_knn_numpy_and_torch_gemm_agree_at_scale():
+    train_x, train_y = clusters(200, 10, 64, sep=1.0, noise=2.0, seed=3)
+    test_x, _ = clusters(50, 10, 64, sep=1.0, noise=2.0, seed=4)
+    a = knn_predict(train_x, train_y, test_x, gemm="torch")
+    assert torch.equal(a, knn_predict(train_x, train_y, test_x, gemm="numpy"))
+    with pytest.raises(ValueError, match="gemm"):
+        knn_predict(train_x, train_y, test_x, gemm="blas")

@@ -33,7 +33,7 @@ def test_reference_recipe_changes_exactly_the_documented_fields():
     assert (ref.recipe, ref.init, ref.norm_bias_decay, ref.probe_reseed) == ("reference", "copy", 0.01, True)
     vit = DistillConfig.reference(arch="vit_tiny")
     assert _changed(DistillConfig(arch="vit_tiny"), vit) == DOCUMENTED | {"arch_options"}
-    assert vit.arch_options == {"tie_blocks": True, "weight_init": "torch"}
+    assert vit.arch_options == {"tie_blocks": True, "weight_init": "torch", "block": "reference"}
     assert DistillConfig.reference(lr=1e-4).lr == 1e-4  # changes win over the recipe
     text = README.read_text()
     section = text[text.index("--recipe reference") :]
