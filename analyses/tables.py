@@ -22,11 +22,29 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
-from distill.config import DistillConfig
+from distill.config import REFERENCE_VIT, DistillConfig
 from distill.store import Store
 
 ARCHS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet20", "resnet34", "resnet56", "vit_tiny", "vit_small")
 PROBES = ["knn", "linear", "linear_std"]
+# rows beyond the registry's defaults: name -> (architecture, arch_options); compared with the same
+# paper numbers as their architecture. "-reference": the authors' code's ViT (distill.config.REFERENCE_VIT:
+# its block, tied blocks, PyTorch's init), at the paper's patch size 8
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "vit_tiny-reference": ("vit_tiny", dict(REFERENCE_VIT)),
+    "vit_small-reference": ("vit_small", dict(REFERENCE_VIT)),
+}
+
+
+def _base(name: str) -> tuple[str, dict[str, Any]]:
+    """The architecture and extra arch_options of a row name (an architecture or a VARIANTS key)."""
+    return VARIANTS.get(name, (name, {}))
+
+
+def _order(name: str) -> tuple[int, int]:
+    """Sort key: the paper's order of architectures, each variant after its architecture."""
+    base = _base(name)[0]
+    return (ARCHS.index(base) if base in ARCHS else len(ARCHS), name in VARIANTS)
 # the paper, CIFAR-10, percent: Table 5 (linear; VGG11 / ResNet18 from Table 1) and Table 3 (k-NN)
 PAPER_LINEAR = {
     "vgg11": (36.55, 51.98),
@@ -46,7 +64,7 @@ PAPER_INPUT = {"linear": 39.02, "knn": 33.61}
 PRESETS: dict[str, dict[str, Any]] = {
     # seconds: two archs on 100 training / 50 test images, one tiny student
     "smoke": dict(
-        archs=["vgg11", "vit_tiny"],
+        archs=["vgg11", "vit_tiny", "vit_tiny-reference"],
         seeds=[0],
         subset=100,
         n_test=50,
@@ -81,6 +99,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "vgg16",
             "vgg19",
             "resnet34",
+            "vit_tiny-reference",
+            "vit_small-reference",
         ],
         seeds=[0],
         input_seeds=[0],
@@ -91,7 +111,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the paper's scale: three teacher seeds, students of VGG11 and ResNet18 for 150 epochs on 50k images;
     # one call of this preset does not fit 9 minutes: run it per architecture (results/README.md)
     "gpu": dict(
-        archs=list(ARCHS),
+        archs=[*ARCHS, *VARIANTS],
         seeds=[0, 1, 2],
         input_seeds=[0, 1, 2],
         subset=None,
@@ -254,7 +274,15 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     data = common.load("cifar10", ctx, subset=pre["subset"], n_test=pre["n_test"])
     local = data if ctx.executor is None else None
     teachers = {
-        (a, s): TeacherProbes(a, s, opts.get(a, {}), ctx.device, *where, str(ctx.store(f"teacher-{a}-s{s}.nc")), local)
+        (a, s): TeacherProbes(
+            _base(a)[0],
+            s,
+            {**opts.get(_base(a)[0], {}), **_base(a)[1], **opts.get(a, {})},
+            ctx.device,
+            *where,
+            str(ctx.store(f"teacher-{a}-s{s}.nc")),
+            local,
+        )
         for a in archs
         for s in seeds
     }
@@ -287,7 +315,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         [common.stack_seeds([common.open_result(teachers[(a, s)].out).accuracy for s in seeds], seeds) for a in archs],
         dim=xr.DataArray(archs, dims="arch", name="arch"),
     )
-    archs = [a for a in ARCHS if a in archs] + [a for a in archs if a not in ARCHS]  # the paper's order
+    archs = sorted(archs, key=_order)  # the paper's order, variants after their architecture
     teacher = teacher.sel(arch=archs)
     inp = common.stack_seeds([common.open_result(inputs[s].out).accuracy for s in in_seeds], in_seeds).rename(
         seed="input_seed"
@@ -298,8 +326,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         if s in seeds:
             student.loc[{"arch": a, "seed": s}] = best.sel(probe=PROBES).values
     acc_attrs = {"long_name": "probe accuracy", "units": "fraction"}
-    pl = np.array([PAPER_LINEAR.get(a, (np.nan, np.nan)) for a in archs]) / 100
-    pk = np.array([PAPER_KNN.get(a, (np.nan, np.nan)) for a in archs]) / 100
+    pl = np.array([PAPER_LINEAR.get(_base(a)[0], (np.nan, np.nan)) for a in archs]) / 100
+    pk = np.array([PAPER_KNN.get(_base(a)[0], (np.nan, np.nan)) for a in archs]) / 100
     ds = xr.Dataset(
         {
             "teacher": teacher.sel(model="teacher", drop=True).assign_attrs(

@@ -239,3 +239,18 @@ def before_model(opts: dict, state: dict):
     m = build_model("mlp", (1, 3, 3), **opts).eval()
     m.load_state_dict(state)
     return m
+
+
+def test_tables_reference_vit_row_is_built_with_the_reference_options(smoke):
+    from analyses.common import open_result
+
+    out, rc = smoke
+    assert rc == 0
+    ds = open_result(out / "results" / "tables.nc")
+    assert list(ds.arch.values) == ["vgg11", "vit_tiny", "vit_tiny-reference"]
+    assert float(ds.paper_teacher_linear.sel(arch="vit_tiny-reference")) == 0.3293  # ViT-Tiny's Table 5 number
+    unit = open_result(next((out / "runs").rglob("teacher-vit_tiny-reference-s0.nc")))
+    options = json.loads(unit.attrs["config"])["arch_options"]
+    assert options == {"depth": 1, "tie_blocks": True, "weight_init": "torch", "block": "reference"}
+    plain = open_result(next((out / "runs").rglob("teacher-vit_tiny-s0.nc")))
+    assert json.loads(plain.attrs["config"])["arch_options"] == {"depth": 1}
