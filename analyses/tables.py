@@ -45,6 +45,8 @@ def _order(name: str) -> tuple[int, int]:
     """Sort key: the paper's order of architectures, each variant after its architecture."""
     base = _base(name)[0]
     return (ARCHS.index(base) if base in ARCHS else len(ARCHS), name in VARIANTS)
+
+
 # the paper, CIFAR-10, percent: Table 5 (linear; VGG11 / ResNet18 from Table 1) and Table 3 (k-NN)
 PAPER_LINEAR = {
     "vgg11": (36.55, 51.98),
