@@ -302,20 +302,35 @@ class BasicBlock(nn.Module):
         return F.relu(out + identity, inplace=True)
 
 
+STEMS = ("cifar", "imagenet")
+
+
 class ResNet(nn.Module):
     """ResNet with a CIFAR stem (3x3 stride-1 conv, BN, ReLU, no max-pool), BasicBlock stages
     (the first at stride 1, the others at stride 2), global average pool -> widths[-1].
 
     ``shortcut`` where a block changes shape: "B" (1x1 conv + BN projection, as torchvision) or
     "A" (parameter-free: subsample by the stride and zero-pad the new channels).
+    ``stem="imagenet"``: torchvision's ImageNet stem instead (7x7 conv at stride 2, BN, ReLU, 3x3
+    max-pool at stride 2), which the authors' code builds unless run with ``--tiny_input``; on
+    32x32 images the last stage then works on 1x1 maps.
     """
 
     def __init__(
-        self, in_shape: tuple[int, int, int], widths: Sequence[int], blocks: Sequence[int], shortcut: str
+        self,
+        in_shape: tuple[int, int, int],
+        widths: Sequence[int],
+        blocks: Sequence[int],
+        shortcut: str,
+        stem: str = "cifar",
     ) -> None:
         super().__init__()
-        self.conv1 = _conv3x3(in_shape[0], widths[0])
+        if stem == "imagenet":
+            self.conv1: nn.Conv2d = nn.Conv2d(in_shape[0], widths[0], 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = _conv3x3(in_shape[0], widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0])
+        self.pool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
         cin = widths[0]
         for i, (cout, n) in enumerate(zip(widths, blocks)):
             stage = [
@@ -329,22 +344,36 @@ class ResNet(nn.Module):
         _torchvision_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = self.pool(F.relu(self.bn1(self.conv1(x)), inplace=True))
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return x.mean(dim=(2, 3))
 
 
 @register_model("resnet18")
-def resnet18(in_shape: tuple[int, int, int], *, shortcut: str = "B") -> nn.Module:
-    """ResNet-18 with CIFAR stem, 64-128-256-512, [2, 2, 2, 2] BasicBlocks; embedding 512."""
-    return ResNet(in_shape, (64, 128, 256, 512), (2, 2, 2, 2), check_choice("shortcut", shortcut, ("A", "B")))
+def resnet18(in_shape: tuple[int, int, int], *, shortcut: str = "B", stem: str = "cifar") -> nn.Module:
+    """ResNet-18 with CIFAR stem, 64-128-256-512, [2, 2, 2, 2] BasicBlocks; embedding 512.
+    ``stem="imagenet"``: torchvision's 7x7 / max-pool stem (:class:`ResNet`)."""
+    return ResNet(
+        in_shape,
+        (64, 128, 256, 512),
+        (2, 2, 2, 2),
+        check_choice("shortcut", shortcut, ("A", "B")),
+        check_choice("stem", stem, STEMS),
+    )
 
 
 @register_model("resnet34")
-def resnet34(in_shape: tuple[int, int, int], *, shortcut: str = "B") -> nn.Module:
-    """ResNet-34 with CIFAR stem, 64-128-256-512, [3, 4, 6, 3] BasicBlocks; embedding 512."""
-    return ResNet(in_shape, (64, 128, 256, 512), (3, 4, 6, 3), check_choice("shortcut", shortcut, ("A", "B")))
+def resnet34(in_shape: tuple[int, int, int], *, shortcut: str = "B", stem: str = "cifar") -> nn.Module:
+    """ResNet-34 with CIFAR stem, 64-128-256-512, [3, 4, 6, 3] BasicBlocks; embedding 512.
+    ``stem="imagenet"``: torchvision's 7x7 / max-pool stem (:class:`ResNet`)."""
+    return ResNet(
+        in_shape,
+        (64, 128, 256, 512),
+        (3, 4, 6, 3),
+        check_choice("shortcut", shortcut, ("A", "B")),
+        check_choice("stem", stem, STEMS),
+    )
 
 
 @register_model("resnet20")

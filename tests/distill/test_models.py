@@ -440,3 +440,24 @@ def test_vit_reference_block_against_an_explicit_loop():
 def test_vit_unknown_block_is_refused():
     with pytest.raises(ValueError, match="block"):
         build_model("vit_tiny", depth=1, block="dino", head=None)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
+def test_resnet_imagenet_stem_equals_torchvision(arch):
+    """stem="imagenet" is torchvision's network (7x7 / max-pool stem); checked on the same weights."""
+    import torchvision
+
+    torch.manual_seed(0)
+    ours = build_model(arch, stem="imagenet", head=None).backbone.eval()
+    tv = getattr(torchvision.models, arch)()
+    tv.fc = torch.nn.Identity()
+    tv.load_state_dict(ours.state_dict())
+    tv.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), tv(x), atol=1e-5)
+    assert ours.conv1.weight.shape == (64, 3, 7, 7)
+    cifar = build_model(arch, head=None).backbone
+    assert cifar.conv1.weight.shape == (64, 3, 3, 3) and set(cifar.state_dict()) == set(ours.state_dict())
+    with pytest.raises(ValueError, match="stem"):
+        build_model(arch, stem="tiny", head=None)
