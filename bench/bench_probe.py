@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import interleaved, record, reset_gpu_peak, show, sync_for
-from distill.probe import _cpu_gemm, knn_predict, linear_probe
+from distill.probe import knn_predict, linear_probe
 
 SIZES = {
     "tiny": dict(knn_train=(500, 1000), queries=200, dim=32, linear_train=512, rounds=1),
@@ -83,9 +83,8 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
         variants = {
             "distill.probe.knn_predict": lambda: got.__setitem__("ours", knn_predict(tx, ty, qx, k=20).cpu().numpy())
         }
-        gemm = _cpu_gemm() if torch.device(device).type == "cpu" else "torch"
-        if gemm == "numpy":  # the same call on torch's BLAS, to show what the auto rule buys
-            variants["knn_predict gemm=torch"] = lambda: knn_predict(tx, ty, qx, k=20, gemm="torch")
+        if torch.device(device).type == "cpu":  # the same call on numpy's BLAS (its gemm option)
+            variants["knn_predict gemm=numpy"] = lambda: knn_predict(tx, ty, qx, k=20, gemm="numpy")
         try:
             import faiss  # noqa: F401
 
@@ -109,7 +108,6 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
                 device=str(device),
                 size=size,
                 prediction_agreement=agree,
-                gemm=gemm,
                 notes=note,
             )
         )

@@ -12,13 +12,10 @@ All accuracies are fractions in [0, 1].
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import platform
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,7 +29,6 @@ __all__ = [
     "list_probes",
     "embed",
     "knn_predict",
-    "prefer_numpy_blas",
     "knn_accuracy",
     "fit_linear",
     "linear_probe",
@@ -153,33 +149,7 @@ def _check_finite(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or infinite values; probe a model whose embeddings are finite")
 
 
-KNN_GEMMS = ("auto", "torch", "numpy")
-
-
-def prefer_numpy_blas(torch_blas: str, cpu_vendor: str, numpy_blas: str) -> bool:
-    """The ``gemm="auto"`` rule of :func:`knn_predict` on a CPU, from three names.
-
-    True when torch's BLAS is MKL, the processor is not Intel's and numpy's BLAS is an OpenBLAS:
-    MKL's sgemm takes slower code paths on other vendors' processors (on this project's AMD EPYC
-    it ran at 0.75x OpenBLAS's speed on the k-NN's (1,677 x 512) @ (512 x 10,000) products).
-    A rule of names, not a timing, so that the same machine always computes the same distances.
-    """
-    return torch_blas == "mkl" and "intel" not in cpu_vendor.lower() and "openblas" in numpy_blas.lower()
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_gemm() -> str:
-    """``"numpy"`` or ``"torch"``: :func:`prefer_numpy_blas` on this process's torch, CPU and numpy."""
-    vendor = platform.processor()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            vendor = next((ln.split(":", 1)[1] for ln in f if ln.startswith("vendor_id")), vendor)
-    try:
-        numpy_blas = str(np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"])  # type: ignore[index]
-    except (TypeError, KeyError, ValueError):  # numpy < 1.26 cannot say
-        numpy_blas = ""
-    torch_blas = "mkl" if torch.backends.mkl.is_available() else "other"
-    return "numpy" if prefer_numpy_blas(torch_blas, vendor, numpy_blas) else "torch"
+KNN_GEMMS = ("torch", "numpy")
 
 
 def _blas_threads(n: int) -> Any:
@@ -219,7 +189,7 @@ def knn_predict(
     temperature: float = 0.07,
     num_classes: int | None = None,
     chunk: int = 1024,
-    gemm: str = "auto",
+    gemm: str = "torch",
 ) -> Tensor:
     """k-NN class predictions (M,) int64 for ``test_x`` (M, D) from ``train_x`` (N, D), ``train_y`` (N,).
 
@@ -238,11 +208,12 @@ def knn_predict(
     Computed on ``train_x``'s device in chunks of at most ``chunk`` test points, fewer when N is
     large: a chunk's score matrix holds at most 2**24 floats (64 MiB) or one row.
 
-    ``gemm``: which BLAS computes the Euclidean scores on a CPU. "torch": torch's; "numpy": numpy's
-    (zero-copy views, at most ``torch.get_num_threads()`` threads; the BLAS faiss uses too);
-    "auto" (default): numpy's where :func:`prefer_numpy_blas` says so, else torch's. On CUDA, and
-    for cosine scores, torch's. The choice can change distances in the last bits, hence a
-    neighbour at an exact tie, never the rule.
+    ``gemm``: which BLAS computes the Euclidean scores on a CPU. "torch" (default): torch's;
+    "numpy": numpy's (zero-copy views, at most ``torch.get_num_threads()`` threads; an OpenBLAS in
+    PyPI's wheels, the BLAS faiss uses too). On an AMD EPYC with torch's MKL, numpy's was 1.15-1.2x
+    faster at one thread and 0.87x at two (bench/README.md). On CUDA, and for cosine scores,
+    torch's. The choice can change distances in the last bits, hence a neighbour at an exact tie,
+    never the rule.
     """
     _check_xy(train_x, train_y, "train")
     if test_x.dim() != 2 or test_x.shape[1] != train_x.shape[1]:
@@ -277,9 +248,7 @@ def knn_predict(
         centre = tx.mean(dim=0)
         tx = tx - centre
         tx_sq = tx.square().sum(dim=1)
-    use_numpy = (
-        metric == "euclidean" and dev.type == "cpu" and (gemm == "numpy" or (gemm == "auto" and _cpu_gemm() == "numpy"))
-    )
+    use_numpy = metric == "euclidean" and dev.type == "cpu" and gemm == "numpy"
     if use_numpy:
         tx_t = tx.T.numpy()  # a view: numpy's BLAS reads torch's memory
     preds: list[Tensor] = []
@@ -330,7 +299,7 @@ def knn_accuracy(
     temperature: float = 0.07,
     num_classes: int | None = None,
     chunk: int = 1024,
-    gemm: str = "auto",
+    gemm: str = "torch",
 ) -> float:
     """Fraction of ``test_y`` (M,) predicted correctly by :func:`knn_predict` (same options)."""
     _check_xy(test_x, test_y, "test")

@@ -12,7 +12,6 @@ from distill.probe import (
     knn_accuracy,
     knn_predict,
     linear_probe,
-    prefer_numpy_blas,
     probe_features,
     probe_input,
     probe_model,
@@ -452,20 +451,6 @@ def test_probe_model_uses_backbone_and_subset():
     tr = _manual_normalise(data.train.images[idx]).flatten(1)
     te = _manual_normalise(data.test.images).flatten(1)
     assert small["knn"] == knn_accuracy(tr, data.train.labels[idx], te, data.test.labels, k=5)
-
-
-@pytest.mark.parametrize(
-    "torch_blas,vendor,numpy_blas,want",
-    [
-        ("mkl", "AuthenticAMD", "scipy-openblas", True),
-        ("mkl", "GenuineIntel", "scipy-openblas", False),  # MKL is at its best on Intel
-        ("mkl", "AuthenticAMD", "mkl-sdl", False),  # numpy on MKL: nothing to gain
-        ("other", "AuthenticAMD", "openblas", False),  # torch without MKL (e.g. aarch64 wheels)
-        ("mkl", "", "", False),  # numpy cannot name its BLAS
-    ],
-)
-def test_knn_auto_gemm_rule(torch_blas, vendor, numpy_blas, want):
-    assert prefer_numpy_blas(torch_blas, vendor, numpy_blas) is want
 
 
 def test_knn_numpy_gemm_keeps_torchs_thread_count():
