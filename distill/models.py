@@ -350,30 +350,30 @@ class ResNet(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+def _imagenet_width_resnet(
+    in_shape: tuple[int, int, int], blocks: Sequence[int], shortcut: str, stem: str
+) -> nn.Module:
+    return ResNet(
+        in_shape,
+        (64, 128, 256, 512),
+        blocks,
+        check_choice("shortcut", shortcut, ("A", "B")),
+        check_choice("stem", stem, STEMS),
+    )
+
+
 @register_model("resnet18")
 def resnet18(in_shape: tuple[int, int, int], *, shortcut: str = "B", stem: str = "cifar") -> nn.Module:
     """ResNet-18 with CIFAR stem, 64-128-256-512, [2, 2, 2, 2] BasicBlocks; embedding 512.
     ``stem="imagenet"``: torchvision's 7x7 / max-pool stem (:class:`ResNet`)."""
-    return ResNet(
-        in_shape,
-        (64, 128, 256, 512),
-        (2, 2, 2, 2),
-        check_choice("shortcut", shortcut, ("A", "B")),
-        check_choice("stem", stem, STEMS),
-    )
+    return _imagenet_width_resnet(in_shape, (2, 2, 2, 2), shortcut, stem)
 
 
 @register_model("resnet34")
 def resnet34(in_shape: tuple[int, int, int], *, shortcut: str = "B", stem: str = "cifar") -> nn.Module:
     """ResNet-34 with CIFAR stem, 64-128-256-512, [3, 4, 6, 3] BasicBlocks; embedding 512.
     ``stem="imagenet"``: torchvision's 7x7 / max-pool stem (:class:`ResNet`)."""
-    return ResNet(
-        in_shape,
-        (64, 128, 256, 512),
-        (3, 4, 6, 3),
-        check_choice("shortcut", shortcut, ("A", "B")),
-        check_choice("stem", stem, STEMS),
-    )
+    return _imagenet_width_resnet(in_shape, (3, 4, 6, 3), shortcut, stem)
 
 
 @register_model("resnet20")
