@@ -84,6 +84,7 @@ def test_spec_is_a_copy_and_keeps_non_default_options():
         "depth": 2,
         "tie_blocks": True,
         "weight_init": "trunc_normal",
+        "block": "standard",
     }
     rebuilt = build_model(**model.spec)
     assert shapes(rebuilt) == shapes(model)
