@@ -41,6 +41,13 @@ def _base(name: str) -> tuple[str, dict[str, Any]]:
     return VARIANTS.get(name, (name, {}))
 
 
+def _arch_and_options(name: str, preset_options: dict[str, dict]) -> tuple[str, dict[str, Any]]:
+    """A row's architecture and arch_options: the preset's for the architecture, then the variant's,
+    then the preset's for the row name."""
+    arch, extra = _base(name)
+    return arch, {**preset_options.get(arch, {}), **extra, **preset_options.get(name, {})}
+
+
 def _order(name: str) -> tuple[int, int]:
     """Sort key: the paper's order of architectures, each variant after its architecture."""
     base = _base(name)[0]
@@ -275,15 +282,10 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     # cannot be rebuilt from the settings (students); otherwise every worker loads it (cached on disk)
     data = common.load("cifar10", ctx, subset=pre["subset"], n_test=pre["n_test"])
     local = data if ctx.executor is None else None
+    row = {a: _arch_and_options(a, opts) for a in archs}
     teachers = {
         (a, s): TeacherProbes(
-            _base(a)[0],
-            s,
-            {**opts.get(_base(a)[0], {}), **_base(a)[1], **opts.get(a, {})},
-            ctx.device,
-            *where,
-            str(ctx.store(f"teacher-{a}-s{s}.nc")),
-            local,
+            row[a][0], s, row[a][1], ctx.device, *where, str(ctx.store(f"teacher-{a}-s{s}.nc")), local
         )
         for a in archs
         for s in seeds
