@@ -83,8 +83,9 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
         variants = {
             "distill.probe.knn_predict": lambda: got.__setitem__("ours", knn_predict(tx, ty, qx, k=20).cpu().numpy())
         }
-        if torch.device(device).type == "cpu":  # the same call on numpy's BLAS (its gemm option)
-            variants["knn_predict gemm=numpy"] = lambda: knn_predict(tx, ty, qx, k=20, gemm="numpy")
+        if torch.device(device).type == "cpu":  # the same call with its CPU options changed, for comparison
+            variants["knn_predict gemm=torch"] = lambda: knn_predict(tx, ty, qx, k=20, gemm="torch")
+            variants["knn_predict workers=1"] = lambda: knn_predict(tx, ty, qx, k=20, workers=1)
         try:
             import faiss  # noqa: F401
 

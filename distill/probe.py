@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -149,14 +152,25 @@ def _check_finite(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or infinite values; probe a model whose embeddings are finite")
 
 
-KNN_GEMMS = ("torch", "numpy")
+KNN_GEMMS = ("auto", "torch", "numpy")
 
 
 def _blas_threads(n: int) -> Any:
-    """A context in which numpy's BLAS uses at most ``n`` threads (torch's own setting)."""
+    """A context in which numpy's BLAS uses at most ``n`` threads."""
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=n, user_api="blas")
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` for the duration (process-wide), then restored."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _nearest(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -189,7 +203,8 @@ def knn_predict(
     temperature: float = 0.07,
     num_classes: int | None = None,
     chunk: int = 1024,
-    gemm: str = "torch",
+    gemm: str = "auto",
+    workers: int | None = None,
 ) -> Tensor:
     """k-NN class predictions (M,) int64 for ``test_x`` (M, D) from ``train_x`` (N, D), ``train_y`` (N,).
 
@@ -206,14 +221,20 @@ def knn_predict(
     behaviour of ``torch.mode`` used in the authors' code).
 
     Computed on ``train_x``'s device in chunks of at most ``chunk`` test points, fewer when N is
-    large: a chunk's score matrix holds at most 2**24 floats (64 MiB) or one row.
+    large: the score matrices in flight hold at most 2**24 floats (64 MiB) together, or one row each.
 
-    ``gemm``: which BLAS computes the Euclidean scores on a CPU. "torch" (default): torch's;
-    "numpy": numpy's (zero-copy views, at most ``torch.get_num_threads()`` threads; an OpenBLAS in
-    PyPI's wheels, the BLAS faiss uses too). On an AMD EPYC with torch's MKL, numpy's was 1.15-1.2x
-    faster at one thread and 0.87x at two (bench/README.md). On CUDA, and for cosine scores,
-    torch's. The choice can change distances in the last bits, hence a neighbour at an exact tie,
-    never the rule.
+    On a CPU, ``workers`` chunks (default: ``torch.get_num_threads()``) are processed at once, each
+    on one thread with torch and the BLAS single-threaded for the duration of the call
+    (``torch.set_num_threads`` is process-wide; it is restored on return). One multi-threaded
+    product at a time lost about a fifth of two cores to the idle waits of two thread pools
+    (bench/README.md). ``workers=1``: one chunk at a time with torch's thread count. On CUDA,
+    one chunk at a time.
+
+    ``gemm``: which BLAS computes the scores on a CPU. "numpy": numpy's (zero-copy views of torch's
+    memory; an OpenBLAS in PyPI's wheels, the BLAS faiss uses too); "torch": torch's (MKL in PyPI's
+    x86 wheels); "auto" (default): numpy's on a CPU, torch's on CUDA. On an AMD EPYC, numpy's sgemm
+    was 1.2-1.3x faster than torch's MKL at one thread. The choice can change distances in the last
+    bits, hence a neighbour at an exact tie, never the rule.
     """
     _check_xy(train_x, train_y, "train")
     if test_x.dim() != 2 or test_x.shape[1] != train_x.shape[1]:
@@ -229,6 +250,8 @@ def knn_predict(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if gemm not in KNN_GEMMS:
         raise ValueError(f"unknown gemm {gemm!r}; use one of {', '.join(KNN_GEMMS)}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     dev = train_x.device
     train_y = train_y.to(dev).long()
     if train_y.min() < 0:
@@ -239,6 +262,9 @@ def knn_predict(
 
     _check_finite(train_x, "train_x")
     _check_finite(test_x, "test_x")
+    on_cpu = dev.type == "cpu"
+    n_workers = (torch.get_num_threads() if workers is None else workers) if on_cpu else 1
+    use_numpy = on_cpu and gemm in ("auto", "numpy")
     tx = train_x.float()
     if metric == "cosine":
         tx = F.normalize(tx, dim=1)
@@ -248,41 +274,49 @@ def knn_predict(
         centre = tx.mean(dim=0)
         tx = tx - centre
         tx_sq = tx.square().sum(dim=1)
-    use_numpy = metric == "euclidean" and dev.type == "cpu" and gemm == "numpy"
-    if use_numpy:
-        tx_t = tx.T.numpy()  # a view: numpy's BLAS reads torch's memory
-    preds: list[Tensor] = []
+    tx_t = tx.T.numpy() if use_numpy else None  # a view: numpy's BLAS reads torch's memory
     m = test_x.shape[0]
-    chunk = max(1, min(chunk, _KNN_SCORES // n))
-    with _blas_threads(torch.get_num_threads()) if use_numpy else contextlib.nullcontext():
-        for i in tqdm(range(0, m, chunk), desc="k-NN", leave=False, disable=True if m * n < 10**8 else None):
-            q = test_x[i : i + chunk].to(dev).float()
-            if metric == "cosine":
-                q = F.normalize(q, dim=1)
-                scores = -(q @ tx.T)  # smaller is nearer
-            else:
-                q = q - centre
-                # ||q - t||^2 = ||q||^2 - 2 q.t + ||t||^2: rank by ||t||^2 - 2 q.t (the per-row ||q||^2
-                # does not change the order); it is added back for the k kept.
-                if use_numpy:
-                    scores = torch.from_numpy((q * -2.0).numpy() @ tx_t).add_(tx_sq)  # * -2 is exact
-                else:
-                    scores = torch.addmm(tx_sq, q, tx.T, beta=1.0, alpha=-2.0)
-            vals, idx = _nearest(scores, k)
-            if metric != "cosine":
-                vals = (vals + q.square().sum(dim=1, keepdim=True)).clamp_min_(0)
-            labels = train_y[idx]  # (B, k)
-            if weighted:
-                if metric == "cosine":
-                    logits = -vals / temperature
-                else:
-                    logits = -vals.sqrt() / temperature
-                w = torch.exp(logits - logits.max(dim=1, keepdim=True).values)
-            else:
-                w = torch.ones_like(vals)
-            votes = torch.zeros(labels.shape[0], c, device=dev, dtype=w.dtype)
-            votes.scatter_add_(1, labels, w)
-            preds.append(votes.argmax(dim=1))  # argmax returns the first (smallest) maximal class
+    rows = max(1, min(chunk, _KNN_SCORES // (n * n_workers)))
+    local = threading.local()  # one reused score buffer per thread: a fresh 64 MiB array costs page faults
+
+    def scores_of(q: Tensor) -> Tensor:
+        # cosine: rank by -q.t; euclidean: ||q - t||^2 = ||q||^2 - 2 q.t + ||t||^2, ranked by
+        # ||t||^2 - 2 q.t (the per-row ||q||^2 does not change the order; it is added back for the k kept).
+        a = -q if metric == "cosine" else q * -2.0  # both exact
+        if tx_t is None:
+            return a @ tx.T if metric == "cosine" else torch.addmm(tx_sq, q, tx.T, beta=1.0, alpha=-2.0)
+        buf = getattr(local, "buf", None)
+        if buf is None or buf.shape[0] < a.shape[0]:
+            buf = local.buf = np.empty((rows, n), dtype=np.float32)
+        out = buf[: a.shape[0]]
+        np.matmul(a.numpy(), tx_t, out=out)
+        s = torch.from_numpy(out)
+        return s if metric == "cosine" else s.add_(tx_sq)
+
+    def predict(i: int) -> Tensor:
+        q = test_x[i : i + rows].to(dev).float()
+        q = F.normalize(q, dim=1) if metric == "cosine" else q - centre
+        vals, idx = _nearest(scores_of(q), k)
+        if metric != "cosine":
+            vals = (vals + q.square().sum(dim=1, keepdim=True)).clamp_min_(0)
+        labels = train_y[idx]  # (B, k)
+        if weighted:
+            logits = -vals / temperature if metric == "cosine" else -vals.sqrt() / temperature
+            w = torch.exp(logits - logits.max(dim=1, keepdim=True).values)
+        else:
+            w = torch.ones_like(vals)
+        votes = torch.zeros(labels.shape[0], c, device=dev, dtype=w.dtype)
+        votes.scatter_add_(1, labels, w)
+        return votes.argmax(dim=1)  # argmax returns the first (smallest) maximal class
+
+    starts = range(0, m, rows)
+    bar = dict(desc="k-NN", total=len(starts), leave=False, disable=True if m * n < 10**8 else None)
+    if n_workers > 1:
+        with _torch_threads(1), _blas_threads(1), ThreadPoolExecutor(n_workers) as pool:
+            preds = list(tqdm(pool.map(predict, starts), **bar))
+    else:
+        with _blas_threads(torch.get_num_threads()) if use_numpy else contextlib.nullcontext():
+            preds = [predict(i) for i in tqdm(starts, **bar)]
     if not preds:
         return torch.zeros(0, dtype=torch.long, device=dev)
     return torch.cat(preds)
@@ -299,7 +333,8 @@ def knn_accuracy(
     temperature: float = 0.07,
     num_classes: int | None = None,
     chunk: int = 1024,
-    gemm: str = "torch",
+    gemm: str = "auto",
+    workers: int | None = None,
 ) -> float:
     """Fraction of ``test_y`` (M,) predicted correctly by :func:`knn_predict` (same options)."""
     _check_xy(test_x, test_y, "test")
@@ -316,6 +351,7 @@ def knn_accuracy(
         num_classes=num_classes,
         chunk=chunk,
         gemm=gemm,
+        workers=workers,
     )
     return int((pred.cpu() == test_y.cpu().long()).sum()) / test_y.shape[0]
 

@@ -463,6 +463,27 @@ def test_knn_numpy_gemm_keeps_torchs_thread_count():
         assert blas and all(i["num_threads"] == 1 for i in blas)
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("gemm", ["torch", "numpy"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_knn_workers_match_brute_force_and_restore_threads(workers, gemm, metric):
+    # chunk=7 makes 18 chunks, so several are in flight when workers > 1 and the order of the
+    # concatenated predictions is tested.
+    train_x, train_y = random_data(300, 8, 5, seed=1)
+    test_x, _ = random_data(120, 8, 5, seed=2)
+    ref = brute_force_knn(train_x, train_y, test_x, 5, metric, False)
+    before = torch.get_num_threads()
+    got = knn_predict(train_x, train_y, test_x, k=5, metric=metric, chunk=7, gemm=gemm, workers=workers)
+    assert torch.equal(got, ref)
+    assert torch.get_num_threads() == before
+
+
+def test_knn_workers_must_be_positive():
+    train_x, train_y = random_data(30, 4, 3, seed=1)
+    with pytest.raises(ValueError, match="workers"):
+        knn_predict(train_x, train_y, train_x, k=3, workers=0)
+
+
 def test_knn_numpy_and_torch_gemm_agree_at_scale():
     train_x, train_y = clusters(200, 10, 64, sep=1.0, noise=2.0, seed=3)
     test_x, _ = clusters(50, 10, 64, sep=1.0, noise=2.0, seed=4)
