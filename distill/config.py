@@ -151,6 +151,12 @@ class DistillConfig(_Config):
     )
     linear_epochs: int = _f(10, "linear probe training epochs (AdamW, lr 1e-3)")
     probe_converge: bool = _f(False, "train the linear probe to convergence instead of a fixed number of epochs")
+    probe_weight_decay: float = _f(0.0, "AdamW weight decay of the linear probe (the reference code: 0.01)")
+    probe_reshuffle: bool = _f(
+        True,
+        "reshuffle the linear probe's batches every epoch; off: one order drawn once and replayed "
+        "every epoch, as the reference code",
+    )
     dynamics: bool = _f(
         False,
         "record collapse/escape metrics every epoch for teacher and student: effective rank, "
@@ -221,6 +227,8 @@ REFERENCE: dict[str, Any] = {
     "init": "copy",  # Figure 1's student starts as an exact copy of the teacher
     "norm_bias_decay": 0.01,  # AdamW's default decay still applied to biases and norm parameters
     "probe_reseed": True,  # a fresh probe seed at every probed epoch
+    "probe_weight_decay": 0.01,  # the linear probe's AdamW() with its default decay
+    "probe_reshuffle": False,  # the probe's batches are drawn once and replayed every epoch
 }
 # on ViT backbones also: all blocks tied to one module, PyTorch's default init (cls/pos embeddings N(0, 1)),
 # the code's block (attention across heads, GELU after the MLP, LayerNorm eps 1e-5; distill.vit)

@@ -410,6 +410,7 @@ def fit_linear(
     tol: float = 1e-4,
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
+    reshuffle: bool = True,
 ) -> tuple[nn.Linear, list[float]]:
     """Train one ``nn.Linear`` on features ``train_x`` (N, D) and labels ``train_y`` (N,).
 
@@ -417,6 +418,8 @@ def fit_linear(
     ``batch_size`` (the last one may be smaller). Initialisation (nn.Linear's default
     uniform(+-1/sqrt(D))) and shuffling use a ``torch.Generator`` seeded with ``seed``; the
     global RNG is untouched, so results are deterministic for a seed on a given device.
+    ``reshuffle=False``: one order is drawn before the first epoch and its batches are replayed in
+    every epoch (the authors' probe, which trains on a list of batches embedded once).
 
     ``until_convergence=False`` trains exactly ``epochs`` epochs. ``until_convergence=True``
     ignores ``epochs``: the mean cross-entropy on the full training set is evaluated before
@@ -449,8 +452,10 @@ def fit_linear(
     opt = AdamW(layer.parameters(), lr=lr, weight_decay=weight_decay)  # torch's update, no torch._dynamo import
     n = x.shape[0]
     losses = [_full_loss(layer, x, y)] if until_convergence else []
+    order: Tensor | None = None
     for _ in tqdm(range(n_epochs), desc="linear probe", leave=False, disable=True if n * n_epochs < 10**7 else None):
-        order = torch.randperm(n, generator=gen).to(dev)
+        if reshuffle or order is None:
+            order = torch.randperm(n, generator=gen).to(dev)
         for i in range(0, n, batch_size):
             # a gather per batch: a whole-epoch gather of (N, D) costs a fresh N x D buffer every epoch
             j = order[i : i + batch_size]
@@ -482,6 +487,7 @@ def linear_probe(
     tol: float = 1e-4,
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
+    reshuffle: bool = True,
 ) -> float:
     """Test accuracy of a linear classifier trained on frozen features (see :func:`fit_linear`).
 
@@ -515,6 +521,7 @@ def linear_probe(
         tol=tol,
         num_classes=num_classes,
         device=device,
+        reshuffle=reshuffle,
     )
     dev = torch.device(device)
     return _accuracy(layer, test_x.to(dev).float(), test_y.to(dev).long())
@@ -609,6 +616,7 @@ def _linear(standardize: bool) -> Callable[..., float]:
         linear_lr: float = 1e-3,
         linear_weight_decay: float = 0.0,
         linear_batch_size: int = 256,
+        linear_reshuffle: bool = True,
         until_convergence: bool = False,
         **_: Any,
     ) -> float:
@@ -626,6 +634,7 @@ def _linear(standardize: bool) -> Callable[..., float]:
             until_convergence=until_convergence,
             num_classes=num_classes,
             device=device,
+            reshuffle=linear_reshuffle,
         )
 
     return probe
@@ -652,6 +661,7 @@ def probe_features(
     knn_temperature: float = 0.07,
     linear_weight_decay: float = 0.0,
     linear_batch_size: int = 256,
+    linear_reshuffle: bool = True,
     device: str | torch.device = "cpu",
 ) -> dict[str, float]:
     """Run the named probes on precomputed features; returns {probe name: test accuracy}.
@@ -672,6 +682,7 @@ def probe_features(
         linear_lr=linear_lr,
         linear_weight_decay=linear_weight_decay,
         linear_batch_size=linear_batch_size,
+        linear_reshuffle=linear_reshuffle,
         until_convergence=until_convergence,
     )
     out = {}

@@ -286,6 +286,8 @@ def run_probes(
         knn_metric=cfg.knn_metric,
         knn_weighted=cfg.knn_metric == "cosine",
         linear_epochs=cfg.linear_epochs,
+        linear_weight_decay=cfg.probe_weight_decay,
+        linear_reshuffle=cfg.probe_reshuffle,
         until_convergence=cfg.probe_converge,
         seed=cfg.probe_seed if seed is None else seed,
     )

@@ -1,8 +1,10 @@
+import math
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distill.probe import (
@@ -491,3 +493,28 @@ def test_knn_numpy_and_torch_gemm_agree_at_scale():
     assert torch.equal(a, knn_predict(train_x, train_y, test_x, gemm="numpy"))
     with pytest.raises(ValueError, match="gemm"):
         knn_predict(train_x, train_y, test_x, gemm="blas")
+
+
+def test_fit_linear_without_reshuffle_replays_one_order():
+    # The authors' probe: one random order drawn before training, its batches replayed every epoch;
+    # written out here with torch.optim.AdamW and the same generator draws (init, then one randperm).
+    x, y = random_data(70, 6, 3, seed=4)
+    layer, _ = fit_linear(x, y, epochs=3, batch_size=16, seed=9, weight_decay=0.01, reshuffle=False)
+    g = torch.Generator().manual_seed(9)
+    ref = nn.Linear(6, 3)
+    bound = 1 / math.sqrt(6)
+    with torch.no_grad():
+        ref.weight.uniform_(-bound, bound, generator=g)
+        ref.bias.uniform_(-bound, bound, generator=g)
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.01)
+    order = torch.randperm(70, generator=g)
+    for _ in range(3):
+        for i in range(0, 70, 16):
+            j = order[i : i + 16]
+            loss = F.cross_entropy(ref(x[j]), y[j])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert torch.allclose(layer.weight, ref.weight, atol=1e-6) and torch.allclose(layer.bias, ref.bias, atol=1e-6)
+    again, _ = fit_linear(x, y, epochs=3, batch_size=16, seed=9, weight_decay=0.01)
+    assert not torch.allclose(again.weight, layer.weight, atol=1e-6)  # the default reshuffles each epoch

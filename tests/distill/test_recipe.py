@@ -19,7 +19,7 @@ from distill.train import epoch_steps, probe_dataset
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 # written out by hand: the fields the README's recipe table promises, nothing else
-DOCUMENTED = {"recipe", "init", "norm_bias_decay", "probe_reseed"}
+DOCUMENTED = {"recipe", "init", "norm_bias_decay", "probe_reseed", "probe_weight_decay", "probe_reshuffle"}
 
 
 def _changed(a: DistillConfig, b: DistillConfig) -> set[str]:
@@ -31,6 +31,7 @@ def test_reference_recipe_changes_exactly_the_documented_fields():
     ref = DistillConfig.reference()
     assert _changed(DistillConfig(), ref) == DOCUMENTED == set(REFERENCE)
     assert (ref.recipe, ref.init, ref.norm_bias_decay, ref.probe_reseed) == ("reference", "copy", 0.01, True)
+    assert (ref.probe_weight_decay, ref.probe_reshuffle) == (0.01, False)
     vit = DistillConfig.reference(arch="vit_tiny")
     assert _changed(DistillConfig(arch="vit_tiny"), vit) == DOCUMENTED | {"arch_options"}
     assert vit.arch_options == {"tie_blocks": True, "weight_init": "torch", "block": "reference"}
