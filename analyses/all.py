@@ -30,6 +30,7 @@ SCRIPTS = (
     "align_barriers",
     "dynamics",
     "tables",
+    "probe_spread",
 )
 
 

@@ -149,54 +149,56 @@ def _cached(path: str | Path) -> bool:
         return False
 
 
+@dataclass(frozen=True, kw_only=True)
+class CifarUnit:
+    """What the work units on CIFAR-10 (as :func:`_cifar` loads it) share (:mod:`landscape.executors`):
+    picklable; ``out`` is the unit's result file, skipped when it is already whole; ``data`` the
+    dataset (None: loaded where the unit runs, e.g. on a worker). Subclasses define :meth:`run`."""
+
+    device: str
+    root: str | None
+    subset: int | None
+    n_test: int | None
+    out: str
+    data: Any = None
+
+    def done(self) -> bool:
+        """Whether ``out`` already holds the unit's result."""
+        return _cached(self.out)
+
+    def __call__(self) -> str:
+        if not self.done():
+            self.run(self.data if self.data is not None else _cifar(self.root, self.subset, self.n_test))
+        return self.out
+
+    def run(self, data: Any) -> None:
+        """Compute the unit on ``data`` and write ``out``."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class TeacherProbes:
-    """Probes of one random teacher (arch, seed) and its BN-recalibrated copy as a work unit
-    (:mod:`landscape.executors`): picklable, writes ``out`` (accuracy, fraction, dims (model, probe)).
-    ``data``: CIFAR-10 as :func:`_cifar` gives it (None: loaded here, e.g. on a worker)."""
+class TeacherProbes(CifarUnit):
+    """Probes of one random teacher (arch, seed) and its BN-recalibrated copy; writes ``out`` (accuracy,
+    fraction, dims (model, probe))."""
 
     arch: str
     seed: int
     arch_options: dict
-    device: str
-    root: str | None
-    subset: int | None
-    n_test: int | None
-    out: str
-    data: Any = None
 
-    def done(self) -> bool:
-        """Whether ``out`` already holds the probes."""
-        return _cached(self.out)
-
-    def __call__(self) -> str:
-        if not self.done():
-            data = self.data if self.data is not None else _cifar(self.root, self.subset, self.n_test)
-            teacher_probes(self.arch, self.seed, data, self.device, self.root, self.arch_options, self.out)
-        return self.out
+    def run(self, data: Any) -> None:
+        """Probe the teacher on ``data`` and write ``out``."""
+        teacher_probes(self.arch, self.seed, data, self.device, self.root, self.arch_options, self.out)
 
 
 @dataclass(frozen=True)
-class InputProbes:
-    """Raw-pixel probes with one probe seed as a work unit; writes ``out`` (accuracy, dims (probe,))."""
+class InputProbes(CifarUnit):
+    """Raw-pixel probes with one probe seed; writes ``out`` (accuracy, dims (probe,))."""
 
     seed: int
-    device: str
-    root: str | None
-    subset: int | None
-    n_test: int | None
-    out: str
-    data: Any = None
 
-    def done(self) -> bool:
-        """Whether ``out`` already holds the probes."""
-        return _cached(self.out)
-
-    def __call__(self) -> str:
-        if not self.done():
-            data = self.data if self.data is not None else _cifar(self.root, self.subset, self.n_test)
-            input_probes(self.seed, data, self.device, self.out)
-        return self.out
+    def run(self, data: Any) -> None:
+        """Probe the raw pixels of ``data`` and write ``out``."""
+        input_probes(self.seed, data, self.device, self.out)
 
 
 def teacher_probes(
@@ -265,32 +267,46 @@ def input_probes(seed: int, data: Any, device: str, path: str | Path) -> xr.Data
     return acc
 
 
-def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
-    from analyses.tables import InputProbes, TeacherProbes  # the importable classes (not __main__'s) travel
-    from landscape.locality import DistillUnit
-
-    archs, seeds = ctx.keep(list(pre["archs"])), list(pre["seeds"])
+def kept_archs(pre: dict[str, Any], ctx: common.Context) -> list[str]:
+    """The preset's architectures that ``--only`` keeps; a UsageError when it keeps none."""
+    archs = ctx.keep(list(pre["archs"]))
     if not archs:
         raise common.UsageError(
             f"--only {','.join(ctx.only)} names none of the preset's architectures: "
             f"choose from {', '.join(pre['archs'])}"
         )
+    return archs
+
+
+def unit_fields(pre: dict[str, Any], ctx: common.Context, data: Any) -> dict[str, Any]:
+    """The :class:`CifarUnit` fields of a preset (``data`` travels only without an executor)."""
+    return dict(
+        device=ctx.device,
+        root=ctx.root,
+        subset=pre["subset"],
+        n_test=pre["n_test"],
+        data=data if ctx.executor is None else None,
+    )
+
+
+def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
+    from analyses.tables import InputProbes, TeacherProbes  # the importable classes (not __main__'s) travel
+    from landscape.locality import DistillUnit
+
+    archs, seeds = kept_archs(pre, ctx), list(pre["seeds"])
     opts = pre.get("arch_options", {})
     in_seeds = list(pre.get("input_seeds", seeds))
-    where = (ctx.root, pre["subset"], pre["n_test"])
     # the data travels with the units only without an executor (no copy) or when the cut test split
     # cannot be rebuilt from the settings (students); otherwise every worker loads it (cached on disk)
     data = common.load("cifar10", ctx, subset=pre["subset"], n_test=pre["n_test"])
-    local = data if ctx.executor is None else None
+    where = unit_fields(pre, ctx, data)
     row = {a: _arch_and_options(a, opts) for a in archs}
     teachers = {
-        (a, s): TeacherProbes(
-            row[a][0], s, row[a][1], ctx.device, *where, str(ctx.store(f"teacher-{a}-s{s}.nc")), local
-        )
+        (a, s): TeacherProbes(row[a][0], s, row[a][1], out=str(ctx.store(f"teacher-{a}-s{s}.nc")), **where)
         for a in archs
         for s in seeds
     }
-    inputs = {s: InputProbes(s, ctx.device, *where, str(ctx.store(f"input-s{s}.nc")), local) for s in in_seeds}
+    inputs = {s: InputProbes(s, out=str(ctx.store(f"input-s{s}.nc")), **where) for s in in_seeds}
     students: dict[tuple[str, int], DistillUnit] = {}
     configs: dict[str, Any] = {}
     if pre.get("student"):

@@ -37,6 +37,7 @@ __all__ = [
     "linear_probe",
     "standardize_features",
     "probe_features",
+    "embed_splits",
     "probe_model",
     "probe_input",
 ]
@@ -718,6 +719,26 @@ def _split_arrays(data: Any, train_subset: int | None, seed: int) -> tuple[Tenso
     return tr_img, tr_lab.cpu(), data.test.images, data.test.labels.cpu()
 
 
+def embed_splits(
+    backbone: nn.Module,
+    data: Any,
+    train_subset: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 1024,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(train features (N, D), train labels (N,), test features (M, D), test labels (M,)) of ``data``
+    embedded by ``backbone`` (its ``.backbone`` when it has one), features where the forward passes
+    ran, labels on the CPU; ``train_subset`` and ``seed`` as in :func:`probe_model`."""
+    inner = getattr(backbone, "backbone", None)
+    if isinstance(inner, nn.Module):
+        backbone = inner
+    tr_img, tr_lab, te_img, te_lab = _split_arrays(data, train_subset, seed)
+    tr = embed(backbone, tr_img, data.mean, data.std, batch_size=batch_size, device=device, out_device=None)
+    te = embed(backbone, te_img, data.mean, data.std, batch_size=batch_size, device=device, out_device=None)
+    return tr, tr_lab, te, te_lab
+
+
 def probe_model(
     backbone: nn.Module,
     data: Any,
@@ -737,12 +758,7 @@ def probe_model(
     always used whole. The module's train/eval mode is left as the caller set it (see
     :func:`embed`). ``kw`` goes to :func:`probe_features`.
     """
-    inner = getattr(backbone, "backbone", None)
-    if isinstance(inner, nn.Module):
-        backbone = inner
-    tr_img, tr_lab, te_img, te_lab = _split_arrays(data, train_subset, seed)
-    tr = embed(backbone, tr_img, data.mean, data.std, batch_size=batch_size, device=device, out_device=None)
-    te = embed(backbone, te_img, data.mean, data.std, batch_size=batch_size, device=device, out_device=None)
+    tr, tr_lab, te, te_lab = embed_splits(backbone, data, train_subset, seed, device, batch_size)
     return probe_features(tr, tr_lab, te, te_lab, probes=probes, seed=seed, device=device, **kw)
 
 

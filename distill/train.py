@@ -280,7 +280,16 @@ def run_probes(
     ``seed`` overrides ``cfg.probe_seed``."""
     from distill import probe
 
-    kw: dict[str, Any] = dict(
+    kw = probe_options(cfg, seed)
+    if backbone is None:
+        return probe.probe_input(data, **kw)
+    return probe.probe_model(backbone, data, device=device, **kw)
+
+
+def probe_options(cfg: DistillConfig, seed: int | None = None) -> dict[str, Any]:
+    """The keyword arguments of :func:`distill.probe.probe_features` that ``cfg`` sets (``seed``
+    overrides ``cfg.probe_seed``)."""
+    return dict(
         probes=tuple(cfg.probes),
         knn_k=cfg.knn_k,
         knn_metric=cfg.knn_metric,
@@ -291,9 +300,6 @@ def run_probes(
         until_convergence=cfg.probe_converge,
         seed=cfg.probe_seed if seed is None else seed,
     )
-    if backbone is None:
-        return probe.probe_input(data, **kw)
-    return probe.probe_model(backbone, data, device=device, **kw)
 
 
 def recalibrated_teacher(
@@ -644,22 +650,36 @@ def _train(
         store.save_module("teacher", teacher, {"epoch": 0, "bn_mode": cfg.teacher_bn})
 
     fixed: dict[str, dict[str, float]] = {}  # teacher / teacher_bn / input probes (fixed unless EMA)
+    # probe_reseed (the reference code): the frozen teachers are probed again at every probed epoch with
+    # that epoch's seed, on embeddings computed once, so their best over epochs is the code's number
+    frozen_features: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def probe_epoch(epoch: int) -> None:
         if not cfg.probes or not world.is_main:
             return
-        if not fixed or cfg.ema_teacher:
+        seed = cfg.probe_seed + epoch if cfg.probe_reseed else None
+        if cfg.probe_reseed and not cfg.ema_teacher:
+            from distill.probe import embed_splits, probe_features
+
+            if not frozen_features:
+                frozen_features["teacher"] = embed_splits(_backbone(teacher), pdata, device=device)
+                if has_batchnorm(teacher):
+                    t_bn = _backbone(recalibrated_teacher(teacher, pdata, cfg, device))
+                    frozen_features["teacher_bn"] = embed_splits(t_bn, pdata, device=device)
+            for name in ("teacher", "teacher_bn"):
+                feats = frozen_features.get(name, frozen_features["teacher"])
+                fixed[name] = probe_features(*feats, device=device, **probe_options(cfg, seed))
+        elif not fixed or cfg.ema_teacher:
             fixed["teacher"] = run_probes(cfg, _backbone(teacher), pdata, device)
             fixed["teacher_bn"] = (
                 run_probes(cfg, _backbone(recalibrated_teacher(teacher, pdata, cfg, device)), pdata, device)
                 if has_batchnorm(teacher)
                 else fixed["teacher"]
             )
-            if "input" not in fixed:
-                fixed["input"] = run_probes(cfg, None, pdata, device)
+        if "input" not in fixed:
+            fixed["input"] = run_probes(cfg, None, pdata, device)
         was = student.training
         student.eval()
-        seed = cfg.probe_seed + epoch if cfg.probe_reseed else None
         history.probes[epoch] = {**fixed, "student": run_probes(cfg, _backbone(student), pdata, device, seed)}
         student.train(was)
 

@@ -22,6 +22,11 @@ EXPECTED = {
         "input": {"input_seed", "probe"},
         "paper_teacher_linear": {"arch"},
     },
+    "probe_spread": {
+        "accuracy": {"arch", "seed", "recipe", "probe_seed"},
+        "best": {"arch", "seed", "recipe"},
+        "paper_teacher_linear": {"arch"},
+    },
     "probing_curves": {"accuracy": {"seed", "epoch", "model", "probe"}},
     "locality": {"accuracy": {"net", "alpha", "seed", "model", "probe"}},
     "data_dependence": {

@@ -203,3 +203,42 @@ def test_eps_mode_and_its_variance_preserving_variant():
         np.testing.assert_allclose(vp[n], (t[n] + 0.3 * noise[n]) / np.sqrt(1.09), rtol=1e-5, atol=1e-7)
     bn = next(n for n in t if n.endswith("bn1.weight"))
     np.testing.assert_allclose(plain[bn], 1.3, rtol=1e-6)  # BN scale 1 + eps
+
+
+def test_reference_recipe_probes_the_frozen_teacher_again_with_each_epochs_seed(tmp_path):
+    """The reference code probes the teacher at every probed epoch with a fresh probe seed, so its best
+    over epochs is a best over probe fits; the paper recipe probes it once."""
+    from distill.probe import embed, linear_probe
+
+    g = torch.Generator().manual_seed(3)
+    imgs = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 3, (48,), generator=g)
+    data = Dataset(
+        "tiny", Split(imgs[:32], labels[:32]), Split(imgs[32:], labels[32:]), ["a", "b", "c"], (0.5,) * 3, (0.25,) * 3
+    )
+    common = dict(
+        arch="convnet",
+        arch_options={"width": 8, "depth": 2, "bn": True},
+        out_dim=32,
+        hidden_dim=32,
+        bottleneck_dim=16,
+        epochs=3,
+        batch_size=8,
+        probes=["linear"],
+        probe_every=1,
+        probe_seed=5,
+        save_every=0,
+        device="cpu",
+        dataset="tiny",
+    )
+    ref = distill.distill(DistillConfig.reference(**common), tmp_path / "ref.h5", data=data).metrics
+    run = distill.distill(DistillConfig(**common), tmp_path / "paper.h5", data=data)
+    paper, teacher = run.metrics, run.teacher().eval()  # the same teacher seed in both runs
+    tr, te = (embed(teacher.backbone, s.images, data.mean, data.std) for s in (data.train, data.test))
+    for e in range(4):
+        want = linear_probe(tr, data.train.labels, te, data.test.labels, seed=5 + e, weight_decay=0.01, reshuffle=False)
+        assert float(ref.accuracy.sel(epoch=e, model="teacher", probe="linear")) == pytest.approx(want, abs=1e-9)
+    once = paper.accuracy.sel(model="teacher", probe="linear").values
+    assert (once == once[0]).all() and once[0] == pytest.approx(
+        linear_probe(tr, data.train.labels, te, data.test.labels, seed=5)
+    )
