@@ -80,8 +80,11 @@ def test_knn_chunks_bounded_by_the_score_budget_give_the_same_predictions(monkey
     real_addmm = torch.addmm
     monkeypatch.setattr(probe, "_KNN_SCORES", 7 * 300)  # 7 queries per chunk
     monkeypatch.setattr(torch, "addmm", lambda *a, **kw: rows.append(a[1].shape[0]) or real_addmm(*a, **kw))
-    assert torch.equal(probe.knn_predict(tr, y, te, k=5), whole)
+    assert torch.equal(probe.knn_predict(tr, y, te, k=5, gemm="torch", workers=1), whole)
     assert max(rows) == 7 and sum(rows) == 50
+    rows.clear()  # two chunks in flight share the budget: 3 queries each
+    assert torch.equal(probe.knn_predict(tr, y, te, k=5, gemm="torch", workers=2), whole)
+    assert max(rows) == 3 and sum(rows) == 50
 
 
 @pytest.mark.parametrize(("batch", "classes", "temp"), [(7, 1000, 1.0), (5, 333, 0.1), (256, 4096, 1.0)])
