@@ -6,6 +6,9 @@ search) followed by the same vote in numpy; faiss (``pip install faiss-cpu``, th
 is optional: without it the k-NN record says so. Target: ours at least 0.7x faiss's speed.
 Linear probe (10 epochs AdamW, batch 256) on 50,000 x 512 features: :func:`distill.probe.linear_probe`
 vs the loop a researcher writes (``randperm`` indexing per batch, autograd, AdamW).
+Embedding: :func:`distill.probe.embed` of CIFAR-sized images by a random ResNet-18 teacher (BN in eval
+mode; channels-last batches, its default for conv nets) vs the plain ``no_grad`` loop over NCHW batches;
+also the largest relative difference of the two embeddings.
 
     python -m bench.bench_probe [--size tiny|full] [--device cpu]
 """
@@ -23,8 +26,10 @@ from bench.common import interleaved, record, reset_gpu_peak, show, sync_for
 from distill.probe import knn_predict, linear_probe
 
 SIZES = {
-    "tiny": dict(knn_train=(500, 1000), queries=200, dim=32, linear_train=512, rounds=1),
-    "full": dict(knn_train=(10_000, 50_000), queries=10_000, dim=512, linear_train=50_000, rounds=3),
+    "tiny": dict(knn_train=(500, 1000), queries=200, dim=32, linear_train=512, embed=(64, "resnet20"), rounds=1),
+    "full": dict(
+        knn_train=(10_000, 50_000), queries=10_000, dim=512, linear_train=50_000, embed=(2048, "resnet18"), rounds=3
+    ),
 }
 
 
@@ -68,6 +73,53 @@ def plain_linear(
             opt.step()
     with torch.no_grad():
         return float((layer(test_x).argmax(1) == test_y).float().mean())
+
+
+@torch.no_grad()
+def plain_embed(backbone: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The loop a researcher writes: NCHW float batches of 1024 through the network."""
+    out = []
+    for i in range(0, len(images), 1024):
+        x = (images[i : i + 1024].to(mean.device).float() / 255 - mean) / std
+        out.append(backbone(x).flatten(1))
+    return torch.cat(out)
+
+
+def _embed_record(p: dict[str, Any], device: str, r: int, size: str) -> dict:
+    from distill.config import DistillConfig
+    from distill.probe import embed
+    from distill.train import build_teacher, set_teacher_mode
+
+    n, arch = p["embed"]
+    cfg = DistillConfig(arch=arch, seed=0)
+    net = set_teacher_mode(build_teacher(cfg, (3, 32, 32)).to(device), cfg.teacher_bn).backbone
+    images = torch.randint(0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    m, s = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (mean, std))
+    got: dict[str, torch.Tensor] = {}
+    reset_gpu_peak()
+    times = interleaved(
+        {
+            "distill.probe.embed": lambda: got.__setitem__("ours", embed(net, images, mean, std, device=device)),
+            "plain NCHW loop": lambda: got.__setitem__("plain", plain_embed(net, images, m, s).cpu()),
+        },
+        r,
+        sync=sync_for(device),
+        warmup=torch.device(device).type == "cuda",
+    )
+    diff = float((got["ours"] - got["plain"]).norm(dim=1).max() / got["plain"].norm(dim=1).min())
+    return record(
+        "embed",
+        f"embedding, random {arch} teacher (BN eval), {n} images 32x32, batch 1024",
+        times,
+        ours="distill.probe.embed",
+        baseline="plain NCHW loop",
+        target=">= 1.0",
+        goal=lambda x: x >= 1.0,
+        device=str(device),
+        size=size,
+        max_relative_difference=diff,
+    )
 
 
 def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None, **over: Any) -> list[dict]:
@@ -137,6 +189,7 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
             size=size,
         )
     )
+    recs.append(_embed_record(p, device, r, size))
     return recs
 
 

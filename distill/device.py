@@ -13,3 +13,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available: use --device cpu or auto")
     return dev
+
+
+def has_conv2d(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds an ``nn.Conv2d``: its inputs then run faster in channels-last format
+    (CPU and cuDNN kernels), which :func:`distill.probe.embed` uses for inference."""
+    return any(isinstance(m, torch.nn.Conv2d) for m in module.modules())

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from distill.bn import has_batchnorm, recalibrate_bn
 from distill.config import DistillConfig, RunError
 from distill.data import Dataset, Split, iterate, load_dataset, normalize, shuffled_order
-from distill.device import resolve_device
+from distill.device import has_conv2d, resolve_device
 from distill.init import init_student, parameter_distance
 from distill.meter import EpochMeter, NonFinite
 from distill.models import build_model, seeded
@@ -312,7 +312,14 @@ def recalibrated_teacher(
             x
             for i, (x, _) in enumerate(
                 iterate(
-                    data.train, cfg.batch_size, data.mean, data.std, shuffle=True, seed=cfg.probe_seed, device=device
+                    data.train,
+                    cfg.batch_size,
+                    data.mean,
+                    data.std,
+                    shuffle=True,
+                    seed=cfg.probe_seed,
+                    device=device,
+                    channels_last=has_conv2d(t),
                 )
             )
             if i < max_batches
@@ -323,7 +330,7 @@ def recalibrated_teacher(
 
 def use_channels_last(device: torch.device, model: nn.Module) -> bool:
     """Channels-last memory format for training: on CUDA, for networks with 2-d convolutions."""
-    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return device.type == "cuda" and has_conv2d(model)
 
 
 class _EntropyLog:

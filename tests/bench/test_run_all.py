@@ -40,6 +40,7 @@ def test_every_benchmark_runs_at_tiny_size(tmp_path):
         "knn_500",
         "knn_1000",
         "linear_probe",
+        "embed",
         "data_load",
         "store_write",
         "startup",
@@ -57,6 +58,7 @@ def test_every_benchmark_runs_at_tiny_size(tmp_path):
     for name in ("knn_500", "knn_1000"):
         if recs[name]["baseline"] is not None:  # faiss is optional
             assert recs[name]["prediction_agreement"] == 1.0
+    assert recs["embed"]["max_relative_difference"] < 1e-4  # channels-last batches: the same embedding
     assert recs["data_load"]["cold_s"] > 0
     assert 0 < recs["distill_peak_rss"]["peak_rss_mb"] < 16_000
 

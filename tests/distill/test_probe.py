@@ -391,6 +391,31 @@ def test_embed_runs_in_callers_mode():
         assert rec.seen == [mode] * 3 and rec.training == mode
 
 
+class _FormatRecorder(nn.Module):
+    """Records whether each batch arrives in channels-last format; optionally holds a Conv2d."""
+
+    def __init__(self, conv: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1) if conv else None
+        self.seen: list[bool] = []
+
+    def forward(self, x):
+        self.seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return (self.conv(x) if self.conv is not None else x).flatten(1)
+
+
+@pytest.mark.parametrize(
+    "conv, flag, expected", [(True, None, True), (False, None, False), (True, False, False), (False, True, True)]
+)
+def test_embed_channels_last_by_default_for_conv_nets_only(conv, flag, expected):
+    rec = _FormatRecorder(conv).eval()
+    out = embed(rec, _images(10), MEAN, STD, batch_size=4, channels_last=flag)
+    assert rec.seen == [expected] * 3
+    with torch.no_grad():  # flatten follows the logical (C, H, W) order whatever the memory format
+        ref = (rec.conv if conv else nn.Identity())(_manual_normalise(_images(10))).flatten(1)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
 def test_embed_checks_channels():
     with pytest.raises(ValueError, match="channels"):
         embed(nn.Flatten(), _images(4), (0.5, 0.5), (0.2, 0.2))
