@@ -2,9 +2,10 @@
 
 Each script writes ``results/<name>.nc`` and ``.png``; their stores under ``runs/`` make a second call
 resume where the first stopped (finished scripts only re-read their caches). A failing script is
-reported and the others still run; the exit status is 1 when any failed.
+reported and the others still run; the exit status is 1 when any failed. ``--preset full`` runs the
+scripts that offer it (``tables``, ``probe_spread``: hours on 2 cores) and names the others it skips.
 
-    python -m analyses.all --preset smoke|cpu|gpu [--only tables,locality] [--results DIR] [--runs DIR]
+    python -m analyses.all --preset smoke|cpu|full|gpu [--only tables,locality] [--results DIR] [--runs DIR]
                            [--root DIR] [--executor SPEC]
 """
 
@@ -15,6 +16,8 @@ import importlib
 import sys
 import time
 import traceback
+
+from analyses.common import PRESET_HELP, PRESET_NAMES
 
 SCRIPTS = (
     "probing_curves",
@@ -36,7 +39,9 @@ SCRIPTS = (
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analyses.all", description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=("smoke", "cpu", "gpu"), default="cpu")
+    p.add_argument(
+        "--preset", choices=PRESET_NAMES, default="cpu", help="; ".join(f"{n}: {h}" for n, h in PRESET_HELP.items())
+    )
     p.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(SCRIPTS)}")
     p.add_argument("--results", default="results")
     p.add_argument("--runs", default="runs")
@@ -54,14 +59,26 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"analyses.all: error: unknown script {unknown[0]!r}: choose from {', '.join(SCRIPTS)}", file=sys.stderr)
         return 2
+    offering = [n for n in SCRIPTS if a.preset in importlib.import_module(f"analyses.{n}").PRESETS]
+    if not set(names) & set(offering):
+        print(
+            f"analyses.all: error: no script of {', '.join(names)} has a {a.preset} preset: "
+            f"it is offered by {', '.join(offering)}",
+            file=sys.stderr,
+        )
+        return 2
     status = {}
     for name in names:
+        if name not in offering:
+            print(f"=== analyses.{name}: skipped (it has no {a.preset} preset)", flush=True)
+            continue
+        module = importlib.import_module(f"analyses.{name}")
         t0 = time.time()
         args = ["--preset", a.preset, "--results", a.results, "--runs", a.runs]
         args += (["--root", a.root] if a.root else []) + (["--executor", a.executor] if a.executor else [])
         print(f"=== analyses.{name} {' '.join(args)}", flush=True)
         try:
-            rc = importlib.import_module(f"analyses.{name}").main(args)
+            rc = module.main(args)
         except Exception:  # noqa: BLE001 - report and go on with the other experiments
             traceback.print_exc()
             rc = 1

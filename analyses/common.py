@@ -1,14 +1,15 @@
 """What every analysis script shares: the command line, presets, data, provenance, result files, figures.
 
-A script defines ``PRESETS`` (``smoke``, ``cpu``, ``gpu``: dicts of its own settings), a
-``compute(pre, ctx) -> xr.Dataset`` and a ``plot(ds, path)`` drawn from the Dataset alone, and
-ends with ``main = script(__name__, PRESETS, compute, plot)``. Then
+A script defines ``PRESETS`` (``smoke``, ``cpu``, ``gpu`` and optionally ``full``: dicts of its own
+settings), a ``compute(pre, ctx) -> xr.Dataset`` and a ``plot(ds, path)`` drawn from the Dataset
+alone, and ends with ``main = script(__name__, PRESETS, compute, plot)``. Then
 
-    python -m analyses.<name> --preset smoke|cpu|gpu [--results DIR] [--runs DIR] [--plot-only]
+    python -m analyses.<name> --preset smoke|cpu|full|gpu [--results DIR] [--runs DIR] [--plot-only]
                               [--executor SPEC]
 
 writes ``<results>/<name>.nc`` (provenance in attrs: commit, command line, preset, recipe,
-config, seeds) and ``<results>/<name>.png``; stores of the runs go to ``<runs>/<name>/<preset>/``
+config, seeds) and ``<results>/<name>.png`` (``<name>_full.nc`` / ``.png`` for ``full``, so that it
+sits beside the cpu preset's file); stores of the runs go to ``<runs>/<name>/<preset>/``
 so a second call resumes. ``--executor`` (:func:`landscape.executors.open_executor`: dask, submitit,
 process or thread pools) runs a script's independent distillations and sweep points in parallel
 (``ctx.executor``); the results equal the sequential run's and finished stores are skipped.
@@ -37,7 +38,24 @@ import xarray as xr
 from distill.config import DistillConfig
 from distill.store import Store
 
-PRESET_NAMES = ("smoke", "cpu", "gpu")
+PRESET_NAMES = ("smoke", "cpu", "full", "gpu")
+# What each preset is for (the --preset help). ``cpu`` keeps to about 20 minutes on 2 cores; ``full`` is
+# offered only by the scripts whose paper-scale work is forward passes over the full CIFAR-10 split
+# (hours on 2 cores, resumable), which a cpu preset cannot hold.
+PRESET_HELP = {
+    "smoke": "seconds (tests)",
+    "cpu": "at most about 20 minutes on 2 cores",
+    "full": "the cpu preset's experiment over the whole of it on a CPU (hours on 2 cores, resumable)",
+    "gpu": "the paper's scale, ~9 min a call on one H100/H200",
+}
+
+
+def result_stem(name: str, preset: str) -> str:
+    """The file name (no suffix) of a script's result under ``--results``: ``<name>``, and
+    ``<name>_full`` for the ``full`` preset (beside the cpu preset's file, not over it)."""
+    return f"{name}_full" if preset == "full" else name
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -291,15 +309,15 @@ Compute = Callable[[dict[str, Any], Context], xr.Dataset]
 Plot = Callable[[xr.Dataset, Path], Any]
 
 
-def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
-    """The arguments every analysis script takes."""
+def parser(name: str, doc: str | None, presets: Sequence[str] = PRESET_NAMES) -> argparse.ArgumentParser:
+    """The arguments every analysis script takes (``presets``: the names the script offers)."""
     p = argparse.ArgumentParser(prog=f"python -m analyses.{name}", description=(doc or name).strip().splitlines()[0])
+    offered = [n for n in PRESET_NAMES if n in presets]
     p.add_argument(
         "--preset",
-        choices=PRESET_NAMES,
+        choices=offered,
         default="cpu",
-        help="smoke: seconds (tests); cpu: minutes on 2 cores; gpu: the paper's scale, ~9 min on one "
-        "H100/H200 (default: cpu)",
+        help="; ".join(f"{n}: {PRESET_HELP[n]}" for n in offered) + " (default: cpu)",
     )
     p.add_argument("--results", default="results", help="folder of the .nc and .png (default: results)")
     p.add_argument("--runs", default="runs", help="folder of the stores, for resuming (default: runs)")
@@ -331,8 +349,9 @@ def script(
     name = (spec.name if spec is not None else module).rsplit(".", 1)[-1]  # "__main__" under python -m
 
     def main(argv: Sequence[str] | None = None) -> int:
-        a = parser(name, doc or sys.modules[module].__doc__).parse_args(argv)
-        nc, png = Path(a.results) / f"{name}.nc", Path(a.results) / f"{name}.png"
+        a = parser(name, doc or sys.modules[module].__doc__, list(presets)).parse_args(argv)
+        stem = Path(a.results) / result_stem(name, a.preset)
+        nc, png = stem.with_suffix(".nc"), stem.with_suffix(".png")
         if a.plot_only:
             if not nc.exists():
                 print(f"analyses.{name}: error: {nc} does not exist: run without --plot-only first", file=sys.stderr)
@@ -341,7 +360,7 @@ def script(
             print(f"wrote {png}")
             return 0
         pre = dict(presets[a.preset])
-        device = a.device or pre.get("device") or ("cpu" if a.preset != "gpu" else "auto")
+        device = a.device or pre.get("device") or ("auto" if a.preset == "gpu" else "cpu")
         ctx = Context(
             name,
             a.preset,

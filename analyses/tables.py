@@ -8,7 +8,7 @@ images) is the control beyond the paper. Every teacher (architecture, seed), inp
 student is an independent work unit writing its own file under ``runs/tables/<preset>/``: ``--executor``
 runs them in parallel, and a rerun (or an interrupted run) skips the finished ones.
 
-    python -m analyses.tables --preset smoke|cpu|gpu [--only vgg11,resnet18] [--executor SPEC]
+    python -m analyses.tables --preset smoke|cpu|full|gpu [--only vgg11,resnet18] [--executor SPEC]
 """
 
 from __future__ import annotations
@@ -94,9 +94,20 @@ PRESETS: dict[str, dict[str, Any]] = {
             ),
         ),
     ),
-    # every Table-5 architecture on the full 50k / 10k split, one teacher seed each (forward passes of 60k
-    # images: the cost); one probe seed of the input baseline; no student (150 epochs need a GPU)
+    # what 2 cores hold in about 20 minutes: the three cheapest Table-5 teachers (VGG11 with Tables 1 and 3,
+    # ResNet20, ViT-Tiny) and the input baseline, on the full 50k / 10k split, one seed each, computed as
+    # "full" computes them; no student (150 epochs need a GPU)
     "cpu": dict(
+        archs=["vgg11", "resnet20", "vit_tiny"],
+        seeds=[0],
+        input_seeds=[0],
+        subset=None,
+        n_test=None,
+        student=None,
+    ),
+    # every Table-5 architecture and the authors' ViT on the full 50k / 10k split, one teacher seed each: about
+    # two hours on 2 cores (forward passes of 60k images per row are the cost; every row is a resumable unit)
+    "full": dict(
         archs=[
             "vgg11",
             "resnet20",

@@ -259,3 +259,58 @@ def test_tables_reference_vit_row_is_built_with_the_reference_options(smoke):
     assert options == {"depth": 1, "tie_blocks": True, "weight_init": "torch", "block": "reference"}
     plain = open_result(next((out / "runs").rglob("teacher-vit_tiny-s0.nc")))
     assert json.loads(plain.attrs["config"])["arch_options"] == {"depth": 1}
+
+
+# ----------------------------------------------------------------------------- the full preset
+def test_full_tables_hold_every_table5_architecture_and_cpu_rows_are_computed_as_there():
+    from analyses import tables
+
+    full, cpu = tables.PRESETS["full"], tables.PRESETS["cpu"]
+    # the paper's ten Table-5 networks and the authors' two ViTs, written out here
+    paper = {
+        "vgg11",
+        "vgg13",
+        "vgg16",
+        "vgg19",
+        "resnet18",
+        "resnet20",
+        "resnet34",
+        "resnet56",
+        "vit_tiny",
+        "vit_small",
+    }
+    assert set(full["archs"]) == paper | {"vit_tiny-reference", "vit_small-reference"}
+    assert set(cpu["archs"]) < set(full["archs"]) and {"vgg11", "resnet20", "vit_tiny"} <= set(cpu["archs"])
+    for key in ("subset", "n_test", "seeds", "input_seeds", "student"):
+        assert cpu[key] == full[key], key  # the probes of the full 50k / 10k split in both
+    assert full["subset"] is None and full["n_test"] is None
+
+
+def test_full_preset_is_offered_only_where_defined_and_writes_beside_the_cpu_file(smoke, tmp_path, capsys):
+    from analyses import locality, tables
+
+    out, _ = smoke
+    (tmp_path / "tables_full.nc").write_bytes((out / "results" / "tables.nc").read_bytes())
+    assert tables.main(["--preset", "full", "--plot-only", "--results", str(tmp_path)]) == 0
+    assert (tmp_path / "tables_full.png").stat().st_size > 5000 and not (tmp_path / "tables.png").exists()
+    # a script without a full preset refuses it as a usage error, naming the presets it has
+    with pytest.raises(SystemExit) as e:
+        locality.main(["--preset", "full", "--results", str(tmp_path / "r"), "--runs", str(tmp_path / "runs")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'full'" in err and "'cpu'" in err and not (tmp_path / "r").exists()
+
+
+def test_all_with_the_full_preset_runs_the_scripts_that_have_it_and_names_the_others(monkeypatch, tmp_path, capsys):
+    from analyses import probe_spread
+
+    called = []
+    monkeypatch.setattr(probe_spread, "main", lambda argv: called.append(list(argv)) or 0)
+    argv = ["--results", str(tmp_path / "r"), "--runs", str(tmp_path / "runs")]
+    assert run_all.main(["--preset", "full", "--only", "locality,probe_spread", *argv]) == 0
+    assert len(called) == 1 and called[0][:2] == ["--preset", "full"]
+    assert "analyses.locality: skipped (it has no full preset)" in capsys.readouterr().out
+    # none of the named scripts has it: a one-line usage error naming the scripts that do
+    assert run_all.main(["--preset", "full", "--only", "locality", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "probe_spread" in err and "tables" in err and len(called) == 1
