@@ -139,7 +139,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         student=dict(
             archs=["vgg11", "resnet18"],
             seeds=[0, 1, 2],
-            cfg=dict(subset=None, epochs=150, probe_every=10, precision="bf16"),
+            # save_every: a call stopped by its time budget resumes from the last tenth epoch
+            cfg=dict(subset=None, epochs=150, probe_every=10, precision="bf16", save_every=10),
         ),
     ),
 }
@@ -334,8 +335,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                     probes=PROBES,
                     device=ctx.device,
                     data_root=ctx.root,
-                    save_every=0,
-                    **st["cfg"],
+                    **{"save_every": 0, **st["cfg"]},
                 )
                 configs[f"student-{a}-s{s}"] = cfg
                 ship = sdata if ctx.executor is None or pre["n_test"] is not None else None
@@ -435,6 +435,8 @@ def plot(ds: xr.Dataset, path: Any) -> None:
             )
         ):
             da = common.pct(ds[var].sel(probe=probe))
+            if not np.isfinite(da.values).any():  # no students in this preset: no bars, no legend entry
+                continue
             ax.bar(x + (i - 1.5) * w, da.mean("seed"), w, yerr=da.std("seed"), color=color, label=label)
         ax.bar(x + 1.5 * w, common.pct(paper_t), w, color="none", edgecolor="C0", hatch="//", label="teacher (paper)")
         ax.scatter(x + 1.5 * w, common.pct(paper_s), marker="*", color="C2", zorder=3, label="student (paper)")
@@ -445,7 +447,7 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         ax.set_ylabel(f"{'linear probe' if probe == 'linear' else 'k-NN (k=20)'} test accuracy [%]")
         ax.set_title(
             f"random teachers on CIFAR-10 ({ds.attrs.get('train_images')} / {ds.attrs.get('test_images')}"
-            f" images), {probe}",
+            f" images), {'linear probe' if probe == 'linear' else 'k-NN'}",
             fontsize=9,
         )
     axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
