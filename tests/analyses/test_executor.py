@@ -80,6 +80,7 @@ def test_all_passes_its_options_on_to_every_script(monkeypatch):
     for name in ("fake_a", "fake_b"):
         mod = types.ModuleType(f"analyses.{name}")
         mod.main = recorder(name)  # type: ignore[attr-defined]
+        mod.PRESETS = {"smoke": {}}  # type: ignore[attr-defined]  # analyses.all runs a script's own presets
         monkeypatch.setitem(sys.modules, f"analyses.{name}", mod)
     monkeypatch.setattr(run_all, "SCRIPTS", ("fake_a", "fake_b"))
     argv = ["--preset", "smoke", "--results", "R", "--runs", "U", "--root", "D", "--executor", "process:2"]
