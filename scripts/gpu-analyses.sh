@@ -24,6 +24,9 @@ set -uo pipefail
 
 OUT=${1:?usage: scripts/gpu-analyses.sh OUTDIR [BUDGET_SECONDS] [PART,PART,...]}
 BUDGET=${2:-520}
+# paths given relative to the caller's folder stay so after the cd to the checkout
+OUT=$(realpath -m "$OUT")
+[ -n "${CIFAR10:-}" ] && CIFAR10=$(realpath -m "$CIFAR10")
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 PRESET=${PRESET:-gpu}
