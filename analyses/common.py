@@ -1,7 +1,7 @@
 """What every analysis script shares: the command line, presets, data, provenance, result files, figures.
 
-A script defines ``PRESETS`` (``smoke``, ``cpu``, ``gpu`` and optionally ``full``: dicts of its own
-settings), a ``compute(pre, ctx) -> xr.Dataset`` and a ``plot(ds, path)`` drawn from the Dataset
+A script defines ``PRESETS`` (``smoke``, ``cpu``, ``gpu`` and optionally ``full`` or ``cpu-long``:
+dicts of its own settings), a ``compute(pre, ctx) -> xr.Dataset`` and a ``plot(ds, path)`` drawn from the Dataset
 alone, and ends with ``main = script(__name__, PRESETS, compute, plot)``. Then
 
     python -m analyses.<name> --preset smoke|cpu|full|gpu [--results DIR] [--runs DIR] [--plot-only]
@@ -38,7 +38,7 @@ import xarray as xr
 from distill.config import DistillConfig
 from distill.store import Store
 
-PRESET_NAMES = ("smoke", "cpu", "full", "gpu")
+PRESET_NAMES = ("smoke", "cpu", "full", "cpu-long", "gpu")
 # What each preset is for (the --preset help). ``cpu`` keeps to about 20 minutes on 2 cores; ``full`` is
 # offered only by the scripts whose paper-scale work is forward passes over the full CIFAR-10 split
 # (hours on 2 cores, resumable), which a cpu preset cannot hold.
@@ -46,6 +46,8 @@ PRESET_HELP = {
     "smoke": "seconds (tests)",
     "cpu": "at most about 20 minutes on 2 cores",
     "full": "the cpu preset's experiment over the whole of it on a CPU (hours on 2 cores, resumable)",
+    "cpu-long": "the paper's own training run on a CPU (days on 2 cores: a background job over several sittings, "
+    "resumable; --snapshot writes the result so far)",
     "gpu": "the paper's scale, ~9 min a call on one H100/H200",
 }
 
@@ -77,6 +79,7 @@ class Context:
     only: tuple[str, ...] = ()
     code: str = ""  # the commit when the script started
     executor: Executor | None = None  # where independent runs go (None: one after the other here)
+    snapshot: bool = False  # --snapshot: read what the stores hold so far, train nothing
     argv: tuple[str, ...] = ()  # the script's own arguments (also when analyses.all calls it)
 
     def keep(self, items: Sequence[str]) -> list[str]:
@@ -313,11 +316,12 @@ def parser(name: str, doc: str | None, presets: Sequence[str] = PRESET_NAMES) ->
     """The arguments every analysis script takes (``presets``: the names the script offers)."""
     p = argparse.ArgumentParser(prog=f"python -m analyses.{name}", description=(doc or name).strip().splitlines()[0])
     offered = [n for n in PRESET_NAMES if n in presets]
+    default = "cpu" if "cpu" in offered else next(n for n in offered if n != "smoke")
     p.add_argument(
         "--preset",
         choices=offered,
-        default="cpu",
-        help="; ".join(f"{n}: {PRESET_HELP[n]}" for n in offered) + " (default: cpu)",
+        default=default,
+        help="; ".join(f"{n}: {PRESET_HELP[n]}" for n in offered) + f" (default: {default})",
     )
     p.add_argument("--results", default="results", help="folder of the .nc and .png (default: results)")
     p.add_argument("--runs", default="runs", help="folder of the stores, for resuming (default: runs)")
@@ -342,14 +346,29 @@ def parser(name: str, doc: str | None, presets: Sequence[str] = PRESET_NAMES) ->
 
 
 def script(
-    module: str, presets: dict[str, dict[str, Any]], compute: Compute, plot: Plot, doc: str | None = None
+    module: str,
+    presets: dict[str, dict[str, Any]],
+    compute: Compute,
+    plot: Plot,
+    doc: str | None = None,
+    snapshot: bool = False,
 ) -> Callable[[Sequence[str] | None], int]:
-    """The ``main(argv)`` of an analysis script (see the module docstring)."""
+    """The ``main(argv)`` of an analysis script (see the module docstring). ``snapshot``: the script
+    offers ``--snapshot`` (its ``compute`` then reads what its stores hold so far and trains nothing,
+    so a long run in another process can be looked at while it goes on)."""
     spec = getattr(sys.modules.get(module), "__spec__", None)
     name = (spec.name if spec is not None else module).rsplit(".", 1)[-1]  # "__main__" under python -m
 
     def main(argv: Sequence[str] | None = None) -> int:
-        a = parser(name, doc or sys.modules[module].__doc__, list(presets)).parse_args(argv)
+        p = parser(name, doc or sys.modules[module].__doc__, list(presets))
+        if snapshot:
+            p.add_argument(
+                "--snapshot",
+                action="store_true",
+                help="write the .nc and .png from the epochs the stores hold so far, training nothing "
+                "(safe while the run goes on in another process)",
+            )
+        a = p.parse_args(argv)
         stem = Path(a.results) / result_stem(name, a.preset)
         nc, png = stem.with_suffix(".nc"), stem.with_suffix(".png")
         if a.plot_only:
@@ -371,6 +390,7 @@ def script(
             tuple(x for x in a.only.split(",") if x),
             commit(),
             argv=tuple(sys.argv[1:] if argv is None else argv),
+            snapshot=bool(getattr(a, "snapshot", False)),
         )
         os.environ.setdefault("TQDM_DISABLE", "1")
         from landscape.executors import ExecutorSpecError, SweepIncomplete, open_executor

@@ -138,6 +138,12 @@ class DistillConfig(_Config):
     epochs: int = _f(150, "training epochs (passes over the training images)")
     save_every: int = _f(10, "save the student every this many epochs (epoch 0 and the last are always saved)")
     save_epochs: list = _f([], "extra epochs at which to save the student, comma-separated, e.g. 1,2,5")
+    resume_every: int = _f(
+        0,
+        "also save the training state (full-precision student and optimiser) every this many epochs "
+        "between the saved students, so a killed run loses at most this many epochs (0: only at the saved "
+        "students; the state replaces the previous one, so the store grows by no checkpoint)",
+    )
     # probes
     probe_every: int = _f(10, "probe every this many epochs (0: only at the start and the end)")
     probes: list = _f(
@@ -286,6 +292,7 @@ _NON_NEGATIVE = {
     "momentum",
     "warmup_epochs",
     "save_every",
+    "resume_every",
     "probe_every",
     "teacher_temp",
     "student_temp",

@@ -42,6 +42,7 @@ _RESUMABLE = {
     "epochs",
     "save_every",
     "save_epochs",
+    "resume_every",
     "probe_every",
     "device",
     "dynamics",
@@ -625,10 +626,12 @@ def _train(
     if state is not None:
         tensors, meta = state
         start = int(meta["epoch"])
-        student = store.student(start, device).train()
         exact = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
-        if exact:  # checkpoints stored in half precision: resume from the full-precision copy
+        if exact:  # half-precision checkpoints, or a state between saved students: the full-precision copy
             load_into(student, exact, where=f"{out}:state/train")
+            student.train()
+        else:
+            student = store.student(start, device).train()
         world.prepare(student)
         opt = make_optimizer(cfg, student)
         _load_opt(opt, {k[4:]: v for k, v in tensors.items() if k.startswith("opt/")}, meta["param_groups"])
@@ -703,17 +706,20 @@ def _train(
 
     def commit(epoch: int, save: bool) -> None:
         """One epoch, one commit: the student and the state resuming after it (when due) and the
-        metrics up to ``epoch`` become visible together, or not at all."""
+        metrics up to ``epoch`` become visible together, or not at all. Between saved students the
+        state alone is saved every ``resume_every`` epochs, with the student's weights in it."""
+        between = not save and cfg.resume_every > 0 and epoch % cfg.resume_every == 0
         with store.commit(epoch):
-            if save:
-                store.save_module(student_name(epoch), student, {"epoch": epoch, "step": epoch * steps_per_epoch})
+            if save or between:
+                if save:
+                    store.save_module(student_name(epoch), student, {"epoch": epoch, "step": epoch * steps_per_epoch})
                 if cfg.ema_teacher:
                     store.save_module("teacher_ema", teacher, {"epoch": epoch})
                 tensors, groups = _opt_tensors(opt)
                 tensors = {f"opt/{k}": v for k, v in tensors.items()}
                 if center is not None:
                     tensors["center"] = center
-                if cfg.store_dtype != "fp32":
+                if cfg.store_dtype != "fp32" or between:
                     tensors.update({f"model/{k}": v for k, v in student.state_dict().items()})
                     if cfg.ema_teacher:
                         tensors.update({f"ema/{k}": v for k, v in teacher.state_dict().items()})

@@ -177,6 +177,40 @@ def test_resume_continues_bit_for_bit(tmp_path):
         run(tiny_cfg(epochs=3, lr=5e-4), tmp_path / "part.h5", data=data, progress=False)
 
 
+def test_resume_every_saves_the_state_between_students_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """A run killed after epoch 2 of 4 with students saved only at 0 and 4 resumes from epoch 2
+    (resume_every=1), not epoch 0, and ends equal to the uninterrupted run."""
+    from distill import progress
+
+    data = synthetic()
+    cfg = tiny_cfg(epochs=4, save_every=0, resume_every=1, probe_every=2)
+    full = run(cfg, tmp_path / "full.h5", data=data, progress=False)
+    assert full.epochs == [0, 4]
+
+    record = progress.EpochReporter.record
+
+    def killed_after_epoch_2(self, epoch, history):
+        record(self, epoch, history)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(progress.EpochReporter, "record", killed_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "part.h5", data=data, progress=False)
+    monkeypatch.undo()
+    part = Store(tmp_path / "part.h5")
+    assert part.epochs == [0]  # no student saved at epoch 2 ...
+    state = part.load_state_group("train")
+    assert state is not None and state[1]["epoch"] == 2  # ... but the state to resume from is there
+    trained = []
+    monkeypatch.setattr(progress.EpochReporter, "record", lambda self, e, h: (trained.append(e), record(self, e, h))[1])
+    part = run(cfg, tmp_path / "part.h5", data=data, progress=False)
+    assert trained == [3, 4]  # epochs 1 and 2 are not trained again
+    a, b = full.student(4).state_dict(), part.student(4).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert np.array_equal(full.metrics.loss.values[1:], part.metrics.loss.values[1:])
+
+
 def test_nan_loss_stops_with_clear_error_and_keeps_the_store(tmp_path):
     data = synthetic()
     cfg = tiny_cfg(lr=1e30, epochs=3, optimizer="sgd", momentum=0.0, save_every=1, probes=[])
