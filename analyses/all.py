@@ -20,6 +20,7 @@ import traceback
 from analyses.common import PRESET_HELP, PRESET_NAMES
 
 SCRIPTS = (
+    "table1",
     "probing_curves",
     "locality",
     "data_dependence",

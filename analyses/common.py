@@ -38,7 +38,7 @@ import xarray as xr
 from distill.config import DistillConfig
 from distill.store import Store
 
-PRESET_NAMES = ("smoke", "cpu", "full", "cpu-long", "gpu")
+PRESET_NAMES = ("smoke", "cpu", "full", "cpu-long", "gpu", "gpu-quick")
 # What each preset is for (the --preset help). ``cpu`` keeps to about 20 minutes on 2 cores; ``full`` is
 # offered only by the scripts whose paper-scale work is forward passes over the full CIFAR-10 split
 # (hours on 2 cores, resumable), which a cpu preset cannot hold.
@@ -48,14 +48,17 @@ PRESET_HELP = {
     "full": "the cpu preset's experiment over the whole of it on a CPU (hours on 2 cores, resumable)",
     "cpu-long": "the paper's own training run on a CPU (days on 2 cores: a background job over several sittings, "
     "resumable; --snapshot writes the result so far)",
-    "gpu": "the paper's scale, ~9 min a call on one H100/H200",
+    "gpu": "the paper's protocol on one GPU: fp32, the paper's epochs, pruning depth and retraining recipe "
+    "(hours; resumable, in calls of any length: scripts/gpu-analyses.sh)",
+    "gpu-quick": "a shortened or bf16 variant of the gpu preset (the script's PRESET_NOTES say what it changes; "
+    "the result's attrs record it)",
 }
 
 
 def result_stem(name: str, preset: str) -> str:
     """The file name (no suffix) of a script's result under ``--results``: ``<name>``, and
-    ``<name>_full`` for the ``full`` preset (beside the cpu preset's file, not over it)."""
-    return f"{name}_full" if preset == "full" else name
+    ``<name>_<preset>`` for ``full`` and ``gpu-quick`` (beside the cpu or gpu preset's file, not over it)."""
+    return f"{name}_{preset.replace('-', '_')}" if preset in ("full", "gpu-quick") else name
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,9 +196,34 @@ def distil_all(jobs: Sequence[tuple[DistillConfig, Path]], ctx: Context, data: A
     return [Store(out) for _, out in jobs]
 
 
-def best_over_epochs(metrics: xr.Dataset) -> xr.DataArray:
-    """Best probe accuracy over the probed epochs (the paper's reported number), dims (model, probe)."""
-    return metrics.accuracy.dropna("epoch", how="all").max("epoch")
+# How a probe curve over epochs becomes one number: the paper's is the best over the probed epochs after
+# epoch 0 (the authors' results notebook drops the first row); ``best`` keeps epoch 0 (a student that never
+# improves then reports its starting value), ``last`` is the last probed epoch.
+STATISTICS = ("best_after_epoch0", "best", "last")
+STATISTIC_HELP = {
+    "best_after_epoch0": "best over the probed epochs after epoch 0 (the paper's statistic)",
+    "best": "best over the probed epochs, epoch 0 included",
+    "last": "the last probed epoch",
+}
+
+
+def best_over_epochs(metrics: xr.Dataset, statistic: str = "best_after_epoch0") -> xr.DataArray:
+    """A run's probe accuracy reduced over its probed epochs by ``statistic`` (:data:`STATISTICS`), dims
+    (model, probe); the choice is in the result's ``statistic`` attr. NaN where nothing was probed after 0."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic={statistic!r}: choose one of {', '.join(STATISTICS)}")
+    probed = metrics.accuracy.dropna("epoch", how="all")
+    if statistic == "last":
+        out = probed.isel(epoch=-1, drop=True)
+    else:
+        if statistic == "best_after_epoch0":
+            probed = probed.sel(epoch=probed.epoch > 0)
+        out = (
+            probed.max("epoch")
+            if probed.sizes["epoch"]
+            else xr.full_like(metrics.accuracy.isel(epoch=0, drop=True), np.nan)
+        )
+    return out.assign_attrs(statistic=statistic, statistic_meaning=STATISTIC_HELP[statistic])
 
 
 def stack_seeds(rows: list[xr.Dataset | xr.DataArray], seeds: Sequence[int]) -> Any:
@@ -312,16 +340,20 @@ Compute = Callable[[dict[str, Any], Context], xr.Dataset]
 Plot = Callable[[xr.Dataset, Path], Any]
 
 
-def parser(name: str, doc: str | None, presets: Sequence[str] = PRESET_NAMES) -> argparse.ArgumentParser:
-    """The arguments every analysis script takes (``presets``: the names the script offers)."""
+def parser(
+    name: str, doc: str | None, presets: Sequence[str] = PRESET_NAMES, notes: dict[str, str] | None = None
+) -> argparse.ArgumentParser:
+    """The arguments every analysis script takes (``presets``: the names the script offers; ``notes``: the
+    script's own help for some of them, e.g. what its ``gpu-quick`` changes)."""
     p = argparse.ArgumentParser(prog=f"python -m analyses.{name}", description=(doc or name).strip().splitlines()[0])
     offered = [n for n in PRESET_NAMES if n in presets]
     default = "cpu" if "cpu" in offered else next(n for n in offered if n != "smoke")
+    helps = {**PRESET_HELP, **(notes or {})}
     p.add_argument(
         "--preset",
         choices=offered,
         default=default,
-        help="; ".join(f"{n}: {PRESET_HELP[n]}" for n in offered) + f" (default: {default})",
+        help="; ".join(f"{n}: {helps[n]}" for n in offered).replace("%", "%%") + f" (default: {default})",
     )
     p.add_argument("--results", default="results", help="folder of the .nc and .png (default: results)")
     p.add_argument("--runs", default="runs", help="folder of the stores, for resuming (default: runs)")
@@ -360,7 +392,8 @@ def script(
     name = (spec.name if spec is not None else module).rsplit(".", 1)[-1]  # "__main__" under python -m
 
     def main(argv: Sequence[str] | None = None) -> int:
-        p = parser(name, doc or sys.modules[module].__doc__, list(presets))
+        notes: dict[str, str] = getattr(sys.modules[module], "PRESET_NOTES", {})
+        p = parser(name, doc or sys.modules[module].__doc__, list(presets), notes)
         if snapshot:
             p.add_argument(
                 "--snapshot",
@@ -405,6 +438,8 @@ def script(
             except UsageError as e:
                 print(f"analyses.{name}: error: {e}", file=sys.stderr)
                 return 2
+        if a.preset in notes:  # what this preset changes against the paper's protocol, in the result
+            ds.attrs["preset_note"] = notes[a.preset]
         save(ds, nc)
         plot(open_result(nc), png)
         print(f"wrote {nc} and {png}")

@@ -43,7 +43,6 @@ PAPER: dict[str, dict[str, dict[str, float]]] = {
         "knn": {"teacher": 37.65, "student": 44.67, "input": 33.61},
     },
 }
-STATISTICS = ("best_after_epoch0", "best", "last")
 # the paper's student protocol (PAPER.md); precision, epochs and head are those of the paper's text and code
 PAPER_PROTOCOL: dict[str, Any] = dict(
     epochs=150, batch_size=256, precision="fp32", out_dim=65536, hidden_dim=2048, bottleneck_dim=256, lr=1e-3
@@ -107,17 +106,12 @@ def configs(pre: dict[str, Any], ctx: common.Context) -> dict[str, DistillConfig
     return out
 
 
-def statistics(acc: xr.DataArray) -> xr.DataArray:
-    """``acc`` (epoch, ...) reduced over the probed epochs to the three statistics (statistic, ...)."""
-    probed = acc.dropna("epoch", how="all")
-    after0 = probed.sel(epoch=probed.epoch > 0)
-    rows = [
-        after0.max("epoch") if after0.sizes["epoch"] else xr.full_like(probed.isel(epoch=0), np.nan),
-        probed.max("epoch"),
-        probed.isel(epoch=-1),
-    ]
-    rows = [r.drop_vars("epoch", errors="ignore") for r in rows]
-    return xr.concat(rows, dim=xr.DataArray(list(STATISTICS), dims="statistic", name="statistic"))
+def statistics(metrics: xr.Dataset) -> xr.DataArray:
+    """A run's probe accuracy reduced over its probed epochs by each of :data:`common.STATISTICS`,
+    dims (statistic, model, probe)."""
+    rows = [common.best_over_epochs(metrics, s) for s in common.STATISTICS]
+    dim = xr.DataArray(list(common.STATISTICS), dims="statistic", name="statistic")
+    return xr.concat(rows, dim=dim, combine_attrs="drop")
 
 
 def first_pass(acc: xr.DataArray) -> xr.DataArray:
@@ -177,9 +171,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         stores = common.distil_all([(cfgs[t], paths[t]) for t in cfgs], ctx, data)
         have = {tag: s.metrics for tag, s in zip(cfgs, stores)}
     tags = list(have)
-    rows = [have[t].drop_attrs() if hasattr(have[t], "drop_attrs") else have[t] for t in tags]
     ds = xr.concat(
-        rows,
+        [have[t] for t in tags],
         dim=xr.DataArray(tags, dims="run", name="run"),
         join="outer",
         combine_attrs="drop",
@@ -187,17 +180,17 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         compat="override",
     )
     arch = [cfgs[t].arch for t in tags]
+    recipes = [cfgs[t].recipe for t in tags]
     ds = ds.assign_coords(
         arch=("run", arch),
-        recipe=("run", [cfgs[t].recipe for t in tags]),
+        recipe=("run", recipes),
         seed=("run", [cfgs[t].seed for t in tags]),
     )
-    stat = xr.concat([statistics(ds.accuracy.sel(run=t)) for t in tags], dim="run", coords="minimal")
+    stat = xr.concat([statistics(have[t]) for t in tags], dim=ds.run, coords="minimal")
     stat.attrs = {
         "long_name": "probe accuracy, reduced over the probed epochs",
         "units": "fraction",
-        "statistic": "best_after_epoch0: best over the probed epochs after epoch 0 (the authors' results "
-        "notebook); best: epoch 0 included; last: the last probed epoch",
+        "statistic": "; ".join(f"{k}: {v}" for k, v in common.STATISTIC_HELP.items()),
     }
     ds["summary"] = stat
     ds["first_pass"] = xr.concat([first_pass(ds.accuracy.sel(run=t)) for t in tags], dim="run", coords="minimal")
@@ -205,7 +198,9 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     ds["epochs_done"] = ("run", last_epoch, {"long_name": "epochs trained so far", "units": "epoch"})
     ds["paper"] = paper_table(sorted(set(arch)), [str(p) for p in ds.probe.values])
     ds.attrs = {
-        **common.provenance(ctx, {t: cfgs[t] for t in tags}, [cfgs[t].seed for t in tags], "per run (coord recipe)"),
+        **common.provenance(
+            ctx, {t: cfgs[t] for t in tags}, [cfgs[t].seed for t in tags], ",".join(dict.fromkeys(recipes))
+        ),
         "dataset": pre["dataset"],
         "snapshot": int(ctx.snapshot),
         "probe_every": ",".join(str(cfgs[t].probe_every) for t in tags),
@@ -225,7 +220,7 @@ def report(ds: xr.Dataset) -> None:
         for p in ds.probe.values:
             cells = []
             for m in ("teacher", "student"):
-                v = [100 * float(row.summary.sel(statistic=s, model=m, probe=p)) for s in STATISTICS]
+                v = [100 * float(row.summary.sel(statistic=s, model=m, probe=p)) for s in common.STATISTICS]
                 paper = 100 * float(ds.paper.sel(paper_arch=str(row.arch.values), model=m, probe=p))
                 cells.append(f"{m} best>0 {v[0]:6.2f} best {v[1]:6.2f} last {v[2]:6.2f} (paper {paper:6.2f})")
             first = float(row.first_pass.sel(reference="teacher", probe=p))

@@ -145,7 +145,11 @@ class DistillConfig(_Config):
         "students; the state replaces the previous one, so the store grows by no checkpoint)",
     )
     # probes
-    probe_every: int = _f(10, "probe every this many epochs (0: only at the start and the end)")
+    probe_every: int = _f(
+        10,
+        "probe every this many epochs (0: only at the start and the end); a best over epochs is a maximum "
+        "over the probed epochs, so it grows with the number of probes (the reference code probes every epoch)",
+    )
     probes: list = _f(
         ["knn", "linear", "linear_std"], "probes to run, comma-separated ('none' for none)", names="probes"
     )
@@ -175,7 +179,9 @@ class DistillConfig(_Config):
     recipe: str = _f(
         "paper",
         "which protocol the defaults follow: paper (its text) or reference (the authors' code: "
-        "DistillConfig.reference(); sets the fields listed in distill.config.REFERENCE)",
+        "DistillConfig.reference(); sets the fields listed in distill.config.REFERENCE). Neither changes "
+        "probe_every: the reference code probes every epoch with a fresh probe seed (about 151 fits for "
+        "150 epochs, the best of which it reports); with --probe-every N the best is over 150/N + 1 fits",
         ("paper", "reference"),
     )
     # seeds and hardware

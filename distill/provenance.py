@@ -13,6 +13,8 @@ every store and as attrs of every result Dataset (and so of every ``.nc`` file):
     cuda_version      torch.version.cuda ("" for a CPU-only build)
     device            the device the numbers were computed on ("cpu", "cuda:0", ...)
     precision         fp32 or bf16
+    numerics          PyTorch's float32 settings in force: TF32 for cuDNN convolutions and for CUDA matmuls,
+                      float32_matmul_precision, deterministic algorithms (fp32 on CUDA runs with these)
     world_size        processes that trained together (1 unless data-parallel)
     recipe            the configuration as canonical JSON (sorted keys)
     config_hash       first 10 hex digits of the SHA-256 of ``recipe``
@@ -47,6 +49,7 @@ KEYS = (
     "cuda_version",
     "device",
     "precision",
+    "numerics",
     "world_size",
     "recipe",
     "config_hash",
@@ -101,6 +104,19 @@ def git_state() -> tuple[str, int]:
     return commit.stdout.strip(), dirty
 
 
+def numerics() -> str:
+    """PyTorch's float32 settings in force, as one line (a fp32 run on CUDA computes its convolutions in
+    TF32 when ``cudnn.allow_tf32`` is on, PyTorch's default)."""
+    import torch
+
+    return (
+        f"cudnn.allow_tf32={int(torch.backends.cudnn.allow_tf32)} "
+        f"cuda.matmul.allow_tf32={int(torch.backends.cuda.matmul.allow_tf32)} "
+        f"float32_matmul_precision={torch.get_float32_matmul_precision()} "
+        f"deterministic_algorithms={int(torch.are_deterministic_algorithms_enabled())}"
+    )
+
+
 def provenance(
     recipe: Any = None,
     *,
@@ -137,6 +153,7 @@ def provenance(
         "cuda_version": str(torch.version.cuda or ""),
         "device": str(device),
         "precision": str(precision),
+        "numerics": numerics(),
         "world_size": int(world_size),
         "recipe": text,
         "config_hash": digest,

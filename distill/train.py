@@ -391,6 +391,17 @@ class _EntropyLog:
 
 
 # ---------------------------------------------------------------------------- metrics
+def _probe_interval(cfg: DistillConfig) -> str:
+    """What the probed epochs of ``cfg`` are, and what that means for a best over epochs (metrics attrs)."""
+    every = f"every {cfg.probe_every} epochs" if cfg.probe_every else "at epoch 0 and the last epoch only"
+    n = 1 + (cfg.epochs // cfg.probe_every + (cfg.epochs % cfg.probe_every > 0) if cfg.probe_every else 1)
+    seeds = "a fresh probe seed each (probe_seed + epoch)" if cfg.probe_reseed else "one probe seed"
+    return (
+        f"probes {every} ({n} probed epochs of {cfg.epochs}, {seeds}); a best over epochs is a maximum over "
+        f"these {n} fits, where the reference code probes every epoch ({cfg.epochs + 1} fits)"
+    )
+
+
 @dataclass
 class History:
     """Per-epoch records, turned into the store's ``metrics`` Dataset."""
@@ -451,6 +462,7 @@ class History:
                 "models": "teacher: random teacher as used in distillation; teacher_bn: teacher weights with BN "
                 "statistics re-estimated on training data; student; input: raw pixels",
                 "epoch_0": "before any training",
+                "probe_interval": _probe_interval(cfg),
                 **self.provenance,
             },
         )
