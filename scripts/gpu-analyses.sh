@@ -10,12 +10,12 @@
 # finished leaves OUTDIR/<part>.done and is skipped next time. Rerun the same command until it prints
 # "all parts complete"; then copy OUTDIR/results/*.nc and *.png into results/.
 #
-# The parts (tables split so that each call can finish one; estimates, nothing has been timed on a GPU):
-#   tables-cheap      tables: the eight cheaper teachers and the authors' two ViTs (3 seeds each) and
-#                     VGG11's three 150-epoch students (saved every 10 epochs: several calls)
-#   tables-resnets    tables: the ResNet18 and ResNet34 teachers and ResNet18's three students
-#   tables            tables: every row, from the two parts' finished units (seconds)
-#   probing_curves locality data_dependence transfer planes lottery instability head_dim probe_spread
+# The parts, in the order of the plan (python -m bench.gpu_plan prints each part's FLOPs, expected H100
+# minutes and calls; bench/README.md): first the paper's Tables 1 and 3 (analyses.table1: VGG11 and ResNet18,
+# three seeds, 150 epochs, fp32, a probe every epoch), then the teachers of Tables 1/3/5, then the figures:
+#   table1 tables probe_spread probing_curves locality data_dependence planes lottery instability head_dim
+#   transfer surface hessian
+# Every part resumes at its last finished epoch (resume_every=1) or work unit, so calls of any length add up.
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), CIFAR10 (the tarball or folder;
 # default: the shared cifar10-jpg.tar.gz beside the checkout), PRESET (default gpu; smoke for a check
@@ -31,7 +31,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 PRESET=${PRESET:-gpu}
 CIFAR10=${CIFAR10:-../shared/data/cifar10-jpg.tar.gz}
-ALL="tables-cheap tables-resnets tables probing_curves locality data_dependence transfer planes lottery instability head_dim probe_spread"
+ALL="table1 tables probe_spread probing_curves locality data_dependence planes lottery instability head_dim transfer surface hessian"
 PARTS=${3:-$ALL}
 PARTS=${PARTS//,/ }
 for p in $PARTS; do
@@ -41,13 +41,7 @@ if ! [[ $BUDGET =~ ^[0-9]+$ ]]; then echo "gpu-analyses: error: BUDGET_SECONDS m
 mkdir -p "$OUT/results" "$OUT/runs" || { echo "gpu-analyses: error: cannot create $OUT" >&2; exit 2; }
 
 command_of() {  # the analysis command of one part
-    local only=""
-    case $1 in
-        tables-cheap) only="--only vgg11,vgg13,vgg16,vgg19,resnet20,resnet56,vit_tiny,vit_small,vit_tiny-reference,vit_small-reference" ;;
-        tables-resnets) only="--only resnet18,resnet34" ;;
-    esac
-    local script=${1%%-*}
-    echo "$PYTHON -m analyses.$script --preset $PRESET --results $OUT/results --runs $OUT/runs --root $CIFAR10 $only"
+    echo "$PYTHON -m analyses.$1 --preset $PRESET --results $OUT/results --runs $OUT/runs --root $CIFAR10"
 }
 
 start=$(date +%s)

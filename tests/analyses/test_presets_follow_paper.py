@@ -78,7 +78,8 @@ def test_gpu_preset_trains_in_fp32_with_the_papers_epochs(name):
 
 def test_gpu_lottery_prunes_to_half_a_percent_and_instability_uses_the_papers_grid():
     lot = module("lottery").PRESETS["gpu"]
-    assert (1 - lot["fraction"]) ** lot["levels"] <= 0.005  # the paper's last level: 0.5 % of the weights
+    # level 0 is unpruned: the last level keeps (1 - f)^(levels - 1); the paper's last: 0.5 % of the weights
+    assert (1 - lot["fraction"]) ** (lot["levels"] - 1) <= 0.005 < (1 - lot["fraction"]) ** (lot["levels"] - 2)
     assert lot["fraction"] == 0.2
     ins = module("instability").PRESETS["gpu"]
     assert ins["alphas"] >= 50 and ins["children"] >= 5
