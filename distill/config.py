@@ -71,6 +71,13 @@ class DistillConfig(_Config):
         "fit probes on a stratified subset of this many training images "
         "(default: the full training split, as the paper, whatever subset is)",
     )
+    input_stats: str = _f(
+        "measured",
+        "per-channel mean and std that normalise the inputs: measured on the training split (exact, "
+        "distill.data) or reference (CIFAR-10 only: the authors' code's fixed constants (0.4914, 0.4822, "
+        "0.4465) / (0.247, 0.243, 0.261))",
+        ("measured", "reference"),
+    )
     drop_last: bool = _f(
         False,
         "drop the last partial batch of every epoch (default: keep it, as the reference "
@@ -241,6 +248,11 @@ REFERENCE: dict[str, Any] = {
     "probe_reseed": True,  # a fresh probe seed at every probed epoch
     "probe_weight_decay": 0.01,  # the linear probe's AdamW() with its default decay
     "probe_reshuffle": False,  # the probe's batches are drawn once and replayed every epoch
+    "input_stats": "reference",  # fixed CIFAR-10 normalisation constants (other datasets: measured)
+}
+# the authors' code normalises CIFAR-10 with these constants (mean, std per channel, [0, 1] pixel units)
+REFERENCE_INPUT_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
 }
 # on ViT backbones also: all blocks tied to one module, PyTorch's default init (cls/pos embeddings N(0, 1)),
 # the code's block (attention across heads, GELU after the MLP, LayerNorm eps 1e-5; distill.vit)

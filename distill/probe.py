@@ -4,6 +4,7 @@ Defaults follow the paper: k-NN with k=20, Euclidean distance and an unweighted
 majority vote; a single linear layer trained for 10 epochs with AdamW (lr 1e-3)
 on the frozen embedding, both on the raw features ("linear") and on features
 standardised with the training set's per-feature mean and std ("linear_std").
+"knn_std" is the k-NN probe on the same standardised features (the reference code reports it too).
 DINO's cosine, temperature-weighted k-NN vote is available as an option.
 
 All accuracies are fractions in [0, 1].
@@ -654,6 +655,14 @@ def _linear(standardize: bool) -> Callable[..., float]:
 
 register_probe("linear")(_linear(False))
 register_probe("linear_std")(_linear(True))
+
+
+@register_probe("knn_std")
+def _knn_std_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, **options: Any) -> float:
+    """The k-NN probe on features standardised with the training split's per-feature mean and std
+    (:func:`standardize_features`), as the reference code also reports."""
+    train_s, test_s = standardize_features(train_x, test_x)
+    return _knn_probe(train_s, train_y, test_s, test_y, **options)
 
 
 def probe_features(

@@ -31,7 +31,7 @@ BUILTIN_MODELS: tuple[str, ...] = (
 )
 BASE_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "fashion-mnist", "mnist")
 BUILTIN_DATASETS: tuple[str, ...] = (*BASE_DATASETS, "gaussian", *(f"gaussian:{n}" for n in BASE_DATASETS))
-BUILTIN_PROBES: tuple[str, ...] = ("knn", "linear", "linear_std")
+BUILTIN_PROBES: tuple[str, ...] = ("knn", "linear", "linear_std", "knn_std")
 
 
 def model_names() -> list[str]:

@@ -8,6 +8,7 @@ already holds a run of the same configuration.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -522,6 +523,20 @@ def _head(model: nn.Module) -> nn.Module:
     return cast(nn.Module, model.head)
 
 
+def input_stats(cfg: DistillConfig, data: Dataset) -> Dataset:
+    """``data`` normalised as ``cfg.input_stats`` says: its measured statistics, or the reference code's
+    fixed constants where it has them (CIFAR-10; other datasets keep the measured ones)."""
+    from distill.config import REFERENCE_INPUT_STATS
+
+    if cfg.input_stats != "reference":
+        return data
+    base = data.name.split(":")[-1].split("[")[0]  # gaussian:cifar10 and class splits cifar10[0,1] too
+    if base not in REFERENCE_INPUT_STATS:
+        return data
+    mean, std = REFERENCE_INPUT_STATS[base]
+    return dataclasses.replace(data, mean=mean, std=std)
+
+
 def _validate_run(cfg: DistillConfig, data: Dataset) -> nn.Module:
     """What can fail before training, checked before the store is touched (the configuration itself,
     probes included, is validated when it is built): a training set holding at least one batch, and
@@ -578,6 +593,7 @@ def distill(
             what="the last partial batch",
             fix="use --drop-last or a --subset that makes it divisible",
         )
+    data = input_stats(cfg, data)
     pdata = probe_dataset(cfg, data)
     teacher = _validate_run(cfg, data).to(device)
     prov = provenance(cfg, kind="distill", device=device, precision=cfg.precision, world_size=world.world_size)

@@ -543,3 +543,30 @@ def test_fit_linear_without_reshuffle_replays_one_order():
     assert torch.allclose(layer.weight, ref.weight, atol=1e-6) and torch.allclose(layer.bias, ref.bias, atol=1e-6)
     again, _ = fit_linear(x, y, epochs=3, batch_size=16, seed=9, weight_decay=0.01)
     assert not torch.allclose(again.weight, layer.weight, atol=1e-6)  # the default reshuffles each epoch
+
+
+def test_knn_std_is_the_knn_probe_on_features_standardised_with_the_training_split():
+    """Against numpy: standardise with the training split's mean and unbiased std, then 1-NN. One feature
+    is large noise, the other small signal, so the raw k-NN and the standardised one disagree."""
+    from distill.probe import probe_features
+
+    rng = np.random.default_rng(0)
+    n, m = 200, 100
+    ytr, yte = rng.integers(0, 2, n), rng.integers(0, 2, m)
+    xtr = np.stack([rng.normal(0, 100, n), ytr * 0.5 + rng.normal(0, 0.05, n)], 1).astype(np.float32)
+    xte = np.stack([rng.normal(0, 100, m), yte * 0.5 + rng.normal(0, 0.05, m)], 1).astype(np.float32)
+    mu, sd = xtr.astype(np.float64).mean(0), xtr.astype(np.float64).std(0, ddof=1)
+    a, b = (xtr - mu) / sd, (xte - mu) / sd
+    nearest = ((b[:, None, :] - a[None, :, :]) ** 2).sum(-1).argmin(1)
+    want = float((ytr[nearest] == yte).mean())
+    got = probe_features(
+        torch.from_numpy(xtr),
+        torch.from_numpy(ytr),
+        torch.from_numpy(xte),
+        torch.from_numpy(yte),
+        probes=["knn", "knn_std"],
+        knn_k=1,
+        device="cpu",
+    )
+    assert got["knn_std"] == pytest.approx(want)
+    assert want > 0.95 and got["knn"] < 0.8  # standardising is what makes the signal visible

@@ -19,7 +19,15 @@ from distill.train import epoch_steps, probe_dataset
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 # written out by hand: the fields the README's recipe table promises, nothing else
-DOCUMENTED = {"recipe", "init", "norm_bias_decay", "probe_reseed", "probe_weight_decay", "probe_reshuffle"}
+DOCUMENTED = {
+    "recipe",
+    "init",
+    "norm_bias_decay",
+    "probe_reseed",
+    "probe_weight_decay",
+    "probe_reshuffle",
+    "input_stats",
+}
 
 
 def _changed(a: DistillConfig, b: DistillConfig) -> set[str]:
@@ -242,3 +250,21 @@ def test_reference_recipe_probes_the_frozen_teacher_again_with_each_epochs_seed(
     assert (once == once[0]).all() and once[0] == pytest.approx(
         linear_probe(tr, data.train.labels, te, data.test.labels, seed=5)
     )
+
+
+def test_reference_input_stats_are_the_authors_cifar10_constants():
+    from distill.train import input_stats
+
+    data = _tiny()
+    cifar = Dataset("cifar10", data.train, data.test, list(data.classes), (0.5,) * 3, (0.25,) * 3)
+    ref = input_stats(DistillConfig.reference(), cifar)
+    assert ref.mean == (0.4914, 0.4822, 0.4465) and ref.std == (0.247, 0.243, 0.261)  # the authors' code
+    assert input_stats(
+        DistillConfig.reference(), cifar.__class__("cifar10[5,6]", *list(vars(cifar).values())[1:])
+    ).std == (
+        0.247,
+        0.243,
+        0.261,
+    )
+    assert input_stats(DistillConfig(), cifar).mean == (0.5,) * 3  # paper recipe: measured
+    assert input_stats(DistillConfig.reference(), data).mean == data.mean  # no constants for other data
