@@ -28,7 +28,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ class Context:
     code: str = ""  # the commit when the script started
     executor: Executor | None = None  # where independent runs go (None: one after the other here)
     snapshot: bool = False  # --snapshot: read what the stores hold so far, train nothing
+    options: dict[str, Any] = field(default_factory=dict)  # the script's own flags (script(options=...))
     argv: tuple[str, ...] = ()  # the script's own arguments (also when analyses.all calls it)
 
     def keep(self, items: Sequence[str]) -> list[str]:
@@ -384,10 +385,14 @@ def script(
     plot: Plot,
     doc: str | None = None,
     snapshot: bool = False,
+    options: dict[str, dict[str, Any]] | None = None,
 ) -> Callable[[Sequence[str] | None], int]:
     """The ``main(argv)`` of an analysis script (see the module docstring). ``snapshot``: the script
     offers ``--snapshot`` (its ``compute`` then reads what its stores hold so far and trains nothing,
-    so a long run in another process can be looked at while it goes on)."""
+    so a long run in another process can be looked at while it goes on). ``options``: the script's own
+    flags, ``{"--recipe": argparse keywords}``, their values in ``ctx.options`` (by dest name); a flag
+    with ``"stem": True`` whose value is not its default names the result file too
+    (``<name>_<value>.nc``), so it never replaces the default's."""
     spec = getattr(sys.modules.get(module), "__spec__", None)
     name = (spec.name if spec is not None else module).rsplit(".", 1)[-1]  # "__main__" under python -m
 
@@ -401,8 +406,18 @@ def script(
                 help="write the .nc and .png from the epochs the stores hold so far, training nothing "
                 "(safe while the run goes on in another process)",
             )
+        own = {flag: {k: v for k, v in kw.items() if k != "stem"} for flag, kw in (options or {}).items()}
+        for flag, kw in own.items():
+            p.add_argument(flag, **kw)
         a = p.parse_args(argv)
-        stem = Path(a.results) / result_stem(name, a.preset)
+        values = {flag.lstrip("-").replace("-", "_"): None for flag in own}
+        values = {k: getattr(a, k) for k in values}
+        suffix = "".join(
+            f"_{values[flag.lstrip('-').replace('-', '_')]}"
+            for flag, kw in (options or {}).items()
+            if kw.get("stem") and values[flag.lstrip("-").replace("-", "_")] != kw.get("default")
+        )
+        stem = Path(a.results) / (result_stem(name, a.preset) + suffix)
         nc, png = stem.with_suffix(".nc"), stem.with_suffix(".png")
         if a.plot_only:
             if not nc.exists():
@@ -424,6 +439,7 @@ def script(
             commit(),
             argv=tuple(sys.argv[1:] if argv is None else argv),
             snapshot=bool(getattr(a, "snapshot", False)),
+            options=values,
         )
         os.environ.setdefault("TQDM_DISABLE", "1")
         from landscape.executors import ExecutorSpecError, SweepIncomplete, open_executor

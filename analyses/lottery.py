@@ -80,8 +80,33 @@ PRESET_NOTES = {
 }
 
 
+# --recipe reference: what the authors' finetune.py does that the paper's text does not say. It prunes
+# every parameter (biases, norm parameters and the classifier too) and retrains with torch's AdamW at its
+# defaults (lr 1e-3, weight decay 0.01), no schedule and no augmentation; the preset's epochs are kept.
+# (Its optional linear-head pre-training, pre_epochs_clf, is SupervisedConfig.head_epochs, 0 by default
+# as there.)
+REFERENCE_SUPERVISED: dict[str, Any] = dict(
+    optimizer="adamw", lr=1e-3, weight_decay=0.01, milestones=[], warmup_epochs=0.0, augment="none"
+)
+RECIPE_FLAG = {
+    "--recipe": dict(
+        choices=("paper", "reference"),
+        default="paper",
+        stem=True,
+        help="paper: conv/linear weights pruned, SGD with the paper's schedule (default); reference: as the "
+        "authors' finetune.py, every parameter pruned, AdamW (lr 1e-3, decay 0.01), no schedule, no "
+        "augmentation (written to lottery_reference.nc)",
+    )
+}
+
+
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     from landscape.lottery_sweep import LotteryUnit
+
+    recipe = ctx.options.get("recipe") or "paper"
+    if recipe == "reference":
+        pre = {**pre, "sup": {**pre["sup"], **REFERENCE_SUPERVISED}, "prunable": "all"}
+    tag = "" if recipe == "paper" else f"{recipe}-"
 
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
     seeds = list(pre["seeds"])
@@ -105,18 +130,25 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     for s, store in zip(seeds, stores):
         scfg = SupervisedConfig(**{**pre["sup"], "data_seed": s, "aug_seed": s, "device": ctx.device})
         configs[f"distill-s{s}"], configs[f"supervised-s{s}"] = dcfgs[s], scfg
-        kw = dict(levels=pre["levels"], prune_fraction=pre["fraction"], cfg=scfg.to_dict(), seed=s, device=ctx.device)
+        kw = dict(
+            levels=pre["levels"],
+            prune_fraction=pre["fraction"],
+            cfg=scfg.to_dict(),
+            seed=s,
+            device=ctx.device,
+            prunable=pre.get("prunable", "weights"),
+        )
         units += [
             LotteryUnit(
                 (str(store.path), store.epochs[-1]),
                 data,
-                str(ctx.store(f"imp-student-s{s}.h5")),
+                str(ctx.store(f"{tag}imp-student-s{s}.h5")),
                 {**kw, "rewind": "start", "baselines": ["random_prune", "random_reinit"]},
             ),
             LotteryUnit(
                 (str(store.path), 0),
                 data,
-                str(ctx.store(f"imp-init-s{s}.h5")),
+                str(ctx.store(f"{tag}imp-init-s{s}.h5")),
                 {**kw, "rewind": ["start", "step"], "rewind_step": pre["step"]},
             ),
         ]
@@ -156,7 +188,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             "prune_fraction": float(pre["fraction"]),
             "rewind_step": int(pre["step"]),
             "prunable": "weights (conv and linear weights, Frankle et al.)",
-            **common.provenance(ctx, configs, seeds, "paper"),
+            **common.provenance(ctx, configs, seeds, recipe),
         },
     )
     m = ds.best_accuracy.mean("seed")
@@ -190,7 +222,7 @@ def plot(ds: xr.Dataset, path: Any) -> None:
     common.finish(fig, path, f"Figure 8: {common.subtitle(ds)} (band: +-1 std over seeds)")
 
 
-main = common.script(__name__, PRESETS, compute, plot)
+main = common.script(__name__, PRESETS, compute, plot, options=RECIPE_FLAG)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -267,7 +267,13 @@ class SupervisedConfig(_Config):
     """
 
     epochs: int = _f(160, "training epochs (passes over the training images)")
-    lr: float = _f(0.1, "SGD learning rate per step (before the decays)")
+    optimizer: str = _f(
+        "sgd",
+        "sgd (with momentum; the paper's recipe) or adamw (torch's AdamW: the reference code's finetune "
+        "default, lr 1e-3 and weight decay 0.01)",
+        ("sgd", "adamw"),
+    )
+    lr: float = _f(0.1, "learning rate per step (before the decays)")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(1e-4, "weight decay")
     milestones: list = _f([80, 120], "epochs at which the learning rate is multiplied by gamma, comma-separated")
@@ -280,6 +286,12 @@ class SupervisedConfig(_Config):
     data_seed: int = _f(0, "data order seed")
     aug_seed: int = _f(0, "augmentation seed")
     eval_every: int = _f(0, "evaluate test accuracy every this many epochs (0: only at the end)")
+    head_epochs: int = _f(
+        0,
+        "before training, fit a fresh linear head alone on the frozen backbone's embeddings of the "
+        "training split for this many epochs (AdamW lr 1e-3; the reference code's pre_epochs_clf), so "
+        "that the run, and a lottery's rewind target, start from a trained head (0: off)",
+    )
     device: str = _f("auto", "cpu, cuda, cuda:N or auto (CUDA when present)")
     precision: str = _f("fp32", "training precision (bf16 autocast on CUDA only)", ("fp32", "bf16"))
 
@@ -317,6 +329,7 @@ _NON_NEGATIVE = {
     "local_crops",
     "gamma",
     "eval_every",
+    "head_epochs",
 }
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -175,6 +175,24 @@ def with_classifier(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Mod
 
 
 # ----------------------------------------------------------------------------- evaluation
+def fit_head(model: nn.Module, data: Any, epochs: int, seed: int = 0, device: str | torch.device = "cpu") -> nn.Module:
+    """Fit ``model``'s linear head (in place) on the frozen backbone's embeddings of ``data``'s training
+    split: :func:`distill.probe.fit_linear` for ``epochs`` epochs (AdamW lr 1e-3, batch 256), as the
+    reference code's ``pre_epochs_clf``. Returns ``model``."""
+    from distill.probe import embed, fit_linear
+
+    check_classifier(model, data.num_classes)
+    dev = resolve_device(device)
+    was = model.training
+    feats = embed(cast(nn.Module, model.backbone).eval(), data.train.images, data.mean, data.std, device=dev)
+    layer, _ = fit_linear(feats, data.train.labels, epochs=epochs, seed=seed, num_classes=data.num_classes, device=dev)
+    head = cast(nn.Linear, model.head)
+    with torch.no_grad():
+        head.weight.copy_(layer.weight.to(head.weight.device))
+        head.bias.copy_(layer.bias.to(head.bias.device))
+    return model.train(was)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -335,7 +353,13 @@ def train_supervised(
             "snapshot_step", snapshot_step, start_step, total_steps, f"from start_step to the end of {what}"
         )
     lrs = lr_schedule(cfg, per_epoch)
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt: torch.optim.Optimizer
+    if cfg.optimizer == "adamw":
+        if optimizer_state is not None:
+            raise ValueError("optimizer_state holds SGD momentum buffers: continuing is offered with optimizer='sgd'")
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if optimizer_state is not None:
         _load_optimizer(opt, optimizer_state)
     eval_every = cfg.eval_every if eval_every is None else int(eval_every)

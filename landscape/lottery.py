@@ -55,7 +55,7 @@ from distill.config import SupervisedConfig
 from distill.device import resolve_device
 from distill.provenance import stamp
 from distill.store import Store
-from distill.supervised import check_classifier, steps_per_epoch, train_supervised, with_classifier
+from distill.supervised import check_classifier, fit_head, steps_per_epoch, train_supervised, with_classifier
 from landscape.pruning import (
     _clean_name,
     apply_masks,
@@ -606,6 +606,9 @@ def lottery(
     except ValueError:
         model = with_classifier(model, data.num_classes, seed=seed).to(dev)
         classifier = f"with_classifier(num_classes={data.num_classes}, seed={seed})"
+        if cfg.head_epochs:  # the rewind target holds the fitted head (the reference code's pre_epochs_clf)
+            fit_head(model, data, cfg.head_epochs, seed=seed, device=dev)
+            classifier += f", head fitted {cfg.head_epochs} epochs"
     model.requires_grad_(True)
     if rewind_step is not None:
         per_epoch = steps_per_epoch(model, len(data.train.labels), cfg.batch_size)

@@ -315,3 +315,35 @@ def test_bad_continuation_arguments_and_continuing_at_the_end(data):
     assert out["steps"] == 6 and out["history"]["epoch"] == []
     assert all(torch.equal(model.state_dict()[key], v) for key, v in before.items())
     assert (out["test_loss"], out["test_accuracy"]) == pytest.approx(evaluate(model, data), rel=1e-6)
+
+
+def test_adamw_step_matches_a_hand_written_adamw_step(data):
+    """optimizer='adamw': one step over the whole training split (one batch, no augmentation, BN-free)
+    equals AdamW's update written out: m = (1 - b1) g, v = (1 - b2) g^2, step lr * m_hat / (sqrt(v_hat) + eps)
+    after the decoupled decay w * (1 - lr * wd)."""
+    model = tiny_model(bn=False)
+    before = copy.deepcopy(model)
+    c = cfg(epochs=1, milestones=[], batch_size=len(data.train.labels), optimizer="adamw", lr=1e-2, augment="none")
+    train_supervised(model, data, c, eval_every=0)
+    x = normalize(data.train.images, data.mean, data.std)
+    F.cross_entropy(before(x), data.train.labels).backward()
+    b1, b2, eps, lr, wd = 0.9, 0.999, 1e-8, 1e-2, c.weight_decay
+    for (name, p0), p1 in zip(before.named_parameters(), model.parameters()):
+        g = p0.grad
+        m_hat, v_hat = (1 - b1) * g / (1 - b1), (1 - b2) * g * g / (1 - b2)
+        want = p0.detach() * (1 - lr * wd) - lr * m_hat / (v_hat.sqrt() + eps)
+        assert torch.allclose(p1.detach(), want, atol=2e-6, rtol=1e-4), name
+
+
+def test_fit_head_puts_the_linear_fit_of_the_frozen_embeddings_on_the_head(data):
+    from distill.probe import embed, fit_linear
+    from distill.supervised import fit_head
+
+    model = tiny_model()
+    backbone = copy.deepcopy(model.backbone)
+    fit_head(model, data, epochs=3, seed=1)
+    feats = embed(backbone.eval(), data.train.images, data.mean, data.std)
+    layer, _ = fit_linear(feats, data.train.labels, epochs=3, seed=1, num_classes=4)
+    assert torch.allclose(model.head.weight, layer.weight) and torch.allclose(model.head.bias, layer.bias)
+    assert states_equal(model.backbone, backbone)  # the backbone is left as it was
+    assert model.training  # and the model's mode too
