@@ -39,7 +39,9 @@ SCRIPTS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analyses.all", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m analyses.all", description=" ".join(__doc__.split("\n\n")[0].split()), allow_abbrev=False
+    )
     p.add_argument(
         "--preset", choices=PRESET_NAMES, default="cpu", help="; ".join(f"{n}: {h}" for n, h in PRESET_HELP.items())
     )
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default="results")
     p.add_argument("--runs", default="runs")
     p.add_argument("--root", default=None, help="CIFAR-10 location (default: the standard places)")
+    p.add_argument("--overwrite", action="store_true", help="passed to every script: replace committed results")
     p.add_argument(
         "--executor",
         default=None,
@@ -77,9 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         args = ["--preset", a.preset, "--results", a.results, "--runs", a.runs]
         args += (["--root", a.root] if a.root else []) + (["--executor", a.executor] if a.executor else [])
+        args += ["--overwrite"] if a.overwrite else []
         print(f"=== analyses.{name} {' '.join(args)}", flush=True)
         try:
             rc = module.main(args)
+        except KeyboardInterrupt:
+            print("analyses.all: interrupted; run the same command again to resume", file=sys.stderr)
+            return 130
         except Exception:  # noqa: BLE001 - report and go on with the other experiments
             traceback.print_exc()
             rc = 1

@@ -55,10 +55,30 @@ PRESET_HELP = {
 }
 
 
+COMMITTED_PRESETS = ("cpu", "cpu-long")  # whose results are the checkout's results/<name>.nc
+
+
 def result_stem(name: str, preset: str) -> str:
-    """The file name (no suffix) of a script's result under ``--results``: ``<name>``, and
-    ``<name>_<preset>`` for ``full`` and ``gpu-quick`` (beside the cpu or gpu preset's file, not over it)."""
-    return f"{name}_{preset.replace('-', '_')}" if preset in ("full", "gpu-quick") else name
+    """The file name (no suffix) of a script's result under ``--results``: ``<name>`` for the preset whose
+    result the checkout holds (cpu; table1's cpu-long), ``<name>_<preset>`` for every other one
+    (``_smoke``, ``_full``, ``_gpu``, ``_gpu_quick``), so no preset writes over another's file."""
+    return name if preset in COMMITTED_PRESETS else f"{name}_{preset.replace('-', '_')}"
+
+
+def committed(path: str | Path) -> bool:
+    """Whether ``path`` is a file git tracks in this checkout (a committed result)."""
+    path = Path(path).resolve()
+    try:
+        path.relative_to(REPO)
+    except ValueError:
+        return False
+    try:
+        r = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", str(path)], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -337,6 +357,16 @@ def subtitle(ds: xr.Dataset) -> str:
 
 
 # ----------------------------------------------------------------------------- the script runner
+def _log_progress() -> None:
+    """Show the toolkit's progress lines (one per epoch of a distillation, finished and skipped work
+    units) on stderr, unless the caller configured logging already."""
+    import logging
+
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+
 Compute = Callable[[dict[str, Any], Context], xr.Dataset]
 Plot = Callable[[xr.Dataset, Path], Any]
 
@@ -346,7 +376,10 @@ def parser(
 ) -> argparse.ArgumentParser:
     """The arguments every analysis script takes (``presets``: the names the script offers; ``notes``: the
     script's own help for some of them, e.g. what its ``gpu-quick`` changes)."""
-    p = argparse.ArgumentParser(prog=f"python -m analyses.{name}", description=(doc or name).strip().splitlines()[0])
+    first = (doc or name).strip().split("\n\n")[0]  # the docstring's first paragraph, whole
+    p = argparse.ArgumentParser(
+        prog=f"python -m analyses.{name}", description=" ".join(first.split()), allow_abbrev=False
+    )
     offered = [n for n in PRESET_NAMES if n in presets]
     default = "cpu" if "cpu" in offered else next(n for n in offered if n != "smoke")
     helps = {**PRESET_HELP, **(notes or {})}
@@ -361,6 +394,12 @@ def parser(
     p.add_argument("--root", default=None, help="CIFAR-10 location (default: the standard places)")
     p.add_argument("--device", default=None, help="override the preset's device (cpu, cuda, auto)")
     p.add_argument("--plot-only", action="store_true", help="redraw the .png from the existing .nc")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a result file that git tracks in this checkout (a committed result); without it such "
+        "a file is refused before any work",
+    )
     p.add_argument(
         "--only",
         default="",
@@ -426,8 +465,15 @@ def script(
             plot(open_result(nc), png)
             print(f"wrote {png}")
             return 0
+        if not a.overwrite and (committed(nc) or committed(png)):
+            print(
+                f"analyses.{name}: error: {nc} is a committed result: pass --overwrite to replace it, or "
+                "--results DIR to write elsewhere",
+                file=sys.stderr,
+            )
+            return 2
         pre = dict(presets[a.preset])
-        device = a.device or pre.get("device") or ("auto" if a.preset == "gpu" else "cpu")
+        device = a.device or pre.get("device") or ("auto" if a.preset.startswith("gpu") else "cpu")
         ctx = Context(
             name,
             a.preset,
@@ -442,6 +488,7 @@ def script(
             options=values,
         )
         os.environ.setdefault("TQDM_DISABLE", "1")
+        _log_progress()
         from landscape.executors import ExecutorSpecError, SweepIncomplete, open_executor
 
         with contextlib.ExitStack() as stack:
@@ -454,6 +501,13 @@ def script(
             except UsageError as e:
                 print(f"analyses.{name}: error: {e}", file=sys.stderr)
                 return 2
+            except KeyboardInterrupt:
+                print(
+                    f"analyses.{name}: interrupted; finished epochs and work units are kept: run the same "
+                    "command again to resume",
+                    file=sys.stderr,
+                )
+                return 130
         if a.preset in notes:  # what this preset changes against the paper's protocol, in the result
             ds.attrs["preset_note"] = notes[a.preset]
         save(ds, nc)

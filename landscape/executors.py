@@ -226,8 +226,9 @@ def run_units(
             busy.append(f"{e.store} by {e.holder}")
 
     if executor is None:
-        for i in tqdm(todo, desc=desc, disable=disable):
+        for k, i in enumerate(tqdm(todo, desc=desc, disable=disable), 1):
             outcome(i, units[i])
+            log.info("%s: work unit %d of %d done (%d skipped as complete)", desc, k, len(todo), skipped)
     else:
         futures = {i: executor.submit(units[i]) for i in todo}
         try:

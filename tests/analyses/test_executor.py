@@ -19,7 +19,7 @@ CALL = {"command_line", "created_at", "started_at"}
 def _run(tmp, *extra: str) -> xr.Dataset:
     args = ["--preset", "smoke", "--results", str(tmp / "results"), "--runs", str(tmp / "runs"), *extra]
     assert probing_curves.main(args) == 0
-    with xr.open_dataset(tmp / "results" / "probing_curves.nc", engine="h5netcdf") as ds:
+    with xr.open_dataset(tmp / "results" / "probing_curves_smoke.nc", engine="h5netcdf") as ds:
         return ds.load()
 
 
@@ -106,7 +106,7 @@ def test_align_barriers_pairs_on_a_process_pool_match_the_sequential_run_and_rer
     def run(where, *extra: str) -> xr.Dataset:
         args = ["--preset", "smoke", "--results", str(where / "results"), "--runs", str(where / "runs"), *extra]
         assert align_barriers.main(args) == 0
-        with xr.open_dataset(where / "results" / "align_barriers.nc", engine="h5netcdf") as ds:
+        with xr.open_dataset(where / "results" / "align_barriers_smoke.nc", engine="h5netcdf") as ds:
             return ds.load()
 
     seq = run(tmp_path / "seq")

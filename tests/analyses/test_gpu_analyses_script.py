@@ -28,7 +28,7 @@ def test_parts_run_once_are_marked_done_and_skipped_by_the_next_call(tmp_path, f
     assert "all parts complete" in r.stdout
     for name in ("head_dim", "transfer"):
         assert (out / f"{name}.done").exists()
-        with xr.open_dataset(out / "results" / f"{name}.nc", engine="h5netcdf") as ds:
+        with xr.open_dataset(out / "results" / f"{name}_smoke.nc", engine="h5netcdf") as ds:
             assert ds.attrs["preset"] == "smoke"
     again = run(out, "600", "head_dim,transfer", cifar=cifar_tarball)
     assert again.returncode == 0 and again.stdout.count("done earlier") == 2

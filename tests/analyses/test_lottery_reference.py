@@ -12,9 +12,9 @@ from distill.store import Store
 def test_reference_recipe_prunes_everything_with_adamw_and_writes_its_own_file(tmp_path, fmnist_root):
     args = ["--preset", "smoke", "--results", str(tmp_path / "res"), "--runs", str(tmp_path / "runs")]
     assert lottery.main([*args, "--recipe", "reference"]) == 0
-    assert (tmp_path / "res" / "lottery_reference.nc").exists()
-    assert not (tmp_path / "res" / "lottery.nc").exists()
-    ds = common.open_result(tmp_path / "res" / "lottery_reference.nc")
+    assert (tmp_path / "res" / "lottery_smoke_reference.nc").exists()
+    assert not (tmp_path / "res" / "lottery_smoke.nc").exists()
+    ds = common.open_result(tmp_path / "res" / "lottery_smoke_reference.nc")
     assert ds.attrs["recipe"] == "reference"
     imp = Store(tmp_path / "runs" / "lottery" / "smoke" / "reference-imp-student-s0.h5").read_result("lottery")
     unit = json.loads(imp.attrs["unit"]) if "unit" in imp.attrs else {}

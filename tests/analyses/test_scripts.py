@@ -7,6 +7,7 @@ import json
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import xarray as xr
@@ -108,7 +109,7 @@ def test_every_script_is_run_by_all():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_smoke_preset_writes_valid_nc_and_png(smoke, name):
     out, rc = smoke
-    nc, png = out / "results" / f"{name}.nc", out / "results" / f"{name}.png"
+    nc, png = out / "results" / f"{name}_smoke.nc", out / "results" / f"{name}_smoke.png"
     assert nc.exists() and png.exists(), f"{name} wrote nothing (analyses.all exit {rc})"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     with xr.open_dataset(nc, engine="h5netcdf") as ds:
@@ -157,7 +158,7 @@ def test_plot_only_redraws_from_the_nc_alone(smoke, tmp_path):
     from analyses import locality
 
     out, _ = smoke
-    (tmp_path / "locality.nc").write_bytes((out / "results" / "locality.nc").read_bytes())
+    (tmp_path / "locality.nc").write_bytes((out / "results" / "locality_smoke.nc").read_bytes())
     assert locality.main(["--plot-only", "--results", str(tmp_path), "--runs", str(tmp_path / "none")]) == 0
     assert (tmp_path / "locality.png").stat().st_size > 5000 and not (tmp_path / "none").exists()
     assert locality.main(["--plot-only", "--results", str(tmp_path / "empty")]) == 1
@@ -169,7 +170,7 @@ def test_rtt_plot_draws_every_result_file(smoke, name, tmp_path):
 
     out, _ = smoke
     png = tmp_path / f"{name}.png"
-    assert rtt(["plot", str(out / "results" / f"{name}.nc"), "--out", str(png)]) == 0
+    assert rtt(["plot", str(out / "results" / f"{name}_smoke.nc"), "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 3000
 
 
@@ -260,7 +261,7 @@ def test_tables_reference_vit_row_is_built_with_the_reference_options(smoke):
 
     out, rc = smoke
     assert rc == 0
-    ds = open_result(out / "results" / "tables.nc")
+    ds = open_result(out / "results" / "tables_smoke.nc")
     assert list(ds.arch.values) == ["vgg11", "vit_tiny", "vit_tiny-reference"]
     assert float(ds.paper_teacher_linear.sel(arch="vit_tiny-reference")) == 0.3293  # ViT-Tiny's Table 5 number
     unit = open_result(next((out / "runs").rglob("teacher-vit_tiny-reference-s0.nc")))
@@ -299,7 +300,7 @@ def test_full_preset_is_offered_only_where_defined_and_writes_beside_the_cpu_fil
     from analyses import locality, tables
 
     out, _ = smoke
-    (tmp_path / "tables_full.nc").write_bytes((out / "results" / "tables.nc").read_bytes())
+    (tmp_path / "tables_full.nc").write_bytes((out / "results" / "tables_smoke.nc").read_bytes())
     assert tables.main(["--preset", "full", "--plot-only", "--results", str(tmp_path)]) == 0
     assert (tmp_path / "tables_full.png").stat().st_size > 5000 and not (tmp_path / "tables.png").exists()
     # a script without a full preset refuses it as a usage error, naming the presets it has
@@ -323,3 +324,49 @@ def test_all_with_the_full_preset_runs_the_scripts_that_have_it_and_names_the_ot
     assert run_all.main(["--preset", "full", "--only", "locality", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "probe_spread" in err and "tables" in err and len(called) == 1
+
+
+# ----------------------------------------------------------------------------- the checkout's results are safe
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_smoke_results_and_runs_in_the_checkout_are_ignored_by_git(name):
+    from analyses.common import result_stem
+
+    stem = result_stem(name, "smoke")
+    assert stem == f"{name}_smoke"
+    paths = [f"results/{stem}.nc", f"results/{stem}.png", f"runs/{name}/smoke/x.h5"]
+    assert _git("check-ignore", *paths).split() == paths  # every one ignored: git status stays clean
+
+
+def test_a_smoke_run_in_the_checkout_leaves_git_status_as_it_was(fmnist_root, monkeypatch):
+    from analyses import head_dim
+
+    before = _git("status", "--porcelain")
+    monkeypatch.chdir(REPO)
+    assert head_dim.main(["--preset", "smoke"]) == 0  # default --results results --runs runs
+    try:
+        assert _git("status", "--porcelain") == before
+        assert (REPO / "results" / "head_dim_smoke.nc").exists()
+    finally:
+        for p in (REPO / "results").glob("head_dim_smoke.*"):
+            p.unlink()
+
+
+def test_a_committed_result_is_refused_before_any_work_unless_overwrite(monkeypatch, capsys):
+    from analyses import locality
+
+    nc = REPO / "results" / "locality.nc"
+    if not _git("ls-files", "results/locality.nc").strip():
+        pytest.fail("results/locality.nc is not committed")
+    data = nc.read_bytes()
+    monkeypatch.chdir(REPO)
+    assert locality.main(["--preset", "cpu", "--runs", "/nonexistent/runs"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and "committed result" in err[0]
+    assert nc.read_bytes() == data and not Path("/nonexistent/runs").exists()

@@ -67,12 +67,12 @@ def test_snapshot_of_a_run_in_progress_then_the_run_extends_it(tmp_path, fmnist_
     distill.distill(cfgs[first].replace(epochs=1), ctx.store(f"{first}.h5"), data=data, progress=False)
 
     assert table1.main([*args, "--snapshot"]) == 0
-    snap = common.open_result(tmp_path / "res" / "table1.nc")
+    snap = common.open_result(tmp_path / "res" / "table1_smoke.nc")
     assert list(snap.run.values) == [first] and int(snap.epochs_done.sel(run=first)) == 1
     assert snap.attrs["snapshot"] == 1 and list(snap.epoch.values) == [0, 1]
 
     assert table1.main(args) == 0  # trains the rest: the first run resumes, the second starts
-    done = common.open_result(tmp_path / "res" / "table1.nc")
+    done = common.open_result(tmp_path / "res" / "table1_smoke.nc")
     assert list(done.run.values) == list(cfgs) and list(done.epochs_done.values) == [2, 2]
     assert done.attrs["snapshot"] == 0
     # the epochs the snapshot saw are the finished run's (resumed, not retrained)
