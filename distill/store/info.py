@@ -24,6 +24,7 @@ FORMAT = "random-teachers-store"
 FORMAT_VERSION = 2
 ROOTS = ("modules", "masks", "state", "results")
 COMMIT = re.compile(r"^[0-9]{6,}$")
+OBJECT_NAME = re.compile(r"^[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*(/[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*)*$")
 PARTIAL = "_partial"  # prefix of the groups a single-file writer has not finished
 _NON_COORD = "_nc4_non_coord_"  # h5netcdf's prefix for a variable named like a dimension it lacks
 
@@ -92,8 +93,9 @@ def folder_index(path: Path, root: str) -> dict[str, Path]:
                 if fn.endswith(".h5") and not fn.startswith("."):
                     if os.path.islink(os.path.join(dirpath, fn)):
                         raise _link_error(os.path.join(dirpath, fn), "object file")
-                    name = fn[:-3] if rel == "." else f"{rel}/{fn[:-3]}"
-                    out[name.replace(os.sep, "/")] = Path(dirpath) / fn
+                    name = (fn[:-3] if rel == "." else f"{rel}/{fn[:-3]}").replace(os.sep, "/")
+                    if OBJECT_NAME.match(name):  # a name the store cannot have written is no object of it
+                        out[name] = Path(dirpath) / fn
     return out
 
 

@@ -11,6 +11,7 @@ import h5py
 from distill.store import fsio, objects
 from distill.store.core import FORMAT_VERSION, ROOTS, Store, build_checked, check_train_meta, load_into
 from distill.store.errors import StoreError
+from distill.store.info import OBJECT_NAME
 
 
 def pack(store: Store | str | Path, out: str | Path) -> Path:
@@ -109,6 +110,17 @@ def verify(path: str | Path) -> tuple[int, list[str]]:
     return count, problems
 
 
+def _valid_object_path(rel: str) -> bool:
+    parts = rel.split(os.sep)
+    if parts[0] == "objects" and len(parts) > 2:
+        name = "/".join(parts[2:])
+    elif parts[0] == "commits" and len(parts) > 3:
+        name = "/".join(parts[3:])
+    else:
+        return False
+    return bool(OBJECT_NAME.match(name[:-3]))
+
+
 def _check_meta(attrs: dict, where: str) -> None:
     try:
         meta = json.loads(attrs.get("meta", "{}"))
@@ -137,4 +149,9 @@ def _stray_files(store: Store) -> list[str]:
                 continue
             if not fn.endswith(".h5"):
                 out.append(f"{store.path}: unexpected file {rel} (not part of a store)")
+            elif rel != "store.h5" and not _valid_object_path(rel):
+                out.append(
+                    f"{store.path}: unexpected file {rel} (not an object name the store writes: letters, digits, "
+                    "_ - + = .): rename or remove it"
+                )
     return out
