@@ -603,8 +603,8 @@ MAX_EPOCH = 10**7
 
 def check_train_meta(meta: Any, where: str) -> None:
     """One-line StoreError unless ``meta`` is training-state metadata as training writes it: an
-    ``epoch`` (int in [0, 10**7]) and ``param_groups`` (a list of objects whose numbers, the
-    learning rate first, are finite, and whose ``lr`` is at least 0)."""
+    ``epoch`` (int in [0, 10**7]) and, when present, ``param_groups`` (a list of objects whose
+    numbers are finite, and whose ``lr`` is a number of at least 0)."""
     if not isinstance(meta, dict):
         raise StoreError(f"{where}: training-state metadata is a {type(meta).__name__}, not an object: damaged file")
     epoch = meta.get("epoch")
@@ -613,7 +613,9 @@ def check_train_meta(meta: Any, where: str) -> None:
             f"{where}: training-state epoch {epoch!r} is not an integer in [0, {MAX_EPOCH}]: damaged or crafted "
             "file; roll back to an earlier commit or start a new store"
         )
-    groups = meta.get("param_groups")
+    if "param_groups" not in meta:  # a state saved through the API without an optimiser
+        return
+    groups = meta["param_groups"]
     if not isinstance(groups, list) or not groups or len(groups) > 10_000:
         raise StoreError(f"{where}: training-state param_groups is not a non-empty list: damaged or crafted file")
     for i, g in enumerate(groups):
