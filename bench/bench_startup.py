@@ -3,8 +3,10 @@
 Each call is a fresh interpreter, timed from spawn to exit; the calls alternate so that both
 see the same machine load. Reported: the median of ``--repeats`` runs per call and its excess
 over the bare interpreter (target: ``rtt -h`` at most 1 s above ``python -c pass``; also
-``rtt info`` on a small store made first, which reads it with h5py alone), plus
-``python -c "import torch"`` for scale (left out of the tiny run the test suite makes).
+``rtt info`` on a small store made first, which reads it with h5py alone, and ``rtt distill``
+on that store while another process holds its writer lock: the refusal of a second writer, which
+comes before torch is imported), plus ``python -c "import torch"`` for scale (left out of the tiny
+run the test suite makes).
 
     python -m bench.bench_startup [--repeats 5]
 """
@@ -33,6 +35,7 @@ CALLS: dict[str, list[str]] = {
     "rtt lmc -h": ["-m", "landscape.cli", "lmc", "-h"],
     "rtt distill --subset 10k": ["-m", "landscape.cli", "distill", "--out", "x.h5", "--subset", "10k"],
     "rtt info STORE": ["-m", "landscape.cli", "info", "{store}"],
+    "rtt distill --out BUSY": ["-m", "landscape.cli", "distill", "--out", "{store}", "--data-root", "/nonexistent"],
     "python -c 'import torch'": ["-c", "import torch"],
 }
 TINY_CALLS = ("python -c pass", "rtt -h", "rtt distill -h")
@@ -55,6 +58,19 @@ def _small_store(path: Path) -> Path:
     return path
 
 
+def _hold_lock(store: str) -> subprocess.Popen:
+    """A process holding the writer lock of ``store`` until its stdin closes (a busy store)."""
+    code = (
+        "import sys\nfrom distill.store import Store\ns = Store(sys.argv[1], 'a')\nprint('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, store], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert p.stdout is not None and p.stdout.readline().strip() == "held"
+    return p
+
+
 def _time(args: list[str]) -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
@@ -65,15 +81,21 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
     """Every call (the tiny size: three of them) in interleaved rounds, as one record."""
     calls = {k: v for k, v in CALLS.items() if size == "full" or k in TINY_CALLS}
     tmp = tempfile.TemporaryDirectory()
+    holder = None
     if "rtt info STORE" in calls:
         store = str(_small_store(Path(tmp.name) / "s.h5"))
-        calls["rtt info STORE"] = [a.replace("{store}", store) for a in calls["rtt info STORE"]]
+        for name in ("rtt info STORE", "rtt distill --out BUSY"):
+            calls[name] = [a.replace("{store}", store) for a in calls[name]]
+        holder = _hold_lock(store)
     times = interleaved(
         {name: (lambda args=args: _time(args)) for name, args in calls.items()},
         rounds or SIZES[size]["rounds"],
         warmup=size == "full",
         timer={name: (lambda t: t) for name in calls},
     )
+    if holder is not None:
+        holder.stdin.close()  # type: ignore[union-attr]
+        holder.wait()
     tmp.cleanup()
     rec = record(
         "startup",
@@ -88,6 +110,7 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
     rec["met"] = bool(rec["rtt_excess_s"] <= TARGET_S)
     if "rtt info STORE" in calls:
         rec["info_excess_s"] = rec["median_s"]["rtt info STORE"] - rec["median_s"]["python -c pass"]
+        rec["busy_refusal_s"] = rec["median_s"]["rtt distill --out BUSY"]
     return [rec]
 
 
@@ -104,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "met" if rec["met"] else "NOT met"
     print(
         f"rtt -h: {rec['rtt_excess_s']:.3f} s above python -c pass (median of {a.repeats}; "
-        f"target <= {TARGET_S:g} s: {verdict}); rtt info: {rec['info_excess_s']:.3f} s above"
+        f"target <= {TARGET_S:g} s: {verdict}); rtt info: {rec['info_excess_s']:.3f} s above; "
+        f"rtt distill on a busy store refused after {rec['busy_refusal_s']:.3f} s"
     )
     return 0
 

@@ -333,8 +333,37 @@ _NON_NEGATIVE = {
 }
 
 
+MAX_SIZE = 1 << 24  # no layer size (out_dim, widths in arch_options, ...) is larger; the store bounds specs alike
+_SIZES = ("out_dim", "hidden_dim", "bottleneck_dim")
+
+
+def _check_sizes(name: str, v: Any, depth: int = 0) -> None:
+    """A one-line ValueError when a size in ``v`` (a number, or one nested in lists and dicts) exceeds
+    :data:`MAX_SIZE`: a layer that large would need absurd memory, and is refused before any is allocated."""
+    if depth > 6:
+        raise ValueError(f"{name} nests too deeply: pass a flat JSON object of options")
+    if isinstance(v, bool):
+        return
+    if isinstance(v, (int, float)) and abs(v) > MAX_SIZE:
+        raise ValueError(
+            f"{name}={v!r} is too large (at most {MAX_SIZE}): a layer of that size would need absurd memory; "
+            "choose a smaller value"
+        )
+    if isinstance(v, (list, tuple)):
+        for i, x in enumerate(v):
+            _check_sizes(f"{name}[{i}]", x, depth + 1)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _check_sizes(f"{name}.{k}", x, depth + 1)
+
+
 def validate(cfg: Any) -> None:
     """Check ranges and choices; raise ValueError with one line naming the field and the fix."""
+    for name in _SIZES:
+        if isinstance(getattr(cfg, name, None), (int, float)):
+            _check_sizes(name, getattr(cfg, name))
+    if isinstance(getattr(cfg, "arch_options", None), dict):
+        _check_sizes("arch_options", cfg.arch_options)
     for f in fields(cfg):
         v = getattr(cfg, f.name)
         if isinstance(v, float) and not math.isfinite(v):

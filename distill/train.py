@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -547,6 +549,7 @@ def _validate_run(cfg: DistillConfig, data: Dataset) -> nn.Module:
             f"the training set holds {n} images, fewer than batch_size={cfg.batch_size} with "
             "drop_last: no batch to train on; lower --batch-size, raise --subset or pass --no-drop-last"
         )
+    _check_memory(cfg, data.in_shape)
     try:
         return build_teacher(cfg, data.in_shape)
     except TypeError as e:
@@ -554,6 +557,29 @@ def _validate_run(cfg: DistillConfig, data: Dataset) -> nn.Module:
             f"arch={cfg.arch!r} with arch_options={cfg.arch_options}: {e}; check the options "
             "the architecture takes (distill.list_models())"
         ) from None
+
+
+def _check_memory(cfg: DistillConfig, in_shape: tuple[int, ...]) -> None:
+    """A one-line ValueError, before any memory is allocated, when the teacher, the student and the
+    optimiser's two moments would not fit in this machine's memory (the teacher counted on the meta
+    device)."""
+    try:
+        with torch.device("meta"):
+            meta = build_teacher(cfg, in_shape)
+    except Exception:  # noqa: BLE001 - an architecture that cannot be built on meta is checked when built
+        return
+    n = sum(t.numel() for t in meta.state_dict().values())
+    need = 4 * n * 4  # fp32 teacher, student and two Adam moments
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise ValueError(
+            f"arch={cfg.arch!r} with out_dim={cfg.out_dim}, hidden_dim={cfg.hidden_dim} and arch_options="
+            f"{json.dumps(cfg.arch_options)} has {n:,} parameters, needing about {need / 1e9:.0f} GB for teacher, "
+            f"student and optimiser, more than this machine's {have / 1e9:.0f} GB: choose smaller sizes"
+        )
 
 
 def distill(
@@ -579,12 +605,34 @@ def distill(
     (:mod:`distill.ddp`): rank 0 writes the store and probes; the store records the world size.
     """
     from distill import ddp
-    from distill.provenance import provenance
 
     out = Path(out)
     world = ddp.from_env(resolve_device(cfg.device))
-    device = world.device
     world.check_batch(cfg.batch_size)
+    early = None
+    if resume and (out.exists() or out.is_symlink()):  # the writer lock before any data or model: a busy store
+        early = world.open_store(lambda: _open_or_create(cfg, out, resume), out)  # is refused at once
+    try:
+        return _distill(cfg, out, world, early, data, resume, progress, tensorboard)
+    finally:
+        if early is not None:
+            early[0].close()
+
+
+def _distill(
+    cfg: DistillConfig,
+    out: Path,
+    world: Any,
+    early: tuple[Store, bool] | None,
+    data: Dataset | None,
+    resume: bool,
+    progress: bool | None,
+    tensorboard: str | Path | None,
+) -> Store:
+    """:func:`distill` once the store, when it exists, is open for writing (``early``)."""
+    from distill.provenance import provenance
+
+    device = world.device
     if data is None:
         data = load_dataset(cfg.dataset, root=cfg.data_root, subset=cfg.subset, seed=cfg.data_seed)
     if not cfg.drop_last and len(data.train.labels) % cfg.batch_size:  # the last, partial batch splits too
@@ -597,7 +645,7 @@ def distill(
     pdata = probe_dataset(cfg, data)
     teacher = _validate_run(cfg, data).to(device)
     prov = provenance(cfg, kind="distill", device=device, precision=cfg.precision, world_size=world.world_size)
-    store, resumed = world.open_store(lambda: _open_or_create(cfg, out, resume, prov), out)
+    store, resumed = early or world.open_store(lambda: _open_or_create(cfg, out, resume, prov), out)
     try:
         _train(cfg, out, store, resumed, teacher, data, pdata, device, progress, world, prov, tensorboard)
     finally:

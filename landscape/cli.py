@@ -65,7 +65,7 @@ class _Info:
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
-        from distill.store.info import describe  # h5py only: answers without importing torch
+        from distill.store.info import config_of, describe  # h5py only: answers without importing torch
 
         d = describe(a.store)
         attrs, names = d["attrs"], d["names"]
@@ -77,7 +77,7 @@ class _Info:
         print(f"store     {d['path']}")
         for k in ("kind", "format_version", "toolkit_version", "torch_version", "created_at"):
             print(f"{k:<9} {attrs.get(k)}" if len(k) <= 9 else f"{k} {attrs.get(k)}")
-        cfg = json.loads(attrs.get("config", "{}") or "{}")
+        cfg = config_of(attrs, d["path"])
         if cfg:
             short = {
                 k: cfg[k] for k in ("dataset", "subset", "arch", "init", "alpha", "lr", "epochs", "seed") if k in cfg

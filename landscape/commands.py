@@ -18,6 +18,23 @@ from landscape.cli import command
 BN_POLICIES = ("reset", "interpolate", "keep_a")
 
 
+def _lock_early(out: Path) -> object | None:
+    """The writer lock of the existing folder store ``out``, taken before torch is imported, so that
+    a second writer of a busy store is refused at once (the lock is shared with the Store objects of
+    this process, which keep it). None when ``out`` is no folder store (the run says why)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or not out.is_dir() or out.is_symlink():
+        return None
+    from distill.store import StoreError
+    from distill.store.fsio import acquire
+    from distill.store.info import read_attrs
+
+    try:
+        read_attrs(out)
+    except StoreError:
+        return None
+    return acquire(out)
+
+
 @command("distill", "distil a student from a random teacher into an HDF5 store")
 class _Distill:
     @staticmethod
@@ -35,9 +52,10 @@ class _Distill:
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
+        cfg = from_args(DistillConfig, a)
+        held = _lock_early(Path(a.out)) if not a.no_resume else None  # noqa: F841 - held for the run
         from distill.train import distill, summary_table
 
-        cfg = from_args(DistillConfig, a)
         store = distill(cfg, Path(a.out), resume=not a.no_resume, tensorboard=a.tensorboard)
         if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun only rank 0 reports
             if cfg.probes:
@@ -176,9 +194,12 @@ def _slug(which) -> str:
 
 
 def _write_nc(ds, path: Path) -> Path:
+    """Write the result ``ds`` as netCDF at ``path``: under a temporary name, fsynced and renamed into
+    place (a killed writer leaves a temporary that the next write of ``path`` removes)."""
+    from distill.store import fsio
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(path, engine="h5netcdf")
+    fsio.write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
     return path
 
 
@@ -485,6 +506,22 @@ def _store_metrics(path: Path):
     return metrics
 
 
+def _check_result_file(path: Path) -> None:
+    """A one-line error when ``path`` is no HDF5 file, or holds links or external storage (a result
+    reads nothing from outside its file)."""
+    import h5py
+
+    from distill.store.info import check_hdf5_links
+
+    if path.is_symlink():
+        path = path.resolve()  # the user's own link: read what it names, which must itself be a file
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            check_hdf5_links(f, str(path))
+    except OSError as e:
+        raise ValueError(f"{path} is not a readable netCDF result ({str(e).splitlines()[0]})") from None
+
+
 @command("plot", "draw a figure of a result file (.nc)")
 class _Plot:
     @staticmethod
@@ -509,13 +546,19 @@ class _Plot:
         if path.is_dir():  # a checkpoint store: draw its probe metrics
             ds = _store_metrics(path)
         else:
+            _check_result_file(path)
             try:
                 with xr.open_dataset(path, engine="h5netcdf") as opened:
                     ds = opened.load()
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, KeyError) as e:
                 raise ValueError(f"{path} is not a readable netCDF result ({str(e).splitlines()[0]})") from None
             if not ds.data_vars:  # e.g. a packed store: its root holds no variables; draw its probe metrics
                 ds = _store_metrics(path)
+            elif any(str(d).startswith("phony_dim") for v in ds.data_vars.values() for d in v.dims):
+                raise ValueError(
+                    f"{path} is an HDF5 file but not a netCDF result (its datasets have no named dimensions): "
+                    "pass a .nc written by rtt lmc, instability, plane, lottery or locality"
+                )
         if a.var is not None and a.var not in ds.data_vars:
             raise ValueError(f"{path} has no variable {a.var!r}: choose one of {', '.join(map(str, ds.data_vars))}")
         out = plot_result(ds, Path(a.out) if a.out else path.with_suffix(".png"), var=a.var)
@@ -696,8 +739,7 @@ class _Locality:
         spec = a.executor or (f"process:{a.workers}" if a.workers > 1 else None)
         with open_executor(spec) as ex:
             ds = locality(cfg, alphas=a.alphas, eps=a.eps_values, seeds=a.seeds, out_dir=a.runs, executor=ex)
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        ds.to_netcdf(a.out, engine="h5netcdf")
+        _write_nc(ds, Path(a.out))
         axis = ds.attrs["axis"]
         acc = ds.accuracy.isel(epoch=-1).mean("seed")
         print(f"{axis:<8}" + "".join(f"{str(p):>12}" for p in acc.probe.values) + "   (student accuracy, %)")

@@ -40,7 +40,17 @@ from torch import nn
 
 from distill.store import fsio, objects
 from distill.store.errors import StoreError
-from distill.store.info import COMMIT, FORMAT, FORMAT_VERSION, ROOTS, commit_dirs, folder_index, read_attrs
+from distill.store.info import (
+    COMMIT,
+    FORMAT,
+    FORMAT_VERSION,
+    ROOTS,
+    check_hdf5_links,
+    commit_dirs,
+    config_of,
+    folder_index,
+    read_attrs,
+)
 from distill.store.objects import now
 
 if TYPE_CHECKING:
@@ -102,7 +112,11 @@ class Store:
                     "read-only: open it with Store(path), or start a new store"
                 )
             self._lock = fsio.acquire(self.path)
-            self._tidy()
+            try:
+                self._tidy()
+            except BaseException:
+                self._lock = None
+                raise
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -145,14 +159,14 @@ class Store:
         }
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fsio.op("mkdir store", os.mkdir, tmp)
+            fsio.makedirs(path.parent)
+            fsio.op("mkdir store", os.mkdir, tmp, fsio.DIR_MODE)
             for sub in ("objects", "commits"):
-                os.mkdir(tmp / sub)
-            with h5py.File(tmp / "store.h5", "w", locking=False) as f:
-                f.attrs.update(attrs)
-            fd = os.open(tmp / "store.h5", os.O_RDONLY)
+                os.mkdir(tmp / sub, fsio.DIR_MODE)
+            fd = fsio.create_file(tmp / "store.h5")
             try:
+                with h5py.File(tmp / "store.h5", "w", locking=False) as f:
+                    f.attrs.update(attrs)
                 fsio.op("fsync store.h5", os.fsync, fd)
             finally:
                 os.close(fd)
@@ -199,7 +213,11 @@ class Store:
         self.close()
 
     def _tidy(self) -> None:
-        """Remove what killed writers left: half-written temporaries, uncommitted epochs."""
+        """Remove what killed writers left: half-written temporaries, uncommitted epochs. A store
+        holding a symbolic link is refused first (its writer would follow it out of the store)."""
+        links = fsio.find_links(self.path)
+        if links:
+            raise fsio.link_error(links[0])
         for d in (self.path, self.path / "commits"):
             with contextlib.suppress(OSError):
                 for entry in os.scandir(d):
@@ -225,7 +243,7 @@ class Store:
     @property
     def config(self) -> dict[str, Any]:
         """The run's configuration, decoded from JSON."""
-        return json.loads(self._attrs.get("config", "{}") or "{}")
+        return config_of(self._attrs, self.path)
 
     # ------------------------------------------------------------------ index
     def commits(self) -> list[int]:
@@ -253,7 +271,12 @@ class Store:
             except FileNotFoundError:
                 epochs = []
             bases = [os.path.join(top, "commits", n) for n in reversed(epochs)] + [os.path.join(top, "objects")]
-            path = next((Path(base, rel) for base in bases if os.path.isfile(os.path.join(base, rel))), None)
+            path = next((Path(base, rel) for base in bases if os.path.lexists(os.path.join(base, rel))), None)
+            if path is not None:
+                try:
+                    fsio.check_no_links(self.path, path)
+                except FileNotFoundError:
+                    path = None
         if path is None:
             have = ", ".join(sorted(self._index(root))) or "nothing"
             raise StoreError(
@@ -296,17 +319,16 @@ class Store:
     def _stage(self, path: Path, data: bytes | Any) -> None:
         """Write a file inside an uncommitted epoch (invisible until the commit's rename)."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if callable(data):
-                fsio.op(f"write {path.name}", data, path)
-                fd = os.open(path, os.O_RDONLY)
-            else:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                fsio.op(f"write {path.name}", lambda: None)
+            fsio.makedirs(path.parent)
+            fd = fsio.create_file(path)
             try:
+                if callable(data):
+                    fsio.op(f"write {path.name}", data, path)  # writers open it by name: the same file
+                else:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    fsio.op(f"write {path.name}", lambda: None)
                 fsio.op(f"fsync {path.name}", os.fsync, fd)
             finally:
                 os.close(fd)
@@ -382,7 +404,7 @@ class Store:
             raise StoreError(f"{self.path} already has a commit for epoch {epoch}: roll back first")
         staging = self.path / "commits" / f".pending-{epoch:06d}-{uuid.uuid4().hex[:8]}"
         try:
-            fsio.op("mkdir pending", os.mkdir, staging)
+            fsio.op("mkdir pending", os.mkdir, staging, fsio.DIR_MODE)
         except OSError as e:
             raise fsio.io_error(e, staging.parent, f"start the commit of epoch {epoch}") from None
         self._txn = staging
@@ -406,26 +428,32 @@ class Store:
     def _drop_superseded(self) -> None:
         """Delete the copies of modules, masks and states that a newer commit holds (dead space
         once that commit exists; a kill between the commit and these deletions leaves them to the
-        next writer)."""
+        next writer). A commit holding a student checkpoint keeps all its files: it is a point
+        that :meth:`rollback` can return to and training can resume from. Links are never followed."""
         seen: set[str] = set()
         for _, d in reversed(self._commit_dirs()):
+            keep = _holds_student(d)
             for root in _SUPERSEDED:
-                for dirpath, _, files in os.walk(d / root):
+                if os.path.islink(d) or os.path.islink(d / root):
+                    continue
+                for dirpath, _, files in os.walk(d / root, followlinks=False):
                     for fn in files:
-                        if fn.startswith("."):
+                        if fn.startswith(".") or os.path.islink(os.path.join(dirpath, fn)):
                             continue
                         rel = os.path.relpath(os.path.join(dirpath, fn), d)
-                        if rel in seen:
+                        if rel in seen and not keep:
                             with contextlib.suppress(OSError):
                                 fsio.remove(Path(dirpath) / fn)
                         seen.add(rel)
         for rel in seen:
-            if (self.path / "objects" / rel).exists():
-                with contextlib.suppress(OSError):
-                    fsio.remove(self.path / "objects" / rel)
+            with contextlib.suppress(OSError, StoreError):
+                fsio.check_no_links(self.path, self.path / "objects" / rel)
+                fsio.remove(self.path / "objects" / rel)
 
     def rollback(self, epoch: int) -> None:
-        """Drop the commits after ``epoch``, newest first (each removal is one atomic rename)."""
+        """Drop the commits after ``epoch``, newest first (each removal is one atomic rename). The
+        commits of saved students keep their training state, so a rolled-back run resumes from
+        the newest saved student at or before ``epoch``."""
         self._writable()
         for e, d in reversed(self._commit_dirs()):
             if e <= epoch:
@@ -436,7 +464,8 @@ class Store:
                 fsio.fsync_dir(d.parent)
             except OSError as e2:
                 raise fsio.io_error(e2, d, f"roll back epoch {e}") from None
-            shutil.rmtree(trash, ignore_errors=True)
+            if not os.path.islink(trash):
+                shutil.rmtree(trash, ignore_errors=True)
 
     # ------------------------------------------------------------------ reading
     def _read_object(self, root: str, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -478,7 +507,7 @@ class Store:
     @property
     def epochs(self) -> list[int]:
         """Epochs at which a student checkpoint exists, ascending."""
-        return sorted(int(n.split("/")[1]) for n in self.names("student/") if n.split("/")[1].isdigit())
+        return sorted(int(n.split("/")[1]) for n in self.names("student/") if _is_epoch(n.split("/")[1]))
 
     def student(self, epoch: int = -1, device: str | torch.device = "cpu") -> nn.Module:
         """The student saved at ``epoch`` (-1: the last saved one), in eval mode."""
@@ -499,9 +528,12 @@ class Store:
             return None
         tensors, attrs = self._read_object("state", name)
         try:
-            return tensors, json.loads(attrs.get("meta", "{}"))
+            meta = json.loads(attrs.get("meta", "{}"))
         except ValueError:
             raise StoreError(f"{self.path}: state '{name}' has unreadable metadata (damaged)") from None
+        if name == "train":
+            check_train_meta(meta, f"{self.path}:state/train")
+        return tensors, meta
 
     def results(self) -> list[str]:
         """Names of the stored results."""
@@ -516,7 +548,7 @@ class Store:
         for attempt in range(5):
             path = self._locate("results", name)
             try:
-                blob = path.read_bytes()
+                blob = fsio.read_file(path)
                 break
             except FileNotFoundError:
                 if attempt == 4:
@@ -533,9 +565,17 @@ class Store:
 
 
 def decode_result(blob: bytes, where: str) -> xarray.Dataset:
-    """An in-memory xarray Dataset from the bytes of a netCDF file."""
+    """An in-memory xarray Dataset from the bytes of a netCDF file (refused when it holds links
+    or external storage, which would read data from outside the file)."""
     import xarray as xr
 
+    try:
+        with h5py.File(io.BytesIO(blob), "r", locking=False) as f:
+            check_hdf5_links(f, where)
+    except StoreError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to parse means a damaged file
+        raise StoreError(f"{where}: unreadable result ({_first_line(e)}): damaged; run 'rtt verify'") from None
     try:
         with xr.open_dataset(io.BytesIO(blob), engine="h5netcdf") as ds:
             out = ds.load()
@@ -543,6 +583,57 @@ def decode_result(blob: bytes, where: str) -> xarray.Dataset:
         raise StoreError(f"{where}: unreadable result ({_first_line(e)}): damaged; run 'rtt verify'") from None
     out.attrs.pop("complete", None)
     return out
+
+
+def _is_epoch(text: str) -> bool:
+    """Whether ``text`` is an epoch as the store writes it (ASCII digits)."""
+    return text.isascii() and text.isdigit()
+
+
+def _holds_student(commit: Path) -> bool:
+    """Whether the commit folder ``commit`` holds a student checkpoint."""
+    try:
+        return any(n.endswith(".h5") and not n.startswith(".") for n in os.listdir(commit / "modules" / "student"))
+    except OSError:
+        return False
+
+
+MAX_EPOCH = 10**7
+
+
+def check_train_meta(meta: Any, where: str) -> None:
+    """One-line StoreError unless ``meta`` is training-state metadata as training writes it: an
+    ``epoch`` (int in [0, 10**7]) and, when present, ``param_groups`` (a list of objects whose
+    numbers are finite, and whose ``lr`` is a number of at least 0)."""
+    if not isinstance(meta, dict):
+        raise StoreError(f"{where}: training-state metadata is a {type(meta).__name__}, not an object: damaged file")
+    epoch = meta.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= MAX_EPOCH:
+        raise StoreError(
+            f"{where}: training-state epoch {epoch!r} is not an integer in [0, {MAX_EPOCH}]: damaged or crafted "
+            "file; roll back to an earlier commit or start a new store"
+        )
+    if "param_groups" not in meta:  # a state saved through the API without an optimiser
+        return
+    groups = meta["param_groups"]
+    if not isinstance(groups, list) or not groups or len(groups) > 10_000:
+        raise StoreError(f"{where}: training-state param_groups is not a non-empty list: damaged or crafted file")
+    for i, g in enumerate(groups):
+        if not isinstance(g, dict):
+            raise StoreError(f"{where}: training-state param_groups[{i}] is not an object: damaged or crafted file")
+        lr = g.get("lr")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+            raise StoreError(
+                f"{where}: training-state param_groups[{i}] has lr={lr!r}, not a finite number >= 0: "
+                "damaged or crafted file"
+            )
+        for k, v in g.items():
+            vals = v if isinstance(v, list) else [v]
+            for x in vals:
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise StoreError(
+                        f"{where}: training-state param_groups[{i}] has {k}={v!r}, not finite: damaged or crafted file"
+                    )
 
 
 def student_name(epoch: int) -> str:

@@ -14,8 +14,11 @@ import errno
 import fcntl
 import mmap
 import os
+import re
 import signal
 import socket
+import stat
+import struct
 import sys
 import time
 import uuid
@@ -114,7 +117,7 @@ def fill(path: Path | str, ranges: list[tuple[int, memoryview]]) -> None:
     follow (which then has only the metadata to flush). The rest, and everything on systems or
     file systems without ``O_DIRECT`` (tmpfs on older kernels, macOS), is written through the
     page cache, its writeback started at once. Not durable by itself: fsync afterwards."""
-    fd = os.open(path, os.O_WRONLY)
+    fd = os.open(path, os.O_WRONLY | NOFOLLOW)
     direct, buf = -1, None
     try:
         if any(len(v) >= DIRECT_MIN for _, v in ranges):
@@ -147,7 +150,7 @@ def _open_direct(path: Path | str) -> int:
     if not flag:
         return -1
     try:
-        return os.open(path, os.O_WRONLY | flag)
+        return os.open(path, os.O_WRONLY | flag | NOFOLLOW)
     except OSError as e:
         if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
             return -1
@@ -192,6 +195,129 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# ---------------------------------------------------------------------------- modes and links
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+FILE_MODE = 0o644  # files and folders get these modes whatever the umask (a stricter umask narrows them)
+DIR_MODE = 0o755
+_TMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}\.tmp$")
+
+
+def create_file(path: Path | str) -> int:
+    """A new file at ``path`` (never an existing one, never through a link), opened for writing with
+    mode :data:`FILE_MODE`; its descriptor."""
+    return int(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | os.O_CLOEXEC, FILE_MODE))
+
+
+def makedirs(path: Path) -> None:
+    """``mkdir -p`` with mode :data:`DIR_MODE` for every folder it makes (Path.mkdir would use 0777
+    minus the umask)."""
+    path = Path(path)
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for p in reversed(missing):
+        try:
+            os.mkdir(p, DIR_MODE)
+        except FileExistsError:
+            if not os.path.isdir(p):
+                raise
+
+
+def link_error(path: Path | str, what: str = "entry") -> StoreError:
+    """The one-line StoreError for a symbolic link found where the store keeps a file or folder."""
+    return StoreError(
+        f"{path}: this {what} of the store is a symbolic link, which the store never follows: "
+        "remove the link (and restore the real file from a copy)"
+    )
+
+
+def check_no_links(top: Path | str, path: Path | str, what: str = "object file") -> None:
+    """One-line StoreError unless every component of ``path`` below ``top`` is a real folder and
+    ``path`` itself a regular file (checked with lstat: no link is followed)."""
+    rel = os.path.relpath(path, top)
+    cur = os.fspath(top)
+    parts = rel.split(os.sep)
+    for i, part in enumerate(parts):
+        cur = os.path.join(cur, part)
+        st = os.lstat(cur)  # FileNotFoundError propagates: the caller knows what a missing file means
+        if stat.S_ISLNK(st.st_mode):
+            raise link_error(cur, what if i == len(parts) - 1 else "folder")
+        if i == len(parts) - 1 and not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{cur}: not a regular file (damaged or crafted store): remove it")
+
+
+def find_links(top: Path | str) -> list[str]:
+    """Every symbolic link inside the folder ``top`` (walked without following any)."""
+    out = []
+    for dirpath, dirs, files in os.walk(top, followlinks=False):
+        for name in dirs + files:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                out.append(full)
+    return sorted(out)
+
+
+_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)  # Linux: record locks owned by an open file, not a process
+_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", None)
+
+
+def _flock_struct(kind: int) -> bytes:
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, 0, 0, 0)  # struct flock: the whole file
+
+
+def mark_alive(fd: int) -> None:
+    """Hold a write lock on the temporary ``fd`` until it is closed (an open-file-description
+    lock: independent of HDF5's own flock, and dropped by the kernel when the writer dies)."""
+    if _OFD_SETLK is not None:
+        with _quiet():
+            fcntl.fcntl(fd, _OFD_SETLK, _flock_struct(fcntl.F_WRLCK))
+
+
+def is_orphan_tmp(path: Path | str) -> bool:
+    """Whether the temporary file ``path`` belongs to no living writer (see :func:`mark_alive`).
+    Where the system lacks open-file-description locks, none is judged an orphan."""
+    if _OFD_GETLK is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False  # a link or something unopenable: not ours to judge
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        got = fcntl.fcntl(fd, _OFD_GETLK, _flock_struct(fcntl.F_WRLCK))
+        return bool(struct.unpack("hhqqi4x", got)[0] == fcntl.F_UNLCK)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def orphan_temporaries(folder: Path | str, name: str | None = None) -> list[Path]:
+    """The temporaries (``.NAME.<12 hex>.tmp``) in ``folder`` that no living writer holds; of the final
+    name ``name`` only, when given."""
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return []
+    out = []
+    for n in entries:
+        m = _TMP.match(n)
+        if m and (name is None or m["name"] == name) and is_orphan_tmp(os.path.join(folder, n)):
+            out.append(Path(folder, n))
+    return sorted(out)
+
+
+def sweep_temporaries(final: Path) -> None:
+    """Remove the temporaries of ``final`` that killed writers left beside it."""
+    for p in orphan_temporaries(final.parent, final.name):
+        with _quiet():
+            op(f"unlink stale {p.name}", os.unlink, p)
+
+
 def tmp_name(final: Path) -> Path:
     """A fresh temporary name beside ``final`` (same folder, so the rename is atomic)."""
     return final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.tmp")
@@ -207,25 +333,26 @@ def check_parents(path: Path, doing: str) -> None:
 def write_atomic(final: Path, data: bytes | Callable[[Path], None], *, replace: bool = True) -> None:
     """Put ``data`` (bytes, or a function writing a file at the path it is given) at ``final``:
     written under a temporary name, fsynced, renamed into place, folder fsynced. A kill at any
-    instant leaves either the old ``final`` (or none) or the complete new one, never a mix."""
+    instant leaves either the old ``final`` (or none) or the complete new one, never a mix; the
+    temporary a killed writer leaves is removed by the next write of ``final``. The file gets
+    mode :data:`FILE_MODE`."""
+    final = Path(final)
     check_parents(final, f"write {final.name}")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    makedirs(final.parent)
+    sweep_temporaries(final)
     tmp = tmp_name(final)
+    fd = create_file(tmp)
     try:
+        mark_alive(fd)  # until the rename (the descriptor stays open)
         if callable(data):
-            op(f"write {final.name}", data, tmp)
-            fd = os.open(tmp, os.O_RDONLY)
+            op(f"write {final.name}", data, tmp)  # writers open it by name: the same file, truncated
         else:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             view = memoryview(data)
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
             op(f"write {final.name}", lambda: None)
-        try:
-            op(f"fsync {final.name}", os.fsync, fd)
-        finally:
-            os.close(fd)
+        op(f"fsync {final.name}", os.fsync, fd)
         if not replace and final.exists():
             raise FileExistsError(errno.EEXIST, "exists", str(final))
         op(f"rename {final.name}", os.replace, tmp, final)
@@ -233,7 +360,21 @@ def write_atomic(final: Path, data: bytes | Callable[[Path], None], *, replace: 
         with _quiet():
             tmp.unlink()
         raise
+    finally:
+        os.close(fd)
     fsync_dir(final.parent)
+
+
+def read_file(path: Path | str) -> bytes:
+    """The bytes of the regular file ``path``, opened without following a link."""
+    fd = os.open(path, os.O_RDONLY | NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreError(f"{path}: not a regular file (damaged or crafted store): remove it")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def remove(path: Path) -> None:
@@ -264,9 +405,14 @@ class _Lock:
         self.previous = ""
         self.fd = -1
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, FILE_MODE)
         except OSError as e:
+            if e.errno == errno.ELOOP or os.path.islink(path):
+                raise link_error(path, "writer lock") from None
             raise io_error(e, path, "create the writer lock") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(f"{path}: the writer lock is not a regular file: remove it (the next writer recreates it)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

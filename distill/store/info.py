@@ -9,6 +9,7 @@ folder index defined here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -22,7 +23,8 @@ from distill.store.errors import StoreError
 FORMAT = "random-teachers-store"
 FORMAT_VERSION = 2
 ROOTS = ("modules", "masks", "state", "results")
-COMMIT = re.compile(r"^\d{6,}$")
+COMMIT = re.compile(r"^[0-9]{6,}$")
+OBJECT_NAME = re.compile(r"^[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*(/[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*)*$")
 PARTIAL = "_partial"  # prefix of the groups a single-file writer has not finished
 _NON_COORD = "_nc4_non_coord_"  # h5netcdf's prefix for a variable named like a dimension it lacks
 
@@ -51,38 +53,116 @@ def check_format(attrs: dict[str, Any], where: Path | str) -> None:
         )
 
 
+def _link_error(path: Path | str, what: str) -> StoreError:
+    return StoreError(
+        f"{path}: this {what} of the store is a symbolic link, which the store never follows: "
+        "remove the link (and restore the real file from a copy)"
+    )
+
+
 def commit_dirs(path: Path) -> list[tuple[int, Path]]:
-    """(epoch, folder) of every committed epoch of the folder store ``path``, ascending."""
+    """(epoch, folder) of every committed epoch of the folder store ``path``, ascending; a one-line
+    StoreError when one of them is a symbolic link."""
     try:
         names = os.listdir(path / "commits")
     except FileNotFoundError:
         return []
-    return sorted((int(n), path / "commits" / n) for n in names if COMMIT.match(n))
-
-
-def folder_index(path: Path, root: str) -> dict[str, Path]:
-    """Visible objects under ``root`` of the folder store ``path``: name -> file (the newest commit wins)."""
-    out: dict[str, Path] = {}
-    for base in [path / "objects"] + [d for _, d in commit_dirs(path)]:
-        top = base / root
-        for dirpath, dirs, files in os.walk(top):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            rel = os.path.relpath(dirpath, top)
-            for fn in files:
-                if fn.endswith(".h5") and not fn.startswith("."):
-                    name = fn[:-3] if rel == "." else f"{rel}/{fn[:-3]}"
-                    out[name.replace(os.sep, "/")] = Path(dirpath) / fn
+    out = sorted((int(n), path / "commits" / n) for n in names if COMMIT.match(n))
+    for _, d in out:
+        if os.path.islink(d):
+            raise _link_error(d, "commit folder")
     return out
 
 
+def folder_index(path: Path, root: str) -> dict[str, Path]:
+    """Visible objects under ``root`` of the folder store ``path``: name -> file (the newest commit
+    wins); a one-line StoreError when a file or folder on the way is a symbolic link."""
+    out: dict[str, Path] = {}
+    for base in [path / "objects"] + [d for _, d in commit_dirs(path)]:
+        top = base / root
+        for p in (base, top):
+            if os.path.islink(p):
+                raise _link_error(p, "folder")
+        for dirpath, dirs, files in os.walk(top, followlinks=False):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for d in dirs:
+                if os.path.islink(os.path.join(dirpath, d)):
+                    raise _link_error(os.path.join(dirpath, d), "folder")
+            rel = os.path.relpath(dirpath, top)
+            for fn in files:
+                if fn.endswith(".h5") and not fn.startswith("."):
+                    if os.path.islink(os.path.join(dirpath, fn)):
+                        raise _link_error(os.path.join(dirpath, fn), "object file")
+                    name = (fn[:-3] if rel == "." else f"{rel}/{fn[:-3]}").replace(os.sep, "/")
+                    if OBJECT_NAME.match(name):  # a name the store cannot have written is no object of it
+                        out[name] = Path(dirpath) / fn
+    return out
+
+
+def check_hdf5_links(group: h5py.Group, where: str, depth: int = 0) -> None:
+    """One-line StoreError when ``group`` (a file or group, walked down to its datasets) holds an
+    HDF5 soft or external link, a dataset stored in external raw files, or a virtual dataset: each
+    would make a reader take data from outside the file, and the store writes none of them."""
+    if depth > 32:
+        raise StoreError(f"{where}: groups nest more than 32 deep (crafted file): restore the file from a copy")
+    for key in list(group.keys()):
+        _check_link(group, key, where)
+        obj = group[key]
+        if isinstance(obj, h5py.Group):
+            check_hdf5_links(obj, where, depth + 1)
+        elif isinstance(obj, h5py.Dataset):
+            _check_storage(obj, where)
+
+
+def _check_link(group: h5py.Group, key: str, where: str) -> None:
+    link = group.get(key, getlink=True)
+    name = f"{group.name.rstrip('/')}/{key}"
+    if isinstance(link, h5py.ExternalLink):
+        raise StoreError(
+            f"{where}: '{name}' is an HDF5 external link to {link.filename}:{link.path}, which the store never "
+            "follows (crafted file): restore the file from a copy"
+        )
+    if isinstance(link, h5py.SoftLink):
+        raise StoreError(
+            f"{where}: '{name}' is an HDF5 soft link to {link.path}, which the store never follows (crafted "
+            "file): restore the file from a copy"
+        )
+
+
+def _check_storage(d: h5py.Dataset, where: str) -> None:
+    if d.is_virtual:
+        raise StoreError(
+            f"{where}: dataset '{d.name}' is a virtual dataset mapping other files, which the store never reads "
+            "(crafted file): restore the file from a copy"
+        )
+    if d.external:
+        raise StoreError(
+            f"{where}: dataset '{d.name}' keeps its data in the external file {d.external[0][0]!r}, which the "
+            "store never reads (crafted file): restore the file from a copy"
+        )
+
+
+def config_of(attrs: dict[str, Any], where: Path | str) -> dict[str, Any]:
+    """The run configuration recorded in a store's root ``attrs`` (JSON); a one-line StoreError when damaged."""
+    try:
+        cfg = json.loads(attrs.get("config", "{}") or "{}")
+    except (TypeError, ValueError):
+        raise StoreError(f"{where}: its config attribute is not JSON (damaged store): restore it from a copy") from None
+    if not isinstance(cfg, dict):
+        raise StoreError(f"{where}: its config attribute is not a JSON object (damaged store): restore it from a copy")
+    return cfg
+
+
 def group_names(f: h5py.File, root: str) -> list[str]:
-    """Complete groups below ``root`` of an open single-file store; a group that cannot be opened is skipped."""
+    """Complete groups below ``root`` of an open single-file store; a group that cannot be opened is
+    skipped; a one-line StoreError when a link stands in the way (see :func:`check_hdf5_links`)."""
     out: list[str] = []
 
     def walk(group: h5py.Group, prefix: str) -> None:
         for key in list(group.keys()):
             if not prefix and key.startswith(PARTIAL):
                 continue
+            _check_link(group, key, str(f.filename))
             try:
                 obj = group[key]
                 if not isinstance(obj, h5py.Group):
@@ -94,6 +174,8 @@ def group_names(f: h5py.File, root: str) -> list[str]:
             except (KeyError, OSError, RuntimeError):
                 continue
 
+    if root in f:
+        _check_link(f, root, str(f.filename))
     if root in f and isinstance(f[root], h5py.Group):
         walk(f[root], "")
     return sorted(out)
@@ -110,6 +192,8 @@ def read_attrs(path: Path) -> tuple[dict[str, Any], bool]:
             raise StoreError(f"no store at {p}: check the path, or create one (rtt distill ... --out {p})")
         if p.is_dir():
             head = p / "store.h5"
+            if head.is_symlink():
+                raise _link_error(head, "head file")
             if not head.is_file():
                 raise StoreError(
                     f"{p} is a folder but not a random-teachers store (no store.h5 in it): pass the path of a store"
@@ -172,19 +256,32 @@ def describe(path: str | Path) -> dict[str, Any]:
         with h5py.File(p, "r", locking=False) as f:
             names = {root: group_names(f, root) for root in ROOTS}
             for r in names["results"]:
-                results[r] = _summary_or_error(lambda r=r: result_summary(f[f"results/{r}"]), f"{p}:results/{r}")
+                where = f"{p}:results/{r}"
+                results[r] = _summary_or_error(lambda r=r, w=where: _checked_summary(f[f"results/{r}"], w), where)
     else:
         index = {root: folder_index(p, root) for root in ROOTS}
         names = {root: sorted(ix) for root, ix in index.items()}
         for r, file in sorted(index["results"].items()):
-            results[r] = _summary_or_error(lambda file=file: _summary_of_file(file), f"{p}:results/{r}")
-    epochs = sorted(int(n.split("/")[1]) for n in names["modules"] if n.startswith("student/") and n[8:].isdigit())
+            where = f"{p}:results/{r}"
+            results[r] = _summary_or_error(lambda file=file, w=where: _summary_of_file(file, w), where)
+    epochs = sorted(int(n[8:]) for n in names["modules"] if n.startswith("student/") and _ascii_digits(n[8:]))
     return {"path": p, "attrs": attrs, "names": names, "epochs": epochs, "results": results}
 
 
-def _summary_of_file(file: Path) -> tuple[list[str], dict[str, int]]:
+def _ascii_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _checked_summary(group: h5py.Group, where: str) -> tuple[list[str], dict[str, int]]:
+    check_hdf5_links(group, where)
+    return result_summary(group)
+
+
+def _summary_of_file(file: Path, where: str) -> tuple[list[str], dict[str, int]]:
+    if os.path.islink(file):
+        raise _link_error(file, "result file")
     with h5py.File(file, "r", locking=False) as f:
-        return result_summary(f)
+        return _checked_summary(f, where)
 
 
 def _summary_or_error(read: Any, where: str) -> tuple[list[str], dict[str, int]]:

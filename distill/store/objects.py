@@ -28,7 +28,7 @@ import torch
 
 from distill.store import fsio
 from distill.store.errors import StoreError
-from distill.store.info import attr_value
+from distill.store.info import attr_value, check_hdf5_links
 
 # torch dtype name -> numpy dtype on disk (bfloat16 travels as its int16 bit pattern)
 DTYPES = {
@@ -181,7 +181,9 @@ def _check_dataset(d: Any, where: str, key: str, info: Mapping[str, Any] | None)
 
 
 def read_tensors(g: h5py.Group, where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Strictly read the datasets of ``g`` (an object file's root or a packed group) as CPU tensors."""
+    """Strictly read the datasets of ``g`` (an object file's root or a packed group) as CPU tensors
+    (refusing links and external storage, which would read data from outside the file)."""
+    check_hdf5_links(g, where)
     attrs = {k: attr_value(v) for k, v in g.attrs.items()}
     manifest = None
     if "tensors" in attrs:

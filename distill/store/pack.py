@@ -9,8 +9,9 @@ from pathlib import Path
 import h5py
 
 from distill.store import fsio, objects
-from distill.store.core import FORMAT_VERSION, ROOTS, Store, build_checked, load_into
+from distill.store.core import FORMAT_VERSION, ROOTS, Store, build_checked, check_train_meta, load_into
 from distill.store.errors import StoreError
+from distill.store.info import OBJECT_NAME
 
 
 def pack(store: Store | str | Path, out: str | Path) -> Path:
@@ -69,13 +70,26 @@ def pack(store: Store | str | Path, out: str | Path) -> Path:
 
 
 def verify(path: str | Path) -> tuple[int, list[str]]:
-    """Read every object of the store at ``path`` strictly (checksums, dtypes, architecture);
-    returns (objects read, one line per problem found)."""
+    """Read every object of the store at ``path`` strictly (checksums, dtypes, architecture, links,
+    training-state metadata) and look for what does not belong (symbolic links, temporaries of
+    killed writers, stray files); returns (objects read, one line per problem found)."""
     store = Store(path)
     problems: list[str] = []
     count = 0
+    if store._single is None:
+        problems += [str(fsio.link_error(p)) for p in fsio.find_links(store.path)]
+    try:
+        store.config  # noqa: B018 - decoding it is the check
+    except StoreError as e:
+        problems.append(str(e))
     for root in ROOTS:
-        for name in store.names(root=root):
+        try:
+            names = store.names(root=root)
+        except StoreError as e:
+            if str(e) not in problems:
+                problems.append(str(e))
+            continue
+        for name in names:
             count += 1
             try:
                 if root == "results":
@@ -86,21 +100,58 @@ def verify(path: str | Path) -> tuple[int, list[str]]:
                     where = f"{store.path}:{name}"
                     model = build_checked(attrs.get("spec"), tensors, where)
                     load_into(model, tensors, where=where)
+                elif root == "state" and name == "train":
+                    _check_meta(attrs, f"{store.path}:state/{name}")
             except StoreError as e:
-                problems.append(str(e))
+                if str(e) not in problems:
+                    problems.append(str(e))
     if store._single is None:
         problems += _stray_files(store)
     return count, problems
 
 
+def _valid_object_path(rel: str) -> bool:
+    parts = rel.split(os.sep)
+    if parts[0] == "objects" and len(parts) > 2:
+        name = "/".join(parts[2:])
+    elif parts[0] == "commits" and len(parts) > 3:
+        name = "/".join(parts[3:])
+    else:
+        return False
+    return bool(OBJECT_NAME.match(name[:-3]))
+
+
+def _check_meta(attrs: dict, where: str) -> None:
+    try:
+        meta = json.loads(attrs.get("meta", "{}"))
+    except ValueError:
+        raise StoreError(f"{where}: unreadable training-state metadata (damaged file)") from None
+    check_train_meta(meta, where)
+
+
 def _stray_files(store: Store) -> list[str]:
-    """Files in a store folder that no reader uses and that are not leftovers a writer removes."""
+    """Files in a store folder that no reader uses: temporaries that killed writers left (the next
+    writer removes them) and files that are not part of a store."""
     out = []
-    for dirpath, _, files in os.walk(store.path):
+    for dirpath, _, files in os.walk(store.path, followlinks=False):
         for fn in files:
-            rel = os.path.relpath(os.path.join(dirpath, fn), store.path)
+            full = os.path.join(dirpath, fn)
+            rel = os.path.relpath(full, store.path)
+            if os.path.islink(full):
+                continue  # reported as a link
+            if fn.startswith(".") and fn.endswith(".tmp") and fsio.is_orphan_tmp(full):
+                out.append(
+                    f"{store.path}: leftover temporary file {rel} of a killed writer "
+                    "(the next writer of this store removes it; or delete it)"
+                )
+                continue
             if rel in ("store.h5", "lock") or fn.startswith(".") or ".pending-" in rel or ".trash-" in rel:
                 continue
             if not fn.endswith(".h5"):
                 out.append(f"{store.path}: unexpected file {rel} (not part of a store)")
+            elif rel != "store.h5" and not _valid_object_path(rel):
+                out.append(
+                    f"{store.path}: unexpected file {rel} (not an object name the store writes: letters, digits, "
+                    "_ - + = .): rename or remove it"
+                )
     return out

@@ -19,7 +19,7 @@ import h5py
 import torch
 
 from distill.store.errors import StoreError
-from distill.store.info import group_names
+from distill.store.info import check_hdf5_links, group_names
 from distill.store.objects import read_tensors
 
 if TYPE_CHECKING:
@@ -69,6 +69,8 @@ class SingleFile:
         have = self.names("results")
         if name not in have:
             raise StoreError(f"{self.path} has no result '{name}' (it holds: {', '.join(have) or 'none'})")
+        with self._file() as f:
+            check_hdf5_links(f[f"results/{name}"], f"{self.path}:results/{name}")
         try:
             with xr.open_dataset(self.path, group=f"results/{name}", engine="h5netcdf") as ds:
                 out = ds.load()
