@@ -36,6 +36,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from distill.device import resolve_device
+from distill.registry import canonical_dataset, suggest
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -53,7 +54,6 @@ MNIST_CLASSES = [str(i) for i in range(10)]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 _BASE_NAMES = ("cifar10", "cifar100", "fashion-mnist", "mnist")
-_ALIASES = {"fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
 _TRAIN_DIRS = ("train", "training")
 _TEST_DIRS = ("test", "testing", "val", "valid", "validation")
@@ -180,7 +180,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int |
     elif key in ("cifar10", "cifar100"):
         data = _load_cifar(key, root)
     else:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+        raise ValueError(
+            f"unknown dataset {name!r}{suggest(key, list_datasets())}; valid names: {', '.join(list_datasets())}"
+        )
     return data if subset is None else data.subset(subset, seed)
 
 
@@ -416,6 +418,12 @@ def _load_cifar(name: str, root: str | os.PathLike | None) -> Dataset:
             files = {f: (path / f).read_bytes() for f in wanted if (path / f).is_file()}
             return _cifar_from_pickles(name, files, path)
         return _cifar_cached(name, path, kind)
+    if not places:
+        raise FileNotFoundError(
+            f"{name} not found: no data folder given and RTT_DATA is not set; pass root= (--data-root) a "
+            f"{_PICKLE_DIRS[name]} folder, an image tree or a tarball (e.g. {_TARBALL_NAMES[name][0]}), "
+            f"or set RTT_DATA=DIR with one of these in DIR/{name}"
+        )
     tried_text = ", ".join(dict.fromkeys(map(str, tried)))
     raise FileNotFoundError(
         f"{name} not found (tried: {tried_text}): pass root= a {_PICKLE_DIRS[name]} folder, "
@@ -880,10 +888,7 @@ def _tensor(array: np.ndarray) -> Tensor:
 
 
 def _canonical(name: str) -> str:
-    key = name.strip().lower().replace("_", "-")
-    base, sep, rest = key.partition(":")
-    base, rest = _ALIASES.get(base, base), _ALIASES.get(rest, rest)
-    return f"{base}{sep}{rest}"
+    return canonical_dataset(name)
 
 
 def _env_paths(sub: str) -> list[Path]:

@@ -28,6 +28,7 @@ from distill.init import init_student, parameter_distance
 from distill.meter import EpochMeter, NonFinite
 from distill.models import build_model, seeded
 from distill.optim import Adam, AdamW
+from distill.registry import canonical_dataset
 from distill.store import Store, StoreError, load_into, student_name
 
 if TYPE_CHECKING:
@@ -485,7 +486,9 @@ def _open_or_create(
         if not resume:
             raise StoreError(f"{out} already exists: pass another --out, or resume it (the default)")
         store = Store(out, "a", store_dtype=cfg.store_dtype)
-        old = store.config
+        old = dict(store.config)
+        if isinstance(old.get("dataset"), str):  # stores written before names were stored canonically
+            old["dataset"] = canonical_dataset(old["dataset"])
         diff = [k for k, v in cfg.to_dict().items() if k not in _RESUMABLE and k in old and old[k] != v]
         if diff:
             k = diff[0]
