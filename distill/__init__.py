@@ -43,3 +43,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(f"distill.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'distill' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
