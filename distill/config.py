@@ -49,7 +49,7 @@ class _Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
-        """Rebuild a config from :meth:`to_dict` output, ignoring unknown keys of newer versions."""
+        """Rebuild a config from `to_dict` output, ignoring unknown keys of newer versions."""
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -506,7 +506,7 @@ def add_arguments(
 
 
 def from_args(cls: type, ns: argparse.Namespace, prefix: str = "", **overrides: Any) -> Any:
-    """Build ``cls`` from parsed arguments made by :func:`add_arguments`."""
+    """Build ``cls`` from parsed arguments made by `add_arguments`."""
     vals = {
         f.name: getattr(ns, prefix.replace("-", "_") + f.name)
         for f in fields(cls)

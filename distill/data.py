@@ -11,7 +11,7 @@ Formats, all read offline (nothing is downloaded):
 - ``gaussian`` / ``gaussian:<source>``: Gaussian-noise training images shaped like ``source``.
 
 Decoding an image tree takes seconds, so the decoded arrays are cached as an uncompressed ``.npz``
-(no pickled objects; read with ``allow_pickle=False``); see :func:`cache_path`.
+(no pickled objects; read with ``allow_pickle=False``); see `cache_path`.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class Dataset:
         return Dataset(self.name, self.train.to(device), self.test.to(device), list(self.classes), self.mean, self.std)
 
     def subset(self, n: int, seed: int = 0) -> Dataset:
-        """Stratified subset of ``n`` training images (see :func:`stratified_indices`); the test
+        """Stratified subset of ``n`` training images (see `stratified_indices`); the test
         split, classes and mean/std are unchanged."""
         idx = stratified_indices(self.train.labels, n, self.num_classes, seed)
         idx = idx.to(self.train.labels.device)
@@ -146,12 +146,12 @@ class Dataset:
 
 
 def list_datasets() -> list[str]:
-    """Names accepted by :func:`load_dataset`."""
+    """Names accepted by `load_dataset`."""
     return [*_BASE_NAMES, "gaussian", *(f"gaussian:{n}" for n in _BASE_NAMES)]
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int | None = None, seed: int = 0) -> Dataset:
-    """Load dataset ``name`` (see :func:`list_datasets`) into CPU memory.
+    """Load dataset ``name`` (see `list_datasets`) into CPU memory.
 
     ``root``: a folder or file holding the data. None searches, in order, ``$RTT_DATA/<name>``,
     ``$RTT_DATA`` itself and, for Fashion-MNIST and MNIST, ``/usr/share/datasets/<name>`` (Debian's
@@ -196,7 +196,7 @@ def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
 
 
 def shuffled_order(n: int, seed: int | None, device: str | torch.device = "cpu") -> Tensor:
-    """The permutation of ``range(n)`` that :func:`iterate` visits with ``shuffle=True`` and ``seed``
+    """The permutation of ``range(n)`` that `iterate` visits with ``shuffle=True`` and ``seed``
     (int64 (n,), drawn with a CPU ``torch.Generator`` so it does not depend on the device)."""
     gen = torch.Generator()
     if seed is None:
@@ -224,7 +224,7 @@ def iterate(
     Slices the in-memory split; each uint8 batch is moved to ``device`` (nothing moves when the split
     already lives there, e.g. after ``Dataset.to("cuda")``) and normalised there, so only uint8 bytes
     ever cross the bus and no step waits on the host. ``shuffle`` permutes with
-    :func:`shuffled_order` (``seed`` None: a fresh random seed), so one pass visits every example
+    `shuffled_order` (``seed`` None: a fresh random seed), so one pass visits every example
     exactly once. ``with_index``: also yield the batch's int64 row indices into ``split`` (B,), on
     the split's device. ``channels_last``: images in channels-last memory format (same values).
     """

@@ -2,7 +2,7 @@
 
 The command line builds its help (choices of ``--arch``, ``--dataset``, ``--probes``) from
 these. The built-in names are listed here; names registered later (plugins, user code) live in
-the registries of :mod:`distill.models` and :mod:`distill.probe`, which are consulted whenever
+the registries of `distill.models` and `distill.probe`, which are consulted whenever
 they are already imported (registering a model or probe imports them).
 ``tests/distill/test_registry.py`` checks that the lists match the real registries.
 """
@@ -48,7 +48,7 @@ def model_names() -> list[str]:
 
 
 def dataset_names() -> list[str]:
-    """Names accepted by :func:`distill.load_dataset`."""
+    """Names accepted by `distill.load_dataset`."""
     return list(BUILTIN_DATASETS)
 
 

@@ -11,11 +11,13 @@ and optimiser state of a run stopped after k steps takes the same steps k+1, k+2
 learning rates, batches and augmentation) as the uninterrupted run; ``snapshot_step=k`` returns
 such a state, taken right after step k.
 
-Example::
+Example:
 
-    model = with_classifier(store.student(), data.num_classes)
-    result = train_supervised(model, data, SupervisedConfig.preset("cpu"))
-    result["test_accuracy"]
+```python
+model = with_classifier(store.student(), data.num_classes)
+result = train_supervised(model, data, SupervisedConfig.preset("cpu"))
+result["test_accuracy"]
+```
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def augment(x: Tensor, generator: torch.Generator, padding: int = PADDING, fill:
 def _epoch_draws(
     sizes: list[int], generator: torch.Generator, device: torch.device, padding: int = PADDING
 ) -> list[tuple[Tensor, Tensor]]:
-    """:func:`_draws` for every batch of an epoch (``sizes``: the batch sizes in order), drawn in the
+    """`_draws` for every batch of an epoch (``sizes``: the batch sizes in order), drawn in the
     same order as batch-by-batch calls, then moved to ``device`` in one copy per kind (no per-step
     host-to-device transfer). Returns per batch (flips (B,) bool, offsets (2, B) int64)."""
     if not sizes:
@@ -99,7 +101,7 @@ def _epoch_draws(
 
 
 def _draws(b: int, generator: torch.Generator, padding: int = PADDING) -> tuple[Tensor, Tensor]:
-    """The random numbers :func:`augment` uses for a batch of ``b`` images: flips (B,) bool and
+    """The random numbers `augment` uses for a batch of ``b`` images: flips (B,) bool and
     crop offsets (2, B) (rows, then columns); called alone to skip a batch consistently."""
     flips = torch.rand(b, generator=generator) < 0.5
     offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator)
@@ -147,7 +149,7 @@ def check_classifier(model: nn.Module, num_classes: int) -> None:
 
 
 def with_classifier(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` (a :class:`distill.models.Model`) whose head is a fresh ``nn.Linear``
+    """A copy of ``model`` (a `distill.models.Model`) whose head is a fresh ``nn.Linear``
     classifier (embed_dim -> num_classes, PyTorch's default init drawn with ``seed``).
 
     The backbone is copied unchanged and made trainable; the copy's ``spec`` says head="linear"
@@ -279,9 +281,9 @@ def train_supervised(
     """Train ``model`` (in place, moved to the device) with labels; see the module docstring.
 
     model: a classifier whose ``head`` is ``nn.Linear(D, data.num_classes)``
-        (``build_model(..., head="linear", num_classes=N)`` or :func:`with_classifier`).
-    data: a :class:`distill.data.Dataset` (uint8 images, per-channel mean/std).
-    cfg: the recipe (:class:`distill.config.SupervisedConfig`). Every epoch visits the whole
+        (``build_model(..., head="linear", num_classes=N)`` or `with_classifier`).
+    data: a `distill.data.Dataset` (uint8 images, per-channel mean/std).
+    cfg: the recipe (`distill.config.SupervisedConfig`). Every epoch visits the whole
         training split once in an order drawn with ``cfg.data_seed``; the last batch may be
         smaller (196 steps per epoch for 50,000 images at batch 256), except that a last batch of a
         single image is dropped for networks with BatchNorm. Weight decay applies to all parameters.

@@ -1,14 +1,14 @@
 """The ``rtt`` command line. Flags come from the config dataclasses; errors are one line: exit 1 for
 a run that cannot go on, exit 2 for a usage error (with the closest valid name or flag suggested).
 
-Commands register themselves with :func:`command` in the modules listed in
-:data:`COMMAND_MODULES` (today ``landscape.commands``); adding a command is one decorated class
+Commands register themselves with `command` in the modules listed in
+`COMMAND_MODULES` (today ``landscape.commands``); adding a command is one decorated class
 with ``add_args(parser)`` and ``run(args) -> int``. Those modules must stay light: they import
-argparse and :mod:`distill.config` only, and every heavy import (torch, xarray, the analyses)
+argparse and `distill.config` only, and every heavy import (torch, xarray, the analyses)
 happens inside ``run``, so that ``rtt -h``, ``rtt COMMAND -h``, ``rtt info`` and usage errors
 answer at once. ``tests/test_cli_startup.py`` checks that torch stays unimported for those.
 
-Only the chosen command's flags are built. Plugins (:mod:`distill.plugins`: the
+Only the chosen command's flags are built. Plugins (`distill.plugins`: the
 ``random_teachers.plugins`` entry points and ``--plugin MODULE``, which may be given anywhere on
 the command line and repeated) are loaded before a command's flags are built, so that their
 models and probes appear among the choices of ``rtt distill -h``.

@@ -1,6 +1,6 @@
-"""``rtt`` subcommands beyond ``info``; each registers itself with :func:`landscape.cli.command`.
+"""``rtt`` subcommands beyond ``info``; each registers itself with `landscape.cli.command`.
 
-Keep this module light (argparse and :mod:`distill.config` only): it is imported by ``rtt -h``.
+Keep this module light (argparse and `distill.config` only): it is imported by ``rtt -h``.
 Heavy imports (torch, xarray, the analyses) go inside each command's ``run``.
 """
 
@@ -205,7 +205,7 @@ def _barrier_table(ds) -> str:
 
 # ---------------------------------------------------------------------------- lmc
 def _add_start_and_recipe_args(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
-    """The flags :func:`_start_and_recipe` reads: STORE, --epoch/--module, --preset, the data
+    """The flags `_start_and_recipe` reads: STORE, --epoch/--module, --preset, the data
     flags and one --sup-* flag per SupervisedConfig field not in ``skip``."""
     from dataclasses import fields
 

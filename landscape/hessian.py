@@ -1,18 +1,18 @@
 """Curvature of the loss at a checkpoint: top Hessian eigenpairs, trace, spectral density (PyHessian's
 quantities, computed with ``torch.func`` and SciPy).
 
-The Hessian is never formed: :class:`HessianOperator` gives Hessian-vector products over all
+The Hessian is never formed: `HessianOperator` gives Hessian-vector products over all
 floating-point *parameters* (buffers fixed; BatchNorm in eval mode, i.e. with its running
 statistics) as forward-mode derivatives of the gradient (``torch.func.jvp`` of
 ``torch.func.grad``), averaged over a fixed set of batches (the whole split, or a seeded number
 of mini-batches; the count is recorded).
 
-- :func:`top_eigenpairs`: Lanczos with a Ritz-residual stop (``scipy.sparse.linalg.eigsh`` as the
+- `top_eigenpairs`: Lanczos with a Ritz-residual stop (``scipy.sparse.linalg.eigsh`` as the
   fallback and on request).
-- :func:`power_iteration`: the plain baseline (PyHessian's method), for benchmarks.
-- :func:`trace`: Hutchinson's estimator with Rademacher probes (and Hutch++, Meyer et al. 2021).
-- :func:`spectral_density`: stochastic Lanczos quadrature (Ghorbani et al. 2019).
-- :func:`hessian`: all of it on one checkpoint as an ``xarray.Dataset``; :func:`hessian_along_path`
+- `power_iteration`: the plain baseline (PyHessian's method), for benchmarks.
+- `trace`: Hutchinson's estimator with Rademacher probes (and Hutch++, Meyer et al. 2021).
+- `spectral_density`: stochastic Lanczos quadrature (Ghorbani et al. 2019).
+- `hessian`: all of it on one checkpoint as an ``xarray.Dataset``; `hessian_along_path`
   the same at points of the straight line between two checkpoints.
 
 Losses: ``supervised`` (mean cross-entropy of a classifier on the labels) or ``distillation``
@@ -207,7 +207,7 @@ def top_eigenpairs(
     vector. ``eigsh``: implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``) only. Both use
     ARPACK's convergence test, so ``tol`` means the same. ``stop="value"`` (Lanczos only) stops
     instead when no wanted Ritz value changed by more than ``tol`` (relative) in one step, the rule
-    of PyHessian's power iteration (:func:`power_iteration`), for like-for-like comparisons.
+    of PyHessian's power iteration (`power_iteration`), for like-for-like comparisons.
     Returns (values (k,), descending; vectors (k, n), unit L2 norm in parameter space); ``op.hvps``
     counts the products.
     """
@@ -242,7 +242,7 @@ def _eigsh_top(
 def _lanczos_top(
     op: HessianOperator, k: int, which: str, tol: float, v0: np.ndarray, steps: int, stop: str = "residual"
 ) -> tuple[bool, np.ndarray, np.ndarray]:
-    """Lanczos with a Ritz-residual stop (see :func:`top_eigenpairs`); (converged, values, vectors)."""
+    """Lanczos with a Ritz-residual stop (see `top_eigenpairs`); (converged, values, vectors)."""
     from scipy.linalg import eigh_tridiagonal
 
     basis = np.zeros((steps, op.n))
@@ -514,7 +514,7 @@ def hessian_along_path(
     bn: str = "interpolate",
     device: str | torch.device = "auto",
 ) -> xr.Dataset:
-    """:func:`hessian` (eigenvalues and trace) at points ``(1 - alpha) a + alpha b`` of the straight
+    """`hessian` (eigenvalues and trace) at points ``(1 - alpha) a + alpha b`` of the straight
     line; ``bn``: ``interpolate`` (running statistics on the line) or ``reset`` (re-estimated on 8
     seeded training batches). Returns an ``xr.Dataset`` over (alpha, eigen)."""
     from distill.bn import recalibrate_bn
@@ -561,8 +561,8 @@ def hessian_over_levels(
     tol: float = 1e-4,
     device: str | torch.device = "auto",
 ) -> xr.Dataset:
-    """:func:`hessian` (supervised loss, eigenvalues and trace) of every level of a lottery-ticket
-    store (``lottery/<rewind>/<level>`` written by :func:`landscape.lottery.lottery`), restricted to
+    """`hessian` (supervised loss, eigenvalues and trace) of every level of a lottery-ticket
+    store (``lottery/<rewind>/<level>`` written by `landscape.lottery.lottery`), restricted to
     each level's unpruned weights (``M H M`` with the stored masks). Returns a Dataset over
     (level, eigen) with ``remaining`` (fraction of masked weights kept)."""
     from distill.device import resolve_device

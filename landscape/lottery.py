@@ -27,11 +27,11 @@ Baselines (``baselines``), at the same number of remaining weights per level:
   trained with the whole recipe and a fresh optimiser; its level 0 is the dense network trained
   from that init.
 
-Store layout (names of :meth:`distill.store.Store.save_module`): ``lottery/<rewind>/<level:02d>``
+Store layout (names of `distill.store.Store.save_module`): ``lottery/<rewind>/<level:02d>``
 (IMP, trained, masks applied, uint8 masks beside it, accuracies in attrs),
 ``lottery/<rewind>/<baseline>/<level:02d>``, ``lottery/<rewind>/rewind`` (the rewind target for
 ``init`` and ``step``); for ``step`` the optimiser state at the rewind point is saved with
-:meth:`distill.store.Store.save_state` as ``lottery/step/rewind`` (tensors named
+`distill.store.Store.save_state` as ``lottery/step/rewind`` (tensors named
 ``<state key>/<parameter name>``, e.g. ``momentum_buffer/head.weight``), so a resumed run needs
 no new level 0. The returned Dataset is also written as result ``lottery``.
 """
@@ -114,7 +114,7 @@ def _baselines(baselines: str | Sequence[str] | None) -> list[str]:
 
 
 def _describe(info: Mapping[str, Any]) -> dict[str, Any]:
-    """Provenance attrs of the start from :func:`landscape.refs.load_ref`'s info."""
+    """Provenance attrs of the start from `landscape.refs.load_ref`'s info."""
     return {"start": info["source"], **{f"start_{k}": info[k] for k in ("store", "epoch", "name") if k in info}}
 
 
@@ -209,7 +209,7 @@ def _optimizer_for(model: nn.Module, saved: OptimizerByName, masks: Mapping[str,
 
 # ----------------------------------------------------------------------------- the runner
 class _Lottery:
-    """State shared by the IMP runs of one :func:`lottery` call."""
+    """State shared by the IMP runs of one `lottery` call."""
 
     def __init__(
         self,
@@ -556,10 +556,10 @@ def lottery(
 ) -> xr.Dataset:
     """Iterative magnitude pruning with rewinding from ``start``; see the module docstring.
 
-    start: a module or a ``(store, epoch | name)`` reference (:func:`distill.store.as_module`).
+    start: a module or a ``(store, epoch | name)`` reference (`distill.store.as_module`).
         Without a linear classifier for ``data``'s classes, a fresh one is put on with
-        :func:`distill.supervised.with_classifier` (drawn with ``seed``).
-    data: a :class:`distill.data.Dataset`. levels: number of trained levels, level 0 = dense.
+        `distill.supervised.with_classifier` (drawn with ``seed``).
+    data: a `distill.data.Dataset`. levels: number of trained levels, level 0 = dense.
     prune_fraction: fraction of the remaining prunable weights removed per level (0.2 gives
         100, 80, 64, 51.2, ... % remaining). prunable: "weights" (conv and linear weights,
         classifier included; Frankle et al.), "all" (every float parameter; the paper's code),

@@ -100,7 +100,7 @@ def axis_label(da: xr.DataArray) -> str:
 
 @dataclass
 class Layout:
-    """How :func:`plot_result` lays out one variable: every dimension has exactly one role.
+    """How `plot_result` lays out one variable: every dimension has exactly one role.
 
     kind: "lines" (against the numeric ``x``), "bars" (against the categorical ``x``), "grid"
     (filled contours over ``x`` and ``y``), or "value" (a scalar). ``hue``: one line or bar per
@@ -129,7 +129,7 @@ def _is_replicate(da: xr.DataArray, dim: str) -> bool:
 
 
 def layout(da: xr.DataArray) -> Layout:
-    """The :class:`Layout` of ``da``: replicates averaged, the preferred numeric dimension (else any
+    """The `Layout` of ``da``: replicates averaged, the preferred numeric dimension (else any
     numeric one with more than two values) along x as lines, else the longest categorical dimension
     as bars; an (x, y) grid as contours; the smallest remaining dimension as hue (``model`` first);
     the rest as facets."""
@@ -160,7 +160,7 @@ def plot_result(ds: xr.Dataset, path: str | Path, var: str | None = None, **kw: 
     """A figure of any result Dataset the toolkit writes (``rtt plot``), saved to ``path``.
 
     ``var`` (default: the first of accuracy, best_accuracy, error, teacher, loss, barrier_error present,
-    else the first numeric variable) is laid out by :func:`layout`: replicate dimensions (seed, pairs
+    else the first numeric variable) is laid out by `layout`: replicate dimensions (seed, pairs
     of children, ...) averaged with a +-1 std band, a numeric axis (epoch, alpha, eps, n, level, head
     dimension) as lines, a categorical one (architectures, models) as bars, an (x, y) grid as filled
     contours, one line or bar per value of the next dimension and one panel per value of the others:

@@ -2,7 +2,7 @@
 
 A reference is an ``nn.Module`` or ``(store_or_path, epoch | name)``: ``(store, 10)`` is the
 student saved at epoch 10, ``(store, -1)`` the last one, ``(store, "teacher")`` or
-``(store, "children/0")`` a named module (:func:`distill.store.as_module`).
+``(store, "children/0")`` a named module (`distill.store.as_module`).
 """
 
 from __future__ import annotations

@@ -10,10 +10,10 @@ The directions are
   ``ignore`` (zero direction, Li et al.'s choice) or ``normalize`` (the whole vector rescaled to
   the norm of the checkpoint's vector). Buffers get no direction.
 - ``"hessian"``: the top one or two Hessian eigenvectors at the checkpoint (unit norm over the
-  parameters; :mod:`landscape.hessian`, supervised loss on the training split).
+  parameters; `landscape.hessian`, supervised loss on the training split).
 - checkpoints ``[b]`` / ``[b, c]``: ``d1 = b - theta_0`` (``d2 = c - theta_0``) over every
   floating-point entry (buffers included), so ``x`` is in units of ``|b - theta_0|`` and the line
-  ``y = 0`` is exactly :func:`landscape.paths.linear_path` from ``theta_0`` to ``b``.
+  ``y = 0`` is exactly `landscape.paths.linear_path` from ``theta_0`` to ``b``.
 
 The BN policy is that of paths: ``reset`` (running statistics re-estimated at every point on
 seeded training batches, default), ``keep_a`` (the centre's), ``interpolate`` (buffers follow
