@@ -189,7 +189,8 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int |
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """``(images / 255 - mean) / std`` per channel, as float32 on the images' device.
 
-    images: uint8 (..., C, H, W); mean, std: C values in [0, 1] pixel units.
+    Args:
+        images: uint8 (..., C, H, W); mean, std: C values in [0, 1] pixel units.
     """
     m, s = _stats_tensors(mean, std, images.shape[-3], images.device)
     return _normalize_with(images, m, s)

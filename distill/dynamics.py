@@ -114,6 +114,7 @@ class DynamicsRecorder:
         self.rows: dict[int, dict[str, dict[str, Any]]] = {}
 
     def measure(self, epoch: int, teacher: nn.Module, student: nn.Module) -> None:
+        """Record the layer statistics of ``teacher`` and ``student`` on the fixed inputs at ``epoch``."""
         row = {}
         for name, net in zip(NETWORKS, (teacher, student)):
             outs = layer_outputs(cast(nn.Module, net.backbone), self.x, self.layers[:-1])

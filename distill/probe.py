@@ -438,9 +438,10 @@ def fit_linear(
     training and after every epoch, and training stops after the first epoch whose loss L
     satisfies |L_prev - L| <= tol * L_prev, or after ``max_epochs`` epochs.
 
-    Returns the layer (on ``device``, eval mode) and the full-train losses [L_0, L_1, ...]
-    (L_0 before training; one per epoch run), which are recorded only when
-    ``until_convergence=True`` (empty list otherwise).
+    Returns:
+        The layer (on ``device``, eval mode) and the full-train losses [L_0, L_1, ...]
+        (L_0 before training; one per epoch run), which are recorded only when
+        ``until_convergence=True`` (empty list otherwise).
     """
     _check_xy(train_x, train_y, "train")
     if train_x.shape[0] == 0:

@@ -114,7 +114,9 @@ def provenance(
 ) -> dict[str, str | int]:
     """The provenance keys (`KEYS`) of a run of ``kind`` with configuration ``recipe``.
 
-    recipe: a config dataclass, a JSON-able mapping or None. device: where the numbers were
+    Args:
+        recipe: a config dataclass, a JSON-able mapping or None. device: where the numbers were
+
     computed. started_at: default now. world_size: default the initialised process group's size,
     else 1.
     """

@@ -55,6 +55,7 @@ class PermutationSpec:
     activations: dict[str, list[str]] = field(default_factory=dict)
 
     def new(self, name: str, size: int) -> str:
+        """Declare the permutation ``name`` of ``size`` units; returns ``name``."""
         self.sizes[name] = int(size)
         self.activations.setdefault(name, [])
         return name
@@ -229,7 +230,9 @@ def weight_matching(
     Coordinate ascent (Ainsworth et al. 2023, Algorithm 1): each sweep visits the permutations in
     an order drawn with ``seed`` and solves one linear assignment per permutation (float64 cost)
     with the others fixed; stops after a sweep that changed nothing, or after ``max_iter`` sweeps.
-    Returns (perms, info) with info = {"sweeps", "objective", "objective_identity"}.
+
+    Returns:
+        (perms, info) with info = {"sweeps", "objective", "objective_identity"}.
     """
     keys = set(spec.axes) if keys is None else set(keys) & set(spec.axes)
     keys = {k for k in keys if sa[k].is_floating_point()}
@@ -303,7 +306,9 @@ def activation_matching(
     """Per permutation, the assignment maximising the summed Pearson correlation (over examples
     and spatial positions) between the units of ``model_a`` and ``model_b`` at the modules listed
     in ``spec.activations``; both models run in eval mode on the same normalised ``batches``.
-    Returns (perms, info) with info = {"examples", "mean_correlation"} (after matching)."""
+
+    Returns:
+        (perms, info) with info = {"examples", "mean_correlation"} (after matching)."""
     mods_a, mods_b = dict(model_a.named_modules()), dict(model_b.named_modules())
     stats = {(p, m): _Correlation() for p, names in spec.activations.items() for m in names}
     seen: dict[str, Tensor] = {}
@@ -385,11 +390,15 @@ def align(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``b`` permuted to match ``a`` (a new module; neither input is modified).
 
-    method: ``weights`` (`weight_matching` over the parameters, sweep order seeded with
+    Args:
+        method: ``weights`` (`weight_matching` over the parameters, sweep order seeded with
+
     ``seed``) or ``activations`` (`activation_matching` on ``batches`` x ``batch_size``
     training images of ``data`` drawn with ``data_seed``).
-    Returns (aligned b, record) where the record holds strings and numbers for attrs: the method,
-    its settings and outcome, and ``permutations`` (JSON of every permutation).
+
+    Returns:
+        (aligned b, record) where the record holds strings and numbers for attrs: the method,
+        its settings and outcome, and ``permutations`` (JSON of every permutation).
     """
     import copy
 

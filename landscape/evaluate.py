@@ -302,7 +302,9 @@ def batched_bn_reset(model: nn.Module, state: dict[str, Tensor], batches: Sequen
     run through ``model`` in train mode (BN normalises with batch statistics, running buffers
     untouched) under ``vmap``; the per-layer batch mean and unbiased variance are averaged
     cumulatively with weight 1/k for the k-th call, starting from mean 0 and variance 1.
-    Returns ``{"<layer>.running_mean": (n, C), "<layer>.running_var": (n, C)}``.
+
+    Returns:
+        ``{"<layer>.running_mean": (n, C), "<layer>.running_var": (n, C)}``.
     """
     layers = bn_layers(model)
     if not layers:
@@ -433,7 +435,9 @@ def run_segment(
 ) -> tuple[Any, Any, str]:
     """Evaluate the segment ``sa -> sb`` at ``alphas`` with the ``chosen`` evaluator; when vmap
     fails and the caller asked for ``auto``, warn and fall back to the loop.
-    Returns (loss, error, evaluator used)."""
+
+    Returns:
+        (loss, error, evaluator used)."""
     if chosen == "vmap":
         try:
             loss, error = run_vmap(model, sa, sb, alphas, policy, inputs, eval_batch_size, chunk)

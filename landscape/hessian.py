@@ -92,6 +92,7 @@ class HessianOperator:
 
     # flat <-> dict
     def unflatten(self, v: np.ndarray) -> dict[str, Tensor]:
+        """A flat float64 vector as one tensor per parameter (names, shapes and dtype of the model)."""
         t = torch.as_tensor(np.asarray(v), dtype=self.dtype, device=self.device)
         out, i = {}, 0
         for k, shape, size in zip(self.names, self.shapes, self.sizes):
@@ -100,6 +101,7 @@ class HessianOperator:
         return out
 
     def flatten(self, d: Mapping[str, Tensor]) -> np.ndarray:
+        """One tensor per parameter as a flat float64 numpy vector (the inverse of ``unflatten``)."""
         return torch.cat([d[k].reshape(-1) for k in self.names]).detach().double().cpu().numpy()
 
     def value(self) -> float:
@@ -208,8 +210,10 @@ def top_eigenpairs(
     ARPACK's convergence test, so ``tol`` means the same. ``stop="value"`` (Lanczos only) stops
     instead when no wanted Ritz value changed by more than ``tol`` (relative) in one step, the rule
     of PyHessian's power iteration (`power_iteration`), for like-for-like comparisons.
-    Returns (values (k,), descending; vectors (k, n), unit L2 norm in parameter space); ``op.hvps``
-    counts the products.
+
+    Returns:
+        (values (k,), descending; vectors (k, n), unit L2 norm in parameter space); ``op.hvps``
+        counts the products.
     """
     if which not in ("LA", "LM"):
         raise ValueError(f"which={which!r}: choose 'LA' (largest) or 'LM' (largest magnitude)")
@@ -461,12 +465,15 @@ def hessian(
 ) -> xr.Dataset:
     """Top-``k`` Hessian eigenvalues, trace and (``slq_runs`` > 0) spectral density of the loss at ``model``.
 
-    model: ``nn.Module`` or ``(store, epoch | name)``; for ``loss="supervised"`` a classifier on
-        ``data``'s labels; for ``distillation``, a DINO-head student and ``teacher`` the frozen teacher.
-    batches: mini-batches of ``batch_size`` drawn with ``data_seed`` (None: the whole split).
-    vectors: also return the unit eigenvectors as ``eigenvector`` (eigen, parameter).
-    Returns an ``xr.Dataset``: ``eigenvalue`` (eigen), ``trace``, ``loss``, and with SLQ
-    ``slq_node``/``slq_weight`` (run, node) and ``density`` (lambda); attrs: settings and provenance.
+    Args:
+        model: ``nn.Module`` or ``(store, epoch | name)``; for ``loss="supervised"`` a classifier on
+            ``data``'s labels; for ``distillation``, a DINO-head student and ``teacher`` the frozen teacher.
+        batches: mini-batches of ``batch_size`` drawn with ``data_seed`` (None: the whole split).
+        vectors: also return the unit eigenvectors as ``eigenvector`` (eigen, parameter).
+
+    Returns:
+        An ``xr.Dataset``: ``eigenvalue`` (eigen), ``trace``, ``loss``, and with SLQ
+        ``slq_node``/``slq_weight`` (run, node) and ``density`` (lambda); attrs: settings and provenance.
     """
     from distill.device import resolve_device
     from landscape.refs import load_ref

@@ -174,28 +174,33 @@ def instability(
 ) -> xr.Dataset:
     """Train children of ``start`` with labels and measure the barrier between every pair.
 
-    start: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``. A start whose head
-        is not a linear classifier with ``num_classes`` (default ``data.num_classes``) outputs gets a
-        fresh one (`distill.supervised.with_classifier`, drawn once with ``head_seed``), so
-        all children start from exactly the same weights.
-    seeds: child i trains with ``data_seed = aug_seed = seeds[i]``; default ``range(children)``.
-    cfg: the training recipe (default: the paper's, ``SupervisedConfig()``: 160 epochs per child,
-        as ``rtt instability``; ``SupervisedConfig.preset("cpu")`` trains 8); ``epochs`` overrides
-        ``cfg.epochs``.
-    store: a Store or path (created with kind "instability" when missing) receiving "start" and
-        each child as module ``children/<i>`` (attrs seed, epochs, test_accuracy, config) and the
-        result as ``results/instability``. Children already in it are loaded, not retrained; a
-        store holding another start or children of another recipe is refused.
-    alphas, bn, splits: passed to `landscape.paths.linear_path` (with ``path_options``).
-    executor: any ``concurrent.futures.Executor`` training the children in parallel (default: one
-        after the other here). Each child is a work unit writing its own store beside ``store``
-        (`child_part_path`), moved into ``store`` once all are trained; finished children
-        are not retrained on a rerun. The result is the same as the sequential run's.
+    Args:
+        start: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``. A start whose head
+            is not a linear classifier with ``num_classes`` (default ``data.num_classes``) outputs gets a
+            fresh one (`distill.supervised.with_classifier`, drawn once with ``head_seed``), so
+            all children start from exactly the same weights.
+        seeds: child i trains with ``data_seed = aug_seed = seeds[i]``; default ``range(children)``.
+        cfg: the training recipe (default: the paper's, ``SupervisedConfig()``: 160 epochs per child,
+            as ``rtt instability``; ``SupervisedConfig.preset("cpu")`` trains 8); ``epochs`` overrides
+            ``cfg.epochs``.
+        store: a Store or path (created with kind "instability" when missing) receiving "start" and
+            each child as module ``children/<i>`` (attrs seed, epochs, test_accuracy, config) and the
+            result as ``results/instability``. Children already in it are loaded, not retrained; a
+            store holding another start or children of another recipe is refused.
 
-    Returns an ``xr.Dataset``: dims (pair, alpha, split) for ``loss`` (nats) and ``error``
-    (fraction); ``barrier_error`` and ``barrier_loss`` over (pair, split); ``child_test_accuracy``
-    over ``child`` (each child's own evaluation after training, BN statistics as trained). Coords:
-    ``pair`` ("0-1", ...), ``child_i``/``child_j`` on pair, ``child`` and ``child_seed``.
+    alphas, bn, splits: passed to `landscape.paths.linear_path` (with ``path_options``).
+
+    Args:
+        executor: any ``concurrent.futures.Executor`` training the children in parallel (default: one
+            after the other here). Each child is a work unit writing its own store beside ``store``
+            (`child_part_path`), moved into ``store`` once all are trained; finished children
+            are not retrained on a rerun. The result is the same as the sequential run's.
+
+    Returns:
+        An ``xr.Dataset``: dims (pair, alpha, split) for ``loss`` (nats) and ``error``
+        (fraction); ``barrier_error`` and ``barrier_loss`` over (pair, split); ``child_test_accuracy``
+        over ``child`` (each child's own evaluation after training, BN statistics as trained). Coords:
+        ``pair`` ("0-1", ...), ``child_i``/``child_j`` on pair, ``child`` and ``child_seed``.
     """
     from distill.train import resolve_device
 

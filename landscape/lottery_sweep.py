@@ -90,7 +90,9 @@ def lottery_sweep(
 ) -> xr.Dataset:
     """IMP for every (rewind target, seed), one store each (see the module docstring).
 
-    start: an ``nn.Module`` or ``(store_or_path, epoch | name)``; ``options``: the other keywords of
+    Args:
+        start: an ``nn.Module`` or ``(store_or_path, epoch | name)``; ``options``: the other keywords of
+
     `landscape.lottery.lottery` (levels, prune_fraction, prunable, rewind_step, baselines,
     device, ...). Returns a Dataset over (rewind, level) [+ method], with a ``seed`` dim when
     ``len(seeds) > 1``; attrs ``stores`` (JSON list of the per-unit stores) and provenance.

@@ -203,22 +203,25 @@ def plane(
     a, b, c: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``; one architecture,
         classifiers for ``data``'s classes (e.g. children of `landscape.instability`). ``a``
         is the origin (0, 0), ``b`` sets the x axis (1, 0), ``c`` the third point (the y axis).
-    resolution: grid points per axis (int, or (nx, ny)).
-    span: the range of both coordinates, ``(low, high)``, or ``((x_low, x_high), (y_low, y_high))``,
-        in units of ||b - a||. None: the bounding box of a, b, c widened by ``margin`` on each side.
-    bn: ``reset`` (BN statistics re-estimated at every grid point on ``bn_batches`` seeded training
-        batches, as `landscape.paths.linear_path`), ``interpolate`` or ``keep_a``.
-    split: "train" or "test"; ``max_examples`` evaluates a seeded subset of that size.
-    backend: ``loop``, ``vmap`` (one grid row per pass) or ``auto`` (vmap on CUDA, else loop) —
-        the evaluators of `landscape.evaluate`, in fp32.
-    executor: any ``concurrent.futures.Executor`` evaluating the grid rows (`PlaneRow`) in
-        parallel (default: one after the other here); the values equal the sequential run's
-        (bit for bit when the workers use as many intra-op threads).
 
-    Returns an ``xr.Dataset`` with dims (x, y): ``loss`` (mean cross-entropy, nats) and ``error``
-    (fraction); ``point_x``/``point_y`` over ``point`` = ["a", "b", "c"] (the three checkpoints'
-    coordinates); attrs ``norm_u``, ``norm_v`` (L2 norms of u and v in parameter space), the
-    definition and provenance.
+    Args:
+        resolution: grid points per axis (int, or (nx, ny)).
+        span: the range of both coordinates, ``(low, high)``, or ``((x_low, x_high), (y_low, y_high))``,
+            in units of ||b - a||. None: the bounding box of a, b, c widened by ``margin`` on each side.
+        bn: ``reset`` (BN statistics re-estimated at every grid point on ``bn_batches`` seeded training
+            batches, as `landscape.paths.linear_path`), ``interpolate`` or ``keep_a``.
+        split: "train" or "test"; ``max_examples`` evaluates a seeded subset of that size.
+        backend: ``loop``, ``vmap`` (one grid row per pass) or ``auto`` (vmap on CUDA, else loop) —
+            the evaluators of `landscape.evaluate`, in fp32.
+        executor: any ``concurrent.futures.Executor`` evaluating the grid rows (`PlaneRow`) in
+            parallel (default: one after the other here); the values equal the sequential run's
+            (bit for bit when the workers use as many intra-op threads).
+
+    Returns:
+        An ``xr.Dataset`` with dims (x, y): ``loss`` (mean cross-entropy, nats) and ``error``
+        (fraction); ``point_x``/``point_y`` over ``point`` = ["a", "b", "c"] (the three checkpoints'
+        coordinates); attrs ``norm_u``, ``norm_v`` (L2 norms of u and v in parameter space), the
+        definition and provenance.
     """
     if bn not in POLICIES:
         raise ValueError(f"bn={bn!r}: choose one of {', '.join(POLICIES)}")

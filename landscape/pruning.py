@@ -215,7 +215,9 @@ def remove_masks(model: nn.Module) -> nn.Module:
     """Remove every `Mask` in place, keeping the masked values (``leave_parametrized``).
 
     The ``state_dict`` then has the keys of an unpruned model with exact zeros at masked entries.
-    Returns ``model``.
+
+    Returns:
+        ``model``.
     """
     for _, module in list(model.named_modules()):
         names = [n for n in getattr(module, "parametrizations", {}) if _is_mask(module, n)]
@@ -366,7 +368,9 @@ def random_prune(masks: Masks, fraction: float, seed: int = 0) -> dict[str, Tens
     random over all tensors together (the count of `global_magnitude_prune`).
 
     The draw uses a CPU ``torch.Generator`` seeded with ``seed``, so it is the same on any device.
-    Returns name -> bool tensors on the masks' device.
+
+    Returns:
+        Name -> bool tensors on the masks' device.
     """
     if not masks:
         raise ValueError("masks is empty: start from full_masks(model, prunable)")

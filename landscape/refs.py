@@ -20,11 +20,15 @@ from torch import nn
 def load_ref(ref: Any, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """A private copy of the module behind ``ref`` and its provenance.
 
-    ref: an ``nn.Module`` (deep-copied, never modified) or ``(store_or_path, epoch | name)``; a
+    Args:
+        ref: an ``nn.Module`` (deep-copied, never modified) or ``(store_or_path, epoch | name)``; a
+
     negative epoch counts from the last saved one.
-    Returns (module on ``device``, info) with info ``source`` (``"<path>#epoch=10"``,
-    ``"<path>#name=teacher"`` or ``"module"``) and, when known, ``store``, ``epoch`` or ``name`` and
-    ``config`` (the store's configuration as JSON). Every value is a str or an int (netCDF attrs).
+
+    Returns:
+        (module on ``device``, info) with info ``source`` (``"<path>#epoch=10"``,
+        ``"<path>#name=teacher"`` or ``"module"``) and, when known, ``store``, ``epoch`` or ``name`` and
+        ``config`` (the store's configuration as JSON). Every value is a str or an int (netCDF attrs).
     """
     from distill.store import Store, as_module
 
