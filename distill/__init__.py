@@ -1,11 +1,13 @@
 """Distil students from frozen, randomly initialised teachers (no labels, no augmentation).
 
-The public API is imported lazily, so ``import distill`` is cheap::
+The public API is imported lazily, so ``import distill`` is cheap:
 
-    import distill
-    data = distill.load_dataset("fashion-mnist")
-    cfg = distill.DistillConfig(dataset="fashion-mnist", arch="convnet", epochs=4)
-    store = distill.distill(cfg, out="runs/demo.h5")
+```python
+import distill
+data = distill.load_dataset("fashion-mnist")
+cfg = distill.DistillConfig(dataset="fashion-mnist", arch="convnet", epochs=4)
+store = distill.distill(cfg, out="runs/demo.h5")
+```
 """
 
 from importlib import import_module
@@ -43,3 +45,7 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(import_module(f"distill.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'distill' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

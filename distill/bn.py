@@ -23,7 +23,9 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor | tuple]) ->
     averaged cumulatively (equal weight per batch) over the batches. ``batches`` yields
     normalised float images (B, C, H, W) or tuples whose first item is such a tensor.
     The model's train/eval flags are restored afterwards; weights are untouched.
-    Returns ``model`` (modified in place). Networks without BN are returned unchanged.
+
+    Returns:
+        ``model`` (modified in place). Networks without BN are returned unchanged.
     """
     layers = [m for m in model.modules() if isinstance(m, _BN)]
     if not layers:

@@ -33,6 +33,12 @@ class _Config:
     """Shared behaviour of the run configurations (dataclasses)."""
 
     def __post_init__(self) -> None:
+        from distill.registry import canonical_dataset
+
+        for f in fields(self):  # type: ignore[arg-type]
+            # dataset names are stored as spelled canonically, so that an alias resumes the same run
+            if f.metadata.get("names") == "datasets" and isinstance(getattr(self, f.name), str):
+                setattr(self, f.name, canonical_dataset(getattr(self, f.name)))
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -43,7 +49,7 @@ class _Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
-        """Rebuild a config from :meth:`to_dict` output, ignoring unknown keys of newer versions."""
+        """Rebuild a config from `to_dict` output, ignoring unknown keys of newer versions."""
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -464,6 +470,26 @@ def _list_value(text: str) -> list:
 _CONVERTERS = {int: _named("int", _int_value), float: _named("float", _float_value)}
 
 
+def registered_name(kind: str) -> Any:
+    """An argparse ``type`` for a flag naming a registered model or dataset (``kind``: "models" or
+    "datasets"): an unknown name is a usage error with the closest registered name suggested;
+    dataset aliases come back in their canonical spelling."""
+    noun = {"models": "architecture", "datasets": "dataset"}[kind]
+
+    def convert(text: str) -> str:
+        from distill import registry
+
+        value = registry.canonical_dataset(text) if kind == "datasets" else text.strip()
+        known = _registered(kind)
+        if value not in known:
+            raise argparse.ArgumentTypeError(
+                f"unknown {noun} {text!r}{registry.suggest(value, known)}; registered: {', '.join(known)}"
+            )
+        return value
+
+    return _named(noun, convert)
+
+
 def _registered(kind: str) -> list[str]:
     from distill import registry
 
@@ -525,6 +551,9 @@ def add_arguments(
         elif tp is dict:
             kw["type"] = _named("JSON", _json_object)
             kw["metavar"] = "JSON"
+        elif names in ("models", "datasets") and tp is str:
+            kw["type"] = registered_name(names)
+            kw["metavar"] = "NAME"
         else:
             kw["type"] = _CONVERTERS.get(tp, tp)
             if f.metadata.get("choices"):
@@ -537,7 +566,7 @@ def add_arguments(
 
 
 def from_args(cls: type, ns: argparse.Namespace, prefix: str = "", **overrides: Any) -> Any:
-    """Build ``cls`` from parsed arguments made by :func:`add_arguments`."""
+    """Build ``cls`` from parsed arguments made by `add_arguments`."""
     vals = {
         f.name: getattr(ns, prefix.replace("-", "_") + f.name)
         for f in fields(cls)

@@ -11,7 +11,7 @@ Formats, all read offline (nothing is downloaded):
 - ``gaussian`` / ``gaussian:<source>``: Gaussian-noise training images shaped like ``source``.
 
 Decoding an image tree takes seconds, so the decoded arrays are cached as an uncompressed ``.npz``
-(no pickled objects; read with ``allow_pickle=False``); see :func:`cache_path`.
+(no pickled objects; read with ``allow_pickle=False``); see `cache_path`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from distill.device import resolve_device
+from distill.registry import canonical_dataset, suggest
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -53,7 +54,6 @@ MNIST_CLASSES = [str(i) for i in range(10)]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 _BASE_NAMES = ("cifar10", "cifar100", "fashion-mnist", "mnist")
-_ALIASES = {"fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
 _TRAIN_DIRS = ("train", "training")
 _TEST_DIRS = ("test", "testing", "val", "valid", "validation")
@@ -121,7 +121,7 @@ class Dataset:
         return Dataset(self.name, self.train.to(device), self.test.to(device), list(self.classes), self.mean, self.std)
 
     def subset(self, n: int, seed: int = 0) -> Dataset:
-        """Stratified subset of ``n`` training images (see :func:`stratified_indices`); the test
+        """Stratified subset of ``n`` training images (see `stratified_indices`); the test
         split, classes and mean/std are unchanged."""
         idx = stratified_indices(self.train.labels, n, self.num_classes, seed)
         idx = idx.to(self.train.labels.device)
@@ -146,12 +146,12 @@ class Dataset:
 
 
 def list_datasets() -> list[str]:
-    """Names accepted by :func:`load_dataset`."""
+    """Names accepted by `load_dataset`."""
     return [*_BASE_NAMES, "gaussian", *(f"gaussian:{n}" for n in _BASE_NAMES)]
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int | None = None, seed: int = 0) -> Dataset:
-    """Load dataset ``name`` (see :func:`list_datasets`) into CPU memory.
+    """Load dataset ``name`` (see `list_datasets`) into CPU memory.
 
     ``root``: a folder or file holding the data. None searches, in order, ``$RTT_DATA/<name>``,
     ``$RTT_DATA`` itself and, for Fashion-MNIST and MNIST, ``/usr/share/datasets/<name>`` (Debian's
@@ -180,21 +180,24 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int |
     elif key in ("cifar10", "cifar100"):
         data = _load_cifar(key, root)
     else:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+        raise ValueError(
+            f"unknown dataset {name!r}{suggest(key, list_datasets())}; valid names: {', '.join(list_datasets())}"
+        )
     return data if subset is None else data.subset(subset, seed)
 
 
 def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """``(images / 255 - mean) / std`` per channel, as float32 on the images' device.
 
-    images: uint8 (..., C, H, W); mean, std: C values in [0, 1] pixel units.
+    Args:
+        images: uint8 (..., C, H, W); mean, std: C values in [0, 1] pixel units.
     """
     m, s = _stats_tensors(mean, std, images.shape[-3], images.device)
     return _normalize_with(images, m, s)
 
 
 def shuffled_order(n: int, seed: int | None, device: str | torch.device = "cpu") -> Tensor:
-    """The permutation of ``range(n)`` that :func:`iterate` visits with ``shuffle=True`` and ``seed``
+    """The permutation of ``range(n)`` that `iterate` visits with ``shuffle=True`` and ``seed``
     (int64 (n,), drawn with a CPU ``torch.Generator`` so it does not depend on the device)."""
     gen = torch.Generator()
     if seed is None:
@@ -222,7 +225,7 @@ def iterate(
     Slices the in-memory split; each uint8 batch is moved to ``device`` (nothing moves when the split
     already lives there, e.g. after ``Dataset.to("cuda")``) and normalised there, so only uint8 bytes
     ever cross the bus and no step waits on the host. ``shuffle`` permutes with
-    :func:`shuffled_order` (``seed`` None: a fresh random seed), so one pass visits every example
+    `shuffled_order` (``seed`` None: a fresh random seed), so one pass visits every example
     exactly once. ``with_index``: also yield the batch's int64 row indices into ``split`` (B,), on
     the split's device. ``channels_last``: images in channels-last memory format (same values).
     """
@@ -416,6 +419,12 @@ def _load_cifar(name: str, root: str | os.PathLike | None) -> Dataset:
             files = {f: (path / f).read_bytes() for f in wanted if (path / f).is_file()}
             return _cifar_from_pickles(name, files, path)
         return _cifar_cached(name, path, kind)
+    if not places:
+        raise FileNotFoundError(
+            f"{name} not found: no data folder given and RTT_DATA is not set; pass root= (--data-root) a "
+            f"{_PICKLE_DIRS[name]} folder, an image tree or a tarball (e.g. {_TARBALL_NAMES[name][0]}), "
+            f"or set RTT_DATA=DIR with one of these in DIR/{name}"
+        )
     tried_text = ", ".join(dict.fromkeys(map(str, tried)))
     raise FileNotFoundError(
         f"{name} not found (tried: {tried_text}): pass root= a {_PICKLE_DIRS[name]} folder, "
@@ -880,10 +889,7 @@ def _tensor(array: np.ndarray) -> Tensor:
 
 
 def _canonical(name: str) -> str:
-    key = name.strip().lower().replace("_", "-")
-    base, sep, rest = key.partition(":")
-    base, rest = _ALIASES.get(base, base), _ALIASES.get(rest, rest)
-    return f"{base}{sep}{rest}"
+    return canonical_dataset(name)
 
 
 def _env_paths(sub: str) -> list[Path]:

@@ -1,17 +1,17 @@
 """Data-parallel distillation: the same ``rtt distill`` under ``torchrun --nproc-per-node N``.
 
-torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; :func:`from_env`
+torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; `from_env`
 then joins the process group (gloo on CPU, NCCL on CUDA, one GPU per process: ``cuda:LOCAL_RANK``).
 Every rank builds the same teacher and student (seeded), walks the same shuffled order of global
 batches and trains on its contiguous share of each (``batch_size / world_size`` images);
 gradients, the loss and the KL are averaged over the ranks after every backward pass, so every
 rank takes the same optimiser step as one process on the whole global batch, up to float
 reassociation. BatchNorm layers in training mode use the statistics of the whole global batch
-(:func:`sync_batchnorm`: two all-reduces per layer, differentiable), as in one process. Only rank 0
+(`sync_batchnorm`: two all-reduces per layer, differentiable), as in one process. Only rank 0
 writes the store (the others read it to resume and skip every write) and runs the probes.
 
-Without torchrun (``WORLD_SIZE`` unset or 1) :func:`from_env` returns a single-process
-:class:`Ranks` whose methods change nothing, so the training loop has one code path.
+Without torchrun (``WORLD_SIZE`` unset or 1) `from_env` returns a single-process
+`Ranks` whose methods change nothing, so the training loop has one code path.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 class _GlobalBatchNorm:
-    """Mixin put in front of a BatchNorm class: in training mode inside :meth:`Ranks.step`, batch
+    """Mixin put in front of a BatchNorm class: in training mode inside `Ranks.step`, batch
     statistics (mean, biased variance; two passes) are taken over the global batch."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,8 +74,8 @@ _SYNCED: dict[type, type] = {}
 
 
 def sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Make every BatchNorm layer of ``module`` use global-batch statistics inside :meth:`Ranks.step`
-    (in place: the class of each layer gets the :class:`_GlobalBatchNorm` mixin; the state_dict,
+    """Make every BatchNorm layer of ``module`` use global-batch statistics inside `Ranks.step`
+    (in place: the class of each layer gets the `_GlobalBatchNorm` mixin; the state_dict,
     the spec and behaviour outside a step are unchanged)."""
     for m in module.modules():
         cls = type(m)
@@ -217,7 +217,7 @@ class Ranks:
 
 
 def from_env(device: torch.device) -> Ranks:
-    """The :class:`Ranks` described by torchrun's environment (``WORLD_SIZE``, ``RANK``,
+    """The `Ranks` described by torchrun's environment (``WORLD_SIZE``, ``RANK``,
     ``LOCAL_RANK``), joining the process group when there are several processes; on CUDA each
     process takes ``cuda:LOCAL_RANK``."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)

@@ -17,5 +17,5 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def has_conv2d(module: torch.nn.Module) -> bool:
     """Whether ``module`` holds an ``nn.Conv2d``: its inputs then run faster in channels-last format
-    (CPU and cuDNN kernels), which :func:`distill.probe.embed` uses for inference."""
+    (CPU and cuDNN kernels), which `distill.probe.embed` uses for inference."""
     return any(isinstance(m, torch.nn.Conv2d) for m in module.modules())

@@ -3,14 +3,14 @@
 
 Measures on a fixed set of inputs, per network and per layer:
 
-- :func:`effective_rank` of the embeddings (Roy & Vetterli 2007): ``exp(H(p))`` with
+- `effective_rank` of the embeddings (Roy & Vetterli 2007): ``exp(H(p))`` with
   ``p_i = s_i / sum_j s_j`` the normalised singular values of the (centred) matrix (N, D);
   between 1 (collapse onto one direction) and min(N, D).
-- :func:`dead_fraction`: fraction of units whose activation is <= 0 for every input (dead ReLUs).
-- :func:`mean_cosine`: mean cosine similarity between the representations of *different* inputs
+- `dead_fraction`: fraction of units whose activation is <= 0 for every input (dead ReLUs).
+- `mean_cosine`: mean cosine similarity between the representations of *different* inputs
   (signal propagation: near 1 when every input maps to the same direction).
 
-:class:`DynamicsRecorder` evaluates them at every epoch of :func:`distill.train.distill` (option
+`DynamicsRecorder` evaluates them at every epoch of `distill.train.distill` (option
 ``dynamics``) for the teacher and the student, on ``dynamics_examples`` fixed training images;
 the values join the run's ``metrics`` Dataset as ``effective_rank`` / ``dead_fraction`` (epoch,
 model) and ``layer_cosine`` / ``layer_effective_rank`` (epoch, model, layer).
@@ -114,6 +114,7 @@ class DynamicsRecorder:
         self.rows: dict[int, dict[str, dict[str, Any]]] = {}
 
     def measure(self, epoch: int, teacher: nn.Module, student: nn.Module) -> None:
+        """Record the layer statistics of ``teacher`` and ``student`` on the fixed inputs at ``epoch``."""
         row = {}
         for name, net in zip(NETWORKS, (teacher, student)):
             outs = layer_outputs(cast(nn.Module, net.backbone), self.x, self.layers[:-1])

@@ -1,6 +1,6 @@
 """Heads that sit on a backbone's embedding: the DINO projection head, a linear classifier, none.
 
-Also holds the small option checkers shared by :mod:`distill.models`; each raises a one-line
+Also holds the small option checkers shared by `distill.models`; each raises a one-line
 ``ValueError`` naming the option and what it accepts.
 """
 
@@ -94,7 +94,7 @@ class DINOHead(nn.Module):
     buffer, so no optimiser and no ``requires_grad_(True)`` can change it), as in DINO.
     ``norm_last_layer`` has no effect on a plain last layer.
 
-    Every Linear weight is drawn from :func:`trunc_normal_` (std 0.02, cut at +-2 absolute as in
+    Every Linear weight is drawn from `trunc_normal_` (std 0.02, cut at +-2 absolute as in
     the DINO reference code, i.e. at 100 std: in effect a normal of std 0.02), biases are zero;
     BatchNorm layers keep PyTorch's default (1, 0).
     """

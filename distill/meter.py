@@ -1,15 +1,15 @@
 """Per-epoch sums kept on the device, and a NaN/Inf guard that does not synchronise every step.
 
 A training step that calls ``loss.item()`` makes the host wait for the device at every step. The
-loops in :mod:`distill.train` and :mod:`distill.supervised` instead hand each step's loss to an
-:class:`EpochMeter`, which adds it to device-resident sums and reads them once per epoch.
+loops in `distill.train` and `distill.supervised` instead hand each step's loss to an
+`EpochMeter`, which adds it to device-resident sums and reads them once per epoch.
 
-The finiteness guarantee (what :meth:`EpochMeter.check` promises):
+The finiteness guarantee (what `EpochMeter.check` promises):
 
 - On the CPU there is nothing to wait for, so every loss is read at once and a NaN or infinite
   loss raises before that step's optimiser update (``check_every=1``).
 - On CUDA the first non-finite step is recorded on the device and read every ``check_every``
-  steps (default :data:`CHECK_EVERY`) and by every :meth:`EpochMeter.epoch_means`. A non-finite
+  steps (default `CHECK_EVERY`) and by every `EpochMeter.epoch_means`. A non-finite
   loss is therefore reported at most ``check_every - 1`` steps after it happened, with the step
   at which it first happened, and always before the loop writes that epoch's metrics, checkpoint
   or training state: nothing computed after a non-finite loss is saved. The in-memory model
@@ -67,7 +67,7 @@ class EpochMeter:
                 self.check()
 
     def check(self) -> None:
-        """Raise :class:`NonFinite` when a guarded value so far was NaN or infinite (one host read)."""
+        """Raise `NonFinite` when a guarded value so far was NaN or infinite (one host read)."""
         self._since_check = 0
         if self.sync_free:
             first = int(self._first_bad)

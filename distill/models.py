@@ -1,4 +1,4 @@
-"""Backbones, the :class:`Model` wrapper and a registry: ``build_model("vgg11", in_shape=(3, 32, 32))``.
+"""Backbones, the `Model` wrapper and a registry: ``build_model("vgg11", in_shape=(3, 32, 32))``.
 
 A registered backbone factory is ``fn(in_shape, *, option=default, ...) -> nn.Module``; the module
 maps a normalised float image (B, C, H, W) to an embedding (B, D) and has ``embed_dim = D``.
@@ -8,8 +8,8 @@ Initialisation (as the reference implementation of each family):
 - ``mlp``: PyTorch's default Linear init.
 - ``convnet``, ``resnet*``, ``vgg*``: torchvision's, i.e. Conv2d weights Kaiming-normal
   (fan_out, ReLU gain), conv biases zero, BatchNorm (1, 0).
-- ``vit_*``: see :class:`distill.vit.VisionTransformer` (option ``weight_init``).
-The DINO head is described in :class:`distill.heads.DINOHead`.
+- ``vit_*``: see `distill.vit.VisionTransformer` (option ``weight_init``).
+The DINO head is described in `distill.heads.DINOHead`.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class Model(nn.Module):
     """Backbone + head. ``forward(x) = head(backbone(x))``; x: normalised float image (B, C, H, W).
 
     ``embed_dim`` is the backbone's output width D. ``spec`` is a JSON-serialisable dict with every
-    argument and option of :func:`build_model` (defaults filled in); ``build_model(**model.spec)``
+    argument and option of `build_model` (defaults filled in); ``build_model(**model.spec)``
     rebuilds the same architecture (same state_dict keys and shapes, fresh random weights).
     """
 
@@ -365,14 +365,14 @@ def _imagenet_width_resnet(
 @register_model("resnet18")
 def resnet18(in_shape: tuple[int, int, int], *, shortcut: str = "B", stem: str = "cifar") -> nn.Module:
     """ResNet-18 with CIFAR stem, 64-128-256-512, [2, 2, 2, 2] BasicBlocks; embedding 512.
-    ``stem="imagenet"``: torchvision's 7x7 / max-pool stem (:class:`ResNet`)."""
+    ``stem="imagenet"``: torchvision's 7x7 / max-pool stem (`ResNet`)."""
     return _imagenet_width_resnet(in_shape, (2, 2, 2, 2), shortcut, stem)
 
 
 @register_model("resnet34")
 def resnet34(in_shape: tuple[int, int, int], *, shortcut: str = "B", stem: str = "cifar") -> nn.Module:
     """ResNet-34 with CIFAR stem, 64-128-256-512, [3, 4, 6, 3] BasicBlocks; embedding 512.
-    ``stem="imagenet"``: torchvision's 7x7 / max-pool stem (:class:`ResNet`)."""
+    ``stem="imagenet"``: torchvision's 7x7 / max-pool stem (`ResNet`)."""
     return _imagenet_width_resnet(in_shape, (3, 4, 6, 3), shortcut, stem)
 
 
@@ -485,7 +485,7 @@ def vit_tiny(
     block: str = "standard",
 ) -> nn.Module:
     """ViT-Tiny: width 192, 3 heads, ``depth`` blocks, MLP ratio 4; embedding 192 (cls token).
-    ``block="reference"``: the authors' code's block (:mod:`distill.vit`)."""
+    ``block="reference"``: the authors' code's block (`distill.vit`)."""
     return _vit(in_shape, 192, 3, patch_size, depth, tie_blocks, weight_init, block)
 
 
@@ -500,5 +500,5 @@ def vit_small(
     block: str = "standard",
 ) -> nn.Module:
     """ViT-Small: width 384, 6 heads, ``depth`` blocks, MLP ratio 4; embedding 384 (cls token).
-    ``block="reference"``: the authors' code's block (:mod:`distill.vit`)."""
+    ``block="reference"``: the authors' code's block (`distill.vit`)."""
     return _vit(in_shape, 384, 6, patch_size, depth, tie_blocks, weight_init, block)

@@ -169,7 +169,7 @@ class Adam:
         return {"state": {index[id(p)]: s for p, s in self.state.items()}, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state from :meth:`state_dict` or from torch's Adam/AdamW (moments cast to each
+        """Load a state from `state_dict` or from torch's Adam/AdamW (moments cast to each
         parameter's dtype and device, the step counter left as it is)."""
         saved = copy.deepcopy(state_dict["param_groups"])
         if len(saved) != len(self.param_groups) or any(

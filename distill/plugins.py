@@ -1,17 +1,19 @@
-"""Plugins: user code that registers models (:func:`distill.register_model`) and probes
-(:func:`distill.register_probe`) so that ``rtt`` and the library can use them by name.
+"""Plugins: user code that registers models (`distill.register_model`) and probes
+(`distill.register_probe`) so that ``rtt`` and the library can use them by name.
 
 A plugin is an importable module. Two ways to reach ``rtt``:
 
 - ``rtt --plugin my_package.models distill --arch my_net ...`` imports the module first;
 - an installed distribution declares an entry point in the ``random_teachers.plugins`` group,
-  e.g. in its ``pyproject.toml``::
+  e.g. in its ``pyproject.toml``:
 
-      [project.entry-points."random_teachers.plugins"]
-      my_models = "my_package.models"
+  ```toml
+  [project.entry-points."random_teachers.plugins"]
+  my_models = "my_package.models"
+  ```
 
   Every such entry point is imported before a command's flags are built, and by
-  :func:`distill.build_model` / the probes when they meet a name they do not know. An entry
+  `distill.build_model` / the probes when they meet a name they do not know. An entry
   point may also name a callable (``"my_package:register"``); it is called once, without
   arguments.
 

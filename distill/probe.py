@@ -349,7 +349,7 @@ def knn_accuracy(
     gemm: str = "auto",
     workers: int | None = None,
 ) -> float:
-    """Fraction of ``test_y`` (M,) predicted correctly by :func:`knn_predict` (same options)."""
+    """Fraction of ``test_y`` (M,) predicted correctly by `knn_predict` (same options)."""
     _check_xy(test_x, test_y, "test")
     if test_x.shape[0] == 0:
         raise ValueError("test_x is empty; pass at least one test point")
@@ -439,9 +439,10 @@ def fit_linear(
     training and after every epoch, and training stops after the first epoch whose loss L
     satisfies |L_prev - L| <= tol * L_prev, or after ``max_epochs`` epochs.
 
-    Returns the layer (on ``device``, eval mode) and the full-train losses [L_0, L_1, ...]
-    (L_0 before training; one per epoch run), which are recorded only when
-    ``until_convergence=True`` (empty list otherwise).
+    Returns:
+        The layer (on ``device``, eval mode) and the full-train losses [L_0, L_1, ...]
+        (L_0 before training; one per epoch run), which are recorded only when
+        ``until_convergence=True`` (empty list otherwise).
     """
     _check_xy(train_x, train_y, "train")
     if train_x.shape[0] == 0:
@@ -502,11 +503,11 @@ def linear_probe(
     device: str | torch.device = "cpu",
     reshuffle: bool = True,
 ) -> float:
-    """Test accuracy of a linear classifier trained on frozen features (see :func:`fit_linear`).
+    """Test accuracy of a linear classifier trained on frozen features (see `fit_linear`).
 
-    ``standardize=True`` first applies :func:`standardize_features` (per-feature mean and
+    ``standardize=True`` first applies `standardize_features` (per-feature mean and
     std of the TRAIN features) to both splits. ``num_classes`` defaults to one more than
-    the largest label in either split. Other options as in :func:`fit_linear`.
+    the largest label in either split. Other options as in `fit_linear`.
     """
     _check_xy(train_x, train_y, "train")
     _check_xy(test_x, test_y, "test")
@@ -552,7 +553,7 @@ def register_probe(name: str) -> Callable[[ProbeFn], ProbeFn]:
     The probe is called as ``fn(train_x, train_y, test_x, test_y, *, num_classes, seed, device,
     **options)`` with float32 features (N, D) / (M, D) on the CPU and int64 labels, and returns the
     test accuracy as a fraction in [0, 1]. ``options`` holds every keyword of
-    :func:`probe_features` (``knn_k``, ``linear_epochs``, ...): accept ``**options`` and use what
+    `probe_features` (``knn_k``, ``linear_epochs``, ...): accept ``**options`` and use what
     you need. Its accuracy appears in ``store.metrics`` under ``probe=name``.
     """
 
@@ -687,9 +688,9 @@ def probe_features(
 ) -> dict[str, float]:
     """Run the named probes on precomputed features; returns {probe name: test accuracy}.
 
-    Probe names: any registered with :func:`register_probe`; built in: "knn"
-    (:func:`knn_accuracy` with ``knn_*``), "linear" (raw features) and "linear_std"
-    (standardised features), both :func:`linear_probe` with ``linear_*``.
+    Probe names: any registered with `register_probe`; built in: "knn"
+    (`knn_accuracy` with ``knn_*``), "linear" (raw features) and "linear_std"
+    (standardised features), both `linear_probe` with ``linear_*``.
     """
     probes = tuple(probes)
     fns = _lookup(probes)
@@ -749,7 +750,7 @@ def embed_splits(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(train features (N, D), train labels (N,), test features (M, D), test labels (M,)) of ``data``
     embedded by ``backbone`` (its ``.backbone`` when it has one), features where the forward passes
-    ran, labels on the CPU; ``train_subset`` and ``seed`` as in :func:`probe_model`."""
+    ran, labels on the CPU; ``train_subset`` and ``seed`` as in `probe_model`."""
     inner = getattr(backbone, "backbone", None)
     if isinstance(inner, nn.Module):
         backbone = inner
@@ -776,7 +777,7 @@ def probe_model(
     probed at its backbone, not at its head. ``train_subset``: probe with that many train
     images drawn uniformly without replacement (seeded by ``seed``); the test split is
     always used whole. The module's train/eval mode is left as the caller set it (see
-    :func:`embed`). ``kw`` goes to :func:`probe_features`.
+    `embed`). ``kw`` goes to `probe_features`.
     """
     tr, tr_lab, te, te_lab = embed_splits(backbone, data, train_subset, seed, device, batch_size)
     return probe_features(tr, tr_lab, te, te_lab, probes=probes, seed=seed, device=device, **kw)
@@ -796,7 +797,7 @@ def probe_input(
 
     ``normalized=True`` (default) uses the pixels exactly as a backbone sees them,
     ``(x/255 - mean)/std`` per channel; ``normalized=False`` uses ``x/255`` in [0, 1].
-    Other arguments as in :func:`probe_model`.
+    Other arguments as in `probe_model`.
     """
     if not normalized:
         c = data.train.images.shape[1]

@@ -1,9 +1,11 @@
 """Per-epoch progress of a distillation: a log line, a JSON-lines record beside the store, TensorBoard.
 
 On a terminal the tqdm bar shows progress; otherwise (a batch job, stderr redirected) every epoch
-gives one ``logging`` line on the ``distill.train`` logger::
+gives one ``logging`` line on the ``distill.train`` logger:
 
-    cifar10-vgg11-a1e-10-lr0.001-s0 epoch 3/150 loss 9.7213 kl 0.4127 student knn 31.2 linear 35.0 | 41.2 s, ETA 1:41:00
+```text
+cifar10-vgg11-a1e-10-lr0.001-s0 epoch 3/150 loss 9.7213 kl 0.4127 student knn 31.2 linear 35.0 | 41.2 s, ETA 1:41:00
+```
 
 Whatever the terminal, the same record is appended to ``<store stem>.jsonl`` beside the store (one
 JSON object per line: ``epoch``, ``loss``, ``kl`` in nats, ``seconds`` of the epoch, ``eta_seconds``,
@@ -88,7 +90,7 @@ class EpochReporter:
             self.writer = SummaryWriter(str(tensorboard))
 
     def record(self, epoch: int, history: Any) -> dict[str, Any] | None:
-        """Append the record of ``epoch`` (the last row of ``history``, a :class:`distill.train.History`)."""
+        """Append the record of ``epoch`` (the last row of ``history``, a `distill.train.History`)."""
         if not self.enabled:
             return None
         i = history.epochs.index(epoch)

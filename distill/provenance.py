@@ -1,24 +1,26 @@
 """Provenance of a run: which code, command, machine and recipe produced a store or a result file.
 
-One helper, :func:`provenance`, returns one set of keys (:data:`KEYS`), written as root attrs of
-every store and as attrs of every result Dataset (and so of every ``.nc`` file)::
+One helper, `provenance`, returns one set of keys (`KEYS`), written as root attrs of
+every store and as attrs of every result Dataset (and so of every ``.nc`` file):
 
-    toolkit_version   distill.__version__
-    git_commit        HEAD of the checkout the toolkit was imported from ("" outside a checkout)
-    git_dirty         1 when tracked files differ from HEAD, 0 when clean, -1 outside a checkout
-    command_line      the process's command line (sys.argv joined, shell-quoted)
-    host              socket.gethostname()
-    started_at        when the run (or analysis) started, UTC ISO 8601
-    torch_version     torch.__version__
-    cuda_version      torch.version.cuda ("" for a CPU-only build)
-    device            the device the numbers were computed on ("cpu", "cuda:0", ...)
-    precision         fp32 or bf16
-    numerics          PyTorch's float32 settings in force: TF32 for cuDNN convolutions and for CUDA matmuls,
-                      float32_matmul_precision, deterministic algorithms (fp32 on CUDA runs with these)
-    world_size        processes that trained together (1 unless data-parallel)
-    recipe            the configuration as canonical JSON (sorted keys)
-    config_hash       first 10 hex digits of the SHA-256 of ``recipe``
-    run_name          "<kind>_<config_hash>": the run's name (open_lth style)
+```python
+toolkit_version   distill.__version__
+git_commit        HEAD of the checkout the toolkit was imported from ("" outside a checkout)
+git_dirty         1 when tracked files differ from HEAD, 0 when clean, -1 outside a checkout
+command_line      the process's command line (sys.argv joined, shell-quoted)
+host              socket.gethostname()
+started_at        when the run (or analysis) started, UTC ISO 8601
+torch_version     torch.__version__
+cuda_version      torch.version.cuda ("" for a CPU-only build)
+device            the device the numbers were computed on ("cpu", "cuda:0", ...)
+precision         fp32 or bf16
+numerics          PyTorch's float32 settings in force: TF32 for cuDNN convolutions and for CUDA matmuls,
+                  float32_matmul_precision, deterministic algorithms (fp32 on CUDA runs with these)
+world_size        processes that trained together (1 unless data-parallel)
+recipe            the configuration as canonical JSON (sorted keys)
+config_hash       first 10 hex digits of the SHA-256 of ``recipe``
+run_name          "<kind>_<config_hash>": the run's name (open_lth style)
+```
 
 Values are strings or ints only (netCDF and HDF5 attrs accept both).
 """
@@ -126,9 +128,11 @@ def provenance(
     started_at: str | None = None,
     world_size: int | None = None,
 ) -> dict[str, str | int]:
-    """The provenance keys (:data:`KEYS`) of a run of ``kind`` with configuration ``recipe``.
+    """The provenance keys (`KEYS`) of a run of ``kind`` with configuration ``recipe``.
 
-    recipe: a config dataclass, a JSON-able mapping or None. device: where the numbers were
+    Args:
+        recipe: a config dataclass, a JSON-able mapping or None. device: where the numbers were
+
     computed. started_at: default now. world_size: default the initialised process group's size,
     else 1.
     """
@@ -162,7 +166,7 @@ def provenance(
 
 
 def stamp(attrs: dict[str, Any], recipe: Any = None, **kw: Any) -> dict[str, Any]:
-    """``attrs`` updated in place with :func:`provenance` (keys already in ``attrs`` are replaced)."""
+    """``attrs`` updated in place with `provenance` (keys already in ``attrs`` are replaced)."""
     attrs.update(provenance(recipe, **kw))
     return attrs
 

@@ -2,7 +2,7 @@
 
 The command line builds its help (choices of ``--arch``, ``--dataset``, ``--probes``) from
 these. The built-in names are listed here; names registered later (plugins, user code) live in
-the registries of :mod:`distill.models` and :mod:`distill.probe`, which are consulted whenever
+the registries of `distill.models` and `distill.probe`, which are consulted whenever
 they are already imported (registering a model or probe imports them).
 ``tests/distill/test_registry.py`` checks that the lists match the real registries.
 """
@@ -32,6 +32,13 @@ BUILTIN_MODELS: tuple[str, ...] = (
 BASE_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "fashion-mnist", "mnist")
 BUILTIN_DATASETS: tuple[str, ...] = (*BASE_DATASETS, "gaussian", *(f"gaussian:{n}" for n in BASE_DATASETS))
 BUILTIN_PROBES: tuple[str, ...] = ("knn", "linear", "linear_std", "knn_std")
+# other spellings of the base datasets; configs and stores hold the canonical name
+DATASET_ALIASES: dict[str, str] = {
+    "fmnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
+}
 
 
 def model_names() -> list[str]:
@@ -41,8 +48,25 @@ def model_names() -> list[str]:
 
 
 def dataset_names() -> list[str]:
-    """Names accepted by :func:`distill.load_dataset`."""
+    """Names accepted by `distill.load_dataset`."""
     return list(BUILTIN_DATASETS)
+
+
+def canonical_dataset(name: str) -> str:
+    """The canonical spelling of a dataset name: lower case, ``-`` for ``_``, aliases resolved
+    (``FashionMNIST`` -> ``fashion-mnist``, ``gaussian:cifar-10`` -> ``gaussian:cifar10``).
+    Unknown names come back normalised but otherwise unchanged."""
+    key = str(name).strip().lower().replace("_", "-")
+    base, sep, rest = key.partition(":")
+    return f"{DATASET_ALIASES.get(base, base)}{sep}{DATASET_ALIASES.get(rest, rest)}"
+
+
+def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean 'X'?)`` for the closest of ``choices`` to ``name``, or an empty string."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def probe_names() -> list[str]:

@@ -11,11 +11,13 @@ and optimiser state of a run stopped after k steps takes the same steps k+1, k+2
 learning rates, batches and augmentation) as the uninterrupted run; ``snapshot_step=k`` returns
 such a state, taken right after step k.
 
-Example::
+Example:
 
-    model = with_classifier(store.student(), data.num_classes)
-    result = train_supervised(model, data, SupervisedConfig.preset("cpu"))
-    result["test_accuracy"]
+```python
+model = with_classifier(store.student(), data.num_classes)
+result = train_supervised(model, data, SupervisedConfig.preset("cpu"))
+result["test_accuracy"]
+```
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def augment(x: Tensor, generator: torch.Generator, padding: int = PADDING, fill:
 def _epoch_draws(
     sizes: list[int], generator: torch.Generator, device: torch.device, padding: int = PADDING
 ) -> list[tuple[Tensor, Tensor]]:
-    """:func:`_draws` for every batch of an epoch (``sizes``: the batch sizes in order), drawn in the
+    """`_draws` for every batch of an epoch (``sizes``: the batch sizes in order), drawn in the
     same order as batch-by-batch calls, then moved to ``device`` in one copy per kind (no per-step
     host-to-device transfer). Returns per batch (flips (B,) bool, offsets (2, B) int64)."""
     if not sizes:
@@ -99,7 +101,7 @@ def _epoch_draws(
 
 
 def _draws(b: int, generator: torch.Generator, padding: int = PADDING) -> tuple[Tensor, Tensor]:
-    """The random numbers :func:`augment` uses for a batch of ``b`` images: flips (B,) bool and
+    """The random numbers `augment` uses for a batch of ``b`` images: flips (B,) bool and
     crop offsets (2, B) (rows, then columns); called alone to skip a batch consistently."""
     flips = torch.rand(b, generator=generator) < 0.5
     offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator)
@@ -147,7 +149,7 @@ def check_classifier(model: nn.Module, num_classes: int) -> None:
 
 
 def with_classifier(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Module:
-    """A copy of ``model`` (a :class:`distill.models.Model`) whose head is a fresh ``nn.Linear``
+    """A copy of ``model`` (a `distill.models.Model`) whose head is a fresh ``nn.Linear``
     classifier (embed_dim -> num_classes, PyTorch's default init drawn with ``seed``).
 
     The backbone is copied unchanged and made trainable; the copy's ``spec`` says head="linear"
@@ -296,38 +298,40 @@ def train_supervised(
 ) -> dict[str, Any]:
     """Train ``model`` (in place, moved to the device) with labels; see the module docstring.
 
-    model: a classifier whose ``head`` is ``nn.Linear(D, data.num_classes)``
-        (``build_model(..., head="linear", num_classes=N)`` or :func:`with_classifier`).
-    data: a :class:`distill.data.Dataset` (uint8 images, per-channel mean/std).
-    cfg: the recipe (:class:`distill.config.SupervisedConfig`). Every epoch visits the whole
-        training split once in an order drawn with ``cfg.data_seed``; the last batch may be
-        smaller (196 steps per epoch for 50,000 images at batch 256), except that a last batch of a
-        single image is dropped for networks with BatchNorm. Weight decay applies to all parameters.
-        Crops pad with black pixels (intensity 0), as torchvision's RandomCrop(padding=4).
-    device: None = ``cfg.device``; "auto" picks CUDA when present. bf16 autocast only on CUDA.
-    on_step: ``on_step(step, model)`` after every optimiser step, step counted from 1 (from
-        ``start_step + 1`` when continuing).
-    eval_every: evaluate test accuracy every this many epochs (None: ``cfg.eval_every``; 0: only
-        at the end).
-    start_step: continue a run that already took this many steps (0 to ``cfg.epochs`` x steps per
-        epoch): the learning-rate schedule starts at this step and the first ``start_step``
-        batches of the uninterrupted run are skipped untrained, their data order and augmentation
-        draws consumed, so every later batch is the same as in the uninterrupted run.
-    optimizer_state: a ``torch.optim.SGD.state_dict()`` (e.g. a snapshot's ``"optimizer"``) of
-        a run of a model with the same trainable parameters in the same order; its momentum
-        buffers are copied into the fresh optimiser, whose hyperparameters stay ``cfg``'s.
-    snapshot_step: also return the state right after this step (``start_step`` to the last
-        step; ``start_step`` itself: before the first step taken here).
+    Args:
+        model: a classifier whose ``head`` is ``nn.Linear(D, data.num_classes)``
+            (``build_model(..., head="linear", num_classes=N)`` or `with_classifier`).
+        data: a `distill.data.Dataset` (uint8 images, per-channel mean/std).
+        cfg: the recipe (`distill.config.SupervisedConfig`). Every epoch visits the whole
+            training split once in an order drawn with ``cfg.data_seed``; the last batch may be
+            smaller (196 steps per epoch for 50,000 images at batch 256), except that a last batch of a
+            single image is dropped for networks with BatchNorm. Weight decay applies to all parameters.
+            Crops pad with black pixels (intensity 0), as torchvision's RandomCrop(padding=4).
+        device: None = ``cfg.device``; "auto" picks CUDA when present. bf16 autocast only on CUDA.
+        on_step: ``on_step(step, model)`` after every optimiser step, step counted from 1 (from
+            ``start_step + 1`` when continuing).
+        eval_every: evaluate test accuracy every this many epochs (None: ``cfg.eval_every``; 0: only
+            at the end).
+        start_step: continue a run that already took this many steps (0 to ``cfg.epochs`` x steps per
+            epoch): the learning-rate schedule starts at this step and the first ``start_step``
+            batches of the uninterrupted run are skipped untrained, their data order and augmentation
+            draws consumed, so every later batch is the same as in the uninterrupted run.
+        optimizer_state: a ``torch.optim.SGD.state_dict()`` (e.g. a snapshot's ``"optimizer"``) of
+            a run of a model with the same trainable parameters in the same order; its momentum
+            buffers are copied into the fresh optimiser, whose hyperparameters stay ``cfg``'s.
+        snapshot_step: also return the state right after this step (``start_step`` to the last
+            step; ``start_step`` itself: before the first step taken here).
 
-    Returns ``{"test_accuracy", "best_test_accuracy", "test_loss" (nats), "steps",
-    "start_step", "steps_per_epoch", "history": {"epoch", "train_loss", "test_accuracy", "lr"}}``;
-    ``steps`` is the step count reached (``start_step`` + steps taken here). History lists have one
-    entry per epoch trained here (a continued epoch's train loss covers its trained batches only;
-    test accuracy NaN where not evaluated, lr of the epoch's last step); with ``start_step`` at the
-    end of the recipe nothing is trained and only the final evaluation is made. With
-    ``snapshot_step`` the dict also holds ``"snapshot": {"step", "model": state_dict copy,
-    "optimizer": deep copy of the optimiser's state_dict}``.
-    Raises RunError when the loss becomes NaN or infinite (before that step is applied).
+    Returns:
+        ``{"test_accuracy", "best_test_accuracy", "test_loss" (nats), "steps",
+        "start_step", "steps_per_epoch", "history": {"epoch", "train_loss", "test_accuracy", "lr"}}``;
+        ``steps`` is the step count reached (``start_step`` + steps taken here). History lists have one
+        entry per epoch trained here (a continued epoch's train loss covers its trained batches only;
+        test accuracy NaN where not evaluated, lr of the epoch's last step); with ``start_step`` at the
+        end of the recipe nothing is trained and only the final evaluation is made. With
+        ``snapshot_step`` the dict also holds ``"snapshot": {"step", "model": state_dict copy,
+        "optimizer": deep copy of the optimiser's state_dict}``.
+        Raises RunError when the loss becomes NaN or infinite (before that step is applied).
     """
     check_classifier(model, data.num_classes)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -31,6 +31,7 @@ from distill.init import init_student, parameter_distance
 from distill.meter import EpochMeter, NonFinite
 from distill.models import build_model, seeded
 from distill.optim import Adam, AdamW
+from distill.registry import canonical_dataset
 from distill.store import Store, StoreError, load_into, student_name
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ def lr_schedule(cfg: DistillConfig, steps_per_epoch: int) -> np.ndarray:
 def make_optimizer(cfg: DistillConfig, model: nn.Module) -> Optimizer:
     """Optimiser with two parameter groups: weights, and biases/norm parameters (1-d tensors).
 
-    Adam and AdamW are :mod:`distill.optim`'s (torch's update and state format, without the
+    Adam and AdamW are `distill.optim`'s (torch's update and state format, without the
     150 MiB import of ``torch._dynamo`` that ``torch.optim.Optimizer`` makes); SGD is torch's."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     other = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
@@ -291,7 +292,7 @@ def run_probes(
 
 
 def probe_options(cfg: DistillConfig, seed: int | None = None) -> dict[str, Any]:
-    """The keyword arguments of :func:`distill.probe.probe_features` that ``cfg`` sets (``seed``
+    """The keyword arguments of `distill.probe.probe_features` that ``cfg`` sets (``seed``
     overrides ``cfg.probe_seed``)."""
     return dict(
         probes=tuple(cfg.probes),
@@ -500,7 +501,9 @@ def _open_or_create(
         if not resume:
             raise StoreError(f"{out} already exists: pass another --out, or resume it (the default)")
         store = Store(out, "a", store_dtype=cfg.store_dtype)
-        old = store.config
+        old = dict(store.config)
+        if isinstance(old.get("dataset"), str):  # stores written before names were stored canonically
+            old["dataset"] = canonical_dataset(old["dataset"])
         diff = [k for k, v in cfg.to_dict().items() if k not in _RESUMABLE and k in old and old[k] != v]
         if diff:
             k = diff[0]
@@ -516,12 +519,12 @@ def _open_or_create(
 
 
 def _backbone(model: nn.Module) -> nn.Module:
-    """``model.backbone`` of a :class:`~distill.models.Model` (torch types module attributes loosely)."""
+    """``model.backbone`` of a `Model` (torch types module attributes loosely)."""
     return cast(nn.Module, model.backbone)
 
 
 def _head(model: nn.Module) -> nn.Module:
-    """``model.head`` of a :class:`~distill.models.Model`."""
+    """``model.head`` of a `Model`."""
     return cast(nn.Module, model.head)
 
 
@@ -591,7 +594,7 @@ def distill(
     progress: bool | None = None,
     tensorboard: str | Path | None = None,
 ) -> Store:
-    """Distil a student from a random teacher; returns the :class:`~distill.store.Store` at ``out``.
+    """Distil a student from a random teacher; returns the `Store` at ``out``.
 
     The store receives the teacher, the student at epoch 0, every ``save_every`` epochs and
     at the end, the training state for resuming, and the ``metrics`` Dataset (dims epoch,
@@ -600,9 +603,9 @@ def distill(
     what was saved before stays intact.
 
     Progress: a tqdm bar on a terminal, else one ``logging`` line per epoch; either way one
-    JSON-lines record per epoch beside the store (:mod:`distill.progress`), and TensorBoard
+    JSON-lines record per epoch beside the store (`distill.progress`), and TensorBoard
     scalars in ``tensorboard`` (a folder) when given. Under ``torchrun`` the run is data-parallel
-    (:mod:`distill.ddp`): rank 0 writes the store and probes; the store records the world size.
+    (`distill.ddp`): rank 0 writes the store and probes; the store records the world size.
     """
     from distill import ddp
 
@@ -668,7 +671,7 @@ def _train(
     prov: dict[str, Any],
     tensorboard: str | Path | None = None,
 ) -> None:
-    """The loop of :func:`distill`; every epoch ends in one commit of the store (student checkpoint
+    """The loop of `distill`; every epoch ends in one commit of the store (student checkpoint
     when due, the training state that resumes after it, the metrics up to it)."""
     student = init_student(
         teacher,

@@ -82,7 +82,7 @@ class VisionTransformer(nn.Module):
     does, by repeating one module); by default the ``depth`` blocks are independent.
 
     ``weight_init="trunc_normal"`` (default, the standard ViT/DINO initialisation): Linear weights
-    and the cls / position embeddings ~ N(0, 0.02^2) (:func:`distill.heads.trunc_normal_`, cut
+    and the cls / position embeddings ~ N(0, 0.02^2) (`distill.heads.trunc_normal_`, cut
     at +-2 as in DINO), zero biases, LayerNorm (1, 0), patch-embedding Conv2d with PyTorch's default.
     ``weight_init="torch"``: PyTorch's default Linear/Conv2d initialisation and cls / position
     embeddings ~ N(0, 1), as the authors' code.

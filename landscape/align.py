@@ -3,20 +3,20 @@ and REPAIR-style renormalisation of interpolated networks (Jordan et al. 2023).
 
 Hidden units of a network can be permuted without changing its function: permuting the output
 units of a layer and, in the same way, the matching input axis of the next layer (and the
-BatchNorm parameters and statistics in between). :func:`permutation_spec` lists, for a model of
+BatchNorm parameters and statistics in between). `permutation_spec` lists, for a model of
 the registry's ``mlp``, ``convnet``, ``vgg*`` and ``resnet*`` families (with any head), which
 state_dict axes each permutation acts on; residual networks get one permutation per residual
 stream (shared by every block of a stage, its projection shortcut and the stem), so the
 permuted network computes exactly the same function.
 
-- :func:`weight_matching`: permutations of ``b`` that maximise ``sum_l <theta_a^l, P(theta_b^l)>``
+- `weight_matching`: permutations of ``b`` that maximise ``sum_l <theta_a^l, P(theta_b^l)>``
   over the parameters, by coordinate ascent: one ``scipy.optimize.linear_sum_assignment`` per
   permutation, in a seeded random order, until no permutation changes.
-- :func:`activation_matching`: per permutation, the assignment maximising the summed Pearson
+- `activation_matching`: per permutation, the assignment maximising the summed Pearson
   correlation of the two networks' unit activations on data.
-- :func:`apply_permutation`: the state of ``b`` with the permutations applied.
-- :func:`align`: ``b`` permuted onto ``a`` by either method, with a record for provenance.
-- :func:`repair_state`: rescale the output channels of the interpolated network's layers not
+- `apply_permutation`: the state of ``b`` with the permutations applied.
+- `align`: ``b`` permuted onto ``a`` by either method, with a record for provenance.
+- `repair_state`: rescale the output channels of the interpolated network's layers not
   followed by BatchNorm so their mean and standard deviation on data are the interpolation of the
   endpoints' (for layers followed by BatchNorm, the BN policy ``reset`` plays that role).
 
@@ -55,6 +55,7 @@ class PermutationSpec:
     activations: dict[str, list[str]] = field(default_factory=dict)
 
     def new(self, name: str, size: int) -> str:
+        """Declare the permutation ``name`` of ``size`` units; returns ``name``."""
         self.sizes[name] = int(size)
         self.activations.setdefault(name, [])
         return name
@@ -229,7 +230,9 @@ def weight_matching(
     Coordinate ascent (Ainsworth et al. 2023, Algorithm 1): each sweep visits the permutations in
     an order drawn with ``seed`` and solves one linear assignment per permutation (float64 cost)
     with the others fixed; stops after a sweep that changed nothing, or after ``max_iter`` sweeps.
-    Returns (perms, info) with info = {"sweeps", "objective", "objective_identity"}.
+
+    Returns:
+        (perms, info) with info = {"sweeps", "objective", "objective_identity"}.
     """
     keys = set(spec.axes) if keys is None else set(keys) & set(spec.axes)
     keys = {k for k in keys if sa[k].is_floating_point()}
@@ -303,7 +306,9 @@ def activation_matching(
     """Per permutation, the assignment maximising the summed Pearson correlation (over examples
     and spatial positions) between the units of ``model_a`` and ``model_b`` at the modules listed
     in ``spec.activations``; both models run in eval mode on the same normalised ``batches``.
-    Returns (perms, info) with info = {"examples", "mean_correlation"} (after matching)."""
+
+    Returns:
+        (perms, info) with info = {"examples", "mean_correlation"} (after matching)."""
     mods_a, mods_b = dict(model_a.named_modules()), dict(model_b.named_modules())
     stats = {(p, m): _Correlation() for p, names in spec.activations.items() for m in names}
     seen: dict[str, Tensor] = {}
@@ -385,11 +390,15 @@ def align(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``b`` permuted to match ``a`` (a new module; neither input is modified).
 
-    method: ``weights`` (:func:`weight_matching` over the parameters, sweep order seeded with
-    ``seed``) or ``activations`` (:func:`activation_matching` on ``batches`` x ``batch_size``
+    Args:
+        method: ``weights`` (`weight_matching` over the parameters, sweep order seeded with
+
+    ``seed``) or ``activations`` (`activation_matching` on ``batches`` x ``batch_size``
     training images of ``data`` drawn with ``data_seed``).
-    Returns (aligned b, record) where the record holds strings and numbers for attrs: the method,
-    its settings and outcome, and ``permutations`` (JSON of every permutation).
+
+    Returns:
+        (aligned b, record) where the record holds strings and numbers for attrs: the method,
+        its settings and outcome, and ``permutations`` (JSON of every permutation).
     """
     import copy
 
@@ -489,7 +498,7 @@ def endpoint_stats(
     model: nn.Module, sa: Mapping[str, Tensor], sb: Mapping[str, Tensor], batches: Sequence[Tensor]
 ) -> tuple[dict, dict]:
     """Per-channel (mean, std) at the REPAIR layers of the states ``sa`` and ``sb`` (``model`` is a
-    working copy whose state is overwritten); pass the result to :func:`repair_state`."""
+    working copy whose state is overwritten); pass the result to `repair_state`."""
     names = _repair_layers(model)
     model.load_state_dict(sa)
     st_a = _channel_stats(model, names, batches)
@@ -514,7 +523,7 @@ def repair_state(
     that their mean and standard deviation over ``batches`` (eval mode) become
     ``(1 - alpha) * stat_a + alpha * stat_b``; the affine correction is folded into the layer's
     weight and bias. BatchNorm layers are left to the BN policy. ``stats``: the endpoints'
-    statistics from :func:`endpoint_stats` (computed here when None).
+    statistics from `endpoint_stats` (computed here when None).
     """
     from landscape.paths import interpolate_state
 

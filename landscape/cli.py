@@ -1,13 +1,14 @@
-"""The ``rtt`` command line. Flags come from the config dataclasses; errors are one line, exit 1.
+"""The ``rtt`` command line. Flags come from the config dataclasses; errors are one line: exit 1 for
+a run that cannot go on, exit 2 for a usage error (with the closest valid name or flag suggested).
 
-Commands register themselves with :func:`command` in the modules listed in
-:data:`COMMAND_MODULES` (today ``landscape.commands``); adding a command is one decorated class
+Commands register themselves with `command` in the modules listed in
+`COMMAND_MODULES` (today ``landscape.commands``); adding a command is one decorated class
 with ``add_args(parser)`` and ``run(args) -> int``. Those modules must stay light: they import
-argparse and :mod:`distill.config` only, and every heavy import (torch, xarray, the analyses)
+argparse and `distill.config` only, and every heavy import (torch, xarray, the analyses)
 happens inside ``run``, so that ``rtt -h``, ``rtt COMMAND -h``, ``rtt info`` and usage errors
 answer at once. ``tests/test_cli_startup.py`` checks that torch stays unimported for those.
 
-Only the chosen command's flags are built. Plugins (:mod:`distill.plugins`: the
+Only the chosen command's flags are built. Plugins (`distill.plugins`: the
 ``random_teachers.plugins`` entry points and ``--plugin MODULE``, which may be given anywhere on
 the command line and repeated) are loaded before a command's flags are built, so that their
 models and probes appear among the choices of ``rtt distill -h``.
@@ -42,10 +43,48 @@ def command(name: str, help: str) -> Callable[[type], type]:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line usage errors: the message and where to look, no usage dump."""
+    """argparse with one-line usage errors (the message, the closest valid name, where to look; no
+    usage dump) and no abbreviated flags (``--epoch`` is not taken for ``--epochs``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} -h')\n")
+        self.exit(2, f"{self.prog}: error: {_with_suggestion(message)} (see '{self.prog} -h')\n")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        """As argparse, but flags a command does not know are reported by that command's parser,
+        with the closest flag it has."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            target: ArgumentParser = self
+            for action in self._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    chosen = action.choices.get(getattr(ns, action.dest, None) or "")
+                    if isinstance(chosen, ArgumentParser):
+                        target = chosen
+            flags = [a for a in extras if a.startswith("-")]
+            hint = ""
+            if flags:
+                from distill.registry import suggest
+
+                hint = suggest(flags[0].split("=", 1)[0], list(target._option_string_actions))
+            target.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return ns
+
+
+def _with_suggestion(message: str) -> str:
+    """argparse's "invalid choice: 'x' (choose from ...)" with the closest choice named."""
+    import re
+
+    m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if m is None:
+        return message
+    from distill.registry import suggest
+
+    choices = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(",")]
+    return message + suggest(m.group(1), choices)
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -70,8 +109,9 @@ class _Info:
         d = describe(a.store)
         attrs, names = d["attrs"], d["names"]
         if a.json:
+            nested = {k: _json_value(v) for k, v in attrs.items()}
             print(
-                json.dumps({**attrs, "modules": names["modules"], "results": names["results"]}, indent=2, default=str)
+                json.dumps({**nested, "modules": names["modules"], "results": names["results"]}, indent=2, default=str)
             )
             return 0
         print(f"store     {d['path']}")
@@ -90,6 +130,17 @@ class _Info:
             dims = ", ".join(f"{k}={n}" for k, n in sizes.items())
             print(f"result    {r}: {', '.join(data_vars)} over ({dims})")
         return 0
+
+
+def _json_value(value: Any) -> Any:
+    """A store attribute for ``rtt info --json``: attributes that hold JSON (config, seeds, ...)
+    become nested objects; everything else stays as it is."""
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 # ---------------------------------------------------------------------------- parser

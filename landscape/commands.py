@@ -1,6 +1,6 @@
-"""``rtt`` subcommands beyond ``info``; each registers itself with :func:`landscape.cli.command`.
+"""``rtt`` subcommands beyond ``info``; each registers itself with `landscape.cli.command`.
 
-Keep this module light (argparse and :mod:`distill.config` only): it is imported by ``rtt -h``.
+Keep this module light (argparse and `distill.config` only): it is imported by ``rtt -h``.
 Heavy imports (torch, xarray, the analyses) go inside each command's ``run``.
 """
 
@@ -79,21 +79,24 @@ def _add_executor_arg(p: argparse.ArgumentParser, what: str, resumable: bool = T
 _SPLITS = ("train", "test")
 
 
+_REF_HELP = "STORE:EPOCH or STORE:NAME (e.g. runs/x.h5:10, runs/x.h5:-1 for the last student, runs/x.h5:teacher)"
+
+
 def _parse_ref(text: str) -> tuple:
-    """``STORE:EPOCH`` or ``STORE:NAME`` -> (Store, int epoch | str name)."""
+    """``STORE:EPOCH`` or ``STORE:NAME`` -> (Store, int epoch | str name); a negative epoch counts
+    back from the last saved student and comes back resolved."""
     from distill.store import Store
+    from landscape.refs import resolve_epoch
 
     path, sep, which = text.rpartition(":")
     if not sep or not path or not which:
-        raise ValueError(
-            f"{text!r} is not a checkpoint reference: write STORE:EPOCH or STORE:NAME, "
-            "e.g. runs/x.h5:10 or runs/x.h5:teacher"
-        )
+        raise ValueError(f"{text!r} is not a checkpoint reference: write {_REF_HELP}")
     store = Store(path)
     try:
-        return store, int(which)
+        epoch = int(which)
     except ValueError:
         return store, which
+    return store, resolve_epoch(store, epoch)
 
 
 def _path_alphas(text: str):
@@ -131,11 +134,12 @@ def _splits(text: str) -> tuple[str, ...]:
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     from distill import registry
-    from distill.config import _CONVERTERS
+    from distill.config import _CONVERTERS, registered_name
 
     p.add_argument(
         "--dataset",
         default=None,
+        type=registered_name("datasets"),
         metavar="NAME",
         help="dataset to evaluate on (registered: "
         f"{', '.join(registry.dataset_names())}; default: the one in the store's config)",
@@ -222,15 +226,19 @@ def _barrier_table(ds) -> str:
 
 # ---------------------------------------------------------------------------- lmc
 def _add_start_and_recipe_args(p: argparse.ArgumentParser, skip: tuple[str, ...]) -> None:
-    """The flags :func:`_start_and_recipe` reads: STORE, --epoch/--module, --preset, the data
+    """The flags `_start_and_recipe` reads: STORE, --epoch/--module, --preset, the data
     flags and one --sup-* flag per SupervisedConfig field not in ``skip``."""
     from dataclasses import fields
 
     from distill.config import SUPERVISED_PRESETS, SupervisedConfig
 
-    p.add_argument("store", help="store holding the start checkpoint")
-    p.add_argument("--epoch", type=int, default=-1, help="start from the student of this epoch (-1: the last)")
-    p.add_argument("--module", default=None, help="start from this module instead (e.g. teacher)")
+    p.add_argument(
+        "store",
+        metavar="START",
+        help=f"the start checkpoint: {_REF_HELP}; a bare STORE is its last student",
+    )
+    p.add_argument("--epoch", type=int, default=None, help="deprecated: write STORE:EPOCH")
+    p.add_argument("--module", default=None, help="deprecated: write STORE:NAME")
     p.add_argument(
         "--preset",
         default="paper",
@@ -256,24 +264,27 @@ def _preset_defaults() -> dict[str, str]:
 def _start_and_recipe(a: argparse.Namespace) -> tuple:
     """(store, epoch or module name, tag for file names, SupervisedConfig) from the shared flags
     of ``rtt instability`` and ``rtt lottery``: --epoch/--module, --preset and the --sup-* overrides."""
+    import sys
     from dataclasses import fields
 
     from distill.config import SupervisedConfig
-    from distill.store import Store
 
-    store = Store(a.store)
-    if a.module:
-        which, tag = a.module, _slug(a.module)
-    else:
-        epochs = store.epochs
-        try:
-            which = epochs[a.epoch] if a.epoch < 0 else a.epoch
-        except IndexError:
-            raise ValueError(
-                f"{store.path} has no student at epoch {a.epoch} (saved epochs: "
-                f"{', '.join(map(str, epochs)) or 'none'}); pass --epoch or --module"
-            ) from None
-        tag = f"e{which}"
+    text = a.store
+    bare = Path(text).exists() or ":" not in text  # STORE alone: its last student
+    if a.epoch is not None or a.module is not None:  # the former spelling, STORE --epoch N / --module NAME
+        if not bare:
+            raise ValueError(f"{text} names its checkpoint already: drop --epoch/--module")
+        if a.epoch is not None and a.module is not None:
+            raise ValueError("pass --epoch or --module, not both (better: STORE:EPOCH or STORE:NAME)")
+        text = f"{text}:{a.module if a.module is not None else a.epoch}"
+        print(f"rtt {a.command}: note: --epoch and --module are deprecated: write {text}", file=sys.stderr)
+    elif bare:
+        text = f"{text}:-1"
+    store, which = _parse_ref(text)
+    if isinstance(which, int) and which not in store.epochs:
+        saved = ", ".join(map(str, store.epochs)) or "none"
+        raise ValueError(f"{store.path} has no student at epoch {which} (saved epochs: {saved}): pass one of those")
+    tag = f"e{which}" if isinstance(which, int) else _slug(which)
     overrides = {
         f.name: getattr(a, f"sup_{f.name}")
         for f in fields(SupervisedConfig)

@@ -1,13 +1,13 @@
 """Evaluators for points on a straight line between two networks of one architecture.
 
-Two implementations behind one interface, used by :func:`landscape.paths.linear_path`:
+Two implementations behind one interface, used by `landscape.paths.linear_path`:
 
-- :func:`run_loop` (reference): one working copy of the model; per alpha the interpolated
+- `run_loop` (reference): one working copy of the model; per alpha the interpolated
   tensors are copied into it, BatchNorm statistics are re-estimated with
-  :func:`distill.bn.recalibrate_bn` when asked, and each split is evaluated batch by batch.
-- :func:`run_vmap`: a chunk of alphas in one pass with ``torch.func.functional_call`` +
+  `distill.bn.recalibrate_bn` when asked, and each split is evaluated batch by batch.
+- `run_vmap`: a chunk of alphas in one pass with ``torch.func.functional_call`` +
   ``vmap`` over stacked parameters and buffers. The BN reset is done in the same batched
-  form by :func:`batched_bn_reset`, which reproduces the ``update_bn`` estimate.
+  form by `batched_bn_reset`, which reproduces the ``update_bn`` estimate.
 
 Both return ``(loss, error)``: float64 arrays of shape (n_alphas, n_splits); loss is the mean
 cross-entropy in nats, error = 1 - accuracy as a fraction.
@@ -30,6 +30,19 @@ from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from distill.bn import recalibrate_bn
+
+__all__ = [
+    "POLICIES",
+    "PathInputs",
+    "prepare_inputs",
+    "bn_layers",
+    "bn_stat_keys",
+    "lerp",
+    "compiled_forward",
+    "compile_name",
+    "run_segment",
+    "trial_backends",
+]
 
 _BN = nn.modules.batchnorm._BatchNorm
 POLICIES = ("reset", "interpolate", "keep_a")
@@ -172,7 +185,7 @@ def compiled_forward(model: nn.Module, backend: str | Callable[..., Any] = "indu
     passed as an input (``torch.func.functional_call`` on a private copy), compiled with
     ``torch.compile(backend=backend, dynamic=False)``.
 
-    Cached per architecture (:func:`_arch_key`) and backend for the process, so every point of a
+    Cached per architecture (`_arch_key`) and backend for the process, so every point of a
     path and every further path between networks of that architecture (the next pruning level,
     another pair of children) reuses the same graph; a new input shape (a last, smaller batch)
     compiles one more. ``state``: the ``state_dict`` keys of ``model``.
@@ -212,7 +225,7 @@ def run_loop(
     """Evaluate each alpha in turn on ``model`` (modified in place; its state ends at the last alpha).
 
     ``policy`` is one of ``reset``, ``interpolate``, ``keep_a`` or ``none``. ``compile_backend``:
-    evaluate through :func:`compiled_forward` (the BN reset stays eager).
+    evaluate through `compiled_forward` (the BN reset stays eager).
     """
     model.eval()
     if inputs.channels_last:
@@ -289,7 +302,9 @@ def batched_bn_reset(model: nn.Module, state: dict[str, Tensor], batches: Sequen
     run through ``model`` in train mode (BN normalises with batch statistics, running buffers
     untouched) under ``vmap``; the per-layer batch mean and unbiased variance are averaged
     cumulatively with weight 1/k for the k-th call, starting from mean 0 and variance 1.
-    Returns ``{"<layer>.running_mean": (n, C), "<layer>.running_var": (n, C)}``.
+
+    Returns:
+        ``{"<layer>.running_mean": (n, C), "<layer>.running_var": (n, C)}``.
     """
     layers = bn_layers(model)
     if not layers:
@@ -420,7 +435,9 @@ def run_segment(
 ) -> tuple[Any, Any, str]:
     """Evaluate the segment ``sa -> sb`` at ``alphas`` with the ``chosen`` evaluator; when vmap
     fails and the caller asked for ``auto``, warn and fall back to the loop.
-    Returns (loss, error, evaluator used)."""
+
+    Returns:
+        (loss, error, evaluator used)."""
     if chosen == "vmap":
         try:
             loss, error = run_vmap(model, sa, sb, alphas, policy, inputs, eval_batch_size, chunk)

@@ -6,10 +6,10 @@ holding plain data (configs as dicts, paths, tensors), each writing its own stor
     unit.done() -> bool     # its store is complete: nothing to compute
     unit()      -> Any      # compute (resuming its own store) and return a small result
 
-:func:`run_units` skips the units that are done (counted and logged), runs the others in
+`run_units` skips the units that are done (counted and logged), runs the others in
 order in this process or through any ``concurrent.futures.Executor``, and re-raises the first
 failure after cancelling what has not started; rerunning the sweep then computes only what is
-missing. :func:`open_executor` turns an ``--executor`` spec into an executor:
+missing. `open_executor` turns an ``--executor`` spec into an executor:
 
     dask:SCHEDULER      a running dask.distributed scheduler, e.g. dask:tcp://10.0.0.5:8786
     dask-local:N        a dask LocalCluster of N worker processes (one thread each) on this machine
@@ -130,7 +130,7 @@ def _parameters(spec: str, items: Sequence[str]) -> dict[str, Any]:
 def open_executor(spec: str | None) -> Iterator[Executor | None]:
     """The executor named by ``spec`` (see the module docstring), shut down on exit; None for
     ``None``, ``""`` or ``"none"`` (run in this process). A bad spec is a one-line
-    :class:`ExecutorSpecError` (a ValueError)."""
+    `ExecutorSpecError` (a ValueError)."""
     if spec is None or spec.strip().lower() in ("", "none", "sequential"):
         yield None
         return
@@ -205,7 +205,7 @@ def run_units(
     ones; number skipped). Sequential in this process when ``executor`` is None.
 
     A unit whose store another live process is writing (the store's writer lock refuses this one)
-    is left to that process: the other units still run, then :class:`SweepIncomplete` names the
+    is left to that process: the other units still run, then `SweepIncomplete` names the
     busy stores in one line; a rerun once they finish skips them. Any other failure is re-raised
     at once, after cancelling what has not started."""
     todo = [i for i, u in enumerate(units) if not u.done()]

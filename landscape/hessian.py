@@ -1,18 +1,18 @@
 """Curvature of the loss at a checkpoint: top Hessian eigenpairs, trace, spectral density (PyHessian's
 quantities, computed with ``torch.func`` and SciPy).
 
-The Hessian is never formed: :class:`HessianOperator` gives Hessian-vector products over all
+The Hessian is never formed: `HessianOperator` gives Hessian-vector products over all
 floating-point *parameters* (buffers fixed; BatchNorm in eval mode, i.e. with its running
 statistics) as forward-mode derivatives of the gradient (``torch.func.jvp`` of
 ``torch.func.grad``), averaged over a fixed set of batches (the whole split, or a seeded number
 of mini-batches; the count is recorded).
 
-- :func:`top_eigenpairs`: Lanczos with a Ritz-residual stop (``scipy.sparse.linalg.eigsh`` as the
+- `top_eigenpairs`: Lanczos with a Ritz-residual stop (``scipy.sparse.linalg.eigsh`` as the
   fallback and on request).
-- :func:`power_iteration`: the plain baseline (PyHessian's method), for benchmarks.
-- :func:`trace`: Hutchinson's estimator with Rademacher probes (and Hutch++, Meyer et al. 2021).
-- :func:`spectral_density`: stochastic Lanczos quadrature (Ghorbani et al. 2019).
-- :func:`hessian`: all of it on one checkpoint as an ``xarray.Dataset``; :func:`hessian_along_path`
+- `power_iteration`: the plain baseline (PyHessian's method), for benchmarks.
+- `trace`: Hutchinson's estimator with Rademacher probes (and Hutch++, Meyer et al. 2021).
+- `spectral_density`: stochastic Lanczos quadrature (Ghorbani et al. 2019).
+- `hessian`: all of it on one checkpoint as an ``xarray.Dataset``; `hessian_along_path`
   the same at points of the straight line between two checkpoints.
 
 Losses: ``supervised`` (mean cross-entropy of a classifier on the labels) or ``distillation``
@@ -92,6 +92,7 @@ class HessianOperator:
 
     # flat <-> dict
     def unflatten(self, v: np.ndarray) -> dict[str, Tensor]:
+        """A flat float64 vector as one tensor per parameter (names, shapes and dtype of the model)."""
         t = torch.as_tensor(np.asarray(v), dtype=self.dtype, device=self.device)
         out, i = {}, 0
         for k, shape, size in zip(self.names, self.shapes, self.sizes):
@@ -100,6 +101,7 @@ class HessianOperator:
         return out
 
     def flatten(self, d: Mapping[str, Tensor]) -> np.ndarray:
+        """One tensor per parameter as a flat float64 numpy vector (the inverse of ``unflatten``)."""
         return torch.cat([d[k].reshape(-1) for k in self.names]).detach().double().cpu().numpy()
 
     def value(self) -> float:
@@ -207,9 +209,11 @@ def top_eigenpairs(
     vector. ``eigsh``: implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``) only. Both use
     ARPACK's convergence test, so ``tol`` means the same. ``stop="value"`` (Lanczos only) stops
     instead when no wanted Ritz value changed by more than ``tol`` (relative) in one step, the rule
-    of PyHessian's power iteration (:func:`power_iteration`), for like-for-like comparisons.
-    Returns (values (k,), descending; vectors (k, n), unit L2 norm in parameter space); ``op.hvps``
-    counts the products.
+    of PyHessian's power iteration (`power_iteration`), for like-for-like comparisons.
+
+    Returns:
+        (values (k,), descending; vectors (k, n), unit L2 norm in parameter space); ``op.hvps``
+        counts the products.
     """
     if which not in ("LA", "LM"):
         raise ValueError(f"which={which!r}: choose 'LA' (largest) or 'LM' (largest magnitude)")
@@ -242,7 +246,7 @@ def _eigsh_top(
 def _lanczos_top(
     op: HessianOperator, k: int, which: str, tol: float, v0: np.ndarray, steps: int, stop: str = "residual"
 ) -> tuple[bool, np.ndarray, np.ndarray]:
-    """Lanczos with a Ritz-residual stop (see :func:`top_eigenpairs`); (converged, values, vectors)."""
+    """Lanczos with a Ritz-residual stop (see `top_eigenpairs`); (converged, values, vectors)."""
     from scipy.linalg import eigh_tridiagonal
 
     basis = np.zeros((steps, op.n))
@@ -461,12 +465,15 @@ def hessian(
 ) -> xr.Dataset:
     """Top-``k`` Hessian eigenvalues, trace and (``slq_runs`` > 0) spectral density of the loss at ``model``.
 
-    model: ``nn.Module`` or ``(store, epoch | name)``; for ``loss="supervised"`` a classifier on
-        ``data``'s labels; for ``distillation``, a DINO-head student and ``teacher`` the frozen teacher.
-    batches: mini-batches of ``batch_size`` drawn with ``data_seed`` (None: the whole split).
-    vectors: also return the unit eigenvectors as ``eigenvector`` (eigen, parameter).
-    Returns an ``xr.Dataset``: ``eigenvalue`` (eigen), ``trace``, ``loss``, and with SLQ
-    ``slq_node``/``slq_weight`` (run, node) and ``density`` (lambda); attrs: settings and provenance.
+    Args:
+        model: ``nn.Module`` or ``(store, epoch | name)``; for ``loss="supervised"`` a classifier on
+            ``data``'s labels; for ``distillation``, a DINO-head student and ``teacher`` the frozen teacher.
+        batches: mini-batches of ``batch_size`` drawn with ``data_seed`` (None: the whole split).
+        vectors: also return the unit eigenvectors as ``eigenvector`` (eigen, parameter).
+
+    Returns:
+        An ``xr.Dataset``: ``eigenvalue`` (eigen), ``trace``, ``loss``, and with SLQ
+        ``slq_node``/``slq_weight`` (run, node) and ``density`` (lambda); attrs: settings and provenance.
     """
     from distill.device import resolve_device
     from landscape.refs import load_ref
@@ -514,7 +521,7 @@ def hessian_along_path(
     bn: str = "interpolate",
     device: str | torch.device = "auto",
 ) -> xr.Dataset:
-    """:func:`hessian` (eigenvalues and trace) at points ``(1 - alpha) a + alpha b`` of the straight
+    """`hessian` (eigenvalues and trace) at points ``(1 - alpha) a + alpha b`` of the straight
     line; ``bn``: ``interpolate`` (running statistics on the line) or ``reset`` (re-estimated on 8
     seeded training batches). Returns an ``xr.Dataset`` over (alpha, eigen)."""
     from distill.bn import recalibrate_bn
@@ -561,8 +568,8 @@ def hessian_over_levels(
     tol: float = 1e-4,
     device: str | torch.device = "auto",
 ) -> xr.Dataset:
-    """:func:`hessian` (supervised loss, eigenvalues and trace) of every level of a lottery-ticket
-    store (``lottery/<rewind>/<level>`` written by :func:`landscape.lottery.lottery`), restricted to
+    """`hessian` (supervised loss, eigenvalues and trace) of every level of a lottery-ticket
+    store (``lottery/<rewind>/<level>`` written by `landscape.lottery.lottery`), restricted to
     each level's unpruned weights (``M H M`` with the stored masks). Returns a Dataset over
     (level, eigen) with ``remaining`` (fraction of masked weights kept)."""
     from distill.device import resolve_device

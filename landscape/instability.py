@@ -2,14 +2,16 @@
 
 From a start checkpoint, ``instability`` trains N children with labels that differ only in the
 data-order and augmentation seed, then evaluates the straight path between every pair of
-children (:func:`landscape.paths.linear_path`) and its barrier heights
-(:func:`landscape.paths.barrier`).
+children (`landscape.paths.linear_path`) and its barrier heights
+(`landscape.paths.barrier`).
 
-Example::
+Example:
 
-    ds = instability((store, -1), data, children=2, cfg=SupervisedConfig.preset("cpu"),
-                     store="runs/children.h5")
-    ds.barrier_error.sel(split="test")
+```python
+ds = instability((store, -1), data, children=2, cfg=SupervisedConfig.preset("cpu"),
+                 store="runs/children.h5")
+ds.barrier_error.sel(split="test")
+```
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def _recipe_json(ccfg: SupervisedConfig) -> str:
 
 @dataclass(frozen=True)
 class ChildUnit:
-    """Training of one child as a work unit (:mod:`landscape.executors`): picklable; with ``out``
+    """Training of one child as a work unit (`landscape.executors`): picklable; with ``out``
     it writes its own store (module ``children/<index>``) and is done when that store holds it;
     without, it returns the trained state."""
 
@@ -172,28 +174,33 @@ def instability(
 ) -> xr.Dataset:
     """Train children of ``start`` with labels and measure the barrier between every pair.
 
-    start: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``. A start whose head
-        is not a linear classifier with ``num_classes`` (default ``data.num_classes``) outputs gets a
-        fresh one (:func:`distill.supervised.with_classifier`, drawn once with ``head_seed``), so
-        all children start from exactly the same weights.
-    seeds: child i trains with ``data_seed = aug_seed = seeds[i]``; default ``range(children)``.
-    cfg: the training recipe (default: the paper's, ``SupervisedConfig()``: 160 epochs per child,
-        as ``rtt instability``; ``SupervisedConfig.preset("cpu")`` trains 8); ``epochs`` overrides
-        ``cfg.epochs``.
-    store: a Store or path (created with kind "instability" when missing) receiving "start" and
-        each child as module ``children/<i>`` (attrs seed, epochs, test_accuracy, config) and the
-        result as ``results/instability``. Children already in it are loaded, not retrained; a
-        store holding another start or children of another recipe is refused.
-    alphas, bn, splits: passed to :func:`landscape.paths.linear_path` (with ``path_options``).
-    executor: any ``concurrent.futures.Executor`` training the children in parallel (default: one
-        after the other here). Each child is a work unit writing its own store beside ``store``
-        (:func:`child_part_path`), moved into ``store`` once all are trained; finished children
-        are not retrained on a rerun. The result is the same as the sequential run's.
+    Args:
+        start: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``. A start whose head
+            is not a linear classifier with ``num_classes`` (default ``data.num_classes``) outputs gets a
+            fresh one (`distill.supervised.with_classifier`, drawn once with ``head_seed``), so
+            all children start from exactly the same weights.
+        seeds: child i trains with ``data_seed = aug_seed = seeds[i]``; default ``range(children)``.
+        cfg: the training recipe (default: the paper's, ``SupervisedConfig()``: 160 epochs per child,
+            as ``rtt instability``; ``SupervisedConfig.preset("cpu")`` trains 8); ``epochs`` overrides
+            ``cfg.epochs``.
+        store: a Store or path (created with kind "instability" when missing) receiving "start" and
+            each child as module ``children/<i>`` (attrs seed, epochs, test_accuracy, config) and the
+            result as ``results/instability``. Children already in it are loaded, not retrained; a
+            store holding another start or children of another recipe is refused.
 
-    Returns an ``xr.Dataset``: dims (pair, alpha, split) for ``loss`` (nats) and ``error``
-    (fraction); ``barrier_error`` and ``barrier_loss`` over (pair, split); ``child_test_accuracy``
-    over ``child`` (each child's own evaluation after training, BN statistics as trained). Coords:
-    ``pair`` ("0-1", ...), ``child_i``/``child_j`` on pair, ``child`` and ``child_seed``.
+    alphas, bn, splits: passed to `landscape.paths.linear_path` (with ``path_options``).
+
+    Args:
+        executor: any ``concurrent.futures.Executor`` training the children in parallel (default: one
+            after the other here). Each child is a work unit writing its own store beside ``store``
+            (`child_part_path`), moved into ``store`` once all are trained; finished children
+            are not retrained on a rerun. The result is the same as the sequential run's.
+
+    Returns:
+        An ``xr.Dataset``: dims (pair, alpha, split) for ``loss`` (nats) and ``error``
+        (fraction); ``barrier_error`` and ``barrier_loss`` over (pair, split); ``child_test_accuracy``
+        over ``child`` (each child's own evaluation after training, BN statistics as trained). Coords:
+        ``pair`` ("0-1", ...), ``child_i``/``child_j`` on pair, ``child`` and ``child_seed``.
     """
     from distill.train import resolve_device
 

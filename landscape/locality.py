@@ -70,7 +70,7 @@ def distillation_complete(cfg: DistillConfig, out: str | Path) -> bool:
 
 @dataclass(frozen=True)
 class DistillUnit:
-    """One sweep point as a work unit (:mod:`landscape.executors`): plain data, picklable; writes
+    """One sweep point as a work unit (`landscape.executors`): plain data, picklable; writes
     (or resumes) its own store and is done when that store holds the finished run."""
 
     cfg: dict
@@ -101,7 +101,7 @@ def locality(
     (``alpha`` or ``eps``, ``seed``, ``epoch``, ``model``, ``probe``).
 
     ``executor``: any ``concurrent.futures.Executor`` to run the points in parallel
-    (sequential in this process by default; :func:`landscape.executors.open_executor` makes dask
+    (sequential in this process by default; `landscape.executors.open_executor` makes dask
     and submitit ones). Points whose store is complete are skipped, so a rerun after a failure
     computes only what is missing. ``data``: a preloaded Dataset used by every point (default:
     each point loads ``cfg.dataset``; with an executor, loading on the workers sends less).
@@ -125,7 +125,7 @@ def locality(
 def collect(
     cfg: DistillConfig, axis: str, values: Sequence[float], seeds: Sequence[int], paths: dict[tuple[float, int], Path]
 ) -> xr.Dataset:
-    """Gather the stores of a sweep into one Dataset (see :func:`locality`)."""
+    """Gather the stores of a sweep into one Dataset (see `locality`)."""
     rows = []
     for v in values:
         per_seed = []

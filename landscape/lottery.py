@@ -27,11 +27,11 @@ Baselines (``baselines``), at the same number of remaining weights per level:
   trained with the whole recipe and a fresh optimiser; its level 0 is the dense network trained
   from that init.
 
-Store layout (names of :meth:`distill.store.Store.save_module`): ``lottery/<rewind>/<level:02d>``
+Store layout (names of `distill.store.Store.save_module`): ``lottery/<rewind>/<level:02d>``
 (IMP, trained, masks applied, uint8 masks beside it, accuracies in attrs),
 ``lottery/<rewind>/<baseline>/<level:02d>``, ``lottery/<rewind>/rewind`` (the rewind target for
 ``init`` and ``step``); for ``step`` the optimiser state at the rewind point is saved with
-:meth:`distill.store.Store.save_state` as ``lottery/step/rewind`` (tensors named
+`distill.store.Store.save_state` as ``lottery/step/rewind`` (tensors named
 ``<state key>/<parameter name>``, e.g. ``momentum_buffer/head.weight``), so a resumed run needs
 no new level 0. The returned Dataset is also written as result ``lottery``.
 """
@@ -114,7 +114,7 @@ def _baselines(baselines: str | Sequence[str] | None) -> list[str]:
 
 
 def _describe(info: Mapping[str, Any]) -> dict[str, Any]:
-    """Provenance attrs of the start from :func:`landscape.refs.load_ref`'s info."""
+    """Provenance attrs of the start from `landscape.refs.load_ref`'s info."""
     return {"start": info["source"], **{f"start_{k}": info[k] for k in ("store", "epoch", "name") if k in info}}
 
 
@@ -209,7 +209,7 @@ def _optimizer_for(model: nn.Module, saved: OptimizerByName, masks: Mapping[str,
 
 # ----------------------------------------------------------------------------- the runner
 class _Lottery:
-    """State shared by the IMP runs of one :func:`lottery` call."""
+    """State shared by the IMP runs of one `lottery` call."""
 
     def __init__(
         self,
@@ -272,8 +272,9 @@ class _Lottery:
         """Train a copy of the template holding ``weights`` under ``masks`` (None: dense), from step
         ``start_step`` of the recipe, with ``optimizer`` state (masked like the weights) or a fresh one.
 
-        Returns (metrics, trained state with masks applied, (weights, optimiser state by name) after
-        ``capture`` steps or None).
+        Returns:
+            (metrics, trained state with masks applied, (weights, optimiser state by name) after
+            ``capture`` steps or None).
         """
         model = copy.deepcopy(self.template)
         model.load_state_dict(weights)
@@ -556,37 +557,39 @@ def lottery(
 ) -> xr.Dataset:
     """Iterative magnitude pruning with rewinding from ``start``; see the module docstring.
 
-    start: a module or a ``(store, epoch | name)`` reference (:func:`distill.store.as_module`).
-        Without a linear classifier for ``data``'s classes, a fresh one is put on with
-        :func:`distill.supervised.with_classifier` (drawn with ``seed``).
-    data: a :class:`distill.data.Dataset`. levels: number of trained levels, level 0 = dense.
-    prune_fraction: fraction of the remaining prunable weights removed per level (0.2 gives
-        100, 80, 64, 51.2, ... % remaining). prunable: "weights" (conv and linear weights,
-        classifier included; Frankle et al.), "all" (every float parameter; the paper's code),
-        or a list of state_dict names.
-    cfg: the supervised recipe of every level (default: the paper's, ``SupervisedConfig()``, 160
-        epochs per level, as ``rtt lottery``; ``SupervisedConfig.preset("cpu")`` trains 8).
-    rewind: "start", "init", "step" or a list of them (one IMP run each); rewind_step: k for "step"
-        (at most the recipe's number of steps). Levels after a step rewind continue the recipe
-        from step k (schedule, data order, augmentation), as Frankle et al.
-    rewind_optimizer: False (default, Frankle et al.): every level starts with a fresh optimiser.
-        True: levels after a step rewind start from level 0's optimiser state at step k (SGD
-        momentum buffers; entries of pruned weights zeroed). "start" and "init" rewind to a
-        point before any step, whose optimiser state is the fresh one: there it has no effect.
-    rewind_rng: True (default): every level replays the same data order and augmentation
-        (``cfg``'s seeds); False: level l uses ``data_seed + l`` and ``aug_seed + l``.
-    baselines: any of "random_prune", "random_reinit" (default none: each adds a training run per
-        level, so the cost is that of one more IMP run).
-    store: a Store or path; created (kind "lottery") when missing. Every trained level is saved
-        with its masks; a later call continues at the first level missing from the store.
-    seed: classifier head and "init" draw; ``seed + 1`` draws random_reinit's init;
-        random_prune's level l draws with ``1000 * seed + l``.
+    Args:
+        start: a module or a ``(store, epoch | name)`` reference (`distill.store.as_module`).
+            Without a linear classifier for ``data``'s classes, a fresh one is put on with
+            `distill.supervised.with_classifier` (drawn with ``seed``).
+        data: a `distill.data.Dataset`. levels: number of trained levels, level 0 = dense.
+        prune_fraction: fraction of the remaining prunable weights removed per level (0.2 gives
+            100, 80, 64, 51.2, ... % remaining). prunable: "weights" (conv and linear weights,
+            classifier included; Frankle et al.), "all" (every float parameter; the paper's code),
+            or a list of state_dict names.
+        cfg: the supervised recipe of every level (default: the paper's, ``SupervisedConfig()``, 160
+            epochs per level, as ``rtt lottery``; ``SupervisedConfig.preset("cpu")`` trains 8).
+        rewind: "start", "init", "step" or a list of them (one IMP run each); rewind_step: k for "step"
+            (at most the recipe's number of steps). Levels after a step rewind continue the recipe
+            from step k (schedule, data order, augmentation), as Frankle et al.
+        rewind_optimizer: False (default, Frankle et al.): every level starts with a fresh optimiser.
+            True: levels after a step rewind start from level 0's optimiser state at step k (SGD
+            momentum buffers; entries of pruned weights zeroed). "start" and "init" rewind to a
+            point before any step, whose optimiser state is the fresh one: there it has no effect.
+        rewind_rng: True (default): every level replays the same data order and augmentation
+            (``cfg``'s seeds); False: level l uses ``data_seed + l`` and ``aug_seed + l``.
+        baselines: any of "random_prune", "random_reinit" (default none: each adds a training run per
+            level, so the cost is that of one more IMP run).
+        store: a Store or path; created (kind "lottery") when missing. Every trained level is saved
+            with its masks; a later call continues at the first level missing from the store.
+        seed: classifier head and "init" draw; ``seed + 1`` draws random_reinit's init;
+            random_prune's level l draws with ``1000 * seed + l``.
 
-    Returns a Dataset over (rewind, level), with a ``method`` dim ("imp", baselines...) when
-    baselines are asked for: best_accuracy, final_accuracy (test, fractions), final_loss (nats);
-    remaining_weights over level; coords level and sparsity (fraction of prunable weights left).
-    Select methods with a dict, ``ds.sel({"method": "imp"})``: ``sel``'s own keyword ``method``
-    would take ``ds.sel(method="imp")``.
+    Returns:
+        A Dataset over (rewind, level), with a ``method`` dim ("imp", baselines...) when
+        baselines are asked for: best_accuracy, final_accuracy (test, fractions), final_loss (nats);
+        remaining_weights over level; coords level and sparsity (fraction of prunable weights left).
+        Select methods with a dict, ``ds.sel({"method": "imp"})``: ``sel``'s own keyword ``method``
+        would take ``ds.sel(method="imp")``.
     """
     rewinds = _rewinds(rewind, rewind_step)
     rewind_step = int(rewind_step) if "step" in rewinds and rewind_step is not None else None

@@ -1,10 +1,10 @@
 """Lottery-ticket sweeps over rewind targets and replicate seeds, one work unit (and store) each.
 
 ``lottery_sweep(start, data, rewinds=["start", "init"], seeds=[0, 1, 2], out_dir=..., executor=ex)``
-runs :func:`landscape.lottery.lottery` once per (rewind target, seed), each with its own store
+runs `landscape.lottery.lottery` once per (rewind target, seed), each with its own store
 ``<out_dir>/lottery-<rewind>-seed<seed>.h5``, through any ``concurrent.futures.Executor``
-(:mod:`landscape.executors`); finished units are skipped and unfinished ones resume from their
-store. The result is :func:`lottery`'s Dataset concatenated over ``rewind`` and, with several
+(`landscape.executors`); finished units are skipped and unfinished ones resume from their
+store. The result is `lottery`'s Dataset concatenated over ``rewind`` and, with several
 seeds, over a new ``seed`` dim: the same numbers as one ``lottery(..., rewind=[...], seed=s)``
 call per seed (which shares level 0 between 'start' and 'step'; separate units train it twice).
 """
@@ -49,11 +49,11 @@ class LotteryUnit:
     options: dict = field(default_factory=dict)  # lottery() keywords; "cfg" as a SupervisedConfig dict
 
     def key(self) -> str:
-        """The unit's settings as canonical JSON (recorded in its result, compared by :meth:`done`)."""
+        """The unit's settings as canonical JSON (recorded in its result, compared by `done`)."""
         return json.dumps({"start": _start_key(self.start), **self.options}, sort_keys=True, default=str)
 
     def done(self) -> bool:
-        """Whether the unit's store holds the finished result of the same settings (:meth:`key`)."""
+        """Whether the unit's store holds the finished result of the same settings (`key`)."""
         path = Path(self.out)
         if not path.exists():
             return False
@@ -90,8 +90,10 @@ def lottery_sweep(
 ) -> xr.Dataset:
     """IMP for every (rewind target, seed), one store each (see the module docstring).
 
-    start: an ``nn.Module`` or ``(store_or_path, epoch | name)``; ``options``: the other keywords of
-    :func:`landscape.lottery.lottery` (levels, prune_fraction, prunable, rewind_step, baselines,
+    Args:
+        start: an ``nn.Module`` or ``(store_or_path, epoch | name)``; ``options``: the other keywords of
+
+    `landscape.lottery.lottery` (levels, prune_fraction, prunable, rewind_step, baselines,
     device, ...). Returns a Dataset over (rewind, level) [+ method], with a ``seed`` dim when
     ``len(seeds) > 1``; attrs ``stores`` (JSON list of the per-unit stores) and provenance.
     """

@@ -4,10 +4,12 @@
 the chosen splits and returns an ``xarray.Dataset`` with dims (alpha, split); ``barrier(ds)``
 reduces such curves to the error barrier of Frankle et al. (2020) and a loss barrier.
 
-Example::
+Example:
 
-    ds = linear_path((store, 10), (store, 20), data, alphas=30, bn="reset")
-    landscape.barrier(ds).barrier_error.sel(split="test")
+```python
+ds = linear_path((store, 10), (store, 20), data, alphas=30, bn="reset")
+landscape.barrier(ds).barrier_error.sel(split="test")
+```
 """
 
 from __future__ import annotations
@@ -92,15 +94,15 @@ def _alpha_values(alphas: int | Sequence[float]) -> np.ndarray:
 
 
 def _resolve(ref: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """(module for our own use, provenance attrs without the a_/b_ prefix): :func:`landscape.refs.load_ref`."""
+    """(module for our own use, provenance attrs without the a_/b_ prefix): `landscape.refs.load_ref`."""
     return load_ref(ref, device)
 
 
 def _choose_backend(requested: str, device: torch.device, model: nn.Module, n_alphas: int) -> str:
     """``auto``: loop on CPU (vmap ran at 0.5-0.8x the loop's speed there, bench/bench_paths.py);
     on CUDA, vmap is the candidate for models up to VMAP_MAX_PARAMS parameters without dropout and
-    more than one alpha; :func:`linear_path` then times both on a short trial on the device
-    (:func:`landscape.evaluate.trial_backends`) and keeps the faster, recorded in ``backend_rule``."""
+    more than one alpha; `linear_path` then times both on a short trial on the device
+    (`landscape.evaluate.trial_backends`) and keeps the faster, recorded in ``backend_rule``."""
     if requested != "auto":
         return requested
     if device.type != "cuda" or n_alphas < 2:
@@ -152,35 +154,38 @@ def linear_path(
     a, b: ``nn.Module`` (never modified) or references for ``distill.store.as_module``
         (``(store_or_path, epoch)`` or ``(store_or_path, name)``); same architecture, and
         classifiers for ``data``'s classes (a distilled student is not one: its DINO head has
-        65,536 outputs; a ValueError names :func:`landscape.instability` and
-        :func:`distill.supervised.with_classifier`, which make classifiers from it).
-    data: a ``distill.Dataset`` (uint8 ``train``/``test`` splits, per-channel ``mean``/``std``).
-    alphas: number of evenly spaced points in [0, 1] (both ends included) or the values themselves;
-        default 30, the grid of Frankle et al. 2020 (the paper's Figure 9 uses 50); stored as attrs
-        ``n_alphas`` and coordinate ``alpha``.
-    bn: BatchNorm running statistics at each alpha: ``reset`` (re-estimated, exactly as
-        ``torch.optim.swa_utils.update_bn``, on ``bn_batches`` batches of ``bn_batch_size``
-        training images drawn once with ``bn_seed`` and shared by every alpha), ``interpolate``
-        (like the weights) or ``keep_a``. Ignored (recorded as ``none``) without BN layers.
-    max_examples: evaluate a subset of this size per split, drawn with ``eval_seed``; None = all.
-    backend: ``loop`` (reference), ``vmap`` (``alpha_chunk`` alphas per pass, default 8; an
-        evaluation pass holds ``eval_batch_size`` images in all, a BN-reset pass ``alpha_chunk``
-        x ``bn_batch_size``) or ``auto`` (loop on CPU, where vmap measured ~0.5-0.8x the loop's
-        speed; vmap on CUDA for models up to 25M parameters without dropout).
-    channels_last: None = on for conv nets on CPU (loop backend); then results match a plain
-        evaluation to float rounding (~1e-6) rather than bit for bit.
-    align: None, ``weights`` or ``activations``: permute b's hidden units onto a first
-        (:func:`landscape.align.align`, options ``align_options``); recorded in attrs (``align_*``).
-    repair: rescale the interpolated network's channels not followed by BatchNorm to the
-        interpolated endpoint statistics at each alpha (:func:`landscape.align.repair_state`, on
-        the BN-reset batches); evaluated with the loop backend.
-    compile: evaluate the loop backend's forward through ``torch.compile`` (True: inductor, or a
-        backend name or callable), compiled once per architecture and process and reused by every
-        alpha and every later path of that architecture (:func:`landscape.evaluate.compiled_forward`);
-        recorded in attrs ``compile`` (``none`` when off or when vmap evaluates).
+        65,536 outputs; a ValueError names `landscape.instability` and
+        `distill.supervised.with_classifier`, which make classifiers from it).
 
-    Returns an ``xr.Dataset`` with dims (alpha, split): ``loss`` (mean cross-entropy, nats) and
-    ``error`` (1 - accuracy, fraction), evaluated in eval mode in fp32; attrs hold provenance.
+    Args:
+        data: a ``distill.Dataset`` (uint8 ``train``/``test`` splits, per-channel ``mean``/``std``).
+        alphas: number of evenly spaced points in [0, 1] (both ends included) or the values themselves;
+            default 30, the grid of Frankle et al. 2020 (the paper's Figure 9 uses 50); stored as attrs
+            ``n_alphas`` and coordinate ``alpha``.
+        bn: BatchNorm running statistics at each alpha: ``reset`` (re-estimated, exactly as
+            ``torch.optim.swa_utils.update_bn``, on ``bn_batches`` batches of ``bn_batch_size``
+            training images drawn once with ``bn_seed`` and shared by every alpha), ``interpolate``
+            (like the weights) or ``keep_a``. Ignored (recorded as ``none``) without BN layers.
+        max_examples: evaluate a subset of this size per split, drawn with ``eval_seed``; None = all.
+        backend: ``loop`` (reference), ``vmap`` (``alpha_chunk`` alphas per pass, default 8; an
+            evaluation pass holds ``eval_batch_size`` images in all, a BN-reset pass ``alpha_chunk``
+            x ``bn_batch_size``) or ``auto`` (loop on CPU, where vmap measured ~0.5-0.8x the loop's
+            speed; vmap on CUDA for models up to 25M parameters without dropout).
+        channels_last: None = on for conv nets on CPU (loop backend); then results match a plain
+            evaluation to float rounding (~1e-6) rather than bit for bit.
+        align: None, ``weights`` or ``activations``: permute b's hidden units onto a first
+            (`landscape.align.align`, options ``align_options``); recorded in attrs (``align_*``).
+        repair: rescale the interpolated network's channels not followed by BatchNorm to the
+            interpolated endpoint statistics at each alpha (`landscape.align.repair_state`, on
+            the BN-reset batches); evaluated with the loop backend.
+        compile: evaluate the loop backend's forward through ``torch.compile`` (True: inductor, or a
+            backend name or callable), compiled once per architecture and process and reused by every
+            alpha and every later path of that architecture (`landscape.evaluate.compiled_forward`);
+            recorded in attrs ``compile`` (``none`` when off or when vmap evaluates).
+
+    Returns:
+        An ``xr.Dataset`` with dims (alpha, split): ``loss`` (mean cross-entropy, nats) and
+        ``error`` (1 - accuracy, fraction), evaluated in eval mode in fp32; attrs hold provenance.
     """
     if bn not in POLICIES:
         raise ValueError(f"bn={bn!r}: choose one of {', '.join(POLICIES)}")
@@ -314,12 +319,14 @@ def linear_path(
 
 
 def barrier(ds: xr.Dataset) -> xr.Dataset:
-    """Barrier heights of the curves in ``ds`` (from :func:`linear_path`), reduced over ``alpha``.
+    """Barrier heights of the curves in ``ds`` (from `linear_path`), reduced over ``alpha``.
 
     ``barrier_error = max_alpha err(alpha) - (err(0) + err(1)) / 2`` (Frankle et al. 2020) and
     ``barrier_loss = max_alpha [L(alpha) - ((1 - alpha) L(0) + alpha L(1))]``, for every split
     and any other dimension (e.g. ``pair``). The path must contain alpha = 0 and alpha = 1.
-    Returns an ``xr.Dataset`` that keeps ``ds.attrs`` and adds both definitions.
+
+    Returns:
+        An ``xr.Dataset`` that keeps ``ds.attrs`` and adds both definitions.
     """
     if "alpha" not in ds.dims:
         raise ValueError("barrier needs a Dataset with an 'alpha' dimension, e.g. the result of linear_path")

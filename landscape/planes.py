@@ -11,10 +11,12 @@ ratio: a = (0, 0), b = (1, 0), c = (<c - a, u> / ||u||^2, ||v|| / ||u||). Floati
 (BN running statistics) follow the same affine combination of a, b and c; the BN policy then
 decides what is used (``reset``: re-estimated at every grid point, the default).
 
-Example::
+Example:
 
-    ds = plane((store, 10), (store, 50), (other, 50), data, resolution=21)
-    ds.error.plot(x="x", y="y")
+```python
+ds = plane((store, 10), (store, 50), (other, 50), data, resolution=21)
+ds.error.plot(x="x", y="y")
+```
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def _inputs_to(inputs: PathInputs, device: torch.device) -> PathInputs:
 
 @dataclass(frozen=True)
 class PlaneRow:
-    """One grid row (fixed y) as a work unit (:mod:`landscape.executors`): picklable, independent.
+    """One grid row (fixed y) as a work unit (`landscape.executors`): picklable, independent.
 
     The row is the segment from ``a + y s v`` (x = 0) to ``b + y s v`` (x = 1) with
     ``s = scale = |u| / |v|``, evaluated at ``xs`` by the linear-path evaluators (lerp gives
@@ -199,24 +201,27 @@ def plane(
     """Loss and error on a grid in the plane through ``a``, ``b``, ``c`` (see the module docstring).
 
     a, b, c: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``; one architecture,
-        classifiers for ``data``'s classes (e.g. children of :func:`landscape.instability`). ``a``
+        classifiers for ``data``'s classes (e.g. children of `landscape.instability`). ``a``
         is the origin (0, 0), ``b`` sets the x axis (1, 0), ``c`` the third point (the y axis).
-    resolution: grid points per axis (int, or (nx, ny)).
-    span: the range of both coordinates, ``(low, high)``, or ``((x_low, x_high), (y_low, y_high))``,
-        in units of ||b - a||. None: the bounding box of a, b, c widened by ``margin`` on each side.
-    bn: ``reset`` (BN statistics re-estimated at every grid point on ``bn_batches`` seeded training
-        batches, as :func:`landscape.paths.linear_path`), ``interpolate`` or ``keep_a``.
-    split: "train" or "test"; ``max_examples`` evaluates a seeded subset of that size.
-    backend: ``loop``, ``vmap`` (one grid row per pass) or ``auto`` (vmap on CUDA, else loop) —
-        the evaluators of :mod:`landscape.evaluate`, in fp32.
-    executor: any ``concurrent.futures.Executor`` evaluating the grid rows (:class:`PlaneRow`) in
-        parallel (default: one after the other here); the values equal the sequential run's
-        (bit for bit when the workers use as many intra-op threads).
 
-    Returns an ``xr.Dataset`` with dims (x, y): ``loss`` (mean cross-entropy, nats) and ``error``
-    (fraction); ``point_x``/``point_y`` over ``point`` = ["a", "b", "c"] (the three checkpoints'
-    coordinates); attrs ``norm_u``, ``norm_v`` (L2 norms of u and v in parameter space), the
-    definition and provenance.
+    Args:
+        resolution: grid points per axis (int, or (nx, ny)).
+        span: the range of both coordinates, ``(low, high)``, or ``((x_low, x_high), (y_low, y_high))``,
+            in units of ||b - a||. None: the bounding box of a, b, c widened by ``margin`` on each side.
+        bn: ``reset`` (BN statistics re-estimated at every grid point on ``bn_batches`` seeded training
+            batches, as `landscape.paths.linear_path`), ``interpolate`` or ``keep_a``.
+        split: "train" or "test"; ``max_examples`` evaluates a seeded subset of that size.
+        backend: ``loop``, ``vmap`` (one grid row per pass) or ``auto`` (vmap on CUDA, else loop) —
+            the evaluators of `landscape.evaluate`, in fp32.
+        executor: any ``concurrent.futures.Executor`` evaluating the grid rows (`PlaneRow`) in
+            parallel (default: one after the other here); the values equal the sequential run's
+            (bit for bit when the workers use as many intra-op threads).
+
+    Returns:
+        An ``xr.Dataset`` with dims (x, y): ``loss`` (mean cross-entropy, nats) and ``error``
+        (fraction); ``point_x``/``point_y`` over ``point`` = ["a", "b", "c"] (the three checkpoints'
+        coordinates); attrs ``norm_u``, ``norm_v`` (L2 norms of u and v in parameter space), the
+        definition and provenance.
     """
     if bn not in POLICIES:
         raise ValueError(f"bn={bn!r}: choose one of {', '.join(POLICIES)}")

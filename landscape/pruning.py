@@ -1,18 +1,20 @@
 """Pruning masks as parametrizations, and exact global pruning.
 
 A mask is a 0/1 tensor per prunable tensor, keyed by the tensor's name in the *unpruned*
-model's ``state_dict`` (e.g. ``"backbone.features.0.0.weight"``). :func:`apply_masks` registers a
-:class:`Mask` parametrization on each such tensor: the forward pass sees ``original * mask``, so
+model's ``state_dict`` (e.g. ``"backbone.features.0.0.weight"``). `apply_masks` registers a
+`Mask` parametrization on each such tensor: the forward pass sees ``original * mask``, so
 masked weights are exactly zero and the gradient reaching ``original`` is zero there; the
 masked entries of ``original`` are zeroed as well, so SGD momentum, weight decay or Adam moments
-(all zero at those entries) keep them at zero. :func:`remove_masks` bakes the masks in and
+(all zero at those entries) keep them at zero. `remove_masks` bakes the masks in and
 restores the plain architecture (same ``state_dict`` keys as an unpruned model).
 
-Example::
+Example:
 
-    masks = full_masks(model)                               # nothing pruned yet
-    masks = global_magnitude_prune(model, masks, 0.2)       # prune 20 % of what remains
-    apply_masks(model, masks); train(model); remove_masks(model)
+```python
+masks = full_masks(model)                               # nothing pruned yet
+masks = global_magnitude_prune(model, masks, 0.2)       # prune 20 % of what remains
+apply_masks(model, masks); train(model); remove_masks(model)
+```
 """
 
 from __future__ import annotations
@@ -168,13 +170,13 @@ def prunable_names(model: nn.Module, prunable: str | Sequence[str] = "weights") 
 
 # ----------------------------------------------------------------------------- masks on a model
 def full_masks(model: nn.Module, prunable: str | Sequence[str] = "weights") -> dict[str, Tensor]:
-    """All-ones bool masks for :func:`prunable_names` (nothing pruned), on the model's device."""
+    """All-ones bool masks for `prunable_names` (nothing pruned), on the model's device."""
     return {k: torch.ones_like(_tensor(model, k), dtype=torch.bool) for k in prunable_names(model, prunable)}
 
 
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
-    """Mask ``model`` in place: register (or update) a :class:`Mask` on every tensor in ``masks``.
+    """Mask ``model`` in place: register (or update) a `Mask` on every tensor in ``masks``.
 
     ``masks``: name -> 0/1 tensor (bool, uint8 or float) of the tensor's shape. The masked entries
     of the underlying parameter are set to zero. Returns ``model``.
@@ -210,10 +212,12 @@ def current_masks(model: nn.Module) -> dict[str, Tensor]:
 
 
 def remove_masks(model: nn.Module) -> nn.Module:
-    """Remove every :class:`Mask` in place, keeping the masked values (``leave_parametrized``).
+    """Remove every `Mask` in place, keeping the masked values (``leave_parametrized``).
 
     The ``state_dict`` then has the keys of an unpruned model with exact zeros at masked entries.
-    Returns ``model``.
+
+    Returns:
+        ``model``.
     """
     for _, module in list(model.named_modules()):
         names = [n for n in getattr(module, "parametrizations", {}) if _is_mask(module, n)]
@@ -228,7 +232,7 @@ def unmasked_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with the masks baked in and removed (``model`` is left as is).
 
     Parameter order may differ from a freshly built model (an unmasked tensor is re-registered
-    last in its module); the ``state_dict`` keys are the same. See also :func:`masked_state_dict`.
+    last in its module); the ``state_dict`` keys are the same. See also `masked_state_dict`.
     """
     return remove_masks(copy.deepcopy(model))
 
@@ -361,10 +365,12 @@ def global_magnitude_prune(
 @torch.no_grad()
 def random_prune(masks: Masks, fraction: float, seed: int = 0) -> dict[str, Tensor]:
     """New masks with exactly ``round(fraction * remaining)`` unmasked entries pruned uniformly at
-    random over all tensors together (the count of :func:`global_magnitude_prune`).
+    random over all tensors together (the count of `global_magnitude_prune`).
 
     The draw uses a CPU ``torch.Generator`` seeded with ``seed``, so it is the same on any device.
-    Returns name -> bool tensors on the masks' device.
+
+    Returns:
+        Name -> bool tensors on the masks' device.
     """
     if not masks:
         raise ValueError("masks is empty: start from full_masks(model, prunable)")

@@ -2,7 +2,7 @@
 
 A reference is an ``nn.Module`` or ``(store_or_path, epoch | name)``: ``(store, 10)`` is the
 student saved at epoch 10, ``(store, -1)`` the last one, ``(store, "teacher")`` or
-``(store, "children/0")`` a named module (:func:`distill.store.as_module`).
+``(store, "children/0")`` a named module (`distill.store.as_module`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,15 @@ from torch import nn
 def load_ref(ref: Any, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """A private copy of the module behind ``ref`` and its provenance.
 
-    ref: an ``nn.Module`` (deep-copied, never modified) or ``(store_or_path, epoch | name)``; a
+    Args:
+        ref: an ``nn.Module`` (deep-copied, never modified) or ``(store_or_path, epoch | name)``; a
+
     negative epoch counts from the last saved one.
-    Returns (module on ``device``, info) with info ``source`` (``"<path>#epoch=10"``,
-    ``"<path>#name=teacher"`` or ``"module"``) and, when known, ``store``, ``epoch`` or ``name`` and
-    ``config`` (the store's configuration as JSON). Every value is a str or an int (netCDF attrs).
+
+    Returns:
+        (module on ``device``, info) with info ``source`` (``"<path>#epoch=10"``,
+        ``"<path>#name=teacher"`` or ``"module"``) and, when known, ``store``, ``epoch`` or ``name`` and
+        ``config`` (the store's configuration as JSON). Every value is a str or an int (netCDF attrs).
     """
     from distill.store import Store, as_module
 
@@ -37,12 +41,12 @@ def load_ref(ref: Any, device: str | torch.device = "cpu") -> tuple[nn.Module, d
     if isinstance(ref, (tuple, list)) and len(ref) == 2:
         store, which = ref
         store = store if isinstance(store, Store) else Store(store)
+        if isinstance(which, (int, np.integer)):
+            which = resolve_epoch(store, int(which))
         module = as_module((store, which), device)
         path = str(store.path)
         if isinstance(which, (int, np.integer)):
             epoch = int(which)
-            if epoch < 0:
-                epoch = store.epochs[epoch]
             info: dict[str, Any] = {"source": f"{path}#epoch={epoch}", "store": path, "epoch": epoch}
         else:
             info = {"source": f"{path}#name={which}", "store": path, "name": str(which)}
@@ -54,6 +58,24 @@ def load_ref(ref: Any, device: str | torch.device = "cpu") -> tuple[nn.Module, d
             info["config"] = json.dumps(config, sort_keys=True, default=str)
         return module, info
     raise TypeError(f"expected an nn.Module or a (store, epoch | name) pair, got {type(ref).__name__}")
+
+
+def resolve_epoch(store: Any, epoch: int) -> int:
+    """The saved epoch that ``epoch`` names in ``store``: itself when >= 0, else counted back from
+    the last saved student (-1: the last). A ValueError names the saved epochs when it counts back
+    past the first."""
+    if epoch >= 0:
+        return epoch
+    epochs = list(store.epochs)
+    if -epoch > len(epochs):
+        saved = ", ".join(map(str, epochs)) or "none"
+        raise ValueError(
+            f"{store.path}:{epoch} counts back past the first saved student ({len(epochs)} saved, epochs "
+            f"{saved}): pass one of those epochs, or -1 (the last) to -{len(epochs)}"
+            if epochs
+            else f"{store.path} holds no saved student: name a module instead, e.g. {store.path}:teacher"
+        )
+    return int(epochs[epoch])
 
 
 def _num_classes(data: Any) -> int:

@@ -10,10 +10,10 @@ The directions are
   ``ignore`` (zero direction, Li et al.'s choice) or ``normalize`` (the whole vector rescaled to
   the norm of the checkpoint's vector). Buffers get no direction.
 - ``"hessian"``: the top one or two Hessian eigenvectors at the checkpoint (unit norm over the
-  parameters; :mod:`landscape.hessian`, supervised loss on the training split).
+  parameters; `landscape.hessian`, supervised loss on the training split).
 - checkpoints ``[b]`` / ``[b, c]``: ``d1 = b - theta_0`` (``d2 = c - theta_0``) over every
   floating-point entry (buffers included), so ``x`` is in units of ``|b - theta_0|`` and the line
-  ``y = 0`` is exactly :func:`landscape.paths.linear_path` from ``theta_0`` to ``b``.
+  ``y = 0`` is exactly `landscape.paths.linear_path` from ``theta_0`` to ``b``.
 
 The BN policy is that of paths: ``reset`` (running statistics re-estimated at every point on
 seeded training batches, default), ``keep_a`` (the centre's), ``interpolate`` (buffers follow
@@ -65,7 +65,9 @@ def filter_normalize(
     Tensors with >= 2 axes: every slice ``[i]`` along axis 0 gets the norm of ``reference[k][i]``.
     One-axis tensors: those in ``bn_keys`` follow ``bn_params``, the others (biases) ``bias``:
     ``ignore`` -> zero, ``normalize`` -> rescaled to the norm of the reference vector.
-    Returns float64 tensors; a zero direction filter stays zero.
+
+    Returns:
+        Float64 tensors; a zero direction filter stays zero.
     """
     for name, value in (("bias", bias), ("bn_params", bn_params)):
         if value not in ONE_D:
@@ -143,15 +145,18 @@ def surface(
 ) -> xr.Dataset:
     """Loss and error on a 1-D (``dims=1``) or 2-D grid around ``center`` (see the module docstring).
 
-    center: ``nn.Module`` (never modified) or ``(store, epoch | name)``; a classifier for ``data``.
-    directions: ``"random"`` (filter-normalised, drawn with ``seed``), ``"hessian"``, or a list of
-        ``dims`` checkpoints (modules or references) of the same architecture.
-    resolution: points per axis (int or (nx, ny)); span / yspan: coordinate ranges (yspan defaults
-        to span). Coordinates are in units of the directions (filter-normalised: relative to the
-        filters' own norms; checkpoints: |b - center|; Hessian: parameter-space L2 norm).
-    out: netCDF file written after every row; an existing file with the same settings is resumed.
-    Returns an ``xr.Dataset`` over (x[, y]): ``loss`` (mean cross-entropy, nats), ``error``
-    (fraction), ``done`` (rows finished); attrs: directions, their norms, BN policy, provenance.
+    Args:
+        center: ``nn.Module`` (never modified) or ``(store, epoch | name)``; a classifier for ``data``.
+        directions: ``"random"`` (filter-normalised, drawn with ``seed``), ``"hessian"``, or a list of
+            ``dims`` checkpoints (modules or references) of the same architecture.
+        resolution: points per axis (int or (nx, ny)); span / yspan: coordinate ranges (yspan defaults
+            to span). Coordinates are in units of the directions (filter-normalised: relative to the
+            filters' own norms; checkpoints: |b - center|; Hessian: parameter-space L2 norm).
+        out: netCDF file written after every row; an existing file with the same settings is resumed.
+
+    Returns:
+        An ``xr.Dataset`` over (x[, y]): ``loss`` (mean cross-entropy, nats), ``error``
+        (fraction), ``done`` (rows finished); attrs: directions, their norms, BN policy, provenance.
     """
     from distill.device import resolve_device
     from landscape.refs import load_ref

@@ -151,4 +151,4 @@ def test_rtt_info_reads_a_store_without_torch_and_says_what_xarray_says(tmp_path
     assert "result    plane/a: error, n over (split=2, x=4, y=5, point=3)" in folder
     j = json.loads(as_json)
     assert j["modules"] == ["student/00000", "student/00003", "teacher"] and j["results"] == ["metrics", "plane/a"]
-    assert j["kind"] == "distill" and json.loads(j["config"]) == {"arch": "mlp", "epochs": 3, "seed": 1}
+    assert j["kind"] == "distill" and j["config"] == {"arch": "mlp", "epochs": 3, "seed": 1}
