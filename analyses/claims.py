@@ -263,6 +263,7 @@ def compute(results: Path) -> xr.Dataset:
         "n": "seeds (or pairs) in the difference",
         "direction": "the paper's direction: +1 positive, -1 negative, 0 no difference within margin",
         "verdict": "supported / contradicted / open by the rule in attrs",
+        "margin": "half-width of the band of a no-difference claim (0 for directional claims)",
     }
     for k, v in long.items():
         ds[k].attrs = {"long_name": v, "units": units.get(k, "1")}

@@ -345,7 +345,7 @@ _SIZES = ("out_dim", "hidden_dim", "bottleneck_dim")
 
 def _check_sizes(name: str, v: Any, depth: int = 0) -> None:
     """A one-line ValueError when a size in ``v`` (a number, or one nested in lists and dicts) exceeds
-    :data:`MAX_SIZE`: a layer that large would need absurd memory, and is refused before any is allocated."""
+    `MAX_SIZE`: a layer that large would need absurd memory, and is refused before any is allocated."""
     if depth > 6:
         raise ValueError(f"{name} nests too deeply: pass a flat JSON object of options")
     if isinstance(v, bool):

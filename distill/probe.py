@@ -661,7 +661,7 @@ register_probe("linear_std")(_linear(True))
 @register_probe("knn_std")
 def _knn_std_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, **options: Any) -> float:
     """The k-NN probe on features standardised with the training split's per-feature mean and std
-    (:func:`standardize_features`), as the reference code also reports."""
+    (`standardize_features`), as the reference code also reports."""
     train_s, test_s = standardize_features(train_x, test_x)
     return _knn_probe(train_s, train_y, test_s, test_y, **options)
 

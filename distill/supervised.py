@@ -179,7 +179,7 @@ def with_classifier(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Mod
 # ----------------------------------------------------------------------------- evaluation
 def fit_head(model: nn.Module, data: Any, epochs: int, seed: int = 0, device: str | torch.device = "cpu") -> nn.Module:
     """Fit ``model``'s linear head (in place) on the frozen backbone's embeddings of ``data``'s training
-    split: :func:`distill.probe.fit_linear` for ``epochs`` epochs (AdamW lr 1e-3, batch 256), as the
+    split: `distill.probe.fit_linear` for ``epochs`` epochs (AdamW lr 1e-3, batch 256), as the
     reference code's ``pre_epochs_clf``. Returns ``model``."""
     from distill.probe import embed, fit_linear
 

@@ -632,7 +632,7 @@ def _distill(
     progress: bool | None,
     tensorboard: str | Path | None,
 ) -> Store:
-    """:func:`distill` once the store, when it exists, is open for writing (``early``)."""
+    """`distill` once the store, when it exists, is open for writing (``early``)."""
     from distill.provenance import provenance
 
     device = world.device

@@ -12,7 +12,7 @@ A store is a folder (``runs/x.h5``) of immutable HDF5 files, each readable with 
 proven by a test: a completed write is never damaged by a later kill (temporary name, fsync,
 atomic rename, folder fsync; nothing is rewritten in place); an epoch's files become visible
 together (one directory rename); one writer at a time (a second is refused with
-:class:`~distill.store.errors.StoreBusy`, naming the holder); readers take no lock; loading is
+`~distill.store.errors.StoreBusy`, naming the holder); readers take no lock; loading is
 strict (dtypes, shapes, finiteness, bounded specs, checksums).
 Modules: :mod:`~distill.store.core` (Store), :mod:`~distill.store.fsio` (atomic writes, lock),
 :mod:`~distill.store.objects` (one object per file), :mod:`~distill.store.single` (format-1 and

@@ -83,7 +83,7 @@ class Store:
 
     ``Store(path)`` opens an existing store for reading (``mode="r"``, no lock, never blocks a
     writer) or for writing (``mode="a"``: takes the store's exclusive writer lock, held while
-    any writing Store object of the process for that path lives, or until :meth:`close`);
+    any writing Store object of the process for that path lives, or until `close`);
     ``Store.create(path, config)`` makes a new one. ``store_dtype`` (``fp32``, ``fp16``,
     ``bf16``) casts floating tensors of saved modules on disk (the dtype is recorded and loading
     casts back); ``compression="gzip"`` compresses datasets. Single-file stores (``rtt pack``
@@ -133,7 +133,7 @@ class Store:
     ) -> Store:
         """Create a new (empty) store folder at ``path`` holding ``config`` (JSON-able) as provenance.
 
-        ``provenance``: the keys of :func:`distill.provenance.provenance` (default: computed here
+        ``provenance``: the keys of `distill.provenance.provenance` (default: computed here
         from ``config`` and ``kind``, on CPU in fp32)."""
         from distill.provenance import provenance as _provenance
 
@@ -247,7 +247,7 @@ class Store:
 
     # ------------------------------------------------------------------ index
     def commits(self) -> list[int]:
-        """Epochs committed with :meth:`commit`, ascending."""
+        """Epochs committed with `commit`, ascending."""
         if self._single is not None:
             return []
         return [e for e, _ in self._commit_dirs()]
@@ -260,7 +260,7 @@ class Store:
         return folder_index(self.path, root)
 
     def _locate(self, root: str, name: str) -> Path:
-        """The file of ``root/name`` as :meth:`_index` resolves it (newest commit first, then
+        """The file of ``root/name`` as `_index` resolves it (newest commit first, then
         ``objects``), found with one stat per commit instead of a walk of the whole store."""
         path = None
         if isinstance(name, str) and _NAME.match(name):
@@ -429,7 +429,7 @@ class Store:
         """Delete the copies of modules, masks and states that a newer commit holds (dead space
         once that commit exists; a kill between the commit and these deletions leaves them to the
         next writer). A commit holding a student checkpoint keeps all its files: it is a point
-        that :meth:`rollback` can return to and training can resume from. Links are never followed."""
+        that `rollback` can return to and training can resume from. Links are never followed."""
         seen: set[str] = set()
         for _, d in reversed(self._commit_dirs()):
             keep = _holds_student(d)
@@ -523,7 +523,7 @@ class Store:
         return self.load_module(student_name(epoch), device).eval()
 
     def load_state_group(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-        """The state saved by :meth:`save_state`, or None when there is none."""
+        """The state saved by `save_state`, or None when there is none."""
         if name not in self.names(root="state"):
             return None
         tensors, attrs = self._read_object("state", name)
@@ -731,7 +731,7 @@ def check_state(
 def load_into(
     model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "state", *, allow_nonfinite: bool = False
 ) -> nn.Module:
-    """Copy ``state`` into ``model`` after :func:`check_state`; one-line StoreError otherwise."""
+    """Copy ``state`` into ``model`` after `check_state`; one-line StoreError otherwise."""
     check_state(model, state, where, allow_nonfinite=allow_nonfinite)
     model.load_state_dict(dict(state))
     return model

@@ -1,10 +1,10 @@
 """Durable file operations of the store: write-to-temporary, fsync, atomic rename, directory fsync,
 and the single-writer lock.
 
-Every operation that changes the file system goes through :func:`op`, which counts it. A test
+Every operation that changes the file system goes through `op`, which counts it. A test
 (or a curious user) can make the process kill itself right after operation ``k`` with
-``RTT_STORE_CRASH_AFTER=k`` (or :func:`crash_after`), to prove that a kill between any two
-operations leaves a consistent store. ``RTT_STORE_OPLOG=1`` records the operations in :data:`OPLOG`.
+``RTT_STORE_CRASH_AFTER=k`` (or `crash_after`), to prove that a kill between any two
+operations leaves a consistent store. ``RTT_STORE_OPLOG=1`` records the operations in `OPLOG`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def crash_after(k: int | None, log: bool = False) -> None:
 
 
 def op_count() -> int:
-    """File operations done by this process since start (or the last :func:`crash_after`)."""
+    """File operations done by this process since start (or the last `crash_after`)."""
     return _COUNT
 
 
@@ -111,7 +111,7 @@ DIRECT_MIN = 1 << 18  # ranges from 256 KiB on go straight to the disk (smaller 
 def fill(path: Path | str, ranges: list[tuple[int, memoryview]]) -> None:
     """Write each ``(offset, bytes)`` of ``ranges`` into the existing file ``path``.
 
-    The block-aligned interior of every range of at least :data:`DIRECT_MIN` bytes is written
+    The block-aligned interior of every range of at least `DIRECT_MIN` bytes is written
     with ``O_DIRECT`` through a page-aligned buffer: the data goes to the disk once, without
     first being copied into the page cache and then written back by the fsync that must
     follow (which then has only the metadata to flush). The rest, and everything on systems or
@@ -158,7 +158,7 @@ def _open_direct(path: Path | str) -> int:
 
 
 def _write_direct(fd: int, buf: mmap.mmap, view: memoryview, offset: int) -> int:
-    """Copy ``view`` (a multiple of :data:`BLOCK` bytes) to ``offset`` by O_DIRECT through ``buf``;
+    """Copy ``view`` (a multiple of `BLOCK` bytes) to ``offset`` by O_DIRECT through ``buf``;
     the bytes written, fewer than asked when the file system refuses O_DIRECT (EINVAL) or a
     write comes back short."""
     staged = memoryview(buf)
@@ -204,12 +204,12 @@ _TMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{12}\.tmp$")
 
 def create_file(path: Path | str) -> int:
     """A new file at ``path`` (never an existing one, never through a link), opened for writing with
-    mode :data:`FILE_MODE`; its descriptor."""
+    mode `FILE_MODE`; its descriptor."""
     return int(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | os.O_CLOEXEC, FILE_MODE))
 
 
 def makedirs(path: Path) -> None:
-    """``mkdir -p`` with mode :data:`DIR_MODE` for every folder it makes (Path.mkdir would use 0777
+    """``mkdir -p`` with mode `DIR_MODE` for every folder it makes (Path.mkdir would use 0777
     minus the umask)."""
     path = Path(path)
     missing = []
@@ -277,7 +277,7 @@ def mark_alive(fd: int) -> None:
 
 
 def is_orphan_tmp(path: Path | str) -> bool:
-    """Whether the temporary file ``path`` belongs to no living writer (see :func:`mark_alive`).
+    """Whether the temporary file ``path`` belongs to no living writer (see `mark_alive`).
     Where the system lacks open-file-description locks, none is judged an orphan."""
     if _OFD_GETLK is None:
         return False
@@ -335,7 +335,7 @@ def write_atomic(final: Path, data: bytes | Callable[[Path], None], *, replace: 
     written under a temporary name, fsynced, renamed into place, folder fsynced. A kill at any
     instant leaves either the old ``final`` (or none) or the complete new one, never a mix; the
     temporary a killed writer leaves is removed by the next write of ``final``. The file gets
-    mode :data:`FILE_MODE`."""
+    mode `FILE_MODE`."""
     final = Path(final)
     check_parents(final, f"write {final.name}")
     makedirs(final.parent)

@@ -1,9 +1,9 @@
 """What a store holds, read with h5py alone (no torch, no xarray): the path of ``rtt info``.
 
-:func:`describe` returns the provenance attrs, the object names under each root, the saved
+`describe` returns the provenance attrs, the object names under each root, the saved
 student epochs and, for every result, its data variables and dimension sizes (read from the
 netCDF layout that h5netcdf writes: dimension-scale datasets are dimensions, the other
-datasets variables). :class:`~distill.store.core.Store` shares the format check and the
+datasets variables). `~distill.store.core.Store` shares the format check and the
 folder index defined here.
 """
 
@@ -155,7 +155,7 @@ def config_of(attrs: dict[str, Any], where: Path | str) -> dict[str, Any]:
 
 def group_names(f: h5py.File, root: str) -> list[str]:
     """Complete groups below ``root`` of an open single-file store; a group that cannot be opened is
-    skipped; a one-line StoreError when a link stands in the way (see :func:`check_hdf5_links`)."""
+    skipped; a one-line StoreError when a link stands in the way (see `check_hdf5_links`)."""
     out: list[str] = []
 
     def walk(group: h5py.Group, prefix: str) -> None:

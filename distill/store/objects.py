@@ -85,7 +85,7 @@ def write_object(
 
     Uncompressed, h5py lays out the file (metadata, and one contiguous dataset per tensor, its
     storage allocated at once and never filled; datasets from 256 KiB on start at a multiple
-    of 4 KiB); then :func:`fsio.fill` copies each tensor's bytes into its place (large ones
+    of 4 KiB); then `fsio.fill` copies each tensor's bytes into its place (large ones
     straight to the disk) while a second thread sums them, and the attrs with the checksum
     manifest are added last. The dataset bytes are those h5py writes; the caller's fsync
     makes the file durable."""

@@ -16,7 +16,7 @@ from distill.store.info import OBJECT_NAME
 
 def pack(store: Store | str | Path, out: str | Path) -> Path:
     """Write every visible module, mask, state and result of ``store`` into the single HDF5 file
-    ``out`` (format_version 2, layout "packed"), which :class:`Store` opens read-only.
+    ``out`` (format_version 2, layout "packed"), which `Store` opens read-only.
     Written to a temporary name and renamed, so ``out`` is complete or absent."""
     store = store if isinstance(store, Store) else Store(store)
     out = Path(out)

@@ -31,7 +31,7 @@ class SingleFile:
 
     def __init__(self, path: Path, attrs: dict[str, Any]):
         """``attrs``: the file's root attributes, already read and checked by
-        :func:`distill.store.info.read_attrs` (which names every way a path is not a store)."""
+        `distill.store.info.read_attrs` (which names every way a path is not a store)."""
         self.path = path
         self.attrs = attrs
 
