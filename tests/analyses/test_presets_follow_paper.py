@@ -99,7 +99,8 @@ def test_a_quick_variant_says_what_it_changes(name, capsys):
 
 
 def test_quick_results_are_written_beside_the_gpu_ones():
-    assert common.result_stem("lottery", "gpu") == "lottery"
+    assert common.result_stem("lottery", "cpu") == "lottery"  # the checkout's committed file
+    assert common.result_stem("lottery", "gpu") == "lottery_gpu"
     assert common.result_stem("lottery", "gpu-quick") == "lottery_gpu_quick"
 
 

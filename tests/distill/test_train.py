@@ -243,7 +243,7 @@ def test_config_validation_and_cli_errors(tmp_path, capsys):
         DistillConfig(optimizer="lbfgs")
     code = rtt(["distill", "--out", str(tmp_path / "x.h5"), "--dataset", "nope"])
     err = capsys.readouterr().err
-    assert code == 1 and len(err.strip().splitlines()) == 1 and "nope" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "nope" in err  # a usage error
     code = rtt(["distill", "--out", str(tmp_path / "x.h5"), "--epochs", "0"])
     assert code == 1 and "epochs" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
