@@ -51,10 +51,13 @@ def seeded(seed: int) -> Iterator[None]:
         yield
 
 
-__all__ = ["Model", "build_model", "list_models", "register_model"]
+__all__ = ["Model", "build_model", "list_models", "model_plugin", "register_model"]
 
 Factory = TypeVar("Factory", bound=Callable[..., nn.Module])
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_ORIGIN: dict[str, str] = {}  # name -> module of the factory (where it was registered)
+# modules of the toolkit itself: models they register need no plugin to be rebuilt
+TOOLKIT_PACKAGES: tuple[str, ...] = ("distill", "landscape", "analyses")
 _RESERVED = {"arch", "in_shape", "num_classes", "head"} | set(HEAD_OPTION_NAMES)
 
 
@@ -75,6 +78,7 @@ def register_model(name: str) -> Callable[[Factory], Factory]:
             if p.name in _RESERVED:
                 raise ValueError(f"factory {fn.__name__}: option name {p.name!r} is reserved; rename it")
         _REGISTRY[name] = fn
+        _ORIGIN[name] = str(getattr(fn, "__module__", "") or "")
         return fn
 
     return decorate
@@ -83,6 +87,16 @@ def register_model(name: str) -> Callable[[Factory], Factory]:
 def list_models() -> list[str]:
     """Names of all registered architectures, sorted."""
     return sorted(_REGISTRY)
+
+
+def model_plugin(arch: str) -> str | None:
+    """The module that registered ``arch`` when it is not the toolkit's own (a plugin), else None.
+
+    Stores record it beside every saved module, so that loading can say which plugin it needs."""
+    module = _ORIGIN.get(arch, "")
+    if not module or module.split(".", 1)[0] in TOOLKIT_PACKAGES:
+        return None
+    return module
 
 
 def _backbone_defaults(arch: str) -> dict[str, Any]:

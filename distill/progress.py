@@ -4,8 +4,14 @@ On a terminal the tqdm bar shows progress; otherwise (a batch job, stderr redire
 gives one ``logging`` line on the ``distill.train`` logger:
 
 ```text
-cifar10-vgg11-a1e-10-lr0.001-s0 epoch 3/150 loss 9.7213 kl 0.4127 student knn 31.2 linear 35.0 | 41.2 s, ETA 1:41:00
+cifar10-vgg11-a1e-10-lr0.001-s0 epoch 3/150 loss 9.721347 kl 4.13e-06 student knn 31.2 linear 35.0 | 41.2 s, ETA 1:41:00
 ```
+
+The loss has six decimals and the KL three significant digits in scientific notation, so that
+both can be seen to move (the KL to a random teacher is often of the order of 1e-6 nats). The
+time of epoch 0 (before training) is that of its probes. Before a long step (probing the teacher,
+the student or the input, which embeds every probe image) a line on the ``distill.progress``
+logger says what is starting.
 
 Whatever the terminal, the same record is appended to ``<store stem>.jsonl`` beside the store (one
 JSON object per line: ``epoch``, ``loss``, ``kl`` in nats, ``seconds`` of the epoch, ``eta_seconds``,
@@ -133,7 +139,9 @@ class EpochReporter:
         def fmt(v: float | None, spec: str = ".4f") -> str:
             return "-" if v is None else format(v, spec)
 
-        text = f"{self.run} epoch {rec['epoch']}/{self.epochs} loss {fmt(rec['loss'])} kl {fmt(rec['kl'])}"
+        text = (
+            f"{self.run} epoch {rec['epoch']}/{self.epochs} loss {fmt(rec['loss'], '.6f')} kl {fmt(rec['kl'], '.2e')}"
+        )
         student = rec["probes"].get("student", {})
         if student:
             text += " student " + " ".join(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -33,6 +34,8 @@ from distill.models import build_model, seeded
 from distill.optim import Adam, AdamW
 from distill.registry import canonical_dataset
 from distill.store import Store, StoreError, load_into, student_name
+
+note = logging.getLogger("distill.progress")  # what a long step is about to do (before it starts)
 
 if TYPE_CHECKING:
     import xarray
@@ -447,7 +450,7 @@ class History:
                 "student_norm": var(self.student_norm, "student embedding L2 norm (mean)", "1"),
                 "teacher_norm": var(self.teacher_norm, "teacher embedding L2 norm (mean)", "1"),
                 "distance": var(self.distance, "parameter distance student - teacher (L2)", "1"),
-                "seconds": var(self.seconds, "wall time of the epoch", "s"),
+                "seconds": var(self.seconds, "wall time of the epoch (epoch 0: its probes)", "s"),
             },
             coords={
                 "epoch": np.asarray(self.epochs, dtype=np.int64),
@@ -743,6 +746,16 @@ def _train(
     # that epoch's seed, on embeddings computed once, so their best over epochs is the code's number
     frozen_features: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
+    n_probe = (len(pdata.train.labels), len(pdata.test.labels))
+    announce = {"later_epochs": True}  # after epoch 0 only without a progress bar (not to break it)
+
+    def say(epoch: int, what: str, embed: bool = True) -> None:
+        """Announce a long step (probing embeds every probe image) before it starts."""
+        if epoch > 0 and not announce["later_epochs"]:
+            return
+        images = f", embedding {n_probe[0]:,} + {n_probe[1]:,} images" if embed else ""
+        note.info(f"{cfg.run_name} epoch {epoch}: probing the {what} ({', '.join(cfg.probes)}{images})")
+
     def probe_epoch(epoch: int) -> None:
         if not cfg.probes or not world.is_main:
             return
@@ -750,6 +763,11 @@ def _train(
         if cfg.probe_reseed and not cfg.ema_teacher:
             from distill.probe import embed_splits, probe_features
 
+            say(
+                epoch,
+                "teacher" + (" and the BN-recalibrated teacher" if has_batchnorm(teacher) else ""),
+                embed=not frozen_features,
+            )
             if not frozen_features:
                 frozen_features["teacher"] = embed_splits(_backbone(teacher), pdata, device=device)
                 if has_batchnorm(teacher):
@@ -759,14 +777,19 @@ def _train(
                 feats = frozen_features.get(name, frozen_features["teacher"])
                 fixed[name] = probe_features(*feats, device=device, **probe_options(cfg, seed))
         elif not fixed or cfg.ema_teacher:
+            say(epoch, "teacher")
             fixed["teacher"] = run_probes(cfg, _backbone(teacher), pdata, device)
+            if has_batchnorm(teacher):
+                say(epoch, "BN-recalibrated teacher")
             fixed["teacher_bn"] = (
                 run_probes(cfg, _backbone(recalibrated_teacher(teacher, pdata, cfg, device)), pdata, device)
                 if has_batchnorm(teacher)
                 else fixed["teacher"]
             )
         if "input" not in fixed:
+            say(epoch, "input (raw pixels)", embed=False)
             fixed["input"] = run_probes(cfg, None, pdata, device)
+        say(epoch, "student")
         was = student.training
         student.eval()
         history.probes[epoch] = {**fixed, "student": run_probes(cfg, _backbone(student), pdata, device, seed)}
@@ -824,13 +847,15 @@ def _train(
         log_lines=bool(bar.disable),
         tensorboard=tensorboard,
     )
+    announce["later_epochs"] = bool(bar.disable)
     if state is None:  # a fresh start (a resume from epoch 0 has its commit already)
         with torch.no_grad():  # on a copy: a train-mode forward would move the student's BN statistics
             x0 = normalize(data.train.images[: cfg.batch_size].to(device), data.mean, data.std)
             s_norm = _backbone(copy.deepcopy(student).train())(x0).norm(dim=1).mean().item()
             t_norm = _backbone(teacher)(x0).norm(dim=1).mean().item()
+        t0 = time.perf_counter()
         probe_epoch(0)
-        measure(0, np.nan, np.nan, s_norm, t_norm, 0.0)
+        measure(0, np.nan, np.nan, s_norm, t_norm, time.perf_counter() - t0)  # epoch 0: the probes' time
         commit(0, True)
         report.record(0, history)
 
@@ -968,7 +993,7 @@ def _train(
             probe_epoch(epoch)
             p = history.probes[epoch]["student"]
             last_probe = " | student " + " ".join(f"{k} {100 * v:.1f}" for k, v in p.items())
-        bar.set_postfix_str(f"loss {kl if cfg.loss == 'kl' else ce:.4f}{last_probe}")
+        bar.set_postfix_str(f"loss {kl if cfg.loss == 'kl' else ce:.6f} kl {kl:.2e}{last_probe}")
         measure(
             epoch,
             kl if cfg.loss == "kl" else ce,
@@ -983,10 +1008,17 @@ def _train(
     report.close()
 
 
+def probed_accuracy(metrics: Any) -> xarray.DataArray:
+    """``metrics.accuracy`` without the epochs that were not probed (their rows are all NaN):
+    dims (epoch, model, probe), fractions."""
+    acc: xarray.DataArray = metrics.accuracy.dropna("epoch", how="all")
+    return acc
+
+
 def summary_table(metrics: Any) -> str:
     """Probe accuracies (percent) of the last probed epoch, one row per model, with the
     distillation gain: student minus the better of teacher and BN-recalibrated teacher."""
-    acc = metrics.accuracy.dropna("epoch", how="all")
+    acc = probed_accuracy(metrics)
     last = acc.isel(epoch=-1)
     probes = [str(p) for p in acc.probe.values]
     lines = [f"epoch {int(last.epoch)}".ljust(14) + "".join(f"{p:>12}" for p in probes)]
@@ -999,6 +1031,6 @@ def summary_table(metrics: Any) -> str:
 
 def distillation_gain(metrics: Any, epoch: int | None = None) -> xarray.DataArray:
     """Student minus max(teacher, teacher_bn) accuracy per probe, at ``epoch`` (default: last probed)."""
-    acc = metrics.accuracy.dropna("epoch", how="all")
+    acc = probed_accuracy(metrics)
     row = acc.isel(epoch=-1) if epoch is None else acc.sel(epoch=epoch)
     return row.sel(model="student") - np.maximum(row.sel(model="teacher"), row.sel(model="teacher_bn"))

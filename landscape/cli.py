@@ -111,7 +111,11 @@ class _Info:
         if a.json:
             nested = {k: _json_value(v) for k, v in attrs.items()}
             print(
-                json.dumps({**nested, "modules": names["modules"], "results": names["results"]}, indent=2, default=str)
+                json.dumps(
+                    {**nested, "modules": names["modules"], "results": names["results"], "plugins": d["plugins"]},
+                    indent=2,
+                    default=str,
+                )
             )
             return 0
         print(f"store     {d['path']}")
@@ -126,10 +130,31 @@ class _Info:
         others = [n for n in names["modules"] if not n.startswith("student/")]
         print(f"modules   {', '.join(others) or '-'}")
         print(f"students  epochs {', '.join(map(str, d['epochs'])) or '-'}")
+        for line in _plugin_lines(d["plugins"]):
+            print(line)
         for r, (data_vars, sizes) in d["results"].items():
             dims = ", ".join(f"{k}={n}" for k, n in sizes.items())
             print(f"result    {r}: {', '.join(data_vars)} over ({dims})")
         return 0
+
+
+def _plugin_lines(plugins: dict[str, list[str]]) -> list[str]:
+    """``rtt info``'s lines on the plugins a store's models need: installed or how to provide them
+    (read from package metadata; no plugin is imported)."""
+    if not plugins:
+        return []
+    from distill.plugins import how_to_provide, installed_plugins
+
+    installed = installed_plugins()
+    out = []
+    for module, users in sorted(plugins.items()):
+        state = (
+            f"installed (entry point {installed[module]!r})"
+            if module in installed
+            else f"not installed: {how_to_provide(module)}"
+        )
+        out.append(f"plugin    {module} for {len(users)} module(s): {state}")
+    return out
 
 
 def _json_value(value: Any) -> Any:

@@ -8,7 +8,7 @@ Example:
 
 ```python
 ds = linear_path((store, 10), (store, 20), data, alphas=30, bn="reset")
-landscape.barrier(ds).barrier_error.sel(split="test")
+landscape.barrier(ds).barrier_error.sel(split="test")  # or .to_series(): one value per split, labelled
 ```
 """
 
@@ -326,7 +326,10 @@ def barrier(ds: xr.Dataset) -> xr.Dataset:
     and any other dimension (e.g. ``pair``). The path must contain alpha = 0 and alpha = 1.
 
     Returns:
-        An ``xr.Dataset`` that keeps ``ds.attrs`` and adds both definitions.
+        An ``xr.Dataset`` that keeps ``ds.attrs`` and adds both definitions. Its variables have the
+        dims of ``ds`` but ``alpha``: ``split`` (labelled with the splits the path evaluated, in
+        its order: ``.sel(split="test")``; ``.to_series()`` prints each value beside its split,
+        where ``.values`` drops the labels) and any other, e.g. ``pair``.
     """
     if "alpha" not in ds.dims:
         raise ValueError("barrier needs a Dataset with an 'alpha' dimension, e.g. the result of linear_path")

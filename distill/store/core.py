@@ -342,7 +342,8 @@ class Store:
         attrs: Mapping[str, Any] | None = None,
         masks: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
-        """Save ``module.state_dict()`` under ``name`` with its architecture spec and ``attrs``.
+        """Save ``module.state_dict()`` under ``name`` with its architecture spec and ``attrs``
+        (and, for a model registered by a plugin, the plugin's module as attr ``plugin``).
 
         ``masks`` (state_dict key -> 0/1 tensor) are stored as uint8 beside it; the caller
         saves the module with the masks already applied. Floating tensors are cast to the
@@ -352,6 +353,11 @@ class Store:
         if spec is None:
             raise StoreError(f"cannot save '{name}': the module has no .spec (build it with distill.build_model)")
         meta = {"spec": json.dumps(spec, sort_keys=True), "store_dtype": self.store_dtype, **dict(attrs or {})}
+        from distill.models import model_plugin
+
+        plugin = model_plugin(str(spec.get("arch", "")))
+        if plugin is not None:  # the module that registered the architecture: needed to rebuild it
+            meta["plugin"] = plugin
         if masks is not None:
             self._put("masks", name, {k: m.to(torch.uint8) for k, m in masks.items()}, {})
         self._put("modules", name, module.state_dict(), meta, cast=objects.STORE_DTYPES[self.store_dtype])
@@ -491,10 +497,11 @@ class Store:
     def load_module(self, name: str, device: str | torch.device = "cpu", *, allow_nonfinite: bool = False) -> nn.Module:
         """Rebuild the module saved under ``name`` from its spec and load its tensors (strictly:
         keys, shapes and dtypes must match the architecture; NaN/inf weights are refused unless
-        ``allow_nonfinite``)."""
+        ``allow_nonfinite``). A model of a plugin needs that plugin installed or loaded
+        (`distill.plugins.load_plugin`); otherwise a one-line PluginError names it."""
         state, attrs = self.load_state(name)
         where = f"{self.path}:{name}"
-        model = build_checked(attrs.get("spec"), state, where)
+        model = build_checked(attrs.get("spec"), state, where, plugin=attrs.get("plugin"))
         load_into(model, state, where=where, allow_nonfinite=allow_nonfinite)
         model.store_ref = (str(self.path), name)  # type: ignore[assignment]  # torch types attributes as tensors/modules
         return model.to(device)
@@ -671,10 +678,13 @@ def _check_spec(v: Any, where: str, field: str = "spec", depth: int = 0) -> None
         raise StoreError(f"{where}: architecture field {field} has type {type(v).__name__}: damaged file")
 
 
-def build_checked(spec_json: Any, state: Mapping[str, torch.Tensor], where: str) -> nn.Module:
+def build_checked(spec_json: Any, state: Mapping[str, torch.Tensor], where: str, *, plugin: Any = None) -> nn.Module:
     """Build the architecture of ``spec_json`` after bounding its fields and checking, on the
-    meta device (no memory), that its parameters are no more than the tensors actually stored."""
+    meta device (no memory), that its parameters are no more than the tensors actually stored.
+    ``plugin``: the module recorded as registering the architecture (see
+    `distill.plugins.require_model`; it is never imported unless installed or loaded by the user)."""
     from distill.models import build_model
+    from distill.plugins import MODULE_NAME, require_model
 
     try:
         spec = json.loads(spec_json)
@@ -683,6 +693,10 @@ def build_checked(spec_json: Any, state: Mapping[str, torch.Tensor], where: str)
     except (TypeError, ValueError) as e:
         raise StoreError(f"{where}: unusable architecture spec ({e}): damaged or foreign store") from None
     _check_spec(spec, where)
+    if plugin is not None:
+        if not isinstance(plugin, str) or len(plugin) > 200 or not MODULE_NAME.match(plugin):
+            raise StoreError(f"{where}: its plugin attribute is not a module name (damaged or crafted file)")
+        require_model(str(spec.get("arch", "")), plugin, where)
     try:
         with torch.device("meta"):
             meta = build_model(**spec)

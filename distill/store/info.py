@@ -247,8 +247,9 @@ def result_summary(group: h5py.Group) -> tuple[list[str], dict[str, int]]:
 
 def describe(path: str | Path) -> dict[str, Any]:
     """What the store at ``path`` holds: ``attrs`` (provenance, JSON strings as stored), ``names``
-    (root -> sorted object names), ``epochs`` (saved student epochs, ascending) and ``results``
-    (name -> (data variables, {dimension: size}))."""
+    (root -> sorted object names), ``epochs`` (saved student epochs, ascending), ``results``
+    (name -> (data variables, {dimension: size})) and ``plugins`` (plugin module -> names of the
+    saved modules that need it)."""
     p = Path(path)
     attrs, single = read_attrs(p)
     results: dict[str, tuple[list[str], dict[str, int]]] = {}
@@ -265,7 +266,34 @@ def describe(path: str | Path) -> dict[str, Any]:
             where = f"{p}:results/{r}"
             results[r] = _summary_or_error(lambda file=file, w=where: _summary_of_file(file, w), where)
     epochs = sorted(int(n[8:]) for n in names["modules"] if n.startswith("student/") and _ascii_digits(n[8:]))
-    return {"path": p, "attrs": attrs, "names": names, "epochs": epochs, "results": results}
+    plugins = _plugins(p, single, names["modules"])
+    return {"path": p, "attrs": attrs, "names": names, "epochs": epochs, "results": results, "plugins": plugins}
+
+
+def _plugins(p: Path, single: bool, modules: list[str]) -> dict[str, list[str]]:
+    """Plugin module -> names of the saved modules whose architecture it registered (the ``plugin``
+    attr `Store.save_module` writes); unreadable objects are skipped (``rtt verify`` reports them)."""
+    out: dict[str, list[str]] = {}
+
+    def note(name: str, value: Any) -> None:
+        if value is not None:
+            out.setdefault(str(attr_value(value)), []).append(name)
+
+    if single:
+        with h5py.File(p, "r", locking=False) as f:
+            for name in modules:
+                try:
+                    note(name, f[f"modules/{name}"].attrs.get("plugin"))
+                except (KeyError, OSError, RuntimeError):
+                    continue
+        return out
+    for name, file in sorted(folder_index(p, "modules").items()):
+        try:
+            with h5py.File(file, "r", locking=False) as f:
+                note(name, f.attrs.get("plugin"))
+        except (OSError, RuntimeError):
+            continue
+    return out
 
 
 def _ascii_digits(text: str) -> bool:

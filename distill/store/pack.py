@@ -98,7 +98,7 @@ def verify(path: str | Path) -> tuple[int, list[str]]:
                 tensors, attrs = store._read_object(root, name)
                 if root == "modules":
                     where = f"{store.path}:{name}"
-                    model = build_checked(attrs.get("spec"), tensors, where)
+                    model = build_checked(attrs.get("spec"), tensors, where, plugin=attrs.get("plugin"))
                     load_into(model, tensors, where=where)
                 elif root == "state" and name == "train":
                     _check_meta(attrs, f"{store.path}:state/{name}")

@@ -92,8 +92,18 @@ def test_rtt_distill_in_a_batch_job_logs_one_line_per_epoch_and_a_matching_jsonl
     assert epochs == [0, 1, 2, 3]  # one line per epoch (epoch 0: before training), nothing else from the loop
     assert "\r" not in log  # no progress bar drawn into the file
     assert re.search(
-        r"epoch 2/3 loss \d+\.\d{4} kl \d+\.\d{4} student knn \d+\.\d \| \d+\.\d s, ETA \d+:\d\d:\d\d", lines[2]
+        r"epoch 2/3 loss \d+\.\d{6} kl -?\d\.\d\de[-+]\d\d student knn \d+\.\d \| \d+\.\d s, ETA \d+:\d\d:\d\d",
+        lines[2],
     ), lines[2]
+    # before epoch 0's line: what its long silence is (probing each model on the probe images)
+    notes = [line for line in log.splitlines() if " distill.progress " in line]
+    first = log.splitlines().index(lines[0])
+    assert [n.split(": ", 1)[1] for n in notes if log.splitlines().index(n) < first] == [
+        "probing the teacher (knn, embedding 256 + 64 images)",
+        "probing the BN-recalibrated teacher (knn, embedding 256 + 64 images)",
+        "probing the input (raw pixels) (knn)",
+        "probing the student (knn, embedding 256 + 64 images)",
+    ]
     assert "(epoch 0)" in lines[1] and "(epoch" not in lines[3]  # the latest probes, and of which epoch
 
     records = read_progress(out)
@@ -113,7 +123,7 @@ def test_rtt_distill_in_a_batch_job_logs_one_line_per_epoch_and_a_matching_jsonl
     assert [r["probed_epoch"] for r in records] == [0, 0, 2, 3]
     assert records[0]["loss"] is None and records[-1]["eta_seconds"] == 0.0
     # the log line shows the same numbers as the record
-    assert f"loss {records[1]['loss']:.4f} kl {records[1]['kl']:.4f}" in lines[1]
+    assert f"loss {records[1]['loss']:.6f} kl {records[1]['kl']:.2e}" in lines[1]
 
 
 def test_resuming_keeps_the_records_up_to_the_resumed_epoch(tmp_path):
@@ -153,3 +163,13 @@ def test_tensorboard_scalars(tmp_path):
     knn = {e.step: e.value for e in acc.Scalars("probe/student/knn")}
     assert sorted(knn) == [0, 1, 2]
     np.testing.assert_allclose(knn[2], float(m.accuracy.sel(epoch=2, model="student", probe="knn")), rtol=1e-6)
+
+
+def test_the_log_line_shows_a_tiny_kl_and_small_loss_changes():
+    from distill.progress import EpochReporter
+
+    rep = EpochReporter("unused.h5", "run", 3, 0, enabled=False)
+    rec = {"epoch": 1, "loss": 8.3176123, "kl": 1.2345e-6, "seconds": 12.34, "eta_seconds": 30.0, "probes": {}}
+    assert rep.line(rec) == "run epoch 1/3 loss 8.317612 kl 1.23e-06 | 12.3 s, ETA 0:00:30"
+    rec = {**rec, "epoch": 0, "loss": None, "kl": None, "eta_seconds": None}
+    assert rep.line(rec) == "run epoch 0/3 loss - kl - | 12.3 s"

@@ -247,3 +247,56 @@ def test_config_validation_and_cli_errors(tmp_path, capsys):
     code = rtt(["distill", "--out", str(tmp_path / "x.h5"), "--epochs", "0"])
     assert code == 1 and "epochs" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
+
+
+class _Clock:
+    """A stand-in for the ``time`` module of distill.train: every perf_counter() call is one second later."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_epoch_0_announces_its_probes_and_reports_their_time(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import distill.train as train
+
+    monkeypatch.setattr(train, "time", _Clock())
+    cfg = tiny_cfg(epochs=1, probes=["knn"])
+    with caplog.at_level(logging.INFO, logger="distill.progress"):
+        store = run(cfg, tmp_path / "t.h5", data=synthetic(), progress=False)
+    notes = [r.getMessage() for r in caplog.records if r.name == "distill.progress"]
+    run_name = cfg.run_name
+    expect = [
+        f"{run_name} epoch 0: probing the teacher (knn, embedding 192 + 96 images)",
+        f"{run_name} epoch 0: probing the BN-recalibrated teacher (knn, embedding 192 + 96 images)",
+        f"{run_name} epoch 0: probing the input (raw pixels) (knn)",
+        f"{run_name} epoch 0: probing the student (knn, embedding 192 + 96 images)",
+        f"{run_name} epoch 1: probing the student (knn, embedding 192 + 96 images)",  # no progress bar
+    ]
+    assert notes == expect
+    # the clock moves one second per reading: epoch 0 is timed from before its probes to after them
+    assert list(store.metrics.seconds.values) == [1.0, 1.0]
+
+
+def test_the_probe_tables_leave_out_unprobed_epochs():
+    import xarray as xr
+
+    from distill.train import probed_accuracy, summary_table
+
+    acc = np.full((3, 4, 1), np.nan)  # (epoch, model, probe); epoch 1 was not probed
+    acc[0] = [[0.5], [0.5], [0.5], [0.4]]
+    acc[2] = [[0.5], [0.6], [0.7], [0.4]]
+    m = xr.Dataset(
+        {"accuracy": (("epoch", "model", "probe"), acc)},
+        coords={"epoch": [0, 1, 2], "model": ["teacher", "teacher_bn", "student", "input"], "probe": ["knn"]},
+    )
+    assert list(probed_accuracy(m).epoch.values) == [0, 2]
+    assert probed_accuracy(m).sel(probe="knn").to_pandas().shape == (2, 4)
+    table = summary_table(m)
+    assert "nan" not in table.lower() and table.splitlines()[0].startswith("epoch 2")
+    assert table.splitlines()[-1].split() == ["gain", "+10.00"]

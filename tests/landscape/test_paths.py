@@ -373,6 +373,19 @@ def test_barrier_of_a_known_curve():
     assert "(1 - alpha) * L(0) + alpha * L(1)" in h.attrs["barrier_loss_definition"]
 
 
+def test_barrier_says_which_split_each_value_is_for():
+    # the splits in the path's order (test first here), each curve with a different barrier
+    error = np.array([[0.1, 0.3], [0.6, 0.3], [0.1, 0.3]])  # (alpha, split): test 0.5, train 0.0
+    ds = xr.Dataset(
+        {"error": (("alpha", "split"), error)}, coords={"alpha": [0.0, 0.5, 1.0], "split": ["test", "train"]}
+    )
+    h = barrier(ds)
+    assert list(h.barrier_error.split.values) == ["test", "train"]
+    series = h.barrier_error.to_series()
+    assert series.index.name == "split" and series.to_dict() == pytest.approx({"test": 0.5, "train": 0.0})
+    assert float(h.barrier_error.sel(split="test")) == pytest.approx(0.5)
+
+
 def test_barrier_needs_both_ends():
     ds = xr.Dataset({"error": (("alpha",), [0.1, 0.2])}, coords={"alpha": [0.0, 0.5]})
     with pytest.raises(ValueError, match="alpha=1"):
