@@ -286,11 +286,12 @@ def pct(x: Any) -> Any:
 
 STYLE = {
     "teacher": dict(color="C0", ls="-", marker="s"),
-    "teacher_bn": dict(color="C1", ls="--", marker="^"),
+    "teacher_bn": dict(color="C1", ls="--", marker="^", mfc="none"),  # hollow: an equal teacher shows through
     "student": dict(color="C2", ls="-", marker="o"),
     "input": dict(color="0.4", ls=":", marker=""),
 }
 LABEL = {"teacher": "teacher", "teacher_bn": "teacher, BN recalibrated", "student": "student", "input": "input pixels"}
+PROBE_LABEL = {"knn": "k-NN probe", "linear": "linear probe", "linear_std": "standardised linear probe"}
 
 
 def band(ax: Any, x: Any, da: xr.DataArray, label: str, dim: str = "seed", **style: Any) -> None:
@@ -315,10 +316,15 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 4.6, height: float = 3
     return fig, axes.ravel()
 
 
-def log_ticks(ax: Any, values: Sequence[float], base: int = 10) -> None:
-    """A log-scaled x axis labelled at exactly ``values`` (no crowded minor labels)."""
+def log_ticks(ax: Any, values: Sequence[float], base: int = 10, powers: bool = False) -> None:
+    """A log-scaled x axis labelled at exactly ``values`` (no crowded minor labels); ``powers``: as powers
+    of ``base`` (``2^16``, short labels that do not run into each other)."""
     ax.set_xscale("log", base=base)
-    ax.set_xticks(list(values), [f"{v:g}" for v in values])
+    if powers:
+        labels = [f"${base}^{{{np.log(v) / np.log(base):.3g}}}$" for v in values]
+    else:
+        labels = [f"{v:g}" for v in values]
+    ax.set_xticks(list(values), labels)
     ax.minorticks_off()
 
 

@@ -219,7 +219,8 @@ def plot(ds: xr.Dataset, path: Any) -> None:
     ax.minorticks_off()
     ax.invert_xaxis()
     common.legend(ax)
-    common.finish(fig, path, f"Figure 8: {common.subtitle(ds)} (band: +-1 std over seeds)")
+    title = "Figure 8: iterative magnitude pruning, rewinding to the student, the init or early steps"
+    common.finish(fig, path, common.title(ds, title, "band: ±1 std over seeds"))
 
 
 main = common.script(__name__, PRESETS, compute, plot, options=RECIPE_FLAG)
