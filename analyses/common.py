@@ -316,6 +316,16 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 4.6, height: float = 3
     return fig, axes.ravel()
 
 
+def shared_levels(*arrays: Any, n: int = 15) -> Any:
+    """Contour levels at round values spanning every array (NaNs ignored): maps drawn side by side with
+    them share one colour range, and their colour bars read in short numbers."""
+    import matplotlib.ticker as mticker
+
+    lo = min(float(np.nanmin(np.asarray(a))) for a in arrays)
+    hi = max(float(np.nanmax(np.asarray(a))) for a in arrays)
+    return mticker.MaxNLocator(n).tick_values(lo, hi)
+
+
 def log_ticks(ax: Any, values: Sequence[float], base: int = 10, powers: bool = False) -> None:
     """A log-scaled x axis labelled at exactly ``values`` (no crowded minor labels); ``powers``: as powers
     of ``base`` (``2^16``, short labels that do not run into each other)."""

@@ -270,7 +270,7 @@ def plot(ds: xr.Dataset, path: Any) -> None:
     axes[2].set(xlabel="u [|sibling - child 0|]", ylabel="v [|init child - child 0|]", title="plane through children")
     # the two maps side by side share one colour range and one colour bar, so equal colours are equal losses
     mean = ds.plane_loss.mean("seed")
-    levels = np.linspace(float(np.nanmin(mean.values)), float(np.nanmax(mean.values)), 15)
+    levels = common.shared_levels(*(mean.sel(centre=c).values for c in ds.centre.values))
     for i, c in enumerate(ds.centre.values):
         ax = axes[3 + i]
         z = mean.sel(centre=c).values.T
