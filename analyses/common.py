@@ -292,6 +292,7 @@ STYLE = {
 }
 LABEL = {"teacher": "teacher", "teacher_bn": "teacher, BN recalibrated", "student": "student", "input": "input pixels"}
 PROBE_LABEL = {"knn": "k-NN probe", "linear": "linear probe", "linear_std": "standardised linear probe"}
+PROBE_SHORT = {"knn": "k-NN", "linear": "linear", "linear_std": "linear, std."}  # tick labels
 
 
 def band(ax: Any, x: Any, da: xr.DataArray, label: str, dim: str = "seed", **style: Any) -> None:
@@ -338,17 +339,21 @@ def log_ticks(ax: Any, values: Sequence[float], base: int = 10, powers: bool = F
     ax.minorticks_off()
 
 
-def legend(ax: Any, every_panel: bool = False, **kw: Any) -> None:
-    """The legend outside the axes, on the right (never over the curves). ``every_panel``: list each
-    labelled artist of all the figure's axes once, so a line drawn on one panel only (the paper's points,
-    say) is still named."""
+def legend(ax: Any, every_panel: bool = False, below: bool = False, **kw: Any) -> None:
+    """The legend outside the axes, on the right (never over the curves); ``below``: under the axes, in
+    two columns (for a panel that is not the last of its row). ``every_panel``: list each labelled artist
+    of all the figure's axes once, so a line drawn on one panel only (the paper's points, say) is still
+    named."""
     if every_panel and "handles" not in kw:
         seen: dict[str, Any] = {}
         for other in ax.figure.axes:
             for h, label in zip(*other.get_legend_handles_labels()):
                 seen.setdefault(label, h)
         kw = {**kw, "handles": list(seen.values()), "labels": list(seen)}
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), **kw)
+    if below:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, **kw)
+    else:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), **kw)
 
 
 def finish(fig: Any, path: str | Path, title: str = "") -> Path:
