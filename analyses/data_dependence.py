@@ -176,7 +176,8 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         ax.set(title=common.PROBE_LABEL.get(p, p), xlabel="distillation images n", ylabel="test accuracy [%]")
     common.legend(axes[-1], every_panel=True)  # the paper's points are on the linear panel only
     title = "Figure 4: students distilled on n real or Gaussian-noise images"
-    note = f"probes fit on {int(ds.attrs.get('probe_train_images', 0)):,} CIFAR-10 training images; band: ±1 std over seeds"
+    images = int(ds.attrs.get("probe_train_images", 0))
+    note = f"probes fit on {images:,} CIFAR-10 training images; band: ±1 std over seeds"
     common.finish(fig, path, common.title(ds, title, note))
 
 

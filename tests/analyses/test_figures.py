@@ -66,8 +66,7 @@ def test_title_never_shows_the_command_line_and_keeps_its_two_lines(tmp_path):
     ds = _result({"a": _cfg()}, seeds="[0, 1]")
     text = common.title(ds, "Figure 3: probes", "band: ±1 std over seeds")
     assert (
-        text
-        == "Figure 3: probes\n4x32 ConvNet without BN, Fashion-MNIST, 2,000 images, 3 epochs, 2 seeds;"
+        text == "Figure 3: probes\n4x32 ConvNet without BN, Fashion-MNIST, 2,000 images, 3 epochs, 2 seeds;"
         " band: ±1 std over seeds"
     )
     assert "--preset" not in text and "analyses." not in text
