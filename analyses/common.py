@@ -363,7 +363,7 @@ def finish(fig: Any, path: str | Path, title: str = "") -> Path:
     if title:
         import textwrap
 
-        width = max(40, int(fig.get_figwidth() * 15))
+        width = max(40, int(fig.get_figwidth() * 12))  # characters of the 9-point title per line
         fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")), fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

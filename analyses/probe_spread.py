@@ -238,7 +238,7 @@ def plot(ds: xr.Dataset, path: Any) -> None:
     ax.set_xlim(-0.6, len(archs) - 0.4)
     ax.set(xlabel="random teacher (architecture)", ylabel="raw linear probe test accuracy [%]")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2 if len(archs) > 2 else 1)
     title = "Linear probes of random teachers over probe seeds"
     note = (
         f"probe seeds {ds.attrs.get('probe_seeds')}; {int(ds.attrs.get('test_images', 0)):,} test images;"
