@@ -21,7 +21,6 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -241,32 +240,20 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
 
 def plot(res: xr.Dataset, path: Any) -> None:
     """Left: error barrier vs width per alignment (mean +- std over seeds); right: the test error
-    along the path at the largest width, seed 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for m in res.alignment.values:
+    along the path at the largest width, seed 0; one legend for both, right of them."""
+    fig, (ax1, ax2) = common.figure(2, 1, width=4.6, height=3.6)
+    for i, m in enumerate(res.alignment.values):
         b = 100 * res.barrier_error.sel(alignment=m)
-        ax1.errorbar(res.width, b.mean("seed"), yerr=b.std("seed"), marker="o", capsize=3, label=str(m))
-        ax2.plot(res.alpha, 100 * res.error.sel(alignment=m).isel(width=-1, seed=0), marker=".", label=str(m))
-    ax1.set(
-        xscale="log",
-        xlabel="hidden width",
-        ylabel="error barrier [pp]",
-        title=f"{res.attrs['arch']} on Fashion-MNIST, {res.sizes['seed']} seed(s)",
-    )
+        style = dict(color=f"C{i}", marker="o")
+        ax1.errorbar(res.width, b.mean("seed"), yerr=b.std("seed"), capsize=3, label=f"alignment: {m}", **style)
+        ax2.plot(res.alpha, 100 * res.error.sel(alignment=m).isel(width=-1, seed=0), ms=3, **style)
+    ax1.set(xscale="log", xlabel="hidden width", ylabel="error barrier [pp]", title="barrier against width")
     ax1.set_xticks(res.width.values, [str(int(w)) for w in res.width.values])
     ax1.minorticks_off()
-    ax2.set(xlabel="alpha", ylabel="test error [%]", title=f"path at width {int(res.width[-1])}, seed 0")
-    ax1.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ax2.set(xlabel="α along the path", ylabel="test error [%]", title=f"path at width {int(res.width[-1])}, seed 0")
+    common.legend(ax2, every_panel=True)  # the same colours name the alignments on both panels
+    title = "Barriers between independently initialised networks, before and after permutation alignment"
+    common.finish(fig, path, common.title(res, title, f"{res.sizes['seed']} seeds, error bars: std over seeds"))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

@@ -286,11 +286,13 @@ def pct(x: Any) -> Any:
 
 STYLE = {
     "teacher": dict(color="C0", ls="-", marker="s"),
-    "teacher_bn": dict(color="C1", ls="--", marker="^"),
+    "teacher_bn": dict(color="C1", ls="--", marker="^", mfc="none"),  # hollow: an equal teacher shows through
     "student": dict(color="C2", ls="-", marker="o"),
     "input": dict(color="0.4", ls=":", marker=""),
 }
 LABEL = {"teacher": "teacher", "teacher_bn": "teacher, BN recalibrated", "student": "student", "input": "input pixels"}
+PROBE_LABEL = {"knn": "k-NN probe", "linear": "linear probe", "linear_std": "standardised linear probe"}
+PROBE_SHORT = {"knn": "k-NN", "linear": "linear", "linear_std": "linear, std."}  # tick labels
 
 
 def band(ax: Any, x: Any, da: xr.DataArray, label: str, dim: str = "seed", **style: Any) -> None:
@@ -315,35 +317,54 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 4.6, height: float = 3
     return fig, axes.ravel()
 
 
-def log_ticks(ax: Any, values: Sequence[float], base: int = 10) -> None:
-    """A log-scaled x axis labelled at exactly ``values`` (no crowded minor labels)."""
+def shared_levels(*arrays: Any, n: int = 15) -> Any:
+    """Contour levels at round values spanning every array (NaNs ignored): maps drawn side by side with
+    them share one colour range, and their colour bars read in short numbers."""
+    import matplotlib.ticker as mticker
+
+    lo = min(float(np.nanmin(np.asarray(a))) for a in arrays)
+    hi = max(float(np.nanmax(np.asarray(a))) for a in arrays)
+    return mticker.MaxNLocator(n).tick_values(lo, hi)
+
+
+def log_ticks(ax: Any, values: Sequence[float], base: int = 10, powers: bool = False) -> None:
+    """A log-scaled x axis labelled at exactly ``values`` (no crowded minor labels); ``powers``: as powers
+    of ``base`` (``2^16``, short labels that do not run into each other)."""
     ax.set_xscale("log", base=base)
-    ax.set_xticks(list(values), [f"{v:g}" for v in values])
+    if powers:
+        labels = [f"${base}^{{{np.log(v) / np.log(base):.3g}}}$" for v in values]
+    else:
+        labels = [f"{v:g}" for v in values]
+    ax.set_xticks(list(values), labels)
     ax.minorticks_off()
 
 
-def legend(ax: Any, every_panel: bool = False, **kw: Any) -> None:
-    """The legend outside the axes, on the right (never over the curves). ``every_panel``: list each
-    labelled artist of all the figure's axes once, so a line drawn on one panel only (the paper's points,
-    say) is still named."""
+def legend(ax: Any, every_panel: bool = False, below: bool = False, **kw: Any) -> None:
+    """The legend outside the axes, on the right (never over the curves); ``below``: under the axes, in
+    two columns (for a panel that is not the last of its row). ``every_panel``: list each labelled artist
+    of all the figure's axes once, so a line drawn on one panel only (the paper's points, say) is still
+    named."""
     if every_panel and "handles" not in kw:
         seen: dict[str, Any] = {}
         for other in ax.figure.axes:
             for h, label in zip(*other.get_legend_handles_labels()):
                 seen.setdefault(label, h)
         kw = {**kw, "handles": list(seen.values()), "labels": list(seen)}
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), **kw)
+    if below:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, **kw)
+    else:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), **kw)
 
 
 def finish(fig: Any, path: str | Path, title: str = "") -> Path:
-    """Title, save (PNG, 110 dpi), close."""
+    """Title (each line wrapped to the figure's width), save (PNG, 110 dpi), close."""
     import matplotlib.pyplot as plt
 
     if title:
         import textwrap
 
-        width = max(40, int(fig.get_figwidth() * 15))
-        fig.suptitle(textwrap.fill(title, width), fontsize=9)
+        width = max(40, int(fig.get_figwidth() * 12))  # characters of the 9-point title per line
+        fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.split("\n")), fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -354,6 +375,124 @@ def finish(fig: Any, path: str | Path, title: str = "") -> Path:
 def subtitle(ds: xr.Dataset) -> str:
     """One line naming the preset, the seeds and the commit of a result file."""
     return f"{ds.attrs.get('script', '')} --preset {ds.attrs.get('preset', '?')}, seeds {ds.attrs.get('seeds', '?')}"
+
+
+DATASET_NAME = {
+    "fashion-mnist": "Fashion-MNIST",
+    "mnist": "MNIST",
+    "cifar10": "CIFAR-10",
+    "cifar100": "CIFAR-100",
+    "svhn": "SVHN",
+}
+TRAIN_IMAGES = {"fashion-mnist": 60_000, "mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
+NUM_CLASSES = {"fashion-mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}  # all equally sized
+
+
+def dataset_name(name: str) -> str:
+    """A dataset's name as a paper writes it: ``fashion-mnist`` -> ``Fashion-MNIST``,
+    ``gaussian:cifar10`` -> ``Gaussian noise (CIFAR-10 shape)``."""
+    kind, _, base = str(name).partition(":")
+    if base:
+        return f"{kind.capitalize()} noise ({dataset_name(base)} shape)"
+    return DATASET_NAME.get(kind, kind)
+
+
+def arch_name(arch: str, options: dict[str, Any] | None = None) -> str:
+    """An architecture as a paper writes it: ``convnet`` with depth 4, width 32 -> ``4x32 ConvNet``,
+    ``resnet20`` -> ``ResNet20``, ``vit_tiny`` -> ``ViT-Tiny`` (BN is left to :func:`describe`)."""
+    options = options or {}
+    arch = str(arch)
+    if arch == "convnet":
+        depth, width = options.get("depth"), options.get("width")
+        return f"{depth}x{width} ConvNet" if depth and width else "ConvNet"
+    if arch == "mlp":
+        return "MLP"
+    for prefix, nice in (("resnet", "ResNet"), ("vgg", "VGG")):
+        if arch.startswith(prefix):
+            return nice + arch[len(prefix) :]
+    if arch.startswith("vit"):
+        return "ViT-" + "-".join(p.capitalize() for p in arch.split("_")[1:]) if "_" in arch else "ViT"
+    return arch
+
+
+def _configs(ds: xr.Dataset) -> list[dict[str, Any]]:
+    """The distillation configs in a result's ``config`` attr (one config or a dict of them), those that
+    name a dataset and an architecture (supervised children's recipes do not)."""
+    try:
+        raw = json.loads(ds.attrs.get("config", "{}"))
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(raw, dict):
+        return []
+    found = [raw] if "arch" in raw else [v for v in raw.values() if isinstance(v, dict)]
+    return [c for c in found if c.get("dataset") and c.get("arch")]
+
+
+def _train_images(cfg: dict[str, Any]) -> int | None:
+    """The training images of a config without ``subset``: the whole split, or the share of the classes it
+    keeps (:data:`NUM_CLASSES`: equally sized); None when unknown."""
+    name = str(cfg["dataset"]).split(":")[-1]
+    full = TRAIN_IMAGES.get(name)
+    classes = cfg.get("classes")
+    if full is None or not classes:
+        return full
+    return full * len(classes) // NUM_CLASSES[name]
+
+
+def _joined(values: Sequence[Any], fmt: Callable[[Any], str] = str) -> str:
+    """Distinct values in first-seen order, formatted and joined with `` / ``."""
+    seen: list[Any] = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return " / ".join(fmt(v) for v in seen)
+
+
+def describe(ds: xr.Dataset, training: bool = True) -> str:
+    """The setting of a result in words, from its attrs alone (never its command line): architecture,
+    dataset, the preset's scale and the number of seeds, e.g. ``4x32 ConvNet, Fashion-MNIST, 2,000 images,
+    3 epochs, 3 seeds``. Values that differ between the runs are joined (``500 / 2,000 images``).
+    ``training=False`` leaves out the images and epochs of distillation (random teachers, not trained)."""
+    a = ds.attrs
+    configs = _configs(ds)
+    parts: list[str] = []
+    if configs:
+        names = _joined([arch_name(c["arch"], c.get("arch_options")) for c in configs])
+        bn = {(c.get("arch_options") or {}).get("bn") for c in configs if c["arch"] == "convnet"}
+        if bn == {True, False}:
+            names += " with and without BN"
+        elif bn == {True}:
+            names += " with BN"
+        elif bn == {False}:
+            names += " without BN"
+        parts += [names, _joined([c["dataset"] for c in configs], dataset_name)]
+        if training:
+            sizes = [c.get("subset") or _train_images(c) for c in configs]
+            if all(sizes):
+                parts.append(_joined(sorted(sizes), lambda n: f"{int(n):,}") + " images")
+            parts.append(_joined(sorted(int(c["epochs"]) for c in configs)) + " epochs")
+    else:  # results that keep their setting in attrs of their own
+        if a.get("arch"):
+            parts.append(arch_name(str(a["arch"])))
+        if a.get("dataset"):
+            parts.append(dataset_name(str(a["dataset"])))
+        images = a.get("train_subset") or a.get("train_images")
+        if images:
+            parts.append(f"{int(images):,} images")
+    try:
+        n = len(json.loads(a["seeds"]))
+        parts.append(f"{n} seed{'s' if n != 1 else ''}")
+    except (KeyError, TypeError, ValueError):
+        pass
+    return ", ".join(parts)
+
+
+def title(ds: xr.Dataset, what: str, note: str = "", training: bool = True) -> str:
+    """A figure's title: ``what`` it shows, then a line with the setting (:func:`describe`) and a ``note``
+    (what the bands mean, say)."""
+    setting = describe(ds, training=training)
+    second = "; ".join(p for p in (setting, note) if p)
+    return f"{what}\n{second}" if second else what
 
 
 # ----------------------------------------------------------------------------- the script runner

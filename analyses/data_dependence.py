@@ -173,13 +173,12 @@ def plot(ds: xr.Dataset, path: Any) -> None:
             ax, sorted(set(ds.n.values.tolist()) | (set(ds.paper_n.values.tolist()) if p == "linear" else set()))
         )
         ax.tick_params(axis="x", labelrotation=45)
-        ax.set(title=f"probe: {p}", xlabel="distillation images n", ylabel="test accuracy [%]")
+        ax.set(title=common.PROBE_LABEL.get(p, p), xlabel="distillation images n", ylabel="test accuracy [%]")
     common.legend(axes[-1], every_panel=True)  # the paper's points are on the linear panel only
-    common.finish(
-        fig,
-        path,
-        f"Figure 4: {common.subtitle(ds)}; probes on {ds.attrs.get('probe_train_images')} CIFAR-10 training images",
-    )
+    title = "Figure 4: students distilled on n real or Gaussian-noise images"
+    images = int(ds.attrs.get("probe_train_images", 0))
+    note = f"probes fit on {images:,} CIFAR-10 training images; band: ±1 std over seeds"
+    common.finish(fig, path, common.title(ds, title, note))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

@@ -107,41 +107,34 @@ def summary(m) -> dict[str, float]:
     return out
 
 
-def figure(m, path: Path, steps_per_epoch: int) -> None:
-    """Probe accuracy, embedding effective rank, and per-layer cosine similarity over training steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def figure(m: xr.Dataset, path: Path, steps_per_epoch: int) -> None:
+    """Probe accuracy, embedding effective rank, and per-layer cosine similarity over training steps
+    (student solid, teacher dashed; each legend under its panel, off the curves)."""
     import matplotlib.pyplot as plt
 
     steps = m.epoch.values * steps_per_epoch
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = common.figure(3, 1, width=4.6, height=3.9)
     for p, colour in zip(m.probe.values, ("C0", "C1", "C2")):
         acc = 100 * m.accuracy.sel(probe=p)
         ok = np.isfinite(acc.sel(model="student").values)
-        axes[0].plot(steps[ok], acc.sel(model="student").values[ok], "o-", color=colour, label=f"student {p}")
-        axes[0].plot(steps[ok], acc.sel(model="teacher").values[ok], "--", color=colour, label=f"teacher {p}")
+        name = common.PROBE_LABEL.get(str(p), str(p))
+        axes[0].plot(steps[ok], acc.sel(model="student").values[ok], "o-", ms=4, color=colour, label=f"student, {name}")
+        axes[0].plot(steps[ok], acc.sel(model="teacher").values[ok], "--", color=colour, label=f"teacher, {name}")
     axes[0].set(xlabel="distillation step", ylabel="probe accuracy [%]", title="probes")
-    axes[0].legend(fontsize=7)
+    common.legend(axes[0], below=True)
     for model, style in (("student", "o-"), ("teacher", "--")):
-        axes[1].plot(steps, m.effective_rank.sel(model=model), style, label=model)
+        axes[1].plot(steps, m.effective_rank.sel(model=model), style, ms=4, color="C0", label=model)
     axes[1].set(xlabel="distillation step", ylabel="effective rank", title="embedding effective rank")
-    axes[1].legend(fontsize=7)
+    common.legend(axes[1], below=True)
     cos = m.layer_cosine
     for k, layer in enumerate(cos.layer.values):
         colour = plt.cm.viridis(k / max(1, cos.sizes["layer"] - 1))
         axes[2].plot(steps, cos.sel(model="student", layer=layer), "o-", ms=3, color=colour, label=f"{layer}")
         axes[2].plot(steps, cos.sel(model="teacher", layer=layer), "--", color=colour)
-    axes[2].set(
-        xlabel="distillation step",
-        ylabel="mean cosine between inputs",
-        title="signal propagation (student solid, teacher dashed)",
-    )
-    axes[2].legend(fontsize=6, title="layer", title_fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    axes[2].set(xlabel="distillation step", ylabel="mean cosine between inputs", title="signal propagation")
+    common.legend(axes[2], title="layer", title_fontsize=7)
+    title = "Distillation dynamics: probes, effective rank and signal propagation of the student"
+    common.finish(fig, path, common.title(m, title, "student solid, teacher dashed"))
 
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:

@@ -121,7 +121,7 @@ def plot(ds: xr.Dataset, path: Any) -> None:
     fig, axes = common.figure(len(probes), 2, width=3.8, height=3.0)
     for row, (var, dim, label) in enumerate(
         (
-            ("accuracy_out_dim", "out_dim", "head output dimension (log2 scale)"),
+            ("accuracy_out_dim", "out_dim", "head output dimension"),
             ("accuracy_bottleneck", "bottleneck_dim", f"bottleneck width, output {ds.attrs.get('bottleneck_out_dim')}"),
         )
     ):
@@ -130,10 +130,11 @@ def plot(ds: xr.Dataset, path: Any) -> None:
             a = common.pct(ds[var].sel(probe=p))
             for m in common.MODELS:
                 common.band(ax, ds[dim], a.sel(model=m), common.LABEL[m], **common.STYLE[m])
-            common.log_ticks(ax, ds[dim].values.tolist(), base=2)
-            ax.set(title=f"probe: {p}", xlabel=label, ylabel="test accuracy [%]")
+            common.log_ticks(ax, ds[dim].values.tolist(), base=2, powers=True)
+            ax.set(title=common.PROBE_LABEL.get(p, p), xlabel=label, ylabel="test accuracy [%]")
     common.legend(axes[len(probes) - 1])
-    common.finish(fig, path, f"Figure 10: {common.subtitle(ds)} (band: +-1 std over seeds)")
+    title = "Figure 10: probe accuracy against the projection head's output and bottleneck dimensions"
+    common.finish(fig, path, common.title(ds, title, "band: ±1 std over seeds"))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

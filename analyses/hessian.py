@@ -288,26 +288,27 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         common.band(axes[0], ds.alpha, ds.path_eigenvalue.sel(start=s).isel(eigen=0), label, dim="pair", **style)
         common.band(axes[1], ds.alpha, ds.path_trace.sel(start=s), label, dim="pair", **style)
         axes[3].plot(ds["lambda"], ds.density.sel(start=s), color=f"C{i}", label=label)
-    axes[0].set(xlabel="alpha between two children", ylabel="top Hessian eigenvalue [nats]", title="along the path")
-    axes[1].set(xlabel="alpha between two children", ylabel="Hessian trace [nats]", title="along the path")
+    axes[0].set(xlabel="α between two children", ylabel="top Hessian eigenvalue [nats]", title="along the path")
+    axes[1].set(xlabel="α between two children", ylabel="Hessian trace [nats]", title="along the path")
     rem = common.pct(ds.remaining.values)
-    for e in ds.eigen.values:
-        axes[2].plot(rem, ds.level_eigenvalue.sel(eigen=e), marker="o", label=f"eigenvalue {int(e) + 1}")
+    for j, e in enumerate(ds.eigen.values):  # colours of their own: C0/C1 name the starts on the other panels
+        label = f"IMP level: eigenvalue {int(e) + 1}"
+        axes[2].plot(rem, ds.level_eigenvalue.sel(eigen=e), marker="o", color=f"C{j + 2}", label=label)
     ax2 = axes[2].twinx()
-    ax2.plot(rem, ds.level_trace, "k--", marker="s", ms=4, label="trace")
+    ax2.plot(rem, ds.level_trace, "k--", marker="s", ms=4, label="IMP level: trace")
     ax2.set_ylabel("Hessian trace [nats] (dashed)")
     axes[2].set_xscale("log")
     axes[2].set_xticks(rem, [f"{r:g}" for r in rem])  # the levels themselves (log-axis labels ran together)
     axes[2].xaxis.set_minor_locator(mticker.NullLocator())
     axes[2].invert_xaxis()
     axes[2].set(xlabel="weights remaining [%]", ylabel="top eigenvalues [nats]", title="IMP levels of the student")
-    axes[2].legend(fontsize=7)
     axes[3].set_yscale("log")
     axes[3].set(xlabel="Hessian eigenvalue [nats]", ylabel="density (SLQ)", title="spectral density at child 0")
     top = float(ds.density.max())
     axes[3].set_ylim(bottom=max(1e-6, top * 1e-6), top=top * 3)
-    common.legend(axes[1])
-    common.finish(fig, path, f"Curvature: {common.subtitle(ds)} (band: +-1 std over child pairs)")
+    common.legend(axes[3], every_panel=True)  # right of the last panel, not between two of them
+    title = "Curvature: the Hessian along paths between children, over IMP levels and its spectral density"
+    common.finish(fig, path, common.title(ds, title, "band: ±1 std over child pairs"))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

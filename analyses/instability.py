@@ -138,7 +138,7 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         b = common.pct(ds.barrier_error.sel(start=s).values)
         axes[1].scatter(np.full(len(b), i) + np.linspace(-0.1, 0.1, len(b)), b, color=f"C{i}", zorder=3)
         axes[1].errorbar(i + 0.25, b.mean(), yerr=b.std(), color=f"C{i}", marker="_", ms=12, capsize=3)
-    axes[0].set(xlabel="alpha between two children", ylabel="test error [%] (band: +-1 std over pairs)")
+    axes[0].set(xlabel="α between two children", ylabel="test error [%]", title="error along the path")
     axes[1].axhline(2.0, color="0.5", ls=":", label="2 % (Frankle et al.'s stability threshold)")
     axes[1].set_xticks(
         range(len(starts)), [s.replace(" (", "\n(") for s in starts], rotation=30, ha="right", fontsize=7
@@ -147,9 +147,10 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         ylabel="error barrier [%] per pair",
         title=f"{int(ds.attrs.get('n_alphas', ds.sizes['alpha']))} points per path, BN reset",
     )
-    common.legend(axes[0])
-    common.legend(axes[1])  # outside, like the left one: inside it covered the lowest barriers
-    common.finish(fig, path, f"Figure 9: {common.subtitle(ds)}")
+    # one legend, right of the last panel: between the panels it sat over the barriers' tick labels
+    common.legend(axes[1], every_panel=True)
+    title = "Figure 9: instability of children trained from the student, from its init and from independent inits"
+    common.finish(fig, path, common.title(ds, title, "band: ±1 std over pairs"))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

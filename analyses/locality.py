@@ -130,11 +130,15 @@ def plot(ds: xr.Dataset, path: Any) -> None:
             a = acc.sel(net=net, probe=p)
             for m in common.MODELS:
                 common.band(ax, a.alpha, a.sel(model=m), common.LABEL[m], **common.STYLE[m])
+            bn = {"bn": "with BN", "no_bn": "without BN"}.get(net, net)
             ax.set(
-                title=f"{net}, probe: {p}", xlabel="alpha (init distance from the teacher)", ylabel="test accuracy [%]"
+                title=f"{bn}, {common.PROBE_LABEL.get(p, p)}",
+                xlabel="α (init distance from the teacher)",
+                ylabel="test accuracy [%]",
             )
     common.legend(axes[len(probes) - 1])
-    common.finish(fig, path, f"Figure 3: {common.subtitle(ds)} (band: +-1 std over seeds)")
+    title = "Figure 3: probe accuracy of students initialised at distance α from the teacher"
+    common.finish(fig, path, common.title(ds, title, "band: ±1 std over seeds"))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

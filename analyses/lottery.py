@@ -213,13 +213,15 @@ def plot(ds: xr.Dataset, path: Any) -> None:
     }
     x = common.pct(ds.sparsity)
     for c in ds.curve.values:
-        common.band(ax, x, common.pct(ds.best_accuracy.sel(curve=c)), f"rewind: {c}", **styles.get(str(c), {}))
+        label = f"rewind: {c}".replace("_", " ")
+        common.band(ax, x, common.pct(ds.best_accuracy.sel(curve=c)), label, **styles.get(str(c), {}))
     ax.set(xscale="log", xlabel="weights remaining [%] (log scale)", ylabel="best test accuracy [%]")
     ax.set_xticks(np.asarray(x), [f"{v:.3g}" for v in np.asarray(x)])
     ax.minorticks_off()
     ax.invert_xaxis()
     common.legend(ax)
-    common.finish(fig, path, f"Figure 8: {common.subtitle(ds)} (band: +-1 std over seeds)")
+    title = "Figure 8: iterative magnitude pruning, rewinding to the student, the init or early steps"
+    common.finish(fig, path, common.title(ds, title, "band: ±1 std over seeds"))
 
 
 main = common.script(__name__, PRESETS, compute, plot, options=RECIPE_FLAG)

@@ -15,6 +15,7 @@ probe of theta's embedding. The three points are marked.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -198,21 +199,34 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     return ds
 
 
+def symbol(name: str) -> str:
+    """A point's name as mathtext: ``theta*_S(1)`` -> ``$\\theta^*_S(1)$``; other names unchanged."""
+    m = re.fullmatch(r"theta(\*?)_(\w+)\((\w+)\)", name)
+    if not m:
+        return name
+    star, sub, arg = m.groups()
+    return rf"$\theta{'^*' if star else ''}_{{{sub}}}({arg})$"
+
+
 def plot(ds: xr.Dataset, path: Any) -> None:
     fig, axes = common.figure(2, ds.sizes["view"], width=4.4, height=3.6)
+    scale = {"loss": 1, "accuracy": 100}
+    # one colour range per quantity over both views, so equal colours mean equal values down each column
+    levels = {var: common.shared_levels(ds[var].values * k) for var, k in scale.items()}
     for i, view in enumerate(ds.view.values):
         v = ds.sel(view=view)
         for j, (var, label, cmap) in enumerate(
             (("loss", "distillation loss [nats]", "viridis"), ("accuracy", "k-NN accuracy [%]", "magma"))
         ):
             ax = axes[2 * i + j]
-            z = v[var].values.T * (100 if var == "accuracy" else 1)
-            cs = ax.contourf(v.x_value.values, v.y_value.values, z, levels=15, cmap=cmap)
+            z = v[var].values.T * scale[var]
+            cs = ax.contourf(v.x_value.values, v.y_value.values, z, levels=levels[var], cmap=cmap)
             fig.colorbar(cs, ax=ax, label=label)
+            ax.set_aspect("equal")  # x and y are both in units of |b - a|: the plane's true geometry
             for k, marker, off in zip(range(3), ("*", "o", "s"), ((6, 6), (6, -14), (-30, 10))):
                 ax.plot(float(v.point_x[k]), float(v.point_y[k]), marker, color="white", mec="black", ms=10)
                 ax.annotate(
-                    str(v.point_name.values[k]),
+                    symbol(str(v.point_name.values[k])),
                     (float(v.point_x[k]), float(v.point_y[k])),
                     textcoords="offset points",
                     xytext=off,
@@ -220,8 +234,9 @@ def plot(ds: xr.Dataset, path: Any) -> None:
                     fontsize=8,
                     bbox=dict(boxstyle="round,pad=0.15", fc="black", alpha=0.5, lw=0),
                 )
-            ax.set(title=f"{view} view: {var}", xlabel="x [|b - a|]", ylabel="y [|b - a|]")
-    common.finish(fig, path, f"Figure 5: {common.subtitle(ds)}")
+            ax.set(title=f"{view} view: {var}", xlabel="x [‖b − a‖]", ylabel="y [‖b − a‖]")
+    title = "Figure 5: planes through the teacher and students in parameter space"
+    common.finish(fig, path, common.title(ds, title))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

@@ -198,9 +198,10 @@ def table(ds: xr.Dataset) -> None:
 
 
 def plot(ds: xr.Dataset, path: Any) -> None:
-    fig, axes = common.figure(1, 1, width=6.4, height=3.8)
-    ax = axes[0]
     archs = [str(a) for a in ds.arch.values]
+    # the axes take the figure's whole width (the legend goes under them): room for every teacher's name
+    fig, axes = common.figure(1, 1, width=max(6.4, 2.2 * len(archs) + 1.0), height=4.8)
+    ax = axes[0]
     rng = np.random.default_rng(0)
     colors = {"paper": "C0", "reference": "C3"}
     for i, a in enumerate(archs):
@@ -233,17 +234,17 @@ def plot(ds: xr.Dataset, path: Any) -> None:
             )
         paper = 100 * float(ds.paper_teacher_linear.sel(arch=a))
         ax.hlines(paper, i - 0.45, i + 0.45, color="k", ls="--", lw=1.2, label="paper, Table 5" if i == 0 else None)
-    ax.set_xticks(range(len(archs)), archs)
+    ax.set_xticks(range(len(archs)), [common.arch_name(a) for a in archs])
     ax.set_xlim(-0.6, len(archs) - 0.4)
     ax.set(xlabel="random teacher (architecture)", ylabel="raw linear probe test accuracy [%]")
     ax.grid(axis="y", alpha=0.3)
-    common.legend(ax)
-    common.finish(
-        fig,
-        path,
-        f"linear probe of random teachers over probe seeds ({ds.attrs.get('probe_seeds')}; "
-        f"mean +- 1 std, star: best); CIFAR-10 {ds.attrs.get('train_images')} / {ds.attrs.get('test_images')}",
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2 if len(archs) > 2 else 1)
+    title = "Linear probes of random teachers over probe seeds"
+    note = (
+        f"probe seeds {ds.attrs.get('probe_seeds')}; {int(ds.attrs.get('test_images', 0)):,} test images;"
+        " error bars: mean ± 1 std, star: best"
     )
+    common.finish(fig, path, common.title(ds, title, note, training=False))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

@@ -111,9 +111,10 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         for m in common.MODELS:
             if m in acc.model.values:
                 common.band(ax, acc.epoch, acc.sel(model=m, probe=p), common.LABEL[m], **common.STYLE[m])
-        ax.set(title=f"probe: {p}", xlabel="distillation epoch", ylabel="test accuracy [%]")
+        ax.set(title=common.PROBE_LABEL.get(p, p), xlabel="distillation epoch", ylabel="test accuracy [%]")
     common.legend(axes[-1])
-    common.finish(fig, path, f"Figure 1: {common.subtitle(ds)} (band: +-1 std over seeds)")
+    title = "Figure 1: probe accuracy of the student over distillation, against its random teacher"
+    common.finish(fig, path, common.title(ds, title, "band: ±1 std over seeds"))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

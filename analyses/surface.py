@@ -261,7 +261,6 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         common.band(axes[1], ds.t, common.pct(ds.line_error.sel(centre=c)), str(c), **style)
     axes[0].set(xlabel="t along a filter-normalised direction", ylabel="test loss [nats]", title="1-D surfaces")
     axes[1].set(xlabel="t along a filter-normalised direction", ylabel="test error [%]", title="1-D surfaces")
-    common.legend(axes[1])
     lo = ds.through_loss.values.T
     cs = axes[2].contourf(ds.u, ds.v, lo, levels=15, cmap="viridis")
     fig.colorbar(cs, ax=axes[2], label="test loss [nats]")
@@ -269,19 +268,25 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         axes[2].plot(u, v, "o", color="white", mec="black", ms=7)
         axes[2].annotate(name, (u, v), textcoords="offset points", xytext=(5, 5), color="white", fontsize=8)
     axes[2].set(xlabel="u [|sibling - child 0|]", ylabel="v [|init child - child 0|]", title="plane through children")
-    vmax = float(np.nanmax(ds.plane_loss.mean("seed").values))
+    # the two maps side by side share one colour range and one colour bar, so equal colours are equal losses
+    mean = ds.plane_loss.mean("seed")
+    levels = common.shared_levels(*(mean.sel(centre=c).values for c in ds.centre.values))
     for i, c in enumerate(ds.centre.values):
         ax = axes[3 + i]
-        z = ds.plane_loss.sel(centre=c).mean("seed").values.T
-        cs = ax.contourf(ds.x, ds.y, z, levels=np.linspace(float(np.nanmin(z)), vmax, 15), cmap="viridis")
-        fig.colorbar(cs, ax=ax, label="test loss [nats]")
+        z = mean.sel(centre=c).values.T
+        cs = ax.contourf(ds.x, ds.y, z, levels=levels, cmap="viridis")
         ax.plot(0, 0, "*", color="white", mec="black", ms=10)
         ax.set(xlabel="x (d1)", ylabel="y (d2)", title=f"2-D, around the {c} (seed mean)")
+        ax.set_aspect("equal")  # d1 and d2 are filter-normalised alike: one unit is one unit both ways
+    fig.colorbar(cs, ax=[axes[3], axes[4]], label="test loss [nats]")
     e = common.pct(ds.plane_error.mean("seed"))
-    axes[5].plot(ds.x, e.sel(y=0, method="nearest").T, marker="o", ms=3)
-    axes[5].legend([str(c) for c in ds.centre.values], fontsize=7)
+    for i, c in enumerate(ds.centre.values):
+        row = e.sel(centre=c).sel(y=0, method="nearest")
+        axes[5].plot(ds.x, row, marker="o", ms=3, color=f"C{i}", label=str(c))
     axes[5].set(xlabel="x (d1) at y = 0", ylabel="test error [%]", title="2-D surfaces, row y = 0")
-    common.finish(fig, path, f"Loss surfaces: {common.subtitle(ds)} (band: +-1 std over direction seeds)")
+    common.legend(axes[5], every_panel=True)
+    title = "Loss surfaces around the student's children and the init's children"
+    common.finish(fig, path, common.title(ds, title, "band: ±1 std over direction seeds"))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

@@ -418,8 +418,9 @@ def table(ds: xr.Dataset) -> None:
 
 
 def plot(ds: xr.Dataset, path: Any) -> None:
-    fig, axes = common.figure(2, 1, width=6.4, height=3.6)
     archs = [str(a) for a in ds.arch.values]
+    # the two probes one above the other, wide enough for every architecture's name; the legend right of them
+    fig, axes = common.figure(1, 2, width=max(6.4, 0.75 * len(archs) + 2.5), height=3.0)
     x = np.arange(len(archs))
     for ax, probe, paper_t, paper_s in (
         (axes[0], "linear", ds.paper_teacher_linear, ds.paper_student_linear),
@@ -440,17 +441,19 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         ax.bar(x + 1.5 * w, common.pct(paper_t), w, color="none", edgecolor="C0", hatch="//", label="teacher (paper)")
         ax.scatter(x + 1.5 * w, common.pct(paper_s), marker="*", color="C2", zorder=3, label="student (paper)")
         inp = common.pct(ds.input.sel(probe=probe)).mean("input_seed")
-        ax.axhline(float(inp), color="0.3", ls=":", label=f"input pixels (ours) {float(inp):.1f}")
+        ax.axhline(float(inp), color="0.3", ls=":", label="input pixels (ours)")
         ax.axhline(100 * float(ds.paper_input.sel(probe=probe)), color="0.6", ls="-.", label="input pixels (paper)")
-        ax.set_xticks(x, archs, rotation=30, ha="right")
-        ax.set_ylabel(f"{'linear probe' if probe == 'linear' else 'k-NN (k=20)'} test accuracy [%]")
-        ax.set_title(
-            f"random teachers on CIFAR-10 ({ds.attrs.get('train_images')} / {ds.attrs.get('test_images')}"
-            f" images), {'linear probe' if probe == 'linear' else 'k-NN'}",
-            fontsize=9,
-        )
-    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    common.finish(fig, path, common.subtitle(ds))
+        names = [
+            common.arch_name(a.removesuffix("-reference")) + ("\n(reference)" if a.endswith("-reference") else "")
+            for a in archs
+        ]
+        ax.set_xticks(x, names, fontsize=8)
+        ax.set_ylabel("test accuracy [%]")
+        ax.set_title("linear probe" if probe == "linear" else "k-NN probe (k = 20)", fontsize=10)
+    common.legend(axes[0], every_panel=True)
+    title = "Table 5: probe accuracy of random teachers on CIFAR-10, ours and the paper's"
+    note = f"{int(ds.attrs.get('test_images', 0)):,} test images"
+    common.finish(fig, path, common.title(ds, title, note, training=False))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

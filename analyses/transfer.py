@@ -126,6 +126,15 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     return ds
 
 
+LABELS = {
+    "teacher": "teacher",
+    "teacher_bn": "teacher, BN recalibrated",
+    "student_transfer": "student, distilled on the source classes",
+    "student_in_domain": "student, distilled on the target classes",
+    "input": "input pixels",
+}
+
+
 def plot(ds: xr.Dataset, path: Any) -> None:
     probes = [str(p) for p in ds.probe.values]
     pairs = [str(p) for p in ds.pair.values]
@@ -142,12 +151,16 @@ def plot(ds: xr.Dataset, path: Any) -> None:
                 w,
                 yerr=a.sel(model=m).std("seed"),
                 color=colors.get(str(m)),
-                label=str(m).replace("_", " "),
+                label=LABELS.get(str(m), str(m).replace("_", " ")),
             )
-        ax.set_xticks(x, probes)
-        ax.set(title=pair, ylabel="target test accuracy [%]")
+        ax.set_xticks(x, [common.PROBE_SHORT.get(p, p) for p in probes])
+        ax.set_xlabel("probe")
+        name, _, classes = pair.partition(" ")
+        ax.set(title=f"{common.dataset_name(name)}, classes {classes.replace('->', '→')}")
+        ax.set(ylabel="target test accuracy [%]")
     common.legend(axes[-1])
-    common.finish(fig, path, f"Tables 2/4 offline: {common.subtitle(ds)} (error bars: std over seeds)")
+    title = "Tables 2/4 offline: transfer of students distilled on the source classes to the target classes"
+    common.finish(fig, path, common.title(ds, title, "error bars: std over seeds"))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

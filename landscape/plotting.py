@@ -18,17 +18,25 @@ import xarray as xr  # noqa: E402
 
 def plot_probes(metrics: xr.Dataset, path: str | Path) -> Path:
     """Probe accuracy over epochs, one panel per probe, one line per model; saved to ``path``.
-    The BN-recalibrated teacher is dashed (it equals the teacher for BN-free networks)."""
+    The teacher is a thick line with filled squares drawn first, the BN-recalibrated teacher a thin dashed
+    line with hollow triangles on top of it, so where the two are equal (BN-free networks) both show."""
     acc = (100 * metrics.accuracy).dropna("epoch", how="all")
     probes = [str(p) for p in acc.probe.values]
     fig, axes = plt.subplots(1, len(probes), figsize=(4 * len(probes), 3.2), sharey=False, squeeze=False)
-    styles = {"teacher": ("C0", "-"), "teacher_bn": ("C1", "--"), "student": ("C2", "-"), "input": ("C3", ":")}
+    styles: dict[str, dict[str, Any]] = {
+        "teacher": dict(color="C0", ls="-", lw=3.0, marker="s", ms=6, zorder=2),
+        "teacher_bn": dict(color="C1", ls="--", lw=1.2, marker="^", ms=5, mfc="none", zorder=3),
+        "student": dict(color="C2", ls="-", marker="o", ms=4),
+        "input": dict(color="0.4", ls=":", marker="", ms=3),
+    }
+    labels = {"teacher": "teacher", "teacher_bn": "teacher, BN recalibrated", "input": "input pixels"}
+    probe_names = {"knn": "k-NN probe", "linear": "linear probe", "linear_std": "standardised linear probe"}
     for ax, probe in zip(axes[0], probes):
         for model in acc.model.values:
-            color, ls = styles.get(str(model), (None, "-"))
+            style = styles.get(str(model), dict(marker="o", ms=3))
             da = acc.sel(probe=probe, model=model)
-            ax.plot(da.epoch, da, marker="o", ms=3, color=color, linestyle=ls, label=str(model))
-        ax.set_title(f"probe = {probe}")
+            ax.plot(da.epoch, da, label=labels.get(str(model), str(model)), **style)
+        ax.set_title(probe_names.get(probe, probe))
         ax.set_xlabel("epoch")
     axes[0][0].set_ylabel("probe accuracy [%]")
     axes[0][-1].legend(title="model", loc="center left", bbox_to_anchor=(1.02, 0.5))
