@@ -23,6 +23,7 @@ statistic can only be higher or equal for the same curve.
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -179,13 +180,17 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         coords="minimal",
         compat="override",
     )
-    arch = [cfgs[t].arch for t in tags]
-    recipes = [cfgs[t].recipe for t in tags]
+    # what each run was, from its own store (a run in progress may have been started by older code)
+    stored = {t: {**cfgs[t].to_dict(), **json.loads(have[t].attrs.get("config", "{}"))} for t in tags}
+    arch = [str(stored[t]["arch"]) for t in tags]
+    recipes = [str(stored[t]["recipe"]) for t in tags]
     ds = ds.assign_coords(
         arch=("run", arch),
         recipe=("run", recipes),
-        seed=("run", [cfgs[t].seed for t in tags]),
+        seed=("run", [int(stored[t]["seed"]) for t in tags]),
+        run_commit=("run", [str(have[t].attrs.get("git_commit", "")) for t in tags]),
     )
+    ds["run_commit"].attrs = {"long_name": "git commit of the code that trained the run (its store's provenance)"}
     stat = xr.concat([statistics(have[t]) for t in tags], dim=ds.run, coords="minimal")
     stat.attrs = {
         "long_name": "probe accuracy, reduced over the probed epochs",
@@ -198,15 +203,13 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     ds["epochs_done"] = ("run", last_epoch, {"long_name": "epochs trained so far", "units": "epoch"})
     ds["paper"] = paper_table(sorted(set(arch)), [str(p) for p in ds.probe.values])
     ds.attrs = {
-        **common.provenance(
-            ctx, {t: cfgs[t] for t in tags}, [cfgs[t].seed for t in tags], ",".join(dict.fromkeys(recipes))
-        ),
+        **common.provenance(ctx, stored, [int(stored[t]["seed"]) for t in tags], ",".join(dict.fromkeys(recipes))),
         "dataset": pre["dataset"],
         "snapshot": int(ctx.snapshot),
-        "probe_every": ",".join(str(cfgs[t].probe_every) for t in tags),
+        "probe_every": ",".join(str(stored[t]["probe_every"]) for t in tags),
         "statistic_note": "summary holds three statistics; the paper's is best_after_epoch0. With probe_every=N "
         "the best is taken over 150/N fits where the authors' code probes every epoch",
-        "epochs_planned": ",".join(str(cfgs[t].epochs) for t in tags),
+        "epochs_planned": ",".join(str(stored[t]["epochs"]) for t in tags),
     }
     report(ds)
     return ds
@@ -242,20 +245,25 @@ def plot(ds: xr.Dataset, path: Any) -> None:
             for m in common.MODELS:
                 if m == "teacher_bn" and same_bn:
                     continue
-                style = {**common.STYLE[m], "ls": ls if m != "input" else ":"}
-                if m == "input" and i:
+                if m == "input":  # the pixels do not change: one level across the run
+                    if not i:
+                        v = acc.sel(model=m, probe=p).dropna("epoch")
+                        if v.size:
+                            ax.axhline(float(v[0]), color=common.STYLE[m]["color"], ls=":", label=common.LABEL[m])
                     continue
-                label = common.LABEL[m] if m == "input" else f"{common.LABEL[m]} ({r})"
-                ax.plot(acc.epoch, acc.sel(model=m, probe=p), label=label, ms=3, **style)
+                style = {**common.STYLE[m], "ls": ls}
+                ax.plot(acc.epoch, acc.sel(model=m, probe=p), label=f"{common.LABEL[m]} ({r})", ms=3, **style)
         dyn = row.dropna("epoch", how="all", subset=["distance"])
         ep = dyn.epoch.values
+        mk = dict(ls=ls, marker=".", ms=3)
         if "effective_rank" in row:
             for m in ("teacher", "student"):
-                axes[3].plot(ep, dyn.effective_rank.sel(model=m), ls=ls, color=common.STYLE[m]["color"])
-        axes[4].plot(ep, dyn.student_norm, ls=ls, color=common.STYLE["student"]["color"])
-        axes[4].plot(ep, dyn.teacher_norm, ls=ls, color=common.STYLE["teacher"]["color"])
-        axes[5].plot(ep, dyn.distance, ls=ls, color=common.STYLE["student"]["color"], label=str(r))
-    end = float(ds.epoch.max())
+                axes[3].plot(ep, dyn.effective_rank.sel(model=m), color=common.STYLE[m]["color"], **mk)
+        axes[4].plot(ep, dyn.student_norm, color=common.STYLE["student"]["color"], **mk)
+        axes[4].plot(ep, dyn.teacher_norm, color=common.STYLE["teacher"]["color"], **mk)
+        axes[5].plot(ep, dyn.distance, color=common.STYLE["student"]["color"], label=str(r), **mk)
+    planned = [int(e) for e in str(ds.attrs.get("epochs_planned", "")).split(",") if e.strip().isdigit()]
+    end = float(max(planned or [int(ds.epoch.max())]))  # the paper's students are at the end of training
     for a in [str(x) for x in ds.paper.paper_arch.values]:
         for ax, p in zip(axes[:3], probes):
             for m, x in (("teacher", 0.0), ("student", max(end, 1.0)), ("input", 0.0)):
@@ -272,17 +280,20 @@ def plot(ds: xr.Dataset, path: Any) -> None:
                         label=f"paper: {common.LABEL[m]} ({a})",
                     )
     for ax, p in zip(axes[:3], probes):
-        ax.set(title=f"{p} probe", xlabel="distillation epoch", ylabel="test accuracy [%]")
+        ax.set(title=common.PROBE_LABEL.get(p, p), xlabel="distillation epoch", ylabel="test accuracy [%]")
     axes[3].set(title="effective rank of the embeddings", xlabel="epoch", ylabel="effective rank", yscale="log")
-    axes[4].set(title="embedding L2 norm (student, teacher)", xlabel="epoch", ylabel="mean norm", yscale="log")
+    axes[4].set(
+        title="embedding L2 norm (green: student, blue: teacher)", xlabel="epoch", ylabel="mean norm", yscale="log"
+    )
     axes[5].set(title="parameter distance from the teacher", xlabel="epoch", ylabel="L2 distance")
+    for ax in axes:
+        ax.set_xlim(-0.03 * end - 0.5, 1.03 * end + 0.5)  # the whole planned run, however far it got
     common.legend(axes[2], every_panel=True)
     done = ", ".join(f"{r}: {int(n)} ep" for r, n in zip(ds.run.values, ds.epochs_done.values))
     common.finish(
         fig,
         path,
-        f"Tables 1/3: {ds.attrs.get('script', '')} --preset {ds.attrs.get('preset')}, "
-        f"{ds.attrs.get('dataset')} ({done}); stars: the paper's CIFAR-10 numbers",
+        common.title(ds, "Tables 1 and 3: the student's probes over distillation", f"{done}; stars: the paper"),
     )
 
 
