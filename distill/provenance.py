@@ -14,8 +14,9 @@ torch_version     torch.__version__
 cuda_version      torch.version.cuda ("" for a CPU-only build)
 device            the device the numbers were computed on ("cpu", "cuda:0", ...)
 precision         fp32 or bf16
-numerics          PyTorch's float32 settings in force: TF32 for cuDNN convolutions and for CUDA matmuls,
-                  float32_matmul_precision, deterministic algorithms (fp32 on CUDA runs with these)
+numerics          the settings that decide float rounding: torch's intra-op thread count (a CPU run is
+                  bit-reproducible at the same count, not across counts), TF32 for cuDNN convolutions
+                  and CUDA matmuls, float32_matmul_precision, deterministic algorithms
 world_size        processes that trained together (1 unless data-parallel)
 recipe            the configuration as canonical JSON (sorted keys)
 config_hash       first 10 hex digits of the SHA-256 of ``recipe``
@@ -107,11 +108,14 @@ def git_state() -> tuple[str, int]:
 
 
 def numerics() -> str:
-    """PyTorch's float32 settings in force, as one line (a fp32 run on CUDA computes its convolutions in
-    TF32 when ``cudnn.allow_tf32`` is on, PyTorch's default)."""
+    """The settings that decide a run's float rounding, as one line: torch's intra-op thread count (on a
+    CPU, oneDNN and the reductions split their work by it, so a run repeats bit for bit at the same count
+    and differs in the last bits across counts) and PyTorch's float32 settings (a fp32 run on CUDA computes
+    its convolutions in TF32 when ``cudnn.allow_tf32`` is on, PyTorch's default)."""
     import torch
 
     return (
+        f"intra_op_threads={torch.get_num_threads()} "
         f"cudnn.allow_tf32={int(torch.backends.cudnn.allow_tf32)} "
         f"cuda.matmul.allow_tf32={int(torch.backends.cuda.matmul.allow_tf32)} "
         f"float32_matmul_precision={torch.get_float32_matmul_precision()} "
