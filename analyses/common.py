@@ -160,6 +160,15 @@ def provenance(ctx: Context, configs: dict[str, Any], seeds: Sequence[int], reci
 
 
 # ----------------------------------------------------------------------------- data and runs
+def variant(preset: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A copy of ``preset`` with ``changes``; a change that is a dict updates the preset's dict of that
+    name key by key (``variant(gpu, cfg=dict(epochs=30))`` keeps the rest of ``cfg``)."""
+    out = dict(preset)
+    for k, v in changes.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def tiny_test(data: Any, n_test: int | None) -> Any:
     """``data`` with its test split cut to a stratified ``n_test`` images (None: unchanged); smoke presets."""
     from distill.data import Dataset, Split, stratified_indices

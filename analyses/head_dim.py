@@ -47,18 +47,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         bottleneck_out=65536,
         cfg=dict(arch="vgg11", epochs=100, probe_every=10, device="auto", save_every=0, resume_every=1),
     ),
-    # the paper's sweep on CIFAR-10 with VGG11, 10 epochs per point (one call of ~9 minutes per seed)
-    "gpu-quick": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=None,
-        seeds=[0],
-        out_dims=[2**k for k in range(0, 17, 2)],
-        bottlenecks=[16, 64, 256, 1024],
-        bottleneck_out=65536,
-        cfg=dict(arch="vgg11", epochs=10, probe_every=0, device="auto", precision="bf16", save_every=0),
-    ),
 }
+PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], cfg=dict(epochs=10, probe_every=0, precision="bf16"))
 # what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "10 epochs per point instead of the paper's 100, probes only at the end, bf16 autocast"}
 

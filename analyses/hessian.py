@@ -86,25 +86,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         distill=dict(arch="vgg11", epochs=150, probes=[], device="auto", save_every=0, resume_every=1),
         sup=dict(),
     ),
-    # VGG11 (BN-free) on CIFAR-10: students of 10 epochs, children of 4 epochs, 8 x 256 images per Hessian
-    "gpu-quick": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=None,
-        children=3,
-        alphas=7,
-        k=5,
-        batches=8,
-        batch_size=256,
-        probes=60,
-        tol=1e-3,
-        levels=6,
-        slq_runs=5,
-        slq_steps=60,
-        distill=dict(arch="vgg11", epochs=10, probes=[], device="auto", save_every=0),
-        sup=dict(epochs=4, milestones=[2, 3], lr=0.05),
-    ),
 }
+PRESETS["gpu-quick"] = common.variant(
+    PRESETS["gpu"], distill=dict(epochs=10), sup=dict(epochs=4, milestones=[2, 3], lr=0.05)
+)
 # what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {
     "gpu-quick": "students of 10 epochs and children of 4 epochs (lr 0.05, x0.1 at 2 and 3) instead of 150 and 160"

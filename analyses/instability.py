@@ -53,18 +53,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         distill=dict(arch="resnet18", epochs=150, probes=[], device="auto", save_epochs=[10], resume_every=1),
         sup=dict(),
     ),
-    # ResNet18 / CIFAR-10, 5 children of 3 starts, 4 epochs each, 30 points (Frankle et al.'s grid; the paper: 50)
-    "gpu-quick": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=None,
-        children=5,
-        alphas=30,
-        epochs=[0, 10, 20],
-        distill=dict(arch="resnet18", epochs=20, probes=[], device="auto", precision="bf16", save_epochs=[10]),
-        sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16"),
-    ),
 }
+PRESETS["gpu-quick"] = common.variant(
+    PRESETS["gpu"],
+    alphas=30,
+    epochs=[0, 10, 20],
+    distill=dict(epochs=20, precision="bf16"),
+    sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16"),
+)
 # what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {
     "gpu-quick": "children of 4 epochs instead of 160, a student of 20 epochs instead of 150 (starts 0, 10, "

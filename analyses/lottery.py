@@ -59,20 +59,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         distill=dict(arch="resnet18", epochs=150, probes=[], device="auto", save_every=0, resume_every=1),
         sup=dict(),
     ),
-    # the paper's recipe is 160 epochs per level (a GPU-day); this preset: ResNet18 on CIFAR-10, 20 % per level,
-    # 8 levels of 4 epochs each, one seed per ~9-minute call (results/README.md)
-    "gpu-quick": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=None,
-        seeds=[0],
-        levels=8,
-        fraction=0.2,
-        step=400,
-        distill=dict(arch="resnet18", epochs=20, probes=[], device="auto", precision="bf16", save_every=0),
-        sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16"),
-    ),
 }
+PRESETS["gpu-quick"] = common.variant(
+    PRESETS["gpu"],
+    levels=8,
+    distill=dict(epochs=20, precision="bf16"),
+    sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16"),
+)
 # what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {
     "gpu-quick": "8 levels (to 21 % of the weights, not 0.5 %) of 4 epochs each instead of 160, students "

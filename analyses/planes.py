@@ -59,17 +59,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         seed=0,
         cfg=dict(arch="vgg11", epochs=150, probes=[], device="auto", save_every=0, resume_every=1),
     ),
-    "gpu-quick": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=2000,
-        resolution=21,
-        n_loss=2000,
-        n_probe=10_000,
-        seed=0,
-        cfg=dict(arch="vgg11", epochs=30, probes=[], device="auto", precision="bf16", save_every=0),
-    ),
 }
+PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], cfg=dict(epochs=30, precision="bf16"))
 # what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "students of 30 epochs instead of 150, bf16 autocast"}
 VIEWS = {"non-local": ("teacher", "theta_S(1)", "theta*_S(1)"), "shared": ("teacher", "theta*_S(0)", "theta*_S(1)")}

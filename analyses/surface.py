@@ -74,20 +74,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         distill=dict(arch="resnet18", epochs=150, probes=[], device="auto", save_every=0, resume_every=1),
         sup=dict(),
     ),
-    # ResNet18 on CIFAR-10 (BN reset at every point), students of 10 epochs, children of 4 epochs
-    "gpu-quick": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=2000,
-        seeds=[0, 1, 2],
-        line=31,
-        plane=15,
-        through=17,
-        span=1.0,
-        distill=dict(arch="resnet18", epochs=10, probes=[], device="auto", precision="bf16", save_every=0),
-        sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16"),
-    ),
 }
+PRESETS["gpu-quick"] = common.variant(
+    PRESETS["gpu"],
+    distill=dict(epochs=10, precision="bf16"),
+    sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16"),
+)
 # what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "students of 10 epochs and children of 4 epochs instead of 150 and 160, bf16 autocast"}
 CENTRES = ("student child", "init child")

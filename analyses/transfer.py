@@ -50,15 +50,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         seeds=[0, 1, 2],
         cfg=dict(arch="vgg11", epochs=150, device="auto", save_every=0, resume_every=1),
     ),
-    "gpu-quick": dict(
-        pairs={"cifar10 0-4 -> 5-9": ("cifar10", A, B)},
-        subset=None,
-        n_test=None,
-        probe_subset=None,
-        seeds=[0, 1, 2],
-        cfg=dict(arch="vgg11", epochs=30, device="auto", precision="bf16", save_every=0),
-    ),
 }
+PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], cfg=dict(epochs=30, precision="bf16"))
 # what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "students of 30 epochs instead of 150, bf16 autocast"}
 MODELS = ["teacher", "teacher_bn", "student_transfer", "student_in_domain", "input"]

@@ -114,3 +114,10 @@ def test_a_quick_run_records_its_note_in_the_result(tmp_path, monkeypatch):
     assert main(["--preset", "gpu-quick", "--results", str(tmp_path), "--runs", str(tmp_path / "runs")]) == 0
     with xr.open_dataset(tmp_path / "probing_curves_gpu_quick.nc", engine="h5netcdf") as ds:
         assert ds.attrs["preset_note"] == mod.PRESET_NOTES["gpu-quick"]
+
+
+def test_variant_changes_nested_settings_key_by_key_and_leaves_the_preset_alone():
+    gpu = {"seeds": [0, 1], "cfg": {"arch": "vgg11", "epochs": 150}}
+    quick = common.variant(gpu, seeds=[0], cfg={"epochs": 30, "precision": "bf16"})
+    assert quick == {"seeds": [0], "cfg": {"arch": "vgg11", "epochs": 30, "precision": "bf16"}}
+    assert gpu == {"seeds": [0, 1], "cfg": {"arch": "vgg11", "epochs": 150}}
