@@ -39,7 +39,7 @@ def _lock_early(out: Path) -> object | None:
 class _Distill:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--out", required=True, help="store to write (resumed when it exists)")
+        p.add_argument("--out", required=True, help="store folder to write, e.g. runs/x.rts (resumed when it exists)")
         p.add_argument("--no-resume", action="store_true", help="refuse to touch an existing store")
         p.add_argument(
             "--tensorboard",
@@ -735,7 +735,7 @@ class _Locality:
             "--runs",
             default="runs/locality",
             metavar="DIR",
-            help="folder of the per-point stores, resumed when present (default: runs/locality)",
+            help="folder of the per-point stores (.rts), resumed when present (default: runs/locality)",
         )
         p.add_argument("--out", required=True, metavar="FILE", help="result file (.nc)")
         p.add_argument(
