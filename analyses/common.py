@@ -10,9 +10,10 @@ alone, and ends with ``main = script(__name__, PRESETS, compute, plot)``. Then
 writes ``<results>/<name>.nc`` (provenance in attrs: commit, command line, preset, recipe,
 config, seeds) and ``<results>/<name>.png`` (``<name>_full.nc`` / ``.png`` for ``full``, so that it
 sits beside the cpu preset's file); stores of the runs go to ``<runs>/<name>/<preset>/``
-so a second call resumes. ``--executor`` (:func:`landscape.executors.open_executor`: dask, submitit,
-process or thread pools) runs a script's independent distillations and sweep points in parallel
-(``ctx.executor``); the results equal the sequential run's and finished stores are skipped.
+(``.rts`` folders; an old ``.h5`` folder of the same name is resumed) so a second call resumes.
+``--executor`` (:func:`landscape.executors.open_executor`: dask, submitit, process or thread pools)
+runs a script's independent distillations and sweep points in parallel (``ctx.executor``); the
+results equal the sequential run's and finished stores are skipped.
 Accuracy is a fraction (0-1) in every file and in percent in every figure and table (``pct``).
 """
 
@@ -36,7 +37,7 @@ import numpy as np
 import xarray as xr
 
 from distill.config import DistillConfig
-from distill.store import Store
+from distill.store import Store, store_name
 
 PRESET_NAMES = ("smoke", "cpu", "full", "cpu-long", "gpu", "gpu-quick")
 # What each preset is for (the --preset help). ``cpu`` keeps to about 20 minutes on 2 cores; ``full`` is
@@ -111,8 +112,10 @@ class Context:
         return [i for i in items if not self.only or i in self.only]
 
     def store(self, *parts: str) -> Path:
-        """A store path under ``runs/<name>/<preset>/`` (folders created)."""
-        p = self.runs.joinpath(self.name, self.preset, *parts)
+        """A store path under ``runs/<name>/<preset>/`` (folders created); a ``.rts`` name whose old
+        ``.h5`` folder is there (an interrupted run's) comes back as that one, to resume it
+        (`distill.store.store_name`)."""
+        p = store_name(self.runs.joinpath(self.name, self.preset, *parts))
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 

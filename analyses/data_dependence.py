@@ -74,7 +74,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                     configs[tag] = cfg
                     runs.append(((di, ri, ni, si), tag, cfg))
     # the distillations are independent: through --executor when given; then the probes, here
-    stores = common.distil_all([(cfg, ctx.store(f"{tag}.h5")) for _, tag, cfg in runs], ctx)
+    stores = common.distil_all([(cfg, ctx.store(f"{tag}.rts")) for _, tag, cfg in runs], ctx)
     for (index, tag, cfg), store in zip(runs, stores):
         r = common.probe_run(cfg.replace(probes=probes), store, probe_data, ctx, tag)
         acc[index] = common.probes_array(r, probes).values

@@ -1,8 +1,8 @@
 """The main job on the embedded default data: distil a small ConvNet on Fashion-MNIST,
 probe teacher, BN-recalibrated teacher, student and raw input, print the table, and write
-``runs/demo.h5`` and ``runs/demo_probes.png``.
+``runs/demo.rts`` (the store, a folder) and ``runs/demo_probes.png``.
 
-    python -m analyses.demo [--epochs N] [--out runs/demo.h5]
+    python -m analyses.demo [--epochs N] [--out runs/demo.rts]
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 from distill.config import DistillConfig
+from distill.store.names import store_name
+
+DEFAULT_OUT = "runs/demo.rts"
 
 # A CPU-sized version of the paper's setup; see results/README.md for how it was chosen.
 # BN-free, so the teacher needs no BN-recalibrated control (teacher_bn equals teacher), a 4096-way
@@ -35,7 +38,9 @@ DEMO = DistillConfig(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="runs/demo.h5")
+    p.add_argument(
+        "--out", default=None, help=f"the store to write (default: {DEFAULT_OUT}, or an older runs/demo.h5 folder)"
+    )
     p.add_argument("--epochs", type=int, default=DEMO.epochs)
     p.add_argument("--fresh", action="store_true", help="delete an existing demo store first")
     a = p.parse_args(argv)
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from distill.train import distill, distillation_gain, summary_table
     from landscape.plotting import plot_probes
 
-    out = Path(a.out)
+    out = Path(a.out) if a.out else store_name(DEFAULT_OUT)
     if a.fresh and out.exists():  # a store is a folder (a format-1 store a single file)
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     cfg = DEMO.replace(epochs=a.epochs)

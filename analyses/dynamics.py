@@ -4,7 +4,7 @@ between the representations of different inputs, layer by layer, for teacher and
 
     python -m analyses.dynamics --preset smoke|cpu|gpu [--executor SPEC]   # writes results/dynamics.nc + .png
 
-The analysis is one distillation run (store ``runs/dynamics/<preset>/distill.h5``, resumed), so it
+The analysis is one distillation run (store ``runs/dynamics/<preset>/distill.rts``, resumed), so it
 has no independent units to spread over workers: ``--executor`` only sends that one run to the
 executor (e.g. a GPU node through ``submitit:``), and a finished store is not rerun.
 """
@@ -140,7 +140,7 @@ def figure(m: xr.Dataset, path: Path, steps_per_epoch: int) -> None:
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     cfg = pre["cfg"].replace(device=ctx.device, data_root=ctx.root if "cifar" in pre["cfg"].dataset else None)
     data = common.load(cfg.dataset, ctx, subset=cfg.subset, n_test=pre["n_test"], seed=cfg.data_seed)
-    (store,) = common.distil_all([(cfg, ctx.store("distill.h5"))], ctx, data)
+    (store,) = common.distil_all([(cfg, ctx.store("distill.rts"))], ctx, data)
     m = store.metrics.load()
     steps_per_epoch = max(1, (cfg.subset or len(data.train)) // cfg.batch_size)
     numbers = summary(m)

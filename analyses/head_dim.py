@@ -71,7 +71,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                 data_root=ctx.root if "cifar" in pre["dataset"] else None,
                 **{**pre["cfg"], **kw, "device": ctx.device},
             )
-    runs = common.distil_all([(cfg, ctx.store(f"{tag}.h5")) for tag, cfg in configs.items()], ctx, data)
+    runs = common.distil_all([(cfg, ctx.store(f"{tag}.rts")) for tag, cfg in configs.items()], ctx, data)
     stores = dict(zip(configs, runs))
     for field, value in points:
         per_seed = [common.best_over_epochs(stores[f"{field}{value}-s{s}"].metrics) for s in seeds]

@@ -175,14 +175,14 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         **{"save_every": 0, **pre["distill"], "device": ctx.device},
     )
     scfg = SupervisedConfig(**{**pre["sup"], "device": ctx.device})
-    (store,) = common.distil_all([(dcfg, ctx.store("distill.h5"))], ctx, data)
+    (store,) = common.distil_all([(dcfg, ctx.store("distill.rts"))], ctx, data)
     names = ("alphas", "k", "batches", "batch_size", "probes", "tol", "levels", "slq_runs", "slq_steps")
     opts = {**{n: pre[n] for n in names}, "device": ctx.device}
     pairs = [f"{i}-{j}" for i, j in itertools.combinations(range(pre["children"]), 2)]
     units: dict[Any, Any] = {}
     accuracy = []
     for start, ref in zip(STARTS, ((store, store.epochs[-1]), (store, 0))):
-        path = str(ctx.store(f"children-{start}.h5"))
+        path = str(ctx.store(f"children-{start}.rts"))
         kids = landscape.instability(
             ref, data, children=pre["children"], cfg=scfg, alphas=2, store=path, device=ctx.device,
             executor=ctx.executor, progress=False,
@@ -197,7 +197,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             "density", ((path, "children/0"),), opts, str(ctx.store(f"density-{start}.nc")), data
         )
     # the IMP levels of the student follow one another: one unit, beside the paths and densities
-    imp = {**opts, "sup": scfg.to_dict(), "imp": str(ctx.store("imp.h5"))}
+    imp = {**opts, "sup": scfg.to_dict(), "imp": str(ctx.store("imp.rts"))}
     units["levels"] = CurvatureUnit(
         "levels", ((str(store.path), store.epochs[-1]),), imp, str(ctx.store("levels.nc")), data
     )

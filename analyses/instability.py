@@ -81,8 +81,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     scfg = SupervisedConfig(**{**pre["sup"], "device": ctx.device})
     store, indep = common.distil_all(
         [
-            (dcfg, ctx.store("distill.h5")),
-            (dcfg.replace(init="independent", epochs=1, save_epochs=[]), ctx.store("independent.h5")),
+            (dcfg, ctx.store("distill.rts")),
+            (dcfg.replace(init="independent", epochs=1, save_epochs=[]), ctx.store("independent.rts")),
         ],
         ctx,
         data,
@@ -97,7 +97,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             children=pre["children"],
             cfg=scfg,
             alphas=pre["alphas"],
-            store=ctx.store(f"children-{name.replace(' ', '_')}.h5"),
+            store=ctx.store(f"children-{name.replace(' ', '_')}.rts"),
             splits=("test",),
             device=ctx.device,
             executor=ctx.executor,

@@ -118,7 +118,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         )
         for s in seeds
     }
-    stores = common.distil_all([(dcfgs[s], ctx.store(f"distill-s{s}.h5")) for s in seeds], ctx, data)
+    stores = common.distil_all([(dcfgs[s], ctx.store(f"distill-s{s}.rts")) for s in seeds], ctx, data)
     units = []  # per seed: IMP rewinding to the student, and to its init / early steps (independent)
     for s, store in zip(seeds, stores):
         scfg = SupervisedConfig(**{**pre["sup"], "data_seed": s, "aug_seed": s, "device": ctx.device})
@@ -135,13 +135,13 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             LotteryUnit(
                 (str(store.path), store.epochs[-1]),
                 data,
-                str(ctx.store(f"{tag}imp-student-s{s}.h5")),
+                str(ctx.store(f"{tag}imp-student-s{s}.rts")),
                 {**kw, "rewind": "start", "baselines": ["random_prune", "random_reinit"]},
             ),
             LotteryUnit(
                 (str(store.path), 0),
                 data,
-                str(ctx.store(f"{tag}imp-init-s{s}.h5")),
+                str(ctx.store(f"{tag}imp-init-s{s}.rts")),
                 {**kw, "rewind": ["start", "step"], "rewind_step": pre["step"]},
             ),
         ]

@@ -129,7 +129,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         **{**pre["cfg"], "device": ctx.device},
     )
     local, indep = common.distil_all(
-        [(base, ctx.store("alpha0.h5")), (base.replace(init="independent"), ctx.store("alpha1.h5"))], ctx, data
+        [(base, ctx.store("alpha0.rts")), (base.replace(init="independent"), ctx.store("alpha1.rts"))], ctx, data
     )
     teacher = local.teacher().eval()
     models = {

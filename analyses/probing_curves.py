@@ -73,7 +73,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             data_root=ctx.root if "cifar" in pre["dataset"] else None,
             **{**pre["cfg"], "device": ctx.device},
         )
-    stores = common.distil_all([(cfg, ctx.store(f"{tag}.h5")) for tag, cfg in configs.items()], ctx, data)
+    stores = common.distil_all([(cfg, ctx.store(f"{tag}.rts")) for tag, cfg in configs.items()], ctx, data)
     rows = [store.metrics[["accuracy", "loss", "kl"]] for store in stores]
     ds = common.stack_seeds(rows, pre["seeds"])
     ds.attrs = {

@@ -145,11 +145,11 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         **{"save_every": 0, **pre["distill"], "device": ctx.device},
     )
     scfg = SupervisedConfig(**{**pre["sup"], "device": ctx.device})
-    (store,) = common.distil_all([(dcfg, ctx.store("distill.h5"))], ctx, data)
+    (store,) = common.distil_all([(dcfg, ctx.store("distill.rts"))], ctx, data)
     starts = {"student child": (store, store.epochs[-1]), "init child": (store, 0)}
     children, accuracy = {}, {}
     for name, ref in starts.items():
-        path = ctx.store(f"children-{name.split()[0]}.h5")
+        path = ctx.store(f"children-{name.split()[0]}.rts")
         ds = landscape.instability(
             ref, data, children=2, cfg=scfg, alphas=2, store=path, device=ctx.device, executor=ctx.executor,
             progress=False,

@@ -334,7 +334,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                 )
                 configs[f"student-{a}-s{s}"] = cfg
                 ship = sdata if ctx.executor is None or pre["n_test"] is not None else None
-                students[(a, s)] = DistillUnit(cfg.to_dict(), str(ctx.store(f"student-{a}-s{s}.h5")), ship)
+                students[(a, s)] = DistillUnit(cfg.to_dict(), str(ctx.store(f"student-{a}-s{s}.rts")), ship)
     # every teacher, input and student is independent: one sweep, through --executor when given
     common.sweep([*teachers.values(), *inputs.values(), *students.values()], ctx)
     teacher = xr.concat(

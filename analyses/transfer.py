@@ -85,7 +85,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                 )
                 tag = f"{name}-{''.join(map(str, classes))}-s{s}"
                 configs[tag] = cfg.to_dict() | {"classes": classes}
-                out = str(ctx.store(f"{tag}.h5"))
+                out = str(ctx.store(f"{tag}.rts"))
                 runs.append((pi, si, role, f"{tag}-on-{''.join(map(str, tgt))}", cfg, target, out))
                 units.setdefault(out, DistillUnit(cfg.to_dict(), out, train))
     common.sweep(list(units.values()), ctx)  # the distillations are independent: through --executor when given

@@ -119,7 +119,7 @@ def step_flops(cfg: distill.DistillConfig, data: Dataset, device: torch.device) 
 
 def ours_epoch(cfg: distill.DistillConfig, data: Dataset, tmp: Path) -> tuple[float, float]:
     """(epoch seconds as recorded by distill, seconds of the whole call)."""
-    out = tmp / f"bench-{time.perf_counter_ns()}.h5"
+    out = tmp / f"bench-{time.perf_counter_ns()}.rts"
     t0 = time.perf_counter()
     store = run(cfg, out, data=data, progress=False)
     whole = time.perf_counter() - t0

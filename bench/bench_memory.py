@@ -64,7 +64,7 @@ def child(size: str, out: str) -> None:
         arch_options={"width": 16, "depth": 2} if p["arch"] == "convnet" else {},
     )
     with tempfile.TemporaryDirectory() as tmp:
-        distill.distill(cfg, Path(tmp) / "m.h5", data=small, progress=False)
+        distill.distill(cfg, Path(tmp) / "m.rts", data=small, progress=False)
     g = torch.Generator().manual_seed(0)
     tr = torch.randn(p["probe_train"], p["dim"], generator=g)
     te = torch.randn(p["probe_test"], p["dim"], generator=g)

@@ -33,7 +33,7 @@ CALLS: dict[str, list[str]] = {
     "rtt -h": ["-m", "landscape.cli", "-h"],
     "rtt distill -h": ["-m", "landscape.cli", "distill", "-h"],
     "rtt lmc -h": ["-m", "landscape.cli", "lmc", "-h"],
-    "rtt distill --subset 10k": ["-m", "landscape.cli", "distill", "--out", "x.h5", "--subset", "10k"],
+    "rtt distill --subset 10k": ["-m", "landscape.cli", "distill", "--out", "x.rts", "--subset", "10k"],
     "rtt info STORE": ["-m", "landscape.cli", "info", "{store}"],
     "rtt distill --out BUSY": ["-m", "landscape.cli", "distill", "--out", "{store}", "--data-root", "/nonexistent"],
     "python -c 'import torch'": ["-c", "import torch"],
@@ -83,7 +83,7 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
     tmp = tempfile.TemporaryDirectory()
     holder = None
     if "rtt info STORE" in calls:
-        store = str(_small_store(Path(tmp.name) / "s.h5"))
+        store = str(_small_store(Path(tmp.name) / "s.rts"))
         for name in ("rtt info STORE", "rtt distill --out BUSY"):
             calls[name] = [a.replace("{store}", store) for a in calls[name]]
         holder = _hold_lock(store)

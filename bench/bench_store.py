@@ -47,7 +47,7 @@ def run_bench(size: str = "full", device: str = "cpu", rounds: int | None = None
     counter = itertools.count()
     load = [round(x, 1) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store.create(Path(tmp) / "ours.h5", {"bench": True})
+        store = Store.create(Path(tmp) / "ours.rts", {"bench": True})
         plain_path = Path(tmp) / "plain.h5"
 
         def ours() -> None:

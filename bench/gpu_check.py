@@ -132,6 +132,8 @@ def _store_state(path: Path) -> tuple[int, float | None]:
 
 def part_table(out: Path, data: str, seconds: float) -> None:
     """Train the Table 1/3 runs in order, each as far as the remaining ``seconds`` allow."""
+    from distill.store.names import store_name
+
     deadline = time.monotonic() + seconds
     recipe_flag = _has_recipe_flag()
     guess = None
@@ -142,7 +144,7 @@ def part_table(out: Path, data: str, seconds: float) -> None:
         pass
     status = []
     for arch, recipe in TABLE_RUNS:
-        path = out / "runs" / f"cifar10-{arch}-{recipe}.h5"
+        path = store_name(out / "runs" / f"cifar10-{arch}-{recipe}.rts")
         done, per_epoch = _store_state(path)
         per_epoch = per_epoch or (guess or {}).get(arch) or 3.0
         # probes every 10 epochs take about 3 epochs' time in all; 1.2x margin
@@ -224,11 +226,11 @@ def part_figures(out: Path) -> None:
                 )
         except OSError:
             print(f"{part}: not run")
-    from distill.store import Store
+    from distill.store import Store, store_name
 
     rows = []
     for arch, recipe in TABLE_RUNS:
-        path = out / "runs" / f"cifar10-{arch}-{recipe}.h5"
+        path = store_name(out / "runs" / f"cifar10-{arch}-{recipe}.rts")
         if not path.exists():
             print(f"{path.name}: not started")
             continue

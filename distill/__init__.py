@@ -6,7 +6,7 @@ The public API is imported lazily, so ``import distill`` is cheap:
 import distill
 data = distill.load_dataset("fashion-mnist")
 cfg = distill.DistillConfig(dataset="fashion-mnist", arch="convnet", epochs=4)
-store = distill.distill(cfg, out="runs/demo.h5")
+store = distill.distill(cfg, out="runs/demo.rts")
 ```
 """
 

@@ -35,7 +35,7 @@ log = logging.getLogger("distill.train")
 
 
 def progress_path(store: str | Path) -> Path:
-    """The JSON-lines progress file beside ``store`` (``runs/x.h5`` -> ``runs/x.jsonl``)."""
+    """The JSON-lines progress file beside ``store`` (``runs/x.rts`` -> ``runs/x.jsonl``)."""
     store = Path(store)
     return store.with_name(store.stem + ".jsonl")
 

@@ -99,7 +99,7 @@ class HelpFormatter(argparse.HelpFormatter):
 class _Info:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("store", help="path of an HDF5 store (.h5)")
+        p.add_argument("store", help="path of a store (a .rts folder, or a packed .h5 file)")
         p.add_argument("--json", action="store_true", help="print the provenance as JSON (default: a table)")
 
     @staticmethod

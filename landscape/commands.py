@@ -39,7 +39,7 @@ def _lock_early(out: Path) -> object | None:
 class _Distill:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--out", required=True, help="store to write (resumed when it exists)")
+        p.add_argument("--out", required=True, help="store folder to write, e.g. runs/x.rts (resumed when it exists)")
         p.add_argument("--no-resume", action="store_true", help="refuse to touch an existing store")
         p.add_argument(
             "--tensorboard",
@@ -79,7 +79,7 @@ def _add_executor_arg(p: argparse.ArgumentParser, what: str, resumable: bool = T
 _SPLITS = ("train", "test")
 
 
-_REF_HELP = "STORE:EPOCH or STORE:NAME (e.g. runs/x.h5:10, runs/x.h5:-1 for the last student, runs/x.h5:teacher)"
+_REF_HELP = "STORE:EPOCH or STORE:NAME (e.g. runs/x.rts:10, runs/x.rts:-1 for the last student, runs/x.rts:teacher)"
 
 
 def _parse_ref(text: str) -> tuple:
@@ -297,7 +297,9 @@ def _start_and_recipe(a: argparse.Namespace) -> tuple:
 class _Lmc:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("a", metavar="A", help="first checkpoint: STORE:EPOCH or STORE:NAME (e.g. runs/x.h5:children/0)")
+        p.add_argument(
+            "a", metavar="A", help="first checkpoint: STORE:EPOCH or STORE:NAME (e.g. runs/x.rts:children/0)"
+        )
         p.add_argument("b", metavar="B", help="second checkpoint, same architecture")
         p.add_argument(
             "--alphas",
@@ -362,7 +364,8 @@ class _Instability:
         p.add_argument(
             "--children-store",
             default=None,
-            help="store for the children (resumed when it exists; default: STORE-instability-eEPOCH.h5 beside STORE)",
+            help="store for the children (resumed when it exists; default: STORE-instability-eEPOCH.rts beside STORE, "
+            "or its older .h5 folder)",
         )
         p.add_argument(
             "--alphas",
@@ -385,6 +388,7 @@ class _Instability:
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
+        from distill.store.names import SUFFIX, store_name
         from landscape.executors import open_executor
         from landscape.instability import instability
 
@@ -393,7 +397,7 @@ class _Instability:
         children_store = (
             Path(a.children_store)
             if a.children_store
-            else store.path.with_name(f"{store.path.stem}-instability-{tag}.h5")
+            else store_name(store.path.with_name(f"{store.path.stem}-instability-{tag}{SUFFIX}"))
         )
         data = _data_for(store, a)
         with open_executor(a.executor) as ex:
@@ -540,7 +544,7 @@ class _Plot:
         p.add_argument(
             "file",
             help="netCDF result written by rtt lmc / instability / plane / lottery / locality, "
-            "or a store (.h5: its probe metrics)",
+            "or a store (.rts folder, or a packed .h5 file: its probe metrics)",
         )
         p.add_argument("--out", default=None, help="image to write (default: FILE with .png)")
         p.add_argument("--var", default=None, help="variable to draw (default: error, else the first one)")
@@ -627,7 +631,7 @@ class _Lottery:
             "--lottery-store",
             default=None,
             help="store for the pruned checkpoints (resumed when it "
-            "exists; default: STORE-lottery-TAG.h5 beside STORE)",
+            "exists; default: STORE-lottery-TAG.rts beside STORE, or its older .h5 folder)",
         )
         p.add_argument("--out", default=None, help="netCDF file to write (default: the lottery store's name, .nc)")
         p.add_argument(
@@ -640,13 +644,16 @@ class _Lottery:
 
     @staticmethod
     def run(a: argparse.Namespace) -> int:
+        from distill.store.names import SUFFIX, store_name
         from landscape.lottery import lottery
 
         store, which, tag, cfg = _start_and_recipe(a)
         rewinds = [r.strip() for r in a.rewind.split(",") if r.strip()]
         baselines = [b.strip() for b in a.baselines.split(",") if b.strip()]
         lottery_store = (
-            Path(a.lottery_store) if a.lottery_store else store.path.with_name(f"{store.path.stem}-lottery-{tag}.h5")
+            Path(a.lottery_store)
+            if a.lottery_store
+            else store_name(store.path.with_name(f"{store.path.stem}-lottery-{tag}{SUFFIX}"))
         )
         data = _data_for(store, a)
         options = dict(
@@ -728,7 +735,7 @@ class _Locality:
             "--runs",
             default="runs/locality",
             metavar="DIR",
-            help="folder of the per-point stores, resumed when present (default: runs/locality)",
+            help="folder of the per-point stores (.rts), resumed when present (default: runs/locality)",
         )
         p.add_argument("--out", required=True, metavar="FILE", help="result file (.nc)")
         p.add_argument(

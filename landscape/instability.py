@@ -9,7 +9,7 @@ Example:
 
 ```python
 ds = instability((store, -1), data, children=2, cfg=SupervisedConfig.preset("cpu"),
-                 store="runs/children.h5")
+                 store="runs/children.rts")
 ds.barrier_error.sel(split="test")
 ```
 """
@@ -33,6 +33,7 @@ from torch import nn
 
 from distill.config import SupervisedConfig
 from distill.provenance import stamp
+from distill.store.names import SUFFIX, store_name
 from distill.supervised import check_classifier, evaluate, train_supervised, with_classifier
 from landscape import refs
 from landscape.executors import run_units
@@ -81,7 +82,7 @@ def _same_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) ->
 def child_part_path(store: str | Path, index: int) -> Path:
     """Where the work unit of child ``index`` writes its own store, beside the children store."""
     store = Path(store)
-    return store.with_name(f"{store.stem}.child{index}.h5")
+    return store_name(store.with_name(f"{store.stem}.child{index}{SUFFIX}"))
 
 
 def _recipe_json(ccfg: SupervisedConfig) -> str:

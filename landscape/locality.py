@@ -27,6 +27,7 @@ from distill.config import DistillConfig
 from distill.init import parameter_distance
 from distill.provenance import stamp
 from distill.store import Store, StoreError
+from distill.store.names import SUFFIX, store_name
 from landscape.executors import run_units
 
 
@@ -44,8 +45,9 @@ def point_config(cfg: DistillConfig, axis: str, value: float, seed: int) -> Dist
 
 
 def point_path(out_dir: Path, cfg: DistillConfig, axis: str, value: float, seed: int) -> Path:
-    """The store of one sweep point: ``<out_dir>/<dataset>-<arch>-<axis><value>-seed<seed>.h5``."""
-    return Path(out_dir) / f"{cfg.dataset.replace(':', '-')}-{cfg.arch}-{axis}{value:g}-seed{seed}.h5"
+    """The store of one sweep point: ``<out_dir>/<dataset>-<arch>-<axis><value>-seed<seed>.rts`` (its older
+    ``.h5`` folder when only that one is there, `distill.store.store_name`)."""
+    return store_name(Path(out_dir) / f"{cfg.dataset.replace(':', '-')}-{cfg.arch}-{axis}{value:g}-seed{seed}{SUFFIX}")
 
 
 def distillation_complete(cfg: DistillConfig, out: str | Path) -> bool:

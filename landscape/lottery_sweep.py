@@ -2,7 +2,7 @@
 
 ``lottery_sweep(start, data, rewinds=["start", "init"], seeds=[0, 1, 2], out_dir=..., executor=ex)``
 runs `landscape.lottery.lottery` once per (rewind target, seed), each with its own store
-``<out_dir>/lottery-<rewind>-seed<seed>.h5``, through any ``concurrent.futures.Executor``
+``<out_dir>/lottery-<rewind>-seed<seed>.rts``, through any ``concurrent.futures.Executor``
 (`landscape.executors`); finished units are skipped and unfinished ones resume from their
 store. The result is `lottery`'s Dataset concatenated over ``rewind`` and, with several
 seeds, over a new ``seed`` dim: the same numbers as one ``lottery(..., rewind=[...], seed=s)``
@@ -25,6 +25,7 @@ from torch import nn
 from distill.config import SupervisedConfig
 from distill.provenance import stamp
 from distill.store import Store, StoreError
+from distill.store.names import SUFFIX, store_name
 from landscape.executors import run_units
 
 
@@ -113,7 +114,7 @@ def lottery_sweep(
         (r, s): LotteryUnit(
             ref,
             data,
-            str(out_dir / f"lottery-{r}-seed{s}.h5"),
+            str(store_name(out_dir / f"lottery-{r}-seed{s}{SUFFIX}")),
             {**options, "rewind": r, "seed": s, "cfg": cfg.to_dict()},
         )
         for s in seeds

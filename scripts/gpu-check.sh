@@ -5,7 +5,7 @@
 #
 #   scripts/gpu-check.sh OUTDIR [BUDGET_SECONDS]      # default budget 520 s (under 9 minutes)
 #
-# Results go to OUTDIR (one JSON per part, logs, runs/*.h5 stores). Resumable: a part that finished
+# Results go to OUTDIR (one JSON per part, logs, runs/*.rts stores). Resumable: a part that finished
 # leaves OUTDIR/<part>.done and is skipped by the next call; the table runs resume from their last
 # saved epoch; the figures are printed again from everything in OUTDIR. Rerun the same command
 # until it prints "all parts complete".

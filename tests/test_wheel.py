@@ -117,7 +117,7 @@ def test_a_fresh_environment_with_the_wheel_runs_distill_info_and_lmc(wheel, tmp
         work,
         env,
     )
-    children = "runs/s-instability-e1.h5"
+    children = "runs/s-instability-e1.rts"  # the derived default name
     out = _run(
         [rtt, "lmc", f"{children}:children/0", f"{children}:children/1", "--alphas", "3"]
         + ["--max-examples", "200", "--device", "cpu", "--out", "runs/lmc.nc"],

@@ -1,6 +1,6 @@
 """The checkpoint store: checkpoints, training state and results of a run, nothing pickled.
 
-A store is a folder (``runs/x.h5``) of immutable HDF5 files, each readable with h5py alone::
+A store is a folder (``runs/x.rts``) of immutable HDF5 files, each readable with h5py alone::
 
     store.h5                         provenance attrs: format, format_version (2), config (JSON), seeds, ...
     lock                             the writer lock (flock); its text names the holder
@@ -18,7 +18,8 @@ Modules: :mod:`~distill.store.core` (Store), :mod:`~distill.store.fsio` (atomic 
 :mod:`~distill.store.objects` (one object per file), :mod:`~distill.store.single` (format-1 and
 packed single files), :mod:`~distill.store.pack` (``rtt pack``, ``rtt verify``),
 :mod:`~distill.store.info` (what a store holds, read without torch: ``rtt info``),
-:mod:`~distill.store.unpack` (a single-file store into a writable folder store).
+:mod:`~distill.store.unpack` (a single-file store into a writable folder store),
+:mod:`~distill.store.names` (the ``.rts`` suffix of store folders; old ``.h5`` folders stay stores).
 
 The names below are imported on first use, so that ``distill.store.info`` stays torch-free.
 """
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from distill.store.errors import StoreBusy, StoreError
 from distill.store.info import FORMAT, FORMAT_VERSION
+from distill.store.names import SUFFIX, store_name
 
 if TYPE_CHECKING:
     from distill.store.core import Store, as_module, build_checked, load_into, student_name
@@ -37,12 +39,14 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "SUFFIX",
     "Store",
     "StoreBusy",
     "StoreError",
     "as_module",
     "build_checked",
     "load_into",
+    "store_name",
     "student_name",
 ]
 _FROM_CORE = {"Store", "as_module", "build_checked", "load_into", "student_name"}

@@ -1,6 +1,7 @@
 """The checkpoint store: a folder of immutable HDF5 files, one per checkpoint, state or result.
 
-Layout of a store (format_version 2; the path, e.g. ``runs/x.h5``, names a folder)::
+Layout of a store (format_version 2; the path, e.g. ``runs/x.rts``, names a folder: ``.rts`` is the
+convention, any folder path works, ``runs/x.h5`` folders included)::
 
     store.h5                       root attrs only: format, format_version, toolkit_version,
                                    torch_version, created_at, kind, config (JSON), seeds (JSON)
@@ -132,6 +133,9 @@ class Store:
         **kw: Any,
     ) -> Store:
         """Create a new (empty) store folder at ``path`` holding ``config`` (JSON-able) as provenance.
+
+        Any folder path works; ``.rts`` (``runs/x.rts``) is the convention, since the store is a folder
+        and not one HDF5 file (`distill.store.names`).
 
         ``provenance``: the keys of `distill.provenance.provenance` (default: computed here
         from ``config`` and ``kind``, on CPU in fp32)."""

@@ -1,11 +1,11 @@
 """Convert a single-file store (format_version 1, or a file written by ``rtt pack``) into a
 writable folder store::
 
-    python -m distill.store.unpack OLD.h5 NEW.h5
+    python -m distill.store.unpack OLD.h5 NEW.rts
 
 Every module, mask, training state and result is copied (modules keep the dtype they were
 stored in); the provenance attrs are kept, with ``converted_from`` and ``converted_at`` added.
-The new store is built under a hidden name beside ``NEW.h5`` and renamed into place when
+The new store is built under a hidden name beside ``NEW.rts`` and renamed into place when
 complete, so a failed conversion leaves nothing behind; the old file is only read.
 """
 

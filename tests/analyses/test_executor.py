@@ -40,9 +40,9 @@ def test_seed_loop_on_a_process_pool_matches_the_sequential_run_and_reruns_skip(
         assert "already complete" not in caplog.text
         again = _run(tmp_path / "par", "--executor", "process:2")
     assert "2 of 2 work units already complete, skipped" in caplog.text
-    assert sorted(p.name for p in (tmp_path / "par" / "runs" / "probing_curves" / "smoke").glob("*.h5")) == [
-        "seed0.h5",
-        "seed1.h5",
+    assert sorted(p.name for p in (tmp_path / "par" / "runs" / "probing_curves" / "smoke").glob("*.rts")) == [
+        "seed0.rts",
+        "seed1.rts",
     ]
     for ds in (par, again):
         assert set(ds.data_vars) == set(seq.data_vars) == {"accuracy", "loss", "kl"}

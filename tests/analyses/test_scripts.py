@@ -340,7 +340,7 @@ def test_smoke_results_and_runs_in_the_checkout_are_ignored_by_git(name):
 
     stem = result_stem(name, "smoke")
     assert stem == f"{name}_smoke"
-    paths = [f"results/{stem}.nc", f"results/{stem}.png", f"runs/{name}/smoke/x.h5"]
+    paths = [f"results/{stem}.nc", f"results/{stem}.png", f"runs/{name}/smoke/x.rts", f"runs/{name}/smoke/x.h5"]
     assert _git("check-ignore", *paths).split() == paths  # every one ignored: git status stays clean
 
 

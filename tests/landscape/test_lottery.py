@@ -422,7 +422,7 @@ def test_rtt_lottery_command(fmnist_root, tmp_path, capsys) -> None:
         0.2 * int(result.remaining_weights.values[0])
     )
     assert result.attrs["start"].endswith("#epoch=2")
-    assert Store(tmp_path / "run-lottery-e2.h5").names("lottery/start/") == [
+    assert Store(tmp_path / "run-lottery-e2.rts").names("lottery/start/") == [
         "lottery/start/00",
         "lottery/start/01",
         "lottery/start/random_prune/01",
