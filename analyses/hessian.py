@@ -162,6 +162,26 @@ class CurvatureUnit:
         return self.out
 
 
+# what the path and SLQ variables hold (their per-unit files do not carry it)
+LABELS: dict[str, tuple[str, str]] = {
+    "path_eigenvalue": ("Hessian eigenvalue along the path (Lanczos, largest first)", "nats"),
+    "path_trace": ("Hessian trace along the path (Hutch++)", "nats"),
+    "path_trace_stderr": ("standard error of the trace estimate", "nats"),
+    "path_loss": ("training loss along the path", "nats"),
+    "path_hvps": ("Hessian-vector products spent at the point", "1"),
+    "slq_node": ("SLQ quadrature node (Ritz value)", "nats"),
+    "slq_weight": ("SLQ quadrature weight", "1"),
+}
+
+
+def label(ds: xr.Dataset) -> xr.Dataset:
+    """Give the path and SLQ variables of a hessian result their ``long_name`` and ``units`` (in place)."""
+    for v, (long_name, units) in LABELS.items():
+        if v in ds:
+            ds[v].attrs.update(long_name=long_name, units=units)
+    return ds
+
+
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     import landscape
     from analyses.hessian import CurvatureUnit  # the importable class (not __main__'s) travels to workers
@@ -233,9 +253,9 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         dims=("start", "child"),
         attrs={"long_name": "test accuracy of each child after training", "units": "fraction"},
     )
-    for v in ("path_eigenvalue", "path_trace", "path_loss", "level_eigenvalue", "level_trace", "level_loss"):
-        src = lv if v.startswith("level") else paths[0]
-        ds[v].attrs = dict(src[v.split("_", 1)[1]].attrs)
+    for v in ("level_eigenvalue", "level_trace", "level_loss"):
+        ds[v].attrs = dict(lv[v.split("_", 1)[1]].attrs)
+    label(ds)
     ds.attrs = {
         "hessian_of": "mean training cross-entropy over the batches, all parameters (torch.func jvp of grad)",
         "hessian_batches": int(pre["batches"]),

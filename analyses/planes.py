@@ -66,6 +66,12 @@ PRESET_NOTES = {"gpu-quick": "students of 30 epochs instead of 150, bf16 autocas
 VIEWS = {"non-local": ("teacher", "theta_S(1)", "theta*_S(1)"), "shared": ("teacher", "theta*_S(0)", "theta*_S(1)")}
 
 
+NORM_ATTRS = {
+    "norm_u": {"long_name": "L2 norm of the plane's first direction, b - a (parameters)", "units": "1"},
+    "norm_v": {"long_name": "L2 norm of the plane's second direction, c - a orthogonalised (parameters)", "units": "1"},
+}
+
+
 def grid_values(
     models: dict[str, Any],
     names: tuple[str, str, str],
@@ -161,8 +167,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                     "accuracy": (("x", "y"), acc, {"long_name": "k-NN (k=20) probe accuracy", "units": "fraction"}),
                     "point_x": ("point", pts_x, {"long_name": "x of the three networks", "units": "|b - a|"}),
                     "point_y": ("point", pts_y, {"long_name": "y of the three networks", "units": "|b - a|"}),
-                    "norm_u": ((), info["norm_u"]),
-                    "norm_v": ((), info["norm_v"]),
+                    "norm_u": ((), info["norm_u"], NORM_ATTRS["norm_u"]),
+                    "norm_v": ((), info["norm_v"], NORM_ATTRS["norm_v"]),
                 },
                 coords={
                     "x": np.arange(n),

@@ -490,6 +490,27 @@ def registered_name(kind: str) -> Any:
     return _named(noun, convert)
 
 
+def _probe_list(text: str) -> list:
+    """``--probes``: a comma-separated list of registered probe names (``none``: no probes); an unknown
+    name is a usage error with the closest registered name suggested."""
+    from distill import registry
+
+    out = _list_value(text)
+    known = _registered("probes")
+    unknown = [p for p in out if p not in known]
+    if unknown:
+        from distill.plugins import load_entry_points
+
+        load_entry_points()  # an installed plugin may register them
+        known = _registered("probes")
+        unknown = [p for p in out if p not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown probe {unknown[0]!r}{registry.suggest(str(unknown[0]), known)}; registered: {', '.join(known)}"
+        )
+    return out
+
+
 def _registered(kind: str) -> list[str]:
     from distill import registry
 
@@ -546,7 +567,7 @@ def add_arguments(
         if tp is bool:
             kw["action"] = _Switch
         elif tp in (list, tuple):
-            kw["type"] = _named("list", _list_value)
+            kw["type"] = _named("probes", _probe_list) if names == "probes" else _named("list", _list_value)
             kw["metavar"] = "A,B,..."
         elif tp is dict:
             kw["type"] = _named("JSON", _json_object)

@@ -45,6 +45,8 @@ def test_an_unknown_architecture_dataset_or_command_is_a_usage_error_with_a_sugg
     assert "unknown dataset 'cifar1O'" in err and "did you mean 'cifar10'?" in err
     err = _usage_error(["lcm", "a:1", "b:2"], capsys)
     assert "invalid choice: 'lcm'" in err and "did you mean 'lmc'?" in err
+    err = _usage_error(["distill", "--out", "x.rts", "--probes", "knn,linaer"], capsys)
+    assert "unknown probe 'linaer'" in err and "did you mean 'linear'?" in err
 
 
 def test_dataset_aliases_are_stored_canonically_and_resume_the_same_run(tmp_path):
