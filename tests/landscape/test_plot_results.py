@@ -68,5 +68,5 @@ def test_the_layouts_of_the_misleading_cases():
     inst = layout(_open(RESULTS[0].parent / "instability.nc").error)
     assert inst.x == "alpha" and inst.averaged == ["pair"] and inst.hue == "start"
     hess = _open(RESULTS[0].parent / "hessian.nc")
-    assert axis_label(hess.path_eigenvalue) == "Hessian eigenvalue (largest first) [nats]"
+    assert axis_label(hess.path_eigenvalue) == "Hessian eigenvalue along the path (Lanczos, largest first) [nats]"
     assert axis_label(hess.remaining) == "fraction of prunable weights kept [%]"
