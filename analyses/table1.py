@@ -180,6 +180,9 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         coords="minimal",
         compat="override",
     )
+    for v in ds.variables:  # concat dropped the variables' own long_name / units: they are the metrics'
+        if v in have[tags[0]].variables:
+            ds[v].attrs = dict(have[tags[0]][v].attrs)
     # what each run was, from its own store (a run in progress may have been started by older code)
     stored = {t: {**cfgs[t].to_dict(), **json.loads(have[t].attrs.get("config", "{}"))} for t in tags}
     arch = [str(stored[t]["arch"]) for t in tags]
