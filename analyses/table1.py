@@ -286,7 +286,7 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         ax.set(title=common.PROBE_LABEL.get(p, p), xlabel="distillation epoch", ylabel="test accuracy [%]")
     axes[3].set(title="effective rank of the embeddings", xlabel="epoch", ylabel="effective rank", yscale="log")
     axes[4].set(
-        title="embedding L2 norm (green: student, blue: teacher)", xlabel="epoch", ylabel="mean norm", yscale="log"
+        title="embedding norm (student green, teacher blue)", xlabel="epoch", ylabel="mean L2 norm", yscale="log"
     )
     axes[5].set(title="parameter distance from the teacher", xlabel="epoch", ylabel="L2 distance")
     for ax in axes:
