@@ -392,7 +392,9 @@ def validate(cfg: Any) -> None:
         _check_probes(cfg.probes)
 
 
-def _check_probes(probes: Any) -> None:
+def _unknown_probes(probes: Any) -> tuple[list, list[str]]:
+    """(the names in ``probes`` no probe is registered under, the registered names), after loading
+    installed plugins when a name is not found at first."""
     from distill import registry
 
     known = registry.probe_names()
@@ -401,7 +403,11 @@ def _check_probes(probes: Any) -> None:
 
         load_entry_points()  # an installed plugin may register them
         known = registry.probe_names()
-    unknown = [p for p in probes if p not in known]
+    return [p for p in probes if p not in known], known
+
+
+def _check_probes(probes: Any) -> None:
+    unknown, known = _unknown_probes(probes)
     if unknown:
         raise ValueError(
             f"probes: unknown probe(s) {', '.join(map(str, unknown))}; choose from {', '.join(known)} "
@@ -496,14 +502,7 @@ def _probe_list(text: str) -> list:
     from distill import registry
 
     out = _list_value(text)
-    known = _registered("probes")
-    unknown = [p for p in out if p not in known]
-    if unknown:
-        from distill.plugins import load_entry_points
-
-        load_entry_points()  # an installed plugin may register them
-        known = _registered("probes")
-        unknown = [p for p in out if p not in known]
+    unknown, known = _unknown_probes(out)
     if unknown:
         raise argparse.ArgumentTypeError(
             f"unknown probe {unknown[0]!r}{registry.suggest(str(unknown[0]), known)}; registered: {', '.join(known)}"

@@ -43,7 +43,7 @@ TINY = [
 CASES: list[str] = []
 
 
-def distill_argv(env, out, *extra) -> list[str]:
+def distill_argv(env, out, *extra, epochs: int = 1) -> list[str]:
     return [
         "distill",
         "--out",
@@ -53,7 +53,7 @@ def distill_argv(env, out, *extra) -> list[str]:
         "--data-root",
         str(env.mnist),
         "--epochs",
-        "1",
+        str(epochs),
         *TINY,
         *extra,
     ]

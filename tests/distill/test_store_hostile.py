@@ -19,26 +19,14 @@ from distill.store.objects import checksum
 from landscape.cli import main as rtt
 from tests.distill.store_helpers import ROOT, checksums, report, write_mnist
 from tests.distill.test_store_bad_input import CASES as EXISTING
-from tests.distill.test_store_bad_input import TINY, expect_cli, one_line
+from tests.distill.test_store_bad_input import TINY, distill_argv, expect_cli, one_line
 
 RAN: list[str] = []
 KEY = "backbone.layers.1.weight"
 
 
 def argv_distill(env, out, *extra) -> list[str]:
-    return [
-        "distill",
-        "--out",
-        str(out),
-        "--dataset",
-        "mnist",
-        "--data-root",
-        str(env.mnist),
-        "--epochs",
-        "2",
-        *TINY,
-        *extra,
-    ]
+    return distill_argv(env, out, *extra, epochs=2)
 
 
 @pytest.fixture(scope="module")
