@@ -600,12 +600,12 @@ def script(
         for flag, kw in own.items():
             p.add_argument(flag, **kw)
         a = p.parse_args(argv)
-        values = {flag.lstrip("-").replace("-", "_"): None for flag in own}
-        values = {k: getattr(a, k) for k in values}
+        dest = {flag: flag.lstrip("-").replace("-", "_") for flag in own}
+        values = {d: getattr(a, d) for d in dest.values()}
         suffix = "".join(
-            f"_{values[flag.lstrip('-').replace('-', '_')]}"
+            f"_{values[dest[flag]]}"
             for flag, kw in (options or {}).items()
-            if kw.get("stem") and values[flag.lstrip("-").replace("-", "_")] != kw.get("default")
+            if kw.get("stem") and values[dest[flag]] != kw.get("default")
         )
         stem = Path(a.results) / (result_stem(name, a.preset) + suffix)
         nc, png = stem.with_suffix(".nc"), stem.with_suffix(".png")
