@@ -1,68 +1,40 @@
-"""Typed run configurations: the single source of CLI flags, stored provenance and run names.
+"""The run configurations: `DistillConfig` (one random-teacher distillation) and `SupervisedConfig`
+(training with labels), the single source of CLI flags, stored provenance and run names.
 
-Each field's docstring-like ``help`` metadata becomes the CLI help. Defaults are the
-paper's setup (PAPER.md); behaviours of the reference code that the paper does not state
-are options whose defaults follow the paper, as noted per field.
+Each field's ``help`` becomes the CLI help. Defaults are the paper's setup (PAPER.md); behaviours of
+the reference code that the paper does not state are options whose defaults follow the paper, as
+noted per field. The machinery (fields, flags, round trips) is `distill.options`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import math
-import typing
-from dataclasses import dataclass, field, fields
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Optional, TypeVar
 
+from distill.options import (  # noqa: F401 - re-exported: the names user code imports from here
+    _CONVERTERS,
+    MAX_SIZE,
+    Config,
+    RunError,
+    _Config,
+    _f,
+    _parse_list,
+    _show,
+    add_arguments,
+    from_args,
+    option,
+    registered_name,
+    validate,
+)
 
-class RunError(RuntimeError):
-    """A run cannot go on (e.g. the loss became NaN); completed checkpoints are kept."""
-
-
-def _f(default: Any, help: str, choices: tuple | None = None, names: str | None = None, **kw: Any) -> Any:
-    """A config field: ``help`` (with units), ``choices``, ``names`` ("models", "datasets" or
-    "probes": the field takes registered names, listed in the CLI help)."""
-    meta = {"help": help, "choices": choices, "names": names}
-    if isinstance(default, (list, dict, tuple)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
-
-
-class _Config:
-    """Shared behaviour of the run configurations (dataclasses)."""
-
-    def __post_init__(self) -> None:
-        from distill.registry import canonical_dataset
-
-        for f in fields(self):  # type: ignore[arg-type]
-            # dataset names are stored as spelled canonically, so that an alias resumes the same run
-            if f.metadata.get("names") == "datasets" and isinstance(getattr(self, f.name), str):
-                setattr(self, f.name, canonical_dataset(getattr(self, f.name)))
-        validate(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Any:
-        """Rebuild a config from `to_dict` output, ignoring unknown keys of newer versions."""
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def replace(self, **changes: Any) -> Any:
-        """A copy with ``changes`` applied (validated again)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+_G = TypeVar("_G", bound=Config)
 
 
 @dataclass
-class DistillConfig(_Config):
-    """Everything that defines one random-teacher distillation run."""
+class DataConfig(Config):
+    """The data a run distils on and how it is normalised and batched."""
 
-    # data
     dataset: str = _f(
         "cifar10", "dataset name; 'gaussian:cifar10' for Gaussian-noise inputs shaped like CIFAR-10", names="datasets"
     )
@@ -89,7 +61,12 @@ class DistillConfig(_Config):
         "drop the last partial batch of every epoch (default: keep it, as the reference "
         "code: 196 steps per epoch on 50k images at batch 256)",
     )
-    # model
+
+
+@dataclass
+class ModelConfig(Config):
+    """The backbone and the DINO head (the teacher and the student share it)."""
+
     arch: str = _f("vgg11", "backbone architecture", names="models")
     arch_options: dict = _f({}, "extra backbone options as a JSON object, e.g. '{\"width\": 64}' for convnet")
     out_dim: int = _f(65536, "DINO head output dimension (logits)")
@@ -100,7 +77,12 @@ class DistillConfig(_Config):
         "head's last layer: plain linear (what the reference code computes) or a true weight-normalised layer",
         ("plain", "weightnorm"),
     )
-    # student initialisation relative to the teacher
+
+
+@dataclass
+class InitConfig(Config):
+    """How the student starts relative to the teacher."""
+
     init: str = _f(
         "alpha",
         "student init: copy, alpha (variance-preserving interpolation), eps, independent",
@@ -120,7 +102,12 @@ class DistillConfig(_Config):
         "teacher BatchNorm mode: eval = initial running stats (paper's code), train = batch statistics",
         ("eval", "train"),
     )
-    # objective
+
+
+@dataclass
+class ObjectiveConfig(Config):
+    """The distillation objective."""
+
     loss: str = _f("ce", "ce: cross-entropy H(p_t, p_s); kl: KL(p_t || p_s) (same gradient)", ("ce", "kl"))
     teacher_temp: float = _f(1.0, "teacher softmax temperature (dimensionless)")
     student_temp: float = _f(1.0, "student softmax temperature (dimensionless)")
@@ -133,7 +120,12 @@ class DistillConfig(_Config):
     )
     global_crops: int = _f(2, "multicrop: number of global crops per image")
     local_crops: int = _f(0, "multicrop: number of local crops per image")
-    # optimisation
+
+
+@dataclass
+class OptimConfig(Config):
+    """The optimiser, its schedule, the batch and the number of epochs."""
+
     optimizer: str = _f("adamw", "optimiser", ("adamw", "adam", "sgd"))
     lr: float = _f(1e-3, "learning rate per step (the peak when a warm-up or cosine schedule is used)")
     weight_decay: float = _f(0.0, "weight decay (decoupled for AdamW; coefficient per step)")
@@ -149,15 +141,13 @@ class DistillConfig(_Config):
     clip_grad: Optional[float] = _f(None, "clip the global gradient L2 norm to this value (default: no clipping)")
     batch_size: int = _f(256, "batch size (images per step)")
     epochs: int = _f(150, "training epochs (passes over the training images)")
-    save_every: int = _f(10, "save the student every this many epochs (epoch 0 and the last are always saved)")
-    save_epochs: list = _f([], "extra epochs at which to save the student, comma-separated, e.g. 1,2,5")
-    resume_every: int = _f(
-        0,
-        "also save the training state (full-precision student and optimiser) every this many epochs "
-        "between the saved students, so a killed run loses at most this many epochs (0: only at the saved "
-        "students; the state replaces the previous one, so the store grows by no checkpoint)",
-    )
-    # probes
+
+
+@dataclass
+class ProbeConfig(Config):
+    """The probes fitted on frozen embeddings, and the collapse/escape metrics (`probe_options` passes
+    them to `distill.probe`)."""
+
     probe_every: int = _f(
         10,
         "probe every this many epochs (0: only at the start and the end); a best over epochs is a maximum "
@@ -189,6 +179,12 @@ class DistillConfig(_Config):
     probe_reseed: bool = _f(
         False, "draw a fresh probe seed at every probed epoch (probe_seed + epoch), as the reference code"
     )
+
+
+@dataclass
+class RunConfig(Config):
+    """The recipe, seeds, checkpoints and hardware of a run."""
+
     recipe: str = _f(
         "paper",
         "which protocol the defaults follow: paper (its text) or reference (the authors' code: "
@@ -197,7 +193,6 @@ class DistillConfig(_Config):
         "150 epochs, the best of which it reports); with --probe-every N the best is over 150/N + 1 fits",
         ("paper", "reference"),
     )
-    # seeds and hardware
     seed: int = _f(0, "teacher initialisation seed")
     noise_seed: int = _f(1, "seed of the noise network used by the student initialisation")
     data_seed: int = _f(0, "data order seed")
@@ -215,6 +210,21 @@ class DistillConfig(_Config):
         "the training state stays full precision so resuming is exact)",
         ("fp32", "bf16", "fp16"),
     )
+    save_every: int = _f(10, "save the student every this many epochs (epoch 0 and the last are always saved)")
+    save_epochs: list = _f([], "extra epochs at which to save the student, comma-separated, e.g. 1,2,5")
+    resume_every: int = _f(
+        0,
+        "also save the training state (full-precision student and optimiser) every this many epochs "
+        "between the saved students, so a killed run loses at most this many epochs (0: only at the saved "
+        "students; the state replaces the previous one, so the store grows by no checkpoint)",
+    )
+
+
+@dataclass
+class DistillConfig(RunConfig, ProbeConfig, OptimConfig, ObjectiveConfig, InitConfig, ModelConfig, DataConfig):
+    """Everything that defines one random-teacher distillation run: the fields of its groups (data, model,
+    init, objective, optimisation, probes, run), flat, so that every flag keeps its name and every stored
+    config its keys. ``cfg.probe`` and the other group properties give one group as its own config."""
 
     @classmethod
     def reference(cls, **changes: Any) -> DistillConfig:
@@ -224,6 +234,26 @@ class DistillConfig(_Config):
         if str(arch).startswith("vit"):
             base["arch_options"] = {**REFERENCE_VIT, **changes.pop("arch_options", {})}
         return cls(**{**base, **changes})
+
+    @classmethod
+    def _from_flags(cls, values: dict[str, Any]) -> DistillConfig:
+        """--recipe reference: the reference values replace the flags left at their paper defaults."""
+        if values.get("recipe") == "reference":
+            paper = cls()
+            ref = cls.reference(arch=values.get("arch", paper.arch))
+            for name in (*REFERENCE, "arch_options"):
+                if name in values and values[name] == getattr(paper, name):
+                    values[name] = getattr(ref, name)
+        return cls(**values)
+
+    def group(self, cls: type[_G]) -> _G:
+        """The fields of group ``cls`` (e.g. `ProbeConfig`) as a config of that class."""
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+
+    @property
+    def probe(self) -> ProbeConfig:
+        """The probe settings (`ProbeConfig`)."""
+        return self.group(ProbeConfig)
 
     @property
     def run_name(self) -> str:
@@ -307,313 +337,3 @@ class SupervisedConfig(_Config):
         if name not in SUPERVISED_PRESETS:
             raise ValueError(f"unknown supervised preset {name!r}: choose one of {', '.join(SUPERVISED_PRESETS)}")
         return dataclasses.replace(cls(), **{**SUPERVISED_PRESETS[name], **changes})
-
-
-_POSITIVE = {
-    "epochs",
-    "batch_size",
-    "out_dim",
-    "hidden_dim",
-    "bottleneck_dim",
-    "knn_k",
-    "linear_epochs",
-    "global_crops",
-    "dynamics_examples",
-}
-_NON_NEGATIVE = {
-    "lr",
-    "weight_decay",
-    "eps",
-    "adam_eps",
-    "momentum",
-    "warmup_epochs",
-    "save_every",
-    "resume_every",
-    "probe_every",
-    "teacher_temp",
-    "student_temp",
-    "local_crops",
-    "gamma",
-    "eval_every",
-    "head_epochs",
-}
-
-
-MAX_SIZE = 1 << 24  # no layer size (out_dim, widths in arch_options, ...) is larger; the store bounds specs alike
-_SIZES = ("out_dim", "hidden_dim", "bottleneck_dim")
-
-
-def _check_sizes(name: str, v: Any, depth: int = 0) -> None:
-    """A one-line ValueError when a size in ``v`` (a number, or one nested in lists and dicts) exceeds
-    `MAX_SIZE`: a layer that large would need absurd memory, and is refused before any is allocated."""
-    if depth > 6:
-        raise ValueError(f"{name} nests too deeply: pass a flat JSON object of options")
-    if isinstance(v, bool):
-        return
-    if isinstance(v, (int, float)) and abs(v) > MAX_SIZE:
-        raise ValueError(
-            f"{name}={v!r} is too large (at most {MAX_SIZE}): a layer of that size would need absurd memory; "
-            "choose a smaller value"
-        )
-    if isinstance(v, (list, tuple)):
-        for i, x in enumerate(v):
-            _check_sizes(f"{name}[{i}]", x, depth + 1)
-    elif isinstance(v, dict):
-        for k, x in v.items():
-            _check_sizes(f"{name}.{k}", x, depth + 1)
-
-
-def validate(cfg: Any) -> None:
-    """Check ranges and choices; raise ValueError with one line naming the field and the fix."""
-    for name in _SIZES:
-        if isinstance(getattr(cfg, name, None), (int, float)):
-            _check_sizes(name, getattr(cfg, name))
-    if isinstance(getattr(cfg, "arch_options", None), dict):
-        _check_sizes("arch_options", cfg.arch_options)
-    for f in fields(cfg):
-        v = getattr(cfg, f.name)
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"{f.name}={v!r} must be a finite number")
-        choices = f.metadata.get("choices")
-        if choices and v not in choices:
-            raise ValueError(f"{f.name}={v!r} is not valid: choose one of {', '.join(map(str, choices))}")
-        if f.name in _POSITIVE and (v is None or v <= 0):
-            raise ValueError(f"{f.name}={v!r} must be a positive number")
-        if f.name in _NON_NEGATIVE and v is not None and v < 0:
-            raise ValueError(f"{f.name}={v!r} must be >= 0")
-    for name in ("alpha",):
-        if hasattr(cfg, name) and not 0.0 <= getattr(cfg, name) <= 1.0:
-            raise ValueError(f"{name}={getattr(cfg, name)!r} must lie in [0, 1]")
-    if getattr(cfg, "subset", None) is not None and cfg.subset <= 0:
-        raise ValueError(f"subset={cfg.subset!r} must be a positive number of images")
-    if hasattr(cfg, "teacher_temp") and (cfg.teacher_temp == 0 or cfg.student_temp == 0):
-        raise ValueError("temperatures must be > 0")
-    if isinstance(getattr(cfg, "probes", None), (list, tuple)):
-        _check_probes(cfg.probes)
-
-
-def _unknown_probes(probes: Any) -> tuple[list, list[str]]:
-    """(the names in ``probes`` no probe is registered under, the registered names), after loading
-    installed plugins when a name is not found at first."""
-    from distill import registry
-
-    known = registry.probe_names()
-    if any(p not in known for p in probes):
-        from distill.plugins import load_entry_points
-
-        load_entry_points()  # an installed plugin may register them
-        known = registry.probe_names()
-    return [p for p in probes if p not in known], known
-
-
-def _check_probes(probes: Any) -> None:
-    unknown, known = _unknown_probes(probes)
-    if unknown:
-        raise ValueError(
-            f"probes: unknown probe(s) {', '.join(map(str, unknown))}; choose from {', '.join(known)} "
-            "(register more with distill.register_probe, or load a plugin with --plugin MODULE)"
-        )
-
-
-# ---------------------------------------------------------------------- CLI from dataclasses
-def _base_type(tp: Any) -> Any:
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if typing.get_origin(tp) is typing.Union and args else tp
-
-
-class _Switch(argparse.BooleanOptionalAction):
-    """``--flag`` / ``--no-flag``, with the help exactly as given (Python < 3.13 appends its own
-    "(default: ...)", which would repeat ours)."""
-
-    def __init__(self, *args: Any, help: str | None = None, **kw: Any) -> None:
-        super().__init__(*args, help=help, **kw)
-        self.help = help
-
-
-def _named(name: str, fn: Any) -> Any:
-    fn.__name__ = name  # argparse names the converter in its messages
-    return fn
-
-
-def _int_value(text: str) -> int:
-    try:
-        return int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (write e.g. 10000, not 10k)") from None
-
-
-def _float_value(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (write e.g. 0.001 or 1e-3)") from None
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not valid JSON ({e.msg} at character {e.pos}); write an "
-            "object in single quotes, e.g. '{\"width\": 64}'"
-        ) from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object: write e.g. '{{\"width\": 64}}'")
-    return value
-
-
-def _list_value(text: str) -> list:
-    """A comma-separated list; ``none`` is the empty list. An empty text is refused: it is what a
-    shell leaves of an unset variable, so it more often hides a mistake than means "nothing"."""
-    if text.strip().lower() == "none":
-        return []
-    out = _parse_list(text)
-    if not out:
-        raise argparse.ArgumentTypeError(f"{text!r} lists nothing: write 'none' for an empty list, or e.g. A,B")
-    return out
-
-
-_CONVERTERS = {int: _named("int", _int_value), float: _named("float", _float_value)}
-
-
-def registered_name(kind: str) -> Any:
-    """An argparse ``type`` for a flag naming a registered model or dataset (``kind``: "models" or
-    "datasets"): an unknown name is a usage error with the closest registered name suggested;
-    dataset aliases come back in their canonical spelling."""
-    noun = {"models": "architecture", "datasets": "dataset"}[kind]
-
-    def convert(text: str) -> str:
-        from distill import registry
-
-        value = registry.canonical_dataset(text) if kind == "datasets" else text.strip()
-        known = _registered(kind)
-        if value not in known:
-            raise argparse.ArgumentTypeError(
-                f"unknown {noun} {text!r}{registry.suggest(value, known)}; registered: {', '.join(known)}"
-            )
-        return value
-
-    return _named(noun, convert)
-
-
-def _probe_list(text: str) -> list:
-    """``--probes``: a comma-separated list of registered probe names (``none``: no probes); an unknown
-    name is a usage error with the closest registered name suggested."""
-    from distill import registry
-
-    out = _list_value(text)
-    unknown, known = _unknown_probes(out)
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown probe {unknown[0]!r}{registry.suggest(str(unknown[0]), known)}; registered: {', '.join(known)}"
-        )
-    return out
-
-
-def _registered(kind: str) -> list[str]:
-    from distill import registry
-
-    return {"models": registry.model_names, "datasets": registry.dataset_names, "probes": registry.probe_names}[kind]()
-
-
-def _show(value: Any) -> str:
-    """A default as it is written on the command line."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value)) if value else "none"
-    if isinstance(value, dict):
-        return json.dumps(value)
-    return str(value)
-
-
-def add_arguments(
-    parser: argparse.ArgumentParser,
-    cls: type,
-    prefix: str = "",
-    skip: tuple[str, ...] = (),
-    defaults_text: dict[str, str] | None = None,
-) -> None:
-    """Add one ``--flag`` per dataclass field of ``cls`` (defaults and help from the field).
-
-    The help names the default as written on the command line (lists comma-separated, dicts as
-    JSON, booleans on/off; no default shown for None, whose meaning the field's help states), the
-    choices, and the registered names for fields that take a model, dataset or probe name.
-    ``defaults_text`` replaces the shown default of some fields (e.g. one value per preset).
-    """
-    hints = typing.get_type_hints(cls)
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        tp = _base_type(hints[f.name])
-        flag = "--" + prefix + f.name.replace("_", "-")
-        factory: Any = f.default_factory
-        default = f.default if f.default is not dataclasses.MISSING else factory()
-        help = f.metadata.get("help", "")
-        names = f.metadata.get("names")
-        if names:
-            help += f" (registered: {', '.join(_registered(names))})"
-        shown = (defaults_text or {}).get(f.name)
-        if shown is None and default is not None:
-            shown = _show(default)
-        if shown is not None:
-            help += f" (default: {shown})"
-        kw: dict[str, Any] = {
-            "dest": prefix.replace("-", "_") + f.name,
-            "default": default,
-            "help": help.replace("%", "%%"),
-        }
-        if tp is bool:
-            kw["action"] = _Switch
-        elif tp in (list, tuple):
-            kw["type"] = _named("probes", _probe_list) if names == "probes" else _named("list", _list_value)
-            kw["metavar"] = "A,B,..."
-        elif tp is dict:
-            kw["type"] = _named("JSON", _json_object)
-            kw["metavar"] = "JSON"
-        elif names in ("models", "datasets") and tp is str:
-            kw["type"] = registered_name(names)
-            kw["metavar"] = "NAME"
-        else:
-            kw["type"] = _CONVERTERS.get(tp, tp)
-            if f.metadata.get("choices"):
-                kw["choices"] = f.metadata["choices"]
-            else:
-                kw["metavar"] = {int: "N", float: "X"}.get(
-                    tp, "NAME" if names else "PATH" if f.name.endswith(("root", "dir", "path")) else "TEXT"
-                )
-        parser.add_argument(flag, **kw)
-
-
-def from_args(cls: type, ns: argparse.Namespace, prefix: str = "", **overrides: Any) -> Any:
-    """Build ``cls`` from parsed arguments made by `add_arguments`."""
-    vals = {
-        f.name: getattr(ns, prefix.replace("-", "_") + f.name)
-        for f in fields(cls)
-        if hasattr(ns, prefix.replace("-", "_") + f.name)
-    }
-    vals = {**vals, **overrides}
-    if cls is DistillConfig and vals.get("recipe") == "reference":
-        # --recipe reference: the reference values replace the flags left at their paper defaults
-        paper = DistillConfig()
-        ref = DistillConfig.reference(arch=vals.get("arch", paper.arch))
-        for name in (*REFERENCE, "arch_options"):
-            if name in vals and vals[name] == getattr(paper, name):
-                vals[name] = getattr(ref, name)
-    return cls(**vals)
-
-
-def _parse_list(s: str) -> list:
-    out: list = []
-    for item in s.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            out.append(int(item))
-        except ValueError:
-            try:
-                out.append(float(item))
-            except ValueError:
-                out.append(item)
-    return out

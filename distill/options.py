@@ -1,0 +1,412 @@
+"""Config dataclasses and the command-line flags, stored provenance and run identity made from them.
+
+A config is a dataclass deriving from `Config` whose fields are declared with `option`: each field's
+``help`` (with units) becomes its ``--flag``'s help, its default the flag's default, its ``choices`` the
+flag's choices. `add_arguments` adds one flag per field, `from_args` builds the config back; `Config`
+turns a config into a dict, canonical JSON, result attrs, command-line flags and a short hash, and back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import typing
+from dataclasses import field, fields
+from typing import Any
+
+
+class RunError(RuntimeError):
+    """A run cannot go on (e.g. the loss became NaN); completed checkpoints are kept."""
+
+
+def option(
+    default: Any,
+    help: str,
+    choices: tuple | None = None,
+    names: str | None = None,
+    check: str | None = None,
+    **kw: Any,
+) -> Any:
+    """A config field: ``help`` (with units), ``choices``, ``names`` ("models", "datasets" or "probes":
+    the field takes registered names, listed in the CLI help), ``check`` ("positive" or "non_negative":
+    validated on construction)."""
+    meta = {"help": help, "choices": choices, "names": names, "check": check}
+    if isinstance(default, (list, dict, tuple)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+_f = option
+
+
+class Config:
+    """Shared behaviour of the config dataclasses: validation on construction, dict/JSON/attrs/flags
+    round trips, a content hash and the names of the fields two configs disagree on."""
+
+    def __post_init__(self) -> None:
+        from distill.registry import canonical_dataset
+
+        for f in fields(self):  # type: ignore[arg-type]
+            # dataset names are stored as spelled canonically, so that an alias resumes the same run
+            if f.metadata.get("names") == "datasets" and isinstance(getattr(self, f.name), str):
+                setattr(self, f.name, canonical_dataset(getattr(self, f.name)))
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys): what results store as their ``recipe`` attr."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """Rebuild a config from `to_dict` output, ignoring unknown keys of newer versions."""
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_attrs(cls, attrs: typing.Mapping[str, Any]) -> Any:
+        """The config recorded in a result's or store's attrs (their ``recipe``, canonical JSON)."""
+        if "recipe" not in attrs:
+            raise ValueError(f"these attrs record no recipe: they were not written from a {cls.__name__}")
+        return cls.from_dict(json.loads(attrs["recipe"]))
+
+    @property
+    def config_hash(self) -> str:
+        """10 hex digits of the SHA-256 of `to_json`: equal configs, equal hash."""
+        from distill.provenance import config_hash
+
+        return config_hash(self.to_json())
+
+    def differing_fields(self, other: Any) -> list[str]:
+        """The names of the fields whose values differ between this config and ``other`` (a config or
+        its dict); fields ``other`` lacks count as differing."""
+        theirs = other.to_dict() if hasattr(other, "to_dict") else dict(other)
+        mine = json.loads(self.to_json())
+        return [k for k in mine if k not in theirs or json.loads(json.dumps(theirs[k], default=str)) != mine[k]]
+
+    def to_argv(self, prefix: str = "") -> list[str]:
+        """Command-line flags that rebuild this config through `add_arguments` / `from_args`."""
+        out: list[str] = []
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            flag = "--" + prefix + f.name.replace("_", "-")
+            if isinstance(value, bool):
+                out.append(flag if value else "--no-" + prefix + f.name.replace("_", "-"))
+            elif value is not None:
+                out += [flag, _show(value)]
+        return out
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    @classmethod
+    def _from_flags(cls, values: dict[str, Any]) -> Any:
+        """The config from parsed flag values (a subclass may adjust them first)."""
+        return cls(**values)
+
+
+_Config = Config
+
+_POSITIVE = {
+    "epochs",
+    "batch_size",
+    "out_dim",
+    "hidden_dim",
+    "bottleneck_dim",
+    "knn_k",
+    "linear_epochs",
+    "global_crops",
+    "dynamics_examples",
+}
+_NON_NEGATIVE = {
+    "lr",
+    "weight_decay",
+    "eps",
+    "adam_eps",
+    "momentum",
+    "warmup_epochs",
+    "save_every",
+    "resume_every",
+    "probe_every",
+    "teacher_temp",
+    "student_temp",
+    "local_crops",
+    "gamma",
+    "eval_every",
+    "head_epochs",
+}
+
+
+MAX_SIZE = 1 << 24  # no layer size (out_dim, widths in arch_options, ...) is larger; the store bounds specs alike
+_SIZES = ("out_dim", "hidden_dim", "bottleneck_dim")
+
+
+def _check_sizes(name: str, v: Any, depth: int = 0) -> None:
+    """A one-line ValueError when a size in ``v`` (a number, or one nested in lists and dicts) exceeds
+    `MAX_SIZE`: a layer that large would need absurd memory, and is refused before any is allocated."""
+    if depth > 6:
+        raise ValueError(f"{name} nests too deeply: pass a flat JSON object of options")
+    if isinstance(v, bool):
+        return
+    if isinstance(v, (int, float)) and abs(v) > MAX_SIZE:
+        raise ValueError(
+            f"{name}={v!r} is too large (at most {MAX_SIZE}): a layer of that size would need absurd memory; "
+            "choose a smaller value"
+        )
+    if isinstance(v, (list, tuple)):
+        for i, x in enumerate(v):
+            _check_sizes(f"{name}[{i}]", x, depth + 1)
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _check_sizes(f"{name}.{k}", x, depth + 1)
+
+
+def validate(cfg: Any) -> None:
+    """Check ranges and choices; raise ValueError with one line naming the field and the fix."""
+    for name in _SIZES:
+        if isinstance(getattr(cfg, name, None), (int, float)):
+            _check_sizes(name, getattr(cfg, name))
+    if isinstance(getattr(cfg, "arch_options", None), dict):
+        _check_sizes("arch_options", cfg.arch_options)
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{f.name}={v!r} must be a finite number")
+        choices = f.metadata.get("choices")
+        if choices and v not in choices:
+            raise ValueError(f"{f.name}={v!r} is not valid: choose one of {', '.join(map(str, choices))}")
+        check = f.metadata.get("check")
+        if (f.name in _POSITIVE or check == "positive") and (v is None or v <= 0):
+            raise ValueError(f"{f.name}={v!r} must be a positive number")
+        if (f.name in _NON_NEGATIVE or check == "non_negative") and v is not None and v < 0:
+            raise ValueError(f"{f.name}={v!r} must be >= 0")
+    for name in ("alpha",):
+        if hasattr(cfg, name) and not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"{name}={getattr(cfg, name)!r} must lie in [0, 1]")
+    if getattr(cfg, "subset", None) is not None and cfg.subset <= 0:
+        raise ValueError(f"subset={cfg.subset!r} must be a positive number of images")
+    if hasattr(cfg, "teacher_temp") and (cfg.teacher_temp == 0 or cfg.student_temp == 0):
+        raise ValueError("temperatures must be > 0")
+    if isinstance(getattr(cfg, "probes", None), (list, tuple)):
+        _check_probes(cfg.probes)
+
+
+def _unknown_probes(probes: Any) -> tuple[list, list[str]]:
+    """(the names in ``probes`` no probe is registered under, the registered names), after loading
+    installed plugins when a name is not found at first."""
+    from distill import registry
+
+    known = registry.probe_names()
+    if any(p not in known for p in probes):
+        from distill.plugins import load_entry_points
+
+        load_entry_points()  # an installed plugin may register them
+        known = registry.probe_names()
+    return [p for p in probes if p not in known], known
+
+
+def _check_probes(probes: Any) -> None:
+    unknown, known = _unknown_probes(probes)
+    if unknown:
+        raise ValueError(
+            f"probes: unknown probe(s) {', '.join(map(str, unknown))}; choose from {', '.join(known)} "
+            "(register more with distill.register_probe, or load a plugin with --plugin MODULE)"
+        )
+
+
+# ---------------------------------------------------------------------- CLI from dataclasses
+def _base_type(tp: Any) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) is typing.Union and args else tp
+
+
+class _Switch(argparse.BooleanOptionalAction):
+    """``--flag`` / ``--no-flag``, with the help exactly as given (Python < 3.13 appends its own
+    "(default: ...)", which would repeat ours)."""
+
+    def __init__(self, *args: Any, help: str | None = None, **kw: Any) -> None:
+        super().__init__(*args, help=help, **kw)
+        self.help = help
+
+
+def _named(name: str, fn: Any) -> Any:
+    fn.__name__ = name  # argparse names the converter in its messages
+    return fn
+
+
+def _int_value(text: str) -> int:
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (write e.g. 10000, not 10k)") from None
+
+
+def _float_value(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (write e.g. 0.001 or 1e-3)") from None
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid JSON ({e.msg} at character {e.pos}); write an "
+            "object in single quotes, e.g. '{\"width\": 64}'"
+        ) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object: write e.g. '{{\"width\": 64}}'")
+    return value
+
+
+def _list_value(text: str) -> list:
+    """A comma-separated list; ``none`` is the empty list. An empty text is refused: it is what a
+    shell leaves of an unset variable, so it more often hides a mistake than means "nothing"."""
+    if text.strip().lower() == "none":
+        return []
+    out = _parse_list(text)
+    if not out:
+        raise argparse.ArgumentTypeError(f"{text!r} lists nothing: write 'none' for an empty list, or e.g. A,B")
+    return out
+
+
+_CONVERTERS = {int: _named("int", _int_value), float: _named("float", _float_value)}
+
+
+def registered_name(kind: str) -> Any:
+    """An argparse ``type`` for a flag naming a registered model or dataset (``kind``: "models" or
+    "datasets"): an unknown name is a usage error with the closest registered name suggested;
+    dataset aliases come back in their canonical spelling."""
+    noun = {"models": "architecture", "datasets": "dataset"}[kind]
+
+    def convert(text: str) -> str:
+        from distill import registry
+
+        value = registry.canonical_dataset(text) if kind == "datasets" else text.strip()
+        known = _registered(kind)
+        if value not in known:
+            raise argparse.ArgumentTypeError(
+                f"unknown {noun} {text!r}{registry.suggest(value, known)}; registered: {', '.join(known)}"
+            )
+        return value
+
+    return _named(noun, convert)
+
+
+def _probe_list(text: str) -> list:
+    """``--probes``: a comma-separated list of registered probe names (``none``: no probes); an unknown
+    name is a usage error with the closest registered name suggested."""
+    from distill import registry
+
+    out = _list_value(text)
+    unknown, known = _unknown_probes(out)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown probe {unknown[0]!r}{registry.suggest(str(unknown[0]), known)}; registered: {', '.join(known)}"
+        )
+    return out
+
+
+def _registered(kind: str) -> list[str]:
+    from distill import registry
+
+    return {"models": registry.model_names, "datasets": registry.dataset_names, "probes": registry.probe_names}[kind]()
+
+
+def _show(value: Any) -> str:
+    """A default as it is written on the command line."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) if value else "none"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    prefix: str = "",
+    skip: tuple[str, ...] = (),
+    defaults_text: dict[str, str] | None = None,
+) -> None:
+    """Add one ``--flag`` per dataclass field of ``cls`` (defaults and help from the field).
+
+    The help names the default as written on the command line (lists comma-separated, dicts as
+    JSON, booleans on/off; no default shown for None, whose meaning the field's help states), the
+    choices, and the registered names for fields that take a model, dataset or probe name.
+    ``defaults_text`` replaces the shown default of some fields (e.g. one value per preset).
+    """
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        tp = _base_type(hints[f.name])
+        flag = "--" + prefix + f.name.replace("_", "-")
+        factory: Any = f.default_factory
+        default = f.default if f.default is not dataclasses.MISSING else factory()
+        help = f.metadata.get("help", "")
+        names = f.metadata.get("names")
+        if names:
+            help += f" (registered: {', '.join(_registered(names))})"
+        shown = (defaults_text or {}).get(f.name)
+        if shown is None and default is not None:
+            shown = _show(default)
+        if shown is not None:
+            help += f" (default: {shown})"
+        kw: dict[str, Any] = {
+            "dest": prefix.replace("-", "_") + f.name,
+            "default": default,
+            "help": help.replace("%", "%%"),
+        }
+        if tp is bool:
+            kw["action"] = _Switch
+        elif tp in (list, tuple):
+            kw["type"] = _named("probes", _probe_list) if names == "probes" else _named("list", _list_value)
+            kw["metavar"] = "A,B,..."
+        elif tp is dict:
+            kw["type"] = _named("JSON", _json_object)
+            kw["metavar"] = "JSON"
+        elif names in ("models", "datasets") and tp is str:
+            kw["type"] = registered_name(names)
+            kw["metavar"] = "NAME"
+        else:
+            kw["type"] = _CONVERTERS.get(tp, tp)
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+            else:
+                kw["metavar"] = {int: "N", float: "X"}.get(
+                    tp, "NAME" if names else "PATH" if f.name.endswith(("root", "dir", "path")) else "TEXT"
+                )
+        parser.add_argument(flag, **kw)
+
+
+def from_args(cls: type, ns: argparse.Namespace, prefix: str = "", **overrides: Any) -> Any:
+    """Build ``cls`` from parsed arguments made by `add_arguments`."""
+    dest = prefix.replace("-", "_")
+    vals = {f.name: getattr(ns, dest + f.name) for f in fields(cls) if hasattr(ns, dest + f.name)}
+    return cls._from_flags({**vals, **overrides})  # type: ignore[attr-defined]
+
+
+def _parse_list(s: str) -> list:
+    out: list = []
+    for item in s.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            out.append(int(item))
+        except ValueError:
+            try:
+                out.append(float(item))
+            except ValueError:
+                out.append(item)
+    return out
