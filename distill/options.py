@@ -27,12 +27,15 @@ def option(
     choices: tuple | None = None,
     names: str | None = None,
     check: str | None = None,
+    parse: typing.Callable[[str], Any] | None = None,
+    metavar: str | None = None,
     **kw: Any,
 ) -> Any:
     """A config field: ``help`` (with units), ``choices``, ``names`` ("models", "datasets" or "probes":
     the field takes registered names, listed in the CLI help), ``check`` ("positive" or "non_negative":
-    validated on construction)."""
-    meta = {"help": help, "choices": choices, "names": names, "check": check}
+    validated on construction), ``parse`` (the flag's converter from text, raising
+    argparse.ArgumentTypeError with the fix; with ``metavar``, for values the type alone cannot read)."""
+    meta = {"help": help, "choices": choices, "names": names, "check": check, "parse": parse, "metavar": metavar}
     if isinstance(default, (list, dict, tuple)):
         return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -367,7 +370,10 @@ def add_arguments(
             "default": default,
             "help": help.replace("%", "%%"),
         }
-        if tp is bool:
+        if f.metadata.get("parse"):
+            kw["type"] = f.metadata["parse"]
+            kw["metavar"] = f.metadata.get("metavar") or "VALUE"
+        elif tp is bool:
             kw["action"] = _Switch
         elif tp in (list, tuple):
             kw["type"] = _named("probes", _probe_list) if names == "probes" else _named("list", _list_value)

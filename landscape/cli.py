@@ -42,6 +42,32 @@ def command(name: str, help: str) -> Callable[[type], type]:
     return deco
 
 
+def declare(
+    name: str,
+    help: str,
+    config: type | None,
+    run: Callable[[Any, argparse.Namespace], int],
+    args: Callable[[argparse.ArgumentParser], None] | None = None,
+    skip: tuple[str, ...] = (),
+) -> None:
+    """Register ``rtt <name>`` from a config class (`distill.options.Config`): ``args(parser)`` adds what
+    is not a setting (checkpoints, output files, the executor), then one flag per field of ``config``
+    (minus ``skip``); ``run(config, namespace)`` runs the command and returns its exit status. Keep
+    heavy imports inside ``run``."""
+    from distill.options import add_arguments, from_args
+
+    def add(p: argparse.ArgumentParser) -> None:
+        if args is not None:
+            args(p)
+        if config is not None:
+            add_arguments(p, config, skip=skip)
+
+    def go(a: argparse.Namespace) -> int:
+        return run(from_args(config, a) if config is not None else None, a)
+
+    COMMANDS[name] = (add, go, help)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line usage errors (the message, the closest valid name, where to look; no
     usage dump) and no abbreviated flags (``--epoch`` is not taken for ``--epochs``)."""
