@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import inspect
 import json
 import math
 import typing
 from dataclasses import field, fields
-from typing import Any
+from typing import Any, TypeVar
+
+_R = TypeVar("_R")
 
 
 class RunError(RuntimeError):
@@ -416,3 +420,43 @@ def _parse_list(s: str) -> list:
             except ValueError:
                 out.append(item)
     return out
+
+
+def with_config(cls: type) -> typing.Callable[[typing.Callable[..., _R]], typing.Callable[..., _R]]:
+    """Let a function taking ``config`` (an instance of ``cls``) also take each of the config's fields as a
+    keyword argument, so that ``f(x, alphas=11)`` and ``f(x, config=PathConfig(alphas=11))`` are the same
+    call, and the config class stays the one source of the defaults. Keywords given beside ``config``
+    replace its fields. The wrapper's signature lists the fields (``help(f)`` shows them with defaults)."""
+    names = [f.name for f in fields(cls)]
+
+    def deco(fn: typing.Callable[..., _R]) -> typing.Callable[..., _R]:
+        inner = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, config: Any = None, **kw: Any) -> _R:
+            settings = {k: kw.pop(k) for k in list(kw) if k in names}
+            if config is None:
+                config = cls(**settings)
+            elif not isinstance(config, cls):
+                raise TypeError(f"config must be a {cls.__name__}, not {type(config).__name__}")
+            elif settings:
+                config = config.replace(**settings)
+            return fn(*args, config=config, **kw)
+
+        own = [p for p in inner.parameters.values() if p.name != "config"]
+        head = [p for p in own if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        tail = [p for p in own if p.kind is p.KEYWORD_ONLY]
+        hints = typing.get_type_hints(cls)
+        settings = [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=_default(f), annotation=hints[f.name])
+            for f in fields(cls)
+        ]
+        config_param = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=cls)
+        wrapper.__signature__ = inner.replace(parameters=[*head, config_param, *settings, *tail])  # type: ignore[attr-defined]
+        return wrapper
+
+    return deco
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
