@@ -440,7 +440,7 @@ def with_config(cls: type) -> typing.Callable[[typing.Callable[..., _R]], typing
             elif not isinstance(config, cls):
                 raise TypeError(f"config must be a {cls.__name__}, not {type(config).__name__}")
             elif settings:
-                config = config.replace(**settings)
+                config = config.replace(**settings)  # type: ignore[attr-defined]
             return fn(*args, config=config, **kw)
 
         own = [p for p in inner.parameters.values() if p.name != "config"]
