@@ -426,7 +426,9 @@ def with_config(cls: type) -> typing.Callable[[typing.Callable[..., _R]], typing
     """Let a function taking ``config`` (an instance of ``cls``) also take each of the config's fields as a
     keyword argument, so that ``f(x, alphas=11)`` and ``f(x, config=PathConfig(alphas=11))`` are the same
     call, and the config class stays the one source of the defaults. Keywords given beside ``config``
-    replace its fields. The wrapper's signature lists the fields (``help(f)`` shows them with defaults)."""
+    replace its fields. A function that declares no ``config`` parameter gets the fields as keyword
+    arguments instead (declare them keyword-only without defaults). The wrapper's signature lists the
+    fields (``help(f)`` shows them with their defaults)."""
     names = [f.name for f in fields(cls)]
 
     def deco(fn: typing.Callable[..., _R]) -> typing.Callable[..., _R]:
@@ -441,9 +443,12 @@ def with_config(cls: type) -> typing.Callable[[typing.Callable[..., _R]], typing
                 raise TypeError(f"config must be a {cls.__name__}, not {type(config).__name__}")
             elif settings:
                 config = config.replace(**settings)  # type: ignore[attr-defined]
+            if spread:
+                return fn(*args, **{n: getattr(config, n) for n in names}, **kw)
             return fn(*args, config=config, **kw)
 
-        own = [p for p in inner.parameters.values() if p.name != "config"]
+        spread = "config" not in inner.parameters
+        own = [p for p in inner.parameters.values() if p.name != "config" and p.name not in names]
         head = [p for p in own if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         tail = [p for p in own if p.kind is p.KEYWORD_ONLY]
         hints = typing.get_type_hints(cls)
