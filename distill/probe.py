@@ -301,15 +301,9 @@ def _lookup(names: Sequence[str]) -> list[Callable[..., float]]:
 
 
 # the keywords of probe_features (see register_probe) that each built-in probe reads, by its own name
-_KNN_OPTIONS = {"knn_k": "k", "knn_metric": "metric", "knn_weighted": "weighted", "knn_temperature": "temperature"}
-_LINEAR_OPTIONS = {
-    "linear_epochs": "epochs",
-    "linear_lr": "lr",
-    "linear_weight_decay": "weight_decay",
-    "linear_batch_size": "batch_size",
-    "linear_reshuffle": "reshuffle",
-    "until_convergence": "until_convergence",
-}
+_KNN_OPTIONS = {f"knn_{k}": k for k in ("k", "metric", "weighted", "temperature")}
+_LINEAR_OPTIONS = {f"linear_{k}": k for k in ("epochs", "lr", "weight_decay", "batch_size", "reshuffle")}
+_LINEAR_OPTIONS["until_convergence"] = "until_convergence"
 
 
 def _renamed(options: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
@@ -383,21 +377,11 @@ def probe_features(
     (`knn_accuracy` with ``knn_*``), "linear" (raw features) and "linear_std"
     (standardised features), both `linear_probe` with ``linear_*``.
     """
+    # the knn_* and linear_* keywords and until_convergence reach every probe as options (register_probe)
+    options = {k: v for k, v in locals().items() if k.startswith(("knn_", "linear_")) or k == "until_convergence"}
     probes = tuple(probes)
     fns = _lookup(probes)
     num_classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
-    options: dict[str, Any] = dict(
-        knn_k=knn_k,
-        knn_metric=knn_metric,
-        knn_weighted=knn_weighted,
-        knn_temperature=knn_temperature,
-        linear_epochs=linear_epochs,
-        linear_lr=linear_lr,
-        linear_weight_decay=linear_weight_decay,
-        linear_batch_size=linear_batch_size,
-        linear_reshuffle=linear_reshuffle,
-        until_convergence=until_convergence,
-    )
     out = {}
     for name, fn in zip(probes, fns):
         # built-in probes take the features where they are (on the device after probe_model);
@@ -453,16 +437,7 @@ def probe_input(
     if not normalized:
         c = data.train.images.shape[1]
         data = _Unnormalised(data, c)
-    return probe_model(
-        nn.Flatten(),
-        data,
-        probes=probes,
-        train_subset=train_subset,
-        seed=seed,
-        device=device,
-        batch_size=batch_size,
-        **kw,
-    )
+    return probe_model(nn.Flatten(), data, probes, train_subset, seed, device, batch_size, **kw)
 
 
 class _Unnormalised:

@@ -78,16 +78,14 @@ def probe_names() -> list[str]:
     return list(probe.list_probes()) if probe is not None else list(BUILTIN_PROBES)
 
 
-Registered = TypeVar("Registered", bound=Callable[..., Any])
+Fn = TypeVar("Fn", bound=Callable[..., Any])
 
 
-def registering(
-    table: dict[str, Any], kind: str, name: str, admit: Callable[[str, Any], None]
-) -> Callable[[Registered], Registered]:
+def registering(table: dict[str, Any], kind: str, name: str, admit: Callable[[str, Any], None]) -> Callable[[Fn], Fn]:
     """A decorator that files a function in ``table`` under ``name``: a taken name is refused, then
     ``admit(name, fn)`` may refuse the pair (ValueError) or note it."""
 
-    def decorate(fn: Registered) -> Registered:
+    def decorate(fn: Fn) -> Fn:
         if name in table:
             raise ValueError(f"{kind} name {name!r} is already registered; choose another name")
         admit(name, fn)

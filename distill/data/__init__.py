@@ -18,38 +18,21 @@ from __future__ import annotations
 
 import os
 
-from distill.data.batches import iterate, normalize, shuffled_order
-from distill.data.cache import cache_path
-from distill.data.cifar import CIFAR10_CLASSES, _load_cifar
-from distill.data.dataset import Dataset, Split, channel_stats, stratified_indices
-from distill.data.gaussian import _gaussian_like, clamped_normal_moments
-from distill.data.idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, _load_idx_dataset, read_idx
-from distill.data.unpickle import unpickle_restricted
-from distill.registry import BASE_DATASETS, BUILTIN_DATASETS, canonical_dataset, suggest
-
-__all__ = [
-    "CIFAR10_CLASSES",
-    "FASHION_MNIST_CLASSES",
-    "MNIST_CLASSES",
-    "Dataset",
-    "Split",
-    "cache_path",
-    "channel_stats",
-    "clamped_normal_moments",
-    "iterate",
-    "list_datasets",
-    "load_dataset",
-    "normalize",
-    "read_idx",
-    "shuffled_order",
-    "stratified_indices",
-    "unpickle_restricted",
-]
-
-
-def list_datasets() -> list[str]:
-    """Names accepted by `load_dataset`."""
-    return list(BUILTIN_DATASETS)
+# the names below are the package's API (re-exported), whatever load_dataset uses of them
+from distill.data.cache import cache_path  # noqa: F401
+from distill.data.dataset import Dataset, Split, channel_stats, iterate, normalize, shuffled_order, stratified_indices  # noqa: F401
+from distill.data.gaussian import _gaussian_like, clamped_normal_moments  # noqa: F401
+from distill.data.readers import (  # noqa: F401
+    CIFAR10_CLASSES,
+    FASHION_MNIST_CLASSES,
+    MNIST_CLASSES,
+    _load_cifar,
+    _load_idx_dataset,
+    read_idx,
+)
+from distill.data.unpickle import unpickle_restricted  # noqa: F401
+from distill.registry import BASE_DATASETS, canonical_dataset, suggest
+from distill.registry import dataset_names as list_datasets  # noqa: F401
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int | None = None, seed: int = 0) -> Dataset:
