@@ -36,7 +36,8 @@ from distill.heads import (
     check_int,
     check_ints,
 )
-from distill.vit import BLOCKS, WEIGHT_INITS, VisionTransformer
+from distill.registry import registering
+from distill.vit import vit_small, vit_tiny
 
 _RNG_LOCK = threading.RLock()
 
@@ -68,20 +69,17 @@ def register_model(name: str) -> Callable[[Factory], Factory]:
     Options must be keyword-only with defaults, so that a spec can list all of them.
     """
 
-    def decorate(fn: Factory) -> Factory:
-        if name in _REGISTRY:
-            raise ValueError(f"model name {name!r} is already registered; choose another name")
-        params = list(inspect.signature(fn).parameters.values())
-        for p in params[1:]:
-            if p.kind is not p.KEYWORD_ONLY or p.default is p.empty:
-                raise ValueError(f"factory {fn.__name__}: option {p.name!r} must be keyword-only with a default")
-            if p.name in _RESERVED:
-                raise ValueError(f"factory {fn.__name__}: option name {p.name!r} is reserved; rename it")
-        _REGISTRY[name] = fn
-        _ORIGIN[name] = str(getattr(fn, "__module__", "") or "")
-        return fn
+    return registering(_REGISTRY, "model", name, _admit_factory)
 
-    return decorate
+
+def _admit_factory(name: str, fn: Callable[..., nn.Module]) -> None:
+    params = list(inspect.signature(fn).parameters.values())
+    for p in params[1:]:
+        if p.kind is not p.KEYWORD_ONLY or p.default is p.empty:
+            raise ValueError(f"factory {fn.__name__}: option {p.name!r} must be keyword-only with a default")
+        if p.name in _RESERVED:
+            raise ValueError(f"factory {fn.__name__}: option name {p.name!r} is reserved; rename it")
+    _ORIGIN[name] = str(getattr(fn, "__module__", "") or "")
 
 
 def list_models() -> list[str]:
@@ -465,54 +463,5 @@ for _depth in VGG_CONFIGS:
     _register_vgg(_depth)
 
 
-# ----------------------------------------------------------------------------- ViT
-def _vit(
-    in_shape: tuple[int, int, int],
-    dim: int,
-    num_heads: int,
-    patch_size: Any,
-    depth: Any,
-    tie_blocks: Any,
-    weight_init: Any,
-    block: Any,
-) -> nn.Module:
-    return VisionTransformer(
-        in_shape,
-        dim=dim,
-        num_heads=num_heads,
-        depth=check_int("depth", depth),
-        patch_size=check_int("patch_size", patch_size),
-        tie_blocks=check_bool("tie_blocks", tie_blocks),
-        weight_init=check_choice("weight_init", weight_init, WEIGHT_INITS),
-        block=check_choice("block", block, BLOCKS),
-    )
-
-
-@register_model("vit_tiny")
-def vit_tiny(
-    in_shape: tuple[int, int, int],
-    *,
-    patch_size: int = 8,
-    depth: int = 12,
-    tie_blocks: bool = False,
-    weight_init: str = "trunc_normal",
-    block: str = "standard",
-) -> nn.Module:
-    """ViT-Tiny: width 192, 3 heads, ``depth`` blocks, MLP ratio 4; embedding 192 (cls token).
-    ``block="reference"``: the authors' code's block (`distill.vit`)."""
-    return _vit(in_shape, 192, 3, patch_size, depth, tie_blocks, weight_init, block)
-
-
-@register_model("vit_small")
-def vit_small(
-    in_shape: tuple[int, int, int],
-    *,
-    patch_size: int = 8,
-    depth: int = 12,
-    tie_blocks: bool = False,
-    weight_init: str = "trunc_normal",
-    block: str = "standard",
-) -> nn.Module:
-    """ViT-Small: width 384, 6 heads, ``depth`` blocks, MLP ratio 4; embedding 384 (cls token).
-    ``block="reference"``: the authors' code's block (`distill.vit`)."""
-    return _vit(in_shape, 384, 6, patch_size, depth, tie_blocks, weight_init, block)
+register_model("vit_tiny")(vit_tiny)
+register_model("vit_small")(vit_small)

@@ -10,6 +10,8 @@ they are already imported (registering a model or probe imports them).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 BUILTIN_MODELS: tuple[str, ...] = (
     "convnet",
@@ -31,7 +33,8 @@ BUILTIN_MODELS: tuple[str, ...] = (
 )
 BASE_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "fashion-mnist", "mnist")
 BUILTIN_DATASETS: tuple[str, ...] = (*BASE_DATASETS, "gaussian", *(f"gaussian:{n}" for n in BASE_DATASETS))
-BUILTIN_PROBES: tuple[str, ...] = ("knn", "linear", "linear_std", "knn_std")
+DEFAULT_PROBES: tuple[str, ...] = ("knn", "linear", "linear_std")  # what a run probes unless told otherwise
+BUILTIN_PROBES: tuple[str, ...] = (*DEFAULT_PROBES, "knn_std")
 # other spellings of the base datasets; configs and stores hold the canonical name
 DATASET_ALIASES: dict[str, str] = {
     "fmnist": "fashion-mnist",
@@ -73,3 +76,20 @@ def probe_names() -> list[str]:
     """Registered probes in registration order (built-ins first)."""
     probe = sys.modules.get("distill.probe")
     return list(probe.list_probes()) if probe is not None else list(BUILTIN_PROBES)
+
+
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
+def registering(table: dict[str, Any], kind: str, name: str, admit: Callable[[str, Any], None]) -> Callable[[Fn], Fn]:
+    """A decorator that files a function in ``table`` under ``name``: a taken name is refused, then
+    ``admit(name, fn)`` may refuse the pair (ValueError) or note it."""
+
+    def decorate(fn: Fn) -> Fn:
+        if name in table:
+            raise ValueError(f"{kind} name {name!r} is already registered; choose another name")
+        admit(name, fn)
+        table[name] = fn
+        return fn
+
+    return decorate

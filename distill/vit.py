@@ -15,11 +15,13 @@ GELU after the output layer too; its LayerNorms use eps 1e-5.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.heads import trunc_normal_
+from distill.heads import check_bool, check_choice, check_int, trunc_normal_
 
 WEIGHT_INITS = ("trunc_normal", "torch")
 BLOCKS = ("standard", "reference")
@@ -141,3 +143,37 @@ class VisionTransformer(nn.Module):
         for i in range(self.depth):
             tokens = self.blocks[0 if self.tie_blocks else i](tokens)
         return self.norm(tokens)[:, 0]
+
+
+def _vit_factory(size: str, dim: int, num_heads: int) -> Callable[..., nn.Module]:
+    def factory(
+        in_shape: tuple[int, int, int],
+        *,
+        patch_size: int = 8,
+        depth: int = 12,
+        tie_blocks: bool = False,
+        weight_init: str = "trunc_normal",
+        block: str = "standard",
+    ) -> nn.Module:
+        return VisionTransformer(
+            in_shape,
+            dim=dim,
+            num_heads=num_heads,
+            depth=check_int("depth", depth),
+            patch_size=check_int("patch_size", patch_size),
+            tie_blocks=check_bool("tie_blocks", tie_blocks),
+            weight_init=check_choice("weight_init", weight_init, WEIGHT_INITS),
+            block=check_choice("block", block, BLOCKS),
+        )
+
+    factory.__name__ = factory.__qualname__ = f"vit_{size.lower()}"
+    factory.__doc__ = (
+        f"ViT-{size}: width {dim}, {num_heads} heads, ``depth`` blocks, MLP ratio 4; embedding {dim} (cls token).\n"
+        "    ``block=\"reference\"``: the authors' code's block (`distill.vit`)."
+    )
+    return factory
+
+
+# backbone factories, registered by distill.models
+vit_tiny = _vit_factory("Tiny", 192, 3)
+vit_small = _vit_factory("Small", 384, 6)

@@ -8,13 +8,14 @@ A store is a folder (``runs/x.rts``) of immutable HDF5 files, each readable with
     commits/<epoch:06d>/<root>/<name>.h5
                                      one epoch of a distillation: student, training state, metrics
 
-``root`` is ``modules``, ``masks``, ``state`` or ``results`` (netCDF files). Promises, each
-proven by a test: a completed write is never damaged by a later kill (temporary name, fsync,
-atomic rename, folder fsync; nothing is rewritten in place); an epoch's files become visible
-together (one directory rename); one writer at a time (a second is refused with
-`~distill.store.errors.StoreBusy`, naming the holder); readers take no lock; loading is
-strict (dtypes, shapes, finiteness, bounded specs, checksums).
-Modules: :mod:`~distill.store.core` (Store), :mod:`~distill.store.fsio` (atomic writes, lock),
+``root`` is ``modules``, ``masks``, ``state`` or ``results`` (netCDF files); ``name`` may hold ``/``
+(``student/00010`` is ``modules/student/00010.h5``). Promises, each proven by a test: a completed
+write is never damaged by a later kill (temporary name, fsync, atomic rename, folder fsync; nothing
+is rewritten in place); an epoch's files become visible together (one directory rename); one writer
+at a time (a second is refused with `~distill.store.errors.StoreBusy`, naming the holder); readers
+take no lock; loading is strict (dtypes, shapes, finiteness, bounded specs, checksums).
+Modules: :mod:`~distill.store.core` (Store), :mod:`~distill.store.checks` (what loading accepts),
+:mod:`~distill.store.commits` (commit folders), :mod:`~distill.store.fsio` (atomic writes, lock),
 :mod:`~distill.store.objects` (one object per file), :mod:`~distill.store.single` (format-1 and
 packed single files), :mod:`~distill.store.pack` (``rtt pack``, ``rtt verify``),
 :mod:`~distill.store.info` (what a store holds, read without torch: ``rtt info``),
@@ -34,7 +35,8 @@ from distill.store.info import FORMAT, FORMAT_VERSION
 from distill.store.names import SUFFIX, store_name
 
 if TYPE_CHECKING:
-    from distill.store.core import Store, as_module, build_checked, load_into, student_name
+    from distill.store.checks import build_checked, load_into
+    from distill.store.core import Store, as_module, student_name
 
 __all__ = [
     "FORMAT",
@@ -49,10 +51,10 @@ __all__ = [
     "store_name",
     "student_name",
 ]
-_FROM_CORE = {"Store", "as_module", "build_checked", "load_into", "student_name"}
+_LAZY = {"Store": "core", "as_module": "core", "student_name": "core", "build_checked": "checks", "load_into": "checks"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_CORE:
-        return getattr(import_module("distill.store.core"), name)
+    if name in _LAZY:
+        return getattr(import_module(f"distill.store.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'distill.store' has no attribute {name!r}")

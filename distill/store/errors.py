@@ -21,3 +21,9 @@ class StoreBusy(StoreError):
 
     def __reduce__(self) -> tuple[Any, ...]:  # picklable across executors (default pickling passes the message)
         return type(self), (self.store, self.holder)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message, or its type's name when the message is empty."""
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__

@@ -9,12 +9,14 @@ operations leaves a consistent store. ``RTT_STORE_OPLOG=1`` records the operatio
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import mmap
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -23,7 +25,7 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -460,3 +462,17 @@ def acquire(store_dir: Path) -> _Lock:
         lock = _Lock(store_dir / "lock")
         _LOCKS[key] = lock
     return lock
+
+
+@contextlib.contextmanager
+def removed_on_failure(tmp: Path, final: Path, doing: str) -> Iterator[None]:
+    """Remove the folder ``tmp`` (built aside, to be renamed to ``final``) if the block fails; an
+    OSError becomes a one-line StoreError about ``final``."""
+    try:
+        yield
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise io_error(e, final, doing) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

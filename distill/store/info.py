@@ -18,7 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from distill.store.errors import StoreError
+from distill.store.errors import StoreError, first_line
 
 FORMAT = "random-teachers-store"
 FORMAT_VERSION = 2
@@ -202,7 +202,7 @@ def read_attrs(path: Path) -> tuple[dict[str, Any], bool]:
                 with h5py.File(head, "r", locking=False) as f:
                     attrs = {k: attr_value(v) for k, v in f.attrs.items()}
             except OSError as e:
-                raise StoreError(f"{p}: store.h5 is unreadable ({_first_line(e)}): damaged store") from None
+                raise StoreError(f"{p}: store.h5 is unreadable ({first_line(e)}): damaged store") from None
             check_format(attrs, p)
             return attrs, False
         with h5py.File(p, "r", locking=False) as f:
@@ -213,7 +213,7 @@ def read_attrs(path: Path) -> tuple[dict[str, Any], bool]:
         raise StoreError(f"{p} is a folder but not a random-teachers store") from None
     except OSError as e:
         what = "not an HDF5 file" if not h5py.is_hdf5(p) else "truncated or corrupt HDF5"
-        raise StoreError(f"{p} is not readable as a store ({what}: {_first_line(e)})") from None
+        raise StoreError(f"{p} is not readable as a store ({what}: {first_line(e)})") from None
     check_format(attrs, p)
     return attrs, True
 
@@ -317,9 +317,4 @@ def _summary_or_error(read: Any, where: str) -> tuple[list[str], dict[str, int]]
         out: tuple[list[str], dict[str, int]] = read()
         return out
     except (OSError, KeyError, RuntimeError, ValueError) as e:
-        raise StoreError(f"{where}: unreadable result ({_first_line(e)}): damaged; run 'rtt verify'") from None
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
+        raise StoreError(f"{where}: unreadable result ({first_line(e)}): damaged; run 'rtt verify'") from None

@@ -9,9 +9,10 @@ from pathlib import Path
 import h5py
 
 from distill.store import fsio, objects
-from distill.store.core import FORMAT_VERSION, ROOTS, Store, build_checked, check_train_meta, load_into
+from distill.store.checks import build_checked, check_train_meta, load_into
+from distill.store.core import Store
 from distill.store.errors import StoreError
-from distill.store.info import OBJECT_NAME
+from distill.store.info import FORMAT_VERSION, OBJECT_NAME, ROOTS
 
 
 def pack(store: Store | str | Path, out: str | Path) -> Path:

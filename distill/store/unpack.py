@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import uuid
 from collections.abc import Sequence
@@ -45,7 +44,7 @@ def unpack(src: str | Path, out: str | Path) -> Path:
     provenance = {k: v for k, v in attrs.items() if k not in (*_OWN, "seeds", "packed_at", "packed_from")}
     provenance |= {"converted_from": str(old.path), "converted_at": objects.now()}
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+    with fsio.removed_on_failure(tmp, out, "write the converted store"):
         new = Store.create(tmp, old.config, kind=str(attrs.get("kind", "distill")), seeds=seeds, provenance=provenance)
         for root in ("modules", "masks", "state"):
             for name in old.names(root=root):
@@ -59,12 +58,6 @@ def unpack(src: str | Path, out: str | Path) -> Path:
         new.close()
         fsio.op("rename unpacked store", os.rename, tmp, out)
         fsio.fsync_dir(out.parent)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise fsio.io_error(e, out, "write the converted store") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
