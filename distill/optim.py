@@ -12,13 +12,14 @@ the other.
 Only what the training loops use is offered: no closures, amsgrad, maximize, capturable,
 differentiable or fused steps, hooks or learning-rate schedulers (set ``group["lr"]`` instead).
 `make_optimizer` and `lr_schedule` build a distillation run's optimiser and learning rates;
-`state_tensors` and `load_state_tensors` turn an optimiser's state into named tensors and back.
+`state_tensors` and `load_state_tensors` turn an optimiser's state into named tensors and back;
+`supervised_optimizer` builds the optimiser of `distill.supervised.train_supervised`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -26,9 +27,18 @@ import torch
 from torch import Tensor, nn
 from torch.optim.adam import adam
 
-from distill.config import DistillConfig
+from distill.config import DistillConfig, SupervisedConfig
 
-__all__ = ["Adam", "AdamW", "Optimizer", "load_state_tensors", "lr_schedule", "make_optimizer", "state_tensors"]
+__all__ = [
+    "Adam",
+    "AdamW",
+    "Optimizer",
+    "load_state_tensors",
+    "lr_schedule",
+    "make_optimizer",
+    "state_tensors",
+    "supervised_optimizer",
+]
 
 Params = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -279,3 +289,52 @@ def load_state_tensors(opt: Optimizer, tensors: dict[str, Tensor], groups: list[
         i, k = key.split("/", 1)
         state.setdefault(int(i), {})[k] = t
     opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def supervised_optimizer(
+    cfg: SupervisedConfig, params: list[nn.Parameter], state: Mapping[str, Any] | None
+) -> torch.optim.Optimizer:
+    """torch's SGD (momentum, weight decay on every parameter) or AdamW, with ``state``'s momentum
+    buffers (SGD only)."""
+    opt: torch.optim.Optimizer
+    if cfg.optimizer == "adamw":
+        if state is not None:
+            raise ValueError("optimizer_state holds SGD momentum buffers: continuing is offered with optimizer='sgd'")
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if state is not None:
+        load_momentum(opt, state)
+    return opt
+
+
+def load_momentum(opt: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """Load the per-parameter state (momentum buffers) of ``state`` into ``opt``, keeping ``opt``'s
+    hyperparameters; tensors are copied, so ``state`` is never changed by training."""
+    if not isinstance(state, Mapping) or not {"state", "param_groups"} <= set(state):
+        raise ValueError(
+            "optimizer_state must be a torch.optim.SGD state_dict() (keys 'state' and "
+            "'param_groups'): pass optimizer.state_dict() or a snapshot's 'optimizer'"
+        )
+    params = opt.param_groups[0]["params"]
+    groups = state["param_groups"]
+    ids = [i for g in groups for i in g["params"]]
+    if len(groups) != 1 or len(ids) != len(params):
+        raise ValueError(
+            f"optimizer_state holds {len(ids)} parameters in {len(groups)} group(s), this model "
+            f"trains {len(params)} in one: pass the optimiser state of a run of the same model"
+        )
+    per_param: dict[Any, dict[str, Any]] = {}
+    for i, p in zip(ids, params):
+        entry = state["state"].get(i)
+        if entry is None:
+            continue
+        buf = entry.get("momentum_buffer")
+        if isinstance(buf, Tensor) and tuple(buf.shape) != tuple(p.shape):
+            raise ValueError(
+                f"optimizer_state has a momentum buffer of shape {tuple(buf.shape)} for a parameter "
+                f"of shape {tuple(p.shape)}: pass a state whose parameter order matches the model's"
+            )
+        per_param[i] = {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in entry.items()}
+    hyper = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    opt.load_state_dict({"state": per_param, "param_groups": [{**hyper, "params": list(ids)}]})
