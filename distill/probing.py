@@ -103,11 +103,13 @@ class EpochProbes:
     once, so that their best over epochs is the reference code's number.
     """
 
-    def __init__(self, cfg: DistillConfig, pdata: Dataset, device: torch.device, enabled: bool) -> None:
+    def __init__(
+        self, cfg: DistillConfig, pdata: Dataset, device: torch.device, enabled: bool, announce_later: bool = True
+    ) -> None:
         self.cfg, self.pdata, self.device, self.enabled = cfg, pdata, device, enabled
         self.fixed: dict[str, dict[str, float]] = {}  # teacher / teacher_bn / input probes
         self.features: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self.announce_later = True  # announce epochs after 0 (only without a progress bar, not to break it)
+        self.announce_later = announce_later  # announce the probes of epochs after 0 (epoch 0's always)
 
     def say(self, epoch: int, what: str, embed: bool = True) -> None:
         """Announce a long step (probing embeds every probe image) before it starts."""

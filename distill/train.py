@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -26,10 +27,12 @@ from torch import Tensor, nn
 from distill.config import DistillConfig
 from distill.data import Dataset, iterate, load_dataset, normalize, shuffled_order
 from distill.device import resolve_device
-from distill.history import MODELS, History, distillation_gain, probed_accuracy, summary_table
+
+# the imports marked noqa: F401 are names distill.train offers, from the modules of its parts
+from distill.history import MODELS, History, distillation_gain, probed_accuracy, summary_table  # noqa: F401
 from distill.init import init_student
-from distill.loop import autocast, epoch_bar, epoch_seed, nonfinite_as_run_error, prepare_kernels, use_channels_last
-from distill.losses import (
+from distill.loop import autocast, epoch_bar, epoch_seed, nonfinite_as_run_error, prepare_kernels, use_channels_last  # noqa: F401
+from distill.losses import (  # noqa: F401
     DistillationLoss,
     EntropyLog,
     cross_entropy_from_log_probs,
@@ -41,46 +44,14 @@ from distill.losses import (
     teacher_entropy,
     teacher_probs,
 )
-from distill.meter import EpochMeter
+from distill.meter import EpochMeter, NonFinite
 from distill.models import build_model, seeded
 from distill.multicrop import multicrop
-from distill.optim import Optimizer, lr_schedule, make_optimizer, set_lr
-from distill.probing import EpochProbes, backbone_of, probe_dataset, probe_options, recalibrated_teacher, run_probes
+from distill.optim import Optimizer, lr_schedule, make_optimizer, set_lr  # noqa: F401
+from distill.probing import EpochProbes, backbone_of, probe_dataset, probe_options, recalibrated_teacher, run_probes  # noqa: F401
 from distill.resume import RESUMABLE, TrainingState, commit_epoch, open_or_create, restore
 from distill.store import Store
 
-__all__ = [
-    "MODELS",
-    "DistillationLoss",
-    "History",
-    "Optimizer",
-    "build_teacher",
-    "cross_entropy_from_log_probs",
-    "cross_entropy_to_probs",
-    "distill",
-    "distillation_gain",
-    "distillation_loss",
-    "distillation_terms",
-    "epoch_steps",
-    "input_stats",
-    "lr_schedule",
-    "make_optimizer",
-    "multicrop",
-    "probe_dataset",
-    "probe_options",
-    "probed_accuracy",
-    "recalibrated_teacher",
-    "resolve_device",
-    "run_probes",
-    "set_teacher_mode",
-    "soft_cross_entropy",
-    "student_log_probs",
-    "summary_table",
-    "teacher_entropy",
-    "teacher_probs",
-    "train_one_epoch",
-    "use_channels_last",
-]
 _RESUMABLE, _open_or_create = RESUMABLE, open_or_create  # read from here by landscape and its tests
 
 # one step's forward on a global batch: (loss, teacher logits still needed, student and teacher embeddings)
@@ -281,26 +252,15 @@ def _train(
     start = restored or 0
     steps = epoch_steps(len(data.train.labels), cfg.batch_size, cfg.drop_last)
     lrs = lr_schedule(cfg, steps)
-    probes = EpochProbes(cfg, pdata, device, world.is_main)
-    epochs = range(start + 1, cfg.epochs + 1)
-    bar = epoch_bar(epochs, cfg.run_name, progress if world.is_main else False, start, cfg.epochs)
-    log_lines = bool(bar.disable)
+    bar = epoch_bar(
+        range(start + 1, cfg.epochs + 1), cfg.run_name, progress if world.is_main else False, start, cfg.epochs
+    )
+    log_lines = bool(bar.disable)  # no progress bar: a log line per epoch, and probes announced after epoch 0
     report = EpochReporter(
         out, cfg.run_name, cfg.epochs, start, enabled=world.is_main, log_lines=log_lines, tensorboard=tensorboard
     )
-    probes.announce_later = log_lines
-
-    def end_epoch(epoch: int, t0: float, **values: float) -> None:
-        """Probe when due, record the epoch's metrics and commit it; ``t0`` its start time."""
-        if epoch == 0 or epoch in probe_at:
-            probes(epoch, run.teacher, run.student, run.history)
-        run.history.record(epoch, run.student, run.teacher, seconds=time.perf_counter() - t0, **values)
-        metrics = run.history.to_dataset(cfg, device, len(pdata.train.labels))
-        commit_epoch(run, cfg, store, epoch, epoch * steps, metrics)
-        report.record(epoch, run.history)
-
-    probe_at = set(range(cfg.probe_every, cfg.epochs + 1, cfg.probe_every)) if cfg.probe_every else set()
-    probe_at |= {cfg.epochs}
+    probes = EpochProbes(cfg, pdata, device, world.is_main, announce_later=log_lines)
+    end_epoch = _EpochEnd(cfg, run, store, probes, report, steps)
     if restored is None:  # a fresh start (a resume from epoch 0 has its commit already)
         norms = _initial_norms(cfg, run, data, device)
         end_epoch(0, time.perf_counter(), loss=np.nan, kl=np.nan, **norms)  # epoch 0: the probes' time
@@ -314,7 +274,7 @@ def _train(
     if start < cfg.epochs:
         entropy.prepare()
     run.student.train()
-    last_probe = ""
+    diverged = functools.partial(_diverged, steps=steps, out=out, store=store)
     for epoch in bar:
         t0 = time.perf_counter()
         aug_gen.manual_seed(epoch_seed(cfg.aug_seed, epoch))
@@ -331,24 +291,49 @@ def _train(
             with_index=True,
             channels_last=channels_last,
         )
-        with nonfinite_as_run_error(
-            lambda bad: (
-                f"loss became {bad.value} at epoch {bad.step // steps + 1}, step {bad.step % steps}: "
-                f"lower --lr, raise --adam-eps or use --warmup-epochs; "
-                f"{out} keeps the checkpoints up to epoch {max(store.epochs)}"
-            )
-        ):
+        with nonfinite_as_run_error(diverged):
             means = train_one_epoch(run, forward, batches, epoch, steps, lrs, cfg, world, entropy)
         visited = shuffled_order(len(train_split), seed, train_split.images.device)[: steps * cfg.batch_size]
         loss, kl = run.loss.logged(means.get("loss", math.nan), entropy.epoch_mean(means, visited))
         s_norm, t_norm = means.get("student_norm", math.nan), means.get("teacher_norm", math.nan)
         end_epoch(epoch, t0, loss=loss, kl=kl, student_norm=s_norm, teacher_norm=t_norm)
-        if epoch in run.history.probes:
-            p = run.history.probes[epoch]["student"]
-            last_probe = " | student " + " ".join(f"{k} {100 * v:.1f}" for k, v in p.items())
-        bar.set_postfix_str(f"loss {loss:.6f} kl {kl:.2e}{last_probe}")
+        bar.set_postfix_str(f"loss {loss:.6f} kl {kl:.2e}{end_epoch.last_probe}")
     bar.close()
     report.close()
+
+
+def _diverged(bad: NonFinite, steps: int, out: Path, store: Store) -> str:
+    """What a RunError says when the loss became ``bad.value`` at global step ``bad.step``."""
+    return (
+        f"loss became {bad.value} at epoch {bad.step // steps + 1}, step {bad.step % steps}: "
+        f"lower --lr, raise --adam-eps or use --warmup-epochs; "
+        f"{out} keeps the checkpoints up to epoch {max(store.epochs)}"
+    )
+
+
+class _EpochEnd:
+    """The end of an epoch: its probes when due, its metrics recorded, its commit, its report."""
+
+    def __init__(
+        self, cfg: DistillConfig, run: TrainingState, store: Store, probes: EpochProbes, report: Any, steps: int
+    ) -> None:
+        self.cfg, self.run, self.store, self.probes, self.report, self.steps = cfg, run, store, probes, report, steps
+        every = set(range(cfg.probe_every, cfg.epochs + 1, cfg.probe_every)) if cfg.probe_every else set()
+        self.probe_at = {0, cfg.epochs} | every
+        self.last_probe = ""  # the student's last probe accuracies, for the progress bar
+
+    def __call__(self, epoch: int, t0: float, **values: float) -> None:
+        """End ``epoch``, begun at ``t0`` (``time.perf_counter``); ``values`` as `History.record` takes."""
+        run = self.run
+        if epoch in self.probe_at:
+            self.probes(epoch, run.teacher, run.student, run.history)
+            if epoch > 0 and epoch in run.history.probes:
+                p = run.history.probes[epoch]["student"]
+                self.last_probe = " | student " + " ".join(f"{k} {100 * v:.1f}" for k, v in p.items())
+        run.history.record(epoch, run.student, run.teacher, seconds=time.perf_counter() - t0, **values)
+        metrics = run.history.to_dataset(self.cfg, self.probes.device, len(self.probes.pdata.train.labels))
+        commit_epoch(run, self.cfg, self.store, epoch, epoch * self.steps, metrics)
+        self.report.record(epoch, run.history)
 
 
 def _new_run(
