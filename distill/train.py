@@ -54,8 +54,9 @@ from distill.store import Store
 
 _RESUMABLE, _open_or_create = RESUMABLE, open_or_create  # read from here by landscape and its tests
 
-# one step's forward on a global batch: (loss, teacher logits still needed, student and teacher embeddings)
-Forward = Callable[[Tensor], tuple[Tensor, list[Tensor], Tensor | None, Tensor | None]]
+# a step's forward pass: (loss, teacher logits still needed, student and teacher embeddings or None)
+StepOutput = tuple[Tensor, list[Tensor], Tensor | None, Tensor | None]
+Forward = Callable[[Tensor], StepOutput]
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -222,7 +223,7 @@ def _distill(
     prov = provenance(cfg, kind="distill", device=device, precision=cfg.precision, world_size=world.world_size)
     store, resumed = early or world.open_store(lambda: open_or_create(cfg, out, resume, prov), out)
     try:
-        _train(cfg, out, store, resumed, teacher, data, pdata, device, progress, world, prov, tensorboard)
+        _train(cfg, out, store, resumed, teacher, data, pdata, world, prov, progress, tensorboard)
     finally:
         store.close()  # releases the writer lock
     world.close()
@@ -237,16 +238,16 @@ def _train(
     teacher: nn.Module,
     data: Dataset,
     pdata: Dataset,
-    device: torch.device,
-    progress: bool | None,
     world: Any,
     prov: dict[str, Any],
-    tensorboard: str | Path | None = None,
+    progress: bool | None,
+    tensorboard: str | Path | None,
 ) -> None:
     """The loop of `distill`; every epoch ends in one commit of the store (student checkpoint
     when due, the training state that resumes after it, the metrics up to it)."""
     from distill.progress import EpochReporter
 
+    device = world.device
     run = _new_run(cfg, teacher, data, device, world, prov)
     restored = restore(run, cfg, store, resumed, world)
     start = restored or 0
@@ -380,7 +381,7 @@ def _forward(
     compiled when ``cfg.compile``, or DINO's multicrop views drawn with ``aug_gen``."""
     teacher, student, objective = run.teacher, run.student, run.loss
 
-    def one_view(x: Tensor) -> tuple[Tensor, list[Tensor], Tensor | None, Tensor | None]:
+    def one_view(x: Tensor) -> StepOutput:
         # The teacher's softmax is taken before the student's forward and its logits are dropped
         # when not needed, so neither coexists with the student's saved activations (peak memory).
         with torch.no_grad():
@@ -393,7 +394,7 @@ def _forward(
         # the logits are freed once their log-softmax exists (they are not needed for the gradient)
         return objective(pt, objective.log_probs(_head(student)(emb))), t_outs, emb, t_emb
 
-    def views(x: Tensor) -> tuple[Tensor, list[Tensor], Tensor | None, Tensor | None]:
+    def views(x: Tensor) -> StepOutput:
         crops = [world.shard(v) for v in multicrop(x, cfg.global_crops, cfg.local_crops, aug_gen)]
         with torch.no_grad():
             t_outs = [teacher(v) for v in crops[: cfg.global_crops]]
@@ -401,7 +402,7 @@ def _forward(
 
     step = torch.compile(one_view) if cfg.compile else one_view
 
-    def forward(x: Tensor) -> tuple[Tensor, list[Tensor], Tensor | None, Tensor | None]:
+    def forward(x: Tensor) -> StepOutput:
         with amp, world.step():  # views drawn for the global batch, then this rank's share
             return views(x) if cfg.augment == "multicrop" else step(world.shard(x))
 
