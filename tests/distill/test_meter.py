@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from distill.meter import EpochMeter, NonFinite
 from distill.losses import EntropyLog, teacher_entropy
+from distill.meter import EpochMeter, NonFinite
 from distill.train import distill as run
 from tests.distill.test_train import synthetic, tiny_cfg
 
