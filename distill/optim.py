@@ -11,19 +11,36 @@ the other.
 
 Only what the training loops use is offered: no closures, amsgrad, maximize, capturable,
 differentiable or fused steps, hooks or learning-rate schedulers (set ``group["lr"]`` instead).
+`make_optimizer` and `lr_schedule` build a distillation run's optimiser and learning rates;
+`state_tensors` and `load_state_tensors` turn an optimiser's state into named tensors and back;
+`supervised_optimizer` builds the optimiser of `distill.supervised.train_supervised`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim.adam import adam
 
-__all__ = ["Adam", "AdamW"]
+from distill.config import DistillConfig, SupervisedConfig
+
+__all__ = [
+    "Adam",
+    "AdamW",
+    "Optimizer",
+    "load_state_tensors",
+    "lr_schedule",
+    "make_optimizer",
+    "state_tensors",
+    "supervised_optimizer",
+]
+
+Params = Iterable[Tensor] | Iterable[dict[str, Any]]
 
 
 def _scalar_dtype() -> torch.dtype:
@@ -36,19 +53,23 @@ class Adam:
     ``torch.optim.Adam``) on ``params``: tensors, or dicts of ``params`` and per-group options.
 
     ``lr`` per step, ``betas`` the moment decays, ``eps`` added to the root of the second moment,
-    ``weight_decay`` per step (times ``lr`` when decoupled).
+    ``weight_decay`` per step (times ``lr`` when decoupled; None: torch's default, 0 for Adam, 0.01
+    for AdamW).
     """
 
     _decoupled = False
+    _default_weight_decay = 0.0
 
     def __init__(
         self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        params: Params,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = None,
     ) -> None:
+        if weight_decay is None:
+            weight_decay = self._default_weight_decay
         for name, value, ok in (
             ("lr", lr, lr >= 0),
             ("eps", eps, eps >= 0),
@@ -208,13 +229,112 @@ class AdamW(Adam):
     ``torch.optim.AdamW`` (whose default ``weight_decay`` of 0.01 is kept)."""
 
     _decoupled = True
+    _default_weight_decay = 1e-2
 
-    def __init__(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-    ) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+# what make_optimizer returns: the same step/zero_grad/state_dict/load_state_dict/param_groups
+Optimizer = Adam | torch.optim.SGD
+
+
+def make_optimizer(cfg: DistillConfig, model: nn.Module) -> Optimizer:
+    """Optimiser with two parameter groups: weights, and biases/norm parameters (1-d tensors).
+
+    Adam and AdamW are this module's (torch's update and state format, without the 150 MiB
+    import of ``torch._dynamo`` that ``torch.optim.Optimizer`` makes); SGD is torch's."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    other = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    nb = cfg.weight_decay if cfg.norm_bias_decay is None else cfg.norm_bias_decay
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": nb}]
+    if cfg.optimizer == "adamw":
+        return AdamW(groups, lr=cfg.lr, eps=cfg.adam_eps)
+    if cfg.optimizer == "adam":  # L2 penalty in the gradient, as torch's Adam
+        return Adam(groups, lr=cfg.lr, eps=cfg.adam_eps)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def lr_schedule(cfg: DistillConfig, steps_per_epoch: int) -> np.ndarray:
+    """Learning rate for every step, precomputed: linear warm-up, then constant or cosine to 0."""
+    total = cfg.epochs * steps_per_epoch
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    lr = np.full(total, cfg.lr, dtype=np.float64)
+    if warm:
+        lr[:warm] = cfg.lr * (np.arange(warm) + 1) / warm
+    if cfg.schedule == "cosine" and total > warm:
+        t = np.arange(total - warm) / max(1, total - warm)
+        lr[warm:] = cfg.lr * 0.5 * (1 + np.cos(np.pi * t))
+    return lr
+
+
+def set_lr(opt: Optimizer | torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group of ``opt``."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def state_tensors(opt: Optimizer) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
+    """``opt``'s state as tensors named ``"<parameter index>/<name>"``, and its parameter groups."""
+    sd = opt.state_dict()
+    tensors = {
+        f"{i}/{k}": (v if torch.is_tensor(v) else torch.tensor(v))
+        for i, st in sd["state"].items()
+        for k, v in st.items()
+    }
+    return tensors, [dict(g) for g in sd["param_groups"]]
+
+
+def load_state_tensors(opt: Optimizer, tensors: dict[str, Tensor], groups: list[dict[str, Any]]) -> None:
+    """Load a state written by `state_tensors` into ``opt``."""
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, t in tensors.items():
+        i, k = key.split("/", 1)
+        state.setdefault(int(i), {})[k] = t
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def supervised_optimizer(
+    cfg: SupervisedConfig, params: list[nn.Parameter], state: Mapping[str, Any] | None
+) -> torch.optim.Optimizer:
+    """torch's SGD (momentum, weight decay on every parameter) or AdamW, with ``state``'s momentum
+    buffers (SGD only)."""
+    opt: torch.optim.Optimizer
+    if cfg.optimizer == "adamw":
+        if state is not None:
+            raise ValueError("optimizer_state holds SGD momentum buffers: continuing is offered with optimizer='sgd'")
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if state is not None:
+        load_momentum(opt, state)
+    return opt
+
+
+def load_momentum(opt: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """Load the per-parameter state (momentum buffers) of ``state`` into ``opt``, keeping ``opt``'s
+    hyperparameters; tensors are copied, so ``state`` is never changed by training."""
+    if not isinstance(state, Mapping) or not {"state", "param_groups"} <= set(state):
+        raise ValueError(
+            "optimizer_state must be a torch.optim.SGD state_dict() (keys 'state' and "
+            "'param_groups'): pass optimizer.state_dict() or a snapshot's 'optimizer'"
+        )
+    params = opt.param_groups[0]["params"]
+    groups = state["param_groups"]
+    ids = [i for g in groups for i in g["params"]]
+    if len(groups) != 1 or len(ids) != len(params):
+        raise ValueError(
+            f"optimizer_state holds {len(ids)} parameters in {len(groups)} group(s), this model "
+            f"trains {len(params)} in one: pass the optimiser state of a run of the same model"
+        )
+    per_param: dict[Any, dict[str, Any]] = {}
+    for i, p in zip(ids, params):
+        entry = state["state"].get(i)
+        if entry is None:
+            continue
+        buf = entry.get("momentum_buffer")
+        if isinstance(buf, Tensor) and tuple(buf.shape) != tuple(p.shape):
+            raise ValueError(
+                f"optimizer_state has a momentum buffer of shape {tuple(buf.shape)} for a parameter "
+                f"of shape {tuple(p.shape)}: pass a state whose parameter order matches the model's"
+            )
+        per_param[i] = {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in entry.items()}
+    hyper = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
+    opt.load_state_dict({"state": per_param, "param_groups": [{**hyper, "params": list(ids)}]})

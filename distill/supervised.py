@@ -31,16 +31,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from distill.bn import has_batchnorm
-from distill.config import RunError, SupervisedConfig
+from distill.config import SupervisedConfig
 from distill.data import Split, iterate
 from distill.device import resolve_device
+from distill.loop import autocast, epoch_bar, epoch_seed, nonfinite_as_run_error, prepare_kernels
 from distill.meter import EpochMeter, NonFinite
+from distill.optim import set_lr, supervised_optimizer
 
 PADDING = 4  # pixels of padding of the random crop (paper's recipe)
-_SEED_STRIDE = 1_000_003  # per-epoch seeds: seed * stride + epoch, as in distill.train
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -232,10 +232,6 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------- the loop
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(seed) * _SEED_STRIDE + int(epoch)
-
-
 def steps_per_epoch(model: nn.Module, n: int, batch_size: int) -> int:
     """Optimiser steps per epoch over ``n`` training images: ``ceil(n / batch_size)``, except that a
     last batch of a single image is dropped for networks with BatchNorm (``n // batch_size``)."""
@@ -249,38 +245,6 @@ def _check_step(name: str, value: Any, low: int, high: int, what: str) -> int:
             f"{name}={value!r} must be an integer step from {low} to {high} ({what}): pass a step in that range"
         )
     return int(value)
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
-    """Load the per-parameter state (momentum buffers) of ``state`` into ``opt``, keeping ``opt``'s
-    hyperparameters; tensors are copied, so ``state`` is never changed by training."""
-    if not isinstance(state, Mapping) or not {"state", "param_groups"} <= set(state):
-        raise ValueError(
-            "optimizer_state must be a torch.optim.SGD state_dict() (keys 'state' and "
-            "'param_groups'): pass optimizer.state_dict() or a snapshot's 'optimizer'"
-        )
-    params = opt.param_groups[0]["params"]
-    groups = state["param_groups"]
-    ids = [i for g in groups for i in g["params"]]
-    if len(groups) != 1 or len(ids) != len(params):
-        raise ValueError(
-            f"optimizer_state holds {len(ids)} parameters in {len(groups)} group(s), this model "
-            f"trains {len(params)} in one: pass the optimiser state of a run of the same model"
-        )
-    per_param: dict[Any, dict[str, Any]] = {}
-    for i, p in zip(ids, params):
-        entry = state["state"].get(i)
-        if entry is None:
-            continue
-        buf = entry.get("momentum_buffer")
-        if isinstance(buf, Tensor) and tuple(buf.shape) != tuple(p.shape):
-            raise ValueError(
-                f"optimizer_state has a momentum buffer of shape {tuple(buf.shape)} for a parameter "
-                f"of shape {tuple(p.shape)}: pass a state whose parameter order matches the model's"
-            )
-        per_param[i] = {k: v.detach().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in entry.items()}
-    hyper = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
-    opt.load_state_dict({"state": per_param, "param_groups": [{**hyper, "params": list(ids)}]})
 
 
 def train_supervised(
@@ -343,10 +307,56 @@ def train_supervised(
     dev = resolve_device(cfg.device if device is None else device)
     model.to(dev)
     train = Split(data.train.images.to(dev), data.train.labels.to(dev))
-    n = len(train.labels)
-    bs = cfg.batch_size
-    drop_last = n % bs == 1 and has_batchnorm(model)
-    per_epoch = steps_per_epoch(model, n, bs)
+    per_epoch = steps_per_epoch(model, len(train.labels), cfg.batch_size)
+    start_step, snapshot_step = _check_steps(cfg, len(train.labels), per_epoch, start_step, snapshot_step)
+    lrs = lr_schedule(cfg, per_epoch)
+    opt = supervised_optimizer(cfg, params, optimizer_state)
+    run = _Run(model, opt, data, train, cfg, lrs, on_step, snapshot_step, start_step)
+    eval_every = cfg.eval_every if eval_every is None else int(eval_every)
+    history: dict[str, list] = {"epoch": [], "train_loss": [], "test_accuracy": [], "lr": []}
+    first_epoch, skip = start_step // per_epoch + 1, start_step % per_epoch
+    test_loss, test_acc = math.nan, math.nan
+    model.train()
+    bar = epoch_bar(range(first_epoch, cfg.epochs + 1), "supervised", progress)
+    for epoch in bar:
+        loss = run.epoch(epoch, skip if epoch == first_epoch else 0)
+        acc = math.nan
+        if epoch == cfg.epochs or (eval_every and epoch % eval_every == 0):
+            test_loss, acc = _evaluated(model, data, dev)
+            test_acc = acc
+        history["epoch"].append(epoch)
+        history["train_loss"].append(loss)
+        history["lr"].append(float(opt.param_groups[0]["lr"]))
+        history["test_accuracy"].append(acc)
+        post = f"loss {loss:.4f}"
+        bar.set_postfix_str(post + (f" | test acc {100 * test_acc:.2f}" if not math.isnan(test_acc) else ""))
+    bar.close()
+    if first_epoch > cfg.epochs:  # continued at the very end: nothing trained, evaluate as is
+        test_loss, test_acc = _evaluated(model, data, dev)
+    evaluated = [a for a in history["test_accuracy"] if not math.isnan(a)]
+    out = {
+        "test_accuracy": float(test_acc),
+        "best_test_accuracy": float(max(evaluated)) if evaluated else float(test_acc),
+        "test_loss": float(test_loss),
+        "steps": run.step,
+        "start_step": start_step,
+        "steps_per_epoch": per_epoch,
+        "history": history,
+    }
+    return out if snapshot_step is None else {**out, "snapshot": run.snapshot}
+
+
+def _evaluated(model: nn.Module, data: Any, device: torch.device) -> tuple[float, float]:
+    """`evaluate` on the test split, leaving ``model`` in training mode."""
+    result = evaluate(model, data, "test", device=device)
+    model.train()
+    return result
+
+
+def _check_steps(
+    cfg: SupervisedConfig, n: int, per_epoch: int, start_step: int, snapshot_step: int | None
+) -> tuple[int, int | None]:
+    """``start_step`` and ``snapshot_step`` checked against the recipe's steps (ValueError otherwise)."""
     if per_epoch == 0:
         raise ValueError(f"the training split has {n} image(s): supervised training needs at least 2")
     total_steps = cfg.epochs * per_epoch
@@ -356,123 +366,94 @@ def train_supervised(
         snapshot_step = _check_step(
             "snapshot_step", snapshot_step, start_step, total_steps, f"from start_step to the end of {what}"
         )
-    lrs = lr_schedule(cfg, per_epoch)
-    opt: torch.optim.Optimizer
-    if cfg.optimizer == "adamw":
-        if optimizer_state is not None:
-            raise ValueError("optimizer_state holds SGD momentum buffers: continuing is offered with optimizer='sgd'")
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if optimizer_state is not None:
-        _load_optimizer(opt, optimizer_state)
-    eval_every = cfg.eval_every if eval_every is None else int(eval_every)
-    # black (0-intensity) padding, expressed in normalised units
-    fill = torch.tensor([-m / s for m, s in zip(data.mean, data.std)], dtype=torch.float32, device=dev)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if cfg.precision == "bf16" and dev.type == "cuda"
-        else torch.autocast("cpu", enabled=False)
-    )
-    gen = torch.Generator()
-    channels_last = dev.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if dev.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
-        torch.backends.cudnn.benchmark = True
-    history: dict[str, list] = {"epoch": [], "train_loss": [], "test_accuracy": [], "lr": []}
-    step = start_step
-    first_epoch, skip = start_step // per_epoch + 1, start_step % per_epoch
+    return start_step, snapshot_step
 
-    def snap() -> dict[str, Any]:
+
+class _Run:
+    """The epochs of a supervised run: its optimiser steps, counted in ``step`` (from ``start``), the
+    snapshot taken right after ``snapshot_step`` and ``on_step(step, model)`` after every step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        data: Any,
+        train: Split,
+        cfg: SupervisedConfig,
+        lrs: np.ndarray,
+        on_step: Callable[[int, nn.Module], Any] | None,
+        snapshot_step: int | None,
+        start: int,
+    ) -> None:
+        self.model, self.opt, self.data, self.train, self.cfg, self.lrs = model, opt, data, train, cfg, lrs
+        self.on_step, self.snapshot_step, self.step = on_step, snapshot_step, start
+        self.device = train.images.device
+        # black (0-intensity) padding, expressed in normalised units
+        self.fill = torch.tensor([-m / s for m, s in zip(data.mean, data.std)], dtype=torch.float32, device=self.device)
+        self.amp = autocast(cfg.precision, self.device)
+        self.gen = torch.Generator()
+        self.channels_last = prepare_kernels(self.device, model)
+        self.snapshot = self.snap() if snapshot_step == start else None
+
+    def snap(self) -> dict[str, Any]:
+        """The step count, and copies of the model's and the optimiser's states."""
         return {
-            "step": step,
-            "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "optimizer": copy.deepcopy(opt.state_dict()),
+            "step": self.step,
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.opt.state_dict()),
         }
 
-    snapshot = snap() if snapshot_step == start_step else None
-    test_loss, test_acc = math.nan, math.nan
-    model.train()
-    bar = tqdm(
-        range(first_epoch, cfg.epochs + 1),
-        desc="supervised",
-        unit="epoch",
-        disable=None if progress is None else not progress,
-    )
-    for epoch in bar:
-        gen.manual_seed(_epoch_seed(cfg.aug_seed, epoch))
-        meter = EpochMeter(dev, check_every=1 if on_step is not None else None)
+    def epoch(self, epoch: int, skip: int) -> float:
+        """Train epoch ``epoch`` but its first ``skip`` batches (their data order and augmentation
+        draws consumed untrained); the mean cross-entropy (nats) of its trained batches, 0 if none."""
+        n, bs = len(self.train.labels), self.cfg.batch_size
+        drop_last = n % bs == 1 and has_batchnorm(self.model)
+        self.gen.manual_seed(epoch_seed(self.cfg.aug_seed, epoch))
         batches = iterate(
-            train,
+            self.train,
             bs,
-            data.mean,
-            data.std,
+            self.data.mean,
+            self.data.std,
             shuffle=True,
-            seed=_epoch_seed(cfg.data_seed, epoch),
+            seed=epoch_seed(self.cfg.data_seed, epoch),
             drop_last=drop_last,
-            device=dev,
-            channels_last=channels_last,
+            device=self.device,
+            channels_last=self.channels_last,
         )
         sizes = [min(bs, n - k) for k in range(0, n - (n % bs if drop_last else 0), bs)]
         # the epoch's flip and crop draws, made batch by batch exactly as augment() would, moved in one copy
-        draws = _epoch_draws(sizes, gen, dev) if cfg.augment == "flip_crop" else None
-        try:
+        draws = _epoch_draws(sizes, self.gen, self.device) if self.cfg.augment == "flip_crop" else None
+        meter = EpochMeter(self.device, check_every=1 if self.on_step is not None else None)
+        with nonfinite_as_run_error(self._failure):
             for index, (x, y) in enumerate(batches):
-                if epoch == first_epoch and index < skip:  # taken before start_step: same draws, no training
+                if index < skip:  # taken before start_step: same draws, no training
                     continue
                 if draws is not None:
                     flips, offsets = draws[index]
-                    x = flip(pad_crop(x, offsets[0], offsets[1], PADDING, fill), flips)
-                    if channels_last:
+                    x = flip(pad_crop(x, offsets[0], offsets[1], PADDING, self.fill), flips)
+                    if self.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                lr = float(lrs[step])
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                with autocast:
-                    out = model(x)
-                loss = F.cross_entropy(out.float(), y)
-                meter.add("loss", loss, step, weight=len(y))  # on the CPU (or with on_step): raises before the update
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                if step == snapshot_step:
-                    snapshot = snap()
-                if on_step is not None:
-                    on_step(step, model)
-            means = meter.epoch_means()
-        except NonFinite as bad:
-            raise RunError(
-                f"supervised loss became {bad.value} at epoch {bad.step // per_epoch + 1}, step "
-                f"{bad.step + 1} (lr {lrs[bad.step]:g}): lower the learning rate or use a warm-up"
-            ) from None
-        history["epoch"].append(epoch)
-        history["train_loss"].append(means.get("loss", 0.0))
-        history["lr"].append(float(opt.param_groups[0]["lr"]))
-        acc = math.nan
-        if epoch == cfg.epochs or (eval_every and epoch % eval_every == 0):
-            test_loss, acc = evaluate(model, data, "test", device=dev)
-            test_acc = acc
-            model.train()
-        history["test_accuracy"].append(acc)
-        post = f"loss {history['train_loss'][-1]:.4f}"
-        bar.set_postfix_str(post + (f" | test acc {100 * test_acc:.2f}" if not math.isnan(test_acc) else ""))
-    bar.close()
-    if first_epoch > cfg.epochs:  # continued at the very end: nothing trained, evaluate as is
-        test_loss, test_acc = evaluate(model, data, "test", device=dev)
-        model.train()
-    evaluated = [a for a in history["test_accuracy"] if not math.isnan(a)]
-    best = float(max(evaluated)) if evaluated else float(test_acc)
-    out = {
-        "test_accuracy": float(test_acc),
-        "best_test_accuracy": best,
-        "test_loss": float(test_loss),
-        "steps": step,
-        "start_step": start_step,
-        "steps_per_epoch": per_epoch,
-        "history": history,
-    }
-    if snapshot_step is not None:
-        out["snapshot"] = snapshot
-    return out
+                self._step(x, y, meter)
+            return meter.epoch_means().get("loss", 0.0)
+
+    def _step(self, x: Tensor, y: Tensor, meter: EpochMeter) -> None:
+        set_lr(self.opt, float(self.lrs[self.step]))
+        with self.amp:
+            out = self.model(x)
+        loss = F.cross_entropy(out.float(), y)
+        meter.add("loss", loss, self.step, weight=len(y))  # on the CPU (or with on_step): raises before the update
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        if self.step == self.snapshot_step:
+            self.snapshot = self.snap()
+        if self.on_step is not None:
+            self.on_step(self.step, self.model)
+
+    def _failure(self, bad: NonFinite) -> str:
+        per_epoch = steps_per_epoch(self.model, len(self.train.labels), self.cfg.batch_size)
+        return (
+            f"supervised loss became {bad.value} at epoch {bad.step // per_epoch + 1}, step "
+            f"{bad.step + 1} (lr {self.lrs[bad.step]:g}): lower the learning rate or use a warm-up"
+        )

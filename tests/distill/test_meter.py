@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from distill.losses import EntropyLog, teacher_entropy
 from distill.meter import EpochMeter, NonFinite
-from distill.train import _EntropyLog, teacher_entropy
 from distill.train import distill as run
 from tests.distill.test_train import synthetic, tiny_cfg
 
@@ -62,13 +62,13 @@ def test_logged_kl_from_the_one_pass_equals_the_per_step_value(tmp_path, monkeyp
     data = synthetic()
     cfg = tiny_cfg(epochs=2, probes=[], save_every=0)
     once = run(cfg, tmp_path / "once.h5", data=data, progress=False).metrics
-    init = _EntropyLog.__init__
+    init = EntropyLog.__init__
 
     def per_step_init(self, *args, **kwargs):  # the entropy taken at every step, as for a changing teacher
         init(self, *args, **kwargs)
         self.fixed = False
 
-    monkeypatch.setattr(_EntropyLog, "__init__", per_step_init)
+    monkeypatch.setattr(EntropyLog, "__init__", per_step_init)
     per_step = run(cfg, tmp_path / "step.h5", data=data, progress=False).metrics
     assert once.loss.values[1:] == pytest.approx(per_step.loss.values[1:], rel=1e-12)
     kl_once, kl_step = once.kl.values[1:], per_step.kl.values[1:]
