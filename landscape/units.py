@@ -18,7 +18,9 @@ from distill.store import Store, StoreError
 ADVICE = "pass the same settings to resume, or use a new store"
 
 
-def open_store(store: Store | str | Path, config: Mapping[str, Any], kind: str, seeds: Mapping[str, int]) -> Store:
+def open_store(
+    store: Store | str | Path, config: Mapping[str, Any], kind: str, seeds: Mapping[str, int] | None = None
+) -> Store:
     """``store`` open for writing: a Store (reopened in mode "a" when read-only) or a path, created
     with ``config``, ``kind`` and ``seeds`` when nothing is there."""
     if isinstance(store, Store):
@@ -26,7 +28,7 @@ def open_store(store: Store | str | Path, config: Mapping[str, Any], kind: str, 
     path = Path(store)
     if path.exists():
         return Store(path, "a")
-    return Store.create(path, dict(config), kind=kind, seeds=dict(seeds))
+    return Store.create(path, dict(config), kind=kind, seeds=seeds)
 
 
 def finished(path: str | Path | None, test: Callable[[Store], bool]) -> bool:
