@@ -15,7 +15,6 @@ cross-entropy in nats, error = 1 - accuracy as a fraction.
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,6 +29,7 @@ from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from distill.bn import recalibrate_bn
+from landscape.compiled import Forward, compile_name, compiled_forward  # noqa: F401 - also importable from here
 
 __all__ = [
     "POLICIES",
@@ -168,46 +168,25 @@ def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return ce.sum(-1), correct
 
 
-# ----------------------------------------------------------------------------- compiled forward
-Forward = Callable[[Mapping[str, Tensor], Tensor], Tensor]
-_COMPILED: dict[tuple[Any, ...], Forward] = {}
-
-
-def _arch_key(model: nn.Module) -> tuple[Any, ...]:
-    """What a compiled graph depends on: the module type and every state tensor's name, shape,
-    dtype and device (not the values)."""
-    state = tuple((k, tuple(v.shape), str(v.dtype), str(v.device)) for k, v in model.state_dict().items())
-    return (type(model).__module__, type(model).__qualname__, state)
-
-
-def compiled_forward(model: nn.Module, backend: str | Callable[..., Any] = "inductor") -> Forward:
-    """``fn(state, x) -> logits``: ``model``'s eval-mode forward with every parameter and buffer
-    passed as an input (``torch.func.functional_call`` on a private copy), compiled with
-    ``torch.compile(backend=backend, dynamic=False)``.
-
-    Cached per architecture (`_arch_key`) and backend for the process, so every point of a
-    path and every further path between networks of that architecture (the next pruning level,
-    another pair of children) reuses the same graph; a new input shape (a last, smaller batch)
-    compiles one more. ``state``: the ``state_dict`` keys of ``model``.
-    """
-    key = (_arch_key(model), backend if isinstance(backend, str) else id(backend))
-    fn = _COMPILED.get(key)
-    if fn is None:
-        template = copy.deepcopy(model).eval().requires_grad_(False)
-
-        def forward(state: Mapping[str, Tensor], x: Tensor) -> Tensor:
-            return functional_call(template, dict(state), (x,))
-
-        fn = torch.compile(forward, backend=backend, dynamic=False)
-        _COMPILED[key] = fn
-    return fn
-
-
-def compile_name(backend: str | Callable[..., Any] | None) -> str:
-    """How a compile backend is recorded in attrs: ``none``, its name, or a callable's name."""
-    if backend is None:
-        return "none"
-    return backend if isinstance(backend, str) else getattr(backend, "__name__", type(backend).__name__)
+def _scores(
+    forward: Callable[[Tensor], Tensor], inputs: PathInputs, batch_size: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean cross-entropy (nats) and error (fraction) of ``forward`` on every split, ``batch_size``
+    images at a time; ``forward`` gives logits (B, K), or (width, B, K) for a stack of networks.
+    Returns float64 arrays (width, n_splits); the sums run in float64 in batch order."""
+    loss = np.zeros((width, len(inputs.splits)))
+    error = np.zeros_like(loss)
+    for j, name in enumerate(inputs.splits):
+        total = torch.zeros(width, dtype=torch.float64, device=inputs.mean.device)
+        correct = torch.zeros(width, dtype=torch.long, device=inputs.mean.device)
+        for x, y in inputs.batches(name, batch_size):
+            s, c = _score(forward(x), y)
+            total += s
+            correct += c
+        n = inputs.counts[name]
+        loss[:, j] = total.cpu().numpy() / n
+        error[:, j] = 1.0 - correct.cpu().numpy() / n
+    return loss, error
 
 
 # ----------------------------------------------------------------------------- loop backend
@@ -233,8 +212,7 @@ def run_loop(
     targets = model.state_dict()
     fwd = model if compile_backend is None else _bind(compiled_forward(model, compile_backend), targets)
     from_a = bn_stat_keys(model) if policy == "keep_a" else set()
-    names = list(inputs.splits)
-    loss = np.zeros((len(alphas), len(names)))
+    loss = np.zeros((len(alphas), len(inputs.splits)))
     error = np.zeros_like(loss)
     for i, alpha in enumerate(tqdm(alphas, desc="path (loop)", disable=None, leave=False)):
         for k, t in targets.items():
@@ -244,15 +222,7 @@ def run_loop(
                 t.copy_(lerp(sa[k], sb[k], float(alpha)))
         if policy == "reset":
             recalibrate_bn(model, inputs.bn)
-        for j, name in enumerate(names):
-            total, correct = 0.0, 0
-            for x, y in inputs.batches(name, eval_batch_size):
-                s, c = _score(fwd(x), y)
-                total += float(s)
-                correct += int(c)
-            n = inputs.counts[name]
-            loss[i, j] = total / n
-            error[i, j] = 1.0 - correct / n
+        loss[i : i + 1], error[i : i + 1] = _scores(fwd, inputs, eval_batch_size, 1)
     return loss, error
 
 
@@ -394,8 +364,7 @@ def run_vmap(
     a BN batch, since each batch's statistics need the whole batch.
     """
     model.eval()
-    names = list(inputs.splits)
-    loss = np.zeros((len(alphas), len(names)))
+    loss = np.zeros((len(alphas), len(inputs.splits)))
     error = np.zeros_like(loss)
 
     def forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -407,16 +376,8 @@ def run_vmap(
         chunk = list(alphas[start : start + alpha_chunk])
         state = stacked_state(model, sa, sb, chunk, policy, inputs.bn)
         per_alpha = -(-eval_batch_size // len(chunk))
-        for j, name in enumerate(names):
-            total = torch.zeros(len(chunk), dtype=torch.float64, device=inputs.mean.device)
-            correct = torch.zeros(len(chunk), dtype=torch.long, device=inputs.mean.device)
-            for x, y in inputs.batches(name, per_alpha):
-                s, c = _score(batched(state, x), y)
-                total += s
-                correct += c
-            n = inputs.counts[name]
-            loss[start : start + len(chunk), j] = total.cpu().numpy() / n
-            error[start : start + len(chunk), j] = 1.0 - correct.cpu().numpy() / n
+        scores = _scores(lambda x: batched(state, x), inputs, per_alpha, len(chunk))  # noqa: B023 (used at once)
+        loss[start : start + len(chunk)], error[start : start + len(chunk)] = scores
     return loss, error
 
 

@@ -191,11 +191,10 @@ def linear_path(
     empty = f"empty split among {splits}: pass a dataset with examples in every split evaluated"
     inputs = ev.inputs(data, splits, dev, policy == "reset" or repair, use_cl, empty)
     compile_backend = ("inductor" if compile is True else compile) or None
+    args = (model, sa, sb, alist, policy, inputs, ev.eval_batch_size, chunk)
     if repair:
-        loss, error = _repaired(model, sa, sb, alist, policy, inputs, ev.eval_batch_size)
-        chosen, rule = "loop", "repair: loop"
+        (loss, error), chosen, rule = _repaired(args), "loop", "repair: loop"
     else:
-        args = (model, sa, sb, alist, policy, inputs, ev.eval_batch_size, chunk)
         loss, error, chosen, rule = _evaluate(args, backend, chosen, compile_backend)
     attrs = _attrs(policy, chosen, rule, ev, inputs, data, provenance, dev)
     attrs.update(
@@ -315,18 +314,12 @@ def _evaluate(
     return loss, error, chosen, rule
 
 
-def _repaired(
-    model: nn.Module,
-    sa: Mapping[str, Tensor],
-    sb: Mapping[str, Tensor],
-    alist: list[float],
-    policy: str,
-    inputs: PathInputs,
-    eval_batch_size: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Loss and error (alpha, split) of the REPAIRed network at each alpha (`landscape.align.repair_state`)."""
-    from landscape.align import endpoint_stats, repair_state
+def _repaired(args: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and error (alpha, split) of the REPAIRed network at each alpha (`landscape.repair.repair_state`),
+    for ``args`` as in `_evaluate`, evaluated by the loop."""
+    from landscape.repair import endpoint_stats, repair_state
 
+    model, sa, sb, alist, policy, inputs, eval_batch_size, _ = args
     rows, stats = [], endpoint_stats(model, sa, sb, inputs.bn)
     for x in alist:
         s = repair_state(model, sa, sb, x, inputs.bn, stats)

@@ -259,14 +259,8 @@ def plane(
         "norm_c_minus_a": basis["norm_w"],
         "c_projection": proj,
         "coordinate_units": "|b - a| (norm_u)",
-        "bn_policy": policy,
-        "split": split,
         "backend": chosen,
-        "precision": "fp32",
-        "device": str(dev),
-        **ev.attrs(),
-        "examples": inputs.counts[split],
-        "dataset": str(getattr(data, "name", "")),
+        **ev.split_attrs(policy, split, inputs, data, dev),
         **infos,
     }
     leave_out = ("backend", "device", "norm_u", "norm_v", "norm_c_minus_a", "c_projection")

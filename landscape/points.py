@@ -80,6 +80,21 @@ class EvalSettings:
             raise ValueError(empty)
         return inputs
 
+    def split_attrs(
+        self, policy: str, split: str, inputs: PathInputs, data: Any, device: torch.device
+    ) -> dict[str, Any]:
+        """The attrs of a grid evaluated on one ``split`` with BN ``policy``: these settings, the
+        examples evaluated, the dataset, the device and the precision (fp32)."""
+        return {
+            "bn_policy": policy,
+            "split": split,
+            "precision": "fp32",
+            "device": str(device),
+            **self.attrs(),
+            "examples": inputs.counts[split],
+            "dataset": str(getattr(data, "name", "")),
+        }
+
     def attrs(self) -> dict[str, int]:
         """The settings as attrs (``max_examples`` shows in the examples counts)."""
         return {

@@ -208,13 +208,11 @@ def surface(
         "bias": bias,
         "bn_params": bn_params,
         "filter_normalization": FILTER_NORMALIZATION if directions == "random" else "none",
-        "bn_policy": policy,
-        "split": split,
         "seed": seed,
-        **ev.attrs(),
-        "examples": inputs.counts[split],
-        "dataset": str(getattr(data, "name", "")),
-        **_run_attrs(dev, use_cl),
+        **ev.split_attrs(policy, split, inputs, data, dev),
+        "memory_format": "channels_last" if use_cl else "contiguous",
+        "toolkit_version": str(distill.__version__),
+        "torch_version": str(torch.__version__),
     }
     sources = {"source": info.get("source", ""), **{k: v for k, v in refs_info.items() if k.endswith("source")}}
     values = {"dims": dims, "x": xs.tolist(), "y": ys.tolist(), "max_examples": max_examples, **sources}
@@ -239,16 +237,6 @@ def surface(
 def _key(settings: dict[str, Any]) -> str:
     """What identifies a surface's settings in its file: 16 hex digits of their JSON's SHA-256."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _run_attrs(dev: torch.device, use_cl: bool) -> dict[str, Any]:
-    return {
-        "precision": "fp32",
-        "device": str(dev),
-        "memory_format": "channels_last" if use_cl else "contiguous",
-        "toolkit_version": str(distill.__version__),
-        "torch_version": str(torch.__version__),
-    }
 
 
 def _drawn(
