@@ -15,6 +15,7 @@ cross-entropy in nats, error = 1 - accuracy as a fraction.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,7 +30,6 @@ from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from distill.bn import recalibrate_bn
-from landscape.compiled import Forward, compile_name, compiled_forward  # noqa: F401 - also importable from here
 
 __all__ = [
     "POLICIES",
@@ -189,6 +189,48 @@ def _scores(
     return loss, error
 
 
+# ----------------------------------------------------------------------------- compiled forward
+Forward = Callable[[Mapping[str, Tensor], Tensor], Tensor]
+_COMPILED: dict[tuple[Any, ...], Forward] = {}
+
+
+def _arch_key(model: nn.Module) -> tuple[Any, ...]:
+    """What a compiled graph depends on: the module type and every state tensor's name, shape,
+    dtype and device (not the values)."""
+    state = tuple((k, tuple(v.shape), str(v.dtype), str(v.device)) for k, v in model.state_dict().items())
+    return (type(model).__module__, type(model).__qualname__, state)
+
+
+def compiled_forward(model: nn.Module, backend: str | Callable[..., Any] = "inductor") -> Forward:
+    """``fn(state, x) -> logits``: ``model``'s eval-mode forward with every parameter and buffer
+    passed as an input (``torch.func.functional_call`` on a private copy), compiled with
+    ``torch.compile(backend=backend, dynamic=False)``.
+
+    Cached per architecture (`_arch_key`) and backend for the process, so every point of a
+    path and every further path between networks of that architecture (the next pruning level,
+    another pair of children) reuses the same graph; a new input shape (a last, smaller batch)
+    compiles one more. ``state``: the ``state_dict`` keys of ``model``.
+    """
+    key = (_arch_key(model), backend if isinstance(backend, str) else id(backend))
+    fn = _COMPILED.get(key)
+    if fn is None:
+        template = copy.deepcopy(model).eval().requires_grad_(False)
+
+        def forward(state: Mapping[str, Tensor], x: Tensor) -> Tensor:
+            return functional_call(template, dict(state), (x,))
+
+        fn = torch.compile(forward, backend=backend, dynamic=False)
+        _COMPILED[key] = fn
+    return fn
+
+
+def compile_name(backend: str | Callable[..., Any] | None) -> str:
+    """How a compile backend is recorded in attrs: ``none``, its name, or a callable's name."""
+    if backend is None:
+        return "none"
+    return backend if isinstance(backend, str) else getattr(backend, "__name__", type(backend).__name__)
+
+
 # ----------------------------------------------------------------------------- loop backend
 @torch.inference_mode()
 def run_loop(
@@ -210,7 +252,8 @@ def run_loop(
     if inputs.channels_last:
         model.to(memory_format=torch.channels_last)
     targets = model.state_dict()
-    fwd = model if compile_backend is None else _bind(compiled_forward(model, compile_backend), targets)
+    compiled = None if compile_backend is None else compiled_forward(model, compile_backend)
+    fwd = model if compiled is None else (lambda x: compiled(targets, x))
     from_a = bn_stat_keys(model) if policy == "keep_a" else set()
     loss = np.zeros((len(alphas), len(inputs.splits)))
     error = np.zeros_like(loss)
@@ -224,10 +267,6 @@ def run_loop(
             recalibrate_bn(model, inputs.bn)
         loss[i : i + 1], error[i : i + 1] = _scores(fwd, inputs, eval_batch_size, 1)
     return loss, error
-
-
-def _bind(fn: Forward, state: Mapping[str, Tensor]) -> Callable[[Tensor], Tensor]:
-    return lambda x: fn(state, x)
 
 
 # ----------------------------------------------------------------------------- vmap backend

@@ -198,57 +198,44 @@ def instability(
         cfg = cfg.replace(epochs=int(epochs))
     seeds = _seeds(children, seeds)
     dev = resolve_device(device)
-    n_classes = int(num_classes if num_classes is not None else data.num_classes)
-    base, info, head = _start(start, n_classes, head_seed)
-    writer = None
+    st = _Start.load(start, int(num_classes if num_classes is not None else data.num_classes), int(head_seed), seeds)
+    kids = _Children(st, data, cfg, None, dev)
     if store is not None:
         config = {
             **(_store_config(start) or {"dataset": str(getattr(data, "name", ""))}),
             "supervised": cfg.to_dict(),
-            "start": info["source"],
+            "start": st.info["source"],
             "seeds": seeds,
             "head_seed": head_seed,
         }
-        writer = _children_store(
-            open_store(store, config, "instability", {"head_seed": int(head_seed)}), base, info, head
-        )
-    units = _units(base, data, cfg, seeds, writer, str(dev) if executor is None else str(device), progress, executor)
-    order = sorted(units)
-    results, _ = run_units([units[i] for i in order], executor, desc="instability children", progress=progress)
-    returned = dict(zip(order, results))
-    children_ = [_child(i, base, units, returned, writer, data, dev) for i in range(len(seeds))]
-    ds = _pairs(children_, seeds, data, dev, dict(alphas=alphas, bn=bn, splits=splits), dict(path_options or {}))
-    child_store = str(writer.path) if writer is not None else ""
-    attrs = _attrs(ds.attrs, cfg, seeds, info, head, int(head_seed), n_classes, dev, child_store)
+        kids.writer = st.keep(open_store(store, config, "instability", {"head_seed": int(head_seed)}))
+    units = kids.units(str(dev) if executor is None else str(device), progress if executor is None else False)
+    results, _ = run_units(list(units.values()), executor, desc="instability children", progress=progress)
+    returned = dict(zip(units, results))
+    trained = [kids.child(i, units.get(i), returned.get(i)) for i in range(len(seeds))]
+    ds = _pairs(trained, seeds, data, dict(alphas=alphas, bn=bn, splits=splits, device=dev), dict(path_options or {}))
+    attrs = _attrs(ds.attrs, cfg, st, dev)
+    attrs["child_store"] = str(kids.writer.path) if kids.writer is not None else ""
+    attrs.update({f"start_{k}": v for k, v in st.info.items() if k != "source"})
     recipe = {
         "supervised": cfg.to_dict(),
         "seeds": seeds,
         "head_seed": int(head_seed),
-        "start": info["source"],
+        "start": st.info["source"],
         "alphas": np.atleast_1d(ds.alpha.values).tolist(),
         "bn": bn,
         "splits": list(splits),
     }
     stamp(attrs, recipe, kind="instability", device=dev, precision=attrs["training_precision"])
     ds.attrs = attrs
-    if writer is not None:
-        writer.write_result("instability", ds)
+    if kids.writer is not None:
+        kids.writer.write_result("instability", ds)
     return ds
 
 
-def _attrs(
-    path_attrs: Mapping[str, Any],
-    cfg: SupervisedConfig,
-    seeds: list[int],
-    info: Mapping[str, Any],
-    head: str,
-    head_seed: int,
-    n_classes: int,
-    dev: torch.device,
-    child_store: str,
-) -> dict[str, Any]:
-    """The result's attrs: the paths' own (without their a_/b_ references), the definitions and the
-    children's recipe, start and training set-up."""
+def _attrs(path_attrs: Mapping[str, Any], cfg: SupervisedConfig, st: _Start, dev: torch.device) -> dict[str, Any]:
+    """The result's attrs: the paths' own (without their a_/b_ references), the definitions, the
+    children's recipe and the start."""
     attrs = {k: v for k, v in path_attrs.items() if not k.startswith(("a_", "b_", "barrier_"))}
     attrs.update(
         {
@@ -256,20 +243,18 @@ def _attrs(
             "instability_definition": DEFINITION,
             "barrier_error_definition": path_attrs["barrier_error_definition"],
             "barrier_loss_definition": path_attrs["barrier_loss_definition"],
-            "start_source": info["source"],
+            "start_source": st.info["source"],
             "config": json.dumps(cfg.to_dict(), sort_keys=True),
-            "seeds": json.dumps(seeds),
-            "children": len(seeds),
+            "seeds": json.dumps(st.seeds),
+            "children": len(st.seeds),
             "epochs": cfg.epochs,
-            "head": head,
-            "head_seed": head_seed,
-            "num_classes": n_classes,
+            "head": st.head,
+            "head_seed": st.head_seed,
+            "num_classes": st.n_classes,
             "training_device": str(dev),
             "training_precision": cfg.precision if dev.type == "cuda" else "fp32",
-            "child_store": child_store,
         }
     )
-    attrs.update({f"start_{k}": v for k, v in info.items() if k != "source"})
     return attrs
 
 
@@ -285,105 +270,101 @@ def _seeds(children: int, seeds: Sequence[int] | None) -> list[int]:
     return out
 
 
-def _start(start: Any, n_classes: int, head_seed: int) -> tuple[nn.Module, dict[str, Any], str]:
-    """The start on the CPU with a linear classifier for ``n_classes`` (a fresh one drawn with
-    ``head_seed`` when it has none), its provenance and how the head was made."""
-    base, info = load_ref(start, "cpu")
-    try:
-        check_classifier(base, n_classes)
-        head = "the start's own linear classifier"
-    except ValueError:
-        base = with_classifier(base, n_classes, seed=head_seed)
-        head = f"fresh linear classifier drawn with seed {head_seed} (shared by every child)"
-    base.requires_grad_(True)
-    return base, info, head
+@dataclass
+class _Start:
+    """The start on the CPU with a linear classifier for ``n_classes``, its provenance, how the head
+    was made (a fresh one drawn with ``head_seed`` when it had none) and the children's seeds."""
+
+    base: nn.Module
+    info: dict[str, Any]
+    head: str
+    head_seed: int
+    n_classes: int
+    seeds: list[int]
+
+    @classmethod
+    def load(cls, start: Any, n_classes: int, head_seed: int, seeds: list[int]) -> _Start:
+        base, info = load_ref(start, "cpu")
+        try:
+            check_classifier(base, n_classes)
+            head = "the start's own linear classifier"
+        except ValueError:
+            base = with_classifier(base, n_classes, seed=head_seed)
+            head = f"fresh linear classifier drawn with seed {head_seed} (shared by every child)"
+        base.requires_grad_(True)
+        return cls(base, info, head, head_seed, n_classes, seeds)
+
+    def keep(self, writer: Store) -> Store:
+        """The children store, holding the start as "start" (refused when it holds another)."""
+        if "start" in writer.names():
+            if not _same_state(writer.load_state("start")[0], self.base.state_dict()):
+                raise ValueError(f"{writer.path} holds children of another start checkpoint: pass another store")
+        else:
+            writer.save_module("start", self.base, {"source": self.info["source"], "head": self.head})
+        return writer
 
 
-def _children_store(writer: Store, base: nn.Module, info: Mapping[str, Any], head: str) -> Store:
-    """The children store, holding ``base`` as "start" (refused when it holds another start)."""
-    if "start" in writer.names():
-        if not _same_state(writer.load_state("start")[0], base.state_dict()):
-            raise ValueError(f"{writer.path} holds children of another start checkpoint: pass another store")
-    else:
-        writer.save_module("start", base, {"source": info["source"], "head": head})
-    return writer
+@dataclass
+class _Children:
+    """The children of one start, trained with ``cfg`` and the start's seeds, kept in ``writer`` (if any)."""
 
+    start: _Start
+    data: Any
+    cfg: SupervisedConfig
+    writer: Store | None
+    dev: torch.device
 
-def _units(
-    base: nn.Module,
-    data: Any,
-    cfg: SupervisedConfig,
-    seeds: list[int],
-    writer: Store | None,
-    device: str,
-    progress: bool | None,
-    executor: Executor | None,
-) -> dict[int, ChildUnit]:
-    """A work unit per child not yet in the children store (a stored child of another recipe is refused)."""
-    held = set(writer.names("children/")) if writer is not None else set()
-    units: dict[int, ChildUnit] = {}
-    for i, seed in enumerate(seeds):
-        ccfg = cfg.replace(data_seed=seed, aug_seed=seed)
-        name = f"children/{i}"
-        if writer is not None and name in held:
+    def units(self, device: str, progress: bool | None) -> dict[int, ChildUnit]:
+        """A work unit per child not yet in the children store (one of another recipe is refused)."""
+        writer = self.writer
+        held = set(writer.names("children/")) if writer is not None else set()
+        units: dict[int, ChildUnit] = {}
+        for i, seed in enumerate(self.start.seeds):
+            ccfg = self.cfg.replace(data_seed=seed, aug_seed=seed)
+            if writer is not None and f"children/{i}" in held:
+                attrs = writer.load_state(f"children/{i}")[1]
+                where = f"{writer.path}: children/{i}, trained with another recipe or seed,"
+                recorded = json.loads(attrs.get("config") or "{}")
+                refuse(where, _recipe_differs(attrs, ccfg), recorded, ccfg.to_dict(), "pass another store")
+                continue
+            part = str(child_part_path(writer.path, i)) if writer is not None else None
+            units[i] = ChildUnit(self.start.base, self.data, ccfg.to_dict(), i, int(seed), part, device, progress)
+        return units
+
+    def child(self, i: int, unit: ChildUnit | None, returned: Any) -> tuple[nn.Module, float]:
+        """Child ``i`` on the device in eval mode (moved from its ``unit``'s store into the children
+        store when trained there) and its test accuracy."""
+        from distill.store import Store
+
+        name, dev, writer = f"children/{i}", self.dev, self.writer
+        if writer is None:  # every child was trained here and returned its state
+            child = copy.deepcopy(self.start.base).to(dev)
+            child.load_state_dict(returned["state"])
+            attrs = returned["attrs"]
+        elif unit is not None:  # move the unit's own store into the children store
+            assert unit.out is not None  # with a children store, each unit writes its own
+            unit_store = Store(unit.out)
+            attrs = unit_store.load_state(name)[1]
+            child = unit_store.load_module(name, dev)
+            writer.save_module(
+                name, child, {k: v for k, v in attrs.items() if k not in ("spec", "complete", "written_at")}
+            )
+            shutil.rmtree(unit_store.path) if unit_store.path.is_dir() else unit_store.path.unlink()
+        else:
             attrs = writer.load_state(name)[1]
-            recorded, wanted = json.loads(attrs.get("config") or "{}"), ccfg.to_dict()
-            where = f"{writer.path}: {name}, trained with another recipe or seed,"
-            refuse(where, _recipe_differs(attrs, ccfg), recorded, wanted, "pass another store")
-            continue
-        part = str(child_part_path(writer.path, i)) if writer is not None else None
-        units[i] = ChildUnit(
-            base, data, ccfg.to_dict(), i, int(seed), part, device, progress if executor is None else False
-        )
-    return units
-
-
-def _child(
-    i: int,
-    base: nn.Module,
-    units: Mapping[int, ChildUnit],
-    returned: Mapping[int, Any],
-    writer: Store | None,
-    data: Any,
-    dev: torch.device,
-) -> tuple[nn.Module, float]:
-    """Child ``i`` on ``dev`` in eval mode (moved from its unit's store into the children store when
-    trained there) and its test accuracy."""
-    from distill.store import Store
-
-    name = f"children/{i}"
-    if writer is None:  # every child was trained here and returned its state
-        child = copy.deepcopy(base).to(dev)
-        child.load_state_dict(returned[i]["state"])
-        attrs = returned[i]["attrs"]
-    elif i in units:  # move the unit's own store into the children store
-        out = units[i].out
-        assert out is not None  # with a children store, each unit writes its own
-        unit_store = Store(out)
-        attrs = unit_store.load_state(name)[1]
-        child = unit_store.load_module(name, dev)
-        writer.save_module(name, child, {k: v for k, v in attrs.items() if k not in ("spec", "complete", "written_at")})
-        shutil.rmtree(unit_store.path) if unit_store.path.is_dir() else unit_store.path.unlink()
-    else:
-        attrs = writer.load_state(name)[1]
-        child = writer.load_module(name, dev)
-    acc = attrs.get("test_accuracy")
-    acc = float(acc) if acc is not None else evaluate(child, data, "test", device=dev)[1]
-    return child.eval(), acc
+            child = writer.load_module(name, dev)
+        acc = attrs.get("test_accuracy")
+        acc = float(acc) if acc is not None else evaluate(child, self.data, "test", device=dev)[1]
+        return child.eval(), acc
 
 
 def _pairs(
-    children: list[tuple[nn.Module, float]],
-    seeds: list[int],
-    data: Any,
-    dev: torch.device,
-    path: dict[str, Any],
-    options: dict[str, Any],
+    children: list[tuple[nn.Module, float]], seeds: list[int], data: Any, path: dict, options: dict
 ) -> xr.Dataset:
-    """Paths (`linear_path` with ``path`` and ``options``) and barriers between every pair of children, with
-    each child's test accuracy; attrs: the paths' own, without the a_/b_ provenance."""
+    """Paths (`linear_path` with ``path`` and ``options``) and barriers between every pair of children,
+    with each child's test accuracy; attrs: the paths' own."""
     pairs = list(itertools.combinations(range(len(children)), 2))
-    curves = [linear_path(children[i][0], children[j][0], data, **path, device=dev, **options) for i, j in pairs]
+    curves = [linear_path(children[i][0], children[j][0], data, **path, **options) for i, j in pairs]
     ds = xr.concat([xr.Dataset(c.data_vars, c.coords) for c in curves], dim="pair")  # without attrs
     ds = ds.assign_coords(
         pair=("pair", [f"{i}-{j}" for i, j in pairs]),

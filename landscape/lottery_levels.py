@@ -15,14 +15,81 @@ from torch import Tensor, nn
 from distill.config import SupervisedConfig
 from distill.store import Store
 from distill.supervised import train_supervised
-from landscape.optimizer_state import OptimizerByName, optimizer_by_name, optimizer_for
-from landscape.pruning import apply_masks, full_masks, global_magnitude_prune, masked_state_dict, random_prune
+from landscape.pruning import (
+    _clean_name,
+    apply_masks,
+    full_masks,
+    global_magnitude_prune,
+    masked_state_dict,
+    random_prune,
+)
 from landscape.units import differing, refuse
 
 RANDOM_PRUNE_STRIDE = 1000  # random_prune at level l draws with seed * stride + l
 STEP_SCHEDULE = "continued from rewind_step"  # how levels after a step rewind train (a stored setting)
+Masks = Mapping[str, Tensor]  # tensors by state_dict name: masks, or states
 STEP_SETTINGS = ("rewind_step", "rewind_optimizer", "step_schedule")  # settings that only matter for 'step'
 METRICS = ("best_accuracy", "final_accuracy", "final_loss", "steps")
+
+
+# ----------------------------------------------------------------------------- optimiser state by name
+# train_supervised's optimiser numbers the trainable parameters in model.parameters() order. Masks
+# registered as parametrizations move a weight to "<module>.parametrizations.weight.original" and
+# after the module's own parameters, so that order differs between the dense level-0 model and a
+# masked one; the state is therefore kept by the (clean) parameter name in between.
+OptimizerByName = tuple[dict[str, Tensor], dict[str, Any]]  # ({"<key>/<name>": tensor}, meta)
+
+
+def trainable(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """(clean name, parameter) in the order train_supervised hands them to its optimiser."""
+    return [(_clean_name(n), p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def optimizer_by_name(model: nn.Module, state: Mapping[str, Any]) -> OptimizerByName:
+    """An SGD ``state_dict()`` of an optimiser over ``model``'s trainable parameters, keyed by name."""
+    named = trainable(model)
+    ids = [i for g in state["param_groups"] for i in g["params"]]
+    if len(ids) != len(named):
+        raise ValueError(
+            f"the optimiser state covers {len(ids)} parameters, the model trains {len(named)}: "
+            f"pass the state of an optimiser over this model"
+        )
+    tensors = {}
+    for i, (name, _) in zip(ids, named):
+        for key, v in state["state"].get(i, {}).items():
+            if isinstance(v, Tensor):
+                tensors[f"{key}/{name}"] = v.detach().clone()
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in state["param_groups"]]
+    return tensors, {"param_groups": groups}
+
+
+def optimizer_for(model: nn.Module, saved: OptimizerByName, masks: Mapping[str, Tensor] | None) -> dict[str, Any]:
+    """The SGD ``state_dict()`` for ``model`` (masked or not) from state kept by name; entries of
+    per-parameter tensors at pruned positions are set to zero."""
+    tensors, meta = saved
+    by_name: dict[str, dict[str, Tensor]] = {}
+    for full, t in tensors.items():
+        key, _, name = full.partition("/")
+        by_name.setdefault(name, {})[key] = t
+    named = trainable(model)
+    unknown = set(by_name) - {n for n, _ in named}
+    if unknown:
+        raise ValueError(
+            f"the rewound optimiser state names tensors the model does not train "
+            f"({', '.join(sorted(unknown)[:3])}): use a store made for this model"
+        )
+    state: dict[int, dict[str, Tensor]] = {}
+    for i, (name, p) in enumerate(named):
+        entry = {}
+        for key, t in by_name.get(name, {}).items():
+            t = t.to(p.device, p.dtype)
+            if masks is not None and name in masks and tuple(t.shape) == tuple(p.shape):
+                t = t * (masks[name].to(p.device) != 0).to(p.dtype)
+            entry[key] = t
+        if entry:
+            state[i] = entry
+    groups = meta.get("param_groups") or [{}]
+    return {"state": state, "param_groups": [{**groups[0], "params": list(range(len(named)))}]}
 
 
 @dataclass(frozen=True)
@@ -126,7 +193,7 @@ class LotteryRun:
         data: Any,
         settings: LotterySettings,
         store: Store | None,
-        device: torch.device,
+        device: Any,
         progress: bool | None,
         bar: Any,
     ) -> None:
@@ -148,14 +215,14 @@ class LotteryRun:
 
     def train(
         self,
-        weights: Mapping[str, Tensor],
-        masks: Mapping[str, Tensor] | None,
+        weights: Masks,
+        masks: Masks | None,
         level: int,
         *,
         capture: int | None = None,
         start_step: int = 0,
         optimizer: OptimizerByName | None = None,
-    ) -> tuple[dict[str, float], dict[str, Tensor], tuple[dict[str, Tensor], OptimizerByName] | None]:
+    ) -> tuple[dict, dict, tuple | None]:
         """Train a copy of the template holding ``weights`` under ``masks`` (None: dense), from step
         ``start_step`` of the recipe, with ``optimizer`` state (masked like the weights) or a fresh one.
 
@@ -362,8 +429,8 @@ class LotteryRun:
         seq: _Sequence,
         method: str,
         level: int,
-        imp_masks: Mapping[str, Tensor] | None,
-        random_masks: Mapping[str, Tensor],
+        imp_masks: Masks | None,
+        random_masks: Masks,
         imp_level0: dict[str, float],
     ) -> dict[str, float]:
         """One level of ``method``. random_prune trains like IMP's level (from the sequence's start

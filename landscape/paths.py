@@ -222,18 +222,10 @@ def _splits(splits: str | Sequence[str]) -> tuple[str, ...]:
 
 def _checked(ev: EvalSettings) -> EvalSettings:
     """``ev`` once its batch counts and sizes (and ``max_examples``, when given) are positive integers."""
-    _positive("bn_batches", ev.bn_batches)
-    _positive("bn_batch_size", ev.bn_batch_size)
-    _positive("eval_batch_size", ev.eval_batch_size)
-    if ev.max_examples is not None:
-        _positive("max_examples", ev.max_examples)
-    return replace(
-        ev,
-        bn_batches=int(ev.bn_batches),
-        bn_batch_size=int(ev.bn_batch_size),
-        eval_batch_size=int(ev.eval_batch_size),
-        max_examples=None if ev.max_examples is None else int(ev.max_examples),
+    names = ("bn_batches", "bn_batch_size", "eval_batch_size") + (
+        ("max_examples",) if ev.max_examples is not None else ()
     )
+    return replace(ev, **{k: _positive(k, getattr(ev, k)) for k in names})
 
 
 def _attrs(
@@ -288,13 +280,6 @@ def _endpoints(
     return model, sa, sb, provenance
 
 
-def _device_rule(dev: torch.device, chosen: str) -> str:
-    """Why ``auto`` chose ``chosen`` before any trial."""
-    return (
-        "cpu: loop (vmap measured 0.5-0.8x the loop there)" if dev.type != "cuda" else f"cuda: {chosen} by model type"
-    )
-
-
 def _evaluate(
     args: tuple[Any, ...], backend: str, chosen: str, compile_backend: str | Callable[..., Any] | None
 ) -> tuple[np.ndarray, np.ndarray, str, str]:
@@ -302,7 +287,9 @@ def _evaluate(
     alphas, policy, inputs, eval_batch_size, alpha chunk) of `run_segment`; ``auto`` on CUDA times
     both evaluators on a short trial (`trial_backends`) first and keeps the faster."""
     dev = args[5].mean.device
-    rule = "requested" if backend != "auto" else _device_rule(dev, chosen)
+    rule = "requested" if backend != "auto" else f"cuda: {chosen} by model type"
+    if backend == "auto" and dev.type != "cuda":
+        rule = "cpu: loop (vmap measured 0.5-0.8x the loop there)"
     if backend == "auto" and chosen == "vmap" and dev.type == "cuda":
         trial = trial_backends(*args)
         chosen = "vmap" if trial["vmap"] < trial["loop"] else "loop"
