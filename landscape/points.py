@@ -54,13 +54,7 @@ class EvalSettings:
     eval_seed: int
 
     def inputs(
-        self,
-        data: Any,
-        splits: Sequence[str],
-        device: torch.device,
-        need_bn: bool,
-        channels_last: bool,
-        empty: str,
+        self, data: Any, splits: Sequence[str], device: torch.device, need_bn: bool, channels_last: bool, empty: str
     ) -> PathInputs:
         """The BN batches (when ``need_bn``) and evaluation subsets on ``device``
         (`landscape.evaluate.prepare_inputs`); a ValueError saying ``empty`` when a split has no example."""
