@@ -360,19 +360,9 @@ def training_batches(
     data: Any, batches: int = 8, batch_size: int = 256, seed: int = 0, device: str | torch.device = "cpu"
 ) -> list[Tensor]:
     """``batches`` normalised training batches (B, C, H, W) drawn once with ``seed``."""
-    from landscape.evaluate import prepare_inputs
+    from landscape.points import EvalSettings
 
-    inputs = prepare_inputs(
-        data,
-        (),
-        bn_batches=batches,
-        bn_batch_size=batch_size,
-        bn_seed=seed,
-        max_examples=None,
-        eval_seed=0,
-        device=torch.device(device),
-        need_bn=True,
-    )
+    inputs = EvalSettings(batches, batch_size, seed, 1, None, 0).inputs(data, (), torch.device(device), True, False, "")
     return inputs.bn
 
 

@@ -156,7 +156,7 @@ def make_batches(
     """Normalised (inputs, targets) batches of ``split``: all of it (``batches=None``) or ``batches``
     mini-batches of ``batch_size`` drawn once with ``seed``. Targets: labels, or the teacher's
     logits (eval mode) for the distillation loss."""
-    from landscape.evaluate import prepare_inputs
+    from landscape.points import EvalSettings
 
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
@@ -165,26 +165,15 @@ def make_batches(
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}: choose 'train' or 'test'")
     device = next(model.parameters()).device
-    max_examples = None if batches is None else int(batches) * int(batch_size)
-    inputs = prepare_inputs(
-        data,
-        (split,),
-        bn_batches=1,
-        bn_batch_size=1,
-        bn_seed=0,
-        max_examples=max_examples,
-        eval_seed=seed,
-        device=device,
-        need_bn=False,
-    )
+    ev = EvalSettings(1, 1, 0, batch_size, None if batches is None else int(batches) * int(batch_size), seed)
+    empty = f"the {split} split is empty: nothing to compute the Hessian on"
+    inputs = ev.inputs(data, (split,), device, False, False, empty)
     out = []
     for x, y in inputs.batches(split, batch_size):
         if teacher is not None and loss == "distillation":
             with torch.no_grad():
                 y = teacher.eval()(x.to(next(teacher.parameters()).dtype))
         out.append((x, y))
-    if not out:
-        raise ValueError(f"the {split} split is empty: nothing to compute the Hessian on")
     return out
 
 
@@ -207,16 +196,8 @@ class _Batches:
         from landscape.refs import load_ref
 
         t_module, t_info = load_ref(self.teacher, device) if self.teacher is not None else (None, {})
-        bs = make_batches(
-            model,
-            data,
-            loss=self.loss,
-            teacher=t_module,
-            split=self.split,
-            batches=self.batches,
-            batch_size=self.batch_size,
-            seed=self.seed,
-        )
+        kw = {k: getattr(self, k) for k in ("loss", "split", "batches", "batch_size", "seed")}
+        bs = make_batches(model, data, teacher=t_module, **kw)
         op = HessianOperator(model, bs, self.loss, masks=masks)
         info = {
             "loss": self.loss,

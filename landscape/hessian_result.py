@@ -71,6 +71,10 @@ def to_dataset(
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
+def _var(dims: tuple[str, ...], values: Any, long_name: str, units: str) -> tuple[Any, ...]:
+    return (dims, values, {"long_name": long_name, "units": units})
+
+
 def _point_vars(
     results: list[dict[str, Any]], alphas: np.ndarray | None, setup: Mapping[str, Any], m: Measures
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -82,60 +86,43 @@ def _point_vars(
         return vals if alphas is not None else vals[0]
 
     data_vars: dict[str, Any] = {
-        "loss": (lead, stack("loss_value"), {"long_name": f"{setup['loss']} loss at the point", "units": "nats"}),
-        "hvps": (lead, stack("hvps"), {"long_name": "Hessian-vector products used", "units": "1"}),
-        "eig_seconds": (
-            lead,
-            stack("eig_seconds"),
-            {"long_name": "wall time of the eigenvalue computation", "units": "s"},
-        ),
+        "loss": _var(lead, stack("loss_value"), f"{setup['loss']} loss at the point", "nats"),
+        "hvps": _var(lead, stack("hvps"), "Hessian-vector products used", "1"),
+        "eig_seconds": _var(lead, stack("eig_seconds"), "wall time of the eigenvalue computation", "s"),
     }
     coords: dict[str, Any] = {}
     if m.k:
-        long_name = "Hessian eigenvalue (largest first)"
-        data_vars["eigenvalue"] = (lead + ("eigen",), stack("eigenvalues"), {"long_name": long_name, "units": "nats"})
+        data_vars["eigenvalue"] = _var(
+            lead + ("eigen",), stack("eigenvalues"), "Hessian eigenvalue (largest first)", "nats"
+        )
         if m.vectors and alphas is None:
-            data_vars["eigenvector"] = (
-                ("eigen", "parameter"),
-                results[0]["eigenvectors"],
-                {"long_name": "unit Hessian eigenvector (parameters in named_parameters order)", "units": "1"},
-            )
-        coords["eigen"] = ("eigen", np.arange(m.k), {"long_name": "eigenvalue rank (0 = largest)", "units": "1"})
+            long_name = "unit Hessian eigenvector (parameters in named_parameters order)"
+            data_vars["eigenvector"] = _var(("eigen", "parameter"), results[0]["eigenvectors"], long_name, "1")
+        coords["eigen"] = _var(("eigen",), np.arange(m.k), "eigenvalue rank (0 = largest)", "1")
     if m.probes:
-        long_name = f"Hessian trace ({m.trace_method}, {m.probes} probes)"
-        data_vars["trace"] = (lead, stack("trace"), {"long_name": long_name, "units": "nats"})
+        data_vars["trace"] = _var(lead, stack("trace"), f"Hessian trace ({m.trace_method}, {m.probes} probes)", "nats")
         samples = np.stack([r["trace_samples"] for r in results])
-        se = (
-            samples.std(axis=-1, ddof=1) / math.sqrt(samples.shape[-1])
-            if samples.shape[-1] > 1
-            else np.full(samples.shape[:-1], np.nan)
-        )
-        long_name = "standard error of the trace estimate"
-        data_vars["trace_stderr"] = (
-            lead,
-            se if alphas is not None else se[0],
-            {"long_name": long_name, "units": "nats"},
-        )
+        n = samples.shape[-1]
+        se = samples.std(axis=-1, ddof=1) / math.sqrt(n) if n > 1 else np.full(samples.shape[:-1], np.nan)
+        se = se if alphas is not None else se[0]
+        data_vars["trace_stderr"] = _var(lead, se, "standard error of the trace estimate", "nats")
     if alphas is not None:
-        coords["alpha"] = ("alpha", np.asarray(alphas), {"long_name": "interpolation coefficient", "units": "1"})
+        coords["alpha"] = _var(("alpha",), np.asarray(alphas), "interpolation coefficient", "1")
     return data_vars, coords
 
 
 def _slq_vars(result: Mapping[str, Any], m: Measures, data_vars: dict[str, Any], coords: dict[str, Any]) -> float:
     """Add the SLQ nodes, weights and smoothed density of one point; returns the smoothing width (nats)."""
     nodes, weights = result["nodes"], result["weights"]
-    data_vars["slq_node"] = (("run", "node"), nodes, {"long_name": "SLQ quadrature node (Ritz value)", "units": "nats"})
-    data_vars["slq_weight"] = (("run", "node"), weights, {"long_name": "SLQ quadrature weight", "units": "1"})
+    data_vars["slq_node"] = _var(("run", "node"), nodes, "SLQ quadrature node (Ritz value)", "nats")
+    data_vars["slq_weight"] = _var(("run", "node"), weights, "SLQ quadrature weight", "1")
     lo, hi = np.nanmin(nodes), np.nanmax(nodes)
     pad = 0.05 * (hi - lo + 1e-12)
     grid = np.linspace(lo - pad, hi + pad, m.density_points)
     sigma = max((hi - lo) / 100, 1e-12)
-    data_vars["density"] = (
-        ("lambda",),
-        smoothed_density(nodes, weights, grid, sigma),
-        {"long_name": "Hessian spectral density (Gaussian-smoothed SLQ)", "units": "1/nats"},
-    )
-    coords["lambda"] = ("lambda", grid, {"long_name": "eigenvalue", "units": "nats"})
+    density = smoothed_density(nodes, weights, grid, sigma)
+    data_vars["density"] = _var(("lambda",), density, "Hessian spectral density (Gaussian-smoothed SLQ)", "1/nats")
+    coords["lambda"] = _var(("lambda",), grid, "eigenvalue", "nats")
     coords["run"] = ("run", np.arange(m.slq_runs))
     return sigma
 
