@@ -37,6 +37,8 @@ PATH_DEFINITION = (
 )
 BARRIER_ERROR_DEFINITION = "max_alpha err(alpha) - (err(0) + err(1)) / 2 (Frankle et al. 2020)"
 BARRIER_LOSS_DEFINITION = "max_alpha [L(alpha) - ((1 - alpha) * L(0) + alpha * L(1))]"
+# (model, sa, sb, alphas, policy, inputs, eval_batch_size, alpha chunk): a segment for `run_segment`
+_Segment = tuple[nn.Module, Mapping[str, Tensor], Mapping[str, Tensor], list[float], str, PathInputs, int, int]
 # auto picks vmap only on CUDA and only for models up to this many parameters (see _choose_backend)
 VMAP_MAX_PARAMS = 25_000_000
 
@@ -191,7 +193,7 @@ def linear_path(
     empty = f"empty split among {splits}: pass a dataset with examples in every split evaluated"
     inputs = ev.inputs(data, splits, dev, policy == "reset" or repair, use_cl, empty)
     compile_backend = ("inductor" if compile is True else compile) or None
-    args = (model, sa, sb, alist, policy, inputs, ev.eval_batch_size, chunk)
+    args: _Segment = (model, sa, sb, alist, policy, inputs, ev.eval_batch_size, chunk)
     if repair:
         (loss, error), chosen, rule = _repaired(args), "loop", "repair: loop"
     else:
@@ -281,7 +283,7 @@ def _endpoints(
 
 
 def _evaluate(
-    args: tuple[Any, ...], backend: str, chosen: str, compile_backend: str | Callable[..., Any] | None
+    args: _Segment, backend: str, chosen: str, compile_backend: str | Callable[..., Any] | None
 ) -> tuple[np.ndarray, np.ndarray, str, str]:
     """Loss, error, the evaluator used and the rule that chose it, for ``args`` = (model, sa, sb,
     alphas, policy, inputs, eval_batch_size, alpha chunk) of `run_segment`; ``auto`` on CUDA times
@@ -301,7 +303,7 @@ def _evaluate(
     return loss, error, chosen, rule
 
 
-def _repaired(args: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _repaired(args: _Segment) -> tuple[np.ndarray, np.ndarray]:
     """Loss and error (alpha, split) of the REPAIRed network at each alpha (`landscape.repair.repair_state`),
     for ``args`` as in `_evaluate`, evaluated by the loop."""
     from landscape.repair import endpoint_stats, repair_state
