@@ -58,18 +58,8 @@ class EvalSettings:
     ) -> PathInputs:
         """The BN batches (when ``need_bn``) and evaluation subsets on ``device``
         (`landscape.evaluate.prepare_inputs`); a ValueError saying ``empty`` when a split has no example."""
-        inputs = prepare_inputs(
-            data,
-            splits,
-            bn_batches=self.bn_batches,
-            bn_batch_size=self.bn_batch_size,
-            bn_seed=self.bn_seed,
-            max_examples=self.max_examples,
-            eval_seed=self.eval_seed,
-            device=device,
-            need_bn=need_bn,
-            channels_last=channels_last,
-        )
+        drawn = {k: getattr(self, k) for k in ("bn_batches", "bn_batch_size", "bn_seed", "max_examples", "eval_seed")}
+        inputs = prepare_inputs(data, splits, device=device, need_bn=need_bn, channels_last=channels_last, **drawn)
         if any(inputs.counts[s] == 0 for s in splits):
             raise ValueError(empty)
         return inputs
