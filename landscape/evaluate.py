@@ -168,6 +168,27 @@ def _score(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return ce.sum(-1), correct
 
 
+def _scores(
+    forward: Callable[[Tensor], Tensor], inputs: PathInputs, batch_size: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean cross-entropy (nats) and error (fraction) of ``forward`` on every split, ``batch_size``
+    images at a time; ``forward`` gives logits (B, K), or (width, B, K) for a stack of networks.
+    Returns float64 arrays (width, n_splits); the sums run in float64 in batch order."""
+    loss = np.zeros((width, len(inputs.splits)))
+    error = np.zeros_like(loss)
+    for j, name in enumerate(inputs.splits):
+        total = torch.zeros(width, dtype=torch.float64, device=inputs.mean.device)
+        correct = torch.zeros(width, dtype=torch.long, device=inputs.mean.device)
+        for x, y in inputs.batches(name, batch_size):
+            s, c = _score(forward(x), y)
+            total += s
+            correct += c
+        n = inputs.counts[name]
+        loss[:, j] = total.cpu().numpy() / n
+        error[:, j] = 1.0 - correct.cpu().numpy() / n
+    return loss, error
+
+
 # ----------------------------------------------------------------------------- compiled forward
 Forward = Callable[[Mapping[str, Tensor], Tensor], Tensor]
 _COMPILED: dict[tuple[Any, ...], Forward] = {}
@@ -231,10 +252,10 @@ def run_loop(
     if inputs.channels_last:
         model.to(memory_format=torch.channels_last)
     targets = model.state_dict()
-    fwd = model if compile_backend is None else _bind(compiled_forward(model, compile_backend), targets)
+    compiled = None if compile_backend is None else compiled_forward(model, compile_backend)
+    fwd = model if compiled is None else (lambda x: compiled(targets, x))
     from_a = bn_stat_keys(model) if policy == "keep_a" else set()
-    names = list(inputs.splits)
-    loss = np.zeros((len(alphas), len(names)))
+    loss = np.zeros((len(alphas), len(inputs.splits)))
     error = np.zeros_like(loss)
     for i, alpha in enumerate(tqdm(alphas, desc="path (loop)", disable=None, leave=False)):
         for k, t in targets.items():
@@ -244,20 +265,8 @@ def run_loop(
                 t.copy_(lerp(sa[k], sb[k], float(alpha)))
         if policy == "reset":
             recalibrate_bn(model, inputs.bn)
-        for j, name in enumerate(names):
-            total, correct = 0.0, 0
-            for x, y in inputs.batches(name, eval_batch_size):
-                s, c = _score(fwd(x), y)
-                total += float(s)
-                correct += int(c)
-            n = inputs.counts[name]
-            loss[i, j] = total / n
-            error[i, j] = 1.0 - correct / n
+        loss[i : i + 1], error[i : i + 1] = _scores(fwd, inputs, eval_batch_size, 1)
     return loss, error
-
-
-def _bind(fn: Forward, state: Mapping[str, Tensor]) -> Callable[[Tensor], Tensor]:
-    return lambda x: fn(state, x)
 
 
 # ----------------------------------------------------------------------------- vmap backend
@@ -394,8 +403,7 @@ def run_vmap(
     a BN batch, since each batch's statistics need the whole batch.
     """
     model.eval()
-    names = list(inputs.splits)
-    loss = np.zeros((len(alphas), len(names)))
+    loss = np.zeros((len(alphas), len(inputs.splits)))
     error = np.zeros_like(loss)
 
     def forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -407,16 +415,8 @@ def run_vmap(
         chunk = list(alphas[start : start + alpha_chunk])
         state = stacked_state(model, sa, sb, chunk, policy, inputs.bn)
         per_alpha = -(-eval_batch_size // len(chunk))
-        for j, name in enumerate(names):
-            total = torch.zeros(len(chunk), dtype=torch.float64, device=inputs.mean.device)
-            correct = torch.zeros(len(chunk), dtype=torch.long, device=inputs.mean.device)
-            for x, y in inputs.batches(name, per_alpha):
-                s, c = _score(batched(state, x), y)
-                total += s
-                correct += c
-            n = inputs.counts[name]
-            loss[start : start + len(chunk), j] = total.cpu().numpy() / n
-            error[start : start + len(chunk), j] = 1.0 - correct.cpu().numpy() / n
+        scores = _scores(lambda x: batched(state, x), inputs, per_alpha, len(chunk))  # noqa: B023 (used at once)
+        loss[start : start + len(chunk)], error[start : start + len(chunk)] = scores
     return loss, error
 
 

@@ -7,11 +7,9 @@ statistics) as forward-mode derivatives of the gradient (``torch.func.jvp`` of
 ``torch.func.grad``), averaged over a fixed set of batches (the whole split, or a seeded number
 of mini-batches; the count is recorded).
 
-- `top_eigenpairs`: Lanczos with a Ritz-residual stop (``scipy.sparse.linalg.eigsh`` as the
-  fallback and on request).
-- `power_iteration`: the plain baseline (PyHessian's method), for benchmarks.
-- `trace`: Hutchinson's estimator with Rademacher probes (and Hutch++, Meyer et al. 2021).
-- `spectral_density`: stochastic Lanczos quadrature (Ghorbani et al. 2019).
+The eigenpairs, trace and spectral density come from `landscape.linalg` (Lanczos, Hutch++,
+SLQ on any operator; re-exported here).
+
 - `hessian`: all of it on one checkpoint as an ``xarray.Dataset``; `hessian_along_path`
   the same at points of the straight line between two checkpoints.
 
@@ -21,10 +19,8 @@ Losses: ``supervised`` (mean cross-entropy of a classifier on the labels) or ``d
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +29,17 @@ import torch.nn.functional as F
 import xarray as xr
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
+
+from landscape.hessian_result import Measures, to_dataset
+from landscape.linalg import (  # noqa: F401 - the linear algebra, also importable from here
+    as_linear_operator,
+    lanczos,
+    power_iteration,
+    smoothed_density,
+    spectral_density,
+    top_eigenpairs,
+    trace,
+)
 
 LOSSES = ("supervised", "distillation")
 
@@ -132,9 +139,7 @@ class HessianOperator:
 
     def linear_operator(self):
         """A ``scipy.sparse.linalg.LinearOperator`` (float64) of shape (n, n)."""
-        from scipy.sparse.linalg import LinearOperator
-
-        return LinearOperator((self.n, self.n), matvec=self.matvec, dtype=np.float64)
+        return as_linear_operator(self)
 
 
 def make_batches(
@@ -151,7 +156,7 @@ def make_batches(
     """Normalised (inputs, targets) batches of ``split``: all of it (``batches=None``) or ``batches``
     mini-batches of ``batch_size`` drawn once with ``seed``. Targets: labels, or the teacher's
     logits (eval mode) for the distillation loss."""
-    from landscape.evaluate import prepare_inputs
+    from landscape.points import EvalSettings
 
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
@@ -160,288 +165,55 @@ def make_batches(
     if split not in ("train", "test"):
         raise ValueError(f"split={split!r}: choose 'train' or 'test'")
     device = next(model.parameters()).device
-    max_examples = None if batches is None else int(batches) * int(batch_size)
-    inputs = prepare_inputs(
-        data,
-        (split,),
-        bn_batches=1,
-        bn_batch_size=1,
-        bn_seed=0,
-        max_examples=max_examples,
-        eval_seed=seed,
-        device=device,
-        need_bn=False,
-    )
+    ev = EvalSettings(1, 1, 0, batch_size, None if batches is None else int(batches) * int(batch_size), seed)
+    empty = f"the {split} split is empty: nothing to compute the Hessian on"
+    inputs = ev.inputs(data, (split,), device, False, False, empty)
     out = []
     for x, y in inputs.batches(split, batch_size):
         if teacher is not None and loss == "distillation":
             with torch.no_grad():
                 y = teacher.eval()(x.to(next(teacher.parameters()).dtype))
         out.append((x, y))
-    if not out:
-        raise ValueError(f"the {split} split is empty: nothing to compute the Hessian on")
     return out
 
 
-# ----------------------------------------------------------------------------- eigenpairs
-def _start_vector(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(n)
+# ----------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class _Batches:
+    """The loss and the data the Hessian is taken over (`make_batches`)."""
+
+    loss: str
+    teacher: Any
+    split: str
+    batches: int | None
+    batch_size: int
+    seed: int
+
+    def operator(
+        self, model: nn.Module, data: Any, device: torch.device, masks: Mapping[str, Tensor] | None = None
+    ) -> tuple[HessianOperator, dict[str, Any]]:
+        """The operator at ``model`` and its setup attrs."""
+        from landscape.refs import load_ref
+
+        t_module, t_info = load_ref(self.teacher, device) if self.teacher is not None else (None, {})
+        kw = {k: getattr(self, k) for k in ("loss", "split", "batches", "batch_size", "seed")}
+        bs = make_batches(model, data, teacher=t_module, **kw)
+        op = HessianOperator(model, bs, self.loss, masks=masks)
+        info = {
+            "loss": self.loss,
+            "split": self.split,
+            "batches": len(bs),
+            "batch_size": self.batch_size,
+            "data_seed": self.seed,
+            "examples": op.examples,
+            "full_split": int(self.batches is None),
+            "parameters": op.n,
+        }
+        info.update({f"teacher_{k}": v for k, v in t_info.items()})
+        return op, info
 
 
-def top_eigenpairs(
-    op: HessianOperator,
-    k: int = 5,
-    which: str = "LA",
-    tol: float = 1e-6,
-    seed: int = 0,
-    maxiter: int | None = None,
-    method: str = "lanczos",
-    max_steps: int = 300,
-    memory_bytes: int = 2**30,
-    stop: str = "residual",
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` largest (``LA``, algebraic) or largest-magnitude (``LM``) eigenvalues of the Hessian.
-
-    ``lanczos`` (default): Lanczos from a seeded start vector with full reorthogonalisation, stopped
-    as soon as every wanted Ritz pair has residual ``|H y - theta y| <= tol |theta|`` (read off the
-    tridiagonal, one product per step, no restarts); if that has not happened after ``max_steps``
-    steps (fewer when the basis would exceed ``memory_bytes``), ARPACK continues from the best Ritz
-    vector. ``eigsh``: implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``) only. Both use
-    ARPACK's convergence test, so ``tol`` means the same. ``stop="value"`` (Lanczos only) stops
-    instead when no wanted Ritz value changed by more than ``tol`` (relative) in one step, the rule
-    of PyHessian's power iteration (`power_iteration`), for like-for-like comparisons.
-
-    Returns:
-        (values (k,), descending; vectors (k, n), unit L2 norm in parameter space); ``op.hvps``
-        counts the products.
-    """
-    if which not in ("LA", "LM"):
-        raise ValueError(f"which={which!r}: choose 'LA' (largest) or 'LM' (largest magnitude)")
-    if method not in ("lanczos", "eigsh"):
-        raise ValueError(f"method={method!r}: choose 'lanczos' or 'eigsh'")
-    if stop not in ("residual", "value"):
-        raise ValueError(f"stop={stop!r}: choose 'residual' or 'value'")
-    if not 1 <= k < op.n:
-        raise ValueError(f"k={k}: pass 1 <= k < number of parameters ({op.n})")
-    v0 = _start_vector(op.n, seed)
-    steps = min(op.n, int(max_steps), int(memory_bytes) // (8 * op.n))
-    if method == "lanczos" and steps > k:
-        done, vals, vecs = _lanczos_top(op, k, which, tol, v0, steps, stop)
-        if done:
-            return vals, vecs
-        v0 = vecs[0]
-    return _eigsh_top(op, k, which, tol, v0, maxiter)
-
-
-def _eigsh_top(
-    op: HessianOperator, k: int, which: str, tol: float, v0: np.ndarray, maxiter: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    from scipy.sparse.linalg import eigsh
-
-    vals, vecs = eigsh(op.linear_operator(), k=k, which=which, tol=tol, v0=v0, maxiter=maxiter)
-    order = np.argsort(-vals if which == "LA" else -np.abs(vals))
-    return vals[order], vecs[:, order].T
-
-
-def _lanczos_top(
-    op: HessianOperator, k: int, which: str, tol: float, v0: np.ndarray, steps: int, stop: str = "residual"
-) -> tuple[bool, np.ndarray, np.ndarray]:
-    """Lanczos with a Ritz-residual stop (see `top_eigenpairs`); (converged, values, vectors)."""
-    from scipy.linalg import eigh_tridiagonal
-
-    basis = np.zeros((steps, op.n))
-    alpha: list[float] = []
-    beta: list[float] = []
-    v = v0 / np.linalg.norm(v0)
-    vals, ritz = np.zeros(k), np.zeros((k, steps))
-    for j in range(steps):
-        basis[j] = v
-        w = op.matvec(v)
-        a = float(w @ v)
-        w = w - a * v - (beta[-1] * basis[j - 1] if j > 0 else 0.0)
-        for _ in range(2):  # twice is enough (Kahan's rule) to keep the basis orthogonal in fp64
-            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
-        alpha.append(a)
-        b = float(np.linalg.norm(w))
-        if j + 1 >= k:
-            theta, s = (
-                eigh_tridiagonal(np.asarray(alpha), np.asarray(beta)) if j else (np.asarray(alpha), np.ones((1, 1)))
-            )
-            top = np.argsort(-theta if which == "LA" else -np.abs(theta))[:k]
-            prev = vals if j + 1 > k else None
-            vals, ritz = theta[top], s[:, top].T
-            scale = max(float(np.abs(theta).max()), 1e-300)
-            invariant = b <= 1e-12 * scale  # the Krylov space is exhausted: the Ritz pairs are exact
-            if stop == "value":
-                ok = prev is not None and bool(np.all(np.abs(vals - prev) < tol * np.maximum(np.abs(prev), 1e-12)))
-            else:
-                ok = bool(np.all(b * np.abs(ritz[:, -1]) <= tol * np.maximum(np.abs(vals), 1e-300)))
-            if invariant or ok:
-                vecs = ritz @ basis[: j + 1]
-                return True, vals, vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
-        beta.append(b)
-        v = w / b
-    vecs = ritz @ basis[: ritz.shape[1]]
-    return False, vals, vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
-
-
-def power_iteration(
-    op: HessianOperator, tol: float = 1e-3, max_iter: int = 100, seed: int = 0
-) -> tuple[float, np.ndarray, int]:
-    """The top eigenvalue by plain power iteration (PyHessian's stopping rule: relative change of
-    the Rayleigh quotient below ``tol``). Returns (eigenvalue, unit vector (n,), iterations)."""
-    v = _start_vector(op.n, seed)
-    v /= np.linalg.norm(v)
-    value, it = None, 0
-    for it in range(1, max_iter + 1):  # noqa: B007 (the count is returned)
-        hv = op.matvec(v)
-        new = float(v @ hv)
-        v = hv / (np.linalg.norm(hv) + 1e-300)
-        if value is not None and abs(new - value) < tol * (abs(value) + 1e-12):
-            value = new
-            break
-        value = new
-    if value is None:
-        raise ValueError(f"max_iter={max_iter}: power iteration needs at least one step")
-    return value, v, it
-
-
-# ----------------------------------------------------------------------------- trace
-def trace(op: HessianOperator, probes: int = 100, seed: int = 0, method: str = "hutch++") -> tuple[float, np.ndarray]:
-    """Trace estimate from ``probes`` Hessian-vector products with Rademacher vectors drawn with ``seed``.
-
-    ``hutchinson``: mean of v^T H v (variance 2 sum_{i != j} H_ij^2 / probes, large for the few
-    dominant directions of a network Hessian); returns (estimate, the per-probe values).
-    ``hutch++`` (default): a third of the products sketch the top subspace Q (orthonormalised
-    H S), tr(Q^T H Q) takes another third exactly, the rest estimate the trace of the deflated
-    remainder; returns (estimate, that remainder's per-probe values).
-    """
-    if method not in ("hutchinson", "hutch++"):
-        raise ValueError(f"method={method!r}: choose 'hutchinson' or 'hutch++'")
-    if probes < (3 if method == "hutch++" else 1):
-        raise ValueError(f"probes={probes}: pass at least {3 if method == 'hutch++' else 1}")
-    rng = np.random.default_rng(seed)
-    if method == "hutchinson":
-        samples = np.empty(probes)
-        for i in range(probes):
-            v = rng.choice([-1.0, 1.0], size=op.n)
-            samples[i] = v @ op.matvec(v)
-        return float(samples.mean()), samples
-    m = probes // 3
-    rest = probes - 2 * m
-    s = rng.choice([-1.0, 1.0], size=(op.n, m))
-    q, _ = np.linalg.qr(np.stack([op.matvec(s[:, j]) for j in range(m)], 1))
-    top = sum(float(q[:, j] @ op.matvec(q[:, j])) for j in range(m))
-    samples = np.empty(rest)
-    for i in range(rest):
-        g = rng.choice([-1.0, 1.0], size=op.n)
-        g = g - q @ (q.T @ g)
-        samples[i] = g @ op.matvec(g)
-    return top + float(samples.mean()), samples
-
-
-# ----------------------------------------------------------------------------- density
-def lanczos(op: HessianOperator, steps: int, v0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``steps`` Lanczos iterations from ``v0`` with full reorthogonalisation; returns the
-    tridiagonal's diagonal (m,) and off-diagonal (m - 1,) (m <= steps when the space is exhausted)."""
-    n = op.n
-    basis = np.zeros((min(steps, n), n))
-    alpha: list[float] = []
-    beta: list[float] = []
-    v = v0 / np.linalg.norm(v0)
-    for j in range(min(steps, n)):
-        basis[j] = v
-        w = op.matvec(v)
-        a = float(w @ v)
-        w = w - a * v - (beta[-1] * basis[j - 1] if j > 0 else 0.0)
-        w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)  # full reorthogonalisation
-        alpha.append(a)
-        b = float(np.linalg.norm(w))
-        if j == min(steps, n) - 1 or b < 1e-10 * max(1.0, abs(a)):
-            break
-        beta.append(b)
-        v = w / b
-    return np.asarray(alpha), np.asarray(beta[: len(alpha) - 1])
-
-
-def spectral_density(
-    op: HessianOperator, runs: int = 5, steps: int = 50, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stochastic Lanczos quadrature: for each of ``runs`` Rademacher start vectors, ``steps``
-    Lanczos steps give nodes (Ritz values) and weights (squared first components of the
-    tridiagonal's eigenvectors, summing to 1). Returns (nodes, weights), each (runs, steps), padded
-    with NaN / 0 where Lanczos stopped early; the density is ``mean_r sum_i w_ri delta(x - node_ri)``."""
-    from scipy.linalg import eigh_tridiagonal
-
-    rng = np.random.default_rng(seed)
-    nodes = np.full((runs, steps), np.nan)
-    weights = np.zeros((runs, steps))
-    for r in range(runs):
-        a, b = lanczos(op, steps, rng.choice([-1.0, 1.0], size=op.n))
-        vals, vecs = eigh_tridiagonal(a, b) if len(a) > 1 else (a, np.ones((1, 1)))
-        nodes[r, : len(vals)] = vals
-        weights[r, : len(vals)] = vecs[0] ** 2
-    return nodes, weights
-
-
-def smoothed_density(nodes: np.ndarray, weights: np.ndarray, grid: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian-smoothed SLQ density on ``grid`` (per unit eigenvalue; integrates to ~1)."""
-    ok = np.isfinite(nodes)
-    x, w = nodes[ok], weights[ok] / nodes.shape[0]
-    z = (grid[:, None] - x[None, :]) / sigma
-    return (np.exp(-0.5 * z * z) * w[None, :]).sum(1) / (sigma * math.sqrt(2 * math.pi))
-
-
-# ----------------------------------------------------------------------------- datasets
-def _operator(
-    model: nn.Module,
-    data: Any,
-    loss: str,
-    teacher: Any,
-    split: str,
-    batches: int | None,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-    masks: Mapping[str, Tensor] | None = None,
-) -> tuple[HessianOperator, dict[str, Any]]:
-    from landscape.refs import load_ref
-
-    t_module, t_info = load_ref(teacher, device) if teacher is not None else (None, {})
-    bs = make_batches(
-        model, data, loss=loss, teacher=t_module, split=split, batches=batches, batch_size=batch_size, seed=seed
-    )
-    op = HessianOperator(model, bs, loss, masks=masks)
-    info = {
-        "loss": loss,
-        "split": split,
-        "batches": len(bs),
-        "batch_size": batch_size,
-        "data_seed": seed,
-        "examples": op.examples,
-        "full_split": int(batches is None),
-        "parameters": op.n,
-    }
-    info.update({f"teacher_{k}": v for k, v in t_info.items()})
-    return op, info
-
-
-def _measure(
-    op: HessianOperator, k: int, probes: int, trace_method: str, slq_runs: int, slq_steps: int, seed: int, tol: float
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"loss_value": op.value()}
-    t0 = time.perf_counter()
-    if k:
-        out["eigenvalues"], out["eigenvectors"] = top_eigenpairs(op, k, tol=tol, seed=seed)
-    out["eig_seconds"] = time.perf_counter() - t0
-    if probes:
-        out["trace"], out["trace_samples"] = trace(op, probes, seed, trace_method)
-    if slq_runs:
-        out["nodes"], out["weights"] = spectral_density(op, slq_runs, slq_steps, seed)
-    out["hvps"] = op.hvps
-    return out
-
-
+# ----------------------------------------------------------------------------- entry points
 def hessian(
     model: Any,
     data: Any,
@@ -480,25 +252,9 @@ def hessian(
 
     dev = resolve_device(device)
     module, info = load_ref(model, dev)
-    op, setup = _operator(module, data, loss, teacher, split, batches, batch_size, data_seed, dev)
-    res = _measure(op, k, trace_probes, trace_method, slq_runs, slq_steps, seed, tol)
-    return _to_dataset(
-        [res],
-        None,
-        setup,
-        info,
-        module,
-        k,
-        trace_probes,
-        trace_method,
-        slq_runs,
-        slq_steps,
-        density_points,
-        seed,
-        tol,
-        vectors,
-        dev,
-    )
+    op, setup = _Batches(loss, teacher, split, batches, batch_size, data_seed).operator(module, data, dev)
+    m = Measures(k, trace_probes, trace_method, seed, tol, slq_runs, slq_steps, density_points, vectors)
+    return to_dataset([m.measure(op)], None, setup, info, module, m, dev)
 
 
 def hessian_along_path(
@@ -540,16 +296,18 @@ def hessian_along_path(
     sb = {k: t.detach().clone() for k, t in mb.state_dict().items()}
     alist = _alpha_values(alphas)
     bn_batches = training_batches(data, 8, 256, 0, dev) if bn == "reset" else []
+    source = _Batches(loss, teacher, split, batches, batch_size, data_seed)
+    m = Measures(k, trace_probes, trace_method, seed, tol)
     results: list[dict[str, Any]] = []
     setup: dict[str, Any] = {}
     for x in alist:
         ma.load_state_dict(interpolate_state(sa, sb, float(x)))
         if bn_batches:
             recalibrate_bn(ma, bn_batches)
-        op, setup = _operator(ma, data, loss, teacher, split, batches, batch_size, data_seed, dev)
-        results.append(_measure(op, k, trace_probes, trace_method, 0, 0, seed, tol))
+        op, setup = source.operator(ma, data, dev)
+        results.append(m.measure(op))
     info = {**{f"a_{kk}": v for kk, v in info_a.items()}, **{f"b_{kk}": v for kk, v in info_b.items()}, "bn_policy": bn}
-    return _to_dataset(results, alist, setup, info, ma, k, trace_probes, trace_method, 0, 0, 0, seed, tol, False, dev)
+    return to_dataset(results, alist, setup, info, ma, m, dev)
 
 
 def hessian_over_levels(
@@ -573,7 +331,7 @@ def hessian_over_levels(
     each level's unpruned weights (``M H M`` with the stored masks). Returns a Dataset over
     (level, eigen) with ``remaining`` (fraction of masked weights kept)."""
     from distill.device import resolve_device
-    from distill.store import Store, StoreError
+    from distill.store import Store
 
     store = store if isinstance(store, Store) else Store(store)
     names = [n for n in store.names(f"lottery/{rewind}/") if n.rsplit("/", 1)[1].isdigit() and n.count("/") == 2]
@@ -582,41 +340,24 @@ def hessian_over_levels(
             f"{store.path} holds no lottery levels for rewind {rewind!r}: run landscape.lottery with this store first"
         )
     dev = resolve_device(device)
+    source = _Batches("supervised", None, split, batches, batch_size, data_seed)
+    m = Measures(k, trace_probes, trace_method, seed, tol)
     results: list[dict[str, Any]] = []
-    levels: list[int] = []
     remaining: list[float] = []
     setup: dict[str, Any] = {}
     for name in names:
-        module = store.load_module(name, dev).eval()
-        try:
-            masks = store.load_masks(name)
-        except (StoreError, KeyError):
-            masks = None
-        op, setup = _operator(module, data, "supervised", None, split, batches, batch_size, data_seed, dev, masks)
-        results.append(_measure(op, k, trace_probes, trace_method, 0, 0, seed, tol))
-        levels.append(int(name.rsplit("/", 1)[1]))
-        kept = [float(m.float().mean()) * m.numel() for m in (masks or {}).values()]
-        total = sum(m.numel() for m in (masks or {}).values())
-        remaining.append(sum(kept) / total if total else 1.0)
-    ds = _to_dataset(
-        results,
-        np.asarray(levels, dtype=np.float64),
-        setup,
-        {"store": str(store.path), "rewind": rewind},
-        module,
-        k,
-        trace_probes,
-        trace_method,
-        0,
-        0,
-        0,
-        seed,
-        tol,
-        False,
-        dev,
-    )
+        module, masks = _level(store, name, dev)
+        op, setup = source.operator(module, data, dev, masks)
+        results.append(m.measure(op))
+        total = sum(t.numel() for t in (masks or {}).values())
+        remaining.append(
+            sum(float(t.float().mean()) * t.numel() for t in (masks or {}).values()) / total if total else 1.0
+        )
+    levels = np.asarray([int(n.rsplit("/", 1)[1]) for n in names])
+    info = {"store": str(store.path), "rewind": rewind}
+    ds = to_dataset(results, levels.astype(np.float64), setup, info, module, m, dev)
     ds = ds.rename({"alpha": "level"}).assign_coords(
-        level=("level", np.asarray(levels), {"long_name": "IMP level (0 = dense)", "units": "1"})
+        level=("level", levels, {"long_name": "IMP level (0 = dense)", "units": "1"})
     )
     ds["remaining"] = (
         "level",
@@ -627,119 +368,15 @@ def hessian_over_levels(
     return ds
 
 
-def _to_dataset(
-    results: list[dict[str, Any]],
-    alphas: np.ndarray | None,
-    setup: dict[str, Any],
-    info: dict[str, Any],
-    module: nn.Module,
-    k: int,
-    probes: int,
-    trace_method: str,
-    slq_runs: int,
-    slq_steps: int,
-    density_points: int,
-    seed: int,
-    tol: float,
-    vectors: bool,
-    dev: torch.device,
-) -> xr.Dataset:
-    import distill
+def _level(store: Any, name: str, device: torch.device) -> tuple[nn.Module, dict[str, Tensor] | None]:
+    """The stored network of one lottery level (eval mode) and its masks (None when it has none)."""
+    from distill.store import StoreError
 
-    lead = ("alpha",) if alphas is not None else ()
-
-    def stack(key: str) -> np.ndarray:
-        vals = np.stack([np.asarray(r[key], dtype=np.float64) for r in results])
-        return vals if alphas is not None else vals[0]
-
-    data_vars: dict[str, Any] = {
-        "loss": (lead, stack("loss_value"), {"long_name": f"{setup['loss']} loss at the point", "units": "nats"}),
-        "hvps": (lead, stack("hvps"), {"long_name": "Hessian-vector products used", "units": "1"}),
-        "eig_seconds": (
-            lead,
-            stack("eig_seconds"),
-            {"long_name": "wall time of the eigenvalue computation", "units": "s"},
-        ),
-    }
-    if k:
-        data_vars["eigenvalue"] = (
-            lead + ("eigen",),
-            stack("eigenvalues"),
-            {"long_name": "Hessian eigenvalue (largest first)", "units": "nats"},
-        )
-        if vectors and alphas is None:
-            data_vars["eigenvector"] = (
-                ("eigen", "parameter"),
-                results[0]["eigenvectors"],
-                {"long_name": "unit Hessian eigenvector (parameters in named_parameters order)", "units": "1"},
-            )
-    if probes:
-        data_vars["trace"] = (
-            lead,
-            stack("trace"),
-            {"long_name": f"Hessian trace ({trace_method}, {probes} probes)", "units": "nats"},
-        )
-        samples = np.stack([r["trace_samples"] for r in results])
-        se = (
-            samples.std(axis=-1, ddof=1) / math.sqrt(samples.shape[-1])
-            if samples.shape[-1] > 1
-            else np.full(samples.shape[:-1], np.nan)
-        )
-        data_vars["trace_stderr"] = (
-            lead,
-            se if alphas is not None else se[0],
-            {"long_name": "standard error of the trace estimate", "units": "nats"},
-        )
-    coords: dict[str, Any] = {}
-    if k:
-        coords["eigen"] = ("eigen", np.arange(k), {"long_name": "eigenvalue rank (0 = largest)", "units": "1"})
-    if alphas is not None:
-        coords["alpha"] = ("alpha", np.asarray(alphas), {"long_name": "interpolation coefficient", "units": "1"})
-    if slq_runs:
-        nodes, weights = results[0]["nodes"], results[0]["weights"]
-        data_vars["slq_node"] = (
-            ("run", "node"),
-            nodes,
-            {"long_name": "SLQ quadrature node (Ritz value)", "units": "nats"},
-        )
-        data_vars["slq_weight"] = (("run", "node"), weights, {"long_name": "SLQ quadrature weight", "units": "1"})
-        lo, hi = np.nanmin(nodes), np.nanmax(nodes)
-        pad = 0.05 * (hi - lo + 1e-12)
-        grid = np.linspace(lo - pad, hi + pad, density_points)
-        sigma = max((hi - lo) / 100, 1e-12)
-        data_vars["density"] = (
-            ("lambda",),
-            smoothed_density(nodes, weights, grid, sigma),
-            {"long_name": "Hessian spectral density (Gaussian-smoothed SLQ)", "units": "1/nats"},
-        )
-        coords["lambda"] = ("lambda", grid, {"long_name": "eigenvalue", "units": "nats"})
-        coords["run"] = ("run", np.arange(slq_runs))
-        setup["slq_sigma"] = sigma
-    attrs: dict[str, Any] = {
-        "analysis": "hessian",
-        "hessian_of": "mean loss over the batches w.r.t. all floating-point parameters; "
-        "buffers fixed, BatchNorm in eval mode (running statistics)",
-        "hvp": "torch.func.jvp of torch.func.grad",
-        "eigen_method": "Lanczos, full reorthogonalisation, stopped at Ritz residuals <= tol |theta| "
-        "(ARPACK's test; scipy eigsh continues if it has not converged), which=LA",
-        "eigsh_tol": tol,
-        "trace_method": trace_method,
-        "trace_probes": probes,
-        "probe_distribution": "Rademacher",
-        "slq_runs": slq_runs,
-        "slq_steps": slq_steps,
-        "seed": seed,
-        "precision": str(next(module.parameters()).dtype).replace("torch.", ""),
-        "device": str(dev),
-        "toolkit_version": str(distill.__version__),
-        "torch_version": str(torch.__version__),
-    }
-    attrs.update(setup)
-    attrs.update({k_: v for k_, v in info.items() if isinstance(v, (str, int, float))})
-    spec = getattr(module, "spec", None)
-    if isinstance(spec, Mapping):
-        attrs["model_spec"] = json.dumps(spec, sort_keys=True, default=str)
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    module = store.load_module(name, device).eval()
+    try:
+        return module, store.load_masks(name)
+    except (StoreError, KeyError):
+        return module, None
 
 
 def eigenvector_state(op_or_model: Any, vector: np.ndarray) -> dict[str, Tensor]:

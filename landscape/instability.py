@@ -37,7 +37,8 @@ from distill.store.names import SUFFIX, store_name
 from distill.supervised import check_classifier, evaluate, train_supervised, with_classifier
 from landscape import refs
 from landscape.executors import run_units
-from landscape.paths import barrier, linear_path
+from landscape.paths import linear_path, with_barriers
+from landscape.units import differing, finished, open_store, refuse
 
 if TYPE_CHECKING:
     from distill.store import Store
@@ -63,17 +64,6 @@ def _store_config(ref: Any) -> dict[str, Any]:
     return {k: cfg[k] for k in ("dataset", "data_root", "subset", "data_seed") if k in cfg}
 
 
-def _open_store(store: Any, config: Mapping[str, Any], head_seed: int) -> Store:
-    from distill.store import Store
-
-    if isinstance(store, Store):
-        return store if store.mode == "a" else Store(store.path, "a")
-    path = Path(store)
-    if path.exists():
-        return Store(path, "a")
-    return Store.create(path, config, kind="instability", seeds={"head_seed": int(head_seed)})
-
-
 def _same_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].detach().cpu().to(a[k].dtype)) for k in a)
 
@@ -87,6 +77,11 @@ def child_part_path(store: str | Path, index: int) -> Path:
 
 def _recipe_json(ccfg: SupervisedConfig) -> str:
     return json.dumps(ccfg.to_dict(), sort_keys=True)
+
+
+def _recipe_differs(attrs: Mapping[str, Any], ccfg: SupervisedConfig) -> list[str]:
+    """The recipe fields in which a stored child (its attrs) differs from ``ccfg``."""
+    return differing(json.loads(attrs.get("config") or "{}"), ccfg.to_dict())
 
 
 @dataclass(frozen=True)
@@ -111,21 +106,16 @@ class ChildUnit:
 
     def done(self) -> bool:
         """Whether the unit's store holds this child, trained with the same recipe and seed."""
-        from distill.store import Store, StoreError
 
-        if self.out is None or not Path(self.out).exists():
-            return False
-        try:
-            store = Store(self.out)
+        def trained(store: Store) -> bool:
             if self.name not in store.names():
                 return False
-            return store.load_state(self.name)[1].get("config") == _recipe_json(SupervisedConfig.from_dict(self.cfg))
-        except (StoreError, OSError):
-            return False
+            return not _recipe_differs(store.load_state(self.name)[1], SupervisedConfig.from_dict(self.cfg))
+
+        return finished(self.out, trained)
 
     def __call__(self) -> dict[str, Any]:
         from distill.device import resolve_device
-        from distill.store import Store
 
         ccfg = SupervisedConfig.from_dict(self.cfg)
         if self.done():
@@ -142,13 +132,9 @@ class ChildUnit:
         }
         if self.out is None:
             return {"state": {k: v.detach().cpu() for k, v in child.state_dict().items()}, "attrs": attrs}
-        path = Path(self.out)
-        store = (
-            Store(path, "a")
-            if path.exists()
-            else Store.create(path, {"child": self.index, "supervised": ccfg.to_dict()}, kind="instability-child")
-        )
-        with store:
+        with open_store(
+            self.out, {"child": self.index, "supervised": ccfg.to_dict()}, "instability-child", {}
+        ) as store:
             store.save_module(self.name, child, attrs)
         return {}
 
@@ -210,161 +196,192 @@ def instability(
         raise ValueError(f"cfg must be a distill.SupervisedConfig, got {type(cfg).__name__}")
     if epochs is not None:
         cfg = cfg.replace(epochs=int(epochs))
-    if seeds is None:
-        if isinstance(children, bool) or not isinstance(children, (int, np.integer)) or children < 2:
-            raise ValueError(f"children={children!r}: train at least 2 children to have a pair")
-        seeds = list(range(int(children)))
-    else:
-        seeds = [int(s) for s in seeds]
-        if len(seeds) < 2:
-            raise ValueError(f"seeds={seeds}: pass at least 2 seeds (one per child)")
-    n_children = len(seeds)
+    seeds = _seeds(children, seeds)
     dev = resolve_device(device)
-    n_classes = int(num_classes if num_classes is not None else data.num_classes)
-
-    base, info = load_ref(start, "cpu")
-    try:
-        check_classifier(base, n_classes)
-        head = "the start's own linear classifier"
-    except ValueError:
-        base = with_classifier(base, n_classes, seed=head_seed)
-        head = f"fresh linear classifier drawn with seed {head_seed} (shared by every child)"
-    base.requires_grad_(True)
-
-    writer: Store | None = None
+    st = _Start.load(start, int(num_classes if num_classes is not None else data.num_classes), int(head_seed), seeds)
+    kids = _Children(st, data, cfg, None, dev)
     if store is not None:
         config = {
             **(_store_config(start) or {"dataset": str(getattr(data, "name", ""))}),
             "supervised": cfg.to_dict(),
-            "start": info["source"],
+            "start": st.info["source"],
             "seeds": seeds,
             "head_seed": head_seed,
         }
-        writer = _open_store(store, config, head_seed)
-        if "start" in writer.names():
-            if not _same_state(writer.load_state("start")[0], base.state_dict()):
-                raise ValueError(f"{writer.path} holds children of another start checkpoint: pass another store")
-        else:
-            writer.save_module("start", base, {"source": info["source"], "head": head})
-
-    held = set(writer.names("children/")) if writer is not None else set()
-    units: dict[int, ChildUnit] = {}
-    for i, seed in enumerate(seeds):
-        ccfg = cfg.replace(data_seed=seed, aug_seed=seed)
-        name = f"children/{i}"
-        if writer is not None and name in held:
-            attrs = writer.load_state(name)[1]
-            if attrs.get("config") != _recipe_json(ccfg):
-                raise ValueError(
-                    f"{writer.path} holds {name} trained with another recipe or seed "
-                    f"(seed {attrs.get('seed')}, {attrs.get('epochs')} epochs): pass another store"
-                )
-            continue
-        part = str(child_part_path(writer.path, i)) if writer is not None else None
-        units[i] = ChildUnit(
-            base,
-            data,
-            ccfg.to_dict(),
-            i,
-            int(seed),
-            part,
-            str(dev) if executor is None else str(device),
-            progress if executor is None else False,
-        )
-    order = sorted(units)
-    results, _ = run_units([units[i] for i in order], executor, desc="instability children", progress=progress)
-    returned = dict(zip(order, results))
-
-    models, accuracies = [], []
-    for i in range(n_children):
-        name = f"children/{i}"
-        if writer is None:  # every child was trained here and returned its state
-            child = copy.deepcopy(base).to(dev)
-            child.load_state_dict(returned[i]["state"])
-            attrs = returned[i]["attrs"]
-        else:
-            if i in units:  # move the unit's own store into the children store
-                from distill.store import Store
-
-                out = units[i].out
-                assert out is not None  # with a children store, each unit writes its own
-                unit_store = Store(out)
-                attrs = unit_store.load_state(name)[1]
-                child = unit_store.load_module(name, dev)
-                writer.save_module(
-                    name, child, {k: v for k, v in attrs.items() if k not in ("spec", "complete", "written_at")}
-                )
-                shutil.rmtree(unit_store.path) if unit_store.path.is_dir() else unit_store.path.unlink()
-            else:
-                attrs = writer.load_state(name)[1]
-                child = writer.load_module(name, dev)
-        acc = attrs.get("test_accuracy")
-        acc = float(acc) if acc is not None else evaluate(child, data, "test", device=dev)[1]
-        models.append(child.eval())
-        accuracies.append(acc)
-
-    pairs = list(itertools.combinations(range(n_children), 2))
-    curves = [
-        linear_path(
-            models[i], models[j], data, alphas=alphas, bn=bn, splits=splits, device=dev, **dict(path_options or {})
-        )
-        for i, j in pairs
-    ]
-    path_attrs = {k: v for k, v in curves[0].attrs.items() if not k.startswith(("a_", "b_"))}
-    ds = xr.concat([xr.Dataset(c.data_vars, c.coords) for c in curves], dim="pair")  # without attrs
-    ds = ds.assign_coords(
-        pair=("pair", [f"{i}-{j}" for i, j in pairs]),
-        child_i=("pair", np.array([i for i, _ in pairs], dtype=np.int64)),
-        child_j=("pair", np.array([j for _, j in pairs], dtype=np.int64)),
-    )
-    ds = ds.transpose("pair", "alpha", "split")
-    heights = barrier(ds)
-    ds["barrier_error"] = heights["barrier_error"]
-    ds["barrier_loss"] = heights["barrier_loss"]
-    ds["child_test_accuracy"] = xr.DataArray(
-        np.asarray(accuracies, dtype=np.float64),
-        dims="child",
-        coords={
-            "child": np.arange(n_children, dtype=np.int64),
-            "child_seed": ("child", np.asarray(seeds, dtype=np.int64)),
-        },
-        attrs={"long_name": "test accuracy of each child after training", "units": "fraction"},
-    )
-    ds["pair"].attrs = {"long_name": "pair of children i-j"}
-    ds["child"].attrs = {"long_name": "child index"}
-
-    attrs = dict(path_attrs)
-    attrs.update(
-        {
-            "analysis": "instability",
-            "instability_definition": DEFINITION,
-            "barrier_error_definition": heights.attrs["barrier_error_definition"],
-            "barrier_loss_definition": heights.attrs["barrier_loss_definition"],
-            "start_source": info["source"],
-            "config": json.dumps(cfg.to_dict(), sort_keys=True),
-            "seeds": json.dumps(seeds),
-            "children": n_children,
-            "epochs": cfg.epochs,
-            "head": head,
-            "head_seed": int(head_seed),
-            "num_classes": n_classes,
-            "training_device": str(dev),
-            "training_precision": cfg.precision if dev.type == "cuda" else "fp32",
-            "child_store": str(writer.path) if writer is not None else "",
-        }
-    )
-    attrs.update({f"start_{k}": v for k, v in info.items() if k != "source"})
+        kids.writer = st.keep(open_store(store, config, "instability", {"head_seed": int(head_seed)}))
+    units = kids.units(str(dev) if executor is None else str(device), progress if executor is None else False)
+    results, _ = run_units(list(units.values()), executor, desc="instability children", progress=progress)
+    returned = dict(zip(units, results))
+    trained = [kids.child(i, units.get(i), returned.get(i)) for i in range(len(seeds))]
+    ds = _pairs(trained, seeds, data, dict(alphas=alphas, bn=bn, splits=splits, device=dev), dict(path_options or {}))
+    attrs = _attrs(ds.attrs, cfg, st, dev)
+    attrs["child_store"] = str(kids.writer.path) if kids.writer is not None else ""
+    attrs.update({f"start_{k}": v for k, v in st.info.items() if k != "source"})
     recipe = {
         "supervised": cfg.to_dict(),
         "seeds": seeds,
         "head_seed": int(head_seed),
-        "start": info["source"],
+        "start": st.info["source"],
         "alphas": np.atleast_1d(ds.alpha.values).tolist(),
         "bn": bn,
         "splits": list(splits),
     }
     stamp(attrs, recipe, kind="instability", device=dev, precision=attrs["training_precision"])
     ds.attrs = attrs
-    if writer is not None:
-        writer.write_result("instability", ds)
+    if kids.writer is not None:
+        kids.writer.write_result("instability", ds)
+    return ds
+
+
+def _attrs(path_attrs: Mapping[str, Any], cfg: SupervisedConfig, st: _Start, dev: torch.device) -> dict[str, Any]:
+    """The result's attrs: the paths' own (without their a_/b_ references), the definitions, the
+    children's recipe and the start."""
+    attrs = {k: v for k, v in path_attrs.items() if not k.startswith(("a_", "b_", "barrier_"))}
+    attrs.update(
+        {
+            "analysis": "instability",
+            "instability_definition": DEFINITION,
+            "barrier_error_definition": path_attrs["barrier_error_definition"],
+            "barrier_loss_definition": path_attrs["barrier_loss_definition"],
+            "start_source": st.info["source"],
+            "config": json.dumps(cfg.to_dict(), sort_keys=True),
+            "seeds": json.dumps(st.seeds),
+            "children": len(st.seeds),
+            "epochs": cfg.epochs,
+            "head": st.head,
+            "head_seed": st.head_seed,
+            "num_classes": st.n_classes,
+            "training_device": str(dev),
+            "training_precision": cfg.precision if dev.type == "cuda" else "fp32",
+        }
+    )
+    return attrs
+
+
+def _seeds(children: int, seeds: Sequence[int] | None) -> list[int]:
+    """Child i's data and augmentation seed: ``seeds``, else ``range(children)``."""
+    if seeds is None:
+        if isinstance(children, bool) or not isinstance(children, (int, np.integer)) or children < 2:
+            raise ValueError(f"children={children!r}: train at least 2 children to have a pair")
+        return list(range(int(children)))
+    out = [int(s) for s in seeds]
+    if len(out) < 2:
+        raise ValueError(f"seeds={out}: pass at least 2 seeds (one per child)")
+    return out
+
+
+@dataclass
+class _Start:
+    """The start on the CPU with a linear classifier for ``n_classes``, its provenance, how the head
+    was made (a fresh one drawn with ``head_seed`` when it had none) and the children's seeds."""
+
+    base: nn.Module
+    info: dict[str, Any]
+    head: str
+    head_seed: int
+    n_classes: int
+    seeds: list[int]
+
+    @classmethod
+    def load(cls, start: Any, n_classes: int, head_seed: int, seeds: list[int]) -> _Start:
+        base, info = load_ref(start, "cpu")
+        try:
+            check_classifier(base, n_classes)
+            head = "the start's own linear classifier"
+        except ValueError:
+            base = with_classifier(base, n_classes, seed=head_seed)
+            head = f"fresh linear classifier drawn with seed {head_seed} (shared by every child)"
+        base.requires_grad_(True)
+        return cls(base, info, head, head_seed, n_classes, seeds)
+
+    def keep(self, writer: Store) -> Store:
+        """The children store, holding the start as "start" (refused when it holds another)."""
+        if "start" in writer.names():
+            if not _same_state(writer.load_state("start")[0], self.base.state_dict()):
+                raise ValueError(f"{writer.path} holds children of another start checkpoint: pass another store")
+        else:
+            writer.save_module("start", self.base, {"source": self.info["source"], "head": self.head})
+        return writer
+
+
+@dataclass
+class _Children:
+    """The children of one start, trained with ``cfg`` and the start's seeds, kept in ``writer`` (if any)."""
+
+    start: _Start
+    data: Any
+    cfg: SupervisedConfig
+    writer: Store | None
+    dev: torch.device
+
+    def units(self, device: str, progress: bool | None) -> dict[int, ChildUnit]:
+        """A work unit per child not yet in the children store (one of another recipe is refused)."""
+        writer = self.writer
+        held = set(writer.names("children/")) if writer is not None else set()
+        units: dict[int, ChildUnit] = {}
+        for i, seed in enumerate(self.start.seeds):
+            ccfg = self.cfg.replace(data_seed=seed, aug_seed=seed)
+            if writer is not None and f"children/{i}" in held:
+                attrs = writer.load_state(f"children/{i}")[1]
+                where = f"{writer.path}: children/{i}, trained with another recipe or seed,"
+                recorded = json.loads(attrs.get("config") or "{}")
+                refuse(where, _recipe_differs(attrs, ccfg), recorded, ccfg.to_dict(), "pass another store")
+                continue
+            part = str(child_part_path(writer.path, i)) if writer is not None else None
+            units[i] = ChildUnit(self.start.base, self.data, ccfg.to_dict(), i, int(seed), part, device, progress)
+        return units
+
+    def child(self, i: int, unit: ChildUnit | None, returned: Any) -> tuple[nn.Module, float]:
+        """Child ``i`` on the device in eval mode (moved from its ``unit``'s store into the children
+        store when trained there) and its test accuracy."""
+        from distill.store import Store
+
+        name, dev, writer = f"children/{i}", self.dev, self.writer
+        if writer is None:  # every child was trained here and returned its state
+            child = copy.deepcopy(self.start.base).to(dev)
+            child.load_state_dict(returned["state"])
+            attrs = returned["attrs"]
+        elif unit is not None:  # move the unit's own store into the children store
+            assert unit.out is not None  # with a children store, each unit writes its own
+            unit_store = Store(unit.out)
+            attrs = unit_store.load_state(name)[1]
+            child = unit_store.load_module(name, dev)
+            writer.save_module(
+                name, child, {k: v for k, v in attrs.items() if k not in ("spec", "complete", "written_at")}
+            )
+            shutil.rmtree(unit_store.path) if unit_store.path.is_dir() else unit_store.path.unlink()
+        else:
+            attrs = writer.load_state(name)[1]
+            child = writer.load_module(name, dev)
+        acc = attrs.get("test_accuracy")
+        acc = float(acc) if acc is not None else evaluate(child, self.data, "test", device=dev)[1]
+        return child.eval(), acc
+
+
+def _pairs(
+    children: list[tuple[nn.Module, float]], seeds: list[int], data: Any, path: dict, options: dict
+) -> xr.Dataset:
+    """Paths (`linear_path` with ``path`` and ``options``) and barriers between every pair of children,
+    with each child's test accuracy; attrs: the paths' own."""
+    pairs = list(itertools.combinations(range(len(children)), 2))
+    curves = [linear_path(children[i][0], children[j][0], data, **path, **options) for i, j in pairs]
+    ds = xr.concat([xr.Dataset(c.data_vars, c.coords) for c in curves], dim="pair")  # without attrs
+    ds = ds.assign_coords(
+        pair=("pair", [f"{i}-{j}" for i, j in pairs]),
+        child_i=("pair", np.array([i for i, _ in pairs], dtype=np.int64)),
+        child_j=("pair", np.array([j for _, j in pairs], dtype=np.int64)),
+    )
+    ds.attrs = curves[0].attrs
+    ds = with_barriers(ds.transpose("pair", "alpha", "split"))
+    ds["child_test_accuracy"] = xr.DataArray(
+        np.asarray([acc for _, acc in children], dtype=np.float64),
+        dims="child",
+        coords={
+            "child": np.arange(len(children), dtype=np.int64),
+            "child_seed": ("child", np.asarray(seeds, dtype=np.int64)),
+        },
+        attrs={"long_name": "test accuracy of each child after training", "units": "fraction"},
+    )
+    ds["pair"].attrs = {"long_name": "pair of children i-j"}
+    ds["child"].attrs = {"long_name": "child index"}
     return ds

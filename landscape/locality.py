@@ -26,9 +26,10 @@ import distill
 from distill.config import DistillConfig
 from distill.init import parameter_distance
 from distill.provenance import stamp
-from distill.store import Store, StoreError
+from distill.store import Store
 from distill.store.names import SUFFIX, store_name
 from landscape.executors import run_units
+from landscape.units import differing, finished
 
 
 def point_config(cfg: DistillConfig, axis: str, value: float, seed: int) -> DistillConfig:
@@ -55,19 +56,16 @@ def distillation_complete(cfg: DistillConfig, out: str | Path) -> bool:
     change on resume aside), the student of the last epoch saved and its metrics row written."""
     from distill.train import _RESUMABLE
 
-    path = Path(out)
-    if not path.exists():
-        return False
-    try:
-        store = Store(path)
-        old = store.config
-        if any(old.get(k) != v for k, v in cfg.to_dict().items() if k not in _RESUMABLE):
+    wanted = cfg.to_dict()
+
+    def complete(store: Store) -> bool:
+        if differing(store.config, wanted, [k for k in wanted if k not in _RESUMABLE]):
             return False
         if cfg.epochs not in store.epochs or "metrics" not in store.results():
             return False
         return int(store.metrics.epoch.values[-1]) == cfg.epochs
-    except (StoreError, OSError, KeyError, ValueError):
-        return False
+
+    return finished(out, complete)
 
 
 @dataclass(frozen=True)
@@ -150,15 +148,14 @@ def collect(
         rows.append(xr.concat(per_seed, dim=xr.DataArray(list(seeds), dims="seed", name="seed"), join="outer"))
     ds = xr.concat(rows, dim=xr.DataArray(np.asarray(values, dtype=np.float64), dims=axis, name=axis), join="outer")
     ds = ds.drop_vars("store").assign_coords(store=((axis, "seed"), ds["store"].values.astype(str)))
-    units = {
-        "accuracy": ("probe accuracy", "fraction"),
-        "kl": ("KL(teacher || student), epoch mean", "nats"),
-        "distance_teacher": ("parameter distance student - teacher (L2)", "1"),
-        "final_kl": ("KL(teacher || student) in the last epoch", "nats"),
-        "distance_init": ("parameter distance final student - initial student (L2)", "1"),
-        "distance_teacher_init": ("parameter distance initial student - teacher (L2)", "1"),
-    }
-    for k, (long_name, u) in units.items():
+    for k, long_name, u in (
+        ("accuracy", "probe accuracy", "fraction"),
+        ("kl", "KL(teacher || student), epoch mean", "nats"),
+        ("distance_teacher", "parameter distance student - teacher (L2)", "1"),
+        ("final_kl", "KL(teacher || student) in the last epoch", "nats"),
+        ("distance_init", "parameter distance final student - initial student (L2)", "1"),
+        ("distance_teacher_init", "parameter distance initial student - teacher (L2)", "1"),
+    ):
         ds[k].attrs = {"long_name": long_name, "units": u}
     ds[axis].attrs = {
         "long_name": {"alpha": "interpolation weight of noise at init", "eps": "noise scale at init"}[axis],

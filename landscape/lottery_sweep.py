@@ -24,9 +24,10 @@ from torch import nn
 
 from distill.config import SupervisedConfig
 from distill.provenance import stamp
-from distill.store import Store, StoreError
+from distill.store import Store
 from distill.store.names import SUFFIX, store_name
 from landscape.executors import run_units
+from landscape.units import finished
 
 
 def _start_key(start: Any) -> str:
@@ -55,14 +56,12 @@ class LotteryUnit:
 
     def done(self) -> bool:
         """Whether the unit's store holds the finished result of the same settings (`key`)."""
-        path = Path(self.out)
-        if not path.exists():
-            return False
-        try:
-            store = Store(path)
-            return "lottery" in store.results() and store.read_result("lottery").attrs.get("work_unit") == self.key()
-        except (StoreError, OSError, KeyError, ValueError):
-            return False
+        return finished(
+            self.out,
+            lambda store: (
+                "lottery" in store.results() and store.read_result("lottery").attrs.get("work_unit") == self.key()
+            ),
+        )
 
     def __call__(self) -> str:
         from landscape.lottery import lottery
@@ -76,6 +75,13 @@ class LotteryUnit:
         with Store(self.out, "a") as store:
             store.write_result("lottery", ds)
         return self.out
+
+
+def _concat(parts: list[xr.Dataset], dim: Any) -> xr.Dataset:
+    """``parts`` side by side along ``dim`` (a name or a coordinate), sharing what does not vary."""
+    if len(parts) == 1:
+        return parts[0]
+    return xr.concat(parts, dim=dim, data_vars="minimal", coords="minimal", compat="equals", combine_attrs="override")
 
 
 def lottery_sweep(
@@ -122,28 +128,8 @@ def lottery_sweep(
     }
     run_units(list(units.values()), executor, desc="lottery", progress=progress)
 
-    per_seed = []
-    for s in seeds:
-        parts = [Store(units[(r, s)].out).read_result("lottery") for r in rewinds]
-        per_seed.append(
-            xr.concat(
-                parts, dim="rewind", data_vars="minimal", coords="minimal", compat="equals", combine_attrs="override"
-            )
-            if len(parts) > 1
-            else parts[0]
-        )
-    ds = (
-        per_seed[0]
-        if len(seeds) == 1
-        else xr.concat(
-            per_seed,
-            dim=xr.DataArray(np.asarray(seeds, dtype=np.int64), dims="seed", name="seed"),
-            data_vars="minimal",
-            coords="minimal",
-            compat="equals",
-            combine_attrs="override",
-        )
-    )
+    per_seed = [_concat([Store(units[(r, s)].out).read_result("lottery") for r in rewinds], "rewind") for s in seeds]
+    ds = _concat(per_seed, xr.DataArray(np.asarray(seeds, dtype=np.int64), dims="seed", name="seed"))
     attrs = {k: v for k, v in per_seed[0].attrs.items() if k not in ("work_unit", "store", "seed")}
     attrs["stores"] = json.dumps([units[k].out for k in units])
     attrs["seeds"] = json.dumps(seeds)

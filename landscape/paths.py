@@ -15,8 +15,8 @@ landscape.barrier(ds).barrier_error.sel(split="test")  # or .to_series(): one va
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from distill.bn import has_batchnorm
 from distill.device import resolve_device
-from distill.provenance import stamp
-from landscape.evaluate import POLICIES, compile_name, lerp, prepare_inputs, run_segment, trial_backends
+from landscape.evaluate import POLICIES, PathInputs, compile_name, lerp, run_segment, trial_backends
+from landscape.points import EvalSettings, check_choice, loss_error_vars, stamp_result, use_channels_last
 from landscape.refs import load_ref, require_classifier
 
 BACKENDS = ("auto", "loop", "vmap")
@@ -37,6 +37,8 @@ PATH_DEFINITION = (
 )
 BARRIER_ERROR_DEFINITION = "max_alpha err(alpha) - (err(0) + err(1)) / 2 (Frankle et al. 2020)"
 BARRIER_LOSS_DEFINITION = "max_alpha [L(alpha) - ((1 - alpha) * L(0) + alpha * L(1))]"
+# (model, sa, sb, alphas, policy, inputs, eval_batch_size, alpha chunk): a segment for `run_segment`
+_Segment = tuple[nn.Module, Mapping[str, Tensor], Mapping[str, Tensor], list[float], str, PathInputs, int, int]
 # auto picks vmap only on CUDA and only for models up to this many parameters (see _choose_backend)
 VMAP_MAX_PARAMS = 25_000_000
 
@@ -93,11 +95,6 @@ def _alpha_values(alphas: int | Sequence[float]) -> np.ndarray:
     return values
 
 
-def _resolve(ref: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """(module for our own use, provenance attrs without the a_/b_ prefix): `landscape.refs.load_ref`."""
-    return load_ref(ref, device)
-
-
 def _choose_backend(requested: str, device: torch.device, model: nn.Module, n_alphas: int) -> str:
     """``auto``: loop on CPU (vmap ran at 0.5-0.8x the loop's speed there, bench/bench_paths.py);
     on CUDA, vmap is the candidate for models up to VMAP_MAX_PARAMS parameters without dropout and
@@ -111,12 +108,6 @@ def _choose_backend(requested: str, device: torch.device, model: nn.Module, n_al
         return "loop"  # train-mode randomness in the BN reset would differ from the loop's
     n_params = sum(p.numel() for p in model.parameters())
     return "vmap" if n_params <= VMAP_MAX_PARAMS else "loop"
-
-
-def _use_channels_last(option: bool | None, device: torch.device, model: nn.Module, ndim: int) -> bool:
-    if option is not None:
-        return bool(option)
-    return device.type == "cpu" and ndim == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def _positive(name: str, value: int) -> int:
@@ -187,26 +178,91 @@ def linear_path(
         An ``xr.Dataset`` with dims (alpha, split): ``loss`` (mean cross-entropy, nats) and
         ``error`` (1 - accuracy, fraction), evaluated in eval mode in fp32; attrs hold provenance.
     """
-    if bn not in POLICIES:
-        raise ValueError(f"bn={bn!r}: choose one of {', '.join(POLICIES)}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
-    splits = (splits,) if isinstance(splits, str) else tuple(splits)
-    if not splits or len(set(splits)) != len(splits) or any(s not in ("train", "test") for s in splits):
-        raise ValueError(f"splits={splits!r}: pass distinct names among 'train' and 'test'")
-    bn_batches = _positive("bn_batches", bn_batches)
-    bn_batch_size = _positive("bn_batch_size", bn_batch_size)
-    eval_batch_size = _positive("eval_batch_size", eval_batch_size)
-    if max_examples is not None:
-        max_examples = _positive("max_examples", max_examples)
+    check_choice("bn", bn, POLICIES)
+    check_choice("backend", backend, BACKENDS)
+    splits = _splits(splits)
+    ev = _checked(EvalSettings(bn_batches, bn_batch_size, bn_seed, eval_batch_size, max_examples, eval_seed))
     alpha_values = _alpha_values(alphas)
+    alist = [float(x) for x in alpha_values]
     dev = resolve_device(device)
-
-    model, info_a = _resolve(a, dev)
-    if isinstance(b, nn.Module):
-        module_b, info_b = b, {"source": "module"}
+    model, sa, sb, provenance = _endpoints(a, b, data, dev, align, align_options)
+    policy = bn if has_batchnorm(model) else "none"
+    chosen = _choose_backend(backend, dev, model, len(alpha_values))
+    chunk = _positive("alpha_chunk", alpha_chunk) if alpha_chunk is not None else min(8, len(alpha_values))
+    use_cl = use_channels_last(channels_last, dev, model, data.train.images.dim(), chosen)
+    empty = f"empty split among {splits}: pass a dataset with examples in every split evaluated"
+    inputs = ev.inputs(data, splits, dev, policy == "reset" or repair, use_cl, empty)
+    compile_backend = ("inductor" if compile is True else compile) or None
+    args: _Segment = (model, sa, sb, alist, policy, inputs, ev.eval_batch_size, chunk)
+    if repair:
+        (loss, error), chosen, rule = _repaired(args), "loop", "repair: loop"
     else:
-        module_b, info_b = _resolve(b, dev)
+        loss, error, chosen, rule = _evaluate(args, backend, chosen, compile_backend)
+    attrs = _attrs(policy, chosen, rule, ev, inputs, data, provenance, dev)
+    attrs.update(
+        {
+            "compile": compile_name(compile_backend if chosen == "loop" and not repair else None),
+            "alpha_chunk": chunk if chosen == "vmap" else 1,
+            "memory_format": "channels_last" if use_cl else "contiguous",
+            "n_alphas": len(alpha_values),
+            "repair": int(bool(repair)),
+        }
+    )
+    leave_out = ("backend", "alpha_chunk", "memory_format", "device", "compile")
+    stamp_result(attrs, model, "lmc", dev, leave_out, alphas=alist)
+    alpha = ("alpha", alpha_values, {"long_name": "interpolation coefficient", "units": "1"})
+    coords = {"alpha": alpha, "split": ("split", np.array(splits))}
+    return xr.Dataset(loss_error_vars(("alpha", "split"), loss, error), coords=coords, attrs=attrs)
+
+
+def _splits(splits: str | Sequence[str]) -> tuple[str, ...]:
+    out = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not out or len(set(out)) != len(out) or any(s not in ("train", "test") for s in out):
+        raise ValueError(f"splits={out!r}: pass distinct names among 'train' and 'test'")
+    return out
+
+
+def _checked(ev: EvalSettings) -> EvalSettings:
+    """``ev`` once its batch counts and sizes (and ``max_examples``, when given) are positive integers."""
+    names = ("bn_batches", "bn_batch_size", "eval_batch_size") + (
+        ("max_examples",) if ev.max_examples is not None else ()
+    )
+    return replace(ev, **{k: _positive(k, getattr(ev, k)) for k in names})
+
+
+def _attrs(
+    policy: str,
+    chosen: str,
+    rule: str,
+    ev: EvalSettings,
+    inputs: PathInputs,
+    data: Any,
+    provenance: Mapping[str, Any],
+    dev: torch.device,
+) -> dict[str, Any]:
+    """The path's attrs but those of the evaluator's set-up."""
+    return {
+        "path_definition": PATH_DEFINITION,
+        "bn_policy": policy,
+        "backend": chosen,
+        "backend_rule": rule,
+        "precision": "fp32",
+        "device": str(dev),
+        **ev.attrs(),
+        "bn_examples": sum(len(x) for x in inputs.bn),
+        "dataset": str(getattr(data, "name", "")),
+        **provenance,
+        **{f"examples_{s}": n for s, n in inputs.counts.items()},
+    }
+
+
+def _endpoints(
+    a: Any, b: Any, data: Any, dev: torch.device, align: str | None, align_options: Mapping[str, Any] | None
+) -> tuple[nn.Module, dict[str, Tensor], dict[str, Tensor], dict[str, Any]]:
+    """(working copy of a, a's state, b's state (aligned onto a when asked), provenance attrs: the
+    alignment record and the a_/b_ reference info); both checked to be classifiers of one architecture."""
+    model, info_a = load_ref(a, dev)
+    module_b, info_b = (b, {"source": "module"}) if isinstance(b, nn.Module) else load_ref(b, dev)
     require_classifier(model, data, "a", info_a["source"])
     require_classifier(module_b, data, "b", info_b["source"])
     sd_b = module_b.state_dict()
@@ -221,101 +277,43 @@ def linear_path(
     sa = {k: v.detach().clone() for k, v in model.state_dict().items()}
     sb = {k: v.detach().to(dev, v.dtype) for k, v in sd_b.items()}
     model.requires_grad_(False)
+    provenance = {**align_record, **{f"a_{k}": v for k, v in info_a.items()}}
+    provenance.update({f"b_{k}": v for k, v in info_b.items()})
+    return model, sa, sb, provenance
 
-    policy = bn if has_batchnorm(model) else "none"
-    chosen = _choose_backend(backend, dev, model, len(alpha_values))
-    chunk = _positive("alpha_chunk", alpha_chunk) if alpha_chunk is not None else min(8, len(alpha_values))
-    use_cl = chosen == "loop" and _use_channels_last(channels_last, dev, model, data.train.images.dim())
-    inputs = prepare_inputs(
-        data,
-        splits,
-        bn_batches=bn_batches,
-        bn_batch_size=bn_batch_size,
-        bn_seed=bn_seed,
-        max_examples=max_examples,
-        eval_seed=eval_seed,
-        device=dev,
-        need_bn=policy == "reset" or repair,
-        channels_last=use_cl,
-    )
-    if any(n == 0 for n in inputs.counts.values()):
-        raise ValueError(f"empty split among {splits}: pass a dataset with examples in every split evaluated")
-    alist = [float(x) for x in alpha_values]
-    rule = (
-        "requested"
-        if backend != "auto"
-        else (
-            "cpu: loop (vmap measured 0.5-0.8x the loop there)"
-            if dev.type != "cuda"
-            else f"cuda: {chosen} by model type"
+
+def _evaluate(
+    args: _Segment, backend: str, chosen: str, compile_backend: str | Callable[..., Any] | None
+) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """Loss, error, the evaluator used and the rule that chose it, for ``args`` = (model, sa, sb,
+    alphas, policy, inputs, eval_batch_size, alpha chunk) of `run_segment`; ``auto`` on CUDA times
+    both evaluators on a short trial (`trial_backends`) first and keeps the faster."""
+    dev = args[5].mean.device
+    rule = "requested" if backend != "auto" else f"cuda: {chosen} by model type"
+    if backend == "auto" and dev.type != "cuda":
+        rule = "cpu: loop (vmap measured 0.5-0.8x the loop there)"
+    if backend == "auto" and chosen == "vmap" and dev.type == "cuda":
+        trial = trial_backends(*args)
+        chosen = "vmap" if trial["vmap"] < trial["loop"] else "loop"
+        rule = (
+            f"cuda: measured {1e3 * trial['loop']:.2f} ms/alpha loop, {1e3 * trial['vmap']:.2f} ms/alpha "
+            f"vmap on a trial of {min(args[7], len(args[3]))} alphas x (1 BN batch + 1 eval batch): {chosen}"
         )
-    )
-    compile_backend = ("inductor" if compile is True else compile) or None
-    if repair:
-        from landscape.align import endpoint_stats, repair_state
+    loss, error, chosen = run_segment(*args, backend, chosen, compile_backend)
+    return loss, error, chosen, rule
 
-        rows, stats = [], endpoint_stats(model, sa, sb, inputs.bn)
-        for x in alist:
-            s = repair_state(model, sa, sb, x, inputs.bn, stats)
-            rows.append(run_segment(model, s, s, [0.0], policy, inputs, eval_batch_size, 1, "loop", "loop")[:2])
-        loss, error, chosen = np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]), "loop"
-        rule = "repair: loop"
-    else:
-        if backend == "auto" and chosen == "vmap" and dev.type == "cuda":
-            trial = trial_backends(model, sa, sb, alist, policy, inputs, eval_batch_size, chunk)
-            chosen = "vmap" if trial["vmap"] < trial["loop"] else "loop"
-            rule = (
-                f"cuda: measured {1e3 * trial['loop']:.2f} ms/alpha loop, {1e3 * trial['vmap']:.2f} ms/alpha "
-                f"vmap on a trial of {min(chunk, len(alist))} alphas x (1 BN batch + 1 eval batch): {chosen}"
-            )
-        loss, error, chosen = run_segment(
-            model, sa, sb, alist, policy, inputs, eval_batch_size, chunk, backend, chosen, compile_backend
-        )
 
-    attrs: dict[str, Any] = {
-        "path_definition": PATH_DEFINITION,
-        "bn_policy": policy,
-        "backend": chosen,
-        "backend_rule": rule,
-        "compile": compile_name(compile_backend if chosen == "loop" and not repair else None),
-        "alpha_chunk": chunk if chosen == "vmap" else 1,
-        "precision": "fp32",
-        "device": str(dev),
-        "memory_format": "channels_last" if use_cl else "contiguous",
-        "n_alphas": len(alpha_values),
-        "bn_batches": bn_batches,
-        "bn_batch_size": bn_batch_size,
-        "bn_seed": bn_seed,
-        "bn_examples": sum(len(x) for x in inputs.bn),
-        "eval_batch_size": eval_batch_size,
-        "eval_seed": eval_seed,
-        "dataset": str(getattr(data, "name", "")),
-        "repair": int(bool(repair)),
-    }
-    attrs.update(align_record)
-    attrs.update({f"examples_{s}": n for s, n in inputs.counts.items()})
-    attrs.update({f"a_{k}": v for k, v in info_a.items()})
-    attrs.update({f"b_{k}": v for k, v in info_b.items()})
-    spec = getattr(model, "spec", None)
-    if isinstance(spec, Mapping):
-        attrs["model_spec"] = json.dumps(spec, sort_keys=True, default=str)
-    recipe = {
-        k: v for k, v in attrs.items() if k not in ("backend", "alpha_chunk", "memory_format", "device", "compile")
-    }
-    recipe["alphas"] = [float(x) for x in alpha_values]
-    stamp(attrs, recipe, kind="lmc", device=dev, precision="fp32")
+def _repaired(args: _Segment) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and error (alpha, split) of the REPAIRed network at each alpha (`landscape.repair.repair_state`),
+    for ``args`` as in `_evaluate`, evaluated by the loop."""
+    from landscape.repair import endpoint_stats, repair_state
 
-    return xr.Dataset(
-        {
-            "loss": (("alpha", "split"), loss, {"long_name": "cross-entropy loss", "units": "nats"}),
-            "error": (("alpha", "split"), error, {"long_name": "classification error", "units": "fraction"}),
-        },
-        coords={
-            "alpha": ("alpha", alpha_values, {"long_name": "interpolation coefficient", "units": "1"}),
-            "split": ("split", np.array(splits)),
-        },
-        attrs=attrs,
-    )
+    model, sa, sb, alist, policy, inputs, eval_batch_size, _ = args
+    rows, stats = [], endpoint_stats(model, sa, sb, inputs.bn)
+    for x in alist:
+        s = repair_state(model, sa, sb, x, inputs.bn, stats)
+        rows.append(run_segment(model, s, s, [0.0], policy, inputs, eval_batch_size, 1, "loop", "loop")[:2])
+    return np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
 
 
 def barrier(ds: xr.Dataset) -> xr.Dataset:
@@ -359,3 +357,12 @@ def barrier(ds: xr.Dataset) -> xr.Dataset:
     attrs["barrier_error_definition"] = BARRIER_ERROR_DEFINITION
     attrs["barrier_loss_definition"] = BARRIER_LOSS_DEFINITION
     return xr.Dataset(out, attrs=attrs)
+
+
+def with_barriers(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` (curves along ``alpha``, e.g. from `linear_path`) with the heights of `barrier` beside
+    them, ``barrier_error`` and ``barrier_loss``, and both definitions in its attrs."""
+    heights = barrier(ds)
+    out = ds.assign({k: heights[k] for k in ("barrier_error", "barrier_loss") if k in heights})
+    out.attrs.update({k: v for k, v in heights.attrs.items() if k.endswith("_definition") and k.startswith("barrier")})
+    return out

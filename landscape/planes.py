@@ -22,7 +22,6 @@ ds.error.plot(x="x", y="y")
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
@@ -35,9 +34,16 @@ import xarray as xr
 from torch import Tensor, nn
 
 from distill.bn import has_batchnorm
-from distill.provenance import stamp
-from landscape.evaluate import POLICIES, PathInputs, bn_stat_keys, prepare_inputs, run_segment
+from landscape.evaluate import PathInputs, bn_stat_keys, run_segment
 from landscape.executors import run_units
+from landscape.points import (
+    EvalSettings,
+    check_bn_split,
+    check_choice,
+    loss_error_vars,
+    stamp_result,
+    use_channels_last,
+)
 from landscape.refs import load_ref, require_classifier
 
 DEFINITION = (
@@ -223,34 +229,101 @@ def plane(
         coordinates); attrs ``norm_u``, ``norm_v`` (L2 norms of u and v in parameter space), the
         definition and provenance.
     """
-    if bn not in POLICIES:
-        raise ValueError(f"bn={bn!r}: choose one of {', '.join(POLICIES)}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split={split!r}: choose 'train' or 'test'")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    check_bn_split(bn, split)
+    check_choice("backend", backend, BACKENDS)
     nx, ny = _resolution(resolution)
     from distill.train import resolve_device
 
     dev = resolve_device(device)
-    model, info_a = load_ref(a, dev)
-    model_b, info_b = load_ref(b, dev)
-    model_c, info_c = load_ref(c, dev)
-    sa = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    sb = {k: t.detach() for k, t in model_b.state_dict().items()}
-    sc = {k: t.detach() for k, t in model_c.state_dict().items()}
-    for name, module, info in (("a", model, info_a), ("b", model_b, info_b), ("c", model_c, info_c)):
-        require_classifier(module, data, name, info["source"])
-    _check_same(sa, sb, "b")
-    _check_same(sa, sc, "c")
-    del model_b, model_c
-    model.requires_grad_(False)
-
+    model, (sa, sb, sc), infos = _three(a, b, c, data, dev)
     basis = plane_basis(sa, sb, sc, {k for k, _ in model.named_parameters()})
     v, proj, norm_u, norm_v = basis["v"], basis["projection"], basis["norm_u"], basis["norm_v"]
-    scale = norm_u / norm_v
     points = np.array([[0.0, 0.0], [1.0, 0.0], [proj, norm_v / norm_u]])
+    xs, ys = _grid(points, span, margin, nx, ny)
+    policy = bn if has_batchnorm(model) else "none"
+    chosen = backend if backend != "auto" else ("vmap" if dev.type == "cuda" else "loop")
+    ev = EvalSettings(bn_batches, bn_batch_size, bn_seed, eval_batch_size, max_examples, eval_seed)
+    use_cl = use_channels_last(channels_last, dev, model, data.train.images.dim(), chosen)
+    inputs = ev.inputs(
+        data, (split,), dev, policy == "reset", use_cl, f"the {split} split is empty: nothing to evaluate"
+    )
+    keep = frozenset(bn_stat_keys(model) if policy == "keep_a" else ())
+    state = (norm_u / norm_v, model, sa, sb, v, keep, [float(x) for x in xs])
+    row = PlaneRow(0.0, *state, policy, inputs, eval_batch_size, backend, chosen, str(dev))
+    loss, error, chosen = _rows(row, ys, executor, progress)
+    attrs: dict[str, Any] = {
+        "analysis": "plane",
+        "plane_definition": DEFINITION,
+        "norm_u": norm_u,
+        "norm_v": norm_v,
+        "norm_c_minus_a": basis["norm_w"],
+        "c_projection": proj,
+        "coordinate_units": "|b - a| (norm_u)",
+        "backend": chosen,
+        **ev.split_attrs(policy, split, inputs, data, dev),
+        **infos,
+    }
+    leave_out = ("backend", "device", "norm_u", "norm_v", "norm_c_minus_a", "c_projection")
+    stamp_result(attrs, model, "plane", dev, leave_out, x=[float(x) for x in xs], y=[float(y) for y in ys])
+    return _dataset(loss, error, points, xs, ys, attrs)
 
+
+def _dataset(
+    loss: np.ndarray, error: np.ndarray, points: np.ndarray, xs: np.ndarray, ys: np.ndarray, attrs: dict[str, Any]
+) -> xr.Dataset:
+    units = {"units": "|b - a|"}
+    return xr.Dataset(
+        {
+            **loss_error_vars(("x", "y"), loss, error),
+            "point_x": ("point", points[:, 0], {"long_name": "x of the checkpoint in the plane", **units}),
+            "point_y": ("point", points[:, 1], {"long_name": "y of the checkpoint in the plane", **units}),
+        },
+        coords={
+            "x": ("x", xs, {"long_name": "coordinate along u = b - a", **units}),
+            "y": ("y", ys, {"long_name": "coordinate along v (c orthogonalised against u)", **units}),
+            "point": ("point", np.array(["a", "b", "c"])),
+        },
+        attrs=attrs,
+    )
+
+
+def _rows(
+    row: PlaneRow, ys: np.ndarray, executor: Executor | None, progress: bool | None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Loss and error (x, y) of ``row`` moved to every ``y`` (rows run by ``executor``, travelling on
+    the CPU when there is one), and the evaluator used (the loop where vmap failed under auto)."""
+    if executor is not None:  # rows travel to the workers on the CPU and move to the device there
+        cpu = torch.device("cpu")
+        sa, sb, v = ({k: t.to(cpu) for k, t in d.items()} for d in (row.sa, row.sb, row.v))
+        row = replace(row, sa=sa, sb=sb, v=v, model=row.model.to(cpu), inputs=_inputs_to(row.inputs, cpu))
+    results, _ = run_units([replace(row, y=float(y)) for y in ys], executor, desc="plane rows", progress=progress)
+    loss = np.stack([r[0] for r in results], axis=1)  # (nx, ny)
+    error = np.stack([r[1] for r in results], axis=1)
+    chosen = row.chosen if all(r[2] == row.chosen for r in results) else "loop"  # vmap failed, auto fell back
+    return loss, error, chosen
+
+
+def _three(
+    a: Any, b: Any, c: Any, data: Any, dev: torch.device
+) -> tuple[nn.Module, tuple[dict[str, Tensor], ...], dict[str, Any]]:
+    """(working copy of a, the states of a, b and c, their a_/b_/c_ provenance attrs); the three
+    checked to be classifiers of one architecture."""
+    modules, infos = zip(*(load_ref(ref, dev) for ref in (a, b, c)))
+    for name, module, info in zip("abc", modules, infos):
+        require_classifier(module, data, name, info["source"])
+    model = modules[0]
+    sa = {k: t.detach().clone() for k, t in model.state_dict().items()}
+    sb, sc = ({k: t.detach() for k, t in m.state_dict().items()} for m in modules[1:])
+    _check_same(sa, sb, "b")
+    _check_same(sa, sc, "c")
+    model.requires_grad_(False)
+    return model, (sa, sb, sc), {f"{p}_{k}": v for p, info in zip("abc", infos) for k, v in info.items()}
+
+
+def _grid(
+    points: np.ndarray, span: Sequence[float] | Sequence[Sequence[float]] | None, margin: float, nx: int, ny: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The x and y coordinates: ``span`` or the bounding box of the ``points`` widened by ``margin``."""
     if span is None:
         m = float(margin)
         if not math.isfinite(m) or m < 0:
@@ -264,107 +337,4 @@ def plane(
             (x0, x1), (y0, y1) = grid.tolist()
         else:
             raise ValueError(f"span={span!r}: pass (low, high) or ((x_low, x_high), (y_low, y_high))")
-    xs, ys = _axis(x0, x1, nx, "x"), _axis(y0, y1, ny, "y")
-
-    policy = bn if has_batchnorm(model) else "none"
-    chosen = backend if backend != "auto" else ("vmap" if dev.type == "cuda" else "loop")
-    if channels_last is None:
-        channels_last = (
-            chosen == "loop"
-            and dev.type == "cpu"
-            and data.train.images.dim() == 4
-            and any(isinstance(mod, nn.Conv2d) for mod in model.modules())
-        )
-    inputs = prepare_inputs(
-        data,
-        (split,),
-        bn_batches=bn_batches,
-        bn_batch_size=bn_batch_size,
-        bn_seed=bn_seed,
-        max_examples=max_examples,
-        eval_seed=eval_seed,
-        device=dev,
-        need_bn=policy == "reset",
-        channels_last=bool(channels_last) and chosen == "loop",
-    )
-    if inputs.counts[split] == 0:
-        raise ValueError(f"the {split} split is empty: nothing to evaluate")
-    keep = bn_stat_keys(model) if policy == "keep_a" else set()
-
-    if executor is not None:  # rows travel to the workers on the CPU and move to ``dev`` there
-        cpu = torch.device("cpu")
-        sa, sb, v = ({k: t.to(cpu) for k, t in d.items()} for d in (sa, sb, v))
-        model, inputs = model.to(cpu), _inputs_to(inputs, cpu)
-    rows = [
-        PlaneRow(
-            float(y),
-            scale,
-            model,
-            sa,
-            sb,
-            v,
-            frozenset(keep),
-            [float(x) for x in xs],
-            policy,
-            inputs,
-            eval_batch_size,
-            backend,
-            chosen,
-            str(dev),
-        )
-        for y in ys
-    ]
-    results, _ = run_units(rows, executor, desc="plane rows", progress=progress)
-    loss = np.stack([r[0] for r in results], axis=1)  # (nx, ny)
-    error = np.stack([r[1] for r in results], axis=1)
-    if any(r[2] != chosen for r in results):
-        chosen = "loop"  # vmap failed and the auto backend fell back
-
-    attrs: dict[str, Any] = {
-        "analysis": "plane",
-        "plane_definition": DEFINITION,
-        "norm_u": norm_u,
-        "norm_v": norm_v,
-        "norm_c_minus_a": basis["norm_w"],
-        "c_projection": proj,
-        "coordinate_units": "|b - a| (norm_u)",
-        "bn_policy": policy,
-        "split": split,
-        "backend": chosen,
-        "precision": "fp32",
-        "device": str(dev),
-        "bn_batches": bn_batches,
-        "bn_batch_size": bn_batch_size,
-        "bn_seed": bn_seed,
-        "eval_batch_size": eval_batch_size,
-        "eval_seed": eval_seed,
-        "examples": inputs.counts[split],
-        "dataset": str(getattr(data, "name", "")),
-    }
-    for prefix, info in (("a", info_a), ("b", info_b), ("c", info_c)):
-        attrs.update({f"{prefix}_{k}": v for k, v in info.items()})
-    spec = getattr(model, "spec", None)
-    if isinstance(spec, Mapping):
-        attrs["model_spec"] = json.dumps(spec, sort_keys=True, default=str)
-    recipe = {
-        k: v
-        for k, v in attrs.items()
-        if k not in ("backend", "device", "norm_u", "norm_v", "norm_c_minus_a", "c_projection")
-    }
-    recipe.update({"x": [float(x) for x in xs], "y": [float(y) for y in ys]})
-    stamp(attrs, recipe, kind="plane", device=dev, precision="fp32")
-    units = {"units": "|b - a|"}
-    return xr.Dataset(
-        {
-            "loss": (("x", "y"), loss, {"long_name": "cross-entropy loss", "units": "nats"}),
-            "error": (("x", "y"), error, {"long_name": "classification error", "units": "fraction"}),
-            "point_x": ("point", points[:, 0], {"long_name": "x of the checkpoint in the plane", **units}),
-            "point_y": ("point", points[:, 1], {"long_name": "y of the checkpoint in the plane", **units}),
-        },
-        coords={
-            "x": ("x", xs, {"long_name": "coordinate along u = b - a", **units}),
-            "y": ("y", ys, {"long_name": "coordinate along v (c orthogonalised against u)", **units}),
-            "point": ("point", np.array(["a", "b", "c"])),
-        },
-        attrs=attrs,
-    )
+    return _axis(x0, x1, nx, "x"), _axis(y0, y1, ny, "y")

@@ -60,6 +60,13 @@ def load_ref(ref: Any, device: str | torch.device = "cpu") -> tuple[nn.Module, d
     raise TypeError(f"expected an nn.Module or a (store, epoch | name) pair, got {type(ref).__name__}")
 
 
+def model_spec_attrs(attrs: dict[str, Any], model: nn.Module) -> None:
+    """Record ``model.spec`` (a `distill.build_model` network's architecture) as JSON attr ``model_spec``."""
+    spec = getattr(model, "spec", None)
+    if isinstance(spec, Mapping):
+        attrs["model_spec"] = json.dumps(spec, sort_keys=True, default=str)
+
+
 def resolve_epoch(store: Any, epoch: int) -> int:
     """The saved epoch that ``epoch`` names in ``store``: itself when >= 0, else counted back from
     the last saved student (-1: the last). A ValueError names the saved epochs when it counts back

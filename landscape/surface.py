@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,27 @@ import xarray as xr
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+import distill
 from distill.bn import has_batchnorm
-from landscape.evaluate import POLICIES, prepare_inputs, run_segment
+from landscape.evaluate import run_segment
+from landscape.points import EvalSettings, check_bn_split, loss_error_vars, use_channels_last
+from landscape.refs import model_spec_attrs
 
 ONE_D = ("ignore", "normalize")
+FILTER_NORMALIZATION = "per filter (axis 0 slice) of every >= 2-axis parameter (Li et al. 2018)"
+# the attrs that, with the grid and the references, identify a surface (surface_key)
+_KEYED = (
+    "directions",
+    "seed",
+    "bias",
+    "bn_params",
+    "bn_policy",
+    "split",
+    "bn_batches",
+    "bn_batch_size",
+    "bn_seed",
+    "eval_seed",
+)
 _BN = nn.modules.batchnorm._BatchNorm
 
 
@@ -163,10 +181,7 @@ def surface(
 
     if dims not in (1, 2):
         raise ValueError(f"dims={dims!r}: pass 1 or 2")
-    if bn not in POLICIES:
-        raise ValueError(f"bn={bn!r}: choose one of {', '.join(POLICIES)}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split={split!r}: choose 'train' or 'test'")
+    check_bn_split(bn, split)
     nx, ny = (resolution, resolution) if isinstance(resolution, (int, np.integer)) else tuple(resolution)
     xs = _grid(span, nx, "span")
     ys = _grid(span if yspan is None else yspan, ny, "yspan") if dims == 2 else np.zeros(1)
@@ -174,178 +189,191 @@ def surface(
     model, info = load_ref(center, dev)
     model.requires_grad_(False)
     s0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    param_keys = {k for k, _ in model.named_parameters()}
-    refs_info: dict[str, Any] = {}
-    ends: list[dict[str, Tensor]] = []
     if isinstance(directions, str):
-        if directions == "random":
-            g = torch.Generator().manual_seed(int(seed))
-            dirs = [random_direction(model, seed, bias, bn_params, generator=g) for _ in range(dims)]
-            kind = "random, filter-normalised"
-        elif directions == "hessian":
-            from landscape.hessian import HessianOperator, make_batches, top_eigenpairs
-
-            work = load_ref(center, dev)[0]
-            op = HessianOperator(work, make_batches(work, data, split="train", batches=hessian_batches, seed=seed))
-            values, vecs = top_eigenpairs(op, k=dims, seed=seed)
-            dirs = [{k: v.double().cpu() for k, v in op.unflatten(vec).items()} for vec in vecs]
-            refs_info["hessian_eigenvalues"] = json.dumps([float(v) for v in values])
-            refs_info["hessian_batches"] = hessian_batches
-            kind = "top Hessian eigenvectors (unit norm)"
-        else:
-            raise ValueError(f"directions={directions!r}: pass 'random', 'hessian' or a list of {dims} checkpoint(s)")
-    else:
-        refs = list(directions)
-        if len(refs) != dims:
-            raise ValueError(f"directions: {len(refs)} checkpoint(s) given for a {dims}-D surface; pass {dims}")
-        dirs = []
-        for i, ref in enumerate(refs):
-            m, inf = load_ref(ref, dev)
-            sd = m.state_dict()
-            for k, t in s0.items():
-                if k not in sd or sd[k].shape != t.shape:
-                    raise ValueError(
-                        f"direction {i}: state_dict key {k!r} differs from the centre's: pass "
-                        "checkpoints of one architecture"
-                    )
-            ends.append({k: v.detach() for k, v in sd.items()})
-            dirs.append({k: sd[k].double().cpu() - t.double().cpu() for k, t in s0.items() if t.is_floating_point()})
-            refs_info.update({f"d{i + 1}_{k}": v for k, v in inf.items()})
-        kind = "checkpoints minus centre"
-
-    policy = bn if has_batchnorm(model) else "none"
-    if channels_last is None:
-        channels_last = (
-            dev.type == "cpu"
-            and data.train.images.dim() == 4
-            and any(isinstance(m, nn.Conv2d) for m in model.modules())
+        dirs, ends, kind, refs_info = _drawn(
+            directions, center, model, data, dims, seed, bias, bn_params, hessian_batches, dev
         )
-    inputs = prepare_inputs(
-        data,
-        (split,),
-        bn_batches=bn_batches,
-        bn_batch_size=bn_batch_size,
-        bn_seed=bn_seed,
-        max_examples=max_examples,
-        eval_seed=eval_seed,
-        device=dev,
-        need_bn=policy == "reset",
-        channels_last=bool(channels_last),
+    else:
+        dirs, ends, kind, refs_info = _checkpoints(list(directions), s0, dims, dev)
+    policy = bn if has_batchnorm(model) else "none"
+    ev = EvalSettings(bn_batches, bn_batch_size, bn_seed, eval_batch_size, max_examples, eval_seed)
+    use_cl = use_channels_last(channels_last, dev, model, data.train.images.dim(), "loop")
+    inputs = ev.inputs(
+        data, (split,), dev, policy == "reset", use_cl, f"the {split} split is empty: nothing to evaluate"
     )
-    if inputs.counts[split] == 0:
-        raise ValueError(f"the {split} split is empty: nothing to evaluate")
-
-    import distill
-
-    settings = {
-        "directions": kind,
-        "dims": dims,
-        "x": xs.tolist(),
-        "y": ys.tolist(),
-        "seed": seed,
-        "bias": bias,
-        "bn_params": bn_params,
-        "bn_policy": policy,
-        "split": split,
-        "max_examples": max_examples,
-        "bn_batches": bn_batches,
-        "bn_batch_size": bn_batch_size,
-        "bn_seed": bn_seed,
-        "eval_seed": eval_seed,
-        "source": info.get("source", ""),
-        **{k: v for k, v in refs_info.items() if k.endswith("source")},
-    }
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    loss = np.full((len(xs), len(ys)), np.nan)
-    error = np.full((len(xs), len(ys)), np.nan)
-    done = np.zeros(len(ys), dtype=np.int8)
-    out_path = Path(out) if out is not None else None
-    if out_path is not None and out_path.exists():
-        with xr.open_dataset(out_path, engine="h5netcdf") as old:
-            old = old.load()
-        if old.attrs.get("surface_key") != key:
-            raise ValueError(f"{out_path} holds a surface with other settings: pass another out= or delete it")
-        expand = (lambda a: a[:, None]) if dims == 1 else (lambda a: a)
-        loss, error = expand(old.loss.values).copy(), expand(old.error.values).copy()
-        done = np.atleast_1d(old.done.values).astype(np.int8)
-
     attrs: dict[str, Any] = {
         "analysis": "surface",
         "surface_definition": "theta(x, y) = theta_0 + x * d1 + y * d2" if dims == 2 else "theta(x) = theta_0 + x * d1",
         "directions": kind,
-        "surface_key": key,
         "bias": bias,
         "bn_params": bn_params,
-        "filter_normalization": "per filter (axis 0 slice) of every >= 2-axis parameter (Li et al. 2018)"
-        if directions == "random"
-        else "none",
-        "bn_policy": policy,
-        "split": split,
+        "filter_normalization": FILTER_NORMALIZATION if directions == "random" else "none",
         "seed": seed,
-        "precision": "fp32",
-        "device": str(dev),
-        "bn_batches": bn_batches,
-        "bn_batch_size": bn_batch_size,
-        "bn_seed": bn_seed,
-        "eval_batch_size": eval_batch_size,
-        "eval_seed": eval_seed,
-        "examples": inputs.counts[split],
-        "dataset": str(getattr(data, "name", "")),
-        "memory_format": "channels_last" if channels_last else "contiguous",
+        **ev.split_attrs(policy, split, inputs, data, dev),
+        "memory_format": "channels_last" if use_cl else "contiguous",
         "toolkit_version": str(distill.__version__),
         "torch_version": str(torch.__version__),
     }
-    for i, d in enumerate(dirs):
-        attrs[f"d{i + 1}_norm"] = _norm(d, param_keys)
+    sources = {"source": info.get("source", ""), **{k: v for k, v in refs_info.items() if k.endswith("source")}}
+    values = {"dims": dims, "x": xs.tolist(), "y": ys.tolist(), "max_examples": max_examples, **sources}
+    attrs["surface_key"] = key = _key({**{k: attrs[k] for k in _KEYED}, **values})
+    param_keys = {k for k, _ in model.named_parameters()}
+    attrs.update({f"d{i + 1}_norm": _norm(d, param_keys) for i, d in enumerate(dirs)})
     attrs.update({f"center_{k}": v for k, v in info.items()})
     attrs.update(refs_info)
-    spec = getattr(model, "spec", None)
-    if isinstance(spec, Mapping):
-        attrs["model_spec"] = json.dumps(spec, sort_keys=True, default=str)
-
-    def dataset() -> xr.Dataset:
-        dims_ = ("x", "y") if dims == 2 else ("x",)
-        pick = (lambda a: a) if dims == 2 else (lambda a: a[:, 0])
-        coords = {"x": ("x", xs, {"long_name": "coordinate along d1", "units": "|d1|"})}
-        data_vars: dict[str, tuple[Any, ...]] = {
-            "loss": (dims_, pick(loss), {"long_name": "cross-entropy loss", "units": "nats"}),
-            "error": (dims_, pick(error), {"long_name": "classification error", "units": "fraction"}),
-        }
-        if dims == 2:
-            coords["y"] = ("y", ys, {"long_name": "coordinate along d2", "units": "|d2|"})
-            data_vars["done"] = ("y", done, {"long_name": "row evaluated", "units": "1"})
-        else:
-            data_vars["done"] = ((), done[0], {"long_name": "line evaluated", "units": "1"})
-        return xr.Dataset(data_vars, coords=coords, attrs=attrs)
-
+    model_spec_attrs(attrs, model)
+    out_path = Path(out) if out is not None else None
+    grid = _Grid(xs, ys, dims, *_resume(out_path, key, dims, (len(xs), len(ys))), attrs, out_path)
     keep = set(k for k in s0 if k.endswith(("running_mean", "running_var"))) if policy == "keep_a" else set()
     alist = [float(x) for x in xs]
     for j, y in enumerate(tqdm(ys, desc="surface", unit="row", disable=None if progress is None else not progress)):
-        if done[j]:
-            continue
-        start, end = {}, {}
+        if not grid.done[j]:
+            start, end = _row(s0, dirs, ends, keep, float(y), dims)
+            row = run_segment(model, start, end, alist, policy, inputs, eval_batch_size, 1, "loop", "loop")
+            grid.fill(j, row[0][:, 0], row[1][:, 0])
+    return grid.dataset()
+
+
+def _key(settings: dict[str, Any]) -> str:
+    """What identifies a surface's settings in its file: 16 hex digits of their JSON's SHA-256."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _drawn(
+    directions: str,
+    center: Any,
+    model: nn.Module,
+    data: Any,
+    dims: int,
+    seed: int,
+    bias: str,
+    bn_params: str,
+    hessian_batches: int,
+    dev: torch.device,
+) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]], str, dict[str, Any]]:
+    """Random (filter-normalised) or top-Hessian directions: (directions, no end points, kind, attrs)."""
+    if directions == "random":
+        g = torch.Generator().manual_seed(int(seed))
+        dirs = [random_direction(model, seed, bias, bn_params, generator=g) for _ in range(dims)]
+        return dirs, [], "random, filter-normalised", {}
+    if directions == "hessian":
+        from landscape.hessian import HessianOperator, make_batches, top_eigenpairs
+        from landscape.refs import load_ref
+
+        work = load_ref(center, dev)[0]
+        op = HessianOperator(work, make_batches(work, data, split="train", batches=hessian_batches, seed=seed))
+        values, vecs = top_eigenpairs(op, k=dims, seed=seed)
+        dirs = [{k: v.double().cpu() for k, v in op.unflatten(vec).items()} for vec in vecs]
+        info = {"hessian_eigenvalues": json.dumps([float(v) for v in values]), "hessian_batches": hessian_batches}
+        return dirs, [], "top Hessian eigenvectors (unit norm)", info
+    raise ValueError(f"directions={directions!r}: pass 'random', 'hessian' or a list of {dims} checkpoint(s)")
+
+
+def _checkpoints(
+    refs: list[Any], s0: Mapping[str, Tensor], dims: int, dev: torch.device
+) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]], str, dict[str, Any]]:
+    """Directions to ``dims`` checkpoints: (checkpoint - centre, the checkpoints' states, kind, attrs)."""
+    from landscape.refs import load_ref
+
+    if len(refs) != dims:
+        raise ValueError(f"directions: {len(refs)} checkpoint(s) given for a {dims}-D surface; pass {dims}")
+    dirs, ends, info = [], [], {}
+    for i, ref in enumerate(refs):
+        m, inf = load_ref(ref, dev)
+        sd = m.state_dict()
         for k, t in s0.items():
-            if not t.is_floating_point() or k in keep:
-                start[k] = end[k] = t
-                continue
-            d1 = dirs[0].get(k)
-            d2 = dirs[1].get(k) if dims == 2 else None
-            base = t.double().cpu()
-            if d2 is not None and y != 0.0:
-                base = base + float(y) * d2
-            start[k] = t if (d2 is None or y == 0.0) else base.to(t.dtype).to(t.device)
-            if ends and (d2 is None or y == 0.0):
-                end[k] = ends[0][k].to(t.device)  # exactly the linear path's end point
-            elif d1 is not None:
-                end[k] = (base + d1).to(t.dtype).to(t.device)
-            else:
-                end[k] = start[k]
-        row_loss, row_err, _ = run_segment(model, start, end, alist, policy, inputs, eval_batch_size, 1, "loop", "loop")
-        loss[:, j], error[:, j] = row_loss[:, 0], row_err[:, 0]
-        done[j] = 1
-        if out_path is not None:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out_path.with_name(out_path.name + ".tmp")
-            dataset().to_netcdf(tmp, engine="h5netcdf")
-            os.replace(tmp, out_path)
-    return dataset()
+            if k not in sd or sd[k].shape != t.shape:
+                raise ValueError(
+                    f"direction {i}: state_dict key {k!r} differs from the centre's: pass "
+                    "checkpoints of one architecture"
+                )
+        ends.append({k: v.detach() for k, v in sd.items()})
+        dirs.append({k: sd[k].double().cpu() - t.double().cpu() for k, t in s0.items() if t.is_floating_point()})
+        info.update({f"d{i + 1}_{k}": v for k, v in inf.items()})
+    return dirs, ends, "checkpoints minus centre", info
+
+
+def _resume(
+    out_path: Path | None, key: str, dims: int, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(loss, error (x, y), rows done (y,)): from the surface at ``out_path`` when it has the same
+    settings (``key``), NaN and nothing done when there is none; other settings are refused."""
+    if out_path is None or not out_path.exists():
+        return np.full(shape, np.nan), np.full(shape, np.nan), np.zeros(shape[1], dtype=np.int8)
+    with xr.open_dataset(out_path, engine="h5netcdf") as old:
+        old = old.load()
+    if old.attrs.get("surface_key") != key:
+        raise ValueError(f"{out_path} holds a surface with other settings: pass another out= or delete it")
+    expand = (lambda a: a[:, None]) if dims == 1 else (lambda a: a)
+    return (
+        expand(old.loss.values).copy(),
+        expand(old.error.values).copy(),
+        np.atleast_1d(old.done.values).astype(np.int8),
+    )
+
+
+def _row(
+    s0: Mapping[str, Tensor],
+    dirs: list[dict[str, Tensor]],
+    ends: list[dict[str, Tensor]],
+    keep: set[str],
+    y: float,
+    dims: int,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The ends (x = 0 and x = 1) of the row at ``y``; a checkpoint direction's row y = 0 ends
+    exactly at the checkpoint, as the linear path does."""
+    start, end = {}, {}
+    for k, t in s0.items():
+        if not t.is_floating_point() or k in keep:
+            start[k] = end[k] = t
+            continue
+        d1 = dirs[0].get(k)
+        d2 = dirs[1].get(k) if dims == 2 else None
+        base = t.double().cpu()
+        if d2 is not None and y != 0.0:
+            base = base + y * d2
+        start[k] = t if (d2 is None or y == 0.0) else base.to(t.dtype).to(t.device)
+        if ends and (d2 is None or y == 0.0):
+            end[k] = ends[0][k].to(t.device)  # exactly the linear path's end point
+        elif d1 is not None:
+            end[k] = (base + d1).to(t.dtype).to(t.device)
+        else:
+            end[k] = start[k]
+    return start, end
+
+
+@dataclass
+class _Grid:
+    """The surface so far: ``loss`` and ``error`` (x, y) filled in place, ``done`` per row."""
+
+    xs: np.ndarray
+    ys: np.ndarray
+    dims: int
+    loss: np.ndarray
+    error: np.ndarray
+    done: np.ndarray
+    attrs: dict[str, Any]
+    out_path: Path | None = None
+
+    def fill(self, j: int, loss: np.ndarray, error: np.ndarray) -> None:
+        """Row ``j`` evaluated: stored, and the file (when there is one) rewritten."""
+        self.loss[:, j], self.error[:, j] = loss, error
+        self.done[j] = 1
+        if self.out_path is not None:
+            self.out_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.out_path.with_name(self.out_path.name + ".tmp")
+            self.dataset().to_netcdf(tmp, engine="h5netcdf")
+            os.replace(tmp, self.out_path)
+
+    def dataset(self) -> xr.Dataset:
+        """The Dataset over (x[, y]) with ``done`` and the attrs."""
+        dims = ("x", "y") if self.dims == 2 else ("x",)
+        pick = (lambda a: a) if self.dims == 2 else (lambda a: a[:, 0])
+        coords = {"x": ("x", self.xs, {"long_name": "coordinate along d1", "units": "|d1|"})}
+        data_vars: dict[str, tuple[Any, ...]] = loss_error_vars(dims, pick(self.loss), pick(self.error))
+        if self.dims == 2:
+            coords["y"] = ("y", self.ys, {"long_name": "coordinate along d2", "units": "|d2|"})
+            data_vars["done"] = ("y", self.done, {"long_name": "row evaluated", "units": "1"})
+        else:
+            data_vars["done"] = ((), self.done[0], {"long_name": "line evaluated", "units": "1"})
+        return xr.Dataset(data_vars, coords=coords, attrs=self.attrs)

@@ -31,7 +31,7 @@ from landscape.pruning import (
     unmasked_copy,
 )
 
-lottery_mod = importlib.import_module("landscape.lottery")  # the module: landscape.lottery is the function
+lottery_mod = importlib.import_module("landscape.lottery_levels")  # the module that trains the levels
 
 CFG = SupervisedConfig(epochs=1, milestones=[], batch_size=32, augment="none", device="cpu")
 

@@ -1,0 +1,109 @@
+"""What a path, a plane and a surface share: the settings of evaluating a network at a point, the
+inputs they draw, the memory-format choice and the checks of their common arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.provenance import stamp
+from landscape.evaluate import POLICIES, PathInputs, prepare_inputs
+from landscape.refs import model_spec_attrs
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    """Raise a one-line ValueError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: choose one of {', '.join(choices)}")
+
+
+def check_bn_split(bn: str, split: str) -> None:
+    """The BN policy and the single evaluated split of a plane or surface."""
+    check_choice("bn", bn, POLICIES)
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r}: choose 'train' or 'test'")
+
+
+def use_channels_last(option: bool | None, device: torch.device, model: nn.Module, ndim: int, evaluator: str) -> bool:
+    """Whether the inputs and model run channels-last: never for the vmap evaluator; else as asked,
+    and by default for conv nets on the CPU (results then match a contiguous evaluation to float
+    rounding, ~1e-6, rather than bit for bit)."""
+    if evaluator != "loop":
+        return False
+    if option is not None:
+        return bool(option)
+    return device.type == "cpu" and ndim == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How the points are evaluated: BN statistics reset on ``bn_batches`` batches of
+    ``bn_batch_size`` training images drawn with ``bn_seed``; each split evaluated
+    ``eval_batch_size`` images at a time, on a subset of ``max_examples`` drawn with ``eval_seed``
+    (None: the whole split)."""
+
+    bn_batches: int
+    bn_batch_size: int
+    bn_seed: int
+    eval_batch_size: int
+    max_examples: int | None
+    eval_seed: int
+
+    def inputs(
+        self, data: Any, splits: Sequence[str], device: torch.device, need_bn: bool, channels_last: bool, empty: str
+    ) -> PathInputs:
+        """The BN batches (when ``need_bn``) and evaluation subsets on ``device``
+        (`landscape.evaluate.prepare_inputs`); a ValueError saying ``empty`` when a split has no example."""
+        drawn = {k: getattr(self, k) for k in ("bn_batches", "bn_batch_size", "bn_seed", "max_examples", "eval_seed")}
+        inputs = prepare_inputs(data, splits, device=device, need_bn=need_bn, channels_last=channels_last, **drawn)
+        if any(inputs.counts[s] == 0 for s in splits):
+            raise ValueError(empty)
+        return inputs
+
+    def split_attrs(
+        self, policy: str, split: str, inputs: PathInputs, data: Any, device: torch.device
+    ) -> dict[str, Any]:
+        """The attrs of a grid evaluated on one ``split`` with BN ``policy``: these settings, the
+        examples evaluated, the dataset, the device and the precision (fp32)."""
+        return {
+            "bn_policy": policy,
+            "split": split,
+            "precision": "fp32",
+            "device": str(device),
+            **self.attrs(),
+            "examples": inputs.counts[split],
+            "dataset": str(getattr(data, "name", "")),
+        }
+
+    def attrs(self) -> dict[str, int]:
+        """The settings as attrs (``max_examples`` shows in the examples counts)."""
+        return {
+            "bn_batches": self.bn_batches,
+            "bn_batch_size": self.bn_batch_size,
+            "bn_seed": self.bn_seed,
+            "eval_batch_size": self.eval_batch_size,
+            "eval_seed": self.eval_seed,
+        }
+
+
+def loss_error_vars(dims: tuple[str, ...], loss: Any, error: Any) -> dict[str, Any]:
+    """The ``loss`` (mean cross-entropy, nats) and ``error`` (fraction) variables over ``dims``."""
+    return {
+        "loss": (dims, loss, {"long_name": "cross-entropy loss", "units": "nats"}),
+        "error": (dims, error, {"long_name": "classification error", "units": "fraction"}),
+    }
+
+
+def stamp_result(
+    attrs: dict[str, Any], model: nn.Module, kind: str, device: torch.device, leave_out: Sequence[str], **extra: Any
+) -> None:
+    """Add ``model``'s spec and the provenance (`distill.provenance.stamp`, fp32) to ``attrs``; the
+    recipe is ``attrs`` without ``leave_out`` (what does not change the numbers), plus ``extra``."""
+    model_spec_attrs(attrs, model)
+    recipe = {k: v for k, v in attrs.items() if k not in leave_out}
+    recipe.update(extra)
+    stamp(attrs, recipe, kind=kind, device=device, precision="fp32")
