@@ -23,9 +23,11 @@ import xarray as xr
 from torch import nn
 
 from distill.config import SupervisedConfig
+from distill.options import with_config
 from distill.provenance import stamp
 from distill.store import Store, StoreError
 from distill.store.names import SUFFIX, store_name
+from landscape.configs import LotterySweepConfig
 from landscape.executors import run_units
 
 
@@ -78,14 +80,16 @@ class LotteryUnit:
         return self.out
 
 
+@with_config(LotterySweepConfig)
 def lottery_sweep(
     start: Any,
     data: Any,
-    rewinds: Sequence[str] = ("start",),
-    seeds: Sequence[int] = (0,),
+    *,
+    rewinds: Sequence[str],
+    seeds: Sequence[int],
+    cfg: SupervisedConfig | None,
     out_dir: str | Path = "runs/lottery",
     executor: Executor | None = None,
-    cfg: SupervisedConfig | None = None,
     progress: bool | None = None,
     **options: Any,
 ) -> xr.Dataset:
