@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import typing
 from dataclasses import dataclass, fields
@@ -131,9 +130,14 @@ def _recipe(text: str) -> SupervisedConfig:
 
 
 # ----------------------------------------------------------------------------- the base class
-@functools.cache
-def _hints(cls: Any) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The evaluated type hints of ``cls`` (computed once per class)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _takes_tuple(tp: Any) -> bool:
