@@ -47,15 +47,15 @@ def _lock_early(out: Path) -> object | None:
     return acquire(out)
 
 
+_TENSORBOARD_HELP = (
+    "also write loss, KL and probe accuracies as TensorBoard scalars into DIR (needs the tensorboard extra)"
+)
+
+
 def _distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="store folder to write, e.g. runs/x.rts (resumed when it exists)")
     p.add_argument("--no-resume", action="store_true", help="refuse to touch an existing store")
-    p.add_argument(
-        "--tensorboard",
-        default=None,
-        metavar="DIR",
-        help="also write loss, KL and probe accuracies as TensorBoard scalars into DIR (needs the tensorboard extra)",
-    )
+    p.add_argument("--tensorboard", default=None, metavar="DIR", help=_TENSORBOARD_HELP)
 
 
 def _distill(cfg: DistillConfig, a: argparse.Namespace) -> int:
@@ -74,6 +74,13 @@ declare("distill", "distil a student from a random teacher into an HDF5 store", 
 
 
 # ---------------------------------------------------------------------------- instability
+def _write_beside(ds: Any, out: str | None, store: Path, what: str) -> int:
+    """Say where the ``what`` are (``store``) and write ``ds`` to ``out``, else beside ``store`` (.nc)."""
+    print(f"{what} in {store}")
+    print(f"wrote {write_nc(ds, Path(out) if out else store.with_suffix('.nc'))}")
+    return 0
+
+
 def _instability_args(p: argparse.ArgumentParser) -> None:
     add_start_and_recipe_args(p, skip=("device", "data_seed", "aug_seed"))
     p.add_argument(
@@ -110,10 +117,7 @@ def _instability(config: InstabilityConfig, a: argparse.Namespace) -> int:
             for c, s, v in zip(ds.child.values, ds.child_seed.values, ds.child_test_accuracy.values)
         )
     )
-    out = Path(a.out) if a.out else children_store.with_suffix(".nc")
-    print(f"children in {children_store}")
-    print(f"wrote {write_nc(ds, out)}")
-    return 0
+    return _write_beside(ds, a.out, children_store, "children")
 
 
 declare(
@@ -198,10 +202,7 @@ def _lottery(config: LotteryConfig, a: argparse.Namespace) -> int:
     else:
         ds = lottery((store, which), data, config=config, store=lottery_store)
         print(_lottery_table(ds))
-    out = Path(a.out) if a.out else lottery_store.with_suffix(".nc")
-    print(f"checkpoints in {lottery_store}")
-    print(f"wrote {write_nc(ds, out)}")
-    return 0
+    return _write_beside(ds, a.out, lottery_store, "checkpoints")
 
 
 declare(
