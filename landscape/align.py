@@ -34,6 +34,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from distill.options import with_config
+from landscape.configs import AlignConfig
 from landscape.repair import endpoint_stats, repair_state  # noqa: F401 - REPAIR, also importable from here
 
 METHODS = ("weights", "activations")
@@ -366,17 +368,18 @@ def training_batches(
     return inputs.bn
 
 
+@with_config(AlignConfig)
 def align(
     a: nn.Module,
     b: nn.Module,
     method: str = "weights",
     data: Any = None,
     *,
-    max_iter: int = 100,
-    seed: int = 0,
-    batches: int = 8,
-    batch_size: int = 256,
-    data_seed: int = 0,
+    max_iter: int,
+    seed: int,
+    batches: int,
+    batch_size: int,
+    data_seed: int,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``b`` permuted to match ``a`` (a new module; neither input is modified).
 

@@ -30,6 +30,7 @@ from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from distill.bn import recalibrate_bn
+from landscape.configs import BN_POLICIES
 
 __all__ = [
     "POLICIES",
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 _BN = nn.modules.batchnorm._BatchNorm
-POLICIES = ("reset", "interpolate", "keep_a")
+POLICIES = BN_POLICIES
 
 
 # ----------------------------------------------------------------------------- inputs

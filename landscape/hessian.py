@@ -30,6 +30,8 @@ import xarray as xr
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
+from distill.options import with_config
+from landscape.configs import HessianConfig, HessianPathConfig
 from landscape.hessian_result import Measures, to_dataset
 from landscape.linalg import (  # noqa: F401 - the linear algebra, also importable from here
     as_linear_operator,
@@ -214,26 +216,27 @@ class _Batches:
 
 
 # ----------------------------------------------------------------------------- entry points
+@with_config(HessianConfig)
 def hessian(
     model: Any,
     data: Any,
-    k: int = 5,
     *,
-    loss: str = "supervised",
+    k: int,
+    loss: str,
     teacher: Any = None,
-    split: str = "train",
-    batches: int | None = 4,
-    batch_size: int = 256,
-    data_seed: int = 0,
-    trace_probes: int = 100,
-    trace_method: str = "hutch++",
-    slq_runs: int = 0,
-    slq_steps: int = 50,
-    density_points: int = 201,
-    seed: int = 0,
-    tol: float = 1e-6,
-    vectors: bool = False,
-    device: str | torch.device = "auto",
+    split: str,
+    batches: int | None,
+    batch_size: int,
+    data_seed: int,
+    trace_probes: int,
+    trace_method: str,
+    seed: int,
+    tol: float,
+    slq_runs: int,
+    slq_steps: int,
+    density_points: int,
+    vectors: bool,
+    device: str | torch.device,
 ) -> xr.Dataset:
     """Top-``k`` Hessian eigenvalues, trace and (``slq_runs`` > 0) spectral density of the loss at ``model``.
 
@@ -257,25 +260,26 @@ def hessian(
     return to_dataset([m.measure(op)], None, setup, info, module, m, dev)
 
 
+@with_config(HessianPathConfig)
 def hessian_along_path(
     a: Any,
     b: Any,
     data: Any,
-    alphas: int | Sequence[float] = 5,
-    k: int = 3,
     *,
-    loss: str = "supervised",
+    alphas: int | Sequence[float],
+    k: int,
+    bn: str,
+    loss: str,
     teacher: Any = None,
-    split: str = "train",
-    batches: int | None = 4,
-    batch_size: int = 256,
-    data_seed: int = 0,
-    trace_probes: int = 51,
-    trace_method: str = "hutch++",
-    seed: int = 0,
-    tol: float = 1e-4,
-    bn: str = "interpolate",
-    device: str | torch.device = "auto",
+    split: str,
+    batches: int | None,
+    batch_size: int,
+    seed: int,
+    data_seed: int,
+    tol: float,
+    trace_probes: int,
+    trace_method: str,
+    device: str | torch.device,
 ) -> xr.Dataset:
     """`hessian` (eigenvalues and trace) at points ``(1 - alpha) a + alpha b`` of the straight
     line; ``bn``: ``interpolate`` (running statistics on the line) or ``reset`` (re-estimated on 8

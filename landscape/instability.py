@@ -32,10 +32,12 @@ import xarray as xr
 from torch import nn
 
 from distill.config import SupervisedConfig
+from distill.options import with_config
 from distill.provenance import stamp
 from distill.store.names import SUFFIX, store_name
 from distill.supervised import check_classifier, evaluate, train_supervised, with_classifier
 from landscape import refs
+from landscape.configs import InstabilityConfig
 from landscape.executors import run_units
 from landscape.paths import linear_path, with_barriers
 from landscape.units import differing, finished, open_store, refuse
@@ -140,23 +142,24 @@ class ChildUnit:
 
 
 # ----------------------------------------------------------------------------- public API
+@with_config(InstabilityConfig)
 def instability(
     start: Any,
     data: Any,
-    children: int = 2,
-    seeds: Sequence[int] | None = None,
-    cfg: SupervisedConfig | None = None,
+    *,
+    children: int,
+    seeds: Sequence[int] | None,
+    cfg: SupervisedConfig | None,
+    alphas: int | Sequence[float],
+    bn: str,
+    splits: Sequence[str],
+    device: str | torch.device,
+    head_seed: int,
+    path_options: Mapping[str, Any] | None,
     epochs: int | None = None,
     store: Any = None,
-    alphas: int | Sequence[float] = 30,
-    bn: str = "reset",
-    splits: Sequence[str] = ("test",),
-    device: str | torch.device = "auto",
     progress: bool | None = None,
     num_classes: int | None = None,
-    *,
-    head_seed: int = 0,
-    path_options: Mapping[str, Any] | None = None,
     executor: Executor | None = None,
 ) -> xr.Dataset:
     """Train children of ``start`` with labels and measure the barrier between every pair.

@@ -25,9 +25,11 @@ import xarray as xr
 import distill
 from distill.config import DistillConfig
 from distill.init import parameter_distance
+from distill.options import with_config
 from distill.provenance import stamp
 from distill.store import Store
 from distill.store.names import SUFFIX, store_name
+from landscape.configs import LocalityConfig
 from landscape.executors import run_units
 from landscape.units import differing, finished
 
@@ -87,11 +89,13 @@ class DistillUnit:
         return self.out
 
 
+@with_config(LocalityConfig)
 def locality(
     cfg: DistillConfig,
-    alphas: Sequence[float] | None = None,
-    eps: Sequence[float] | None = None,
-    seeds: Sequence[int] = (0,),
+    *,
+    alphas: Sequence[float] | None,
+    eps: Sequence[float] | None,
+    seeds: Sequence[int],
     out_dir: str | Path = "runs/locality",
     executor: Executor | None = None,
     data: Any = None,

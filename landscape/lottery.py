@@ -52,9 +52,11 @@ from tqdm.auto import tqdm
 
 from distill.config import SupervisedConfig
 from distill.device import resolve_device
+from distill.options import with_config
 from distill.provenance import stamp
 from distill.store import Store
 from distill.supervised import check_classifier, fit_head, steps_per_epoch, with_classifier
+from landscape.configs import LotteryConfig
 from landscape.lottery_levels import (  # noqa: F401 - the constants are also importable from here
     RANDOM_PRUNE_STRIDE,
     STEP_SCHEDULE,
@@ -155,22 +157,24 @@ def _check_rewind_step(model: nn.Module, data: Any, cfg: SupervisedConfig, rewin
 
 
 # ----------------------------------------------------------------------------- public entry point
+@with_config(LotteryConfig)
 def lottery(
     start: Any,
     data: Any,
-    levels: int = 5,
-    prune_fraction: float = 0.2,
-    rewind: str | Sequence[str] = "start",
-    prunable: str | Sequence[str] = "weights",
-    cfg: SupervisedConfig | None = None,
-    rewind_step: int | None = None,
-    rewind_optimizer: bool = False,
-    baselines: str | Sequence[str] | None = (),
+    *,
+    levels: int,
+    prune_fraction: float,
+    rewind: str | Sequence[str],
+    prunable: str | Sequence[str],
+    cfg: SupervisedConfig | None,
+    rewind_step: int | None,
+    rewind_optimizer: bool,
+    baselines: str | Sequence[str] | None,
+    device: str | torch.device,
+    seed: int,
+    rewind_rng: bool,
     store: Store | str | Path | None = None,
-    device: str | torch.device = "auto",
     progress: bool | None = None,
-    seed: int = 0,
-    rewind_rng: bool = True,
 ) -> xr.Dataset:
     """Iterative magnitude pruning with rewinding from ``start``; see the module docstring.
 

@@ -23,9 +23,11 @@ import xarray as xr
 from torch import nn
 
 from distill.config import SupervisedConfig
+from distill.options import with_config
 from distill.provenance import stamp
 from distill.store import Store
 from distill.store.names import SUFFIX, store_name
+from landscape.configs import LotterySweepConfig
 from landscape.executors import run_units
 from landscape.units import finished
 
@@ -84,14 +86,16 @@ def _concat(parts: list[xr.Dataset], dim: Any) -> xr.Dataset:
     return xr.concat(parts, dim=dim, data_vars="minimal", coords="minimal", compat="equals", combine_attrs="override")
 
 
+@with_config(LotterySweepConfig)
 def lottery_sweep(
     start: Any,
     data: Any,
-    rewinds: Sequence[str] = ("start",),
-    seeds: Sequence[int] = (0,),
+    *,
+    rewinds: Sequence[str],
+    seeds: Sequence[int],
+    cfg: SupervisedConfig | None,
     out_dir: str | Path = "runs/lottery",
     executor: Executor | None = None,
-    cfg: SupervisedConfig | None = None,
     progress: bool | None = None,
     **options: Any,
 ) -> xr.Dataset:

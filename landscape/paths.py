@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from distill.bn import has_batchnorm
 from distill.device import resolve_device
+from distill.options import with_config
+from landscape.configs import PathConfig
 from landscape.evaluate import POLICIES, PathInputs, compile_name, lerp, run_segment, trial_backends
 from landscape.points import EvalSettings, check_choice, loss_error_vars, stamp_result, use_channels_last
 from landscape.refs import load_ref, require_classifier
@@ -117,27 +119,28 @@ def _positive(name: str, value: int) -> int:
 
 
 # ----------------------------------------------------------------------------- public API
+@with_config(PathConfig)
 def linear_path(
     a: Any,
     b: Any,
     data: Any,
-    alphas: int | Sequence[float] = 30,
-    bn: str = "reset",
-    splits: Sequence[str] = ("train", "test"),
-    bn_batches: int = 8,
-    bn_batch_size: int = 256,
-    bn_seed: int = 0,
-    eval_batch_size: int = 1000,
-    max_examples: int | None = None,
-    backend: str = "auto",
-    device: str | torch.device = "auto",
     *,
-    eval_seed: int = 0,
-    alpha_chunk: int | None = None,
-    channels_last: bool | None = None,
-    align: str | None = None,
-    align_options: Mapping[str, Any] | None = None,
-    repair: bool = False,
+    alphas: int | Sequence[float],
+    bn: str,
+    splits: Sequence[str],
+    bn_batches: int,
+    bn_batch_size: int,
+    bn_seed: int,
+    eval_batch_size: int,
+    max_examples: int | None,
+    backend: str,
+    device: str | torch.device,
+    eval_seed: int,
+    alpha_chunk: int | None,
+    channels_last: bool | None,
+    align: str | None,
+    align_options: Mapping[str, Any] | None,
+    repair: bool,
     compile: bool | str | Callable[..., Any] = False,
 ) -> xr.Dataset:
     """Loss and error along ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b``.

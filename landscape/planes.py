@@ -34,6 +34,8 @@ import xarray as xr
 from torch import Tensor, nn
 
 from distill.bn import has_batchnorm
+from distill.options import with_config
+from landscape.configs import PlaneConfig
 from landscape.evaluate import PathInputs, bn_stat_keys, run_segment
 from landscape.executors import run_units
 from landscape.points import (
@@ -181,27 +183,28 @@ def plane_basis(
     }
 
 
+@with_config(PlaneConfig)
 def plane(
     a: Any,
     b: Any,
     c: Any,
     data: Any,
-    resolution: int | Sequence[int] = 21,
-    span: Sequence[float] | Sequence[Sequence[float]] | None = None,
-    margin: float = 0.5,
-    bn: str = "reset",
-    split: str = "test",
-    max_examples: int | None = None,
-    device: str | torch.device = "auto",
-    progress: bool | None = None,
     *,
-    bn_batches: int = 8,
-    bn_batch_size: int = 256,
-    bn_seed: int = 0,
-    eval_batch_size: int = 1000,
-    eval_seed: int = 0,
-    backend: str = "auto",
-    channels_last: bool | None = None,
+    resolution: int | Sequence[int],
+    span: Sequence[float] | Sequence[Sequence[float]] | None,
+    margin: float,
+    bn: str,
+    split: str,
+    max_examples: int | None,
+    device: str | torch.device,
+    bn_batches: int,
+    bn_batch_size: int,
+    bn_seed: int,
+    eval_batch_size: int,
+    eval_seed: int,
+    backend: str,
+    channels_last: bool | None,
+    progress: bool | None = None,
     executor: Executor | None = None,
 ) -> xr.Dataset:
     """Loss and error on a grid in the plane through ``a``, ``b``, ``c`` (see the module docstring).

@@ -39,6 +39,8 @@ from tqdm.auto import tqdm
 
 import distill
 from distill.bn import has_batchnorm
+from distill.options import with_config
+from landscape.configs import SurfaceConfig
 from landscape.evaluate import run_segment
 from landscape.points import EvalSettings, check_bn_split, loss_error_vars, use_channels_last
 from landscape.refs import model_spec_attrs
@@ -135,30 +137,31 @@ def _grid(span: Sequence[float], n: int, name: str) -> np.ndarray:
     return np.linspace(float(span[0]), float(span[1]), int(n))
 
 
+@with_config(SurfaceConfig)
 def surface(
     center: Any,
     data: Any,
     directions: str | Sequence[Any] = "random",
-    dims: int = 2,
-    resolution: int | Sequence[int] = 21,
-    span: Sequence[float] = (-1.0, 1.0),
-    yspan: Sequence[float] | None = None,
     *,
-    seed: int = 0,
-    bias: str = "ignore",
-    bn_params: str = "ignore",
-    bn: str = "reset",
-    split: str = "test",
-    max_examples: int | None = None,
-    bn_batches: int = 8,
-    bn_batch_size: int = 256,
-    bn_seed: int = 0,
-    eval_batch_size: int = 1000,
-    eval_seed: int = 0,
-    hessian_batches: int = 4,
+    dims: int,
+    resolution: int | Sequence[int],
+    span: Sequence[float],
+    yspan: Sequence[float] | None,
+    seed: int,
+    bias: str,
+    bn_params: str,
+    bn: str,
+    split: str,
+    max_examples: int | None,
+    bn_batches: int,
+    bn_batch_size: int,
+    bn_seed: int,
+    eval_batch_size: int,
+    eval_seed: int,
+    hessian_batches: int,
+    device: str | torch.device,
+    channels_last: bool | None,
     out: str | os.PathLike | None = None,
-    device: str | torch.device = "auto",
-    channels_last: bool | None = None,
     progress: bool | None = None,
 ) -> xr.Dataset:
     """Loss and error on a 1-D (``dims=1``) or 2-D grid around ``center`` (see the module docstring).

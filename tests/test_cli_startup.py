@@ -63,7 +63,7 @@ def test_help_and_usage_errors_import_no_heavy_module():
 
 
 def test_light_copies_agree_with_the_modules_they_stand_for():
-    from landscape.commands import BN_POLICIES
+    from landscape.configs import BN_POLICIES
     from landscape.evaluate import POLICIES
 
     assert BN_POLICIES == POLICIES

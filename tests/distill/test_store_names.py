@@ -74,8 +74,8 @@ def test_the_cli_resumes_an_older_derived_store(tmp_path, monkeypatch, command, 
     """``rtt instability STORE`` derives ``STORE-instability-eEPOCH.rts`` and ``rtt lottery STORE``
     ``STORE-lottery-eEPOCH.rts``; where only the ``.h5`` folder of that name is there, the analysis
     is given that one (which it resumes)."""
-    from landscape import commands
     from landscape.cli import main
+    from landscape.cli import training as commands
 
     source = _toy_store(tmp_path / "run.rts", epochs=(1, 2))
     seen = {}
@@ -85,7 +85,7 @@ def test_the_cli_resumes_an_older_derived_store(tmp_path, monkeypatch, command, 
         raise SystemExit(0)  # stop before any training: the name is what this test checks
 
     monkeypatch.setattr(importlib.import_module(module), command, fake)
-    monkeypatch.setattr(commands, "_data_for", lambda store, a: None)
+    monkeypatch.setattr(commands, "data_for", lambda store, a: None)
     args = [command, str(source.path), "--preset", "tiny", "--device", "cpu"]
     with pytest.raises(SystemExit):
         main(args)

@@ -8,7 +8,7 @@ import pytest
 
 from distill.store import Store
 from landscape.cli import main as rtt
-from landscape.commands import _path_alphas
+from landscape.configs import path_alphas as _path_alphas
 
 
 def test_path_alphas_take_a_count_or_values():

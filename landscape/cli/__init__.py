@@ -1,12 +1,14 @@
 """The ``rtt`` command line. Flags come from the config dataclasses; errors are one line: exit 1 for
 a run that cannot go on, exit 2 for a usage error (with the closest valid name or flag suggested).
 
-Commands register themselves with `command` in the modules listed in
-`COMMAND_MODULES` (today ``landscape.commands``); adding a command is one decorated class
-with ``add_args(parser)`` and ``run(args) -> int``. Those modules must stay light: they import
-argparse and `distill.config` only, and every heavy import (torch, xarray, the analyses)
-happens inside ``run``, so that ``rtt -h``, ``rtt COMMAND -h``, ``rtt info`` and usage errors
-answer at once. ``tests/test_cli_startup.py`` checks that torch stays unimported for those.
+Commands register themselves in the modules listed in `COMMAND_MODULES`, one module per group
+(``training``: distill, instability, lottery, locality; ``evaluation``: lmc, plane, align, surface,
+hessian, plot; ``stores``: info, pack, verify; shared flags and output in ``common``). A command
+is one `declare` call from its config class (`landscape.configs`), or a class decorated with
+`command`. Those modules must stay light: they import argparse and the config classes only, and
+every heavy import (torch, xarray, the analyses) happens inside ``run``, so that ``rtt -h``,
+``rtt COMMAND -h``, ``rtt info`` and usage errors answer at once. ``tests/test_cli_startup.py``
+checks that torch stays unimported for those.
 
 Only the chosen command's flags are built. Plugins (`distill.plugins`: the
 ``random_teachers.plugins`` entry points and ``--plugin MODULE``, which may be given anywhere on
@@ -17,12 +19,11 @@ models and probes appear among the choices of ``rtt distill -h``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-COMMAND_MODULES: tuple[str, ...] = ("landscape.commands",)
+COMMAND_MODULES: tuple[str, ...] = ("landscape.cli.training", "landscape.cli.evaluation", "landscape.cli.stores")
 
 # name -> (add_args, run, one-line help); filled by @command
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
@@ -49,18 +50,24 @@ def declare(
     run: Callable[[Any, argparse.Namespace], int],
     args: Callable[[argparse.ArgumentParser], None] | None = None,
     skip: tuple[str, ...] = (),
+    keep: tuple[str, ...] | None = None,
+    defaults: dict[str, Any] | None = None,
+    flags: dict[str, str] | None = None,
 ) -> None:
     """Register ``rtt <name>`` from a config class (`distill.options.Config`): ``args(parser)`` adds what
     is not a setting (checkpoints, output files, the executor), then one flag per field of ``config``
-    (minus ``skip``); ``run(config, namespace)`` runs the command and returns its exit status. Keep
-    heavy imports inside ``run``."""
-    from distill.options import add_arguments, from_args
+    (those in ``keep`` when given, minus ``skip``), defaulting to the command's ``defaults`` where
+    they differ from the config's and named as in ``flags`` (field -> flag) where not ``--field``;
+    ``run(config, namespace)`` runs the command and returns its exit status. Keep heavy imports
+    inside ``run``."""
+    from distill.options import from_args
+    from landscape.cli.common import add_settings
 
     def add(p: argparse.ArgumentParser) -> None:
         if args is not None:
             args(p)
         if config is not None:
-            add_arguments(p, config, skip=skip)
+            add_settings(p, config, keep=keep, skip=skip, defaults=defaults, flags=flags)
 
     def go(a: argparse.Namespace) -> int:
         return run(from_args(config, a) if config is not None else None, a)
@@ -118,80 +125,6 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32, width=110)
-
-
-# ---------------------------------------------------------------------------- info
-@command("info", "print what a store holds: provenance, modules, saved epochs, results")
-class _Info:
-    @staticmethod
-    def add_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("store", help="path of a store (a .rts folder, or a packed .h5 file)")
-        p.add_argument("--json", action="store_true", help="print the provenance as JSON (default: a table)")
-
-    @staticmethod
-    def run(a: argparse.Namespace) -> int:
-        from distill.store.info import config_of, describe  # h5py only: answers without importing torch
-
-        d = describe(a.store)
-        attrs, names = d["attrs"], d["names"]
-        if a.json:
-            nested = {k: _json_value(v) for k, v in attrs.items()}
-            print(
-                json.dumps(
-                    {**nested, "modules": names["modules"], "results": names["results"], "plugins": d["plugins"]},
-                    indent=2,
-                    default=str,
-                )
-            )
-            return 0
-        print(f"store     {d['path']}")
-        for k in ("kind", "format_version", "toolkit_version", "torch_version", "created_at"):
-            print(f"{k:<9} {attrs.get(k)}" if len(k) <= 9 else f"{k} {attrs.get(k)}")
-        cfg = config_of(attrs, d["path"])
-        if cfg:
-            short = {
-                k: cfg[k] for k in ("dataset", "subset", "arch", "init", "alpha", "lr", "epochs", "seed") if k in cfg
-            }
-            print("config    " + ", ".join(f"{k}={v}" for k, v in short.items()))
-        others = [n for n in names["modules"] if not n.startswith("student/")]
-        print(f"modules   {', '.join(others) or '-'}")
-        print(f"students  epochs {', '.join(map(str, d['epochs'])) or '-'}")
-        for line in _plugin_lines(d["plugins"]):
-            print(line)
-        for r, (data_vars, sizes) in d["results"].items():
-            dims = ", ".join(f"{k}={n}" for k, n in sizes.items())
-            print(f"result    {r}: {', '.join(data_vars)} over ({dims})")
-        return 0
-
-
-def _plugin_lines(plugins: dict[str, list[str]]) -> list[str]:
-    """``rtt info``'s lines on the plugins a store's models need: installed or how to provide them
-    (read from package metadata; no plugin is imported)."""
-    if not plugins:
-        return []
-    from distill.plugins import how_to_provide, installed_plugins
-
-    installed = installed_plugins()
-    out = []
-    for module, users in sorted(plugins.items()):
-        state = (
-            f"installed (entry point {installed[module]!r})"
-            if module in installed
-            else f"not installed: {how_to_provide(module)}"
-        )
-        out.append(f"plugin    {module} for {len(users)} module(s): {state}")
-    return out
-
-
-def _json_value(value: Any) -> Any:
-    """A store attribute for ``rtt info --json``: attributes that hold JSON (config, seeds, ...)
-    become nested objects; everything else stays as it is."""
-    if isinstance(value, str) and value[:1] in ("{", "["):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
 
 
 # ---------------------------------------------------------------------------- parser
@@ -264,11 +197,6 @@ def _load_commands() -> None:
 
     for mod in COMMAND_MODULES:
         importlib.import_module(mod)
-    # run as ``python -m landscape.cli`` this module is __main__, and the commands registered
-    # themselves with the imported ``landscape.cli``: take them from there
-    registry = importlib.import_module("landscape.cli").COMMANDS
-    for name, entry in registry.items():
-        COMMANDS.setdefault(name, entry)
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -313,11 +241,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rtt {args.command}: interrupted (completed checkpoints are kept)", file=sys.stderr)
         return 130
-
-
-def _run_module(*_: Any) -> None:  # pragma: no cover - ``python -m landscape.cli``
-    sys.exit(main())
-
-
-if __name__ == "__main__":
-    _run_module()

@@ -1,0 +1,7 @@
+"""``python -m landscape.cli``: the ``rtt`` command line."""
+
+import sys
+
+from landscape.cli import main
+
+sys.exit(main())
