@@ -15,7 +15,6 @@ from typing import Any
 import xarray as xr
 
 from analyses import common
-from distill.config import DistillConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": common.SMOKE(
@@ -50,9 +49,8 @@ PRESET_NOTES = {"gpu-quick": "30 epochs instead of the paper's 150, bf16 autocas
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
-    base = DistillConfig.reference if pre["recipe"] == "reference" else DistillConfig
     configs = {
-        f"seed{s}": common.run_config(ctx, pre["dataset"], pre["subset"], s, base=base, **pre["cfg"])
+        f"seed{s}": common.run_config(ctx, pre["dataset"], pre["subset"], s, recipe=pre["recipe"], **pre["cfg"])
         for s in pre["seeds"]
     }
     stores = common.distil_all([(cfg, ctx.store(f"{tag}.rts")) for tag, cfg in configs.items()], ctx, data)

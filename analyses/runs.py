@@ -4,7 +4,7 @@ supervised children of a student and its init, and probes of a run's networks.""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,18 @@ def run_config(
     seed: int | None = None,
     *,
     probe_seed: bool = True,
-    base: Callable[..., DistillConfig] = DistillConfig,
+    recipe: str = "paper",
     **fields: Any,
 ) -> DistillConfig:
     """The DistillConfig of one run on ``subset`` images of ``dataset`` (CIFAR from ``ctx.root``) on
     ``ctx.device``, with ``fields``; ``seed`` sets the init and data seeds (and the probe seed unless
-    ``probe_seed`` is False) to it and the noise seed to ``seed + 1000``. ``base``: DistillConfig or
-    ``DistillConfig.reference``."""
+    ``probe_seed`` is False) to it and the noise seed to ``seed + 1000``. ``recipe``: ``paper`` or
+    ``reference`` (:meth:`DistillConfig.reference`: the authors' code's settings, ``fields`` win)."""
     seeds = {} if seed is None else {"seed": seed, "noise_seed": seed + 1000, "data_seed": seed}
     if seed is not None and probe_seed:
         seeds["probe_seed"] = seed
     root = ctx.root if "cifar" in dataset else None
+    base = DistillConfig.reference if recipe == "reference" else DistillConfig
     return base(dataset=dataset, subset=subset, data_root=root, **seeds, **{**fields, "device": ctx.device})
 
 
