@@ -52,8 +52,9 @@ def small_net(width: int = 32, depth: int = 4, bn: bool = False, **changes: Any)
     }
 
 
-# the smoke presets' student: a 2x8 ConvNet with a 64-way head, one epoch at batch 32
-SMOKE_NET = small_net(width=8, depth=2, out_dim=64, hidden_dim=32, bottleneck_dim=16, batch_size=32, epochs=1)
+SMOKE_HEAD = dict(out_dim=64, hidden_dim=32, bottleneck_dim=16)  # the smoke presets' DINO head
+# the smoke presets' student: a 2x8 ConvNet with that head, one epoch at batch 32
+SMOKE_NET = small_net(width=8, depth=2, **SMOKE_HEAD, batch_size=32, epochs=1)
 
 
 def sgd(lr: float, batch_size: int, augment: str = "none", epochs: int = 1) -> dict[str, Any]:
