@@ -223,14 +223,16 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         "children": f"{pre['children']} per start, supervised, data_seed = aug_seed = 0..{pre['children'] - 1}",
         **common.provenance(ctx, {"distill": dcfg, "supervised": scfg}, list(range(pre["children"])), "paper"),
     }
-    for lvl in ds.level.values:
-        print(
-            f"IMP level {int(lvl)} ({100 * float(ds.remaining.sel(level=lvl)):.1f} % left): top eigenvalue "
-            f"{float(ds.level_eigenvalue.sel(level=lvl, eigen=0)):.3f}, "
-            f"trace {float(ds.level_trace.sel(level=lvl)):.2f}",
-            flush=True,
-        )
+    report(ds)
     return ds
+
+
+def report(ds: xr.Dataset) -> None:
+    """Print the top eigenvalue and the trace at every IMP level of the student."""
+    for lvl in ds.level.values:
+        left, top = 100 * float(ds.remaining.sel(level=lvl)), float(ds.level_eigenvalue.sel(level=lvl, eigen=0))
+        print(f"IMP level {int(lvl)} ({left:.1f} % left): top eigenvalue {top:.3f}, ", end="")
+        print(f"trace {float(ds.level_trace.sel(level=lvl)):.2f}", flush=True)
 
 
 def plot(ds: xr.Dataset, path: Any) -> None:

@@ -21,16 +21,14 @@ from distill.store import Store
 CURVES = ["student", "student random_prune", "student random_reinit", "init", "early steps"]
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": common.SMOKE(
-        seeds=[0],
-        **dict(levels=2, fraction=0.5, step=1),  # step: the one step of 64 images at batch 64
+        **dict(seeds=[0], levels=2, fraction=0.5, step=1),  # step: the one step of 64 images at batch 64
         distill=dict(common.SMOKE_NET, probes=[]),
         sup=common.sgd(0.02, 64),
     ),
     # Fashion-MNIST, 2,000 images, BN-free 4x32 ConvNet distilled 2 epochs; 5 levels of 50 % pruning
     # (100, 50, 25, 12.5, 6.25 % of the weights left), 1 epoch of SGD per level; rewind step 10 (of 32)
     "cpu": common.Scale(subset=2000, n_test=2000)(
-        seeds=[0, 1, 2],
-        **dict(levels=5, fraction=0.5, step=10),
+        **dict(seeds=[0, 1, 2], levels=5, fraction=0.5, step=10),
         distill=common.small_net(epochs=2, probes=[]),
         sup=common.sgd(0.02, 64),
     ),
@@ -38,8 +36,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 0.47 % (level 0 unpruned, then 24 prunings: 25 levels), each level retrained with the paper's recipe
     # (160 epochs SGD, x0.1 at 80 and 120), fp32
     "gpu": common.CIFAR10(
-        seeds=[0],
-        **dict(levels=25, fraction=0.2, step=400),
+        **dict(seeds=[0], levels=25, fraction=0.2, step=400),
         distill=dict(arch="resnet18", epochs=150, probes=[], device="auto", save_every=0, resume_every=1),
         sup=dict(),
     ),
