@@ -109,7 +109,7 @@ def _data_minus(
         a = ds.accuracy.sel(regime="epochs")
         for n in ds.n.values:
             for p in PROBES:
-                d = a.sel(first, n=n, probe=p) - a.sel(second, n=n, probe=p)
+                d = a.sel(**first, n=n, probe=p) - a.sel(**second, n=n, probe=p)
                 yield p, f"{_attrs_setting(ds)}, n={int(n)}, equal epochs", d
 
     return rows
