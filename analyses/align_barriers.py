@@ -18,7 +18,6 @@ the pairs in parallel, and a rerun skips the pairs whose file holds the same set
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -257,6 +256,3 @@ def plot(res: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot)
-
-if __name__ == "__main__":
-    sys.exit(main())

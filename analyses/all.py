@@ -37,6 +37,11 @@ SCRIPTS = (
     "probe_spread",
 )
 
+EXECUTOR_HELP = (
+    "passed to every script: dask:SCHEDULER, dask-local:N, submitit:FOLDER, process:N or thread:N "
+    "(default: every run one after the other here)"
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
@@ -46,17 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         "--preset", choices=PRESET_NAMES, default="cpu", help="; ".join(f"{n}: {h}" for n, h in PRESET_HELP.items())
     )
     p.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(SCRIPTS)}")
-    p.add_argument("--results", default="results")
-    p.add_argument("--runs", default="runs")
+    for flag, default in (("--results", "results"), ("--runs", "runs")):
+        p.add_argument(flag, default=default)
     p.add_argument("--root", default=None, help="CIFAR-10 location (default: the standard places)")
     p.add_argument("--overwrite", action="store_true", help="passed to every script: replace committed results")
-    p.add_argument(
-        "--executor",
-        default=None,
-        metavar="SPEC",
-        help="passed to every script: dask:SCHEDULER, dask-local:N, submitit:FOLDER, process:N or thread:N "
-        "(default: every run one after the other here)",
-    )
+    p.add_argument("--executor", default=None, metavar="SPEC", help=EXECUTOR_HELP)
     a = p.parse_args(argv)
     names = [n for n in a.only.split(",") if n] or list(SCRIPTS)
     unknown = [n for n in names if n not in SCRIPTS]

@@ -99,20 +99,24 @@ def _student_vs(ref: str) -> Callable[[xr.Dataset], Iterator[tuple[str, str, Any
     return rows
 
 
-def _real_vs_noise(ds: xr.Dataset) -> Iterator[tuple[str, str, Any]]:
-    s = ds.accuracy.sel(model="student", regime="epochs")
-    for n in ds.n.values:
-        for p in PROBES:
-            d = s.sel(data="real", n=n, probe=p) - s.sel(data="gaussian", n=n, probe=p)
-            yield p, f"{_attrs_setting(ds)}, n={int(n)}, equal epochs", d
+def _data_minus(
+    first: dict[str, str], second: dict[str, str]
+) -> Callable[[xr.Dataset], Iterator[tuple[str, str, Any]]]:
+    """data_dependence's rows: the accuracy of ``first`` minus that of ``second`` (each a data kind and a
+    model), per n and probe, at equal epochs."""
+
+    def rows(ds: xr.Dataset) -> Iterator[tuple[str, str, Any]]:
+        a = ds.accuracy.sel(regime="epochs")
+        for n in ds.n.values:
+            for p in PROBES:
+                d = a.sel(**first, n=n, probe=p) - a.sel(**second, n=n, probe=p)
+                yield p, f"{_attrs_setting(ds)}, n={int(n)}, equal epochs", d
+
+    return rows
 
 
-def _noise_vs_teacher(ds: xr.Dataset) -> Iterator[tuple[str, str, Any]]:
-    a = ds.accuracy.sel(data="gaussian", regime="epochs")
-    for n in ds.n.values:
-        for p in PROBES:
-            d = a.sel(model="student", n=n, probe=p) - a.sel(model="teacher", n=n, probe=p)
-            yield p, f"{_attrs_setting(ds)}, n={int(n)}, equal epochs", d
+_real_vs_noise = _data_minus(dict(data="real", model="student"), dict(data="gaussian", model="student"))
+_noise_vs_teacher = _data_minus(dict(data="gaussian", model="student"), dict(data="gaussian", model="teacher"))
 
 
 def _transfer(ds: xr.Dataset) -> Iterator[tuple[str, str, Any]]:

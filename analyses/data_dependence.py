@@ -10,7 +10,6 @@ of epochs) and "steps" (every n the same number of optimiser steps, that of the 
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
 import numpy as np
@@ -59,17 +58,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                 steps[di, ri, ni] = epochs * math.ceil(n / batch)
                 for si, s in enumerate(seeds):
                     dataset = "cifar10" if kind == "real" else "gaussian:cifar10"
-                    cfg = DistillConfig(
-                        dataset=dataset,
-                        subset=n,
-                        data_root=ctx.root,
-                        seed=s,
-                        noise_seed=s + 1000,
-                        data_seed=s,
-                        probe_seed=s,
-                        probes=[],
-                        **{**pre["cfg"], "epochs": epochs, "device": ctx.device},
-                    )
+                    cfg = common.run_config(ctx, dataset, n, s, probes=[], **{**pre["cfg"], "epochs": epochs})
                     tag = f"{kind}-n{n}-e{epochs}-s{s}"
                     configs[tag] = cfg
                     runs.append(((di, ri, ni, si), tag, cfg))
@@ -174,6 +163,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot)
-
-if __name__ == "__main__":
-    sys.exit(main())

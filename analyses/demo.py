@@ -13,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from analyses.presets import small_net
 from distill.config import DistillConfig
 from distill.store.names import store_name
 
@@ -24,15 +25,7 @@ DEFAULT_OUT = "runs/demo.rts"
 DEMO = DistillConfig(
     dataset="fashion-mnist",
     subset=5_000,
-    arch="convnet",
-    arch_options={"width": 64, "depth": 4, "bn": False},
-    out_dim=4096,
-    lr=1e-3,
-    epochs=3,
-    batch_size=64,
-    save_every=1,
-    probe_every=1,
-    device="cpu",
+    **small_net(width=64, hidden_dim=2048, bottleneck_dim=256, epochs=3, save_every=1, probe_every=1),
 )
 
 

@@ -11,7 +11,6 @@ executor (e.g. a GPU node through ``submitit:``), and a finished store is not re
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,11 @@ from analyses import common
 from distill.config import DistillConfig
 
 _BASE = dict(
+    common.small_net(width=64, hidden_dim=2048, bottleneck_dim=256),
     dataset="fashion-mnist",
-    arch="convnet",
-    arch_options={"width": 64, "depth": 4, "bn": False},
-    out_dim=4096,
-    lr=1e-3,
-    batch_size=64,
-    save_every=0,
     save_epochs=[],
     probe_every=1,
     probes=["knn", "linear"],
-    device="cpu",
     dynamics=True,
     dynamics_examples=512,
 )
@@ -165,6 +158,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot)
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,19 +6,14 @@ of the distilled student (best over probed epochs), mean +- std over seeds, besi
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import xarray as xr
 
 from analyses import common
-from distill.config import DistillConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(
-        dataset="fashion-mnist",
-        subset=64,
-        n_test=50,
+    "smoke": common.SMOKE(
         seeds=[0],
         out_dims=[1, 64],
         bottlenecks=[8, 16],
@@ -26,10 +21,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         cfg=dict(common.SMOKE_NET, probe_every=0, probe_subset=100, probes=["knn"]),
     ),
     # Fashion-MNIST, 1,000 images, BN-free 4x32 ConvNet, 2 epochs; probes on a 5k training subset
-    "cpu": dict(
-        dataset="fashion-mnist",
-        subset=1000,
-        n_test=None,
+    "cpu": common.Scale(subset=1000, n_test=None)(
         seeds=[0, 1, 2],
         out_dims=[1, 16, 256, 4096, 65536],
         bottlenecks=[16, 256],
@@ -37,10 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         cfg=common.small_net(epochs=2, probe_every=0, probe_subset=5000),
     ),
     # the paper's Figure 10 on CIFAR-10 with VGG11: 100 epochs per point (the paper's ablation length), fp32
-    "gpu": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=None,
+    "gpu": common.CIFAR10(
         seeds=[0],
         out_dims=[2**k for k in range(0, 17, 2)],
         bottlenecks=[16, 64, 256, 1024],
@@ -61,15 +50,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     for field, value in points:
         for s in seeds:
             kw = {field: value} if field == "out_dim" else {field: value, "out_dim": pre["bottleneck_out"]}
-            configs[f"{field}{value}-s{s}"] = DistillConfig(
-                dataset=pre["dataset"],
-                subset=pre["subset"],
-                seed=s,
-                noise_seed=s + 1000,
-                data_seed=s,
-                probe_seed=s,
-                data_root=ctx.root if "cifar" in pre["dataset"] else None,
-                **{**pre["cfg"], **kw, "device": ctx.device},
+            configs[f"{field}{value}-s{s}"] = common.run_config(
+                ctx, pre["dataset"], pre["subset"], s, **{**pre["cfg"], **kw}
             )
     runs = common.distil_all([(cfg, ctx.store(f"{tag}.rts")) for tag, cfg in configs.items()], ctx, data)
     stores = dict(zip(configs, runs))
@@ -86,12 +68,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         )
     ds = xr.Dataset(
         {
-            "accuracy_out_dim": xr.concat(
-                rows["out_dim"], xr.DataArray(pre["out_dims"], dims="out_dim", name="out_dim")
-            ),
-            "accuracy_bottleneck": xr.concat(
-                rows["bottleneck_dim"], xr.DataArray(pre["bottlenecks"], dims="bottleneck_dim", name="bottleneck_dim")
-            ),
+            "accuracy_out_dim": common.along("out_dim", pre["out_dims"], rows["out_dim"]),
+            "accuracy_bottleneck": common.along("bottleneck_dim", pre["bottlenecks"], rows["bottleneck_dim"]),
         }
     )
     for v in ds.data_vars:
@@ -128,6 +106,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot)
-
-if __name__ == "__main__":
-    sys.exit(main())

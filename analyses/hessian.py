@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,62 +26,30 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
-from distill.config import DistillConfig, SupervisedConfig
 
+# the curvature measurement: points per path (alphas), top eigenvalues (k) to tolerance tol, Hutch++ probes on
+# batches x batch_size training images, IMP levels, SLQ runs x steps
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(
-        dataset="fashion-mnist",
-        subset=100,
-        n_test=50,
+    "smoke": common.Scale(subset=100)(
         children=2,
-        alphas=2,
-        k=1,
-        batches=1,
-        batch_size=50,
-        probes=3,
-        tol=1e-2,
-        levels=2,
-        slq_runs=1,
-        slq_steps=4,
+        **dict(alphas=2, k=1, batches=1, batch_size=50, probes=3, tol=1e-2, levels=2, slq_runs=1, slq_steps=4),
         distill=dict(common.SMOKE_NET, probes=[]),
-        sup=dict(epochs=1, milestones=[], lr=0.05, augment="none", batch_size=50),
+        sup=common.sgd(0.05, 50),
     ),
     # Fashion-MNIST, 1,000 images, BN-free 4x16 ConvNet distilled 2 epochs; 3 children per start (3 pairs), 1
     # epoch of SGD (lr 0.05); 3 points per path, top 2 eigenvalues (tol 1e-3) and 12 Hutch++ probes on 256
     # training images; 3 IMP levels of 50 %, 1 epoch each; SLQ 2 runs x 20 steps
-    "cpu": dict(
-        dataset="fashion-mnist",
-        subset=1000,
-        n_test=500,
+    "cpu": common.Scale(subset=1000, n_test=500)(
         children=3,
-        alphas=3,
-        k=2,
-        batches=1,
-        batch_size=256,
-        probes=12,
-        tol=1e-3,
-        levels=3,
-        slq_runs=2,
-        slq_steps=20,
+        **dict(alphas=3, k=2, batches=1, batch_size=256, probes=12, tol=1e-3, levels=3, slq_runs=2, slq_steps=20),
         distill=common.small_net(width=16, epochs=2, probes=[]),
-        sup=dict(epochs=1, milestones=[], lr=0.05, augment="none", batch_size=64),
+        sup=common.sgd(0.05, 64),
     ),
     # VGG11 (BN-free) on CIFAR-10: students of 150 epochs, children with the paper's supervised recipe (160 epochs
     # SGD, x0.1 at 80 and 120), 8 x 256 images per Hessian, fp32
-    "gpu": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=None,
+    "gpu": common.CIFAR10(
         children=3,
-        alphas=7,
-        k=5,
-        batches=8,
-        batch_size=256,
-        probes=60,
-        tol=1e-3,
-        levels=6,
-        slq_runs=5,
-        slq_steps=60,
+        **dict(alphas=7, k=5, batches=8, batch_size=256, probes=60, tol=1e-3, levels=6, slq_runs=5, slq_steps=60),
         distill=dict(arch="vgg11", epochs=150, probes=[], device="auto", save_every=0, resume_every=1),
         sup=dict(),
     ),
@@ -183,31 +150,16 @@ def label(ds: xr.Dataset) -> xr.Dataset:
 
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
-    import landscape
     from analyses.hessian import CurvatureUnit  # the importable class (not __main__'s) travels to workers
     from landscape.hessian import smoothed_density
 
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
-    dcfg = DistillConfig(
-        dataset=pre["dataset"],
-        subset=pre["subset"],
-        data_root=ctx.root if "cifar" in pre["dataset"] else None,
-        **{"save_every": 0, **pre["distill"], "device": ctx.device},
-    )
-    scfg = SupervisedConfig(**{**pre["sup"], "device": ctx.device})
-    (store,) = common.distil_all([(dcfg, ctx.store("distill.rts"))], ctx, data)
+    dcfg, scfg, store, kids = common.student_and_init_children(pre, ctx, data, pre["children"])
     names = ("alphas", "k", "batches", "batch_size", "probes", "tol", "levels", "slq_runs", "slq_steps")
     opts = {**{n: pre[n] for n in names}, "device": ctx.device}
     pairs = [f"{i}-{j}" for i, j in itertools.combinations(range(pre["children"]), 2)]
     units: dict[Any, Any] = {}
-    accuracy = []
-    for start, ref in zip(STARTS, ((store, store.epochs[-1]), (store, 0))):
-        path = str(ctx.store(f"children-{start}.rts"))
-        kids = landscape.instability(
-            ref, data, children=pre["children"], cfg=scfg, alphas=2, store=path, device=ctx.device,
-            executor=ctx.executor, progress=False,
-        )  # fmt: skip
-        accuracy.append(kids.child_test_accuracy.values)
+    for start, (path, _) in kids.items():
         for pair in pairs:
             i, j = pair.split("-")
             refs = ((path, f"children/{i}"), (path, f"children/{j}"))
@@ -223,18 +175,16 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     )
     common.sweep(list(units.values()), ctx)
     paths = [
-        xr.concat(
-            [common.open_result(units[(start, pair)].out) for pair in pairs],
-            xr.DataArray(pairs, dims="pair", name="pair"),
-            combine_attrs="drop",
+        common.along(
+            "pair", pairs, [common.open_result(units[(start, pair)].out) for pair in pairs], combine_attrs="drop"
         )
         for start in STARTS
     ]
     densities = [common.open_result(units[start].out) for start in STARTS]
     lv = common.open_result(units["levels"].out)
-    ds = xr.concat(paths, xr.DataArray(list(STARTS), dims="start", name="start"), combine_attrs="drop")
+    ds = common.along("start", STARTS, paths, combine_attrs="drop")
     ds = ds.rename({v: f"path_{v}" for v in ds.data_vars})
-    slq = xr.concat(densities, xr.DataArray(list(STARTS), dims="start", name="start"), combine_attrs="drop")
+    slq = common.along("start", STARTS, densities, combine_attrs="drop")
     nodes, weights = slq.slq_node.values, slq.slq_weight.values
     lo, hi = np.nanmin(nodes), np.nanmax(nodes)
     grid = np.linspace(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo), 201)
@@ -249,7 +199,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     ds["level_eigenvalue"] = lv.eigenvalue
     ds["level_trace"], ds["level_loss"], ds["remaining"] = lv.trace, lv.loss, lv.remaining
     ds["child_test_accuracy"] = xr.DataArray(
-        np.stack(accuracy),
+        np.stack([kids[start][1] for start in STARTS]),
         dims=("start", "child"),
         attrs={"long_name": "test accuracy of each child after training", "units": "fraction"},
     )
@@ -273,14 +223,16 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         "children": f"{pre['children']} per start, supervised, data_seed = aug_seed = 0..{pre['children'] - 1}",
         **common.provenance(ctx, {"distill": dcfg, "supervised": scfg}, list(range(pre["children"])), "paper"),
     }
-    for lvl in ds.level.values:
-        print(
-            f"IMP level {int(lvl)} ({100 * float(ds.remaining.sel(level=lvl)):.1f} % left): top eigenvalue "
-            f"{float(ds.level_eigenvalue.sel(level=lvl, eigen=0)):.3f}, "
-            f"trace {float(ds.level_trace.sel(level=lvl)):.2f}",
-            flush=True,
-        )
+    report(ds)
     return ds
+
+
+def report(ds: xr.Dataset) -> None:
+    """Print the top eigenvalue and the trace at every IMP level of the student."""
+    for lvl in ds.level.values:
+        left, top = 100 * float(ds.remaining.sel(level=lvl)), float(ds.level_eigenvalue.sel(level=lvl, eigen=0))
+        print(f"IMP level {int(lvl)} ({left:.1f} % left): top eigenvalue {top:.3f}, ", end="")
+        print(f"trace {float(ds.level_trace.sel(level=lvl)):.2f}", flush=True)
 
 
 def plot(ds: xr.Dataset, path: Any) -> None:
@@ -317,6 +269,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot)
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,44 +9,33 @@ differ only in data order (and augmentation); the test error along the straight 
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from analyses import common
-from distill.config import DistillConfig, SupervisedConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(
-        dataset="fashion-mnist",
-        subset=64,
-        n_test=50,
+    "smoke": common.SMOKE(
         children=2,
         alphas=3,
         epochs=[0, 1],
         distill=dict(common.SMOKE_NET, probes=[], save_epochs=[1]),
-        sup=dict(epochs=1, milestones=[], lr=0.05, augment="flip_crop", batch_size=64),
+        sup=common.sgd(0.05, 64, "flip_crop"),
     ),
     # Fashion-MNIST, 2,000 images, BN-free 4x32 ConvNet distilled 3 epochs; 3 children (3 pairs) per start,
     # 1 epoch of SGD lr 0.08 with flip + crop; 11 points per path on 2,000 test images
-    "cpu": dict(
-        dataset="fashion-mnist",
-        subset=2000,
-        n_test=2000,
+    "cpu": common.Scale(subset=2000, n_test=2000)(
         children=3,
         alphas=11,
         epochs=[0, 1, 3],
         distill=common.small_net(epochs=3, probes=[], save_epochs=[1]),
-        sup=dict(epochs=1, milestones=[], lr=0.08, augment="flip_crop", batch_size=64),
+        sup=common.sgd(0.08, 64, "flip_crop"),
     ),
     # the paper's Figure 9: ResNet18 / CIFAR-10, a student of 150 epochs, 5 children of each start trained with
     # the paper's recipe (160 epochs SGD, x0.1 at 80 and 120), 50 points per path, fp32
-    "gpu": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=None,
+    "gpu": common.CIFAR10(
         children=5,
         alphas=50,
         epochs=[0, 10, 150],
@@ -59,7 +48,7 @@ PRESETS["gpu-quick"] = common.variant(
     alphas=30,
     epochs=[0, 10, 20],
     distill=dict(epochs=20, precision="bf16"),
-    sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16"),
+    sup=common.QUICK_CHILDREN,
 )
 # what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {
@@ -72,13 +61,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     import landscape
 
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
-    dcfg = DistillConfig(
-        dataset=pre["dataset"],
-        subset=pre["subset"],
-        data_root=ctx.root if "cifar" in pre["dataset"] else None,
-        **{"save_every": 0, **pre["distill"], "device": ctx.device},
-    )
-    scfg = SupervisedConfig(**{**pre["sup"], "device": ctx.device})
+    dcfg, scfg = common.child_settings(pre, ctx)
     store, indep = common.distil_all(
         [
             (dcfg, ctx.store("distill.rts")),
@@ -150,6 +133,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot)
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,19 +9,14 @@ teacher and the input pixels.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import xarray as xr
 
 from analyses import common
-from distill.config import DistillConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(
-        dataset="fashion-mnist",
-        subset=64,
-        n_test=50,
+    "smoke": common.SMOKE(
         alphas=[0.0, 1.0],
         seeds=[0],
         nets={
@@ -31,20 +26,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         cfg=dict(probe_every=0, probe_subset=100, probes=["knn"]),
     ),
     # Fashion-MNIST, 1,000 images, 2 epochs, probes (start and end) on a 5k training subset
-    "cpu": dict(
-        dataset="fashion-mnist",
-        subset=1000,
-        n_test=None,
+    "cpu": common.Scale(subset=1000, n_test=None)(
         alphas=[0.0, 0.5, 1.0],
         seeds=[0, 1, 2],
         nets={"bn": common.small_net(bn=True), "no_bn": common.small_net(bn=False)},
         cfg=dict(epochs=2, probe_every=0, probe_subset=5000),
     ),
     # the paper's Figure 3: alpha 0, 0.1, ..., 1 for ResNet18 and VGG11 on CIFAR-10 (50k), 3 seeds, 150 epochs, fp32
-    "gpu": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=None,
+    "gpu": common.CIFAR10(
         alphas=[round(0.1 * i, 1) for i in range(11)],
         seeds=[0, 1, 2],
         nets={"bn": dict(arch="resnet18"), "no_bn": dict(arch="vgg11")},
@@ -62,12 +51,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
     rows, configs = [], {}
     for net, kw in pre["nets"].items():
-        cfg = DistillConfig(
-            dataset=pre["dataset"],
-            subset=pre["subset"],
-            data_root=ctx.root if "cifar" in pre["dataset"] else None,
-            **{**kw, **pre["cfg"], "device": ctx.device},
-        )
+        cfg = common.run_config(ctx, pre["dataset"], pre["subset"], **{**kw, **pre["cfg"]})
         configs[net] = cfg
         ds = landscape.locality(
             cfg,
@@ -132,6 +116,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot)
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,53 +9,34 @@ labels; best test accuracy per level, mean +- std over seeds, on a percent-remai
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from analyses import common
-from distill.config import DistillConfig, SupervisedConfig
+from distill.config import SupervisedConfig
 from distill.store import Store
 
 CURVES = ["student", "student random_prune", "student random_reinit", "init", "early steps"]
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(
-        dataset="fashion-mnist",
-        subset=64,
-        n_test=50,
-        seeds=[0],
-        levels=2,
-        fraction=0.5,
-        step=1,  # the one step of 64 images at batch 64
+    "smoke": common.SMOKE(
+        **dict(seeds=[0], levels=2, fraction=0.5, step=1),  # step: the one step of 64 images at batch 64
         distill=dict(common.SMOKE_NET, probes=[]),
-        sup=dict(epochs=1, milestones=[], lr=0.02, augment="none", batch_size=64),
+        sup=common.sgd(0.02, 64),
     ),
     # Fashion-MNIST, 2,000 images, BN-free 4x32 ConvNet distilled 2 epochs; 5 levels of 50 % pruning
     # (100, 50, 25, 12.5, 6.25 % of the weights left), 1 epoch of SGD per level; rewind step 10 (of 32)
-    "cpu": dict(
-        dataset="fashion-mnist",
-        subset=2000,
-        n_test=2000,
-        seeds=[0, 1, 2],
-        levels=5,
-        fraction=0.5,
-        step=10,
+    "cpu": common.Scale(subset=2000, n_test=2000)(
+        **dict(seeds=[0, 1, 2], levels=5, fraction=0.5, step=10),
         distill=common.small_net(epochs=2, probes=[]),
-        sup=dict(epochs=1, milestones=[], lr=0.02, augment="none", batch_size=64),
+        sup=common.sgd(0.02, 64),
     ),
     # the paper's Figure 8: ResNet18 on CIFAR-10, students of 150 epochs, 20 % of the weights per level down to
     # 0.47 % (level 0 unpruned, then 24 prunings: 25 levels), each level retrained with the paper's recipe
     # (160 epochs SGD, x0.1 at 80 and 120), fp32
-    "gpu": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=None,
-        seeds=[0],
-        levels=25,
-        fraction=0.2,
-        step=400,
+    "gpu": common.CIFAR10(
+        **dict(seeds=[0], levels=25, fraction=0.2, step=400),
         distill=dict(arch="resnet18", epochs=150, probes=[], device="auto", save_every=0, resume_every=1),
         sup=dict(),
     ),
@@ -64,7 +45,7 @@ PRESETS["gpu-quick"] = common.variant(
     PRESETS["gpu"],
     levels=8,
     distill=dict(epochs=20, precision="bf16"),
-    sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16"),
+    sup=common.QUICK_CHILDREN,
 )
 # what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {
@@ -107,16 +88,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     sparsity = None
     configs: dict[str, Any] = {}
     dcfgs = {
-        s: DistillConfig(
-            dataset=pre["dataset"],
-            subset=pre["subset"],
-            seed=s,
-            noise_seed=s + 1000,
-            data_seed=s,
-            data_root=ctx.root if "cifar" in pre["dataset"] else None,
-            **{**pre["distill"], "device": ctx.device},
-        )
-        for s in seeds
+        s: common.run_config(ctx, pre["dataset"], pre["subset"], s, probe_seed=False, **pre["distill"]) for s in seeds
     }
     stores = common.distil_all([(dcfgs[s], ctx.store(f"distill-s{s}.rts")) for s in seeds], ctx, data)
     units = []  # per seed: IMP rewinding to the student, and to its init / early steps (independent)
@@ -218,6 +190,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot, options=RECIPE_FLAG)
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,43 +16,24 @@ probe of theta's embedding. The three points are marked.
 from __future__ import annotations
 
 import re
-import sys
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from analyses import common
-from distill.config import DistillConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(
-        dataset="fashion-mnist",
-        subset=64,
-        n_test=50,
-        resolution=3,
-        n_loss=50,
-        n_probe=100,
-        seed=0,
-        cfg=dict(common.SMOKE_NET, probes=[], epochs=1),
+    "smoke": common.SMOKE(
+        resolution=3, n_loss=50, n_probe=100, seed=0, cfg=dict(common.SMOKE_NET, probes=[], epochs=1)
     ),
     # Fashion-MNIST, 2,000 images, BN-free 4x32 ConvNet distilled 3 epochs; 9 x 9 grid; loss on 500 training
     # images, k-NN fitted on 1,000 training images and scored on 500 test images
-    "cpu": dict(
-        dataset="fashion-mnist",
-        subset=2000,
-        n_test=500,
-        resolution=9,
-        n_loss=500,
-        n_probe=1000,
-        seed=0,
-        cfg=common.small_net(epochs=3, probes=[]),
+    "cpu": common.Scale(subset=2000, n_test=500)(
+        resolution=9, n_loss=500, n_probe=1000, seed=0, cfg=common.small_net(epochs=3, probes=[])
     ),
     # the paper's Figure 5 with VGG11 students of 150 epochs, fp32
-    "gpu": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=2000,
+    "gpu": common.Scale("cifar10", None, 2000)(
         resolution=21,
         n_loss=2000,
         n_probe=10_000,
@@ -125,15 +106,7 @@ def grid_values(
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
     s = pre["seed"]
-    base = DistillConfig(
-        dataset=pre["dataset"],
-        subset=pre["subset"],
-        seed=s,
-        noise_seed=s + 1000,
-        data_seed=s,
-        data_root=ctx.root if "cifar" in pre["dataset"] else None,
-        **{**pre["cfg"], "device": ctx.device},
-    )
+    base = common.run_config(ctx, pre["dataset"], pre["subset"], s, probe_seed=False, **pre["cfg"])
     local, indep = common.distil_all(
         [(base, ctx.store("alpha0.rts")), (base.replace(init="independent"), ctx.store("alpha1.rts"))], ctx, data
     )
@@ -237,6 +210,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot)
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,7 +20,6 @@ Every (architecture, seed) is a resumable work unit writing ``runs/probe_spread/
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,6 +247,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot)
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,19 +10,14 @@ exact copy, weight decay 0.01 on biases and norm parameters, a fresh probe seed 
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import xarray as xr
 
 from analyses import common
-from distill.config import DistillConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(
-        dataset="fashion-mnist",
-        subset=64,
-        n_test=50,
+    "smoke": common.SMOKE(
         seeds=[0],
         recipe="paper",
         cfg=dict(
@@ -35,19 +30,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         ),
     ),
     # Fashion-MNIST, 4x32 ConvNet with BN, 2,000 images, 3 epochs, probes every epoch on a 5k training subset
-    "cpu": dict(
-        dataset="fashion-mnist",
-        subset=2000,
-        n_test=None,
+    "cpu": common.Scale(subset=2000, n_test=None)(
         seeds=[0, 1, 2],
         recipe="paper",
         cfg=common.small_net(bn=True, epochs=3, probe_every=1, probe_subset=5000),
     ),
     # the paper's Figure 1: ResNet18 on the full CIFAR-10, 150 epochs, fp32, probes on the full split every 5 epochs
-    "gpu": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=None,
+    "gpu": common.CIFAR10(
         seeds=[0, 1, 2],
         recipe="paper",
         cfg=dict(arch="resnet18", epochs=150, probe_every=5, device="auto", save_every=10, resume_every=1),
@@ -60,19 +49,10 @@ PRESET_NOTES = {"gpu-quick": "30 epochs instead of the paper's 150, bf16 autocas
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
-    base = DistillConfig.reference if pre["recipe"] == "reference" else DistillConfig
-    configs = {}
-    for s in pre["seeds"]:
-        configs[f"seed{s}"] = base(
-            dataset=pre["dataset"],
-            subset=pre["subset"],
-            seed=s,
-            noise_seed=s + 1000,
-            data_seed=s,
-            probe_seed=s,
-            data_root=ctx.root if "cifar" in pre["dataset"] else None,
-            **{**pre["cfg"], "device": ctx.device},
-        )
+    configs = {
+        f"seed{s}": common.run_config(ctx, pre["dataset"], pre["subset"], s, recipe=pre["recipe"], **pre["cfg"])
+        for s in pre["seeds"]
+    }
     stores = common.distil_all([(cfg, ctx.store(f"{tag}.rts")) for tag, cfg in configs.items()], ctx, data)
     rows = [store.metrics[["accuracy", "loss", "kl"]] for store in stores]
     ds = common.stack_seeds(rows, pre["seeds"])
@@ -109,6 +89,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot)
-
-if __name__ == "__main__":
-    sys.exit(main())

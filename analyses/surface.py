@@ -22,7 +22,6 @@ run through ``--executor`` when given; finished stores and surface files are ski
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,55 +29,34 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
-from distill.config import DistillConfig, SupervisedConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(
-        dataset="fashion-mnist",
-        subset=100,
-        n_test=50,
+    "smoke": common.Scale(subset=100)(
         seeds=[0],
-        line=5,
-        plane=3,
-        through=5,
-        span=1.0,
+        **dict(line=5, plane=3, through=5, span=1.0),
         distill=dict(common.SMOKE_NET, probes=[]),
-        sup=dict(epochs=1, milestones=[], lr=0.05, augment="none", batch_size=50),
+        sup=common.sgd(0.05, 50),
     ),
     # Fashion-MNIST, 1,000 images, BN-free 4x32 ConvNet distilled 2 epochs; children: 1 epoch of SGD (lr 0.05,
     # no augmentation); lines of 17 points and 7 x 7 planes on [-1, 1] for 3 direction seeds; a 9 x 9 plane
     # through three children on [-0.5, 1.5]^2; every point on 500 test images
-    "cpu": dict(
-        dataset="fashion-mnist",
-        subset=1000,
-        n_test=500,
+    "cpu": common.Scale(subset=1000, n_test=500)(
         seeds=[0, 1, 2],
-        line=17,
-        plane=7,
-        through=9,
-        span=1.0,
+        **dict(line=17, plane=7, through=9, span=1.0),
         distill=common.small_net(epochs=2, probes=[]),
-        sup=dict(epochs=1, milestones=[], lr=0.05, augment="none", batch_size=64),
+        sup=common.sgd(0.05, 64),
     ),
     # ResNet18 on CIFAR-10 (BN reset at every point): students of 150 epochs, children trained with the paper's
     # supervised recipe (160 epochs SGD, x0.1 at 80 and 120), fp32
-    "gpu": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=2000,
+    "gpu": common.Scale("cifar10", None, 2000)(
         seeds=[0, 1, 2],
-        line=31,
-        plane=15,
-        through=17,
-        span=1.0,
+        **dict(line=31, plane=15, through=17, span=1.0),
         distill=dict(arch="resnet18", epochs=150, probes=[], device="auto", save_every=0, resume_every=1),
         sup=dict(),
     ),
 }
 PRESETS["gpu-quick"] = common.variant(
-    PRESETS["gpu"],
-    distill=dict(epochs=10, precision="bf16"),
-    sup=dict(epochs=4, milestones=[2, 3], lr=0.1, precision="bf16"),
+    PRESETS["gpu"], distill=dict(epochs=10, precision="bf16"), sup=common.QUICK_CHILDREN
 )
 # what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "students of 10 epochs and children of 4 epochs instead of 150 and 160, bf16 autocast"}
@@ -133,30 +111,11 @@ class SurfaceUnit:
         return self.out
 
 
-def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
-    import landscape
+def _units(pre: dict[str, Any], ctx: common.Context, data: Any, kids: dict[str, str]) -> dict[Any, SurfaceUnit]:
+    """Every line and plane around child 0 of each start (``kids``: its children's store path) per seed, and
+    the plane through the children: independent units, for one sweep through ``--executor``."""
     from analyses.surface import SurfaceUnit  # the importable class (not __main__'s) travels to workers
 
-    data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
-    dcfg = DistillConfig(
-        dataset=pre["dataset"],
-        subset=pre["subset"],
-        data_root=ctx.root if "cifar" in pre["dataset"] else None,
-        **{"save_every": 0, **pre["distill"], "device": ctx.device},
-    )
-    scfg = SupervisedConfig(**{**pre["sup"], "device": ctx.device})
-    (store,) = common.distil_all([(dcfg, ctx.store("distill.rts"))], ctx, data)
-    starts = {"student child": (store, store.epochs[-1]), "init child": (store, 0)}
-    children, accuracy = {}, {}
-    for name, ref in starts.items():
-        path = ctx.store(f"children-{name.split()[0]}.rts")
-        ds = landscape.instability(
-            ref, data, children=2, cfg=scfg, alphas=2, store=path, device=ctx.device, executor=ctx.executor,
-            progress=False,
-        )  # fmt: skip
-        children[name] = [(str(path), "children/0"), (str(path), "children/1")]
-        accuracy[name] = ds.child_test_accuracy.values
-    span = (-pre["span"], pre["span"])
     n = pre["through"]
     if (n - 1) % 4:
         raise ValueError(f"through={n}: pass 4 m + 1 points so that the three children lie on the grid")
@@ -166,45 +125,45 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             centre, directions, dims, resolution, span, seed, pre["n_test"], ctx.device, str(ctx.store(out)), data
         )
 
-    # every line, plane and the plane through the children is independent: one sweep, through --executor
-    units = {
+    span = (-pre["span"], pre["span"])
+    units: dict[Any, SurfaceUnit] = {
         (kind, name, s): unit(
-            children[name][0], "random", dims, pre[kind], span, s, f"{kind}-{name.split()[0]}-s{s}.nc"
+            (kids[name.split()[0]], "children/0"),
+            "random",
+            dims,
+            pre[kind],
+            span,
+            s,
+            f"{kind}-{name.split()[0]}-s{s}.nc",
         )
         for name in CENTRES
         for s in pre["seeds"]
         for kind, dims in (("line", 1), ("plane", 2))
     }
     # with 4 m + 1 points on [-0.5, 1.5] the three children are grid points
-    units["through"] = unit(
-        children["student child"][0],
-        [children["student child"][1], children["init child"][0]],
-        2,
-        n,
-        (-0.5, 1.5),
-        0,
-        "through.nc",
-    )
-    common.sweep(list(units.values()), ctx)
-    lines, planes = [], []
+    sibling, init = (kids["student"], "children/1"), (kids["init"], "children/0")
+    units["through"] = unit((kids["student"], "children/0"), [sibling, init], 2, n, (-0.5, 1.5), 0, "through.nc")
+    return units
+
+
+def _gather(pre: dict[str, Any], units: dict[Any, SurfaceUnit]) -> tuple[xr.Dataset, xr.Dataset]:
+    """The surfaces' loss and error in one Dataset (centre, seed, t / x, y and u, v), and the plane through
+    the children as its unit wrote it."""
+    rows: dict[str, list[xr.Dataset]] = {"line": [], "plane": []}
     for name in CENTRES:
-        per_seed_line, per_seed_plane = [], []
-        for s in pre["seeds"]:
-            line = common.open_result(units[("line", name, s)].out)
-            plane = common.open_result(units[("plane", name, s)].out)
-            per_seed_line.append(xr.Dataset(_vars(line, "line", {"x": "t"})))
-            per_seed_plane.append(xr.Dataset(_vars(plane, "plane", {})))
-        lines.append(common.stack_seeds(per_seed_line, pre["seeds"]))
-        planes.append(common.stack_seeds(per_seed_plane, pre["seeds"]))
+        for kind, dims in (("line", {"x": "t"}), ("plane", {})):
+            per_seed = [_vars(common.open_result(units[(kind, name, s)].out), kind, dims) for s in pre["seeds"]]
+            rows[kind].append(common.stack_seeds([xr.Dataset(v) for v in per_seed], pre["seeds"]))
     through = common.open_result(units["through"].out)
     ds = xr.merge(
         [
-            xr.concat(planes, "centre").assign_coords(centre=list(CENTRES)),  # first: what ``rtt plot`` draws
-            xr.concat(lines, "centre").assign_coords(centre=list(CENTRES)),
+            xr.concat(rows["plane"], "centre").assign_coords(centre=list(CENTRES)),  # first: what ``rtt plot`` draws
+            xr.concat(rows["line"], "centre").assign_coords(centre=list(CENTRES)),
             xr.Dataset(_vars(through, "through", {"x": "u", "y": "v"})),
         ],
         combine_attrs="drop",
     )
+    span = (-pre["span"], pre["span"])
     ds = ds.assign_coords(
         t=("t", np.linspace(*span, pre["line"]), {"long_name": "coordinate along d", "units": "filter norms"}),
         x=("x", np.linspace(*span, pre["plane"]), {"long_name": "coordinate along d1", "units": "filter norms"}),
@@ -213,14 +172,22 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         v=("v", through.y.values, {"long_name": "along init child 0 - child 0", "units": "|d2|"}),
     )
     for v in ds.data_vars:
-        kind = "loss" if v.endswith("loss") else "error"
         ds[v].attrs = (
             {"long_name": "test cross-entropy", "units": "nats"}
-            if kind == "loss"
+            if v.endswith("loss")
             else {"long_name": "test error", "units": "fraction"}
         )
+    return ds, through
+
+
+def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
+    data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
+    dcfg, scfg, _, kids = common.student_and_init_children(pre, ctx, data, 2)
+    units = _units(pre, ctx, data, {start: path for start, (path, _) in kids.items()})
+    common.sweep(list(units.values()), ctx)
+    ds, through = _gather(pre, units)
     ds["child_test_accuracy"] = xr.DataArray(
-        np.stack([accuracy[c] for c in CENTRES]),
+        np.stack([kids[c.split()[0]][1] for c in CENTRES]),
         dims=("centre", "child"),
         attrs={"long_name": "test accuracy of each child after training", "units": "fraction"},
     )
@@ -282,6 +249,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot)
-
-if __name__ == "__main__":
-    sys.exit(main())

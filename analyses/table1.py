@@ -24,7 +24,6 @@ statistic can only be higher or equal for the same curve.
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import numpy as np
@@ -50,10 +49,7 @@ PAPER_PROTOCOL: dict[str, Any] = dict(
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(
-        dataset="fashion-mnist",
-        subset=64,
-        n_test=50,
+    "smoke": common.SMOKE(
         runs=[("convnet", "reference", 0), ("convnet", "paper", 0)],
         cfg=dict(
             common.SMOKE_NET,
@@ -67,17 +63,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             linear_epochs=2,
         ),
     ),
-    "cpu-long": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=None,
+    "cpu-long": common.CIFAR10(
         runs=[("vgg11", "reference", 0), ("vgg11", "paper", 0), ("vgg11", "reference", 1)],
         cfg=dict(PAPER_PROTOCOL, probe_every=5, save_every=5, resume_every=1, dynamics=True, device="cpu"),
     ),
-    "gpu": dict(
-        dataset="cifar10",
-        subset=None,
-        n_test=None,
+    "gpu": common.CIFAR10(
         runs=[(a, "reference", s) for s in (0, 1, 2) for a in ("vgg11", "resnet18")],
         cfg=dict(PAPER_PROTOCOL, probe_every=1, save_every=5, resume_every=1, dynamics=True, device="auto"),
     ),
@@ -91,20 +81,12 @@ def run_tag(arch: str, recipe: str, seed: int) -> str:
 
 def configs(pre: dict[str, Any], ctx: common.Context) -> dict[str, DistillConfig]:
     """The DistillConfig of every run of the preset, in the order they are trained."""
-    out = {}
-    for arch, recipe, seed in pre["runs"]:
-        base = DistillConfig.reference if recipe == "reference" else DistillConfig
-        out[run_tag(arch, recipe, seed)] = base(
-            dataset=pre["dataset"],
-            subset=pre["subset"],
-            seed=seed,
-            noise_seed=seed + 1000,
-            data_seed=seed,
-            probe_seed=seed,
-            data_root=ctx.root if "cifar" in pre["dataset"] else None,
-            **{**pre["cfg"], "arch": arch, "device": ctx.device},
+    return {
+        run_tag(arch, recipe, seed): common.run_config(
+            ctx, pre["dataset"], pre["subset"], seed, recipe=recipe, **{**pre["cfg"], "arch": arch}
         )
-    return out
+        for arch, recipe, seed in pre["runs"]
+    }
 
 
 def statistics(metrics: xr.Dataset) -> xr.DataArray:
@@ -172,9 +154,10 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         stores = common.distil_all([(cfgs[t], paths[t]) for t in cfgs], ctx, data)
         have = {tag: s.metrics for tag, s in zip(cfgs, stores)}
     tags = list(have)
-    ds = xr.concat(
+    ds = common.along(
+        "run",
+        tags,
         [have[t] for t in tags],
-        dim=xr.DataArray(tags, dims="run", name="run"),
         join="outer",
         combine_attrs="drop",
         coords="minimal",
@@ -301,6 +284,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot, snapshot=True)
-
-if __name__ == "__main__":
-    sys.exit(main())

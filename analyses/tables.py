@@ -13,7 +13,6 @@ runs them in parallel, and a rerun (or an interrupted run) skips the finished on
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +69,13 @@ PAPER_LINEAR = {
 PAPER_KNN = {"vgg11": (44.92, 51.32), "resnet18": (37.65, 44.67)}
 PAPER_INPUT = {"linear": 39.02, "knn": 33.61}
 
+
+def _teachers(archs: list[str], seeds: list[int]) -> dict[str, Any]:
+    """A preset of teachers ``archs`` of ``seeds`` and input probes of the same seeds, on the full splits,
+    with no student."""
+    return dict(archs=archs, seeds=seeds, input_seeds=list(seeds), subset=None, n_test=None, student=None)
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # seconds: two archs on 100 training / 50 test images, one tiny student
     "smoke": dict(
@@ -81,34 +87,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         student=dict(
             archs=["vgg11"],
             seeds=[0],
-            cfg=dict(
-                subset=100,
-                epochs=1,
-                out_dim=64,
-                hidden_dim=32,
-                bottleneck_dim=16,
-                lr=1e-4,
-                probe_every=1,
-                batch_size=50,
-                probe_subset=100,
-            ),
+            cfg=dict(common.SMOKE_HEAD, subset=100, epochs=1, lr=1e-4, probe_every=1, batch_size=50, probe_subset=100),
         ),
     ),
     # what 2 cores hold in about 20 minutes: the three cheapest Table-5 teachers (VGG11 with Tables 1 and 3,
     # ResNet20, ViT-Tiny) and the input baseline, on the full 50k / 10k split, one seed each, computed as
     # "full" computes them; no student (150 epochs need a GPU)
-    "cpu": dict(
-        archs=["vgg11", "resnet20", "vit_tiny"],
-        seeds=[0],
-        input_seeds=[0],
-        subset=None,
-        n_test=None,
-        student=None,
-    ),
+    "cpu": _teachers(["vgg11", "resnet20", "vit_tiny"], [0]),
     # every Table-5 architecture and the authors' ViT on the full 50k / 10k split, one teacher seed each: about
     # two hours on 2 cores (forward passes of 60k images per row are the cost; every row is a resumable unit)
-    "full": dict(
-        archs=[
+    "full": _teachers(
+        [
             "vgg11",
             "resnet20",
             "vit_tiny",
@@ -122,22 +111,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             "vit_tiny-reference",
             "vit_small-reference",
         ],
-        seeds=[0],
-        input_seeds=[0],
-        subset=None,
-        n_test=None,
-        student=None,
+        [0],
     ),
     # the paper's scale: every teacher over three seeds on the full split. The students of Tables 1 and 3
     # (VGG11 and ResNet18, three seeds, 150 epochs, fp32) are analyses.table1's gpu preset, not trained twice.
-    "gpu": dict(
-        archs=[*ARCHS, *VARIANTS],
-        seeds=[0, 1, 2],
-        input_seeds=[0, 1, 2],
-        subset=None,
-        n_test=None,
-        student=None,
-    ),
+    "gpu": _teachers([*ARCHS, *VARIANTS], [0, 1, 2]),
 }
 
 
@@ -296,9 +274,58 @@ def unit_fields(pre: dict[str, Any], ctx: common.Context, data: Any) -> dict[str
     )
 
 
+def _students(
+    pre: dict[str, Any], ctx: common.Context, archs: list[str], data: Any
+) -> tuple[dict[tuple[str, int], Any], dict[str, Any]]:
+    """The preset's student distillations (of the architectures ``--only`` keeps) as work units by (arch,
+    seed), and their configs by name; none where the preset has no student."""
+    from landscape.locality import DistillUnit
+
+    students: dict[tuple[str, int], DistillUnit] = {}
+    configs: dict[str, Any] = {}
+    st = pre.get("student")
+    if not st:
+        return students, configs
+    sub = st["cfg"].get("subset")
+    sdata = data if sub == pre["subset"] else common.load("cifar10", ctx, subset=sub, n_test=pre["n_test"])
+    for a in [a for a in st["archs"] if a in archs]:
+        for s in st["seeds"]:
+            cfg = DistillConfig(
+                arch=a,
+                seed=s,
+                noise_seed=s + 1000,
+                probe_seed=s,
+                probes=PROBES,
+                device=ctx.device,
+                data_root=ctx.root,
+                **{"save_every": 0, **st["cfg"]},
+            )
+            configs[f"student-{a}-s{s}"] = cfg
+            ship = sdata if ctx.executor is None or pre["n_test"] is not None else None
+            students[(a, s)] = DistillUnit(cfg.to_dict(), str(ctx.store(f"student-{a}-s{s}.rts")), ship)
+    return students, configs
+
+
+def _paper_columns(archs: list[str]) -> dict[str, Any]:
+    """The paper's numbers beside ours (fractions): teacher and student, linear and k-NN, per row; input
+    pixels per probe."""
+    pl = np.array([PAPER_LINEAR.get(_base(a)[0], (np.nan, np.nan)) for a in archs]) / 100
+    pk = np.array([PAPER_KNN.get(_base(a)[0], (np.nan, np.nan)) for a in archs]) / 100
+    out: dict[str, Any] = {}
+    for probe, name, values in (("linear", "linear probe", pl), ("knn", "k-NN", pk)):
+        for i, model in enumerate(("teacher", "student")):
+            attrs = {"long_name": f"paper: {model} {name}", "units": "fraction"}
+            out[f"paper_{model}_{probe}"] = ("arch", values[:, i], attrs)
+    out["paper_input"] = (
+        "probe",
+        [PAPER_INPUT.get(p, np.nan) / 100 for p in PROBES],
+        {"long_name": "paper: raw-pixel probe", "units": "fraction"},
+    )
+    return out
+
+
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     from analyses.tables import InputProbes, TeacherProbes  # the importable classes (not __main__'s) travel
-    from landscape.locality import DistillUnit
 
     archs, seeds = kept_archs(pre, ctx), list(pre["seeds"])
     opts = pre.get("arch_options", {})
@@ -314,33 +341,13 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         for s in seeds
     }
     inputs = {s: InputProbes(s, out=str(ctx.store(f"input-s{s}.nc")), **where) for s in in_seeds}
-    students: dict[tuple[str, int], DistillUnit] = {}
-    configs: dict[str, Any] = {}
-    if pre.get("student"):
-        st = pre["student"]
-        sub = st["cfg"].get("subset")
-        sdata = data if sub == pre["subset"] else common.load("cifar10", ctx, subset=sub, n_test=pre["n_test"])
-        for a in [a for a in st["archs"] if a in archs]:  # the students of the architectures --only keeps
-            for s in st["seeds"]:
-                cfg = DistillConfig(
-                    arch=a,
-                    seed=s,
-                    noise_seed=s + 1000,
-                    probe_seed=s,
-                    probes=PROBES,
-                    device=ctx.device,
-                    data_root=ctx.root,
-                    **{"save_every": 0, **st["cfg"]},
-                )
-                configs[f"student-{a}-s{s}"] = cfg
-                ship = sdata if ctx.executor is None or pre["n_test"] is not None else None
-                students[(a, s)] = DistillUnit(cfg.to_dict(), str(ctx.store(f"student-{a}-s{s}.rts")), ship)
+    students, configs = _students(pre, ctx, archs, data)
     # every teacher, input and student is independent: one sweep, through --executor when given
     common.sweep([*teachers.values(), *inputs.values(), *students.values()], ctx)
-    teacher = xr.concat(
-        [common.stack_seeds([common.open_result(teachers[(a, s)].out).accuracy for s in seeds], seeds) for a in archs],
-        dim=xr.DataArray(archs, dims="arch", name="arch"),
-    )
+    per_arch = [
+        common.stack_seeds([common.open_result(teachers[(a, s)].out).accuracy for s in seeds], seeds) for a in archs
+    ]
+    teacher = common.along("arch", archs, per_arch)
     archs = sorted(archs, key=_order)  # the paper's order, variants after their architecture
     teacher = teacher.sel(arch=archs)
     inp = common.stack_seeds([common.open_result(inputs[s].out).accuracy for s in in_seeds], in_seeds).rename(
@@ -352,8 +359,6 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         if s in seeds:
             student.loc[{"arch": a, "seed": s}] = best.sel(probe=PROBES).values
     acc_attrs = {"long_name": "probe accuracy", "units": "fraction"}
-    pl = np.array([PAPER_LINEAR.get(_base(a)[0], (np.nan, np.nan)) for a in archs]) / 100
-    pk = np.array([PAPER_KNN.get(_base(a)[0], (np.nan, np.nan)) for a in archs]) / 100
     ds = xr.Dataset(
         {
             "teacher": teacher.sel(model="teacher", drop=True).assign_attrs(
@@ -368,23 +373,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                 statistic="best_after_epoch0",
             ),
             "input": inp.assign_attrs(acc_attrs, long_name="raw-pixel probe accuracy"),
-            "paper_teacher_linear": (
-                "arch",
-                pl[:, 0],
-                {"long_name": "paper: teacher linear probe", "units": "fraction"},
-            ),
-            "paper_student_linear": (
-                "arch",
-                pl[:, 1],
-                {"long_name": "paper: student linear probe", "units": "fraction"},
-            ),
-            "paper_teacher_knn": ("arch", pk[:, 0], {"long_name": "paper: teacher k-NN", "units": "fraction"}),
-            "paper_student_knn": ("arch", pk[:, 1], {"long_name": "paper: student k-NN", "units": "fraction"}),
-            "paper_input": (
-                "probe",
-                [PAPER_INPUT.get(p, np.nan) / 100 for p in PROBES],
-                {"long_name": "paper: raw-pixel probe", "units": "fraction"},
-            ),
+            **_paper_columns(archs),
         },
         attrs={
             "dataset": "cifar10",
@@ -457,6 +446,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot)
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,6 @@ target, is not on this machine).
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
@@ -73,16 +72,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             for role, classes in (("transfer", src), ("in_domain", tgt)):
                 train = common.keep_classes(full, classes)
                 train = train.subset(min(pre["subset"], len(train.train)), s) if pre["subset"] else train
-                cfg = DistillConfig(
-                    dataset=name,
-                    data_root=ctx.root if "cifar" in name else None,
-                    seed=s,
-                    noise_seed=s + 1000,
-                    data_seed=s,
-                    probe_seed=s,
-                    probes=[],
-                    **{**pre["cfg"], "device": ctx.device},
-                )
+                cfg = common.run_config(ctx, name, None, s, probes=[], **pre["cfg"])
                 tag = f"{name}-{''.join(map(str, classes))}-s{s}"
                 configs[tag] = cfg.to_dict() | {"classes": classes}
                 out = str(ctx.store(f"{tag}.rts"))
@@ -157,6 +147,3 @@ def plot(ds: xr.Dataset, path: Any) -> None:
 
 
 main = common.script(__name__, PRESETS, compute, plot)
-
-if __name__ == "__main__":
-    sys.exit(main())

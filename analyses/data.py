@@ -1,0 +1,57 @@
+"""The datasets the analyses run on: loaded with the test split cut for smoke presets, or cut to some
+of their classes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from analyses.context import Context
+
+
+def tiny_test(data: Any, n_test: int | None) -> Any:
+    """``data`` with its test split cut to a stratified ``n_test`` images (None: unchanged); smoke presets."""
+    from distill.data import Dataset, Split, stratified_indices
+
+    if n_test is None or n_test >= len(data.test):
+        return data
+    idx = stratified_indices(data.test.labels, n_test, data.num_classes, 0)
+    return Dataset(
+        data.name,
+        data.train,
+        Split(data.test.images[idx], data.test.labels[idx]),
+        list(data.classes),
+        data.mean,
+        data.std,
+    )
+
+
+def load(name: str, ctx: Context, subset: int | None = None, n_test: int | None = None, seed: int = 0) -> Any:
+    """A dataset (``distill.load_dataset``) with ``ctx.root`` for CIFAR, the test split optionally cut."""
+    from distill.data import load_dataset
+
+    root = ctx.root if "cifar" in name else None
+    return tiny_test(load_dataset(name, root=root, subset=subset, seed=seed), n_test)
+
+
+def keep_classes(data: Any, classes: Sequence[int]) -> Any:
+    """The images of ``classes`` only (both splits), relabelled 0..len(classes)-1 in the given order."""
+    import torch
+
+    from distill.data import Dataset, Split
+
+    def split(s: Any) -> Any:
+        lut = torch.full((int(s.labels.max()) + 1,), -1, dtype=torch.long)
+        lut[torch.as_tensor(list(classes))] = torch.arange(len(classes))
+        new = lut[s.labels]
+        keep = new >= 0
+        return Split(s.images[keep], new[keep])
+
+    return Dataset(
+        f"{data.name}[{','.join(map(str, classes))}]",
+        split(data.train),
+        split(data.test),
+        [data.classes[c] for c in classes],
+        data.mean,
+        data.std,
+    )

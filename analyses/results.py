@@ -1,0 +1,107 @@
+"""Result files: their names per preset, the refusal to replace a committed one, writing and reading
+them, and the reductions of probe curves over epochs and seeds that the results hold."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+COMMITTED_PRESETS = ("cpu", "cpu-long")  # whose results are the checkout's results/<name>.nc
+
+
+def result_stem(name: str, preset: str) -> str:
+    """The file name (no suffix) of a script's result under ``--results``: ``<name>`` for the preset whose
+    result the checkout holds (cpu; table1's cpu-long), ``<name>_<preset>`` for every other one
+    (``_smoke``, ``_full``, ``_gpu``, ``_gpu_quick``), so no preset writes over another's file."""
+    return name if preset in COMMITTED_PRESETS else f"{name}_{preset.replace('-', '_')}"
+
+
+def committed(path: str | Path) -> bool:
+    """Whether ``path`` is a file git tracks in this checkout (a committed result)."""
+    path = Path(path).resolve()
+    try:
+        path.relative_to(REPO)
+    except ValueError:
+        return False
+    try:
+        r = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", str(path)], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# How a probe curve over epochs becomes one number: the paper's is the best over the probed epochs after
+# epoch 0 (the authors' results notebook drops the first row); ``best`` keeps epoch 0 (a student that never
+# improves then reports its starting value), ``last`` is the last probed epoch.
+STATISTICS = ("best_after_epoch0", "best", "last")
+STATISTIC_HELP = {
+    "best_after_epoch0": "best over the probed epochs after epoch 0 (the paper's statistic)",
+    "best": "best over the probed epochs, epoch 0 included",
+    "last": "the last probed epoch",
+}
+
+
+def best_over_epochs(metrics: xr.Dataset, statistic: str = "best_after_epoch0") -> xr.DataArray:
+    """A run's probe accuracy reduced over its probed epochs by ``statistic`` (:data:`STATISTICS`), dims
+    (model, probe); the choice is in the result's ``statistic`` attr. NaN where nothing was probed after 0."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic={statistic!r}: choose one of {', '.join(STATISTICS)}")
+    probed = metrics.accuracy.dropna("epoch", how="all")
+    if statistic == "last":
+        out = probed.isel(epoch=-1, drop=True)
+    else:
+        if statistic == "best_after_epoch0":
+            probed = probed.sel(epoch=probed.epoch > 0)
+        out = (
+            probed.max("epoch")
+            if probed.sizes["epoch"]
+            else xr.full_like(metrics.accuracy.isel(epoch=0, drop=True), np.nan)
+        )
+    return out.assign_attrs(statistic=statistic, statistic_meaning=STATISTIC_HELP[statistic])
+
+
+def along(dim: str, values: Sequence[Any], items: Sequence[Any], **kw: Any) -> Any:
+    """``items`` (Datasets or DataArrays) concatenated along a new dimension ``dim`` whose coordinate is
+    ``values``; ``kw``: :func:`xarray.concat`'s options."""
+    return xr.concat(list(items), dim=xr.DataArray(list(values), dims=dim, name=dim), **kw)
+
+
+def stack_seeds(rows: list[xr.Dataset | xr.DataArray], seeds: Sequence[int]) -> Any:
+    """Concatenate per-seed results along a new ``seed`` dimension."""
+    return along("seed", seeds, rows, combine_attrs="drop_conflicts")
+
+
+def save(ds: xr.Dataset, path: str | Path) -> Path:
+    """Write a result as netCDF (h5netcdf), creating the folder: under a temporary name of its own,
+    fsynced and renamed into place, as the store writes (two workers finishing the same unit each
+    write a whole file; the reader sees one of them, never a mix, and a kill leaves no partial file)."""
+    from distill.store import fsio
+
+    path = Path(path)
+    fsio.write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
+    return path
+
+
+def holds_unit(path: str | Path, key: str) -> bool:
+    """Whether the result file at ``path`` was written by the work unit whose settings are ``key``
+    (its ``unit`` attr); a missing or unreadable file is not."""
+    try:
+        return open_result(path).attrs.get("unit") == key
+    except (OSError, ValueError):
+        return False
+
+
+def open_result(path: str | Path) -> xr.Dataset:
+    """Read a result file fully into memory (the file is closed afterwards)."""
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        return ds.load()
