@@ -102,7 +102,7 @@ class CurvatureUnit:
             device=o["device"],
         )  # fmt: skip
         if self.kind == "path":
-            ds = hessian_along_path(self.refs[0], self.refs[1], self.data, o["alphas"], o["k"], **hkw)
+            ds = hessian_along_path(self.refs[0], self.refs[1], self.data, alphas=o["alphas"], k=o["k"], **hkw)
             ds = ds[["eigenvalue", "trace", "trace_stderr", "loss", "hvps"]]
             print(
                 f"{o['start']} children {o['pair']}: top eigenvalue along the path "

@@ -62,6 +62,7 @@ class Config:
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (nested configs and lists copied)."""
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     def to_json(self) -> str:
