@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
+from distill.schema import result_dataset
 
 PRESETS = {
     "smoke": dict(
@@ -176,35 +177,19 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     def grid(var: str) -> np.ndarray:
         return np.stack([np.stack([pairs[(w, s)][var].values for s in seeds]) for w in widths])
 
-    res = xr.Dataset(
-        {
-            "error": (
-                ("width", "seed", "alignment", "alpha"),
-                grid("error"),
-                {"long_name": "test error", "units": "fraction"},
-            ),
-            "loss": (
-                ("width", "seed", "alignment", "alpha"),
-                grid("loss"),
-                {"long_name": "test cross-entropy", "units": "nats"},
-            ),
-            "end_accuracy": (
-                ("width", "seed", "end"),
-                grid("end_accuracy"),
-                {"long_name": "test accuracy of the trained end point", "units": "fraction"},
-            ),
-            "seconds": (("width", "seed"), grid("seconds"), {"long_name": "wall time of the pair", "units": "s"}),
-        },
-        coords={
-            "width": ("width", np.asarray(widths), {"long_name": "hidden width", "units": "units"}),
-            "seed": ("seed", np.asarray(seeds), {"long_name": "pair seed", "units": "1"}),
-            "alignment": ("alignment", np.array(METHODS)),
-            "alpha": ("alpha", np.linspace(0, 1, alphas), {"long_name": "interpolation coefficient", "units": "1"}),
-            "end": ("end", np.array(["a", "b"])),
-        },
-    )
+    curve = ("width", "seed", "alignment", "alpha")
+    data_vars = {"error": (curve, grid("error")), "loss": (curve, grid("loss"))}
+    data_vars |= {"end_accuracy": (("width", "seed", "end"), grid("end_accuracy"))}
+    data_vars |= {"seconds": (("width", "seed"), grid("seconds"))}
+    coords = {
+        "width": ("width", np.asarray(widths)),
+        "seed": ("seed", np.asarray(seeds)),
+        "alignment": ("alignment", np.array(METHODS)),
+        "alpha": ("alpha", np.linspace(0, 1, alphas)),
+        "end": ("end", np.array(["a", "b"])),
+    }
     scfg = SupervisedConfig(**pre["sup"], device=ctx.device)
-    res.attrs = {
+    attrs = {
         "analysis": "align_barriers",
         "dataset": "fashion-mnist",
         "train_subset": str(pre["subset"]),
@@ -220,6 +205,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         "seconds_note": "wall time of the pair where it ran (a rerun keeps the first run's)",
         **common.provenance(ctx, {"supervised": scfg, "widths": widths, "arch": pre["arch"]}, seeds, "paper"),
     }
+    res = result_dataset("analyses.align_barriers", data_vars, coords, attrs)
     heights = barrier(res)
     res["barrier_error"] = heights.barrier_error
     res["barrier_loss"] = heights.barrier_loss

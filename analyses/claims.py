@@ -28,6 +28,7 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
+from distill.schema import result_dataset
 
 VERDICTS = ("supported", "contradicted", "open")
 PROBES = ("knn", "linear", "linear_std")
@@ -253,33 +254,21 @@ def compute(results: Path) -> xr.Dataset:
     if not rows:
         raise FileNotFoundError(f"no result file of any claim under {results}: run the analyses first")
     text = ("claim", "paper", "file", "row", "setting", "verdict", "commit")
-    ds = xr.Dataset(
+    return result_dataset(
+        "analyses.claims",
         {k: ("row_id", [r[k] for r in rows]) for k in text}
         | {k: ("row_id", np.array([r[k] for r in rows], dtype=float)) for k in ("effect", "low", "high", "margin")}
         | {k: ("row_id", np.array([r[k] for r in rows], dtype=np.int64)) for k in ("n", "direction")},
-        coords={"row_id": np.arange(len(rows))},
+        {"row_id": np.arange(len(rows))},
+        {
+            "rule": "directional: supported if the 95 % interval excludes 0 in the paper's direction, contradicted "
+            "if it excludes 0 the other way, open otherwise; no difference: supported if the interval lies inside "
+            "(-margin, margin), contradicted if wholly outside, open otherwise; n < 2 is open",
+            "script": "analyses.claims",
+            "commit": common.commit(),
+            "results": str(results),
+        },
     )
-    units = {"effect": "fraction", "low": "fraction", "high": "fraction", "margin": "fraction"}
-    long = {
-        "effect": "mean over seeds of the same-seed difference",
-        "low": "95 % t interval of the effect, lower end",
-        "high": "95 % t interval of the effect, upper end",
-        "n": "seeds (or pairs) in the difference",
-        "direction": "the paper's direction: +1 positive, -1 negative, 0 no difference within margin",
-        "verdict": "supported / contradicted / open by the rule in attrs",
-        "margin": "half-width of the band of a no-difference claim (0 for directional claims)",
-    }
-    for k, v in long.items():
-        ds[k].attrs = {"long_name": v, "units": units.get(k, "1")}
-    ds.attrs = {
-        "rule": "directional: supported if the 95 % interval excludes 0 in the paper's direction, contradicted "
-        "if it excludes 0 the other way, open otherwise; no difference: supported if the interval lies inside "
-        "(-margin, margin), contradicted if wholly outside, open otherwise; n < 2 is open",
-        "script": "analyses.claims",
-        "commit": common.commit(),
-        "results": str(results),
-    }
-    return ds
 
 
 def markdown(ds: xr.Dataset) -> str:

@@ -17,6 +17,7 @@ import xarray as xr
 
 from analyses import common
 from distill.config import DistillConfig
+from distill.schema import result_dataset
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(ns=[32, 64], seeds=[0], epochs=1, n_test=50, probe_subset=100, cfg=common.SMOKE_NET),
@@ -68,28 +69,13 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         r = common.probe_run(cfg.replace(probes=probes), store, probe_data, ctx, tag)
         acc[index] = common.probes_array(r, probes).values
         print(f"{tag}: student " + ", ".join(f"{p} {100 * r['student'][p]:.2f}" for p in probes), flush=True)
-    ds = xr.Dataset(
+    return result_dataset(
+        "analyses.data_dependence",
         {
-            "accuracy": (
-                ("data", "regime", "n", "seed", "model", "probe"),
-                acc,
-                {"long_name": "probe accuracy on CIFAR-10 (full training split)", "units": "fraction"},
-            ),
-            "steps": (
-                ("data", "regime", "n"),
-                steps,
-                {"long_name": "optimiser steps of the distillation", "units": "1"},
-            ),
-            "paper_real": (
-                "paper_n",
-                [41.76, 45.94, 46.18, 47.66, 48.43, 51.36],
-                {"long_name": "paper: VGG11 student linear probe, CIFAR-5M images", "units": "percent"},
-            ),
-            "paper_gaussian": (
-                "paper_n_noise",
-                [16.47, 16.35, 16.27],
-                {"long_name": "paper: VGG11 student linear probe, Gaussian noise", "units": "percent"},
-            ),
+            "accuracy": (("data", "regime", "n", "seed", "model", "probe"), acc),
+            "steps": (("data", "regime", "n"), steps),
+            "paper_real": ("paper_n", [41.76, 45.94, 46.18, 47.66, 48.43, 51.36]),
+            "paper_gaussian": ("paper_n_noise", [16.47, 16.35, 16.27]),
         },
         coords={
             "data": ["real", "gaussian"],
@@ -110,8 +96,6 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             **common.provenance(ctx, configs, seeds, "paper"),
         },
     )
-    ds["n"].attrs = {"long_name": "distillation-set size", "units": "images"}
-    return ds
 
 
 def plot(ds: xr.Dataset, path: Any) -> None:

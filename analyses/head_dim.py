@@ -11,6 +11,7 @@ from typing import Any
 import xarray as xr
 
 from analyses import common
+from distill.schema import plain, result_dataset
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": common.SMOKE(
@@ -66,22 +67,17 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             ),
             flush=True,
         )
-    ds = xr.Dataset(
-        {
-            "accuracy_out_dim": common.along("out_dim", pre["out_dims"], rows["out_dim"]),
-            "accuracy_bottleneck": common.along("bottleneck_dim", pre["bottlenecks"], rows["bottleneck_dim"]),
-        }
+    accuracy = {
+        "accuracy_out_dim": common.along("out_dim", pre["out_dims"], rows["out_dim"]),
+        "accuracy_bottleneck": common.along("bottleneck_dim", pre["bottlenecks"], rows["bottleneck_dim"]),
+    }
+    return result_dataset(
+        "analyses.head_dim",
+        {k: (v.dims, v.data, {"statistic": "best_after_epoch0"}) for k, v in accuracy.items()},
+        {k: v for a in accuracy.values() for k, v in plain(a.coords).items()},
+        {"bottleneck_out_dim": int(pre["bottleneck_out"]), **common.provenance(ctx, configs, seeds, "paper")},
+        fill={"bottleneck_out": pre["bottleneck_out"]},
     )
-    for v in ds.data_vars:
-        ds[v].attrs = {
-            "long_name": "probe accuracy (best over the probed epochs after epoch 0)",
-            "units": "fraction",
-            "statistic": "best_after_epoch0",
-        }
-    ds["out_dim"].attrs = {"long_name": "head output dimension", "units": "1"}
-    ds["bottleneck_dim"].attrs = {"long_name": f"bottleneck width (output {pre['bottleneck_out']})", "units": "1"}
-    ds.attrs = {"bottleneck_out_dim": int(pre["bottleneck_out"]), **common.provenance(ctx, configs, seeds, "paper")}
-    return ds
 
 
 def plot(ds: xr.Dataset, path: Any) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
+from distill.schema import result_dataset
 
 # the curvature measurement: points per path (alphas), top eigenvalues (k) to tolerance tol, Hutch++ probes on
 # batches x batch_size training images, IMP levels, SLQ runs x steps
@@ -129,26 +130,6 @@ class CurvatureUnit:
         return self.out
 
 
-# what the path and SLQ variables hold (their per-unit files do not carry it)
-LABELS: dict[str, tuple[str, str]] = {
-    "path_eigenvalue": ("Hessian eigenvalue along the path (Lanczos, largest first)", "nats"),
-    "path_trace": ("Hessian trace along the path (Hutch++)", "nats"),
-    "path_trace_stderr": ("standard error of the trace estimate", "nats"),
-    "path_loss": ("training loss along the path", "nats"),
-    "path_hvps": ("Hessian-vector products spent at the point", "1"),
-    "slq_node": ("SLQ quadrature node (Ritz value)", "nats"),
-    "slq_weight": ("SLQ quadrature weight", "1"),
-}
-
-
-def label(ds: xr.Dataset) -> xr.Dataset:
-    """Give the path and SLQ variables of a hessian result their ``long_name`` and ``units`` (in place)."""
-    for v, (long_name, units) in LABELS.items():
-        if v in ds:
-            ds[v].attrs.update(long_name=long_name, units=units)
-    return ds
-
-
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     from analyses.hessian import CurvatureUnit  # the importable class (not __main__'s) travels to workers
     from landscape.hessian import smoothed_density
@@ -183,30 +164,18 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     densities = [common.open_result(units[start].out) for start in STARTS]
     lv = common.open_result(units["levels"].out)
     ds = common.along("start", STARTS, paths, combine_attrs="drop")
-    ds = ds.rename({v: f"path_{v}" for v in ds.data_vars})
     slq = common.along("start", STARTS, densities, combine_attrs="drop")
     nodes, weights = slq.slq_node.values, slq.slq_weight.values
     lo, hi = np.nanmin(nodes), np.nanmax(nodes)
     grid = np.linspace(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo), 201)
     sigma = max((hi - lo) / 100, 1e-12)
-    ds["slq_node"], ds["slq_weight"] = slq.slq_node, slq.slq_weight
-    ds["density"] = xr.DataArray(
-        np.stack([smoothed_density(nodes[s], weights[s], grid, sigma) for s in range(len(STARTS))]),
-        dims=("start", "lambda"),
-        coords={"lambda": ("lambda", grid, {"long_name": "Hessian eigenvalue", "units": "nats"})},
-        attrs={"long_name": "spectral density (SLQ, Gaussian-smoothed)", "units": "1/nats", "sigma": sigma},
-    )
-    ds["level_eigenvalue"] = lv.eigenvalue
-    ds["level_trace"], ds["level_loss"], ds["remaining"] = lv.trace, lv.loss, lv.remaining
-    ds["child_test_accuracy"] = xr.DataArray(
-        np.stack([kids[start][1] for start in STARTS]),
-        dims=("start", "child"),
-        attrs={"long_name": "test accuracy of each child after training", "units": "fraction"},
-    )
-    for v in ("level_eigenvalue", "level_trace", "level_loss"):
-        ds[v].attrs = dict(lv[v.split("_", 1)[1]].attrs)
-    label(ds)
-    ds.attrs = {
+    density = np.stack([smoothed_density(nodes[s], weights[s], grid, sigma) for s in range(len(STARTS))])
+    data_vars = {f"path_{v}": ds[v] for v in ds.data_vars} | {"slq_node": slq.slq_node, "slq_weight": slq.slq_weight}
+    data_vars |= {"density": (("start", "lambda"), density, {"sigma": sigma})}
+    data_vars |= {f"level_{v}": lv[v] for v in ("eigenvalue", "trace", "loss")} | {"remaining": lv.remaining}
+    data_vars["child_test_accuracy"] = (("start", "child"), np.stack([kids[start][1] for start in STARTS]))
+    fill = {k: lv.attrs[k] for k in ("loss", "trace_method", "trace_probes")}
+    attrs = {
         "hessian_of": "mean training cross-entropy over the batches, all parameters (torch.func jvp of grad)",
         "hessian_batches": int(pre["batches"]),
         "hessian_batch_size": int(pre["batch_size"]),
@@ -223,6 +192,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         "children": f"{pre['children']} per start, supervised, data_seed = aug_seed = 0..{pre['children'] - 1}",
         **common.provenance(ctx, {"distill": dcfg, "supervised": scfg}, list(range(pre["children"])), "paper"),
     }
+    ds = result_dataset("analyses.hessian", data_vars, {"lambda": ("lambda", grid)}, attrs, fill=fill)
     report(ds)
     return ds
 

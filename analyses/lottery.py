@@ -16,6 +16,7 @@ import xarray as xr
 
 from analyses import common
 from distill.config import SupervisedConfig
+from distill.schema import result_dataset
 from distill.store import Store
 
 CURVES = ["student", "student random_prune", "student random_reinit", "init", "early steps"]
@@ -127,24 +128,10 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         best[3, si] = b.best_accuracy.sel(rewind="start").values
         best[4, si] = b.best_accuracy.sel(rewind="step").values
         sparsity = a.sparsity.values
-    ds = xr.Dataset(
-        {
-            "best_accuracy": (
-                ("curve", "seed", "level"),
-                best,
-                {"long_name": "best test accuracy of the level's retraining", "units": "fraction"},
-            )
-        },
-        coords={
-            "curve": CURVES,
-            "seed": seeds,
-            "level": np.arange(pre["levels"]),
-            "sparsity": (
-                "level",
-                sparsity,
-                {"long_name": "fraction of prunable weights remaining", "units": "fraction"},
-            ),
-        },
+    ds = result_dataset(
+        "analyses.lottery",
+        {"best_accuracy": (("curve", "seed", "level"), best)},
+        {"curve": CURVES, "seed": seeds, "level": np.arange(pre["levels"]), "sparsity": ("level", sparsity)},
         attrs={
             "curves": "student: IMP rewinding to the distilled student; random_prune / random_reinit: "
             "baselines at the student's masks' sparsity; init: IMP rewinding to epoch 0 of the "

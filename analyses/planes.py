@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
+from distill.schema import result_dataset
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": common.SMOKE(
@@ -45,12 +46,6 @@ PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], cfg=dict(epochs=30, precis
 # what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "students of 30 epochs instead of 150, bf16 autocast"}
 VIEWS = {"non-local": ("teacher", "theta_S(1)", "theta*_S(1)"), "shared": ("teacher", "theta*_S(0)", "theta*_S(1)")}
-
-
-NORM_ATTRS = {
-    "norm_u": {"long_name": "L2 norm of the plane's first direction, b - a (parameters)", "units": "1"},
-    "norm_v": {"long_name": "L2 norm of the plane's second direction, c - a orthogonalised (parameters)", "units": "1"},
-}
 
 
 def grid_values(
@@ -129,30 +124,12 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         xs = np.linspace(pts_x.min() - pad, pts_x.max() + pad, n)
         ys = np.linspace(pts_y.min() - pad, pts_y.max() + pad, n)
         loss, acc, info = grid_values(models, names, teacher, data, pre, xs, ys)
-        views.append(
-            xr.Dataset(
-                {
-                    "loss": (
-                        ("x", "y"),
-                        loss,
-                        {"long_name": "distillation loss H(p_teacher, p_theta)", "units": "nats"},
-                    ),
-                    "accuracy": (("x", "y"), acc, {"long_name": "k-NN (k=20) probe accuracy", "units": "fraction"}),
-                    "point_x": ("point", pts_x, {"long_name": "x of the three networks", "units": "|b - a|"}),
-                    "point_y": ("point", pts_y, {"long_name": "y of the three networks", "units": "|b - a|"}),
-                    "norm_u": ((), info["norm_u"], NORM_ATTRS["norm_u"]),
-                    "norm_v": ((), info["norm_v"], NORM_ATTRS["norm_v"]),
-                },
-                coords={
-                    "x": np.arange(n),
-                    "y": np.arange(n),
-                    "point": ["a", "b", "c"],
-                    "x_value": ("x", xs, {"units": "|b - a|"}),
-                    "y_value": ("y", ys, {"units": "|b - a|"}),
-                    "point_name": ("point", list(names)),
-                },
-            ).expand_dims(view=[view])
-        )
+        data_vars = {"loss": (("x", "y"), loss), "accuracy": (("x", "y"), acc)}
+        data_vars |= {"point_x": ("point", pts_x), "point_y": ("point", pts_y)}
+        data_vars |= {"norm_u": ((), info["norm_u"]), "norm_v": ((), info["norm_v"])}
+        coords = {"x": np.arange(n), "y": np.arange(n), "point": ["a", "b", "c"]}
+        coords |= {"x_value": ("x", xs), "y_value": ("y", ys), "point_name": ("point", list(names))}
+        views.append(result_dataset("analyses.planes", data_vars, coords).expand_dims(view=[view]))
         print(
             f"{view}: loss at a/b/c grid corners {loss.min():.4f}..{loss.max():.4f}, k-NN {100 * acc.min():.1f}.."
             f"{100 * acc.max():.1f} %",

@@ -29,6 +29,7 @@ import xarray as xr
 from analyses import common
 from analyses.tables import ARCHS, PAPER_LINEAR, CifarUnit, kept_archs, unit_fields
 from distill.config import DistillConfig
+from distill.schema import result_dataset
 
 RECIPES = {"paper": dict(weight_decay=0.0, reshuffle=True), "reference": dict(weight_decay=0.01, reshuffle=False)}
 
@@ -96,13 +97,10 @@ def spread(arch: str, seed: int, data: Any, device: str, counts: dict[str, int])
         ),
         flush=True,
     )
-    return xr.DataArray(
-        acc,
-        dims=("recipe", "probe_seed"),
-        coords={"recipe": list(RECIPES), "probe_seed": np.arange(n)},
-        name="accuracy",
-        attrs={"long_name": "raw linear probe test accuracy", "units": "fraction"},
-    )
+    coords = {"recipe": ("recipe", list(RECIPES)), "probe_seed": ("probe_seed", np.arange(n))}
+    return result_dataset(
+        "analyses.probe_spread.teacher", {"accuracy": (("recipe", "probe_seed"), acc)}, coords
+    ).accuracy
 
 
 @dataclass(frozen=True)
@@ -138,17 +136,14 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     # architectures with fewer teacher seeds are NaN at the others
     acc = xr.concat(per_arch, dim=xr.DataArray(archs, dims="arch", name="arch"), join="outer").sel(seed=seeds)
     best = acc.max("probe_seed")
-    ds = xr.Dataset(
+    ds = result_dataset(
+        "analyses.probe_spread",
         {
-            "accuracy": acc.assign_attrs(long_name="raw linear probe test accuracy", units="fraction"),
-            "best": best.assign_attrs(
-                long_name="best raw linear probe over the probe seeds (the reference code's reported number)",
-                units="fraction",
-            ),
+            "accuracy": acc,
+            "best": best,
             "paper_teacher_linear": (
                 "arch",
                 [PAPER_LINEAR[a][0] / 100 if a in PAPER_LINEAR else np.nan for a in archs],
-                {"long_name": "paper: teacher linear probe (Table 5)", "units": "fraction"},
             ),
         },
         attrs={

@@ -13,6 +13,7 @@ import xarray as xr
 
 from analyses.context import Context
 from distill.config import DistillConfig, SupervisedConfig
+from distill.schema import result_dataset
 from distill.store import Store
 
 
@@ -151,9 +152,5 @@ MODELS = ["teacher", "teacher_bn", "student", "input"]
 def probes_array(rows: dict[str, dict[str, float]], probes: Sequence[str]) -> xr.DataArray:
     """{model: {probe: acc}} -> DataArray (model, probe) over ``MODELS``."""
     vals = [[rows.get(m, {}).get(p, np.nan) for p in probes] for m in MODELS]
-    return xr.DataArray(
-        vals,
-        dims=("model", "probe"),
-        coords={"model": MODELS, "probe": list(probes)},
-        attrs={"long_name": "probe accuracy", "units": "fraction"},
-    )
+    coords = {"model": ("model", MODELS), "probe": ("probe", list(probes))}
+    return result_dataset("analyses.probes", {"accuracy": (("model", "probe"), vals)}, coords).accuracy.rename(None)

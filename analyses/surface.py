@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
+from distill.schema import plain, result_dataset
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": common.Scale(subset=100)(
@@ -164,20 +165,9 @@ def _gather(pre: dict[str, Any], units: dict[Any, SurfaceUnit]) -> tuple[xr.Data
         combine_attrs="drop",
     )
     span = (-pre["span"], pre["span"])
-    ds = ds.assign_coords(
-        t=("t", np.linspace(*span, pre["line"]), {"long_name": "coordinate along d", "units": "filter norms"}),
-        x=("x", np.linspace(*span, pre["plane"]), {"long_name": "coordinate along d1", "units": "filter norms"}),
-        y=("y", np.linspace(*span, pre["plane"]), {"long_name": "coordinate along d2", "units": "filter norms"}),
-        u=("u", through.x.values, {"long_name": "along child 1 - child 0 (siblings)", "units": "|d1|"}),
-        v=("v", through.y.values, {"long_name": "along init child 0 - child 0", "units": "|d2|"}),
-    )
-    for v in ds.data_vars:
-        ds[v].attrs = (
-            {"long_name": "test cross-entropy", "units": "nats"}
-            if v.endswith("loss")
-            else {"long_name": "test error", "units": "fraction"}
-        )
-    return ds, through
+    coords = {"t": ("t", np.linspace(*span, pre["line"])), "u": ("u", through.x.values), "v": ("v", through.y.values)}
+    coords |= {k: (k, np.linspace(*span, pre["plane"])) for k in ("x", "y")}
+    return ds.assign_coords(coords), through
 
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
@@ -186,12 +176,9 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     units = _units(pre, ctx, data, {start: path for start, (path, _) in kids.items()})
     common.sweep(list(units.values()), ctx)
     ds, through = _gather(pre, units)
-    ds["child_test_accuracy"] = xr.DataArray(
-        np.stack([kids[c.split()[0]][1] for c in CENTRES]),
-        dims=("centre", "child"),
-        attrs={"long_name": "test accuracy of each child after training", "units": "fraction"},
-    )
-    ds.attrs = {
+    data_vars = plain(ds.data_vars)
+    data_vars["child_test_accuracy"] = (("centre", "child"), np.stack([kids[c.split()[0]][1] for c in CENTRES]))
+    attrs = {
         "directions": "line/plane: Gaussian, filter-normalised (Li et al. 2018) per seed; biases and norm "
         "parameters: zero direction; through: child 1 - child 0 (d1), init child 0 - child 0 (d2)",
         "centre_definition": "child 0 of the start (student's last epoch, or the random init at epoch 0)",
@@ -202,6 +189,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         "bn_policy": str(through.attrs["bn_policy"]),
         **common.provenance(ctx, {"distill": dcfg, "supervised": scfg}, pre["seeds"], "paper"),
     }
+    ds = result_dataset("analyses.surface", data_vars, plain(ds.coords), attrs)
     for c in CENTRES:
         lo = ds.line_loss.sel(centre=c)
         print(

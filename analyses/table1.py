@@ -31,6 +31,7 @@ import xarray as xr
 
 from analyses import common
 from distill.config import DistillConfig
+from distill.schema import result_dataset
 
 # Tables 1 and 3 of the paper, CIFAR-10, percent: {arch: {probe: {model: value}}}
 PAPER: dict[str, dict[str, dict[str, float]]] = {
@@ -110,26 +111,15 @@ def first_pass(acc: xr.DataArray) -> xr.DataArray:
             for col in ahead.transpose("probe", "epoch").values
         ]
         out.append(first)
-    return xr.DataArray(
-        out,
-        dims=("reference", "probe"),
-        coords={"reference": ["teacher", "teacher_bn"], "probe": acc.probe.values},
-        attrs={
-            "long_name": "first probed epoch at which the student's accuracy exceeds the reference's",
-            "units": "epoch",
-        },
-    )
+    coords = {"reference": ("reference", ["teacher", "teacher_bn"]), "probe": ("probe", acc.probe.values)}
+    return result_dataset("analyses.table1", {"first_pass": (("reference", "probe"), out)}, coords).first_pass
 
 
 def paper_table(archs: list[str], probes: list[str]) -> xr.DataArray:
     """The paper's Table 1 / 3 numbers (fractions) over (paper_arch, model, probe); NaN where it gives none."""
     vals = [[[PAPER.get(a, {}).get(p, {}).get(m, np.nan) / 100 for p in probes] for m in common.MODELS] for a in archs]
-    return xr.DataArray(
-        vals,
-        dims=("paper_arch", "model", "probe"),
-        coords={"paper_arch": archs, "model": common.MODELS, "probe": probes},
-        attrs={"long_name": "the paper's Table 1 (linear) and Table 3 (k-NN), CIFAR-10", "units": "fraction"},
-    )
+    coords = {"paper_arch": ("paper_arch", archs), "model": ("model", common.MODELS), "probe": ("probe", probes)}
+    return result_dataset("analyses.table1", {"paper": (("paper_arch", "model", "probe"), vals)}, coords).paper
 
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
@@ -163,32 +153,25 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         coords="minimal",
         compat="override",
     )
-    for v in ds.variables:  # concat dropped the variables' own long_name / units: they are the metrics'
-        if v in have[tags[0]].variables:
-            ds[v].attrs = dict(have[tags[0]][v].attrs)
     # what each run was, from its own store (a run in progress may have been started by older code)
     stored = {t: {**cfgs[t].to_dict(), **json.loads(have[t].attrs.get("config", "{}"))} for t in tags}
     arch = [str(stored[t]["arch"]) for t in tags]
     recipes = [str(stored[t]["recipe"]) for t in tags]
-    ds = ds.assign_coords(
-        arch=("run", arch),
-        recipe=("run", recipes),
-        seed=("run", [int(stored[t]["seed"]) for t in tags]),
-        run_commit=("run", [str(have[t].attrs.get("git_commit", "")) for t in tags]),
-    )
-    ds["run_commit"].attrs = {"long_name": "git commit of the code that trained the run (its store's provenance)"}
-    stat = xr.concat([statistics(have[t]) for t in tags], dim=ds.run, coords="minimal")
-    stat.attrs = {
-        "long_name": "probe accuracy, reduced over the probed epochs",
-        "units": "fraction",
-        "statistic": "; ".join(f"{k}: {v}" for k, v in common.STATISTIC_HELP.items()),
+    coords = {
+        "arch": ("run", arch),
+        "recipe": ("run", recipes),
+        "seed": ("run", [int(stored[t]["seed"]) for t in tags]),
+        "run_commit": ("run", [str(have[t].attrs.get("git_commit", "")) for t in tags]),
     }
-    ds["summary"] = stat
-    ds["first_pass"] = xr.concat([first_pass(ds.accuracy.sel(run=t)) for t in tags], dim="run", coords="minimal")
-    last_epoch = [int(have[t].epoch.values.max()) for t in tags]
-    ds["epochs_done"] = ("run", last_epoch, {"long_name": "epochs trained so far", "units": "epoch"})
-    ds["paper"] = paper_table(sorted(set(arch)), [str(p) for p in ds.probe.values])
-    ds.attrs = {
+    stat = xr.concat([statistics(have[t]) for t in tags], dim=ds.run, coords="minimal")
+    data_vars = {
+        **{k: ds[k] for k in ds.data_vars},
+        "summary": stat.assign_attrs(statistic="; ".join(f"{k}: {v}" for k, v in common.STATISTIC_HELP.items())),
+        "first_pass": xr.concat([first_pass(ds.accuracy.sel(run=t)) for t in tags], dim="run", coords="minimal"),
+        "epochs_done": ("run", [int(have[t].epoch.values.max()) for t in tags]),
+        "paper": paper_table(sorted(set(arch)), [str(p) for p in ds.probe.values]),
+    }
+    attrs = {
         **common.provenance(ctx, stored, [int(stored[t]["seed"]) for t in tags], ",".join(dict.fromkeys(recipes))),
         "dataset": pre["dataset"],
         "snapshot": int(ctx.snapshot),
@@ -197,6 +180,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         "the best is taken over 150/N fits where the authors' code probes every epoch",
         "epochs_planned": ",".join(str(stored[t]["epochs"]) for t in tags),
     }
+    ds = result_dataset("analyses.table1", data_vars, coords, attrs)
     report(ds)
     return ds
 

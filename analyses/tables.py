@@ -22,6 +22,7 @@ import xarray as xr
 
 from analyses import common
 from distill.config import REFERENCE_VIT, DistillConfig
+from distill.schema import result_dataset
 from distill.store import Store
 
 ARCHS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet20", "resnet34", "resnet56", "vit_tiny", "vit_small")
@@ -212,14 +213,13 @@ def teacher_probes(
         if has_batchnorm(teacher)
         else t
     )
-    acc = xr.DataArray(
-        [[t[p] for p in PROBES], [tb[p] for p in PROBES]],
-        dims=("model", "probe"),
-        coords={"model": ["teacher", "teacher_bn"], "probe": PROBES},
-        name="accuracy",
-        attrs={"long_name": "probe accuracy", "units": "fraction"},
+    ds = result_dataset(
+        "analyses.tables.teacher",
+        {"accuracy": (("model", "probe"), [[t[p] for p in PROBES], [tb[p] for p in PROBES]])},
+        {"model": ("model", ["teacher", "teacher_bn"]), "probe": ("probe", PROBES)},
+        {"config": cfg.to_json()},
     )
-    common.save(acc.to_dataset(promote_attrs=False).assign_attrs(config=cfg.to_json()), path)
+    common.save(ds, path)
     print(
         f"teacher {arch} seed {seed}: "
         + ", ".join(f"{p} {100 * t[p]:.2f}" for p in PROBES)
@@ -230,7 +230,7 @@ def teacher_probes(
         ),
         flush=True,
     )
-    return acc
+    return ds.accuracy
 
 
 def input_probes(seed: int, data: Any, device: str, path: str | Path) -> xr.DataArray:
@@ -240,16 +240,12 @@ def input_probes(seed: int, data: Any, device: str, path: str | Path) -> xr.Data
 
     cfg = DistillConfig(probes=PROBES, probe_seed=seed, device=device)
     r = run_probes(cfg, None, data, resolve_device(cfg.device))
-    acc = xr.DataArray(
-        [r[p] for p in PROBES],
-        dims="probe",
-        coords={"probe": PROBES},
-        name="accuracy",
-        attrs={"long_name": "probe accuracy", "units": "fraction"},
+    ds = result_dataset(
+        "analyses.tables.input", {"accuracy": ("probe", [r[p] for p in PROBES])}, {"probe": ("probe", PROBES)}
     )
-    common.save(acc.to_dataset(), path)
+    common.save(ds, path)
     print(f"input seed {seed}: " + ", ".join(f"{p} {100 * r[p]:.2f}" for p in PROBES), flush=True)
-    return acc
+    return ds.accuracy
 
 
 def kept_archs(pre: dict[str, Any], ctx: common.Context) -> list[str]:
@@ -312,15 +308,10 @@ def _paper_columns(archs: list[str]) -> dict[str, Any]:
     pl = np.array([PAPER_LINEAR.get(_base(a)[0], (np.nan, np.nan)) for a in archs]) / 100
     pk = np.array([PAPER_KNN.get(_base(a)[0], (np.nan, np.nan)) for a in archs]) / 100
     out: dict[str, Any] = {}
-    for probe, name, values in (("linear", "linear probe", pl), ("knn", "k-NN", pk)):
+    for probe, values in (("linear", pl), ("knn", pk)):
         for i, model in enumerate(("teacher", "student")):
-            attrs = {"long_name": f"paper: {model} {name}", "units": "fraction"}
-            out[f"paper_{model}_{probe}"] = ("arch", values[:, i], attrs)
-    out["paper_input"] = (
-        "probe",
-        [PAPER_INPUT.get(p, np.nan) / 100 for p in PROBES],
-        {"long_name": "paper: raw-pixel probe", "units": "fraction"},
-    )
+            out[f"paper_{model}_{probe}"] = ("arch", values[:, i])
+    out["paper_input"] = ("probe", [PAPER_INPUT.get(p, np.nan) / 100 for p in PROBES])
     return out
 
 
@@ -358,21 +349,13 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         best = common.best_over_epochs(Store(unit.out).metrics).sel(model="student")
         if s in seeds:
             student.loc[{"arch": a, "seed": s}] = best.sel(probe=PROBES).values
-    acc_attrs = {"long_name": "probe accuracy", "units": "fraction"}
-    ds = xr.Dataset(
+    ds = result_dataset(
+        "analyses.tables",
         {
-            "teacher": teacher.sel(model="teacher", drop=True).assign_attrs(
-                acc_attrs, long_name="random teacher probe accuracy"
-            ),
-            "teacher_bn": teacher.sel(model="teacher_bn", drop=True).assign_attrs(
-                acc_attrs, long_name="BN-recalibrated random teacher probe accuracy"
-            ),
-            "student": student.assign_attrs(
-                acc_attrs,
-                long_name="student probe accuracy (best over the probed epochs after epoch 0)",
-                statistic="best_after_epoch0",
-            ),
-            "input": inp.assign_attrs(acc_attrs, long_name="raw-pixel probe accuracy"),
+            "teacher": teacher.sel(model="teacher", drop=True),
+            "teacher_bn": teacher.sel(model="teacher_bn", drop=True),
+            "student": student.assign_attrs(statistic="best_after_epoch0"),
+            "input": inp,
             **_paper_columns(archs),
         },
         attrs={

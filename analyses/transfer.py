@@ -18,6 +18,7 @@ import xarray as xr
 
 from analyses import common
 from distill.config import DistillConfig
+from distill.schema import result_dataset
 from distill.store import Store
 from landscape.locality import DistillUnit
 
@@ -91,14 +92,9 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             f"{pairs[pi]} seed {seeds[si]}: " + "; ".join(f"{m} linear {100 * g[m]['linear']:.2f}" for m in MODELS),
             flush=True,
         )
-    ds = xr.Dataset(
-        {
-            "accuracy": (
-                ("pair", "seed", "model", "probe"),
-                acc,
-                {"long_name": "probe accuracy on the target classes", "units": "fraction"},
-            )
-        },
+    return result_dataset(
+        "analyses.transfer",
+        {"accuracy": (("pair", "seed", "model", "probe"), acc)},
         coords={"pair": pairs, "seed": seeds, "model": MODELS, "probe": probes},
         attrs={
             "models": "student_transfer: distilled on the source classes; student_in_domain: on the "
@@ -106,7 +102,6 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             **common.provenance(ctx, configs, seeds, "paper"),
         },
     )
-    return ds
 
 
 LABELS = {

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 NETWORKS = ("teacher", "student")
+PER_LAYER = ("layer_cosine", "layer_effective_rank", "layer_dead_fraction")
 
 
 def effective_rank(z: Tensor, center: bool = True) -> float:
@@ -130,32 +131,17 @@ class DynamicsRecorder:
         self.rows[int(epoch)] = row
 
     def variables(self, epochs: Sequence[int], models: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(data variables, extra coords) over (epoch, model[, layer]); NaN where not measured."""
-        scalar = {
-            "effective_rank": ("effective rank of the embeddings (centred, Roy & Vetterli)", "1"),
-            "dead_fraction": ("fraction of embedding units <= 0 on every input", "fraction"),
-            "embedding_cosine": ("mean cosine similarity of embeddings of different inputs", "1"),
-        }
-        per_layer = {
-            "layer_cosine": ("mean cosine similarity between different inputs, per layer", "1"),
-            "layer_effective_rank": ("effective rank of the layer's channel means / units", "1"),
-            "layer_dead_fraction": ("fraction of units <= 0 on every input, per layer", "fraction"),
-        }
+        """(data variables, extra coords) over (epoch, model[, layer]); NaN where not measured. Their
+        long_name and units are the metrics' (`distill.schema`)."""
         out: dict[str, Any] = {}
-        for var, (long_name, units) in scalar.items():
-            a = np.full((len(epochs), len(models)), np.nan)
+        for var in ("effective_rank", "dead_fraction", "embedding_cosine", *PER_LAYER):
+            shape = (len(epochs), len(models)) + ((len(self.layers),) if var in PER_LAYER else ())
+            a = np.full(shape, np.nan)
             for i, e in enumerate(epochs):
                 for j, m in enumerate(models):
                     if e in self.rows and m in self.rows[e]:
                         a[i, j] = self.rows[e][m][var]
-            out[var] = (("epoch", "model"), a, {"long_name": long_name, "units": units})
-        for var, (long_name, units) in per_layer.items():
-            a = np.full((len(epochs), len(models), len(self.layers)), np.nan)
-            for i, e in enumerate(epochs):
-                for j, m in enumerate(models):
-                    if e in self.rows and m in self.rows[e]:
-                        a[i, j] = self.rows[e][m][var]
-            out[var] = (("epoch", "model", "layer"), a, {"long_name": long_name, "units": units})
+            out[var] = (("epoch", "model", "layer")[: len(shape)], a)
         return out, {"layer": list(self.layers)}
 
     def load(self, ds: Any, upto: int) -> None:
@@ -173,12 +159,7 @@ class DynamicsRecorder:
                 if np.isnan(float(sel.effective_rank)):
                     continue
                 row[m] = {v: float(sel[v]) for v in ("effective_rank", "dead_fraction", "embedding_cosine")}
-                row[m].update(
-                    {
-                        v: [float(t) for t in sel[v].values]
-                        for v in ("layer_cosine", "layer_effective_rank", "layer_dead_fraction")
-                    }
-                )
+                row[m].update({v: [float(t) for t in sel[v].values] for v in PER_LAYER})
             if row:
                 self.rows[int(e)] = row
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from distill.config import DistillConfig
 from distill.init import parameter_distance
+from distill.schema import result_dataset
 
 if TYPE_CHECKING:
     import xarray
@@ -59,8 +60,6 @@ class History:
 
     def to_dataset(self, cfg: DistillConfig, device: torch.device, n_probe: int = 0) -> xarray.Dataset:
         """The metrics Dataset (dims epoch, model, probe) that the store holds as ``metrics``."""
-        import xarray as xr
-
         import distill
 
         probes = list(cfg.probes)
@@ -70,21 +69,14 @@ class History:
                 for k, p in enumerate(probes):
                     acc[i, j, k] = self.probes.get(e, {}).get(m, {}).get(p, np.nan)
 
-        def var(values: list[float], long_name: str, units: str) -> Any:
-            return ("epoch", np.asarray(values, dtype=np.float64), {"long_name": long_name, "units": units})
+        def var(values: list[float]) -> Any:
+            return ("epoch", np.asarray(values, dtype=np.float64))
 
+        names = ("loss", "kl", "student_norm", "teacher_norm", "distance", "seconds")
         extra, extra_coords = ({}, {}) if self.dynamics is None else self.dynamics.variables(self.epochs, MODELS)
-        return xr.Dataset(
-            {
-                **extra,
-                "accuracy": (("epoch", "model", "probe"), acc, {"long_name": "probe accuracy", "units": "fraction"}),
-                "loss": var(self.loss, "distillation loss (mean over the epoch)", "nats"),
-                "kl": var(self.kl, "KL(teacher || student) (mean over the epoch)", "nats"),
-                "student_norm": var(self.student_norm, "student embedding L2 norm (mean)", "1"),
-                "teacher_norm": var(self.teacher_norm, "teacher embedding L2 norm (mean)", "1"),
-                "distance": var(self.distance, "parameter distance student - teacher (L2)", "1"),
-                "seconds": var(self.seconds, "wall time of the epoch (epoch 0: its probes)", "s"),
-            },
+        return result_dataset(
+            "metrics",
+            {**extra, "accuracy": (("epoch", "model", "probe"), acc), **{k: var(getattr(self, k)) for k in names}},
             coords={
                 "epoch": np.asarray(self.epochs, dtype=np.int64),
                 "model": list(MODELS),

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
 from distill.options import with_config
+from distill.schema import labels
 from landscape.configs import HessianConfig, HessianPathConfig
 from landscape.hessian_result import Measures, to_dataset
 from landscape.linalg import (  # noqa: F401 - the linear algebra, also importable from here
@@ -311,7 +312,7 @@ def hessian_along_path(
         op, setup = source.operator(ma, data, dev)
         results.append(m.measure(op))
     info = {**{f"a_{kk}": v for kk, v in info_a.items()}, **{f"b_{kk}": v for kk, v in info_b.items()}, "bn_policy": bn}
-    return to_dataset(results, alist, setup, info, ma, m, dev)
+    return to_dataset(results, alist, setup, info, ma, m, dev, "hessian_path")
 
 
 def hessian_over_levels(
@@ -359,15 +360,8 @@ def hessian_over_levels(
         )
     levels = np.asarray([int(n.rsplit("/", 1)[1]) for n in names])
     info = {"store": str(store.path), "rewind": rewind}
-    ds = to_dataset(results, levels.astype(np.float64), setup, info, module, m, dev)
-    ds = ds.rename({"alpha": "level"}).assign_coords(
-        level=("level", levels, {"long_name": "IMP level (0 = dense)", "units": "1"})
-    )
-    ds["remaining"] = (
-        "level",
-        np.asarray(remaining),
-        {"long_name": "fraction of prunable weights kept", "units": "fraction"},
-    )
+    ds = to_dataset(results, levels, setup, info, module, m, dev, "hessian_levels", "level")
+    ds["remaining"] = ("level", np.asarray(remaining), labels("hessian_levels", "remaining"))
     ds.attrs["restricted_to"] = "unpruned weights (M H M with the stored masks)"
     return ds
 

@@ -14,6 +14,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+from distill.schema import result_dataset
 from landscape.linalg import smoothed_density, spectral_density, top_eigenpairs, trace
 from landscape.refs import model_spec_attrs
 
@@ -58,71 +59,66 @@ def to_dataset(
     module: nn.Module,
     m: Measures,
     device: torch.device,
+    kind: str = "hessian",
+    along: str = "alpha",
 ) -> xr.Dataset:
-    """The Dataset of ``results`` (one `Measures.measure` per point; ``alphas``: the points' coordinate,
-    None for a single point). ``setup`` (the operator's attrs) gains ``slq_sigma`` with SLQ."""
-    data_vars, coords = _point_vars(results, alphas, setup, m)
+    """The Dataset of ``results`` (one `Measures.measure` per point; ``alphas``: the points' coordinate
+    ``along``, None for a single point), a result of ``kind`` (`distill.schema`). ``setup`` (the
+    operator's attrs) gains ``slq_sigma`` with SLQ."""
+    data_vars, coords = _point_vars(results, alphas, m, along)
     if m.slq_runs:
         setup["slq_sigma"] = _slq_vars(results[0], m, data_vars, coords)
     attrs = _attrs(m, module, device)
     attrs.update(setup)
     attrs.update({k: v for k, v in info.items() if isinstance(v, (str, int, float))})
     model_spec_attrs(attrs, module)
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
-
-
-def _var(dims: tuple[str, ...], values: Any, long_name: str, units: str) -> tuple[Any, ...]:
-    return (dims, values, {"long_name": long_name, "units": units})
+    fill = {"loss": setup["loss"], "trace_method": m.trace_method, "trace_probes": m.probes}
+    return result_dataset(kind, data_vars, coords, attrs, fill=fill)
 
 
 def _point_vars(
-    results: list[dict[str, Any]], alphas: np.ndarray | None, setup: Mapping[str, Any], m: Measures
+    results: list[dict[str, Any]], alphas: np.ndarray | None, m: Measures, along: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Variables with one value (or ``k`` eigenvalues) per point, and their coordinates."""
-    lead = ("alpha",) if alphas is not None else ()
+    lead = (along,) if alphas is not None else ()
 
     def stack(key: str) -> np.ndarray:
         vals = np.stack([np.asarray(r[key], dtype=np.float64) for r in results])
         return vals if alphas is not None else vals[0]
 
     data_vars: dict[str, Any] = {
-        "loss": _var(lead, stack("loss_value"), f"{setup['loss']} loss at the point", "nats"),
-        "hvps": _var(lead, stack("hvps"), "Hessian-vector products used", "1"),
-        "eig_seconds": _var(lead, stack("eig_seconds"), "wall time of the eigenvalue computation", "s"),
+        "loss": (lead, stack("loss_value")),
+        "hvps": (lead, stack("hvps")),
+        "eig_seconds": (lead, stack("eig_seconds")),
     }
     coords: dict[str, Any] = {}
     if m.k:
-        data_vars["eigenvalue"] = _var(
-            lead + ("eigen",), stack("eigenvalues"), "Hessian eigenvalue (largest first)", "nats"
-        )
+        data_vars["eigenvalue"] = (lead + ("eigen",), stack("eigenvalues"))
         if m.vectors and alphas is None:
-            long_name = "unit Hessian eigenvector (parameters in named_parameters order)"
-            data_vars["eigenvector"] = _var(("eigen", "parameter"), results[0]["eigenvectors"], long_name, "1")
-        coords["eigen"] = _var(("eigen",), np.arange(m.k), "eigenvalue rank (0 = largest)", "1")
+            data_vars["eigenvector"] = (("eigen", "parameter"), results[0]["eigenvectors"])
+        coords["eigen"] = ("eigen", np.arange(m.k))
     if m.probes:
-        data_vars["trace"] = _var(lead, stack("trace"), f"Hessian trace ({m.trace_method}, {m.probes} probes)", "nats")
+        data_vars["trace"] = (lead, stack("trace"))
         samples = np.stack([r["trace_samples"] for r in results])
         n = samples.shape[-1]
         se = samples.std(axis=-1, ddof=1) / math.sqrt(n) if n > 1 else np.full(samples.shape[:-1], np.nan)
-        se = se if alphas is not None else se[0]
-        data_vars["trace_stderr"] = _var(lead, se, "standard error of the trace estimate", "nats")
+        data_vars["trace_stderr"] = (lead, se if alphas is not None else se[0])
     if alphas is not None:
-        coords["alpha"] = _var(("alpha",), np.asarray(alphas), "interpolation coefficient", "1")
+        coords[along] = (along, np.asarray(alphas))
     return data_vars, coords
 
 
 def _slq_vars(result: Mapping[str, Any], m: Measures, data_vars: dict[str, Any], coords: dict[str, Any]) -> float:
     """Add the SLQ nodes, weights and smoothed density of one point; returns the smoothing width (nats)."""
     nodes, weights = result["nodes"], result["weights"]
-    data_vars["slq_node"] = _var(("run", "node"), nodes, "SLQ quadrature node (Ritz value)", "nats")
-    data_vars["slq_weight"] = _var(("run", "node"), weights, "SLQ quadrature weight", "1")
+    data_vars["slq_node"] = (("run", "node"), nodes)
+    data_vars["slq_weight"] = (("run", "node"), weights)
     lo, hi = np.nanmin(nodes), np.nanmax(nodes)
     pad = 0.05 * (hi - lo + 1e-12)
     grid = np.linspace(lo - pad, hi + pad, m.density_points)
     sigma = max((hi - lo) / 100, 1e-12)
-    density = smoothed_density(nodes, weights, grid, sigma)
-    data_vars["density"] = _var(("lambda",), density, "Hessian spectral density (Gaussian-smoothed SLQ)", "1/nats")
-    coords["lambda"] = _var(("lambda",), grid, "eigenvalue", "nats")
+    data_vars["density"] = ("lambda", smoothed_density(nodes, weights, grid, sigma))
+    coords["lambda"] = ("lambda", grid)
     coords["run"] = ("run", np.arange(m.slq_runs))
     return sigma
 

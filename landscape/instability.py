@@ -34,6 +34,7 @@ from torch import nn
 from distill.config import SupervisedConfig
 from distill.options import with_config
 from distill.provenance import stamp
+from distill.schema import plain, result_dataset
 from distill.store.names import SUFFIX, store_name
 from distill.supervised import check_classifier, evaluate, train_supervised, with_classifier
 from landscape import refs
@@ -376,15 +377,8 @@ def _pairs(
     )
     ds.attrs = curves[0].attrs
     ds = with_barriers(ds.transpose("pair", "alpha", "split"))
-    ds["child_test_accuracy"] = xr.DataArray(
-        np.asarray([acc for _, acc in children], dtype=np.float64),
-        dims="child",
-        coords={
-            "child": np.arange(len(children), dtype=np.int64),
-            "child_seed": ("child", np.asarray(seeds, dtype=np.int64)),
-        },
-        attrs={"long_name": "test accuracy of each child after training", "units": "fraction"},
-    )
-    ds["pair"].attrs = {"long_name": "pair of children i-j"}
-    ds["child"].attrs = {"long_name": "child index"}
-    return ds
+    accuracy = ("child", np.asarray([acc for _, acc in children], dtype=np.float64))
+    coords = {"child": ("child", np.arange(len(children), dtype=np.int64))}
+    coords["child_seed"] = ("child", np.asarray(seeds, dtype=np.int64))
+    data_vars = plain(ds.data_vars) | {"child_test_accuracy": accuracy}
+    return result_dataset("instability", data_vars, plain(ds.coords) | coords, ds.attrs)

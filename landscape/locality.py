@@ -26,7 +26,7 @@ import distill
 from distill.config import DistillConfig
 from distill.init import parameter_distance
 from distill.options import with_config
-from distill.provenance import stamp
+from distill.schema import plain, result_dataset
 from distill.store import Store
 from distill.store.names import SUFFIX, store_name
 from landscape.configs import LocalityConfig
@@ -151,21 +151,8 @@ def collect(
             per_seed.append(point)
         rows.append(xr.concat(per_seed, dim=xr.DataArray(list(seeds), dims="seed", name="seed"), join="outer"))
     ds = xr.concat(rows, dim=xr.DataArray(np.asarray(values, dtype=np.float64), dims=axis, name=axis), join="outer")
-    ds = ds.drop_vars("store").assign_coords(store=((axis, "seed"), ds["store"].values.astype(str)))
-    for k, long_name, u in (
-        ("accuracy", "probe accuracy", "fraction"),
-        ("kl", "KL(teacher || student), epoch mean", "nats"),
-        ("distance_teacher", "parameter distance student - teacher (L2)", "1"),
-        ("final_kl", "KL(teacher || student) in the last epoch", "nats"),
-        ("distance_init", "parameter distance final student - initial student (L2)", "1"),
-        ("distance_teacher_init", "parameter distance initial student - teacher (L2)", "1"),
-    ):
-        ds[k].attrs = {"long_name": long_name, "units": u}
-    ds[axis].attrs = {
-        "long_name": {"alpha": "interpolation weight of noise at init", "eps": "noise scale at init"}[axis],
-        "units": "1",
-    }
-    ds.attrs = {
+    coords = plain(ds.coords) | {"store": ((axis, "seed"), ds["store"].values.astype(str))}
+    attrs = {
         "config": cfg.to_json(),
         "axis": axis,
         "init_definition": (
@@ -178,5 +165,5 @@ def collect(
     recipe = {"distill": cfg.to_dict(), "axis": axis, "values": [float(v) for v in values], "seeds": list(seeds)}
     from distill.device import resolve_device
 
-    stamp(ds.attrs, recipe, kind="locality", device=resolve_device(cfg.device), precision=cfg.precision)
-    return ds
+    prov = {"recipe": recipe, "kind": "locality", "device": resolve_device(cfg.device), "precision": cfg.precision}
+    return result_dataset("locality", plain(ds.drop_vars("store").data_vars), coords, attrs, provenance=prov)

@@ -54,6 +54,7 @@ from distill.config import SupervisedConfig
 from distill.device import resolve_device
 from distill.options import with_config
 from distill.provenance import stamp
+from distill.schema import result_dataset
 from distill.store import Store
 from distill.supervised import check_classifier, fit_head, steps_per_epoch, with_classifier
 from landscape.configs import LotteryConfig
@@ -272,29 +273,16 @@ def _dataset(
         )
         return a if with_method else a[:, 0, :]
 
-    desc = {
-        "best_accuracy": ("best test accuracy over the evaluations of the level's training", "fraction"),
-        "final_accuracy": ("test accuracy at the end of the level's training", "fraction"),
-        "final_loss": ("test cross-entropy at the end of the level's training", "nats"),
-    }
-    data_vars: dict[str, Any] = {k: (dims, array(k), {"long_name": d, "units": u}) for k, (d, u) in desc.items()}
-    data_vars["remaining_weights"] = (
-        ("level",),
-        np.asarray(counts, dtype=np.int64),
-        {"long_name": "unpruned prunable weights", "units": "count"},
-    )
+    data_vars: dict[str, Any] = {k: (dims, array(k)) for k in ("best_accuracy", "final_accuracy", "final_loss")}
+    data_vars["remaining_weights"] = (("level",), np.asarray(counts, dtype=np.int64))
     coords: dict[str, Any] = {
-        "rewind": ("rewind", np.asarray(rewinds, dtype=object), {"long_name": "rewind target"}),
-        "level": ("level", np.arange(levels, dtype=np.int64), {"long_name": "pruning level", "units": "1"}),
-        "sparsity": (
-            "level",
-            np.asarray(counts, dtype=np.float64) / counts[0],
-            {"long_name": "fraction of prunable weights remaining", "units": "fraction"},
-        ),
+        "rewind": ("rewind", np.asarray(rewinds, dtype=object)),
+        "level": ("level", np.arange(levels, dtype=np.int64)),
+        "sparsity": ("level", np.asarray(counts, dtype=np.float64) / counts[0]),
     }
     if with_method:
-        coords["method"] = ("method", np.asarray(all_methods, dtype=object), {"long_name": "pruning method"})
-    return xr.Dataset(data_vars, coords=coords)
+        coords["method"] = ("method", np.asarray(all_methods, dtype=object))
+    return result_dataset("lottery", data_vars, coords)
 
 
 def _provenance(

@@ -27,9 +27,10 @@ from torch import Tensor, nn
 from distill.bn import has_batchnorm
 from distill.device import resolve_device
 from distill.options import with_config
+from distill.schema import result_dataset
 from landscape.configs import PathConfig
 from landscape.evaluate import POLICIES, PathInputs, compile_name, lerp, run_segment, trial_backends
-from landscape.points import EvalSettings, check_choice, loss_error_vars, stamp_result, use_channels_last
+from landscape.points import EvalSettings, check_choice, stamp_result, use_channels_last
 from landscape.refs import load_ref, require_classifier
 
 BACKENDS = ("auto", "loop", "vmap")
@@ -213,9 +214,8 @@ def linear_path(
     )
     leave_out = ("backend", "alpha_chunk", "memory_format", "device", "compile")
     stamp_result(attrs, model, "lmc", dev, leave_out, alphas=alist)
-    alpha = ("alpha", alpha_values, {"long_name": "interpolation coefficient", "units": "1"})
-    coords = {"alpha": alpha, "split": ("split", np.array(splits))}
-    return xr.Dataset(loss_error_vars(("alpha", "split"), loss, error), coords=coords, attrs=attrs)
+    dims, coords = ("alpha", "split"), {"alpha": ("alpha", alpha_values), "split": ("split", np.array(splits))}
+    return result_dataset("linear_path", {"loss": (dims, loss), "error": (dims, error)}, coords, attrs)
 
 
 def _splits(splits: str | Sequence[str]) -> tuple[str, ...]:
@@ -347,19 +347,19 @@ def barrier(ds: xr.Dataset) -> xr.Dataset:
     out = {}
     if "error" in ds:
         err = ds["error"]
-        height = err.max("alpha") - (err.isel(alpha=i0, drop=True) + err.isel(alpha=i1, drop=True)) / 2
-        height.attrs = {"long_name": "error barrier", "units": err.attrs.get("units", "fraction")}
-        out["barrier_error"] = height
+        out["barrier_error"] = err.max("alpha") - (err.isel(alpha=i0, drop=True) + err.isel(alpha=i1, drop=True)) / 2
     if "loss" in ds:
         loss = ds["loss"]
         chord = (1 - alpha) * loss.isel(alpha=i0, drop=True) + alpha * loss.isel(alpha=i1, drop=True)
-        height = (loss - chord).max("alpha")
-        height.attrs = {"long_name": "loss barrier", "units": loss.attrs.get("units", "nats")}
-        out["barrier_loss"] = height
+        out["barrier_loss"] = (loss - chord).max("alpha")
     attrs = dict(ds.attrs)
     attrs["barrier_error_definition"] = BARRIER_ERROR_DEFINITION
     attrs["barrier_loss_definition"] = BARRIER_LOSS_DEFINITION
-    return xr.Dataset(out, attrs=attrs)
+    heights = result_dataset("barrier", out, attrs=attrs)
+    for k, v in (("barrier_error", "error"), ("barrier_loss", "loss")):  # the units of the curves
+        if k in heights and "units" in ds[v].attrs:
+            heights[k].attrs["units"] = ds[v].attrs["units"]
+    return heights
 
 
 def with_barriers(ds: xr.Dataset) -> xr.Dataset:

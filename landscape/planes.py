@@ -35,17 +35,11 @@ from torch import Tensor, nn
 
 from distill.bn import has_batchnorm
 from distill.options import with_config
+from distill.schema import result_dataset
 from landscape.configs import PlaneConfig
 from landscape.evaluate import PathInputs, bn_stat_keys, run_segment
 from landscape.executors import run_units
-from landscape.points import (
-    EvalSettings,
-    check_bn_split,
-    check_choice,
-    loss_error_vars,
-    stamp_result,
-    use_channels_last,
-)
+from landscape.points import EvalSettings, check_bn_split, check_choice, stamp_result, use_channels_last
 from landscape.refs import load_ref, require_classifier
 
 DEFINITION = (
@@ -274,19 +268,12 @@ def plane(
 def _dataset(
     loss: np.ndarray, error: np.ndarray, points: np.ndarray, xs: np.ndarray, ys: np.ndarray, attrs: dict[str, Any]
 ) -> xr.Dataset:
-    units = {"units": "|b - a|"}
-    return xr.Dataset(
-        {
-            **loss_error_vars(("x", "y"), loss, error),
-            "point_x": ("point", points[:, 0], {"long_name": "x of the checkpoint in the plane", **units}),
-            "point_y": ("point", points[:, 1], {"long_name": "y of the checkpoint in the plane", **units}),
-        },
-        coords={
-            "x": ("x", xs, {"long_name": "coordinate along u = b - a", **units}),
-            "y": ("y", ys, {"long_name": "coordinate along v (c orthogonalised against u)", **units}),
-            "point": ("point", np.array(["a", "b", "c"])),
-        },
-        attrs=attrs,
+    return result_dataset(
+        "plane",
+        {"loss": (("x", "y"), loss), "error": (("x", "y"), error)}
+        | {"point_x": ("point", points[:, 0]), "point_y": ("point", points[:, 1])},
+        {"x": ("x", xs), "y": ("y", ys), "point": ("point", np.array(["a", "b", "c"]))},
+        attrs,
     )
 
 

@@ -90,14 +90,6 @@ class EvalSettings:
         }
 
 
-def loss_error_vars(dims: tuple[str, ...], loss: Any, error: Any) -> dict[str, Any]:
-    """The ``loss`` (mean cross-entropy, nats) and ``error`` (fraction) variables over ``dims``."""
-    return {
-        "loss": (dims, loss, {"long_name": "cross-entropy loss", "units": "nats"}),
-        "error": (dims, error, {"long_name": "classification error", "units": "fraction"}),
-    }
-
-
 def stamp_result(
     attrs: dict[str, Any], model: nn.Module, kind: str, device: torch.device, leave_out: Sequence[str], **extra: Any
 ) -> None:

@@ -40,9 +40,10 @@ from tqdm.auto import tqdm
 import distill
 from distill.bn import has_batchnorm
 from distill.options import with_config
+from distill.schema import result_dataset
 from landscape.configs import SurfaceConfig
 from landscape.evaluate import run_segment
-from landscape.points import EvalSettings, check_bn_split, loss_error_vars, use_channels_last
+from landscape.points import EvalSettings, check_bn_split, use_channels_last
 from landscape.refs import model_spec_attrs
 
 ONE_D = ("ignore", "normalize")
@@ -372,11 +373,8 @@ class _Grid:
         """The Dataset over (x[, y]) with ``done`` and the attrs."""
         dims = ("x", "y") if self.dims == 2 else ("x",)
         pick = (lambda a: a) if self.dims == 2 else (lambda a: a[:, 0])
-        coords = {"x": ("x", self.xs, {"long_name": "coordinate along d1", "units": "|d1|"})}
-        data_vars: dict[str, tuple[Any, ...]] = loss_error_vars(dims, pick(self.loss), pick(self.error))
-        if self.dims == 2:
-            coords["y"] = ("y", self.ys, {"long_name": "coordinate along d2", "units": "|d2|"})
-            data_vars["done"] = ("y", self.done, {"long_name": "row evaluated", "units": "1"})
-        else:
-            data_vars["done"] = ((), self.done[0], {"long_name": "line evaluated", "units": "1"})
-        return xr.Dataset(data_vars, coords=coords, attrs=self.attrs)
+        coords = {"x": ("x", self.xs)} | ({"y": ("y", self.ys)} if self.dims == 2 else {})
+        done = ("y", self.done) if self.dims == 2 else ((), self.done[0])
+        data_vars = {"loss": (dims, pick(self.loss)), "error": (dims, pick(self.error)), "done": done}
+        row = "row" if self.dims == 2 else "line"
+        return result_dataset("surface", data_vars, coords, self.attrs, fill={"row": row})
