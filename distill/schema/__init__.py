@@ -18,12 +18,16 @@ if TYPE_CHECKING:
 __all__ = ["FIELDS", "KINDS", "KIND_FIELDS", "Field", "Kind", "field", "labels", "markdown", "plain", "result_dataset"]
 
 
+def _kind(kind: str) -> Kind:
+    if kind not in KINDS:
+        raise KeyError(f"no result kind {kind!r}: add it to distill.schema.kinds.KINDS")
+    return KINDS[kind]
+
+
 def field(kind: str, name: str) -> Field:
     """What ``name`` holds in a result of ``kind``: the kind's own meaning, else the one of the kind
     it is ``like``, else the default; a KeyError naming the table to extend when there is none."""
-    if kind not in KINDS:
-        raise KeyError(f"no result kind {kind!r}: add it to distill.schema.kinds.KINDS")
-    spec = KINDS[kind]
+    spec = _kind(kind)
     if name not in spec.variables + spec.coords:
         raise KeyError(f"{kind} results hold no {name!r}: add it to distill.schema.kinds.KINDS[{kind!r}]")
     for key in ((kind, name), (spec.like, name)):
@@ -46,7 +50,7 @@ def labels(kind: str, name: str, fill: Mapping[str, Any] | None = None) -> dict[
     return out
 
 
-def plain(variables: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+def plain(variables: Mapping[Any, Any]) -> dict[str, tuple[Any, Any]]:
     """``{name: (dims, values)}`` of a Dataset's ``data_vars`` or ``coords``, their attrs left out: to
     build a result from the variables of others."""
     return {str(k): (v.dims, v.data) for k, v in variables.items()}
@@ -74,6 +78,8 @@ def result_dataset(
             ``precision``): the attrs are stamped when given.
     """
     import xarray as xr
+
+    _kind(kind)
 
     def labelled(name: str, value: Any) -> Any:
         table = labels(kind, name)

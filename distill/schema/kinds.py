@@ -40,7 +40,12 @@ KINDS: dict[str, Kind] = {
         ("epoch", *_PROBED, "layer"),
     ),
     "linear_path": Kind("`landscape.linear_path`", ("alpha", "split"), _CURVES, ("alpha", "split")),
-    "barrier": Kind("`landscape.barrier`, `landscape.with_barriers`", ("split", "any other dim but alpha"), _BARRIERS),
+    "barrier": Kind(
+        "`landscape.barrier`, `landscape.with_barriers` (the coordinates of the curves but alpha)",
+        ("split", "any other dim of the curves but alpha"),
+        _BARRIERS,
+        ("split",),
+    ),
     "instability": Kind(
         "`landscape.instability`",
         ("pair", "alpha", "split", "child"),
