@@ -211,8 +211,10 @@ class _OnDevice(AnalysisConfig):
 class _BatchNorm(AnalysisConfig):
     bn: str = option(
         "reset",
-        "BatchNorm running statistics at each evaluated point: reset (re-estimated there on seeded training "
-        "batches), interpolate (like the weights) or keep_a (the first network's)",
+        "BatchNorm running statistics at each evaluated point: reset (re-estimated there as "
+        "torch.optim.swa_utils.update_bn does, on bn_batches training batches drawn once with bn_seed and shared "
+        "by every point), interpolate (like the weights) or keep_a (the first network's); recorded as none for a "
+        "network without BatchNorm",
         BN_POLICIES,
     )
 
@@ -221,14 +223,18 @@ class _BatchNorm(AnalysisConfig):
 class _Evaluation(_BatchNorm, _OnDevice):
     """How the networks are evaluated: BatchNorm statistics, examples, batches, memory layout."""
 
-    max_examples: Optional[int] = option(None, "evaluate a seeded subset of this many images per split (default: all)")
+    max_examples: Optional[int] = option(
+        None, "evaluate a subset of this many images per split, drawn with eval_seed (default: all)"
+    )
     bn_batches: int = option(8, "training batches that re-estimate the BatchNorm statistics (bn=reset)")
     bn_batch_size: int = option(256, "images per BatchNorm batch")
     bn_seed: int = option(0, "seed of the BatchNorm batches (drawn once, shared by every point)")
     eval_batch_size: int = option(1000, "images per evaluation pass")
     eval_seed: int = option(0, "seed of the max_examples subset")
     channels_last: Optional[bool] = option(
-        None, "channels-last memory layout (default: on for conv nets on a CPU; results equal to ~1e-6)"
+        None,
+        "channels-last memory layout of the loop evaluator (default: on for conv nets on a CPU; results then "
+        "equal a plain evaluation's to float rounding, ~1e-6, rather than bit for bit)",
     )
 
 
@@ -275,16 +281,22 @@ class _Trains(AnalysisConfig):
 class PathConfig(_Line, _Backend, _Evaluation):
     """`landscape.paths.linear_path`: loss and error on the straight line between two networks."""
 
-    alpha_chunk: Optional[int] = option(None, "alphas per vmap pass (default: 8)")
+    alpha_chunk: Optional[int] = option(
+        None,
+        "alphas per vmap pass (default: 8); an evaluation pass holds eval_batch_size images in all, a BN-reset "
+        "pass alpha_chunk x bn_batch_size",
+    )
     align: Optional[str] = option(
         None,
         "permute b's hidden units onto a's before interpolating: weights (weight matching, Ainsworth et al.) "
-        "or activations (activation matching on training images)",
+        "or activations (activation matching on training images); landscape.align.align, recorded in attrs align_*",
         (None, "weights", "activations"),
     )
     align_options: Optional[dict] = option(None, "settings of the alignment (AlignConfig's fields) as JSON")
     repair: bool = option(
-        False, "REPAIR: rescale the interpolated channels without BatchNorm to the endpoints' statistics"
+        False,
+        "REPAIR: rescale the interpolated channels not followed by BatchNorm to the interpolated endpoint "
+        "statistics at each point (landscape.align.repair_state, on the BN-reset batches; evaluated by the loop)",
     )
 
 
