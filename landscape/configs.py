@@ -194,7 +194,8 @@ def _recipe_field() -> Any:
     return dataclasses.field(
         default_factory=SupervisedConfig,
         metadata={
-            "help": "the supervised training recipe (distill.SupervisedConfig; default: the paper's, 160 epochs)",
+            "help": "the supervised training recipe (distill.SupervisedConfig; default: the paper's, 160 epochs; "
+            "SupervisedConfig.preset('cpu') trains 8)",
             "parse": _recipe,
             "metavar": "JSON",
         },
@@ -361,7 +362,10 @@ class _Curvature(_OnDevice):
     )
     split: str = option("train", "split the loss is measured on", SPLITS)
     batches: Optional[int] = option(
-        4, "mini-batches to average over (0 or none: the whole split)", parse=_batches, metavar="N"
+        4,
+        "mini-batches of batch_size images to average over, drawn once with data_seed (0 or none: the whole split)",
+        parse=_batches,
+        metavar="N",
     )
     batch_size: int = option(256, "mini-batch size (images)")
     data_seed: int = option(0, "seed of the mini-batches")
@@ -408,7 +412,9 @@ class InstabilityConfig(_Line, _Trains, _OnDevice):
 
     splits: tuple = redefault(_Line, "splits", ("test",))
     children: int = option(2, "number of children")
-    seeds: Optional[list] = option(None, "seeds, one per child (default: 0..children-1)")
+    seeds: Optional[list] = option(
+        None, "seeds, one per child: child i trains with data_seed = aug_seed = seeds[i] (default: 0..children-1)"
+    )
     head_seed: int = option(0, "seed of a fresh classifier head for a start that has none")
     path_options: Optional[dict] = option(None, "more PathConfig settings of the paths, as JSON")
 
@@ -418,19 +424,38 @@ class _Pruning(_Trains, _OnDevice):
     """Iterative magnitude pruning: levels, what is pruned, what the levels rewind to."""
 
     levels: int = option(5, "trained levels, level 0 dense")
-    prune_fraction: float = option(0.2, "fraction of the remaining weights pruned per level")
+    prune_fraction: float = option(
+        0.2, "fraction of the remaining prunable weights pruned per level (0.2: 100, 80, 64, 51.2, ... % remain)"
+    )
     prunable: Union[str, list] = option(
         "weights",
-        "weights: conv and linear weights (Frankle et al.); all: every parameter (the paper's code); from "
-        "Python also a list of parameter names",
+        "weights: conv and linear weights, classifier included (Frankle et al.); all: every floating-point "
+        "parameter (the paper's code); from Python also a list of state_dict names",
         parse=_prunable,
         metavar="{weights,all}",
     )
-    rewind_step: Optional[int] = option(None, "optimiser steps of level 0 for rewind step")
-    rewind_optimizer: bool = option(False, "levels after a step rewind start from level 0's optimiser state")
-    baselines: tuple = option((), "comma-separated: random_prune, random_reinit", parse=_name_tuple, metavar="A,B,...")
+    rewind_step: Optional[int] = option(
+        None,
+        "k of rewind step: the optimiser step of level 0 rewound to (at most the recipe's steps); levels after "
+        "the rewind continue the recipe from step k (schedule, data order, augmentation), as Frankle et al.",
+    )
+    rewind_optimizer: bool = option(
+        False,
+        "levels after a step rewind start from level 0's optimiser state at step k (SGD momentum buffers, entries "
+        "of pruned weights zeroed; off: a fresh optimiser, as Frankle et al.); no effect on start and init, "
+        "which rewind to before any step",
+    )
+    baselines: tuple = option(
+        (),
+        "comma-separated: random_prune, random_reinit (each adds a training run per level: the cost of one more "
+        "IMP run)",
+        parse=_name_tuple,
+        metavar="A,B,...",
+    )
     rewind_rng: bool = option(
-        True, "every level replays the same data order and augmentation (off: reseeded per level)"
+        True,
+        "every level replays the same data order and augmentation (the recipe's seeds; off: level l uses "
+        "data_seed + l and aug_seed + l)",
     )
 
 
@@ -439,9 +464,16 @@ class LotteryConfig(_Pruning):
     """`landscape.lottery.lottery`: lottery tickets by iterative magnitude pruning with rewinding."""
 
     rewind: Union[str, list] = option(
-        "start", "rewind target(s), comma-separated: start, init, step", parse=_names, metavar="A,B,..."
+        "start",
+        "rewind target(s), comma-separated: start, init, step (one IMP run each)",
+        parse=_names,
+        metavar="A,B,...",
     )
-    seed: int = option(0, "classifier head, init and baseline seed")
+    seed: int = option(
+        0,
+        "seed of the classifier head and of init; seed + 1 draws random_reinit's init, 1000 x seed + l "
+        "random_prune's level l",
+    )
 
 
 @dataclass
