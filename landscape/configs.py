@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union
 
+from distill import options
 from distill.config import SupervisedConfig
 from distill.options import Config, _default, _show, option
 
@@ -28,11 +30,7 @@ SPLITS = ("train", "test")
 
 # ----------------------------------------------------------------------------- flag values
 def _named(name: str) -> Any:
-    def deco(fn: Any) -> Any:
-        fn.__name__ = name  # argparse names the converter in its messages
-        return fn
-
-    return deco
+    return functools.partial(options._named, name)  # argparse names the converter in its messages
 
 
 @_named("alphas")
