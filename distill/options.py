@@ -452,8 +452,8 @@ def with_config(cls: type) -> typing.Callable[[typing.Callable[..., _R]], typing
 
         spread = "config" not in inner.parameters
         own = [p for p in inner.parameters.values() if p.name != "config" and p.name not in names]
-        head = [p for p in own if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        tail = [p for p in own if p.kind is p.KEYWORD_ONLY]
+        head = [p for p in own if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+        tail = [p for p in own if p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD)]
         hints = typing.get_type_hints(cls)
         settings = [
             inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=_default(f), annotation=hints[f.name])

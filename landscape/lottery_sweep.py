@@ -100,7 +100,7 @@ def lottery_sweep(
 
     Args:
         start: an ``nn.Module`` or ``(store_or_path, epoch | name)``.
-        options: the other keywords of `landscape.lottery.lottery` (levels, prune_fraction, prunable,
+        **options: the other keywords of `landscape.lottery.lottery` (levels, prune_fraction, prunable,
             rewind_step, baselines, device, ...).
 
     Returns:
