@@ -31,12 +31,11 @@ from distill.data.readers import (  # noqa: F401
     read_idx,
 )
 from distill.data.unpickle import unpickle_restricted  # noqa: F401
-from distill.registry import BASE_DATASETS, canonical_dataset, suggest
-from distill.registry import dataset_names
+from distill.registry import BASE_DATASETS, canonical_dataset, dataset_names, suggest
 
 
 def list_datasets() -> list[str]:
-    """The registered dataset names, built-in and from plugins (`distill.register_dataset`)."""
+    """The registered dataset names (`distill.registry.dataset_names`)."""
     return dataset_names()
 
 
