@@ -11,120 +11,18 @@ This module stays light (no torch, no xarray): ``rtt -h`` builds its flags from 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
-import json
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union
 
-from distill import options
 from distill.config import SupervisedConfig
 from distill.options import Config, _default, _show, option
+from landscape import flag_values
+from landscape.flag_values import SPLITS, path_alphas, split_names
 
 # BatchNorm running statistics at each evaluated point (landscape.evaluate.POLICIES)
 BN_POLICIES = ("reset", "interpolate", "keep_a")
-SPLITS = ("train", "test")
-
-
-# ----------------------------------------------------------------------------- flag values
-def _named(name: str) -> Any:
-    return functools.partial(options._named, name)  # argparse names the converter in its messages
-
-
-@_named("alphas")
-def path_alphas(text: str) -> Union[int, list]:
-    """``--alphas``: N (that many evenly spaced points on [0, 1], ends included) or comma-separated
-    values in [0, 1]."""
-    text = text.strip()
-    try:
-        if "," not in text and "." not in text:
-            n = int(text)
-            if n < 2:
-                raise argparse.ArgumentTypeError(f"{text!r}: a path needs at least 2 points (both ends)")
-            return n
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: pass a number of points (e.g. 21) or comma-separated values in [0, 1] (e.g. 0,0.25,0.5,0.75,1)"
-        ) from None
-    if not values or any(not 0.0 <= v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: the values must lie in [0, 1]")
-    return values
-
-
-@_named("splits")
-def split_names(text: str) -> tuple[str, ...]:
-    """``--split``: train, test or train,test."""
-    names = tuple(s.strip() for s in text.split(",") if s.strip())
-    if not names or any(s not in SPLITS for s in names) or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"{text!r}: pass train, test or train,test")
-    return names
-
-
-@_named("numbers")
-def _numbers(text: str) -> Any:
-    """Comma-separated numbers as a tuple; text that is no list of numbers comes back as it is, for the
-    config to refuse with its fix."""
-    try:
-        return tuple(float(s) for s in text.split(","))
-    except ValueError:
-        return text
-
-
-@_named("resolution")
-def _resolution(text: str) -> Union[int, list]:
-    try:
-        values = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: pass a number of points per axis, or NX,NY") from None
-    return values[0] if len(values) == 1 else values
-
-
-@_named("batches")
-def _batches(text: str) -> Optional[int]:
-    """A number of mini-batches; 0 (or none) for the whole split."""
-    if text.strip().lower() in ("0", "none"):
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: pass a number of mini-batches >= 0 (0: the whole split)")
-    return n
-
-
-@_named("names")
-def _names(text: str) -> Union[str, list]:
-    """One name, or several comma-separated (a list)."""
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"{text!r} names nothing")
-    return names[0] if len(names) == 1 else names
-
-
-@_named("names")
-def _name_tuple(text: str) -> tuple[str, ...]:
-    """Comma-separated names; none (or nothing) for none."""
-    return () if text.strip().lower() in ("", "none") else tuple(s.strip() for s in text.split(",") if s.strip())
-
-
-@_named("prunable")
-def _prunable(text: str) -> Union[str, list]:
-    value = _names(text)
-    if value not in ("weights", "all"):
-        raise argparse.ArgumentTypeError(f"{text!r}: choose weights or all (from Python also a list of names)")
-    return value
-
-
-@_named("recipe")
-def _recipe(text: str) -> SupervisedConfig:
-    try:
-        return SupervisedConfig.from_dict(json.loads(text))
-    except (ValueError, TypeError) as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a SupervisedConfig as JSON ({e})") from None
 
 
 # ----------------------------------------------------------------------------- the base class
@@ -194,7 +92,7 @@ def _recipe_field() -> Any:
         metadata={
             "help": "the supervised training recipe (distill.SupervisedConfig; default: the paper's, 160 epochs; "
             "SupervisedConfig.preset('cpu') trains 8)",
-            "parse": _recipe,
+            "parse": flag_values.recipe,
             "metavar": "JSON",
         },
     )
@@ -265,7 +163,7 @@ class _Line(_BatchNorm):
 @dataclass
 class _Grid(AnalysisConfig):
     resolution: Union[int, list] = option(
-        21, "grid points per axis (N, or from Python (nx, ny))", parse=_resolution, metavar="N"
+        21, "grid points per axis (N, or from Python (nx, ny))", parse=flag_values.resolution, metavar="N"
     )
     split: str = option("test", "split to evaluate", SPLITS)
 
@@ -318,7 +216,7 @@ class PlaneConfig(_Grid, _Backend, _Evaluation):
         None,
         "LOW,HIGH range of both coordinates in units of |B - A| (from Python also ((x_low, x_high), "
         "(y_low, y_high))) (default: the three points plus margin)",
-        parse=_numbers,
+        parse=flag_values.numbers,
         metavar="LOW,HIGH",
     )
     margin: float = option(0.5, "margin around the three points in units of |B - A|", check="non_negative")
@@ -329,9 +227,9 @@ class SurfaceConfig(_Grid, _Evaluation):
     """`landscape.surface.surface`: a 1-D or 2-D loss surface around one network."""
 
     dims: int = option(2, "1-D line or 2-D surface", (1, 2))
-    span: tuple = option((-1.0, 1.0), "LOW,HIGH of the coordinates", parse=_numbers, metavar="LOW,HIGH")
+    span: tuple = option((-1.0, 1.0), "LOW,HIGH of the coordinates", parse=flag_values.numbers, metavar="LOW,HIGH")
     yspan: Optional[tuple] = option(
-        None, "LOW,HIGH of the second coordinate (default: span)", parse=_numbers, metavar="LOW,HIGH"
+        None, "LOW,HIGH of the second coordinate (default: span)", parse=flag_values.numbers, metavar="LOW,HIGH"
     )
     seed: int = option(0, "seed of the random directions")
     bias: str = option(
@@ -362,7 +260,7 @@ class _Curvature(_OnDevice):
     batches: Optional[int] = option(
         4,
         "mini-batches of batch_size images to average over, drawn once with data_seed (0 or none: the whole split)",
-        parse=_batches,
+        parse=flag_values.batches,
         metavar="N",
     )
     batch_size: int = option(256, "mini-batch size (images)")
@@ -429,7 +327,7 @@ class _Pruning(_Trains, _OnDevice):
         "weights",
         "weights: conv and linear weights, classifier included (Frankle et al.); all: every floating-point "
         "parameter (the paper's code); from Python also a list of state_dict names",
-        parse=_prunable,
+        parse=flag_values.prunable,
         metavar="{weights,all}",
     )
     rewind_step: Optional[int] = option(
@@ -447,7 +345,7 @@ class _Pruning(_Trains, _OnDevice):
         (),
         "comma-separated: random_prune, random_reinit (each adds a training run per level: the cost of one more "
         "IMP run)",
-        parse=_name_tuple,
+        parse=flag_values.name_tuple,
         metavar="A,B,...",
     )
     rewind_rng: bool = option(
@@ -464,7 +362,7 @@ class LotteryConfig(_Pruning):
     rewind: Union[str, list] = option(
         "start",
         "rewind target(s), comma-separated: start, init, step (one IMP run each)",
-        parse=_names,
+        parse=flag_values.names,
         metavar="A,B,...",
     )
     seed: int = option(
@@ -480,7 +378,10 @@ class LotterySweepConfig(_Trains):
     settings (`LotteryConfig`'s other fields) are passed on as keywords."""
 
     rewinds: tuple = option(
-        ("start",), "rewind targets, comma-separated: start, init, step", parse=_name_tuple, metavar="A,B,..."
+        ("start",),
+        "rewind targets, comma-separated: start, init, step",
+        parse=flag_values.name_tuple,
+        metavar="A,B,...",
     )
     seeds: tuple = option((0,), "replicate seeds, comma-separated: one run of each rewind target per seed")
 
