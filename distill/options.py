@@ -14,6 +14,7 @@ import functools
 import inspect
 import json
 import math
+import textwrap
 import typing
 from dataclasses import field, fields
 from typing import Any, TypeVar
@@ -426,10 +427,11 @@ def _parse_list(s: str) -> list:
 def with_config(cls: type) -> typing.Callable[[typing.Callable[..., _R]], typing.Callable[..., _R]]:
     """Let a function taking ``config`` (an instance of ``cls``) also take each of the config's fields as a
     keyword argument, so that ``f(x, alphas=11)`` and ``f(x, config=PathConfig(alphas=11))`` are the same
-    call, and the config class stays the one source of the defaults. Keywords given beside ``config``
-    replace its fields. A function that declares no ``config`` parameter gets the fields as keyword
-    arguments instead (declare them keyword-only without defaults). The wrapper's signature lists the
-    fields (``help(f)`` shows them with their defaults)."""
+    call, and the config class stays the one source of the defaults and of the settings' documentation.
+    Keywords given beside ``config`` replace its fields. A function that declares no ``config`` parameter
+    gets the fields as keyword arguments instead (declare them keyword-only without defaults). The
+    wrapper's signature lists the fields, and its docstring is the function's followed by a section
+    describing each field (help, type, default), so ``help(f)`` shows them."""
     names = [f.name for f in fields(cls)]
 
     def deco(fn: typing.Callable[..., _R]) -> typing.Callable[..., _R]:
@@ -450,8 +452,8 @@ def with_config(cls: type) -> typing.Callable[[typing.Callable[..., _R]], typing
 
         spread = "config" not in inner.parameters
         own = [p for p in inner.parameters.values() if p.name != "config" and p.name not in names]
-        head = [p for p in own if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        tail = [p for p in own if p.kind is p.KEYWORD_ONLY]
+        head = [p for p in own if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+        tail = [p for p in own if p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD)]
         hints = typing.get_type_hints(cls)
         settings = [
             inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=_default(f), annotation=hints[f.name])
@@ -459,9 +461,30 @@ def with_config(cls: type) -> typing.Callable[[typing.Callable[..., _R]], typing
         ]
         config_param = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=cls)
         wrapper.__signature__ = inner.replace(parameters=[*head, config_param, *settings, *tail])  # type: ignore[attr-defined]
+        wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "") + "\n\n" + settings_doc(cls)
         return wrapper
 
     return deco
+
+
+def settings_doc(cls: type) -> str:
+    """A docstring section (Google style) describing each field of the config class ``cls``: its help
+    (with units), type and default (none shown for None, whose meaning the help states)."""
+    hints = typing.get_type_hints(cls)
+    lines = [f"Keyword Args: Settings (or pass them together as config={cls.__name__}(...))"]
+    for f in fields(cls):
+        default = _default(f)
+        text = f"{f.name} ({_type_text(hints[f.name])}): {f.metadata.get('help', '')}"
+        if default is not None:
+            text += f" (default: {type(default).__name__ + '()' if isinstance(default, Config) else repr(default)})"
+        lines.append(textwrap.fill(text, 110, initial_indent="    ", subsequent_indent="        "))
+    return "\n".join(lines)
+
+
+def _type_text(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Union:
+        return " | ".join(map(_type_text, typing.get_args(tp)))
+    return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
 def _default(f: dataclasses.Field) -> Any:

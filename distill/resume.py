@@ -60,12 +60,10 @@ def open_or_create(
         if isinstance(old.get("dataset"), str):  # stores written before names were stored canonically
             old["dataset"] = canonical_dataset(old["dataset"])
         diff = [k for k, v in cfg.to_dict().items() if k not in RESUMABLE and k in old and old[k] != v]
-        if diff:
-            k = diff[0]
-            raise StoreError(
-                f"{out} holds a run with {k}={old[k]!r}, not {getattr(cfg, k)!r}: "
-                f"choose another --out to start a new run"
-            )
+        if diff:  # every differing setting named, in one line
+            was = ", ".join(f"{k}={old[k]!r}" for k in diff)
+            now = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in diff)
+            raise StoreError(f"{out} holds a run with {was}, not {now}: choose another --out to start a new run")
         return store, True
     seeds = {k: getattr(cfg, k) for k in ("seed", "noise_seed", "data_seed", "aug_seed", "probe_seed")}
     return Store.create(

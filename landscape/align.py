@@ -370,24 +370,13 @@ def training_batches(
 
 @with_config(AlignConfig)
 def align(
-    a: nn.Module,
-    b: nn.Module,
-    method: str = "weights",
-    data: Any = None,
-    *,
-    max_iter: int,
-    seed: int,
-    batches: int,
-    batch_size: int,
-    data_seed: int,
+    a: nn.Module, b: nn.Module, method: str = "weights", data: Any = None, *, config: AlignConfig
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``b`` permuted to match ``a`` (a new module; neither input is modified).
 
     Args:
-        method: ``weights`` (`weight_matching` over the parameters, sweep order seeded with
-
-    ``seed``) or ``activations`` (`activation_matching` on ``batches`` x ``batch_size``
-    training images of ``data`` drawn with ``data_seed``).
+        method: ``weights`` (`weight_matching` over the parameters) or ``activations``
+            (`activation_matching` on training images of ``data``).
 
     Returns:
         (aligned b, record) where the record holds strings and numbers for attrs: the method,
@@ -404,11 +393,13 @@ def align(
     sa, sb = a.state_dict(), b.state_dict()
     record: dict[str, Any] = {"align": method}
     if method == "weights":
-        perms, info = weight_matching(spec, sa, sb, keys=_param_keys(a, spec), max_iter=max_iter, seed=seed)
+        perms, info = weight_matching(
+            spec, sa, sb, keys=_param_keys(a, spec), max_iter=config.max_iter, seed=config.seed
+        )
         record.update(
             {
                 "align_objective": "sum of <theta_a, P(theta_b)> over parameters",
-                "align_seed": seed,
+                "align_seed": config.seed,
                 "align_sweeps": info["sweeps"],
                 "align_inner_product": info["objective"],
                 "align_inner_product_identity": info["objective_identity"],
@@ -418,13 +409,13 @@ def align(
         if data is None:
             raise ValueError("align='activations' needs data: pass the dataset whose training images to match on")
         device = next(a.parameters()).device
-        xs = training_batches(data, batches, batch_size, data_seed, device)
+        xs = training_batches(data, config.batches, config.batch_size, config.data_seed, device)
         perms, info = activation_matching(spec, a, b, xs)
         record.update(
             {
                 "align_objective": "summed Pearson correlation of unit activations",
                 "align_examples": info["examples"],
-                "align_data_seed": data_seed,
+                "align_data_seed": config.data_seed,
                 "align_mean_correlation": info["mean_correlation"],
             }
         )

@@ -11,122 +11,18 @@ This module stays light (no torch, no xarray): ``rtt -h`` builds its flags from 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union
 
 from distill.config import SupervisedConfig
 from distill.options import Config, _default, _show, option
+from landscape import flag_values
+from landscape.flag_values import SPLITS, path_alphas, split_names
 
 # BatchNorm running statistics at each evaluated point (landscape.evaluate.POLICIES)
 BN_POLICIES = ("reset", "interpolate", "keep_a")
-SPLITS = ("train", "test")
-
-
-# ----------------------------------------------------------------------------- flag values
-def _named(name: str) -> Any:
-    def deco(fn: Any) -> Any:
-        fn.__name__ = name  # argparse names the converter in its messages
-        return fn
-
-    return deco
-
-
-@_named("alphas")
-def path_alphas(text: str) -> Union[int, list]:
-    """``--alphas``: N (that many evenly spaced points on [0, 1], ends included) or comma-separated
-    values in [0, 1]."""
-    text = text.strip()
-    try:
-        if "," not in text and "." not in text:
-            n = int(text)
-            if n < 2:
-                raise argparse.ArgumentTypeError(f"{text!r}: a path needs at least 2 points (both ends)")
-            return n
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: pass a number of points (e.g. 21) or comma-separated values in [0, 1] (e.g. 0,0.25,0.5,0.75,1)"
-        ) from None
-    if not values or any(not 0.0 <= v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: the values must lie in [0, 1]")
-    return values
-
-
-@_named("splits")
-def split_names(text: str) -> tuple[str, ...]:
-    """``--split``: train, test or train,test."""
-    names = tuple(s.strip() for s in text.split(",") if s.strip())
-    if not names or any(s not in SPLITS for s in names) or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"{text!r}: pass train, test or train,test")
-    return names
-
-
-@_named("numbers")
-def _numbers(text: str) -> Any:
-    """Comma-separated numbers as a tuple; text that is no list of numbers comes back as it is, for the
-    config to refuse with its fix."""
-    try:
-        return tuple(float(s) for s in text.split(","))
-    except ValueError:
-        return text
-
-
-@_named("resolution")
-def _resolution(text: str) -> Union[int, list]:
-    try:
-        values = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: pass a number of points per axis, or NX,NY") from None
-    return values[0] if len(values) == 1 else values
-
-
-@_named("batches")
-def _batches(text: str) -> Optional[int]:
-    """A number of mini-batches; 0 (or none) for the whole split."""
-    if text.strip().lower() in ("0", "none"):
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: pass a number of mini-batches >= 0 (0: the whole split)")
-    return n
-
-
-@_named("names")
-def _names(text: str) -> Union[str, list]:
-    """One name, or several comma-separated (a list)."""
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"{text!r} names nothing")
-    return names[0] if len(names) == 1 else names
-
-
-@_named("names")
-def _name_tuple(text: str) -> tuple[str, ...]:
-    """Comma-separated names; none (or nothing) for none."""
-    return () if text.strip().lower() in ("", "none") else tuple(s.strip() for s in text.split(",") if s.strip())
-
-
-@_named("prunable")
-def _prunable(text: str) -> Union[str, list]:
-    value = _names(text)
-    if value not in ("weights", "all"):
-        raise argparse.ArgumentTypeError(f"{text!r}: choose weights or all (from Python also a list of names)")
-    return value
-
-
-@_named("recipe")
-def _recipe(text: str) -> SupervisedConfig:
-    try:
-        return SupervisedConfig.from_dict(json.loads(text))
-    except (ValueError, TypeError) as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a SupervisedConfig as JSON ({e})") from None
 
 
 # ----------------------------------------------------------------------------- the base class
@@ -194,8 +90,9 @@ def _recipe_field() -> Any:
     return dataclasses.field(
         default_factory=SupervisedConfig,
         metadata={
-            "help": "the supervised training recipe (distill.SupervisedConfig; default: the paper's, 160 epochs)",
-            "parse": _recipe,
+            "help": "the supervised training recipe (distill.SupervisedConfig; default: the paper's, 160 epochs; "
+            "SupervisedConfig.preset('cpu') trains 8)",
+            "parse": flag_values.recipe,
             "metavar": "JSON",
         },
     )
@@ -211,8 +108,10 @@ class _OnDevice(AnalysisConfig):
 class _BatchNorm(AnalysisConfig):
     bn: str = option(
         "reset",
-        "BatchNorm running statistics at each evaluated point: reset (re-estimated there on seeded training "
-        "batches), interpolate (like the weights) or keep_a (the first network's)",
+        "BatchNorm running statistics at each evaluated point: reset (re-estimated there as "
+        "torch.optim.swa_utils.update_bn does, on bn_batches training batches drawn once with bn_seed and shared "
+        "by every point), interpolate (like the weights) or keep_a (the first network's); recorded as none for a "
+        "network without BatchNorm",
         BN_POLICIES,
     )
 
@@ -221,14 +120,18 @@ class _BatchNorm(AnalysisConfig):
 class _Evaluation(_BatchNorm, _OnDevice):
     """How the networks are evaluated: BatchNorm statistics, examples, batches, memory layout."""
 
-    max_examples: Optional[int] = option(None, "evaluate a seeded subset of this many images per split (default: all)")
+    max_examples: Optional[int] = option(
+        None, "evaluate a subset of this many images per split, drawn with eval_seed (default: all)"
+    )
     bn_batches: int = option(8, "training batches that re-estimate the BatchNorm statistics (bn=reset)")
     bn_batch_size: int = option(256, "images per BatchNorm batch")
     bn_seed: int = option(0, "seed of the BatchNorm batches (drawn once, shared by every point)")
     eval_batch_size: int = option(1000, "images per evaluation pass")
     eval_seed: int = option(0, "seed of the max_examples subset")
     channels_last: Optional[bool] = option(
-        None, "channels-last memory layout (default: on for conv nets on a CPU; results equal to ~1e-6)"
+        None,
+        "channels-last memory layout of the loop evaluator (default: on for conv nets on a CPU; results then "
+        "equal a plain evaluation's to float rounding, ~1e-6, rather than bit for bit)",
     )
 
 
@@ -260,7 +163,7 @@ class _Line(_BatchNorm):
 @dataclass
 class _Grid(AnalysisConfig):
     resolution: Union[int, list] = option(
-        21, "grid points per axis (N, or from Python (nx, ny))", parse=_resolution, metavar="N"
+        21, "grid points per axis (N, or from Python (nx, ny))", parse=flag_values.resolution, metavar="N"
     )
     split: str = option("test", "split to evaluate", SPLITS)
 
@@ -275,16 +178,22 @@ class _Trains(AnalysisConfig):
 class PathConfig(_Line, _Backend, _Evaluation):
     """`landscape.paths.linear_path`: loss and error on the straight line between two networks."""
 
-    alpha_chunk: Optional[int] = option(None, "alphas per vmap pass (default: 8)")
+    alpha_chunk: Optional[int] = option(
+        None,
+        "alphas per vmap pass (default: 8); an evaluation pass holds eval_batch_size images in all, a BN-reset "
+        "pass alpha_chunk x bn_batch_size",
+    )
     align: Optional[str] = option(
         None,
         "permute b's hidden units onto a's before interpolating: weights (weight matching, Ainsworth et al.) "
-        "or activations (activation matching on training images)",
+        "or activations (activation matching on training images); landscape.align.align, recorded in attrs align_*",
         (None, "weights", "activations"),
     )
     align_options: Optional[dict] = option(None, "settings of the alignment (AlignConfig's fields) as JSON")
     repair: bool = option(
-        False, "REPAIR: rescale the interpolated channels without BatchNorm to the endpoints' statistics"
+        False,
+        "REPAIR: rescale the interpolated channels not followed by BatchNorm to the interpolated endpoint "
+        "statistics at each point (landscape.align.repair_state, on the BN-reset batches; evaluated by the loop)",
     )
 
 
@@ -307,7 +216,7 @@ class PlaneConfig(_Grid, _Backend, _Evaluation):
         None,
         "LOW,HIGH range of both coordinates in units of |B - A| (from Python also ((x_low, x_high), "
         "(y_low, y_high))) (default: the three points plus margin)",
-        parse=_numbers,
+        parse=flag_values.numbers,
         metavar="LOW,HIGH",
     )
     margin: float = option(0.5, "margin around the three points in units of |B - A|", check="non_negative")
@@ -318,9 +227,9 @@ class SurfaceConfig(_Grid, _Evaluation):
     """`landscape.surface.surface`: a 1-D or 2-D loss surface around one network."""
 
     dims: int = option(2, "1-D line or 2-D surface", (1, 2))
-    span: tuple = option((-1.0, 1.0), "LOW,HIGH of the coordinates", parse=_numbers, metavar="LOW,HIGH")
+    span: tuple = option((-1.0, 1.0), "LOW,HIGH of the coordinates", parse=flag_values.numbers, metavar="LOW,HIGH")
     yspan: Optional[tuple] = option(
-        None, "LOW,HIGH of the second coordinate (default: span)", parse=_numbers, metavar="LOW,HIGH"
+        None, "LOW,HIGH of the second coordinate (default: span)", parse=flag_values.numbers, metavar="LOW,HIGH"
     )
     seed: int = option(0, "seed of the random directions")
     bias: str = option(
@@ -349,7 +258,10 @@ class _Curvature(_OnDevice):
     )
     split: str = option("train", "split the loss is measured on", SPLITS)
     batches: Optional[int] = option(
-        4, "mini-batches to average over (0 or none: the whole split)", parse=_batches, metavar="N"
+        4,
+        "mini-batches of batch_size images to average over, drawn once with data_seed (0 or none: the whole split)",
+        parse=flag_values.batches,
+        metavar="N",
     )
     batch_size: int = option(256, "mini-batch size (images)")
     data_seed: int = option(0, "seed of the mini-batches")
@@ -396,7 +308,9 @@ class InstabilityConfig(_Line, _Trains, _OnDevice):
 
     splits: tuple = redefault(_Line, "splits", ("test",))
     children: int = option(2, "number of children")
-    seeds: Optional[list] = option(None, "seeds, one per child (default: 0..children-1)")
+    seeds: Optional[list] = option(
+        None, "seeds, one per child: child i trains with data_seed = aug_seed = seeds[i] (default: 0..children-1)"
+    )
     head_seed: int = option(0, "seed of a fresh classifier head for a start that has none")
     path_options: Optional[dict] = option(None, "more PathConfig settings of the paths, as JSON")
 
@@ -406,19 +320,38 @@ class _Pruning(_Trains, _OnDevice):
     """Iterative magnitude pruning: levels, what is pruned, what the levels rewind to."""
 
     levels: int = option(5, "trained levels, level 0 dense")
-    prune_fraction: float = option(0.2, "fraction of the remaining weights pruned per level")
+    prune_fraction: float = option(
+        0.2, "fraction of the remaining prunable weights pruned per level (0.2: 100, 80, 64, 51.2, ... % remain)"
+    )
     prunable: Union[str, list] = option(
         "weights",
-        "weights: conv and linear weights (Frankle et al.); all: every parameter (the paper's code); from "
-        "Python also a list of parameter names",
-        parse=_prunable,
+        "weights: conv and linear weights, classifier included (Frankle et al.); all: every floating-point "
+        "parameter (the paper's code); from Python also a list of state_dict names",
+        parse=flag_values.prunable,
         metavar="{weights,all}",
     )
-    rewind_step: Optional[int] = option(None, "optimiser steps of level 0 for rewind step")
-    rewind_optimizer: bool = option(False, "levels after a step rewind start from level 0's optimiser state")
-    baselines: tuple = option((), "comma-separated: random_prune, random_reinit", parse=_name_tuple, metavar="A,B,...")
+    rewind_step: Optional[int] = option(
+        None,
+        "k of rewind step: the optimiser step of level 0 rewound to (at most the recipe's steps); levels after "
+        "the rewind continue the recipe from step k (schedule, data order, augmentation), as Frankle et al.",
+    )
+    rewind_optimizer: bool = option(
+        False,
+        "levels after a step rewind start from level 0's optimiser state at step k (SGD momentum buffers, entries "
+        "of pruned weights zeroed; off: a fresh optimiser, as Frankle et al.); no effect on start and init, "
+        "which rewind to before any step",
+    )
+    baselines: tuple = option(
+        (),
+        "comma-separated: random_prune, random_reinit (each adds a training run per level: the cost of one more "
+        "IMP run)",
+        parse=flag_values.name_tuple,
+        metavar="A,B,...",
+    )
     rewind_rng: bool = option(
-        True, "every level replays the same data order and augmentation (off: reseeded per level)"
+        True,
+        "every level replays the same data order and augmentation (the recipe's seeds; off: level l uses "
+        "data_seed + l and aug_seed + l)",
     )
 
 
@@ -427,9 +360,16 @@ class LotteryConfig(_Pruning):
     """`landscape.lottery.lottery`: lottery tickets by iterative magnitude pruning with rewinding."""
 
     rewind: Union[str, list] = option(
-        "start", "rewind target(s), comma-separated: start, init, step", parse=_names, metavar="A,B,..."
+        "start",
+        "rewind target(s), comma-separated: start, init, step (one IMP run each)",
+        parse=flag_values.names,
+        metavar="A,B,...",
     )
-    seed: int = option(0, "classifier head, init and baseline seed")
+    seed: int = option(
+        0,
+        "seed of the classifier head and of init; seed + 1 draws random_reinit's init, 1000 x seed + l "
+        "random_prune's level l",
+    )
 
 
 @dataclass
@@ -438,7 +378,10 @@ class LotterySweepConfig(_Trains):
     settings (`LotteryConfig`'s other fields) are passed on as keywords."""
 
     rewinds: tuple = option(
-        ("start",), "rewind targets, comma-separated: start, init, step", parse=_name_tuple, metavar="A,B,..."
+        ("start",),
+        "rewind targets, comma-separated: start, init, step",
+        parse=flag_values.name_tuple,
+        metavar="A,B,...",
     )
     seeds: tuple = option((0,), "replicate seeds, comma-separated: one run of each rewind target per seed")
 

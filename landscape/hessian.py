@@ -192,6 +192,11 @@ class _Batches:
     batch_size: int
     seed: int
 
+    @classmethod
+    def of(cls, config: Any, teacher: Any) -> _Batches:
+        """The loss and data of a Hessian config (its ``data_seed`` draws the batches)."""
+        return cls(config.loss, teacher, config.split, config.batches, config.batch_size, config.data_seed)
+
     def operator(
         self, model: nn.Module, data: Any, device: torch.device, masks: Mapping[str, Tensor] | None = None
     ) -> tuple[HessianOperator, dict[str, Any]]:
@@ -218,91 +223,53 @@ class _Batches:
 
 # ----------------------------------------------------------------------------- entry points
 @with_config(HessianConfig)
-def hessian(
-    model: Any,
-    data: Any,
-    *,
-    k: int,
-    loss: str,
-    teacher: Any = None,
-    split: str,
-    batches: int | None,
-    batch_size: int,
-    data_seed: int,
-    trace_probes: int,
-    trace_method: str,
-    seed: int,
-    tol: float,
-    slq_runs: int,
-    slq_steps: int,
-    density_points: int,
-    vectors: bool,
-    device: str | torch.device,
-) -> xr.Dataset:
+def hessian(model: Any, data: Any, *, config: HessianConfig, teacher: Any = None) -> xr.Dataset:
     """Top-``k`` Hessian eigenvalues, trace and (``slq_runs`` > 0) spectral density of the loss at ``model``.
 
     Args:
         model: ``nn.Module`` or ``(store, epoch | name)``; for ``loss="supervised"`` a classifier on
-            ``data``'s labels; for ``distillation``, a DINO-head student and ``teacher`` the frozen teacher.
-        batches: mini-batches of ``batch_size`` drawn with ``data_seed`` (None: the whole split).
-        vectors: also return the unit eigenvectors as ``eigenvector`` (eigen, parameter).
+            ``data``'s labels; for ``distillation``, a DINO-head student.
+        teacher: the frozen teacher (module or reference) of ``loss="distillation"``.
 
     Returns:
-        An ``xr.Dataset``: ``eigenvalue`` (eigen), ``trace``, ``loss``, and with SLQ
-        ``slq_node``/``slq_weight`` (run, node) and ``density`` (lambda); attrs: settings and provenance.
+        An ``xr.Dataset``: ``eigenvalue`` (eigen), ``trace``, ``loss``, with ``vectors`` the unit
+        eigenvectors ``eigenvector`` (eigen, parameter), and with SLQ ``slq_node``/``slq_weight`` (run,
+        node) and ``density`` (lambda); attrs: settings and provenance.
     """
     from distill.device import resolve_device
     from landscape.refs import load_ref
 
-    dev = resolve_device(device)
+    c = config
+    dev = resolve_device(c.device)
     module, info = load_ref(model, dev)
-    op, setup = _Batches(loss, teacher, split, batches, batch_size, data_seed).operator(module, data, dev)
-    m = Measures(k, trace_probes, trace_method, seed, tol, slq_runs, slq_steps, density_points, vectors)
+    op, setup = _Batches.of(c, teacher).operator(module, data, dev)
+    m = Measures(
+        c.k, c.trace_probes, c.trace_method, c.seed, c.tol, c.slq_runs, c.slq_steps, c.density_points, c.vectors
+    )
     return to_dataset([m.measure(op)], None, setup, info, module, m, dev)
 
 
 @with_config(HessianPathConfig)
-def hessian_along_path(
-    a: Any,
-    b: Any,
-    data: Any,
-    *,
-    alphas: int | Sequence[float],
-    k: int,
-    bn: str,
-    loss: str,
-    teacher: Any = None,
-    split: str,
-    batches: int | None,
-    batch_size: int,
-    seed: int,
-    data_seed: int,
-    tol: float,
-    trace_probes: int,
-    trace_method: str,
-    device: str | torch.device,
-) -> xr.Dataset:
+def hessian_along_path(a: Any, b: Any, data: Any, *, config: HessianPathConfig, teacher: Any = None) -> xr.Dataset:
     """`hessian` (eigenvalues and trace) at points ``(1 - alpha) a + alpha b`` of the straight
-    line; ``bn``: ``interpolate`` (running statistics on the line) or ``reset`` (re-estimated on 8
-    seeded training batches). Returns an ``xr.Dataset`` over (alpha, eigen)."""
+    line (``teacher`` as there). Returns an ``xr.Dataset`` over (alpha, eigen)."""
     from distill.bn import recalibrate_bn
     from distill.device import resolve_device
     from landscape.align import training_batches
     from landscape.paths import _alpha_values, interpolate_state
     from landscape.refs import load_ref
 
-    if bn not in ("interpolate", "reset"):
-        raise ValueError(f"bn={bn!r}: choose 'interpolate' or 'reset'")
-    dev = resolve_device(device)
+    c = config
+    dev = resolve_device(c.device)
     ma, info_a = load_ref(a, dev)
     mb, info_b = load_ref(b, dev)
     # copies: ``ma`` is loaded with every point below, and its state_dict() tensors are its own parameters
     sa = {k: t.detach().clone() for k, t in ma.state_dict().items()}
     sb = {k: t.detach().clone() for k, t in mb.state_dict().items()}
-    alist = _alpha_values(alphas)
-    bn_batches = training_batches(data, 8, 256, 0, dev) if bn == "reset" else []
-    source = _Batches(loss, teacher, split, batches, batch_size, data_seed)
-    m = Measures(k, trace_probes, trace_method, seed, tol)
+    alist = _alpha_values(c.alphas)
+    bn_batches = training_batches(data, 8, 256, 0, dev) if c.bn == "reset" else []
+    source = _Batches.of(c, teacher)
+    m = Measures(c.k, c.trace_probes, c.trace_method, c.seed, c.tol)
     results: list[dict[str, Any]] = []
     setup: dict[str, Any] = {}
     for x in alist:
@@ -311,7 +278,7 @@ def hessian_along_path(
             recalibrate_bn(ma, bn_batches)
         op, setup = source.operator(ma, data, dev)
         results.append(m.measure(op))
-    info = {**{f"a_{kk}": v for kk, v in info_a.items()}, **{f"b_{kk}": v for kk, v in info_b.items()}, "bn_policy": bn}
+    info = {**{f"a_{k}": v for k, v in info_a.items()}, **{f"b_{k}": v for k, v in info_b.items()}, "bn_policy": c.bn}
     return to_dataset(results, alist, setup, info, ma, m, dev, "hessian_path")
 
 

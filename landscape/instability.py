@@ -148,40 +148,26 @@ def instability(
     start: Any,
     data: Any,
     *,
-    children: int,
-    seeds: Sequence[int] | None,
-    cfg: SupervisedConfig | None,
-    alphas: int | Sequence[float],
-    bn: str,
-    splits: Sequence[str],
-    device: str | torch.device,
-    head_seed: int,
-    path_options: Mapping[str, Any] | None,
+    config: InstabilityConfig,
     epochs: int | None = None,
     store: Any = None,
     progress: bool | None = None,
     num_classes: int | None = None,
     executor: Executor | None = None,
 ) -> xr.Dataset:
-    """Train children of ``start`` with labels and measure the barrier between every pair.
+    """Train children of ``start`` with labels and measure the barrier between every pair
+    (`landscape.paths.linear_path` with ``alphas``, ``bn``, ``splits`` and ``path_options``).
 
     Args:
         start: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``. A start whose head
             is not a linear classifier with ``num_classes`` (default ``data.num_classes``) outputs gets a
             fresh one (`distill.supervised.with_classifier`, drawn once with ``head_seed``), so
             all children start from exactly the same weights.
-        seeds: child i trains with ``data_seed = aug_seed = seeds[i]``; default ``range(children)``.
-        cfg: the training recipe (default: the paper's, ``SupervisedConfig()``: 160 epochs per child,
-            as ``rtt instability``; ``SupervisedConfig.preset("cpu")`` trains 8); ``epochs`` overrides
-            ``cfg.epochs``.
+        epochs: overrides ``cfg.epochs``.
         store: a Store or path (created with kind "instability" when missing) receiving "start" and
             each child as module ``children/<i>`` (attrs seed, epochs, test_accuracy, config) and the
             result as ``results/instability``. Children already in it are loaded, not retrained; a
             store holding another start or children of another recipe is refused.
-
-    alphas, bn, splits: passed to `landscape.paths.linear_path` (with ``path_options``).
-
-    Args:
         executor: any ``concurrent.futures.Executor`` training the children in parallel (default: one
             after the other here). Each child is a work unit writing its own store beside ``store``
             (`child_part_path`), moved into ``store`` once all are trained; finished children
@@ -195,29 +181,31 @@ def instability(
     """
     from distill.train import resolve_device
 
-    cfg = SupervisedConfig() if cfg is None else cfg
+    c, cfg, head_seed = config, config.cfg, config.head_seed
     if not isinstance(cfg, SupervisedConfig):
         raise ValueError(f"cfg must be a distill.SupervisedConfig, got {type(cfg).__name__}")
     if epochs is not None:
         cfg = cfg.replace(epochs=int(epochs))
-    seeds = _seeds(children, seeds)
-    dev = resolve_device(device)
+    seeds = _seeds(c.children, c.seeds)
+    dev = resolve_device(c.device)
     st = _Start.load(start, int(num_classes if num_classes is not None else data.num_classes), int(head_seed), seeds)
     kids = _Children(st, data, cfg, None, dev)
     if store is not None:
-        config = {
+        recorded = {
             **(_store_config(start) or {"dataset": str(getattr(data, "name", ""))}),
             "supervised": cfg.to_dict(),
             "start": st.info["source"],
             "seeds": seeds,
             "head_seed": head_seed,
         }
-        kids.writer = st.keep(open_store(store, config, "instability", {"head_seed": int(head_seed)}))
-    units = kids.units(str(dev) if executor is None else str(device), progress if executor is None else False)
+        kids.writer = st.keep(open_store(store, recorded, "instability", {"head_seed": int(head_seed)}))
+    units = kids.units(str(dev) if executor is None else str(c.device), progress if executor is None else False)
     results, _ = run_units(list(units.values()), executor, desc="instability children", progress=progress)
     returned = dict(zip(units, results))
     trained = [kids.child(i, units.get(i), returned.get(i)) for i in range(len(seeds))]
-    ds = _pairs(trained, seeds, data, dict(alphas=alphas, bn=bn, splits=splits, device=dev), dict(path_options or {}))
+    ds = _pairs(
+        trained, seeds, data, dict(alphas=c.alphas, bn=c.bn, splits=c.splits, device=dev), dict(c.path_options or {})
+    )
     attrs = _attrs(ds.attrs, cfg, st, dev)
     attrs["child_store"] = str(kids.writer.path) if kids.writer is not None else ""
     attrs.update({f"start_{k}": v for k, v in st.info.items() if k != "source"})
@@ -227,8 +215,8 @@ def instability(
         "head_seed": int(head_seed),
         "start": st.info["source"],
         "alphas": np.atleast_1d(ds.alpha.values).tolist(),
-        "bn": bn,
-        "splits": list(splits),
+        "bn": c.bn,
+        "splits": list(c.splits),
     }
     stamp(attrs, recipe, kind="instability", device=dev, precision=attrs["training_precision"])
     ds.attrs = attrs

@@ -24,7 +24,9 @@ class Operator(Protocol):
 
     n: int
 
-    def matvec(self, v: np.ndarray) -> np.ndarray: ...
+    def matvec(self, v: np.ndarray) -> np.ndarray:
+        """A v for a float64 vector (n,)."""
+        ...
 
 
 @dataclass(frozen=True)

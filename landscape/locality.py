@@ -93,9 +93,7 @@ class DistillUnit:
 def locality(
     cfg: DistillConfig,
     *,
-    alphas: Sequence[float] | None,
-    eps: Sequence[float] | None,
-    seeds: Sequence[int],
+    config: LocalityConfig,
     out_dir: str | Path = "runs/locality",
     executor: Executor | None = None,
     data: Any = None,
@@ -113,6 +111,7 @@ def locality(
     model, probe), ``kl``, ``distance_teacher`` (alpha, seed, epoch), ``final_kl``,
     ``distance_init``, ``distance_teacher_init`` (alpha, seed).
     """
+    alphas, eps, seeds = config.alphas, config.eps, config.seeds
     if (alphas is None) == (eps is None):
         raise ValueError("pass exactly one of alphas=[...] or eps=[...]")
     axis, values = ("alpha", list(alphas)) if alphas is not None else ("eps", list(eps))  # type: ignore[arg-type]

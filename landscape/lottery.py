@@ -163,17 +163,7 @@ def lottery(
     start: Any,
     data: Any,
     *,
-    levels: int,
-    prune_fraction: float,
-    rewind: str | Sequence[str],
-    prunable: str | Sequence[str],
-    cfg: SupervisedConfig | None,
-    rewind_step: int | None,
-    rewind_optimizer: bool,
-    baselines: str | Sequence[str] | None,
-    device: str | torch.device,
-    seed: int,
-    rewind_rng: bool,
+    config: LotteryConfig,
     store: Store | str | Path | None = None,
     progress: bool | None = None,
 ) -> xr.Dataset:
@@ -183,28 +173,9 @@ def lottery(
         start: a module or a ``(store, epoch | name)`` reference (`distill.store.as_module`).
             Without a linear classifier for ``data``'s classes, a fresh one is put on with
             `distill.supervised.with_classifier` (drawn with ``seed``).
-        data: a `distill.data.Dataset`. levels: number of trained levels, level 0 = dense.
-        prune_fraction: fraction of the remaining prunable weights removed per level (0.2 gives
-            100, 80, 64, 51.2, ... % remaining). prunable: "weights" (conv and linear weights,
-            classifier included; Frankle et al.), "all" (every float parameter; the paper's code),
-            or a list of state_dict names.
-        cfg: the supervised recipe of every level (default: the paper's, ``SupervisedConfig()``, 160
-            epochs per level, as ``rtt lottery``; ``SupervisedConfig.preset("cpu")`` trains 8).
-        rewind: "start", "init", "step" or a list of them (one IMP run each); rewind_step: k for "step"
-            (at most the recipe's number of steps). Levels after a step rewind continue the recipe
-            from step k (schedule, data order, augmentation), as Frankle et al.
-        rewind_optimizer: False (default, Frankle et al.): every level starts with a fresh optimiser.
-            True: levels after a step rewind start from level 0's optimiser state at step k (SGD
-            momentum buffers; entries of pruned weights zeroed). "start" and "init" rewind to a
-            point before any step, whose optimiser state is the fresh one: there it has no effect.
-        rewind_rng: True (default): every level replays the same data order and augmentation
-            (``cfg``'s seeds); False: level l uses ``data_seed + l`` and ``aug_seed + l``.
-        baselines: any of "random_prune", "random_reinit" (default none: each adds a training run per
-            level, so the cost is that of one more IMP run).
+        data: a `distill.data.Dataset`.
         store: a Store or path; created (kind "lottery") when missing. Every trained level is saved
             with its masks; a later call continues at the first level missing from the store.
-        seed: classifier head and "init" draw; ``seed + 1`` draws random_reinit's init;
-            random_prune's level l draws with ``1000 * seed + l``.
 
     Returns:
         A Dataset over (rewind, level), with a ``method`` dim ("imp", baselines...) when
@@ -213,15 +184,17 @@ def lottery(
         Select methods with a dict, ``ds.sel({"method": "imp"})``: ``sel``'s own keyword ``method``
         would take ``ds.sel(method="imp")``.
     """
-    rewinds = _rewinds(rewind, rewind_step)
+    c = config
+    levels, prune_fraction, prunable, rewind_step, seed = c.levels, c.prune_fraction, c.prunable, c.rewind_step, c.seed
+    rewinds = _rewinds(c.rewind, rewind_step)
     step = int(rewind_step) if "step" in rewinds and rewind_step is not None else None
-    methods = _baselines(baselines)
+    methods = _baselines(c.baselines)
     if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
         raise ValueError(f"levels={levels!r} must be an integer >= 1 (level 0 is the dense network)")
     if not 0.0 < float(prune_fraction) < 1.0:
         raise ValueError(f"prune_fraction={prune_fraction!r} must lie strictly between 0 and 1")
-    cfg = SupervisedConfig() if cfg is None else cfg
-    dev = resolve_device(device)
+    cfg = c.cfg
+    dev = resolve_device(c.device)
     model, ref_info = load_ref(start, dev)
     fingerprint = _fingerprint(model)
     model, classifier = _classifier(model, data, cfg, seed, dev)
@@ -236,8 +209,8 @@ def lottery(
         remaining_counts(total, int(levels), float(prune_fraction)),
         float(prune_fraction),
         step,
-        bool(rewind_optimizer),
-        bool(rewind_rng),
+        bool(c.rewind_optimizer),
+        bool(c.rewind_rng),
         methods,
         int(seed),
         classifier,

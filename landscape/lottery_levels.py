@@ -211,6 +211,7 @@ class LotteryRun:
         return self._fresh[seed]
 
     def full(self) -> dict[str, Tensor]:
+        """Masks keeping every prunable weight (the dense level)."""
         return full_masks(self.template, self.settings.names)
 
     def train(
@@ -277,6 +278,7 @@ class LotteryRun:
         return self._attrs[name]
 
     def refresh(self) -> None:
+        """Re-read which lottery checkpoints the store holds."""
         self._names = set(self.store.names("lottery/")) if self.store is not None else set()
         self._attrs: dict[str, dict[str, Any]] = {}
 
@@ -297,6 +299,7 @@ class LotteryRun:
     def save(
         self, name: str, state: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None, attrs: Mapping[str, Any]
     ) -> None:
+        """Store ``state`` (and ``masks``) as checkpoint ``name`` with ``attrs``; nothing without a store."""
         if self.store is None:
             return
         model = copy.deepcopy(self.template)
@@ -324,6 +327,7 @@ class LotteryRun:
         refuse(f"{self.held.path}: '{name}'", differing(old, wanted, [k for k in wanted if k in old]), old, wanted)
 
     def load_target(self, name: str) -> dict[str, Tensor]:
+        """The stored rewind target ``name`` (a state dict); a missing one is a one-line error."""
         if self.stored(name) is None:
             raise ValueError(
                 f"{self.held.path} lacks '{name}', the rewind target of its completed levels: use a new store"
@@ -333,6 +337,7 @@ class LotteryRun:
         return {k: v.to(self.device, own[k].dtype) for k, v in state.items()}
 
     def load_optimizer(self, name: str) -> OptimizerByName:
+        """The optimiser state stored with ``name``, by parameter name."""
         got = self.held.load_state_group(name)
         if got is None:
             raise ValueError(
@@ -462,6 +467,7 @@ class LotteryRun:
         return metrics
 
     def attrs(self, rewind: str, method: str, level: int, metrics: Mapping[str, float]) -> dict[str, Any]:
+        """The attrs recorded with one trained level: its rewind target, method, level, weights kept and metrics."""
         n = self.settings.counts[level]
         return {
             "rewind": rewind,

@@ -12,7 +12,6 @@ call per seed (which shares level 0 between 'start' and 'step'; separate units t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,9 +90,7 @@ def lottery_sweep(
     start: Any,
     data: Any,
     *,
-    rewinds: Sequence[str],
-    seeds: Sequence[int],
-    cfg: SupervisedConfig | None,
+    config: LotterySweepConfig,
     out_dir: str | Path = "runs/lottery",
     executor: Executor | None = None,
     progress: bool | None = None,
@@ -102,16 +99,17 @@ def lottery_sweep(
     """IMP for every (rewind target, seed), one store each (see the module docstring).
 
     Args:
-        start: an ``nn.Module`` or ``(store_or_path, epoch | name)``; ``options``: the other keywords of
+        start: an ``nn.Module`` or ``(store_or_path, epoch | name)``.
+        **options: the other keywords of `landscape.lottery.lottery` (levels, prune_fraction, prunable,
+            rewind_step, baselines, device, ...).
 
-    `landscape.lottery.lottery` (levels, prune_fraction, prunable, rewind_step, baselines,
-    device, ...). Returns a Dataset over (rewind, level) [+ method], with a ``seed`` dim when
-    ``len(seeds) > 1``; attrs ``stores`` (JSON list of the per-unit stores) and provenance.
+    Returns:
+        A Dataset over (rewind, level) [+ method], with a ``seed`` dim when ``len(seeds) > 1``; attrs
+        ``stores`` (JSON list of the per-unit stores) and provenance.
     """
-    rewinds, seeds = [str(r) for r in rewinds], [int(s) for s in seeds]
+    rewinds, seeds, cfg = [str(r) for r in config.rewinds], [int(s) for s in config.seeds], config.cfg
     if not rewinds or not seeds:
         raise ValueError("pass at least one rewind target and one seed")
-    cfg = SupervisedConfig.preset("cpu") if cfg is None else cfg
     ref = start
     if isinstance(start, (tuple, list)) and len(start) == 2:
         ref = (str(getattr(start[0], "path", start[0])), start[1])

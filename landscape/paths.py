@@ -29,8 +29,8 @@ from distill.device import resolve_device
 from distill.options import with_config
 from distill.schema import result_dataset
 from landscape.configs import PathConfig
-from landscape.evaluate import POLICIES, PathInputs, compile_name, lerp, run_segment, trial_backends
-from landscape.points import EvalSettings, check_choice, stamp_result, use_channels_last
+from landscape.evaluate import PathInputs, compile_name, lerp, run_segment, trial_backends
+from landscape.points import EvalSettings, stamp_result, use_channels_last
 from landscape.refs import load_ref, require_classifier
 
 BACKENDS = ("auto", "loop", "vmap")
@@ -122,27 +122,7 @@ def _positive(name: str, value: int) -> int:
 # ----------------------------------------------------------------------------- public API
 @with_config(PathConfig)
 def linear_path(
-    a: Any,
-    b: Any,
-    data: Any,
-    *,
-    alphas: int | Sequence[float],
-    bn: str,
-    splits: Sequence[str],
-    bn_batches: int,
-    bn_batch_size: int,
-    bn_seed: int,
-    eval_batch_size: int,
-    max_examples: int | None,
-    backend: str,
-    device: str | torch.device,
-    eval_seed: int,
-    alpha_chunk: int | None,
-    channels_last: bool | None,
-    align: str | None,
-    align_options: Mapping[str, Any] | None,
-    repair: bool,
-    compile: bool | str | Callable[..., Any] = False,
+    a: Any, b: Any, data: Any, *, config: PathConfig, compile: bool | str | Callable[..., Any] = False
 ) -> xr.Dataset:
     """Loss and error along ``theta(alpha) = (1 - alpha) theta_a + alpha theta_b``.
 
@@ -151,28 +131,11 @@ def linear_path(
         classifiers for ``data``'s classes (a distilled student is not one: its DINO head has
         65,536 outputs; a ValueError names `landscape.instability` and
         `distill.supervised.with_classifier`, which make classifiers from it).
+    ``backend="auto"`` runs the loop on a CPU (vmap measured ~0.5-0.8x its speed there); on CUDA it
+    times both evaluators on a short trial for models up to 25M parameters without dropout.
 
     Args:
         data: a ``distill.Dataset`` (uint8 ``train``/``test`` splits, per-channel ``mean``/``std``).
-        alphas: number of evenly spaced points in [0, 1] (both ends included) or the values themselves;
-            default 30, the grid of Frankle et al. 2020 (the paper's Figure 9 uses 50); stored as attrs
-            ``n_alphas`` and coordinate ``alpha``.
-        bn: BatchNorm running statistics at each alpha: ``reset`` (re-estimated, exactly as
-            ``torch.optim.swa_utils.update_bn``, on ``bn_batches`` batches of ``bn_batch_size``
-            training images drawn once with ``bn_seed`` and shared by every alpha), ``interpolate``
-            (like the weights) or ``keep_a``. Ignored (recorded as ``none``) without BN layers.
-        max_examples: evaluate a subset of this size per split, drawn with ``eval_seed``; None = all.
-        backend: ``loop`` (reference), ``vmap`` (``alpha_chunk`` alphas per pass, default 8; an
-            evaluation pass holds ``eval_batch_size`` images in all, a BN-reset pass ``alpha_chunk``
-            x ``bn_batch_size``) or ``auto`` (loop on CPU, where vmap measured ~0.5-0.8x the loop's
-            speed; vmap on CUDA for models up to 25M parameters without dropout).
-        channels_last: None = on for conv nets on CPU (loop backend); then results match a plain
-            evaluation to float rounding (~1e-6) rather than bit for bit.
-        align: None, ``weights`` or ``activations``: permute b's hidden units onto a first
-            (`landscape.align.align`, options ``align_options``); recorded in attrs (``align_*``).
-        repair: rescale the interpolated network's channels not followed by BatchNorm to the
-            interpolated endpoint statistics at each alpha (`landscape.align.repair_state`, on
-            the BN-reset batches); evaluated with the loop backend.
         compile: evaluate the loop backend's forward through ``torch.compile`` (True: inductor, or a
             backend name or callable), compiled once per architecture and process and reused by every
             alpha and every later path of that architecture (`landscape.evaluate.compiled_forward`);
@@ -180,36 +143,36 @@ def linear_path(
 
     Returns:
         An ``xr.Dataset`` with dims (alpha, split): ``loss`` (mean cross-entropy, nats) and
-        ``error`` (1 - accuracy, fraction), evaluated in eval mode in fp32; attrs hold provenance.
+        ``error`` (1 - accuracy, fraction), evaluated in eval mode in fp32; attrs hold provenance
+        (``n_alphas``: the number of points).
     """
-    check_choice("bn", bn, POLICIES)
-    check_choice("backend", backend, BACKENDS)
-    splits = _splits(splits)
-    ev = _checked(EvalSettings(bn_batches, bn_batch_size, bn_seed, eval_batch_size, max_examples, eval_seed))
-    alpha_values = _alpha_values(alphas)
+    c = config
+    splits = _splits(c.splits)
+    ev = _checked(EvalSettings.of(c))
+    alpha_values = _alpha_values(c.alphas)
     alist = [float(x) for x in alpha_values]
-    dev = resolve_device(device)
-    model, sa, sb, provenance = _endpoints(a, b, data, dev, align, align_options)
-    policy = bn if has_batchnorm(model) else "none"
-    chosen = _choose_backend(backend, dev, model, len(alpha_values))
-    chunk = _positive("alpha_chunk", alpha_chunk) if alpha_chunk is not None else min(8, len(alpha_values))
-    use_cl = use_channels_last(channels_last, dev, model, data.train.images.dim(), chosen)
+    dev = resolve_device(c.device)
+    model, sa, sb, provenance = _endpoints(a, b, data, dev, c.align, c.align_options)
+    policy = c.bn if has_batchnorm(model) else "none"
+    chosen = _choose_backend(c.backend, dev, model, len(alpha_values))
+    chunk = _positive("alpha_chunk", c.alpha_chunk) if c.alpha_chunk is not None else min(8, len(alpha_values))
+    use_cl = use_channels_last(c.channels_last, dev, model, data.train.images.dim(), chosen)
     empty = f"empty split among {splits}: pass a dataset with examples in every split evaluated"
-    inputs = ev.inputs(data, splits, dev, policy == "reset" or repair, use_cl, empty)
+    inputs = ev.inputs(data, splits, dev, policy == "reset" or c.repair, use_cl, empty)
     compile_backend = ("inductor" if compile is True else compile) or None
     args: _Segment = (model, sa, sb, alist, policy, inputs, ev.eval_batch_size, chunk)
-    if repair:
+    if c.repair:
         (loss, error), chosen, rule = _repaired(args), "loop", "repair: loop"
     else:
-        loss, error, chosen, rule = _evaluate(args, backend, chosen, compile_backend)
+        loss, error, chosen, rule = _evaluate(args, c.backend, chosen, compile_backend)
     attrs = _attrs(policy, chosen, rule, ev, inputs, data, provenance, dev)
     attrs.update(
         {
-            "compile": compile_name(compile_backend if chosen == "loop" and not repair else None),
+            "compile": compile_name(compile_backend if chosen == "loop" and not c.repair else None),
             "alpha_chunk": chunk if chosen == "vmap" else 1,
             "memory_format": "channels_last" if use_cl else "contiguous",
             "n_alphas": len(alpha_values),
-            "repair": int(bool(repair)),
+            "repair": int(bool(c.repair)),
         }
     )
     leave_out = ("backend", "alpha_chunk", "memory_format", "device", "compile")

@@ -39,7 +39,7 @@ from distill.schema import result_dataset
 from landscape.configs import PlaneConfig
 from landscape.evaluate import PathInputs, bn_stat_keys, run_segment
 from landscape.executors import run_units
-from landscape.points import EvalSettings, check_bn_split, check_choice, stamp_result, use_channels_last
+from landscape.points import EvalSettings, stamp_result, use_channels_last
 from landscape.refs import load_ref, require_classifier
 
 DEFINITION = (
@@ -184,38 +184,18 @@ def plane(
     c: Any,
     data: Any,
     *,
-    resolution: int | Sequence[int],
-    span: Sequence[float] | Sequence[Sequence[float]] | None,
-    margin: float,
-    bn: str,
-    split: str,
-    max_examples: int | None,
-    device: str | torch.device,
-    bn_batches: int,
-    bn_batch_size: int,
-    bn_seed: int,
-    eval_batch_size: int,
-    eval_seed: int,
-    backend: str,
-    channels_last: bool | None,
+    config: PlaneConfig,
     progress: bool | None = None,
     executor: Executor | None = None,
 ) -> xr.Dataset:
-    """Loss and error on a grid in the plane through ``a``, ``b``, ``c`` (see the module docstring).
+    """Loss and error on a grid in the plane through ``a``, ``b``, ``c`` (see the module docstring),
+    evaluated in fp32 by the evaluators of `landscape.evaluate` (vmap: one grid row per pass).
 
     a, b, c: ``nn.Module`` (never modified) or ``(store_or_path, epoch | name)``; one architecture,
         classifiers for ``data``'s classes (e.g. children of `landscape.instability`). ``a``
         is the origin (0, 0), ``b`` sets the x axis (1, 0), ``c`` the third point (the y axis).
 
     Args:
-        resolution: grid points per axis (int, or (nx, ny)).
-        span: the range of both coordinates, ``(low, high)``, or ``((x_low, x_high), (y_low, y_high))``,
-            in units of ||b - a||. None: the bounding box of a, b, c widened by ``margin`` on each side.
-        bn: ``reset`` (BN statistics re-estimated at every grid point on ``bn_batches`` seeded training
-            batches, as `landscape.paths.linear_path`), ``interpolate`` or ``keep_a``.
-        split: "train" or "test"; ``max_examples`` evaluates a seeded subset of that size.
-        backend: ``loop``, ``vmap`` (one grid row per pass) or ``auto`` (vmap on CUDA, else loop) —
-            the evaluators of `landscape.evaluate`, in fp32.
         executor: any ``concurrent.futures.Executor`` evaluating the grid rows (`PlaneRow`) in
             parallel (default: one after the other here); the values equal the sequential run's
             (bit for bit when the workers use as many intra-op threads).
@@ -226,27 +206,27 @@ def plane(
         coordinates); attrs ``norm_u``, ``norm_v`` (L2 norms of u and v in parameter space), the
         definition and provenance.
     """
-    check_bn_split(bn, split)
-    check_choice("backend", backend, BACKENDS)
-    nx, ny = _resolution(resolution)
+    cf = config
+    nx, ny = _resolution(cf.resolution)
     from distill.train import resolve_device
 
-    dev = resolve_device(device)
+    dev = resolve_device(cf.device)
     model, (sa, sb, sc), infos = _three(a, b, c, data, dev)
     basis = plane_basis(sa, sb, sc, {k for k, _ in model.named_parameters()})
     v, proj, norm_u, norm_v = basis["v"], basis["projection"], basis["norm_u"], basis["norm_v"]
     points = np.array([[0.0, 0.0], [1.0, 0.0], [proj, norm_v / norm_u]])
-    xs, ys = _grid(points, span, margin, nx, ny)
-    policy = bn if has_batchnorm(model) else "none"
-    chosen = backend if backend != "auto" else ("vmap" if dev.type == "cuda" else "loop")
-    ev = EvalSettings(bn_batches, bn_batch_size, bn_seed, eval_batch_size, max_examples, eval_seed)
-    use_cl = use_channels_last(channels_last, dev, model, data.train.images.dim(), chosen)
+    xs, ys = _grid(points, cf.span, cf.margin, nx, ny)
+    policy = cf.bn if has_batchnorm(model) else "none"
+    chosen = cf.backend if cf.backend != "auto" else ("vmap" if dev.type == "cuda" else "loop")
+    ev = EvalSettings.of(cf)
+    use_cl = use_channels_last(cf.channels_last, dev, model, data.train.images.dim(), chosen)
+    split = cf.split
     inputs = ev.inputs(
         data, (split,), dev, policy == "reset", use_cl, f"the {split} split is empty: nothing to evaluate"
     )
     keep = frozenset(bn_stat_keys(model) if policy == "keep_a" else ())
     state = (norm_u / norm_v, model, sa, sb, v, keep, [float(x) for x in xs])
-    row = PlaneRow(0.0, *state, policy, inputs, eval_batch_size, backend, chosen, str(dev))
+    row = PlaneRow(0.0, *state, policy, inputs, cf.eval_batch_size, cf.backend, chosen, str(dev))
     loss, error, chosen = _rows(row, ys, executor, progress)
     attrs: dict[str, Any] = {
         "analysis": "plane",
@@ -315,10 +295,7 @@ def _grid(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The x and y coordinates: ``span`` or the bounding box of the ``points`` widened by ``margin``."""
     if span is None:
-        m = float(margin)
-        if not math.isfinite(m) or m < 0:
-            raise ValueError(f"margin={margin!r}: pass a number >= 0 (in units of |b - a|)")
-        (x0, y0), (x1, y1) = points.min(0) - m, points.max(0) + m
+        (x0, y0), (x1, y1) = points.min(0) - margin, points.max(0) + margin  # margin >= 0: checked by PlaneConfig
     else:
         grid = np.asarray(span, dtype=np.float64) if np.ndim(span) in (1, 2) else None
         if grid is not None and grid.shape == (2,):

@@ -1,31 +1,18 @@
 """What a path, a plane and a surface share: the settings of evaluating a network at a point, the
-inputs they draw, the memory-format choice and the checks of their common arguments."""
+inputs they draw, the memory-format choice and the stamping of their results."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
 from distill.provenance import stamp
-from landscape.evaluate import POLICIES, PathInputs, prepare_inputs
+from landscape.evaluate import PathInputs, prepare_inputs
 from landscape.refs import model_spec_attrs
-
-
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    """Raise a one-line ValueError unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name}={value!r}: choose one of {', '.join(choices)}")
-
-
-def check_bn_split(bn: str, split: str) -> None:
-    """The BN policy and the single evaluated split of a plane or surface."""
-    check_choice("bn", bn, POLICIES)
-    if split not in ("train", "test"):
-        raise ValueError(f"split={split!r}: choose 'train' or 'test'")
 
 
 def use_channels_last(option: bool | None, device: torch.device, model: nn.Module, ndim: int, evaluator: str) -> bool:
@@ -52,6 +39,11 @@ class EvalSettings:
     eval_batch_size: int
     max_examples: int | None
     eval_seed: int
+
+    @classmethod
+    def of(cls, config: Any) -> EvalSettings:
+        """The settings held by an analysis config (its fields of the same names)."""
+        return cls(*(getattr(config, f.name) for f in fields(cls)))
 
     def inputs(
         self, data: Any, splits: Sequence[str], device: torch.device, need_bn: bool, channels_last: bool, empty: str
@@ -81,13 +73,7 @@ class EvalSettings:
 
     def attrs(self) -> dict[str, int]:
         """The settings as attrs (``max_examples`` shows in the examples counts)."""
-        return {
-            "bn_batches": self.bn_batches,
-            "bn_batch_size": self.bn_batch_size,
-            "bn_seed": self.bn_seed,
-            "eval_batch_size": self.eval_batch_size,
-            "eval_seed": self.eval_seed,
-        }
+        return {k: getattr(self, k) for k in ("bn_batches", "bn_batch_size", "bn_seed", "eval_batch_size", "eval_seed")}
 
 
 def stamp_result(

@@ -43,7 +43,7 @@ from distill.options import with_config
 from distill.schema import result_dataset
 from landscape.configs import SurfaceConfig
 from landscape.evaluate import run_segment
-from landscape.points import EvalSettings, check_bn_split, use_channels_last
+from landscape.points import EvalSettings, use_channels_last
 from landscape.refs import model_spec_attrs
 
 ONE_D = ("ignore", "normalize")
@@ -144,36 +144,19 @@ def surface(
     data: Any,
     directions: str | Sequence[Any] = "random",
     *,
-    dims: int,
-    resolution: int | Sequence[int],
-    span: Sequence[float],
-    yspan: Sequence[float] | None,
-    seed: int,
-    bias: str,
-    bn_params: str,
-    bn: str,
-    split: str,
-    max_examples: int | None,
-    bn_batches: int,
-    bn_batch_size: int,
-    bn_seed: int,
-    eval_batch_size: int,
-    eval_seed: int,
-    hessian_batches: int,
-    device: str | torch.device,
-    channels_last: bool | None,
+    config: SurfaceConfig,
     out: str | os.PathLike | None = None,
     progress: bool | None = None,
 ) -> xr.Dataset:
     """Loss and error on a 1-D (``dims=1``) or 2-D grid around ``center`` (see the module docstring).
 
+    Coordinates are in units of the directions (filter-normalised: relative to the filters' own norms;
+    checkpoints: |b - center|; Hessian: parameter-space L2 norm).
+
     Args:
         center: ``nn.Module`` (never modified) or ``(store, epoch | name)``; a classifier for ``data``.
         directions: ``"random"`` (filter-normalised, drawn with ``seed``), ``"hessian"``, or a list of
             ``dims`` checkpoints (modules or references) of the same architecture.
-        resolution: points per axis (int or (nx, ny)); span / yspan: coordinate ranges (yspan defaults
-            to span). Coordinates are in units of the directions (filter-normalised: relative to the
-            filters' own norms; checkpoints: |b - center|; Hessian: parameter-space L2 norm).
         out: netCDF file written after every row; an existing file with the same settings is resumed.
 
     Returns:
@@ -183,25 +166,21 @@ def surface(
     from distill.device import resolve_device
     from landscape.refs import load_ref
 
-    if dims not in (1, 2):
-        raise ValueError(f"dims={dims!r}: pass 1 or 2")
-    check_bn_split(bn, split)
-    nx, ny = (resolution, resolution) if isinstance(resolution, (int, np.integer)) else tuple(resolution)
-    xs = _grid(span, nx, "span")
-    ys = _grid(span if yspan is None else yspan, ny, "yspan") if dims == 2 else np.zeros(1)
-    dev = resolve_device(device)
+    cf, dims, split = config, config.dims, config.split
+    nx, ny = (cf.resolution,) * 2 if isinstance(cf.resolution, (int, np.integer)) else tuple(cf.resolution)
+    xs = _grid(cf.span, nx, "span")
+    ys = _grid(cf.span if cf.yspan is None else cf.yspan, ny, "yspan") if dims == 2 else np.zeros(1)
+    dev = resolve_device(cf.device)
     model, info = load_ref(center, dev)
     model.requires_grad_(False)
     s0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if isinstance(directions, str):
-        dirs, ends, kind, refs_info = _drawn(
-            directions, center, model, data, dims, seed, bias, bn_params, hessian_batches, dev
-        )
+        dirs, ends, kind, refs_info = _drawn(directions, center, model, data, cf, dev)
     else:
         dirs, ends, kind, refs_info = _checkpoints(list(directions), s0, dims, dev)
-    policy = bn if has_batchnorm(model) else "none"
-    ev = EvalSettings(bn_batches, bn_batch_size, bn_seed, eval_batch_size, max_examples, eval_seed)
-    use_cl = use_channels_last(channels_last, dev, model, data.train.images.dim(), "loop")
+    policy = cf.bn if has_batchnorm(model) else "none"
+    ev = EvalSettings.of(cf)
+    use_cl = use_channels_last(cf.channels_last, dev, model, data.train.images.dim(), "loop")
     inputs = ev.inputs(
         data, (split,), dev, policy == "reset", use_cl, f"the {split} split is empty: nothing to evaluate"
     )
@@ -209,17 +188,17 @@ def surface(
         "analysis": "surface",
         "surface_definition": "theta(x, y) = theta_0 + x * d1 + y * d2" if dims == 2 else "theta(x) = theta_0 + x * d1",
         "directions": kind,
-        "bias": bias,
-        "bn_params": bn_params,
+        "bias": cf.bias,
+        "bn_params": cf.bn_params,
         "filter_normalization": FILTER_NORMALIZATION if directions == "random" else "none",
-        "seed": seed,
+        "seed": cf.seed,
         **ev.split_attrs(policy, split, inputs, data, dev),
         "memory_format": "channels_last" if use_cl else "contiguous",
         "toolkit_version": str(distill.__version__),
         "torch_version": str(torch.__version__),
     }
     sources = {"source": info.get("source", ""), **{k: v for k, v in refs_info.items() if k.endswith("source")}}
-    values = {"dims": dims, "x": xs.tolist(), "y": ys.tolist(), "max_examples": max_examples, **sources}
+    values = {"dims": dims, "x": xs.tolist(), "y": ys.tolist(), "max_examples": cf.max_examples, **sources}
     attrs["surface_key"] = key = _key({**{k: attrs[k] for k in _KEYED}, **values})
     param_keys = {k for k, _ in model.named_parameters()}
     attrs.update({f"d{i + 1}_norm": _norm(d, param_keys) for i, d in enumerate(dirs)})
@@ -233,7 +212,7 @@ def surface(
     for j, y in enumerate(tqdm(ys, desc="surface", unit="row", disable=None if progress is None else not progress)):
         if not grid.done[j]:
             start, end = _row(s0, dirs, ends, keep, float(y), dims)
-            row = run_segment(model, start, end, alist, policy, inputs, eval_batch_size, 1, "loop", "loop")
+            row = run_segment(model, start, end, alist, policy, inputs, cf.eval_batch_size, 1, "loop", "loop")
             grid.fill(j, row[0][:, 0], row[1][:, 0])
     return grid.dataset()
 
@@ -244,21 +223,13 @@ def _key(settings: dict[str, Any]) -> str:
 
 
 def _drawn(
-    directions: str,
-    center: Any,
-    model: nn.Module,
-    data: Any,
-    dims: int,
-    seed: int,
-    bias: str,
-    bn_params: str,
-    hessian_batches: int,
-    dev: torch.device,
+    directions: str, center: Any, model: nn.Module, data: Any, cf: SurfaceConfig, dev: torch.device
 ) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]], str, dict[str, Any]]:
     """Random (filter-normalised) or top-Hessian directions: (directions, no end points, kind, attrs)."""
+    dims, seed, hessian_batches = cf.dims, cf.seed, cf.hessian_batches
     if directions == "random":
         g = torch.Generator().manual_seed(int(seed))
-        dirs = [random_direction(model, seed, bias, bn_params, generator=g) for _ in range(dims)]
+        dirs = [random_direction(model, seed, cf.bias, cf.bn_params, generator=g) for _ in range(dims)]
         return dirs, [], "random, filter-normalised", {}
     if directions == "hessian":
         from landscape.hessian import HessianOperator, make_batches, top_eigenpairs

@@ -31,8 +31,12 @@ from distill.data.readers import (  # noqa: F401
     read_idx,
 )
 from distill.data.unpickle import unpickle_restricted  # noqa: F401
-from distill.registry import BASE_DATASETS, canonical_dataset, suggest
-from distill.registry import dataset_names as list_datasets  # noqa: F401
+from distill.registry import BASE_DATASETS, canonical_dataset, dataset_names, suggest
+
+
+def list_datasets() -> list[str]:
+    """The registered dataset names (`distill.registry.dataset_names`)."""
+    return dataset_names()
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, subset: int | None = None, seed: int = 0) -> Dataset:

@@ -380,7 +380,7 @@ def test_killed_pack_and_result_writes_leave_no_temporary(env, tmp_path):
 
     script = (
         "import sys, numpy as np, xarray as xr\nfrom distill.store import Store, fsio\n"
-        "from landscape.commands import _write_nc\n"
+        "from landscape.cli.common import write_nc as _write_nc\n"
         "ds = xr.Dataset({'error': (('alpha',), np.zeros(3))})\n"
         "if sys.argv[1] == 'store':\n    st = Store(sys.argv[2], 'a')\n    fsio.crash_after(1)\n"
         "    st.write_result('extra', ds)\nelse:\n    fsio.crash_after(1)\n    _write_nc(ds, sys.argv[2])\n"
