@@ -68,10 +68,11 @@ def result_dataset(
     """A result of ``kind`` (a key of `KINDS`).
 
     Args:
-        data_vars, coords: ``{name: (dims, values)}``, ``(dims, values, attrs)`` or a DataArray, each
+        data_vars: ``{name: (dims, values)}``, ``(dims, values, attrs)`` or a DataArray, each
             labelled with the ``long_name`` and ``units`` of the tables. The attrs of a tuple come
             after the table's (an explicit label where it depends on the run, or any other attr); a
             DataArray keeps its other attrs, and the coordinates inside it keep theirs.
+        coords: the coordinates, given and labelled as ``data_vars``.
         attrs: the result's attrs, as given.
         fill: values of the ``{...}`` fields of the long_names (e.g. ``trace_method``).
         provenance: keywords of `distill.provenance.stamp` (``recipe``, ``kind``, ``device``,
