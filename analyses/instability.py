@@ -4,20 +4,23 @@ students) and from an independent random initialisation, N children are trained 
 differ only in data order (and augmentation); the test error along the straight line between every pair
 (BN reset) gives the error barrier. Distributions over pairs; the grid is recorded in ``n_alphas``.
 
-    python -m analyses.instability --preset smoke|cpu|gpu|gpu-quick
+    python -m analyses.instability --preset smoke|cpu|cpu-long|gpu|gpu-quick
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from analyses import common
+from distill.schema import labels
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": common.SMOKE(
+        seeds=[0],
         children=2,
         alphas=3,
         epochs=[0, 1],
@@ -32,6 +35,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=[0, 1, 3],
         distill=common.small_net(epochs=3, probes=[], save_epochs=[1]),
         sup=common.sgd(0.08, 64, "flip_crop"),
+    ),
+    # Fashion-MNIST, all 60,000 training and 10,000 test images: BN-free 4x32 ConvNet students of 3 seeds
+    # distilled 2 epochs (1,876 steps) and probed at start and end (k-NN, linear, linear_std on 10,000 training
+    # images) to check that each passed its teacher; 3 children per start and seed, each 2 epochs of SGD lr 0.05
+    # (x0.1 after epoch 1), batch 64, no augmentation (data order alone differs); 11 points per path
+    "cpu-long": common.Scale(subset=None, n_test=None)(
+        seeds=[0, 1, 2],
+        children=3,
+        alphas=11,
+        epochs=[0, 2],
+        distill=common.small_net(epochs=2, probe_every=0, probe_subset=10000, save_epochs=[]),
+        sup=common.sgd(0.05, 64, "none", epochs=2) | {"milestones": [1]},
     ),
     # the paper's Figure 9: ResNet18 / CIFAR-10, a student of 150 epochs, 5 children of each start trained with
     # the paper's recipe (160 epochs SGD, x0.1 at 80 and 120), 50 points per path, fp32
@@ -57,52 +72,76 @@ PRESET_NOTES = {
 }
 
 
+def _students(pre: dict[str, Any], ctx: common.Context, data: Any) -> list[tuple[int, Any, Any, Any]]:
+    """Per seed of the preset: (seed, the student's DistillConfig, its store, the store of an independent
+    random init). A preset without ``seeds`` has one student of the config's default seeds."""
+    _, scfg = common.child_settings(pre, ctx)
+    seeds = pre.get("seeds")
+    jobs, out = [], []
+    for s in seeds or [None]:
+        fields = {"save_every": 0, **pre["distill"]}
+        dcfg = common.run_config(ctx, pre["dataset"], pre["subset"], s, **fields)
+        tag = "" if s is None else f"-s{s}"
+        # only epoch 0 (the independent init) of this run is used: its one epoch is on a few images, unprobed
+        indep = dcfg.replace(init="independent", epochs=1, save_epochs=[], probes=[], subset=256)
+        if seeds is None:  # the stores of the presets' earlier results: their settings, unchanged
+            indep = dcfg.replace(init="independent", epochs=1, save_epochs=[])
+        jobs += [(dcfg, ctx.store(f"distill{tag}.rts")), (indep, ctx.store(f"independent{tag}.rts"))]
+        out.append((dcfg.seed, dcfg))
+    stores = common.distil_all(jobs, ctx, data)
+    return [(seed, cfg, stores[2 * i], stores[2 * i + 1]) for i, (seed, cfg) in enumerate(out)]
+
+
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     import landscape
 
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
-    dcfg, scfg = common.child_settings(pre, ctx)
-    store, indep = common.distil_all(
-        [
-            (dcfg, ctx.store("distill.rts")),
-            (dcfg.replace(init="independent", epochs=1, save_epochs=[]), ctx.store("independent.rts")),
-        ],
-        ctx,
-        data,
-    )
-    starts = {f"student epoch {e}" if e else "student epoch 0 (random init)": (store, e) for e in pre["epochs"]}
-    starts["independent random init"] = (indep, 0)
-    rows = []
-    for name, ref in starts.items():
-        ds = landscape.instability(
-            ref,
-            data,
-            children=pre["children"],
-            cfg=scfg,
-            alphas=pre["alphas"],
-            store=ctx.store(f"children-{name.replace(' ', '_')}.rts"),
-            splits=("test",),
-            device=ctx.device,
-            executor=ctx.executor,
-            progress=False,
-        )
-        rows.append(
-            ds[["error", "loss", "barrier_error", "barrier_loss", "child_test_accuracy"]]
-            .sel(split="test", drop=True)
-            .expand_dims(start=[name])
-        )
-        b = 100 * ds.barrier_error.sel(split="test").values
-        print(
-            f"{name:<32} error barrier {np.mean(b):6.2f} +- {np.std(b):5.2f} (pairs {np.round(b, 2).tolist()})",
-            flush=True,
-        )
-    out = xr.concat(rows, "start", combine_attrs="drop_conflicts")
+    _, scfg = common.child_settings(pre, ctx)
+    per_seed, probes, configs = [], [], {}
+    for seed, dcfg, store, indep in _students(pre, ctx, data):
+        tag = "" if "seeds" not in pre else f"s{seed}-"
+        configs["distill" if "seeds" not in pre else f"distill-s{seed}"] = dcfg
+        starts = {f"student epoch {e}" if e else "student epoch 0 (random init)": (store, e) for e in pre["epochs"]}
+        starts["independent random init"] = (indep, 0)
+        rows = []
+        for name, ref in starts.items():
+            ds = landscape.instability(
+                ref,
+                data,
+                children=pre["children"],
+                cfg=scfg,
+                alphas=pre["alphas"],
+                store=ctx.store(f"children-{tag}{name.replace(' ', '_')}.rts"),
+                splits=("test",),
+                device=ctx.device,
+                executor=ctx.executor,
+                progress=False,
+            )
+            rows.append(
+                ds[["error", "loss", "barrier_error", "barrier_loss", "child_test_accuracy"]]
+                .sel(split="test", drop=True)
+                .expand_dims(start=[name])
+            )
+            b = 100 * ds.barrier_error.sel(split="test").values
+            acc = 100 * ds.child_test_accuracy.values
+            print(
+                f"seed {seed} {name:<32} error barrier {np.mean(b):6.2f} +- {np.std(b):5.2f} (pairs "
+                f"{np.round(b, 2).tolist()}; children at {np.round(acc, 1).tolist()} % test accuracy)",
+                flush=True,
+            )
+        per_seed.append(xr.concat(rows, "start", combine_attrs="drop_conflicts").expand_dims(seed=[seed]))
+        probes.append(common.last_probes(store))
+    out = xr.concat(per_seed, "seed", combine_attrs="drop_conflicts")
+    if all(p is not None for p in probes):
+        out["student_probe_accuracy"] = xr.concat(probes, "seed").assign_coords(seed=out.seed)
+        out["student_probe_accuracy"].attrs.update(labels("analyses.instability", "student_probe_accuracy"))
     out.attrs.update(
         {
             "n_alphas": int(out.sizes["alpha"]),
             "bn_policy": "reset",
             "split": "test",
-            **common.provenance(ctx, {"distill": dcfg, "supervised": scfg}, list(range(pre["children"])), "paper"),
+            **common.provenance(ctx, {**configs, "supervised": scfg}, [int(s) for s in out.seed.values], "paper"),
+            "children": json.dumps(list(range(pre["children"]))),
         }
     )
     return out
@@ -110,6 +149,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
 
 def plot(ds: xr.Dataset, path: Any) -> None:
     fig, axes = common.figure(2, 1, width=5.6, height=3.6)
+    if "seed" in ds.dims:  # every pair of every seed's children
+        ds = ds.stack(pairs=("seed", "pair")).drop_vars(["seed", "pair", "pairs"]).rename(pairs="pair")
     starts = [str(s) for s in ds.start.values]
     for i, s in enumerate(starts):
         err = common.pct(ds.error.sel(start=s))

@@ -33,6 +33,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         distill=common.small_net(epochs=2, probes=[]),
         sup=common.sgd(0.02, 64),
     ),
+    # Fashion-MNIST, all 60,000 training and 10,000 test images: BN-free 4x32 ConvNet students of 3 seeds
+    # distilled 2 epochs (1,876 steps), probed at start and end to check that each passed its teacher; 5 levels
+    # of 50 % pruning, each level 2 epochs of SGD lr 0.05 (x0.1 after epoch 1), batch 64, no augmentation;
+    # rewinding to the student and to its init only (the claim's two curves; no baselines, no early steps)
+    "cpu-long": common.Scale(subset=None, n_test=None)(
+        **dict(seeds=[0, 1, 2], levels=5, fraction=0.5, step=10, curves=["student", "init"]),
+        distill=common.small_net(epochs=2, probe_every=0, probe_subset=10000),
+        sup=common.sgd(0.05, 64, "none", epochs=2) | {"milestones": [1]},
+    ),
     # the paper's Figure 8: ResNet18 on CIFAR-10, students of 150 epochs, 20 % of the weights per level down to
     # 0.47 % (level 0 unpruned, then 24 prunings: 25 levels), each level retrained with the paper's recipe
     # (160 epochs SGD, x0.1 at 80 and 120), fp32
@@ -85,13 +94,14 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
 
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
     seeds = list(pre["seeds"])
-    best = np.full((len(CURVES), len(seeds), pre["levels"]), np.nan)
     sparsity = None
     configs: dict[str, Any] = {}
     dcfgs = {
         s: common.run_config(ctx, pre["dataset"], pre["subset"], s, probe_seed=False, **pre["distill"]) for s in seeds
     }
     stores = common.distil_all([(dcfgs[s], ctx.store(f"distill-s{s}.rts")) for s in seeds], ctx, data)
+    curves = list(pre.get("curves", CURVES))
+    baselines = [b for b in ("random_prune", "random_reinit") if f"student {b}" in curves]
     units = []  # per seed: IMP rewinding to the student, and to its init / early steps (independent)
     for s, store in zip(seeds, stores):
         scfg = SupervisedConfig(**{**pre["sup"], "data_seed": s, "aug_seed": s, "device": ctx.device})
@@ -104,34 +114,43 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             device=ctx.device,
             prunable=pre.get("prunable", "weights"),
         )
+        init_kw: dict[str, Any] = {"rewind": "start"}
+        if "early steps" in curves:
+            init_kw = {"rewind": ["start", "step"], "rewind_step": pre["step"]}
         units += [
             LotteryUnit(
                 (str(store.path), store.epochs[-1]),
                 data,
                 str(ctx.store(f"{tag}imp-student-s{s}.rts")),
-                {**kw, "rewind": "start", "baselines": ["random_prune", "random_reinit"]},
+                {**kw, "rewind": "start", "baselines": baselines},
             ),
-            LotteryUnit(
-                (str(store.path), 0),
-                data,
-                str(ctx.store(f"{tag}imp-init-s{s}.rts")),
-                {**kw, "rewind": ["start", "step"], "rewind_step": pre["step"]},
-            ),
+            LotteryUnit((str(store.path), 0), data, str(ctx.store(f"{tag}imp-init-s{s}.rts")), {**kw, **init_kw}),
         ]
     common.sweep(units, ctx)
+    best = np.full((len(curves), len(seeds), pre["levels"]), np.nan)
     for si in range(len(seeds)):
         a, b = (Store(u.out).read_result("lottery") for u in units[2 * si : 2 * si + 2])
-        ba = a.best_accuracy.sel(rewind="start")
-        best[0, si] = ba.sel({"method": "imp"}).values
-        best[1, si] = ba.sel({"method": "random_prune"}).values
-        best[2, si] = ba.sel({"method": "random_reinit"}).values
-        best[3, si] = b.best_accuracy.sel(rewind="start").values
-        best[4, si] = b.best_accuracy.sel(rewind="step").values
+        by_curve = {"student": a, "init": b, "early steps": b}
+        for ci, c in enumerate(curves):
+            r = by_curve.get(c, a).best_accuracy.sel(rewind="step" if c == "early steps" else "start")
+            if "method" in r.dims:
+                r = r.sel({"method": c.split(" ")[1] if c.startswith("student ") else "imp"})  # not sel(method=)
+            best[ci, si] = r.values
         sparsity = a.sparsity.values
+    probes = [common.last_probes(st) for st in stores]
+    extra = {}
+    if all(p is not None for p in probes):
+        extra["student_probe_accuracy"] = (("seed", "model", "probe"), np.stack([p.values for p in probes]))
     ds = result_dataset(
         "analyses.lottery",
-        {"best_accuracy": (("curve", "seed", "level"), best)},
-        {"curve": CURVES, "seed": seeds, "level": np.arange(pre["levels"]), "sparsity": ("level", sparsity)},
+        {"best_accuracy": (("curve", "seed", "level"), best), **extra},
+        {
+            "curve": curves,
+            "seed": seeds,
+            **({"model": probes[0].model.values, "probe": probes[0].probe.values} if extra else {}),
+            "level": np.arange(pre["levels"]),
+            "sparsity": ("level", sparsity),
+        },
         attrs={
             "curves": "student: IMP rewinding to the distilled student; random_prune / random_reinit: "
             "baselines at the student's masks' sparsity; init: IMP rewinding to epoch 0 of the "
@@ -144,11 +163,11 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         },
     )
     m = ds.best_accuracy.mean("seed")
-    print("\nremaining %  " + "  ".join(f"{c:>22}" for c in CURVES))
+    print("\nremaining %  " + "  ".join(f"{c:>22}" for c in curves))
     for lvl in ds.level.values:
         print(
             f"{100 * float(ds.sparsity.sel(level=lvl)):10.2f}   "
-            + "  ".join(f"{100 * float(m.sel(curve=c, level=lvl)):22.2f}" for c in CURVES)
+            + "  ".join(f"{100 * float(m.sel(curve=c, level=lvl)):22.2f}" for c in curves)
         )
     return ds
 

@@ -4,21 +4,23 @@ them, and the reductions of probe curves over epochs and seeds that the results 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-COMMITTED_PRESETS = ("cpu", "cpu-long")  # whose results are the checkout's results/<name>.nc
+COMMITTED_PRESETS = ("cpu", "cpu-long")  # whose results the checkout commits under results/
 
 
-def result_stem(name: str, preset: str) -> str:
-    """The file name (no suffix) of a script's result under ``--results``: ``<name>`` for the preset whose
-    result the checkout holds (cpu; table1's cpu-long), ``<name>_<preset>`` for every other one
-    (``_smoke``, ``_full``, ``_gpu``, ``_gpu_quick``), so no preset writes over another's file."""
-    return name if preset in COMMITTED_PRESETS else f"{name}_{preset.replace('-', '_')}"
+def result_stem(name: str, preset: str, presets: Collection[str] = ()) -> str:
+    """The file name (no suffix) of a script's result under ``--results``: ``<name>`` for its main
+    committed preset (cpu; cpu-long in a script without cpu, as table1), ``<name>_<preset>`` for every
+    other one (``_smoke``, ``_full``, ``_cpu_long``, ``_gpu``, ``_gpu_quick``), so no preset writes over
+    another's file. ``presets``: the script's preset names."""
+    main = preset == "cpu" or (preset == "cpu-long" and "cpu" not in presets)
+    return name if main else f"{name}_{preset.replace('-', '_')}"
 
 
 def committed(path: str | Path) -> bool:

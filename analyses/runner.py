@@ -41,8 +41,8 @@ PRESET_HELP = {
     "smoke": "seconds (tests)",
     "cpu": "at most about 20 minutes on 2 cores",
     "full": "the cpu preset's experiment over the whole of it on a CPU (hours on 2 cores, resumable)",
-    "cpu-long": "the paper's own training run on a CPU (days on 2 cores: a background job over several sittings, "
-    "resumable; --snapshot writes the result so far)",
+    "cpu-long": "more than the cpu preset holds (hours to days on 2 cores): a background job over several "
+    "sittings, resumable (scripts/long-job.sh); --snapshot, where offered, writes the result so far",
     "gpu": "the paper's protocol on one GPU: fp32, the paper's epochs, pruning depth and retraining recipe "
     "(hours; resumable, in calls of any length: scripts/gpu-analyses.sh)",
     "gpu-quick": "a shortened or bf16 variant of the gpu preset (the script's PRESET_NOTES say what it changes; "
@@ -175,7 +175,7 @@ def script(
             for flag, kw in (options or {}).items()
             if kw.get("stem") and values[dest[flag]] != kw.get("default")
         )
-        stem = Path(a.results) / (result_stem(name, a.preset) + suffix)
+        stem = Path(a.results) / (result_stem(name, a.preset, presets) + suffix)
         nc, png = stem.with_suffix(".nc"), stem.with_suffix(".png")
         if a.plot_only:
             if not nc.exists():

@@ -154,3 +154,14 @@ def probes_array(rows: dict[str, dict[str, float]], probes: Sequence[str]) -> xr
     vals = [[rows.get(m, {}).get(p, np.nan) for p in probes] for m in MODELS]
     coords = {"model": ("model", MODELS), "probe": ("probe", list(probes))}
     return result_dataset("analyses.probes", {"accuracy": (("model", "probe"), vals)}, coords).accuracy.rename(None)
+
+
+def last_probes(store: Store) -> xr.DataArray | None:
+    """The teacher's and the student's probe accuracies (fractions) at the last probed epoch of the run in
+    ``store``, dims (model, probe); None when only epoch 0 (or nothing) was probed."""
+    from distill.train import probed_accuracy
+
+    acc = probed_accuracy(store.metrics)
+    if acc.sizes.get("epoch", 0) < 2:
+        return None
+    return acc.isel(epoch=-1, drop=True).sel(model=["teacher", "student"])

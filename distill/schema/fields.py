@@ -29,6 +29,9 @@ _PAPER = "the paper's number, beside ours"
 _CHILD_ACC = Field("test accuracy of each child after training", "fraction")
 _TEST_LOSS = Field("test cross-entropy", "nats")
 _TEST_ERROR = Field("test error", "fraction")
+_STUDENT_PROBES = Field(
+    "probe accuracy of the student the children start from (and of its teacher), at its last epoch", "fraction"
+)
 _BEST_PROBE = "probe accuracy (best over the probed epochs after epoch 0)"
 
 FIELDS: dict[str, Field] = {
@@ -250,4 +253,6 @@ KIND_FIELDS: dict[tuple[str, str], Field] = {
     ),
     # analyses.locality and analyses.instability
     ("analyses.locality", "net"): _label("network family", "bn or no_bn"),
+    ("analyses.instability", "student_probe_accuracy"): _STUDENT_PROBES,
+    ("analyses.lottery", "student_probe_accuracy"): _STUDENT_PROBES,
 }

@@ -167,9 +167,9 @@ KINDS: dict[str, Kind] = {
     ),
     "analyses.instability": Kind(
         "`python -m analyses.instability`",
-        ("start", "pair", "alpha", "child"),
-        _CURVES + _BARRIERS + ("child_test_accuracy",),
-        ("start", "alpha", *_CHILDREN),
+        ("seed", "start", "pair", "alpha", "child", "model", "probe"),
+        _CURVES + _BARRIERS + ("child_test_accuracy", "student_probe_accuracy"),
+        ("seed", "start", "alpha", *_CHILDREN, "model", "probe"),
         like="instability",
     ),
     "analyses.planes": Kind(
@@ -195,9 +195,9 @@ KINDS: dict[str, Kind] = {
     ),
     "analyses.lottery": Kind(
         "`python -m analyses.lottery`",
-        ("curve", "seed", "level"),
-        ("best_accuracy",),
-        ("curve", "seed", "level", "sparsity"),
+        ("curve", "seed", "level", "model", "probe"),
+        ("best_accuracy", "student_probe_accuracy"),
+        ("curve", "seed", "level", "sparsity", "model", "probe"),
     ),
     "analyses.align_barriers": Kind(
         "`python -m analyses.align_barriers`",

@@ -46,7 +46,7 @@ EXPECTED = {
     "transfer": {"accuracy": {"pair", "seed", "model", "probe"}},
     "planes": {"loss": {"view", "x", "y"}, "accuracy": {"view", "x", "y"}, "point_x": {"view", "point"}},
     "lottery": {"best_accuracy": {"curve", "seed", "level"}},
-    "instability": {"error": {"start", "pair", "alpha"}, "barrier_error": {"start", "pair"}},
+    "instability": {"error": {"seed", "start", "pair", "alpha"}, "barrier_error": {"seed", "start", "pair"}},
     "head_dim": {
         "accuracy_out_dim": {"out_dim", "seed", "model", "probe"},
         "accuracy_bottleneck": {"bottleneck_dim", "seed", "model", "probe"},
