@@ -10,6 +10,7 @@
 #
 # DIR holds code/ (the worktree), runs/, results/, job.log, load.log, pid, commit and args. ARGS go to this
 # checkout's .venv python (or $PYTHON) with the worktree first on PYTHONPATH; --runs and --results are added.
+# NICE (default 19) sets its niceness: a lower value gives it the CPU before a niced job beside it.
 set -euo pipefail
 die() { echo "long-job.sh: error: $*" >&2; exit 2; }
 alive() { [ -f "$1/pid" ] && kill -0 "$(cat "$1/pid")" 2>/dev/null; }
@@ -41,7 +42,7 @@ start)
     (
         cd "$dir/code"
         echo "=== $(date -u +%FT%TZ) start at $sha: $*" >> "$dir/job.log"
-        PYTHONPATH="$dir/code" nohup nice -n 19 "$python" "$@" --runs "$dir/runs" --results "$dir/results" \
+        PYTHONPATH="$dir/code" nohup nice -n "${NICE:-19}" "$python" "$@" --runs "$dir/runs" --results "$dir/results" \
             >> "$dir/job.log" 2>&1 &
         echo $! > "$dir/pid"
         job=$!
