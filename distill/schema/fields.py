@@ -253,6 +253,9 @@ KIND_FIELDS: dict[tuple[str, str], Field] = {
     ),
     # analyses.locality and analyses.instability
     ("analyses.locality", "net"): _label("network family", "bn or no_bn"),
+    ("analyses.locality", "accuracy_by_epoch"): Field(
+        "probe accuracy at each probed epoch (NaN where a net was not probed)", "fraction"
+    ),
     ("analyses.instability", "student_probe_accuracy"): _STUDENT_PROBES,
     ("analyses.lottery", "student_probe_accuracy"): _STUDENT_PROBES,
 }

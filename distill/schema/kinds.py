@@ -160,9 +160,9 @@ KINDS: dict[str, Kind] = {
     ),
     "analyses.locality": Kind(
         "`python -m analyses.locality`",
-        ("net", "alpha", "seed", *_PROBED),
-        ("accuracy", "final_kl", "distance_teacher_init"),
-        ("net", "alpha", "seed", *_PROBED),
+        ("net", "alpha", "seed", "epoch", *_PROBED),
+        ("accuracy", "accuracy_by_epoch", "final_kl", "distance_teacher_init"),
+        ("net", "alpha", "seed", "epoch", *_PROBED),
         like="locality",
     ),
     "analyses.instability": Kind(
