@@ -51,3 +51,47 @@ def test_committed_claims_table_is_what_the_committed_results_give(tmp_path):
     names = {line.split(" | ")[0][2:] for line in rows[1:]}
     assert names == {c.name for c in claims.CLAIMS}  # every claim has rows
     assert all(int(line.split(" | ")[6]) >= 3 for line in rows[1:])  # n >= 3 seeds (or pairs) per row
+
+
+STARTS = ["student epoch 0 (random init)", "student epoch 2", "independent random init"]
+
+
+def _instability(barriers: list, seeds: bool, preset: str):
+    """A minimal instability result: barrier_error (seed, start, pair) or (start, pair)."""
+    import numpy as np
+    import xarray as xr
+
+    b = np.asarray(barriers, dtype=float)
+    dims = ("seed", "start", "pair") if seeds else ("start", "pair")
+    coords = {"start": STARTS, "pair": [f"p{i}" for i in range(b.shape[-1])]}
+    if seeds:
+        coords["seed"] = list(range(b.shape[0]))
+    ds = xr.Dataset({"barrier_error": (dims, b)}, coords=coords)
+    ds.attrs.update(script="analyses.instability", preset=preset, commit="abc1234")
+    return ds
+
+
+def test_instability_with_seeds_gives_one_difference_per_seed_the_mean_of_its_pairs():
+    init = [[0.10, 0.12, 0.14], [0.20, 0.22, 0.24], [0.31, 0.30, 0.29]]  # seed x pair, start "epoch 0"
+    student = [[0.02, 0.02, 0.02], [0.05, 0.07, 0.06], [0.10, 0.10, 0.10]]
+    other = [[0.5] * 3] * 3
+    ds = _instability([[i, s, o] for i, s, o in zip(init, student, other)], True, "cpu-long")
+    ((label, setting, d),) = claims._instability(ds)
+    # by hand: per seed, mean(init) - mean(student) = 0.12 - 0.02, 0.22 - 0.06, 0.30 - 0.10
+    assert list(d) == pytest.approx([0.10, 0.16, 0.20])
+    assert "seeds (each the mean over its 3 pairs)" in setting and "'student epoch 2'" in setting
+
+
+def test_a_cpu_long_result_adds_its_rows_beside_the_cpu_ones(tmp_path):
+    _instability([[0.1, 0.2, 0.3], [0.0, 0.1, 0.1], [0.4] * 3], False, "cpu").to_netcdf(
+        tmp_path / "instability.nc", engine="h5netcdf"
+    )
+    init, student = [0.1, 0.2, 0.3], [0.0, 0.05, 0.1]  # per seed, the same on both pairs
+    per_seed = [[[i] * 2, [s] * 2, [0.4] * 2] for i, s in zip(init, student)]
+    _instability(per_seed, True, "cpu-long").to_netcdf(tmp_path / "instability_cpu_long.nc", engine="h5netcdf")
+    ds = claims.compute(tmp_path)
+    files = [str(f) for f in ds.file.values]
+    assert files == ["instability", "instability_cpu_long"]  # every other claim's file is missing
+    effect = [float(e) for e in ds.effect.values]
+    assert effect == pytest.approx([(0.1 + 0.1 + 0.2) / 3, (0.1 + 0.15 + 0.2) / 3])
+    assert [int(n) for n in ds.n.values] == [3, 3]

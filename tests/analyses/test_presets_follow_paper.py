@@ -121,3 +121,9 @@ def test_variant_changes_nested_settings_key_by_key_and_leaves_the_preset_alone(
     quick = common.variant(gpu, seeds=[0], cfg={"epochs": 30, "precision": "bf16"})
     assert quick == {"seeds": [0], "cfg": {"arch": "vgg11", "epochs": 30, "precision": "bf16"}}
     assert gpu == {"seeds": [0, 1], "cfg": {"arch": "vgg11", "epochs": 150}}
+
+
+def test_a_cpu_long_preset_writes_beside_the_cpu_file_unless_the_script_has_no_cpu_preset():
+    assert common.result_stem("instability", "cpu-long", ["smoke", "cpu", "cpu-long"]) == "instability_cpu_long"
+    assert common.result_stem("instability", "cpu", ["smoke", "cpu", "cpu-long"]) == "instability"
+    assert common.result_stem("table1", "cpu-long", ["smoke", "cpu-long", "gpu"]) == "table1"
