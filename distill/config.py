@@ -145,8 +145,8 @@ class OptimConfig(Config):
 
 @dataclass
 class ProbeConfig(Config):
-    """The probes fitted on frozen embeddings, and the collapse/escape metrics (`probe_options` passes
-    them to `distill.probe`)."""
+    """The probes fitted on frozen embeddings, and the collapse/escape metrics (``cfg.probe`` goes as
+    ``config`` to `distill.probe.probe_features`, whose probes read these fields by name)."""
 
     probe_every: int = _f(
         10,

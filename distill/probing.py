@@ -53,18 +53,10 @@ def run_probes(
 
 
 def probe_options(cfg: DistillConfig, seed: int | None = None) -> dict[str, Any]:
-    """The keyword arguments of `distill.probe.probe_features` that ``cfg`` sets (``seed``
-    overrides ``cfg.probe_seed``)."""
+    """The keyword arguments of `distill.probe.probe_features` that ``cfg`` sets: its `ProbeConfig`
+    (``cfg.probe``), the vote the k-NN metric implies and the seed (``seed`` overrides ``cfg.probe_seed``)."""
     return dict(
-        probes=tuple(cfg.probes),
-        knn_k=cfg.knn_k,
-        knn_metric=cfg.knn_metric,
-        knn_weighted=cfg.knn_metric == "cosine",
-        linear_epochs=cfg.linear_epochs,
-        linear_weight_decay=cfg.probe_weight_decay,
-        linear_reshuffle=cfg.probe_reshuffle,
-        until_convergence=cfg.probe_converge,
-        seed=cfg.probe_seed if seed is None else seed,
+        config=cfg.probe, knn_weighted=cfg.knn_metric == "cosine", seed=cfg.probe_seed if seed is None else seed
     )
 
 
