@@ -204,7 +204,7 @@ class AlignConfig(AnalysisConfig):
     max_iter: int = option(100, "weight matching: most sweeps over the layers", check="positive")
     seed: int = option(0, "weight matching: seed of the sweep order")
     batches: int = option(8, "activation matching: training batches", check="positive")
-    batch_size: int = option(256, "activation matching: images per batch")
+    batch_size: int = option(256, "activation matching: images per batch", check="positive")
     data_seed: int = option(0, "activation matching: seed of the batches")
 
 
@@ -263,7 +263,7 @@ class _Curvature(_OnDevice):
         parse=flag_values.batches,
         metavar="N",
     )
-    batch_size: int = option(256, "mini-batch size (images)")
+    batch_size: int = option(256, "mini-batch size (images)", check="positive")
     data_seed: int = option(0, "seed of the mini-batches")
     trace_probes: int = option(100, "Hessian-vector products for the trace (0: skip)", check="non_negative")
     trace_method: str = option("hutch++", "trace estimator", ("hutch++", "hutchinson"))
@@ -402,12 +402,9 @@ class LocalityConfig(AnalysisConfig):
     seeds: tuple = option((0,), "replicate seeds, comma-separated")
 
     def __post_init__(self) -> None:
-        # the shared checks read a field named eps as one number; here it is a list, checked per value
-        eps, self.eps = self.eps, None
         super().__post_init__()
-        if eps is not None and any(not isinstance(v, (int, float)) or v < 0 for v in eps):
-            raise ValueError(f"eps={eps!r}: pass noise scales >= 0")
-        self.eps = eps
+        if self.eps is not None and any(not isinstance(v, (int, float)) or v < 0 for v in self.eps):
+            raise ValueError(f"eps={self.eps!r}: pass noise scales >= 0")
 
 
 CONFIGS: tuple[type, ...] = (
