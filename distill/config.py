@@ -13,18 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
 
 from distill.options import (  # noqa: F401 - re-exported: the names user code imports from here
-    _CONVERTERS,
-    MAX_SIZE,
     Config,
     RunError,
-    _Config,
     _f,
-    _parse_list,
-    _show,
     add_arguments,
     from_args,
-    option,
-    registered_name,
     validate,
 )
 
@@ -310,7 +303,7 @@ REFERENCE_VIT: dict[str, Any] = {"tie_blocks": True, "weight_init": "torch", "bl
 
 
 @dataclass
-class SupervisedConfig(_Config):
+class SupervisedConfig(Config):
     """Supervised training with labels (children for instability, lottery-ticket retraining).
 
     Defaults are the paper's recipe for ResNet18 on CIFAR-10 (``preset="paper"``).

@@ -121,8 +121,6 @@ class Config:
         return cls(**values)
 
 
-_Config = Config
-
 MAX_SIZE = 1 << 24  # no layer size (out_dim, widths in arch_options, ...) is larger; the store bounds specs alike
 
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from distill.options import with_config
 from landscape.configs import AlignConfig
-from landscape.repair import endpoint_stats, repair_state  # noqa: F401 - REPAIR, also importable from here
+from landscape.repair import repair_state  # noqa: F401 - REPAIR, also importable from here
 
 METHODS = ("weights", "activations")
 _BN = nn.modules.batchnorm._BatchNorm

@@ -43,11 +43,6 @@ def crash_after(k: int | None, log: bool = False) -> None:
     OPLOG = [] if log else None
 
 
-def op_count() -> int:
-    """File operations done by this process since start (or the last `crash_after`)."""
-    return _COUNT
-
-
 def op(label: str, fn: Callable[..., Any], *args: Any) -> Any:
     """Run one file-system operation ``fn(*args)``, counting it (and dying after it on request)."""
     global _COUNT
