@@ -121,12 +121,14 @@ class _Evaluation(_BatchNorm, _OnDevice):
     """How the networks are evaluated: BatchNorm statistics, examples, batches, memory layout."""
 
     max_examples: Optional[int] = option(
-        None, "evaluate a subset of this many images per split, drawn with eval_seed (default: all)"
+        None, "evaluate a subset of this many images per split, drawn with eval_seed (default: all)", check="positive"
     )
-    bn_batches: int = option(8, "training batches that re-estimate the BatchNorm statistics (bn=reset)")
-    bn_batch_size: int = option(256, "images per BatchNorm batch")
+    bn_batches: int = option(
+        8, "training batches that re-estimate the BatchNorm statistics (bn=reset)", check="positive"
+    )
+    bn_batch_size: int = option(256, "images per BatchNorm batch", check="positive")
     bn_seed: int = option(0, "seed of the BatchNorm batches (drawn once, shared by every point)")
-    eval_batch_size: int = option(1000, "images per evaluation pass")
+    eval_batch_size: int = option(1000, "images per evaluation pass", check="positive")
     eval_seed: int = option(0, "seed of the max_examples subset")
     channels_last: Optional[bool] = option(
         None,
@@ -182,6 +184,7 @@ class PathConfig(_Line, _Backend, _Evaluation):
         None,
         "alphas per vmap pass (default: 8); an evaluation pass holds eval_batch_size images in all, a BN-reset "
         "pass alpha_chunk x bn_batch_size",
+        check="positive",
     )
     align: Optional[str] = option(
         None,
@@ -405,17 +408,3 @@ class LocalityConfig(AnalysisConfig):
         super().__post_init__()
         if self.eps is not None and any(not isinstance(v, (int, float)) or v < 0 for v in self.eps):
             raise ValueError(f"eps={self.eps!r}: pass noise scales >= 0")
-
-
-CONFIGS: tuple[type, ...] = (
-    PathConfig,
-    PlaneConfig,
-    SurfaceConfig,
-    AlignConfig,
-    HessianConfig,
-    HessianPathConfig,
-    InstabilityConfig,
-    LotteryConfig,
-    LotterySweepConfig,
-    LocalityConfig,
-)
