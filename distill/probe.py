@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -289,20 +289,6 @@ def list_probes() -> list[str]:
     return list(_REGISTRY)
 
 
-def _lookup(names: Sequence[str]) -> list[Callable[..., float]]:
-    unknown = [p for p in names if p not in _REGISTRY]
-    if unknown:
-        from distill.plugins import load_entry_points
-
-        load_entry_points()  # an installed plugin may provide them
-        unknown = [p for p in names if p not in _REGISTRY]
-    if unknown:
-        raise ValueError(
-            f"unknown probe(s) {unknown}; choose from {list_probes()} (or register one with distill.register_probe)"
-        )
-    return [_REGISTRY[p] for p in names]
-
-
 @register_probe("knn")
 def _knn_probe(
     train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *, num_classes: int, **options: Any
@@ -403,11 +389,10 @@ def probe_features(
         "linear_lr": linear_lr,
         "linear_batch_size": linear_batch_size,
     }
-    probes = tuple(config.probes)
-    fns = _lookup(probes)
+    probes = tuple(config.probes)  # registered names: ProbeConfig checked them, loading plugins when needed
     num_classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
     out = {}
-    for name, fn in zip(probes, fns):
+    for name in probes:
         # built-in probes take the features where they are (on the device after probe_model);
         # registered ones get them on the CPU, as register_probe promises
         xs = (
@@ -415,7 +400,7 @@ def probe_features(
             if name in PROBES
             else tuple(t.cpu() for t in (train_x, train_y, test_x, test_y))
         )
-        out[name] = float(fn(*xs, num_classes=num_classes, seed=seed, device=device, **options))
+        out[name] = float(_REGISTRY[name](*xs, num_classes=num_classes, seed=seed, device=device, **options))
     return out
 
 

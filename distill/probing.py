@@ -4,6 +4,7 @@ probes the teacher, the BN-recalibrated teacher, the raw input and the student a
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from typing import Any, cast
 
@@ -66,23 +67,17 @@ def recalibrated_teacher(
     """The teacher's weights with BN running statistics re-estimated on training data (no training)."""
     t = copy.deepcopy(teacher)
     if has_batchnorm(t):
-        batches = (
-            x
-            for i, (x, _) in enumerate(
-                iterate(
-                    data.train,
-                    cfg.batch_size,
-                    data.mean,
-                    data.std,
-                    shuffle=True,
-                    seed=cfg.probe_seed,
-                    device=device,
-                    channels_last=has_conv2d(t),
-                )
-            )
-            if i < max_batches
+        split = iterate(
+            data.train,
+            cfg.batch_size,
+            data.mean,
+            data.std,
+            shuffle=True,
+            seed=cfg.probe_seed,
+            device=device,
+            channels_last=has_conv2d(t),
         )
-        recalibrate_bn(t, batches)
+        recalibrate_bn(t, (x for x, _ in itertools.islice(split, max_batches)))
     return t.eval()
 
 
