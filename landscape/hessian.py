@@ -102,11 +102,7 @@ class HessianOperator:
     def unflatten(self, v: np.ndarray) -> dict[str, Tensor]:
         """A flat float64 vector as one tensor per parameter (names, shapes and dtype of the model)."""
         t = torch.as_tensor(np.asarray(v), dtype=self.dtype, device=self.device)
-        out, i = {}, 0
-        for k, shape, size in zip(self.names, self.shapes, self.sizes):
-            out[k] = t[i : i + size].view(shape)
-            i += size
-        return out
+        return {k: part.view(shape) for k, shape, part in zip(self.names, self.shapes, t.split(self.sizes))}
 
     def flatten(self, d: Mapping[str, Tensor]) -> np.ndarray:
         """One tensor per parameter as a flat float64 numpy vector (the inverse of ``unflatten``)."""
