@@ -100,15 +100,18 @@ class Config:
         return [k for k in mine if k not in theirs or json.loads(json.dumps(theirs[k], default=str)) != mine[k]]
 
     def to_argv(self, prefix: str = "") -> list[str]:
-        """Command-line flags that rebuild this config through `add_arguments` / `from_args`."""
-        out: list[str] = []
+        """Command-line flags that rebuild this config through `add_arguments` / `from_args`:
+        ``--flag=value`` (a value may begin with "-"), a nested config as JSON, ``none`` for None
+        where the default is not."""
+        out = []
         for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            flag = "--" + prefix + f.name.replace("_", "-")
+            value, flag = getattr(self, f.name), "--" + prefix + f.name.replace("_", "-")
             if isinstance(value, bool):
-                out.append(flag if value else "--no-" + prefix + f.name.replace("_", "-"))
-            elif value is not None:
-                out += [flag, _show(value)]
+                out.append(flag if value else "--no-" + flag[2:])
+            elif isinstance(value, Config):
+                out.append(f"{flag}={value.to_json()}")
+            elif value is not None or _default(f) is not None:
+                out.append(f"{flag}={'none' if value is None else _show(value)}")
         return out
 
     def replace(self, **changes: Any) -> Any:
@@ -169,8 +172,8 @@ def validate(cfg: Any) -> None:
         if choices and v not in choices:
             raise ValueError(f"{f.name}={v!r} is not valid: choose one of {', '.join(map(str, choices))}")
         _check_field(f, v)
-    if isinstance(getattr(cfg, "probes", None), (list, tuple)):
-        _check_probes(cfg.probes)
+        if f.metadata.get("names") == "probes" and isinstance(v, (list, tuple)):
+            _check_probes(v)
 
 
 def _unknown_probes(probes: Any) -> tuple[list, list[str]]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional, Union
 
 from distill.config import SupervisedConfig
-from distill.options import Config, _default, _show, option
+from distill.options import Config, option
 from landscape import flag_values
 from landscape.flag_values import SPLITS, path_alphas, split_names
 
@@ -56,20 +56,6 @@ class AnalysisConfig(Config):
             elif isinstance(value, list) and _takes_tuple(tp):
                 setattr(self, f.name, _as_tuple(value))
         super().__post_init__()
-
-    def to_argv(self, prefix: str = "") -> list[str]:
-        """Command-line flags that rebuild this config: ``--flag=value`` (a value may begin with "-"),
-        ``none`` for None where the default is not."""
-        out = []
-        for f in fields(self):  # type: ignore[arg-type]
-            value, flag = getattr(self, f.name), "--" + prefix + f.name.replace("_", "-")
-            if isinstance(value, bool):
-                out.append(flag if value else "--no-" + flag[2:])
-            elif isinstance(value, Config):
-                out.append(f"{flag}={value.to_json()}")
-            elif value is not None or _default(f) is not None:
-                out.append(f"{flag}={'none' if value is None else _show(value)}")
-        return out
 
 
 def redefault(cls: type, name: str, default: Any) -> Any:
