@@ -14,7 +14,7 @@ from torch import nn
 from distill.bn import has_batchnorm, recalibrate_bn
 from distill.config import DistillConfig
 from distill.data import Dataset, iterate, load_dataset
-from distill.device import has_conv2d
+from distill.device import has_conv2d, in_mode
 from distill.history import History
 
 note = logging.getLogger("distill.progress")  # what a long step is about to do (before it starts)
@@ -128,10 +128,9 @@ class EpochProbes:
             self.say(epoch, "input (raw pixels)", embed=False)
             self.fixed["input"] = run_probes(cfg, None, pdata, device)
         self.say(epoch, "student")
-        was = student.training
-        student.eval()
-        history.probes[epoch] = {**self.fixed, "student": run_probes(cfg, backbone_of(student), pdata, device, seed)}
-        student.train(was)
+        with in_mode(student):
+            student_probes = run_probes(cfg, backbone_of(student), pdata, device, seed)
+        history.probes[epoch] = {**self.fixed, "student": student_probes}
 
     def _reprobe_teachers(self, epoch: int, teacher: nn.Module, seed: int | None) -> None:
         from distill.probe import embed_splits, probe_features
