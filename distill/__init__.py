@@ -10,8 +10,7 @@ store = distill.distill(cfg, out="runs/demo.rts")
 ```
 """
 
-from importlib import import_module
-from typing import Any
+from distill._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -41,11 +40,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"distill.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'distill' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

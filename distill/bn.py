@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from distill.device import in_mode
+
 _BN = nn.modules.batchnorm._BatchNorm
 
 
@@ -31,20 +33,16 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor | tuple]) ->
     if not layers:
         return model
     momenta = {m: m.momentum for m in layers}
-    modes = {m: m.training for m in model.modules()}
     for m in layers:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
-    model.train()
     seen = False
-    for batch in batches:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        model(x)
-        seen = True
+    with in_mode(model, training=True):
+        for batch in batches:
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            seen = True
     for m, mom in momenta.items():
         m.momentum = mom
-    for mod, training in modes.items():
-        mod.train(training)
     if not seen:
         raise ValueError("recalibrate_bn got no batches: pass at least one batch of training images")
     return model

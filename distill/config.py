@@ -13,18 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
 
 from distill.options import (  # noqa: F401 - re-exported: the names user code imports from here
-    _CONVERTERS,
-    MAX_SIZE,
     Config,
     RunError,
-    _Config,
     _f,
-    _parse_list,
-    _show,
     add_arguments,
     from_args,
-    option,
-    registered_name,
     validate,
 )
 
@@ -43,7 +36,9 @@ class DataConfig(Config):
         "folder or file holding the dataset (default: $RTT_DATA/<dataset>, and for "
         "Fashion-MNIST /usr/share/datasets/fashion-mnist)",
     )
-    subset: Optional[int] = _f(None, "distil on a stratified subset of this many training images (default: all)")
+    subset: Optional[int] = _f(
+        None, "distil on a stratified subset of this many training images (default: all)", check="positive"
+    )
     probe_subset: Optional[int] = _f(
         None,
         "fit probes on a stratified subset of this many training images "
@@ -68,10 +63,12 @@ class ModelConfig(Config):
     """The backbone and the DINO head (the teacher and the student share it)."""
 
     arch: str = _f("vgg11", "backbone architecture", names="models")
-    arch_options: dict = _f({}, "extra backbone options as a JSON object, e.g. '{\"width\": 64}' for convnet")
-    out_dim: int = _f(65536, "DINO head output dimension (logits)")
-    hidden_dim: int = _f(2048, "DINO head hidden width (units)")
-    bottleneck_dim: int = _f(256, "DINO head bottleneck (L2-normalised) width (units)")
+    arch_options: dict = _f(
+        {}, "extra backbone options as a JSON object, e.g. '{\"width\": 64}' for convnet", check="size"
+    )
+    out_dim: int = _f(65536, "DINO head output dimension (logits)", check="size")
+    hidden_dim: int = _f(2048, "DINO head hidden width (units)", check="size")
+    bottleneck_dim: int = _f(256, "DINO head bottleneck (L2-normalised) width (units)", check="size")
     last_layer: str = _f(
         "plain",
         "head's last layer: plain linear (what the reference code computes) or a true weight-normalised layer",
@@ -88,8 +85,10 @@ class InitConfig(Config):
         "student init: copy, alpha (variance-preserving interpolation), eps, independent",
         ("copy", "alpha", "eps", "independent"),
     )
-    alpha: float = _f(1e-10, "interpolation weight of fresh noise for init=alpha (0 = teacher, 1 = independent)")
-    eps: float = _f(0.0, "noise scale for init=eps: theta_s = theta_t + eps * theta_noise")
+    alpha: float = _f(
+        1e-10, "interpolation weight of fresh noise for init=alpha (0 = teacher, 1 = independent)", check="fraction"
+    )
+    eps: float = _f(0.0, "noise scale for init=eps: theta_s = theta_t + eps * theta_noise", check="non_negative")
     init_scope: str = _f(
         "all",
         "parameters the init formula mixes: all (the paper's formula, BN/LayerNorm scales "
@@ -109,8 +108,8 @@ class ObjectiveConfig(Config):
     """The distillation objective."""
 
     loss: str = _f("ce", "ce: cross-entropy H(p_t, p_s); kl: KL(p_t || p_s) (same gradient)", ("ce", "kl"))
-    teacher_temp: float = _f(1.0, "teacher softmax temperature (dimensionless)")
-    student_temp: float = _f(1.0, "student softmax temperature (dimensionless)")
+    teacher_temp: float = _f(1.0, "teacher softmax temperature (dimensionless)", check="positive")
+    student_temp: float = _f(1.0, "student softmax temperature (dimensionless)", check="positive")
     center: bool = _f(False, "DINO centering of teacher outputs")
     center_momentum: float = _f(0.9, "EMA momentum of the center (fraction kept per step)")
     ema_teacher: bool = _f(False, "update the teacher as an EMA of the student (full DINO)")
@@ -118,8 +117,8 @@ class ObjectiveConfig(Config):
     augment: str = _f(
         "none", "none: one view, the image itself (paper); multicrop: DINO-style crops", ("none", "multicrop")
     )
-    global_crops: int = _f(2, "multicrop: number of global crops per image")
-    local_crops: int = _f(0, "multicrop: number of local crops per image")
+    global_crops: int = _f(2, "multicrop: number of global crops per image", check="positive")
+    local_crops: int = _f(0, "multicrop: number of local crops per image", check="non_negative")
 
 
 @dataclass
@@ -127,42 +126,45 @@ class OptimConfig(Config):
     """The optimiser, its schedule, the batch and the number of epochs."""
 
     optimizer: str = _f("adamw", "optimiser", ("adamw", "adam", "sgd"))
-    lr: float = _f(1e-3, "learning rate per step (the peak when a warm-up or cosine schedule is used)")
-    weight_decay: float = _f(0.0, "weight decay (decoupled for AdamW; coefficient per step)")
+    lr: float = _f(
+        1e-3, "learning rate per step (the peak when a warm-up or cosine schedule is used)", check="non_negative"
+    )
+    weight_decay: float = _f(0.0, "weight decay (decoupled for AdamW; coefficient per step)", check="non_negative")
     norm_bias_decay: Optional[float] = _f(
         None,
         "weight decay on biases and norm parameters (None: same as "
         "weight_decay; 0.01 reproduces the reference code's AdamW default)",
     )
-    adam_eps: float = _f(1e-8, "Adam epsilon")
-    momentum: float = _f(0.9, "SGD momentum")
+    adam_eps: float = _f(1e-8, "Adam epsilon", check="non_negative")
+    momentum: float = _f(0.9, "SGD momentum", check="non_negative")
     schedule: str = _f("constant", "learning-rate schedule after warm-up", ("constant", "cosine"))
-    warmup_epochs: float = _f(0.0, "linear warm-up length (epochs, may be fractional)")
+    warmup_epochs: float = _f(0.0, "linear warm-up length (epochs, may be fractional)", check="non_negative")
     clip_grad: Optional[float] = _f(None, "clip the global gradient L2 norm to this value (default: no clipping)")
-    batch_size: int = _f(256, "batch size (images per step)")
-    epochs: int = _f(150, "training epochs (passes over the training images)")
+    batch_size: int = _f(256, "batch size (images per step)", check="positive")
+    epochs: int = _f(150, "training epochs (passes over the training images)", check="positive")
 
 
 @dataclass
 class ProbeConfig(Config):
-    """The probes fitted on frozen embeddings, and the collapse/escape metrics (`probe_options` passes
-    them to `distill.probe`)."""
+    """The probes fitted on frozen embeddings, and the collapse/escape metrics (``cfg.probe`` goes as
+    ``config`` to `distill.probe.probe_features`, whose probes read these fields by name)."""
 
     probe_every: int = _f(
         10,
         "probe every this many epochs (0: only at the start and the end); a best over epochs is a maximum "
         "over the probed epochs, so it grows with the number of probes (the reference code probes every epoch)",
+        check="non_negative",
     )
     probes: list = _f(
         ["knn", "linear", "linear_std"], "probes to run, comma-separated ('none' for none)", names="probes"
     )
-    knn_k: int = _f(20, "k of the k-NN probe (neighbours)")
+    knn_k: int = _f(20, "k of the k-NN probe (neighbours)", check="positive")
     knn_metric: str = _f(
         "euclidean",
         "k-NN distance: euclidean unweighted vote (paper's code) or cosine temperature-weighted (DINO)",
         ("euclidean", "cosine"),
     )
-    linear_epochs: int = _f(10, "linear probe training epochs (AdamW, lr 1e-3)")
+    linear_epochs: int = _f(10, "linear probe training epochs (AdamW, lr 1e-3)", check="positive")
     probe_converge: bool = _f(False, "train the linear probe to convergence instead of a fixed number of epochs")
     probe_weight_decay: float = _f(0.0, "AdamW weight decay of the linear probe (the reference code: 0.01)")
     probe_reshuffle: bool = _f(
@@ -175,7 +177,9 @@ class ProbeConfig(Config):
         "record collapse/escape metrics every epoch for teacher and student: effective rank, "
         "dead units, cosine similarity between inputs per layer (distill.dynamics)",
     )
-    dynamics_examples: int = _f(512, "training images (seeded with probe_seed) the dynamics metrics use")
+    dynamics_examples: int = _f(
+        512, "training images (seeded with probe_seed) the dynamics metrics use", check="positive"
+    )
     probe_reseed: bool = _f(
         False, "draw a fresh probe seed at every probed epoch (probe_seed + epoch), as the reference code"
     )
@@ -210,13 +214,16 @@ class RunConfig(Config):
         "the training state stays full precision so resuming is exact)",
         ("fp32", "bf16", "fp16"),
     )
-    save_every: int = _f(10, "save the student every this many epochs (epoch 0 and the last are always saved)")
+    save_every: int = _f(
+        10, "save the student every this many epochs (epoch 0 and the last are always saved)", check="non_negative"
+    )
     save_epochs: list = _f([], "extra epochs at which to save the student, comma-separated, e.g. 1,2,5")
     resume_every: int = _f(
         0,
         "also save the training state (full-precision student and optimiser) every this many epochs "
         "between the saved students, so a killed run loses at most this many epochs (0: only at the saved "
         "students; the state replaces the previous one, so the store grows by no checkpoint)",
+        check="non_negative",
     )
 
 
@@ -296,37 +303,38 @@ REFERENCE_VIT: dict[str, Any] = {"tie_blocks": True, "weight_init": "torch", "bl
 
 
 @dataclass
-class SupervisedConfig(_Config):
+class SupervisedConfig(Config):
     """Supervised training with labels (children for instability, lottery-ticket retraining).
 
     Defaults are the paper's recipe for ResNet18 on CIFAR-10 (``preset="paper"``).
     """
 
-    epochs: int = _f(160, "training epochs (passes over the training images)")
+    epochs: int = _f(160, "training epochs (passes over the training images)", check="positive")
     optimizer: str = _f(
         "sgd",
         "sgd (with momentum; the paper's recipe) or adamw (torch's AdamW: the reference code's finetune "
         "default, lr 1e-3 and weight decay 0.01)",
         ("sgd", "adamw"),
     )
-    lr: float = _f(0.1, "learning rate per step (before the decays)")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(1e-4, "weight decay")
+    lr: float = _f(0.1, "learning rate per step (before the decays)", check="non_negative")
+    momentum: float = _f(0.9, "SGD momentum", check="non_negative")
+    weight_decay: float = _f(1e-4, "weight decay", check="non_negative")
     milestones: list = _f([80, 120], "epochs at which the learning rate is multiplied by gamma, comma-separated")
-    gamma: float = _f(0.1, "learning-rate decay factor")
-    warmup_epochs: float = _f(0.0, "linear warm-up length (epochs, may be fractional)")
-    batch_size: int = _f(256, "batch size (images per step)")
+    gamma: float = _f(0.1, "learning-rate decay factor", check="non_negative")
+    warmup_epochs: float = _f(0.0, "linear warm-up length (epochs, may be fractional)", check="non_negative")
+    batch_size: int = _f(256, "batch size (images per step)", check="positive")
     augment: str = _f(
         "flip_crop", "flip_crop: random horizontal flip + 4-pixel padded crop; none", ("flip_crop", "none")
     )
     data_seed: int = _f(0, "data order seed")
     aug_seed: int = _f(0, "augmentation seed")
-    eval_every: int = _f(0, "evaluate test accuracy every this many epochs (0: only at the end)")
+    eval_every: int = _f(0, "evaluate test accuracy every this many epochs (0: only at the end)", check="non_negative")
     head_epochs: int = _f(
         0,
         "before training, fit a fresh linear head alone on the frozen backbone's embeddings of the "
         "training split for this many epochs (AdamW lr 1e-3; the reference code's pre_epochs_clf), so "
         "that the run, and a lottery's rewind target, start from a trained head (0: off)",
+        check="non_negative",
     )
     device: str = _f("auto", "cpu, cuda, cuda:N or auto (CUDA when present)")
     precision: str = _f("fp32", "training precision (bf16 autocast on CUDA only)", ("fp32", "bf16"))

@@ -174,18 +174,11 @@ class Ranks:
         flat = torch.cat([g.reshape(-1).float() for g in grads] + extra)
         torch.distributed.all_reduce(flat)
         flat /= self.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-        out: list[Any] = []
-        for v in values:
-            if v is None:
-                out.append(None)
-            else:
-                out.append(flat[offset : offset + v.numel()].view(v.shape).to(v.dtype))
-                offset += v.numel()
-        return tuple(out)
+        parts = torch.split(flat, [t.numel() for t in grads] + [t.numel() for t in extra])
+        for g, part in zip(grads, parts):
+            g.copy_(part.view_as(g))
+        rest = iter(parts[len(grads) :])
+        return tuple(None if v is None else next(rest).view(v.shape).to(v.dtype) for v in values)
 
     def mean(self, values: Sequence[float]) -> list[float]:
         """The mean over the ranks of each number in ``values``."""

@@ -1,6 +1,9 @@
-"""Device selection shared by every module."""
+"""Device selection, and the train/eval switch of modules, shared by every module."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -19,3 +22,17 @@ def has_conv2d(module: torch.nn.Module) -> bool:
     """Whether ``module`` holds an ``nn.Conv2d``: its inputs then run faster in channels-last format
     (CPU and cuDNN kernels), which `distill.probe.embed` uses for inference."""
     return any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+
+
+@contextlib.contextmanager
+def in_mode(*models: torch.nn.Module, training: bool = False) -> Iterator[None]:
+    """Within: ``models`` in eval mode (train mode with ``training=True``); on exit every submodule
+    has its own earlier mode back."""
+    saved = [(m, m.training) for model in models for m in model.modules()]
+    for model in models:
+        model.train(training)
+    try:
+        yield
+    finally:
+        for m, flag in saved:
+            m.training = flag

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from distill.device import in_mode
+
 NETWORKS = ("teacher", "student")
 PER_LAYER = ("layer_cosine", "layer_effective_rank", "layer_dead_fraction")
 
@@ -92,14 +94,12 @@ def layer_outputs(backbone: nn.Module, x: Tensor, names: Sequence[str]) -> dict[
     handles = [
         mods[n].register_forward_hook(lambda m, a, out, n=n: got.__setitem__(n, out.detach().clone())) for n in names
     ]
-    was = backbone.training
-    backbone.eval()
     try:
-        emb = backbone(x)
+        with in_mode(backbone):
+            emb = backbone(x)
     finally:
         for h in handles:
             h.remove()
-        backbone.train(was)
     got["embedding"] = emb.detach()
     return got
 

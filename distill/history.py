@@ -137,7 +137,7 @@ def summary_table(metrics: Any) -> str:
     lines = [f"epoch {int(last.epoch)}".ljust(14) + "".join(f"{p:>12}" for p in probes)]
     for m in metrics.model.values:
         lines.append(f"{m:<14}" + "".join(f"{100 * float(last.sel(model=m, probe=p)):12.2f}" for p in probes))
-    gain = last.sel(model="student") - np.maximum(last.sel(model="teacher"), last.sel(model="teacher_bn"))
+    gain = distillation_gain(metrics)
     lines.append(f"{'gain':<14}" + "".join(f"{100 * float(gain.sel(probe=p)):+12.2f}" for p in probes))
     return "\n".join(lines)
 

@@ -37,9 +37,11 @@ def option(
     **kw: Any,
 ) -> Any:
     """A config field: ``help`` (with units), ``choices``, ``names`` ("models", "datasets" or "probes":
-    the field takes registered names, listed in the CLI help), ``check`` ("positive" or "non_negative":
-    validated on construction), ``parse`` (the flag's converter from text, raising
-    argparse.ArgumentTypeError with the fix; with ``metavar``, for values the type alone cannot read)."""
+    the field takes registered names, listed in the CLI help), ``check`` (validated on construction:
+    "positive", "non_negative", "fraction" (in [0, 1]) or "size" (positive, and no number in it, nested
+    ones included, above `MAX_SIZE`); None passes where it is the default), ``parse`` (the flag's
+    converter from text, raising argparse.ArgumentTypeError with the fix; with ``metavar``, for values
+    the type alone cannot read)."""
     meta = {"help": help, "choices": choices, "names": names, "check": check, "parse": parse, "metavar": metavar}
     if isinstance(default, (list, dict, tuple)):
         return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
@@ -98,15 +100,18 @@ class Config:
         return [k for k in mine if k not in theirs or json.loads(json.dumps(theirs[k], default=str)) != mine[k]]
 
     def to_argv(self, prefix: str = "") -> list[str]:
-        """Command-line flags that rebuild this config through `add_arguments` / `from_args`."""
-        out: list[str] = []
+        """Command-line flags that rebuild this config through `add_arguments` / `from_args`:
+        ``--flag=value`` (a value may begin with "-"), a nested config as JSON, ``none`` for None
+        where the default is not."""
+        out = []
         for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            flag = "--" + prefix + f.name.replace("_", "-")
+            value, flag = getattr(self, f.name), "--" + prefix + f.name.replace("_", "-")
             if isinstance(value, bool):
-                out.append(flag if value else "--no-" + prefix + f.name.replace("_", "-"))
-            elif value is not None:
-                out += [flag, _show(value)]
+                out.append(flag if value else "--no-" + flag[2:])
+            elif isinstance(value, Config):
+                out.append(f"{flag}={value.to_json()}")
+            elif value is not None or _default(f) is not None:
+                out.append(f"{flag}={'none' if value is None else _show(value)}")
         return out
 
     def replace(self, **changes: Any) -> Any:
@@ -119,40 +124,7 @@ class Config:
         return cls(**values)
 
 
-_Config = Config
-
-_POSITIVE = {
-    "epochs",
-    "batch_size",
-    "out_dim",
-    "hidden_dim",
-    "bottleneck_dim",
-    "knn_k",
-    "linear_epochs",
-    "global_crops",
-    "dynamics_examples",
-}
-_NON_NEGATIVE = {
-    "lr",
-    "weight_decay",
-    "eps",
-    "adam_eps",
-    "momentum",
-    "warmup_epochs",
-    "save_every",
-    "resume_every",
-    "probe_every",
-    "teacher_temp",
-    "student_temp",
-    "local_crops",
-    "gamma",
-    "eval_every",
-    "head_epochs",
-}
-
-
 MAX_SIZE = 1 << 24  # no layer size (out_dim, widths in arch_options, ...) is larger; the store bounds specs alike
-_SIZES = ("out_dim", "hidden_dim", "bottleneck_dim")
 
 
 def _check_sizes(name: str, v: Any, depth: int = 0) -> None:
@@ -175,13 +147,23 @@ def _check_sizes(name: str, v: Any, depth: int = 0) -> None:
             _check_sizes(f"{name}.{k}", x, depth + 1)
 
 
+def _check_field(f: dataclasses.Field, v: Any) -> None:
+    """The field's own ``check`` (see `option`); None passes where it is the field's default."""
+    check = f.metadata.get("check")
+    if check == "size":
+        _check_sizes(f.name, v)
+    if check is None or (v is None and f.default is None) or isinstance(v, dict):
+        return
+    if check in ("positive", "size") and (v is None or v <= 0):
+        raise ValueError(f"{f.name}={v!r} must be a positive number")
+    if check == "non_negative" and v is not None and v < 0:
+        raise ValueError(f"{f.name}={v!r} must be >= 0")
+    if check == "fraction" and not 0.0 <= v <= 1.0:
+        raise ValueError(f"{f.name}={v!r} must lie in [0, 1]")
+
+
 def validate(cfg: Any) -> None:
     """Check ranges and choices; raise ValueError with one line naming the field and the fix."""
-    for name in _SIZES:
-        if isinstance(getattr(cfg, name, None), (int, float)):
-            _check_sizes(name, getattr(cfg, name))
-    if isinstance(getattr(cfg, "arch_options", None), dict):
-        _check_sizes("arch_options", cfg.arch_options)
     for f in fields(cfg):
         v = getattr(cfg, f.name)
         if isinstance(v, float) and not math.isfinite(v):
@@ -189,20 +171,9 @@ def validate(cfg: Any) -> None:
         choices = f.metadata.get("choices")
         if choices and v not in choices:
             raise ValueError(f"{f.name}={v!r} is not valid: choose one of {', '.join(map(str, choices))}")
-        check = f.metadata.get("check")
-        if (f.name in _POSITIVE or check == "positive") and (v is None or v <= 0):
-            raise ValueError(f"{f.name}={v!r} must be a positive number")
-        if (f.name in _NON_NEGATIVE or check == "non_negative") and v is not None and v < 0:
-            raise ValueError(f"{f.name}={v!r} must be >= 0")
-    for name in ("alpha",):
-        if hasattr(cfg, name) and not 0.0 <= getattr(cfg, name) <= 1.0:
-            raise ValueError(f"{name}={getattr(cfg, name)!r} must lie in [0, 1]")
-    if getattr(cfg, "subset", None) is not None and cfg.subset <= 0:
-        raise ValueError(f"subset={cfg.subset!r} must be a positive number of images")
-    if hasattr(cfg, "teacher_temp") and (cfg.teacher_temp == 0 or cfg.student_temp == 0):
-        raise ValueError("temperatures must be > 0")
-    if isinstance(getattr(cfg, "probes", None), (list, tuple)):
-        _check_probes(cfg.probes)
+        _check_field(f, v)
+        if f.metadata.get("names") == "probes" and isinstance(v, (list, tuple)):
+            _check_probes(v)
 
 
 def _unknown_probes(probes: Any) -> tuple[list, list[str]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from distill.config import ProbeConfig
 from distill.features import _check_finite, _check_xy, embed, embed_splits, standardize_features
 from distill.linear_probe import fit_linear, linear_probe
+from distill.options import with_config
 from distill.registry import DEFAULT_PROBES, registering
 
 __all__ = [
@@ -268,8 +270,9 @@ def register_probe(name: str) -> Callable[[ProbeFn], ProbeFn]:
 
     The probe is called as ``fn(train_x, train_y, test_x, test_y, *, num_classes, seed, device,
     **options)`` with float32 features (N, D) / (M, D) on the CPU and int64 labels, and returns the
-    test accuracy as a fraction in [0, 1]. ``options`` holds every keyword of
-    `probe_features` (``knn_k``, ``linear_epochs``, ...): accept ``**options`` and use what
+    test accuracy as a fraction in [0, 1]. ``options`` holds every probe setting: the fields of
+    `distill.config.ProbeConfig` (``knn_k``, ``linear_epochs``, ...) and the other keywords of
+    `probe_features` (``knn_weighted``, ``linear_lr``, ...): accept ``**options`` and use what
     you need. Its accuracy appears in ``store.metrics`` under ``probe=name``.
     """
 
@@ -286,44 +289,28 @@ def list_probes() -> list[str]:
     return list(_REGISTRY)
 
 
-def _lookup(names: Sequence[str]) -> list[Callable[..., float]]:
-    unknown = [p for p in names if p not in _REGISTRY]
-    if unknown:
-        from distill.plugins import load_entry_points
-
-        load_entry_points()  # an installed plugin may provide them
-        unknown = [p for p in names if p not in _REGISTRY]
-    if unknown:
-        raise ValueError(
-            f"unknown probe(s) {unknown}; choose from {list_probes()} (or register one with distill.register_probe)"
-        )
-    return [_REGISTRY[p] for p in names]
-
-
-# the keywords of probe_features (see register_probe) that each built-in probe reads, by its own name
-_KNN_OPTIONS = {f"knn_{k}": k for k in ("k", "metric", "weighted", "temperature")}
-_LINEAR_OPTIONS = {f"linear_{k}": k for k in ("epochs", "lr", "weight_decay", "batch_size", "reshuffle")}
-_LINEAR_OPTIONS["until_convergence"] = "until_convergence"
-
-
-def _renamed(options: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
-    return {names[k]: v for k, v in options.items() if k in names}
-
-
 @register_probe("knn")
 def _knn_probe(
     train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *, num_classes: int, **options: Any
 ) -> float:
     dev = torch.device(options["device"])
-    knn = _renamed(options, _KNN_OPTIONS)
-    return knn_accuracy(train_x.to(dev), train_y.to(dev), test_x.to(dev), test_y, num_classes=num_classes, **knn)
+    return knn_accuracy(
+        train_x.to(dev),
+        train_y.to(dev),
+        test_x.to(dev),
+        test_y,
+        k=options["knn_k"],
+        metric=options["knn_metric"],
+        weighted=options["knn_weighted"],
+        temperature=options["knn_temperature"],
+        num_classes=num_classes,
+    )
 
 
 def _linear(standardize: bool) -> Callable[..., float]:
     def probe(
         train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, *, num_classes: int, **options: Any
     ) -> float:
-        linear = _renamed(options, _LINEAR_OPTIONS)
         return linear_probe(
             train_x,
             train_y,
@@ -333,7 +320,12 @@ def _linear(standardize: bool) -> Callable[..., float]:
             seed=options["seed"],
             num_classes=num_classes,
             device=options["device"],
-            **linear,
+            epochs=options["linear_epochs"],
+            lr=options["linear_lr"],
+            weight_decay=options["probe_weight_decay"],
+            batch_size=options["linear_batch_size"],
+            reshuffle=options["probe_reshuffle"],
+            until_convergence=options["probe_converge"],
         )
 
     return probe
@@ -351,39 +343,56 @@ def _knn_std_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Ten
     return _knn_probe(train_s, train_y, test_s, test_y, **options)
 
 
+# earlier keyword names of three ProbeConfig fields, still accepted by probe_features
+_ALIASES = {
+    "linear_weight_decay": "probe_weight_decay",
+    "linear_reshuffle": "probe_reshuffle",
+    "until_convergence": "probe_converge",
+}
+
+
+@with_config(ProbeConfig)
 def probe_features(
     train_x: Tensor,
     train_y: Tensor,
     test_x: Tensor,
     test_y: Tensor,
-    probes: Iterable[str] = PROBES,
-    knn_k: int = 20,
-    knn_metric: str = "euclidean",
-    knn_weighted: bool = False,
-    linear_epochs: int = 10,
-    linear_lr: float = 1e-3,
-    until_convergence: bool = False,
-    seed: int = 0,
     *,
+    config: ProbeConfig,
+    seed: int = 0,
+    knn_weighted: bool = False,
     knn_temperature: float = 0.07,
-    linear_weight_decay: float = 0.0,
+    linear_lr: float = 1e-3,
     linear_batch_size: int = 256,
-    linear_reshuffle: bool = True,
     device: str | torch.device = "cpu",
+    **aliases: Any,
 ) -> dict[str, float]:
-    """Run the named probes on precomputed features; returns {probe name: test accuracy}.
+    """Run the probes ``config.probes`` on precomputed features; returns {probe name: test accuracy}.
 
-    Probe names: any registered with `register_probe`; built in: "knn"
-    (`knn_accuracy` with ``knn_*``), "linear" (raw features) and "linear_std"
-    (standardised features), both `linear_probe` with ``linear_*``.
+    Probe names: any registered with `register_probe`; built in: "knn" and "knn_std"
+    (`knn_accuracy` with ``knn_*``), "linear" (raw features) and "linear_std" (standardised
+    features), both `linear_probe` (``linear_*``, ``probe_weight_decay``, ``probe_reshuffle``,
+    ``probe_converge``). ``knn_weighted``: DINO's temperature-weighted vote (``knn_temperature``);
+    ``linear_lr``, ``linear_batch_size``: the linear probe's AdamW step size and batch (images).
+    ``linear_weight_decay``, ``linear_reshuffle`` and ``until_convergence`` are accepted as other
+    names of ``probe_weight_decay``, ``probe_reshuffle`` and ``probe_converge``.
     """
-    # the knn_* and linear_* keywords and until_convergence reach every probe as options (register_probe)
-    options = {k: v for k, v in locals().items() if k.startswith(("knn_", "linear_")) or k == "until_convergence"}
-    probes = tuple(probes)
-    fns = _lookup(probes)
+    unknown = [k for k in aliases if k not in _ALIASES]
+    if unknown:
+        raise TypeError(f"probe_features() got unexpected keyword argument(s) {', '.join(unknown)}")
+    if aliases:
+        config = config.replace(**{_ALIASES[k]: v for k, v in aliases.items()})
+    options = {
+        **config.to_dict(),
+        "knn_weighted": knn_weighted,
+        "knn_temperature": knn_temperature,
+        "linear_lr": linear_lr,
+        "linear_batch_size": linear_batch_size,
+    }
+    probes = tuple(config.probes)  # registered names: ProbeConfig checked them, loading plugins when needed
     num_classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
     out = {}
-    for name, fn in zip(probes, fns):
+    for name in probes:
         # built-in probes take the features where they are (on the device after probe_model);
         # registered ones get them on the CPU, as register_probe promises
         xs = (
@@ -391,14 +400,13 @@ def probe_features(
             if name in PROBES
             else tuple(t.cpu() for t in (train_x, train_y, test_x, test_y))
         )
-        out[name] = float(fn(*xs, num_classes=num_classes, seed=seed, device=device, **options))
+        out[name] = float(_REGISTRY[name](*xs, num_classes=num_classes, seed=seed, device=device, **options))
     return out
 
 
 def probe_model(
     backbone: nn.Module,
     data: Any,
-    probes: Iterable[str] = PROBES,
     train_subset: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -412,15 +420,15 @@ def probe_model(
     probed at its backbone, not at its head. ``train_subset``: probe with that many train
     images drawn uniformly without replacement (seeded by ``seed``); the test split is
     always used whole. The module's train/eval mode is left as the caller set it (see
-    `embed`). ``kw`` goes to `probe_features`.
+    `embed`). ``kw`` goes to `probe_features`: ``config=ProbeConfig(...)`` or its fields
+    (``probes``, ``knn_k``, ...), and its other keywords.
     """
     tr, tr_lab, te, te_lab = embed_splits(backbone, data, train_subset, seed, device, batch_size)
-    return probe_features(tr, tr_lab, te, te_lab, probes=probes, seed=seed, device=device, **kw)
+    return probe_features(tr, tr_lab, te, te_lab, seed=seed, device=device, **kw)
 
 
 def probe_input(
     data: Any,
-    probes: Iterable[str] = PROBES,
     train_subset: int | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -437,7 +445,7 @@ def probe_input(
     if not normalized:
         c = data.train.images.shape[1]
         data = _Unnormalised(data, c)
-    return probe_model(nn.Flatten(), data, probes, train_subset, seed, device, batch_size, **kw)
+    return probe_model(nn.Flatten(), data, train_subset, seed, device, batch_size, **kw)
 
 
 class _Unnormalised:

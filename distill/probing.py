@@ -4,6 +4,7 @@ probes the teacher, the BN-recalibrated teacher, the raw input and the student a
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from typing import Any, cast
 
@@ -13,7 +14,7 @@ from torch import nn
 from distill.bn import has_batchnorm, recalibrate_bn
 from distill.config import DistillConfig
 from distill.data import Dataset, iterate, load_dataset
-from distill.device import has_conv2d
+from distill.device import has_conv2d, in_mode
 from distill.history import History
 
 note = logging.getLogger("distill.progress")  # what a long step is about to do (before it starts)
@@ -53,18 +54,10 @@ def run_probes(
 
 
 def probe_options(cfg: DistillConfig, seed: int | None = None) -> dict[str, Any]:
-    """The keyword arguments of `distill.probe.probe_features` that ``cfg`` sets (``seed``
-    overrides ``cfg.probe_seed``)."""
+    """The keyword arguments of `distill.probe.probe_features` that ``cfg`` sets: its `ProbeConfig`
+    (``cfg.probe``), the vote the k-NN metric implies and the seed (``seed`` overrides ``cfg.probe_seed``)."""
     return dict(
-        probes=tuple(cfg.probes),
-        knn_k=cfg.knn_k,
-        knn_metric=cfg.knn_metric,
-        knn_weighted=cfg.knn_metric == "cosine",
-        linear_epochs=cfg.linear_epochs,
-        linear_weight_decay=cfg.probe_weight_decay,
-        linear_reshuffle=cfg.probe_reshuffle,
-        until_convergence=cfg.probe_converge,
-        seed=cfg.probe_seed if seed is None else seed,
+        config=cfg.probe, knn_weighted=cfg.knn_metric == "cosine", seed=cfg.probe_seed if seed is None else seed
     )
 
 
@@ -74,23 +67,17 @@ def recalibrated_teacher(
     """The teacher's weights with BN running statistics re-estimated on training data (no training)."""
     t = copy.deepcopy(teacher)
     if has_batchnorm(t):
-        batches = (
-            x
-            for i, (x, _) in enumerate(
-                iterate(
-                    data.train,
-                    cfg.batch_size,
-                    data.mean,
-                    data.std,
-                    shuffle=True,
-                    seed=cfg.probe_seed,
-                    device=device,
-                    channels_last=has_conv2d(t),
-                )
-            )
-            if i < max_batches
+        split = iterate(
+            data.train,
+            cfg.batch_size,
+            data.mean,
+            data.std,
+            shuffle=True,
+            seed=cfg.probe_seed,
+            device=device,
+            channels_last=has_conv2d(t),
         )
-        recalibrate_bn(t, batches)
+        recalibrate_bn(t, (x for x, _ in itertools.islice(split, max_batches)))
     return t.eval()
 
 
@@ -141,10 +128,9 @@ class EpochProbes:
             self.say(epoch, "input (raw pixels)", embed=False)
             self.fixed["input"] = run_probes(cfg, None, pdata, device)
         self.say(epoch, "student")
-        was = student.training
-        student.eval()
-        history.probes[epoch] = {**self.fixed, "student": run_probes(cfg, backbone_of(student), pdata, device, seed)}
-        student.train(was)
+        with in_mode(student):
+            student_probes = run_probes(cfg, backbone_of(student), pdata, device, seed)
+        history.probes[epoch] = {**self.fixed, "student": student_probes}
 
     def _reprobe_teachers(self, epoch: int, teacher: nn.Module, seed: int | None) -> None:
         from distill.probe import embed_splits, probe_features

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from distill.bn import has_batchnorm
 from distill.config import SupervisedConfig
 from distill.data import Split, iterate
-from distill.device import resolve_device
+from distill.device import in_mode, resolve_device
 from distill.loop import autocast, epoch_bar, epoch_seed, nonfinite_as_run_error, prepare_kernels
 from distill.meter import EpochMeter, NonFinite
 from distill.optim import set_lr, supervised_optimizer
@@ -217,17 +217,13 @@ def evaluate(
     n = len(part.labels)
     if n == 0:
         raise ValueError(f"the {split} split is empty: nothing to evaluate")
-    was = model.training
-    model.eval()
     total = torch.zeros((), dtype=torch.float64, device=dev)
     correct = torch.zeros((), dtype=torch.long, device=dev)
-    try:
+    with in_mode(model):
         for x, y in iterate(part, batch_size, data.mean, data.std, device=dev):
             out = model(x).float()
             total += F.cross_entropy(out, y, reduction="sum").double()
             correct += (out.argmax(1) == y).sum()
-    finally:
-        model.train(was)
     return float(total) / n, int(correct) / n
 
 

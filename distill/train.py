@@ -29,9 +29,9 @@ from distill.data import Dataset, iterate, load_dataset, normalize, shuffled_ord
 from distill.device import resolve_device
 
 # the imports marked noqa: F401 are names distill.train offers, from the modules of its parts
-from distill.history import MODELS, History, distillation_gain, probed_accuracy, summary_table  # noqa: F401
+from distill.history import History, distillation_gain, probed_accuracy, summary_table  # noqa: F401
 from distill.init import init_student
-from distill.loop import autocast, epoch_bar, epoch_seed, nonfinite_as_run_error, prepare_kernels, use_channels_last  # noqa: F401
+from distill.loop import autocast, epoch_bar, epoch_seed, nonfinite_as_run_error, prepare_kernels  # noqa: F401
 from distill.losses import (  # noqa: F401
     DistillationLoss,
     EntropyLog,
@@ -39,20 +39,16 @@ from distill.losses import (  # noqa: F401
     cross_entropy_to_probs,
     distillation_loss,
     distillation_terms,
-    soft_cross_entropy,
     student_log_probs,
-    teacher_entropy,
     teacher_probs,
 )
 from distill.meter import EpochMeter, NonFinite
 from distill.models import build_model, seeded
 from distill.multicrop import multicrop
-from distill.optim import Optimizer, lr_schedule, make_optimizer, set_lr  # noqa: F401
-from distill.probing import EpochProbes, backbone_of, probe_dataset, probe_options, recalibrated_teacher, run_probes  # noqa: F401
-from distill.resume import RESUMABLE, TrainingState, commit_epoch, open_or_create, restore
+from distill.optim import lr_schedule, make_optimizer, set_lr  # noqa: F401
+from distill.probing import EpochProbes, backbone_of, probe_dataset, recalibrated_teacher, run_probes  # noqa: F401
+from distill.resume import TrainingState, commit_epoch, open_or_create, restore
 from distill.store import Store
-
-_RESUMABLE, _open_or_create = RESUMABLE, open_or_create  # read from here by landscape and its tests
 
 # a step's forward pass: (loss, teacher logits still needed, student and teacher embeddings or None)
 StepOutput = tuple[Tensor, list[Tensor], Tensor | None, Tensor | None]

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import sys
 import types
-from importlib import import_module
 from typing import Any
+
+from distill._lazy import lazy_exports
 
 _EXPORTS = {
     "barrier": "paths",
@@ -45,16 +46,5 @@ class _Package(types.ModuleType):
         super().__setattr__(name, value)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(import_module(f"landscape.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'landscape' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 sys.modules[__name__].__class__ = _Package

@@ -34,9 +34,10 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from distill.device import in_mode
 from distill.options import with_config
 from landscape.configs import AlignConfig
-from landscape.repair import endpoint_stats, repair_state  # noqa: F401 - REPAIR, also importable from here
+from landscape.repair import repair_state  # noqa: F401 - REPAIR, also importable from here
 
 METHODS = ("weights", "activations")
 _BN = nn.modules.batchnorm._BatchNorm
@@ -327,25 +328,21 @@ def activation_matching(
 
         return fn
 
-    modes = [(m, m.training) for m in (model_a, model_b)]
-    model_a.eval()
-    model_b.eval()
     names = sorted({m for _, m in stats})
     try:
         for m in names:
             handles.append(mods_a[m].register_forward_hook(hook("a", m)))
             handles.append(mods_b[m].register_forward_hook(hook("b", m)))
         examples = 0
-        for x in batches:
-            model_a(x)
-            model_b(x)
-            seen.clear()
-            examples += len(x)
+        with in_mode(model_a, model_b):
+            for x in batches:
+                model_a(x)
+                model_b(x)
+                seen.clear()
+                examples += len(x)
     finally:
         for h in handles:
             h.remove()
-        for mod, t in modes:
-            mod.train(t)
     if examples == 0:
         raise ValueError("activation matching got no batches: pass data with training images")
     perms, corr = {}, []

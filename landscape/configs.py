@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional, Union
 
 from distill.config import SupervisedConfig
-from distill.options import Config, _default, _show, option
+from distill.options import Config, option
 from landscape import flag_values
 from landscape.flag_values import SPLITS, path_alphas, split_names
 
@@ -56,20 +56,6 @@ class AnalysisConfig(Config):
             elif isinstance(value, list) and _takes_tuple(tp):
                 setattr(self, f.name, _as_tuple(value))
         super().__post_init__()
-
-    def to_argv(self, prefix: str = "") -> list[str]:
-        """Command-line flags that rebuild this config: ``--flag=value`` (a value may begin with "-"),
-        ``none`` for None where the default is not."""
-        out = []
-        for f in fields(self):  # type: ignore[arg-type]
-            value, flag = getattr(self, f.name), "--" + prefix + f.name.replace("_", "-")
-            if isinstance(value, bool):
-                out.append(flag if value else "--no-" + flag[2:])
-            elif isinstance(value, Config):
-                out.append(f"{flag}={value.to_json()}")
-            elif value is not None or _default(f) is not None:
-                out.append(f"{flag}={'none' if value is None else _show(value)}")
-        return out
 
 
 def redefault(cls: type, name: str, default: Any) -> Any:
@@ -121,12 +107,14 @@ class _Evaluation(_BatchNorm, _OnDevice):
     """How the networks are evaluated: BatchNorm statistics, examples, batches, memory layout."""
 
     max_examples: Optional[int] = option(
-        None, "evaluate a subset of this many images per split, drawn with eval_seed (default: all)"
+        None, "evaluate a subset of this many images per split, drawn with eval_seed (default: all)", check="positive"
     )
-    bn_batches: int = option(8, "training batches that re-estimate the BatchNorm statistics (bn=reset)")
-    bn_batch_size: int = option(256, "images per BatchNorm batch")
+    bn_batches: int = option(
+        8, "training batches that re-estimate the BatchNorm statistics (bn=reset)", check="positive"
+    )
+    bn_batch_size: int = option(256, "images per BatchNorm batch", check="positive")
     bn_seed: int = option(0, "seed of the BatchNorm batches (drawn once, shared by every point)")
-    eval_batch_size: int = option(1000, "images per evaluation pass")
+    eval_batch_size: int = option(1000, "images per evaluation pass", check="positive")
     eval_seed: int = option(0, "seed of the max_examples subset")
     channels_last: Optional[bool] = option(
         None,
@@ -182,6 +170,7 @@ class PathConfig(_Line, _Backend, _Evaluation):
         None,
         "alphas per vmap pass (default: 8); an evaluation pass holds eval_batch_size images in all, a BN-reset "
         "pass alpha_chunk x bn_batch_size",
+        check="positive",
     )
     align: Optional[str] = option(
         None,
@@ -204,7 +193,7 @@ class AlignConfig(AnalysisConfig):
     max_iter: int = option(100, "weight matching: most sweeps over the layers", check="positive")
     seed: int = option(0, "weight matching: seed of the sweep order")
     batches: int = option(8, "activation matching: training batches", check="positive")
-    batch_size: int = option(256, "activation matching: images per batch")
+    batch_size: int = option(256, "activation matching: images per batch", check="positive")
     data_seed: int = option(0, "activation matching: seed of the batches")
 
 
@@ -263,7 +252,7 @@ class _Curvature(_OnDevice):
         parse=flag_values.batches,
         metavar="N",
     )
-    batch_size: int = option(256, "mini-batch size (images)")
+    batch_size: int = option(256, "mini-batch size (images)", check="positive")
     data_seed: int = option(0, "seed of the mini-batches")
     trace_probes: int = option(100, "Hessian-vector products for the trace (0: skip)", check="non_negative")
     trace_method: str = option("hutch++", "trace estimator", ("hutch++", "hutchinson"))
@@ -402,23 +391,6 @@ class LocalityConfig(AnalysisConfig):
     seeds: tuple = option((0,), "replicate seeds, comma-separated")
 
     def __post_init__(self) -> None:
-        # the shared checks read a field named eps as one number; here it is a list, checked per value
-        eps, self.eps = self.eps, None
         super().__post_init__()
-        if eps is not None and any(not isinstance(v, (int, float)) or v < 0 for v in eps):
-            raise ValueError(f"eps={eps!r}: pass noise scales >= 0")
-        self.eps = eps
-
-
-CONFIGS: tuple[type, ...] = (
-    PathConfig,
-    PlaneConfig,
-    SurfaceConfig,
-    AlignConfig,
-    HessianConfig,
-    HessianPathConfig,
-    InstabilityConfig,
-    LotteryConfig,
-    LotterySweepConfig,
-    LocalityConfig,
-)
+        if self.eps is not None and any(not isinstance(v, (int, float)) or v < 0 for v in self.eps):
+            raise ValueError(f"eps={self.eps!r}: pass noise scales >= 0")

@@ -30,6 +30,7 @@ from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from distill.bn import recalibrate_bn
+from distill.device import in_mode
 from landscape.configs import BN_POLICIES
 
 __all__ = [
@@ -328,7 +329,6 @@ def batched_bn_reset(model: nn.Module, state: dict[str, Tensor], batches: Sequen
     mean = [torch.zeros(n, m.num_features, dtype=like.dtype, device=like.device) for _, m in layers]
     var = [torch.ones_like(t) for t in mean]
     count = [0] * len(layers)
-    modes = {m: m.training for m in model.modules()}
     tracking = [m.track_running_stats for _, m in layers]
     recorder = _StatsRecorder(layers)
 
@@ -338,11 +338,10 @@ def batched_bn_reset(model: nn.Module, state: dict[str, Tensor], batches: Sequen
         return tuple(recorder.stats)
 
     batched = vmap(stats, in_dims=(0, None), randomness="different")
-    model.train()
     for _, m in layers:
         m.track_running_stats = False  # batch statistics, no in-place buffer update under vmap
     try:
-        with recorder, torch.inference_mode():
+        with recorder, torch.inference_mode(), in_mode(model, training=True):
             for x in batches:
                 out = batched(inner, x)
                 for c, i in enumerate(recorder.order):
@@ -353,8 +352,6 @@ def batched_bn_reset(model: nn.Module, state: dict[str, Tensor], batches: Sequen
     finally:
         for (_, m), t in zip(layers, tracking):
             m.track_running_stats = t
-        for mod, training in modes.items():
-            mod.train(training)
     result = {}
     for (name, _), mu, v in zip(layers, mean, var):
         result[_key(name, "running_mean")] = mu

@@ -192,12 +192,6 @@ class SweepIncomplete(StoreError):
     """Some work units of a sweep are being written by another live process; the others finished."""
 
 
-def running_elsewhere(error: BaseException) -> bool:
-    """True when ``error`` is a store's refusal of a second writer: another live process holds the
-    store's writer lock, so the unit is being computed there."""
-    return isinstance(error, StoreBusy)
-
-
 def run_units(
     units: Sequence[Any], executor: Executor | None = None, *, desc: str = "sweep", progress: bool | None = None
 ) -> tuple[list[Any], int]:
@@ -220,7 +214,7 @@ def run_units(
         try:
             results[i] = get()
         except Exception as e:
-            if not isinstance(e, StoreBusy):  # running_elsewhere(e), narrowed for the attributes below
+            if not isinstance(e, StoreBusy):  # another live process writes this unit's store
                 raise
             log.warning("%s: %s; left to it", desc, e)
             busy.append(f"{e.store} by {e.holder}")

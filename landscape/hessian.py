@@ -35,8 +35,6 @@ from distill.schema import labels
 from landscape.configs import HessianConfig, HessianPathConfig
 from landscape.hessian_result import Measures, to_dataset
 from landscape.linalg import (  # noqa: F401 - the linear algebra, also importable from here
-    as_linear_operator,
-    lanczos,
     power_iteration,
     smoothed_density,
     spectral_density,
@@ -104,11 +102,7 @@ class HessianOperator:
     def unflatten(self, v: np.ndarray) -> dict[str, Tensor]:
         """A flat float64 vector as one tensor per parameter (names, shapes and dtype of the model)."""
         t = torch.as_tensor(np.asarray(v), dtype=self.dtype, device=self.device)
-        out, i = {}, 0
-        for k, shape, size in zip(self.names, self.shapes, self.sizes):
-            out[k] = t[i : i + size].view(shape)
-            i += size
-        return out
+        return {k: part.view(shape) for k, shape, part in zip(self.names, self.shapes, t.split(self.sizes))}
 
     def flatten(self, d: Mapping[str, Tensor]) -> np.ndarray:
         """One tensor per parameter as a flat float64 numpy vector (the inverse of ``unflatten``)."""
@@ -139,10 +133,6 @@ class HessianOperator:
     def matvec(self, v: np.ndarray) -> np.ndarray:
         """H v for a flat float64 vector (n,) or (n, 1)."""
         return self.flatten(self.hvp(self.unflatten(np.ravel(v))))
-
-    def linear_operator(self):
-        """A ``scipy.sparse.linalg.LinearOperator`` (float64) of shape (n, n)."""
-        return as_linear_operator(self)
 
 
 def make_batches(
@@ -342,14 +332,3 @@ def _level(store: Any, name: str, device: torch.device) -> tuple[nn.Module, dict
         return module, store.load_masks(name)
     except (StoreError, KeyError):
         return module, None
-
-
-def eigenvector_state(op_or_model: Any, vector: np.ndarray) -> dict[str, Tensor]:
-    """A flat eigenvector (n,) as a dict of parameter-shaped tensors (named_parameters order)."""
-    if isinstance(op_or_model, HessianOperator):
-        return op_or_model.unflatten(vector)
-    out, i = {}, 0
-    for k, p in op_or_model.named_parameters():
-        out[k] = torch.as_tensor(vector[i : i + p.numel()], dtype=p.dtype).view(p.shape)
-        i += p.numel()
-    return out

@@ -78,10 +78,6 @@ def child_part_path(store: str | Path, index: int) -> Path:
     return store_name(store.with_name(f"{store.stem}.child{index}{SUFFIX}"))
 
 
-def _recipe_json(ccfg: SupervisedConfig) -> str:
-    return json.dumps(ccfg.to_dict(), sort_keys=True)
-
-
 def _recipe_differs(attrs: Mapping[str, Any], ccfg: SupervisedConfig) -> list[str]:
     """The recipe fields in which a stored child (its attrs) differs from ``ccfg``."""
     return differing(json.loads(attrs.get("config") or "{}"), ccfg.to_dict())
@@ -131,7 +127,7 @@ class ChildUnit:
             "epochs": ccfg.epochs,
             "test_accuracy": float(result["test_accuracy"]),
             "steps": int(result["steps"]),
-            "config": _recipe_json(ccfg),
+            "config": ccfg.to_json(),
         }
         if self.out is None:
             return {"state": {k: v.detach().cpu() for k, v in child.state_dict().items()}, "attrs": attrs}

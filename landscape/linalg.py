@@ -1,7 +1,7 @@
 """Model-free linear algebra on a symmetric operator known only through its products ``v -> A v``.
 
 The operator is anything with ``n`` (the dimension) and ``matvec(v)`` (float64 vectors (n,) in and
-out), e.g. `landscape.hessian.HessianOperator` or ``MatVec(fn, n)`` around a plain function.
+out), e.g. `landscape.hessian.HessianOperator`.
 
 - `top_eigenpairs`: Lanczos with a Ritz-residual stop (``scipy.sparse.linalg.eigsh`` as the
   fallback and on request); `power_iteration`: the plain baseline (PyHessian's method).
@@ -12,8 +12,6 @@ out), e.g. `landscape.hessian.HessianOperator` or ``MatVec(fn, n)`` around a pla
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,18 +25,6 @@ class Operator(Protocol):
     def matvec(self, v: np.ndarray) -> np.ndarray:
         """A v for a float64 vector (n,)."""
         ...
-
-
-@dataclass(frozen=True)
-class MatVec:
-    """An `Operator` from a plain product function ``fn(v) -> A v`` on vectors of length ``n``."""
-
-    fn: Callable[[np.ndarray], np.ndarray]
-    n: int
-
-    def matvec(self, v: np.ndarray) -> np.ndarray:
-        """A v for a float64 vector (n,)."""
-        return self.fn(v)
 
 
 def as_linear_operator(op: Operator) -> Any:

@@ -56,12 +56,12 @@ def point_path(out_dir: Path, cfg: DistillConfig, axis: str, value: float, seed:
 def distillation_complete(cfg: DistillConfig, out: str | Path) -> bool:
     """True when ``out`` holds the finished run of ``cfg``: same configuration (fields that may
     change on resume aside), the student of the last epoch saved and its metrics row written."""
-    from distill.train import _RESUMABLE
+    from distill.resume import RESUMABLE
 
     wanted = cfg.to_dict()
 
     def complete(store: Store) -> bool:
-        if differing(store.config, wanted, [k for k in wanted if k not in _RESUMABLE]):
+        if differing(store.config, wanted, [k for k in wanted if k not in RESUMABLE]):
             return False
         if cfg.epochs not in store.epochs or "metrics" not in store.results():
             return False

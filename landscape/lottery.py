@@ -60,7 +60,6 @@ from distill.supervised import check_classifier, fit_head, steps_per_epoch, with
 from landscape.configs import LotteryConfig
 from landscape.lottery_levels import (  # noqa: F401 - the constants are also importable from here
     RANDOM_PRUNE_STRIDE,
-    STEP_SCHEDULE,
     LotteryRun,
     LotterySettings,
 )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -30,10 +29,9 @@ from distill.options import with_config
 from distill.schema import result_dataset
 from landscape.configs import PathConfig
 from landscape.evaluate import PathInputs, compile_name, lerp, run_segment, trial_backends
-from landscape.points import EvalSettings, stamp_result, use_channels_last
+from landscape.points import EvalSettings, check_same_architecture, stamp_result, use_channels_last
 from landscape.refs import load_ref, require_classifier
 
-BACKENDS = ("auto", "loop", "vmap")
 PATH_DEFINITION = (
     "theta(alpha) = (1 - alpha) * theta_a + alpha * theta_b over every floating-point "
     "parameter and buffer; integer buffers from a"
@@ -47,23 +45,6 @@ VMAP_MAX_PARAMS = 25_000_000
 
 
 # ----------------------------------------------------------------------------- state helpers
-def _check_same_architecture(sd_a: Mapping[str, Tensor], sd_b: Mapping[str, Tensor]) -> None:
-    keys = list(sd_a) + [k for k in sd_b if k not in sd_a]
-    for k in keys:
-        ta, tb = sd_a.get(k), sd_b.get(k)
-        shape_a = tuple(ta.shape) if ta is not None else "no such key"
-        shape_b = tuple(tb.shape) if tb is not None else "no such key"
-        if ta is None or tb is None or ta.shape != tb.shape or ta.is_floating_point() != tb.is_floating_point():
-            raise ValueError(
-                f"models differ at state_dict key {k!r}: a has {shape_a} ({_dtype(ta)}), "
-                f"b has {shape_b} ({_dtype(tb)}); interpolate between two models of one architecture"
-            )
-
-
-def _dtype(t: Tensor | None) -> str:
-    return "-" if t is None else str(t.dtype).replace("torch.", "")
-
-
 def interpolate_state(sd_a: Mapping[str, Tensor], sd_b: Mapping[str, Tensor], alpha: float) -> dict[str, Tensor]:
     """State dict at ``alpha`` on the line from ``sd_a`` (alpha = 0) to ``sd_b`` (alpha = 1).
 
@@ -71,7 +52,7 @@ def interpolate_state(sd_a: Mapping[str, Tensor], sd_b: Mapping[str, Tensor], al
     ``(1 - alpha) * a + alpha * b``; integer entries (e.g. ``num_batches_tracked``) are copied from
     ``sd_a``. Both ends are exact. Raises ValueError naming the first key whose shape differs.
     """
-    _check_same_architecture(sd_a, sd_b)
+    check_same_architecture(sd_a, sd_b)
     out = {}
     for k, ta in sd_a.items():
         tb = sd_b[k]
@@ -113,12 +94,6 @@ def _choose_backend(requested: str, device: torch.device, model: nn.Module, n_al
     return "vmap" if n_params <= VMAP_MAX_PARAMS else "loop"
 
 
-def _positive(name: str, value: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}={value!r}: pass a positive integer")
-    return int(value)
-
-
 # ----------------------------------------------------------------------------- public API
 @with_config(PathConfig)
 def linear_path(
@@ -148,14 +123,14 @@ def linear_path(
     """
     c = config
     splits = _splits(c.splits)
-    ev = _checked(EvalSettings.of(c))
+    ev = EvalSettings.of(c)
     alpha_values = _alpha_values(c.alphas)
     alist = [float(x) for x in alpha_values]
     dev = resolve_device(c.device)
     model, sa, sb, provenance = _endpoints(a, b, data, dev, c.align, c.align_options)
     policy = c.bn if has_batchnorm(model) else "none"
     chosen = _choose_backend(c.backend, dev, model, len(alpha_values))
-    chunk = _positive("alpha_chunk", c.alpha_chunk) if c.alpha_chunk is not None else min(8, len(alpha_values))
+    chunk = c.alpha_chunk if c.alpha_chunk is not None else min(8, len(alpha_values))
     use_cl = use_channels_last(c.channels_last, dev, model, data.train.images.dim(), chosen)
     empty = f"empty split among {splits}: pass a dataset with examples in every split evaluated"
     inputs = ev.inputs(data, splits, dev, policy == "reset" or c.repair, use_cl, empty)
@@ -186,14 +161,6 @@ def _splits(splits: str | Sequence[str]) -> tuple[str, ...]:
     if not out or len(set(out)) != len(out) or any(s not in ("train", "test") for s in out):
         raise ValueError(f"splits={out!r}: pass distinct names among 'train' and 'test'")
     return out
-
-
-def _checked(ev: EvalSettings) -> EvalSettings:
-    """``ev`` once its batch counts and sizes (and ``max_examples``, when given) are positive integers."""
-    names = ("bn_batches", "bn_batch_size", "eval_batch_size") + (
-        ("max_examples",) if ev.max_examples is not None else ()
-    )
-    return replace(ev, **{k: _positive(k, getattr(ev, k)) for k in names})
 
 
 def _attrs(
@@ -232,7 +199,7 @@ def _endpoints(
     require_classifier(model, data, "a", info_a["source"])
     require_classifier(module_b, data, "b", info_b["source"])
     sd_b = module_b.state_dict()
-    _check_same_architecture(model.state_dict(), sd_b)
+    check_same_architecture(model.state_dict(), sd_b)
     align_record: dict[str, Any] = {"align": "none"}
     if align is not None:
         from landscape.align import align as align_models

@@ -39,7 +39,7 @@ from distill.schema import result_dataset
 from landscape.configs import PlaneConfig
 from landscape.evaluate import PathInputs, bn_stat_keys, run_segment
 from landscape.executors import run_units
-from landscape.points import EvalSettings, stamp_result, use_channels_last
+from landscape.points import EvalSettings, check_same_architecture, stamp_result, use_channels_last
 from landscape.refs import load_ref, require_classifier
 
 DEFINITION = (
@@ -47,16 +47,6 @@ DEFINITION = (
     "(<c - a, u> / <u, u>) u over the floating-point parameters; x, y in units of |u| = |b - a|; "
     "floating-point buffers follow the same affine combination of a, b, c"
 )
-BACKENDS = ("auto", "loop", "vmap")
-
-
-def _check_same(sd_a: Mapping[str, Tensor], sd_x: Mapping[str, Tensor], which: str) -> None:
-    for k in list(sd_a) + [k for k in sd_x if k not in sd_a]:
-        ta, tx = sd_a.get(k), sd_x.get(k)
-        if ta is None or tx is None or ta.shape != tx.shape or ta.is_floating_point() != tx.is_floating_point():
-            raise ValueError(
-                f"a and {which} differ at state_dict key {k!r}: the plane needs three models of one architecture"
-            )
 
 
 def _axis(lo: float, hi: float, n: int, name: str) -> np.ndarray:
@@ -284,8 +274,8 @@ def _three(
     model = modules[0]
     sa = {k: t.detach().clone() for k, t in model.state_dict().items()}
     sb, sc = ({k: t.detach() for k, t in m.state_dict().items()} for m in modules[1:])
-    _check_same(sa, sb, "b")
-    _check_same(sa, sc, "c")
+    check_same_architecture(sa, sb, "b")
+    check_same_architecture(sa, sc, "c")
     model.requires_grad_(False)
     return model, (sa, sb, sc), {f"{p}_{k}": v for p, info in zip("abc", infos) for k, v in info.items()}
 

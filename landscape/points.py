@@ -3,12 +3,12 @@ inputs they draw, the memory-format choice and the stamping of their results."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from distill.provenance import stamp
 from landscape.evaluate import PathInputs, prepare_inputs
@@ -24,6 +24,22 @@ def use_channels_last(option: bool | None, device: torch.device, model: nn.Modul
     if option is not None:
         return bool(option)
     return device.type == "cpu" and ndim == 4 and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def check_same_architecture(sd_a: Mapping[str, Tensor], sd_x: Mapping[str, Tensor], which: str = "b") -> None:
+    """A one-line ValueError naming the first state_dict key where ``sd_a`` (network a) and ``sd_x``
+    (network ``which``) differ in presence, shape or floating-point kind."""
+    for k in list(sd_a) + [k for k in sd_x if k not in sd_a]:
+        ta, tx = sd_a.get(k), sd_x.get(k)
+        if ta is None or tx is None or ta.shape != tx.shape or ta.is_floating_point() != tx.is_floating_point():
+            raise ValueError(
+                f"models differ at state_dict key {k!r}: a has {_described(ta)}, {which} has {_described(tx)}; "
+                "pass models of one architecture"
+            )
+
+
+def _described(t: Tensor | None) -> str:
+    return "no such key" if t is None else f"{tuple(t.shape)} ({str(t.dtype).replace('torch.', '')})"
 
 
 @dataclass(frozen=True)

@@ -279,17 +279,15 @@ def _flat_scores(
 ) -> tuple[Tensor, list[Tensor], int]:
     """(scores (their magnitudes if ``absolute``) of all tensors concatenated in one buffer, +inf
     at masked entries; bool masks; unmasked count)."""
-    total = sum(masks[k].numel() for k in keys)
-    flat = torch.empty(total, dtype=dtype, device=device)
+    sizes = [masks[k].numel() for k in keys]
+    flat = torch.empty(sum(sizes), dtype=dtype, device=device)
     inf = torch.tensor(float("inf"), dtype=dtype, device=device)
-    alive, start = [], 0
-    for k in keys:
+    alive = []
+    for k, part in zip(keys, flat.split(sizes)):  # views: each where() writes into flat
         m = masks[k].to(device)
         m = m if m.dtype == torch.bool else m != 0
-        n = m.numel()
-        torch.where(m.reshape(-1), scores[k].reshape(-1).to(dtype), inf, out=flat[start : start + n])
+        torch.where(m.reshape(-1), scores[k].reshape(-1).to(dtype), inf, out=part)
         alive.append(m)
-        start += n
     if absolute:
         flat.abs_()
     remaining = int(sum(int(m.count_nonzero()) for m in alive))
@@ -328,13 +326,8 @@ def _prune(
         return {key: m.clone() for key, m in zip(keys, alive)}
     if bool(torch.isnan(flat).any()):
         raise ValueError("some unpruned weights are NaN: cannot rank them by magnitude")
-    pruned = _smallest(flat, k)
-    out, start = {}, 0
-    for key, m in zip(keys, alive):
-        n = m.numel()
-        out[key] = m > pruned[start : start + n].view(m.shape)  # m and not pruned, in one pass
-        start += n
-    return out
+    parts = _smallest(flat, k).split([m.numel() for m in alive])
+    return {key: m > part.view(m.shape) for key, m, part in zip(keys, alive, parts)}  # m and not pruned, in one pass
 
 
 @torch.no_grad()

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.device import in_mode
+
 
 def load_ref(ref: Any, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """A private copy of the module behind ``ref`` and its provenance.
@@ -109,12 +111,8 @@ def require_classifier(model: nn.Module, data: Any, what: str, source: str = "mo
     mean = torch.tensor([float(m) for m in data.mean], device=dev).view(1, -1, *[1] * (images.dim() - 2))
     std = torch.tensor([float(s) for s in data.std], device=dev).view(1, -1, *[1] * (images.dim() - 2))
     x = (images.to(dev).float() / 255 - mean) / std
-    was_training = model.training
-    model.eval()
-    try:
+    with in_mode(model):
         out = model(x)
-    finally:
-        model.train(was_training)
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
     if shape == (len(x), n):
         return

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from distill.device import in_mode
+
 _BN = nn.modules.batchnorm._BatchNorm
 
 
@@ -44,17 +46,15 @@ def _channel_stats(
 
         return fn
 
-    was = model.training
-    model.eval()
     try:
         for n in names:
             handles.append(mods[n].register_forward_hook(hook(n)))
-        for x in batches:
-            model(x)
+        with in_mode(model):
+            for x in batches:
+                model(x)
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
     out = {}
     for n, (count, s1, s2) in sums.items():
         mean = s1 / count

@@ -27,9 +27,9 @@ The names below are imported on first use, so that ``distill.store.info`` stays 
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from distill._lazy import lazy_exports
 from distill.store.errors import StoreBusy, StoreError
 from distill.store.info import FORMAT, FORMAT_VERSION
 from distill.store.names import SUFFIX, store_name
@@ -54,7 +54,4 @@ __all__ = [
 _LAZY = {"Store": "core", "as_module": "core", "student_name": "core", "build_checked": "checks", "load_into": "checks"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"distill.store.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'distill.store' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.store import fsio
-from distill.store.errors import StoreError
+from distill.store.errors import StoreError, link_error
 from distill.store.info import commit_dirs
 
 _SUPERSEDED = ("modules", "masks", "state")  # older copies deleted after a commit; results keep history
@@ -42,7 +42,7 @@ def tidy(store: Path) -> None:
     holding a symbolic link is refused first (its writer would follow it out of the store)."""
     links = fsio.find_links(store)
     if links:
-        raise fsio.link_error(links[0])
+        raise link_error(links[0])
     for d in (store, store / "commits"):
         with contextlib.suppress(OSError):
             for entry in os.scandir(d):

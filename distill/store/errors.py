@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -27,3 +28,11 @@ def first_line(e: BaseException) -> str:
     """The first line of ``e``'s message, or its type's name when the message is empty."""
     s = str(e).strip()
     return s.splitlines()[0] if s else type(e).__name__
+
+
+def link_error(path: Path | str, what: str = "entry") -> StoreError:
+    """The one-line StoreError for a symbolic link found where the store keeps a file or folder."""
+    return StoreError(
+        f"{path}: this {what} of the store is a symbolic link, which the store never follows: "
+        "remove the link (and restore the real file from a copy)"
+    )

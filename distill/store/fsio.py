@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from distill.store.errors import StoreBusy, StoreError
+from distill.store.errors import StoreBusy, StoreError, link_error
 
 _COUNT = 0
 _CRASH_AFTER: int | None = int(os.environ["RTT_STORE_CRASH_AFTER"]) if os.environ.get("RTT_STORE_CRASH_AFTER") else None
@@ -41,11 +41,6 @@ def crash_after(k: int | None, log: bool = False) -> None:
     global _COUNT, _CRASH_AFTER, OPLOG
     _COUNT, _CRASH_AFTER = 0, k
     OPLOG = [] if log else None
-
-
-def op_count() -> int:
-    """File operations done by this process since start (or the last `crash_after`)."""
-    return _COUNT
 
 
 def op(label: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -226,14 +221,6 @@ def makedirs(path: Path) -> None:
         except FileExistsError:
             if not os.path.isdir(p):
                 raise
-
-
-def link_error(path: Path | str, what: str = "entry") -> StoreError:
-    """The one-line StoreError for a symbolic link found where the store keeps a file or folder."""
-    return StoreError(
-        f"{path}: this {what} of the store is a symbolic link, which the store never follows: "
-        "remove the link (and restore the real file from a copy)"
-    )
 
 
 def check_no_links(top: Path | str, path: Path | str, what: str = "object file") -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from distill.store.errors import StoreError, first_line
+from distill.store.errors import StoreError, first_line, link_error
 
 FORMAT = "random-teachers-store"
 FORMAT_VERSION = 2
@@ -53,13 +53,6 @@ def check_format(attrs: dict[str, Any], where: Path | str) -> None:
         )
 
 
-def _link_error(path: Path | str, what: str) -> StoreError:
-    return StoreError(
-        f"{path}: this {what} of the store is a symbolic link, which the store never follows: "
-        "remove the link (and restore the real file from a copy)"
-    )
-
-
 def commit_dirs(path: Path) -> list[tuple[int, Path]]:
     """(epoch, folder) of every committed epoch of the folder store ``path``, ascending; a one-line
     StoreError when one of them is a symbolic link."""
@@ -70,7 +63,7 @@ def commit_dirs(path: Path) -> list[tuple[int, Path]]:
     out = sorted((int(n), path / "commits" / n) for n in names if COMMIT.match(n))
     for _, d in out:
         if os.path.islink(d):
-            raise _link_error(d, "commit folder")
+            raise link_error(d, "commit folder")
     return out
 
 
@@ -82,17 +75,17 @@ def folder_index(path: Path, root: str) -> dict[str, Path]:
         top = base / root
         for p in (base, top):
             if os.path.islink(p):
-                raise _link_error(p, "folder")
+                raise link_error(p, "folder")
         for dirpath, dirs, files in os.walk(top, followlinks=False):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             for d in dirs:
                 if os.path.islink(os.path.join(dirpath, d)):
-                    raise _link_error(os.path.join(dirpath, d), "folder")
+                    raise link_error(os.path.join(dirpath, d), "folder")
             rel = os.path.relpath(dirpath, top)
             for fn in files:
                 if fn.endswith(".h5") and not fn.startswith("."):
                     if os.path.islink(os.path.join(dirpath, fn)):
-                        raise _link_error(os.path.join(dirpath, fn), "object file")
+                        raise link_error(os.path.join(dirpath, fn), "object file")
                     name = (fn[:-3] if rel == "." else f"{rel}/{fn[:-3]}").replace(os.sep, "/")
                     if OBJECT_NAME.match(name):  # a name the store cannot have written is no object of it
                         out[name] = Path(dirpath) / fn
@@ -193,7 +186,7 @@ def read_attrs(path: Path) -> tuple[dict[str, Any], bool]:
         if p.is_dir():
             head = p / "store.h5"
             if head.is_symlink():
-                raise _link_error(head, "head file")
+                raise link_error(head, "head file")
             if not head.is_file():
                 raise StoreError(
                     f"{p} is a folder but not a random-teachers store (no store.h5 in it): pass the path of a store"
@@ -307,7 +300,7 @@ def _checked_summary(group: h5py.Group, where: str) -> tuple[list[str], dict[str
 
 def _summary_of_file(file: Path, where: str) -> tuple[list[str], dict[str, int]]:
     if os.path.islink(file):
-        raise _link_error(file, "result file")
+        raise link_error(file, "result file")
     with h5py.File(file, "r", locking=False) as f:
         return _checked_summary(f, where)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import h5py
 import numpy as np
 import torch
 
+from distill.provenance import now
 from distill.store import fsio
 from distill.store.errors import StoreError
 from distill.store.info import attr_value, check_hdf5_links
@@ -45,10 +45,6 @@ DTYPES = {
 }
 STORE_DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 MAX_GZIP_RATIO = 1100  # deflate cannot expand data by more than ~1032x
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def plain(v: Any) -> Any:

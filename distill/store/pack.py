@@ -11,7 +11,7 @@ import h5py
 from distill.store import fsio, objects
 from distill.store.checks import build_checked, check_train_meta, load_into
 from distill.store.core import Store
-from distill.store.errors import StoreError
+from distill.store.errors import StoreError, link_error
 from distill.store.info import FORMAT_VERSION, OBJECT_NAME, ROOTS
 
 
@@ -78,7 +78,7 @@ def verify(path: str | Path) -> tuple[int, list[str]]:
     problems: list[str] = []
     count = 0
     if store._single is None:
-        problems += [str(fsio.link_error(p)) for p in fsio.find_links(store.path)]
+        problems += [str(link_error(p)) for p in fsio.find_links(store.path)]
     try:
         store.config  # noqa: B018 - decoding it is the check
     except StoreError as e:

@@ -203,15 +203,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: printed as one line, exit 1."""
     from distill.config import RunError
 
-    errors: list[type[BaseException]] = [
-        ValueError,
-        FileNotFoundError,
-        NotADirectoryError,
-        IsADirectoryError,
-        PermissionError,
-        OSError,
-        RunError,
-    ]
+    errors: list[type[BaseException]] = [ValueError, OSError, RunError]  # OSError: missing files, permissions
     store = sys.modules.get("distill.store")  # imported by whichever command used a store
     if store is not None:
         errors.append(store.StoreError)

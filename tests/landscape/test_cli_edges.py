@@ -12,8 +12,8 @@ import torch
 from distill.config import DistillConfig, from_args
 from distill.data import load_dataset
 from distill.models import build_model
+from distill.resume import open_or_create as _open_or_create
 from distill.store import Store
-from distill.train import _open_or_create
 from landscape.cli import build_parser
 from landscape.cli import main as rtt
 
