@@ -17,15 +17,15 @@ the pairs in parallel, and a rerun skips the pairs whose file holds the same set
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from analyses import common
+from analyses.units import Unit
 from distill.schema import result_dataset
 
 PRESETS = {
@@ -69,7 +69,7 @@ def _build(arch: str, width: int, in_shape, num_classes: int, seed: int):
 
 
 @dataclass(frozen=True)
-class PairUnit:
+class PairUnit(Unit):
     """One (width, seed) pair as a work unit (:mod:`landscape.executors`): plain data, picklable. It
     trains nets a (init seed 1000 seed, data seed 2 seed) and b (1000 seed + 1, 2 seed + 1) and writes
     the test error (fraction) and loss (nats) along the four paths, dims (alignment, alpha), and
@@ -87,22 +87,13 @@ class PairUnit:
     out: str
     data: Any = None
 
-    def key(self) -> str:
-        """The settings the result depends on (JSON), kept in the file's attrs."""
-        return json.dumps({k: v for k, v in asdict(self).items() if k not in ("out", "data")}, sort_keys=True)
-
-    def done(self) -> bool:
-        """Whether ``out`` holds this pair's result for the same settings."""
-        return common.holds_unit(self.out, self.key())
-
-    def __call__(self) -> str:
+    def run(self) -> xr.Dataset:
+        """Train the pair, evaluate the four paths and return the result."""
         from distill.config import SupervisedConfig
         from distill.data import load_dataset
         from distill.supervised import train_supervised
         from landscape.paths import linear_path
 
-        if self.done():
-            return self.out
         t0 = time.perf_counter()
         data = self.data if self.data is not None else load_dataset("fashion-mnist", subset=self.subset, seed=0)
         nets, acc = [], []
@@ -134,17 +125,14 @@ class PairUnit:
             "barrier [pp] " + ", ".join(f"{n} {v:.2f}" for n, v in zip(METHODS, b)) + f"  ({seconds:.0f} s)",
             flush=True,
         )
-        result = xr.Dataset(
+        return xr.Dataset(
             {
                 "error": (("alignment", "alpha"), err),
                 "loss": (("alignment", "alpha"), loss),
                 "end_accuracy": (("end",), np.asarray(acc, dtype=np.float64)),
                 "seconds": ((), seconds),
-            },
-            attrs={"unit": self.key()},
+            }
         )
-        common.save(result, self.out)
-        return self.out
 
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:

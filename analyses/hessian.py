@@ -18,7 +18,6 @@ every pair's path, each start's spectral density and the IMP sequence with its p
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
+from analyses.units import Unit
 from distill.schema import result_dataset
 
 # the curvature measurement: points per path (alphas), top eigenvalues (k) to tolerance tol, Hutch++ probes on
@@ -66,7 +66,7 @@ STARTS = ("student", "init")
 
 
 @dataclass(frozen=True)
-class CurvatureUnit:
+class CurvatureUnit(Unit):
     """One curvature measurement as a work unit (:mod:`landscape.executors`): plain data, picklable;
     writes its own netCDF ``out`` and is done when that file holds the result of the same settings.
 
@@ -82,21 +82,16 @@ class CurvatureUnit:
     out: str
     data: Any
 
-    def key(self) -> str:
-        """The settings the result depends on (JSON), kept in the file's attrs."""
-        return json.dumps({"kind": self.kind, "refs": self.refs, **self.options}, sort_keys=True, default=str)
+    def settings(self) -> dict[str, Any]:
+        """The kind, the references and the options (the unit's settings)."""
+        return {"kind": self.kind, "refs": self.refs, **self.options}
 
-    def done(self) -> bool:
-        """Whether ``out`` holds this measurement for the same settings."""
-        return common.holds_unit(self.out, self.key())
-
-    def __call__(self) -> str:
+    def run(self) -> xr.Dataset:
+        """Measure the curvature of the unit's kind."""
         import landscape
         from distill.config import SupervisedConfig
         from landscape.hessian import hessian, hessian_along_path, hessian_over_levels
 
-        if self.done():
-            return self.out
         o = self.options
         hkw = dict(
             batches=o["batches"], batch_size=o["batch_size"], trace_probes=o["probes"], tol=o["tol"],
@@ -126,8 +121,7 @@ class CurvatureUnit:
             ds = ds[["eigenvalue", "trace", "loss", "remaining"]]
         else:
             raise ValueError(f"kind={self.kind!r}: pass path, density or levels")
-        common.save(ds.assign_attrs(unit=self.key()), self.out)
-        return self.out
+        return ds
 
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:

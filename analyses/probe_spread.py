@@ -105,15 +105,15 @@ def spread(arch: str, seed: int, data: Any, device: str, counts: dict[str, int])
 
 @dataclass(frozen=True)
 class Spread(CifarUnit):
-    """One teacher's probe-seed spread (:func:`spread`) as a work unit; writes ``out``."""
+    """One teacher's probe-seed spread (:func:`spread`) as a work unit."""
 
     arch: str
     seed: int
     counts: dict
 
-    def run(self, data: Any) -> None:
-        """Embed the teacher, fit the probes and write ``out``."""
-        common.save(spread(self.arch, self.seed, data, self.device, self.counts).to_dataset(), self.out)
+    def run(self) -> xr.Dataset:
+        """Embed the teacher and fit the probes."""
+        return spread(self.arch, self.seed, self.dataset(), self.device, self.counts).to_dataset()
 
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:

@@ -92,15 +92,6 @@ def save(ds: xr.Dataset, path: str | Path) -> Path:
     return path
 
 
-def holds_unit(path: str | Path, key: str) -> bool:
-    """Whether the result file at ``path`` was written by the work unit whose settings are ``key``
-    (its ``unit`` attr); a missing or unreadable file is not."""
-    try:
-        return open_result(path).attrs.get("unit") == key
-    except (OSError, ValueError):
-        return False
-
-
 def open_result(path: str | Path) -> xr.Dataset:
     """Read a result file fully into memory (the file is closed afterwards)."""
     with xr.open_dataset(path, engine="h5netcdf") as ds:

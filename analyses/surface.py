@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
+from analyses.units import Unit
 from distill.schema import plain, result_dataset
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -70,10 +71,10 @@ def _vars(ds: xr.Dataset, prefix: str, dims: dict[str, str]) -> dict[str, xr.Dat
 
 
 @dataclass(frozen=True)
-class SurfaceUnit:
+class SurfaceUnit(Unit):
     """One surface (:func:`landscape.surface.surface`) as a work unit (:mod:`landscape.executors`):
-    plain data, picklable; writes (and resumes) its own netCDF ``out``, done when every row of the
-    same grid and seed is there. ``centre`` and checkpoint ``directions`` are (store path, name)."""
+    plain data, picklable; writes (and resumes, row by row) its own netCDF ``out``, done when the whole
+    surface of the same settings is there. ``centre`` and checkpoint ``directions`` are (store path, name)."""
 
     centre: tuple
     directions: Any  # "random" or a list of (store path, name)
@@ -86,30 +87,15 @@ class SurfaceUnit:
     out: str
     data: Any
 
-    def done(self) -> bool:
-        """Whether ``out`` holds the whole surface on this unit's grid, for this seed."""
-        try:
-            ds = common.open_result(self.out)
-        except (OSError, ValueError):
-            return False
-        grid = np.linspace(float(self.span[0]), float(self.span[1]), self.resolution)
-        return (
-            bool(np.all(ds.done.values == 1))
-            and int(ds.attrs.get("seed", -1)) == self.seed
-            and ds.x.size == grid.size
-            and np.allclose(ds.x.values, grid)
-        )
-
-    def __call__(self) -> str:
+    def run(self) -> xr.Dataset:
+        """Evaluate the surface (resuming the rows ``out`` holds)."""
         from landscape.surface import surface
 
-        if not self.done():
-            surface(
-                self.centre, self.data, self.directions, dims=self.dims, resolution=self.resolution,
-                span=self.span, seed=self.seed, split="test", max_examples=self.n_test, device=self.device,
-                progress=False, out=self.out,
-            )  # fmt: skip
-        return self.out
+        return surface(
+            self.centre, self.data, self.directions, dims=self.dims, resolution=self.resolution,
+            span=self.span, seed=self.seed, split="test", max_examples=self.n_test, device=self.device,
+            progress=False, out=self.out,
+        )  # fmt: skip
 
 
 def _units(pre: dict[str, Any], ctx: common.Context, data: Any, kids: dict[str, str]) -> dict[Any, SurfaceUnit]:

@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
+from analyses.units import Unit
 from distill.config import REFERENCE_VIT, DistillConfig
 from distill.schema import result_dataset
 from distill.store import Store
@@ -127,20 +128,13 @@ def _cifar(root: str | None, subset: int | None, n_test: int | None) -> Any:
     return common.tiny_test(load_dataset("cifar10", root=root, subset=subset, seed=0), n_test)
 
 
-def _cached(path: str | Path) -> bool:
-    """Whether ``path`` is a readable probe result (written whole by :func:`common.save`)."""
-    try:
-        return "accuracy" in common.open_result(path)
-    except (OSError, ValueError):
-        return False
-
-
 @dataclass(frozen=True, kw_only=True)
-class CifarUnit:
+class CifarUnit(Unit):
     """What the work units on CIFAR-10 (as :func:`_cifar` loads it) share (:mod:`landscape.executors`):
-    picklable; ``out`` is the unit's result file, skipped when it is already whole; ``data`` the
-    dataset (None: loaded where the unit runs, e.g. on a worker). Subclasses define :meth:`run`."""
+    picklable; ``out`` is the unit's result file; ``data`` the dataset (None: loaded where the unit runs,
+    e.g. on a worker) from ``root``, which is not a setting. Subclasses define :meth:`run`."""
 
+    IGNORED = ("out", "data", "root")
     device: str
     root: str | None
     subset: int | None
@@ -148,50 +142,42 @@ class CifarUnit:
     out: str
     data: Any = None
 
-    def done(self) -> bool:
-        """Whether ``out`` already holds the unit's result."""
-        return _cached(self.out)
-
-    def __call__(self) -> str:
-        if not self.done():
-            self.run(self.data if self.data is not None else _cifar(self.root, self.subset, self.n_test))
-        return self.out
-
-    def run(self, data: Any) -> None:
-        """Compute the unit on ``data`` and write ``out``."""
-        raise NotImplementedError
+    def dataset(self) -> Any:
+        """The unit's CIFAR-10: ``data``, or loaded."""
+        return self.data if self.data is not None else _cifar(self.root, self.subset, self.n_test)
 
 
 @dataclass(frozen=True)
 class TeacherProbes(CifarUnit):
-    """Probes of one random teacher (arch, seed) and its BN-recalibrated copy; writes ``out`` (accuracy,
-    fraction, dims (model, probe))."""
+    """Probes of one random teacher (arch, seed) and its BN-recalibrated copy: accuracy (fraction, dims
+    (model, probe))."""
 
     arch: str
     seed: int
     arch_options: dict
 
-    def run(self, data: Any) -> None:
-        """Probe the teacher on ``data`` and write ``out``."""
-        teacher_probes(self.arch, self.seed, data, self.device, self.root, self.arch_options, self.out)
+    def run(self) -> xr.Dataset:
+        """Probe the teacher."""
+        acc = teacher_probes(self.arch, self.seed, self.dataset(), self.device, self.root, self.arch_options)
+        return acc.to_dataset()
 
 
 @dataclass(frozen=True)
 class InputProbes(CifarUnit):
-    """Raw-pixel probes with one probe seed; writes ``out`` (accuracy, dims (probe,))."""
+    """Raw-pixel probes with one probe seed: accuracy (dims (probe,))."""
 
     seed: int
 
-    def run(self, data: Any) -> None:
-        """Probe the raw pixels of ``data`` and write ``out``."""
-        input_probes(self.seed, data, self.device, self.out)
+    def run(self) -> xr.Dataset:
+        """Probe the raw pixels."""
+        return input_probes(self.seed, self.dataset(), self.device).to_dataset()
 
 
 def teacher_probes(
-    arch: str, seed: int, data: Any, device: str, root: str | None, arch_options: dict, path: str | Path
+    arch: str, seed: int, data: Any, device: str, root: str | None, arch_options: dict, path: str | Path | None = None
 ) -> xr.DataArray:
     """Probe accuracies (fraction) of the random teacher and its BN-recalibrated copy; dims (model, probe).
-    Written to ``path`` (``runs/tables/<preset>/teacher-<arch>-s<seed>.nc``)."""
+    Written to ``path`` when given (with the teacher's config in its attrs)."""
     from distill.bn import has_batchnorm
     from distill.device import resolve_device
     from distill.train import build_teacher, recalibrated_teacher, run_probes, set_teacher_mode
@@ -219,7 +205,8 @@ def teacher_probes(
         {"model": ("model", ["teacher", "teacher_bn"]), "probe": ("probe", PROBES)},
         {"config": cfg.to_json()},
     )
-    common.save(ds, path)
+    if path is not None:
+        common.save(ds, path)
     print(
         f"teacher {arch} seed {seed}: "
         + ", ".join(f"{p} {100 * t[p]:.2f}" for p in PROBES)
@@ -233,8 +220,8 @@ def teacher_probes(
     return ds.accuracy
 
 
-def input_probes(seed: int, data: Any, device: str, path: str | Path) -> xr.DataArray:
-    """Raw-pixel probes (fraction), dims (probe,), written to ``path`` (one file per probe seed)."""
+def input_probes(seed: int, data: Any, device: str) -> xr.DataArray:
+    """Raw-pixel probes (fraction), dims (probe,)."""
     from distill.device import resolve_device
     from distill.train import run_probes
 
@@ -243,7 +230,6 @@ def input_probes(seed: int, data: Any, device: str, path: str | Path) -> xr.Data
     ds = result_dataset(
         "analyses.tables.input", {"accuracy": ("probe", [r[p] for p in PROBES])}, {"probe": ("probe", PROBES)}
     )
-    common.save(ds, path)
     print(f"input seed {seed}: " + ", ".join(f"{p} {100 * r[p]:.2f}" for p in PROBES), flush=True)
     return ds.accuracy
 

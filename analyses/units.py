@@ -1,0 +1,71 @@
+"""The analyses' work units (:mod:`landscape.executors`), each identified by its settings (:class:`Unit`).
+
+A unit writes one netCDF file ``out`` whose attrs record the settings it was made with (``unit``: their
+JSON) and their :func:`distill.provenance.config_hash` (``config_hash``). It is done when that file records
+the same hash; a file that records other settings is refused in one line naming the fields that differ
+(:func:`landscape.units.refuse`); a file that records none (a surface still being written, or a
+file of an older version) is computed again, or resumed where the work resumes itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from typing import Any, ClassVar
+
+import xarray as xr
+
+from analyses.context import UsageError
+from analyses.results import open_result, save
+from distill.provenance import config_hash, recipe_json
+from landscape.units import differing, refuse
+
+ADVICE = "pass the same settings to resume, or another --runs folder"
+
+
+class Unit:
+    """What the analyses' work units share. A subclass is a frozen dataclass with a result file ``out``
+    (a path string) and optionally ``data`` (None: loaded where the unit runs); its other fields are its
+    settings (:meth:`settings`), and it defines :meth:`run`."""
+
+    out: str
+    IGNORED: ClassVar[tuple[str, ...]] = ("out", "data")  # fields that leave the result unchanged
+
+    def settings(self) -> dict[str, Any]:
+        """The settings the result depends on: every field but :attr:`IGNORED`."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.IGNORED}  # type: ignore[arg-type]
+
+    def key(self) -> str:
+        """:meth:`settings` as canonical JSON (the result's ``unit`` attr)."""
+        return recipe_json(self.settings())
+
+    def recorded(self) -> tuple[str, dict[str, Any]] | None:
+        """(config hash, settings) that ``out`` records; None without a readable file that records them."""
+        try:
+            attrs = open_result(self.out).attrs
+        except (OSError, ValueError):
+            return None
+        if "unit" not in attrs:
+            return None
+        return str(attrs.get("config_hash") or config_hash(attrs["unit"])), json.loads(attrs["unit"])
+
+    def done(self) -> bool:
+        """Whether ``out`` holds the result of the same settings (the same config hash)."""
+        held = self.recorded()
+        return held is not None and held[0] == config_hash(self.key())
+
+    def __call__(self) -> str:
+        held, wanted = self.recorded(), json.loads(self.key())
+        if held is not None and held[0] == config_hash(wanted):
+            return self.out
+        if held is not None:
+            try:
+                refuse(self.out, differing(held[1], wanted), held[1], wanted, ADVICE)
+            except ValueError as e:  # a one-line error of the script, not a traceback
+                raise UsageError(str(e)) from None
+        save(self.run().assign_attrs(unit=self.key(), config_hash=config_hash(wanted)), self.out)
+        return self.out
+
+    def run(self) -> xr.Dataset:
+        """Compute the unit's result (written to ``out`` with the settings by the caller)."""
+        raise NotImplementedError
