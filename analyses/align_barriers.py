@@ -143,32 +143,18 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     widths, seeds, alphas = list(pre["widths"]), list(range(pre["seeds"])), pre["alphas"]
     # workers load the data themselves (the gpu preset's 60,000 images would travel with every pair)
     data = common.load("fashion-mnist", ctx, subset=pre["subset"]) if ctx.executor is None else None
+    shared = dict(arch=pre["arch"], subset=pre["subset"], test=pre["test"], alphas=alphas, sup=dict(pre["sup"]))
     units = {
         (w, s): PairUnit(
-            pre["arch"],
-            w,
-            s,
-            pre["subset"],
-            pre["test"],
-            alphas,
-            dict(pre["sup"]),
-            ctx.device,
-            str(ctx.store(f"pair-w{w}-s{s}.nc")),
-            data,
-        )  # fmt: skip
+            width=w, seed=s, device=ctx.device, out=str(ctx.store(f"pair-w{w}-s{s}.nc")), data=data, **shared
+        )
         for w in widths
         for s in seeds
     }
     common.sweep(list(units.values()), ctx)
-    pairs = {k: common.open_result(u.out) for k, u in units.items()}
-
-    def grid(var: str) -> np.ndarray:
-        return np.stack([np.stack([pairs[(w, s)][var].values for s in seeds]) for w in widths])
-
-    curve = ("width", "seed", "alignment", "alpha")
-    data_vars = {"error": (curve, grid("error")), "loss": (curve, grid("loss"))}
-    data_vars |= {"end_accuracy": (("width", "seed", "end"), grid("end_accuracy"))}
-    data_vars |= {"seconds": (("width", "seed"), grid("seconds"))}
+    rows = [common.stack_seeds([common.open_result(units[(w, s)].out) for s in seeds], seeds) for w in widths]
+    grid = common.along("width", widths, rows)  # (width, seed, ...)
+    data_vars = {v: (grid[v].dims, grid[v].values) for v in ("error", "loss", "end_accuracy", "seconds")}
     coords = {
         "width": ("width", np.asarray(widths)),
         "seed": ("seed", np.asarray(seeds)),
@@ -201,13 +187,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     print("\nerror barrier [percentage points], mean +- std over seeds")
     print(f"{'width':>6}" + "".join(f"{m:>22}" for m in METHODS))
     for w in widths:
-        b = 100 * res.barrier_error.sel(width=w)
-        print(
-            f"{w:>6}"
-            + "".join(
-                f"{float(b.sel(alignment=m).mean()):14.2f} +- {float(b.sel(alignment=m).std()):4.2f}" for m in METHODS
-            )
-        )
+        print(f"{w:>6}" + "".join(common.pm(res.barrier_error.sel(width=w, alignment=m), 14) for m in METHODS))
     return res
 
 

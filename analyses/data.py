@@ -11,19 +11,14 @@ from analyses.context import Context
 
 def tiny_test(data: Any, n_test: int | None) -> Any:
     """``data`` with its test split cut to a stratified ``n_test`` images (None: unchanged); smoke presets."""
-    from distill.data import Dataset, Split, stratified_indices
+    import dataclasses
+
+    from distill.data import Split, stratified_indices
 
     if n_test is None or n_test >= len(data.test):
         return data
     idx = stratified_indices(data.test.labels, n_test, data.num_classes, 0)
-    return Dataset(
-        data.name,
-        data.train,
-        Split(data.test.images[idx], data.test.labels[idx]),
-        list(data.classes),
-        data.mean,
-        data.std,
-    )
+    return dataclasses.replace(data, test=Split(data.test.images[idx], data.test.labels[idx]))
 
 
 def load(name: str, ctx: Context, subset: int | None = None, n_test: int | None = None, seed: int = 0) -> Any:

@@ -29,49 +29,41 @@ _BASE = dict(
     dynamics=True,
     dynamics_examples=512,
 )
+
+
+def _cfg(**changes: Any) -> DistillConfig:
+    """The run: the shared settings with ``changes``."""
+    return DistillConfig(**{**_BASE, **changes})
+
+
 # cfg: the run; n_test: test images kept (None: all), which the probes use when probe_subset is the subset
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         n_test=200,
-        cfg=DistillConfig(
-            **{
-                **_BASE,
-                "subset": 256,
-                "epochs": 2,
-                "arch_options": {"width": 8, "depth": 2, "bn": False},
-                "out_dim": 64,
-                "hidden_dim": 32,
-                "bottleneck_dim": 16,
-                "probes": ["knn"],
-                "probe_subset": 256,  # the training subset itself: the probes use the cut test split too
-                "dynamics_examples": 64,
-            }
+        cfg=_cfg(
+            **common.small_net(width=8, depth=2, **common.SMOKE_HEAD),
+            subset=256,
+            epochs=2,
+            probes=["knn"],
+            probe_subset=256,  # the training subset itself: the probes use the cut test split too
+            dynamics_examples=64,
         ),
     ),
     # 1,000 images at batch 64: 15 Adam steps per epoch, 14 epochs = 210 steps, probed every epoch;
     # a 32-wide ConvNet (the 64-wide one took ~90 s per epoch on the busy 2-core machine)
-    "cpu": dict(
-        n_test=None,
-        cfg=DistillConfig(
-            **{**_BASE, "subset": 1_000, "epochs": 14, "arch_options": {"width": 32, "depth": 4, "bn": False}}
-        ),
-    ),
+    "cpu": dict(n_test=None, cfg=_cfg(subset=1_000, epochs=14, arch_options={"width": 32, "depth": 4, "bn": False})),
     # beyond the paper (the follow-up's minimal setup): VGG11 on 500 CIFAR-10 images, lr 1e-4, probed every epoch
     "gpu": dict(
         n_test=None,
-        cfg=DistillConfig(
-            **{
-                **_BASE,
-                "dataset": "cifar10",
-                "arch": "vgg11",
-                "arch_options": {},
-                "out_dim": 65536,
-                "subset": 500,
-                "epochs": 100,
-                "lr": 1e-4,
-                "device": "auto",
-                "probes": ["knn", "linear"],
-            }
+        cfg=_cfg(
+            dataset="cifar10",
+            arch="vgg11",
+            arch_options={},
+            out_dim=65536,
+            subset=500,
+            epochs=100,
+            lr=1e-4,
+            device="auto",
         ),
     ),
 }

@@ -39,7 +39,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], cfg=dict(epochs=10, probe_every=0, precision="bf16"))
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "10 epochs per point instead of the paper's 100, probes only at the end, bf16 autocast"}
 
 
@@ -60,11 +59,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         per_seed = [common.best_over_epochs(stores[f"{field}{value}-s{s}"].metrics) for s in seeds]
         rows[field].append(common.stack_seeds(per_seed, seeds))
         print(
-            f"{field} {value}: student "
-            + ", ".join(
-                f"{p} {100 * float(rows[field][-1].sel(model='student', probe=p).mean()):.2f}"
-                for p in rows[field][-1].probe.values
-            ),
+            f"{field} {value}: student " + common.percents(rows[field][-1].sel(model="student").mean("seed")),
             flush=True,
         )
     accuracy = {

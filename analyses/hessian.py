@@ -58,7 +58,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["gpu-quick"] = common.variant(
     PRESETS["gpu"], distill=dict(epochs=10), sup=dict(epochs=4, milestones=[2, 3], lr=0.05)
 )
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {
     "gpu-quick": "students of 10 epochs and children of 4 epochs (lr 0.05, x0.1 at 2 and 3) instead of 150 and 160"
 }

@@ -41,7 +41,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], cfg=dict(epochs=10, probe_every=0, precision="bf16"))
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "10 epochs instead of the paper's 150, probes only at the end, bf16 autocast"}
 
 
@@ -77,19 +76,10 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     }
     acc = out.accuracy.mean("seed")
     for net in out.net.values:
-        print(
-            f"\n{net}: student accuracy (%) per alpha, mean over seeds; teacher "
-            + ", ".join(
-                f"{p} {100 * float(acc.sel(net=net, model='teacher', probe=p).isel(alpha=0)):.2f}"
-                for p in acc.probe.values
-            )
-        )
+        teacher = common.percents(acc.sel(net=net, model="teacher").isel(alpha=0))
+        print(f"\n{net}: student accuracy (%) per alpha, mean over seeds; teacher {teacher}")
         for al in out.alpha.values:
-            r = acc.sel(net=net, alpha=al, model="student")
-            print(
-                f"  alpha {float(al):4.2f}: "
-                + ", ".join(f"{p} {100 * float(r.sel(probe=p)):6.2f}" for p in acc.probe.values)
-            )
+            print(f"  alpha {float(al):4.2f}: " + common.percents(acc.sel(net=net, alpha=al, model="student"), "6.2f"))
     return out
 
 

@@ -48,7 +48,6 @@ PRESETS["gpu-quick"] = common.variant(
     distill=dict(epochs=20, precision="bf16"),
     sup=common.QUICK_CHILDREN,
 )
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {
     "gpu-quick": "8 levels (to 21 % of the weights, not 0.5 %) of 4 epochs each instead of 160, students "
     "of 20 epochs instead of 150, bf16 autocast"
@@ -122,11 +121,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     for si in range(len(seeds)):
         a, b = (Store(u.out).read_result("lottery") for u in units[2 * si : 2 * si + 2])
         ba = a.best_accuracy.sel(rewind="start")
-        best[0, si] = ba.sel({"method": "imp"}).values
-        best[1, si] = ba.sel({"method": "random_prune"}).values
-        best[2, si] = ba.sel({"method": "random_reinit"}).values
-        best[3, si] = b.best_accuracy.sel(rewind="start").values
-        best[4, si] = b.best_accuracy.sel(rewind="step").values
+        best[:3, si] = [ba.sel(method=m).values for m in ("imp", "random_prune", "random_reinit")]  # CURVES' order
+        best[3:, si] = [b.best_accuracy.sel(rewind=r).values for r in ("start", "step")]
         sparsity = a.sparsity.values
     ds = result_dataset(
         "analyses.lottery",

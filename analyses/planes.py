@@ -43,7 +43,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], cfg=dict(epochs=30, precision="bf16"))
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "students of 30 epochs instead of 150, bf16 autocast"}
 VIEWS = {"non-local": ("teacher", "theta_S(1)", "theta*_S(1)"), "shared": ("teacher", "theta*_S(0)", "theta*_S(1)")}
 

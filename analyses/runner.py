@@ -3,7 +3,8 @@
 A script defines ``PRESETS`` (``smoke``, ``cpu``, ``gpu`` and optionally ``full`` or ``cpu-long``:
 dicts of its own settings), a ``compute(pre, ctx) -> xr.Dataset`` and a ``plot(ds, path)`` drawn from the Dataset
 alone, and ends with ``main = script(__name__, PRESETS, compute, plot)`` (which, run as ``python -m``,
-runs the script at once). Then
+runs the script at once); an optional ``PRESET_NOTES`` says what a preset changes against the paper's
+protocol (shown in its ``--preset`` help and recorded in the result's attrs). Then
 
     python -m analyses.<name> --preset smoke|cpu|full|gpu [--results DIR] [--runs DIR] [--plot-only]
                               [--executor SPEC]

@@ -60,7 +60,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["gpu-quick"] = common.variant(
     PRESETS["gpu"], distill=dict(epochs=10, precision="bf16"), sup=common.QUICK_CHILDREN
 )
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "students of 10 epochs and children of 4 epochs instead of 150 and 160, bf16 autocast"}
 CENTRES = ("student child", "init child")
 
@@ -113,20 +112,13 @@ def _units(pre: dict[str, Any], ctx: common.Context, data: Any, kids: dict[str, 
         )
 
     span = (-pre["span"], pre["span"])
-    units: dict[Any, SurfaceUnit] = {
-        (kind, name, s): unit(
-            (kids[name.split()[0]], "children/0"),
-            "random",
-            dims,
-            pre[kind],
-            span,
-            s,
-            f"{kind}-{name.split()[0]}-s{s}.nc",
-        )
-        for name in CENTRES
-        for s in pre["seeds"]
-        for kind, dims in (("line", 1), ("plane", 2))
-    }
+    units: dict[Any, SurfaceUnit] = {}
+    for name in CENTRES:
+        start = name.split()[0]
+        for s in pre["seeds"]:
+            for kind, dims in (("line", 1), ("plane", 2)):
+                centre = (kids[start], "children/0")
+                units[(kind, name, s)] = unit(centre, "random", dims, pre[kind], span, s, f"{kind}-{start}-s{s}.nc")
     # with 4 m + 1 points on [-0.5, 1.5] the three children are grid points
     sibling, init = (kids["student"], "children/1"), (kids["init"], "children/0")
     units["through"] = unit((kids["student"], "children/0"), [sibling, init], 2, n, (-0.5, 1.5), 0, "through.nc")

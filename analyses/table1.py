@@ -238,17 +238,9 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         for ax, p in zip(axes[:3], probes):
             for m, x in (("teacher", 0.0), ("student", max(end, 1.0)), ("input", 0.0)):
                 v = float(ds.paper.sel(paper_arch=a, model=m, probe=p))
+                star = dict(marker="*", ms=11, ls="", color=common.STYLE[m]["color"], mec="k")
                 if np.isfinite(v):
-                    ax.plot(
-                        [x],
-                        [100 * v],
-                        marker="*",
-                        ms=11,
-                        ls="",
-                        color=common.STYLE[m]["color"],
-                        mec="k",
-                        label=f"paper: {common.LABEL[m]} ({a})",
-                    )
+                    ax.plot([x], [100 * v], label=f"paper: {common.LABEL[m]} ({a})", **star)
     for ax, p in zip(axes[:3], probes):
         ax.set(title=common.PROBE_LABEL.get(p, p), xlabel="distillation epoch", ylabel="test accuracy [%]")
     axes[3].set(title="effective rank of the embeddings", xlabel="epoch", ylabel="effective rank", yscale="log")

@@ -99,20 +99,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # every Table-5 architecture and the authors' ViT on the full 50k / 10k split, one teacher seed each: about
     # two hours on 2 cores (forward passes of 60k images per row are the cost; every row is a resumable unit)
     "full": _teachers(
-        [
-            "vgg11",
-            "resnet20",
-            "vit_tiny",
-            "resnet18",
-            "resnet56",
-            "vit_small",
-            "vgg13",
-            "vgg16",
-            "vgg19",
-            "resnet34",
-            "vit_tiny-reference",
-            "vit_small-reference",
-        ],
+        ["vgg11", "resnet20", "vit_tiny", "resnet18", "resnet56", "vit_small", "vgg13", "vgg16", "vgg19", "resnet34"]
+        + ["vit_tiny-reference", "vit_small-reference"],
         [0],
     ),
     # the paper's scale: every teacher over three seeds on the full split. The students of Tables 1 and 3
@@ -158,8 +146,7 @@ class TeacherProbes(CifarUnit):
 
     def run(self) -> xr.Dataset:
         """Probe the teacher."""
-        acc = teacher_probes(self.arch, self.seed, self.dataset(), self.device, self.root, self.arch_options)
-        return acc.to_dataset()
+        return teacher_result(self.arch, self.seed, self.dataset(), self.device, self.root, self.arch_options)
 
 
 @dataclass(frozen=True)
@@ -173,51 +160,42 @@ class InputProbes(CifarUnit):
         return input_probes(self.seed, self.dataset(), self.device).to_dataset()
 
 
+def _config(arch: str, seed: int, device: str, root: str | None, **fields: Any) -> DistillConfig:
+    """The DistillConfig of a teacher (or student) of the tables: ``seed`` for the network and the probes."""
+    return DistillConfig(arch=arch, seed=seed, probe_seed=seed, probes=PROBES, device=device, data_root=root, **fields)
+
+
 def teacher_probes(
     arch: str, seed: int, data: Any, device: str, root: str | None, arch_options: dict, path: str | Path | None = None
 ) -> xr.DataArray:
     """Probe accuracies (fraction) of the random teacher and its BN-recalibrated copy; dims (model, probe).
-    Written to ``path`` when given (with the teacher's config in its attrs)."""
+    Written to ``path`` when given (:func:`teacher_result`)."""
+    ds = teacher_result(arch, seed, data, device, root, arch_options)
+    if path is not None:
+        common.save(ds, path)
+    return ds.accuracy
+
+
+def teacher_result(arch: str, seed: int, data: Any, device: str, root: str | None, arch_options: dict) -> xr.Dataset:
+    """:func:`teacher_probes` as a result: ``accuracy`` (model, probe), the teacher's config in its attrs."""
     from distill.bn import has_batchnorm
     from distill.device import resolve_device
     from distill.train import build_teacher, recalibrated_teacher, run_probes, set_teacher_mode
 
-    cfg = DistillConfig(
-        arch=arch,
-        seed=seed,
-        probe_seed=seed,
-        arch_options=arch_options,
-        probes=PROBES,
-        device=device,
-        data_root=root,
-    )
+    cfg = _config(arch, seed, device, root, arch_options=arch_options)
     dev = resolve_device(cfg.device)
     teacher = set_teacher_mode(build_teacher(cfg, data.in_shape).to(dev), cfg.teacher_bn)
     t = run_probes(cfg, teacher.backbone, data, dev)
-    tb = (
-        run_probes(cfg, recalibrated_teacher(teacher, data, cfg, dev).backbone, data, dev)
-        if has_batchnorm(teacher)
-        else t
-    )
-    ds = result_dataset(
+    bn = has_batchnorm(teacher)
+    tb = run_probes(cfg, recalibrated_teacher(teacher, data, cfg, dev).backbone, data, dev) if bn else t
+    recalibrated = " | BN recalibrated: " + common.percents({p: tb[p] for p in PROBES}) if bn else ""
+    print(f"teacher {arch} seed {seed}: " + common.percents({p: t[p] for p in PROBES}) + recalibrated, flush=True)
+    return result_dataset(
         "analyses.tables.teacher",
         {"accuracy": (("model", "probe"), [[t[p] for p in PROBES], [tb[p] for p in PROBES]])},
         {"model": ("model", ["teacher", "teacher_bn"]), "probe": ("probe", PROBES)},
         {"config": cfg.to_json()},
     )
-    if path is not None:
-        common.save(ds, path)
-    print(
-        f"teacher {arch} seed {seed}: "
-        + ", ".join(f"{p} {100 * t[p]:.2f}" for p in PROBES)
-        + (
-            " | BN recalibrated: " + ", ".join(f"{p} {100 * tb[p]:.2f}" for p in PROBES)
-            if has_batchnorm(teacher)
-            else ""
-        ),
-        flush=True,
-    )
-    return ds.accuracy
 
 
 def input_probes(seed: int, data: Any, device: str) -> xr.DataArray:
@@ -230,7 +208,7 @@ def input_probes(seed: int, data: Any, device: str) -> xr.DataArray:
     ds = result_dataset(
         "analyses.tables.input", {"accuracy": ("probe", [r[p] for p in PROBES])}, {"probe": ("probe", PROBES)}
     )
-    print(f"input seed {seed}: " + ", ".join(f"{p} {100 * r[p]:.2f}" for p in PROBES), flush=True)
+    print(f"input seed {seed}: " + common.percents({p: r[p] for p in PROBES}), flush=True)
     return ds.accuracy
 
 
@@ -256,6 +234,16 @@ def unit_fields(pre: dict[str, Any], ctx: common.Context, data: Any) -> dict[str
     )
 
 
+def gather(units: dict[tuple[str, int], CifarUnit], seeds_of: dict[str, list[int]]) -> xr.DataArray:
+    """The accuracy the units wrote, by (arch, seed) (``seeds_of``: the seeds of each architecture), dims
+    (arch, seed, ...); NaN at the seeds an architecture does not have."""
+    rows = [
+        common.stack_seeds([common.open_result(units[(a, s)].out).accuracy for s in ss], ss)
+        for a, ss in seeds_of.items()
+    ]
+    return common.along("arch", list(seeds_of), rows, join="outer")
+
+
 def _students(
     pre: dict[str, Any], ctx: common.Context, archs: list[str], data: Any
 ) -> tuple[dict[tuple[str, int], Any], dict[str, Any]]:
@@ -272,16 +260,7 @@ def _students(
     sdata = data if sub == pre["subset"] else common.load("cifar10", ctx, subset=sub, n_test=pre["n_test"])
     for a in [a for a in st["archs"] if a in archs]:
         for s in st["seeds"]:
-            cfg = DistillConfig(
-                arch=a,
-                seed=s,
-                noise_seed=s + 1000,
-                probe_seed=s,
-                probes=PROBES,
-                device=ctx.device,
-                data_root=ctx.root,
-                **{"save_every": 0, **st["cfg"]},
-            )
+            cfg = _config(a, s, ctx.device, ctx.root, noise_seed=s + 1000, **{"save_every": 0, **st["cfg"]})
             configs[f"student-{a}-s{s}"] = cfg
             ship = sdata if ctx.executor is None or pre["n_test"] is not None else None
             students[(a, s)] = DistillUnit(cfg.to_dict(), str(ctx.store(f"student-{a}-s{s}.rts")), ship)
@@ -321,10 +300,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     students, configs = _students(pre, ctx, archs, data)
     # every teacher, input and student is independent: one sweep, through --executor when given
     common.sweep([*teachers.values(), *inputs.values(), *students.values()], ctx)
-    per_arch = [
-        common.stack_seeds([common.open_result(teachers[(a, s)].out).accuracy for s in seeds], seeds) for a in archs
-    ]
-    teacher = common.along("arch", archs, per_arch)
+    teacher = gather(teachers, {a: seeds for a in archs})
     archs = sorted(archs, key=_order)  # the paper's order, variants after their architecture
     teacher = teacher.sel(arch=archs)
     inp = common.stack_seeds([common.open_result(inputs[s].out).accuracy for s in in_seeds], in_seeds).rename(
@@ -359,10 +335,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
 
 def table(ds: xr.Dataset) -> None:
     """Print ours beside the paper's, in percent (mean +- std over seeds)."""
-
-    def ms(da: xr.DataArray) -> str:
-        v = 100 * da.values[np.isfinite(da.values)]
-        return f"{v.mean():6.2f} +- {v.std():4.2f}" if v.size else f"{'-':>14}"
+    ms = common.pm
 
     print("\narch        teacher linear   (paper)  teacher kNN     (paper)  teacher_bn linear  student linear")
     for a in ds.arch.values:

@@ -52,7 +52,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], cfg=dict(epochs=30, precision="bf16"))
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "students of 30 epochs instead of 150, bf16 autocast"}
 MODELS = ["teacher", "teacher_bn", "student_transfer", "student_in_domain", "input"]
 
