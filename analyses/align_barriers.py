@@ -107,16 +107,10 @@ class PairUnit(Unit):
         err, loss = np.full((len(METHODS), self.alphas), np.nan), np.full((len(METHODS), self.alphas), np.nan)
         for m, method in enumerate(METHODS):
             ds = linear_path(
-                nets[0],
-                nets[1],
-                data,
-                alphas=self.alphas,
-                splits=("test",),
-                device=self.device,
-                max_examples=self.test,
-                align=None if method == "none" else method.split("+")[0],
+                nets[0], nets[1], data, alphas=self.alphas, splits=("test",), device=self.device,
+                max_examples=self.test, align=None if method == "none" else method.split("+")[0],
                 repair=method.endswith("repair"),
-            )
+            )  # fmt: skip
             err[m], loss[m] = ds.error.values[:, 0], ds.loss.values[:, 0]
         seconds = time.perf_counter() - t0
         b = 100 * (err.max(-1) - (err[:, 0] + err[:, -1]) / 2)

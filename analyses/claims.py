@@ -228,23 +228,10 @@ def compute(results: Path) -> xr.Dataset:
         ds = common.open_result(path)
         for label, setting, diffs in c.diffs(ds):
             mean, lo, hi, n = paired(getattr(diffs, "values", diffs))
-            rows.append(
-                dict(
-                    claim=c.name,
-                    paper=c.paper,
-                    file=c.file,
-                    row=label,
-                    setting=setting,
-                    effect=mean,
-                    low=lo,
-                    high=hi,
-                    n=n,
-                    direction=c.direction,
-                    margin=c.margin,
-                    verdict=verdict(lo, hi, c.direction, c.margin),
-                    commit=str(ds.attrs.get("commit", "")),
-                )
-            )
+            claim = dict(claim=c.name, paper=c.paper, file=c.file, direction=c.direction, margin=c.margin)
+            found = dict(row=label, setting=setting, effect=mean, low=lo, high=hi, n=n)
+            judged = dict(verdict=verdict(lo, hi, c.direction, c.margin), commit=str(ds.attrs.get("commit", "")))
+            rows.append(claim | found | judged)
     if not rows:
         raise FileNotFoundError(f"no result file of any claim under {results}: run the analyses first")
     text = ("claim", "paper", "file", "row", "setting", "verdict", "commit")

@@ -11,7 +11,6 @@ executor (e.g. a GPU node through ``submitit:``), and a finished store is not re
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,12 +91,12 @@ def summary(m) -> dict[str, float]:
     return out
 
 
-def figure(m: xr.Dataset, path: Path, steps_per_epoch: int) -> None:
+def plot(m: xr.Dataset, path: Any) -> None:
     """Probe accuracy, embedding effective rank, and per-layer cosine similarity over training steps
-    (student solid, teacher dashed; each legend under its panel, off the curves)."""
+    (student solid, teacher dashed; each legend under its panel, off the curves), from the result alone."""
     import matplotlib.pyplot as plt
 
-    steps = m.epoch.values * steps_per_epoch
+    steps = m.epoch.values * int(m.attrs["steps_per_epoch"])
     fig, axes = common.figure(3, 1, width=4.6, height=3.9)
     for p, colour in zip(m.probe.values, ("C0", "C1", "C2")):
         acc = 100 * m.accuracy.sel(probe=p)
@@ -142,11 +141,6 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     for k, v in numbers.items():
         print(f"{k:<36} {v:.4f}" if isinstance(v, float) else f"{k:<36} {v}")
     return m
-
-
-def plot(ds: xr.Dataset, path: Any) -> None:
-    """The figure of :func:`figure` from the result file alone."""
-    figure(ds, Path(path), int(ds.attrs["steps_per_epoch"]))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

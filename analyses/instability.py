@@ -74,17 +74,10 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     rows = []
     for name, ref in starts.items():
         ds = landscape.instability(
-            ref,
-            data,
-            children=pre["children"],
-            cfg=scfg,
-            alphas=pre["alphas"],
-            store=ctx.store(f"children-{name.replace(' ', '_')}.rts"),
-            splits=("test",),
-            device=ctx.device,
-            executor=ctx.executor,
-            progress=False,
-        )
+            ref, data, children=pre["children"], cfg=scfg, alphas=pre["alphas"],
+            store=ctx.store(f"children-{name.replace(' ', '_')}.rts"), splits=("test",), device=ctx.device,
+            executor=ctx.executor, progress=False,
+        )  # fmt: skip
         rows.append(
             ds[["error", "loss", "barrier_error", "barrier_loss", "child_test_accuracy"]]
             .sel(split="test", drop=True)

@@ -53,14 +53,9 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         cfg = common.run_config(ctx, pre["dataset"], pre["subset"], **{**kw, **pre["cfg"]})
         configs[net] = cfg
         ds = landscape.locality(
-            cfg,
-            alphas=pre["alphas"],
-            seeds=pre["seeds"],
-            out_dir=ctx.store(net, "x").parent,
-            data=data,
-            executor=ctx.executor,
-            progress=False,
-        )
+            cfg, alphas=pre["alphas"], seeds=pre["seeds"], out_dir=ctx.store(net, "x").parent, data=data,
+            executor=ctx.executor, progress=False,
+        )  # fmt: skip
         ds = ds.drop_vars("store", errors="ignore")
         acc = ds.accuracy.dropna("epoch", how="all").isel(epoch=-1, drop=True)
         rows.append(

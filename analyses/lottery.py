@@ -96,33 +96,25 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         scfg = SupervisedConfig(**{**pre["sup"], "data_seed": s, "aug_seed": s, "device": ctx.device})
         configs[f"distill-s{s}"], configs[f"supervised-s{s}"] = dcfgs[s], scfg
         kw = dict(
-            levels=pre["levels"],
-            prune_fraction=pre["fraction"],
-            cfg=scfg.to_dict(),
-            seed=s,
-            device=ctx.device,
+            levels=pre["levels"], prune_fraction=pre["fraction"], cfg=scfg.to_dict(), seed=s, device=ctx.device,
             prunable=pre.get("prunable", "weights"),
-        )
+        )  # fmt: skip
+        student = {**kw, "rewind": "start", "baselines": ["random_prune", "random_reinit"]}
+        init = {**kw, "rewind": ["start", "step"], "rewind_step": pre["step"]}
         units += [
             LotteryUnit(
-                (str(store.path), store.epochs[-1]),
-                data,
-                str(ctx.store(f"{tag}imp-student-s{s}.rts")),
-                {**kw, "rewind": "start", "baselines": ["random_prune", "random_reinit"]},
+                (str(store.path), store.epochs[-1]), data, str(ctx.store(f"{tag}imp-student-s{s}.rts")), student
             ),
-            LotteryUnit(
-                (str(store.path), 0),
-                data,
-                str(ctx.store(f"{tag}imp-init-s{s}.rts")),
-                {**kw, "rewind": ["start", "step"], "rewind_step": pre["step"]},
-            ),
+            LotteryUnit((str(store.path), 0), data, str(ctx.store(f"{tag}imp-init-s{s}.rts")), init),
         ]
     common.sweep(units, ctx)
     for si in range(len(seeds)):
         a, b = (Store(u.out).read_result("lottery") for u in units[2 * si : 2 * si + 2])
         ba = a.best_accuracy.sel(rewind="start")
-        best[:3, si] = [ba.sel(method=m).values for m in ("imp", "random_prune", "random_reinit")]  # CURVES' order
-        best[3:, si] = [b.best_accuracy.sel(rewind=r).values for r in ("start", "step")]
+        for c, m in enumerate(("imp", "random_prune", "random_reinit")):  # CURVES' order
+            best[c, si] = ba.sel({"method": m}).values  # a dict: sel's own keyword "method" is another thing
+        for c, r in enumerate(("start", "step"), 3):
+            best[c, si] = b.best_accuracy.sel(rewind=r).values
         sparsity = a.sparsity.values
     ds = result_dataset(
         "analyses.lottery",

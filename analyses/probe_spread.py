@@ -131,6 +131,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     common.sweep(list(units.values()), ctx)
     acc = gather(units, seeds_of).sel(seed=seeds)  # NaN where an architecture has fewer teacher seeds
     best = acc.max("probe_seed")
+    teachers = {f"teacher-{a}": DistillConfig(arch=a, seed=seeds[0], device=ctx.device) for a in archs}
     ds = result_dataset(
         "analyses.probe_spread",
         {
@@ -148,12 +149,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             "probe_seeds": ", ".join(f"{r}: {c}" for r, c in counts.items()),
             "recipes": "paper: batches reshuffled every epoch, weight decay 0; reference: one batch order "
             "replayed every epoch, AdamW's default weight decay 0.01",
-            **common.provenance(
-                ctx,
-                {f"teacher-{a}": DistillConfig(arch=a, seed=seeds[0], device=ctx.device) for a in archs},
-                seeds,
-                "paper",
-            ),
+            **common.provenance(ctx, teachers, seeds, "paper"),
         },
     )
     table(ds)

@@ -195,18 +195,10 @@ def script(
         pre = dict(presets[a.preset])
         device = a.device or pre.get("device") or ("auto" if a.preset.startswith("gpu") else "cpu")
         ctx = Context(
-            name,
-            a.preset,
-            Path(a.runs),
-            Path(a.results),
-            a.root,
-            device,
-            tuple(x for x in a.only.split(",") if x),
-            commit(),
-            argv=tuple(sys.argv[1:] if argv is None else argv),
-            snapshot=bool(getattr(a, "snapshot", False)),
+            name, a.preset, Path(a.runs), Path(a.results), a.root, device, tuple(x for x in a.only.split(",") if x),
+            commit(), argv=tuple(sys.argv[1:] if argv is None else argv), snapshot=bool(getattr(a, "snapshot", False)),
             options=values,
-        )
+        )  # fmt: skip
         ds = _compute(compute, pre, ctx, a.executor)
         if isinstance(ds, int):
             return ds

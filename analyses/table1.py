@@ -144,15 +144,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         stores = common.distil_all([(cfgs[t], paths[t]) for t in cfgs], ctx, data)
         have = {tag: s.metrics for tag, s in zip(cfgs, stores)}
     tags = list(have)
-    ds = common.along(
-        "run",
-        tags,
-        [have[t] for t in tags],
-        join="outer",
-        combine_attrs="drop",
-        coords="minimal",
-        compat="override",
-    )
+    runs = [have[t] for t in tags]
+    ds = common.along("run", tags, runs, join="outer", combine_attrs="drop", coords="minimal", compat="override")
     # what each run was, from its own store (a run in progress may have been started by older code)
     stored = {t: {**cfgs[t].to_dict(), **json.loads(have[t].attrs.get("config", "{}"))} for t in tags}
     arch = [str(stored[t]["arch"]) for t in tags]

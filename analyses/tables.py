@@ -109,16 +109,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _cifar(root: str | None, subset: int | None, n_test: int | None) -> Any:
-    """CIFAR-10 as the tables use it: ``subset`` training images (seed 0), the test split cut to ``n_test``."""
-    from distill.data import load_dataset
-
-    return common.tiny_test(load_dataset("cifar10", root=root, subset=subset, seed=0), n_test)
-
-
 @dataclass(frozen=True, kw_only=True)
 class CifarUnit(Unit):
-    """What the work units on CIFAR-10 (as :func:`_cifar` loads it) share (:mod:`landscape.executors`):
+    """What the work units on CIFAR-10 share (:mod:`landscape.executors`):
     picklable; ``out`` is the unit's result file; ``data`` the dataset (None: loaded where the unit runs,
     e.g. on a worker) from ``root``, which is not a setting. Subclasses define :meth:`run`."""
 
@@ -131,8 +124,12 @@ class CifarUnit(Unit):
     data: Any = None
 
     def dataset(self) -> Any:
-        """The unit's CIFAR-10: ``data``, or loaded."""
-        return self.data if self.data is not None else _cifar(self.root, self.subset, self.n_test)
+        """The unit's CIFAR-10: ``data``, or ``subset`` training images (seed 0) and ``n_test`` test images."""
+        from distill.data import load_dataset
+
+        if self.data is not None:
+            return self.data
+        return common.tiny_test(load_dataset("cifar10", root=self.root, subset=self.subset, seed=0), self.n_test)
 
 
 @dataclass(frozen=True)
