@@ -33,6 +33,7 @@ import xarray as xr
 
 from analyses.context import Context, UsageError, commit
 from analyses.results import committed, open_result, result_stem, save
+from landscape.cli.common import add_executor_arg
 
 PRESET_NAMES = ("smoke", "cpu", "full", "cpu-long", "gpu", "gpu-quick")
 # What each preset is for (the --preset help). ``cpu`` keeps to about 20 minutes on 2 cores; ``full`` is
@@ -100,14 +101,7 @@ def parser(
         help="comma-separated subset of the preset's items, where a script has "
         "them (tables: architectures, e.g. vgg11,resnet18); the .nc records it",
     )
-    p.add_argument(
-        "--executor",
-        default=None,
-        metavar="SPEC",
-        help="run the independent distillations and sweep points through dask:SCHEDULER, dask-local:N, "
-        "submitit:FOLDER[,key=value...], process:N or thread:N (default: one after the other here); "
-        "finished stores are skipped",
-    )
+    add_executor_arg(p, "independent distillations and sweep points")
     return p
 
 

@@ -123,6 +123,10 @@ class CifarUnit(Unit):
     out: str
     data: Any = None
 
+    def adopt(self, ds: xr.Dataset) -> bool:
+        """A file of a version that recorded no settings is this unit's when it holds a whole result."""
+        return "accuracy" in ds
+
     def dataset(self) -> Any:
         """The unit's CIFAR-10: ``data``, or ``subset`` training images (seed 0) and ``n_test`` test images."""
         from distill.data import load_dataset

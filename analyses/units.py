@@ -4,7 +4,8 @@ A unit writes one netCDF file ``out`` whose attrs record the settings it was mad
 JSON) and their :func:`distill.provenance.config_hash` (``config_hash``). It is done when that file records
 the same hash; a file that records other settings is refused in one line naming the fields that differ
 (:func:`landscape.units.refuse`); a file that records none (a surface still being written, or a
-file of an older version) is computed again, or resumed where the work resumes itself.
+file of an older version that the unit does not :meth:`~Unit.adopt`) is computed again, or resumed where
+the work resumes itself.
 """
 
 from __future__ import annotations
@@ -40,14 +41,20 @@ class Unit:
         return recipe_json(self.settings())
 
     def recorded(self) -> tuple[str, dict[str, Any]] | None:
-        """(config hash, settings) that ``out`` records; None without a readable file that records them."""
+        """(config hash, settings) that ``out`` records; None without a readable file that records them,
+        unless :meth:`adopt` takes the file (then this unit's own)."""
         try:
-            attrs = open_result(self.out).attrs
+            ds = open_result(self.out)
         except (OSError, ValueError):
             return None
-        if "unit" not in attrs:
-            return None
-        return str(attrs.get("config_hash") or config_hash(attrs["unit"])), json.loads(attrs["unit"])
+        if "unit" in ds.attrs:
+            return str(ds.attrs.get("config_hash") or config_hash(ds.attrs["unit"])), json.loads(ds.attrs["unit"])
+        return (config_hash(self.key()), json.loads(self.key())) if self.adopt(ds) else None
+
+    def adopt(self, ds: xr.Dataset) -> bool:
+        """Whether ``ds``, a file that records no settings (written by a version that kept none), is taken
+        as this unit's result; never, unless a subclass says."""
+        return False
 
     def done(self) -> bool:
         """Whether ``out`` holds the result of the same settings (the same config hash)."""

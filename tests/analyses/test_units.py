@@ -63,6 +63,19 @@ def test_a_file_that_records_no_settings_is_computed_again(tmp_path):
     assert common.open_result(path).value.values.tolist() == [0.0, 1.0]
 
 
+def test_a_file_without_settings_that_the_unit_adopts_is_done(tmp_path):
+    class Adopting(Scaled):
+        def adopt(self, ds: xr.Dataset) -> bool:
+            return "value" in ds
+
+    path = tmp_path / "u.nc"
+    common.save(xr.Dataset({"value": ("i", [9.0])}), path)
+    unit = Adopting(1.0, 2, str(path))
+    assert unit.done()
+    unit()
+    assert unit.calls == [] and common.open_result(path).value.values.tolist() == [9.0]
+
+
 def test_a_file_of_the_older_key_alone_resolves_by_its_hash(tmp_path):
     path = tmp_path / "u.nc"
     key = json.dumps({"size": 2, "factor": 1.0}, sort_keys=True)  # written before the hash was recorded
