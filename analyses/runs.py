@@ -41,9 +41,14 @@ def run_config(
 
 def sweep(units: Sequence[Any], ctx: Context) -> list[Any]:
     """Run independent work units (:mod:`landscape.executors`) through ``ctx.executor``, skipping
-    finished ones; their results in order (None for the skipped)."""
+    finished ones; their results in order (None for the skipped). A unit whose file records other settings
+    (:class:`analyses.units.Unit`) is refused before any unit runs."""
+    from analyses.units import Unit
     from landscape.executors import run_units
 
+    for unit in units:
+        if isinstance(unit, Unit):
+            unit.check()
     return run_units(units, ctx.executor, desc=f"analyses.{ctx.name}", progress=False)[0]
 
 

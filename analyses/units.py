@@ -61,16 +61,21 @@ class Unit:
         held = self.recorded()
         return held is not None and held[0] == config_hash(self.key())
 
-    def __call__(self) -> str:
+    def check(self) -> bool:
+        """Whether ``out`` holds the result of the same settings; a UsageError (one line naming the
+        settings that differ) when it records other settings."""
         held, wanted = self.recorded(), json.loads(self.key())
-        if held is not None and held[0] == config_hash(wanted):
-            return self.out
-        if held is not None:
-            try:
-                refuse(self.out, differing(held[1], wanted), held[1], wanted, ADVICE)
-            except ValueError as e:  # a one-line error of the script, not a traceback
-                raise UsageError(str(e)) from None
-        save(self.run().assign_attrs(unit=self.key(), config_hash=config_hash(wanted)), self.out)
+        if held is None or held[0] == config_hash(wanted):
+            return held is not None
+        try:
+            refuse(self.out, differing(held[1], wanted), held[1], wanted, ADVICE)
+        except ValueError as e:  # a one-line error of the script, not a traceback
+            raise UsageError(str(e)) from None
+        return False  # the hashes differ, the values compare equal as JSON: computed again
+
+    def __call__(self) -> str:
+        if not self.check():
+            save(self.run().assign_attrs(unit=self.key(), config_hash=config_hash(self.key())), self.out)
         return self.out
 
     def run(self) -> xr.Dataset:

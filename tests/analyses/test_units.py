@@ -82,3 +82,12 @@ def test_a_file_of_the_older_key_alone_resolves_by_its_hash(tmp_path):
     common.save(xr.Dataset({"value": ("i", [0.0, 1.0])}, attrs={"unit": key}), path)
     assert Scaled(1.0, 2, str(path)).done()
     assert not Scaled(1.0, 3, str(path)).done()
+
+
+def test_a_sweep_refuses_other_settings_before_any_unit_runs(tmp_path):
+    Scaled(2.0, 3, str(tmp_path / "b.nc"))()
+    first, other = Scaled(1.0, 2, str(tmp_path / "a.nc")), Scaled(2.0, 5, str(tmp_path / "b.nc"))
+    ctx = common.Context("units", "smoke", tmp_path / "runs", tmp_path / "results", None, "cpu")
+    with pytest.raises(common.UsageError, match="size=3"):
+        common.sweep([first, other], ctx)
+    assert first.calls == [] and not (tmp_path / "a.nc").exists()
