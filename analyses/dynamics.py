@@ -40,7 +40,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         n_test=200,
         cfg=_cfg(
-            **common.small_net(width=8, depth=2, **common.SMOKE_HEAD),
+            arch_options={"width": 8, "depth": 2, "bn": False},
+            **common.SMOKE_HEAD,
             subset=256,
             epochs=2,
             probes=["knn"],

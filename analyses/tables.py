@@ -13,6 +13,7 @@ runs them in parallel, and a rerun (or an interrupted run) skips the finished on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -235,7 +236,7 @@ def unit_fields(pre: dict[str, Any], ctx: common.Context, data: Any) -> dict[str
     )
 
 
-def gather(units: dict[tuple[str, int], CifarUnit], seeds_of: dict[str, list[int]]) -> xr.DataArray:
+def gather(units: Mapping[Any, CifarUnit], seeds_of: dict[str, list[int]]) -> xr.DataArray:
     """The accuracy the units wrote, by (arch, seed) (``seeds_of``: the seeds of each architecture), dims
     (arch, seed, ...); NaN at the seeds an architecture does not have."""
     rows = [
