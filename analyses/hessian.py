@@ -148,16 +148,11 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         "levels", ((str(store.path), store.epochs[-1]),), imp, str(ctx.store("levels.nc")), data
     )
     common.sweep(list(units.values()), ctx)
-    paths = [
-        common.along(
-            "pair", pairs, [common.open_result(units[(start, pair)].out) for pair in pairs], combine_attrs="drop"
-        )
-        for start in STARTS
-    ]
-    densities = [common.open_result(units[start].out) for start in STARTS]
-    lv = common.open_result(units["levels"].out)
+    held = {key: common.open_result(unit.out) for key, unit in units.items()}
+    paths = [common.along("pair", pairs, [held[(s, p)] for p in pairs], combine_attrs="drop") for s in STARTS]
     ds = common.along("start", STARTS, paths, combine_attrs="drop")
-    slq = common.along("start", STARTS, densities, combine_attrs="drop")
+    slq = common.along("start", STARTS, [held[s] for s in STARTS], combine_attrs="drop")
+    lv = held["levels"]
     nodes, weights = slq.slq_node.values, slq.slq_weight.values
     lo, hi = np.nanmin(nodes), np.nanmax(nodes)
     grid = np.linspace(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo), 201)

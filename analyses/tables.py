@@ -227,13 +227,8 @@ def kept_archs(pre: dict[str, Any], ctx: common.Context) -> list[str]:
 
 def unit_fields(pre: dict[str, Any], ctx: common.Context, data: Any) -> dict[str, Any]:
     """The :class:`CifarUnit` fields of a preset (``data`` travels only without an executor)."""
-    return dict(
-        device=ctx.device,
-        root=ctx.root,
-        subset=pre["subset"],
-        n_test=pre["n_test"],
-        data=data if ctx.executor is None else None,
-    )
+    ship = data if ctx.executor is None else None
+    return dict(device=ctx.device, root=ctx.root, subset=pre["subset"], n_test=pre["n_test"], data=ship)
 
 
 def gather(units: Mapping[Any, CifarUnit], seeds_of: dict[str, list[int]]) -> xr.DataArray:
