@@ -24,9 +24,7 @@ def result_stem(name: str, preset: str) -> str:
 def committed(path: str | Path) -> bool:
     """Whether ``path`` is a file git tracks in this checkout (a committed result)."""
     path = Path(path).resolve()
-    try:
-        path.relative_to(REPO)
-    except ValueError:
+    if not path.is_relative_to(REPO):
         return False
     try:
         r = subprocess.run(
