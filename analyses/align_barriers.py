@@ -17,15 +17,15 @@ the pairs in parallel, and a rerun skips the pairs whose file holds the same set
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from analyses import common
+from analyses.units import Unit
 from distill.schema import result_dataset
 
 PRESETS = {
@@ -69,7 +69,7 @@ def _build(arch: str, width: int, in_shape, num_classes: int, seed: int):
 
 
 @dataclass(frozen=True)
-class PairUnit:
+class PairUnit(Unit):
     """One (width, seed) pair as a work unit (:mod:`landscape.executors`): plain data, picklable. It
     trains nets a (init seed 1000 seed, data seed 2 seed) and b (1000 seed + 1, 2 seed + 1) and writes
     the test error (fraction) and loss (nats) along the four paths, dims (alignment, alpha), and
@@ -87,22 +87,13 @@ class PairUnit:
     out: str
     data: Any = None
 
-    def key(self) -> str:
-        """The settings the result depends on (JSON), kept in the file's attrs."""
-        return json.dumps({k: v for k, v in asdict(self).items() if k not in ("out", "data")}, sort_keys=True)
-
-    def done(self) -> bool:
-        """Whether ``out`` holds this pair's result for the same settings."""
-        return common.holds_unit(self.out, self.key())
-
-    def __call__(self) -> str:
+    def run(self) -> xr.Dataset:
+        """Train the pair, evaluate the four paths and return the result."""
         from distill.config import SupervisedConfig
         from distill.data import load_dataset
         from distill.supervised import train_supervised
         from landscape.paths import linear_path
 
-        if self.done():
-            return self.out
         t0 = time.perf_counter()
         data = self.data if self.data is not None else load_dataset("fashion-mnist", subset=self.subset, seed=0)
         nets, acc = [], []
@@ -116,16 +107,10 @@ class PairUnit:
         err, loss = np.full((len(METHODS), self.alphas), np.nan), np.full((len(METHODS), self.alphas), np.nan)
         for m, method in enumerate(METHODS):
             ds = linear_path(
-                nets[0],
-                nets[1],
-                data,
-                alphas=self.alphas,
-                splits=("test",),
-                device=self.device,
-                max_examples=self.test,
-                align=None if method == "none" else method.split("+")[0],
+                nets[0], nets[1], data, alphas=self.alphas, splits=("test",), device=self.device,
+                max_examples=self.test, align=None if method == "none" else method.split("+")[0],
                 repair=method.endswith("repair"),
-            )
+            )  # fmt: skip
             err[m], loss[m] = ds.error.values[:, 0], ds.loss.values[:, 0]
         seconds = time.perf_counter() - t0
         b = 100 * (err.max(-1) - (err[:, 0] + err[:, -1]) / 2)
@@ -134,17 +119,14 @@ class PairUnit:
             "barrier [pp] " + ", ".join(f"{n} {v:.2f}" for n, v in zip(METHODS, b)) + f"  ({seconds:.0f} s)",
             flush=True,
         )
-        result = xr.Dataset(
+        return xr.Dataset(
             {
                 "error": (("alignment", "alpha"), err),
                 "loss": (("alignment", "alpha"), loss),
                 "end_accuracy": (("end",), np.asarray(acc, dtype=np.float64)),
                 "seconds": ((), seconds),
-            },
-            attrs={"unit": self.key()},
+            }
         )
-        common.save(result, self.out)
-        return self.out
 
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
@@ -155,32 +137,18 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     widths, seeds, alphas = list(pre["widths"]), list(range(pre["seeds"])), pre["alphas"]
     # workers load the data themselves (the gpu preset's 60,000 images would travel with every pair)
     data = common.load("fashion-mnist", ctx, subset=pre["subset"]) if ctx.executor is None else None
+    shared = dict(arch=pre["arch"], subset=pre["subset"], test=pre["test"], alphas=alphas, sup=dict(pre["sup"]))
     units = {
         (w, s): PairUnit(
-            pre["arch"],
-            w,
-            s,
-            pre["subset"],
-            pre["test"],
-            alphas,
-            dict(pre["sup"]),
-            ctx.device,
-            str(ctx.store(f"pair-w{w}-s{s}.nc")),
-            data,
-        )  # fmt: skip
+            width=w, seed=s, device=ctx.device, out=str(ctx.store(f"pair-w{w}-s{s}.nc")), data=data, **shared
+        )
         for w in widths
         for s in seeds
     }
     common.sweep(list(units.values()), ctx)
-    pairs = {k: common.open_result(u.out) for k, u in units.items()}
-
-    def grid(var: str) -> np.ndarray:
-        return np.stack([np.stack([pairs[(w, s)][var].values for s in seeds]) for w in widths])
-
-    curve = ("width", "seed", "alignment", "alpha")
-    data_vars = {"error": (curve, grid("error")), "loss": (curve, grid("loss"))}
-    data_vars |= {"end_accuracy": (("width", "seed", "end"), grid("end_accuracy"))}
-    data_vars |= {"seconds": (("width", "seed"), grid("seconds"))}
+    rows = [common.stack_seeds([common.open_result(units[(w, s)].out) for s in seeds], seeds) for w in widths]
+    grid = common.along("width", widths, rows)  # (width, seed, ...)
+    data_vars = {v: (grid[v].dims, grid[v].values) for v in ("error", "loss", "end_accuracy", "seconds")}
     coords = {
         "width": ("width", np.asarray(widths)),
         "seed": ("seed", np.asarray(seeds)),
@@ -213,13 +181,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     print("\nerror barrier [percentage points], mean +- std over seeds")
     print(f"{'width':>6}" + "".join(f"{m:>22}" for m in METHODS))
     for w in widths:
-        b = 100 * res.barrier_error.sel(width=w)
-        print(
-            f"{w:>6}"
-            + "".join(
-                f"{float(b.sel(alignment=m).mean()):14.2f} +- {float(b.sel(alignment=m).std()):4.2f}" for m in METHODS
-            )
-        )
+        print(f"{w:>6}" + "".join(common.pm(res.barrier_error.sel(width=w, alignment=m), 14) for m in METHODS))
     return res
 
 

@@ -18,6 +18,7 @@ import time
 import traceback
 
 from analyses.common import PRESET_HELP, PRESET_NAMES
+from landscape.cli.common import add_executor_arg
 
 SCRIPTS = (
     "table1",
@@ -37,11 +38,6 @@ SCRIPTS = (
     "probe_spread",
 )
 
-EXECUTOR_HELP = (
-    "passed to every script: dask:SCHEDULER, dask-local:N, submitit:FOLDER, process:N or thread:N "
-    "(default: every run one after the other here)"
-)
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
@@ -55,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(flag, default=default)
     p.add_argument("--root", default=None, help="CIFAR-10 location (default: the standard places)")
     p.add_argument("--overwrite", action="store_true", help="passed to every script: replace committed results")
-    p.add_argument("--executor", default=None, metavar="SPEC", help=EXECUTOR_HELP)
+    add_executor_arg(p, "independent runs of every script")
     a = p.parse_args(argv)
     names = [n for n in a.only.split(",") if n] or list(SCRIPTS)
     unknown = [n for n in names if n not in SCRIPTS]

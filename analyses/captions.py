@@ -91,12 +91,8 @@ def describe(ds: xr.Dataset, training: bool = True) -> str:
     if configs:
         names = _joined([arch_name(c["arch"], c.get("arch_options")) for c in configs])
         bn = {(c.get("arch_options") or {}).get("bn") for c in configs if c["arch"] == "convnet"}
-        if bn == {True, False}:
-            names += " with and without BN"
-        elif bn == {True}:
-            names += " with BN"
-        elif bn == {False}:
-            names += " without BN"
+        with_bn = {("False", "True"): " with and without BN", ("True",): " with BN", ("False",): " without BN"}
+        names += with_bn.get(tuple(sorted(map(str, bn))), "")  # nothing where a config does not say
         parts += [names, _joined([c["dataset"] for c in configs], dataset_name)]
         if training:
             sizes = [c.get("subset") or _train_images(c) for c in configs]

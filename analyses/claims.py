@@ -80,6 +80,12 @@ def _attrs_setting(ds: xr.Dataset) -> str:
     return f"{ds.attrs.get('script', '?')} --preset {ds.attrs.get('preset', '?')}"
 
 
+def _per_probe(ds: xr.Dataset, note: str, diffs: xr.DataArray) -> Iterator[tuple[str, str, Any]]:
+    """One row per probe of ``diffs`` (same-seed differences with a probe dim), in ``ds``'s setting and ``note``."""
+    for p in PROBES:
+        yield p, f"{_attrs_setting(ds)}, {note}", diffs.sel(probe=p)
+
+
 def _curve(ds: xr.Dataset) -> xr.DataArray:
     """probing_curves' accuracy reduced per seed by the paper's statistic (best after epoch 0)."""
     return xr.concat(
@@ -90,12 +96,7 @@ def _curve(ds: xr.Dataset) -> xr.DataArray:
 def _student_vs(ref: str) -> Callable[[xr.Dataset], Iterator[tuple[str, str, Any]]]:
     def rows(ds: xr.Dataset) -> Iterator[tuple[str, str, Any]]:
         acc = _curve(ds)
-        for p in PROBES:
-            yield (
-                p,
-                f"{_attrs_setting(ds)}, best after epoch 0",
-                acc.sel(model="student", probe=p) - acc.sel(model=ref, probe=p),
-            )
+        yield from _per_probe(ds, "best after epoch 0", acc.sel(model="student") - acc.sel(model=ref))
 
     return rows
 
@@ -109,9 +110,7 @@ def _data_minus(
     def rows(ds: xr.Dataset) -> Iterator[tuple[str, str, Any]]:
         a = ds.accuracy.sel(regime="epochs")
         for n in ds.n.values:
-            for p in PROBES:
-                d = a.sel(**first, n=n, probe=p) - a.sel(**second, n=n, probe=p)
-                yield p, f"{_attrs_setting(ds)}, n={int(n)}, equal epochs", d
+            yield from _per_probe(ds, f"n={int(n)}, equal epochs", a.sel(**first, n=n) - a.sel(**second, n=n))
 
     return rows
 
@@ -122,9 +121,8 @@ _noise_vs_teacher = _data_minus(dict(data="gaussian", model="student"), dict(dat
 
 def _transfer(ds: xr.Dataset) -> Iterator[tuple[str, str, Any]]:
     for pair in ds.pair.values:
-        for p in PROBES:
-            a = ds.accuracy.sel(pair=pair, probe=p)
-            yield p, f"{_attrs_setting(ds)}, {pair}", a.sel(model="student_transfer") - a.sel(model="student_in_domain")
+        a = ds.accuracy.sel(pair=pair)
+        yield from _per_probe(ds, str(pair), a.sel(model="student_transfer") - a.sel(model="student_in_domain"))
 
 
 def _lottery(ds: xr.Dataset) -> Iterator[tuple[str, str, Any]]:
@@ -159,25 +157,23 @@ def _locality_flat(ds: xr.Dataset) -> Iterator[tuple[str, str, Any]]:
     alphas = [float(a) for a in ds.alpha.values]
     hi = max(a for a in alphas if a <= 0.6)
     for net in ds.net.values:
-        for p in PROBES:
-            s = ds.accuracy.sel(net=net, model="student", probe=p)
-            yield p, f"{_attrs_setting(ds)}, net {net}, alpha {hi:g} minus alpha 0", s.sel(alpha=hi) - s.sel(alpha=0.0)
+        s = ds.accuracy.sel(net=net, model="student")
+        yield from _per_probe(ds, f"net {net}, alpha {hi:g} minus alpha 0", s.sel(alpha=hi) - s.sel(alpha=0.0))
 
 
 def _independent_student(ds: xr.Dataset) -> Iterator[tuple[str, str, Any]]:
     for net in ds.net.values:
-        for p in PROBES:
-            a = ds.accuracy.sel(net=net, alpha=1.0, probe=p)
-            yield p, f"{_attrs_setting(ds)}, net {net}, alpha 1", a.sel(model="student") - a.sel(model="teacher")
+        a = ds.accuracy.sel(net=net, alpha=1.0)
+        yield from _per_probe(ds, f"net {net}, alpha 1", a.sel(model="student") - a.sel(model="teacher"))
 
 
 def _head_dim(ds: xr.Dataset) -> Iterator[tuple[str, str, Any]]:
     a = ds.accuracy_out_dim
     gain = a.sel(model="student") - a.sel(model="teacher")
     lo, hi = int(a.out_dim.min()), int(a.out_dim.max())
-    for p in PROBES:
-        d = gain.sel(out_dim=hi, probe=p) - gain.sel(out_dim=lo, probe=p)
-        yield p, f"{_attrs_setting(ds)}, gain at output {hi} minus gain at output {lo}", d
+    yield from _per_probe(
+        ds, f"gain at output {hi} minus gain at output {lo}", gain.sel(out_dim=hi) - gain.sel(out_dim=lo)
+    )
 
 
 def _data_size(ds: xr.Dataset) -> Iterator[tuple[str, str, Any]]:
@@ -187,10 +183,8 @@ def _data_size(ds: xr.Dataset) -> Iterator[tuple[str, str, Any]]:
         # the largest n is trained the same under both regimes; the smallest n differs
         big = s.sel(regime="epochs", n=hi)
         small = s.sel(regime=regime, n=lo)
-        if not np.isfinite(small.values).any():
-            continue
-        for p in PROBES:
-            yield p, f"{_attrs_setting(ds)}, n={hi} minus n={lo}, equal {regime}", big.sel(probe=p) - small.sel(probe=p)
+        if np.isfinite(small.values).any():
+            yield from _per_probe(ds, f"n={hi} minus n={lo}, equal {regime}", big - small)
 
 
 CLAIMS: list[Claim] = [
@@ -229,27 +223,14 @@ CLAIMS: list[Claim] = [
 
 
 def _rows(c: Claim, ds: xr.Dataset, file: str) -> list[dict[str, Any]]:
-    """The rows of claim ``c`` on the result ``ds``: effect, interval, n and verdict of each."""
+    """The rows of claim ``c`` on the result ``ds`` (read from ``file``): effect, interval, n and verdict."""
     rows = []
     for label, setting, diffs in c.diffs(ds):
         mean, lo, hi, n = paired(getattr(diffs, "values", diffs))
-        rows.append(
-            dict(
-                claim=c.name,
-                paper=c.paper,
-                file=file,
-                row=label,
-                setting=setting,
-                effect=mean,
-                low=lo,
-                high=hi,
-                n=n,
-                direction=c.direction,
-                margin=c.margin,
-                verdict=verdict(lo, hi, c.direction, c.margin),
-                commit=str(ds.attrs.get("commit", "")),
-            )
-        )
+        claim = dict(claim=c.name, paper=c.paper, file=file, direction=c.direction, margin=c.margin)
+        found = dict(row=label, setting=setting, effect=mean, low=lo, high=hi, n=n)
+        judged = dict(verdict=verdict(lo, hi, c.direction, c.margin), commit=str(ds.attrs.get("commit", "")))
+        rows.append(claim | found | judged)
     return rows
 
 

@@ -16,14 +16,14 @@ from analyses.captions import DATASET_NAME, NUM_CLASSES, TRAIN_IMAGES, arch_name
 from analyses.context import Context, UsageError, commit, provenance
 from analyses.data import keep_classes, load, tiny_test
 from analyses.figures import (
-    LABEL, PROBE_LABEL, PROBE_SHORT, STYLE, band, figure, finish, legend, log_ticks, pct, shared_levels, subtitle)
+    LABEL, PROBE_LABEL, PROBE_SHORT, STYLE, band, figure, finish, legend, log_ticks, pct, shared_levels)
 from analyses.presets import CIFAR10, QUICK_CHILDREN, SMOKE, SMOKE_HEAD, SMOKE_NET, Scale, sgd, small_net, variant
 from analyses.results import (
-    COMMITTED_PRESETS, REPO, STATISTIC_HELP, STATISTICS, along, best_over_epochs, committed, holds_unit, open_result,
-    result_stem, save, stack_seeds)
+    COMMITTED_PRESETS, REPO, STATISTIC_HELP, STATISTICS, along, best_over_epochs, committed, open_result,
+    percents, pm, result_stem, save, stack_seeds)
 from analyses.runner import PRESET_HELP, PRESET_NAMES, Compute, Plot, parser, script
 from analyses.runs import (
-    MODELS, child_settings, distil, distil_all, last_probes, probe_backbone, probe_run, probes_array, run_config,
+    MODELS, child_settings, distil_all, last_probes, probe_backbone, probe_run, probes_array, run_config,
     student_and_init_children, sweep)
 
 __all__ = [
@@ -31,10 +31,10 @@ __all__ = [
     "PRESET_HELP", "PRESET_NAMES", "PROBE_LABEL", "PROBE_SHORT", "Plot", "QUICK_CHILDREN", "REPO", "SMOKE",
     "SMOKE_HEAD", "SMOKE_NET", "STATISTICS", "STATISTIC_HELP", "STYLE", "Scale", "TRAIN_IMAGES", "UsageError", "along",
     "arch_name", "band", "best_over_epochs", "child_settings", "commit", "committed", "dataset_name", "describe",
-    "distil", "distil_all", "figure", "finish", "holds_unit", "keep_classes", "last_probes", "legend", "load",
-    "log_ticks", "open_result", "parser", "pct", "probe_backbone", "probe_run", "probes_array", "provenance",
-    "result_stem", "run_config", "save", "script", "sgd", "shared_levels", "small_net", "stack_seeds",
-    "student_and_init_children", "subtitle", "sweep", "tiny_test", "title", "variant",
+    "distil_all", "figure", "finish", "keep_classes", "last_probes", "legend", "load", "log_ticks", "open_result",
+    "parser", "pct", "percents", "pm", "probe_backbone", "probe_run", "probes_array", "provenance", "result_stem",
+    "run_config", "save", "script", "sgd", "shared_levels", "small_net", "stack_seeds", "student_and_init_children",
+    "sweep", "tiny_test", "title", "variant",
 ]
 # fmt: on
 # isort: on

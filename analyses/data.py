@@ -11,19 +11,14 @@ from analyses.context import Context
 
 def tiny_test(data: Any, n_test: int | None) -> Any:
     """``data`` with its test split cut to a stratified ``n_test`` images (None: unchanged); smoke presets."""
-    from distill.data import Dataset, Split, stratified_indices
+    import dataclasses
+
+    from distill.data import Split, stratified_indices
 
     if n_test is None or n_test >= len(data.test):
         return data
     idx = stratified_indices(data.test.labels, n_test, data.num_classes, 0)
-    return Dataset(
-        data.name,
-        data.train,
-        Split(data.test.images[idx], data.test.labels[idx]),
-        list(data.classes),
-        data.mean,
-        data.std,
-    )
+    return dataclasses.replace(data, test=Split(data.test.images[idx], data.test.labels[idx]))
 
 
 def load(name: str, ctx: Context, subset: int | None = None, n_test: int | None = None, seed: int = 0) -> Any:
@@ -36,9 +31,11 @@ def load(name: str, ctx: Context, subset: int | None = None, n_test: int | None 
 
 def keep_classes(data: Any, classes: Sequence[int]) -> Any:
     """The images of ``classes`` only (both splits), relabelled 0..len(classes)-1 in the given order."""
+    import dataclasses
+
     import torch
 
-    from distill.data import Dataset, Split
+    from distill.data import Split
 
     def split(s: Any) -> Any:
         lut = torch.full((int(s.labels.max()) + 1,), -1, dtype=torch.long)
@@ -47,11 +44,6 @@ def keep_classes(data: Any, classes: Sequence[int]) -> Any:
         keep = new >= 0
         return Split(s.images[keep], new[keep])
 
-    return Dataset(
-        f"{data.name}[{','.join(map(str, classes))}]",
-        split(data.train),
-        split(data.test),
-        [data.classes[c] for c in classes],
-        data.mean,
-        data.std,
-    )
+    name = f"{data.name}[{','.join(map(str, classes))}]"
+    kept = [data.classes[c] for c in classes]
+    return dataclasses.replace(data, name=name, train=split(data.train), test=split(data.test), classes=kept)

@@ -36,7 +36,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], epochs=20, cfg=dict(precision="bf16"))
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "a budget of 20 epochs of 50k instead of 150, bf16 autocast"}
 
 
@@ -105,29 +104,14 @@ def plot(ds: xr.Dataset, path: Any) -> None:
     for ax, p in zip(axes, probes):
         a = acc.sel(probe=p, regime="epochs")
         for kind, color in (("real", "C2"), ("gaussian", "C3")):
-            n_steps = int(ds.steps.sel(data=kind, regime="epochs").max())
-            common.band(
-                ax,
-                ds.n,
-                a.sel(data=kind, model="student"),
-                f"student, {kind} images ({n_steps} steps at max n)",
-                color=color,
-                marker="o",
-            )
+            steps = {r: int(ds.steps.sel(data=kind, regime=r).max()) for r in ("epochs", "steps")}
+            label = f"student, {kind} images ({steps['epochs']} steps at max n)"
+            common.band(ax, ds.n, a.sel(data=kind, model="student"), label, color=color, marker="o")
             st = acc.sel(probe=p, regime="steps", data=kind, model="student").dropna("n", how="all")
             if st.sizes["n"]:
-                ax.errorbar(
-                    st.n,
-                    st.mean("seed"),
-                    yerr=st.std("seed"),
-                    color=color,
-                    marker="D",
-                    ls="none",
-                    ms=6,
-                    mfc="none",
-                    label=f"student, {kind}, smallest n at the step budget "
-                    f"({int(ds.steps.sel(data=kind, regime='steps').max())} steps)",
-                )
+                label = f"student, {kind}, smallest n at the step budget ({steps['steps']} steps)"
+                style = dict(color=color, marker="D", ls="none", ms=6, mfc="none")
+                ax.errorbar(st.n, st.mean("seed"), yerr=st.std("seed"), label=label, **style)
         t = a.sel(data="real", model="teacher")
         ax.axhline(float(t.mean()), **{**common.STYLE["teacher"], "marker": ""}, label="teacher")
         ax.axhline(float(a.sel(data="real", model="input").mean()), **common.STYLE["input"], label="input pixels")

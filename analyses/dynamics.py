@@ -11,7 +11,6 @@ executor (e.g. a GPU node through ``submitit:``), and a finished store is not re
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,49 +28,42 @@ _BASE = dict(
     dynamics=True,
     dynamics_examples=512,
 )
+
+
+def _cfg(**changes: Any) -> DistillConfig:
+    """The run: the shared settings with ``changes``."""
+    return DistillConfig(**{**_BASE, **changes})
+
+
 # cfg: the run; n_test: test images kept (None: all), which the probes use when probe_subset is the subset
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         n_test=200,
-        cfg=DistillConfig(
-            **{
-                **_BASE,
-                "subset": 256,
-                "epochs": 2,
-                "arch_options": {"width": 8, "depth": 2, "bn": False},
-                "out_dim": 64,
-                "hidden_dim": 32,
-                "bottleneck_dim": 16,
-                "probes": ["knn"],
-                "probe_subset": 256,  # the training subset itself: the probes use the cut test split too
-                "dynamics_examples": 64,
-            }
+        cfg=_cfg(
+            arch_options={"width": 8, "depth": 2, "bn": False},
+            **common.SMOKE_HEAD,
+            subset=256,
+            epochs=2,
+            probes=["knn"],
+            probe_subset=256,  # the training subset itself: the probes use the cut test split too
+            dynamics_examples=64,
         ),
     ),
     # 1,000 images at batch 64: 15 Adam steps per epoch, 14 epochs = 210 steps, probed every epoch;
     # a 32-wide ConvNet (the 64-wide one took ~90 s per epoch on the busy 2-core machine)
-    "cpu": dict(
-        n_test=None,
-        cfg=DistillConfig(
-            **{**_BASE, "subset": 1_000, "epochs": 14, "arch_options": {"width": 32, "depth": 4, "bn": False}}
-        ),
-    ),
+    "cpu": dict(n_test=None, cfg=_cfg(subset=1_000, epochs=14, arch_options={"width": 32, "depth": 4, "bn": False})),
     # beyond the paper (the follow-up's minimal setup): VGG11 on 500 CIFAR-10 images, lr 1e-4, probed every epoch
     "gpu": dict(
         n_test=None,
-        cfg=DistillConfig(
-            **{
-                **_BASE,
-                "dataset": "cifar10",
-                "arch": "vgg11",
-                "arch_options": {},
-                "out_dim": 65536,
-                "subset": 500,
-                "epochs": 100,
-                "lr": 1e-4,
-                "device": "auto",
-                "probes": ["knn", "linear"],
-            }
+        cfg=_cfg(
+            dataset="cifar10",
+            arch="vgg11",
+            arch_options={},
+            out_dim=65536,
+            subset=500,
+            epochs=100,
+            lr=1e-4,
+            device="auto",
         ),
     ),
 }
@@ -100,12 +92,12 @@ def summary(m) -> dict[str, float]:
     return out
 
 
-def figure(m: xr.Dataset, path: Path, steps_per_epoch: int) -> None:
+def plot(m: xr.Dataset, path: Any) -> None:
     """Probe accuracy, embedding effective rank, and per-layer cosine similarity over training steps
-    (student solid, teacher dashed; each legend under its panel, off the curves)."""
+    (student solid, teacher dashed; each legend under its panel, off the curves), from the result alone."""
     import matplotlib.pyplot as plt
 
-    steps = m.epoch.values * steps_per_epoch
+    steps = m.epoch.values * int(m.attrs["steps_per_epoch"])
     fig, axes = common.figure(3, 1, width=4.6, height=3.9)
     for p, colour in zip(m.probe.values, ("C0", "C1", "C2")):
         acc = 100 * m.accuracy.sel(probe=p)
@@ -150,11 +142,6 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     for k, v in numbers.items():
         print(f"{k:<36} {v:.4f}" if isinstance(v, float) else f"{k:<36} {v}")
     return m
-
-
-def plot(ds: xr.Dataset, path: Any) -> None:
-    """The figure of :func:`figure` from the result file alone."""
-    figure(ds, Path(path), int(ds.attrs["steps_per_epoch"]))
 
 
 main = common.script(__name__, PRESETS, compute, plot)

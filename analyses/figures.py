@@ -102,8 +102,3 @@ def finish(fig: Any, path: str | Path, title: str = "") -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def subtitle(ds: xr.Dataset) -> str:
-    """One line naming the preset, the seeds and the commit of a result file."""
-    return f"{ds.attrs.get('script', '')} --preset {ds.attrs.get('preset', '?')}, seeds {ds.attrs.get('seeds', '?')}"

@@ -39,7 +39,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], cfg=dict(epochs=10, probe_every=0, precision="bf16"))
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "10 epochs per point instead of the paper's 100, probes only at the end, bf16 autocast"}
 
 
@@ -50,23 +49,16 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     rows, configs = {"out_dim": [], "bottleneck_dim": []}, {}
     for field, value in points:
         for s in seeds:
-            kw = {field: value} if field == "out_dim" else {field: value, "out_dim": pre["bottleneck_out"]}
-            configs[f"{field}{value}-s{s}"] = common.run_config(
-                ctx, pre["dataset"], pre["subset"], s, **{**pre["cfg"], **kw}
-            )
+            head = {field: value} if field == "out_dim" else {field: value, "out_dim": pre["bottleneck_out"]}
+            fields = {**pre["cfg"], **head}
+            configs[f"{field}{value}-s{s}"] = common.run_config(ctx, pre["dataset"], pre["subset"], s, **fields)
     runs = common.distil_all([(cfg, ctx.store(f"{tag}.rts")) for tag, cfg in configs.items()], ctx, data)
     stores = dict(zip(configs, runs))
     for field, value in points:
         per_seed = [common.best_over_epochs(stores[f"{field}{value}-s{s}"].metrics) for s in seeds]
         rows[field].append(common.stack_seeds(per_seed, seeds))
-        print(
-            f"{field} {value}: student "
-            + ", ".join(
-                f"{p} {100 * float(rows[field][-1].sel(model='student', probe=p).mean()):.2f}"
-                for p in rows[field][-1].probe.values
-            ),
-            flush=True,
-        )
+        student = rows[field][-1].sel(model="student").mean("seed")
+        print(f"{field} {value}: student " + common.percents(student), flush=True)
     accuracy = {
         "accuracy_out_dim": common.along("out_dim", pre["out_dims"], rows["out_dim"]),
         "accuracy_bottleneck": common.along("bottleneck_dim", pre["bottlenecks"], rows["bottleneck_dim"]),

@@ -18,7 +18,6 @@ every pair's path, each start's spectral density and the IMP sequence with its p
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
+from analyses.units import Unit
 from distill.schema import result_dataset
 
 # the curvature measurement: points per path (alphas), top eigenvalues (k) to tolerance tol, Hutch++ probes on
@@ -58,7 +58,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["gpu-quick"] = common.variant(
     PRESETS["gpu"], distill=dict(epochs=10), sup=dict(epochs=4, milestones=[2, 3], lr=0.05)
 )
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {
     "gpu-quick": "students of 10 epochs and children of 4 epochs (lr 0.05, x0.1 at 2 and 3) instead of 150 and 160"
 }
@@ -66,7 +65,7 @@ STARTS = ("student", "init")
 
 
 @dataclass(frozen=True)
-class CurvatureUnit:
+class CurvatureUnit(Unit):
     """One curvature measurement as a work unit (:mod:`landscape.executors`): plain data, picklable;
     writes its own netCDF ``out`` and is done when that file holds the result of the same settings.
 
@@ -82,21 +81,16 @@ class CurvatureUnit:
     out: str
     data: Any
 
-    def key(self) -> str:
-        """The settings the result depends on (JSON), kept in the file's attrs."""
-        return json.dumps({"kind": self.kind, "refs": self.refs, **self.options}, sort_keys=True, default=str)
+    def settings(self) -> dict[str, Any]:
+        """The kind, the references and the options (the unit's settings)."""
+        return {"kind": self.kind, "refs": self.refs, **self.options}
 
-    def done(self) -> bool:
-        """Whether ``out`` holds this measurement for the same settings."""
-        return common.holds_unit(self.out, self.key())
-
-    def __call__(self) -> str:
+    def run(self) -> xr.Dataset:
+        """Measure the curvature of the unit's kind."""
         import landscape
         from distill.config import SupervisedConfig
         from landscape.hessian import hessian, hessian_along_path, hessian_over_levels
 
-        if self.done():
-            return self.out
         o = self.options
         hkw = dict(
             batches=o["batches"], batch_size=o["batch_size"], trace_probes=o["probes"], tol=o["tol"],
@@ -126,8 +120,7 @@ class CurvatureUnit:
             ds = ds[["eigenvalue", "trace", "loss", "remaining"]]
         else:
             raise ValueError(f"kind={self.kind!r}: pass path, density or levels")
-        common.save(ds.assign_attrs(unit=self.key()), self.out)
-        return self.out
+        return ds
 
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
@@ -155,16 +148,11 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         "levels", ((str(store.path), store.epochs[-1]),), imp, str(ctx.store("levels.nc")), data
     )
     common.sweep(list(units.values()), ctx)
-    paths = [
-        common.along(
-            "pair", pairs, [common.open_result(units[(start, pair)].out) for pair in pairs], combine_attrs="drop"
-        )
-        for start in STARTS
-    ]
-    densities = [common.open_result(units[start].out) for start in STARTS]
-    lv = common.open_result(units["levels"].out)
+    held = {key: common.open_result(unit.out) for key, unit in units.items()}
+    paths = [common.along("pair", pairs, [held[(s, p)] for p in pairs], combine_attrs="drop") for s in STARTS]
     ds = common.along("start", STARTS, paths, combine_attrs="drop")
-    slq = common.along("start", STARTS, densities, combine_attrs="drop")
+    slq = common.along("start", STARTS, [held[s] for s in STARTS], combine_attrs="drop")
+    lv = held["levels"]
     nodes, weights = slq.slq_node.values, slq.slq_weight.values
     lo, hi = np.nanmin(nodes), np.nanmax(nodes)
     grid = np.linspace(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo), 201)

@@ -65,7 +65,6 @@ PRESETS["gpu-quick"] = common.variant(
     distill=dict(epochs=20, precision="bf16"),
     sup=common.QUICK_CHILDREN,
 )
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {
     "gpu-quick": "children of 4 epochs instead of 160, a student of 20 epochs instead of 150 (starts 0, 10, "
     "20), 30 points per path instead of 50, bf16 autocast"

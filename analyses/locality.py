@@ -49,7 +49,6 @@ PRESETS["cpu-long"] = common.variant(
     PRESETS["cpu"], nets={"no_bn": common.small_net(bn=False, epochs=40, probe_every=5)}
 )
 PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], cfg=dict(epochs=10, probe_every=0, precision="bf16"))
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "10 epochs instead of the paper's 150, probes only at the end, bf16 autocast"}
 
 
@@ -62,14 +61,9 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         cfg = common.run_config(ctx, pre["dataset"], pre["subset"], **{**pre["cfg"], **kw})  # the net's own win
         configs[net] = cfg
         ds = landscape.locality(
-            cfg,
-            alphas=pre["alphas"],
-            seeds=pre["seeds"],
-            out_dir=ctx.store(net, "x").parent,
-            data=data,
-            executor=ctx.executor,
-            progress=False,
-        )
+            cfg, alphas=pre["alphas"], seeds=pre["seeds"], out_dir=ctx.store(net, "x").parent, data=data,
+            executor=ctx.executor, progress=False,
+        )  # fmt: skip
         ds = ds.drop_vars("store", errors="ignore")
         curve = ds.accuracy.dropna("epoch", how="all")
         acc = curve.isel(epoch=-1, drop=True)
@@ -91,19 +85,10 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     }
     acc = out.accuracy.mean("seed")
     for net in out.net.values:
-        print(
-            f"\n{net}: student accuracy (%) per alpha, mean over seeds; teacher "
-            + ", ".join(
-                f"{p} {100 * float(acc.sel(net=net, model='teacher', probe=p).isel(alpha=0)):.2f}"
-                for p in acc.probe.values
-            )
-        )
+        teacher = common.percents(acc.sel(net=net, model="teacher").isel(alpha=0))
+        print(f"\n{net}: student accuracy (%) per alpha, mean over seeds; teacher {teacher}")
         for al in out.alpha.values:
-            r = acc.sel(net=net, alpha=al, model="student")
-            print(
-                f"  alpha {float(al):4.2f}: "
-                + ", ".join(f"{p} {100 * float(r.sel(probe=p)):6.2f}" for p in acc.probe.values)
-            )
+            print(f"  alpha {float(al):4.2f}: " + common.percents(acc.sel(net=net, alpha=al, model="student"), "6.2f"))
     return out
 
 

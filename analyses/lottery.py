@@ -57,7 +57,6 @@ PRESETS["gpu-quick"] = common.variant(
     distill=dict(epochs=20, precision="bf16"),
     sup=common.QUICK_CHILDREN,
 )
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {
     "gpu-quick": "8 levels (to 21 % of the weights, not 0.5 %) of 4 epochs each instead of 160, students "
     "of 20 epochs instead of 150, bf16 autocast"

@@ -43,7 +43,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], cfg=dict(epochs=30, precision="bf16"))
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "students of 30 epochs instead of 150, bf16 autocast"}
 VIEWS = {"non-local": ("teacher", "theta_S(1)", "theta*_S(1)"), "shared": ("teacher", "theta*_S(0)", "theta*_S(1)")}
 
@@ -102,9 +101,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     data = common.load(pre["dataset"], ctx, subset=pre["subset"], n_test=pre["n_test"])
     s = pre["seed"]
     base = common.run_config(ctx, pre["dataset"], pre["subset"], s, probe_seed=False, **pre["cfg"])
-    local, indep = common.distil_all(
-        [(base, ctx.store("alpha0.rts")), (base.replace(init="independent"), ctx.store("alpha1.rts"))], ctx, data
-    )
+    alpha1 = base.replace(init="independent")
+    local, indep = common.distil_all([(base, ctx.store("alpha0.rts")), (alpha1, ctx.store("alpha1.rts"))], ctx, data)
     teacher = local.teacher().eval()
     models = {
         "teacher": teacher,
@@ -141,7 +139,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         "loss_images": int(pre["n_loss"]),
         "probe_train_images": int(pre["n_probe"]),
         "probe_test_images": int(len(data.test)),
-        **common.provenance(ctx, {"local": base, "independent": base.replace(init="independent")}, [s], "paper"),
+        **common.provenance(ctx, {"local": base, "independent": alpha1}, [s], "paper"),
     }
     return ds
 

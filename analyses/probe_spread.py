@@ -27,7 +27,7 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
-from analyses.tables import ARCHS, PAPER_LINEAR, CifarUnit, kept_archs, unit_fields
+from analyses.tables import ARCHS, PAPER_LINEAR, CifarUnit, gather, kept_archs, unit_fields
 from distill.config import DistillConfig
 from distill.schema import result_dataset
 
@@ -105,15 +105,15 @@ def spread(arch: str, seed: int, data: Any, device: str, counts: dict[str, int])
 
 @dataclass(frozen=True)
 class Spread(CifarUnit):
-    """One teacher's probe-seed spread (:func:`spread`) as a work unit; writes ``out``."""
+    """One teacher's probe-seed spread (:func:`spread`) as a work unit."""
 
     arch: str
     seed: int
     counts: dict
 
-    def run(self, data: Any) -> None:
-        """Embed the teacher, fit the probes and write ``out``."""
-        common.save(spread(self.arch, self.seed, data, self.device, self.counts).to_dataset(), self.out)
+    def run(self) -> xr.Dataset:
+        """Embed the teacher and fit the probes."""
+        return spread(self.arch, self.seed, self.dataset(), self.device, self.counts).to_dataset()
 
 
 def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
@@ -129,13 +129,9 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         (a, s): Spread(a, s, counts, out=str(ctx.store(f"{a}-s{s}.nc")), **where) for a in archs for s in seeds_of[a]
     }
     common.sweep(list(units.values()), ctx)
-    per_arch = [
-        common.stack_seeds([common.open_result(units[(a, s)].out).accuracy for s in seeds_of[a]], seeds_of[a])
-        for a in archs
-    ]
-    # architectures with fewer teacher seeds are NaN at the others
-    acc = xr.concat(per_arch, dim=xr.DataArray(archs, dims="arch", name="arch"), join="outer").sel(seed=seeds)
+    acc = gather(units, seeds_of).sel(seed=seeds)  # NaN where an architecture has fewer teacher seeds
     best = acc.max("probe_seed")
+    teachers = {f"teacher-{a}": DistillConfig(arch=a, seed=seeds[0], device=ctx.device) for a in archs}
     ds = result_dataset(
         "analyses.probe_spread",
         {
@@ -153,12 +149,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
             "probe_seeds": ", ".join(f"{r}: {c}" for r, c in counts.items()),
             "recipes": "paper: batches reshuffled every epoch, weight decay 0; reference: one batch order "
             "replayed every epoch, AdamW's default weight decay 0.01",
-            **common.provenance(
-                ctx,
-                {f"teacher-{a}": DistillConfig(arch=a, seed=seeds[0], device=ctx.device) for a in archs},
-                seeds,
-                "paper",
-            ),
+            **common.provenance(ctx, teachers, seeds, "paper"),
         },
     )
     table(ds)
@@ -175,9 +166,8 @@ def table(ds: xr.Dataset) -> None:
                 continue
             cells = []
             for r in ds.recipe.values:
-                v = 100 * ds.accuracy.sel(arch=a, seed=s, recipe=r).values
-                v = v[np.isfinite(v)]
-                cells.append(f"{v.mean():6.2f} +- {v.std(ddof=1) if v.size > 1 else 0:4.2f} ({v.max():6.2f})")
+                v = ds.accuracy.sel(arch=a, seed=s, recipe=r)
+                cells.append(f"{common.pm(v, ddof=1)} ({100 * float(v.max()):6.2f})")
             print(
                 f"{a:<10} {int(s):4d}  {cells[0]:<31}  {cells[1]:<36}  "
                 f"{100 * float(ds.paper_teacher_linear.sel(arch=a)):.2f}"
@@ -200,32 +190,17 @@ def plot(ds: xr.Dataset, path: Any) -> None:
     colors = {"paper": "C0", "reference": "C3"}
     for i, a in enumerate(archs):
         for j, r in enumerate(ds.recipe.values):
-            x0 = i + (j - 0.5) * 0.36
+            x0, color = i + (j - 0.5) * 0.36, colors[str(r)]
             v = common.pct(ds.accuracy.sel(arch=a, recipe=r)).values.ravel()
             v = v[np.isfinite(v)]
-            first = i == 0
-            ax.scatter(
-                x0 + rng.uniform(-0.1, 0.1, v.size),
-                v,
-                s=6,
-                alpha=0.35,
-                color=colors[str(r)],
-                label=f"{r} probe, one fit per probe seed" if first else None,
-            )
-            ax.errorbar(x0 + 0.14, v.mean(), yerr=v.std(), fmt="o", color=colors[str(r)], ms=4, capsize=3)
+            fits = f"{r} probe, one fit per probe seed" if i == 0 else None
+            ax.scatter(x0 + rng.uniform(-0.1, 0.1, v.size), v, s=6, alpha=0.35, color=color, label=fits)
+            ax.errorbar(x0 + 0.14, v.mean(), yerr=v.std(), fmt="o", color=color, ms=4, capsize=3)
             tops = common.pct(ds.best.sel(arch=a, recipe=r)).values
             tops = tops[np.isfinite(tops)]
-            ax.scatter(
-                np.full(tops.size, x0 + 0.14),
-                tops,
-                marker="*",
-                s=70,
-                color=colors[str(r)],
-                edgecolor="k",
-                linewidths=0.5,
-                zorder=3,
-                label=f"{r} probe: best over its seeds (one star per teacher seed)" if first else None,
-            )
+            best = f"{r} probe: best over its seeds (one star per teacher seed)" if i == 0 else None
+            star = dict(marker="*", s=70, edgecolor="k", linewidths=0.5, zorder=3)
+            ax.scatter(np.full(tops.size, x0 + 0.14), tops, color=color, label=best, **star)
         paper = 100 * float(ds.paper_teacher_linear.sel(arch=a))
         ax.hlines(paper, i - 0.45, i + 0.45, color="k", ls="--", lw=1.2, label="paper, Table 5" if i == 0 else None)
     ax.set_xticks(range(len(archs)), [common.arch_name(a) for a in archs])

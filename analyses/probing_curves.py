@@ -43,7 +43,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], cfg=dict(epochs=30, precision="bf16"))
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "30 epochs instead of the paper's 150, bf16 autocast"}
 
 
@@ -63,14 +62,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     last = ds.accuracy.dropna("epoch", how="all").isel(epoch=-1)
     print("\nlast epoch, mean +- std over seeds (%):")
     for m in last.model.values:
-        print(
-            f"{str(m):<11}"
-            + "".join(
-                f"  {p} {100 * float(last.sel(model=m, probe=p).mean()):6.2f} +- "
-                f"{100 * float(last.sel(model=m, probe=p).std()):4.2f}"
-                for p in last.probe.values
-            )
-        )
+        print(f"{str(m):<11}" + "".join(f"  {p} {common.pm(last.sel(model=m, probe=p))}" for p in last.probe.values))
     return ds
 
 

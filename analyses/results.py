@@ -4,7 +4,7 @@ them, and the reductions of probe curves over epochs and seeds that the results 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,7 @@ def result_stem(name: str, preset: str, presets: Collection[str] = ()) -> str:
 def committed(path: str | Path) -> bool:
     """Whether ``path`` is a file git tracks in this checkout (a committed result)."""
     path = Path(path).resolve()
-    try:
-        path.relative_to(REPO)
-    except ValueError:
+    if not path.is_relative_to(REPO):
         return False
     try:
         r = subprocess.run(
@@ -72,6 +70,24 @@ def best_over_epochs(metrics: xr.Dataset, statistic: str = "best_after_epoch0") 
     return out.assign_attrs(statistic=statistic, statistic_meaning=STATISTIC_HELP[statistic])
 
 
+def pm(values: Any, width: int = 6, ddof: int = 0) -> str:
+    """The finite ``values`` (fractions) as ``mean +- std`` in percent, e.g. ``' 51.98 +- 0.42'`` (``width``:
+    of the mean; ``ddof``: of the std, 0 for fewer values); ``-`` when none is finite."""
+    v = 100 * np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return f"{'-':>{width + 8}}"
+    return f"{v.mean():{width}.2f} +- {v.std(ddof=ddof if v.size > ddof else 0):4.2f}"
+
+
+def percents(values: Mapping[str, Any] | xr.DataArray, fmt: str = ".2f") -> str:
+    """Fractions by name in percent, ``knn 44.92, linear 36.55``; a 1-D DataArray is named by its coordinate."""
+    if isinstance(values, xr.DataArray):
+        dim = values.dims[0]
+        values = {str(k): values.sel({dim: k}) for k in values[dim].values}
+    return ", ".join(f"{k} {100 * float(v):{fmt}}" for k, v in values.items())
+
+
 def along(dim: str, values: Sequence[Any], items: Sequence[Any], **kw: Any) -> Any:
     """``items`` (Datasets or DataArrays) concatenated along a new dimension ``dim`` whose coordinate is
     ``values``; ``kw``: :func:`xarray.concat`'s options."""
@@ -92,15 +108,6 @@ def save(ds: xr.Dataset, path: str | Path) -> Path:
     path = Path(path)
     fsio.write_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
     return path
-
-
-def holds_unit(path: str | Path, key: str) -> bool:
-    """Whether the result file at ``path`` was written by the work unit whose settings are ``key``
-    (its ``unit`` attr); a missing or unreadable file is not."""
-    try:
-        return open_result(path).attrs.get("unit") == key
-    except (OSError, ValueError):
-        return False
 
 
 def open_result(path: str | Path) -> xr.Dataset:

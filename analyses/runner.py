@@ -3,7 +3,8 @@
 A script defines ``PRESETS`` (``smoke``, ``cpu``, ``gpu`` and optionally ``full`` or ``cpu-long``:
 dicts of its own settings), a ``compute(pre, ctx) -> xr.Dataset`` and a ``plot(ds, path)`` drawn from the Dataset
 alone, and ends with ``main = script(__name__, PRESETS, compute, plot)`` (which, run as ``python -m``,
-runs the script at once). Then
+runs the script at once); an optional ``PRESET_NOTES`` says what a preset changes against the paper's
+protocol (shown in its ``--preset`` help and recorded in the result's attrs). Then
 
     python -m analyses.<name> --preset smoke|cpu|full|gpu [--results DIR] [--runs DIR] [--plot-only]
                               [--executor SPEC]
@@ -32,6 +33,7 @@ import xarray as xr
 
 from analyses.context import Context, UsageError, commit
 from analyses.results import committed, open_result, result_stem, save
+from landscape.cli.common import add_executor_arg
 
 PRESET_NAMES = ("smoke", "cpu", "full", "cpu-long", "gpu", "gpu-quick")
 # What each preset is for (the --preset help). ``cpu`` keeps to about 20 minutes on 2 cores; ``full`` is
@@ -99,14 +101,7 @@ def parser(
         help="comma-separated subset of the preset's items, where a script has "
         "them (tables: architectures, e.g. vgg11,resnet18); the .nc records it",
     )
-    p.add_argument(
-        "--executor",
-        default=None,
-        metavar="SPEC",
-        help="run the independent distillations and sweep points through dask:SCHEDULER, dask-local:N, "
-        "submitit:FOLDER[,key=value...], process:N or thread:N (default: one after the other here); "
-        "finished stores are skipped",
-    )
+    add_executor_arg(p, "independent distillations and sweep points")
     return p
 
 
@@ -194,18 +189,10 @@ def script(
         pre = dict(presets[a.preset])
         device = a.device or pre.get("device") or ("auto" if a.preset.startswith("gpu") else "cpu")
         ctx = Context(
-            name,
-            a.preset,
-            Path(a.runs),
-            Path(a.results),
-            a.root,
-            device,
-            tuple(x for x in a.only.split(",") if x),
-            commit(),
-            argv=tuple(sys.argv[1:] if argv is None else argv),
-            snapshot=bool(getattr(a, "snapshot", False)),
+            name, a.preset, Path(a.runs), Path(a.results), a.root, device, tuple(x for x in a.only.split(",") if x),
+            commit(), argv=tuple(sys.argv[1:] if argv is None else argv), snapshot=bool(getattr(a, "snapshot", False)),
             options=values,
-        )
+        )  # fmt: skip
         ds = _compute(compute, pre, ctx, a.executor)
         if isinstance(ds, int):
             return ds

@@ -39,26 +39,16 @@ def run_config(
     return base(dataset=dataset, subset=subset, data_root=root, **seeds, **{**fields, "device": ctx.device})
 
 
-def distil(cfg: DistillConfig, out: Path, data: Any = None) -> Store:
-    """The store of ``cfg`` at ``out``, distilled or resumed to ``cfg.epochs`` when needed."""
-    import distill
-
-    if out.exists():
-        try:
-            store = Store(out)
-            done = bool(store.epochs) and store.epochs[-1] >= cfg.epochs and "metrics" in store.results()
-        except Exception:  # noqa: BLE001 - an unreadable leftover is redone by distill()
-            done = False
-        if done:
-            return store
-    return distill.distill(cfg, out, data=data, progress=False)
-
-
 def sweep(units: Sequence[Any], ctx: Context) -> list[Any]:
     """Run independent work units (:mod:`landscape.executors`) through ``ctx.executor``, skipping
-    finished ones; their results in order (None for the skipped)."""
+    finished ones; their results in order (None for the skipped). A unit whose file records other settings
+    (:class:`analyses.units.Unit`) is refused before any unit runs."""
+    from analyses.units import Unit
     from landscape.executors import run_units
 
+    for unit in units:
+        if isinstance(unit, Unit):
+            unit.check()
     return run_units(units, ctx.executor, desc=f"analyses.{ctx.name}", progress=False)[0]
 
 
@@ -123,26 +113,20 @@ def probe_run(
     from distill.device import resolve_device
     from distill.train import recalibrated_teacher
 
+    def probe(backbone: Any, name: str) -> dict[str, float]:
+        return probe_backbone(cfg, backbone, data, ctx.store("probes", f"{name}.json"))
+
     device = resolve_device(cfg.device)
     teacher = store.teacher(device)
     e = store.epochs[-1] if epoch == -1 else epoch
     out = {
-        "teacher": probe_backbone(cfg, teacher.backbone, data, ctx.store("probes", f"{tag}-teacher.json")),
-        "student": probe_backbone(
-            cfg, store.student(e, device).eval().backbone, data, ctx.store("probes", f"{tag}-student-e{e}.json")
-        ),
-        "input": probe_backbone(cfg, None, data, ctx.store("probes", f"input-{data.name}-{len(data.train)}.json")),
+        "teacher": probe(teacher.backbone, f"{tag}-teacher"),
+        "student": probe(store.student(e, device).eval().backbone, f"{tag}-student-e{e}"),
+        "input": probe(None, f"input-{data.name}-{len(data.train)}"),
     }
-    out["teacher_bn"] = (
-        probe_backbone(
-            cfg,
-            recalibrated_teacher(teacher, data, cfg, device).backbone,
-            data,
-            ctx.store("probes", f"{tag}-teacher_bn.json"),
-        )
-        if has_batchnorm(teacher)
-        else out["teacher"]
-    )
+    out["teacher_bn"] = out["teacher"]
+    if has_batchnorm(teacher):
+        out["teacher_bn"] = probe(recalibrated_teacher(teacher, data, cfg, device).backbone, f"{tag}-teacher_bn")
     return out
 
 

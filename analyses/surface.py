@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
+from analyses.units import Unit
 from distill.schema import plain, result_dataset
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -59,7 +60,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["gpu-quick"] = common.variant(
     PRESETS["gpu"], distill=dict(epochs=10, precision="bf16"), sup=common.QUICK_CHILDREN
 )
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "students of 10 epochs and children of 4 epochs instead of 150 and 160, bf16 autocast"}
 CENTRES = ("student child", "init child")
 
@@ -70,10 +70,10 @@ def _vars(ds: xr.Dataset, prefix: str, dims: dict[str, str]) -> dict[str, xr.Dat
 
 
 @dataclass(frozen=True)
-class SurfaceUnit:
+class SurfaceUnit(Unit):
     """One surface (:func:`landscape.surface.surface`) as a work unit (:mod:`landscape.executors`):
-    plain data, picklable; writes (and resumes) its own netCDF ``out``, done when every row of the
-    same grid and seed is there. ``centre`` and checkpoint ``directions`` are (store path, name)."""
+    plain data, picklable; writes (and resumes, row by row) its own netCDF ``out``, done when the whole
+    surface of the same settings is there. ``centre`` and checkpoint ``directions`` are (store path, name)."""
 
     centre: tuple
     directions: Any  # "random" or a list of (store path, name)
@@ -86,30 +86,15 @@ class SurfaceUnit:
     out: str
     data: Any
 
-    def done(self) -> bool:
-        """Whether ``out`` holds the whole surface on this unit's grid, for this seed."""
-        try:
-            ds = common.open_result(self.out)
-        except (OSError, ValueError):
-            return False
-        grid = np.linspace(float(self.span[0]), float(self.span[1]), self.resolution)
-        return (
-            bool(np.all(ds.done.values == 1))
-            and int(ds.attrs.get("seed", -1)) == self.seed
-            and ds.x.size == grid.size
-            and np.allclose(ds.x.values, grid)
-        )
-
-    def __call__(self) -> str:
+    def run(self) -> xr.Dataset:
+        """Evaluate the surface (resuming the rows ``out`` holds)."""
         from landscape.surface import surface
 
-        if not self.done():
-            surface(
-                self.centre, self.data, self.directions, dims=self.dims, resolution=self.resolution,
-                span=self.span, seed=self.seed, split="test", max_examples=self.n_test, device=self.device,
-                progress=False, out=self.out,
-            )  # fmt: skip
-        return self.out
+        return surface(
+            self.centre, self.data, self.directions, dims=self.dims, resolution=self.resolution,
+            span=self.span, seed=self.seed, split="test", max_examples=self.n_test, device=self.device,
+            progress=False, out=self.out,
+        )  # fmt: skip
 
 
 def _units(pre: dict[str, Any], ctx: common.Context, data: Any, kids: dict[str, str]) -> dict[Any, SurfaceUnit]:
@@ -127,20 +112,13 @@ def _units(pre: dict[str, Any], ctx: common.Context, data: Any, kids: dict[str, 
         )
 
     span = (-pre["span"], pre["span"])
-    units: dict[Any, SurfaceUnit] = {
-        (kind, name, s): unit(
-            (kids[name.split()[0]], "children/0"),
-            "random",
-            dims,
-            pre[kind],
-            span,
-            s,
-            f"{kind}-{name.split()[0]}-s{s}.nc",
-        )
-        for name in CENTRES
-        for s in pre["seeds"]
-        for kind, dims in (("line", 1), ("plane", 2))
-    }
+    units: dict[Any, SurfaceUnit] = {}
+    for name in CENTRES:
+        start = name.split()[0]
+        for s in pre["seeds"]:
+            for kind, dims in (("line", 1), ("plane", 2)):
+                centre = (kids[start], "children/0")
+                units[(kind, name, s)] = unit(centre, "random", dims, pre[kind], span, s, f"{kind}-{start}-s{s}.nc")
     # with 4 m + 1 points on [-0.5, 1.5] the three children are grid points
     sibling, init = (kids["student"], "children/1"), (kids["init"], "children/0")
     units["through"] = unit((kids["student"], "children/0"), [sibling, init], 2, n, (-0.5, 1.5), 0, "through.nc")

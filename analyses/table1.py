@@ -144,15 +144,8 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
         stores = common.distil_all([(cfgs[t], paths[t]) for t in cfgs], ctx, data)
         have = {tag: s.metrics for tag, s in zip(cfgs, stores)}
     tags = list(have)
-    ds = common.along(
-        "run",
-        tags,
-        [have[t] for t in tags],
-        join="outer",
-        combine_attrs="drop",
-        coords="minimal",
-        compat="override",
-    )
+    runs = [have[t] for t in tags]
+    ds = common.along("run", tags, runs, join="outer", combine_attrs="drop", coords="minimal", compat="override")
     # what each run was, from its own store (a run in progress may have been started by older code)
     stored = {t: {**cfgs[t].to_dict(), **json.loads(have[t].attrs.get("config", "{}"))} for t in tags}
     arch = [str(stored[t]["arch"]) for t in tags]
@@ -238,17 +231,9 @@ def plot(ds: xr.Dataset, path: Any) -> None:
         for ax, p in zip(axes[:3], probes):
             for m, x in (("teacher", 0.0), ("student", max(end, 1.0)), ("input", 0.0)):
                 v = float(ds.paper.sel(paper_arch=a, model=m, probe=p))
+                star = dict(marker="*", ms=11, ls="", color=common.STYLE[m]["color"], mec="k")
                 if np.isfinite(v):
-                    ax.plot(
-                        [x],
-                        [100 * v],
-                        marker="*",
-                        ms=11,
-                        ls="",
-                        color=common.STYLE[m]["color"],
-                        mec="k",
-                        label=f"paper: {common.LABEL[m]} ({a})",
-                    )
+                    ax.plot([x], [100 * v], label=f"paper: {common.LABEL[m]} ({a})", **star)
     for ax, p in zip(axes[:3], probes):
         ax.set(title=common.PROBE_LABEL.get(p, p), xlabel="distillation epoch", ylabel="test accuracy [%]")
     axes[3].set(title="effective rank of the embeddings", xlabel="epoch", ylabel="effective rank", yscale="log")

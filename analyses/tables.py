@@ -13,6 +13,7 @@ runs them in parallel, and a rerun (or an interrupted run) skips the finished on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from analyses import common
+from analyses.units import Unit
 from distill.config import REFERENCE_VIT, DistillConfig
 from distill.schema import result_dataset
 from distill.store import Store
@@ -98,20 +100,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # every Table-5 architecture and the authors' ViT on the full 50k / 10k split, one teacher seed each: about
     # two hours on 2 cores (forward passes of 60k images per row are the cost; every row is a resumable unit)
     "full": _teachers(
-        [
-            "vgg11",
-            "resnet20",
-            "vit_tiny",
-            "resnet18",
-            "resnet56",
-            "vit_small",
-            "vgg13",
-            "vgg16",
-            "vgg19",
-            "resnet34",
-            "vit_tiny-reference",
-            "vit_small-reference",
-        ],
+        ["vgg11", "resnet20", "vit_tiny", "resnet18", "resnet56", "vit_small", "vgg13", "vgg16", "vgg19", "resnet34"]
+        + ["vit_tiny-reference", "vit_small-reference"],
         [0],
     ),
     # the paper's scale: every teacher over three seeds on the full split. The students of Tables 1 and 3
@@ -120,27 +110,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _cifar(root: str | None, subset: int | None, n_test: int | None) -> Any:
-    """CIFAR-10 as the tables use it: ``subset`` training images (seed 0), the test split cut to ``n_test``."""
-    from distill.data import load_dataset
-
-    return common.tiny_test(load_dataset("cifar10", root=root, subset=subset, seed=0), n_test)
-
-
-def _cached(path: str | Path) -> bool:
-    """Whether ``path`` is a readable probe result (written whole by :func:`common.save`)."""
-    try:
-        return "accuracy" in common.open_result(path)
-    except (OSError, ValueError):
-        return False
-
-
 @dataclass(frozen=True, kw_only=True)
-class CifarUnit:
-    """What the work units on CIFAR-10 (as :func:`_cifar` loads it) share (:mod:`landscape.executors`):
-    picklable; ``out`` is the unit's result file, skipped when it is already whole; ``data`` the
-    dataset (None: loaded where the unit runs, e.g. on a worker). Subclasses define :meth:`run`."""
+class CifarUnit(Unit):
+    """What the work units on CIFAR-10 share (:mod:`landscape.executors`):
+    picklable; ``out`` is the unit's result file; ``data`` the dataset (None: loaded where the unit runs,
+    e.g. on a worker) from ``root``, which is not a setting. Subclasses define :meth:`run`."""
 
+    IGNORED = ("out", "data", "root")
     device: str
     root: str | None
     subset: int | None
@@ -148,93 +124,84 @@ class CifarUnit:
     out: str
     data: Any = None
 
-    def done(self) -> bool:
-        """Whether ``out`` already holds the unit's result."""
-        return _cached(self.out)
+    def adopt(self, ds: xr.Dataset) -> bool:
+        """A file of a version that recorded no settings is this unit's when it holds a whole result."""
+        return "accuracy" in ds
 
-    def __call__(self) -> str:
-        if not self.done():
-            self.run(self.data if self.data is not None else _cifar(self.root, self.subset, self.n_test))
-        return self.out
+    def dataset(self) -> Any:
+        """The unit's CIFAR-10: ``data``, or ``subset`` training images (seed 0) and ``n_test`` test images."""
+        from distill.data import load_dataset
 
-    def run(self, data: Any) -> None:
-        """Compute the unit on ``data`` and write ``out``."""
-        raise NotImplementedError
+        if self.data is not None:
+            return self.data
+        return common.tiny_test(load_dataset("cifar10", root=self.root, subset=self.subset, seed=0), self.n_test)
 
 
 @dataclass(frozen=True)
 class TeacherProbes(CifarUnit):
-    """Probes of one random teacher (arch, seed) and its BN-recalibrated copy; writes ``out`` (accuracy,
-    fraction, dims (model, probe))."""
+    """Probes of one random teacher (arch, seed) and its BN-recalibrated copy: accuracy (fraction, dims
+    (model, probe))."""
 
     arch: str
     seed: int
     arch_options: dict
 
-    def run(self, data: Any) -> None:
-        """Probe the teacher on ``data`` and write ``out``."""
-        teacher_probes(self.arch, self.seed, data, self.device, self.root, self.arch_options, self.out)
+    def run(self) -> xr.Dataset:
+        """Probe the teacher."""
+        return teacher_result(self.arch, self.seed, self.dataset(), self.device, self.root, self.arch_options)
 
 
 @dataclass(frozen=True)
 class InputProbes(CifarUnit):
-    """Raw-pixel probes with one probe seed; writes ``out`` (accuracy, dims (probe,))."""
+    """Raw-pixel probes with one probe seed: accuracy (dims (probe,))."""
 
     seed: int
 
-    def run(self, data: Any) -> None:
-        """Probe the raw pixels of ``data`` and write ``out``."""
-        input_probes(self.seed, data, self.device, self.out)
+    def run(self) -> xr.Dataset:
+        """Probe the raw pixels."""
+        return input_probes(self.seed, self.dataset(), self.device).to_dataset()
+
+
+def _config(arch: str, seed: int, device: str, root: str | None, **fields: Any) -> DistillConfig:
+    """The DistillConfig of a teacher (or student) of the tables: ``seed`` for the network and the probes."""
+    return DistillConfig(arch=arch, seed=seed, probe_seed=seed, probes=PROBES, device=device, data_root=root, **fields)
 
 
 def teacher_probes(
-    arch: str, seed: int, data: Any, device: str, root: str | None, arch_options: dict, path: str | Path
+    arch: str, seed: int, data: Any, device: str, root: str | None, arch_options: dict, path: str | Path | None = None
 ) -> xr.DataArray:
     """Probe accuracies (fraction) of the random teacher and its BN-recalibrated copy; dims (model, probe).
-    Written to ``path`` (``runs/tables/<preset>/teacher-<arch>-s<seed>.nc``)."""
+    Written to ``path`` when given (:func:`teacher_result`)."""
+    ds = teacher_result(arch, seed, data, device, root, arch_options)
+    if path is not None:
+        common.save(ds, path)
+    return ds.accuracy
+
+
+def teacher_result(arch: str, seed: int, data: Any, device: str, root: str | None, arch_options: dict) -> xr.Dataset:
+    """:func:`teacher_probes` as a result: ``accuracy`` (model, probe), the teacher's config in its attrs."""
     from distill.bn import has_batchnorm
     from distill.device import resolve_device
     from distill.train import build_teacher, recalibrated_teacher, run_probes, set_teacher_mode
 
-    cfg = DistillConfig(
-        arch=arch,
-        seed=seed,
-        probe_seed=seed,
-        arch_options=arch_options,
-        probes=PROBES,
-        device=device,
-        data_root=root,
-    )
+    cfg = _config(arch, seed, device, root, arch_options=arch_options)
     dev = resolve_device(cfg.device)
     teacher = set_teacher_mode(build_teacher(cfg, data.in_shape).to(dev), cfg.teacher_bn)
     t = run_probes(cfg, teacher.backbone, data, dev)
-    tb = (
-        run_probes(cfg, recalibrated_teacher(teacher, data, cfg, dev).backbone, data, dev)
-        if has_batchnorm(teacher)
-        else t
-    )
-    ds = result_dataset(
+    bn = has_batchnorm(teacher)
+    tb = run_probes(cfg, recalibrated_teacher(teacher, data, cfg, dev).backbone, data, dev) if bn else t
+    recalibrated = " | BN recalibrated: " + common.percents({p: tb[p] for p in PROBES}) if bn else ""
+    print(f"teacher {arch} seed {seed}: " + common.percents({p: t[p] for p in PROBES}) + recalibrated, flush=True)
+    return result_dataset(
         "analyses.tables.teacher",
         {"accuracy": (("model", "probe"), [[t[p] for p in PROBES], [tb[p] for p in PROBES]])},
         {"model": ("model", ["teacher", "teacher_bn"]), "probe": ("probe", PROBES)},
         {"config": cfg.to_json()},
     )
-    common.save(ds, path)
-    print(
-        f"teacher {arch} seed {seed}: "
-        + ", ".join(f"{p} {100 * t[p]:.2f}" for p in PROBES)
-        + (
-            " | BN recalibrated: " + ", ".join(f"{p} {100 * tb[p]:.2f}" for p in PROBES)
-            if has_batchnorm(teacher)
-            else ""
-        ),
-        flush=True,
-    )
-    return ds.accuracy
 
 
-def input_probes(seed: int, data: Any, device: str, path: str | Path) -> xr.DataArray:
-    """Raw-pixel probes (fraction), dims (probe,), written to ``path`` (one file per probe seed)."""
+def input_probes(seed: int, data: Any, device: str) -> xr.DataArray:
+    """Raw-pixel probes (fraction), dims (probe,)."""
     from distill.device import resolve_device
     from distill.train import run_probes
 
@@ -243,8 +210,7 @@ def input_probes(seed: int, data: Any, device: str, path: str | Path) -> xr.Data
     ds = result_dataset(
         "analyses.tables.input", {"accuracy": ("probe", [r[p] for p in PROBES])}, {"probe": ("probe", PROBES)}
     )
-    common.save(ds, path)
-    print(f"input seed {seed}: " + ", ".join(f"{p} {100 * r[p]:.2f}" for p in PROBES), flush=True)
+    print(f"input seed {seed}: " + common.percents({p: r[p] for p in PROBES}), flush=True)
     return ds.accuracy
 
 
@@ -261,13 +227,18 @@ def kept_archs(pre: dict[str, Any], ctx: common.Context) -> list[str]:
 
 def unit_fields(pre: dict[str, Any], ctx: common.Context, data: Any) -> dict[str, Any]:
     """The :class:`CifarUnit` fields of a preset (``data`` travels only without an executor)."""
-    return dict(
-        device=ctx.device,
-        root=ctx.root,
-        subset=pre["subset"],
-        n_test=pre["n_test"],
-        data=data if ctx.executor is None else None,
-    )
+    ship = data if ctx.executor is None else None
+    return dict(device=ctx.device, root=ctx.root, subset=pre["subset"], n_test=pre["n_test"], data=ship)
+
+
+def gather(units: Mapping[Any, CifarUnit], seeds_of: dict[str, list[int]]) -> xr.DataArray:
+    """The accuracy the units wrote, by (arch, seed) (``seeds_of``: the seeds of each architecture), dims
+    (arch, seed, ...); NaN at the seeds an architecture does not have."""
+    rows = [
+        common.stack_seeds([common.open_result(units[(a, s)].out).accuracy for s in ss], ss)
+        for a, ss in seeds_of.items()
+    ]
+    return common.along("arch", list(seeds_of), rows, join="outer")
 
 
 def _students(
@@ -286,16 +257,7 @@ def _students(
     sdata = data if sub == pre["subset"] else common.load("cifar10", ctx, subset=sub, n_test=pre["n_test"])
     for a in [a for a in st["archs"] if a in archs]:
         for s in st["seeds"]:
-            cfg = DistillConfig(
-                arch=a,
-                seed=s,
-                noise_seed=s + 1000,
-                probe_seed=s,
-                probes=PROBES,
-                device=ctx.device,
-                data_root=ctx.root,
-                **{"save_every": 0, **st["cfg"]},
-            )
+            cfg = _config(a, s, ctx.device, ctx.root, noise_seed=s + 1000, **{"save_every": 0, **st["cfg"]})
             configs[f"student-{a}-s{s}"] = cfg
             ship = sdata if ctx.executor is None or pre["n_test"] is not None else None
             students[(a, s)] = DistillUnit(cfg.to_dict(), str(ctx.store(f"student-{a}-s{s}.rts")), ship)
@@ -335,10 +297,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
     students, configs = _students(pre, ctx, archs, data)
     # every teacher, input and student is independent: one sweep, through --executor when given
     common.sweep([*teachers.values(), *inputs.values(), *students.values()], ctx)
-    per_arch = [
-        common.stack_seeds([common.open_result(teachers[(a, s)].out).accuracy for s in seeds], seeds) for a in archs
-    ]
-    teacher = common.along("arch", archs, per_arch)
+    teacher = gather(teachers, {a: seeds for a in archs})
     archs = sorted(archs, key=_order)  # the paper's order, variants after their architecture
     teacher = teacher.sel(arch=archs)
     inp = common.stack_seeds([common.open_result(inputs[s].out).accuracy for s in in_seeds], in_seeds).rename(
@@ -373,10 +332,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
 
 def table(ds: xr.Dataset) -> None:
     """Print ours beside the paper's, in percent (mean +- std over seeds)."""
-
-    def ms(da: xr.DataArray) -> str:
-        v = 100 * da.values[np.isfinite(da.values)]
-        return f"{v.mean():6.2f} +- {v.std():4.2f}" if v.size else f"{'-':>14}"
+    ms = common.pm
 
     print("\narch        teacher linear   (paper)  teacher kNN     (paper)  teacher_bn linear  student linear")
     for a in ds.arch.values:

@@ -52,7 +52,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 PRESETS["gpu-quick"] = common.variant(PRESETS["gpu"], cfg=dict(epochs=30, precision="bf16"))
-# what each preset changes against the paper's protocol (its --preset help and the result's attrs)
 PRESET_NOTES = {"gpu-quick": "students of 30 epochs instead of 150, bf16 autocast"}
 MODELS = ["teacher", "teacher_bn", "student_transfer", "student_in_domain", "input"]
 
@@ -122,15 +121,9 @@ def plot(ds: xr.Dataset, path: Any) -> None:
     for ax, pair in zip(axes, pairs):
         a = common.pct(ds.accuracy.sel(pair=pair))
         x = np.arange(len(probes))
-        for i, m in enumerate(ds.model.values):
-            ax.bar(
-                x + (i - 2) * w,
-                a.sel(model=m).mean("seed"),
-                w,
-                yerr=a.sel(model=m).std("seed"),
-                color=colors.get(str(m)),
-                label=LABELS.get(str(m), str(m).replace("_", " ")),
-            )
+        for i, m in enumerate(map(str, ds.model.values)):
+            label, bars = LABELS.get(m, m.replace("_", " ")), a.sel(model=m)
+            ax.bar(x + (i - 2) * w, bars.mean("seed"), w, yerr=bars.std("seed"), color=colors.get(m), label=label)
         ax.set_xticks(x, [common.PROBE_SHORT.get(p, p) for p in probes])
         ax.set_xlabel("probe")
         name, _, classes = pair.partition(" ")
