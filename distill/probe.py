@@ -408,8 +408,9 @@ def probe_model(
     backbone: nn.Module,
     data: Any,
     train_subset: int | None = None,
-    seed: int = 0,
+    *,
     device: str | torch.device = "cpu",
+    seed: int = 0,
     batch_size: int = 1024,
     **kw: Any,
 ) -> dict[str, float]:
@@ -445,7 +446,7 @@ def probe_input(
     if not normalized:
         c = data.train.images.shape[1]
         data = _Unnormalised(data, c)
-    return probe_model(nn.Flatten(), data, train_subset, seed, device, batch_size, **kw)
+    return probe_model(nn.Flatten(), data, train_subset, seed=seed, device=device, batch_size=batch_size, **kw)
 
 
 class _Unnormalised:
