@@ -127,3 +127,26 @@ def test_a_cpu_long_preset_writes_beside_the_cpu_file_unless_the_script_has_no_c
     assert common.result_stem("instability", "cpu-long", ["smoke", "cpu", "cpu-long"]) == "instability_cpu_long"
     assert common.result_stem("instability", "cpu", ["smoke", "cpu", "cpu-long"]) == "instability"
     assert common.result_stem("table1", "cpu-long", ["smoke", "cpu-long", "gpu"]) == "table1"
+
+
+@pytest.mark.parametrize(
+    ("name", "preset"), [(n, p) for n in PAPER_EPOCHS for p in module(n).PRESETS], ids=lambda v: str(v)
+)
+def test_every_preset_builds_its_configs(name, preset):
+    """A preset's student fields (``cfg``/``distill``, with each of ``nets`` where it has them) build a
+    DistillConfig and its children's fields (``sup``) a SupervisedConfig: a misspelt or invalid field fails."""
+    from distill.config import DistillConfig, SupervisedConfig
+
+    pre = module(name).PRESETS[preset]
+    built = 0
+    for key in DISTILL_KEYS:
+        if isinstance(pre.get(key), dict):
+            for net in (pre.get("nets") or {"": {}}).values():
+                cfg = DistillConfig(dataset=pre.get("dataset", "fashion-mnist"), **{**pre[key], **net})
+                assert cfg.epochs >= 1
+                built += 1
+    if isinstance(pre.get("sup"), dict):
+        assert SupervisedConfig(**pre["sup"]).epochs >= 1
+        built += 1
+    if name not in ("tables", "probe_spread", "dynamics"):  # teachers only, or their own setting
+        assert built, f"{name} --preset {preset} holds no config fields"
