@@ -285,7 +285,26 @@ def markdown(ds: xr.Dataset) -> str:
         )
     counts = {v: int((ds.verdict == v).sum()) for v in VERDICTS}
     lines += ["", "Rows: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" (of {ds.sizes['row_id']})."]
+    changes = scale_changes(ds)
+    if changes:
+        lines += ["", "The same rows at the cpu-long scale, against the cpu preset's:", ""]
+        lines += ["| claim | row | cpu | cpu-long |", "|---|---|---|---|"]
+        lines += [f"| {c} | {r} | {a} | {b} |" for c, r, a, b in changes]
+        n = sum(a != b for *_, a, b in changes)
+        lines += ["", f"{n} of {len(changes)} rows changed verdict at the larger scale."]
     return "\n".join(lines) + "\n"
+
+
+def scale_changes(ds: xr.Dataset) -> list[tuple[str, str, str, str]]:
+    """(claim, row, verdict in the cpu preset's file, verdict in its cpu-long file) of every row present
+    in both."""
+    rows = {(str(ds.file[i].item()), str(ds.claim[i].item()), str(ds.row[i].item())): str(ds.verdict[i].item())
+            for i in range(ds.sizes["row_id"])}  # fmt: skip
+    return [
+        (claim, row, rows[(file[: -len("_cpu_long")], claim, row)], verdict)
+        for (file, claim, row), verdict in rows.items()
+        if file.endswith("_cpu_long") and (file[: -len("_cpu_long")], claim, row) in rows
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

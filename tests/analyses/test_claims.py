@@ -95,3 +95,7 @@ def test_a_cpu_long_result_adds_its_rows_beside_the_cpu_ones(tmp_path):
     effect = [float(e) for e in ds.effect.values]
     assert effect == pytest.approx([(0.1 + 0.1 + 0.2) / 3, (0.1 + 0.15 + 0.2) / 3])
     assert [int(n) for n in ds.n.values] == [3, 3]
+    # by hand: cpu 0.133 +- 4.303 * 0.0577 / sqrt(3) = [-0.010, +0.277] (open); cpu-long 0.15 +- 0.124 (supported)
+    ((claim, row, before, after),) = claims.scale_changes(ds)
+    assert (row, before, after) == ("test error barrier", "open", "supported")
+    assert "1 of 1 rows changed verdict" in claims.markdown(ds.assign_attrs(commit="abc1234", rule="r"))
