@@ -288,23 +288,29 @@ def markdown(ds: xr.Dataset) -> str:
     changes = scale_changes(ds)
     if changes:
         lines += ["", "The same rows at the cpu-long scale, against the cpu preset's:", ""]
-        lines += ["| claim | row | cpu | cpu-long |", "|---|---|---|---|"]
-        lines += [f"| {c} | {r} | {a} | {b} |" for c, r, a, b in changes]
+        lines += ["| claim | row | setting (cpu-long) | cpu | cpu-long |", "|---|---|---|---|---|"]
+        lines += [f"| {c} | {r} | {st} | {a} | {b} |" for c, r, st, a, b in changes]
         n = sum(a != b for *_, a, b in changes)
         lines += ["", f"{n} of {len(changes)} rows changed verdict at the larger scale."]
     return "\n".join(lines) + "\n"
 
 
-def scale_changes(ds: xr.Dataset) -> list[tuple[str, str, str, str]]:
-    """(claim, row, verdict in the cpu preset's file, verdict in its cpu-long file) of every row present
-    in both."""
-    rows = {(str(ds.file[i].item()), str(ds.claim[i].item()), str(ds.row[i].item())): str(ds.verdict[i].item())
-            for i in range(ds.sizes["row_id"])}  # fmt: skip
-    return [
-        (claim, row, rows[(file[: -len("_cpu_long")], claim, row)], verdict)
-        for (file, claim, row), verdict in rows.items()
-        if file.endswith("_cpu_long") and (file[: -len("_cpu_long")], claim, row) in rows
-    ]
+def scale_changes(ds: xr.Dataset) -> list[tuple[str, str, str, str, str]]:
+    """(claim, row, setting at the cpu-long scale, verdict in the cpu preset's file, verdict in its cpu-long
+    file) of every row present in both: the k-th row of a (claim, row) in one file is matched with the
+    k-th in the other (e.g. the second "knn" row of locality is the BN-free net's in both)."""
+    seen: dict[tuple[str, str, str], int] = {}
+    rows = {}
+    for i in range(ds.sizes["row_id"]):
+        key = (str(ds.file[i].item()), str(ds.claim[i].item()), str(ds.row[i].item()))
+        seen[key] = seen.get(key, -1) + 1
+        rows[(*key, seen[key])] = (str(ds.setting[i].item()), str(ds.verdict[i].item()))
+    out = []
+    for (file, claim, row, k), (setting, verdict) in rows.items():
+        base = (file.removesuffix("_cpu_long"), claim, row, k)
+        if file.endswith("_cpu_long") and base in rows:
+            out.append((claim, row, setting, rows[base][1], verdict))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,7 @@ def compute(pre: dict[str, Any], ctx: common.Context) -> xr.Dataset:
                 }
             ).expand_dims(net=[net])
         )
-    out = xr.concat(rows, "net", combine_attrs="drop_conflicts")
+    out = xr.concat(rows, "net", join="outer", combine_attrs="drop_conflicts")  # nets probed at other epochs
     out.attrs = {
         "nets": "bn: ConvNet/ResNet with BatchNorm; no_bn: BN-free ConvNet/VGG",
         "accuracy_at": "last epoch",
