@@ -74,17 +74,16 @@ PRESET_NOTES = {
 def _students(pre: dict[str, Any], ctx: common.Context, data: Any) -> list[tuple[int, Any, Any, Any]]:
     """Per seed of the preset: (seed, the student's DistillConfig, its store, the store of an independent
     random init). A preset without ``seeds`` has one student of the config's default seeds."""
-    _, scfg = common.child_settings(pre, ctx)
     seeds = pre.get("seeds")
     jobs, out = [], []
     for s in seeds or [None]:
         fields = {"save_every": 0, **pre["distill"]}
         dcfg = common.run_config(ctx, pre["dataset"], pre["subset"], s, **fields)
         tag = "" if s is None else f"-s{s}"
-        # only epoch 0 (the independent init) of this run is used: its one epoch is on a few images, unprobed
-        indep = dcfg.replace(init="independent", epochs=1, save_epochs=[], probes=[], subset=256)
-        if seeds is None:  # the stores of the presets' earlier results: their settings, unchanged
-            indep = dcfg.replace(init="independent", epochs=1, save_epochs=[])
+        indep = dcfg.replace(init="independent", epochs=1, save_epochs=[])
+        if seeds is not None:  # only its epoch 0 (the init) is used: its one epoch on a few images, unprobed
+            indep = indep.replace(probes=[], subset=256)
+        # (without seeds: the settings of the presets' earlier stores, unchanged)
         jobs += [(dcfg, ctx.store(f"distill{tag}.rts")), (indep, ctx.store(f"independent{tag}.rts"))]
         out.append((dcfg.seed, dcfg))
     stores = common.distil_all(jobs, ctx, data)
